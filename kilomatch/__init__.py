@@ -1,0 +1,20 @@
+"""kilomatch: track the same neurons across days of chronic high-density recordings.
+
+Run the whole pipeline with :func:`run` (a settings file, a dict, or nothing for defaults), or
+call the stages one by one: :mod:`load`, :mod:`features`, :mod:`similarity`,
+:mod:`clustering`, :mod:`motion`, :mod:`correction`, :mod:`curation`, :mod:`export`.
+"""
+
+from .errors import KilomatchError
+from .settings import Settings, load as load_settings
+
+__version__ = "0.1.0"
+
+
+def run(settings=None, **kwargs):
+    """Run the whole pipeline; see :func:`kilomatch.pipeline.run`."""
+    from .pipeline import run as _run
+    return _run(settings, **kwargs)
+
+
+__all__ = ["run", "load_settings", "Settings", "KilomatchError", "__version__"]

@@ -1,0 +1,168 @@
+"""Iterative HDBSCAN + LDA ("IHDBSCAN") on the sparse candidate-pair graph (ALGORITHM.md s.4).
+
+With min_samples = 1 the mutual-reachability distance equals the distance itself, so HDBSCAN
+depends only on the minimum spanning tree of the distance graph. The MST of the candidate-pair
+graph, with its components joined by edges of infinite length, is exactly the MST of a dense
+matrix in which non-candidate pairs are infinitely far: no N x N array is needed. The tree is
+then condensed and clusters selected by excess of mass with hdbscan's own routines.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from hdbscan._hdbscan_linkage import label as _single_linkage
+from hdbscan._hdbscan_tree import compute_stability, condense_tree, get_clusters
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+from .similarity import weighted_similarity
+
+log = logging.getLogger("kilomatch")
+
+
+def similarity_to_distance(s: np.ndarray) -> np.ndarray:
+    """D = 1 / (1 + tanh(S)), in (0.5, inf)."""
+    return 1.0 / (1.0 + np.tanh(np.asarray(s, dtype=np.float64)))
+
+
+def sparse_mst(n_units: int, pairs: np.ndarray, distance: np.ndarray) -> np.ndarray:
+    """MST edges (n_units - 1, 3) [i, j, d] of the pair graph, sorted by d; components are
+    joined by edges of length inf (lowest unit of each component to the next one's)."""
+    if pairs.shape[0]:
+        graph = sparse.csr_matrix((distance, (pairs[:, 0], pairs[:, 1])), shape=(n_units, n_units))
+        tree = minimum_spanning_tree(graph).tocoo()
+        edges = np.column_stack([tree.row, tree.col, tree.data]).astype(np.float64)
+        _, comp = connected_components(graph, directed=False)
+    else:
+        edges = np.empty((0, 3))
+        comp = np.arange(n_units)
+    roots = np.unique(comp, return_index=True)[1]  # lowest unit of each component
+    roots.sort()
+    joins = np.column_stack([roots[:-1], roots[1:], np.full(roots.size - 1, np.inf)])
+    edges = np.vstack([edges, joins])
+    # Sort by length, ties by (i, j): the hierarchy must not depend on storage order.
+    return edges[np.lexsort((edges[:, 1], edges[:, 0], edges[:, 2]))]
+
+
+def hdbscan_from_mst(mst: np.ndarray, max_cluster_size: int = 0,
+                     min_cluster_size: int = 2) -> np.ndarray:
+    """Cluster labels (N,) (-1 = noise, 0..K-1) from MST edges, by excess of mass."""
+    n_units = mst.shape[0] + 1
+    if n_units < 2:
+        return -np.ones(n_units, np.int64)
+    linkage = _single_linkage(np.ascontiguousarray(mst, dtype=np.float64))
+    tree = condense_tree(linkage, min_cluster_size)
+    stability = compute_stability(tree)
+    with np.errstate(divide="ignore", invalid="ignore"):  # membership strengths at lambda = 0
+        labels, _, _ = get_clusters(tree, stability, "eom", False, False, 0.0,
+                                    int(max_cluster_size))
+    return np.asarray(labels, dtype=np.int64)
+
+
+def sparse_hdbscan(n_units: int, pairs: np.ndarray, distance: np.ndarray,
+                   max_cluster_size: int = 0) -> np.ndarray:
+    """HDBSCAN (min_samples=1, min_cluster_size=2, EOM) of units given only candidate pairs.
+
+    pairs: (P, 2); distance: (P,). Pairs not listed are infinitely far apart.
+    Returns labels (N,): -1 for units in no cluster, clusters numbered by lowest unit.
+    """
+    labels = hdbscan_from_mst(sparse_mst(n_units, pairs, distance), max_cluster_size)
+    return renumber(labels, start=0)
+
+
+def renumber(labels: np.ndarray, start: int = 1) -> np.ndarray:
+    """Clusters renumbered start, start+1, ... in order of their lowest unit; -1 kept."""
+    labels = np.asarray(labels)
+    out = -np.ones(labels.shape, np.int64)
+    valid = labels >= 0
+    if valid.any():
+        _, first = np.unique(labels[valid], return_index=True)
+        ids = labels[valid][np.sort(first)]
+        lookup = {int(c): k + start for k, c in enumerate(ids)}
+        out[valid] = [lookup[int(c)] for c in labels[valid]]
+    return out
+
+
+def same_cluster(labels: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """(P,) bool: both units of a pair in one cluster (not -1)."""
+    a, b = labels[pairs[:, 0]], labels[pairs[:, 1]]
+    return (a == b) & (a >= 0)
+
+
+def lda_weights(features: np.ndarray, matched: np.ndarray):
+    """Weights and threshold from a two-class LDA of the pairs' similarity vectors.
+
+    features: (P, F); matched: (P,) bool. Returns (weights (F,), threshold) with weights the
+    LDA coefficients normalised to sum 1 and threshold the weighted similarity on the LDA
+    boundary; None when the classes cannot be separated (one class empty or sum of
+    coefficients not positive).
+    """
+    if matched.all() or not matched.any():
+        return None
+    lda = LinearDiscriminantAnalysis(solver="svd")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # collinear features: the svd solver copes
+        lda.fit(features, matched)
+    coef = lda.coef_.ravel()
+    total = coef.sum()
+    if not np.isfinite(total) or total <= 0:
+        return None
+    return coef / total, float(-lda.intercept_[0] / total)
+
+
+@dataclass
+class ClusteringResult:
+    """Outcome of IHDBSCAN on candidate pairs.
+
+    labels: (N,) cluster of each unit (-1 none, 0..K-1); weights: (F,); threshold: weighted
+    similarity on the LDA boundary; similarity: (P,) weighted similarity of each pair;
+    good: (P,) pairs in one cluster and above threshold; n_iter: iterations run.
+    """
+
+    labels: np.ndarray
+    weights: np.ndarray
+    threshold: float
+    similarity: np.ndarray
+    good: np.ndarray
+    n_iter: int
+    converged: bool
+
+
+def ihdbscan(n_units: int, pairs: np.ndarray, features: np.ndarray, max_cluster_size: int,
+             n_iter: int = 10, weight_tol: float = 1e-8,
+             weights: np.ndarray | None = None) -> ClusteringResult:
+    """Iterate HDBSCAN on D = 1/(1+tanh(S)) and LDA re-weighting of the similarity features.
+
+    features: (P, F) per-feature Fisher z of each candidate pair; max_cluster_size: number of
+    sessions (a neuron appears at most once per session).
+    """
+    n_feat = features.shape[1]
+    w = np.full(n_feat, 1.0 / n_feat) if weights is None else np.asarray(weights, float)
+    threshold = np.inf
+    labels = -np.ones(n_units, np.int64)
+    converged = False
+    it = 0
+    for it in range(1, n_iter + 1):
+        s = weighted_similarity(features, w)
+        labels = sparse_hdbscan(n_units, pairs, similarity_to_distance(s), max_cluster_size)
+        fit = lda_weights(features, same_cluster(labels, pairs))
+        if fit is None:
+            log.warning("IHDBSCAN iteration %d: no separable matches; weights kept", it)
+            break
+        new_w, threshold = fit
+        change = np.max(np.abs(new_w - w))
+        w = new_w
+        if change <= weight_tol:
+            converged = True
+            break
+    s = weighted_similarity(features, w)
+    if not converged and np.isfinite(threshold):
+        # The last LDA moved the weights: cluster once more so labels match weights.
+        labels = sparse_hdbscan(n_units, pairs, similarity_to_distance(s), max_cluster_size)
+    good = same_cluster(labels, pairs) & (s > threshold)
+    return ClusteringResult(labels, w, threshold, s, good, it, converged)

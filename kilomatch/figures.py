@@ -1,0 +1,168 @@
+"""Figures of a run, returned as matplotlib figures (export.save_figures writes them).
+
+Each function takes a :class:`kilomatch.pipeline.Result` and returns one Figure with labelled
+axes and units. Figures are built without pyplot, so no backend is switched and nothing is
+left open in a notebook; they display there as they are.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.figure import Figure
+
+MATCH_COLOR, OTHER_COLOR = "tab:red", "tab:gray"
+
+
+def _same_final(result) -> np.ndarray:
+    pairs, idx = result.final.pairs, result.idx_cluster
+    return (idx[pairs[:, 0]] == idx[pairs[:, 1]]) & (idx[pairs[:, 0]] > 0)
+
+
+def unit_depth(result):
+    """Unit depth per session, before and after motion correction; matched units coloured."""
+    units, idx = result.units, result.idx_cluster
+    sess = result.data.session_index
+    fig = Figure(figsize=(10, 5))
+    axes = fig.subplots(1, 2, sharey=True)
+    jitter = (np.random.default_rng(0).random(sess.size) - 0.5) * 0.3
+    for ax, depth, title in ((axes[0], units.locations[:, 1], "probe depth (before correction)"),
+                             (axes[1], result.final.corrected_depth, "corrected depth")):
+        ax.scatter(sess[idx <= 0] + jitter[idx <= 0], depth[idx <= 0], s=4, c=OTHER_COLOR,
+                   label="unmatched")
+        ax.scatter(sess[idx > 0] + jitter[idx > 0], depth[idx > 0], s=4,
+                   c=idx[idx > 0] % 20, cmap="tab20", label="matched (colour = cluster)")
+        ax.set_xlabel("session")
+        ax.set_title(title)
+    axes[0].set_ylabel("depth (um)")
+    axes[0].legend(loc="upper right", fontsize=8, markerscale=3)
+    fig.suptitle("Unit depth per session")
+    fig.tight_layout()
+    return fig
+
+
+def motion(result):
+    """Estimated motion per session with its 95% bootstrap band and each round's estimate."""
+    m = result.motion
+    sessions = np.arange(1, m.offset.size + 1)
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    for k, (_, mk) in enumerate(result.rounds, 1):
+        ax.plot(sessions, mk.displacement(), lw=0.8, alpha=0.6, label=f"round {k}")
+    ax.fill_between(sessions, m.ci_low, m.ci_high, color="k", alpha=0.2, label="95% band")
+    ax.plot(sessions, m.displacement(), "k.-", label="final")
+    ax.set_xlabel("session")
+    ax.set_ylabel("motion (um, apparent shift of unit depths)")
+    ax.set_title("Probe motion per session")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def similarity_features(result):
+    """Each feature's similarity (Fisher z) for matched vs unmatched candidate pairs."""
+    final = result.final
+    names, w = final.feature_names, final.clustering.weights
+    same = _same_final(result)
+    fig = Figure(figsize=(4 * len(names), 3.5))
+    axes = fig.subplots(1, len(names), squeeze=False)
+    for k, (ax, name) in enumerate(zip(axes[0], names)):
+        z = final.pair_features[:, k]
+        bins = np.linspace(z.min(), z.max(), 60) if z.size else 10
+        ax.hist(z[~same], bins=bins, color=OTHER_COLOR, alpha=0.7, density=True, label="unmatched")
+        ax.hist(z[same], bins=bins, color=MATCH_COLOR, alpha=0.7, density=True, label="matched")
+        ax.set_xlabel(f"{name} similarity (Fisher z)")
+        ax.set_title(f"{name}: weight {w[k]:.2f}")
+    axes[0, 0].set_ylabel("density")
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def weighted_similarity(result):
+    """Weighted similarity of candidate pairs with the LDA threshold."""
+    cl = result.final.clustering
+    same = _same_final(result)
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    s = cl.similarity
+    bins = np.linspace(s.min(), s.max(), 80) if s.size else 10
+    ax.hist(s[~same], bins=bins, color=OTHER_COLOR, alpha=0.7, label="unmatched pairs")
+    ax.hist(s[same], bins=bins, color=MATCH_COLOR, alpha=0.7, label="matched pairs")
+    if np.isfinite(cl.threshold):
+        ax.axvline(cl.threshold, color="k", ls="--", label=f"LDA threshold {cl.threshold:.2f}")
+    ax.set_yscale("log")
+    ax.set_xlabel("weighted similarity (Fisher z units)")
+    ax.set_ylabel("pairs")
+    ax.set_title("Weighted similarity of candidate pairs")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def match_probability(result):
+    """Probability that a unit of session a has a match in session b: matrix and curve against
+    the distance between sessions."""
+    sess0 = result.units.session0
+    n_s = result.data.n_sessions
+    idx = result.idx_cluster
+    prob = np.zeros((n_s, n_s))
+    counts = np.bincount(sess0, minlength=n_s).astype(float)
+    for c in np.unique(idx[idx > 0]):
+        present = np.unique(sess0[idx == c])
+        prob[np.ix_(present, present)] += 1
+    np.fill_diagonal(prob, 0)
+    prob = prob / np.maximum(counts[:, None], 1)
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
+    im = axes[0].imshow(prob, vmin=0, vmax=1, cmap="viridis", origin="lower",
+                        extent=(0.5, n_s + 0.5, 0.5, n_s + 0.5))
+    fig.colorbar(im, ax=axes[0], label="P(match)")
+    axes[0].set_xlabel("session b")
+    axes[0].set_ylabel("session a")
+    axes[0].set_title("Units of session a matched in session b")
+    gaps = np.arange(1, n_s)
+    a, b = np.meshgrid(np.arange(n_s), np.arange(n_s), indexing="ij")
+    curve = [prob[np.abs(a - b) == g].mean() for g in gaps]
+    axes[1].plot(gaps, curve, "o-")
+    axes[1].set_ylim(0, 1)
+    axes[1].set_xlabel("distance between sessions (sessions)")
+    axes[1].set_ylabel("P(match)")
+    axes[1].set_title("Match probability vs session distance")
+    fig.tight_layout()
+    return fig
+
+
+def feature_scatter(result, max_points: int = 20000):
+    """Pairwise scatter of the similarity features, matched vs unmatched pairs."""
+    final = result.final
+    names = final.feature_names
+    z = final.pair_features
+    same = _same_final(result)
+    keep = np.arange(len(z))
+    if len(keep) > max_points:  # a readable figure, same subset every run
+        keep = np.sort(np.random.default_rng(0).choice(len(z), max_points, replace=False))
+    combos = [(a, b) for a in range(len(names)) for b in range(a + 1, len(names))] or [(0, 0)]
+    fig = Figure(figsize=(4.5 * len(combos), 4))
+    axes = fig.subplots(1, len(combos), squeeze=False)
+    for ax, (a, b) in zip(axes[0], combos):
+        for mask, color, label in ((~same[keep], OTHER_COLOR, "unmatched"),
+                                   (same[keep], MATCH_COLOR, "matched")):
+            ax.scatter(z[keep[mask], a], z[keep[mask], b], s=2, c=color, alpha=0.5, label=label)
+        ax.set_xlabel(f"{names[a]} similarity (z)")
+        ax.set_ylabel(f"{names[b]} similarity (z)")
+    axes[0, 0].legend(fontsize=8, markerscale=4)
+    fig.suptitle("Similarity features of candidate pairs")
+    fig.tight_layout()
+    return fig
+
+
+def plot_all(result) -> dict:
+    """Every figure of a run, by file name (without .png)."""
+    return {
+        "UnitDepth": unit_depth(result),
+        "Motion": motion(result),
+        "SimilarityFeatures": similarity_features(result),
+        "WeightedSimilarity": weighted_similarity(result),
+        "MatchProbability": match_probability(result),
+        "FeatureScatter": feature_scatter(result),
+    }

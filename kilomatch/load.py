@@ -1,0 +1,282 @@
+"""Load and check the input folder (format: README 'Input folder').
+
+Every check runs before any heavy work and every problem is reported together, each naming
+the file, unit or session at fault. Arrays load with ``allow_pickle=False``; the folder is only
+read, never written.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import KilomatchError
+
+log = logging.getLogger("kilomatch")
+
+REQUIRED = ("waveform_all.npy", "channel_locations.npy", "session_index.npy")
+_UNIT_FILE = re.compile(r"^Unit(\d+)\.npy$")
+
+
+@dataclass
+class Dataset:
+    """One study's units, all sessions together.
+
+    waveforms: (N, C, T) mean waveforms in uV (float32; memory-mapped when loaded from disk).
+    channel_locations: (C, 2) channel x, y in um; y is depth.
+    session_index: (N,) int64 session of each unit, 1..S.
+    spike_times: N arrays of spike times in ms, sorted.
+    peth: (N, P) float64 peri-event time histograms, or None.
+    channel_shanks: (C,) shank id per channel, or None.
+    """
+
+    waveforms: np.ndarray
+    channel_locations: np.ndarray
+    session_index: np.ndarray
+    spike_times: list
+    peth: np.ndarray | None = None
+    channel_shanks: np.ndarray | None = None
+    path: Path | None = None
+
+    @property
+    def n_units(self) -> int:
+        return int(self.waveforms.shape[0])
+
+    @property
+    def n_sessions(self) -> int:
+        return int(self.session_index.max()) if self.session_index.size else 0
+
+    @property
+    def n_channels(self) -> int:
+        return int(self.channel_locations.shape[0])
+
+
+def _load_npy(path: Path, problems: list, mmap: bool = False):
+    """np.load with allow_pickle=False; a problem message instead of a numpy traceback."""
+    try:
+        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except ValueError as err:
+        if "allow_pickle" in str(err) or "object" in str(err).lower():
+            problems.append(f"{path}: holds Python objects (dtype=object); save a plain numeric "
+                            "array (np.asarray(x, dtype=float)) - inputs load with allow_pickle=False")
+        else:
+            problems.append(f"{path}: not a readable .npy array ({err})")
+        return None
+    except (OSError, EOFError) as err:
+        problems.append(f"{path}: cannot be read as .npy ({err})")
+        return None
+    if isinstance(arr, np.lib.npyio.NpzFile):  # pragma: no cover - .npz renamed to .npy
+        problems.append(f"{path}: is an .npz archive, expected a single .npy array")
+        return None
+    if arr.dtype.kind not in "biuf":
+        problems.append(f"{path}: dtype {arr.dtype} is not numeric")
+        return None
+    return arr
+
+
+def _all_finite(arr: np.ndarray, chunk_rows: int = 2048) -> np.ndarray:
+    """Per-row finiteness of a possibly memory-mapped array, read in chunks: (rows,) bool."""
+    ok = np.empty(arr.shape[0], dtype=bool)
+    for start in range(0, arr.shape[0], chunk_rows):
+        block = np.asarray(arr[start:start + chunk_rows])
+        ok[start:start + chunk_rows] = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
+    return ok
+
+
+def _name_units(units, limit: int = 10) -> str:
+    units = list(units)
+    shown = ", ".join(str(u) for u in units[:limit])
+    return shown + (f" ... ({len(units)} in all)" if len(units) > limit else "")
+
+
+def check_session_index(session_index, n_units: int, where: str = "session_index.npy") -> list:
+    """Problems with a session index vector (empty list when valid)."""
+    problems = []
+    s = np.asarray(session_index)
+    if s.ndim == 2 and 1 in s.shape:
+        s = s.ravel()
+    if s.ndim != 1:
+        return [f"{where}: expected shape ({n_units},), got {s.shape}"]
+    if s.shape[0] != n_units:
+        problems.append(f"{where}: has {s.shape[0]} entries but waveform_all.npy has {n_units} "
+                        "units; give one session number per unit")
+    if s.size == 0:
+        return problems + [f"{where}: is empty"]
+    if s.dtype.kind == "f":
+        if not np.isfinite(s).all() or not np.all(s == np.round(s)):
+            bad = np.flatnonzero(~np.isfinite(s) | (s != np.round(s)))
+            return problems + [f"{where}: sessions must be whole numbers; units "
+                               f"{_name_units(bad)} are not"]
+    elif s.dtype.kind not in "iub":
+        return problems + [f"{where}: dtype {s.dtype} is not integer"]
+    values = np.unique(s.astype(np.int64))
+    if values[0] < 1:
+        problems.append(f"{where}: sessions are numbered from 1, found {values[0]}"
+                        + (" (0-based? add 1)" if values[0] == 0 else ""))
+    elif values[-1] != values.size or values[0] != 1:
+        missing = sorted(set(range(1, int(values[-1]) + 1)) - set(values.tolist()))
+        problems.append(f"{where}: sessions must run 1..S without gaps; missing "
+                        f"{_name_units(missing)}")
+    if values.size < 2:
+        problems.append(f"{where}: only one session ({values[0]}); tracking needs at least two")
+    return problems
+
+
+def load_dataset(path, need_peth: bool = True) -> Dataset:
+    """Read and check an input folder; raise one KilomatchError listing every problem.
+
+    Warnings (not errors) are logged for degenerate but legal data: units with fewer than two
+    spikes, unsorted spike times (sorted here), flat waveforms.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise KilomatchError(f"path_to_data not found: {folder} (set 'path_to_data' in the "
+                             "settings to the folder holding waveform_all.npy)")
+    problems: list[str] = []
+    missing = [name for name in REQUIRED if not (folder / name).is_file()]
+    for name in missing:
+        problems.append(f"{folder / name}: required file is missing")
+    if not (folder / "spike_times").is_dir():
+        problems.append(f"{folder / 'spike_times'}: required folder is missing (one UnitK.npy of "
+                        "spike times in ms per unit, K = 0..N-1)")
+
+    waveforms = locs = sessions = peth = shanks = None
+    if (folder / "waveform_all.npy").is_file():
+        waveforms = _load_npy(folder / "waveform_all.npy", problems, mmap=True)
+    if (folder / "channel_locations.npy").is_file():
+        locs = _load_npy(folder / "channel_locations.npy", problems)
+    if (folder / "session_index.npy").is_file():
+        sessions = _load_npy(folder / "session_index.npy", problems)
+    if need_peth and (folder / "peth.npy").is_file():
+        peth = _load_npy(folder / "peth.npy", problems)
+    if (folder / "channel_shanks.npy").is_file():
+        shanks = _load_npy(folder / "channel_shanks.npy", problems)
+
+    n_units = None
+    if waveforms is not None:
+        if waveforms.ndim != 3:
+            problems.append(f"{folder / 'waveform_all.npy'}: expected 3 dimensions (units, "
+                            f"channels, samples), got shape {waveforms.shape}")
+            waveforms = None
+        else:
+            n_units = waveforms.shape[0]
+            if n_units == 0:
+                problems.append(f"{folder / 'waveform_all.npy'}: holds no units")
+    if locs is not None:
+        if locs.ndim != 2 or locs.shape[1] != 2:
+            problems.append(f"{folder / 'channel_locations.npy'}: expected shape (channels, 2) "
+                            f"of x, y in um, got {locs.shape}")
+            locs = None
+        elif not np.isfinite(locs).all():
+            rows = np.flatnonzero(~np.isfinite(locs).all(axis=1))
+            problems.append(f"{folder / 'channel_locations.npy'}: NaN or Inf at channels "
+                            f"{_name_units(rows)}")
+            locs = None
+    if waveforms is not None and locs is not None and waveforms.shape[1] != locs.shape[0]:
+        problems.append(f"{folder / 'waveform_all.npy'}: has {waveforms.shape[1]} channels but "
+                        f"channel_locations.npy has {locs.shape[0]}; both must list the same channels")
+    if waveforms is not None and n_units:
+        finite = _all_finite(waveforms)
+        if not finite.all():
+            problems.append(f"{folder / 'waveform_all.npy'}: NaN or Inf in the waveforms of units "
+                            f"{_name_units(np.flatnonzero(~finite))}")
+    if sessions is not None and n_units is not None:
+        problems += check_session_index(sessions, n_units, str(folder / "session_index.npy"))
+    if peth is not None and n_units is not None:
+        if peth.ndim != 2 or peth.shape[0] != n_units:
+            problems.append(f"{folder / 'peth.npy'}: expected shape ({n_units}, points), one row "
+                            f"per unit, got {peth.shape}")
+        elif not np.isfinite(peth).all():
+            rows = np.flatnonzero(~np.isfinite(peth).all(axis=1))
+            problems.append(f"{folder / 'peth.npy'}: NaN or Inf in the PETH of units "
+                            f"{_name_units(rows)}")
+    if shanks is not None and locs is not None:
+        if shanks.ravel().shape[0] != locs.shape[0]:
+            problems.append(f"{folder / 'channel_shanks.npy'}: expected {locs.shape[0]} entries "
+                            f"(one per channel), got {shanks.shape}")
+
+    spike_times = None
+    if (folder / "spike_times").is_dir() and n_units is not None:
+        spike_times = _load_spike_times(folder / "spike_times", n_units, problems)
+
+    if problems:
+        raise KilomatchError.from_problems(problems, header=f"Invalid input in {folder}")
+
+    session_index = np.asarray(sessions).ravel().astype(np.int64)
+    data = Dataset(
+        waveforms=waveforms,
+        channel_locations=np.asarray(locs, dtype=np.float64),
+        session_index=session_index,
+        spike_times=spike_times,
+        peth=None if peth is None else np.asarray(peth, dtype=np.float64),
+        channel_shanks=None if shanks is None else np.asarray(shanks).ravel().astype(np.int64),
+        path=folder,
+    )
+    warn_degenerate(data)
+    return data
+
+
+def _load_spike_times(spike_dir: Path, n_units: int, problems: list) -> list | None:
+    found = {}
+    for entry in spike_dir.iterdir():
+        match = _UNIT_FILE.match(entry.name)
+        if match:
+            found[int(match.group(1))] = entry
+    missing = [k for k in range(n_units) if k not in found]
+    extra = sorted(k for k in found if k >= n_units)
+    if missing:
+        problems.append(f"{spike_dir}: no spike-time file for units {_name_units(missing)} "
+                        f"(expected Unit0.npy .. Unit{n_units - 1}.npy)")
+    if extra:
+        problems.append(f"{spike_dir}: holds more units than waveform_all.npy ({n_units}): "
+                        f"Unit{extra[0]}.npy" + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
+    if missing:
+        return None
+    times = []
+    unsorted = []
+    for k in range(n_units):
+        path = found[k]
+        arr = _load_npy(path, problems)
+        if arr is None:
+            times.append(None)
+            continue
+        if arr.ndim == 2 and 1 in arr.shape:
+            arr = arr.ravel()
+        if arr.ndim != 1:
+            problems.append(f"{path}: expected a 1-D array of spike times in ms, got shape {arr.shape}")
+            times.append(None)
+            continue
+        arr = arr.astype(np.float64)
+        if not np.isfinite(arr).all():
+            problems.append(f"{path}: NaN or Inf spike times (unit {k})")
+        if arr.size > 1 and np.any(np.diff(arr) < 0):
+            arr = np.sort(arr)
+            unsorted.append(k)
+        times.append(arr)
+    if unsorted:
+        log.warning("spike times of units %s were not sorted; sorted them", _name_units(unsorted))
+    return times
+
+
+def warn_degenerate(data: Dataset) -> None:
+    """Log degenerate but legal units: too few spikes, flat waveforms, lone units per session."""
+    few = [k for k, t in enumerate(data.spike_times) if t.size < 2]
+    if few:
+        log.warning("units %s have fewer than 2 spikes: their ACG and ISI are zero and carry no "
+                    "similarity", _name_units(few))
+    flat = []
+    for start in range(0, data.n_units, 2048):
+        block = np.asarray(data.waveforms[start:start + 2048])
+        ptp = block.max(axis=2) - block.min(axis=2)
+        flat += (start + np.flatnonzero(ptp.max(axis=1) == 0)).tolist()
+    if flat:
+        log.warning("units %s have flat (all-constant) waveforms: their waveform similarity is 0",
+                    _name_units(flat))
+    counts = np.bincount(data.session_index, minlength=data.n_sessions + 1)[1:]
+    lone = np.flatnonzero(counts == 1) + 1
+    if lone.size:
+        log.warning("sessions %s hold a single unit", _name_units(lone))

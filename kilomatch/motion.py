@@ -1,0 +1,146 @@
+"""Probe motion across sessions from matched unit pairs (ALGORITHM.md s.5).
+
+Convention: p_s(d) = slope_s * d + offset_s is the apparent shift (um) of a unit at probe depth
+d in session s; a unit's corrected depth is y - p_s(y). Offsets have mean 0 over the sessions
+that are tied to the others by matches; with linear motion the first session's slope is 0.
+Both are exact linear least-squares solutions (no random start); the 95% band comes from a
+seeded bootstrap over pairs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import sparse
+from scipy.sparse.csgraph import connected_components
+
+log = logging.getLogger("kilomatch")
+
+
+@dataclass
+class Motion:
+    """Per-session motion. offset, slope, ci_low, ci_high: (S,) um (slope: um per um).
+
+    ``ci_low``/``ci_high`` bound the displacement at ``ref_depth`` (the mean depth of the
+    matched pairs). ``n_pairs``: matched pairs touching each session. ``tied``: sessions whose
+    motion is determined by matches (others are left at 0).
+    """
+
+    offset: np.ndarray
+    slope: np.ndarray
+    ci_low: np.ndarray
+    ci_high: np.ndarray
+    n_pairs: np.ndarray
+    tied: np.ndarray
+    ref_depth: float = 0.0
+
+    @classmethod
+    def zero(cls, n_sessions: int) -> "Motion":
+        z = np.zeros(n_sessions)
+        return cls(z, z.copy(), z.copy(), z.copy(), np.zeros(n_sessions, np.int64),
+                   np.zeros(n_sessions, bool))
+
+    @property
+    def linear(self) -> bool:
+        return bool(np.any(self.slope != 0))
+
+    def at(self, session0: np.ndarray, depth: np.ndarray) -> np.ndarray:
+        """Displacement (um) of units in 0-based sessions ``session0`` at probe depths ``depth``."""
+        return self.slope[session0] * depth + self.offset[session0]
+
+    def displacement(self) -> np.ndarray:
+        """(S,) displacement at ``ref_depth``: what motion.npy holds."""
+        return self.slope * self.ref_depth + self.offset
+
+
+def _design(session_a, session_b, depth, n_sessions, linear):
+    """Sparse design matrix of the pair equations (M, S) or (M, 2S-1)."""
+    m = session_a.size
+    rows = np.repeat(np.arange(m), 2)
+    cols = np.column_stack([session_b, session_a]).ravel()
+    vals = np.tile([1.0, -1.0], m)
+    a = sparse.csr_matrix((vals, (rows, cols)), shape=(m, n_sessions))
+    if not linear:
+        return a
+    # Slope columns for sessions 2..S (session 1's slope fixed at 0 removes the gauge).
+    slope = sparse.csr_matrix((vals * np.repeat(depth, 2), (rows, cols)), shape=(m, n_sessions))
+    return sparse.hstack([a, slope[:, 1:]], format="csr")
+
+
+def _solve(a, dy, weights=None):
+    """Minimum-norm least squares through the small normal equations."""
+    aw = a if weights is None else a.multiply(weights[:, None]).tocsr()
+    ata = (aw.T @ a).toarray()
+    atb = aw.T @ dy
+    sol, *_ = np.linalg.lstsq(ata, atb, rcond=None)
+    return sol
+
+
+def estimate_motion(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray, n_sessions: int,
+                    linear: bool = False, n_bootstrap: int = 1000, seed: int = 0) -> Motion:
+    """Motion from matched pairs.
+
+    pairs: (M, 2) unit indices of good matches; depth: (N,) unit y in um (uncorrected);
+    session0: (N,) 0-based session of each unit. Rigid: p minimises
+    sum ((y_B - y_A) - (p_sB - p_sA))^2. Linear: p_s(d) = k_s d + b_s with d the pair's mean
+    depth and k_1 = 0. Sessions without a match chain to the others keep motion 0 (a warning
+    names them).
+    """
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    motion = Motion.zero(n_sessions)
+    if pairs.shape[0] == 0:
+        log.warning("no matched pairs to estimate motion from: motion left at 0 for every session")
+        return motion
+    sa, sb = session0[pairs[:, 0]], session0[pairs[:, 1]]
+    keep = sa != sb
+    pairs, sa, sb = pairs[keep], sa[keep], sb[keep]
+    dy = depth[pairs[:, 1]] - depth[pairs[:, 0]]
+    mid = 0.5 * (depth[pairs[:, 0]] + depth[pairs[:, 1]])
+    motion.n_pairs = np.bincount(np.concatenate([sa, sb]), minlength=n_sessions)
+
+    # Sessions tied to the largest group of sessions by matches; the rest stay at 0.
+    graph = sparse.coo_matrix((np.ones(sa.size), (sa, sb)), shape=(n_sessions, n_sessions))
+    _, comp = connected_components(graph, directed=False)
+    sizes = np.bincount(comp)
+    main = np.argmax(sizes)
+    tied = (comp == main) & (sizes[comp] > 1)
+    if not tied.any():
+        log.warning("no matched pairs to estimate motion from: motion left at 0 for every session")
+        return motion
+    if (~tied).any():
+        log.warning("sessions %s have no match chain to the others: their motion is left at 0 "
+                    "(the reference)", ", ".join(str(s + 1) for s in np.flatnonzero(~tied)))
+    use = tied[sa] & tied[sb]
+    sa, sb, dy, mid = sa[use], sb[use], dy[use], mid[use]
+    # Renumber tied sessions 0..K-1 so the gauge is fixed among them only.
+    index = -np.ones(n_sessions, np.int64)
+    index[tied] = np.arange(tied.sum())
+    k = int(tied.sum())
+    a = _design(index[sa], index[sb], mid, k, linear)
+
+    def fit(weights=None):
+        sol = _solve(a, dy, weights)
+        off = sol[:k]
+        slope = np.concatenate([[0.0], sol[k:]]) if linear else np.zeros(k)
+        # Offsets are only defined up to a constant: report them with mean 0.
+        return off - off.mean(), slope
+
+    offset, slope = fit()
+    motion.offset[tied], motion.slope[tied] = offset, slope
+    motion.tied = tied
+    motion.ref_depth = float(mid.mean()) if linear else 0.0
+    if n_bootstrap > 0:
+        rng = np.random.default_rng(seed)
+        disp = np.empty((n_bootstrap, k))
+        for b in range(n_bootstrap):
+            w = rng.multinomial(dy.size, np.full(dy.size, 1.0 / dy.size)).astype(np.float64)
+            off_b, slope_b = fit(w)
+            disp[b] = slope_b * motion.ref_depth + off_b
+        lo, hi = np.percentile(disp, [2.5, 97.5], axis=0)
+        motion.ci_low[tied], motion.ci_high[tied] = lo, hi
+    base = motion.displacement()
+    motion.ci_low[~tied] = base[~tied]
+    motion.ci_high[~tied] = base[~tied]
+    return motion

@@ -1,0 +1,167 @@
+"""Every setting, declared once: name, type, default, allowed values and meaning.
+
+This table drives validation (:mod:`kilomatch.settings`), the settings table in README and the
+default ``settings.json`` (``python -m kilomatch.parameters --json`` / ``--markdown``).
+Names follow the reference port's ``settings.json`` so that its files load unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+
+FEATURES = ("Waveform", "AutoCorr", "ISI", "PETH")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One setting. ``kind`` is one of: path, bool, int, float, str, features, feature_rounds."""
+
+    name: str  # dotted, e.g. "clustering.max_distance"
+    kind: str
+    default: object
+    description: str
+    min: float | None = None  # inclusive lower bound for numbers
+    min_exclusive: bool = False
+    max: float | None = None
+    choices: tuple = field(default_factory=tuple)
+
+    def allowed(self) -> str:
+        """Human-readable statement of what values are allowed."""
+        if self.choices:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        if self.kind == "features":
+            return "a list of names from " + ", ".join(FEATURES)
+        if self.kind == "feature_rounds":
+            return "a list of lists of names from " + ", ".join(FEATURES)
+        kind = {"path": "a path (string)", "bool": "true or false", "int": "an integer",
+                "float": "a number", "str": "a string"}[self.kind]
+        if self.min is not None and self.max is not None:
+            return f"{kind} from {self.min:g} to {self.max:g}"
+        if self.min is not None:
+            return f"{kind} {'>' if self.min_exclusive else '>='} {self.min:g}"
+        return kind
+
+
+PARAMETERS: tuple[Param, ...] = (
+    Param("path_to_data", "path", "examples/example_data",
+          "Input folder (waveform_all.npy, channel_locations.npy, session_index.npy, "
+          "spike_times/, optional peth.npy). Relative paths resolve against the settings "
+          "file's folder. Never written to."),
+    Param("output_folder", "path", "examples/example_output",
+          "Where results and Figures/ go. Created if missing; must differ from path_to_data."),
+    Param("save_intermediate_results", "bool", False,
+          "Also write each motion round's clustering (MotionRound{k}.npz)."),
+    Param("n_jobs", "int", -1,
+          "Worker processes for per-unit work; -1 uses every core. Results do not depend on it.",
+          min=-1),
+    Param("centering_waveforms", "bool", False,
+          "Shift each unit's waveform so the trough of its peak channel sits at sample "
+          "ceil(T/2)-1 (edge values padded)."),
+    Param("seed", "int", 0, "Seed of every random step (motion bootstrap).", min=0),
+    Param("debug", "bool", False, "Show full tracebacks instead of one-line messages."),
+    Param("dense_output_max_units", "int", 20000,
+          "Write the dense N x N outputs (ClusterMatrix, SimilarityMatrix) only up to this many "
+          "units; the sparse pair tables are always written.", min=0),
+    Param("spikeLocation.location_algorithm", "str", "monopolar_triangulation",
+          "How unit positions are estimated.",
+          choices=("monopolar_triangulation", "center_of_mass")),
+    Param("spikeLocation.n_nearest_channels", "int", 20,
+          "Channels around the peak channel used to locate a unit.", min=1),
+    Param("waveformCorrection.n_nearest_channels", "int", 38,
+          "Channels around the peak channel on which waveforms are compared and written.", min=1),
+    Param("waveformCorrection.linear_correction", "bool", False,
+          "Estimate depth-dependent (linear) motion instead of rigid motion."),
+    Param("waveformCorrection.n_templates", "int", 1,
+          "Reference probes waveforms are corrected to: 1 (mean position) or 2 (lowest and "
+          "highest motion; the larger similarity of the two is used).", choices=(1, 2)),
+    Param("autoCorr.window", "float", 300.0, "Autocorrelogram half-width (ms).",
+          min=0, min_exclusive=True),
+    Param("autoCorr.binwidth", "float", 1.0, "Autocorrelogram bin width (ms).",
+          min=0, min_exclusive=True),
+    Param("autoCorr.gaussian_sigma", "float", 5.0,
+          "Gaussian smoothing of each side of the autocorrelogram (ms).", min=0),
+    Param("ISI.window", "float", 100.0, "Inter-spike-interval histogram range (ms).",
+          min=0, min_exclusive=True),
+    Param("ISI.binwidth", "float", 1.0, "ISI histogram bin width (ms).",
+          min=0, min_exclusive=True),
+    Param("ISI.gaussian_sigma", "float", 1.0, "Gaussian smoothing of the ISI histogram (ms).",
+          min=0),
+    Param("motionEstimation.features", "feature_rounds",
+          [["AutoCorr", "PETH"], ["Waveform", "AutoCorr", "PETH"],
+           ["Waveform", "AutoCorr", "PETH"]],
+          "One entry per motion round: the similarity features used to find matches in that "
+          "round. Round 1 without Waveform copes with large drift."),
+    Param("motionEstimation.n_bootstrap", "int", 1000,
+          "Bootstrap resamples of the matched pairs for the motion's 95% band.", min=0),
+    Param("clustering.max_distance", "float", 100.0,
+          "Largest motion-corrected depth difference (um) of two units that may be the same "
+          "neuron; farther pairs are never compared.", min=0, min_exclusive=True),
+    Param("clustering.features", "features", ["Waveform", "AutoCorr"],
+          "Similarity features of the final clustering."),
+    Param("clustering.n_iter", "int", 10, "Most HDBSCAN + LDA iterations.", min=1),
+    Param("clustering.weight_tol", "float", 1e-8,
+          "Stop the HDBSCAN + LDA iterations when no weight changes by more than this.", min=0),
+    Param("autoCuration.auto_split", "bool", True,
+          "Split clusters into the connected components of their above-threshold pairs."),
+)
+
+BY_NAME = {p.name: p for p in PARAMETERS}
+
+# Keys that settings files written for the reference port carry but kilomatch does not need:
+# accepted so that those files load unchanged, then ignored with a note.
+LEGACY = {
+    "motionEstimation.n_iter": "the reference port needs it to run; kilomatch's motion rounds "
+                               "are set by motionEstimation.features",
+}
+
+
+def default_dict() -> dict:
+    """Nested dict of every default, in table order."""
+    out: dict = {}
+    for p in PARAMETERS:
+        node = out
+        *parents, leaf = p.name.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = json.loads(json.dumps(p.default))  # a copy
+    return out
+
+
+def default_settings_text() -> str:
+    """The default settings.json: JSON with one comment line per setting."""
+    lines = ["// kilomatch settings. Every key, its default and meaning: see README 'Settings'.",
+             "// Relative paths resolve against this file's folder."]
+    body = json.dumps(default_dict(), indent=4)
+    # Attach each setting's description as a comment on its line: readable, and still
+    # loadable by the reference port's hjson reader.
+    out = []
+    stack: list[str] = []
+    for line in body.splitlines():
+        stripped = line.strip()
+        if stripped.startswith('"'):
+            key = stripped.split('"')[1]
+            depth = (len(line) - len(line.lstrip())) // 4 - 1
+            stack = stack[:depth] + [key]
+            name = ".".join(stack)
+            if name in BY_NAME and not stripped.endswith("{"):
+                line = f"{line}  // {BY_NAME[name].description.split('.')[0]}"
+        out.append(line)
+    return "\n".join(lines + out) + "\n"
+
+
+def markdown_table() -> str:
+    """README table of every setting."""
+    rows = ["| setting | default | allowed | meaning |", "|---|---|---|---|"]
+    for p in PARAMETERS:
+        default = json.dumps(p.default)
+        rows.append(f"| `{p.name}` | `{default}` | {p.allowed()} | {p.description} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    if "--markdown" in sys.argv:
+        sys.stdout.write(markdown_table())
+    else:
+        sys.stdout.write(default_settings_text())

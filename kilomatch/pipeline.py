@@ -1,0 +1,343 @@
+"""The whole run, as a list of plain steps: load, features, motion rounds, final clustering,
+curation, export. Every step is also importable on its own (see each module)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import correction, curation, export, features
+from .clustering import ClusteringResult, ihdbscan, renumber, same_cluster
+from .errors import KilomatchError
+from .load import Dataset, load_dataset
+from .motion import Motion, estimate_motion
+from .parallel import map_units
+from .settings import Settings, load as load_settings
+from .similarity import candidate_pairs, feature_similarity, waveform_similarity, weighted_similarity
+
+log = logging.getLogger("kilomatch")
+
+
+@dataclass
+class UnitFeatures:
+    """Per-unit features of the whole dataset (N units, C channels, T samples).
+
+    waveforms: (N, C, T) float32 uV (centred if asked); peak_channel: (N,); amplitude: (N,) uV;
+    locations: (N, 3) um; acg: (N, L); isi: (N, B); peth: (N, P) or None;
+    session0: (N,) 0-based session; shank: (N,) shank of the peak channel (0 when one shank).
+    """
+
+    waveforms: np.ndarray
+    peak_channel: np.ndarray
+    amplitude: np.ndarray
+    locations: np.ndarray
+    acg: np.ndarray
+    isi: np.ndarray
+    peth: np.ndarray | None
+    session0: np.ndarray
+    shank: np.ndarray
+
+
+@dataclass
+class RoundResult:
+    """One matching pass at a given motion: candidate pairs, their similarities, clustering."""
+
+    feature_names: list
+    motion: Motion
+    pairs: np.ndarray               # (P, 2)
+    pair_features: np.ndarray       # (P, F) Fisher z per feature
+    clustering: ClusteringResult
+    corrected_depth: np.ndarray     # (N,)
+    waveforms_corrected: np.ndarray | None = None  # (K, N, C, T)
+    channels_corrected: np.ndarray | None = None   # (K, N, n)
+
+
+@dataclass
+class Result:
+    """What a run returns (and writes). idx_cluster: (N,) -1 or 1..K."""
+
+    settings: Settings
+    data: Dataset
+    units: UnitFeatures
+    motion: Motion
+    rounds: list
+    final: RoundResult
+    curated: curation.CurationResult
+    idx_cluster: np.ndarray
+    matched_pairs: np.ndarray
+    run_time_s: float = 0.0
+    summary: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- steps
+
+def feature_rounds(s: Settings, has_peth: bool) -> tuple[list, list]:
+    """Feature lists of the motion rounds and of the final clustering, without PETH when the
+    data has none (said once)."""
+    rounds = [list(r) for r in s.motionEstimation.features]
+    final = list(s.clustering.features)
+    if not has_peth and any("PETH" in r for r in rounds + [final]):
+        log.info("PETH is listed in the settings but %s has no peth.npy: going on without PETH",
+                 s.path_to_data)
+        rounds = [[f for f in r if f != "PETH"] for r in rounds]
+        final = [f for f in final if f != "PETH"]
+    empty = [k + 1 for k, r in enumerate(rounds) if not r]
+    if empty or not final:
+        where = f"motionEstimation.features round {empty}" if empty else "clustering.features"
+        raise KilomatchError(f"setting '{where}' lists only PETH, and there is no peth.npy: "
+                             "add Waveform, AutoCorr or ISI")
+    return rounds, final
+
+
+def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
+    """Peak channel, amplitude, location, ACG, ISI of every unit (ALGORITHM.md s.2)."""
+    waveforms = np.asarray(data.waveforms, dtype=np.float32)
+    ptt = features.peak_to_trough(waveforms)
+    peak, amplitude = features.peak_channels(ptt)
+    if s.centering_waveforms:
+        waveforms = features.center_waveforms(waveforms, peak)
+    locs = data.channel_locations
+    loc_settings = s.spikeLocation
+
+    def locate(idx):
+        return features.locate_units(ptt[idx], locs, peak[idx], loc_settings.n_nearest_channels,
+                                     loc_settings.location_algorithm)
+
+    locations = map_units(locate, data.n_units, s.n_jobs, "locating units")
+    ac, isi_s = s.autoCorr, s.ISI
+
+    def spike_features(idx):
+        times = [data.spike_times[k] for k in idx]
+        acg = features.auto_correlograms(times, ac.window, ac.binwidth, ac.gaussian_sigma)
+        isi = features.isi_histograms(times, isi_s.window, isi_s.binwidth, isi_s.gaussian_sigma)
+        return np.hstack([acg, isi])
+
+    both = map_units(spike_features, data.n_units, s.n_jobs, "ACG and ISI")
+    n_acg = features.acg_lags(ac.window, ac.binwidth).size
+    shank = (np.zeros(data.n_units, np.int64) if data.channel_shanks is None
+             else data.channel_shanks[peak])
+    return UnitFeatures(waveforms, peak, amplitude, locations, both[:, :n_acg], both[:, n_acg:],
+                        data.peth, data.session_index - 1, shank)
+
+
+def reference_shifts(motion: Motion, units: UnitFeatures, n_templates: int) -> list:
+    """Per reference probe, each unit's Kriging shift p_s(y) - p_ref (um): list of (N,)."""
+    disp = motion.at(units.session0, units.locations[:, 1])
+    if n_templates == 1:
+        return [disp]
+    session_disp = motion.displacement()
+    return [disp - session_disp.min(), disp - session_disp.max()]
+
+
+def match_units(units: UnitFeatures, channel_locations: np.ndarray, s: Settings,
+                motion: Motion, feature_names: list, n_sessions: int,
+                kinv: np.ndarray | None = None) -> RoundResult:
+    """Candidate pairs at the given motion, their similarities, and IHDBSCAN."""
+    y = units.locations[:, 1]
+    corrected = y - motion.at(units.session0, y)
+    pairs = candidate_pairs(corrected, units.session0, s.clustering.max_distance, units.shank)
+    columns, wf_corr, ch_corr = [], None, None
+    for name in feature_names:
+        if name == "Waveform":
+            wf_corr, ch_corr = corrected_waveforms(units, channel_locations, motion,
+                                                   s.waveformCorrection, kinv)
+            columns.append(waveform_similarity(wf_corr, ch_corr, pairs))
+        else:
+            columns.append(feature_similarity(_feature_matrix(units, name), pairs))
+    pair_feats = np.column_stack(columns) if columns else np.empty((len(pairs), 0))
+    result = ihdbscan(len(y), pairs, pair_feats, max_cluster_size=n_sessions,
+                      n_iter=s.clustering.n_iter, weight_tol=s.clustering.weight_tol)
+    return RoundResult(list(feature_names), motion, pairs, pair_feats, result, corrected,
+                       wf_corr, ch_corr)
+
+
+def _feature_matrix(units: UnitFeatures, name: str) -> np.ndarray:
+    return {"AutoCorr": units.acg, "ISI": units.isi, "PETH": units.peth}[name]
+
+
+def corrected_waveforms(units: UnitFeatures, channel_locations: np.ndarray, motion: Motion,
+                        wc, kinv=None) -> tuple[np.ndarray, np.ndarray]:
+    """Kriging-corrected waveforms (K, N, C, T) and their nearest channels (K, N, n)."""
+    if kinv is None:
+        kinv = correction.kriging_inverse(channel_locations)
+    shifts = reference_shifts(motion, units, wc.n_templates)
+    wfs = np.empty((len(shifts),) + units.waveforms.shape, dtype=np.float32)
+    chans = []
+    for k, shift in enumerate(shifts):
+        correction.correct_waveforms(units.waveforms, channel_locations, shift, kinv, out=wfs[k])
+        peak, _ = features.peak_channels(features.peak_to_trough(wfs[k]))
+        chans.append(features.nearest_channels(channel_locations, peak, wc.n_nearest_channels))
+    return wfs, np.stack(chans)
+
+
+def good_pairs(result: RoundResult) -> np.ndarray:
+    """(M, 2) pairs in one cluster with similarity above the LDA threshold."""
+    return result.pairs[result.clustering.good]
+
+
+def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: list,
+                  n_sessions: int, kinv=None) -> tuple[Motion, list]:
+    """Run the motion loop: each round matches units at the current motion, then re-estimates
+    the motion from that round's good matches."""
+    motion = Motion.zero(n_sessions)
+    history = []
+    for k, names in enumerate(tqdm(rounds, desc="motion rounds", disable=None), 1):
+        result = match_units(units, channel_locations, s, motion, names, n_sessions, kinv)
+        matches = good_pairs(result)
+        motion = estimate_motion(matches, units.locations[:, 1], units.session0, n_sessions,
+                                 linear=s.waveformCorrection.linear_correction,
+                                 n_bootstrap=s.motionEstimation.n_bootstrap, seed=s.seed)
+        result.waveforms_corrected = result.channels_corrected = None  # free memory
+        history.append((result, motion))
+        log.info("motion round %d (%s): %d candidate pairs, %d good matches, motion range "
+                 "%.1f um", k, "+".join(names), len(result.pairs), len(matches),
+                 float(np.ptp(motion.displacement())))
+    return motion, history
+
+
+def within_cluster_similarity(units: UnitFeatures, final: RoundResult, labels: np.ndarray,
+                              s: Settings):
+    """Every within-cluster pair, its weighted similarity and whether it may link (Q arrays)."""
+    pairs = curation.within_cluster_pairs(labels)
+    cols = []
+    for name in final.feature_names:
+        if name == "Waveform":
+            cols.append(waveform_similarity(final.waveforms_corrected, final.channels_corrected,
+                                            pairs))
+        else:
+            cols.append(feature_similarity(_feature_matrix(units, name), pairs))
+    feats = np.column_stack(cols) if cols else np.empty((len(pairs), 0))
+    sim = weighted_similarity(feats, final.clustering.weights)
+    depth = final.corrected_depth
+    linkable = ((units.session0[pairs[:, 0]] != units.session0[pairs[:, 1]])
+                & (np.abs(depth[pairs[:, 0]] - depth[pairs[:, 1]]) <= s.clustering.max_distance)
+                & (units.shank[pairs[:, 0]] == units.shank[pairs[:, 1]]))
+    return pairs, sim, linkable
+
+
+def matched_pairs(idx_cluster: np.ndarray) -> np.ndarray:
+    """(M, 2) every pair of units sharing a final cluster."""
+    return curation.within_cluster_pairs(np.where(idx_cluster > 0, idx_cluster, -1))
+
+
+# ----------------------------------------------------------------------------- run
+
+def run(settings=None, *, write: bool = True) -> Result:
+    """Run kilomatch: ``settings`` is a path to a settings file, a dict, or Settings.
+
+    Returns a :class:`Result`; with ``write`` the outputs go to ``output_folder``.
+    """
+    t0 = time.perf_counter()
+    _ensure_logging()
+    s = load_settings(settings)
+    for note in s.notes:
+        log.info(note)
+    rounds_names_all = [f for r in s.motionEstimation.features for f in r] + list(s.clustering.features)
+    data = load_dataset(s.path_to_data, need_peth="PETH" in rounds_names_all)
+    log.info("loaded %d units, %d sessions, %d channels from %s", data.n_units, data.n_sessions,
+             data.n_channels, data.path)
+    rounds, final_names = feature_rounds(s, data.peth is not None)
+    if write:
+        _prepare_output(s)
+
+    units = unit_features(data, s)
+    kinv = correction.kriging_inverse(data.channel_locations)
+    motion, history = motion_rounds(units, data.channel_locations, s, rounds, data.n_sessions, kinv)
+    final = match_units(units, data.channel_locations, s, motion, final_names, data.n_sessions,
+                        kinv)
+    if final.waveforms_corrected is None:  # outputs always carry corrected waveforms
+        final.waveforms_corrected, final.channels_corrected = corrected_waveforms(
+            units, data.channel_locations, motion, s.waveformCorrection, kinv)
+    labels = final.clustering.labels
+    q_pairs, q_sim, q_link = within_cluster_similarity(units, final, labels, s)
+    cur = curation.curate(labels, units.session0, q_pairs, q_sim, q_link,
+                          final.clustering.threshold, s.autoCuration.auto_split)
+    idx = renumber(cur.labels, start=1)
+    result = Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))
+    result.run_time_s = time.perf_counter() - t0
+    result.summary = summarize(result)
+    if write:
+        from . import figures  # imported late: matplotlib is slow to import
+        export.write_all(result)
+        export.save_figures(figures.plot_all(result), Path(s.output_folder) / "Figures")
+        result.run_time_s = time.perf_counter() - t0
+        result.summary["run_time_s"] = round(result.run_time_s, 2)
+    log.info(format_summary(result.summary))
+    return result
+
+
+def _prepare_output(s: Settings) -> None:
+    out = Path(s.output_folder)
+    data = Path(s.path_to_data).resolve()
+    if out.resolve() == data or data in out.resolve().parents:
+        raise KilomatchError(f"output_folder {out} lies inside path_to_data {data}: the input "
+                             "folder is never written to; choose another output_folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "Figures").mkdir(exist_ok=True)
+    except OSError as err:
+        raise KilomatchError(f"cannot create output_folder {out}: {err}") from None
+    export.clear_previous(out)
+
+
+def summarize(r: Result) -> dict:
+    idx = r.idx_cluster
+    summary = {
+        "units": int(r.data.n_units),
+        "sessions": int(r.data.n_sessions),
+        "clusters": int(idx.max()) if (idx > 0).any() else 0,
+        "units_in_clusters": int((idx > 0).sum()),
+        "matched_pairs": int(len(r.matched_pairs)),
+        "motion_range_um": round(float(np.ptp(r.motion.displacement())), 2),
+        "run_time_s": round(r.run_time_s, 2),
+    }
+    gt = _ground_truth_scores(r)
+    if gt:
+        summary.update(gt)
+    return summary
+
+
+def _ground_truth_scores(r: Result) -> dict:
+    """Accuracy against a simulator's ground truth, when the data folder has one."""
+    path = r.data.path
+    if path is None or not (Path(path) / "gt_neuron.npy").is_file():
+        return {}
+    from . import metrics
+    gt = np.load(Path(path) / "gt_neuron.npy", allow_pickle=False)
+    if gt.shape[0] != r.data.n_units:
+        return {}
+    scores = metrics.pair_scores(r.idx_cluster, gt, r.data.session_index)
+    out = {f"gt_{k}": round(float(scores[k]), 4) for k in ("precision", "recall", "f1")}
+    if (Path(path) / "gt_motion.npy").is_file():
+        true = np.load(Path(path) / "gt_motion.npy", allow_pickle=False)
+        if true.shape[0] == r.data.n_sessions:
+            out["gt_motion_rms_um"] = round(metrics.motion_rms_error(r.motion.displacement(), true), 3)
+    return out
+
+
+def format_summary(summary: dict) -> str:
+    lines = ["done: " + ", ".join(f"{summary[k]} {k.replace('_', ' ')}" for k in
+                                  ("units", "sessions", "clusters", "matched_pairs")),
+             f"      run time {summary['run_time_s']:.1f} s, motion range "
+             f"{summary['motion_range_um']} um"]
+    if "gt_f1" in summary:
+        lines.append(f"      accuracy vs ground truth: precision {summary['gt_precision']:.3f}, "
+                     f"recall {summary['gt_recall']:.3f}, F1 {summary['gt_f1']:.3f}"
+                     + (f", motion RMS error {summary['gt_motion_rms_um']:.2f} um"
+                        if "gt_motion_rms_um" in summary else ""))
+    return "\n".join(lines)
+
+
+def _ensure_logging() -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("kilomatch: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False

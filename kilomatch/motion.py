@@ -55,27 +55,28 @@ class Motion:
         return self.slope * self.ref_depth + self.offset
 
 
-def _design(session_a, session_b, depth, n_sessions, linear):
-    """Sparse design matrix of the pair equations (M, S) or (M, 2S-1)."""
-    m = session_a.size
-    rows = np.repeat(np.arange(m), 2)
-    cols = np.column_stack([session_b, session_a]).ravel()
-    vals = np.tile([1.0, -1.0], m)
-    a = sparse.csr_matrix((vals, (rows, cols)), shape=(m, n_sessions))
+def _laplacian(a: np.ndarray, b: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
+    """sum over pairs of w * (e_b - e_a)(e_b - e_a)^T: (k, k), built by counting."""
+    diag = np.bincount(a, w, k) + np.bincount(b, w, k)
+    off = np.bincount(a * k + b, w, k * k).reshape(k, k)
+    return np.diag(diag) - off - off.T
+
+
+def _normal_equations(a, b, mid, dy, k, linear, w):
+    """A^T W A and A^T W dy of the pair equations, without forming A.
+
+    Unknowns: offsets (k,), then (linear) slopes of sessions 2..k (session 1's slope is 0).
+    """
+    lap = _laplacian(a, b, w, k)
+    rhs = np.bincount(b, w * dy, k) - np.bincount(a, w * dy, k)
     if not linear:
-        return a
-    # Slope columns for sessions 2..S (session 1's slope fixed at 0 removes the gauge).
-    slope = sparse.csr_matrix((vals * np.repeat(depth, 2), (rows, cols)), shape=(m, n_sessions))
-    return sparse.hstack([a, slope[:, 1:]], format="csr")
-
-
-def _solve(a, dy, weights=None):
-    """Minimum-norm least squares through the small normal equations."""
-    aw = a if weights is None else a.multiply(weights[:, None]).tocsr()
-    ata = (aw.T @ a).toarray()
-    atb = aw.T @ dy
-    sol, *_ = np.linalg.lstsq(ata, atb, rcond=None)
-    return sol
+        return lap, rhs
+    lap_d = _laplacian(a, b, w * mid, k)
+    lap_dd = _laplacian(a, b, w * mid * mid, k)
+    rhs_d = np.bincount(b, w * mid * dy, k) - np.bincount(a, w * mid * dy, k)
+    ata = np.block([[lap, lap_d], [lap_d, lap_dd]])
+    keep = np.r_[0:k, k + 1:2 * k]
+    return ata[np.ix_(keep, keep)], np.concatenate([rhs, rhs_d])[keep]
 
 
 def estimate_motion(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray, n_sessions: int,
@@ -118,16 +119,18 @@ def estimate_motion(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray, 
     index = -np.ones(n_sessions, np.int64)
     index[tied] = np.arange(tied.sum())
     k = int(tied.sum())
-    a = _design(index[sa], index[sb], mid, k, linear)
+    ia, ib = index[sa], index[sb]
 
-    def fit(weights=None):
-        sol = _solve(a, dy, weights)
+    def fit(weights):
+        ata, atb = _normal_equations(ia, ib, mid, dy, k, linear, weights)
+        # Minimum-norm solution: fixes the free constant of the offsets.
+        sol, *_ = np.linalg.lstsq(ata, atb, rcond=None)
         off = sol[:k]
         slope = np.concatenate([[0.0], sol[k:]]) if linear else np.zeros(k)
         # Offsets are only defined up to a constant: report them with mean 0.
         return off - off.mean(), slope
 
-    offset, slope = fit()
+    offset, slope = fit(np.ones(dy.size))
     motion.offset[tied], motion.slope[tied] = offset, slope
     motion.tied = tied
     motion.ref_depth = float(mid.mean()) if linear else 0.0

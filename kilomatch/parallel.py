@@ -24,18 +24,29 @@ def n_workers(n_jobs: int) -> int:
     return cores if n_jobs < 0 else min(int(n_jobs), cores)
 
 
+def _take(values, idx):
+    if isinstance(values, np.ndarray):
+        return values[idx]
+    return [values[k] for k in idx]
+
+
 def map_units(func, n_units: int, n_jobs: int = 1, desc: str | None = None,
-              block: int | None = None) -> np.ndarray:
-    """Apply ``func(unit_indices) -> (len, ...) array`` to blocks of units; stack in unit order."""
+              per_unit: tuple = (), block: int | None = None) -> np.ndarray:
+    """Apply ``func(*block_args) -> (len(block), ...) array`` to blocks of units and stack the
+    results in unit order. ``per_unit``: arrays or lists indexed by unit; each call receives
+    only its block's rows, so workers never get a copy of the whole dataset. Put constants in
+    ``func`` with functools.partial.
+    """
     workers = n_workers(n_jobs)
     if block is None:
         block = 256 if workers == 1 else max(64, -(-n_units // (workers * 8)))
     blocks = [np.arange(a, min(a + block, n_units)) for a in range(0, n_units, block)]
     if not blocks:
         return np.empty((0,))
+    tasks = ([_take(values, idx) for values in per_unit] for idx in blocks)
+    tasks = tqdm(tasks, total=len(blocks), desc=desc, disable=None, leave=False)
     if workers == 1 or n_units < MIN_UNITS_PARALLEL:
-        parts = [func(b) for b in tqdm(blocks, desc=desc, disable=None, leave=False)]
+        parts = [func(*args) for args in tasks]
     else:
-        parts = Parallel(n_jobs=workers)(delayed(func)(b) for b in
-                                         tqdm(blocks, desc=desc, disable=None, leave=False))
+        parts = Parallel(n_jobs=workers)(delayed(func)(*args) for args in tasks)
     return np.concatenate(parts, axis=0)

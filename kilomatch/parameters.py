@@ -129,26 +129,35 @@ def default_dict() -> dict:
     return out
 
 
+def _short(description: str) -> str:
+    """First sentence of a description, for a one-line comment."""
+    return description.split(". ")[0].rstrip(".")
+
+
 def default_settings_text() -> str:
-    """The default settings.json: JSON with one comment line per setting."""
-    lines = ["// kilomatch settings. Every key, its default and meaning: see README 'Settings'.",
+    """The default settings.json: JSON with a comment after every setting (loadable by the
+    reference port's reader too)."""
+    lines = ["// kilomatch settings. Every key, its default and meaning: README, 'Settings'.",
              "// Relative paths resolve against this file's folder."]
-    body = json.dumps(default_dict(), indent=4)
-    # Attach each setting's description as a comment on its line: readable, and still
-    # loadable by the reference port's hjson reader.
-    out = []
-    stack: list[str] = []
-    for line in body.splitlines():
-        stripped = line.strip()
-        if stripped.startswith('"'):
-            key = stripped.split('"')[1]
-            depth = (len(line) - len(line.lstrip())) // 4 - 1
-            stack = stack[:depth] + [key]
-            name = ".".join(stack)
-            if name in BY_NAME and not stripped.endswith("{"):
-                line = f"{line}  // {BY_NAME[name].description.split('.')[0]}"
-        out.append(line)
-    return "\n".join(lines + out) + "\n"
+
+    def render(tree: dict, prefix: str, indent: int):
+        items = list(tree.items())
+        for k, (key, value) in enumerate(items):
+            pad = " " * (4 * indent)
+            comma = "," if k < len(items) - 1 else ""
+            name = prefix + key
+            if isinstance(value, dict) and name not in BY_NAME:
+                lines.append(f'{pad}"{key}": {{')
+                render(value, name + ".", indent + 1)
+                lines.append(f"{pad}}}{comma}")
+            else:
+                lines.append(f'{pad}"{key}": {json.dumps(value)}{comma}'
+                             f"  // {_short(BY_NAME[name].description)}")
+
+    lines.append("{")
+    render(default_dict(), "", 1)
+    lines.append("}")
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table() -> str:

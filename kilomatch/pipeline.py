@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -102,28 +103,30 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     peak, amplitude = features.peak_channels(ptt)
     if s.centering_waveforms:
         waveforms = features.center_waveforms(waveforms, peak)
-    locs = data.channel_locations
-    loc_settings = s.spikeLocation
-
-    def locate(idx):
-        return features.locate_units(ptt[idx], locs, peak[idx], loc_settings.n_nearest_channels,
-                                     loc_settings.location_algorithm)
-
-    locations = map_units(locate, data.n_units, s.n_jobs, "locating units")
-    ac, isi_s = s.autoCorr, s.ISI
-
-    def spike_features(idx):
-        times = [data.spike_times[k] for k in idx]
-        acg = features.auto_correlograms(times, ac.window, ac.binwidth, ac.gaussian_sigma)
-        isi = features.isi_histograms(times, isi_s.window, isi_s.binwidth, isi_s.gaussian_sigma)
-        return np.hstack([acg, isi])
-
-    both = map_units(spike_features, data.n_units, s.n_jobs, "ACG and ISI")
-    n_acg = features.acg_lags(ac.window, ac.binwidth).size
+    locate = partial(_locate_block, channel_locations=data.channel_locations,
+                     n_nearest=s.spikeLocation.n_nearest_channels,
+                     algorithm=s.spikeLocation.location_algorithm)
+    locations = map_units(locate, data.n_units, s.n_jobs, "locating units", (ptt, peak))
+    acg_args = (s.autoCorr.window, s.autoCorr.binwidth, s.autoCorr.gaussian_sigma)
+    isi_args = (s.ISI.window, s.ISI.binwidth, s.ISI.gaussian_sigma)
+    both = map_units(partial(_spike_features, acg_args=acg_args, isi_args=isi_args),
+                     data.n_units, s.n_jobs, "ACG and ISI", (data.spike_times,))
+    n_acg = features.acg_lags(*acg_args[:2]).size
     shank = (np.zeros(data.n_units, np.int64) if data.channel_shanks is None
              else data.channel_shanks[peak])
     return UnitFeatures(waveforms, peak, amplitude, locations, both[:, :n_acg], both[:, n_acg:],
                         data.peth, data.session_index - 1, shank)
+
+
+def _locate_block(ptt, peak, channel_locations, n_nearest, algorithm):
+    """Locations of a block of units: (n, C) ptt, (n,) peak channels -> (n, 3) um."""
+    return features.locate_units(ptt, channel_locations, peak, n_nearest, algorithm)
+
+
+def _spike_features(spike_times, acg_args, isi_args):
+    """ACG and ISI of a block of units side by side: (n, L + B)."""
+    return np.hstack([features.auto_correlograms(spike_times, *acg_args),
+                      features.isi_histograms(spike_times, *isi_args)])
 
 
 def reference_shifts(motion: Motion, units: UnitFeatures, n_templates: int) -> list:
@@ -190,9 +193,11 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
     for k, names in enumerate(tqdm(rounds, desc="motion rounds", disable=None), 1):
         result = match_units(units, channel_locations, s, motion, names, n_sessions, kinv)
         matches = good_pairs(result)
+        # Only the motion that is kept needs its confidence band.
         motion = estimate_motion(matches, units.locations[:, 1], units.session0, n_sessions,
                                  linear=s.waveformCorrection.linear_correction,
-                                 n_bootstrap=s.motionEstimation.n_bootstrap, seed=s.seed)
+                                 n_bootstrap=s.motionEstimation.n_bootstrap if k == len(rounds)
+                                 else 0, seed=s.seed)
         result.waveforms_corrected = result.channels_corrected = None  # free memory
         history.append((result, motion))
         log.info("motion round %d (%s): %d candidate pairs, %d good matches, motion range "

@@ -26,6 +26,8 @@ class Section:
         object.__setattr__(self, "_prefix", prefix)
 
     def __getattr__(self, key):
+        if key.startswith("__"):  # copy/pickle probe special names before __init__ ran
+            raise AttributeError(key)
         try:
             value = self._values[key]
         except KeyError:
@@ -43,8 +45,11 @@ class Section:
             node = getattr(node, part)
         return node
 
+    def __reduce__(self):
+        return (Section, (self._values, self._prefix))
+
     def __repr__(self):
-        return f"Section({json.dumps(self._values)})"
+        return f"{type(self).__name__}({json.dumps(self._values, default=str)})"
 
 
 class Settings(Section):
@@ -58,6 +63,9 @@ class Settings(Section):
         super().__init__(values)
         object.__setattr__(self, "source", source)
         object.__setattr__(self, "notes", tuple(notes))
+
+    def __reduce__(self):
+        return (Settings, (self._values, self.source, self.notes))
 
     def to_dict(self) -> dict:
         """Plain nested dict (paths as strings), as saved next to the results."""

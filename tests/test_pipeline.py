@@ -1,0 +1,184 @@
+"""End to end: simulated study in, tracked neurons and every output file out."""
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kilomatch
+from kilomatch import metrics, parallel
+from kilomatch.simulate import simulate_to_folder
+
+SIM = dict(n_sessions=4, n_neurons=70, probe="NP1", seed=3)
+
+
+@pytest.fixture(scope="module")
+def sim_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sim") / "data"
+    simulate_to_folder(folder, **SIM)
+    return folder
+
+
+def _settings(data, out, **extra):
+    tree = {"path_to_data": str(data), "output_folder": str(out), "n_jobs": 1,
+            "motionEstimation": {"n_bootstrap": 200}}
+    for key, value in extra.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+@pytest.fixture(scope="module")
+def run_result(sim_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out")
+    return kilomatch.run(_settings(sim_folder, out)), out
+
+
+def test_matches_ground_truth(run_result, sim_folder):
+    """F1 of matched pairs >= 0.90 and precision >= 0.95 on a moderate-drift NP1 study.
+
+    On this dataset kilomatch scores about F1 0.97 / precision 0.99 (seed 3). A broken stage
+    (wrong motion sign, wrong channels, random clustering) drops F1 far below 0.9, while the
+    margin absorbs harmless numeric differences between platforms and library versions.
+    """
+    result, _ = run_result
+    gt = np.load(sim_folder / "gt_neuron.npy")
+    scores = metrics.pair_scores(result.idx_cluster, gt, result.data.session_index)
+    assert scores["f1"] >= 0.90, scores
+    assert scores["precision"] >= 0.95, scores
+    assert scores["n_conflicts"] == 0
+    true_motion = np.load(sim_folder / "gt_motion.npy")
+    assert metrics.motion_rms_error(result.motion.displacement(), true_motion) < 3.0
+
+
+def test_outputs_plain_arrays_with_documented_shapes(run_result):
+    """Every result loads with allow_pickle=False and has the shape the README gives."""
+    result, out = run_result
+    n, s = result.data.n_units, result.data.n_sessions
+    load = lambda name: np.load(out / name, allow_pickle=False)  # noqa: E731
+    idx = load("IdxCluster.npy")
+    assert idx.shape == (n, 1)
+    assert set(np.unique(idx)) <= {-1} | set(range(1, idx.max() + 1))
+    assert np.array_equal(np.unique(idx[idx > 0]), np.arange(1, idx.max() + 1))
+    assert load("motion.npy").shape == (s, 1)
+    assert load("locations.npy").shape == (n, 3)
+    assert load("waveforms.npy").shape == (n, 38, result.units.waveforms.shape[2])
+    assert load("waveforms_corrected.npy").shape == load("waveforms.npy").shape
+    assert load("waveform_channels.npy").shape == (n, 38)
+    assert load("ClusterMatrix.npy").shape == (n, n)
+    assert load("SimilarityMatrix.npy").shape == (n, n)
+    assert load("SimilarityWeights.npy").shape == (2, 1)
+    assert load("SimilarityThreshold.npy").shape == (1, 1)
+    pairs = load("MatchedPairs.npy")
+    assert np.all(idx[pairs[:, 0], 0] == idx[pairs[:, 1], 0])
+    cm = load("ClusterMatrix.npy")
+    assert np.array_equal(cm, cm.T)
+    # Off-diagonal: the matched pairs both ways; diagonal: units that are in a cluster.
+    assert cm.sum() == 2 * len(pairs) + (idx > 0).sum()
+    for name in ("Output.npz", "ClusteringResults.npz", "CurationResults.npz",
+                 "CandidatePairs.npz"):
+        with np.load(out / name, allow_pickle=False) as z:
+            for key in z.files:
+                assert z[key].dtype != object
+    with np.load(out / "Output.npz") as z:
+        assert np.array_equal(z["IdxCluster"], idx.ravel())
+    lines = (out / "units.csv").read_text().splitlines()
+    assert lines[0] == "unit,session,cluster,x,y,z,amplitude,peak_channel,corrected_y"
+    assert len(lines) == n + 1
+    figures = sorted(p.name for p in (out / "Figures").glob("*.png"))
+    assert figures == sorted(f"{k}.png" for k in ("UnitDepth", "Motion", "SimilarityFeatures",
+                                                    "WeightedSimilarity", "MatchProbability",
+                                                    "FeatureScatter"))
+
+
+def test_sparse_pairs_agree_with_dense_matrix(run_result):
+    """SimilarityMatrix holds exactly the candidate pairs' weighted similarity, NaN elsewhere."""
+    _, out = run_result
+    dense = np.load(out / "SimilarityMatrix.npy")
+    with np.load(out / "CandidatePairs.npz") as z:
+        pairs, sim = z["pairs"], z["similarity"]
+    assert np.allclose(dense[pairs[:, 0], pairs[:, 1]], sim)
+    assert np.isfinite(dense).sum() == 2 * len(pairs)
+
+
+def _digest(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_byte_identical_reruns_whatever_n_jobs(sim_folder, run_result, tmp_path, monkeypatch):
+    """Same input and settings give byte-identical result files, with 1 or 2 workers."""
+    _, out1 = run_result
+    monkeypatch.setattr(parallel, "MIN_UNITS_PARALLEL", 0)  # force the worker processes
+    out2 = tmp_path / "out2"
+    tree = _settings(sim_folder, out2)
+    tree["n_jobs"] = 2
+    kilomatch.run(tree)
+    a, b = _digest(out1), _digest(out2)
+    a.pop("kilomatch_settings.json"), b.pop("kilomatch_settings.json")  # differ by folder/n_jobs
+    assert a.keys() == b.keys()
+    different = [name for name in a if a[name] != b[name]]
+    assert not different
+
+
+def test_input_folder_untouched(sim_folder, run_result):
+    """The run only reads the input folder."""
+    names = sorted(p.name for p in sim_folder.rglob("*"))
+    assert "IdxCluster.npy" not in names and not any(n.endswith(".tmp") for n in names)
+
+
+def test_missing_peth_said_once_and_run_goes_on(sim_folder, tmp_path, caplog):
+    """PETH listed but no peth.npy: one message, and the run completes without PETH."""
+    data = tmp_path / "nopeth"
+    data.mkdir()
+    for p in sim_folder.iterdir():
+        if p.name != "peth.npy":
+            (data / p.name).symlink_to(p)
+    with caplog.at_level(logging.INFO, logger="kilomatch"):
+        result = kilomatch.run(_settings(data, tmp_path / "out"))
+    notes = [r for r in caplog.records if "without PETH" in r.getMessage()]
+    assert len(notes) == 1
+    assert all("PETH" not in r.feature_names for r, _ in result.rounds)
+    assert (tmp_path / "out" / "Output.npz").is_file()
+
+
+def test_killed_run_leaves_nothing_that_looks_complete(sim_folder, tmp_path, monkeypatch):
+    """A failure half way through writing: no Output.npz, no half-written file, and the
+    earlier run's results are not left looking current."""
+    out = tmp_path / "out"
+    kilomatch.run(_settings(sim_folder, out))
+    assert (out / "Output.npz").is_file()
+    from kilomatch import export
+    real = export.save_npz
+
+    def failing(path, arrays):
+        if Path(path).name == "CurationResults.npz":
+            raise OSError("disk full (injected)")
+        return real(path, arrays)
+
+    monkeypatch.setattr(export, "save_npz", failing)
+    with pytest.raises(OSError, match="injected"):
+        kilomatch.run(_settings(sim_folder, out))
+    names = {p.name for p in out.iterdir()}
+    assert "Output.npz" not in names
+    assert "CurationResults.npz" not in names
+    assert not [n for n in names if ".tmp" in n]
+    monkeypatch.setattr(export, "save_npz", real)
+    kilomatch.run(_settings(sim_folder, out))  # a rerun replaces everything cleanly
+    assert (out / "Output.npz").is_file()
+
+
+def test_cli_bad_settings_exit_code_and_message(tmp_path):
+    """Bad settings: exit status 2, the message on stderr, no traceback."""
+    path = tmp_path / "settings.json"
+    path.write_text('{"clustering": {"max_distanse": 50}}')
+    proc = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "mainKilomatch.py"),
+                           str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "clustering.max_distance" in proc.stderr
+    assert "Traceback" not in proc.stderr

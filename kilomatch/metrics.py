@@ -1,0 +1,146 @@
+"""Scoring a kilomatch run against ground truth (e.g. from kilomatch.simulate).
+
+Pairs are unordered pairs of units from different sessions. A predicted pair is two units with
+the same cluster id (not -1); a true pair is two units of the same ground-truth neuron. All
+counts come from group sizes (contingency tables), never from N x N arrays, so N = 10^5 is cheap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from kilomatch.errors import KilomatchError
+
+__all__ = ["pair_scores", "motion_rms_error", "score_run"]
+
+
+def _as_labels(a, name: str) -> np.ndarray:
+    """(N,) or (N, 1) integer-valued labels -> (N,) int64."""
+    arr = np.asarray(a)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise KilomatchError(f"{name} must have shape (N,) or (N, 1), got {np.shape(a)}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise KilomatchError(f"{name} must hold integers, found non-integer values")
+    elif arr.dtype.kind not in "iub":
+        raise KilomatchError(f"{name} must hold integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def _n_pairs(counts: np.ndarray) -> int:
+    """Sum of C(n, 2) over group sizes (exact integer)."""
+    c = counts.astype(np.int64)
+    return int((c * (c - 1) // 2).sum())
+
+
+def _group_pairs(*keys: np.ndarray) -> int:
+    """Number of unordered pairs of rows that agree on every key column. keys: (n,) int64."""
+    if keys[0].size == 0:
+        return 0
+    codes = np.zeros(keys[0].size, dtype=np.int64)
+    for k in keys:
+        # Dense re-coding keeps the combined code small: codes * n_levels + level < N^2.
+        _, inv = np.unique(k, return_inverse=True)
+        inv = inv.reshape(-1)
+        codes = codes * (int(inv.max()) + 1) + inv
+        _, codes = np.unique(codes, return_inverse=True)
+        codes = codes.reshape(-1)
+    return _n_pairs(np.bincount(codes))
+
+
+def pair_scores(idx_cluster, gt_neuron, session_index) -> dict:
+    """Pairwise precision / recall / F1 of a clustering against ground truth.
+
+    Parameters
+    ----------
+    idx_cluster : (N,) or (N, 1) int, cluster id per unit, -1 = unmatched.
+    gt_neuron : (N,) int, true neuron id per unit.
+    session_index : (N,) int, session of each unit (any integer labels).
+
+    Returns
+    -------
+    dict with precision (correct / predicted, 1.0 if nothing predicted), recall (correct / true,
+    1.0 if there are no true pairs), f1 (harmonic mean, 0 when both are 0), n_true_pairs,
+    n_pred_pairs, n_correct_pairs (cross-session pairs only), n_conflicts (same-session pairs
+    sharing a cluster), n_units.
+    """
+    cl = _as_labels(idx_cluster, "idx_cluster")
+    gt = _as_labels(gt_neuron, "gt_neuron")
+    ss = _as_labels(session_index, "session_index")
+    if not cl.size == gt.size == ss.size:
+        raise KilomatchError("idx_cluster, gt_neuron and session_index must have the same "
+                             f"length, got {cl.size}, {gt.size}, {ss.size}")
+    m = cl != -1
+    # Cross-session pairs = all pairs in the group - pairs that also share the session.
+    same_cluster_session = _group_pairs(cl[m], ss[m])
+    n_pred = _group_pairs(cl[m]) - same_cluster_session
+    n_true = _group_pairs(gt) - _group_pairs(gt, ss)
+    n_correct = _group_pairs(cl[m], gt[m]) - _group_pairs(cl[m], gt[m], ss[m])
+
+    precision = n_correct / n_pred if n_pred > 0 else 1.0
+    recall = n_correct / n_true if n_true > 0 else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {
+        "precision": float(precision), "recall": float(recall), "f1": float(f1),
+        "n_true_pairs": int(n_true), "n_pred_pairs": int(n_pred),
+        "n_correct_pairs": int(n_correct), "n_conflicts": int(same_cluster_session),
+        "n_units": int(cl.size),
+    }
+
+
+def motion_rms_error(motion_est, motion_true) -> float:
+    """RMS difference (um) of two (S,) motion traces after removing each one's mean.
+
+    The mean is arbitrary (only relative motion between sessions is observable). (S, 1) inputs
+    are accepted.
+    """
+    est = np.asarray(motion_est, dtype=np.float64)
+    tru = np.asarray(motion_true, dtype=np.float64)
+    est = est[:, 0] if est.ndim == 2 and est.shape[1] == 1 else est
+    tru = tru[:, 0] if tru.ndim == 2 and tru.shape[1] == 1 else tru
+    if est.ndim != 1 or tru.ndim != 1 or est.size != tru.size or est.size == 0:
+        raise KilomatchError("motion_est and motion_true must both be (S,) with the same S >= 1, "
+                             f"got {np.shape(motion_est)} and {np.shape(motion_true)}")
+    d = (est - est.mean()) - (tru - tru.mean())
+    return float(np.sqrt(np.mean(d * d)))
+
+
+def _load(folder: Path, name: str) -> np.ndarray:
+    f = folder / name
+    if not f.exists():
+        raise KilomatchError(f"{f} not found")
+    return np.load(f, allow_pickle=False)
+
+
+def score_run(output, data_folder) -> dict:
+    """Score a run against the ground truth written by kilomatch.simulate.
+
+    output : an output folder holding IdxCluster.npy (and optionally motion.npy), or the
+        IdxCluster array itself ((N,) or (N, 1)).
+    data_folder : folder with gt_neuron.npy, session_index.npy and (for motion) gt_motion.npy.
+
+    Returns pair_scores(...) plus, when motion.npy is present and is (S,) or (S, 1),
+    motion_rms_um (mean-removed RMS error against gt_motion, um).
+    """
+    data = Path(data_folder)
+    gt = _load(data, "gt_neuron.npy")
+    sess = _load(data, "session_index.npy")
+    motion = None
+    if isinstance(output, (str, Path)):
+        out = Path(output)
+        idx = _load(out, "IdxCluster.npy")
+        if (out / "motion.npy").exists():
+            motion = np.load(out / "motion.npy", allow_pickle=False)
+    else:
+        idx = np.asarray(output)
+    result = pair_scores(idx, gt, sess)
+    if motion is not None and (data / "gt_motion.npy").exists():
+        gt_motion = np.load(data / "gt_motion.npy", allow_pickle=False)
+        flat = motion.reshape(-1) if motion.ndim == 2 and 1 in motion.shape else motion
+        if flat.ndim == 1 and flat.size == gt_motion.size:
+            result["motion_rms_um"] = motion_rms_error(flat, gt_motion)
+    return result

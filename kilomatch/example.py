@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 # 5 sessions of about 100 units on a Neuropixels 1.0 probe, moderate rigid drift, with PETH.
-EXAMPLE_PARAMS = dict(n_sessions=5, n_neurons=130, probe="NP1", seed=0)
+EXAMPLE_PARAMS = dict(n_sessions=5, n_neurons=150, probe="NP1", seed=0)
 
 
 def make_example(folder) -> Path:

@@ -68,12 +68,14 @@ def similarity_features(result):
     for k, (ax, name) in enumerate(zip(axes[0], names)):
         z = final.pair_features[:, k]
         bins = np.linspace(z.min(), z.max(), 60) if z.size else 10
-        ax.hist(z[~same], bins=bins, color=OTHER_COLOR, alpha=0.7, density=True, label="unmatched")
-        ax.hist(z[same], bins=bins, color=MATCH_COLOR, alpha=0.7, density=True, label="matched")
+        for mask, color, label in ((~same, OTHER_COLOR, "unmatched"), (same, MATCH_COLOR, "matched")):
+            if mask.any():  # a density of no pairs is undefined
+                ax.hist(z[mask], bins=bins, color=color, alpha=0.7, density=True, label=label)
         ax.set_xlabel(f"{name} similarity (Fisher z)")
         ax.set_title(f"{name}: weight {w[k]:.2f}")
     axes[0, 0].set_ylabel("density")
-    axes[0, 0].legend(fontsize=8)
+    if len(same):
+        axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -90,7 +92,8 @@ def weighted_similarity(result):
     ax.hist(s[same], bins=bins, color=MATCH_COLOR, alpha=0.7, label="matched pairs")
     if np.isfinite(cl.threshold):
         ax.axvline(cl.threshold, color="k", ls="--", label=f"LDA threshold {cl.threshold:.2f}")
-    ax.set_yscale("log")
+    if s.size:
+        ax.set_yscale("log")
     ax.set_xlabel("weighted similarity (Fisher z units)")
     ax.set_ylabel("pairs")
     ax.set_title("Weighted similarity of candidate pairs")

@@ -345,4 +345,3 @@ def _ensure_logging() -> None:
         handler.setFormatter(logging.Formatter("kilomatch: %(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
-        log.propagate = False

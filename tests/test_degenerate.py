@@ -1,0 +1,89 @@
+"""Degenerate but legal data runs to the end, with warnings that name the units involved."""
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+
+import kilomatch
+from kilomatch.simulate import simulate_to_folder
+
+
+def _run(data, out, caplog):
+    with caplog.at_level(logging.INFO, logger="kilomatch"):
+        result = kilomatch.run({"path_to_data": str(data), "output_folder": str(out), "n_jobs": 1,
+                                "motionEstimation": {"n_bootstrap": 50}})
+    return result, "\n".join(r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("degenerate") / "data"
+    simulate_to_folder(folder, n_sessions=3, n_neurons=40, seed=11)
+    return folder
+
+
+def test_odd_units_and_a_lone_session(base, tmp_path, caplog):
+    """Units with 0 and 1 spike, unsorted spikes, a flat waveform and an added session holding
+    one unrelated unit: the run finishes, warns about each by unit or session, and the lone
+    session's motion is left at the reference."""
+    data = tmp_path / "data"
+    shutil.copytree(base, data)
+    np.save(data / "spike_times" / "Unit0.npy", np.array([]))
+    np.save(data / "spike_times" / "Unit1.npy", np.array([12.5]))
+    times = np.load(data / "spike_times" / "Unit4.npy")
+    np.save(data / "spike_times" / "Unit4.npy", times[::-1].copy())
+    wf = np.load(data / "waveform_all.npy")
+    wf[2] = 0.0
+    sessions = np.load(data / "session_index.npy")
+    n = len(sessions)
+    # One extra unit in a new session: a waveform far from everything, at the probe's top.
+    extra = np.zeros((1,) + wf.shape[1:], np.float32)
+    extra[0, -1, 20:30] = -80.0
+    np.save(data / "waveform_all.npy", np.concatenate([wf, extra]))
+    np.save(data / "session_index.npy", np.append(sessions, sessions.max() + 1))
+    np.save(data / "spike_times" / f"Unit{n}.npy", np.sort(np.random.default_rng(0).uniform(0, 6e5, 500)))
+    if (data / "peth.npy").exists():
+        peth = np.load(data / "peth.npy")
+        np.save(data / "peth.npy", np.vstack([peth, np.ones((1, peth.shape[1]))]))
+    for name in ("gt_neuron.npy", "gt_motion.npy"):
+        (data / name).unlink()
+
+    result, log = _run(data, tmp_path / "out", caplog)
+    assert "units 0, 1 have fewer than 2 spikes" in log
+    assert "units 4" in log and "sorted" in log
+    assert "units 2 have flat" in log
+    lone = sessions.max() + 1
+    assert f"sessions {lone} hold a single unit" in log
+    assert f"sessions {lone} have no match chain" in log
+    assert result.motion.displacement()[lone - 1] == 0.0
+    assert result.idx_cluster[n] == -1
+    assert (tmp_path / "out" / "Output.npz").is_file()
+
+
+def test_nothing_matches_gives_empty_valid_outputs(tmp_path, caplog):
+    """Two sessions whose units are 1 mm apart: no candidate pair, every unit unmatched, every
+    output file written and readable."""
+    data = tmp_path / "far"
+    (data / "spike_times").mkdir(parents=True)
+    locs = np.column_stack([np.tile([0.0, 32.0], 60), np.repeat(np.arange(60) * 20.0, 2)])
+    wf = np.zeros((2, 120, 30), np.float32)
+    wf[0, 4, 10:14] = -100
+    wf[1, 110, 10:14] = -100
+    np.save(data / "waveform_all.npy", wf)
+    np.save(data / "channel_locations.npy", locs)
+    np.save(data / "session_index.npy", np.array([1, 2]))
+    rng = np.random.default_rng(1)
+    for k in range(2):
+        np.save(data / "spike_times" / f"Unit{k}.npy", np.sort(rng.uniform(0, 1e5, 300)))
+    result, log = _run(data, tmp_path / "out", caplog)
+    out = tmp_path / "out"
+    assert np.all(np.load(out / "IdxCluster.npy") == -1)
+    assert np.load(out / "MatchedPairs.npy").shape == (0, 2)
+    with np.load(out / "CandidatePairs.npz") as z:
+        assert z["pairs"].shape == (0, 2)
+    assert np.all(np.load(out / "motion.npy") == 0)
+    assert "no matched pairs" in log
+    assert len(list((out / "Figures").glob("*.png"))) == 6
+    assert result.summary["clusters"] == 0

@@ -7,8 +7,10 @@ left open in a notebook; they display there as they are.
 
 from __future__ import annotations
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 MATCH_COLOR, OTHER_COLOR = "tab:red", "tab:gray"
 
@@ -19,22 +21,28 @@ def _same_final(result) -> np.ndarray:
 
 
 def unit_depth(result):
-    """Unit depth per session, before and after motion correction; matched units coloured."""
+    """Unit depth per session, before and after motion correction. Units of one tracked neuron
+    are joined by a line across sessions; unmatched units are grey."""
     units, idx = result.units, result.idx_cluster
     sess = result.data.session_index
-    fig = Figure(figsize=(10, 5))
+    fig = Figure(figsize=(11, 6))
     axes = fig.subplots(1, 2, sharey=True)
-    jitter = (np.random.default_rng(0).random(sess.size) - 0.5) * 0.3
+    colors = matplotlib.colormaps["tab20"](np.arange(20))
     for ax, depth, title in ((axes[0], units.locations[:, 1], "probe depth (before correction)"),
                              (axes[1], result.final.corrected_depth, "corrected depth")):
-        ax.scatter(sess[idx <= 0] + jitter[idx <= 0], depth[idx <= 0], s=4, c=OTHER_COLOR,
-                   label="unmatched")
-        ax.scatter(sess[idx > 0] + jitter[idx > 0], depth[idx > 0], s=4,
-                   c=idx[idx > 0] % 20, cmap="tab20", label="matched (colour = cluster)")
+        lone = idx <= 0
+        ax.scatter(sess[lone], depth[lone], s=6, c="0.75", label="unmatched", zorder=1)
+        for c in np.unique(idx[idx > 0]):
+            members = np.flatnonzero(idx == c)
+            members = members[np.argsort(sess[members], kind="stable")]
+            ax.plot(sess[members], depth[members], "-o", ms=2.5, lw=0.8,
+                    color=colors[c % 20], zorder=2)
+        ax.plot([], [], "-o", ms=2.5, lw=0.8, color=colors[1], label="tracked neuron")
         ax.set_xlabel("session")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)
-    axes[0].set_ylabel("depth (um)")
-    axes[0].legend(loc="upper right", fontsize=8, markerscale=3)
+    axes[0].set_ylabel("depth along the probe (um)")
+    axes[0].legend(loc="upper right", fontsize=8)
     fig.suptitle("Unit depth per session")
     fig.tight_layout()
     return fig
@@ -50,6 +58,7 @@ def motion(result):
         ax.plot(sessions, mk.displacement(), lw=0.8, alpha=0.6, label=f"round {k}")
     ax.fill_between(sessions, m.ci_low, m.ci_high, color="k", alpha=0.2, label="95% band")
     ax.plot(sessions, m.displacement(), "k.-", label="final")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("session")
     ax.set_ylabel("motion (um, apparent shift of unit depths)")
     ax.set_title("Probe motion per session")

@@ -182,3 +182,22 @@ def test_cli_bad_settings_exit_code_and_message(tmp_path):
     assert proc.returncode == 2
     assert "clustering.max_distance" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_bad_input_lists_problems_and_debug_shows_traceback(tmp_path):
+    """A bad data folder: exit 2 with every problem named; --debug shows the traceback."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "spike_times").mkdir()
+    settings = tmp_path / "settings.json"
+    settings.write_text('{"path_to_data": "data", "output_folder": "out"}')
+    main = str(Path(__file__).parents[1] / "mainKilomatch.py")
+    proc = subprocess.run([sys.executable, main, str(settings)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    for name in ("waveform_all.npy", "channel_locations.npy", "session_index.npy"):
+        assert name in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()  # checks come before any work or output
+    proc = subprocess.run([sys.executable, main, str(settings), "--debug"], capture_output=True,
+                          text=True)
+    assert proc.returncode != 0 and "Traceback" in proc.stderr and "KilomatchError" in proc.stderr

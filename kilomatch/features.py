@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.ndimage import gaussian_filter1d
-from scipy.optimize import least_squares
 
 from .errors import KilomatchError
 
@@ -59,33 +58,74 @@ def center_of_mass(ptt: np.ndarray, channel_locations: np.ndarray,
     return np.column_stack([xy, np.zeros(len(xy))])
 
 
-def _monopolar_fit(ptt_c: np.ndarray, pos_c: np.ndarray, start_xy: np.ndarray) -> np.ndarray:
-    """Fit ptt_c ~ alpha / sqrt((x-x_c)^2 + (y-y_c)^2 + z^2) for one unit -> (x, y, z)."""
-    if not np.any(ptt_c > 0):
-        return np.array([start_xy[0], start_xy[1], 1.0])
+def monopolar_triangulation(ptt_c: np.ndarray, pos_c: np.ndarray, start_xy: np.ndarray,
+                            max_iter: int = 200) -> np.ndarray:
+    """Fit a point source to many units at once: (n, m) ptt on each unit's m channels at
+    positions (n, m, 2) um, started at (n, 2) -> (n, 3) x, y, z in um.
+
+    Model: ptt_c = alpha / sqrt((x - x_c)^2 + (y - y_c)^2 + z^2), bounded least squares with
+    x, y within 100 um of the start, 1 <= z <= 120 um, alpha >= 0. Solved by a projected
+    Levenberg-Marquardt iteration run on all units together: scipy's least_squares gives the
+    same optimum (tested) but one unit at a time, ~100x slower at 10^5 units.
+    """
+    ptt_c = np.asarray(ptt_c, dtype=np.float64)
+    n = ptt_c.shape[0]
+    scale = ptt_c.max(axis=1)
+    ok = scale > 0
+    scale[~ok] = 1.0
+    y = ptt_c / scale[:, None]  # residuals in units of the peak amplitude: well conditioned
     z0 = 20.0
-    r0 = np.sqrt(((pos_c - start_xy) ** 2).sum(axis=1) + z0 ** 2)
-    alpha0 = float(np.max(ptt_c * r0))
-    scale = float(np.max(ptt_c))  # residuals in units of the peak amplitude: well conditioned
+    r0 = np.sqrt(((pos_c - start_xy[:, None, :]) ** 2).sum(axis=2) + z0 ** 2)
+    p = np.column_stack([start_xy, np.full(n, z0), (y * r0).max(axis=1)])
+    lower = np.column_stack([start_xy - 100, np.full(n, 1.0), np.zeros(n)])
+    upper = np.column_stack([start_xy + 100, np.full(n, 100.0 + z0), np.full(n, np.inf)])
 
-    def residual(p):
-        dx, dy = p[0] - pos_c[:, 0], p[1] - pos_c[:, 1]
-        r = np.sqrt(dx * dx + dy * dy + p[2] * p[2])
-        return (p[3] / r - ptt_c) / scale
-
-    def jacobian(p):
-        dx, dy = p[0] - pos_c[:, 0], p[1] - pos_c[:, 1]
-        r2 = dx * dx + dy * dy + p[2] * p[2]
+    def residual_and_jacobian(q, idx):
+        dx = q[:, None, 0] - pos_c[idx, :, 0]
+        dy = q[:, None, 1] - pos_c[idx, :, 1]
+        r2 = dx * dx + dy * dy + q[:, None, 2] ** 2
         r = np.sqrt(r2)
-        g = -p[3] / (r2 * r)
-        return np.column_stack([g * dx, g * dy, g * p[2], 1.0 / r]) / scale
+        res = q[:, None, 3] / r - y[idx]
+        g = -q[:, None, 3] / (r2 * r)
+        jac = np.stack([g * dx, g * dy, g * q[:, None, 2], 1.0 / r], axis=2)
+        return res, jac
 
-    lower = [start_xy[0] - 100, start_xy[1] - 100, 1.0, 0.0]
-    upper = [start_xy[0] + 100, start_xy[1] + 100, 100.0 + z0, np.inf]
-    fit = least_squares(residual, [start_xy[0], start_xy[1], z0, alpha0], jac=jacobian,
-                        bounds=(lower, upper), method="trf", x_scale="jac",
-                        xtol=1e-10, ftol=1e-10, gtol=1e-10, max_nfev=200)
-    return fit.x[:3]
+    res, jac = residual_and_jacobian(p, np.arange(n))
+    cost = (res ** 2).sum(axis=1)
+    lam = np.full(n, 1e-3)
+    active = ok.copy()
+    eye = np.eye(4)
+    for _ in range(max_iter):
+        if not active.any():
+            break
+        a = np.flatnonzero(active)
+        ja, ra = jac[a], res[a]
+        h = np.einsum("nmi,nmj->nij", ja, ja)
+        grad = np.einsum("nmi,nm->ni", ja, ra)
+        # Parameters held at a bound by the gradient are frozen for this step (active set),
+        # so the others still take a full Gauss-Newton step.
+        pinned = (((p[a] <= lower[a]) & (grad > 0)) | ((p[a] >= upper[a]) & (grad < 0)))
+        free = (~pinned).astype(np.float64)
+        h = h * free[:, :, None] * free[:, None, :] + eye * (1.0 - free)[:, :, None]
+        grad = grad * free
+        damp = lam[a, None, None] * (h * eye + 1e-12 * eye)
+        step = np.linalg.solve(h + damp, -grad[:, :, None])[:, :, 0]
+        trial = np.clip(p[a] + step, lower[a], upper[a])
+        res_t, jac_t = residual_and_jacobian(trial, a)
+        cost_t = (res_t ** 2).sum(axis=1)
+        better = cost_t < cost[a]
+        b = a[better]
+        moved = np.abs(trial[better] - p[b]).max(axis=1)
+        gain = cost[b] - cost_t[better]
+        p[b], res[b], jac[b], cost[b] = trial[better], res_t[better], jac_t[better], cost_t[better]
+        lam[b] *= 0.3
+        lam[a[~better]] *= 10.0
+        done = np.zeros(n, bool)
+        done[b] = (moved < 1e-7) | (gain <= 1e-14 * np.maximum(cost[b], 1e-30))
+        done[a[~better]] = lam[a[~better]] > 1e12  # no downhill step left: at the optimum
+        active &= ~done
+    p[~ok, 2] = 1.0  # a flat waveform stays at its start
+    return p[:, :3]
 
 
 def locate_units(ptt: np.ndarray, channel_locations: np.ndarray, peak: np.ndarray,
@@ -105,11 +145,8 @@ def locate_units(ptt: np.ndarray, channel_locations: np.ndarray, peak: np.ndarra
     if algorithm != "monopolar_triangulation":
         raise KilomatchError(f"unknown location algorithm '{algorithm}'; allowed: "
                              "monopolar_triangulation, center_of_mass")
-    out = np.empty((ptt.shape[0], 3))
-    for k in range(ptt.shape[0]):
-        ch = channels[k]
-        out[k] = _monopolar_fit(ptt[k, ch].astype(np.float64), channel_locations[ch], com[k, :2])
-    return out
+    ptt_c = np.take_along_axis(ptt, channels, axis=1)
+    return monopolar_triangulation(ptt_c, channel_locations[channels], com[:, :2])
 
 
 def center_waveforms(waveforms: np.ndarray, peak: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import matplotlib
 import numpy as np
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
@@ -32,12 +33,16 @@ def unit_depth(result):
                              (axes[1], result.final.corrected_depth, "corrected depth")):
         lone = idx <= 0
         ax.scatter(sess[lone], depth[lone], s=6, c="0.75", label="unmatched", zorder=1)
-        for c in np.unique(idx[idx > 0]):
-            members = np.flatnonzero(idx == c)
-            members = members[np.argsort(sess[members], kind="stable")]
-            ax.plot(sess[members], depth[members], "-o", ms=2.5, lw=0.8,
-                    color=colors[c % 20], zorder=2)
+        matched = np.flatnonzero(idx > 0)
+        matched = matched[np.lexsort((sess[matched], idx[matched]))]
+        # One polyline per tracked neuron through its sessions, drawn as one collection.
+        bounds = np.flatnonzero(np.diff(idx[matched])) + 1
+        lines = [np.column_stack([sess[m], depth[m]]) for m in np.split(matched, bounds) if m.size]
+        line_colors = [colors[idx[m[0]] % 20] for m in np.split(matched, bounds) if m.size]
+        ax.add_collection(LineCollection(lines, colors=line_colors, linewidths=0.8, zorder=2))
+        ax.scatter(sess[matched], depth[matched], s=6, c=colors[idx[matched] % 20], zorder=3)
         ax.plot([], [], "-o", ms=2.5, lw=0.8, color=colors[1], label="tracked neuron")
+        ax.autoscale_view()
         ax.set_xlabel("session")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title)

@@ -90,10 +90,15 @@ def _directed_corr(wf: np.ndarray, ch: np.ndarray, own: np.ndarray, other: np.nd
     for u, s, e in zip(units, starts, ends):
         idx = order[s:e]
         c = ch[u]
-        x = _standardize(np.asarray(wf[u][c], dtype=np.float32).ravel())
-        y = _standardize(np.asarray(wf[np.ix_(other[idx], c)], dtype=np.float32)
-                         .reshape(idx.size, -1))
-        r[idx] = y @ x
+        x = _standardize(np.asarray(wf[u][c], dtype=np.float64).ravel())
+        y = np.asarray(wf[np.ix_(other[idx], c)], dtype=np.float32).reshape(idx.size, -1)
+        # x has zero mean, so y.x equals (y - mean y).x: no centred copy of y is needed.
+        length = y.shape[1]
+        total = y.sum(axis=1, dtype=np.float64)
+        spread = np.einsum("ij,ij->i", y, y, dtype=np.float64) - total * total / length
+        norm = np.sqrt(np.clip(spread, 0, None))
+        dot = y @ x.astype(np.float32)
+        r[idx] = np.divide(dot, norm, out=np.zeros(idx.size), where=norm > 1e-12 * length)
     return r
 
 

@@ -188,7 +188,7 @@ def write_all(result) -> list:
         "converged": np.bool_(cl.converged),
         "corrected_depth": final.corrected_depth,
         "motion_rounds_displacement": np.array([m.displacement() for _, m in rounds]).reshape(
-            len(rounds), -1),
+            len(rounds), result.data.n_sessions),
         "motion_rounds_good_matches": np.array([int(r.clustering.good.sum()) for r, _ in rounds],
                                                dtype=np.int64),
     }

@@ -280,3 +280,24 @@ def warn_degenerate(data: Dataset) -> None:
     lone = np.flatnonzero(counts == 1) + 1
     if lone.size:
         log.warning("sessions %s hold a single unit", _name_units(lone))
+
+
+def load_given_motion(path, n_sessions: int, n_shanks: int = 1) -> np.ndarray:
+    """A user-given motion file (waveformCorrection.path_to_motion): (S,), (S, 1) or
+    (S, n_shanks) um in the sign convention of motion.npy -> (S, n_shanks) float64."""
+    path = Path(path)
+    if not path.is_file():
+        raise KilomatchError(f"setting 'waveformCorrection.path_to_motion': file not found: {path}")
+    problems: list[str] = []
+    arr = _load_npy(path, problems)
+    if problems:
+        raise KilomatchError.from_problems(problems)
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2 or arr.shape[0] != n_sessions or arr.shape[1] not in (1, n_shanks):
+        shapes = f"({n_sessions},)" + (f" or ({n_sessions}, {n_shanks})" if n_shanks > 1 else "")
+        raise KilomatchError(f"{path}: motion must have shape {shapes}: one value per session"
+                             f"{' and shank' if n_shanks > 1 else ''}; got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise KilomatchError(f"{path}: motion holds NaN or Inf")
+    return np.repeat(arr.astype(np.float64), n_shanks // arr.shape[1], axis=1)

@@ -35,7 +35,8 @@ class Param:
             return "a list of names from " + ", ".join(FEATURES)
         if self.kind == "feature_rounds":
             return "a list of lists of names from " + ", ".join(FEATURES)
-        kind = {"path": "a path (string)", "bool": "true or false", "int": "an integer",
+        kind = {"path": "a path (string)", "optional_path": "a path (string), or \"\" for none",
+                "bool": "true or false", "int": "an integer",
                 "float": "a number", "str": "a string"}[self.kind]
         if self.min is not None and self.max is not None:
             return f"{kind} from {self.min:g} to {self.max:g}"
@@ -73,6 +74,9 @@ PARAMETERS: tuple[Param, ...] = (
           "Channels around the peak channel on which waveforms are compared and written.", min=1),
     Param("waveformCorrection.linear_correction", "bool", False,
           "Estimate depth-dependent (linear) motion instead of rigid motion."),
+    Param("waveformCorrection.path_to_motion", "optional_path", "",
+          "A motion.npy of shape (S,) or (S, n_shanks), in the sign convention of kilomatch's "
+          "motion.npy, to use instead of estimating the motion; empty: estimate it."),
     Param("waveformCorrection.n_templates", "int", 1,
           "Reference probes waveforms are corrected to: 1 (mean position) or 2 (lowest and "
           "highest motion; the larger similarity of the two is used).", choices=(1, 2)),
@@ -93,6 +97,13 @@ PARAMETERS: tuple[Param, ...] = (
            ["Waveform", "AutoCorr", "PETH"]],
           "One entry per motion round: the similarity features used to find matches in that "
           "round. Round 1 without Waveform copes with large drift."),
+    Param("motionEstimation.max_iter", "int", 15,
+          "Most motion rounds in all, when the last feature set is repeated.", min=1),
+    Param("motionEstimation.repeat_last_feature_set", "bool", False,
+          "After the listed rounds, repeat the last feature set up to max_iter rounds."),
+    Param("motionEstimation.stop_early", "bool", False,
+          "Stop the motion rounds when a round finds no more good matches than the one before; "
+          "the motion of the best round is kept."),
     Param("motionEstimation.n_bootstrap", "int", 1000,
           "Bootstrap resamples of the matched pairs for the motion's 95% band.", min=0),
     Param("clustering.max_distance", "float", 100.0,

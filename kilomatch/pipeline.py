@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from . import correction, curation, export, features
 from .clustering import ClusteringResult, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
-from .load import Dataset, load_dataset
+from .load import Dataset, load_dataset, load_given_motion
 from .motion import Motion, estimate_motion
 from .parallel import map_units
 from .settings import Settings, load as load_settings
@@ -184,26 +184,59 @@ def good_pairs(result: RoundResult) -> np.ndarray:
     return result.pairs[result.clustering.good]
 
 
+def round_schedule(s: Settings, rounds: list) -> list:
+    """Feature sets of the motion rounds: the listed ones, then (repeat_last_feature_set) the
+    last one again, at most max_iter rounds in all."""
+    me = s.motionEstimation
+    schedule = list(rounds)
+    if me.repeat_last_feature_set:
+        schedule += [rounds[-1]] * max(0, me.max_iter - len(rounds))
+    return schedule[:me.max_iter]
+
+
 def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: list,
                   n_sessions: int, kinv=None) -> tuple[Motion, list]:
     """Run the motion loop: each round matches units at the current motion, then re-estimates
-    the motion from that round's good matches."""
+    the motion from that round's good matches. With stop_early the loop ends when a round finds
+    no more good matches than the round before, keeping the best round's motion."""
+    schedule = round_schedule(s, rounds)
     motion = Motion.zero(n_sessions)
     history = []
-    for k, names in enumerate(tqdm(rounds, desc="motion rounds", disable=None), 1):
+    best = None
+    why = f"ran the {len(schedule)} rounds asked for"
+    for k, names in enumerate(tqdm(schedule, desc="motion rounds", disable=None), 1):
         result = match_units(units, channel_locations, s, motion, names, n_sessions, kinv)
         matches = good_pairs(result)
-        # Only the motion that is kept needs its confidence band.
+        result.waveforms_corrected = result.channels_corrected = None  # free memory
+        if s.motionEstimation.stop_early and best is not None and len(matches) <= best[0]:
+            why = (f"stopped early after round {k}: {len(matches)} good matches, not more than "
+                   f"round {best[1]}'s {best[0]}")
+            history.append((result, motion))
+            break
         motion = estimate_motion(matches, units.locations[:, 1], units.session0, n_sessions,
                                  linear=s.waveformCorrection.linear_correction,
-                                 n_bootstrap=s.motionEstimation.n_bootstrap if k == len(rounds)
-                                 else 0, seed=s.seed)
-        result.waveforms_corrected = result.channels_corrected = None  # free memory
+                                 n_bootstrap=0, seed=s.seed)
         history.append((result, motion))
+        best = (len(matches), k, matches)
         log.info("motion round %d (%s): %d candidate pairs, %d good matches, motion range "
                  "%.1f um", k, "+".join(names), len(result.pairs), len(matches),
                  float(np.ptp(motion.displacement())))
+    log.info("motion estimation %s; motion from round %d", why, best[1] if best else 0)
+    if best is not None and s.motionEstimation.n_bootstrap > 0:
+        # Only the motion that is kept needs its confidence band.
+        motion = estimate_motion(best[2], units.locations[:, 1], units.session0, n_sessions,
+                                 linear=s.waveformCorrection.linear_correction,
+                                 n_bootstrap=s.motionEstimation.n_bootstrap, seed=s.seed)
     return motion, history
+
+
+def given_motion(values: np.ndarray) -> Motion:
+    """Motion from user-given displacements (S,) (no band: it is not estimated here)."""
+    motion = Motion.zero(values.shape[0])
+    motion.offset = np.asarray(values, dtype=np.float64).copy()
+    motion.ci_low, motion.ci_high = motion.offset.copy(), motion.offset.copy()
+    motion.tied[:] = True
+    return motion
 
 
 def within_cluster_similarity(units: UnitFeatures, final: RoundResult, labels: np.ndarray,
@@ -248,12 +281,20 @@ def run(settings=None, *, write: bool = True) -> Result:
     log.info("loaded %d units, %d sessions, %d channels from %s", data.n_units, data.n_sessions,
              data.n_channels, data.path)
     rounds, final_names = feature_rounds(s, data.peth is not None)
+    given = None
+    if s.waveformCorrection.path_to_motion:
+        given = load_given_motion(s.waveformCorrection.path_to_motion, data.n_sessions)
     if write:
         _prepare_output(s)
 
     units = unit_features(data, s)
     kinv = correction.kriging_inverse(data.channel_locations)
-    motion, history = motion_rounds(units, data.channel_locations, s, rounds, data.n_sessions, kinv)
+    if given is not None:
+        log.info("motion read from %s: estimation skipped", s.waveformCorrection.path_to_motion)
+        motion, history = given_motion(given[:, 0]), []
+    else:
+        motion, history = motion_rounds(units, data.channel_locations, s, rounds,
+                                        data.n_sessions, kinv)
     final = match_units(units, data.channel_locations, s, motion, final_names, data.n_sessions,
                         kinv)
     if final.waveforms_corrected is None:  # outputs always carry corrected waveforms

@@ -115,8 +115,8 @@ def _check_value(param, value) -> str | None:
     elif kind == "float":
         ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
               and math.isfinite(value))
-    elif kind in ("str", "path"):
-        ok = isinstance(value, str) and (kind == "str" or value.strip() != "")
+    elif kind in ("str", "path", "optional_path"):
+        ok = isinstance(value, str) and (kind != "path" or value.strip() != "")
     elif kind == "features":
         return _check_features(value, got)
     elif kind == "feature_rounds":
@@ -191,6 +191,9 @@ def from_dict(tree: dict, base_dir: Path | str | None = None, source: Path | Non
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     for key in ("path_to_data", "output_folder"):
         values[key] = _resolve(values[key], base)
+    given_motion = values["waveformCorrection"]["path_to_motion"]
+    if given_motion.strip():
+        values["waveformCorrection"]["path_to_motion"] = _resolve(given_motion, base)
     if values["path_to_data"] == values["output_folder"]:
         raise KilomatchError(
             f"setting 'output_folder' equals 'path_to_data' ({values['path_to_data']}){where}: "

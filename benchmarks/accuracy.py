@@ -1,0 +1,174 @@
+"""Accuracy benchmark: kilomatch vs pyKilomatch 0.0.7 vs pyDANT 1.1.4 on simulated data.
+
+A fixed suite of simulated datasets (fixed seeds, see DATASETS) is generated once into the cache
+folder and reused. Every tool runs on every dataset in its own subprocess (one at a time); the
+result is one table of pair precision / recall / F1 (after and before auto-curation), motion
+error, wall time, peak memory and status.
+
+Run from the repository root::
+
+    python benchmarks/accuracy.py                       # whole suite, all tools
+    python benchmarks/accuracy.py --datasets a,b --tools kilomatch
+    python benchmarks/accuracy.py --markdown --json /tmp/accuracy.json
+    python benchmarks/accuracy.py --smoke --datasets a  # quick check of the set-up
+
+Columns are described in benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402  (also puts the repository root on sys.path as a fallback)
+import peers  # noqa: E402
+from _measure import memory_method  # noqa: E402
+
+# Common simulation settings: 8 sessions on NP1 with ~40 um of rigid drift; each dataset
+# changes one thing. Sizes (600-800 units) keep a kilomatch run well under a minute.
+_BASE = {"n_sessions": 8, "n_neurons": 200, "probe": "NP1", "drift_max_um": 40.0}
+
+# key -> (name, description, simulation parameters, settings given to every tool)
+DATASETS = {
+    "a": ("rigid_np1", "moderate rigid drift, NP1, 40 um range",
+          {**_BASE, "seed": 101}, {}),
+    "b": ("large_drift", "large rigid drift: 150 um range",
+          {**_BASE, "drift_max_um": 150.0, "seed": 102}, {}),
+    "c": ("nonrigid", "non-rigid drift (depth-proportional term); linear correction on",
+          {**_BASE, "linear_drift": 0.008, "seed": 103},
+          {"waveformCorrection": {"linear_correction": True}}),
+    "d": ("np2", "Neuropixels 2.0 single shank, 40 um range",
+          {**_BASE, "probe": "NP2", "seed": 104}, {}),
+    "e": ("turnover", "high turnover: 30% of neurons replaced per session, 80% sorted",
+          {**_BASE, "n_neurons": 400, "turnover": 0.3, "p_present": 0.8, "seed": 105}, {}),
+    "f": ("no_peth", "no peth.npy (PETH feature unavailable)",
+          {**_BASE, "with_peth": False, "seed": 106}, {}),
+}
+
+# --smoke: the same datasets, tiny.
+SMOKE = {"n_sessions": 3, "n_neurons": 40}
+
+COLUMNS = ["dataset", "tool", "precision", "recall", "F1", "F1 before curation",
+           "motion RMS (um)", "wall (s)", "peak mem (MB)", "status"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--datasets", default=",".join(DATASETS),
+                    help=f"comma-separated keys or names (default: all of {','.join(DATASETS)})")
+    ap.add_argument("--tools", default=",".join(peers.TOOLS),
+                    help="comma-separated, from kilomatch,pykilomatch,pydant (default: all)")
+    ap.add_argument("--cache", default=_common.DEFAULT_CACHE,
+                    help="folder for simulated data and run outputs (default: %(default)s)")
+    ap.add_argument("--peers-python", default=None,
+                    help="Python of the peers' environment (default: $KILOMATCH_PEERS_PYTHON, "
+                         f"else {peers.DEFAULT_PEERS_PYTHON} if it exists)")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per tool run")
+    ap.add_argument("--mem-limit-gb", type=float, default=None,
+                    help="stop a tool whose process tree exceeds this much memory")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny versions of the datasets (3 sessions x 40 neurons) to check "
+                         "the set-up quickly; the numbers mean little")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    ap.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    return ap.parse_args(argv)
+
+
+def select_datasets(text: str) -> list:
+    """Dataset keys from a comma-separated list of keys or names."""
+    by_name = {name: key for key, (name, *_rest) in DATASETS.items()}
+    keys = []
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        key = item if item in DATASETS else by_name.get(item)
+        if key is None:
+            sys.exit(f"unknown dataset {item!r}; choose from "
+                     + ", ".join(f"{k} ({n})" for k, (n, *_r) in DATASETS.items()))
+        keys.append(key)
+    return keys
+
+
+def select_tools(text: str) -> list:
+    tools = [t.strip().lower() for t in text.split(",") if t.strip()]
+    unknown = [t for t in tools if t not in peers.TOOLS]
+    if unknown:
+        sys.exit(f"unknown tool(s) {unknown}; choose from {', '.join(peers.TOOLS)}")
+    return tools
+
+
+def run_dataset(key: str, tools: list, args, peers_py) -> list:
+    """Generate (or reuse) one dataset, run every tool on it, score each run."""
+    name, description, sim_params, tool_settings = DATASETS[key]
+    label = f"{key}_{name}"
+    if args.smoke:
+        sim_params = {**sim_params, **SMOKE}
+        label += "_smoke"
+    data = _common.ensure_dataset(args.cache, label, sim_params)
+    info = _common.dataset_summary(data)
+    print(f"dataset {label}: {description}; {info['n_units']} units, {info['n_sessions']} "
+          f"sessions, motion range {info['motion_range_um']:.0f} um", flush=True)
+    limit = None if args.mem_limit_gb is None else args.mem_limit_gb * 1024
+    rows = []
+    for tool in tools:
+        out = Path(args.cache) / "runs" / label / tool
+        print(f"  running {peers.PEER_LABELS[tool]} ...", flush=True)
+        result = peers.run_tool(tool, data, out, peers_py, tool_settings, args.timeout, limit)
+        scores = peers.score(result, data)
+        print(f"    {result['status']}; F1 {_common.fmt(scores['f1'])}; "
+              f"{_common.fmt(result['wall_s'], 1)} s", flush=True)
+        rows.append({"dataset": label, "dataset_info": info, "description": description,
+                     "simulation": sim_params, "settings": tool_settings, **result, **scores})
+    return rows
+
+
+def table_rows(results: list) -> list:
+    """The table's cells (strings) of every result."""
+    rows = []
+    for r in results:
+        rows.append([r["dataset"], peers.PEER_LABELS[r["tool"]], _common.fmt(r["precision"]),
+                     _common.fmt(r["recall"]), _common.fmt(r["f1"]),
+                     _common.fmt(r["f1_before"]), _common.fmt(r["motion_rms_um"], 2),
+                     _common.fmt(r["wall_s"], 1), _common.fmt(r["peak_rss_mb"], 0),
+                     r["status"]])
+    return rows
+
+
+def json_safe(result: dict) -> dict:
+    """A result without its per-unit arrays (motion kept as a list)."""
+    out = {k: v for k, v in result.items() if k not in ("idx_final", "idx_before_curation")}
+    if out.get("motion") is not None:
+        out["motion"] = [float(x) for x in out["motion"]]
+    return out
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    keys = select_datasets(args.datasets)
+    tools = select_tools(args.tools)
+    peers_py = peers.peers_python(args.peers_python)
+    if peers_py is None and any(t != "kilomatch" for t in tools):
+        print("note: no peers Python found (--peers-python / KILOMATCH_PEERS_PYTHON); "
+              "pyKilomatch and pyDANT are skipped", flush=True)
+    header = _common.run_header(peers_py, memory_method())
+    print(_common.header_text(header, args.markdown), end="\n\n", flush=True)
+
+    results = []
+    for key in keys:
+        results += run_dataset(key, tools, args, peers_py)
+
+    print()
+    print(_common.header_text(header, args.markdown), end="\n\n")
+    print(_common.format_table(COLUMNS, table_rows(results), args.markdown))
+    notes = _common.notes_text(results, args.markdown)
+    if notes:
+        print("\n" + notes)
+    if args.json:
+        _common.write_json(args.json, {"header": header,
+                                       "results": [json_safe(r) for r in results]})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""Motion rounds as pyDANT names them (max_iter, repeat_last_feature_set, stop_early) and a
+user-given motion."""
+
+import logging
+
+import numpy as np
+import pytest
+
+import kilomatch
+from kilomatch import KilomatchError
+from kilomatch.pipeline import round_schedule
+from kilomatch.settings import from_dict
+from kilomatch.simulate import simulate_to_folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("rounds") / "data"
+    simulate_to_folder(folder, n_sessions=4, n_neurons=60, seed=8, drift_max_um=40)
+    return folder
+
+
+def test_round_schedule():
+    rounds = [["AutoCorr"], ["Waveform", "AutoCorr"]]
+    s = from_dict({})
+    assert round_schedule(s, rounds) == rounds
+    s = from_dict({"motionEstimation": {"repeat_last_feature_set": True, "max_iter": 5}})
+    assert round_schedule(s, rounds) == rounds + [["Waveform", "AutoCorr"]] * 3
+    s = from_dict({"motionEstimation": {"max_iter": 1}})
+    assert round_schedule(s, rounds) == rounds[:1]
+
+
+def test_pydant_settings_keys_load():
+    s = from_dict({"motionEstimation": {"max_iter": 15, "repeat_last_feature_set": True,
+                                        "stop_early": True},
+                   "clustering": {"weight_tol": 1e-8},
+                   "waveformCorrection": {"path_to_motion": ""}})
+    assert s.motionEstimation.stop_early and s.waveformCorrection.path_to_motion == ""
+
+
+def test_stop_early_says_why_and_keeps_best_round(data, tmp_path, caplog):
+    """Repeating rounds stops as soon as the good matches stop increasing, and the log says so."""
+    tree = {"path_to_data": str(data), "output_folder": str(tmp_path / "out"), "n_jobs": 1,
+            "motionEstimation": {"repeat_last_feature_set": True, "stop_early": True,
+                                 "max_iter": 10, "n_bootstrap": 20}}
+    with caplog.at_level(logging.INFO, logger="kilomatch"):
+        result = kilomatch.run(tree)
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "stopped early after round" in text
+    assert len(result.rounds) < 10
+    counts = [int(r.clustering.good.sum()) for r, _ in result.rounds]
+    assert counts[-1] <= max(counts[:-1])
+
+
+def test_given_motion_used_and_checked(data, tmp_path):
+    """A given motion file skips estimation and is the motion written; a wrong shape is one
+    clear error naming the file and the expected shape."""
+    true = np.load(data / "gt_motion.npy")
+    path = tmp_path / "motion_given.npy"
+    np.save(path, true)
+    tree = {"path_to_data": str(data), "output_folder": str(tmp_path / "out"), "n_jobs": 1,
+            "waveformCorrection": {"path_to_motion": str(path)}}
+    result = kilomatch.run(tree)
+    assert result.rounds == []
+    assert np.allclose(np.load(tmp_path / "out" / "motion.npy").ravel(), true)
+    np.save(path, true[:-1])
+    with pytest.raises(KilomatchError, match=r"motion_given.npy: motion must have shape \(4,\)"):
+        kilomatch.run(tree)

@@ -31,32 +31,68 @@ def similarity_to_distance(s: np.ndarray) -> np.ndarray:
 
 
 def sparse_mst(n_units: int, pairs: np.ndarray, distance: np.ndarray) -> np.ndarray:
-    """MST edges (n_units - 1, 3) [i, j, d] of the pair graph, sorted by d; components are
-    joined by edges of length inf (lowest unit of each component to the next one's)."""
-    if pairs.shape[0]:
-        graph = sparse.csr_matrix((distance, (pairs[:, 0], pairs[:, 1])), shape=(n_units, n_units))
-        tree = minimum_spanning_tree(graph).tocoo()
-        edges = np.column_stack([tree.row, tree.col, tree.data]).astype(np.float64)
-        _, comp = connected_components(graph, directed=False)
-    else:
-        edges = np.empty((0, 3))
-        comp = np.arange(n_units)
-    roots = np.unique(comp, return_index=True)[1]  # lowest unit of each component
-    roots.sort()
-    joins = np.column_stack([roots[:-1], roots[1:], np.full(roots.size - 1, np.inf)])
-    edges = np.vstack([edges, joins])
+    """Minimum spanning forest (E, 3) [i, j, d] of the pair graph, sorted by d (ties by i, j)."""
+    if not pairs.shape[0]:
+        return np.empty((0, 3))
+    graph = sparse.csr_matrix((distance, (pairs[:, 0], pairs[:, 1])), shape=(n_units, n_units))
+    tree = minimum_spanning_tree(graph).tocoo()
+    edges = np.column_stack([tree.row, tree.col, tree.data]).astype(np.float64)
     # Sort by length, ties by (i, j): the hierarchy must not depend on storage order.
     return edges[np.lexsort((edges[:, 1], edges[:, 0], edges[:, 2]))]
 
 
-def hdbscan_from_mst(mst: np.ndarray, max_cluster_size: int = 0,
-                     min_cluster_size: int = 2) -> np.ndarray:
-    """Cluster labels (N,) (-1 = noise, 0..K-1) from MST edges, by excess of mass."""
-    n_units = mst.shape[0] + 1
+def _condensed(mst: np.ndarray):
+    """hdbscan's condensed tree (min_cluster_size 2) of one connected set of points, from its
+    MST edges in local point ids."""
+    return condense_tree(_single_linkage(np.ascontiguousarray(mst, dtype=np.float64)), 2)
+
+
+def condensed_forest(n_units: int, mst: np.ndarray):
+    """Condensed tree of the whole graph in which disconnected parts are infinitely far apart.
+
+    The root (id n_units) splits at lambda = 0 (infinite distance) into all connected
+    components at once: each component of two or more units is a child cluster, each lone unit
+    falls out as noise. (Joining the components by infinite edges one after another would
+    instead nest spurious clusters of lone units at the same height.)
+    """
+    ends = mst[:, :2].astype(np.int64)
+    graph = sparse.coo_matrix((np.ones(len(ends)), (ends[:, 0], ends[:, 1])),
+                              shape=(n_units, n_units))
+    n_comp, comp = connected_components(graph, directed=False)
+    if n_comp == 1:
+        return _condensed(mst)  # connected: the usual tree, whose root is not selectable
+    rows = []
+    root, next_id = n_units, n_units + 1
+    edge_comp = comp[ends[:, 0]]
+    order = np.argsort(comp, kind="stable")
+    local = np.empty(n_units, np.int64)
+    for members in np.split(order, np.flatnonzero(np.diff(comp[order])) + 1):
+        n_c = members.size
+        if n_c == 1:
+            rows.append((root, int(members[0]), 0.0, 1))
+            continue
+        local[members] = np.arange(n_c)
+        edges = mst[edge_comp == comp[members[0]]].copy()
+        edges[:, :2] = local[edges[:, :2].astype(np.int64)]
+        sub = _condensed(edges)
+        # Local ids: points 0..n_c-1, clusters n_c.. (root n_c); give the clusters fresh
+        # global ids from next_id, keeping their order (hdbscan needs parents before children).
+        rows.append((root, next_id, 0.0, n_c))
+        for parent, child, lam, size in sub.tolist():
+            child = int(members[child]) if child < n_c else next_id + child - n_c
+            rows.append((next_id + parent - n_c, child, lam, size))
+        next_id += int(max(sub["parent"].max(), sub["child"].max())) - n_c + 1
+    dtype = [("parent", np.intp), ("child", np.intp), ("lambda_val", np.float64),
+             ("child_size", np.intp)]
+    return np.array(rows, dtype=dtype)
+
+
+def hdbscan_from_mst(mst: np.ndarray, n_units: int, max_cluster_size: int = 0) -> np.ndarray:
+    """Cluster labels (N,) (-1 = noise, 0..K-1) from a minimum spanning forest, by excess of
+    mass with min_cluster_size 2 (hdbscan's own condensing and selection)."""
     if n_units < 2:
         return -np.ones(n_units, np.int64)
-    linkage = _single_linkage(np.ascontiguousarray(mst, dtype=np.float64))
-    tree = condense_tree(linkage, min_cluster_size)
+    tree = condensed_forest(n_units, mst)
     stability = compute_stability(tree)
     with np.errstate(divide="ignore", invalid="ignore"):  # membership strengths at lambda = 0
         labels, _, _ = get_clusters(tree, stability, "eom", False, False, 0.0,
@@ -71,7 +107,7 @@ def sparse_hdbscan(n_units: int, pairs: np.ndarray, distance: np.ndarray,
     pairs: (P, 2); distance: (P,). Pairs not listed are infinitely far apart.
     Returns labels (N,): -1 for units in no cluster, clusters numbered by lowest unit.
     """
-    labels = hdbscan_from_mst(sparse_mst(n_units, pairs, distance), max_cluster_size)
+    labels = hdbscan_from_mst(sparse_mst(n_units, pairs, distance), n_units, max_cluster_size)
     return renumber(labels, start=0)
 
 

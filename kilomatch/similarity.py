@@ -23,14 +23,16 @@ def candidate_pairs(depth: np.ndarray, session: np.ndarray, max_distance: float,
     depth = np.asarray(depth, dtype=np.float64)
     order = np.argsort(depth, kind="stable")
     d = depth[order]
-    hi = np.searchsorted(d, d + max_distance, side="right")
+    # Search a hair wide, then keep exactly |d_i - d_j| <= max_distance (the float sum d + max
+    # can round either way; the test below is the definition).
+    hi = np.searchsorted(d, d + max_distance * (1 + 1e-9) + 1e-9, side="right")
     counts = hi - np.arange(d.size) - 1
     a = np.repeat(np.arange(d.size), counts)
     # Offsets 1..count within each run give the partner's sorted position.
     starts = np.cumsum(counts) - counts
     b = a + 1 + (np.arange(a.size) - np.repeat(starts, counts))
     i, j = order[a], order[b]
-    keep = session[i] != session[j]
+    keep = (session[i] != session[j]) & (np.abs(depth[i] - depth[j]) <= max_distance)
     if group is not None:
         keep &= group[i] == group[j]
     i, j = i[keep], j[keep]

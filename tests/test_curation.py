@@ -1,0 +1,226 @@
+"""Tests of kilomatch.curation (ALGORITHM.md s.7) on hand-made clusters."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from kilomatch.clustering import renumber
+from kilomatch.curation import (
+    CONFLICT,
+    REASONS,
+    SPLIT,
+    curate,
+    dissolve_singletons,
+    resolve_conflicts,
+    split_clusters,
+    within_cluster_pairs,
+)
+
+
+def pair_values(pairs, table, default):
+    """Per-pair values from a {(i, j): value} table (i < j), default elsewhere."""
+    return np.array([table.get((int(i), int(j)), default) for i, j in pairs], dtype=float)
+
+
+def as_set(pairs):
+    return {tuple(p) for p in np.asarray(pairs).tolist()}
+
+
+def brute_within(labels):
+    return [(i, j) for i, j in itertools.combinations(range(len(labels)), 2)
+            if labels[i] >= 0 and labels[i] == labels[j]]
+
+
+# ---------------------------------------------------------------- within_cluster_pairs
+
+@pytest.mark.parametrize("seed", range(3))
+def test_within_cluster_pairs_lists_exactly_all_pairs(seed):
+    """All (i < j) with equal labels >= 0, sorted, no duplicates; -1 units pair with nobody."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(-1, 8, 60)
+    got = within_cluster_pairs(labels)
+    np.testing.assert_array_equal(got, np.array(brute_within(labels)).reshape(-1, 2))
+    assert got.dtype == np.int64
+
+
+def test_within_cluster_pairs_empty():
+    """No cluster with two units -> an empty (0, 2) array."""
+    assert within_cluster_pairs(np.array([-1, 0, 1, -1])).shape == (0, 2)
+    assert within_cluster_pairs(np.array([], dtype=int)).shape == (0, 2)
+
+
+# ---------------------------------------------------------------- conflicts
+
+def test_same_session_conflict_drops_lower_mean_similarity():
+    """Cluster {0, 1, 2, 3} with units 1 and 2 both from session 2: unit 2 has the lower mean
+    similarity to the rest, so it is dropped (-1) and its pairs with the remaining members are
+    recorded as same_session_conflict; the rest stays one cluster."""
+    labels = np.array([5, 5, 5, 5, -1])
+    session = np.array([1, 2, 2, 3, 1])
+    pairs = within_cluster_pairs(labels)
+    sim = pair_values(pairs, {(0, 1): 3.0, (1, 3): 2.5, (0, 3): 2.8, (0, 2): 1.0, (2, 3): 0.8,
+                              (1, 2): 0.0}, 0.0)
+    res = curate(labels, session, pairs, sim, np.ones(len(pairs), bool), threshold=0.5)
+    # mean similarity: unit 1 -> (3.0 + 0.0 + 2.5) / 3, unit 2 -> (1.0 + 0.0 + 0.8) / 3
+    assert res.labels[2] == -1 and res.labels_after_conflicts[2] == -1
+    assert res.labels[0] == res.labels[1] == res.labels[3] >= 0 and res.labels[4] == -1
+    assert as_set(res.removed_pairs) == {(0, 2), (1, 2), (2, 3)}
+    assert REASONS[CONFLICT] == "same_session_conflict"
+    np.testing.assert_array_equal(res.removed_reason, [CONFLICT] * 3)
+
+
+def test_conflict_is_decided_by_mean_not_max_similarity():
+    """Unit 1 has the single best pair but the lower mean: unit 1 (not 2) is dropped."""
+    labels = np.zeros(4, int)
+    session = np.array([1, 2, 2, 3])
+    pairs = within_cluster_pairs(labels)
+    sim = pair_values(pairs, {(0, 1): 5.0, (1, 3): -2.0, (0, 2): 1.6, (2, 3): 1.6}, 0.0)
+    new, removed = resolve_conflicts(labels, session, pairs, sim)
+    np.testing.assert_array_equal(new, [0, -1, 0, 0])
+    assert as_set(removed) == {(0, 1), (1, 2), (1, 3)}
+
+
+def test_three_way_conflict_keeps_one_unit_per_session():
+    """Three units of session 1 in one cluster: the two worst go, one at a time (the mean is
+    recomputed after each removal), leaving one unit per session."""
+    labels = np.zeros(5, int)
+    session = np.array([1, 1, 1, 2, 3])
+    pairs = within_cluster_pairs(labels)
+    sim = pair_values(pairs, {(0, 3): 3.0, (0, 4): 3.0, (1, 3): 1.0, (1, 4): 1.0,
+                              (2, 3): 2.0, (2, 4): 2.0, (3, 4): 3.0}, 0.0)
+    new, removed = resolve_conflicts(labels, session, pairs, sim)
+    np.testing.assert_array_equal(new, [0, -1, -1, 0, 0])
+    # unit 1 first (pairs with 0, 2, 3, 4), then unit 2 (pairs with 0, 3, 4)
+    assert [tuple(p) for p in removed.tolist()] == [(0, 1), (1, 2), (1, 3), (1, 4),
+                                                    (0, 2), (2, 3), (2, 4)]
+
+
+def test_conflict_pair_alone_dissolves_both():
+    """A cluster of two units of one session: one is dropped (ties: the higher index), the
+    other becomes a singleton and is dissolved too; the pair is recorded as a conflict."""
+    labels = np.array([0, 0, 1, 1])
+    session = np.array([1, 1, 1, 2])
+    pairs = within_cluster_pairs(labels)
+    sim = np.array([2.0, 2.0])
+    res = curate(labels, session, pairs, sim, np.ones(2, bool), threshold=0.0)
+    np.testing.assert_array_equal(res.labels_after_conflicts, [-1, -1, 1, 1])
+    np.testing.assert_array_equal(renumber(res.labels), [-1, -1, 1, 1])
+    np.testing.assert_array_equal(res.removed_pairs, [[0, 1]])
+    np.testing.assert_array_equal(res.removed_reason, [CONFLICT])
+
+
+def test_conflict_tie_drops_higher_index():
+    """Equal mean similarity: the documented tie rule drops the higher unit index."""
+    labels = np.zeros(3, int)
+    pairs = within_cluster_pairs(labels)
+    sim = pair_values(pairs, {(0, 2): 2.0, (1, 2): 2.0}, 0.0)
+    new, removed = resolve_conflicts(labels, np.array([1, 1, 2]), pairs, sim)
+    np.testing.assert_array_equal(new, [0, -1, 0])
+    assert as_set(removed) == {(0, 1), (1, 2)}
+
+
+# ---------------------------------------------------------------- split
+
+def split_case():
+    """Cluster {0..3} (sessions 1-4): (0, 1) and (2, 3) above threshold 1.0, cross pairs below;
+    cluster {4, 5} untouched."""
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    session = np.array([1, 2, 3, 4, 1, 2])
+    pairs = within_cluster_pairs(labels)
+    sim = pair_values(pairs, {(0, 1): 2.0, (2, 3): 1.8, (4, 5): 1.5}, 0.2)
+    return labels, session, pairs, sim
+
+
+def test_split_into_linkable_components():
+    """A cluster whose above-threshold edges form two components becomes two clusters; the
+    four cross pairs are recorded as split_below_threshold; the other cluster is kept."""
+    labels, session, pairs, sim = split_case()
+    res = curate(labels, session, pairs, sim, np.ones(len(pairs), bool), threshold=1.0)
+    np.testing.assert_array_equal(renumber(res.labels), [1, 1, 2, 2, 3, 3])
+    assert as_set(res.removed_pairs) == {(0, 2), (0, 3), (1, 2), (1, 3)}
+    assert REASONS[SPLIT] == "split_below_threshold"
+    np.testing.assert_array_equal(res.removed_reason, [SPLIT] * 4)
+    np.testing.assert_array_equal(res.labels_after_conflicts, labels)
+
+
+def test_auto_split_false_leaves_cluster():
+    """With auto_split=False the same cluster stays whole and nothing is removed."""
+    labels, session, pairs, sim = split_case()
+    res = curate(labels, session, pairs, sim, np.ones(len(pairs), bool), threshold=1.0,
+                 auto_split=False)
+    np.testing.assert_array_equal(renumber(res.labels), renumber(labels))
+    assert res.removed_pairs.shape == (0, 2) and res.removed_reason.size == 0
+
+
+def test_chain_above_threshold_is_not_split():
+    """Connectivity, not all-pairs: 0-1 and 1-2 above threshold keep {0, 1, 2} together even
+    though (0, 2) is below."""
+    labels = np.zeros(3, int)
+    pairs = within_cluster_pairs(labels)
+    sim = pair_values(pairs, {(0, 1): 2.0, (1, 2): 2.0}, -1.0)
+    new, removed = split_clusters(labels, pairs, sim, np.ones(3, bool), 1.0)
+    assert new[0] == new[1] == new[2] >= 0 and removed.shape == (0, 2)
+
+
+def test_unlinkable_pair_is_not_an_edge():
+    """A pair above threshold but not linkable (e.g. beyond max_distance) does not hold the
+    cluster together: the cluster splits and the unit left alone is dissolved."""
+    labels = np.array([0, 0, 0])
+    session = np.array([1, 2, 3])
+    pairs = within_cluster_pairs(labels)  # (0,1), (0,2), (1,2)
+    sim = np.array([2.0, 2.0, 0.0])
+    linkable = np.array([True, False, False])
+    res = curate(labels, session, pairs, sim, linkable, threshold=1.0)
+    np.testing.assert_array_equal(renumber(res.labels), [1, 1, -1])
+    assert as_set(res.removed_pairs) == {(0, 2), (1, 2)}
+
+
+def test_threshold_is_strict():
+    """A pair exactly at the threshold is not above it: the cluster splits."""
+    labels = np.array([0, 0])
+    new, removed = split_clusters(labels, np.array([[0, 1]]), np.array([1.0]),
+                                  np.array([True]), 1.0)
+    assert new[0] != new[1]
+    np.testing.assert_array_equal(removed, [[0, 1]])
+
+
+# ---------------------------------------------------------------- singletons
+
+def test_singletons_dissolved():
+    """Clusters of one unit become -1; larger ones and -1 are kept."""
+    np.testing.assert_array_equal(dissolve_singletons(np.array([3, -1, 3, 7, 0, 0, 0, 2])),
+                                  [3, -1, 3, -1, 0, 0, 0, -1])
+    np.testing.assert_array_equal(dissolve_singletons(np.array([-1, -1])), [-1, -1])
+
+
+def test_split_leaving_singleton_dissolves_it():
+    """{0, 1, 2} where only (0, 1) is above threshold: {0, 1} stays, 2 becomes -1 and its two
+    pairs are recorded as split."""
+    labels = np.zeros(3, int)
+    pairs = within_cluster_pairs(labels)
+    sim = pair_values(pairs, {(0, 1): 3.0}, 0.1)
+    res = curate(labels, np.array([1, 2, 3]), pairs, sim, np.ones(3, bool), threshold=1.0)
+    np.testing.assert_array_equal(renumber(res.labels), [1, 1, -1])
+    assert as_set(res.removed_pairs) == {(0, 2), (1, 2)}
+    np.testing.assert_array_equal(res.removed_reason, [SPLIT, SPLIT])
+
+
+def test_conflict_then_split_reasons_in_order():
+    """Both steps in one cluster: conflict pairs are listed first with their reason, then the
+    split pairs; every final cluster has one unit per session and at least two units."""
+    labels = np.zeros(6, int)
+    session = np.array([1, 2, 2, 3, 4, 5])
+    pairs = within_cluster_pairs(labels)
+    sim = pair_values(pairs, {(0, 1): 3.0, (1, 3): 3.0, (0, 3): 3.0, (4, 5): 3.0,
+                              (2, 4): 0.5, (2, 5): 0.5}, -0.5)
+    res = curate(labels, session, pairs, sim, np.ones(len(pairs), bool), threshold=1.0)
+    np.testing.assert_array_equal(renumber(res.labels), [1, 1, -1, 1, 2, 2])
+    n_conf = int(np.sum(res.removed_reason == CONFLICT))
+    assert as_set(res.removed_pairs[:n_conf]) == {(0, 2), (1, 2), (2, 3), (2, 4), (2, 5)}
+    assert as_set(res.removed_pairs[n_conf:]) == {(0, 4), (0, 5), (1, 4), (1, 5), (3, 4),
+                                                 (3, 5)}
+    assert np.all(res.removed_reason[n_conf:] == SPLIT)
+    for c in np.unique(res.labels[res.labels >= 0]):
+        members = np.flatnonzero(res.labels == c)
+        assert members.size >= 2 and np.unique(session[members]).size == members.size

@@ -1,0 +1,197 @@
+"""Tests of kilomatch.motion (ALGORITHM.md s.5): exact least squares on exact pairs, bootstrap
+band, untied sessions, no pairs."""
+
+import logging
+
+import numpy as np
+import pytest
+
+from kilomatch.motion import Motion, estimate_motion
+
+
+def rigid_pairs(rng, offsets, n_pairs, noise=0.0):
+    """Pairs of units of one neuron at true depth y0 seen at y0 + p_s in two sessions, pair
+    orientation random (session of the first unit may be the later one). Every session pair
+    is used, so all sessions are tied."""
+    n_sessions = len(offsets)
+    depth, session, pairs = [], [], []
+    for t in range(n_pairs):
+        sa, sb = rng.choice(n_sessions, 2, replace=False)
+        if t < n_sessions:  # a chain through every session
+            sa, sb = t, (t + 1) % n_sessions
+        y0 = rng.uniform(100, 3000)
+        depth += [y0 + offsets[sa] + rng.normal(0, noise), y0 + offsets[sb] + rng.normal(0, noise)]
+        session += [sa, sb]
+        pairs.append((2 * t, 2 * t + 1))
+    return np.array(pairs), np.array(depth), np.array(session)
+
+
+def test_rigid_recovers_offsets_exactly():
+    """Exact pairs: the rigid least squares returns the true offsets minus their mean to 1e-9,
+    every session tied, ci collapsed (no bootstrap) and ref_depth 0."""
+    rng = np.random.default_rng(0)
+    true = np.array([0.0, 12.5, -30.0, 7.25, 41.0, -3.0])
+    pairs, depth, session = rigid_pairs(rng, true, 60)
+    m = estimate_motion(pairs, depth, session, 6, n_bootstrap=0)
+    np.testing.assert_allclose(m.offset, true - true.mean(), atol=1e-9, rtol=0)
+    assert m.offset.sum() == pytest.approx(0.0, abs=1e-9)
+    np.testing.assert_array_equal(m.slope, 0.0)
+    assert m.tied.all() and not m.linear
+    np.testing.assert_allclose(m.displacement(), m.offset)
+    np.testing.assert_array_equal(m.n_pairs, np.bincount(session, minlength=6))
+    # corrected depths y - p_s agree within each pair
+    corrected = depth - m.at(session, depth)
+    np.testing.assert_allclose(corrected[pairs[:, 0]], corrected[pairs[:, 1]], atol=1e-9)
+
+
+def test_rigid_is_least_squares_solution_on_noisy_pairs():
+    """On noisy pairs the offsets minimise sum ((y_B - y_A) - (p_sB - p_sA))^2: they equal a
+    dense lstsq of the design matrix (centred), and the normal equations' residual is 0."""
+    rng = np.random.default_rng(1)
+    true = np.array([5.0, -5.0, 20.0, 0.0])
+    pairs, depth, session = rigid_pairs(rng, true, 80, noise=3.0)
+    m = estimate_motion(pairs, depth, session, 4, n_bootstrap=0)
+    a = np.zeros((len(pairs), 4))
+    a[np.arange(len(pairs)), session[pairs[:, 1]]] += 1
+    a[np.arange(len(pairs)), session[pairs[:, 0]]] -= 1
+    dy = depth[pairs[:, 1]] - depth[pairs[:, 0]]
+    ref = np.linalg.lstsq(a, dy, rcond=None)[0]
+    np.testing.assert_allclose(m.offset, ref - ref.mean(), atol=1e-9)
+    assert np.max(np.abs(m.offset - (true - true.mean()))) < 3.0  # and near the truth
+
+
+def test_same_session_pairs_are_ignored():
+    """A pair within one session carries no motion information: adding one with a huge depth
+    difference changes nothing."""
+    rng = np.random.default_rng(2)
+    true = np.array([0.0, 10.0, -10.0])
+    pairs, depth, session = rigid_pairs(rng, true, 20)
+    base = estimate_motion(pairs, depth, session, 3, n_bootstrap=0)
+    depth2 = np.r_[depth, 100.0, 900.0]
+    session2 = np.r_[session, 1, 1]
+    pairs2 = np.vstack([pairs, [len(depth), len(depth) + 1]])
+    m = estimate_motion(pairs2, depth2, session2, 3, n_bootstrap=0)
+    np.testing.assert_allclose(m.offset, base.offset, atol=1e-12)
+
+
+def linear_pairs(rng, slopes, offsets, n_pairs):
+    """Exact pairs for p_s(d) = k_s d + b_s with d the pair's mean depth:
+    y_B - y_A = (k_B - k_A) (y_A + y_B) / 2 + (b_B - b_A), solved for y_B."""
+    depth, session, pairs = [], [], []
+    n_sessions = len(slopes)
+    for t in range(n_pairs):
+        sa, sb = rng.choice(n_sessions, 2, replace=False)
+        ya = rng.uniform(200, 3500)
+        dk, db = slopes[sb] - slopes[sa], offsets[sb] - offsets[sa]
+        yb = (ya * (1 + dk / 2) + db) / (1 - dk / 2)
+        depth += [ya, yb]
+        session += [sa, sb]
+        pairs.append((2 * t, 2 * t + 1))
+    return np.array(pairs), np.array(depth), np.array(session)
+
+
+def test_linear_recovers_slopes_and_offsets():
+    """Exact linear-motion pairs: slopes recovered with session 1's slope 0, offsets up to
+    their mean (compared as differences between sessions); ref_depth is the pairs' mean depth.
+    Tolerance 1e-6 um / 1e-10 um/um: the normal equations on depths of ~3000 um square the
+    condition number (the rigid case is exact to 1e-9)."""
+    rng = np.random.default_rng(3)
+    k = np.array([0.0, 0.01, -0.02, 0.005])
+    b = np.array([3.0, -7.0, 12.0, 1.0])
+    pairs, depth, session = linear_pairs(rng, k, b, 200)
+    m = estimate_motion(pairs, depth, session, 4, linear=True, n_bootstrap=0)
+    np.testing.assert_allclose(m.slope, k, atol=1e-10, rtol=0)
+    assert m.slope[0] == 0.0 and m.linear
+    np.testing.assert_allclose(np.diff(m.offset), np.diff(b), atol=1e-6)
+    assert m.offset.mean() == pytest.approx(0.0, abs=1e-9)
+    mid = 0.5 * (depth[pairs[:, 0]] + depth[pairs[:, 1]])
+    assert m.ref_depth == pytest.approx(mid.mean())
+    np.testing.assert_allclose(m.displacement(), m.slope * m.ref_depth + m.offset)
+    # Each pair's depth difference is the model's displacement difference at its mean depth.
+    pred = m.at(session[pairs[:, 1]], mid) - m.at(session[pairs[:, 0]], mid)
+    np.testing.assert_allclose(pred, depth[pairs[:, 1]] - depth[pairs[:, 0]], atol=1e-6)
+
+
+def test_bootstrap_band_contains_estimate_and_is_seeded():
+    """Noisy pairs: ci_low <= displacement <= ci_high with a band of positive width; the same
+    seed gives identical bands, another seed a different one."""
+    rng = np.random.default_rng(4)
+    true = np.array([0.0, 15.0, -8.0, 30.0, 2.0])
+    pairs, depth, session = rigid_pairs(rng, true, 100, noise=4.0)
+    a = estimate_motion(pairs, depth, session, 5, n_bootstrap=300, seed=7)
+    b = estimate_motion(pairs, depth, session, 5, n_bootstrap=300, seed=7)
+    c = estimate_motion(pairs, depth, session, 5, n_bootstrap=300, seed=8)
+    disp = a.displacement()
+    assert np.all(a.ci_low <= disp) and np.all(disp <= a.ci_high)
+    assert np.all(a.ci_high - a.ci_low > 0.1)
+    assert np.all(a.ci_high - a.ci_low < 10.0)  # ~ 4 * sd / sqrt(pairs per session)
+    np.testing.assert_array_equal(a.ci_low, b.ci_low)
+    np.testing.assert_array_equal(a.ci_high, b.ci_high)
+    assert not np.array_equal(a.ci_low, c.ci_low)
+    np.testing.assert_array_equal(a.offset, c.offset)  # the estimate itself is not random
+
+
+def test_bootstrap_band_linear_contains_estimate():
+    """Linear motion with noise: the band at ref_depth contains the displacement."""
+    rng = np.random.default_rng(5)
+    pairs, depth, session = linear_pairs(rng, np.array([0.0, 0.01, -0.01]),
+                                         np.array([0.0, 5.0, -5.0]), 150)
+    depth = depth + rng.normal(0, 2.0, depth.size)
+    m = estimate_motion(pairs, depth, session, 3, linear=True, n_bootstrap=200, seed=1)
+    disp = m.displacement()
+    assert np.all(m.ci_low <= disp) and np.all(disp <= m.ci_high)
+
+
+def test_session_without_match_chain_gets_zero_and_warning(caplog):
+    """Session 4 (1-based) has no pair: its motion is 0 with a collapsed band, it is not tied,
+    a warning on logger 'kilomatch' names it, and sessions 1-3 are still recovered exactly
+    (mean 0 over the tied sessions)."""
+    rng = np.random.default_rng(6)
+    true = np.array([4.0, -6.0, 11.0])
+    pairs, depth, session = rigid_pairs(rng, true, 30)
+    depth = np.r_[depth, 500.0]  # a unit of session 4 that is in no pair
+    session = np.r_[session, 3]
+    with caplog.at_level(logging.WARNING, logger="kilomatch"):
+        m = estimate_motion(pairs, depth, session, 4, n_bootstrap=50)
+    np.testing.assert_array_equal(m.tied, [True, True, True, False])
+    assert m.offset[3] == 0.0 and m.ci_low[3] == 0.0 and m.ci_high[3] == 0.0
+    np.testing.assert_allclose(m.offset[:3], true - true.mean(), atol=1e-9)
+    msgs = [r.getMessage() for r in caplog.records if r.name == "kilomatch"]
+    assert any("sessions 4 " in msg and "no match chain" in msg for msg in msgs)
+
+
+def test_two_separate_session_groups_keep_the_larger(caplog):
+    """Sessions {1, 2, 3} and {4, 5} matched only among themselves: the larger group is
+    estimated, sessions 4 and 5 stay at 0 and are named in the warning."""
+    rng = np.random.default_rng(7)
+    p1, d1, s1 = rigid_pairs(rng, np.array([1.0, 2.0, -3.0]), 20)
+    p2, d2, s2 = rigid_pairs(rng, np.array([50.0, -50.0]), 20)
+    pairs = np.vstack([p1, p2 + len(d1)])
+    depth, session = np.r_[d1, d2], np.r_[s1, s2 + 3]
+    with caplog.at_level(logging.WARNING, logger="kilomatch"):
+        m = estimate_motion(pairs, depth, session, 5, n_bootstrap=0)
+    np.testing.assert_allclose(m.offset, [1.0, 2.0, -3.0, 0.0, 0.0], atol=1e-9)
+    assert any("sessions 4, 5 " in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("linear", [False, True])
+def test_no_pairs_gives_zero_motion(linear, caplog):
+    """No matched pair: every session's motion, slope and band are 0, nothing is tied, and a
+    warning is logged."""
+    with caplog.at_level(logging.WARNING, logger="kilomatch"):
+        m = estimate_motion(np.empty((0, 2), np.int64), np.arange(5.0), np.arange(5), 5,
+                            linear=linear)
+    for arr in (m.offset, m.slope, m.ci_low, m.ci_high, m.displacement()):
+        np.testing.assert_array_equal(arr, np.zeros(5))
+    assert not m.tied.any()
+    assert any(r.levelno == logging.WARNING for r in caplog.records if r.name == "kilomatch")
+
+
+def test_motion_zero_and_at():
+    """Motion.zero is all zeros; at() evaluates slope * depth + offset per unit's session."""
+    z = Motion.zero(3)
+    np.testing.assert_array_equal(z.at(np.array([0, 2]), np.array([10.0, 20.0])), [0.0, 0.0])
+    m = Motion(np.array([1.0, -2.0]), np.array([0.0, 0.5]), np.zeros(2), np.zeros(2),
+               np.zeros(2, np.int64), np.ones(2, bool))
+    np.testing.assert_allclose(m.at(np.array([0, 1, 1]), np.array([10.0, 10.0, 4.0])),
+                               [1.0, 3.0, 0.0])

@@ -11,7 +11,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 
-FEATURES = ("Waveform", "AutoCorr", "ISI", "PETH")
+FEATURES = ("Waveform", "AutoCorr", "ISI", "PETH", "Location")
 
 
 @dataclass(frozen=True)

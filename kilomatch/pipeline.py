@@ -20,7 +20,8 @@ from .load import Dataset, load_dataset, load_given_motion
 from .motion import Motion, estimate_motion
 from .parallel import map_units
 from .settings import Settings, load as load_settings
-from .similarity import candidate_pairs, feature_similarity, waveform_similarity, weighted_similarity
+from .similarity import (candidate_pairs, feature_similarity, location_similarity,
+                         waveform_similarity, weighted_similarity)
 
 log = logging.getLogger("kilomatch")
 
@@ -145,23 +146,33 @@ def match_units(units: UnitFeatures, channel_locations: np.ndarray, s: Settings,
     y = units.locations[:, 1]
     corrected = y - motion.at(units.session0, y)
     pairs = candidate_pairs(corrected, units.session0, s.clustering.max_distance, units.shank)
-    columns, wf_corr, ch_corr = [], None, None
-    for name in feature_names:
-        if name == "Waveform":
-            wf_corr, ch_corr = corrected_waveforms(units, channel_locations, motion,
-                                                   s.waveformCorrection, kinv)
-            columns.append(waveform_similarity(wf_corr, ch_corr, pairs))
-        else:
-            columns.append(feature_similarity(_feature_matrix(units, name), pairs))
-    pair_feats = np.column_stack(columns) if columns else np.empty((len(pairs), 0))
+    wf_corr = ch_corr = None
+    if "Waveform" in feature_names:
+        wf_corr, ch_corr = corrected_waveforms(units, channel_locations, motion,
+                                               s.waveformCorrection, kinv)
+    pair_feats = pair_features(units, feature_names, pairs, corrected, wf_corr, ch_corr)
     result = ihdbscan(len(y), pairs, pair_feats, max_cluster_size=n_sessions,
                       n_iter=s.clustering.n_iter, weight_tol=s.clustering.weight_tol)
     return RoundResult(list(feature_names), motion, pairs, pair_feats, result, corrected,
                        wf_corr, ch_corr)
 
 
-def _feature_matrix(units: UnitFeatures, name: str) -> np.ndarray:
-    return {"AutoCorr": units.acg, "ISI": units.isi, "PETH": units.peth}[name]
+def pair_features(units: UnitFeatures, names: list, pairs: np.ndarray,
+                  corrected_depth: np.ndarray, waveforms_corrected=None,
+                  channels_corrected=None) -> np.ndarray:
+    """(P, F) similarity of each pair for each named feature (Fisher z)."""
+    columns = []
+    for name in names:
+        if name == "Waveform":
+            columns.append(waveform_similarity(waveforms_corrected, channels_corrected, pairs))
+        elif name == "Location":
+            positions = np.column_stack([units.locations[:, 0], corrected_depth,
+                                         units.locations[:, 2]])
+            columns.append(location_similarity(positions, pairs))
+        else:
+            matrix = {"AutoCorr": units.acg, "ISI": units.isi, "PETH": units.peth}[name]
+            columns.append(feature_similarity(matrix, pairs))
+    return np.column_stack(columns) if columns else np.empty((len(pairs), 0))
 
 
 def corrected_waveforms(units: UnitFeatures, channel_locations: np.ndarray, motion: Motion,
@@ -243,16 +254,10 @@ def within_cluster_similarity(units: UnitFeatures, final: RoundResult, labels: n
                               s: Settings):
     """Every within-cluster pair, its weighted similarity and whether it may link (Q arrays)."""
     pairs = curation.within_cluster_pairs(labels)
-    cols = []
-    for name in final.feature_names:
-        if name == "Waveform":
-            cols.append(waveform_similarity(final.waveforms_corrected, final.channels_corrected,
-                                            pairs))
-        else:
-            cols.append(feature_similarity(_feature_matrix(units, name), pairs))
-    feats = np.column_stack(cols) if cols else np.empty((len(pairs), 0))
-    sim = weighted_similarity(feats, final.clustering.weights)
     depth = final.corrected_depth
+    feats = pair_features(units, final.feature_names, pairs, depth, final.waveforms_corrected,
+                          final.channels_corrected)
+    sim = weighted_similarity(feats, final.clustering.weights)
     linkable = ((units.session0[pairs[:, 0]] != units.session0[pairs[:, 1]])
                 & (np.abs(depth[pairs[:, 0]] - depth[pairs[:, 1]]) <= s.clustering.max_distance)
                 & (units.shank[pairs[:, 0]] == units.shank[pairs[:, 1]]))

@@ -38,3 +38,13 @@ def test_batched_fit_equals_scipy_on_simulated_units():
                     for k in range(len(ptt))])
     assert np.abs(ours - ref).max() < 0.01
     assert (ours[:, 2] == 1.0).sum() > 10  # the bound is really exercised
+
+
+def test_location_similarity_falls_with_distance():
+    """Location similarity: r = exp(-d / 10 um) as a Fisher z; closer pairs score higher."""
+    from kilomatch.similarity import location_similarity
+    pos = np.array([[0.0, 0.0, 10.0], [3.0, 4.0, 10.0], [0.0, 10.0, 10.0], [0.0, 60.0, 10.0]])
+    pairs = np.array([[0, 1], [0, 2], [0, 3]])
+    z = location_similarity(pos, pairs)
+    assert np.allclose(np.tanh(z), np.exp(-np.array([5.0, 10.0, 60.0]) / 10.0))
+    assert z[0] > z[1] > z[2] > 0

@@ -17,4 +17,10 @@ def run(settings=None, **kwargs):
     return _run(settings, **kwargs)
 
 
-__all__ = ["run", "load_settings", "Settings", "KilomatchError", "__version__"]
+def plot_cluster(output, cluster_id: int):
+    """Figure of one tracked neuron across sessions; see :func:`kilomatch.figures.plot_cluster`."""
+    from .figures import plot_cluster as _plot
+    return _plot(output, cluster_id)
+
+
+__all__ = ["run", "plot_cluster", "load_settings", "Settings", "KilomatchError", "__version__"]

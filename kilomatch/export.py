@@ -21,6 +21,7 @@ import numpy as np
 RESULT_FILES = (
     "auto_corr.npy", "isi.npy", "peth.npy", "waveforms.npy", "waveforms_corrected.npy",
     "waveform_channels.npy", "waveform_channels_corrected.npy", "locations.npy",
+    "channel_locations.npy",
     "IdxCluster.npy", "ClusterMatrix.npy", "MatchedPairs.npy", "SimilarityWeights.npy",
     "SimilarityThreshold.npy", "SimilarityMatrix.npy", "motion.npy", "motion_linear.npy",
     "motion_ci.npy", "CandidatePairs.npz", "ClusteringResults.npz", "CurationResults.npz",
@@ -99,6 +100,8 @@ def clear_previous(folder: Path) -> None:
             path.unlink()
     for path in folder.glob("MotionRound*.npz"):
         path.unlink()
+    for path in folder.glob("Figures/Shank*/*.png"):
+        path.unlink()
     for path in folder.glob(".*.tmp*"):
         path.unlink()
 
@@ -116,123 +119,185 @@ def dense_pair_matrix(n_units: int, pairs: np.ndarray, values, fill=np.nan,
     return m
 
 
+def _stack_shanks(values: list) -> np.ndarray:
+    """Per-shank arrays side by side on a last axis; one shank keeps its own shape."""
+    return values[0] if len(values) == 1 else np.stack(values, axis=-1)
+
+
+def _global_ids(labels_by_part: list, parts: list, n_units: int) -> np.ndarray:
+    """Per-shank cluster labels (>= 0 clusters, -1 none) -> global 1..K, unique across shanks."""
+    from .clustering import renumber
+    out = -np.ones(n_units, np.int64)
+    offset = 0
+    for labels, part in zip(labels_by_part, parts):
+        labels = np.asarray(labels)
+        out[part.units[labels >= 0]] = labels[labels >= 0] + offset
+        offset += int(labels.max(initial=-1)) + 1
+    return renumber(out, start=1)
+
+
 def write_all(result) -> list:
     """Write every result file of a :class:`kilomatch.pipeline.Result`; Output.npz last.
 
-    Returns the paths written.
+    Per-unit files cover every unit in input order. With several shanks, per-shank values
+    (motion, weights, threshold) get a last axis of length n_shanks. Returns the paths written.
     """
-    s, units, final = result.settings, result.units, result.final
+    from .curation import REASONS
+    from .features import nearest_channels
+    from .pipeline import shank_parts
+    s, units = result.settings, result.units
+    parts = shank_parts(result)
+    multi = len(parts) > 1
     folder = Path(s.output_folder)
     n = units.waveforms.shape[0]
+    n_near = s.waveformCorrection.n_nearest_channels
     written = []
 
     def put(name, value):
         save_npy(folder / name, value)
         written.append(folder / name)
 
-    wc = s.waveformCorrection
-    from .features import nearest_channels  # local: keeps export importable on its own
+    def put_npz(name, arrays):
+        save_npz(folder / name, arrays)
+        written.append(folder / name)
+
+    # Per-unit values that each shank computed on its own units, put back in unit order.
     locs = result.data.channel_locations
-    ch_raw = nearest_channels(locs, units.peak_channel, wc.n_nearest_channels)
-    ch_corr = final.channels_corrected[0]
+    ch_raw = nearest_channels(locs, units.peak_channel, n_near)
+    ch_corr = np.zeros((n, min(n_near, len(locs))), np.int64)
+    wf_corr = np.zeros((n, ch_corr.shape[1], units.waveforms.shape[2]), np.float32)
+    depth = np.zeros(n)
+    for part in parts:
+        final = part.result.final
+        ch = final.channels_corrected[0]
+        ch_corr[part.units] = ch
+        wf_corr[part.units] = final.waveforms_corrected[0][np.arange(len(ch))[:, None], ch]
+        depth[part.units] = final.corrected_depth
     rows = np.arange(n)[:, None]
     put("auto_corr.npy", units.acg.astype(np.float32))
     put("isi.npy", units.isi.astype(np.float32))
     if units.peth is not None:
         put("peth.npy", units.peth.astype(np.float32))
     put("waveforms.npy", units.waveforms[rows, ch_raw])
-    put("waveforms_corrected.npy", final.waveforms_corrected[0][rows, ch_corr])
+    put("waveforms_corrected.npy", wf_corr)
     put("waveform_channels.npy", ch_raw)
     put("waveform_channels_corrected.npy", ch_corr)
     put("locations.npy", units.locations)
-    put("IdxCluster.npy", _column(result.idx_cluster))
-    put("MatchedPairs.npy", result.matched_pairs)
-    cl = final.clustering
-    put("SimilarityWeights.npy", _column(cl.weights))
-    put("SimilarityThreshold.npy", np.array([[cl.threshold]]))
-    motion = result.motion
-    put("motion.npy", _column(motion.displacement()))
-    put("motion_ci.npy", np.column_stack([motion.ci_low, motion.ci_high]))
-    if s.waveformCorrection.linear_correction:
-        put("motion_linear.npy", np.column_stack([motion.slope, motion.offset]))
-    names = np.array(final.feature_names)
-    same = final.clustering.labels[final.pairs]
+    put("channel_locations.npy", locs)
     idx = result.idx_cluster
-    save_npz(folder / "CandidatePairs.npz", {
-        "pairs": final.pairs.astype(np.int64),
+    put("IdxCluster.npy", _column(idx))
+    put("MatchedPairs.npy", result.matched_pairs)
+
+    clusterings = [p.result.final.clustering for p in parts]
+    motions = [p.result.motion for p in parts]
+    weights = _stack_shanks([c.weights for c in clusterings])
+    thresholds = np.array([c.threshold for c in clusterings])
+    put("SimilarityWeights.npy", weights if multi else _column(weights))
+    put("SimilarityThreshold.npy", thresholds[None, :])
+    displacement = _stack_shanks([m.displacement() for m in motions])
+    put("motion.npy", displacement if multi else _column(displacement))
+    put("motion_ci.npy", _stack_shanks([np.column_stack([m.ci_low, m.ci_high]) for m in motions]))
+    if s.waveformCorrection.linear_correction:
+        put("motion_linear.npy", _stack_shanks([np.column_stack([m.slope, m.offset])
+                                                for m in motions]))
+
+    # Candidate pairs of every shank, in global unit ids.
+    names = np.array(parts[0].result.final.feature_names)
+    pairs = np.vstack([p.units[p.result.final.pairs] for p in parts]).reshape(-1, 2)
+    similarity = np.concatenate([c.similarity for c in clusterings])
+    before = _global_ids([c.labels for c in clusterings], parts, n)
+    same_before = (before[pairs[:, 0]] == before[pairs[:, 1]]) & (before[pairs[:, 0]] > 0)
+    candidate = {
+        "pairs": pairs.astype(np.int64),
         "feature_names": names,
-        "features": final.pair_features.astype(np.float32),
-        "similarity": cl.similarity.astype(np.float32),
-        "good_match": cl.good,
-        "same_cluster_clustering": (same[:, 0] == same[:, 1]) & (same[:, 0] >= 0),
-        "same_cluster_final": (idx[final.pairs[:, 0]] == idx[final.pairs[:, 1]])
-        & (idx[final.pairs[:, 0]] > 0),
-    })
-    written.append(folder / "CandidatePairs.npz")
+        "features": np.vstack([p.result.final.pair_features for p in parts]).astype(np.float32),
+        "similarity": similarity.astype(np.float32),
+        "good_match": np.concatenate([c.good for c in clusterings]),
+        "same_cluster_clustering": same_before,
+        "same_cluster_final": (idx[pairs[:, 0]] == idx[pairs[:, 1]]) & (idx[pairs[:, 0]] > 0),
+    }
+    if multi:
+        candidate["shank"] = np.concatenate([np.full(len(p.result.final.pairs), p.shank)
+                                             for p in parts])
+    put_npz("CandidatePairs.npz", candidate)
     if n <= s.dense_output_max_units:
         put("ClusterMatrix.npy", (idx[:, None] == idx[None, :]) & (idx[:, None] > 0))
-        put("SimilarityMatrix.npy", dense_pair_matrix(n, final.pairs, cl.similarity))
+        put("SimilarityMatrix.npy", dense_pair_matrix(n, pairs, similarity))
     else:
         import logging
         logging.getLogger("kilomatch").info(
             "%d units > dense_output_max_units (%d): ClusterMatrix.npy and SimilarityMatrix.npy "
             "not written; the pairs are in CandidatePairs.npz and MatchedPairs.npy", n,
             s.dense_output_max_units)
-    rounds = result.rounds
+
     clustering = {
-        "IdxCluster": _hdbscan_ids(cl.labels),
+        "IdxCluster": before,
         "feature_names": names,
-        "weights": cl.weights,
-        "threshold": np.float64(cl.threshold),
-        "n_iter": np.int64(cl.n_iter),
-        "converged": np.bool_(cl.converged),
-        "corrected_depth": final.corrected_depth,
-        "motion_rounds_displacement": np.array([m.displacement() for _, m in rounds]).reshape(
-            len(rounds), result.data.n_sessions),
-        "motion_rounds_good_matches": np.array([int(r.clustering.good.sum()) for r, _ in rounds],
-                                               dtype=np.int64),
+        "weights": weights,
+        "threshold": thresholds if multi else np.float64(thresholds[0]),
+        "n_iter": np.array([c.n_iter for c in clusterings]),
+        "converged": np.array([c.converged for c in clusterings]),
+        "corrected_depth": depth,
     }
-    save_npz(folder / "ClusteringResults.npz", clustering)
-    written.append(folder / "ClusteringResults.npz")
+    for part in parts:
+        suffix = f"_shank{part.shank}" if multi else ""
+        rounds = part.result.rounds
+        clustering["motion_rounds_displacement" + suffix] = np.array(
+            [m.displacement() for _, m in rounds]).reshape(len(rounds), result.data.n_sessions)
+        clustering["motion_rounds_good_matches" + suffix] = np.array(
+            [int(r.clustering.good.sum()) for r, _ in rounds], dtype=np.int64)
+    if multi:
+        clustering["shank_ids"] = np.array([p.shank for p in parts])
+    put_npz("ClusteringResults.npz", clustering)
     if s.save_intermediate_results:
-        for k, (r, m) in enumerate(rounds, 1):
-            save_npz(folder / f"MotionRound{k}.npz", {
-                "feature_names": np.array(r.feature_names), "pairs": r.pairs,
-                "features": r.pair_features.astype(np.float32),
-                "similarity": r.clustering.similarity.astype(np.float32),
-                "good_match": r.clustering.good, "IdxCluster": _hdbscan_ids(r.clustering.labels),
-                "weights": r.clustering.weights, "threshold": np.float64(r.clustering.threshold),
-                "motion": m.displacement(), "motion_ci": np.column_stack([m.ci_low, m.ci_high])})
-    from .curation import REASONS
-    cur = result.curated
-    save_npz(folder / "CurationResults.npz", {
-        "IdxCluster_before": _hdbscan_ids(cl.labels),
-        "IdxCluster_after_conflicts": _hdbscan_ids(cur.labels_after_conflicts),
+        for part in parts:
+            suffix = f"_Shank{part.shank}" if multi else ""
+            for k, (r, m) in enumerate(part.result.rounds, 1):
+                put_npz(f"MotionRound{k}{suffix}.npz", {
+                    "feature_names": np.array(r.feature_names), "pairs": part.units[r.pairs],
+                    "features": r.pair_features.astype(np.float32),
+                    "similarity": r.clustering.similarity.astype(np.float32),
+                    "good_match": r.clustering.good,
+                    "IdxCluster": _hdbscan_ids(r.clustering.labels),
+                    "weights": r.clustering.weights,
+                    "threshold": np.float64(r.clustering.threshold),
+                    "motion": m.displacement(),
+                    "motion_ci": np.column_stack([m.ci_low, m.ci_high])})
+    curated = [p.result.curated for p in parts]
+    removed = np.vstack([p.units[c.removed_pairs] for p, c in zip(parts, curated)]).reshape(-1, 2)
+    put_npz("CurationResults.npz", {
+        "IdxCluster_before": before,
+        "IdxCluster_after_conflicts": _global_ids([c.labels_after_conflicts for c in curated],
+                                                  parts, n),
         "IdxCluster": idx,
-        "removed_pairs": cur.removed_pairs,
-        "removed_reason": cur.removed_reason,
+        "removed_pairs": removed.astype(np.int64),
+        "removed_reason": np.concatenate([c.removed_reason for c in curated]).astype(np.int8),
         "reason_names": np.array(REASONS),
     })
-    written.append(folder / "CurationResults.npz")
-    save_units_csv(folder / "units.csv", {
-        "unit": np.arange(n), "session": result.data.session_index, "cluster": idx,
-        "x": units.locations[:, 0], "y": units.locations[:, 1], "z": units.locations[:, 2],
-        "amplitude": units.amplitude, "peak_channel": units.peak_channel,
-        "corrected_y": final.corrected_depth})
+    table = {"unit": np.arange(n), "session": result.data.session_index, "cluster": idx,
+             "x": units.locations[:, 0], "y": units.locations[:, 1], "z": units.locations[:, 2],
+             "amplitude": units.amplitude, "peak_channel": units.peak_channel,
+             "corrected_y": depth}
+    if multi:
+        table["shank"] = units.shank
+    save_units_csv(folder / "units.csv", table)
     written.append(folder / "units.csv")
     save_json(folder / "kilomatch_settings.json", s.to_dict())
     written.append(folder / "kilomatch_settings.json")
-    # Last: its presence marks a complete run.
-    save_npz(folder / "Output.npz", {
+    output = {
         "IdxCluster": idx, "MatchedPairs": result.matched_pairs,
         "SessionIndex": result.data.session_index, "Locations": units.locations,
-        "CorrectedDepth": final.corrected_depth, "Motion": motion.displacement(),
-        "MotionCI": np.column_stack([motion.ci_low, motion.ci_high]),
-        "SimilarityWeights": cl.weights, "SimilarityThreshold": np.float64(cl.threshold),
+        "CorrectedDepth": depth, "Motion": displacement,
+        "MotionCI": _stack_shanks([np.column_stack([m.ci_low, m.ci_high]) for m in motions]),
+        "SimilarityWeights": weights,
+        "SimilarityThreshold": thresholds if multi else np.float64(thresholds[0]),
         "FeatureNames": names, "NumUnits": np.int64(n),
         "NumSessions": np.int64(result.data.n_sessions),
-        "NumClusters": np.int64(idx.max() if (idx > 0).any() else 0)})
-    written.append(folder / "Output.npz")
+        "NumClusters": np.int64(idx.max() if (idx > 0).any() else 0)}
+    if multi:
+        output["Shank"] = units.shank
+        output["ShankIds"] = np.array([p.shank for p in parts])
+    put_npz("Output.npz", output)  # last: its presence marks a complete run
     return written
 
 
@@ -253,3 +318,32 @@ def save_figures(figures: dict, folder: Path, dpi: int = 150) -> list:
                                                   metadata={"Software": None}))
         paths.append(path)
     return paths
+
+
+def load_output(folder) -> dict:
+    """Read a finished run's output folder into a dict of arrays (for plots and notebooks).
+
+    Keys: idx_cluster (N,), session (N,), corrected_depth (N,), locations (N, 3),
+    waveforms, waveforms_corrected (N, n, T), waveform_channels(_corrected) (N, n),
+    channel_locations (C, 2), auto_corr (N, L), acg_lags (L,) ms, peth (N, P) or None,
+    pairs (P, 2) and similarity (P,), settings (dict).
+    """
+    folder = Path(folder)
+    if not (folder / "Output.npz").is_file():
+        from .errors import KilomatchError
+        raise KilomatchError(f"{folder} holds no finished kilomatch run (no Output.npz)")
+    load = lambda name: np.load(folder / name, allow_pickle=False)  # noqa: E731
+    settings = json.loads((folder / "kilomatch_settings.json").read_text())
+    with np.load(folder / "Output.npz", allow_pickle=False) as z:
+        out = {"idx_cluster": z["IdxCluster"], "session": z["SessionIndex"],
+               "corrected_depth": z["CorrectedDepth"], "locations": z["Locations"]}
+    with np.load(folder / "CandidatePairs.npz", allow_pickle=False) as z:
+        out["pairs"], out["similarity"] = z["pairs"], z["similarity"]
+    for name in ("waveforms", "waveforms_corrected", "waveform_channels",
+                 "waveform_channels_corrected", "channel_locations", "auto_corr"):
+        out[name] = load(f"{name}.npy")
+    out["peth"] = load("peth.npy") if (folder / "peth.npy").is_file() else None
+    from .features import acg_lags
+    out["acg_lags"] = acg_lags(settings["autoCorr"]["window"], settings["autoCorr"]["binwidth"])
+    out["settings"] = settings
+    return out

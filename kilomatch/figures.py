@@ -183,3 +183,93 @@ def plot_all(result) -> dict:
         "MatchProbability": match_probability(result),
         "FeatureScatter": feature_scatter(result),
     }
+
+
+def _probe_traces(ax, waveforms, channels, channel_locations, colors, title):
+    """Each unit's waveform drawn at its channels' positions on the probe (x, y um)."""
+    span = np.ptp(channel_locations[:, 0]) or 1.0
+    width = 0.8 * min(np.diff(np.unique(channel_locations[:, 0])).min(initial=span), 30.0)
+    height = 2.0 * max(np.diff(np.unique(channel_locations[:, 1])).min(initial=20.0), 10.0)
+    scale = height / max(np.ptp(waveforms), 1e-9)
+    t = np.linspace(-width / 2, width / 2, waveforms.shape[2])
+    for wf, ch, color in zip(waveforms, channels, colors):
+        for trace, c in zip(wf, ch):
+            x0, y0 = channel_locations[c]
+            ax.plot(x0 + t, y0 + trace * scale, color=color, lw=0.8)
+    ax.set_xlabel("x (um)")
+    ax.set_ylabel("depth (um)")
+    ax.set_title(title)
+
+
+def plot_cluster(output, cluster_id: int):
+    """One tracked neuron across its sessions (like the MATLAB visualizeCluster).
+
+    ``output``: an output folder, the dict of :func:`kilomatch.export.load_output`, or a
+    :class:`kilomatch.pipeline.Result` written to disk. Panels: waveforms on the nearest
+    channels before and after motion correction, ACGs, PETHs (when present), depth per session
+    and the similarity between the cluster's units. Colours are sessions.
+    """
+    from .export import load_output
+    if not isinstance(output, dict):
+        folder = getattr(getattr(output, "settings", None), "output_folder", output)
+        output = load_output(folder)
+    from .errors import KilomatchError
+    idx = output["idx_cluster"]
+    units = np.flatnonzero(idx == cluster_id)
+    if units.size == 0:
+        raise KilomatchError(f"no cluster {cluster_id}: clusters are 1..{idx.max(initial=0)}")
+    units = units[np.argsort(output["session"][units], kind="stable")]
+    sessions = output["session"][units]
+    cmap = matplotlib.colormaps["viridis"]
+    n_s = int(output["session"].max())
+    colors = [cmap((s - 1) / max(n_s - 1, 1)) for s in sessions]
+    fig = Figure(figsize=(15, 9))
+    axes = fig.subplots(2, 3)
+    locs = output["channel_locations"]
+    _probe_traces(axes[0, 0], output["waveforms"][units], output["waveform_channels"][units],
+                  locs, colors, "waveforms (before correction)")
+    _probe_traces(axes[0, 1], output["waveforms_corrected"][units],
+                  output["waveform_channels_corrected"][units], locs, colors,
+                  "waveforms (motion-corrected)")
+    ax = axes[0, 2]
+    for u, color, s in zip(units, colors, sessions):
+        ax.plot(output["acg_lags"], output["auto_corr"][u], color=color, lw=0.8, label=f"session {s}")
+    ax.set_xlabel("lag (ms)")
+    ax.set_ylabel("autocorrelogram (max 1)")
+    ax.set_title("ACG")
+    ax.legend(fontsize=7)
+    ax = axes[1, 0]
+    if output["peth"] is not None:
+        for u, color in zip(units, colors):
+            ax.plot(output["peth"][u], color=color, lw=0.8)
+        ax.set_xlabel("PETH bin")
+        ax.set_ylabel("PETH (as given)")
+        ax.set_title("PETH")
+    else:
+        ax.text(0.5, 0.5, "no PETH in the input", ha="center", va="center")
+        ax.set_axis_off()
+    ax = axes[1, 1]
+    ax.plot(sessions, output["locations"][units, 1], "o--", color="0.5", label="probe depth")
+    ax.plot(sessions, output["corrected_depth"][units], "o-", color="k", label="corrected depth")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("session")
+    ax.set_ylabel("depth (um)")
+    ax.set_title("depth per session")
+    ax.legend(fontsize=8)
+    ax = axes[1, 2]
+    sim = np.full((units.size, units.size), np.nan)
+    pos = {u: k for k, u in enumerate(units)}
+    pairs, values = output["pairs"], output["similarity"]
+    inside = np.isin(pairs[:, 0], units) & np.isin(pairs[:, 1], units)
+    for (a, b), v in zip(pairs[inside], values[inside]):
+        sim[pos[a], pos[b]] = sim[pos[b], pos[a]] = v
+    im = ax.imshow(sim, cmap="magma")
+    fig.colorbar(im, ax=ax, label="weighted similarity")
+    ax.set_xticks(range(units.size), [str(s) for s in sessions])
+    ax.set_yticks(range(units.size), [str(s) for s in sessions])
+    ax.set_xlabel("session")
+    ax.set_ylabel("session")
+    ax.set_title("similarity between the cluster's units")
+    fig.suptitle(f"Cluster {cluster_id}: units {', '.join(map(str, units))}")
+    fig.tight_layout()
+    return fig

@@ -75,6 +75,24 @@ class Result:
     matched_pairs: np.ndarray
     run_time_s: float = 0.0
     summary: dict = field(default_factory=dict)
+    shanks: list = field(default_factory=list)  # ShankPart per shank, when more than one
+
+
+@dataclass
+class ShankPart:
+    """One shank of a multi-shank run: its id, its units' global indices, and its own Result
+    (motion, weights, threshold, curation), computed on its units alone."""
+
+    shank: int
+    units: np.ndarray
+    result: Result
+
+
+def shank_parts(result: Result) -> list:
+    """The shanks of a result; a single-shank run is one part holding every unit."""
+    if result.shanks:
+        return result.shanks
+    return [ShankPart(0, np.arange(result.data.n_units), result)]
 
 
 # ----------------------------------------------------------------------------- steps
@@ -269,6 +287,57 @@ def matched_pairs(idx_cluster: np.ndarray) -> np.ndarray:
     return curation.within_cluster_pairs(np.where(idx_cluster > 0, idx_cluster, -1))
 
 
+def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_names: list,
+          given: np.ndarray | None = None, kinv=None) -> Result:
+    """Motion, final clustering and curation of one set of units (a probe or one shank)."""
+    if given is not None:
+        log.info("motion read from %s: estimation skipped", s.waveformCorrection.path_to_motion)
+        motion, history = given_motion(given), []
+    else:
+        motion, history = motion_rounds(units, data.channel_locations, s, rounds,
+                                        data.n_sessions, kinv)
+    final = match_units(units, data.channel_locations, s, motion, final_names, data.n_sessions,
+                        kinv)
+    if final.waveforms_corrected is None:  # outputs always carry corrected waveforms
+        final.waveforms_corrected, final.channels_corrected = corrected_waveforms(
+            units, data.channel_locations, motion, s.waveformCorrection, kinv)
+    labels = final.clustering.labels
+    q_pairs, q_sim, q_link = within_cluster_similarity(units, final, labels, s)
+    cur = curation.curate(labels, units.session0, q_pairs, q_sim, q_link,
+                          final.clustering.threshold, s.autoCuration.auto_split)
+    idx = renumber(cur.labels, start=1)
+    return Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))
+
+
+def subset_dataset(data: Dataset, members: np.ndarray) -> Dataset:
+    """The units ``members`` of a dataset (same channels and sessions)."""
+    return Dataset(data.waveforms[members], data.channel_locations, data.session_index[members],
+                   [data.spike_times[k] for k in members],
+                   None if data.peth is None else data.peth[members], data.channel_shanks,
+                   data.path)
+
+
+def subset_units(units: UnitFeatures, members: np.ndarray) -> UnitFeatures:
+    """Per-unit features of the units ``members``."""
+    return UnitFeatures(*(None if v is None else v[members] for v in (
+        units.waveforms, units.peak_channel, units.amplitude, units.locations, units.acg,
+        units.isi, units.peth, units.session0, units.shank)))
+
+
+def merge_shanks(s: Settings, data: Dataset, units: UnitFeatures, parts: list) -> Result:
+    """One result over every unit from per-shank results: cluster ids made unique across
+    shanks (numbered in order of their lowest unit), -1 kept; per-shank details stay in
+    ``shanks``."""
+    labels = -np.ones(data.n_units, np.int64)
+    offset = 0
+    for part in parts:
+        local = part.result.idx_cluster
+        labels[part.units[local > 0]] = local[local > 0] + offset
+        offset += int(local.max(initial=0))
+    idx = renumber(np.where(labels > 0, labels, -1), start=1)
+    return Result(s, data, units, None, [], None, None, idx, matched_pairs(idx), shanks=parts)
+
+
 # ----------------------------------------------------------------------------- run
 
 def run(settings=None, *, write: bool = True) -> Result:
@@ -288,35 +357,35 @@ def run(settings=None, *, write: bool = True) -> Result:
     rounds, final_names = feature_rounds(s, data.peth is not None)
     given = None
     if s.waveformCorrection.path_to_motion:
-        given = load_given_motion(s.waveformCorrection.path_to_motion, data.n_sessions)
+        n_shanks = 1 if data.channel_shanks is None else np.unique(data.channel_shanks).size
+        given = load_given_motion(s.waveformCorrection.path_to_motion, data.n_sessions, n_shanks)
     if write:
         _prepare_output(s)
 
     units = unit_features(data, s)
     kinv = correction.kriging_inverse(data.channel_locations)
-    if given is not None:
-        log.info("motion read from %s: estimation skipped", s.waveformCorrection.path_to_motion)
-        motion, history = given_motion(given[:, 0]), []
+    shanks = np.unique(units.shank)
+    if shanks.size == 1:
+        result = track(data, units, s, rounds, final_names,
+                       None if given is None else given[:, 0], kinv)
     else:
-        motion, history = motion_rounds(units, data.channel_locations, s, rounds,
-                                        data.n_sessions, kinv)
-    final = match_units(units, data.channel_locations, s, motion, final_names, data.n_sessions,
-                        kinv)
-    if final.waveforms_corrected is None:  # outputs always carry corrected waveforms
-        final.waveforms_corrected, final.channels_corrected = corrected_waveforms(
-            units, data.channel_locations, motion, s.waveformCorrection, kinv)
-    labels = final.clustering.labels
-    q_pairs, q_sim, q_link = within_cluster_similarity(units, final, labels, s)
-    cur = curation.curate(labels, units.session0, q_pairs, q_sim, q_link,
-                          final.clustering.threshold, s.autoCuration.auto_split)
-    idx = renumber(cur.labels, start=1)
-    result = Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))
+        parts = []
+        for k, shank in enumerate(shanks):
+            members = np.flatnonzero(units.shank == shank)
+            log.info("shank %d: %d units, tracked on their own", shank, members.size)
+            part = track(subset_dataset(data, members), subset_units(units, members), s, rounds,
+                         final_names, None if given is None else given[:, k], kinv)
+            parts.append(ShankPart(int(shank), members, part))
+        result = merge_shanks(s, data, units, parts)
     result.run_time_s = time.perf_counter() - t0
     result.summary = summarize(result)
     if write:
         from . import figures  # imported late: matplotlib is slow to import
         export.write_all(result)
-        export.save_figures(figures.plot_all(result), Path(s.output_folder) / "Figures")
+        figure_folder = Path(s.output_folder) / "Figures"
+        for part in shank_parts(result):
+            where = figure_folder / f"Shank{part.shank}" if result.shanks else figure_folder
+            export.save_figures(figures.plot_all(part.result), where)
         result.run_time_s = time.perf_counter() - t0
         result.summary["run_time_s"] = round(result.run_time_s, 2)
     log.info(format_summary(result.summary))
@@ -345,7 +414,8 @@ def summarize(r: Result) -> dict:
         "clusters": int(idx.max()) if (idx > 0).any() else 0,
         "units_in_clusters": int((idx > 0).sum()),
         "matched_pairs": int(len(r.matched_pairs)),
-        "motion_range_um": round(float(np.ptp(r.motion.displacement())), 2),
+        "motion_range_um": round(max(float(np.ptp(p.result.motion.displacement()))
+                                     for p in shank_parts(r)), 2),
         "run_time_s": round(r.run_time_s, 2),
     }
     gt = _ground_truth_scores(r)
@@ -368,7 +438,9 @@ def _ground_truth_scores(r: Result) -> dict:
     if (Path(path) / "gt_motion.npy").is_file():
         true = np.load(Path(path) / "gt_motion.npy", allow_pickle=False)
         if true.shape[0] == r.data.n_sessions:
-            out["gt_motion_rms_um"] = round(metrics.motion_rms_error(r.motion.displacement(), true), 3)
+            errors = [metrics.motion_rms_error(p.result.motion.displacement(), true)
+                      for p in shank_parts(r)]
+            out["gt_motion_rms_um"] = round(float(np.sqrt(np.mean(np.square(errors)))), 3)
     return out
 
 

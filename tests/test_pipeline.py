@@ -201,3 +201,17 @@ def test_cli_bad_input_lists_problems_and_debug_shows_traceback(tmp_path):
     proc = subprocess.run([sys.executable, main, str(settings), "--debug"], capture_output=True,
                           text=True)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "KilomatchError" in proc.stderr
+
+
+def test_plot_cluster_from_output_folder(run_result):
+    """plot_cluster draws a tracked neuron from the output folder; an unknown id is named."""
+    result, out = run_result
+    ids, counts = np.unique(result.idx_cluster[result.idx_cluster > 0], return_counts=True)
+    cluster = int(ids[np.argmax(counts)])
+    fig = kilomatch.plot_cluster(out, cluster)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "ACG" in titles and "PETH" in titles and "depth per session" in titles
+    depth_ax = fig.axes[titles.index("depth per session")]
+    assert len(depth_ax.lines[1].get_xdata()) == counts.max()  # one point per unit
+    with pytest.raises(kilomatch.KilomatchError, match="no cluster 99999"):
+        kilomatch.plot_cluster(out, 99999)

@@ -1,0 +1,100 @@
+"""Multi-shank probes: every shank tracked on its own, results merged in unit order."""
+
+import numpy as np
+import pytest
+
+import kilomatch
+from kilomatch import metrics
+from kilomatch.simulate import simulate_to_folder
+
+
+def _settings(data, out):
+    return {"path_to_data": str(data), "output_folder": str(out), "n_jobs": 1,
+            "motionEstimation": {"n_bootstrap": 50}}
+
+
+@pytest.fixture(scope="module")
+def four_shank(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("np2x4") / "data"
+    simulate_to_folder(folder, n_sessions=3, n_neurons=90, probe="NP2-4shank", seed=21)
+    out = tmp_path_factory.mktemp("np2x4_out")
+    return folder, out, kilomatch.run(_settings(folder, out))
+
+
+def _write_subset(src, dst, members):
+    """The input folder of some units only (unit files renumbered, channels unchanged)."""
+    (dst / "spike_times").mkdir(parents=True)
+    np.save(dst / "waveform_all.npy", np.load(src / "waveform_all.npy")[members])
+    np.save(dst / "session_index.npy", np.load(src / "session_index.npy")[members])
+    np.save(dst / "peth.npy", np.load(src / "peth.npy")[members])
+    for name in ("channel_locations.npy", "channel_shanks.npy"):
+        np.save(dst / name, np.load(src / name))
+    for k, unit in enumerate(members):
+        np.save(dst / "spike_times" / f"Unit{k}.npy", np.load(src / "spike_times" / f"Unit{unit}.npy"))
+
+
+def _same_partition(a, b):
+    """Equal cluster structure up to the numbering of clusters."""
+    pairs_a = {(i, j) for i in range(len(a)) for j in range(i + 1, len(a)) if a[i] > 0 and a[i] == a[j]}
+    pairs_b = {(i, j) for i in range(len(b)) for j in range(i + 1, len(b)) if b[i] > 0 and b[i] == b[j]}
+    return pairs_a == pairs_b and np.array_equal(a > 0, b > 0)
+
+
+def test_each_shank_equals_its_units_alone(four_shank, tmp_path):
+    """Per-shank clusters and motion in the combined run equal a run on that shank's units
+    alone; no cluster spans two shanks; ids are unique across shanks."""
+    folder, out, result = four_shank
+    shank = np.load(folder / "channel_shanks.npy")[result.units.peak_channel]
+    idx = result.idx_cluster
+    assert len(result.shanks) == 4
+    for c in np.unique(idx[idx > 0]):
+        assert np.unique(shank[idx == c]).size == 1
+    motion = np.load(out / "motion.npy")
+    assert motion.shape == (3, 4)
+    assert np.load(out / "SimilarityWeights.npy").shape == (2, 4)
+    assert np.load(out / "SimilarityThreshold.npy").shape == (1, 4)
+    for k, part in enumerate(result.shanks):
+        members = np.flatnonzero(shank == part.shank)
+        assert np.array_equal(members, part.units)
+        alone_data = tmp_path / f"shank{part.shank}"
+        _write_subset(folder, alone_data, members)
+        alone = kilomatch.run(_settings(alone_data, tmp_path / f"out{part.shank}"), write=False)
+        assert _same_partition(idx[members], alone.idx_cluster)
+        assert np.allclose(motion[:, k], alone.motion.displacement())
+        assert np.allclose(part.result.final.clustering.weights, alone.final.clustering.weights)
+
+
+def test_multishank_outputs_and_figures(four_shank):
+    """Global files cover all units in input order; figures come per shank."""
+    folder, out, result = four_shank
+    n = result.data.n_units
+    assert np.load(out / "IdxCluster.npy").shape == (n, 1)
+    assert np.load(out / "waveforms_corrected.npy").shape[0] == n
+    with np.load(out / "Output.npz") as z:
+        assert z["Shank"].shape == (n,) and list(z["ShankIds"]) == [0, 1, 2, 3]
+    with np.load(out / "CandidatePairs.npz") as z:
+        pairs, shank = z["pairs"], z["shank"]
+        unit_shank = result.units.shank
+        assert np.all(unit_shank[pairs[:, 0]] == shank) and np.all(unit_shank[pairs[:, 1]] == shank)
+    for k in range(4):
+        assert len(list((out / "Figures" / f"Shank{k}").glob("*.png"))) == 6
+    header = (out / "units.csv").read_text().splitlines()[0]
+    assert header.endswith(",shank")
+    gt = np.load(folder / "gt_neuron.npy")
+    assert metrics.pair_scores(result.idx_cluster, gt, result.data.session_index)["f1"] > 0.8
+
+
+def test_given_motion_per_shank(four_shank, tmp_path):
+    """A (S, n_shanks) motion file gives each shank its own column; a wrong width is refused."""
+    folder, _, _ = four_shank
+    given = np.arange(12, dtype=float).reshape(3, 4)
+    path = tmp_path / "motion.npy"
+    np.save(path, given)
+    tree = _settings(folder, tmp_path / "out")
+    tree["waveformCorrection"] = {"path_to_motion": str(path)}
+    result = kilomatch.run(tree, write=False)
+    for k, part in enumerate(result.shanks):
+        assert np.allclose(part.result.motion.displacement(), given[:, k])
+    np.save(path, given[:, :3])
+    with pytest.raises(kilomatch.KilomatchError, match=r"\(3, 4\)"):
+        kilomatch.run(tree, write=False)

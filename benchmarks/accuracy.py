@@ -18,6 +18,7 @@ Columns are described in benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -72,9 +73,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--smoke", action="store_true",
                     help="tiny versions of the datasets (3 sessions x 40 neurons) to check "
                          "the set-up quickly; the numbers mean little")
+    ap.add_argument("--kilomatch-settings", default=None, metavar="JSON",
+                    help="extra kilomatch settings for a variant, e.g. "
+                         "'{\"clustering\": {\"features\": [\"Waveform\", \"AutoCorr\", "
+                         "\"Location\"]}}' (PETH is dropped by kilomatch where absent)")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     return ap.parse_args(argv)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    """Nested settings dict ``base`` updated by ``extra`` (a copy)."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
 
 
 def select_datasets(text: str) -> list:
@@ -114,7 +127,10 @@ def run_dataset(key: str, tools: list, args, peers_py) -> list:
     for tool in tools:
         out = Path(args.cache) / "runs" / label / tool
         print(f"  running {peers.PEER_LABELS[tool]} ...", flush=True)
-        result = peers.run_tool(tool, data, out, peers_py, tool_settings, args.timeout, limit)
+        settings = tool_settings
+        if tool == "kilomatch" and args.kilomatch_settings:
+            settings = _merge(tool_settings or {}, json.loads(args.kilomatch_settings))
+        result = peers.run_tool(tool, data, out, peers_py, settings, args.timeout, limit)
         scores = peers.score(result, data)
         print(f"    {result['status']}; F1 {_common.fmt(scores['f1'])}; "
               f"{_common.fmt(result['wall_s'], 1)} s", flush=True)

@@ -60,25 +60,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", default=",".join(DATASETS),
                     help=f"comma-separated keys or names (default: all of {','.join(DATASETS)})")
-    ap.add_argument("--tools", default=",".join(peers.TOOLS),
-                    help="comma-separated, from kilomatch,pykilomatch,pydant (default: all)")
-    ap.add_argument("--cache", default=_common.DEFAULT_CACHE,
-                    help="folder for simulated data and run outputs (default: %(default)s)")
-    ap.add_argument("--peers-python", default=None,
-                    help="Python of the peers' environment (default: $KILOMATCH_PEERS_PYTHON, "
-                         f"else {peers.DEFAULT_PEERS_PYTHON} if it exists)")
-    ap.add_argument("--timeout", type=float, default=None, help="seconds per tool run")
-    ap.add_argument("--mem-limit-gb", type=float, default=None,
-                    help="stop a tool whose process tree exceeds this much memory")
-    ap.add_argument("--smoke", action="store_true",
-                    help="tiny versions of the datasets (3 sessions x 40 neurons) to check "
-                         "the set-up quickly; the numbers mean little")
+    peers.add_run_arguments(ap, "tiny versions of the datasets (3 sessions x 40 neurons) to "
+                                "check the set-up quickly; the numbers mean little")
     ap.add_argument("--kilomatch-settings", default=None, metavar="JSON",
                     help="extra kilomatch settings for a variant, e.g. "
                          "'{\"clustering\": {\"features\": [\"Waveform\", \"AutoCorr\", "
                          "\"Location\"]}}' (PETH is dropped by kilomatch where absent)")
-    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    ap.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     return ap.parse_args(argv)
 
 

@@ -362,6 +362,24 @@ def run_pydant(data, out, python, settings_overrides=None, timeout=None, mem_lim
                      verbose)
 
 
+def add_run_arguments(ap, smoke_help: str) -> None:
+    """The command-line options every benchmark script shares."""
+    import _common
+    ap.add_argument("--tools", default=",".join(TOOLS),
+                    help="comma-separated, from kilomatch,pykilomatch,pydant (default: all)")
+    ap.add_argument("--cache", default=_common.DEFAULT_CACHE,
+                    help="folder for simulated data and run outputs (default: %(default)s)")
+    ap.add_argument("--peers-python", default=None,
+                    help="Python of the peers' environment (default: $KILOMATCH_PEERS_PYTHON, "
+                         f"else {DEFAULT_PEERS_PYTHON} if it exists)")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds per tool run")
+    ap.add_argument("--mem-limit-gb", type=float, default=None,
+                    help="stop a tool whose process tree exceeds this much memory")
+    ap.add_argument("--smoke", action="store_true", help=smoke_help)
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    ap.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+
+
 def run_tool(tool: str, data, out, peers_py=None, settings_overrides=None, timeout=None,
              mem_limit_mb=None) -> dict:
     """Dispatch to run_kilomatch / run_pykilomatch / run_pydant by name. Never raises for a

@@ -43,20 +43,7 @@ COLUMNS = ["tool", "wall (s)", "peak mem (MB)", "speed-up (x)", "memory ratio", 
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description="kilomatch vs pyKilomatch 0.0.7: wall time and "
                                              "peak memory on ~1,600 units")
-    ap.add_argument("--tools", default=",".join(peers.TOOLS),
-                    help="comma-separated, from kilomatch,pykilomatch,pydant (default: all)")
-    ap.add_argument("--cache", default=_common.DEFAULT_CACHE,
-                    help="folder for simulated data and run outputs (default: %(default)s)")
-    ap.add_argument("--peers-python", default=None,
-                    help="Python of the peers' environment (default: $KILOMATCH_PEERS_PYTHON, "
-                         f"else {peers.DEFAULT_PEERS_PYTHON} if it exists)")
-    ap.add_argument("--timeout", type=float, default=None, help="seconds per tool run")
-    ap.add_argument("--mem-limit-gb", type=float, default=None,
-                    help="stop a tool whose process tree exceeds this much memory")
-    ap.add_argument("--smoke", action="store_true",
-                    help="tiny dataset (3 sessions x 40 neurons): checks the set-up only")
-    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    ap.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
+    peers.add_run_arguments(ap, "tiny dataset (3 sessions x 40 neurons): checks the set-up only")
     return ap.parse_args(argv)
 
 

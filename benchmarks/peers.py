@@ -54,7 +54,9 @@ if str(REPO_ROOT) not in sys.path:
 
 from _measure import measure  # noqa: E402
 
-DEFAULT_PEERS_PYTHON = "/tmp/peers/bin/python"
+# The venv benchmarks/README.md sets up (.peers at the repository root), else a shared one.
+DEFAULT_PEERS_PYTHON = str(Path(__file__).resolve().parents[1] / ".peers" / "bin" / "python")
+FALLBACK_PEERS_PYTHON = "/tmp/peers/bin/python"
 TOOLS = ("kilomatch", "pykilomatch", "pydant")
 PEER_MODULES = {"pykilomatch": "pyKilomatch", "pydant": "pyDANT"}
 PEER_LABELS = {"kilomatch": "kilomatch", "pykilomatch": "pyKilomatch 0.0.7",
@@ -170,7 +172,10 @@ def peers_python(cli_value: str | None = None) -> str | None:
     for candidate in (cli_value, os.environ.get("KILOMATCH_PEERS_PYTHON")):
         if candidate:
             return candidate
-    return DEFAULT_PEERS_PYTHON if Path(DEFAULT_PEERS_PYTHON).exists() else None
+    for candidate in (DEFAULT_PEERS_PYTHON, FALLBACK_PEERS_PYTHON):
+        if Path(candidate).exists():
+            return candidate
+    return None
 
 
 @lru_cache(maxsize=None)

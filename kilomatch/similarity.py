@@ -85,24 +85,35 @@ def waveform_similarity(waveforms: np.ndarray, channels: np.ndarray, pairs: np.n
     return fisher_z(best)
 
 
+def _standardized_on(wf: np.ndarray, units: np.ndarray, channels: np.ndarray) -> np.ndarray:
+    """Waveforms of ``units`` on ``channels``, flattened, zero mean and unit norm: (n, c*T)."""
+    x = np.asarray(wf[np.ix_(units, channels)], dtype=np.float32).reshape(units.size, -1)
+    x = x - x.mean(axis=1, keepdims=True)
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+
+
 def _directed_corr(wf: np.ndarray, ch: np.ndarray, own: np.ndarray, other: np.ndarray):
-    """Pearson r of units own[p] and other[p] on own's channels, grouped by own unit."""
+    """Pearson r of units own[p] and other[p] on own's channels.
+
+    Units with the same channel set (on a regular probe: the same peak channel) are handled
+    together: their partners are read once and all correlations come from one matrix product,
+    instead of one gather per unit.
+    """
     r = np.zeros(own.size)
-    order = np.argsort(own, kind="stable")
-    units, starts = np.unique(own[order], return_index=True)
-    ends = np.append(starts[1:], own.size)
-    for u, s, e in zip(units, starts, ends):
-        idx = order[s:e]
-        c = ch[u]
-        x = _standardize(np.asarray(wf[u][c], dtype=np.float64).ravel())
-        y = np.asarray(wf[np.ix_(other[idx], c)], dtype=np.float32).reshape(idx.size, -1)
-        # x has zero mean, so y.x equals (y - mean y).x: no centred copy of y is needed.
-        length = y.shape[1]
-        total = y.sum(axis=1, dtype=np.float64)
-        spread = np.einsum("ij,ij->i", y, y, dtype=np.float64) - total * total / length
-        norm = np.sqrt(np.clip(spread, 0, None))
-        dot = y @ x.astype(np.float32)
-        r[idx] = np.divide(dot, norm, out=np.zeros(idx.size), where=norm > 1e-12 * length)
+    if own.size == 0:
+        return r
+    sets, set_of_unit = np.unique(ch, axis=0, return_inverse=True)
+    set_of_pair = set_of_unit.ravel()[own]
+    order = np.argsort(set_of_pair, kind="stable")
+    bounds = np.flatnonzero(np.diff(set_of_pair[order])) + 1
+    for idx in np.split(order, bounds):
+        channels = sets[set_of_pair[idx[0]]]
+        owners, own_pos = np.unique(own[idx], return_inverse=True)
+        partners, other_pos = np.unique(other[idx], return_inverse=True)
+        x = _standardized_on(wf, owners, channels)
+        y = _standardized_on(wf, partners, channels)
+        r[idx] = (x @ y.T)[own_pos.ravel(), other_pos.ravel()]
     return r
 
 

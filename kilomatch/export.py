@@ -314,8 +314,8 @@ def save_figures(figures: dict, folder: Path, dpi: int = 150) -> list:
     paths = []
     for name, fig in figures.items():
         path = folder / f"{name}.png"
-        _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi,
-                                                  metadata={"Software": None}))
+        _atomic_write(path, lambda f, fig=fig: fig.savefig(f, format="png", dpi=dpi,
+                                                          metadata={"Software": None}))
         paths.append(path)
     return paths
 

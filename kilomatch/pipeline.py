@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import correction, curation, export, features
-from .clustering import ClusteringResult, ihdbscan, renumber, same_cluster
+from .clustering import ClusteringResult, ihdbscan, renumber
 from .errors import KilomatchError
 from .load import Dataset, load_dataset, load_given_motion
 from .motion import Motion, estimate_motion
@@ -62,15 +62,19 @@ class RoundResult:
 
 @dataclass
 class Result:
-    """What a run returns (and writes). idx_cluster: (N,) -1 or 1..K."""
+    """What a run returns (and writes). idx_cluster: (N,) -1 or 1..K; matched_pairs: (M, 2).
+
+    With several shanks, ``shanks`` holds each shank's own Result and motion, rounds, final
+    and curated are None here (see :func:`shank_parts`).
+    """
 
     settings: Settings
     data: Dataset
     units: UnitFeatures
-    motion: Motion
+    motion: Motion | None
     rounds: list
-    final: RoundResult
-    curated: curation.CurationResult
+    final: RoundResult | None
+    curated: curation.CurationResult | None
     idx_cluster: np.ndarray
     matched_pairs: np.ndarray
     run_time_s: float = 0.0
@@ -350,8 +354,8 @@ def run(settings=None, *, write: bool = True) -> Result:
     s = load_settings(settings)
     for note in s.notes:
         log.info(note)
-    rounds_names_all = [f for r in s.motionEstimation.features for f in r] + list(s.clustering.features)
-    data = load_dataset(s.path_to_data, need_peth="PETH" in rounds_names_all)
+    listed = [f for r in s.motionEstimation.features for f in r] + list(s.clustering.features)
+    data = load_dataset(s.path_to_data, need_peth="PETH" in listed)
     log.info("loaded %d units, %d sessions, %d channels from %s", data.n_units, data.n_sessions,
              data.n_channels, data.path)
     rounds, final_names = feature_rounds(s, data.peth is not None)
@@ -365,16 +369,21 @@ def run(settings=None, *, write: bool = True) -> Result:
     units = unit_features(data, s)
     kinv = correction.kriging_inverse(data.channel_locations)
     shanks = np.unique(units.shank)
+    # Columns of a given motion follow the probe's shanks, some of which may hold no unit.
+    probe_shanks = [0] if data.channel_shanks is None else np.unique(data.channel_shanks).tolist()
+
+    def given_for(shank):
+        return None if given is None else given[:, probe_shanks.index(shank)]
+
     if shanks.size == 1:
-        result = track(data, units, s, rounds, final_names,
-                       None if given is None else given[:, 0], kinv)
+        result = track(data, units, s, rounds, final_names, given_for(shanks[0]), kinv)
     else:
         parts = []
-        for k, shank in enumerate(shanks):
+        for shank in shanks:
             members = np.flatnonzero(units.shank == shank)
             log.info("shank %d: %d units, tracked on their own", shank, members.size)
             part = track(subset_dataset(data, members), subset_units(units, members), s, rounds,
-                         final_names, None if given is None else given[:, k], kinv)
+                         final_names, given_for(shank), kinv)
             parts.append(ShankPart(int(shank), members, part))
         result = merge_shanks(s, data, units, parts)
     result.run_time_s = time.perf_counter() - t0

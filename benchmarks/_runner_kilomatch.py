@@ -1,4 +1,6 @@
-"""Run kilomatch on one settings file: ``python _runner_kilomatch.py SETTINGS.json``.
+"""Run kilomatch on one settings file: ``python _runner_kilomatch.py SETTINGS.json [STATS.json]``.
+
+With STATS.json, the run's summary and its per-step wall time and peak memory are written there.
 
 Executed in a fresh process by :mod:`peers` so that its time and memory are measured alone.
 """
@@ -13,11 +15,15 @@ import kilomatch  # noqa: E402
 
 
 def main() -> int:
-    if len(sys.argv) != 2:
-        print("usage: python _runner_kilomatch.py SETTINGS.json", file=sys.stderr)
+    if len(sys.argv) not in (2, 3):
+        print("usage: python _runner_kilomatch.py SETTINGS.json [STATS.json]", file=sys.stderr)
         return 2
     print(f"kilomatch {kilomatch.__version__} from {Path(kilomatch.__file__).parent}")
-    kilomatch.run(sys.argv[1])
+    result = kilomatch.run(sys.argv[1])
+    if len(sys.argv) == 3:
+        import json
+        Path(sys.argv[2]).write_text(json.dumps({"summary": result.summary,
+                                                 "stages": result.stages}, indent=1))
     return 0
 
 

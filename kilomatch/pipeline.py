@@ -79,6 +79,7 @@ class Result:
     matched_pairs: np.ndarray
     run_time_s: float = 0.0
     summary: dict = field(default_factory=dict)
+    stages: list = field(default_factory=list)  # per step: seconds and peak memory (MB)
     shanks: list = field(default_factory=list)  # ShankPart per shank, when more than one
 
 
@@ -292,23 +293,27 @@ def matched_pairs(idx_cluster: np.ndarray) -> np.ndarray:
 
 
 def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_names: list,
-          given: np.ndarray | None = None, kinv=None) -> Result:
+          given: np.ndarray | None = None, kinv=None, stages: "Stages | None" = None) -> Result:
     """Motion, final clustering and curation of one set of units (a probe or one shank)."""
+    note = stages.done if stages is not None else (lambda name: None)
     if given is not None:
         log.info("motion read from %s: estimation skipped", s.waveformCorrection.path_to_motion)
         motion, history = given_motion(given), []
     else:
         motion, history = motion_rounds(units, data.channel_locations, s, rounds,
                                         data.n_sessions, kinv)
+    note("motion rounds")
     final = match_units(units, data.channel_locations, s, motion, final_names, data.n_sessions,
                         kinv)
     if final.waveforms_corrected is None:  # outputs always carry corrected waveforms
         final.waveforms_corrected, final.channels_corrected = corrected_waveforms(
             units, data.channel_locations, motion, s.waveformCorrection, kinv)
+    note("final clustering")
     labels = final.clustering.labels
     q_pairs, q_sim, q_link = within_cluster_similarity(units, final, labels, s)
     cur = curation.curate(labels, units.session0, q_pairs, q_sim, q_link,
                           final.clustering.threshold, s.autoCuration.auto_split)
+    note("curation")
     idx = renumber(cur.labels, start=1)
     return Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))
 
@@ -351,6 +356,7 @@ def run(settings=None, *, write: bool = True) -> Result:
     """
     t0 = time.perf_counter()
     _ensure_logging()
+    stages = Stages()
     s = load_settings(settings)
     for note in s.notes:
         log.info(note)
@@ -365,9 +371,11 @@ def run(settings=None, *, write: bool = True) -> Result:
         given = load_given_motion(s.waveformCorrection.path_to_motion, data.n_sessions, n_shanks)
     if write:
         _prepare_output(s)
+    stages.done("load")
 
     units = unit_features(data, s)
     kinv = correction.kriging_inverse(data.channel_locations)
+    stages.done("features")
     shanks = np.unique(units.shank)
     # Columns of a given motion follow the probe's shanks, some of which may hold no unit.
     probe_shanks = [0] if data.channel_shanks is None else np.unique(data.channel_shanks).tolist()
@@ -376,7 +384,7 @@ def run(settings=None, *, write: bool = True) -> Result:
         return None if given is None else given[:, probe_shanks.index(shank)]
 
     if shanks.size == 1:
-        result = track(data, units, s, rounds, final_names, given_for(shanks[0]), kinv)
+        result = track(data, units, s, rounds, final_names, given_for(shanks[0]), kinv, stages)
     else:
         parts = []
         for shank in shanks:
@@ -386,17 +394,21 @@ def run(settings=None, *, write: bool = True) -> Result:
                          final_names, given_for(shank), kinv)
             parts.append(ShankPart(int(shank), members, part))
         result = merge_shanks(s, data, units, parts)
+        stages.done("tracking every shank")
     result.run_time_s = time.perf_counter() - t0
     result.summary = summarize(result)
     if write:
         from . import figures  # imported late: matplotlib is slow to import
         export.write_all(result)
+        stages.done("export")
         figure_folder = Path(s.output_folder) / "Figures"
         for part in shank_parts(result):
             where = figure_folder / f"Shank{part.shank}" if result.shanks else figure_folder
             export.save_figures(figures.plot_all(part.result), where)
+        stages.done("figures")
         result.run_time_s = time.perf_counter() - t0
         result.summary["run_time_s"] = round(result.run_time_s, 2)
+    result.stages = stages.rows
     log.info(format_summary(result.summary))
     return result
 
@@ -464,6 +476,33 @@ def format_summary(summary: dict) -> str:
                      + (f", motion RMS error {summary['gt_motion_rms_um']:.2f} um"
                         if "gt_motion_rms_um" in summary else ""))
     return "\n".join(lines)
+
+
+def peak_memory_mb() -> float | None:
+    """Peak resident memory of this process so far (MB), where the platform tells."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+class Stages:
+    """Wall time and peak memory at the end of each step, logged and kept in Result.stages."""
+
+    def __init__(self):
+        self.rows = []
+        self._last = time.perf_counter()
+
+    def done(self, name: str) -> None:
+        now = time.perf_counter()
+        peak = peak_memory_mb()
+        self.rows.append({"stage": name, "seconds": round(now - self._last, 3),
+                          "peak_memory_mb": None if peak is None else round(peak, 1)})
+        log.info("step %s: %.1f s%s", name, now - self._last,
+                 "" if peak is None else f", peak memory so far {peak / 1024:.2f} GB")
+        self._last = now
 
 
 def _ensure_logging() -> None:

@@ -245,7 +245,7 @@ def write_all(result) -> list:
         clustering["motion_rounds_displacement" + suffix] = np.array(
             [m.displacement() for _, m in rounds]).reshape(len(rounds), result.data.n_sessions)
         clustering["motion_rounds_good_matches" + suffix] = np.array(
-            [int(r.clustering.good.sum()) for r, _ in rounds], dtype=np.int64)
+            [r.n_good for r, _ in rounds], dtype=np.int64)
     if multi:
         clustering["shank_ids"] = np.array([p.shank for p in parts])
     put_npz("ClusteringResults.npz", clustering)

@@ -58,6 +58,21 @@ class RoundResult:
     corrected_depth: np.ndarray     # (N,)
     waveforms_corrected: np.ndarray | None = None  # (K, N, C, T)
     channels_corrected: np.ndarray | None = None   # (K, N, n)
+    good_count: int | None = field(default=None, repr=False)  # kept by drop_pair_arrays
+
+    @property
+    def n_good(self) -> int:
+        """Number of good matches (kept when the pair arrays are dropped)."""
+        if self.clustering.good is None:
+            return self.good_count
+        return int(self.clustering.good.sum())
+
+    def drop_pair_arrays(self) -> None:
+        """Free the per-pair arrays (P can be 10^8 at scale); counts and weights stay."""
+        self.good_count = self.n_good
+        self.pairs = self.pair_features = None
+        self.clustering.similarity = self.clustering.good = None
+        self.waveforms_corrected = self.channels_corrected = None
 
 
 @dataclass
@@ -241,7 +256,11 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
     for k, names in enumerate(tqdm(schedule, desc="motion rounds", disable=None), 1):
         result = match_units(units, channel_locations, s, motion, names, n_sessions, kinv)
         matches = good_pairs(result)
-        result.waveforms_corrected = result.channels_corrected = None  # free memory
+        n_candidates = len(result.pairs)
+        if s.save_intermediate_results:  # written as MotionRound{k}.npz
+            result.waveforms_corrected = result.channels_corrected = None
+        else:
+            result.drop_pair_arrays()
         if s.motionEstimation.stop_early and best is not None and len(matches) <= best[0]:
             why = (f"stopped early after round {k}: {len(matches)} good matches, not more than "
                    f"round {best[1]}'s {best[0]}")
@@ -253,7 +272,7 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
         history.append((result, motion))
         best = (len(matches), k, matches)
         log.info("motion round %d (%s): %d candidate pairs, %d good matches, motion range "
-                 "%.1f um", k, "+".join(names), len(result.pairs), len(matches),
+                 "%.1f um", k, "+".join(names), n_candidates, len(matches),
                  float(np.ptp(motion.displacement())))
     log.info("motion estimation %s; motion from round %d", why, best[1] if best else 0)
     if best is not None and s.motionEstimation.n_bootstrap > 0:

@@ -48,7 +48,7 @@ def test_stop_early_says_why_and_keeps_best_round(data, tmp_path, caplog):
     text = "\n".join(r.getMessage() for r in caplog.records)
     assert "stopped early after round" in text
     assert len(result.rounds) < 10
-    counts = [int(r.clustering.good.sum()) for r, _ in result.rounds]
+    counts = [r.n_good for r, _ in result.rounds]
     assert counts[-1] <= max(counts[:-1])
 
 
@@ -66,3 +66,19 @@ def test_given_motion_used_and_checked(data, tmp_path):
     np.save(path, true[:-1])
     with pytest.raises(KilomatchError, match=r"motion_given.npy: motion must have shape \(4,\)"):
         kilomatch.run(tree)
+
+
+def test_round_pair_arrays_kept_only_when_asked(data, tmp_path):
+    """Each round's pairs are freed after use unless save_intermediate_results asks for the
+    MotionRound files; the good-match counts are the same either way."""
+    base = {"path_to_data": str(data), "n_jobs": 1, "motionEstimation": {"n_bootstrap": 20}}
+    lean = kilomatch.run({**base, "output_folder": str(tmp_path / "lean")})
+    assert all(r.pairs is None for r, _ in lean.rounds)
+    full = kilomatch.run({**base, "output_folder": str(tmp_path / "full"),
+                          "save_intermediate_results": True})
+    assert [r.n_good for r, _ in lean.rounds] == [r.n_good for r, _ in full.rounds]
+    for k, (r, _) in enumerate(full.rounds, 1):
+        with np.load(tmp_path / "full" / f"MotionRound{k}.npz", allow_pickle=False) as z:
+            assert z["pairs"].shape == r.pairs.shape and z["good_match"].sum() == r.n_good
+    with np.load(tmp_path / "lean" / "ClusteringResults.npz") as z:
+        assert list(z["motion_rounds_good_matches"]) == [r.n_good for r, _ in lean.rounds]

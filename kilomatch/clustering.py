@@ -124,6 +124,18 @@ def renumber(labels: np.ndarray, start: int = 1) -> np.ndarray:
     return out
 
 
+def combine_labels(labels_by_part: list, members_by_part: list, n_units: int) -> np.ndarray:
+    """Cluster labels of disjoint sets of units (each -1 none, >= 0 clusters) -> one labelling
+    of all ``n_units``: 1..K, unique across parts, numbered by lowest unit; -1 kept."""
+    out = -np.ones(n_units, np.int64)
+    offset = 0
+    for labels, members in zip(labels_by_part, members_by_part):
+        labels = np.asarray(labels)
+        out[members[labels >= 0]] = labels[labels >= 0] + offset
+        offset += int(labels.max(initial=-1)) + 1
+    return renumber(out, start=1)
+
+
 def same_cluster(labels: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """(P,) bool: both units of a pair in one cluster (not -1)."""
     a, b = labels[pairs[:, 0]], labels[pairs[:, 1]]

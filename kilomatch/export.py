@@ -126,14 +126,8 @@ def _stack_shanks(values: list) -> np.ndarray:
 
 def _global_ids(labels_by_part: list, parts: list, n_units: int) -> np.ndarray:
     """Per-shank cluster labels (>= 0 clusters, -1 none) -> global 1..K, unique across shanks."""
-    from .clustering import renumber
-    out = -np.ones(n_units, np.int64)
-    offset = 0
-    for labels, part in zip(labels_by_part, parts):
-        labels = np.asarray(labels)
-        out[part.units[labels >= 0]] = labels[labels >= 0] + offset
-        offset += int(labels.max(initial=-1)) + 1
-    return renumber(out, start=1)
+    from .clustering import combine_labels
+    return combine_labels(labels_by_part, [p.units for p in parts], n_units)
 
 
 def write_all(result) -> list:
@@ -196,7 +190,9 @@ def write_all(result) -> list:
     put("SimilarityThreshold.npy", thresholds[None, :])
     displacement = _stack_shanks([m.displacement() for m in motions])
     put("motion.npy", displacement if multi else _column(displacement))
-    put("motion_ci.npy", _stack_shanks([np.column_stack([m.ci_low, m.ci_high]) for m in motions]))
+    motion_ci = _stack_shanks([np.column_stack([m.ci_low, m.ci_high]) for m in motions])
+    threshold = thresholds if multi else np.float64(thresholds[0])
+    put("motion_ci.npy", motion_ci)
     if s.waveformCorrection.linear_correction:
         put("motion_linear.npy", _stack_shanks([np.column_stack([m.slope, m.offset])
                                                 for m in motions]))
@@ -234,7 +230,7 @@ def write_all(result) -> list:
         "IdxCluster": before,
         "feature_names": names,
         "weights": weights,
-        "threshold": thresholds if multi else np.float64(thresholds[0]),
+        "threshold": threshold,
         "n_iter": np.array([c.n_iter for c in clusterings]),
         "converged": np.array([c.converged for c in clusterings]),
         "corrected_depth": depth,
@@ -288,9 +284,9 @@ def write_all(result) -> list:
         "IdxCluster": idx, "MatchedPairs": result.matched_pairs,
         "SessionIndex": result.data.session_index, "Locations": units.locations,
         "CorrectedDepth": depth, "Motion": displacement,
-        "MotionCI": _stack_shanks([np.column_stack([m.ci_low, m.ci_high]) for m in motions]),
+        "MotionCI": motion_ci,
         "SimilarityWeights": weights,
-        "SimilarityThreshold": thresholds if multi else np.float64(thresholds[0]),
+        "SimilarityThreshold": threshold,
         "FeatureNames": names, "NumUnits": np.int64(n),
         "NumSessions": np.int64(result.data.n_sessions),
         "NumClusters": np.int64(idx.max() if (idx > 0).any() else 0)}

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import correction, curation, export, features
-from .clustering import ClusteringResult, ihdbscan, renumber
+from .clustering import ClusteringResult, combine_labels, ihdbscan, renumber
 from .errors import KilomatchError
 from .load import Dataset, load_dataset, load_given_motion
 from .motion import Motion, estimate_motion
@@ -356,13 +356,8 @@ def merge_shanks(s: Settings, data: Dataset, units: UnitFeatures, parts: list) -
     """One result over every unit from per-shank results: cluster ids made unique across
     shanks (numbered in order of their lowest unit), -1 kept; per-shank details stay in
     ``shanks``."""
-    labels = -np.ones(data.n_units, np.int64)
-    offset = 0
-    for part in parts:
-        local = part.result.idx_cluster
-        labels[part.units[local > 0]] = local[local > 0] + offset
-        offset += int(local.max(initial=0))
-    idx = renumber(np.where(labels > 0, labels, -1), start=1)
+    idx = combine_labels([np.where(p.result.idx_cluster > 0, p.result.idx_cluster - 1, -1)
+                          for p in parts], [p.units for p in parts], data.n_units)
     return Result(s, data, units, None, [], None, None, idx, matched_pairs(idx), shanks=parts)
 
 

@@ -46,9 +46,9 @@ def fisher_z(r: np.ndarray) -> np.ndarray:
     return np.arctanh(np.clip(r, -R_MAX, R_MAX))
 
 
-def _standardize(x: np.ndarray) -> np.ndarray:
+def _standardize(x: np.ndarray, dtype=np.float64) -> np.ndarray:
     """Rows to zero mean and unit norm, so a dot product is the Pearson r. Constant rows -> 0."""
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x, dtype=dtype)
     x = x - x.mean(axis=-1, keepdims=True)
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
@@ -87,10 +87,8 @@ def waveform_similarity(waveforms: np.ndarray, channels: np.ndarray, pairs: np.n
 
 def _standardized_on(wf: np.ndarray, units: np.ndarray, channels: np.ndarray) -> np.ndarray:
     """Waveforms of ``units`` on ``channels``, flattened, zero mean and unit norm: (n, c*T)."""
-    x = np.asarray(wf[np.ix_(units, channels)], dtype=np.float32).reshape(units.size, -1)
-    x = x - x.mean(axis=1, keepdims=True)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+    return _standardize(np.asarray(wf[np.ix_(units, channels)]).reshape(units.size, -1),
+                        dtype=np.float32)
 
 
 def _directed_corr(wf: np.ndarray, ch: np.ndarray, own: np.ndarray, other: np.ndarray):

@@ -126,6 +126,19 @@ def ensure_dataset(cache, name: str, params: dict, verbose: bool = True) -> Path
     return folder
 
 
+# --smoke: the same datasets, tiny, to check the set-up quickly.
+SMOKE = {"n_sessions": 3, "n_neurons": 40}
+
+
+def simulated(cache, name: str, params: dict, smoke: bool = False) -> tuple:
+    """(name, params, folder, summary) of a cached simulated dataset; with ``smoke`` its tiny
+    version, named ``<name>_smoke``."""
+    if smoke:
+        name, params = name + "_smoke", {**params, **SMOKE}
+    folder = ensure_dataset(cache, name, params)
+    return name, params, folder, dataset_summary(folder)
+
+
 def dataset_summary(folder) -> dict:
     """Units, sessions and neurons of a simulated folder (from simulation.json)."""
     meta = json.loads((Path(folder) / "simulation.json").read_text())

@@ -49,8 +49,6 @@ DATASETS = {
           {**_BASE, "with_peth": False, "seed": 106}, {}),
 }
 
-# --smoke: the same datasets, tiny.
-SMOKE = {"n_sessions": 3, "n_neurons": 40}
 
 COLUMNS = ["dataset", "tool", "precision", "recall", "F1", "F1 before curation",
            "motion RMS (um)", "wall (s)", "peak mem (MB)", "status"]
@@ -101,12 +99,8 @@ def select_tools(text: str) -> list:
 def run_dataset(key: str, tools: list, args, peers_py) -> list:
     """Generate (or reuse) one dataset, run every tool on it, score each run."""
     name, description, sim_params, tool_settings = DATASETS[key]
-    label = f"{key}_{name}"
-    if args.smoke:
-        sim_params = {**sim_params, **SMOKE}
-        label += "_smoke"
-    data = _common.ensure_dataset(args.cache, label, sim_params)
-    info = _common.dataset_summary(data)
+    label, sim_params, data, info = _common.simulated(args.cache, f"{key}_{name}", sim_params,
+                                                      args.smoke)
     print(f"dataset {label}: {description}; {info['n_units']} units, {info['n_sessions']} "
           f"sessions, motion range {info['motion_range_um']:.0f} um", flush=True)
     limit = None if args.mem_limit_gb is None else args.mem_limit_gb * 1024

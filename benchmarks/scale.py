@@ -122,8 +122,7 @@ def main(argv=None) -> int:
     rows, failed = [], set()
     for n_units in sizes:
         name, params = dataset_for(n_units, args)
-        data = _common.ensure_dataset(args.cache, name, params)
-        info = _common.dataset_summary(data)
+        name, _, data, info = _common.simulated(args.cache, name, params)
         print(f"dataset {name}: {info['n_units']} units, {info['n_sessions']} sessions", flush=True)
         for tool in tools:
             out = Path(args.cache) / "runs" / name / tool

@@ -31,7 +31,6 @@ from _measure import memory_method  # noqa: E402
 # 8 sessions on NP1, 40 um of rigid drift; 410 neurons give ~1,600 sorted units.
 DATASET = ("speed_np1_1600", {"n_sessions": 8, "n_neurons": 410, "probe": "NP1",
                               "drift_max_um": 40.0, "seed": 2024})
-SMOKE = {"n_sessions": 3, "n_neurons": 40}
 
 REQUIRED_SPEEDUP = 5.0
 REFERENCE = "pykilomatch"
@@ -96,11 +95,7 @@ def main(argv=None) -> int:
     header = _common.run_header(peers_py, memory_method())
     print(_common.header_text(header, args.markdown), end="\n\n", flush=True)
 
-    name, sim_params = DATASET
-    if args.smoke:
-        name, sim_params = name + "_smoke", {**sim_params, **SMOKE}
-    data = _common.ensure_dataset(args.cache, name, sim_params)
-    info = _common.dataset_summary(data)
+    name, sim_params, data, info = _common.simulated(args.cache, *DATASET, smoke=args.smoke)
     print(f"dataset {name}: {info['n_units']} units, {info['n_sessions']} sessions, "
           f"NP1, motion range {info['motion_range_um']:.0f} um", flush=True)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .channel_windows import LocalWaveforms
+
 SIGMA_X = 20.0  # um
 SIGMA_Y = 30.0  # um
 RIDGE = 0.01
@@ -43,27 +45,51 @@ def correct_waveforms(waveforms: np.ndarray, channel_locations: np.ndarray,
                       out: np.ndarray | None = None) -> np.ndarray:
     """Move every unit's waveform to the reference probe: (N, C, T) -> (N, C, T) float32.
 
-    shift_um: (N,) shift of each unit (p_s(y) - p_ref, um). Units sharing a shift (every unit of
-    a session under rigid motion) share one C x C matrix and one matrix product.
+    shift_um: (N,) shift of each unit (p_s(y) - p_ref, um). The full-probe form of
+    :func:`correct_local` (every unit's window is the whole probe).
     """
-    n, c, t = waveforms.shape
-    if kinv is None:
-        kinv = kriging_inverse(channel_locations)
+    corrected = correct_local(LocalWaveforms.from_full(waveforms), channel_locations,
+                              shift_um, kinv).values
     if out is None:
-        out = np.empty((n, c, t), dtype=np.float32)
-    shift_um = np.asarray(shift_um, dtype=np.float64)
-    kinv32 = kinv.astype(np.float32)
-    # Units sharing a shift share one kernel evaluation; with linear motion every unit has its
-    # own shift, so the kernel is applied to Kinv @ W (two C x C products per unit, no C^3).
-    values, group = np.unique(shift_um, return_inverse=True)
-    order = np.argsort(group, kind="stable")
-    for start in range(0, n, 1024):
-        block = order[start:start + 1024]
-        weights = np.einsum("ij,njt->nit", kinv32, np.asarray(waveforms[block], np.float32),
-                            optimize=True)
-        for g in np.unique(group[block]):
-            members = (group[block] == g)
-            target = channel_locations + np.array([0.0, values[g]])
-            k = kriging_kernel(target, channel_locations).astype(np.float32)
-            out[block[members]] = np.einsum("ij,njt->nit", k, weights[members], optimize=True)
+        return corrected
+    out[...] = corrected
     return out
+
+
+def correct_local(local: LocalWaveforms, channel_locations: np.ndarray, shift_um: np.ndarray,
+                  kinv: np.ndarray | None = None) -> LocalWaveforms:
+    """Kriging correction of each unit on its own channel window (same windows out).
+
+    shift_um: (N,) um. The data weights are (K + 0.01 I)^-1 restricted to the window (the
+    probe-wide inverse, computed once): the waveform is ~0 outside the window, and this
+    inverse couples only nearby channels, so the result on the window matches the full-probe
+    correction. Units sharing a window share one weight matrix; units that also share a shift
+    (every unit of a session under rigid motion) share one kernel evaluation.
+    """
+    locs = np.asarray(channel_locations, dtype=np.float64)
+    if kinv is None:
+        kinv = kriging_inverse(locs)
+    shift_um = np.asarray(shift_um, dtype=np.float64)
+    out = np.empty(local.values.shape, dtype=np.float32)
+    windows, window_of = np.unique(local.channels, axis=0, return_inverse=True)
+    window_of = window_of.ravel()
+    order = np.argsort(window_of, kind="stable")
+    bounds = np.flatnonzero(np.diff(window_of[order])) + 1
+    for members in np.split(order, bounds):
+        if members.size == 0:
+            continue
+        win = windows[window_of[members[0]]]
+        weights_of_data = kinv[np.ix_(win, win)].astype(np.float32)
+        values, group = np.unique(shift_um[members], return_inverse=True)
+        group = group.ravel()
+        for start in range(0, members.size, 1024):
+            block = members[start:start + 1024]
+            g_block = group[start:start + 1024]
+            weights = np.einsum("ij,njt->nit", weights_of_data, local.values[block],
+                                optimize=True)
+            for g in np.unique(g_block):
+                inside = g_block == g
+                target = locs[win] + np.array([0.0, values[g]])
+                k = kriging_kernel(target, locs[win]).astype(np.float32)
+                out[block[inside]] = np.einsum("ij,njt->nit", k, weights[inside], optimize=True)
+    return LocalWaveforms(out, local.channels, local.n_channels)

@@ -165,14 +165,13 @@ def write_all(result) -> list:
         final = part.result.final
         ch = final.channels_corrected[0]
         ch_corr[part.units] = ch
-        wf_corr[part.units] = final.waveforms_corrected[0][np.arange(len(ch))[:, None], ch]
+        wf_corr[part.units] = final.waveforms_corrected[0].on(np.arange(len(ch)), ch)
         depth[part.units] = final.corrected_depth
-    rows = np.arange(n)[:, None]
     put("auto_corr.npy", units.acg.astype(np.float32))
     put("isi.npy", units.isi.astype(np.float32))
     if units.peth is not None:
         put("peth.npy", units.peth.astype(np.float32))
-    put("waveforms.npy", units.waveforms[rows, ch_raw])
+    put("waveforms.npy", units.waveforms.on(np.arange(n), ch_raw))
     put("waveforms_corrected.npy", wf_corr)
     put("waveform_channels.npy", ch_raw)
     put("waveform_channels_corrected.npy", ch_corr)

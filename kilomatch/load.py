@@ -8,6 +8,7 @@ read, never written.
 from __future__ import annotations
 
 import logging
+import mmap
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ _UNIT_FILE = re.compile(r"^Unit(\d+)\.npy$")
 class Dataset:
     """One study's units, all sessions together.
 
-    waveforms: (N, C, T) mean waveforms in uV (float32; memory-mapped when loaded from disk).
+    waveforms: (N, C, T) mean waveforms in uV (float32; memory-mapped when loaded from disk);
+        None in a per-shank part of a run, whose units carry their own (channel windows).
     channel_locations: (C, 2) channel x, y in um; y is depth.
     session_index: (N,) int64 session of each unit, 1..S.
     spike_times: N arrays of spike times in ms, sorted.
@@ -44,7 +46,7 @@ class Dataset:
 
     @property
     def n_units(self) -> int:
-        return int(self.waveforms.shape[0])
+        return int(self.session_index.shape[0])
 
     @property
     def n_sessions(self) -> int:
@@ -78,12 +80,33 @@ def _load_npy(path: Path, problems: list, mmap: bool = False):
     return arr
 
 
+def iter_rows(arr: np.ndarray, block: int = 2048):
+    """Yield (start, rows) over the first axis, each block an in-memory float32 copy.
+
+    A memory-mapped .npy (as loaded here) is read with plain file reads: the pages go to the
+    OS cache, not into this process, so reading 10 GB of waveforms does not count 10 GB of
+    resident memory (touching a memory map would keep every page mapped until it is closed).
+    """
+    n = arr.shape[0]
+    if (isinstance(arr, np.memmap) and isinstance(arr.base, mmap.mmap) and arr.filename
+            and arr.flags.c_contiguous):
+        row_bytes = arr.strides[0] if arr.ndim > 1 else arr.itemsize
+        with open(arr.filename, "rb") as f:
+            for start in range(0, n, block):
+                rows = np.empty((min(block, n - start),) + arr.shape[1:], dtype=arr.dtype)
+                f.seek(arr.offset + start * row_bytes)
+                f.readinto(memoryview(rows).cast("B"))
+                yield start, rows.astype(np.float32, copy=False)
+        return
+    for start in range(0, n, block):
+        yield start, np.asarray(arr[start:start + block], dtype=np.float32)
+
+
 def _all_finite(arr: np.ndarray, chunk_rows: int = 2048) -> np.ndarray:
     """Per-row finiteness of a possibly memory-mapped array, read in chunks: (rows,) bool."""
     ok = np.empty(arr.shape[0], dtype=bool)
-    for start in range(0, arr.shape[0], chunk_rows):
-        block = np.asarray(arr[start:start + chunk_rows])
-        ok[start:start + chunk_rows] = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
+    for start, block in iter_rows(arr, chunk_rows):
+        ok[start:start + block.shape[0]] = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
     return ok
 
 
@@ -269,8 +292,7 @@ def warn_degenerate(data: Dataset) -> None:
         log.warning("units %s have fewer than 2 spikes: their ACG and ISI are zero and carry no "
                     "similarity", _name_units(few))
     flat = []
-    for start in range(0, data.n_units, 2048):
-        block = np.asarray(data.waveforms[start:start + 2048])
+    for start, block in iter_rows(data.waveforms):
         ptp = block.max(axis=2) - block.min(axis=2)
         flat += (start + np.flatnonzero(ptp.max(axis=1) == 0)).tolist()
     if flat:

@@ -72,6 +72,12 @@ PARAMETERS: tuple[Param, ...] = (
           "Channels around the peak channel used to locate a unit.", min=1),
     Param("waveformCorrection.n_nearest_channels", "int", 38,
           "Channels around the peak channel on which waveforms are compared and written.", min=1),
+    Param("waveformCorrection.window_um", "float", 500.0,
+          "Each unit's waveform is kept only on the channels of its shank within this distance "
+          "(um) of its peak channel; the rest of the probe holds no signal and is dropped after "
+          "reading, which keeps memory at 10^5 units. Must exceed the largest drift plus "
+          "clustering.max_distance plus half the span of n_nearest_channels.",
+          min=0, min_exclusive=True),
     Param("waveformCorrection.linear_correction", "bool", False,
           "Estimate depth-dependent (linear) motion instead of rigid motion."),
     Param("waveformCorrection.path_to_motion", "optional_path", "",
@@ -109,6 +115,11 @@ PARAMETERS: tuple[Param, ...] = (
     Param("clustering.max_distance", "float", 100.0,
           "Largest motion-corrected depth difference (um) of two units that may be the same "
           "neuron; farther pairs are never compared.", min=0, min_exclusive=True),
+    Param("clustering.max_session_gap", "int", 0,
+          "Compare units only between sessions at most this many sessions apart (in session "
+          "order); 0 compares every pair of sessions. A neuron is still tracked across any "
+          "span through the sessions in between; set it (e.g. 10) for studies of hundreds of "
+          "sessions, where the candidate pairs grow with the square of the sessions.", min=0),
     Param("clustering.features", "features", ["Waveform", "AutoCorr"],
           "Similarity features of the final clustering."),
     Param("clustering.n_iter", "int", 10, "Most HDBSCAN + LDA iterations.", min=1),

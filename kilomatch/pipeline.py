@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import correction, curation, export, features
+from . import channel_windows, correction, curation, export, features
 from .clustering import ClusteringResult, combine_labels, ihdbscan, renumber
 from .errors import KilomatchError
-from .load import Dataset, load_dataset, load_given_motion
+from .load import Dataset, iter_rows, load_dataset, load_given_motion
 from .motion import Motion, estimate_motion
 from .parallel import map_units
 from .settings import Settings, load as load_settings
@@ -30,7 +30,8 @@ log = logging.getLogger("kilomatch")
 class UnitFeatures:
     """Per-unit features of the whole dataset (N units, C channels, T samples).
 
-    waveforms: (N, C, T) float32 uV (centred if asked); peak_channel: (N,); amplitude: (N,) uV;
+    waveforms: LocalWaveforms, each unit on its channel window, (N, W, T) float32 uV (centred
+    if asked); peak_channel: (N,); amplitude: (N,) uV;
     locations: (N, 3) um; acg: (N, L); isi: (N, B); peth: (N, P) or None;
     session0: (N,) 0-based session; shank: (N,) shank of the peak channel (0 when one shank).
     """
@@ -56,7 +57,7 @@ class RoundResult:
     pair_features: np.ndarray       # (P, F) Fisher z per feature
     clustering: ClusteringResult
     corrected_depth: np.ndarray     # (N,)
-    waveforms_corrected: np.ndarray | None = None  # (K, N, C, T)
+    waveforms_corrected: list | None = None  # K LocalWaveforms (N, W, T)
     channels_corrected: np.ndarray | None = None   # (K, N, n)
     good_count: int | None = field(default=None, repr=False)  # kept by drop_pair_arrays
 
@@ -136,12 +137,26 @@ def feature_rounds(s: Settings, has_peth: bool) -> tuple[list, list]:
 
 
 def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
-    """Peak channel, amplitude, location, ACG, ISI of every unit (ALGORITHM.md s.2)."""
-    waveforms = np.asarray(data.waveforms, dtype=np.float32)
-    ptt = features.peak_to_trough(waveforms)
-    peak, amplitude = features.peak_channels(ptt)
-    if s.centering_waveforms:
-        waveforms = features.center_waveforms(waveforms, peak)
+    """Peak channel, amplitude, location, ACG, ISI of every unit (ALGORITHM.md s.2), and each
+    unit's waveform on its channel window, read block by block from the input."""
+    n, c, t = data.waveforms.shape
+    windows = channel_windows.window_table(
+        data.channel_locations, data.channel_shanks, s.waveformCorrection.window_um,
+        min_channels=max(s.waveformCorrection.n_nearest_channels,
+                         s.spikeLocation.n_nearest_channels))
+    ptt = np.empty((n, c), dtype=np.float32)
+    peak = np.empty(n, dtype=np.int64)
+    values = np.empty((n, windows.shape[1], t), dtype=np.float32)
+    for start, block in tqdm(iter_rows(data.waveforms), total=-(-n // 2048),
+                             desc="reading waveforms", disable=None, leave=False):
+        rows = slice(start, start + block.shape[0])
+        ptt[rows] = features.peak_to_trough(block)
+        peak[rows] = features.peak_channels(ptt[rows])[0]
+        if s.centering_waveforms:
+            block = features.center_waveforms(block, peak[rows])
+        values[rows] = channel_windows.reduce_block(block, windows[peak[rows]])
+    amplitude = ptt[np.arange(n), peak].astype(np.float64)
+    waveforms = channel_windows.LocalWaveforms(values, windows[peak], c)
     locate = partial(_locate_block, channel_locations=data.channel_locations,
                      n_nearest=s.spikeLocation.n_nearest_channels,
                      algorithm=s.spikeLocation.location_algorithm)
@@ -183,7 +198,8 @@ def match_units(units: UnitFeatures, channel_locations: np.ndarray, s: Settings,
     """Candidate pairs at the given motion, their similarities, and IHDBSCAN."""
     y = units.locations[:, 1]
     corrected = y - motion.at(units.session0, y)
-    pairs = candidate_pairs(corrected, units.session0, s.clustering.max_distance, units.shank)
+    pairs = candidate_pairs(corrected, units.session0, s.clustering.max_distance, units.shank,
+                            s.clustering.max_session_gap)
     wf_corr = ch_corr = None
     if "Waveform" in feature_names:
         wf_corr, ch_corr = corrected_waveforms(units, channel_locations, motion,
@@ -209,21 +225,22 @@ def pair_features(units: UnitFeatures, names: list, pairs: np.ndarray,
             columns.append(location_similarity(positions, pairs))
         else:
             matrix = {"AutoCorr": units.acg, "ISI": units.isi, "PETH": units.peth}[name]
-            columns.append(feature_similarity(matrix, pairs))
+            columns.append(feature_similarity(matrix, pairs, np.argsort(corrected_depth)))
     return np.column_stack(columns) if columns else np.empty((len(pairs), 0))
 
 
 def corrected_waveforms(units: UnitFeatures, channel_locations: np.ndarray, motion: Motion,
-                        wc, kinv=None) -> tuple[np.ndarray, np.ndarray]:
-    """Kriging-corrected waveforms (K, N, C, T) and their nearest channels (K, N, n)."""
+                        wc, kinv=None) -> tuple[list, np.ndarray]:
+    """Kriging-corrected waveforms, one LocalWaveforms per reference probe (K), and each
+    unit's nearest channels around its corrected peak channel (K, N, n)."""
     if kinv is None:
         kinv = correction.kriging_inverse(channel_locations)
-    shifts = reference_shifts(motion, units, wc.n_templates)
-    wfs = np.empty((len(shifts),) + units.waveforms.shape, dtype=np.float32)
-    chans = []
-    for k, shift in enumerate(shifts):
-        correction.correct_waveforms(units.waveforms, channel_locations, shift, kinv, out=wfs[k])
-        peak, _ = features.peak_channels(features.peak_to_trough(wfs[k]))
+    wfs, chans = [], []
+    for shift in reference_shifts(motion, units, wc.n_templates):
+        corrected = correction.correct_local(units.waveforms, channel_locations, shift, kinv)
+        slot = np.argmax(features.peak_to_trough(corrected.values), axis=1)
+        peak = corrected.channels[np.arange(corrected.n_units), slot]
+        wfs.append(corrected)
         chans.append(features.nearest_channels(channel_locations, peak, wc.n_nearest_channels))
     return wfs, np.stack(chans)
 
@@ -339,7 +356,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
 
 def subset_dataset(data: Dataset, members: np.ndarray) -> Dataset:
     """The units ``members`` of a dataset (same channels and sessions)."""
-    return Dataset(data.waveforms[members], data.channel_locations, data.session_index[members],
+    return Dataset(None, data.channel_locations, data.session_index[members],
                    [data.spike_times[k] for k in members],
                    None if data.peth is None else data.peth[members], data.channel_shanks,
                    data.path)
@@ -347,9 +364,10 @@ def subset_dataset(data: Dataset, members: np.ndarray) -> Dataset:
 
 def subset_units(units: UnitFeatures, members: np.ndarray) -> UnitFeatures:
     """Per-unit features of the units ``members``."""
-    return UnitFeatures(*(None if v is None else v[members] for v in (
-        units.waveforms, units.peak_channel, units.amplitude, units.locations, units.acg,
-        units.isi, units.peth, units.session0, units.shank)))
+    rest = (None if v is None else v[members] for v in (
+        units.peak_channel, units.amplitude, units.locations, units.acg, units.isi,
+        units.peth, units.session0, units.shank))
+    return UnitFeatures(units.waveforms.subset(members), *rest)
 
 
 def merge_shanks(s: Settings, data: Dataset, units: UnitFeatures, parts: list) -> Result:

@@ -9,34 +9,52 @@ from __future__ import annotations
 
 import numpy as np
 
+from .channel_windows import LocalWaveforms
+
 R_MAX = 1 - 1e-6  # Pearson r is clipped here before atanh (z <= 7.25)
 
 
 def candidate_pairs(depth: np.ndarray, session: np.ndarray, max_distance: float,
-                    group: np.ndarray | None = None) -> np.ndarray:
+                    group: np.ndarray | None = None, max_session_gap: int = 0,
+                    chunk_pairs: int = 20_000_000) -> np.ndarray:
     """Pairs (i < j) of units in different sessions with |depth_i - depth_j| <= max_distance.
 
     depth: (N,) corrected depth in um; session: (N,) session ids; group: optional (N,) ids
-    (e.g. shank) that must also agree. Returns (P, 2) int64, sorted by (i, j). Cost is
-    O(N log N + P): no N x N array.
+    (e.g. shank) that must also agree; max_session_gap > 0 keeps only pairs whose sessions
+    differ by at most that much. Returns (P, 2) int64, sorted by (i, j). Cost is
+    O(N log N + P'), P' the pairs within max_distance before the session tests, taken in
+    chunks of about ``chunk_pairs``: no N x N array, and no array of every P' pair.
     """
     depth = np.asarray(depth, dtype=np.float64)
+    session = np.asarray(session)
     order = np.argsort(depth, kind="stable")
     d = depth[order]
     # Search a hair wide, then keep exactly |d_i - d_j| <= max_distance (the float sum d + max
     # can round either way; the test below is the definition).
     hi = np.searchsorted(d, d + max_distance * (1 + 1e-9) + 1e-9, side="right")
     counts = hi - np.arange(d.size) - 1
-    a = np.repeat(np.arange(d.size), counts)
-    # Offsets 1..count within each run give the partner's sorted position.
-    starts = np.cumsum(counts) - counts
-    b = a + 1 + (np.arange(a.size) - np.repeat(starts, counts))
-    i, j = order[a], order[b]
-    keep = (session[i] != session[j]) & (np.abs(depth[i] - depth[j]) <= max_distance)
-    if group is not None:
-        keep &= group[i] == group[j]
-    i, j = i[keep], j[keep]
-    pairs = np.column_stack([np.minimum(i, j), np.maximum(i, j)]).astype(np.int64)
+    ends = np.cumsum(counts)
+    parts = []
+    first = 0
+    while first < d.size:
+        done = ends[first - 1] if first else 0
+        last = max(first + 1, int(np.searchsorted(ends, done + chunk_pairs, side="right")))
+        last = min(last, d.size)
+        c = counts[first:last]
+        a = np.repeat(np.arange(first, last), c)
+        # Offsets 1..count within each run give the partner's sorted position.
+        starts = np.cumsum(c) - c
+        b = a + 1 + (np.arange(a.size) - np.repeat(starts, c))
+        i, j = order[a], order[b]
+        keep = (session[i] != session[j]) & (np.abs(depth[i] - depth[j]) <= max_distance)
+        if max_session_gap > 0:
+            keep &= np.abs(session[i].astype(np.int64) - session[j]) <= max_session_gap
+        if group is not None:
+            keep &= group[i] == group[j]
+        parts.append(np.column_stack([np.minimum(i[keep], j[keep]),
+                                      np.maximum(i[keep], j[keep])]).astype(np.int64))
+        first = last
+    pairs = np.concatenate(parts) if parts else np.empty((0, 2), np.int64)
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
 
@@ -54,44 +72,71 @@ def _standardize(x: np.ndarray, dtype=np.float64) -> np.ndarray:
     return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
 
 
-def feature_similarity(feature: np.ndarray, pairs: np.ndarray, block: int = 8192) -> np.ndarray:
+def feature_similarity(feature: np.ndarray, pairs: np.ndarray,
+                       unit_order: np.ndarray | None = None, block: int = 128) -> np.ndarray:
     """Fisher z of the Pearson r between the two units' feature vectors: (N, L), (P, 2) -> (P,).
 
-    Pairs are taken in blocks so the gathered rows stay small (block x L)."""
+    Pairs are taken by blocks of ``block`` first units, consecutive in ``unit_order`` (e.g.
+    units sorted by depth, so that a block's partners are few and shared): each block is one
+    matrix product of its units against the union of their partners, instead of one gather
+    of two L-vectors per pair.
+    """
     f = _standardize(feature)
-    out = np.empty(pairs.shape[0])
-    for start in range(0, pairs.shape[0], block):
-        p = pairs[start:start + block]
-        out[start:start + block] = np.einsum("pl,pl->p", f[p[:, 0]], f[p[:, 1]])
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    out = np.zeros(pairs.shape[0])
+    if not pairs.size:
+        return out
+    rank = np.arange(f.shape[0])
+    if unit_order is not None:
+        rank[np.asarray(unit_order)] = np.arange(f.shape[0])
+    which = rank[pairs[:, 0]] // block
+    order = np.argsort(which, kind="stable")
+    bounds = np.flatnonzero(np.diff(which[order])) + 1
+    for idx in np.split(order, bounds):
+        owners, own_pos = np.unique(pairs[idx, 0], return_inverse=True)
+        partners, other_pos = np.unique(pairs[idx, 1], return_inverse=True)
+        out[idx] = (f[owners] @ f[partners].T)[own_pos.ravel(), other_pos.ravel()]
     return fisher_z(out)
 
 
-def waveform_similarity(waveforms: np.ndarray, channels: np.ndarray, pairs: np.ndarray,
+def waveform_similarity(waveforms, channels: np.ndarray, pairs: np.ndarray,
                         templates: int = 1) -> np.ndarray:
     """Waveform similarity of each pair: (P,) Fisher z.
 
-    waveforms: (N, C, T) corrected waveforms, or (K, N, C, T) for K reference probes;
-    channels: (N, n) nearest channels of each unit, or (K, N, n).
-    For pair (i, j): Z_ij correlates both units over i's channels (all samples flattened),
-    Z_ji over j's channels; S = max(Z_ij, Z_ji), and the max over reference probes.
+    waveforms: corrected waveforms as LocalWaveforms, a list of K of them (K reference probes),
+    or full-probe arrays (N, C, T) / (K, N, C, T); channels: (N, n) nearest channels of each
+    unit, or (K, N, n). For pair (i, j): Z_ij correlates both units over i's channels (all
+    samples flattened), Z_ji over j's channels; S = max(Z_ij, Z_ji), and the max over
+    reference probes.
     """
-    if waveforms.ndim == 3:
-        waveforms, channels = waveforms[None], channels[None]
+    probes, channels = _as_probes(waveforms, channels)
     best = np.full(pairs.shape[0], -np.inf)
-    for wf, ch in zip(waveforms, channels):
+    for wf, ch in zip(probes, channels):
         r = np.maximum(_directed_corr(wf, ch, pairs[:, 0], pairs[:, 1]),
                        _directed_corr(wf, ch, pairs[:, 1], pairs[:, 0]))
         best = np.maximum(best, r)
     return fisher_z(best)
 
 
-def _standardized_on(wf: np.ndarray, units: np.ndarray, channels: np.ndarray) -> np.ndarray:
+def _as_probes(waveforms, channels) -> tuple[list, np.ndarray]:
+    """Waveforms as a list of LocalWaveforms (one per reference probe), channels (K, N, n)."""
+    channels = np.asarray(channels)
+    if isinstance(waveforms, LocalWaveforms):
+        return [waveforms], channels.reshape((-1,) + channels.shape[-2:])
+    if isinstance(waveforms, (list, tuple)):
+        return list(waveforms), channels.reshape((-1,) + channels.shape[-2:])
+    arr = np.asarray(waveforms)
+    if arr.ndim == 3:
+        arr, channels = arr[None], channels[None]
+    return [LocalWaveforms.from_full(a) for a in arr], channels
+
+
+def _standardized_on(wf: LocalWaveforms, units: np.ndarray, channels: np.ndarray) -> np.ndarray:
     """Waveforms of ``units`` on ``channels``, flattened, zero mean and unit norm: (n, c*T)."""
-    return _standardize(np.asarray(wf[np.ix_(units, channels)]).reshape(units.size, -1),
-                        dtype=np.float32)
+    return _standardize(wf.on(units, channels).reshape(units.size, -1), dtype=np.float32)
 
 
-def _directed_corr(wf: np.ndarray, ch: np.ndarray, own: np.ndarray, other: np.ndarray):
+def _directed_corr(wf: LocalWaveforms, ch: np.ndarray, own: np.ndarray, other: np.ndarray):
     """Pearson r of units own[p] and other[p] on own's channels.
 
     Units with the same channel set (on a regular probe: the same peak channel) are handled

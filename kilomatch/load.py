@@ -81,15 +81,17 @@ def _load_npy(path: Path, problems: list, mmap: bool = False):
 
 
 def iter_rows(arr: np.ndarray, block: int = 2048):
-    """Yield (start, rows) over the first axis, each block an in-memory float32 copy.
+    """Yield (start, rows) over the first axis, each block an in-memory float32 array (do not
+    write into it: for an in-memory float32 input it is a view).
 
     A memory-mapped .npy (as loaded here) is read with plain file reads: the pages go to the
     OS cache, not into this process, so reading 10 GB of waveforms does not count 10 GB of
     resident memory (touching a memory map would keep every page mapped until it is closed).
     """
     n = arr.shape[0]
+    # Copy-on-write maps ("c") may hold changes that are not in the file: read those as arrays.
     if (isinstance(arr, np.memmap) and isinstance(arr.base, mmap.mmap) and arr.filename
-            and arr.flags.c_contiguous):
+            and arr.flags.c_contiguous and arr.mode != "c"):
         row_bytes = arr.strides[0] if arr.ndim > 1 else arr.itemsize
         with open(arr.filename, "rb") as f:
             for start in range(0, n, block):

@@ -6,78 +6,153 @@ similarity and whether it may link two units at all (different sessions, within 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
-from itertools import combinations
 
 import numpy as np
 from scipy import sparse
-from scipy.sparse.csgraph import connected_components
+from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
-REASONS = ("same_session_conflict", "split_below_threshold")
-CONFLICT, SPLIT = 0, 1
+REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_gap")
+CONFLICT, SPLIT, POSITION = 0, 1, 2
+_BLOCK = 1 << 20  # rows of pairs filled at a time by within_cluster_pairs
 
 
 def within_cluster_pairs(labels: np.ndarray) -> np.ndarray:
-    """Every pair (i < j) of units sharing a cluster (labels >= 0): (Q, 2) int64, sorted."""
+    """Every pair (i < j) of units sharing a cluster (labels (N,) >= 0): (Q, 2) int64,
+    sorted by (i, j)."""
     labels = np.asarray(labels)
     units = np.flatnonzero(labels >= 0)
-    order = units[np.argsort(labels[units], kind="stable")]
-    bounds = np.flatnonzero(np.diff(labels[order])) + 1
-    chunks = [list(combinations(sorted(g.tolist()), 2)) for g in np.split(order, bounds) if g.size > 1]
-    pairs = np.array([p for c in chunks for p in c], dtype=np.int64).reshape(-1, 2)
-    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))] if pairs.size else pairs
+    order = units[np.argsort(labels[units], kind="stable")]  # by (label, index)
+    position = np.empty(labels.size, np.int64)
+    position[order] = np.arange(order.size)
+    # unit i pairs with order[first_i:end_i], the later members of its cluster; taking the
+    # units in increasing index gives rows already sorted by (i, j), so no (Q,) sort
+    first = position[units] + 1
+    n_later = np.searchsorted(labels[order], labels[units], side="right") - first
+    row_end = np.cumsum(n_later)
+    n_pairs = int(row_end[-1]) if units.size else 0
+    out = np.empty((n_pairs, 2), np.int64)
+    # row q of unit i holds order[first_i + q - row_start_i]
+    shift = first - (row_end - n_later)
+    # filled by blocks of whole units holding about _BLOCK rows, so that the (Q,) index
+    # temporaries never exist and the (Q, 2) result is most of the peak memory
+    cuts = np.searchsorted(row_end, np.arange(_BLOCK, n_pairs, _BLOCK)) + 1
+    for a, b in itertools.pairwise([0, *cuts.tolist(), units.size]):
+        q0, q1 = (int(row_end[a - 1]) if a else 0), (int(row_end[b - 1]) if b else 0)
+        if q1 > q0:
+            k = n_later[a:b]
+            out[q0:q1, 0] = np.repeat(units[a:b], k)
+            j = np.repeat(shift[a:b], k)
+            j += np.arange(q0, q1)
+            out[q0:q1, 1] = order[j]
+    return out
 
 
 @dataclass
 class CurationResult:
     """labels: (N,) final clusters before renumbering (-1 none); removed_pairs: (R, 2) unit
-    pairs taken apart; removed_reason: (R,) index into REASONS; labels_after_conflicts: (N,)."""
+    pairs taken apart; removed_reason: (R,) index into REASONS; labels_after_conflicts: (N,);
+    threshold: the weighted similarity the splits used."""
 
     labels: np.ndarray
     labels_after_conflicts: np.ndarray
     removed_pairs: np.ndarray
     removed_reason: np.ndarray
+    threshold: float = float("nan")
 
 
-def _pair_lookup(pairs: np.ndarray, values: np.ndarray, n_units: int):
-    """Symmetric sparse (N, N) lookup of a per-pair value."""
-    m = sparse.coo_matrix((values, (pairs[:, 0], pairs[:, 1])), shape=(n_units, n_units)).tocsr()
-    return m + m.T
+def _clashing_clusters(labels: np.ndarray, session: np.ndarray) -> np.ndarray:
+    """Sorted ids of the clusters (labels (N,) >= 0) holding two units of one session."""
+    units = np.flatnonzero(labels >= 0)
+    # codes from np.unique so that sessions count as equal exactly when the per-cluster
+    # np.unique of resolve_conflicts would merge them
+    code = np.unique(session[units], return_inverse=True)[1].reshape(-1)
+    lab = labels[units]
+    order = np.lexsort((code, lab))
+    lab, code = lab[order], code[order]
+    twice = (lab[1:] == lab[:-1]) & (code[1:] == code[:-1])
+    return np.unique(lab[1:][twice])
+
+
+def _cluster_similarity(members: np.ndarray, pairs: np.ndarray, sim: np.ndarray):
+    """Dense symmetric (M, M) similarity between ``members`` (M,) sorted unit ids, from the
+    (P, 2) ``pairs`` with both ends among them; pairs not given count as 0 and repeated
+    pairs add up, as in a sparse (N, N) lookup."""
+    m = members.size
+    a = np.searchsorted(members, pairs[:, 0])
+    b = np.searchsorted(members, pairs[:, 1])
+    flat = np.concatenate([a * m + b, b * m + a])
+    return np.bincount(flat, np.concatenate([sim, sim]), minlength=m * m).reshape(m, m)
 
 
 def resolve_conflicts(labels, session, pairs, similarity):
     """While a cluster holds two units of one session, drop the conflicting unit with the
     lowest mean similarity to the rest of the cluster (ties: the higher unit index).
 
-    Returns (labels, removed (R, 2)). ``pairs``/``similarity`` cover every within-cluster pair.
+    labels: (N,) clusters (-1 none); session: (N,); pairs: (Q, 2) every within-cluster pair;
+    similarity: (Q,). Pairs missing from ``pairs`` count as similarity 0.
+    Returns (labels (N,), removed (R, 2)): each dropped unit's pairs with the members left,
+    cluster by cluster in increasing id, units in the order they were dropped.
     """
     labels = np.array(labels, dtype=np.int64)
-    n = labels.size
-    sim = _pair_lookup(pairs, np.asarray(similarity, float), n).tolil()
+    session = np.asarray(session)
+    pairs = np.asarray(pairs).reshape(-1, 2)
+    similarity = np.asarray(similarity, float)
     removed = []
-    for c in np.unique(labels[labels >= 0]):
-        members = list(np.flatnonzero(labels == c))
+    clashing = _clashing_clusters(labels, session)
+    if clashing.size:
+        # only the pairs inside a clashing cluster are read; a (Q,) boolean mask finds them
+        # without gathering (Q,) int64 label arrays (~80 MB each at 10^7 pairs)
+        in_clash = np.zeros(labels.size, bool)
+        in_clash[labels >= 0] = np.isin(labels[labels >= 0], clashing)
+        keep = np.flatnonzero(in_clash[pairs[:, 0]] & in_clash[pairs[:, 1]])
+        lab = labels[pairs[keep, 0]]
+        same = lab == labels[pairs[keep, 1]]
+        keep, lab = keep[same], lab[same]
+        order = np.argsort(lab, kind="stable")
+        keep = keep[order]
+        pair_start = np.searchsorted(lab[order], clashing)
+        pair_end = np.append(pair_start[1:], keep.size)
+        units = np.flatnonzero(in_clash)
+        units = units[np.argsort(labels[units], kind="stable")]  # by (cluster, index)
+        unit_start = np.searchsorted(labels[units], clashing)
+        unit_end = np.append(unit_start[1:], units.size)
+    for k in range(clashing.size):
+        members = units[unit_start[k]:unit_end[k]]
+        rows = keep[pair_start[k]:pair_end[k]]
+        dense = _cluster_similarity(members, pairs[rows], similarity[rows])
+        alive = np.arange(members.size)  # positions in ``members``, increasing
         while True:
-            sess = session[members]
+            sess = session[members[alive]]
             uniq, counts = np.unique(sess, return_counts=True)
-            clash = set(uniq[counts > 1].tolist())
-            if not clash:
+            clashing_sessions = uniq[counts > 1]
+            if not clashing_sessions.size:
                 break
-            scores = []
-            for u in members:
-                if session[u] in clash:
-                    others = [v for v in members if v != u]
-                    scores.append((np.mean([sim[u, v] for v in others]), -u, u))
-            _, _, worst = min(scores)
-            members.remove(worst)
-            labels[worst] = -1
-            removed += [(min(worst, v), max(worst, v)) for v in members]
-    return labels, np.array(removed, dtype=np.int64).reshape(-1, 2)
+            cand = alive[np.isin(sess, clashing_sessions)]
+            # each candidate's similarities to the other alive members, in increasing index:
+            # a row-wise mean over a C-ordered (C, A - 1) array sums each row exactly as
+            # np.mean of that row alone, so the means (and ties) are the per-unit ones
+            others = dense[np.ix_(cand, alive)][cand[:, None] != alive[None, :]]
+            means = others.reshape(cand.size, alive.size - 1).mean(axis=1)
+            # min over (mean, -unit) tuples: lowest mean, ties -> higher unit index
+            _, _, worst = min(zip(means, -members[cand], cand))
+            alive = alive[alive != worst]
+            unit = members[worst]
+            labels[unit] = -1
+            rest = members[alive]
+            removed.append(np.column_stack([np.minimum(unit, rest), np.maximum(unit, rest)]))
+    if not removed:
+        return labels, np.empty((0, 2), np.int64)
+    return labels, np.concatenate(removed).astype(np.int64)
 
 
 def split_clusters(labels, pairs, similarity, linkable, threshold):
     """Split each cluster into the connected components of its pairs that are linkable and
-    above ``threshold``. Returns (labels with new cluster ids, removed (R, 2))."""
+    above ``threshold``. Returns (labels with new cluster ids, removed (R, 2)).
+
+    labels: (N,); pairs: (Q, 2); similarity, linkable: (Q,).
+    """
     labels = np.asarray(labels, dtype=np.int64)
     n = labels.size
     inside = (labels[pairs[:, 0]] == labels[pairs[:, 1]]) & (labels[pairs[:, 0]] >= 0)
@@ -88,6 +163,84 @@ def split_clusters(labels, pairs, similarity, linkable, threshold):
     new = np.where(labels >= 0, comp, -1)
     broken = inside & (new[pairs[:, 0]] != new[pairs[:, 1]])
     return new, pairs[broken]
+
+
+def split_by_position(labels, positions, pairs, similarity, linkable, threshold,
+                      min_gap_um: float = 7.0):
+    """Take apart clusters that join two neurons recorded in turn.
+
+    When one neuron stops being recorded and another, a few um away, starts, no session holds
+    both, so no same-session conflict exposes the merge, and their similarity can sit above
+    the threshold. After motion correction a neuron's position is stable, so such a cluster
+    shows a jump in position that coincides with a drop in similarity. Each cluster is cut in
+    two at the longest edge of the minimum spanning tree of its units' positions; the parts are
+    taken apart when that edge is at least ``min_gap_um`` long and the pairs across the cut are
+    closer to the threshold than to the pairs inside the parts:
+    mean_within - mean_across > mean_across - threshold. Parts are tested again in turn.
+
+    labels: (N,) clusters (-1 none); positions: (N, D) motion-corrected positions (um);
+    pairs, similarity, linkable: every within-cluster pair of ``labels`` (Q arrays), as for
+    :func:`split_clusters`. Returns (labels, removed (R, 2) pairs across the cuts).
+    """
+    labels = np.array(labels, dtype=np.int64)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    # Earlier steps may have split the clusters these pairs were listed for.
+    inside = (labels[pairs[:, 0]] == labels[pairs[:, 1]]) & (labels[pairs[:, 0]] >= 0)
+    pairs = pairs[inside]
+    ok = np.asarray(linkable, bool)[inside]
+    sim = np.asarray(similarity, dtype=np.float64)[inside]
+    owner = labels[pairs[:, 0]]
+    order = np.argsort(owner, kind="stable")
+    bounds = np.flatnonzero(np.diff(owner[order])) + 1
+    by_cluster = {int(owner[idx[0]]): idx for idx in np.split(order, bounds) if idx.size}
+    next_label = labels.max() + 1 if labels.size else 0
+    removed = []
+    for c in np.unique(labels[labels >= 0]):
+        idx = by_cluster.get(int(c), np.empty(0, np.int64))
+        units = np.flatnonzero(labels == c)
+        local = np.searchsorted(units, pairs[idx])
+        n = units.size
+        s = np.full((n, n), np.nan)
+        s[local[:, 0], local[:, 1]] = np.where(ok[idx], sim[idx], np.nan)
+        s[local[:, 1], local[:, 0]] = s[local[:, 0], local[:, 1]]
+        queue = [np.arange(n)]
+        while queue:
+            part = queue.pop(0)
+            cut = _position_cut(positions[units[part]], s[np.ix_(part, part)], threshold,
+                                min_gap_um)
+            if cut is None:
+                continue
+            a, b = part[~cut], part[cut]
+            labels[units[b]] = next_label
+            next_label += 1
+            removed += [(min(units[i], units[j]), max(units[i], units[j])) for i in a for j in b]
+            queue += [a, b]
+    removed = np.array(sorted(removed), dtype=np.int64).reshape(-1, 2)
+    return labels, removed
+
+
+def _position_cut(pos, s, threshold, min_gap_um):
+    """(n,) bool side of the cut of one cluster, or None when it stays whole."""
+    n = pos.shape[0]
+    if n < 3:
+        return None
+    d = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=2)
+    tree = minimum_spanning_tree(d + 1e-9 * (1 - np.eye(n))).tocoo()
+    k = np.argmax(tree.data)
+    if tree.data[k] < min_gap_um:
+        return None
+    keep = np.arange(tree.data.size) != k
+    graph = sparse.coo_matrix((np.ones(keep.sum()), (tree.row[keep], tree.col[keep])),
+                              shape=(n, n))
+    _, side = connected_components(graph, directed=False)
+    side = side == side[tree.col[k]]
+    same = side[:, None] == side[None, :]
+    upper = np.triu(np.ones((n, n), bool), 1) & ~np.isnan(s)
+    within, across = s[upper & same], s[upper & ~same]
+    if within.size == 0 or across.size == 0:
+        return None
+    w, x = within.mean(), across.mean()
+    return side if w - x > x - threshold else None
 
 
 def dissolve_singletons(labels: np.ndarray) -> np.ndarray:
@@ -101,9 +254,23 @@ def dissolve_singletons(labels: np.ndarray) -> np.ndarray:
     return labels
 
 
+def equal_prior_threshold(similarity: np.ndarray, matched: np.ndarray) -> float:
+    """The LDA boundary with equal class priors, in weighted-similarity units: halfway between
+    the mean similarity of matched and of unmatched candidate pairs. (P,), (P,) bool -> float
+    (inf when a class is empty)."""
+    similarity = np.asarray(similarity, dtype=np.float64)
+    matched = np.asarray(matched, bool)
+    if matched.all() or not matched.any():
+        return float("inf")
+    return float(0.5 * (similarity[matched].mean() + similarity[~matched].mean()))
+
+
 def curate(labels, session, pairs, similarity, linkable, threshold,
-           auto_split: bool = True) -> CurationResult:
-    """Both curation steps, then dissolve single-unit clusters.
+           auto_split: bool = True, positions: np.ndarray | None = None,
+           position_gap_um: float = 7.0) -> CurationResult:
+    """The curation steps, then dissolve single-unit clusters: same-session conflicts, the
+    split at ``threshold`` (``auto_split``), and with ``positions`` (N, D) um the split at
+    position gaps (:func:`split_by_position`).
 
     labels: (N,) clusters from the final clustering; session: (N,); pairs: (Q, 2) every
     within-cluster pair; similarity: (Q,) weighted similarity; linkable: (Q,) bool.
@@ -111,11 +278,17 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     after_conflicts, removed_c = resolve_conflicts(labels, session, pairs, similarity)
     after_conflicts = dissolve_singletons(after_conflicts)
-    removed_s = np.empty((0, 2), np.int64)
+    removed_s = removed_p = np.empty((0, 2), np.int64)
     final = after_conflicts
     if auto_split:
         final, removed_s = split_clusters(after_conflicts, pairs, similarity, linkable, threshold)
+        final = dissolve_singletons(final)
+    if positions is not None and np.isfinite(threshold):
+        final, removed_p = split_by_position(final, positions, pairs, similarity, linkable,
+                                             threshold, position_gap_um)
     final = dissolve_singletons(final)
-    removed = np.vstack([removed_c, removed_s])
-    reason = np.concatenate([np.full(len(removed_c), CONFLICT), np.full(len(removed_s), SPLIT)])
-    return CurationResult(final, after_conflicts, removed, reason.astype(np.int8))
+    removed = np.vstack([removed_c, removed_s, removed_p])
+    reason = np.concatenate([np.full(len(removed_c), CONFLICT), np.full(len(removed_s), SPLIT),
+                             np.full(len(removed_p), POSITION)])
+    return CurationResult(final, after_conflicts, removed, reason.astype(np.int8),
+                          float(threshold))

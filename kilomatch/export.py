@@ -268,6 +268,8 @@ def write_all(result) -> list:
         "removed_pairs": removed.astype(np.int64),
         "removed_reason": np.concatenate([c.removed_reason for c in curated]).astype(np.int8),
         "reason_names": np.array(REASONS),
+        "split_threshold": np.array([c.threshold for c in curated]) if multi
+        else np.float64(curated[0].threshold),
     })
     table = {"unit": np.arange(n), "session": result.data.session_index, "cluster": idx,
              "x": units.locations[:, 0], "y": units.locations[:, 1], "z": units.locations[:, 2],

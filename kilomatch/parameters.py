@@ -115,11 +115,11 @@ PARAMETERS: tuple[Param, ...] = (
     Param("clustering.max_distance", "float", 100.0,
           "Largest motion-corrected depth difference (um) of two units that may be the same "
           "neuron; farther pairs are never compared.", min=0, min_exclusive=True),
-    Param("clustering.max_session_gap", "int", 0,
+    Param("clustering.max_session_gap", "int", 10,
           "Compare units only between sessions at most this many sessions apart (in session "
           "order); 0 compares every pair of sessions. A neuron is still tracked across any "
-          "span through the sessions in between; set it (e.g. 10) for studies of hundreds of "
-          "sessions, where the candidate pairs grow with the square of the sessions.", min=0),
+          "span through the sessions in between. Candidate pairs grow with the square of the "
+          "number of sessions without it (2.6e8 pairs at 200 sessions of 500 units).", min=0),
     Param("clustering.features", "features", ["Waveform", "AutoCorr"],
           "Similarity features of the final clustering."),
     Param("clustering.n_iter", "int", 10, "Most HDBSCAN + LDA iterations.", min=1),
@@ -127,6 +127,17 @@ PARAMETERS: tuple[Param, ...] = (
           "Stop the HDBSCAN + LDA iterations when no weight changes by more than this.", min=0),
     Param("autoCuration.auto_split", "bool", True,
           "Split clusters into the connected components of their above-threshold pairs."),
+    Param("autoCuration.split_threshold", "str", "equal_priors",
+          "Threshold of the split: 'lda' is the LDA boundary with the classes' own priors "
+          "(the published threshold; matches are rare, so it sits high and splits true "
+          "neurons); 'equal_priors' is the boundary with equal priors, halfway between the "
+          "mean similarity of matched and unmatched pairs.", choices=("equal_priors", "lda")),
+    Param("autoCuration.position_split", "bool", True,
+          "Take apart clusters that join two neurons recorded in turn: cut at the largest "
+          "gap in motion-corrected position when the similarity drops across that cut "
+          "(README: Auto-curation)."),
+    Param("autoCuration.position_gap_um", "float", 7.0,
+          "Smallest position gap (um) at which position_split may cut a cluster.", min=0),
 )
 
 BY_NAME = {p.name: p for p in PARAMETERS}

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import channel_windows, correction, curation, export, features
-from .clustering import ClusteringResult, combine_labels, ihdbscan, renumber
+from .clustering import ClusteringResult, combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
 from .load import Dataset, iter_rows, load_dataset, load_given_motion
 from .motion import Motion, estimate_motion
@@ -347,8 +347,16 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     note("final clustering")
     labels = final.clustering.labels
     q_pairs, q_sim, q_link = within_cluster_similarity(units, final, labels, s)
-    cur = curation.curate(labels, units.session0, q_pairs, q_sim, q_link,
-                          final.clustering.threshold, s.autoCuration.auto_split)
+    ac = s.autoCuration
+    threshold = final.clustering.threshold
+    if ac.split_threshold == "equal_priors":
+        threshold = curation.equal_prior_threshold(
+            final.clustering.similarity, same_cluster(labels, final.pairs))
+    positions = None
+    if ac.position_split:
+        positions = np.column_stack([units.locations[:, 0], final.corrected_depth])
+    cur = curation.curate(labels, units.session0, q_pairs, q_sim, q_link, threshold,
+                          ac.auto_split, positions, ac.position_gap_um)
     note("curation")
     idx = renumber(cur.labels, start=1)
     return Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))

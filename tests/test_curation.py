@@ -4,7 +4,9 @@ import itertools
 
 import numpy as np
 import pytest
+from scipy import sparse
 
+from kilomatch import curation
 from kilomatch.clustering import renumber
 from kilomatch.curation import (
     CONFLICT,
@@ -224,3 +226,165 @@ def test_conflict_then_split_reasons_in_order():
     for c in np.unique(res.labels[res.labels >= 0]):
         members = np.flatnonzero(res.labels == c)
         assert members.size >= 2 and np.unique(session[members]).size == members.size
+
+
+# ---------------------------------------------------------------- against the reference
+# The reference is the straightforward implementation the vectorised one replaced
+# (combinations + lexsort; a sparse lookup read one pair at a time): outputs must be equal,
+# values, order, dtype and shape.
+
+def reference_within_cluster_pairs(labels):
+    labels = np.asarray(labels)
+    units = np.flatnonzero(labels >= 0)
+    order = units[np.argsort(labels[units], kind="stable")]
+    bounds = np.flatnonzero(np.diff(labels[order])) + 1
+    chunks = [list(itertools.combinations(sorted(g.tolist()), 2))
+              for g in np.split(order, bounds) if g.size > 1]
+    pairs = np.array([p for c in chunks for p in c], dtype=np.int64).reshape(-1, 2)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))] if pairs.size else pairs
+
+
+def reference_resolve_conflicts(labels, session, pairs, similarity):
+    labels = np.array(labels, dtype=np.int64)
+    n = labels.size
+    m = sparse.coo_matrix((np.asarray(similarity, float), (pairs[:, 0], pairs[:, 1])),
+                          shape=(n, n)).tocsr()
+    sim = (m + m.T).tolil()
+    removed = []
+    for c in np.unique(labels[labels >= 0]):
+        members = list(np.flatnonzero(labels == c))
+        while True:
+            sess = session[members]
+            uniq, counts = np.unique(sess, return_counts=True)
+            clash = set(uniq[counts > 1].tolist())
+            if not clash:
+                break
+            scores = []
+            for u in members:
+                if session[u] in clash:
+                    others = [v for v in members if v != u]
+                    scores.append((np.mean([sim[u, v] for v in others]), -u, u))
+            _, _, worst = min(scores)
+            members.remove(worst)
+            labels[worst] = -1
+            removed += [(min(worst, v), max(worst, v)) for v in members]
+    return labels, np.array(removed, dtype=np.int64).reshape(-1, 2)
+
+
+def assert_same(got, want):
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+
+def random_clusters(rng, n_clusters, max_size, n_sessions, clash_frac, n_loose=20):
+    """Labels (non-contiguous ids, units shuffled, n_loose units at -1) and sessions: one
+    unit per session in each cluster, except the first one and clash_frac of the others
+    (unless clash_frac is 0) where 1-4 units are moved onto sessions already used there
+    (two-, three-way and several clashes)."""
+    sizes = rng.integers(2, max_size + 1, n_clusters)
+    n = sizes.sum() + n_loose
+    ids = rng.permutation(n)
+    labels = np.full(n, -1, np.int64)
+    session = rng.integers(0, n_sessions, n)
+    start = 0
+    for c, size in enumerate(sizes):
+        members = ids[start:start + size]
+        start += size
+        labels[members] = 3 * c + 1
+        sess = rng.permutation(max(n_sessions, size))[:size]
+        if clash_frac > 0 and (c == 0 or rng.random() < clash_frac):
+            k = rng.integers(1, min(4, size - 1) + 1)
+            sess[rng.choice(size, k, replace=False)] = rng.choice(sess, k)
+        session[members] = sess
+    return labels, session
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("block", [3, 1 << 20])
+def test_within_cluster_pairs_matches_reference(seed, block, monkeypatch):
+    """Random labels (small and >128-unit clusters, gaps in ids, -1 units, int32), filled in
+    one block or in many tiny ones: the same (Q, 2) int64 array as the reference."""
+    monkeypatch.setattr(curation, "_BLOCK", block)
+    rng = np.random.default_rng(seed)
+    labels, _ = random_clusters(rng, 12, 150 if seed % 2 else 6, 200, 0.0)
+    labels[rng.random(labels.size) < 0.1] = -1
+    for lab in (labels, labels.astype(np.int32), labels[:1], labels[:0], -np.ones(5, int)):
+        assert_same(within_cluster_pairs(lab), reference_within_cluster_pairs(lab))
+
+
+SIMILARITY_KINDS = {
+    # coarse steps: many candidates share a mean, so the tie rule decides
+    "coarse": lambda rng, q: rng.integers(-2, 3, q) / 2.0,
+    # many magnitudes: the mean is rounded, its value depends on the summation order
+    "magnitudes": lambda rng, q: rng.standard_normal(q) * 10.0 ** rng.uniform(-8, 8, q),
+    # cancelling +-1e16 terms: the rounded mean changes with the order and the number of
+    # terms summed, so only the reference's exact sum gives the reference's choices
+    "cancelling": lambda rng, q: rng.choice([-1e16, 1e16, 1.0, 2.0], q, p=[.15, .15, .35, .35]),
+}
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_resolve_conflicts_matches_reference(seed):
+    """Random clusters, some without a clash, some with one or several; similarities with
+    ties, over many magnitudes or cancelling; missing pairs (count as 0), pairs across
+    clusters or with -1 units, repeated pairs, pairs in any row order and orientation: the
+    same labels and removed pairs (same order) as the reference."""
+    rng = np.random.default_rng(seed)
+    big = seed % 2 == 1  # clusters of up to 140 units: numpy's blocked pairwise sum kicks in
+    labels, session = random_clusters(rng, 6 if big else 40, 140 if big else 12,
+                                      150 if big else 8, 0.5)
+    pairs = within_cluster_pairs(labels)
+    sim = SIMILARITY_KINDS[list(SIMILARITY_KINDS)[seed % 3]](rng, len(pairs))
+    keep = rng.random(len(pairs)) > 0.2
+    extra = rng.integers(0, labels.size, (30, 2))
+    extra = extra[extra[:, 0] != extra[:, 1]]
+    pairs = np.vstack([pairs[keep], extra])
+    sim = np.concatenate([sim[keep], rng.standard_normal(len(extra))])
+    order = rng.permutation(len(pairs))
+    pairs, sim = pairs[order], sim[order]
+    flip = rng.random(len(pairs)) < 0.5
+    pairs[flip] = pairs[flip, ::-1]
+    want_labels, want_removed = reference_resolve_conflicts(labels, session, pairs, sim)
+    assert want_removed.shape[0] > 0  # the case has conflicts to resolve
+    got_labels, got_removed = resolve_conflicts(labels, session, pairs, sim)
+    assert_same(got_labels, want_labels)
+    assert_same(got_removed, want_removed)
+
+
+def test_resolve_conflicts_all_tied_matches_reference():
+    """Every similarity equal or missing (every mean ties): the higher unit index goes first,
+    cluster after cluster, exactly as in the reference; no pairs at all works too."""
+    rng = np.random.default_rng(11)
+    labels, session = random_clusters(rng, 30, 10, 4, 0.7)
+    pairs = within_cluster_pairs(labels)
+    for p, s in ((pairs, np.ones(len(pairs))), (pairs[:0], np.zeros(0))):
+        want = reference_resolve_conflicts(labels, session, p, s)
+        got = resolve_conflicts(labels, session, p, s)
+        assert_same(got[0], want[0])
+        assert_same(got[1], want[1])
+
+
+def test_resolve_conflicts_without_clash_is_identity():
+    """No cluster with two units of one session: labels unchanged, nothing removed."""
+    rng = np.random.default_rng(5)
+    labels, session = random_clusters(rng, 20, 15, 20, 0.0)
+    pairs = within_cluster_pairs(labels)
+    new, removed = resolve_conflicts(labels, session, pairs, rng.standard_normal(len(pairs)))
+    assert_same(new, labels)
+    assert_same(removed, np.empty((0, 2), np.int64))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_resolve_conflicts_summation_order_matches_reference(seed):
+    """Every cluster (8-40 units) clashes and the similarities cancel (+-1e16 with small
+    terms): a mean summed in another order or over other terms (e.g. with the unit itself
+    as a 0) drops other units, so the outputs must equal the reference's exactly."""
+    rng = np.random.default_rng(100 + seed)
+    labels, session = random_clusters(rng, 30, 40, 40, 1.0)
+    labels[np.isin(labels, np.flatnonzero(np.bincount(labels[labels >= 0]) < 8))] = -1
+    pairs = within_cluster_pairs(labels)
+    sim = SIMILARITY_KINDS["cancelling"](rng, len(pairs))
+    want = reference_resolve_conflicts(labels, session, pairs, sim)
+    got = resolve_conflicts(labels, session, pairs, sim)
+    assert_same(got[0], want[0])
+    assert_same(got[1], want[1])

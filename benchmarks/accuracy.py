@@ -60,6 +60,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help=f"comma-separated keys or names (default: all of {','.join(DATASETS)})")
     peers.add_run_arguments(ap, "tiny versions of the datasets (3 sessions x 40 neurons) to "
                                 "check the set-up quickly; the numbers mean little")
+    ap.add_argument("--seed-offset", type=int, default=0,
+                    help="add this to every dataset's seed: fresh simulations of the same "
+                         "kinds, to check that a design choice holds beyond the fixed suite "
+                         "(datasets named <key>_<name>_seed+<offset>)")
     ap.add_argument("--kilomatch-settings", default=None, metavar="JSON",
                     help="extra kilomatch settings for a variant, e.g. "
                          "'{\"clustering\": {\"features\": [\"Waveform\", \"AutoCorr\", "
@@ -99,8 +103,11 @@ def select_tools(text: str) -> list:
 def run_dataset(key: str, tools: list, args, peers_py) -> list:
     """Generate (or reuse) one dataset, run every tool on it, score each run."""
     name, description, sim_params, tool_settings = DATASETS[key]
-    label, sim_params, data, info = _common.simulated(args.cache, f"{key}_{name}", sim_params,
-                                                      args.smoke)
+    label = f"{key}_{name}"
+    if args.seed_offset:
+        sim_params = {**sim_params, "seed": sim_params["seed"] + args.seed_offset}
+        label += f"_seed+{args.seed_offset}"
+    label, sim_params, data, info = _common.simulated(args.cache, label, sim_params, args.smoke)
     print(f"dataset {label}: {description}; {info['n_units']} units, {info['n_sessions']} "
           f"sessions, motion range {info['motion_range_um']:.0f} um", flush=True)
     limit = None if args.mem_limit_gb is None else args.mem_limit_gb * 1024

@@ -135,7 +135,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param("autoCuration.position_split", "bool", True,
           "Take apart clusters that join two neurons recorded in turn: cut at the largest "
           "gap in motion-corrected position when the similarity drops across that cut "
-          "(README: Auto-curation)."),
+          "(README, \"What is different\")."),
     Param("autoCuration.position_gap_um", "float", 7.0,
           "Smallest position gap (um) at which position_split may cut a cluster.", min=0),
 )

@@ -10,11 +10,14 @@ from kilomatch import curation
 from kilomatch.clustering import renumber
 from kilomatch.curation import (
     CONFLICT,
+    POSITION,
     REASONS,
     SPLIT,
     curate,
     dissolve_singletons,
+    equal_prior_threshold,
     resolve_conflicts,
+    split_by_position,
     split_clusters,
     within_cluster_pairs,
 )
@@ -388,3 +391,74 @@ def test_resolve_conflicts_summation_order_matches_reference(seed):
     got = resolve_conflicts(labels, session, pairs, sim)
     assert_same(got[0], want[0])
     assert_same(got[1], want[1])
+
+
+# ---------------------------------------------------------------- split_by_position
+
+def _two_neurons(n_a=4, n_b=4, gap_um=20.0, inside=2.5, across=1.5, seed=0):
+    """One cluster holding neuron A (units 0..n_a-1) then neuron B, positions (N, 2) um with
+    1 um scatter, B ``gap_um`` away; similarity ``inside`` within A and B, ``across`` between."""
+    rng = np.random.default_rng(seed)
+    n = n_a + n_b
+    pos = rng.normal(0, 1.0, (n, 2)) + np.array([0.0, 100.0])
+    pos[n_a:, 1] += gap_um
+    labels = np.zeros(n, np.int64)
+    pairs = within_cluster_pairs(labels)
+    same = (pairs[:, 0] < n_a) == (pairs[:, 1] < n_a)
+    sim = np.where(same, inside, across)
+    return labels, pos, pairs, sim, np.ones(len(pairs), bool)
+
+
+def test_position_split_takes_apart_two_neurons_recorded_in_turn():
+    """A jump in position that coincides with a drop in similarity: two clusters, every pair
+    across the cut removed with its reason."""
+    labels, pos, pairs, sim, link = _two_neurons()
+    new, removed = split_by_position(labels, pos, pairs, sim, link, threshold=1.4)
+    assert len(set(new[:4])) == 1 and len(set(new[4:])) == 1 and new[0] != new[4]
+    assert as_set(removed) == {(i, j) for i in range(4) for j in range(4, 8)}
+    cur = curate(labels, np.arange(8), pairs, sim, link, 1.4, positions=pos)
+    assert (cur.removed_reason == POSITION).sum() == 16
+
+
+def test_position_split_keeps_one_neuron_with_scattered_positions():
+    """The same position gap without a drop in similarity (localisation scatter of one
+    neuron) keeps the cluster whole."""
+    labels, pos, pairs, sim, link = _two_neurons(inside=2.5, across=2.4)
+    new, removed = split_by_position(labels, pos, pairs, sim, link, threshold=1.4)
+    assert len(set(new)) == 1 and removed.shape == (0, 2)
+
+
+def test_position_split_needs_the_minimum_gap():
+    """A similarity drop across a gap below position_gap_um is not enough."""
+    labels, pos, pairs, sim, link = _two_neurons(gap_um=3.0)
+    new, _ = split_by_position(labels, pos, pairs, sim, link, threshold=1.4, min_gap_um=7.0)
+    assert len(set(new)) == 1
+    new, _ = split_by_position(labels, pos, pairs, sim, link, threshold=1.4, min_gap_um=1.0)
+    assert len(set(new)) == 2
+
+
+def test_position_split_leaves_two_unit_clusters_alone():
+    """With two units there is no similarity inside the parts to compare with."""
+    labels, pos, pairs, sim, link = _two_neurons(n_a=1, n_b=1, gap_um=40.0)
+    new, removed = split_by_position(labels, pos, pairs, sim, link, threshold=1.4)
+    assert new[0] == new[1] and removed.shape == (0, 2)
+
+
+def test_position_split_recurses_into_three_neurons():
+    """Three neurons in turn, 20 um apart: two cuts, three clusters."""
+    rng = np.random.default_rng(3)
+    pos = np.repeat(np.array([[0.0, 0.0], [0.0, 20.0], [0.0, 40.0]]), 3, axis=0)
+    pos += rng.normal(0, 0.5, pos.shape)
+    labels = np.zeros(9, np.int64)
+    pairs = within_cluster_pairs(labels)
+    sim = np.where(pairs[:, 0] // 3 == pairs[:, 1] // 3, 2.5, 1.5)
+    new, _ = split_by_position(labels, pos, pairs, sim, np.ones(len(pairs), bool), 1.4)
+    assert len(set(new.tolist())) == 3
+    assert all(len(set(new[k:k + 3])) == 1 for k in (0, 3, 6))
+
+
+def test_equal_prior_threshold_is_halfway_between_class_means():
+    sim = np.array([3.0, 2.0, 0.0, 0.5, 1.0])
+    matched = np.array([True, True, False, False, False])
+    assert equal_prior_threshold(sim, matched) == pytest.approx(0.5 * (2.5 + 0.5))
+    assert equal_prior_threshold(sim, np.zeros(5, bool)) == np.inf

@@ -328,6 +328,27 @@ def matched_pairs(idx_cluster: np.ndarray) -> np.ndarray:
     return curation.within_cluster_pairs(np.where(idx_cluster > 0, idx_cluster, -1))
 
 
+def warn_if_window_too_small(motion: Motion, channel_locations: np.ndarray,
+                             s: Settings) -> float:
+    """Warn when the motion is too large for the channel windows: a unit's corrected peak
+    and its compared channels must stay inside its window (waveformCorrection.window_um).
+    Returns the margin (um) left; negative means some waveform comparisons lose channels."""
+    wc = s.waveformCorrection
+    locs = np.asarray(channel_locations, dtype=np.float64)
+    n = min(wc.n_nearest_channels, len(locs))
+    d = np.sort(np.linalg.norm(locs[:, None, :] - locs[None, :, :], axis=2), axis=1)
+    span = float(np.median(d[:, n - 1]))  # reach of the compared channels around a peak
+    needed = float(np.ptp(motion.displacement())) + s.clustering.max_distance + span
+    if needed > wc.window_um:
+        log.warning("the estimated motion (range %.0f um) with clustering.max_distance %.0f um "
+                    "and the %d compared channels (reach %.0f um) needs %.0f um of channel "
+                    "window, more than waveformCorrection.window_um = %.0f um: raise "
+                    "waveformCorrection.window_um to at least %.0f", np.ptp(
+                        motion.displacement()), s.clustering.max_distance, n, span, needed,
+                    wc.window_um, np.ceil(needed / 50) * 50)
+    return wc.window_um - needed
+
+
 def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_names: list,
           given: np.ndarray | None = None, kinv=None, stages: "Stages | None" = None) -> Result:
     """Motion, final clustering and curation of one set of units (a probe or one shank)."""
@@ -339,6 +360,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         motion, history = motion_rounds(units, data.channel_locations, s, rounds,
                                         data.n_sessions, kinv)
     note("motion rounds")
+    warn_if_window_too_small(motion, data.channel_locations, s)
     final = match_units(units, data.channel_locations, s, motion, final_names, data.n_sessions,
                         kinv)
     if final.waveforms_corrected is None:  # outputs always carry corrected waveforms

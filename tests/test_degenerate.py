@@ -87,3 +87,20 @@ def test_nothing_matches_gives_empty_valid_outputs(tmp_path, caplog):
     assert "no matched pairs" in log
     assert len(list((out / "Figures").glob("*.png"))) == 6
     assert result.summary["clusters"] == 0
+
+
+def test_too_small_channel_window_is_named(base, tmp_path, caplog):
+    """Motion plus max_distance plus the compared channels' reach beyond
+    waveformCorrection.window_um: the run finishes and a warning names the setting and a
+    value that fits; the default window gives no such warning."""
+    with caplog.at_level(logging.WARNING, logger="kilomatch"):
+        kilomatch.run({"path_to_data": str(base), "output_folder": str(tmp_path / "a"),
+                       "n_jobs": 1, "waveformCorrection": {"window_um": 150.0},
+                       "motionEstimation": {"n_bootstrap": 0}})
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "raise waveformCorrection.window_um to at least" in text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="kilomatch"):
+        kilomatch.run({"path_to_data": str(base), "output_folder": str(tmp_path / "b"),
+                       "n_jobs": 1, "motionEstimation": {"n_bootstrap": 0}})
+    assert "window_um" not in "\n".join(r.getMessage() for r in caplog.records)

@@ -64,13 +64,13 @@ class LocalWaveforms:
     def slots(self, units: np.ndarray, channels: np.ndarray) -> np.ndarray:
         """Window slot of each (unit, channel), -1 where the channel is outside the window.
 
-        units: (n,); channels: (c,) shared or (n, c) per unit -> (n, c) int64.
+        units: (n,); channels: (c,) shared or (n, c) per unit -> (n, c) int32.
         """
         units = np.asarray(units, dtype=np.int64)
         channels = np.broadcast_to(np.asarray(channels, dtype=np.int64),
                                    (units.size,) + np.shape(channels)[-1:])
         win = self.channels[units]  # (n, W)
-        lookup = np.full((units.size, self.n_channels), -1, dtype=np.int64)
+        lookup = np.full((units.size, self.n_channels), -1, dtype=np.int32)
         np.put_along_axis(lookup, win, np.arange(win.shape[1])[None, :], axis=1)
         return np.take_along_axis(lookup, channels, axis=1)
 

@@ -88,6 +88,13 @@ def test_outputs_plain_arrays_with_documented_shapes(run_result):
                 assert z[key].dtype != object
     with np.load(out / "Output.npz") as z:
         assert np.array_equal(z["IdxCluster"], idx.ravel())
+    with np.load(out / "CurationResults.npz") as z:
+        # The split used the equal-prior threshold (default): below the LDA's own threshold,
+        # since matches are the rarer class; every removed pair has a listed reason.
+        assert list(z["reason_names"]) == ["same_session_conflict", "split_below_threshold",
+                                           "split_at_position_gap"]
+        assert z["split_threshold"] < load("SimilarityThreshold.npy")[0, 0]
+        assert set(z["removed_reason"].tolist()) <= {0, 1, 2}
     lines = (out / "units.csv").read_text().splitlines()
     assert lines[0] == "unit,session,cluster,x,y,z,amplitude,peak_channel,corrected_y"
     assert len(lines) == n + 1

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .features import channel_distances, nearest_channels
+
 
 def window_table(channel_locations: np.ndarray, channel_shanks: np.ndarray | None,
                  radius_um: float, min_channels: int = 1) -> np.ndarray:
@@ -24,13 +26,9 @@ def window_table(channel_locations: np.ndarray, channel_shanks: np.ndarray | Non
     same shank. Ties in distance go to the lower channel index. W is at least
     ``min_channels`` (and at most C).
     """
-    locs = np.asarray(channel_locations, dtype=np.float64)
-    d = np.linalg.norm(locs[:, None, :] - locs[None, :, :], axis=2)
-    if channel_shanks is not None:
-        shanks = np.asarray(channel_shanks)
-        d = np.where(shanks[:, None] == shanks[None, :], d, np.inf)
+    d = channel_distances(channel_locations, channel_shanks)
     n_window = int(max(min_channels, (d <= radius_um).sum(axis=1).max()))
-    return np.argsort(d, axis=1, kind="stable")[:, :min(n_window, len(locs))]
+    return nearest_channels(channel_locations, np.arange(len(d)), n_window, channel_shanks)
 
 
 @dataclass

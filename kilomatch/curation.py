@@ -75,15 +75,41 @@ def _clashing_clusters(labels: np.ndarray, session: np.ndarray) -> np.ndarray:
     return np.unique(lab[1:][twice])
 
 
-def _cluster_similarity(members: np.ndarray, pairs: np.ndarray, sim: np.ndarray):
+def _cluster_similarity(members: np.ndarray, pairs: np.ndarray, sim: np.ndarray,
+                        missing: float = 0.0):
     """Dense symmetric (M, M) similarity between ``members`` (M,) sorted unit ids, from the
-    (P, 2) ``pairs`` with both ends among them; pairs not given count as 0 and repeated
-    pairs add up, as in a sparse (N, N) lookup."""
+    (P, 2) ``pairs`` with both ends among them; pairs not given read ``missing`` (0, as in a
+    sparse (N, N) lookup; repeated pairs add up, as there)."""
     m = members.size
     a = np.searchsorted(members, pairs[:, 0])
     b = np.searchsorted(members, pairs[:, 1])
     flat = np.concatenate([a * m + b, b * m + a])
-    return np.bincount(flat, np.concatenate([sim, sim]), minlength=m * m).reshape(m, m)
+    dense = np.bincount(flat, np.concatenate([sim, sim]), minlength=m * m)
+    if missing != 0:  # also true for NaN
+        dense[np.bincount(flat, minlength=m * m) == 0] = missing
+    return dense.reshape(m, m)
+
+
+def _cluster_members(labels: np.ndarray, pairs: np.ndarray, clusters: np.ndarray) -> list:
+    """For each of ``clusters`` (sorted ids): (its units, sorted; the rows of ``pairs`` (Q, 2)
+    with both ends in it). Only the pairs of those clusters are gathered: a (Q,) boolean mask
+    finds them without (Q,) int64 label arrays (~80 MB each at 10^7 pairs)."""
+    chosen = np.zeros(labels.size, bool)
+    chosen[labels >= 0] = np.isin(labels[labels >= 0], clusters)
+    keep = np.flatnonzero(chosen[pairs[:, 0]] & chosen[pairs[:, 1]])
+    lab = labels[pairs[keep, 0]]
+    same = lab == labels[pairs[keep, 1]]  # earlier steps may have split a listed cluster
+    keep, lab = keep[same], lab[same]
+    order = np.argsort(lab, kind="stable")
+    keep = keep[order]
+    pair_start = np.searchsorted(lab[order], clusters)
+    pair_end = np.append(pair_start[1:], keep.size)
+    units = np.flatnonzero(chosen)
+    units = units[np.argsort(labels[units], kind="stable")]  # by (cluster, index)
+    unit_start = np.searchsorted(labels[units], clusters)
+    unit_end = np.append(unit_start[1:], units.size)
+    return [(units[a:b], keep[c:d])
+            for a, b, c, d in zip(unit_start, unit_end, pair_start, pair_end)]
 
 
 def resolve_conflicts(labels, session, pairs, similarity):
@@ -101,26 +127,7 @@ def resolve_conflicts(labels, session, pairs, similarity):
     similarity = np.asarray(similarity, float)
     removed = []
     clashing = _clashing_clusters(labels, session)
-    if clashing.size:
-        # only the pairs inside a clashing cluster are read; a (Q,) boolean mask finds them
-        # without gathering (Q,) int64 label arrays (~80 MB each at 10^7 pairs)
-        in_clash = np.zeros(labels.size, bool)
-        in_clash[labels >= 0] = np.isin(labels[labels >= 0], clashing)
-        keep = np.flatnonzero(in_clash[pairs[:, 0]] & in_clash[pairs[:, 1]])
-        lab = labels[pairs[keep, 0]]
-        same = lab == labels[pairs[keep, 1]]
-        keep, lab = keep[same], lab[same]
-        order = np.argsort(lab, kind="stable")
-        keep = keep[order]
-        pair_start = np.searchsorted(lab[order], clashing)
-        pair_end = np.append(pair_start[1:], keep.size)
-        units = np.flatnonzero(in_clash)
-        units = units[np.argsort(labels[units], kind="stable")]  # by (cluster, index)
-        unit_start = np.searchsorted(labels[units], clashing)
-        unit_end = np.append(unit_start[1:], units.size)
-    for k in range(clashing.size):
-        members = units[unit_start[k]:unit_end[k]]
-        rows = keep[pair_start[k]:pair_end[k]]
+    for members, rows in _cluster_members(labels, pairs, clashing):
         dense = _cluster_similarity(members, pairs[rows], similarity[rows])
         alive = np.arange(members.size)  # positions in ``members``, increasing
         while True:
@@ -184,25 +191,14 @@ def split_by_position(labels, positions, pairs, similarity, linkable, threshold,
     """
     labels = np.array(labels, dtype=np.int64)
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    # Earlier steps may have split the clusters these pairs were listed for.
-    inside = (labels[pairs[:, 0]] == labels[pairs[:, 1]]) & (labels[pairs[:, 0]] >= 0)
-    pairs = pairs[inside]
-    ok = np.asarray(linkable, bool)[inside]
-    sim = np.asarray(similarity, dtype=np.float64)[inside]
-    owner = labels[pairs[:, 0]]
-    order = np.argsort(owner, kind="stable")
-    bounds = np.flatnonzero(np.diff(owner[order])) + 1
-    by_cluster = {int(owner[idx[0]]): idx for idx in np.split(order, bounds) if idx.size}
+    # Non-linkable pairs carry no similarity, like pairs never listed.
+    sim = np.where(np.asarray(linkable, bool), np.asarray(similarity, np.float64), np.nan)
     next_label = labels.max() + 1 if labels.size else 0
     removed = []
-    for c in np.unique(labels[labels >= 0]):
-        idx = by_cluster.get(int(c), np.empty(0, np.int64))
-        units = np.flatnonzero(labels == c)
-        local = np.searchsorted(units, pairs[idx])
+    clusters = np.unique(labels[labels >= 0])
+    for units, rows in _cluster_members(labels, pairs, clusters):
+        s = _cluster_similarity(units, pairs[rows], sim[rows], missing=np.nan)
         n = units.size
-        s = np.full((n, n), np.nan)
-        s[local[:, 0], local[:, 1]] = np.where(ok[idx], sim[idx], np.nan)
-        s[local[:, 1], local[:, 0]] = s[local[:, 0], local[:, 1]]
         queue = [np.arange(n)]
         while queue:
             part = queue.pop(0)

@@ -32,16 +32,30 @@ def peak_channels(ptt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def nearest_channels(channel_locations: np.ndarray, center_channels: np.ndarray,
-                     n: int) -> np.ndarray:
+                     n: int, channel_shanks: np.ndarray | None = None) -> np.ndarray:
     """The ``n`` channels nearest each centre channel, nearest first: (N,) -> (N, n) int64.
 
-    Ties in distance go to the lower channel index, so the order is reproducible.
+    Ties in distance go to the lower channel index, so the order is reproducible. With
+    ``channel_shanks`` (C,), channels of other shanks come after every channel of the
+    centre's own shank.
     """
     n = min(int(n), channel_locations.shape[0])
-    d = np.linalg.norm(channel_locations[:, None, :] - channel_locations[None, :, :], axis=2)
+    d = channel_distances(channel_locations, channel_shanks)
     # Rank once per channel (C x C), then look up per unit: cheap for any N.
     order = np.argsort(d, axis=1, kind="stable")[:, :n]
     return order[np.asarray(center_channels, dtype=np.int64)]
+
+
+def channel_distances(channel_locations: np.ndarray,
+                      channel_shanks: np.ndarray | None = None) -> np.ndarray:
+    """(C, C) distances between channels (um); inf between channels of different shanks
+    when ``channel_shanks`` (C,) is given."""
+    locs = np.asarray(channel_locations, dtype=np.float64)
+    d = np.linalg.norm(locs[:, None, :] - locs[None, :, :], axis=2)
+    if channel_shanks is not None:
+        shanks = np.asarray(channel_shanks)
+        d = np.where(shanks[:, None] == shanks[None, :], d, np.inf)
+    return d
 
 
 def center_of_mass(ptt: np.ndarray, channel_locations: np.ndarray,

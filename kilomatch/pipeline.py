@@ -336,8 +336,9 @@ def warn_if_window_too_small(motion: Motion, channel_locations: np.ndarray,
     wc = s.waveformCorrection
     locs = np.asarray(channel_locations, dtype=np.float64)
     n = min(wc.n_nearest_channels, len(locs))
-    d = np.sort(np.linalg.norm(locs[:, None, :] - locs[None, :, :], axis=2), axis=1)
-    span = float(np.median(d[:, n - 1]))  # reach of the compared channels around a peak
+    farthest = features.nearest_channels(locs, np.arange(len(locs)), n)[:, -1]
+    # reach of the compared channels around a peak
+    span = float(np.median(np.linalg.norm(locs[farthest] - locs, axis=1)))
     needed = float(np.ptp(motion.displacement())) + s.clustering.max_distance + span
     if needed > wc.window_um:
         log.warning("the estimated motion (range %.0f um) with clustering.max_distance %.0f um "

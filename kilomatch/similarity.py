@@ -83,19 +83,13 @@ def feature_similarity(feature: np.ndarray, pairs: np.ndarray,
     """
     f = _standardize(feature)
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    out = np.zeros(pairs.shape[0])
     if not pairs.size:
-        return out
+        return np.zeros(0)
     rank = np.arange(f.shape[0])
     if unit_order is not None:
         rank[np.asarray(unit_order)] = np.arange(f.shape[0])
-    which = rank[pairs[:, 0]] // block
-    order = np.argsort(which, kind="stable")
-    bounds = np.flatnonzero(np.diff(which[order])) + 1
-    for idx in np.split(order, bounds):
-        owners, own_pos = np.unique(pairs[idx, 0], return_inverse=True)
-        partners, other_pos = np.unique(pairs[idx, 1], return_inverse=True)
-        out[idx] = (f[owners] @ f[partners].T)[own_pos.ravel(), other_pos.ravel()]
+    out = _products_by_group(rank[pairs[:, 0]] // block, pairs[:, 0], pairs[:, 1],
+                             lambda _, units: f[units])
     return fisher_z(out)
 
 
@@ -143,21 +137,29 @@ def _directed_corr(wf: LocalWaveforms, ch: np.ndarray, own: np.ndarray, other: n
     together: their partners are read once and all correlations come from one matrix product,
     instead of one gather per unit.
     """
-    r = np.zeros(own.size)
     if own.size == 0:
-        return r
+        return np.zeros(0)
     sets, set_of_unit = np.unique(ch, axis=0, return_inverse=True)
-    set_of_pair = set_of_unit.ravel()[own]
-    order = np.argsort(set_of_pair, kind="stable")
-    bounds = np.flatnonzero(np.diff(set_of_pair[order])) + 1
+    return _products_by_group(set_of_unit.ravel()[own], own, other,
+                              lambda k, units: _standardized_on(wf, units, sets[k]))
+
+
+def _products_by_group(key: np.ndarray, own: np.ndarray, other: np.ndarray, rows) -> np.ndarray:
+    """Dot products of the rows of units own[p] and other[p]: (P,).
+
+    Pairs sharing a ``key`` (P,) are taken together: their units are read once through
+    ``rows(key, units) -> (n, L)`` and every product comes from one matrix product, instead
+    of one gather of two rows per pair.
+    """
+    out = np.zeros(own.size)
+    order = np.argsort(key, kind="stable")
+    bounds = np.flatnonzero(np.diff(key[order])) + 1
     for idx in np.split(order, bounds):
-        channels = sets[set_of_pair[idx[0]]]
+        k = key[idx[0]]
         owners, own_pos = np.unique(own[idx], return_inverse=True)
         partners, other_pos = np.unique(other[idx], return_inverse=True)
-        x = _standardized_on(wf, owners, channels)
-        y = _standardized_on(wf, partners, channels)
-        r[idx] = (x @ y.T)[own_pos.ravel(), other_pos.ravel()]
-    return r
+        out[idx] = (rows(k, owners) @ rows(k, partners).T)[own_pos.ravel(), other_pos.ravel()]
+    return out
 
 
 LOCATION_SCALE_UM = 10.0

@@ -1,21 +1,53 @@
-"""Command line: ``python mainKilomatch.py [SETTINGS]`` or ``kilomatch [SETTINGS]``.
+"""Command line: ``kilomatch [SETTINGS]`` (same as ``python mainKilomatch.py [SETTINGS]``) and
+its sub-commands ``kilomatch COMMAND ...`` (see :data:`COMMANDS`).
 
-Bad input or settings end with the messages and exit status 2, without a traceback
-(``--debug``, or ``"debug": true`` in the settings, shows it).
+Every entry point (this one, ``python -m kilomatch.importers``, ``python -m kilomatch.simulate``,
+...) ends bad input or settings the same way: one ``kilomatch: error: ...`` message on stderr
+and exit status 2, without a traceback (``--debug`` shows it). Use :func:`run_command` for a new
+entry point and :func:`setup_logging` for its console log.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 
 from .errors import KilomatchError
+from .logs import setup_logging  # noqa: F401  (entry points import it from here)
 from .parameters import BY_NAME
+
+# Sub-commands: name -> (module, function taking argv and returning an exit code, help).
+# The module is imported only when its command is used.
+COMMANDS = {
+    "run": ("kilomatch.cli", "run_main", "run one study (the default: kilomatch SETTINGS)"),
+}
+
+def run_command(body, debug=False) -> int:
+    """Call ``body()`` (which returns an exit code or None) the way every entry point does:
+    a KilomatchError becomes one ``kilomatch: error: ...`` line and exit status 2 (re-raised
+    when ``debug`` is true, or returns true when it is a callable, asked only then); Ctrl-C
+    ends with 130."""
+    try:
+        code = body()
+    except KilomatchError as err:
+        if debug() if callable(debug) else debug:
+            raise
+        print(f"kilomatch: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("kilomatch: interrupted; Output.npz was not written, so the results are incomplete",
+              file=sys.stderr)
+        return 130
+    return 0 if code is None else int(code)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kilomatch", description="Track neurons across sessions.")
+    commands = ", ".join(f"'{name}' ({help_})" for name, (_, _, help_) in COMMANDS.items())
+    p = argparse.ArgumentParser(
+        prog="kilomatch", description="Track neurons across sessions.",
+        epilog=f"Sub-commands: {commands}. 'kilomatch COMMAND --help' says more.")
     p.add_argument("settings", nargs="?", default="settings.json",
                    help="settings file (JSON with comments); default ./settings.json")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
@@ -33,26 +65,29 @@ def ensure_example(settings) -> None:
         make_example(settings.path_to_data)
 
 
-def main(argv=None) -> int:
+def run_main(argv=None) -> int:
+    """``kilomatch [run] [SETTINGS] [--debug]``: one study."""
     args = _parser().parse_args(argv)
-    debug = args.debug
-    try:
+    state = {"debug": args.debug}
+
+    def body():
         from .settings import load
         settings = load(args.settings)
-        debug = debug or settings.debug
+        state["debug"] = state["debug"] or settings.debug
         ensure_example(settings)
         from .pipeline import run
         run(settings)
-    except KilomatchError as err:
-        if debug:
-            raise
-        print(f"kilomatch: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("kilomatch: interrupted; Output.npz was not written, so the results are incomplete",
-              file=sys.stderr)
-        return 130
-    return 0
+
+    return run_command(body, debug=lambda: state["debug"])
+
+
+def main(argv=None) -> int:
+    """Dispatch ``kilomatch COMMAND ...`` to the command's module; anything else runs a study."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        module, function, _ = COMMANDS[argv[0]]
+        return getattr(importlib.import_module(module), function)(argv[1:])
+    return run_main(argv)
 
 
 if __name__ == "__main__":

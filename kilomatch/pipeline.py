@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from . import channel_windows, correction, curation, export, features
 from .clustering import ClusteringResult, combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
+from .logs import RunLog, setup_logging
 from .load import Dataset, iter_rows, load_dataset, load_given_motion
 from .motion import Motion, estimate_motion
 from .parallel import map_units
@@ -415,10 +416,16 @@ def merge_shanks(s: Settings, data: Dataset, units: UnitFeatures, parts: list) -
 def run(settings=None, *, write: bool = True) -> Result:
     """Run kilomatch: ``settings`` is a path to a settings file, a dict, or Settings.
 
-    Returns a :class:`Result`; with ``write`` the outputs go to ``output_folder``.
+    Returns a :class:`Result`; with ``write`` the outputs go to ``output_folder``, with the
+    run's log in ``output_folder/kilomatch.log``.
     """
     t0 = time.perf_counter()
-    _ensure_logging()
+    setup_logging()
+    with RunLog() as run_log:
+        return _run(settings, t0, write, run_log)
+
+
+def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
     stages = Stages()
     s = load_settings(settings)
     for note in s.notes:
@@ -434,6 +441,7 @@ def run(settings=None, *, write: bool = True) -> Result:
         given = load_given_motion(s.waveformCorrection.path_to_motion, data.n_sessions, n_shanks)
     if write:
         _prepare_output(s)
+        run_log.open(s.output_folder)
     stages.done("load")
 
     units = unit_features(data, s)
@@ -566,11 +574,3 @@ class Stages:
         log.info("step %s: %.1f s%s", name, now - self._last,
                  "" if peak is None else f", peak memory so far {peak / 1024:.2f} GB")
         self._last = now
-
-
-def _ensure_logging() -> None:
-    if not log.handlers:
-        handler = logging.StreamHandler(sys.stdout)
-        handler.setFormatter(logging.Formatter("kilomatch: %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)

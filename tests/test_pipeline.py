@@ -128,9 +128,17 @@ def test_byte_identical_reruns_whatever_n_jobs(sim_folder, run_result, tmp_path,
     kilomatch.run(tree)
     a, b = _digest(out1), _digest(out2)
     a.pop("kilomatch_settings.json"), b.pop("kilomatch_settings.json")  # differ by folder/n_jobs
+    a.pop("kilomatch.log"), b.pop("kilomatch.log")  # the log holds times
     assert a.keys() == b.keys()
     different = [name for name in a if a[name] != b[name]]
     assert not different
+
+
+def test_run_log_beside_results(run_result):
+    """The output folder says how it was made: the log holds the load and every step."""
+    _, out = run_result
+    text = (out / "kilomatch.log").read_text()
+    assert "loaded" in text and "step final clustering" in text and "done:" in text
 
 
 def test_input_folder_untouched(sim_folder, run_result):

@@ -10,12 +10,13 @@ entry point and :func:`setup_logging` for its console log.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from pathlib import Path
 
 from .errors import KilomatchError
-from .logs import setup_logging  # noqa: F401  (entry points import it from here)
+from .logs import log, setup_logging
 from .parameters import BY_NAME
 
 # Sub-commands: name -> (module, function taking argv and returning an exit code, help).
@@ -41,6 +42,19 @@ def run_command(body, debug=False) -> int:
               file=sys.stderr)
         return 130
     return 0 if code is None else int(code)
+
+
+@contextlib.contextmanager
+def command_logging(stream=None):
+    """The console log of one command (:func:`setup_logging`), taken away again at its end when
+    this command added it, so that a later command or test writes to its own stream."""
+    before = list(log.handlers)
+    handler = setup_logging(stream)
+    try:
+        yield handler
+    finally:
+        if handler not in before:
+            log.removeHandler(handler)
 
 
 def _parser() -> argparse.ArgumentParser:

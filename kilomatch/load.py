@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import logging
 import mmap
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .checks import as_integers, as_vector, check_finite, collect, name_items
 from .errors import KilomatchError
+from .formats.folder import (CHANNEL_LOCATIONS, CHANNEL_SHANKS, PETH, REQUIRED, SESSION_INDEX,
+                             SPIKE_TIMES, UNIT_FILE, WAVEFORMS, unit_file)
 
 log = logging.getLogger("kilomatch")
-
-REQUIRED = ("waveform_all.npy", "channel_locations.npy", "session_index.npy")
-_UNIT_FILE = re.compile(r"^Unit(\d+)\.npy$")
 
 
 @dataclass
@@ -112,40 +111,28 @@ def _all_finite(arr: np.ndarray, chunk_rows: int = 2048) -> np.ndarray:
     return ok
 
 
-def _name_units(units, limit: int = 10) -> str:
-    units = list(units)
-    shown = ", ".join(str(u) for u in units[:limit])
-    return shown + (f" ... ({len(units)} in all)" if len(units) > limit else "")
-
-
-def check_session_index(session_index, n_units: int, where: str = "session_index.npy") -> list:
+def check_session_index(session_index, n_units: int, where: str = SESSION_INDEX) -> list:
     """Problems with a session index vector (empty list when valid)."""
-    problems = []
-    s = np.asarray(session_index)
-    if s.ndim == 2 and 1 in s.shape:
-        s = s.ravel()
-    if s.ndim != 1:
-        return [f"{where}: expected shape ({n_units},), got {s.shape}"]
+    problems: list[str] = []
+    s = collect(problems, as_vector, session_index, where, str(n_units))
+    if s is None:
+        return problems
     if s.shape[0] != n_units:
-        problems.append(f"{where}: has {s.shape[0]} entries but waveform_all.npy has {n_units} "
+        problems.append(f"{where}: has {s.shape[0]} entries but {WAVEFORMS} has {n_units} "
                         "units; give one session number per unit")
     if s.size == 0:
         return problems + [f"{where}: is empty"]
-    if s.dtype.kind == "f":
-        if not np.isfinite(s).all() or not np.all(s == np.round(s)):
-            bad = np.flatnonzero(~np.isfinite(s) | (s != np.round(s)))
-            return problems + [f"{where}: sessions must be whole numbers; units "
-                               f"{_name_units(bad)} are not"]
-    elif s.dtype.kind not in "iub":
-        return problems + [f"{where}: dtype {s.dtype} is not integer"]
-    values = np.unique(s.astype(np.int64))
+    s = collect(problems, as_integers, s, where, "units")
+    if s is None:
+        return problems
+    values = np.unique(s)
     if values[0] < 1:
         problems.append(f"{where}: sessions are numbered from 1, found {values[0]}"
                         + (" (0-based? add 1)" if values[0] == 0 else ""))
     elif values[-1] != values.size or values[0] != 1:
         missing = sorted(set(range(1, int(values[-1]) + 1)) - set(values.tolist()))
         problems.append(f"{where}: sessions must run 1..S without gaps; missing "
-                        f"{_name_units(missing)}")
+                        f"{name_items(missing)}")
     if values.size < 2:
         problems.append(f"{where}: only one session ({values[0]}); tracking needs at least two")
     return problems
@@ -165,80 +152,77 @@ def load_dataset(path, need_peth: bool = True) -> Dataset:
     missing = [name for name in REQUIRED if not (folder / name).is_file()]
     for name in missing:
         problems.append(f"{folder / name}: required file is missing")
-    if not (folder / "spike_times").is_dir():
-        problems.append(f"{folder / 'spike_times'}: required folder is missing (one UnitK.npy of "
+    spike_dir = folder / SPIKE_TIMES
+    if not spike_dir.is_dir():
+        problems.append(f"{spike_dir}: required folder is missing (one UnitK.npy of "
                         "spike times in ms per unit, K = 0..N-1)")
 
-    waveforms = locs = sessions = peth = shanks = None
-    if (folder / "waveform_all.npy").is_file():
-        waveforms = _load_npy(folder / "waveform_all.npy", problems, mmap=True)
-    if (folder / "channel_locations.npy").is_file():
-        locs = _load_npy(folder / "channel_locations.npy", problems)
-    if (folder / "session_index.npy").is_file():
-        sessions = _load_npy(folder / "session_index.npy", problems)
-    if need_peth and (folder / "peth.npy").is_file():
-        peth = _load_npy(folder / "peth.npy", problems)
-    if (folder / "channel_shanks.npy").is_file():
-        shanks = _load_npy(folder / "channel_shanks.npy", problems)
+    def read(name, **kwargs):
+        if not (folder / name).is_file():
+            return None
+        return _load_npy(folder / name, problems, **kwargs)
+
+    waveforms = read(WAVEFORMS, mmap=True)
+    locs = read(CHANNEL_LOCATIONS)
+    sessions = read(SESSION_INDEX)
+    peth = read(PETH) if need_peth else None
+    shanks = read(CHANNEL_SHANKS)
 
     n_units = None
     if waveforms is not None:
         if waveforms.ndim != 3:
-            problems.append(f"{folder / 'waveform_all.npy'}: expected 3 dimensions (units, "
+            problems.append(f"{folder / WAVEFORMS}: expected 3 dimensions (units, "
                             f"channels, samples), got shape {waveforms.shape}")
             waveforms = None
         else:
             n_units = waveforms.shape[0]
             if n_units == 0:
-                problems.append(f"{folder / 'waveform_all.npy'}: holds no units")
+                problems.append(f"{folder / WAVEFORMS}: holds no units")
     if locs is not None:
         if locs.ndim != 2 or locs.shape[1] != 2:
-            problems.append(f"{folder / 'channel_locations.npy'}: expected shape (channels, 2) "
+            problems.append(f"{folder / CHANNEL_LOCATIONS}: expected shape (channels, 2) "
                             f"of x, y in um, got {locs.shape}")
             locs = None
-        elif not np.isfinite(locs).all():
-            rows = np.flatnonzero(~np.isfinite(locs).all(axis=1))
-            problems.append(f"{folder / 'channel_locations.npy'}: NaN or Inf at channels "
-                            f"{_name_units(rows)}")
-            locs = None
+        else:
+            locs = collect(problems, check_finite, locs, str(folder / CHANNEL_LOCATIONS),
+                           "at channels")
     if waveforms is not None and locs is not None and waveforms.shape[1] != locs.shape[0]:
-        problems.append(f"{folder / 'waveform_all.npy'}: has {waveforms.shape[1]} channels but "
-                        f"channel_locations.npy has {locs.shape[0]}; both must list the same channels")
+        problems.append(f"{folder / WAVEFORMS}: has {waveforms.shape[1]} channels but "
+                        f"{CHANNEL_LOCATIONS} has {locs.shape[0]}; both must list the same "
+                        "channels")
     if waveforms is not None and n_units:
         finite = _all_finite(waveforms)
         if not finite.all():
-            problems.append(f"{folder / 'waveform_all.npy'}: NaN or Inf in the waveforms of units "
-                            f"{_name_units(np.flatnonzero(~finite))}")
+            problems.append(f"{folder / WAVEFORMS}: NaN or Inf in the waveforms of units "
+                            f"{name_items(np.flatnonzero(~finite))}")
     if sessions is not None and n_units is not None:
-        problems += check_session_index(sessions, n_units, str(folder / "session_index.npy"))
+        problems += check_session_index(sessions, n_units, str(folder / SESSION_INDEX))
     if peth is not None and n_units is not None:
         if peth.ndim != 2 or peth.shape[0] != n_units:
-            problems.append(f"{folder / 'peth.npy'}: expected shape ({n_units}, points), one row "
+            problems.append(f"{folder / PETH}: expected shape ({n_units}, points), one row "
                             f"per unit, got {peth.shape}")
-        elif not np.isfinite(peth).all():
-            rows = np.flatnonzero(~np.isfinite(peth).all(axis=1))
-            problems.append(f"{folder / 'peth.npy'}: NaN or Inf in the PETH of units "
-                            f"{_name_units(rows)}")
-    if shanks is not None and locs is not None:
-        if shanks.ravel().shape[0] != locs.shape[0]:
-            problems.append(f"{folder / 'channel_shanks.npy'}: expected {locs.shape[0]} entries "
-                            f"(one per channel), got {shanks.shape}")
+        else:
+            collect(problems, check_finite, peth, str(folder / PETH), "in the PETH of units")
+    if shanks is not None:
+        shanks = collect(problems, as_vector, shanks, str(folder / CHANNEL_SHANKS), "channels")
+    if shanks is not None and locs is not None and shanks.shape[0] != locs.shape[0]:
+        problems.append(f"{folder / CHANNEL_SHANKS}: expected {locs.shape[0]} entries "
+                        f"(one per channel), got {shanks.shape[0]}")
 
     spike_times = None
-    if (folder / "spike_times").is_dir() and n_units is not None:
-        spike_times = _load_spike_times(folder / "spike_times", n_units, problems)
+    if spike_dir.is_dir() and n_units is not None:
+        spike_times = _load_spike_times(spike_dir, n_units, problems)
 
     if problems:
         raise KilomatchError.from_problems(problems, header=f"Invalid input in {folder}")
 
-    session_index = np.asarray(sessions).ravel().astype(np.int64)
     data = Dataset(
         waveforms=waveforms,
         channel_locations=np.asarray(locs, dtype=np.float64),
-        session_index=session_index,
+        session_index=as_integers(sessions, str(folder / SESSION_INDEX)),
         spike_times=spike_times,
         peth=None if peth is None else np.asarray(peth, dtype=np.float64),
-        channel_shanks=None if shanks is None else np.asarray(shanks).ravel().astype(np.int64),
+        channel_shanks=None if shanks is None else shanks.astype(np.int64),
         path=folder,
     )
     warn_degenerate(data)
@@ -248,17 +232,18 @@ def load_dataset(path, need_peth: bool = True) -> Dataset:
 def _load_spike_times(spike_dir: Path, n_units: int, problems: list) -> list | None:
     found = {}
     for entry in spike_dir.iterdir():
-        match = _UNIT_FILE.match(entry.name)
+        match = UNIT_FILE.match(entry.name)
         if match:
             found[int(match.group(1))] = entry
     missing = [k for k in range(n_units) if k not in found]
     extra = sorted(k for k in found if k >= n_units)
     if missing:
-        problems.append(f"{spike_dir}: no spike-time file for units {_name_units(missing)} "
-                        f"(expected Unit0.npy .. Unit{n_units - 1}.npy)")
+        problems.append(f"{spike_dir}: no spike-time file for units {name_items(missing)} "
+                        f"(expected {unit_file(0)} .. {unit_file(n_units - 1)})")
     if extra:
-        problems.append(f"{spike_dir}: holds more units than waveform_all.npy ({n_units}): "
-                        f"Unit{extra[0]}.npy" + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
+        problems.append(f"{spike_dir}: holds more units than {WAVEFORMS} ({n_units}): "
+                        f"{unit_file(extra[0])}"
+                        + (f" and {len(extra) - 1} more" if len(extra) > 1 else ""))
     if missing:
         return None
     times = []
@@ -266,13 +251,10 @@ def _load_spike_times(spike_dir: Path, n_units: int, problems: list) -> list | N
     for k in range(n_units):
         path = found[k]
         arr = _load_npy(path, problems)
+        if arr is not None:
+            arr = collect(problems, as_vector, arr, f"{path} (spike times of unit {k}, ms)",
+                          "spikes")
         if arr is None:
-            times.append(None)
-            continue
-        if arr.ndim == 2 and 1 in arr.shape:
-            arr = arr.ravel()
-        if arr.ndim != 1:
-            problems.append(f"{path}: expected a 1-D array of spike times in ms, got shape {arr.shape}")
             times.append(None)
             continue
         arr = arr.astype(np.float64)
@@ -283,7 +265,7 @@ def _load_spike_times(spike_dir: Path, n_units: int, problems: list) -> list | N
             unsorted.append(k)
         times.append(arr)
     if unsorted:
-        log.warning("spike times of units %s were not sorted; sorted them", _name_units(unsorted))
+        log.warning("spike times of units %s were not sorted; sorted them", name_items(unsorted))
     return times
 
 
@@ -292,18 +274,18 @@ def warn_degenerate(data: Dataset) -> None:
     few = [k for k, t in enumerate(data.spike_times) if t.size < 2]
     if few:
         log.warning("units %s have fewer than 2 spikes: their ACG and ISI are zero and carry no "
-                    "similarity", _name_units(few))
+                    "similarity", name_items(few))
     flat = []
     for start, block in iter_rows(data.waveforms):
         ptp = block.max(axis=2) - block.min(axis=2)
         flat += (start + np.flatnonzero(ptp.max(axis=1) == 0)).tolist()
     if flat:
         log.warning("units %s have flat (all-constant) waveforms: their waveform similarity is 0",
-                    _name_units(flat))
+                    name_items(flat))
     counts = np.bincount(data.session_index, minlength=data.n_sessions + 1)[1:]
     lone = np.flatnonzero(counts == 1) + 1
     if lone.size:
-        log.warning("sessions %s hold a single unit", _name_units(lone))
+        log.warning("sessions %s hold a single unit", name_items(lone))
 
 
 def load_given_motion(path, n_sessions: int, n_shanks: int = 1) -> np.ndarray:

@@ -11,24 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kilomatch.checks import as_integers, as_vector, collect
 from kilomatch.errors import KilomatchError
 
 __all__ = ["pair_scores", "motion_rms_error", "score_run"]
-
-
-def _as_labels(a, name: str) -> np.ndarray:
-    """(N,) or (N, 1) integer-valued labels -> (N,) int64."""
-    arr = np.asarray(a)
-    if arr.ndim == 2 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 1:
-        raise KilomatchError(f"{name} must have shape (N,) or (N, 1), got {np.shape(a)}")
-    if arr.dtype.kind == "f":
-        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-            raise KilomatchError(f"{name} must hold integers, found non-integer values")
-    elif arr.dtype.kind not in "iub":
-        raise KilomatchError(f"{name} must hold integers, got dtype {arr.dtype}")
-    return arr.astype(np.int64)
 
 
 def _n_pairs(counts: np.ndarray) -> int:
@@ -68,9 +54,9 @@ def pair_scores(idx_cluster, gt_neuron, session_index) -> dict:
     n_pred_pairs, n_correct_pairs (cross-session pairs only), n_conflicts (same-session pairs
     sharing a cluster), n_units.
     """
-    cl = _as_labels(idx_cluster, "idx_cluster")
-    gt = _as_labels(gt_neuron, "gt_neuron")
-    ss = _as_labels(session_index, "session_index")
+    cl = as_integers(idx_cluster, "idx_cluster")
+    gt = as_integers(gt_neuron, "gt_neuron")
+    ss = as_integers(session_index, "session_index")
     if not cl.size == gt.size == ss.size:
         raise KilomatchError("idx_cluster, gt_neuron and session_index must have the same "
                              f"length, got {cl.size}, {gt.size}, {ss.size}")
@@ -98,11 +84,9 @@ def motion_rms_error(motion_est, motion_true) -> float:
     The mean is arbitrary (only relative motion between sessions is observable). (S, 1) inputs
     are accepted.
     """
-    est = np.asarray(motion_est, dtype=np.float64)
-    tru = np.asarray(motion_true, dtype=np.float64)
-    est = est[:, 0] if est.ndim == 2 and est.shape[1] == 1 else est
-    tru = tru[:, 0] if tru.ndim == 2 and tru.shape[1] == 1 else tru
-    if est.ndim != 1 or tru.ndim != 1 or est.size != tru.size or est.size == 0:
+    est = as_vector(np.asarray(motion_est, dtype=np.float64), "motion_est", "S")
+    tru = as_vector(np.asarray(motion_true, dtype=np.float64), "motion_true", "S")
+    if est.size != tru.size or est.size == 0:
         raise KilomatchError("motion_est and motion_true must both be (S,) with the same S >= 1, "
                              f"got {np.shape(motion_est)} and {np.shape(motion_true)}")
     d = (est - est.mean()) - (tru - tru.mean())
@@ -140,7 +124,7 @@ def score_run(output, data_folder) -> dict:
     result = pair_scores(idx, gt, sess)
     if motion is not None and (data / "gt_motion.npy").exists():
         gt_motion = np.load(data / "gt_motion.npy", allow_pickle=False)
-        flat = motion.reshape(-1) if motion.ndim == 2 and 1 in motion.shape else motion
-        if flat.ndim == 1 and flat.size == gt_motion.size:
+        flat = collect([], as_vector, motion, "motion.npy")  # None for per-shank motion
+        if flat is not None and flat.size == gt_motion.size:
             result["motion_rms_um"] = motion_rms_error(flat, gt_motion)
     return result

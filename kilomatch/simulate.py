@@ -48,14 +48,17 @@ import dataclasses
 import json
 import sys
 import time
-import typing
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 
+from kilomatch.checks import Spec, check_table
+from kilomatch.cli import command_logging, run_command
 from kilomatch.errors import KilomatchError
+from kilomatch.formats.folder import (CHANNEL_LOCATIONS, CHANNEL_SHANKS, PETH, SESSION_INDEX,
+                                      WAVEFORMS, FolderWriter)
 
 __all__ = [
     "PROBES",
@@ -74,6 +77,7 @@ __all__ = [
 PROBES = ("NP1", "NP2", "NP2-4shank")
 
 FORMAT_VERSION = 1
+_META_FILE = "simulation.json"
 
 # Independent random streams (second entry of the seed list). Never renumber: it changes outputs.
 _S_MOTION, _S_POPULATION, _S_PRESENCE, _S_SESSION, _S_ORDER = 1, 2, 3, 4, 5
@@ -83,14 +87,6 @@ _S_NOISE, _S_SPIKES, _S_PETH = 6, 7, 8
 _RENDER_CHUNK = 64
 # Channels rendered per candidate when only the peak amplitude is needed (detection, scaling).
 _N_NEAR = 24
-
-# Files this module writes (used to clean a previous simulation before overwriting it).
-_OUR_FILES = (
-    "channel_locations.npy", "waveform_all.npy", "session_index.npy", "peth.npy",
-    "channel_shanks.npy", "gt_neuron.npy", "gt_motion.npy", "gt_motion_linear.npy",
-    "gt_locations.npy", "simulation.json",
-)
-
 
 def _rng(seed: int, *keys: int) -> np.random.Generator:
     """Generator for one named stream; keys are small non-negative ints (stream, index...)."""
@@ -103,68 +99,9 @@ def _rng(seed: int, *keys: int) -> np.random.Generator:
 
 @dataclass
 class SimulationParams:
-    """Every knob of the simulator. All lengths in um, times in ms unless the name says s/Hz.
-
-    Population and probe
-        n_sessions: number of sessions (days), S >= 1.
-        n_neurons: distinct neurons near the probe over the whole experiment (some are never
-            sorted: too far, too small, or missed).
-        probe: "NP1" (384 ch, 4 staggered columns, 20 um rows), "NP2" (384 ch, 2 columns 32 um
-            apart, 15 um rows) or "NP2-4shank" (4 shanks 250 um apart, 96 ch each, 2 columns x
-            48 rows at 15 um).
-        n_samples: samples per mean waveform.
-        sampling_rate_hz: sampling rate of the waveforms.
-        x_margin_um: neurons lie up to this far beyond the outermost columns of their shank.
-        z_min_um, z_max_um: range of distances of the soma from the probe plane.
-        edge_margin_um: after drift, every soma stays at least this far from the ends of the
-            probe's channel span (the neurons' true depths are drawn accordingly).
-        p_narrow: fraction of narrow-spiking neurons (~0.3 ms trough-to-peak; others ~0.7 ms).
-    Drift
-        drift_step_um: std of the rigid random-walk step between consecutive sessions.
-        drift_max_um: if set, rescale the rigid walk (jumps included) so that max - min equals
-            this (if the walk is flat, a unit-step walk is rescaled instead).
-        jump_prob: probability, per step between sessions, of a sudden jump.
-        jump_um: size of a jump (random sign).
-        linear_drift: std of the per-step change of the depth slope term (um per um of depth),
-            a random walk like the rigid term; 0 = rigid motion only.
-    Presence and detection
-        p_present: probability that a neuron alive in a session is sorted in it (1 - p_present =
-            random sorting misses).
-        turnover: per-session probability that a neuron disappears; the same number appear, so
-            the population stays the same size. 0 = every neuron lives through all sessions.
-        detection_threshold_uv: a unit whose peak-to-trough amplitude (largest over channels,
-            noiseless mean waveform) is below this is not sorted.
-    Waveforms
-        amp_at_20um_uv: median trough amplitude a soma would give at 20 um (source strength).
-        amp_sigma: log-normal sigma of the source strength across neurons.
-        amp_max_uv: cap on the trough amplitude at the nearest channel (at the true position).
-        soma_radius_um: softens 1/r near the source (r = sqrt(d^2 + radius^2)).
-        attenuation_um: length constant of an extra exp(-(r - 20 um) / attenuation_um) decay
-            on top of 1/r. A point source alone decays too slowly far away; in tissue the
-            return currents of the cell cancel the far field (dipole-like, faster than 1/r).
-            This keeps footprints ~100-150 um tall as on real probes. 0 = pure 1/r.
-        lowpass_ms_per_um: Gaussian low-pass width added per um of distance.
-        delay_ms_per_um: spike delay per um of distance.
-        trough_sample_jitter: per-neuron std (samples) of the trough position around
-            round(0.44 * n_samples).
-        amplitude_jitter: log-normal sigma of the day-to-day multiplicative amplitude change.
-        shape_jitter: log-normal sigma of the day-to-day change of the temporal widths.
-        time_jitter_samples: std of the day-to-day trough-time shift (samples).
-        waveform_noise_uv: std of the Gaussian noise added to every mean-waveform sample.
-    Spike trains
-        duration_s: recording duration per session (use a short one for big runs).
-        rate_median_hz, rate_sigma: log-normal firing rates, clipped to [rate_min_hz,
-            rate_max_hz].
-        rate_jitter: log-normal sigma of the day-to-day rate change.
-        refractory_min_ms, refractory_max_ms: per-neuron dead time, uniform in this range.
-        p_burst: fraction of bursting neurons (bursts of 2-5 spikes at 3-8 ms intervals).
-    PETH
-        with_peth: write peth.npy.
-        peth_points: length P of each PETH.
-        peth_jitter: day-to-day change of the response bumps (log amplitude sigma; centres move
-            by 0.1 * peth_jitter * P points std).
-        peth_noise: noise std relative to sqrt(baseline * response) (Poisson-like).
-    seed: non-negative integer; same seed and parameters give byte-identical output.
+    """Every knob of the simulator, with its default. Lengths in um, times in ms unless the
+    name says s or Hz. What each means and what it may be: :data:`SIMULATION_PARAMETERS`
+    (``python -m kilomatch.simulate --help`` shows it too).
     """
 
     n_sessions: int = 5
@@ -218,69 +155,112 @@ class SimulationParams:
     seed: int = 0
 
     def validate(self) -> None:
-        """Raise KilomatchError listing every bad setting."""
+        """Raise KilomatchError listing every bad parameter (:data:`SIMULATION_PARAMETERS`,
+        then the relations between parameters)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["probe"] = _canonical_probe(self.probe) or self.probe
+        check_table(values, SIMULATION_PARAMETERS, "Bad SimulationParams")
         p = []
-
-        def need(cond, msg):
-            if not cond:
-                p.append(msg)
-
-        need(isinstance(self.n_sessions, (int, np.integer)) and self.n_sessions >= 1,
-             f"n_sessions must be an integer >= 1, got {self.n_sessions!r}")
-        need(isinstance(self.n_neurons, (int, np.integer)) and self.n_neurons >= 1,
-             f"n_neurons must be an integer >= 1, got {self.n_neurons!r}")
-        need(_canonical_probe(self.probe) is not None,
-             f"probe must be one of {PROBES}, got {self.probe!r}")
-        need(isinstance(self.n_samples, (int, np.integer)) and self.n_samples >= 16,
-             f"n_samples must be an integer >= 16, got {self.n_samples!r}")
-        need(self.sampling_rate_hz > 0,
-             f"sampling_rate_hz must be > 0, got {self.sampling_rate_hz}")
-        need(self.x_margin_um >= 0, f"x_margin_um must be >= 0, got {self.x_margin_um}")
-        need(0 <= self.z_min_um <= self.z_max_um,
-             f"need 0 <= z_min_um <= z_max_um, got {self.z_min_um}, {self.z_max_um}")
-        need(self.edge_margin_um >= 0, f"edge_margin_um must be >= 0, got {self.edge_margin_um}")
-        for name in ("p_narrow", "jump_prob", "p_present", "turnover", "p_burst"):
-            v = getattr(self, name)
-            need(_nonneg(v) and v <= 1.0, f"{name} must be in [0, 1], got {v!r}")
-        for name in ("drift_step_um", "jump_um", "linear_drift", "detection_threshold_uv",
-                     "amp_sigma", "soma_radius_um", "attenuation_um", "lowpass_ms_per_um",
-                     "delay_ms_per_um",
-                     "trough_sample_jitter", "amplitude_jitter", "shape_jitter",
-                     "time_jitter_samples", "waveform_noise_uv", "rate_sigma", "rate_jitter",
-                     "peth_jitter", "peth_noise"):
-            v = getattr(self, name)
-            need(_nonneg(v), f"{name} must be a finite number >= 0, got {v!r}")
-        for name in ("sampling_rate_hz", "x_margin_um", "z_min_um", "z_max_um", "edge_margin_um",
-                     "amp_at_20um_uv", "amp_max_uv", "duration_s", "rate_median_hz",
-                     "rate_min_hz", "rate_max_hz", "refractory_min_ms", "refractory_max_ms"):
-            if not _nonneg(getattr(self, name)):
-                p.append(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
-        if p:  # the comparisons below assume numbers
-            raise KilomatchError.from_problems(p, "Bad SimulationParams")
-        need(self.drift_max_um is None or _nonneg(self.drift_max_um),
-             f"drift_max_um must be None or >= 0, got {self.drift_max_um!r}")
-        need(self.amp_at_20um_uv > 0, f"amp_at_20um_uv must be > 0, got {self.amp_at_20um_uv}")
-        need(self.amp_max_uv > 0, f"amp_max_uv must be > 0, got {self.amp_max_uv}")
-        need(self.duration_s > 0, f"duration_s must be > 0, got {self.duration_s}")
-        need(0 < self.rate_min_hz <= self.rate_median_hz <= self.rate_max_hz,
-             "need 0 < rate_min_hz <= rate_median_hz <= rate_max_hz, got "
-             f"{self.rate_min_hz}, {self.rate_median_hz}, {self.rate_max_hz}")
-        need(self.rate_max_hz < 200.0, f"rate_max_hz must be < 200, got {self.rate_max_hz}")
-        need(0 < self.refractory_min_ms <= self.refractory_max_ms <= 5.0,
-             "need 0 < refractory_min_ms <= refractory_max_ms <= 5, got "
-             f"{self.refractory_min_ms}, {self.refractory_max_ms}")
-        need(isinstance(self.peth_points, (int, np.integer)) and self.peth_points >= 2,
-             f"peth_points must be an integer >= 2, got {self.peth_points!r}")
-        need(isinstance(self.seed, (int, np.integer)) and self.seed >= 0,
-             f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.z_min_um > self.z_max_um:
+            p.append(f"need z_min_um <= z_max_um, got {self.z_min_um}, {self.z_max_um}")
+        if not self.rate_min_hz <= self.rate_median_hz <= self.rate_max_hz:
+            p.append("need rate_min_hz <= rate_median_hz <= rate_max_hz, got "
+                     f"{self.rate_min_hz}, {self.rate_median_hz}, {self.rate_max_hz}")
+        if self.refractory_min_ms > self.refractory_max_ms:
+            p.append("need refractory_min_ms <= refractory_max_ms, got "
+                     f"{self.refractory_min_ms}, {self.refractory_max_ms}")
         if p:
             raise KilomatchError.from_problems(p, "Bad SimulationParams")
 
 
-def _nonneg(v) -> bool:
-    """True for a finite real number >= 0 (not a bool or a string)."""
-    return (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
-            and bool(np.isfinite(v)) and v >= 0)
+def _fraction(name: str, help: str) -> Spec:
+    return Spec(name, "float", help, min=0, max=1)
+
+
+def _at_least_0(name: str, help: str) -> Spec:
+    return Spec(name, "float", help, min=0)
+
+
+def _above_0(name: str, help: str) -> Spec:
+    return Spec(name, "float", help, min=0, min_exclusive=True)
+
+
+#: One entry per field of SimulationParams: name, kind and allowed range, meaning (with unit).
+SIMULATION_PARAMETERS: tuple[Spec, ...] = (
+    # population and probe
+    Spec("n_sessions", "int", "number of sessions (days)", min=1),
+    Spec("n_neurons", "int", "distinct neurons near the probe over the whole experiment (some "
+         "are never sorted: too far, too small, or missed)", min=1),
+    Spec("probe", "str", "NP1 (384 ch, 4 staggered columns, 20 um rows), NP2 (384 ch, 2 columns "
+         "32 um apart, 15 um rows) or NP2-4shank (4 shanks 250 um apart, 96 ch each, 2 columns x "
+         "48 rows at 15 um)", choices=PROBES),
+    Spec("n_samples", "int", "samples per mean waveform", min=16),
+    _above_0("sampling_rate_hz", "sampling rate of the waveforms (Hz)"),
+    _at_least_0("x_margin_um", "neurons lie up to this far (um) beyond the outermost columns of "
+                "their shank"),
+    _at_least_0("z_min_um", "smallest distance (um) of a soma from the probe plane"),
+    _at_least_0("z_max_um", "largest distance (um) of a soma from the probe plane"),
+    _at_least_0("edge_margin_um", "after drift, every soma stays at least this far (um) from the "
+                "ends of the probe's channel span"),
+    _fraction("p_narrow", "fraction of narrow-spiking neurons (~0.3 ms trough-to-peak; others "
+              "~0.7 ms)"),
+    # drift
+    _at_least_0("drift_step_um", "std (um) of the rigid random-walk step between consecutive "
+                "sessions"),
+    Spec("drift_max_um", "float", "if set, the rigid walk (jumps included) is rescaled so that "
+         "max - min equals this (um); a flat walk is replaced by a unit-step walk first",
+         min=0, none_ok=True),
+    _fraction("jump_prob", "probability, per step between sessions, of a sudden jump"),
+    _at_least_0("jump_um", "size (um) of a jump (random sign)"),
+    _at_least_0("linear_drift", "std of the per-step change of the depth slope term (um per um "
+                "of depth), a random walk like the rigid term; 0 = rigid motion only"),
+    # presence and detection
+    _fraction("p_present", "probability that a neuron alive in a session is sorted in it"),
+    _fraction("turnover", "per-session probability that a neuron disappears (as many appear); "
+              "0 = every neuron lives through all sessions"),
+    _at_least_0("detection_threshold_uv", "a unit whose peak-to-trough amplitude (uV, largest "
+                "over channels, noiseless) is below this is not sorted"),
+    # waveforms
+    _above_0("amp_at_20um_uv", "median trough amplitude (uV) a soma gives at 20 um (source "
+             "strength)"),
+    _at_least_0("amp_sigma", "log-normal sigma of the source strength across neurons"),
+    _above_0("amp_max_uv", "cap on the trough amplitude (uV) at the nearest channel"),
+    _at_least_0("soma_radius_um", "softens 1/r near the source: r = sqrt(d^2 + radius^2) (um)"),
+    _at_least_0("attenuation_um", "length constant (um) of an extra exp(-(r - 20 um) / "
+                "attenuation_um) decay on top of 1/r: the cell's return currents cancel the far "
+                "field, which keeps footprints ~100-150 um tall as on real probes; 0 = pure 1/r"),
+    _at_least_0("lowpass_ms_per_um", "Gaussian low-pass width (ms) added per um of distance"),
+    _at_least_0("delay_ms_per_um", "spike delay (ms) per um of distance"),
+    _at_least_0("trough_sample_jitter", "per-neuron std (samples) of the trough position around "
+                "round(0.44 * n_samples)"),
+    _at_least_0("amplitude_jitter", "log-normal sigma of the day-to-day amplitude change"),
+    _at_least_0("shape_jitter", "log-normal sigma of the day-to-day change of temporal widths"),
+    _at_least_0("time_jitter_samples", "std (samples) of the day-to-day trough-time shift"),
+    _at_least_0("waveform_noise_uv", "std (uV) of the noise added to every mean-waveform "
+                "sample"),
+    # spike trains
+    _above_0("duration_s", "recording duration per session (s); short for big runs"),
+    _above_0("rate_median_hz", "median of the log-normal firing rates (Hz)"),
+    _at_least_0("rate_sigma", "log-normal sigma of the firing rates"),
+    _above_0("rate_min_hz", "firing rates are clipped to [rate_min_hz, rate_max_hz] (Hz)"),
+    Spec("rate_max_hz", "float", "firing rates are clipped to [rate_min_hz, rate_max_hz] (Hz)",
+         min=0, min_exclusive=True, max=200, max_exclusive=True),
+    _at_least_0("rate_jitter", "log-normal sigma of the day-to-day rate change"),
+    _above_0("refractory_min_ms", "per-neuron dead time (ms) is uniform in [refractory_min_ms, "
+             "refractory_max_ms]"),
+    Spec("refractory_max_ms", "float", "per-neuron dead time (ms) is uniform in "
+         "[refractory_min_ms, refractory_max_ms]", min=0, min_exclusive=True, max=5),
+    _fraction("p_burst", "fraction of bursting neurons (bursts of 2-5 spikes at 3-8 ms "
+              "intervals)"),
+    # PETH
+    Spec("with_peth", "bool", "write peth.npy"),
+    Spec("peth_points", "int", "length P of each PETH", min=2),
+    _at_least_0("peth_jitter", "day-to-day change of the response bumps (log amplitude sigma; "
+                "centres move by 0.1 * peth_jitter * P points std)"),
+    _at_least_0("peth_noise", "noise std relative to sqrt(baseline * response) (Poisson-like)"),
+    Spec("seed", "int", "seed of every random stream; same seed and parameters give a "
+         "byte-identical folder", min=0),
+)
 
 
 def _canonical_probe(name) -> str | None:
@@ -907,23 +887,6 @@ def _with_overrides(params: SimulationParams | None, overrides: dict) -> Simulat
 # Writing
 # --------------------------------------------------------------------------------------------
 
-def _prepare_folder(out: Path, overwrite: bool) -> None:
-    """Make out; remove a previous simulation's files. Refuse to clobber other data."""
-    out.mkdir(parents=True, exist_ok=True)
-    ours_before = (out / "simulation.json").exists()
-    looks_like_data = (out / "waveform_all.npy").exists() or (out / "spike_times").exists()
-    if looks_like_data and not ours_before and not overwrite:
-        raise KilomatchError(
-            f"{out} already holds a data folder that is not a kilomatch simulation (no "
-            "simulation.json); refusing to overwrite it (pass overwrite=True / --overwrite)")
-    for name in _OUR_FILES:
-        (out / name).unlink(missing_ok=True)
-    st = out / "spike_times"
-    if st.is_dir():
-        for f in st.glob("Unit*.npy"):
-            f.unlink()
-
-
 def _json_params(params: SimulationParams) -> dict:
     out = {}
     for f in dataclasses.fields(params):
@@ -957,8 +920,9 @@ def write_simulation(sim: Simulation, out_dir, overwrite: bool = False) -> Path:
     peth.npy (N,P) f4 (with_peth); channel_shanks.npy (C,) i8 (multi-shank probes only);
     gt_neuron.npy (N,) i8; gt_motion.npy (S,) f8 um; gt_motion_linear.npy (S,) f8 um/um;
     gt_locations.npy (N,3) f8 um; simulation.json (parameters, depth_ref_um, counts).
-    A previous simulation in the folder is replaced; other data is never overwritten unless
-    overwrite=True.
+    A previous simulation in the folder is replaced whole; any other non-empty folder only with
+    overwrite=True, which replaces it whole too. Atomic: see
+    :class:`~kilomatch.formats.folder.FolderWriter`.
     """
     out = Path(out_dir)
     p = sim.params
@@ -968,37 +932,45 @@ def write_simulation(sim: Simulation, out_dir, overwrite: bool = False) -> Path:
         raise KilomatchError(
             f"session(s) {empty} have no sorted unit, but the input format needs units in every "
             "session 1..S; raise n_neurons or p_present, or lower detection_threshold_uv")
-    _prepare_folder(out, overwrite)
-    np.save(out / "channel_locations.npy", np.ascontiguousarray(sim.channel_locations, np.float64))
-    np.save(out / "session_index.npy", sim.session_index.astype(np.int64))
-    if sim.peth is not None:
-        np.save(out / "peth.npy", sim.peth.astype(np.float32))
-    if int(sim.channel_shanks.max()) > 0:
-        np.save(out / "channel_shanks.npy", sim.channel_shanks.astype(np.int64))
-    np.save(out / "gt_neuron.npy", sim.gt_neuron.astype(np.int64))
-    np.save(out / "gt_motion.npy", sim.gt_motion.astype(np.float64))
-    np.save(out / "gt_motion_linear.npy", sim.gt_motion_linear.astype(np.float64))
-    np.save(out / "gt_locations.npy", sim.gt_locations.astype(np.float64))
+    writer = FolderWriter(out, overwrite=overwrite, replaceable=_is_simulation,
+                          not_empty_hint=" and is not a kilomatch simulation (no "
+                                         f"{_META_FILE})")
+    with writer:
+        writer.save(CHANNEL_LOCATIONS, np.ascontiguousarray(sim.channel_locations, np.float64))
+        writer.save(SESSION_INDEX, sim.session_index.astype(np.int64))
+        if sim.peth is not None:
+            writer.save(PETH, sim.peth.astype(np.float32))
+        if int(sim.channel_shanks.max()) > 0:
+            writer.save(CHANNEL_SHANKS, sim.channel_shanks.astype(np.int64))
+        writer.save("gt_neuron.npy", sim.gt_neuron.astype(np.int64))
+        writer.save("gt_motion.npy", sim.gt_motion.astype(np.float64))
+        writer.save("gt_motion_linear.npy", sim.gt_motion_linear.astype(np.float64))
+        writer.save("gt_locations.npy", sim.gt_locations.astype(np.float64))
+        _write_waveforms(sim, writer.path(WAVEFORMS))
+        for k in range(sim.n_units):
+            writer.save_spike_times(k, sim.spike_times(k))
+        writer.write_text(_META_FILE, json.dumps(_metadata(sim), indent=2, sort_keys=True)
+                          + "\n")
+    return writer.out
 
-    _write_waveforms(sim, out / "waveform_all.npy")
 
-    st = out / "spike_times"
-    st.mkdir(exist_ok=True)
-    for k in range(sim.n_units):
-        np.save(st / f"Unit{k}.npy", sim.spike_times(k))
+def _is_simulation(folder: Path) -> bool:
+    """A folder this module wrote (which it replaces without overwrite=True)."""
+    return (folder / _META_FILE).is_file()
 
-    meta = {
+
+def _metadata(sim: Simulation) -> dict:
+    """simulation.json: parameters, depth reference, motion convention and counts."""
+    return {
         "format_version": FORMAT_VERSION,
         "generator": "kilomatch.simulate",
-        "params": _json_params(p),
+        "params": _json_params(sim.params),
         "depth_ref_um": sim.depth_ref_um,
         "motion_convention": "unit depth in session s = y0 + gt_motion[s] + "
                              "gt_motion_linear[s] * (y0 - depth_ref_um); both mean 0",
         "channel_shanks_base": 0,
         **sim.summary(),
     }
-    (out / "simulation.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return out
 
 
 def simulate_to_folder(out_dir, params: SimulationParams | None = None, *,
@@ -1032,46 +1004,44 @@ def _build_parser() -> argparse.ArgumentParser:
                     "--drift sets drift_max_um (total rigid motion range, um).")
     ap.add_argument("out", help="output folder")
     ap.add_argument("--overwrite", action="store_true",
-                    help="replace files even if the folder is not a previous simulation")
+                    help="replace the folder (all of it) even if it is not a previous simulation")
     ap.add_argument("--quiet", action="store_true", help="print nothing")
-    hints = typing.get_type_hints(SimulationParams)
+    ap.add_argument("--debug", action="store_true", help="show full tracebacks")
+    specs = {s.name: s for s in SIMULATION_PARAMETERS}
     for f in dataclasses.fields(SimulationParams):
+        spec = specs[f.name]
         flags = [f"--{f.name.replace('_', '-')}"]
         if "_" in f.name:
             flags.append(f"--{f.name}")
         flags += _ALIASES.get(f.name, [])
-        hint = hints[f.name]
-        kw = {"dest": f.name, "default": f.default, "help": f"default: {f.default}"}
-        if hint is bool:
+        kw = {"dest": f.name, "default": f.default,
+              "help": f"{spec.help}; {spec.allowed()} (default: {f.default})".replace("%", "%%")}
+        if spec.kind == "bool":
             ap.add_argument(*flags, action=argparse.BooleanOptionalAction, **kw)
-        elif hint is int:
-            ap.add_argument(*flags, type=int, **kw)
-        elif hint is float:
-            ap.add_argument(*flags, type=float, **kw)
-        elif hint is str:
-            ap.add_argument(*flags, type=str, **kw)
-        else:  # float | None
+        elif spec.none_ok:
             ap.add_argument(*flags, type=_optional_float, metavar="FLOAT|none", **kw)
+        else:
+            ap.add_argument(*flags, type={"int": int, "float": float, "str": str}[spec.kind],
+                            **kw)
     return ap
 
 
 def main(argv=None) -> int:
-    ap = _build_parser()
-    args = ap.parse_args(argv)
+    args = _build_parser().parse_args(argv)
     kw = {f.name: getattr(args, f.name) for f in dataclasses.fields(SimulationParams)}
     t0 = time.perf_counter()
-    try:
-        sim = simulate_to_folder(args.out, SimulationParams(**kw), overwrite=args.overwrite)
-    except KilomatchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if not args.quiet:
-        s = sim.summary()
-        print(f"wrote {args.out}: {s['n_units']} units, {s['n_sessions']} sessions, "
-              f"{s['n_neurons_sorted']} neurons ({s['n_neurons_in_several_sessions']} in >1 "
-              f"session), motion range {s['motion_range_um']:.1f} um, "
-              f"{time.perf_counter() - t0:.1f} s")
-    return 0
+
+    def body():
+        with command_logging(sys.stderr):
+            sim = simulate_to_folder(args.out, SimulationParams(**kw), overwrite=args.overwrite)
+        if not args.quiet:
+            s = sim.summary()
+            print(f"wrote {args.out}: {s['n_units']} units, {s['n_sessions']} sessions, "
+                  f"{s['n_neurons_sorted']} neurons ({s['n_neurons_in_several_sessions']} in >1 "
+                  f"session), motion range {s['motion_range_um']:.1f} um, "
+                  f"{time.perf_counter() - t0:.1f} s")
+
+    return run_command(body, debug=args.debug)
 
 
 if __name__ == "__main__":

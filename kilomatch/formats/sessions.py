@@ -1,0 +1,189 @@
+"""One spike sorting per session -> kilomatch's input folder (shared by the phy,
+SpikeInterface and NWB readers).
+
+A reader turns each session into :class:`SessionUnits` (checked, waveforms made on demand);
+:func:`write_input_folder` checks that all sessions share one probe and writes the folder, plus
+``units_source.csv`` (unit, session, session_path, original_unit_id), which maps every
+kilomatch unit back to the session and unit id of the user's own sorting. Waveforms are written
+session by session through a memory map, so memory holds one session's spike times and one
+unit's snippets at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from ..errors import KilomatchError
+from .folder import (CHANNEL_LOCATIONS, CHANNEL_SHANKS, SESSION_INDEX, UNITS_SOURCE, WAVEFORMS,
+                     FolderWriter)
+
+log = logging.getLogger("kilomatch")
+
+
+@dataclass
+class SessionUnits:
+    """One session, read and checked; its waveforms are made only when written.
+
+    path: the session as given (file or folder).
+    channel_locations: (C, 2) x, y in um (y = depth).
+    channel_shanks: (C,) int shank id per channel, or None for a single shank.
+    unit_ids: original unit ids, in the order the units are written.
+    n_samples: T, samples per waveform.
+    spike_times_ms: one array of spike times in ms per unit.
+    waveforms: callable yielding one (C, T) array in uV per unit, in unit order.
+    """
+
+    path: Path
+    channel_locations: np.ndarray
+    channel_shanks: np.ndarray | None
+    unit_ids: list
+    n_samples: int
+    spike_times_ms: list
+    waveforms: Callable[[], Iterator[np.ndarray]]
+
+
+def session_name(index: int, path) -> str:
+    """How messages name a session: "session 2 (path)"."""
+    return f"session {index} ({path})"
+
+
+def _geometry_difference(a: SessionUnits, b: SessionUnits) -> str | None:
+    """How b's channels differ from a's, or None when they are the same."""
+    la, lb = a.channel_locations, b.channel_locations
+    if la.shape != lb.shape:
+        return f"{lb.shape[0]} channels against {la.shape[0]}"
+    far = np.flatnonzero(np.abs(la - lb).max(axis=1) > 1e-3)
+    if far.size:
+        c = int(far[0])
+        return (f"{far.size} channel positions differ, first channel {c} at "
+                f"({lb[c, 0]:g}, {lb[c, 1]:g}) um against ({la[c, 0]:g}, {la[c, 1]:g}) um")
+    sa = np.zeros(la.shape[0], np.int64) if a.channel_shanks is None else a.channel_shanks
+    sb = np.zeros(lb.shape[0], np.int64) if b.channel_shanks is None else b.channel_shanks
+    # Shank labels may be numbered differently; the partition into shanks must be the same.
+    pairs = set(zip(sa.tolist(), sb.tolist()))
+    if len(pairs) != len(set(sa.tolist())) or len(pairs) != len(set(sb.tolist())):
+        return "the channels are grouped into shanks differently"
+    return None
+
+
+def check_sessions(sessions: list[SessionUnits]) -> None:
+    """One probe geometry and one waveform length for all sessions; raise naming the odd ones."""
+    ref = sessions[0]
+    problems = []
+    for k, s in enumerate(sessions[1:], 2):
+        diff = _geometry_difference(ref, s)
+        if diff:
+            problems.append(f"{session_name(k, s.path)} has a different channel geometry from "
+                            f"{session_name(1, ref.path)}: {diff}")
+        elif s.n_samples != ref.n_samples:
+            problems.append(f"{session_name(k, s.path)} has waveforms of {s.n_samples} "
+                            f"samples, {session_name(1, ref.path)} of {ref.n_samples}; all "
+                            "sessions need the same waveform length")
+    if problems:
+        hint = ("kilomatch tracks units on one probe: sort every session with the same probe, "
+                "channel map and channels (no channel dropped in one session only)")
+        err = KilomatchError.from_problems(problems, header="Sessions do not share one probe "
+                                           "geometry")
+        raise KilomatchError(f"{err}\n{hint}", problems)
+
+
+def _write_units(sessions: list[SessionUnits], writer: FolderWriter, shape: tuple) -> None:
+    """Waveforms (N, C, T) float32 through a memory map, a session at a time; spike times."""
+    n_ch, n_t = shape[1], shape[2]
+    path = writer.path(WAVEFORMS)
+    wf = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+    del wf
+    start = 0
+    for k, s in enumerate(sessions, 1):
+        n = len(s.unit_ids)
+        wf = np.lib.format.open_memmap(path, mode="r+")
+        i = -1
+        for i, w in enumerate(s.waveforms()):
+            if i >= n:
+                break
+            w = np.asarray(w, dtype=np.float32)
+            if w.shape != (n_ch, n_t):  # pragma: no cover - readers check this
+                raise KilomatchError(f"{session_name(k, s.path)}: unit {s.unit_ids[i]} has a "
+                                     f"waveform of shape {w.shape}, expected {(n_ch, n_t)}")
+            if not np.isfinite(w).all():
+                raise KilomatchError(f"{session_name(k, s.path)}: the waveform of unit "
+                                     f"{s.unit_ids[i]} holds NaN or Inf")
+            wf[start + i] = w
+        if i + 1 != n:  # pragma: no cover - internal consistency
+            raise KilomatchError(f"{session_name(k, s.path)}: {i + 1} waveforms for {n} units")
+        wf.flush()
+        del wf
+        for i in range(n):
+            writer.save_spike_times(start + i, np.sort(np.asarray(s.spike_times_ms[i],
+                                                                  dtype=np.float64).ravel()))
+        start += n
+        log.info("%s: %d units", session_name(k, s.path), n)
+
+
+def write_input_folder(sessions: list[SessionUnits], out_dir, overwrite: bool = False) -> Path:
+    """Write kilomatch's input folder (and units_source.csv) from checked sessions; returns it.
+
+    Refuses a non-empty ``out_dir`` unless ``overwrite`` (which replaces it whole), and one that
+    holds a session. Atomic: see :class:`~kilomatch.formats.folder.FolderWriter`.
+    """
+    check_sessions(sessions)
+    writer = FolderWriter(out_dir, overwrite=overwrite, protect=[s.path for s in sessions])
+    n_units = sum(len(s.unit_ids) for s in sessions)
+    n_ch, n_t = sessions[0].channel_locations.shape[0], sessions[0].n_samples
+    with writer:
+        _write_units(sessions, writer, (n_units, n_ch, n_t))
+        writer.save(CHANNEL_LOCATIONS,
+                    np.ascontiguousarray(sessions[0].channel_locations, dtype=np.float64))
+        writer.save(SESSION_INDEX,
+                    np.repeat(np.arange(1, len(sessions) + 1),
+                              [len(s.unit_ids) for s in sessions]).astype(np.int64))
+        shanks = sessions[0].channel_shanks
+        if shanks is not None and np.unique(shanks).size > 1:
+            writer.save(CHANNEL_SHANKS, np.asarray(shanks, dtype=np.int64))
+        with open(writer.path(UNITS_SOURCE), "w", newline="") as f:
+            rows = csv.writer(f)
+            rows.writerow(["unit", "session", "session_path", "original_unit_id"])
+            unit = 0
+            for k, s in enumerate(sessions, 1):
+                path = str(Path(s.path).resolve())
+                for uid in s.unit_ids:
+                    rows.writerow([unit, k, path, uid])
+                    unit += 1
+    return writer.out
+
+
+def check_session_list(sessions, kind: str) -> list[Path]:
+    if isinstance(sessions, (str, os.PathLike)):
+        raise KilomatchError(f"{kind}: give a list of session paths, in session order (got one "
+                             f"path: {sessions})")
+    paths = [Path(p) for p in sessions]
+    if len(paths) < 2:
+        raise KilomatchError(f"{kind}: tracking needs at least two sessions, got {len(paths)}")
+    seen = {}
+    for k, p in enumerate(paths, 1):
+        key = str(p.resolve())
+        if key in seen:
+            raise KilomatchError(f"{session_name(k, p)} is the same as session {seen[key]}; "
+                                 "give each session once")
+        seen[key] = k
+    return paths
+
+
+def no_unit(index: int, path, why: str) -> KilomatchError:
+    return KilomatchError(f"{session_name(index, path)}: no usable unit: {why}")
+
+
+def need_module(module: str, extra: str):
+    """Import an optional dependency, or say which extra installs it."""
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError:
+        raise KilomatchError(f"this importer needs {module}: pip install \"kilomatch[{extra}]\""
+                             ) from None

@@ -1,0 +1,141 @@
+"""The input folder's one writer (kilomatch.formats.folder): replacing a folder leaves none of
+its files, a failed write leaves the old folder as it was, inputs are never inside the output;
+and the command lines' one error path."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from test_io import units, write_v7  # noqa: F401  (units: the spikeInfo fixture)
+
+from kilomatch import KilomatchError
+from kilomatch import simulate as simulate_module
+from kilomatch.formats.folder import (CHANNEL_LOCATIONS, CHANNEL_SHANKS, PETH, SESSION_INDEX,
+                                      UNITS_SOURCE, WAVEFORMS, FolderWriter)
+from kilomatch.io import main as io_main
+from kilomatch.io import spikeinfo_to_folder
+from kilomatch.load import load_dataset
+from kilomatch.simulate import simulate_to_folder
+
+SMALL = dict(n_sessions=2, n_neurons=15, duration_s=5.0, seed=2, with_peth=False)
+
+
+def write_folder(out, n_units, n_channels=4, overwrite=False, extras=True):
+    """A valid input folder of n_units units (2 sessions) through the writer; with extras,
+    also peth.npy, channel_shanks.npy and units_source.csv."""
+    rng = np.random.default_rng(n_units)
+    with FolderWriter(out, overwrite=overwrite) as w:
+        w.save(WAVEFORMS, rng.normal(size=(n_units, n_channels, 12)).astype(np.float32))
+        w.save(CHANNEL_LOCATIONS, np.column_stack([np.zeros(n_channels),
+                                                   20.0 * np.arange(n_channels)]))
+        w.save(SESSION_INDEX, np.repeat([1, 2], [n_units // 2, n_units - n_units // 2]))
+        for k in range(n_units):
+            w.save_spike_times(k, np.sort(rng.uniform(0, 1e4, 30)))
+        if extras:
+            w.save(PETH, rng.random((n_units, 8)))
+            w.save(CHANNEL_SHANKS, np.repeat([0, 1], [n_channels // 2, n_channels // 2]))
+            w.write_text(UNITS_SOURCE, "unit,session,session_path,original_unit_id\n")
+    return out
+
+
+def files_of(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+
+def snapshot(folder):
+    return {name: (folder / name).read_bytes() for name in files_of(folder)}
+
+
+def test_writer_replaces_a_10_unit_folder_with_a_5_unit_one(tmp_path):
+    out = write_folder(tmp_path / "data", 10)
+    assert load_dataset(out).n_units == 10
+    with pytest.raises(KilomatchError, match="not empty"):
+        write_folder(out, 5, extras=False)
+    write_folder(out, 5, overwrite=True, extras=False)
+    data = load_dataset(out)
+    assert data.n_units == 5 and data.peth is None and data.channel_shanks is None
+    assert files_of(out) == sorted([WAVEFORMS, CHANNEL_LOCATIONS, SESSION_INDEX]
+                                   + [f"spike_times/Unit{k}.npy" for k in range(5)])
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]  # no temporary folder left
+
+
+def test_converter_overwrite_leaves_no_stale_file(tmp_path, units):
+    """spikeInfo.mat (5 units) over a 10-unit folder: nothing of the old folder is left."""
+    out = write_folder(tmp_path / "data", 10, n_channels=6)
+    (out / "notes.txt").write_text("old")
+    mat = tmp_path / "spikeInfo.mat"
+    write_v7(mat, units)
+    spikeinfo_to_folder(mat, out, overwrite=True)
+    data = load_dataset(out)
+    assert data.n_units == 5 and data.peth.shape == (5, 12)
+    assert not (out / UNITS_SOURCE).exists() and not (out / "notes.txt").exists()
+    assert len(list((out / "spike_times").iterdir())) == 5
+
+
+def test_simulator_overwrite_leaves_no_stale_file(tmp_path):
+    out = write_folder(tmp_path / "data", 200)          # more units than the simulation
+    with pytest.raises(KilomatchError, match="not a kilomatch simulation"):
+        simulate_to_folder(out, **SMALL)
+    sim = simulate_to_folder(out, **SMALL, overwrite=True)
+    data = load_dataset(out)
+    assert data.n_units == sim.n_units < 200
+    assert data.peth is None and data.channel_shanks is None
+    assert not (out / UNITS_SOURCE).exists()
+
+
+def test_failed_write_leaves_the_old_folder_intact(tmp_path, monkeypatch):
+    out = write_folder(tmp_path / "data", 10)
+    before = snapshot(out)
+    with pytest.raises(RuntimeError):
+        with FolderWriter(out, overwrite=True) as w:
+            w.save(WAVEFORMS, np.zeros((2, 4, 12), np.float32))
+            raise RuntimeError("disk full")
+    assert snapshot(out) == before
+    # A simulation that fails half-way through its spike trains.
+    calls = []
+
+    def failing(self, unit):
+        calls.append(unit)
+        if len(calls) > 3:
+            raise OSError("disk full")
+        return np.arange(3.0)
+
+    monkeypatch.setattr(simulate_module.Simulation, "spike_times", failing)
+    with pytest.raises(OSError):
+        simulate_to_folder(out, **SMALL, overwrite=True)
+    assert len(calls) == 4 and snapshot(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
+
+
+def test_an_input_inside_the_output_is_refused(tmp_path, units):
+    out = tmp_path / "data"
+    out.mkdir()
+    mat = out / "spikeInfo.mat"
+    write_v7(mat, units)
+    with pytest.raises(KilomatchError, match="holds or is the input"):
+        spikeinfo_to_folder(mat, out, overwrite=True)
+    assert mat.is_file()
+    with pytest.raises(KilomatchError, match="is a file"):
+        spikeinfo_to_folder(mat, mat, overwrite=True)
+
+
+# ---------------------------------------------------------------- one command-line error path
+
+def test_simulate_cli_bad_parameter_exits_2_with_one_message(tmp_path):
+    cmd = [sys.executable, "-m", "kilomatch.simulate", str(tmp_path / "sim"), "--p-present",
+           "1.5", "--sessions", "0"]
+    run = subprocess.run(cmd, capture_output=True, text=True)
+    assert run.returncode == 2
+    assert run.stderr.startswith("kilomatch: error: Bad SimulationParams")
+    assert "p_present" in run.stderr and "n_sessions" in run.stderr
+    assert "Traceback" not in run.stderr and not (tmp_path / "sim").exists()
+    debug = subprocess.run(cmd + ["--debug"], capture_output=True, text=True)
+    assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_converter_cli_errors_share_the_prefix(tmp_path, capsys):
+    assert io_main([str(tmp_path / "none.mat"), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("kilomatch: error: spikeInfo file not found")
+    with pytest.raises(KilomatchError):
+        io_main([str(tmp_path / "none.mat"), str(tmp_path / "out"), "--debug"])

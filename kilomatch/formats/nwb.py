@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import KilomatchError
-from .sessions import (SessionUnits, check_session_list, need_module, no_unit,
-                       session_name, write_input_folder)
+from .sessions import (SessionUnits, check_session_list, foreign_errors, need_module,
+                       no_unit, session_name, write_input_folder)
 
 log = logging.getLogger("kilomatch")
 
@@ -40,17 +40,11 @@ def _read_nwb_session(path, index: int, *, electrode_groups, waveform_unit) -> S
     where = session_name(index, path)
     if not path.is_file():
         raise KilomatchError(f"{where}: not a file; an NWB session is one .nwb file")
-    try:
+    with foreign_errors(where, "a readable NWB file"):
         io = pynwb.NWBHDF5IO(str(path), "r", load_namespaces=True)
-    except Exception as err:
-        raise KilomatchError(f"{where}: not a readable NWB file ({type(err).__name__}: "
-                             f"{err})") from None
     with io:
-        try:
+        with foreign_errors(where, "a readable NWB file"):
             nwb = io.read()
-        except Exception as err:
-            raise KilomatchError(f"{where}: not a readable NWB file ({type(err).__name__}: "
-                                 f"{err})") from None
         units = nwb.units
         if units is None or len(units.id) == 0:
             raise no_unit(index, path, "the file has no units table, or it is empty")

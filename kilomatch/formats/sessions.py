@@ -11,6 +11,7 @@ unit's snippets at a time.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import logging
 import os
@@ -187,3 +188,15 @@ def need_module(module: str, extra: str):
     except ImportError:
         raise KilomatchError(f"this importer needs {module}: pip install \"kilomatch[{extra}]\""
                              ) from None
+
+
+@contextlib.contextmanager
+def foreign_errors(where: str, what: str):
+    """Any error of a third-party reader inside the block becomes one KilomatchError: "{where}:
+    not {what} (its type: its message)"."""
+    try:
+        yield
+    except KilomatchError:
+        raise
+    except Exception as err:  # third-party readers raise many kinds
+        raise KilomatchError(f"{where}: not {what} ({type(err).__name__}: {err})") from None

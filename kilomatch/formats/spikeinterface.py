@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import KilomatchError
-from .sessions import (SessionUnits, check_session_list, need_module, no_unit,
-                       session_name, write_input_folder)
+from .sessions import (SessionUnits, check_session_list, foreign_errors, need_module,
+                       no_unit, session_name, write_input_folder)
 
 
 def _shanks_by_position(channel_xy: np.ndarray, contact_xy: np.ndarray, contact_shank,
@@ -35,11 +35,8 @@ def _read_si_session(path, index: int, *, gain_uv: float | None) -> SessionUnits
     where = session_name(index, path)
     if not path.exists():
         raise KilomatchError(f"{where}: not found")
-    try:
+    with foreign_errors(where, "a saved SpikeInterface SortingAnalyzer"):
         analyzer = si.load_sorting_analyzer(path, load_extensions=False)  # loaded on use
-    except Exception as err:  # SpikeInterface raises many kinds
-        raise KilomatchError(f"{where}: not a saved SpikeInterface SortingAnalyzer "
-                             f"({type(err).__name__}: {err})") from None
     ext = analyzer.get_extension("templates")
     if ext is None:
         raise KilomatchError(f"{where}: the analyzer has no 'templates' extension; compute it "

@@ -23,6 +23,11 @@ from .parameters import BY_NAME
 # The module is imported only when its command is used.
 COMMANDS = {
     "run": ("kilomatch.cli", "run_main", "run one study (the default: kilomatch SETTINGS)"),
+    "import": ("kilomatch.importers", "main",
+               "build an input folder from phy, SpikeInterface or NWB sessions"),
+    "spikeinfo": ("kilomatch.io", "main", "build an input folder from a spikeInfo.mat"),
+    "simulate": ("kilomatch.simulate", "main",
+                 "write a simulated input folder with ground truth"),
 }
 
 def run_command(body, debug=False) -> int:

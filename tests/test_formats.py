@@ -11,6 +11,7 @@ from test_io import units, write_v7  # noqa: F401  (units: the spikeInfo fixture
 
 from kilomatch import KilomatchError
 from kilomatch import simulate as simulate_module
+from kilomatch.cli import main as kilomatch_main
 from kilomatch.formats.folder import (CHANNEL_LOCATIONS, CHANNEL_SHANKS, PETH, SESSION_INDEX,
                                       UNITS_SOURCE, WAVEFORMS, FolderWriter)
 from kilomatch.io import main as io_main
@@ -139,3 +140,12 @@ def test_converter_cli_errors_share_the_prefix(tmp_path, capsys):
     assert capsys.readouterr().err.startswith("kilomatch: error: spikeInfo file not found")
     with pytest.raises(KilomatchError):
         io_main([str(tmp_path / "none.mat"), str(tmp_path / "out"), "--debug"])
+
+
+def test_converters_are_sub_commands_of_kilomatch(tmp_path, capsys):
+    assert kilomatch_main(["simulate", str(tmp_path / "sim"), "--probe", "NP9"]) == 2
+    assert capsys.readouterr().err.startswith("kilomatch: error: probe must be one of")
+    assert kilomatch_main(["spikeinfo", str(tmp_path / "none.mat"), str(tmp_path / "o")]) == 2
+    assert "spikeInfo file not found" in capsys.readouterr().err
+    assert kilomatch_main(["import", "phy", str(tmp_path / "o"), str(tmp_path)]) == 2
+    assert "at least two sessions" in capsys.readouterr().err

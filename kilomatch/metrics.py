@@ -13,6 +13,7 @@ import numpy as np
 
 from kilomatch.checks import as_integers, as_vector, collect
 from kilomatch.errors import KilomatchError
+from kilomatch.formats.folder import SESSION_INDEX
 
 __all__ = ["pair_scores", "motion_rms_error", "score_run"]
 
@@ -112,7 +113,7 @@ def score_run(output, data_folder) -> dict:
     """
     data = Path(data_folder)
     gt = _load(data, "gt_neuron.npy")
-    sess = _load(data, "session_index.npy")
+    sess = _load(data, SESSION_INDEX)
     motion = None
     if isinstance(output, (str, Path)):
         out = Path(output)

@@ -12,8 +12,8 @@ in :mod:`kilomatch.formats` and is re-exported here:
   file per session.
 
 Each writes the folder described in README 'Input folder' and ``units_source.csv`` (unit,
-session, session_path, original_unit_id) through :func:`kilomatch.formats.sessions.
-write_input_folder`.
+session, session_path, original_unit_id) through
+:func:`kilomatch.formats.sessions.write_input_folder`.
 
 Command line::
 

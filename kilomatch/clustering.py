@@ -1,4 +1,5 @@
-"""Iterative HDBSCAN + LDA ("IHDBSCAN") on the sparse candidate-pair graph (ALGORITHM.md s.4).
+"""Iterative HDBSCAN + LDA ("IHDBSCAN") on the sparse candidate-pair graph
+(docs/method.md, section 5).
 
 With min_samples = 1 the mutual-reachability distance equals the distance itself, so HDBSCAN
 depends only on the minimum spanning tree of the distance graph. The MST of the candidate-pair
@@ -14,20 +15,19 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from hdbscan._hdbscan_linkage import label as _single_linkage
-from hdbscan._hdbscan_tree import compute_stability, condense_tree, get_clusters
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
+from .hdbscan_tree import condensed_tree, select_clusters
 from .similarity import weighted_similarity
 
 log = logging.getLogger("kilomatch")
 
 
-def similarity_to_distance(s: np.ndarray) -> np.ndarray:
-    """D = 1 / (1 + tanh(S)), in (0.5, inf)."""
-    return 1.0 / (1.0 + np.tanh(np.asarray(s, dtype=np.float64)))
+def similarity_to_distance(similarity: np.ndarray) -> np.ndarray:
+    """D = 1 / (1 + tanh(S)) of weighted similarities S, in (0.5, inf)."""
+    return 1.0 / (1.0 + np.tanh(np.asarray(similarity, dtype=np.float64)))
 
 
 def sparse_mst(n_units: int, pairs: np.ndarray, distance: np.ndarray) -> np.ndarray:
@@ -39,12 +39,6 @@ def sparse_mst(n_units: int, pairs: np.ndarray, distance: np.ndarray) -> np.ndar
     edges = np.column_stack([tree.row, tree.col, tree.data]).astype(np.float64)
     # Sort by length, ties by (i, j): the hierarchy must not depend on storage order.
     return edges[np.lexsort((edges[:, 1], edges[:, 0], edges[:, 2]))]
-
-
-def _condensed(mst: np.ndarray):
-    """hdbscan's condensed tree (min_cluster_size 2) of one connected set of points, from its
-    MST edges in local point ids."""
-    return condense_tree(_single_linkage(np.ascontiguousarray(mst, dtype=np.float64)), 2)
 
 
 def condensed_forest(n_units: int, mst: np.ndarray):
@@ -60,7 +54,7 @@ def condensed_forest(n_units: int, mst: np.ndarray):
                               shape=(n_units, n_units))
     n_comp, comp = connected_components(graph, directed=False)
     if n_comp == 1:
-        return _condensed(mst)  # connected: the usual tree, whose root is not selectable
+        return condensed_tree(mst)  # connected: the usual tree, whose root is not selectable
     rows = []
     root, next_id = n_units, n_units + 1
     edge_comp = comp[ends[:, 0]]
@@ -74,7 +68,7 @@ def condensed_forest(n_units: int, mst: np.ndarray):
         local[members] = np.arange(n_c)
         edges = mst[edge_comp == comp[members[0]]].copy()
         edges[:, :2] = local[edges[:, :2].astype(np.int64)]
-        sub = _condensed(edges)
+        sub = condensed_tree(edges)
         # Local ids: points 0..n_c-1, clusters n_c.. (root n_c); give the clusters fresh
         # global ids from next_id, keeping their order (hdbscan needs parents before children).
         rows.append((root, next_id, 0.0, n_c))
@@ -92,12 +86,7 @@ def hdbscan_from_mst(mst: np.ndarray, n_units: int, max_cluster_size: int = 0) -
     mass with min_cluster_size 2 (hdbscan's own condensing and selection)."""
     if n_units < 2:
         return -np.ones(n_units, np.int64)
-    tree = condensed_forest(n_units, mst)
-    stability = compute_stability(tree)
-    with np.errstate(divide="ignore", invalid="ignore"):  # membership strengths at lambda = 0
-        labels, _, _ = get_clusters(tree, stability, "eom", False, False, 0.0,
-                                    int(max_cluster_size))
-    return np.asarray(labels, dtype=np.int64)
+    return select_clusters(condensed_forest(n_units, mst), max_cluster_size)
 
 
 def sparse_hdbscan(n_units: int, pairs: np.ndarray, distance: np.ndarray,
@@ -142,10 +131,10 @@ def same_cluster(labels: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return (a == b) & (a >= 0)
 
 
-def lda_weights(features: np.ndarray, matched: np.ndarray):
+def lda_weights(similarities: np.ndarray, matched: np.ndarray):
     """Weights and threshold from a two-class LDA of the pairs' similarity vectors.
 
-    features: (P, F); matched: (P,) bool. Returns (weights (F,), threshold) with weights the
+    similarities: (P, F) Fisher z per feature; matched: (P,) bool. Returns (weights (F,), threshold) with weights the
     LDA coefficients normalised to sum 1 and threshold the weighted similarity on the LDA
     boundary; None when the classes cannot be separated (one class empty or sum of
     coefficients not positive).
@@ -157,7 +146,7 @@ def lda_weights(features: np.ndarray, matched: np.ndarray):
     lda = LinearDiscriminantAnalysis(solver="lsqr")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lda.fit(features, matched)
+        lda.fit(similarities, matched)
     coef = lda.coef_.ravel()
     total = coef.sum()
     if not np.isfinite(total) or total <= 0:
@@ -183,24 +172,25 @@ class ClusteringResult:
     converged: bool
 
 
-def ihdbscan(n_units: int, pairs: np.ndarray, features: np.ndarray, max_cluster_size: int,
+def ihdbscan(n_units: int, pairs: np.ndarray, similarities: np.ndarray, max_cluster_size: int,
              n_iter: int = 10, weight_tol: float = 1e-8,
              weights: np.ndarray | None = None) -> ClusteringResult:
     """Iterate HDBSCAN on D = 1/(1+tanh(S)) and LDA re-weighting of the similarity features.
 
-    features: (P, F) per-feature Fisher z of each candidate pair; max_cluster_size: number of
-    sessions (a neuron appears at most once per session).
+    similarities: (P, F) Fisher z similarity of each candidate pair for each feature;
+    max_cluster_size: number of sessions (a neuron appears at most once per session).
     """
-    n_feat = features.shape[1]
+    n_feat = similarities.shape[1]
     w = np.full(n_feat, 1.0 / n_feat) if weights is None else np.asarray(weights, float)
     threshold = np.inf
     labels = -np.ones(n_units, np.int64)
     converged = False
     it = 0
     for it in range(1, n_iter + 1):
-        s = weighted_similarity(features, w)
-        labels = sparse_hdbscan(n_units, pairs, similarity_to_distance(s), max_cluster_size)
-        fit = lda_weights(features, same_cluster(labels, pairs))
+        similarity = weighted_similarity(similarities, w)
+        labels = sparse_hdbscan(n_units, pairs, similarity_to_distance(similarity),
+                                max_cluster_size)
+        fit = lda_weights(similarities, same_cluster(labels, pairs))
         if fit is None:
             log.warning("IHDBSCAN iteration %d: no separable matches; weights kept", it)
             break
@@ -210,9 +200,10 @@ def ihdbscan(n_units: int, pairs: np.ndarray, features: np.ndarray, max_cluster_
         if change <= weight_tol:
             converged = True
             break
-    s = weighted_similarity(features, w)
+    similarity = weighted_similarity(similarities, w)
     if not converged and np.isfinite(threshold):
         # The last LDA moved the weights: cluster once more so labels match weights.
-        labels = sparse_hdbscan(n_units, pairs, similarity_to_distance(s), max_cluster_size)
-    good = same_cluster(labels, pairs) & (s > threshold)
-    return ClusteringResult(labels, w, threshold, s, good, it, converged)
+        labels = sparse_hdbscan(n_units, pairs, similarity_to_distance(similarity),
+                                max_cluster_size)
+    good = same_cluster(labels, pairs) & (similarity > threshold)
+    return ClusteringResult(labels, w, threshold, similarity, good, it, converged)

@@ -1,4 +1,4 @@
-"""Waveform correction by Kriging (ALGORITHM.md s.6).
+"""Waveform correction by Kriging (docs/method.md, section 7).
 
 Sign convention (kilomatch-wide): ``motion[s]`` is the apparent shift of unit depths in
 session s, so a unit seen at probe depth y in session s sits at corrected depth y - p_s(y).

@@ -1,4 +1,5 @@
-"""Auto-curation of the final clusters (ALGORITHM.md s.7), recording every removed pair.
+"""Auto-curation of the final clusters (docs/method.md, section 9), recording every removed
+pair.
 
 Arrays in, arrays out: the pipeline supplies every within-cluster pair with its weighted
 similarity and whether it may link two units at all (different sessions, within max_distance).
@@ -197,12 +198,12 @@ def split_by_position(labels, positions, pairs, similarity, linkable, threshold,
     removed = []
     clusters = np.unique(labels[labels >= 0])
     for units, rows in _cluster_members(labels, pairs, clusters):
-        s = _cluster_similarity(units, pairs[rows], sim[rows], missing=np.nan)
+        dense = _cluster_similarity(units, pairs[rows], sim[rows], missing=np.nan)
         n = units.size
         queue = [np.arange(n)]
         while queue:
             part = queue.pop(0)
-            cut = _position_cut(positions[units[part]], s[np.ix_(part, part)], threshold,
+            cut = _position_cut(positions[units[part]], dense[np.ix_(part, part)], threshold,
                                 min_gap_um)
             if cut is None:
                 continue
@@ -215,8 +216,10 @@ def split_by_position(labels, positions, pairs, similarity, linkable, threshold,
     return labels, removed
 
 
-def _position_cut(pos, s, threshold, min_gap_um):
-    """(n,) bool side of the cut of one cluster, or None when it stays whole."""
+def _position_cut(pos, similarity, threshold, min_gap_um):
+    """(n,) bool side of the cut of one cluster, or None when it stays whole.
+
+    pos: (n, D) um; similarity: (n, n) weighted similarity of its units, NaN where unknown."""
     n = pos.shape[0]
     if n < 3:
         return None
@@ -231,8 +234,8 @@ def _position_cut(pos, s, threshold, min_gap_um):
     _, side = connected_components(graph, directed=False)
     side = side == side[tree.col[k]]
     same = side[:, None] == side[None, :]
-    upper = np.triu(np.ones((n, n), bool), 1) & ~np.isnan(s)
-    within, across = s[upper & same], s[upper & ~same]
+    upper = np.triu(np.ones((n, n), bool), 1) & ~np.isnan(similarity)
+    within, across = similarity[upper & same], similarity[upper & ~same]
     if within.size == 0 or across.size == 0:
         return None
     w, x = within.mean(), across.mean()

@@ -11,11 +11,20 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from .assemble import RunArrays
+from .curation import REASONS
+from .errors import KilomatchError
+from .features import acg_lags
+from .results import Result
+
+log = logging.getLogger("kilomatch")
 
 # Every result file kilomatch writes; an earlier run's copies are removed before a new run.
 RESULT_FILES = (
@@ -119,189 +128,135 @@ def dense_pair_matrix(n_units: int, pairs: np.ndarray, values, fill=np.nan,
     return m
 
 
-def _stack_shanks(values: list) -> np.ndarray:
-    """Per-shank arrays side by side on a last axis; one shank keeps its own shape."""
-    return values[0] if len(values) == 1 else np.stack(values, axis=-1)
+def write_all(result: Result, arrays: RunArrays) -> list:
+    """Write every result file of a run; Output.npz last. Returns the paths written.
 
-
-def _global_ids(labels_by_part: list, parts: list, n_units: int) -> np.ndarray:
-    """Per-shank cluster labels (>= 0 clusters, -1 none) -> global 1..K, unique across shanks."""
-    from .clustering import combine_labels
-    return combine_labels(labels_by_part, [p.units for p in parts], n_units)
-
-
-def write_all(result) -> list:
-    """Write every result file of a :class:`kilomatch.pipeline.Result`; Output.npz last.
-
-    Per-unit files cover every unit in input order. With several shanks, per-shank values
-    (motion, weights, threshold) get a last axis of length n_shanks. Returns the paths written.
+    ``result`` is the run (:class:`kilomatch.results.Result`), ``arrays`` its result arrays
+    in unit order (:func:`kilomatch.assemble.assemble`). Per-unit files cover every unit in
+    input order; with several shanks, per-shank values (motion, weights, threshold) have a last
+    axis of length n_shanks.
     """
-    from .curation import REASONS
-    from .features import nearest_channels
-    from .pipeline import shank_parts
-    s, units = result.settings, result.units
-    parts = shank_parts(result)
-    multi = len(parts) > 1
-    folder = Path(s.output_folder)
-    n = units.waveforms.shape[0]
-    n_near = s.waveformCorrection.n_nearest_channels
+    settings, units, a = result.settings, result.units, arrays
+    multi = a.n_shanks > 1
+    folder = Path(settings.output_folder)
+    n = len(result.idx_cluster)
     written = []
 
     def put(name, value):
         save_npy(folder / name, value)
         written.append(folder / name)
 
-    def put_npz(name, arrays):
-        save_npz(folder / name, arrays)
+    def put_npz(name, values):
+        save_npz(folder / name, values)
         written.append(folder / name)
 
-    # Per-unit values that each shank computed on its own units, put back in unit order.
-    locs = result.data.channel_locations
-    ch_raw = nearest_channels(locs, units.peak_channel, n_near)
-    ch_corr = np.zeros((n, min(n_near, len(locs))), np.int64)
-    wf_corr = np.zeros((n, ch_corr.shape[1], units.waveforms.shape[2]), np.float32)
-    depth = np.zeros(n)
-    for part in parts:
-        final = part.result.final
-        ch = final.channels_corrected[0]
-        ch_corr[part.units] = ch
-        wf_corr[part.units] = final.waveforms_corrected[0].on(np.arange(len(ch)), ch)
-        depth[part.units] = final.corrected_depth
     put("auto_corr.npy", units.acg.astype(np.float32))
     put("isi.npy", units.isi.astype(np.float32))
     if units.peth is not None:
         put("peth.npy", units.peth.astype(np.float32))
-    put("waveforms.npy", units.waveforms.on(np.arange(n), ch_raw))
-    put("waveforms_corrected.npy", wf_corr)
-    put("waveform_channels.npy", ch_raw)
-    put("waveform_channels_corrected.npy", ch_corr)
+    put("waveforms.npy", a.waveforms)
+    put("waveforms_corrected.npy", a.waveforms_corrected)
+    put("waveform_channels.npy", a.waveform_channels)
+    put("waveform_channels_corrected.npy", a.waveform_channels_corrected)
     put("locations.npy", units.locations)
-    put("channel_locations.npy", locs)
+    put("channel_locations.npy", result.data.channel_locations)
     idx = result.idx_cluster
     put("IdxCluster.npy", _column(idx))
     put("MatchedPairs.npy", result.matched_pairs)
 
-    clusterings = [p.result.final.clustering for p in parts]
-    motions = [p.result.motion for p in parts]
-    weights = _stack_shanks([c.weights for c in clusterings])
-    thresholds = np.array([c.threshold for c in clusterings])
-    put("SimilarityWeights.npy", weights if multi else _column(weights))
-    put("SimilarityThreshold.npy", thresholds[None, :])
-    displacement = _stack_shanks([m.displacement() for m in motions])
-    put("motion.npy", displacement if multi else _column(displacement))
-    motion_ci = _stack_shanks([np.column_stack([m.ci_low, m.ci_high]) for m in motions])
-    threshold = thresholds if multi else np.float64(thresholds[0])
-    put("motion_ci.npy", motion_ci)
-    if s.waveformCorrection.linear_correction:
-        put("motion_linear.npy", _stack_shanks([np.column_stack([m.slope, m.offset])
-                                                for m in motions]))
+    put("SimilarityWeights.npy", a.weights if multi else _column(a.weights))
+    put("SimilarityThreshold.npy", a.thresholds[None, :])
+    put("motion.npy", a.motion if multi else _column(a.motion))
+    threshold = a.thresholds if multi else np.float64(a.thresholds[0])
+    put("motion_ci.npy", a.motion_ci)
+    if a.motion_linear is not None:
+        put("motion_linear.npy", a.motion_linear)
 
-    # Candidate pairs of every shank, in global unit ids.
-    names = np.array(parts[0].result.final.feature_names)
-    pairs = np.vstack([p.units[p.result.final.pairs] for p in parts]).reshape(-1, 2)
-    similarity = np.concatenate([c.similarity for c in clusterings])
-    before = _global_ids([c.labels for c in clusterings], parts, n)
-    same_before = (before[pairs[:, 0]] == before[pairs[:, 1]]) & (before[pairs[:, 0]] > 0)
+    before = a.idx_cluster_clustering
     candidate = {
-        "pairs": pairs.astype(np.int64),
-        "feature_names": names,
-        "features": np.vstack([p.result.final.pair_features for p in parts]).astype(np.float32),
-        "similarity": similarity.astype(np.float32),
-        "good_match": np.concatenate([c.good for c in clusterings]),
-        "same_cluster_clustering": same_before,
-        "same_cluster_final": (idx[pairs[:, 0]] == idx[pairs[:, 1]]) & (idx[pairs[:, 0]] > 0),
+        "pairs": a.pairs.astype(np.int64),
+        "feature_names": a.feature_names,
+        "features": a.pair_similarities.astype(np.float32),  # the file's key since 0.1
+        "similarity": a.similarity.astype(np.float32),
+        "good_match": a.good_match,
+        "same_cluster_clustering": a.same_cluster_clustering,
+        "same_cluster_final": a.same_cluster_final,
     }
     if multi:
-        candidate["shank"] = np.concatenate([np.full(len(p.result.final.pairs), p.shank)
-                                             for p in parts])
+        candidate["shank"] = a.pair_shank
     put_npz("CandidatePairs.npz", candidate)
-    if n <= s.dense_output_max_units:
+    if n <= settings.dense_output_max_units:
         put("ClusterMatrix.npy", (idx[:, None] == idx[None, :]) & (idx[:, None] > 0))
-        put("SimilarityMatrix.npy", dense_pair_matrix(n, pairs, similarity))
+        put("SimilarityMatrix.npy", dense_pair_matrix(n, a.pairs, a.similarity))
     else:
-        import logging
-        logging.getLogger("kilomatch").info(
-            "%d units > dense_output_max_units (%d): ClusterMatrix.npy and SimilarityMatrix.npy "
-            "not written; the pairs are in CandidatePairs.npz and MatchedPairs.npy", n,
-            s.dense_output_max_units)
+        log.info("%d units > dense_output_max_units (%d): ClusterMatrix.npy and "
+                 "SimilarityMatrix.npy not written; the pairs are in CandidatePairs.npz and "
+                 "MatchedPairs.npy", n, settings.dense_output_max_units)
 
     clustering = {
         "IdxCluster": before,
-        "feature_names": names,
-        "weights": weights,
+        "feature_names": a.feature_names,
+        "weights": a.weights,
         "threshold": threshold,
-        "n_iter": np.array([c.n_iter for c in clusterings]),
-        "converged": np.array([c.converged for c in clusterings]),
-        "corrected_depth": depth,
+        "n_iter": a.n_iter,
+        "converged": a.converged,
+        "corrected_depth": a.corrected_depth,
     }
-    for part in parts:
-        suffix = f"_shank{part.shank}" if multi else ""
-        rounds = part.result.rounds
-        clustering["motion_rounds_displacement" + suffix] = np.array(
-            [m.displacement() for _, m in rounds]).reshape(len(rounds), result.data.n_sessions)
-        clustering["motion_rounds_good_matches" + suffix] = np.array(
-            [r.n_good for r, _ in rounds], dtype=np.int64)
+    for shank, displacement, good in zip(a.shank_ids, a.round_motion, a.round_good_matches):
+        suffix = f"_shank{shank}" if multi else ""
+        clustering["motion_rounds_displacement" + suffix] = displacement
+        clustering["motion_rounds_good_matches" + suffix] = good
     if multi:
-        clustering["shank_ids"] = np.array([p.shank for p in parts])
+        clustering["shank_ids"] = a.shank_ids
     put_npz("ClusteringResults.npz", clustering)
-    if s.save_intermediate_results:
-        for part in parts:
-            suffix = f"_Shank{part.shank}" if multi else ""
-            for k, (r, m) in enumerate(part.result.rounds, 1):
+    if settings.save_intermediate_results:
+        for shank, rounds in zip(a.shank_ids, a.rounds):
+            suffix = f"_Shank{shank}" if multi else ""
+            for k, r in enumerate(rounds, 1):
                 put_npz(f"MotionRound{k}{suffix}.npz", {
-                    "feature_names": np.array(r.feature_names), "pairs": part.units[r.pairs],
-                    "features": r.pair_features.astype(np.float32),
-                    "similarity": r.clustering.similarity.astype(np.float32),
-                    "good_match": r.clustering.good,
-                    "IdxCluster": _hdbscan_ids(r.clustering.labels),
-                    "weights": r.clustering.weights,
-                    "threshold": np.float64(r.clustering.threshold),
-                    "motion": m.displacement(),
-                    "motion_ci": np.column_stack([m.ci_low, m.ci_high])})
-    curated = [p.result.curated for p in parts]
-    removed = np.vstack([p.units[c.removed_pairs] for p, c in zip(parts, curated)]).reshape(-1, 2)
+                    "feature_names": np.array(r.feature_names), "pairs": r.pairs,
+                    "features": r.pair_similarities.astype(np.float32),
+                    "similarity": r.similarity.astype(np.float32),
+                    "good_match": r.good_match,
+                    "IdxCluster": r.idx_cluster,
+                    "weights": r.weights,
+                    "threshold": np.float64(r.threshold),
+                    "motion": r.motion,
+                    "motion_ci": r.motion_ci})
     put_npz("CurationResults.npz", {
         "IdxCluster_before": before,
-        "IdxCluster_after_conflicts": _global_ids([c.labels_after_conflicts for c in curated],
-                                                  parts, n),
+        "IdxCluster_after_conflicts": a.idx_cluster_after_conflicts,
         "IdxCluster": idx,
-        "removed_pairs": removed.astype(np.int64),
-        "removed_reason": np.concatenate([c.removed_reason for c in curated]).astype(np.int8),
+        "removed_pairs": a.removed_pairs.astype(np.int64),
+        "removed_reason": a.removed_reason.astype(np.int8),
         "reason_names": np.array(REASONS),
-        "split_threshold": np.array([c.threshold for c in curated]) if multi
-        else np.float64(curated[0].threshold),
+        "split_threshold": a.split_thresholds if multi else np.float64(a.split_thresholds[0]),
     })
     table = {"unit": np.arange(n), "session": result.data.session_index, "cluster": idx,
              "x": units.locations[:, 0], "y": units.locations[:, 1], "z": units.locations[:, 2],
              "amplitude": units.amplitude, "peak_channel": units.peak_channel,
-             "corrected_y": depth}
+             "corrected_y": a.corrected_depth}
     if multi:
         table["shank"] = units.shank
     save_units_csv(folder / "units.csv", table)
     written.append(folder / "units.csv")
-    save_json(folder / "kilomatch_settings.json", s.to_dict())
+    save_json(folder / "kilomatch_settings.json", settings.to_dict())
     written.append(folder / "kilomatch_settings.json")
     output = {
         "IdxCluster": idx, "MatchedPairs": result.matched_pairs,
         "SessionIndex": result.data.session_index, "Locations": units.locations,
-        "CorrectedDepth": depth, "Motion": displacement,
-        "MotionCI": motion_ci,
-        "SimilarityWeights": weights,
+        "CorrectedDepth": a.corrected_depth, "Motion": a.motion,
+        "MotionCI": a.motion_ci,
+        "SimilarityWeights": a.weights,
         "SimilarityThreshold": threshold,
-        "FeatureNames": names, "NumUnits": np.int64(n),
+        "FeatureNames": a.feature_names, "NumUnits": np.int64(n),
         "NumSessions": np.int64(result.data.n_sessions),
         "NumClusters": np.int64(idx.max() if (idx > 0).any() else 0)}
     if multi:
         output["Shank"] = units.shank
-        output["ShankIds"] = np.array([p.shank for p in parts])
+        output["ShankIds"] = a.shank_ids
     put_npz("Output.npz", output)  # last: its presence marks a complete run
     return written
-
-
-def _hdbscan_ids(labels: np.ndarray) -> np.ndarray:
-    """0-based HDBSCAN labels -> 1..K with -1 kept, numbered by lowest unit."""
-    from .clustering import renumber
-    return renumber(labels, start=1)
 
 
 def save_figures(figures: dict, folder: Path, dpi: int = 150) -> list:
@@ -327,7 +282,6 @@ def load_output(folder) -> dict:
     """
     folder = Path(folder)
     if not (folder / "Output.npz").is_file():
-        from .errors import KilomatchError
         raise KilomatchError(f"{folder} holds no finished kilomatch run (no Output.npz)")
     load = lambda name: np.load(folder / name, allow_pickle=False)  # noqa: E731
     settings = json.loads((folder / "kilomatch_settings.json").read_text())
@@ -340,7 +294,6 @@ def load_output(folder) -> dict:
                  "waveform_channels_corrected", "channel_locations", "auto_corr"):
         out[name] = load(f"{name}.npy")
     out["peth"] = load("peth.npy") if (folder / "peth.npy").is_file() else None
-    from .features import acg_lags
     out["acg_lags"] = acg_lags(settings["autoCorr"]["window"], settings["autoCorr"]["binwidth"])
     out["settings"] = settings
     return out

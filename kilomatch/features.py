@@ -1,4 +1,5 @@
-"""Per-unit features: peak channel, amplitude, location, centring, ACG and ISI (ALGORITHM.md s.2).
+"""Per-unit features: peak channel, amplitude, location, centring, ACG and ISI
+(docs/method.md, section 2).
 
 All functions take arrays and return arrays. Units: um for positions, uV for waveforms,
 ms for spike times and lags.
@@ -205,7 +206,7 @@ def spike_count_pairs(spike_times: np.ndarray, window: float, binwidth: float) -
 
 def auto_correlogram(spike_times: np.ndarray, window: float = 300.0, binwidth: float = 1.0,
                      gaussian_sigma: float = 5.0) -> np.ndarray:
-    """Autocorrelogram of one unit (ALGORITHM.md s.2): (2B+1,) on :func:`acg_lags`.
+    """Autocorrelogram of one unit (docs/method.md, section 2): (2B+1,) on :func:`acg_lags`.
 
     Each side is smoothed with a Gaussian of ``gaussian_sigma`` ms, the zero lag is excluded
     (set to 0) and the result is scaled to a maximum of 1. Fewer than 2 spikes give zeros.

@@ -1,6 +1,6 @@
 """Figures of a run, returned as matplotlib figures (export.save_figures writes them).
 
-Each function takes a :class:`kilomatch.pipeline.Result` and returns one Figure with labelled
+Each function takes a :class:`kilomatch.results.Result` and returns one Figure with labelled
 axes and units. Figures are built without pyplot, so no backend is switched and nothing is
 left open in a notebook; they display there as they are.
 """
@@ -80,7 +80,7 @@ def similarity_features(result):
     fig = Figure(figsize=(4 * len(names), 3.5))
     axes = fig.subplots(1, len(names), squeeze=False)
     for k, (ax, name) in enumerate(zip(axes[0], names)):
-        z = final.pair_features[:, k]
+        z = final.pair_similarities[:, k]
         bins = np.linspace(z.min(), z.max(), 60) if z.size else 10
         for mask, color, label in ((~same, OTHER_COLOR, "unmatched"), (same, MATCH_COLOR, "matched")):
             if mask.any():  # a density of no pairs is undefined
@@ -100,13 +100,13 @@ def weighted_similarity(result):
     same = _same_final(result)
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    s = cl.similarity
-    bins = np.linspace(s.min(), s.max(), 80) if s.size else 10
-    ax.hist(s[~same], bins=bins, color=OTHER_COLOR, alpha=0.7, label="unmatched pairs")
-    ax.hist(s[same], bins=bins, color=MATCH_COLOR, alpha=0.7, label="matched pairs")
+    similarity = cl.similarity
+    bins = np.linspace(similarity.min(), similarity.max(), 80) if similarity.size else 10
+    ax.hist(similarity[~same], bins=bins, color=OTHER_COLOR, alpha=0.7, label="unmatched pairs")
+    ax.hist(similarity[same], bins=bins, color=MATCH_COLOR, alpha=0.7, label="matched pairs")
     if np.isfinite(cl.threshold):
         ax.axvline(cl.threshold, color="k", ls="--", label=f"LDA threshold {cl.threshold:.2f}")
-    if s.size:
+    if similarity.size:
         ax.set_yscale("log")
     ax.set_xlabel("weighted similarity (Fisher z units)")
     ax.set_ylabel("pairs")
@@ -153,7 +153,7 @@ def feature_scatter(result, max_points: int = 20000):
     """Pairwise scatter of the similarity features, matched vs unmatched pairs."""
     final = result.final
     names = final.feature_names
-    z = final.pair_features
+    z = final.pair_similarities
     same = _same_final(result)
     keep = np.arange(len(z))
     if len(keep) > max_points:  # a readable figure, same subset every run
@@ -205,7 +205,7 @@ def plot_cluster(output, cluster_id: int):
     """One tracked neuron across its sessions (like the MATLAB visualizeCluster).
 
     ``output``: an output folder, the dict of :func:`kilomatch.export.load_output`, or a
-    :class:`kilomatch.pipeline.Result` written to disk. Panels: waveforms on the nearest
+    :class:`kilomatch.results.Result` written to disk. Panels: waveforms on the nearest
     channels before and after motion correction, ACGs, PETHs (when present), depth per session
     and the similarity between the cluster's units. Colours are sessions.
     """
@@ -221,8 +221,8 @@ def plot_cluster(output, cluster_id: int):
     units = units[np.argsort(output["session"][units], kind="stable")]
     sessions = output["session"][units]
     cmap = matplotlib.colormaps["viridis"]
-    n_s = int(output["session"].max())
-    colors = [cmap((s - 1) / max(n_s - 1, 1)) for s in sessions]
+    n_sessions = int(output["session"].max())
+    colors = [cmap((session - 1) / max(n_sessions - 1, 1)) for session in sessions]
     fig = Figure(figsize=(15, 9))
     axes = fig.subplots(2, 3)
     locs = output["channel_locations"]
@@ -232,8 +232,9 @@ def plot_cluster(output, cluster_id: int):
                   output["waveform_channels_corrected"][units], locs, colors,
                   "waveforms (motion-corrected)")
     ax = axes[0, 2]
-    for u, color, s in zip(units, colors, sessions):
-        ax.plot(output["acg_lags"], output["auto_corr"][u], color=color, lw=0.8, label=f"session {s}")
+    for u, color, session in zip(units, colors, sessions):
+        ax.plot(output["acg_lags"], output["auto_corr"][u], color=color, lw=0.8,
+                label=f"session {session}")
     ax.set_xlabel("lag (ms)")
     ax.set_ylabel("autocorrelogram (max 1)")
     ax.set_title("ACG")
@@ -265,8 +266,8 @@ def plot_cluster(output, cluster_id: int):
         sim[pos[a], pos[b]] = sim[pos[b], pos[a]] = v
     im = ax.imshow(sim, cmap="magma")
     fig.colorbar(im, ax=ax, label="weighted similarity")
-    ax.set_xticks(range(units.size), [str(s) for s in sessions])
-    ax.set_yticks(range(units.size), [str(s) for s in sessions])
+    ax.set_xticks(range(units.size), [str(session) for session in sessions])
+    ax.set_yticks(range(units.size), [str(session) for session in sessions])
     ax.set_xlabel("session")
     ax.set_ylabel("session")
     ax.set_title("similarity between the cluster's units")

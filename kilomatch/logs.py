@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import platform
 import sys
+import warnings
+from importlib import metadata
 from pathlib import Path
 
 log = logging.getLogger("kilomatch")
@@ -12,6 +16,20 @@ log = logging.getLogger("kilomatch")
 _CONSOLE_FORMAT = "kilomatch: %(message)s"
 _FILE_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 LOG_FILE = "kilomatch.log"
+# The libraries whose versions can change a result (written at the top of kilomatch.log).
+_LIBRARIES = ("numpy", "scipy", "scikit-learn", "hdbscan")
+
+
+def versions() -> dict:
+    """{name: version} of kilomatch, Python and the numerical libraries it runs on."""
+    from . import __version__
+    out = {"kilomatch": __version__, "Python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
 
 
 def setup_logging(stream=None, level: int = logging.INFO) -> logging.Handler:
@@ -31,7 +49,9 @@ def setup_logging(stream=None, level: int = logging.INFO) -> logging.Handler:
 
 
 class RunLog(logging.Handler):
-    """Every ``kilomatch`` record (INFO and up) of one run, for ``kilomatch.log``.
+    """Every ``kilomatch`` record (INFO and up) of one run, for ``kilomatch.log``, and every
+    Python warning raised during the run (numpy, scikit-learn, ...), which still also goes to
+    the console as usual.
 
     Records are kept in memory until :meth:`open` names the output folder (it is made only once
     the input has been checked), then written there as they come. Use as a context manager."""
@@ -41,7 +61,27 @@ class RunLog(logging.Handler):
         self.setFormatter(logging.Formatter(_FILE_FORMAT))
         self._pending = []
         self._file = None
+        self._showwarning = None
         self.path = None
+        self.n_warnings = 0
+
+    def note(self, message: str, *args) -> None:
+        """A line for the log file only (not the console): versions, settings."""
+        self.handle(log.makeRecord(log.name, logging.INFO, "", 0, message, args, None))
+
+    def describe_run(self, settings) -> None:
+        """The file's header: versions, and the settings that differ from the defaults."""
+        self.note("versions: %s", ", ".join(f"{k} {v}" for k, v in versions().items()))
+        changed = settings.changed()
+        self.note("settings that differ from the defaults (the rest: README, 'Settings'):")
+        for name, value in changed.items():
+            self.note("    %s = %s", name, json.dumps(value, default=str))
+
+    def _capture_warning(self, message, category, filename, lineno, file=None, line=None):
+        self.handle(log.makeRecord(log.name, logging.WARNING, filename, lineno,
+                                   "%s: %s (%s:%d)", (category.__name__, message, filename,
+                                                     lineno), None))
+        self._showwarning(message, category, filename, lineno, file, line)
 
     def open(self, folder) -> Path:
         """Start ``folder/kilomatch.log`` afresh with the records so far."""
@@ -54,6 +94,8 @@ class RunLog(logging.Handler):
         return self.path
 
     def emit(self, record):
+        if record.levelno >= logging.WARNING:
+            self.n_warnings += 1
         line = self.format(record)
         if self._file is None:
             self._pending.append(line)
@@ -65,9 +107,13 @@ class RunLog(logging.Handler):
         log.addHandler(self)
         if log.level == logging.NOTSET or log.level > logging.INFO:
             log.setLevel(logging.INFO)
+        self._showwarning, warnings.showwarning = warnings.showwarning, self._capture_warning
         return self
 
     def __exit__(self, *exc):
+        warnings.showwarning = self._showwarning
+        self.note("%d warning%s in this run%s", self.n_warnings,
+                  "" if self.n_warnings == 1 else "s", " (above)" if self.n_warnings else "")
         log.removeHandler(self)
         if self._file is not None:
             self._file.close()

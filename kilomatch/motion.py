@@ -1,4 +1,4 @@
-"""Probe motion across sessions from matched unit pairs (ALGORITHM.md s.5).
+"""Probe motion across sessions from matched unit pairs (docs/method.md, section 6).
 
 Convention: p_s(d) = slope_s * d + offset_s is the apparent shift (um) of a unit at probe depth
 d in session s; a unit's corrected depth is y - p_s(y). Offsets have mean 0 over the sessions

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -14,107 +13,20 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import channel_windows, correction, curation, export, features
-from .clustering import ClusteringResult, combine_labels, ihdbscan, renumber, same_cluster
+from .assemble import assemble
+from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
 from .logs import RunLog, setup_logging
 from .load import Dataset, iter_rows, load_dataset, load_given_motion
 from .motion import Motion, estimate_motion
 from .parallel import map_units
+# The result types are defined in kilomatch.results and stay importable from here.
+from .results import Result, RoundResult, ShankPart, UnitFeatures, shank_parts  # noqa: F401
 from .settings import Settings, load as load_settings
 from .similarity import (candidate_pairs, feature_similarity, location_similarity,
                          waveform_similarity, weighted_similarity)
 
 log = logging.getLogger("kilomatch")
-
-
-@dataclass
-class UnitFeatures:
-    """Per-unit features of the whole dataset (N units, C channels, T samples).
-
-    waveforms: LocalWaveforms, each unit on its channel window, (N, W, T) float32 uV (centred
-    if asked); peak_channel: (N,); amplitude: (N,) uV;
-    locations: (N, 3) um; acg: (N, L); isi: (N, B); peth: (N, P) or None;
-    session0: (N,) 0-based session; shank: (N,) shank of the peak channel (0 when one shank).
-    """
-
-    waveforms: np.ndarray
-    peak_channel: np.ndarray
-    amplitude: np.ndarray
-    locations: np.ndarray
-    acg: np.ndarray
-    isi: np.ndarray
-    peth: np.ndarray | None
-    session0: np.ndarray
-    shank: np.ndarray
-
-
-@dataclass
-class RoundResult:
-    """One matching pass at a given motion: candidate pairs, their similarities, clustering."""
-
-    feature_names: list
-    motion: Motion
-    pairs: np.ndarray               # (P, 2)
-    pair_features: np.ndarray       # (P, F) Fisher z per feature
-    clustering: ClusteringResult
-    corrected_depth: np.ndarray     # (N,)
-    waveforms_corrected: list | None = None  # K LocalWaveforms (N, W, T)
-    channels_corrected: np.ndarray | None = None   # (K, N, n)
-    good_count: int | None = field(default=None, repr=False)  # kept by drop_pair_arrays
-
-    @property
-    def n_good(self) -> int:
-        """Number of good matches (kept when the pair arrays are dropped)."""
-        if self.clustering.good is None:
-            return self.good_count
-        return int(self.clustering.good.sum())
-
-    def drop_pair_arrays(self) -> None:
-        """Free the per-pair arrays (P can be 10^8 at scale); counts and weights stay."""
-        self.good_count = self.n_good
-        self.pairs = self.pair_features = None
-        self.clustering.similarity = self.clustering.good = None
-        self.waveforms_corrected = self.channels_corrected = None
-
-
-@dataclass
-class Result:
-    """What a run returns (and writes). idx_cluster: (N,) -1 or 1..K; matched_pairs: (M, 2).
-
-    With several shanks, ``shanks`` holds each shank's own Result and motion, rounds, final
-    and curated are None here (see :func:`shank_parts`).
-    """
-
-    settings: Settings
-    data: Dataset
-    units: UnitFeatures
-    motion: Motion | None
-    rounds: list
-    final: RoundResult | None
-    curated: curation.CurationResult | None
-    idx_cluster: np.ndarray
-    matched_pairs: np.ndarray
-    run_time_s: float = 0.0
-    summary: dict = field(default_factory=dict)
-    stages: list = field(default_factory=list)  # per step: seconds and peak memory (MB)
-    shanks: list = field(default_factory=list)  # ShankPart per shank, when more than one
-
-
-@dataclass
-class ShankPart:
-    """One shank of a multi-shank run: its id, its units' global indices, and its own Result
-    (motion, weights, threshold, curation), computed on its units alone."""
-
-    shank: int
-    units: np.ndarray
-    result: Result
-
-
-def shank_parts(result: Result) -> list:
-    """The shanks of a result; a single-shank run is one part holding every unit."""
-    if result.shanks:
-        return result.shanks
-    return [ShankPart(0, np.arange(result.data.n_units), result)]
 
 
 # ----------------------------------------------------------------------------- steps
@@ -138,8 +50,8 @@ def feature_rounds(s: Settings, has_peth: bool) -> tuple[list, list]:
 
 
 def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
-    """Peak channel, amplitude, location, ACG, ISI of every unit (ALGORITHM.md s.2), and each
-    unit's waveform on its channel window, read block by block from the input."""
+    """Peak channel, amplitude, location, ACG, ISI of every unit (docs/method.md, section 2),
+    and each unit's waveform on its channel window, read block by block from the input."""
     n, c, t = data.waveforms.shape
     windows = channel_windows.window_table(
         data.channel_locations, data.channel_shanks, s.waveformCorrection.window_um,
@@ -205,16 +117,16 @@ def match_units(units: UnitFeatures, channel_locations: np.ndarray, s: Settings,
     if "Waveform" in feature_names:
         wf_corr, ch_corr = corrected_waveforms(units, channel_locations, motion,
                                                s.waveformCorrection, kinv)
-    pair_feats = pair_features(units, feature_names, pairs, corrected, wf_corr, ch_corr)
-    result = ihdbscan(len(y), pairs, pair_feats, max_cluster_size=n_sessions,
+    similarities = pair_similarities(units, feature_names, pairs, corrected, wf_corr, ch_corr)
+    result = ihdbscan(len(y), pairs, similarities, max_cluster_size=n_sessions,
                       n_iter=s.clustering.n_iter, weight_tol=s.clustering.weight_tol)
-    return RoundResult(list(feature_names), motion, pairs, pair_feats, result, corrected,
+    return RoundResult(list(feature_names), motion, pairs, similarities, result, corrected,
                        wf_corr, ch_corr)
 
 
-def pair_features(units: UnitFeatures, names: list, pairs: np.ndarray,
-                  corrected_depth: np.ndarray, waveforms_corrected=None,
-                  channels_corrected=None) -> np.ndarray:
+def pair_similarities(units: UnitFeatures, names: list, pairs: np.ndarray,
+                      corrected_depth: np.ndarray, waveforms_corrected=None,
+                      channels_corrected=None) -> np.ndarray:
     """(P, F) similarity of each pair for each named feature (Fisher z)."""
     columns = []
     for name in names:
@@ -315,13 +227,13 @@ def within_cluster_similarity(units: UnitFeatures, final: RoundResult, labels: n
     """Every within-cluster pair, its weighted similarity and whether it may link (Q arrays)."""
     pairs = curation.within_cluster_pairs(labels)
     depth = final.corrected_depth
-    feats = pair_features(units, final.feature_names, pairs, depth, final.waveforms_corrected,
-                          final.channels_corrected)
-    sim = weighted_similarity(feats, final.clustering.weights)
+    similarities = pair_similarities(units, final.feature_names, pairs, depth,
+                                     final.waveforms_corrected, final.channels_corrected)
+    similarity = weighted_similarity(similarities, final.clustering.weights)
     linkable = ((units.session0[pairs[:, 0]] != units.session0[pairs[:, 1]])
                 & (np.abs(depth[pairs[:, 0]] - depth[pairs[:, 1]]) <= s.clustering.max_distance)
                 & (units.shank[pairs[:, 0]] == units.shank[pairs[:, 1]]))
-    return pairs, sim, linkable
+    return pairs, similarity, linkable
 
 
 def matched_pairs(idx_cluster: np.ndarray) -> np.ndarray:
@@ -428,6 +340,7 @@ def run(settings=None, *, write: bool = True) -> Result:
 def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
     stages = Stages()
     s = load_settings(settings)
+    run_log.describe_run(s)
     for note in s.notes:
         log.info(note)
     listed = [f for r in s.motionEstimation.features for f in r] + list(s.clustering.features)
@@ -470,7 +383,7 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
     result.summary = summarize(result)
     if write:
         from . import figures  # imported late: matplotlib is slow to import
-        export.write_all(result)
+        export.write_all(result, assemble(result))
         stages.done("export")
         figure_folder = Path(s.output_folder) / "Figures"
         for part in shank_parts(result):

@@ -72,6 +72,13 @@ class Settings(Section):
         out = json.loads(json.dumps(self._values, default=str))
         return out
 
+    def changed(self) -> dict:
+        """The settings that differ from their defaults, {dotted name: value} in table order;
+        the input and output folders are always listed (as absolute paths)."""
+        values = _flatten(self.to_dict())
+        return {p.name: values[p.name] for p in PARAMETERS
+                if p.kind == "path" or values[p.name] != p.default}
+
     def replace(self, **changes) -> "Settings":
         """A copy with dotted keys changed, checked again: ``s.replace(**{"n_jobs": 1})``."""
         values = self.to_dict()

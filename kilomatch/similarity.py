@@ -1,4 +1,4 @@
-"""Candidate pairs and their similarities (ALGORITHM.md s.3).
+"""Candidate pairs and their similarities (docs/method.md, sections 3 and 4).
 
 Only candidate pairs exist: units of different sessions whose motion-corrected depths differ
 by at most ``max_distance``. Every similarity is a Fisher z (atanh of a Pearson r, r clipped to
@@ -176,6 +176,6 @@ def location_similarity(positions: np.ndarray, pairs: np.ndarray,
     return fisher_z(np.exp(-d / scale_um))
 
 
-def weighted_similarity(features: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """S = sum_f w_f S_f: (P, F), (F,) -> (P,)."""
-    return np.asarray(features, dtype=np.float64) @ np.asarray(weights, dtype=np.float64)
+def weighted_similarity(similarities: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """S = sum_f w_f S_f: per-feature similarities (P, F) and weights (F,) -> (P,)."""
+    return np.asarray(similarities, dtype=np.float64) @ np.asarray(weights, dtype=np.float64)

@@ -1,4 +1,4 @@
-"""Tests of kilomatch.clustering (ALGORITHM.md s.4 and "Scale").
+"""Tests of kilomatch.clustering (docs/method.md, section 5).
 
 The key test: HDBSCAN on the sparse candidate-pair graph equals hdbscan.HDBSCAN on the dense
 matrix in which non-candidate pairs are infinitely far (np.inf) and the diagonal is 0.

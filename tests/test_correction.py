@@ -1,4 +1,4 @@
-"""Tests of kilomatch.correction (ALGORITHM.md s.6, Kriging).
+"""Tests of kilomatch.correction (docs/method.md, section 7, Kriging).
 
 Tolerance for "shift 0 returns the waveform": Kriging with the 0.01 ridge returns
 K (K + 0.01 I)^-1 W = W - 0.01 (K + 0.01 I)^-1 W, so the error is ~0.01/lambda on the kernel

@@ -1,4 +1,4 @@
-"""Tests of kilomatch.curation (ALGORITHM.md s.7) on hand-made clusters."""
+"""Tests of kilomatch.curation (docs/method.md, section 9) on hand-made clusters."""
 
 import itertools
 

@@ -1,4 +1,4 @@
-"""Tests of kilomatch.features (ALGORITHM.md s.2) against closed forms and brute force."""
+"""Tests of kilomatch.features (docs/method.md, section 2) against closed forms and brute force."""
 
 import itertools
 

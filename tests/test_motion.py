@@ -1,5 +1,5 @@
-"""Tests of kilomatch.motion (ALGORITHM.md s.5): exact least squares on exact pairs, bootstrap
-band, untied sessions, no pairs."""
+"""Tests of kilomatch.motion (docs/method.md, section 6): exact least squares on exact pairs,
+bootstrap band, untied sessions, no pairs."""
 
 import logging
 

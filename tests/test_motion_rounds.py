@@ -73,10 +73,15 @@ def test_round_pair_arrays_kept_only_when_asked(data, tmp_path):
     MotionRound files; the good-match counts are the same either way."""
     base = {"path_to_data": str(data), "n_jobs": 1, "motionEstimation": {"n_bootstrap": 20}}
     lean = kilomatch.run({**base, "output_folder": str(tmp_path / "lean")})
-    assert all(r.pairs is None for r, _ in lean.rounds)
+    n_rounds = len(from_dict({}).motionEstimation.features)  # the default schedule: 3 rounds
+    assert len(lean.rounds) == n_rounds
+    assert all(r.pairs is None and r.n_good > 0 for r, _ in lean.rounds)
+    assert not list((tmp_path / "lean").glob("MotionRound*"))
     full = kilomatch.run({**base, "output_folder": str(tmp_path / "full"),
                           "save_intermediate_results": True})
     assert [r.n_good for r, _ in lean.rounds] == [r.n_good for r, _ in full.rounds]
+    assert sorted(p.name for p in (tmp_path / "full").glob("MotionRound*")) == [
+        f"MotionRound{k}.npz" for k in range(1, n_rounds + 1)]
     for k, (r, _) in enumerate(full.rounds, 1):
         with np.load(tmp_path / "full" / f"MotionRound{k}.npz", allow_pickle=False) as z:
             assert z["pairs"].shape == r.pairs.shape and z["good_match"].sum() == r.n_good

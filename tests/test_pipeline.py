@@ -1,6 +1,7 @@
 """End to end: simulated study in, tracked neurons and every output file out."""
 
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import pytest
 
 import kilomatch
 from kilomatch import metrics, parallel
+from kilomatch.curation import within_cluster_pairs
 from kilomatch.simulate import simulate_to_folder
 
 SIM = dict(n_sessions=4, n_neurons=70, probe="NP1", seed=3)
@@ -20,6 +22,18 @@ def sim_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sim") / "data"
     simulate_to_folder(folder, **SIM)
     return folder
+
+
+def _folder_state(folder: Path) -> dict:
+    """Every entry under ``folder`` (hidden ones too) with its bytes; None for folders."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def sim_folder_state(sim_folder):
+    """The input folder as simulated, before any run."""
+    return _folder_state(sim_folder)
 
 
 def _settings(data, out, **extra):
@@ -35,7 +49,7 @@ def _settings(data, out, **extra):
 
 
 @pytest.fixture(scope="module")
-def run_result(sim_folder, tmp_path_factory):
+def run_result(sim_folder, sim_folder_state, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     return kilomatch.run(_settings(sim_folder, out)), out
 
@@ -94,7 +108,21 @@ def test_outputs_plain_arrays_with_documented_shapes(run_result):
         assert list(z["reason_names"]) == ["same_session_conflict", "split_below_threshold",
                                            "split_at_position_gap"]
         assert z["split_threshold"] < load("SimilarityThreshold.npy")[0, 0]
-        assert set(z["removed_reason"].tolist()) <= {0, 1, 2}
+        # Curation took pairs apart on this study (else nothing below is checked), and the
+        # removed pairs are exactly those together before curation and apart after it, each
+        # listed once with a known reason.
+        removed, reason = z["removed_pairs"], z["removed_reason"]
+        assert len(removed) > 0 and reason.shape == (len(removed),)
+        assert set(reason.tolist()) <= {0, 1, 2}
+        before = z["IdxCluster_before"]
+        assert np.array_equal(z["IdxCluster"], idx.ravel())
+
+    def together(labels):
+        return {tuple(p) for p in within_cluster_pairs(np.where(labels > 0, labels, -1))}
+
+    taken_apart = together(before) - together(idx.ravel())
+    assert len({tuple(p) for p in removed.tolist()}) == len(removed)
+    assert {tuple(p) for p in removed.tolist()} == taken_apart
     lines = (out / "units.csv").read_text().splitlines()
     assert lines[0] == "unit,session,cluster,x,y,z,amplitude,peak_channel,corrected_y"
     assert len(lines) == n + 1
@@ -135,16 +163,25 @@ def test_byte_identical_reruns_whatever_n_jobs(sim_folder, run_result, tmp_path,
 
 
 def test_run_log_beside_results(run_result):
-    """The output folder says how it was made: the log holds the load and every step."""
-    _, out = run_result
+    """The output folder says how it was made: versions, the settings that differ from the
+    defaults, the load, every step with its time and memory, the summary."""
+    result, out = run_result
     text = (out / "kilomatch.log").read_text()
-    assert "loaded" in text and "step final clustering" in text and "done:" in text
+    assert f"versions: kilomatch {kilomatch.__version__}, Python " in text
+    assert "n_jobs = 1" in text and "motionEstimation.n_bootstrap = 200" in text
+    assert "clustering.max_distance =" not in text  # left at its default
+    assert "loaded" in text and "done:" in text
+    for row in result.stages:
+        assert re.search(rf"step {row['stage']}: \d+\.\d s, peak memory so far \d", text)
+    assert [row["stage"] for row in result.stages] == [
+        "load", "features", "motion rounds", "final clustering", "curation", "export",
+        "figures"]
 
 
-def test_input_folder_untouched(sim_folder, run_result):
-    """The run only reads the input folder."""
-    names = sorted(p.name for p in sim_folder.rglob("*"))
-    assert "IdxCluster.npy" not in names and not any(n.endswith(".tmp") for n in names)
+def test_input_folder_untouched(sim_folder, sim_folder_state, run_result):
+    """The run only reads the input folder: no file added (temporary ones are named
+    '.{name}.tmp{pid}'), changed or removed."""
+    assert _folder_state(sim_folder) == sim_folder_state
 
 
 def test_missing_peth_said_once_and_run_goes_on(sim_folder, tmp_path, caplog):

@@ -32,7 +32,7 @@ REFERENCE_STYLE = r"""
 
 
 def test_published_defaults():
-    """Defaults are the published ones (seed description / ALGORITHM.md)."""
+    """Defaults are the published ones (seed description / docs/method.md)."""
     s = from_dict({})
     assert s.spikeLocation.n_nearest_channels == 20
     assert s.spikeLocation.location_algorithm == "monopolar_triangulation"

@@ -1,4 +1,5 @@
-"""Tests of kilomatch.similarity (ALGORITHM.md s.3) against brute-force O(N^2) references."""
+"""Tests of kilomatch.similarity (docs/method.md, sections 3 and 4) against brute-force O(N^2)
+references."""
 
 import itertools
 
@@ -125,7 +126,8 @@ def line_probe(n_channels):
 
 
 def brute_channel_sets(waveforms, loc, n):
-    """ALGORITHM.md s.3 channel set: the n channels nearest the peak (max ptt) channel."""
+    """The channel set of docs/method.md, section 3: the n channels nearest the peak (max ptt)
+    channel."""
     ptt = waveforms.max(axis=2) - waveforms.min(axis=2)
     sets = []
     for w in ptt:

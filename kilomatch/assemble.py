@@ -1,0 +1,178 @@
+"""The arrays a run writes, put together from its shanks in input unit order.
+
+Each shank of a multi-shank probe is tracked on its own (``Result.shanks``); the result files
+cover every unit. :func:`assemble` gathers the per-shank values into global arrays (cluster ids
+unique across shanks, unit ids global, per-shank values on a last axis of length n_shanks) so
+that :mod:`kilomatch.export` only has to write them. A single-shank run is one part.
+
+N units, n compared channels, T samples, S sessions, F similarity features, P candidate pairs,
+R removed pairs, K shanks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .channel_windows import LocalWaveforms
+from .clustering import combine_labels, renumber, same_cluster
+from .features import nearest_channels
+from .results import Result, shank_parts
+
+
+@dataclass
+class RoundArrays:
+    """One motion round of one shank, in global unit ids (for MotionRound{k}.npz)."""
+
+    feature_names: list
+    pairs: np.ndarray               # (P, 2)
+    pair_similarities: np.ndarray   # (P, F) Fisher z
+    similarity: np.ndarray          # (P,) weighted
+    good_match: np.ndarray          # (P,) bool
+    idx_cluster: np.ndarray         # (N_shank,) 1..K, -1 none (the round's HDBSCAN labels)
+    weights: np.ndarray             # (F,)
+    threshold: float
+    motion: np.ndarray              # (S,) um
+    motion_ci: np.ndarray           # (S, 2) um
+
+
+@dataclass
+class RunArrays:
+    """Every array of the result files, in input unit order.
+
+    Per-unit: waveforms (gathered from unit_waveforms when read), waveforms_corrected (N, n, T)
+    float32 uV; waveform_channels,
+    waveform_channels_corrected (N, n); corrected_depth (N,) um; idx_cluster_clustering (N,)
+    final clustering before curation and idx_cluster_after_conflicts (N,), both 1..K or -1.
+    Per shank (last axis K when K > 1, else dropped): weights (F[, K]), thresholds (K,),
+    n_iter (K,) and converged (K,) of IHDBSCAN,
+    motion (S[, K]) um, motion_ci (S, 2[, K]) um, motion_linear (S, 2[, K]) or None,
+    split_thresholds (K,). Candidate pairs of every shank: pairs (P, 2), pair_similarities
+    (P, F), similarity (P,), good_match (P,), pair_shank (P,), same_cluster_clustering and
+    same_cluster_final (P,) (both units in one cluster before / after curation). Curation: removed_pairs (R, 2),
+    removed_reason (R,). Motion rounds per shank: round_motion (list of (rounds, S)),
+    round_good_matches (list of (rounds,)), rounds (list of lists of RoundArrays, filled only
+    when the round pair arrays were kept).
+    """
+
+    shank_ids: np.ndarray
+    feature_names: np.ndarray
+    unit_waveforms: LocalWaveforms
+    waveform_channels: np.ndarray
+    waveforms_corrected: np.ndarray
+    waveform_channels_corrected: np.ndarray
+    corrected_depth: np.ndarray
+    weights: np.ndarray
+    thresholds: np.ndarray
+    n_iter: np.ndarray
+    converged: np.ndarray
+    motion: np.ndarray
+    motion_ci: np.ndarray
+    motion_linear: np.ndarray | None
+    pairs: np.ndarray
+    pair_similarities: np.ndarray
+    similarity: np.ndarray
+    good_match: np.ndarray
+    pair_shank: np.ndarray
+    same_cluster_clustering: np.ndarray
+    same_cluster_final: np.ndarray
+    idx_cluster_clustering: np.ndarray
+    idx_cluster_after_conflicts: np.ndarray
+    removed_pairs: np.ndarray
+    removed_reason: np.ndarray
+    split_thresholds: np.ndarray
+    round_motion: list
+    round_good_matches: list
+    rounds: list
+
+    @property
+    def n_shanks(self) -> int:
+        return len(self.shank_ids)
+
+    @property
+    def waveforms(self) -> np.ndarray:
+        """(N, n, T) float32 uV: each unit's waveform on ``waveform_channels``, gathered when
+        read so that this copy exists only while it is written (about 1 GB at 10^5 units)."""
+        return self.unit_waveforms.on(np.arange(self.unit_waveforms.n_units),
+                                      self.waveform_channels)
+
+
+def _stack_shanks(values: list) -> np.ndarray:
+    """Per-shank arrays side by side on a last axis; one shank keeps its own shape."""
+    return values[0] if len(values) == 1 else np.stack(values, axis=-1)
+
+
+def assemble(result: Result) -> RunArrays:
+    """The arrays :func:`kilomatch.export.write_all` writes, from a run's (per-shank) results."""
+    units, data = result.units, result.data
+    parts = shank_parts(result)
+    n = units.waveforms.shape[0]
+    n_near = result.settings.waveformCorrection.n_nearest_channels
+    locs = data.channel_locations
+
+    # Per-unit values that each shank computed on its own units, put back in unit order.
+    ch_raw = nearest_channels(locs, units.peak_channel, n_near)
+    ch_corr = np.zeros((n, min(n_near, len(locs))), np.int64)
+    wf_corr = np.zeros((n, ch_corr.shape[1], units.waveforms.shape[2]), np.float32)
+    depth = np.zeros(n)
+    for part in parts:
+        final = part.result.final
+        ch = final.channels_corrected[0]
+        ch_corr[part.units] = ch
+        wf_corr[part.units] = final.waveforms_corrected[0].on(np.arange(len(ch)), ch)
+        depth[part.units] = final.corrected_depth
+
+    clusterings = [p.result.final.clustering for p in parts]
+    motions = [p.result.motion for p in parts]
+    curated = [p.result.curated for p in parts]
+    members = [p.units for p in parts]
+    linear = result.settings.waveformCorrection.linear_correction
+    pairs = np.vstack([p.units[p.result.final.pairs] for p in parts]).reshape(-1, 2)
+    before = combine_labels([c.labels for c in clusterings], members, n)
+    return RunArrays(
+        shank_ids=np.array([p.shank for p in parts]),
+        feature_names=np.array(parts[0].result.final.feature_names),
+        unit_waveforms=units.waveforms,
+        waveform_channels=ch_raw,
+        waveforms_corrected=wf_corr,
+        waveform_channels_corrected=ch_corr,
+        corrected_depth=depth,
+        weights=_stack_shanks([c.weights for c in clusterings]),
+        thresholds=np.array([c.threshold for c in clusterings]),
+        n_iter=np.array([c.n_iter for c in clusterings]),
+        converged=np.array([c.converged for c in clusterings]),
+        motion=_stack_shanks([m.displacement() for m in motions]),
+        motion_ci=_stack_shanks([np.column_stack([m.ci_low, m.ci_high]) for m in motions]),
+        motion_linear=_stack_shanks([np.column_stack([m.slope, m.offset]) for m in motions])
+        if linear else None,
+        pairs=pairs,
+        pair_similarities=np.vstack([p.result.final.pair_similarities for p in parts]),
+        similarity=np.concatenate([c.similarity for c in clusterings]),
+        good_match=np.concatenate([c.good for c in clusterings]),
+        pair_shank=np.concatenate([np.full(len(p.result.final.pairs), p.shank) for p in parts]),
+        same_cluster_clustering=same_cluster(before, pairs),
+        same_cluster_final=same_cluster(result.idx_cluster, pairs),
+        idx_cluster_clustering=before,
+        idx_cluster_after_conflicts=combine_labels(
+            [c.labels_after_conflicts for c in curated], members, n),
+        removed_pairs=np.vstack([p.units[c.removed_pairs]
+                                 for p, c in zip(parts, curated)]).reshape(-1, 2),
+        removed_reason=np.concatenate([c.removed_reason for c in curated]),
+        split_thresholds=np.array([c.threshold for c in curated]),
+        round_motion=[np.array([m.displacement() for _, m in p.result.rounds]).reshape(
+            len(p.result.rounds), data.n_sessions) for p in parts],
+        round_good_matches=[np.array([r.n_good for r, _ in p.result.rounds], dtype=np.int64)
+                            for p in parts],
+        rounds=[[_round_arrays(r, m, p.units) for r, m in p.result.rounds
+                 if r.pairs is not None] for p in parts],
+    )
+
+
+def _round_arrays(r, motion, members: np.ndarray) -> RoundArrays:
+    """A kept motion round in global unit ids; its HDBSCAN labels numbered 1..K by lowest unit."""
+    return RoundArrays(list(r.feature_names), members[r.pairs], r.pair_similarities,
+                       r.clustering.similarity, r.clustering.good,
+                       renumber(r.clustering.labels, start=1), r.clustering.weights,
+                       float(r.clustering.threshold), motion.displacement(),
+                       np.column_stack([motion.ci_low, motion.ci_high]))

@@ -1,0 +1,119 @@
+"""What a run produces, as plain dataclasses: per-unit features, one matching round, the run's
+result and its shanks. The pipeline builds them; the writers and figures read them. This module
+imports no stage, so every module may import it without a cycle.
+
+N units, P candidate pairs, F similarity features, S sessions, T samples, W window channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # names for the annotations only
+    from .channel_windows import LocalWaveforms
+    from .clustering import ClusteringResult
+    from .curation import CurationResult
+    from .load import Dataset
+    from .motion import Motion
+    from .settings import Settings
+
+
+@dataclass
+class UnitFeatures:
+    """Per-unit features of the whole dataset (N units, C channels, T samples).
+
+    waveforms: LocalWaveforms, each unit on its channel window, (N, W, T) float32 uV (centred
+    if asked); peak_channel: (N,); amplitude: (N,) uV;
+    locations: (N, 3) um; acg: (N, L); isi: (N, B); peth: (N, P) or None;
+    session0: (N,) 0-based session; shank: (N,) shank of the peak channel (0 when one shank).
+    """
+
+    waveforms: LocalWaveforms
+    peak_channel: np.ndarray
+    amplitude: np.ndarray
+    locations: np.ndarray
+    acg: np.ndarray
+    isi: np.ndarray
+    peth: np.ndarray | None
+    session0: np.ndarray
+    shank: np.ndarray
+
+
+@dataclass
+class RoundResult:
+    """One matching pass at a given motion: candidate pairs, their similarities, clustering.
+
+    pair_similarities: (P, F) Fisher z similarity of each pair for each of ``feature_names``
+    (the columns the weights combine into ``clustering.similarity``)."""
+
+    feature_names: list
+    motion: Motion
+    pairs: np.ndarray               # (P, 2)
+    pair_similarities: np.ndarray   # (P, F) Fisher z per feature
+    clustering: ClusteringResult
+    corrected_depth: np.ndarray     # (N,) um
+    waveforms_corrected: list | None = None  # K LocalWaveforms (N, W, T)
+    channels_corrected: np.ndarray | None = None   # (K, N, n)
+    good_count: int | None = field(default=None, repr=False)  # kept by drop_pair_arrays
+
+    @property
+    def pair_features(self) -> np.ndarray:
+        """Former name of :attr:`pair_similarities` (kept for existing notebooks)."""
+        return self.pair_similarities
+
+    @property
+    def n_good(self) -> int:
+        """Number of good matches (kept when the pair arrays are dropped)."""
+        if self.clustering.good is None:
+            return self.good_count
+        return int(self.clustering.good.sum())
+
+    def drop_pair_arrays(self) -> None:
+        """Free the per-pair arrays (P can be 10^8 at scale); counts and weights stay."""
+        self.good_count = self.n_good
+        self.pairs = self.pair_similarities = None
+        self.clustering.similarity = self.clustering.good = None
+        self.waveforms_corrected = self.channels_corrected = None
+
+
+@dataclass
+class Result:
+    """What a run returns (and writes). idx_cluster: (N,) -1 or 1..K; matched_pairs: (M, 2).
+
+    With several shanks, ``shanks`` holds each shank's own Result and motion, rounds, final
+    and curated are None here (see :func:`shank_parts`).
+    """
+
+    settings: Settings
+    data: Dataset
+    units: UnitFeatures
+    motion: Motion | None
+    rounds: list
+    final: RoundResult | None
+    curated: CurationResult | None
+    idx_cluster: np.ndarray
+    matched_pairs: np.ndarray
+    run_time_s: float = 0.0
+    summary: dict = field(default_factory=dict)
+    stages: list = field(default_factory=list)  # per step: seconds and peak memory (MB)
+    shanks: list = field(default_factory=list)  # ShankPart per shank, when more than one
+
+
+@dataclass
+class ShankPart:
+    """One shank of a multi-shank run: its id, its units' global indices, and its own Result
+    (motion, weights, threshold, curation), computed on its units alone."""
+
+    shank: int
+    units: np.ndarray
+    result: Result
+
+
+def shank_parts(result: Result) -> list:
+    """The shanks of a result; a single-shank run is one part holding every unit."""
+    if result.shanks:
+        return result.shanks
+    return [ShankPart(0, np.arange(result.data.n_units), result)]

@@ -1,0 +1,24 @@
+"""The module graph has no cycle through the pipeline: the writers, figures and result types
+import without it (the pipeline imports them, never the other way round)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.mark.parametrize("module", ["kilomatch.export", "kilomatch.assemble",
+                                    "kilomatch.results", "kilomatch.figures"])
+def test_imports_without_the_pipeline(module):
+    code = (f"import sys, {module}; "
+            "sys.exit('kilomatch.pipeline' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr or f"{module} imported kilomatch.pipeline"
+
+
+def test_result_types_keep_their_public_home():
+    from kilomatch import pipeline, results
+    for name in ("Result", "RoundResult", "UnitFeatures", "ShankPart", "shank_parts"):
+        assert getattr(pipeline, name) is getattr(results, name)

@@ -174,16 +174,44 @@ def _counts_of_finished(folder: Path) -> dict:
                 "clusters": int(z["NumClusters"]), "matched_pairs": int(len(z["MatchedPairs"]))}
 
 
-def run_study(label: str, settings, force: bool = False,
-              job_limit: int | None = None) -> StudyOutcome:
+def thread_counts() -> dict:
+    """Threads of the BLAS and OpenMP libraries a run uses, in this process: user API
+    ('blas', 'openmp') -> count."""
+    from threadpoolctl import threadpool_info
+    from . import pipeline  # noqa: F401  (loads the libraries a run uses)
+    counts = {}
+    for lib in threadpool_info():
+        counts[lib["user_api"]] = max(counts.get(lib["user_api"], 1), lib["num_threads"])
+    return counts
+
+
+@contextlib.contextmanager
+def _same_threads(counts: dict | None):
+    """Give BLAS and OpenMP the thread counts of the process that started the batch (at most
+    the cores here). The last bits of the Kriging and similarity products depend on BLAS's
+    thread count, and Dask starts workers with one thread: without this a study would not
+    give the bytes of a plain run."""
+    if not counts:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+    from . import pipeline  # noqa: F401  (the libraries must be loaded to be limited)
+    cores = usable_cores()
+    with threadpool_limits({api: min(n, cores) for api, n in counts.items()}):
+        yield
+
+
+def run_study(label: str, settings, force: bool = False, job_limit: int | None = None,
+              threads: dict | None = None) -> StudyOutcome:
     """Run one study (a loaded :class:`kilomatch.settings.Settings`) unless its output folder
     already holds a complete run of the same settings and inputs (``force`` runs it anyway).
     Never raises for the study's own errors: they end up in the outcome. ``job_limit``: most
-    worker processes the study's ``n_jobs`` may use."""
+    worker processes the study's ``n_jobs`` may use; ``threads``: BLAS/OpenMP thread counts
+    to use (:func:`thread_counts` of the submitting process)."""
     from .pipeline import run
     t0 = time.perf_counter()
     out = StudyOutcome(label, FAILED, output_folder=str(settings.output_folder))
-    with PeakMemory() as peak, _quiet_study():
+    with PeakMemory() as peak, _quiet_study(), _same_threads(threads):
         try:
             reason = None if force else fingerprint.why_not_done(settings)
             if not force and reason is None:
@@ -211,15 +239,15 @@ def run_study(label: str, settings, force: bool = False,
     return out
 
 
-def _run_study_on_worker(label, settings, force, job_limit):
+def _run_study_on_worker(label, settings, force, job_limit, threads):
     """run_study on a Dask worker: without a set limit, each study uses the worker's usable
     cores divided by the studies it may run at once (its threads)."""
     if job_limit is None:
         from distributed import get_worker
         worker = get_worker()
-        threads = getattr(worker, "nthreads", None) or worker.state.nthreads
-        job_limit = max(1, usable_cores() // max(1, threads))
-    return run_study(label, settings, force, job_limit)
+        at_once = getattr(worker, "nthreads", None) or worker.state.nthreads
+        job_limit = max(1, usable_cores() // max(1, at_once))
+    return run_study(label, settings, force, job_limit, threads)
 
 
 # ----------------------------------------------------------------------------- the batch
@@ -351,14 +379,9 @@ def _dask_client(client, scheduler, n_studies, workers, n_jobs, memory_per_worke
              "%s memory per worker", n_workers, jobs, usable_cores(), _gb(memory))
     import dask
     # A study whose worker dies (out of memory) fails at once instead of being retried, and a
-    # worker may start joblib processes for its study's n_jobs. Workers keep this process's
-    # BLAS thread count (Dask would set it to 1): the last bits of the Kriging and similarity
-    # products depend on it, and a study must give the bytes of a plain run on this machine.
-    environ = {k: v for k, v in dask.config.get("distributed.nanny.pre-spawn-environ").items()
-               if not k.endswith("_NUM_THREADS")}
+    # worker may start joblib processes for its study's n_jobs.
     with dask.config.set({"distributed.scheduler.allowed-failures": 0,
-                          "distributed.worker.daemon": False,
-                          "distributed.nanny.pre-spawn-environ": environ}):
+                          "distributed.worker.daemon": False}):
         with distributed.LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
                                       memory_limit=memory, dashboard_address=None,
                                       silence_logs=logging.ERROR) as cluster, \
@@ -428,10 +451,11 @@ def _run_on_dask(studies, runnable, outcomes, bar, client, scheduler, workers, n
     with _dask_client(client, scheduler, len(runnable), workers, n_jobs,
                       memory_per_worker) as (dask_client, jobs):
         tag = uuid.uuid4().hex[:8]
+        threads = thread_counts()
         futures = {}
         for k in runnable:
             label, s, _ = studies[k]
-            future = dask_client.submit(_run_study_on_worker, label, s, force, jobs,
+            future = dask_client.submit(_run_study_on_worker, label, s, force, jobs, threads,
                                         pure=False, key=f"kilomatch-study-{k}-{tag}")
             futures[future] = k
         for future in distributed.as_completed(list(futures)):

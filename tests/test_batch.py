@@ -205,3 +205,16 @@ def test_run_logs_of_two_threads_stay_apart(tmp_path):
     for name, other in (("a", "b"), ("b", "a")):
         text = (tmp_path / name / "kilomatch.log").read_text()
         assert text.count(f"{name} line") == 20 and f"{other} line" not in text
+
+
+def test_bad_settings_file_is_one_failed_study(tmp_path, capsys):
+    """A settings file that does not load is reported as that study's failure, with the
+    setting named; the summary goes beside the first settings file."""
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"clustering": {"max_distanse": 50}}')
+    missing = tmp_path / "missing.json"
+    assert main([str(bad), str(missing), "--workers", "1", "--no-progress"]) == 1
+    rows = _summary_rows(tmp_path / "batch_summary.csv")
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert "clustering.max_distance" in rows[0]["error"]
+    assert "not found" in rows[1]["error"] and str(missing) in rows[1]["error"]

@@ -292,7 +292,8 @@ def check_output_folders(studies) -> None:
             continue
         folder = Path(s.output_folder).resolve()
         if folder in owner:
-            problems.append(f"{owner[folder]} and {label} both write to output_folder {folder}")
+            problems.append(f"{owner[folder]} and {label} both write to output_folder {folder}; "
+                            "give each study its own")
         else:
             owner[folder] = label
     for label, s, _ in studies:
@@ -302,11 +303,10 @@ def check_output_folders(studies) -> None:
         for folder, other in owner.items():
             if other != label and (folder == data or data in folder.parents):
                 problems.append(f"{other} writes its results into {label}'s input folder "
-                                f"{data}")
+                                f"{data}; choose another output_folder")
     if problems:
         raise KilomatchError.from_problems(
-            problems + ["give every study its own output_folder"],
-            header="Studies of the batch would overwrite each other")
+            problems, header="Studies of the batch would overwrite each other")
 
 
 def local_cluster_size(n_studies: int, workers: int | None = None, n_jobs: int | None = None,
@@ -419,6 +419,8 @@ def run_many(settings_list, client=None, *, workers: int | None = None,
     for k, (label, s, error) in enumerate(studies):
         if s is None:
             outcomes[k] = StudyOutcome(label, FAILED, error=error)
+        elif not force and _is_done(s):  # found here: no cluster is started for it
+            outcomes[k] = run_study(label, s)
         else:
             runnable.append(k)
     setup_logging()
@@ -469,6 +471,13 @@ def _run_on_dask(studies, runnable, outcomes, bar, client, scheduler, workers, n
                     error=f"the Dask worker running it failed ({type(err).__name__}: {err}); "
                           "a worker killed for memory needs more memory per worker")
             _report(outcomes[k], bar)
+
+
+def _is_done(settings) -> bool:
+    try:
+        return fingerprint.why_not_done(settings) is None
+    except KilomatchError:  # unreadable input: the study's run reports it
+        return False
 
 
 def _report(outcome: StudyOutcome, bar) -> None:

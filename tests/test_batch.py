@@ -110,7 +110,7 @@ def test_rerun_skips_done_studies_and_finishes_the_rest(studies, cluster_batch, 
     assert _summary_rows(summary)[0]["units"] == str(cluster_batch[0][0].units)
     assert _result_bytes(root / "out1") == written[1]
     with pytest.raises(KilomatchError, match=r"kilomatch\[dask\]"):
-        kilomatch.run_many(paths[:2], workers=2, summary=summary, progress=False)
+        kilomatch.run_many(paths[:2], workers=2, force=True, summary=summary, progress=False)
 
 
 def test_force_reruns_a_done_study(studies, cluster_batch):

@@ -17,10 +17,17 @@ def run(settings=None, **kwargs):
     return _run(settings, **kwargs)
 
 
+def run_many(settings_list, client=None, **kwargs):
+    """Run many studies, in this process or on a Dask cluster; see
+    :func:`kilomatch.batch.run_many`."""
+    from .batch import run_many as _run_many
+    return _run_many(settings_list, client, **kwargs)
+
+
 def plot_cluster(output, cluster_id: int):
     """Figure of one tracked neuron across sessions; see :func:`kilomatch.figures.plot_cluster`."""
     from .figures import plot_cluster as _plot
     return _plot(output, cluster_id)
 
 
-__all__ = ["run", "plot_cluster", "load_settings", "Settings", "KilomatchError", "__version__"]
+__all__ = ["run", "run_many", "plot_cluster", "load_settings", "Settings", "KilomatchError", "__version__"]

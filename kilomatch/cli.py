@@ -28,6 +28,9 @@ COMMANDS = {
     "spikeinfo": ("kilomatch.io", "main", "build an input folder from a spikeInfo.mat"),
     "simulate": ("kilomatch.simulate", "main",
                  "write a simulated input folder with ground truth"),
+    "batch": ("kilomatch.batch", "batch_main",
+              "run many studies, here or on a Dask cluster (the default with several settings "
+              "files or a folder)"),
 }
 
 def run_command(body, debug=False) -> int:
@@ -68,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="kilomatch", description="Track neurons across sessions.",
         epilog=f"Sub-commands: {commands}. 'kilomatch COMMAND --help' says more.")
     p.add_argument("settings", nargs="?", default="settings.json",
-                   help="settings file (JSON with comments); default ./settings.json")
+                   help="settings file (JSON with comments); default ./settings.json. Several "
+                        "files or a folder run them all ('kilomatch batch --help')")
     p.add_argument("--debug", action="store_true", help="show full tracebacks")
     return p
 
@@ -100,9 +104,17 @@ def run_main(argv=None) -> int:
     return run_command(body, debug=lambda: state["debug"])
 
 
+def _names_many_studies(argv) -> bool:
+    """Several settings files, or a folder of them: a batch."""
+    given = [a for a in argv if not a.startswith("-")]
+    return len(given) > 1 or any(Path(a).is_dir() for a in given)
+
+
 def main(argv=None) -> int:
     """Dispatch ``kilomatch COMMAND ...`` to the command's module; anything else runs a study."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in COMMANDS and _names_many_studies(argv):
+        argv = ["batch"] + argv
     if argv and argv[0] in COMMANDS:
         module, function, _ = COMMANDS[argv[0]]
         return getattr(importlib.import_module(module), function)(argv[1:])

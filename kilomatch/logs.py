@@ -7,6 +7,7 @@ import json
 import logging
 import platform
 import sys
+import threading
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -49,9 +50,9 @@ def setup_logging(stream=None, level: int = logging.INFO) -> logging.Handler:
 
 
 class RunLog(logging.Handler):
-    """Every ``kilomatch`` record (INFO and up) of one run, for ``kilomatch.log``, and every
-    Python warning raised during the run (numpy, scikit-learn, ...), which still also goes to
-    the console as usual.
+    """Every ``kilomatch`` record (INFO and up) of one run, made in the thread that started
+    it, for ``kilomatch.log``, and every Python warning raised during the run (numpy,
+    scikit-learn, ...), which still also goes to the console as usual.
 
     Records are kept in memory until :meth:`open` names the output folder (it is made only once
     the input has been checked), then written there as they come. Use as a context manager."""
@@ -59,6 +60,10 @@ class RunLog(logging.Handler):
     def __init__(self):
         super().__init__(logging.INFO)
         self.setFormatter(logging.Formatter(_FILE_FORMAT))
+        # Only this thread's records: studies run in threads of one process (a batch worker)
+        # must not write into each other's logs.
+        self._thread = threading.get_ident()
+        self.addFilter(lambda record: record.thread == self._thread)
         self._pending = []
         self._file = None
         self._showwarning = None

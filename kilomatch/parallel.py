@@ -6,6 +6,8 @@ code, and put back in unit order.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 
 import numpy as np
@@ -15,13 +17,39 @@ from tqdm.auto import tqdm
 # Below this many units, starting worker processes costs more than it saves.
 MIN_UNITS_PARALLEL = 2000
 
+# Most worker processes one study may use, set by a batch that runs several studies at once on
+# one machine (None: no limit). Per thread, so studies in threads of one process keep theirs.
+_JOB_LIMIT = contextvars.ContextVar("kilomatch_job_limit", default=None)
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a SLURM allocation)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
 
 def n_workers(n_jobs: int) -> int:
-    """Worker count for an n_jobs setting (-1: every core)."""
+    """Worker count for an n_jobs setting (-1: every core), within the batch's limit."""
     cores = os.cpu_count() or 1
+    limit = _JOB_LIMIT.get()
+    if limit is not None:
+        cores = min(cores, limit)
     if n_jobs is None or n_jobs == 0:
         return 1
     return cores if n_jobs < 0 else min(int(n_jobs), cores)
+
+
+@contextlib.contextmanager
+def limit_jobs(limit: int | None):
+    """Within the block, every ``n_jobs`` uses at most ``limit`` worker processes (results do
+    not depend on it, so the settings written with the results stay as given)."""
+    token = _JOB_LIMIT.set(None if limit is None else max(1, int(limit)))
+    try:
+        yield
+    finally:
+        _JOB_LIMIT.reset(token)
 
 
 def _take(values, idx):

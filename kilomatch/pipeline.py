@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import channel_windows, correction, curation, export, features
+from . import channel_windows, correction, curation, export, features, fingerprint
 from .assemble import assemble
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
@@ -355,6 +355,7 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
     if write:
         _prepare_output(s)
         run_log.open(s.output_folder)
+        fingerprint.record(s)  # before any result, so a batch can tell a finished study
     stages.done("load")
 
     units = unit_features(data, s)

@@ -1,7 +1,7 @@
 """kilomatch: track the same neurons across days of chronic high-density recordings.
 
-Run the whole pipeline with :func:`run` (a settings file, a dict, or nothing for defaults), or
-call the stages one by one: :mod:`load`, :mod:`features`, :mod:`similarity`,
+Run the whole pipeline with :func:`run` (a settings file, a dict, or nothing for defaults),
+many studies with :func:`run_many` (here or on a Dask cluster), or call the stages one by one: :mod:`load`, :mod:`features`, :mod:`similarity`,
 :mod:`clustering`, :mod:`motion`, :mod:`correction`, :mod:`curation`, :mod:`export`.
 """
 

@@ -52,7 +52,7 @@ DATASETS = {
     # Harder datasets (issue 12): what independent studies showed the suite above misses.
     "g": ("low_amplitude", "many small units down to a 30 uV threshold, mean-waveform noise "
           "30 uV / sqrt(spikes), 5 min sessions, 60 um range",
-          {**_BASE, "n_neurons": 300, "drift_max_um": 60.0, "detection_threshold_uv": 30.0,
+          {**_BASE, "n_neurons": 220, "drift_max_um": 60.0, "detection_threshold_uv": 30.0,
            "amp_at_20um_uv": 150.0, "waveform_noise_per_spike_uv": 30.0, "duration_s": 300.0,
            "rate_median_hz": 2.0, "seed": 107}, {}),
     "h": ("si_templates", "SpikeInterface generate_templates waveforms, 30 uV threshold, "
@@ -63,7 +63,7 @@ DATASETS = {
           "neighbour",
           {**_BASE, "p_split": 0.1, "p_merge": 0.05, "seed": 109}, {}),
     "j": ("many_sessions", "24 sessions, 30% turnover per session, 80% sorted, 5 min sessions",
-          {**_BASE, "n_sessions": 24, "n_neurons": 600, "turnover": 0.3, "p_present": 0.8,
+          {**_BASE, "n_sessions": 24, "n_neurons": 500, "turnover": 0.3, "p_present": 0.8,
            "duration_s": 300.0, "seed": 110}, {}),
 }
 

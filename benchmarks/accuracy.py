@@ -2,8 +2,8 @@
 
 A fixed suite of simulated datasets (fixed seeds, see DATASETS) is generated once into the cache
 folder and reused. Every tool runs on every dataset in its own subprocess (one at a time); the
-result is one table of pair precision / recall / F1 (after and before auto-curation), motion
-error, wall time, peak memory and status.
+result is one table of pair precision / recall / F1 (after and before auto-curation), recall
+per amplitude band of the pair's smaller unit, motion error, wall time, peak memory and status.
 
 Run from the repository root::
 
@@ -31,7 +31,8 @@ from _measure import memory_method  # noqa: E402
 from kilomatch import metrics  # noqa: E402
 
 # Common simulation settings: 8 sessions on NP1 with ~40 um of rigid drift; each dataset
-# changes one thing. Sizes (600-800 units) keep a kilomatch run well under a minute.
+# changes one thing. Sizes (600-900 units) keep a kilomatch run well under a minute and let
+# pyKilomatch (dense N x N arrays) finish.
 _BASE = {"n_sessions": 8, "n_neurons": 200, "probe": "NP1", "drift_max_um": 40.0}
 
 # key -> (name, description, simulation parameters, settings given to every tool)

@@ -2,8 +2,8 @@
 
 A fixed suite of simulated datasets (fixed seeds, see DATASETS) is generated once into the cache
 folder and reused. Every tool runs on every dataset in its own subprocess (one at a time); the
-result is one table of pair precision / recall / F1 (after and before auto-curation), motion
-error, wall time, peak memory and status.
+result is one table of pair precision / recall / F1 (after and before auto-curation), recall
+per amplitude band of the pair's smaller unit, motion error, wall time, peak memory and status.
 
 Run from the repository root::
 
@@ -28,8 +28,11 @@ import _common  # noqa: E402  (also puts the repository root on sys.path as a fa
 import peers  # noqa: E402
 from _measure import memory_method  # noqa: E402
 
+from kilomatch import metrics  # noqa: E402
+
 # Common simulation settings: 8 sessions on NP1 with ~40 um of rigid drift; each dataset
-# changes one thing. Sizes (600-800 units) keep a kilomatch run well under a minute.
+# changes one thing. Sizes (600-900 units) keep a kilomatch run well under a minute and let
+# pyKilomatch (dense N x N arrays) finish.
 _BASE = {"n_sessions": 8, "n_neurons": 200, "probe": "NP1", "drift_max_um": 40.0}
 
 # key -> (name, description, simulation parameters, settings given to every tool)
@@ -47,11 +50,29 @@ DATASETS = {
           {**_BASE, "n_neurons": 400, "turnover": 0.3, "p_present": 0.8, "seed": 105}, {}),
     "f": ("no_peth", "no peth.npy (PETH feature unavailable)",
           {**_BASE, "with_peth": False, "seed": 106}, {}),
+    # Harder datasets (issue 12): what independent studies showed the suite above misses.
+    "g": ("low_amplitude", "many small units down to a 30 uV threshold, mean-waveform noise "
+          "30 uV / sqrt(spikes), 5 min sessions, 60 um range",
+          {**_BASE, "n_neurons": 220, "drift_max_um": 60.0, "detection_threshold_uv": 30.0,
+           "amp_at_20um_uv": 150.0, "waveform_noise_per_spike_uv": 30.0, "duration_s": 300.0,
+           "rate_median_hz": 2.0, "seed": 107}, {}),
+    "h": ("si_templates", "SpikeInterface generate_templates waveforms, 30 uV threshold, "
+          "mean-waveform noise 20 uV / sqrt(spikes)",
+          {**_BASE, "waveform_source": "spikeinterface", "detection_threshold_uv": 30.0,
+           "waveform_noise_per_spike_uv": 20.0, "seed": 108}, {}),
+    "i": ("sorter_errors", "sorter errors: 10% of units split in two, 5% merged with a "
+          "neighbour",
+          {**_BASE, "p_split": 0.1, "p_merge": 0.05, "seed": 109}, {}),
+    "j": ("many_sessions", "24 sessions, 30% turnover per session, 80% sorted, 5 min sessions",
+          {**_BASE, "n_sessions": 24, "n_neurons": 500, "turnover": 0.3, "p_present": 0.8,
+           "duration_s": 300.0, "seed": 110}, {}),
 }
 
 
+BAND_LABELS = metrics.band_labels()
 COLUMNS = ["dataset", "tool", "precision", "recall", "F1", "F1 before curation",
-           "motion RMS (um)", "wall (s)", "peak mem (MB)", "status"]
+           *[f"recall {b}" for b in BAND_LABELS], "motion RMS (um)", "wall (s)",
+           "peak mem (MB)", "status"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -119,9 +140,13 @@ def run_dataset(key: str, tools: list, args, peers_py) -> list:
         if tool == "kilomatch" and args.kilomatch_settings:
             settings = _merge(tool_settings or {}, json.loads(args.kilomatch_settings))
         result = peers.run_tool(tool, data, out, peers_py, settings, args.timeout, limit)
-        scores = peers.score(result, data)
+        scores = peers.score(result, data, bands=True)
         print(f"    {result['status']}; F1 {_common.fmt(scores['f1'])}; "
               f"{_common.fmt(result['wall_s'], 1)} s", flush=True)
+        if scores["recall_bands"] and not rows:
+            print("    true pairs per amplitude band: " + ", ".join(
+                f"{b['band']} uV: {b['n_true_pairs']}" for b in scores["recall_bands"]),
+                flush=True)
         rows.append({"dataset": label, "dataset_info": info, "description": description,
                      "simulation": sim_params, "settings": tool_settings, **result, **scores})
     return rows
@@ -131,9 +156,11 @@ def table_rows(results: list) -> list:
     """The table's cells (strings) of every result."""
     rows = []
     for r in results:
+        bands = r.get("recall_bands") or [{"recall": None}] * len(BAND_LABELS)
         rows.append([r["dataset"], peers.PEER_LABELS[r["tool"]], _common.fmt(r["precision"]),
                      _common.fmt(r["recall"]), _common.fmt(r["f1"]),
-                     _common.fmt(r["f1_before"]), _common.fmt(r["motion_rms_um"], 2),
+                     _common.fmt(r["f1_before"]), *[_common.fmt(b["recall"]) for b in bands],
+                     _common.fmt(r["motion_rms_um"], 2),
                      _common.fmt(r["wall_s"], 1), _common.fmt(r["peak_rss_mb"], 0),
                      r["status"]])
     return rows

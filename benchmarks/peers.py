@@ -404,16 +404,27 @@ def run_tool(tool: str, data, out, peers_py=None, settings_overrides=None, timeo
 
 # ----------------------------------------------------------------------------- scoring
 
-def score(result: dict, data) -> dict:
-    """Pair precision / recall / F1 (final and before curation) and motion RMS error (um)
-    of one run against the ground truth in ``data`` (kilomatch.metrics)."""
+@lru_cache(maxsize=2)
+def unit_amplitudes(data: str) -> np.ndarray:
+    """(N,) amplitude (uV) of every unit of the input folder ``data`` (kilomatch.metrics)."""
+    from kilomatch import metrics
+
+    return metrics.unit_amplitudes(np.load(Path(data) / "waveform_all.npy", mmap_mode="r"))
+
+
+def score(result: dict, data, bands: bool = False) -> dict:
+    """Pair precision / recall / F1 (final and before curation), with ``bands`` the recall of
+    the final clusters per amplitude band of the pair's smaller unit (``recall_bands``: one
+    dict per band of ``kilomatch.metrics.AMPLITUDE_BANDS_UV``; reads every waveform), and
+    motion RMS error (um) of one run against the ground truth in ``data``
+    (kilomatch.metrics)."""
     from kilomatch import metrics
 
     data = Path(data)
     gt = np.load(data / "gt_neuron.npy", allow_pickle=False)
     sessions = np.load(data / "session_index.npy", allow_pickle=False)
     row = {"precision": None, "recall": None, "f1": None, "f1_before": None,
-           "motion_rms_um": None}
+           "recall_bands": None, "motion_rms_um": None}
 
     def usable(labels):
         return labels is not None and labels.size == gt.size
@@ -421,6 +432,9 @@ def score(result: dict, data) -> dict:
     if usable(result["idx_final"]):
         s = metrics.pair_scores(result["idx_final"], gt, sessions)
         row.update(precision=s["precision"], recall=s["recall"], f1=s["f1"])
+        if bands:
+            row["recall_bands"] = metrics.recall_by_amplitude(
+                result["idx_final"], gt, sessions, unit_amplitudes(str(data)))
     elif result["idx_final"] is not None:
         result["notes"].append(f"IdxCluster has {result['idx_final'].size} entries, "
                                f"expected {gt.size}")

@@ -15,7 +15,11 @@ from kilomatch.checks import as_integers, as_vector, collect
 from kilomatch.errors import KilomatchError
 from kilomatch.formats.folder import SESSION_INDEX
 
-__all__ = ["pair_scores", "motion_rms_error", "score_run"]
+__all__ = ["pair_scores", "motion_rms_error", "score_run", "AMPLITUDE_BANDS_UV", "band_labels",
+           "unit_amplitudes", "recall_by_amplitude"]
+
+# Edges (uV) of the amplitude bands recall is reported in: <60, 60-120, 120-250, >=250.
+AMPLITUDE_BANDS_UV = (60.0, 120.0, 250.0)
 
 
 def _n_pairs(counts: np.ndarray) -> int:
@@ -77,6 +81,68 @@ def pair_scores(idx_cluster, gt_neuron, session_index) -> dict:
         "n_correct_pairs": int(n_correct), "n_conflicts": int(same_cluster_session),
         "n_units": int(cl.size),
     }
+
+
+def band_labels(edges=AMPLITUDE_BANDS_UV) -> list:
+    """Names of the bands cut at ``edges`` (uV): ['<60', '60-120', '120-250', '>=250']."""
+    e = [f"{v:g}" for v in edges]
+    return [f"<{e[0]}"] + [f"{a}-{b}" for a, b in zip(e[:-1], e[1:])] + [f">={e[-1]}"]
+
+
+def unit_amplitudes(waveforms) -> np.ndarray:
+    """Amplitude of each unit: largest peak-to-trough over channels, (N, C, T) uV -> (N,) uV.
+    Reads a memory-mapped input in blocks."""
+    from kilomatch.features import peak_to_trough
+
+    return peak_to_trough(waveforms).max(axis=1)
+
+
+def recall_by_amplitude(idx_cluster, gt_neuron, session_index, amplitude_uv,
+                        edges=AMPLITUDE_BANDS_UV) -> list:
+    """Recall of the true cross-session pairs, by the amplitude of the pair's smaller unit.
+
+    Parameters
+    ----------
+    idx_cluster, gt_neuron, session_index : as in pair_scores.
+    amplitude_uv : (N,) amplitude of each unit, uV (e.g. unit_amplitudes).
+    edges : increasing band edges, uV; a pair falls in band b when
+        edges[b-1] <= min(amplitude) < edges[b].
+
+    Returns
+    -------
+    One dict per band (len(edges) + 1): band (label), n_true_pairs, n_found (true pairs the
+    clustering puts in one cluster, not -1), recall (None when the band holds no true pair).
+    The true pairs are listed per neuron, so memory grows with the pairs, not with N^2.
+    """
+    cl = _as_labels(idx_cluster, "idx_cluster")
+    gt = _as_labels(gt_neuron, "gt_neuron")
+    ss = _as_labels(session_index, "session_index")
+    amp = np.asarray(amplitude_uv, dtype=np.float64).reshape(-1)
+    if not cl.size == gt.size == ss.size == amp.size:
+        raise KilomatchError("idx_cluster, gt_neuron, session_index and amplitude_uv must have "
+                             f"the same length, got {cl.size}, {gt.size}, {ss.size}, {amp.size}")
+    order = np.argsort(gt, kind="stable")
+    starts = np.flatnonzero(np.r_[True, gt[order][1:] != gt[order][:-1]])
+    sizes = np.diff(np.r_[starts, gt.size])
+    first, second = [], []
+    for start, size in zip(starts[sizes > 1], sizes[sizes > 1]):
+        i, j = np.triu_indices(int(size), 1)
+        first.append(order[start + i])
+        second.append(order[start + j])
+    a = np.concatenate(first) if first else np.zeros(0, np.int64)
+    b = np.concatenate(second) if second else np.zeros(0, np.int64)
+    cross = ss[a] != ss[b]
+    a, b = a[cross], b[cross]
+    found = (cl[a] == cl[b]) & (cl[a] != -1)
+    band = np.searchsorted(np.asarray(edges, np.float64), np.minimum(amp[a], amp[b]),
+                           side="right")
+    out = []
+    for k, label in enumerate(band_labels(edges)):
+        n_true = int(np.count_nonzero(band == k))
+        n_found = int(np.count_nonzero(found[band == k]))
+        out.append({"band": label, "n_true_pairs": n_true, "n_found": n_found,
+                    "recall": n_found / n_true if n_true else None})
+    return out
 
 
 def motion_rms_error(motion_est, motion_true) -> float:

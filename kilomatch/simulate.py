@@ -32,6 +32,23 @@ Physics, in short
   free intervals and, for some neurons, bursts; per-neuron parameters are stable across days so
   the autocorrelogram carries identity.
 
+Harder data (all off by default; see the last section of this module)
+---------------------------------------------------------------------
+- ``waveform_noise_per_spike_uv``: a mean waveform averages n spikes, so the background noise
+  left in it has std ``waveform_noise_per_spike_uv / sqrt(n)``: units with few spikes have
+  noisier means. Added on top of ``waveform_noise_uv``.
+- ``waveform_source="spikeinterface"``: the footprints come from SpikeInterface's
+  ``generate_templates`` (exponential decay from an ellipsoid, one waveform shape per neuron)
+  instead of the two-source model, placed at the same apparent positions, so the motion ground
+  truth and its sign are the same. Needs the optional extra ``spikeinterface``.
+- ``p_split`` / ``p_merge``: sorter errors within a session. A split unit's spikes are shared
+  at random between two units of the same neuron (amplitudes 10% apart, as when a sorter cuts
+  an amplitude distribution); both keep that neuron as ground truth, and same-session pairs
+  are never scored (``metrics.pair_scores``). A merge joins a unit with its nearest neighbour
+  of the session (within ``_MERGE_DISTANCE_UM``): one unit whose spikes are both trains and
+  whose mean waveform is their spike-count-weighted mean; its ground truth is the neuron with
+  more spikes (scoring then counts it as that neuron; the other neuron is absent that day).
+
 Randomness: every random quantity comes from ``np.random.default_rng([seed, stream, ...])`` with a
 fixed stream number, so the result depends only on the parameters, never on chunk sizes or on
 which units were asked for first. Same parameters => byte-identical folder.
@@ -75,6 +92,7 @@ __all__ = [
 ]
 
 PROBES = ("NP1", "NP2", "NP2-4shank")
+WAVEFORM_SOURCES = ("model", "spikeinterface")
 
 FORMAT_VERSION = 1
 _META_FILE = "simulation.json"
@@ -82,6 +100,7 @@ _META_FILE = "simulation.json"
 # Independent random streams (second entry of the seed list). Never renumber: it changes outputs.
 _S_MOTION, _S_POPULATION, _S_PRESENCE, _S_SESSION, _S_ORDER = 1, 2, 3, 4, 5
 _S_NOISE, _S_SPIKES, _S_PETH = 6, 7, 8
+_S_COUNT_NOISE, _S_SI, _S_SORTER = 9, 10, 11
 
 # Units rendered together when writing/rendering waveforms (memory ~ chunk * C * T * 4 B * ~4).
 _RENDER_CHUNK = 64
@@ -152,6 +171,11 @@ class SimulationParams:
     peth_points: int = 100
     peth_jitter: float = 0.1
     peth_noise: float = 0.05
+    # harder data (issue 12)
+    waveform_noise_per_spike_uv: float = 0.0
+    waveform_source: str = "model"
+    p_split: float = 0.0
+    p_merge: float = 0.0
     seed: int = 0
 
     def validate(self) -> None:
@@ -258,6 +282,16 @@ SIMULATION_PARAMETERS: tuple[Spec, ...] = (
     _at_least_0("peth_jitter", "day-to-day change of the response bumps (log amplitude sigma; "
                 "centres move by 0.1 * peth_jitter * P points std)"),
     _at_least_0("peth_noise", "noise std relative to sqrt(baseline * response) (Poisson-like)"),
+    # harder data (issue 12; the defaults leave every simulation unchanged)
+    _at_least_0("waveform_noise_per_spike_uv", "background noise std (uV) of one spike's "
+                "waveform: a unit with n spikes gets noise of std this / sqrt(n) on its mean "
+                "waveform, on top of waveform_noise_uv; 0 = off (real AP-band noise ~10-20 uV)"),
+    Spec("waveform_source", "str", "'model' (the two-source model) or 'spikeinterface' "
+         "(spikeinterface.core.generate_templates)", choices=WAVEFORM_SOURCES),
+    _fraction("p_split", "probability that the sorter splits a sorted unit into two units of "
+              "the same neuron in a session"),
+    _fraction("p_merge", "probability that the sorter merges a sorted unit with its nearest "
+              "neighbour of the session (within 40 um) into one unit"),
     Spec("seed", "int", "seed of every random stream; same seed and parameters give a "
          "byte-identical folder", min=0),
 )
@@ -392,6 +426,7 @@ class Neurons:
     peth_centre: np.ndarray  # (M, 3) response bumps, in PETH points
     peth_width: np.ndarray   # (M, 3)
     peth_amp: np.ndarray     # (M, 3) relative to baseline; 0 = unused bump
+    si: dict | None = None   # waveform_source="spikeinterface": name -> (M,) template params
 
 
 def _draw_neurons(params: SimulationParams, ch: np.ndarray, shanks: np.ndarray,
@@ -508,6 +543,13 @@ class _Sources:
     peak_ratio: np.ndarray
     dend_delay: np.ndarray
     dend_width: np.ndarray
+    si: dict | None = None   # name -> (n,) generate_templates parameters (spikeinterface source)
+
+    def take(self, sl) -> "_Sources":
+        """The sources of a slice or index array of the units."""
+        return _Sources(**{f.name: getattr(self, f.name)[sl] for f in dataclasses.fields(self)
+                           if f.name != "si"},
+                        si=None if self.si is None else {k: v[sl] for k, v in self.si.items()})
 
 
 def _distance(px, py, pz, chx, chy, aniso, r0):
@@ -544,6 +586,8 @@ def _render(src: _Sources, chx, chy, t, params: SimulationParams) -> np.ndarray:
     chx, chy: (n, K) or (1, K) channel positions, um; t: (T,) float32 sample times, ms.
     Returns (n, K, T) float32, uV.
     """
+    if src.si is not None:
+        return _render_si(src, chx, chy, t, params)
     r0, lp, dl = params.soma_radius_um, params.lowpass_ms_per_um, params.delay_ms_per_um
     col = lambda a: a[:, None]  # noqa: E731  (n,) -> (n, 1)
     # Somatic sink: trough then repolarisation peak, both scaled by q / r.
@@ -569,7 +613,8 @@ def _attenuation(r, length_um):
 def _sources(nr: Neurons, neuron, y_soma, y_dend, amp_gain, width_gain, time_shift_ms
              ) -> _Sources:
     """Sources of units = (neuron, session) with apparent depths already computed. (n,)."""
-    return _Sources(
+    si = None if nr.si is None else _si_unit_params(nr.si, neuron, width_gain)
+    return _Sources(si=si,
         sx=nr.x[neuron], sy=y_soma, sz=nr.z[neuron],
         dx=nr.x[neuron] + nr.dend_dx[neuron], dy=y_dend,
         dz=np.maximum(nr.z[neuron] + nr.dend_dz[neuron], 1.0),
@@ -598,7 +643,7 @@ def _near_stats(src: _Sources, ch, t, params, chunk=2048):
     ptt = np.empty(n)
     for a in range(0, n, chunk):
         b = min(n, a + chunk)
-        part = _Sources(**{f.name: getattr(src, f.name)[a:b] for f in dataclasses.fields(src)})
+        part = src.take(slice(a, b))
         idx = _nearest_channels(part.sx, part.sy, ch, _N_NEAR)
         w = _render(part, ch[idx, 0], ch[idx, 1], t, params)
         trough[a:b] = -w.min(axis=(1, 2))
@@ -652,6 +697,22 @@ def spike_train(rng: np.random.Generator, rate_hz: float, duration_ms: float,
     return np.sort(times[times < duration_ms])
 
 
+def _neuron_train(params: SimulationParams, key: int, nr: Neurons, m: int, rate_hz: float
+                  ) -> np.ndarray:
+    """Spike train (n,) float64 ms of neuron m at rate_hz, from spike stream ``key``."""
+    g = _rng(params.seed, _S_SPIKES, key)
+    duration_ms = params.duration_s * 1000.0
+    times = np.empty(0)
+    # A sorter would not report a unit without spikes: redraw the (rare) near-empty train.
+    for _ in range(20):
+        times = spike_train(g, rate_hz, duration_ms, float(nr.refractory_ms[m]),
+                            float(nr.gamma_shape[m]), float(nr.burst_prob[m]),
+                            int(nr.burst_max[m]), float(nr.burst_isi_ms[m]))
+        if times.size >= 2:
+            break
+    return times.astype(np.float64)
+
+
 def _peth(nr: Neurons, neuron, rate_hz, params: SimulationParams, rng) -> np.ndarray:
     """PETHs (n, P) float32, Hz: baseline = the unit's rate, plus the neuron's bumps."""
     n, P = neuron.size, params.peth_points
@@ -697,6 +758,7 @@ class Simulation:
     unit_width_gain: np.ndarray = dataclasses.field(repr=False)     # (N,) day width factor
     unit_time_shift_ms: np.ndarray = dataclasses.field(repr=False)  # (N,) day trough shift
     unit_dend_depth: np.ndarray = dataclasses.field(repr=False)     # (N,) apparent dendrite y
+    sorter: SorterErrors | None = dataclasses.field(default=None, repr=False)  # p_split/p_merge
 
     @property
     def n_units(self) -> int:
@@ -724,6 +786,11 @@ class Simulation:
                         self.unit_dend_depth[units], self.unit_amp_gain[units],
                         self.unit_width_gain[units], self.unit_time_shift_ms[units])
 
+    @cached_property
+    def unit_spike_count(self) -> np.ndarray:
+        """(N,) int64 number of spikes of each unit (draws every spike train once)."""
+        return np.array([self.spike_times(k).size for k in range(self.n_units)], np.int64)
+
     def waveforms(self, units, noise: bool = True) -> np.ndarray:
         """Mean waveforms of the given units, (n, C, T) float32 uV, on every channel.
 
@@ -739,12 +806,16 @@ class Simulation:
             part = units[a:a + _RENDER_CHUNK]
             out[a:a + part.size] = _render(self._unit_sources(part), ch[None, :, 0],
                                            ch[None, :, 1], t, self.params)
+        if self.sorter is not None:
+            self.sorter.mix_partners(out, units, self.neurons, ch, t, self.params)
         if noise and self.params.waveform_noise_uv > 0:
             shape = (self.n_channels, self.params.n_samples)
             for i, k in enumerate(units):
                 g = _rng(self.params.seed, _S_NOISE, int(k))
                 out[i] += np.float32(self.params.waveform_noise_uv) * g.standard_normal(
                     shape, dtype=np.float32)
+        if noise and self.params.waveform_noise_per_spike_uv > 0:
+            _add_count_noise(out, units, self.unit_spike_count, self.params)
         return out
 
     def iter_waveforms(self, chunk: int = 256, start: int = 0, stop: int | None = None):
@@ -764,19 +835,11 @@ class Simulation:
         k = int(unit)
         if not 0 <= k < self.n_units:
             raise KilomatchError(f"unit index must be in 0..{self.n_units - 1}, got {unit}")
-        nr, m = self.neurons, int(self.gt_neuron[k])
-        g = _rng(self.params.seed, _S_SPIKES, k)
-        duration_ms = self.params.duration_s * 1000.0
-        times = np.empty(0)
-        # A sorter would not report a unit without spikes: redraw the (rare) near-empty train.
-        for _ in range(20):
-            times = spike_train(g, float(self.unit_rate_hz[k]), duration_ms,
-                                float(nr.refractory_ms[m]), float(nr.gamma_shape[m]),
-                                float(nr.burst_prob[m]), int(nr.burst_max[m]),
-                                float(nr.burst_isi_ms[m]))
-            if times.size >= 2:
-                break
-        return times.astype(np.float64)
+        if self.sorter is not None:
+            return self.sorter.spike_times(k, self.neurons, int(self.gt_neuron[k]),
+                                           float(self.unit_rate_hz[k]), self.params)
+        return _neuron_train(self.params, k, self.neurons, int(self.gt_neuron[k]),
+                             float(self.unit_rate_hz[k]))
 
     def summary(self) -> dict:
         """Counts for a quick look (JSON-friendly)."""
@@ -816,6 +879,8 @@ def simulate(params: SimulationParams | None = None, **overrides) -> Simulation:
             "on the probe in every session; lower drift_step_um / drift_max_um / jump_um")
 
     nr = _draw_neurons(params, ch, shanks, (lo, hi), _rng(seed, _S_POPULATION))
+    if params.waveform_source == "spikeinterface":
+        nr.si = _draw_si_params(params.n_neurons, _rng(seed, _S_SI))
     nr.first, nr.last = _draw_lifetimes(params, _rng(seed, _S_PRESENCE, 0))
     t = (np.arange(params.n_samples) * (1000.0 / params.sampling_rate_hz)).astype(np.float32)
     M = params.n_neurons
@@ -856,7 +921,14 @@ def simulate(params: SimulationParams | None = None, **overrides) -> Simulation:
         in_s = kept[cand_s[kept] == s]
         order_parts.append(in_s[_rng(seed, _S_ORDER, s).permutation(in_s.size)])
     sel = np.concatenate(order_parts) if order_parts else np.zeros(0, np.int64)
+    sorter = None
+    if params.p_split > 0 or params.p_merge > 0:
+        cand = _Candidates(m=cand_m, s=cand_s, y=y_soma, y_dend=y_dend,
+                           amp_gain=amp_gain[cand_m, cand_s], width_gain=width_gain[cand_m, cand_s],
+                           time_shift_ms=time_shift[cand_m, cand_s], rate_hz=rate[cand_m, cand_s])
+        sel, sorter = _sorter_errors(params, sel, cand, nr)
     um, us = cand_m[sel], cand_s[sel]
+    unit_amp_gain = amp_gain[um, us] * (1.0 if sorter is None else sorter.amp_factor)
 
     peth = None
     if params.with_peth:
@@ -867,9 +939,9 @@ def simulate(params: SimulationParams | None = None, **overrides) -> Simulation:
         gt_motion=rigid, gt_motion_linear=slope,
         session_index=(us + 1).astype(np.int64), gt_neuron=um.astype(np.int64),
         gt_locations=np.column_stack([nr.x[um], y_soma[sel], nr.z[um]]),
-        peth=peth, neurons=nr, unit_rate_hz=rate[um, us], unit_amp_gain=amp_gain[um, us],
+        peth=peth, neurons=nr, unit_rate_hz=rate[um, us], unit_amp_gain=unit_amp_gain,
         unit_width_gain=width_gain[um, us], unit_time_shift_ms=time_shift[um, us],
-        unit_dend_depth=y_dend[sel])
+        unit_dend_depth=y_dend[sel], sorter=sorter)
 
 
 def _with_overrides(params: SimulationParams | None, overrides: dict) -> SimulationParams:
@@ -891,6 +963,8 @@ def _json_params(params: SimulationParams) -> dict:
     out = {}
     for f in dataclasses.fields(params):
         v = getattr(params, f.name)
+        if f.name in _HARDER_PARAMS and v == f.default:
+            continue  # written only when set, so that older simulations stay byte-identical
         out[f.name] = v.item() if isinstance(v, np.generic) else v
     return out
 
@@ -979,6 +1053,217 @@ def simulate_to_folder(out_dir, params: SimulationParams | None = None, *,
     sim = simulate(params, **overrides)
     write_simulation(sim, out_dir, overwrite=overwrite)
     return sim
+
+
+# --------------------------------------------------------------------------------------------
+# Harder data (issue 12): spike-count noise, SpikeInterface templates, sorter errors
+# --------------------------------------------------------------------------------------------
+
+_HARDER_PARAMS = ("waveform_noise_per_spike_uv", "waveform_source", "p_split", "p_merge")
+# A sorter merges only units whose peak positions are this close (um, in the probe plane).
+_MERGE_DISTANCE_UM = 40.0
+# Amplitude gap between the two halves of a split unit (fraction): +-5%.
+_SPLIT_AMP_STEP = 0.1
+# Ranges of generate_templates' per-unit parameters, as SpikeInterface documents its defaults
+# (alpha is not drawn: it follows the neuron's source strength, see _si_unit_params).
+_SI_RANGES = {"depolarization_ms": (0.09, 0.14), "repolarization_ms": (0.5, 0.8),
+              "recovery_ms": (1.0, 1.5), "positive_amplitude": (0.1, 0.25),
+              "smooth_ms": (0.03, 0.07), "spatial_decay": (10.0, 45.0),
+              "propagation_speed": (250.0, 350.0), "ellipse_shrink": (0.4, 1.0),
+              "ellipse_angle": (0.0, 2 * np.pi), "spatial_power": (1.5, 2.5)}
+_SI_WIDTHS = ("depolarization_ms", "repolarization_ms", "recovery_ms")
+
+
+def _add_count_noise(out, units, spike_count, params) -> None:
+    """Add, in place, noise of std waveform_noise_per_spike_uv / sqrt(n_spikes) to each unit's
+    mean waveform. out: (n, C, T) float32 uV; units: (n,) unit indices; spike_count: (N,)."""
+    shape = out.shape[1:]
+    for i, k in enumerate(units):
+        std = params.waveform_noise_per_spike_uv / np.sqrt(max(int(spike_count[k]), 1))
+        g = _rng(params.seed, _S_COUNT_NOISE, int(k))
+        out[i] += np.float32(std) * g.standard_normal(shape, dtype=np.float32)
+
+
+def _draw_si_params(n_neurons: int, rng: np.random.Generator) -> dict:
+    """Per-neuron generate_templates parameters: name -> (M,) float64, uniform in _SI_RANGES."""
+    return {name: rng.uniform(lo, hi, n_neurons) for name, (lo, hi) in _SI_RANGES.items()}
+
+
+def _si_unit_params(si: dict, neuron, width_gain) -> dict:
+    """Template parameters of units (neuron, session): the day's width change applies to the
+    waveform's phases. Returns name -> (n,)."""
+    out = {name: v[neuron] for name, v in si.items()}
+    for name in _SI_WIDTHS:
+        out[name] = out[name] * width_gain
+    return out
+
+
+def _render_si(src: _Sources, chx, chy, t, params: SimulationParams) -> np.ndarray:
+    """Noiseless mean waveforms from SpikeInterface's generate_templates, (n, K, T) float32 uV.
+
+    The template's amplitude at distance r is alpha * exp(-r / spatial_decay); alpha is set so
+    that the source strength q gives q / 20 uV at 20 um, as in the two-source model, so the
+    amplitude cap and detection threshold mean the same. chx, chy: (n, K) or (1, K) um.
+    """
+    try:
+        from spikeinterface.core import generate_templates
+    except ImportError as err:
+        raise KilomatchError(
+            "waveform_source='spikeinterface' needs SpikeInterface: pip install "
+            f"'kilomatch[spikeinterface]' ({err})") from None
+    n, T = src.sx.shape[0], t.shape[0]
+    fs = params.sampling_rate_hz
+    n_before = round(0.44 * T)
+    # SpikeInterface needs room after the trough for repolarisation and recovery (up to
+    # 2.3 ms): render a longer window and keep the first T samples.
+    ms_before, ms_after = n_before * 1000.0 / fs, (T - n_before) * 1000.0 / fs + 3.0
+    alpha = src.strength / 20.0 * np.exp(20.0 / src.si["spatial_decay"])
+    out = np.empty((n, chx.shape[1], T), np.float32)
+    for i in range(n):
+        row = min(i, chx.shape[0] - 1)
+        unit_params = {name: v[i:i + 1] for name, v in src.si.items()}
+        unit_params["alpha"] = alpha[i:i + 1]
+        tpl = generate_templates(
+            np.column_stack([chx[row], chy[row]]).astype(np.float64),
+            np.array([[src.sx[i], src.sy[i], src.sz[i]]]), fs, ms_before, ms_after, seed=0,
+            unit_params=unit_params, mode="ellipsoid", spatial_profile="exponential")
+        out[i] = tpl[0, :T].T
+    return out
+
+
+@dataclass
+class _Candidates:
+    """(neuron, session) slots that pass the sorter and detection: every field (n_cand,)."""
+
+    m: np.ndarray
+    s: np.ndarray
+    y: np.ndarray
+    y_dend: np.ndarray
+    amp_gain: np.ndarray
+    width_gain: np.ndarray
+    time_shift_ms: np.ndarray
+    rate_hz: np.ndarray
+
+
+@dataclass(eq=False)
+class SorterErrors:
+    """Splits and merges of a simulation; every field is (N,), one row per unit.
+
+    train_key: spike stream of the unit's own train (a candidate slot index). split_part: 0
+    whole, 1 / 2 the half keeping the spikes whose uniform draw is below / above split_frac.
+    amp_factor: amplitude factor of a split half (1 elsewhere). partner_*: the second neuron
+    of a merged unit (partner_neuron -1 if none), its position, day gains, rate and train
+    stream; partner_weight: its share of the merged unit's spikes.
+    """
+
+    train_key: np.ndarray
+    split_part: np.ndarray
+    split_frac: np.ndarray
+    amp_factor: np.ndarray
+    partner_neuron: np.ndarray
+    partner_y: np.ndarray
+    partner_y_dend: np.ndarray
+    partner_amp_gain: np.ndarray
+    partner_width_gain: np.ndarray
+    partner_time_shift_ms: np.ndarray
+    partner_rate_hz: np.ndarray
+    partner_train_key: np.ndarray
+    partner_weight: np.ndarray
+
+    def spike_times(self, k: int, nr: Neurons, neuron: int, rate_hz: float,
+                    params: SimulationParams) -> np.ndarray:
+        """Spike times (n,) float64 ms of unit k: its share of a split, or both merged trains."""
+        key = int(self.train_key[k])
+        times = _neuron_train(params, key, nr, neuron, rate_hz)
+        part = int(self.split_part[k])
+        if part:
+            below = _rng(params.seed, _S_SORTER, 2, key).random(times.size) < self.split_frac[k]
+            times = times[below if part == 1 else ~below]
+        if self.partner_neuron[k] >= 0:
+            other = _neuron_train(params, int(self.partner_train_key[k]), nr,
+                                  int(self.partner_neuron[k]), float(self.partner_rate_hz[k]))
+            times = np.sort(np.concatenate([times, other]))
+        return times
+
+    def mix_partners(self, out, units, nr: Neurons, ch, t, params) -> None:
+        """Replace, in place, each merged unit's waveform by the spike-weighted mean of its two
+        neurons. out: (n, C, T) float32 noiseless waveforms of ``units``."""
+        rows = np.nonzero(self.partner_neuron[units] >= 0)[0]
+        if rows.size == 0:
+            return
+        k = units[rows]
+        src = _sources(nr, self.partner_neuron[k], self.partner_y[k], self.partner_y_dend[k],
+                       self.partner_amp_gain[k], self.partner_width_gain[k],
+                       self.partner_time_shift_ms[k])
+        other = _render(src, ch[None, :, 0], ch[None, :, 1], t, params)
+        w = self.partner_weight[k].astype(np.float32)[:, None, None]
+        out[rows] = (1 - w) * out[rows] + w * other
+
+
+def _sorter_errors(params: SimulationParams, sel: np.ndarray, cand: _Candidates, nr: Neurons
+                   ) -> tuple[np.ndarray, SorterErrors]:
+    """Apply p_merge then p_split within each session.
+
+    sel: (N0,) candidate slots of the sorted units, by session. Returns the candidate slot of
+    each new unit (N,), by session, random order within a session (a merged unit is its
+    neuron with more spikes), and the SorterErrors of those units.
+    """
+    rows, parts, fracs, partners = [], [], [], []
+    for s in range(params.n_sessions):
+        units = sel[cand.s[sel] == s]
+        g = _rng(params.seed, _S_SORTER, 0, s)
+        u_merge, u_split = g.random(units.size), g.random(units.size)
+        frac = g.uniform(0.3, 0.7, units.size)
+        x, y, shank = nr.x[cand.m[units]], cand.y[units], nr.shank[cand.m[units]]
+        partner = np.full(units.size, -1, np.int64)
+        used = np.zeros(units.size, bool)
+        for i in g.permutation(units.size):
+            if used[i] or u_merge[i] >= params.p_merge:
+                continue
+            d = np.hypot(x - x[i], y - y[i])
+            d[used | (shank != shank[i])] = np.inf
+            d[i] = np.inf
+            j = int(np.argmin(d)) if d.size else 0
+            if not d.size or d[j] > _MERGE_DISTANCE_UM:
+                continue
+            count = [_neuron_train(params, int(c), nr, int(cand.m[c]), float(cand.rate_hz[c])
+                                   ).size for c in (units[i], units[j])]
+            main, other = (i, j) if count[0] >= count[1] else (j, i)
+            used[i] = used[j] = True
+            partner[main] = units[other]
+            partner[other] = -2  # absorbed into its partner's unit
+        s_rows, s_parts, s_fracs, s_partners = [], [], [], []
+        for i, c in enumerate(units):
+            if partner[i] == -2:
+                continue
+            halves = (1, 2) if partner[i] == -1 and u_split[i] < params.p_split else (0,)
+            for part in halves:
+                s_rows.append(c), s_parts.append(part), s_fracs.append(frac[i])
+                s_partners.append(partner[i])
+        order = _rng(params.seed, _S_SORTER, 1, s).permutation(len(s_rows))
+        for lst, acc in ((s_rows, rows), (s_parts, parts), (s_fracs, fracs),
+                         (s_partners, partners)):
+            acc.extend(np.asarray(lst)[order].tolist())
+    rows_a = np.asarray(rows, np.int64)
+    part_a = np.asarray(parts, np.int8)
+    partner_a = np.asarray(partners, np.int64)
+    has = partner_a >= 0
+    p = np.where(has, partner_a, 0)
+    n_own = np.zeros(rows_a.size)
+    n_other = np.zeros(rows_a.size)
+    for k in np.nonzero(has)[0]:
+        n_own[k], n_other[k] = (
+            _neuron_train(params, int(c), nr, int(cand.m[c]), float(cand.rate_hz[c])).size
+            for c in (rows_a[k], partner_a[k]))
+    weight = np.where(has, n_other / np.maximum(n_own + n_other, 1), 0.0)
+    amp_factor = np.choose(part_a, [1.0, 1.0 + _SPLIT_AMP_STEP / 2, 1.0 - _SPLIT_AMP_STEP / 2])
+    sorter = SorterErrors(
+        train_key=rows_a, split_part=part_a, split_frac=np.asarray(fracs, np.float64),
+        amp_factor=amp_factor, partner_neuron=np.where(has, cand.m[p], -1),
+        partner_y=cand.y[p], partner_y_dend=cand.y_dend[p], partner_amp_gain=cand.amp_gain[p],
+        partner_width_gain=cand.width_gain[p], partner_time_shift_ms=cand.time_shift_ms[p],
+        partner_rate_hz=cand.rate_hz[p], partner_train_key=p, partner_weight=weight)
+    return rows_a, sorter
 
 
 # --------------------------------------------------------------------------------------------

@@ -158,6 +158,9 @@ class SimulationParams:
         rate_jitter: log-normal sigma of the day-to-day rate change.
         refractory_min_ms, refractory_max_ms: per-neuron dead time, uniform in this range.
         p_burst: fraction of bursting neurons (bursts of 2-5 spikes at 3-8 ms intervals).
+        spike_train_model: "renewal" (the above) or "poisson": homogeneous Poisson trains at
+            each unit's rate, with no dead time, no bursts and no gamma shape, so the
+            autocorrelogram is flat and carries no identity beyond the rate.
     PETH
         with_peth: write peth.npy.
         peth_points: length P of each PETH.
@@ -210,6 +213,7 @@ class SimulationParams:
     refractory_min_ms: float = 1.5
     refractory_max_ms: float = 2.5
     p_burst: float = 0.25
+    spike_train_model: str = "renewal"
     # PETH
     with_peth: bool = True
     peth_points: int = 100
@@ -269,6 +273,8 @@ class SimulationParams:
         need(0 < self.refractory_min_ms <= self.refractory_max_ms <= 5.0,
              "need 0 < refractory_min_ms <= refractory_max_ms <= 5, got "
              f"{self.refractory_min_ms}, {self.refractory_max_ms}")
+        need(self.spike_train_model in ("renewal", "poisson"),
+             f"spike_train_model must be 'renewal' or 'poisson', got {self.spike_train_model!r}")
         need(isinstance(self.peth_points, (int, np.integer)) and self.peth_points >= 2,
              f"peth_points must be an integer >= 2, got {self.peth_points!r}")
         need(isinstance(self.seed, (int, np.integer)) and self.seed >= 0,
@@ -789,11 +795,12 @@ class Simulation:
         duration_ms = self.params.duration_s * 1000.0
         times = np.empty(0)
         # A sorter would not report a unit without spikes: redraw the (rare) near-empty train.
+        # Poisson: a renewal process with no dead time and exponential intervals.
+        shape = ((0.0, 1.0, 0.0, 2, 5.0) if self.params.spike_train_model == "poisson" else
+                 (float(nr.refractory_ms[m]), float(nr.gamma_shape[m]),
+                  float(nr.burst_prob[m]), int(nr.burst_max[m]), float(nr.burst_isi_ms[m])))
         for _ in range(20):
-            times = spike_train(g, float(self.unit_rate_hz[k]), duration_ms,
-                                float(nr.refractory_ms[m]), float(nr.gamma_shape[m]),
-                                float(nr.burst_prob[m]), int(nr.burst_max[m]),
-                                float(nr.burst_isi_ms[m]))
+            times = spike_train(g, float(self.unit_rate_hz[k]), duration_ms, *shape)
             if times.size >= 2:
                 break
         return times.astype(np.float64)

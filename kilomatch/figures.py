@@ -81,16 +81,17 @@ def motion(result):
     if choice is not None:
         title += f"\nmotion used: {choice.source} ({choice.why})"
     ax.set_title(title, fontsize=9)
-    if choice is not None and choice.warnings:
-        text = "\n".join(textwrap.fill(w, 150) for w in choice.warnings[:4])
-        more = len(choice.warnings) - 4
-        if more > 0:
-            text += f"\n... and {more} more (see kilomatch.log)"
-        ax.text(0.01, 0.01, "WARNING\n" + text, transform=ax.transAxes, fontsize=6,
-                color="tab:red", va="bottom", ha="left",
-                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "tab:red"})
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
+    if choice is not None and choice.warnings:
+        lines = [line for w in choice.warnings[:4] for line in textwrap.wrap(w, 120)]
+        if len(choice.warnings) > 4:
+            lines.append(f"... and {len(choice.warnings) - 4} more (see kilomatch.log)")
+        # Below the axes, so that it never hides the curves.
+        fig.set_figheight(4.5 + 0.12 * (len(lines) + 1))
+        fig.subplots_adjust(bottom=(0.12 * 4.5 + 0.12 * (len(lines) + 1)) / fig.get_figheight())
+        fig.text(0.01, 0.01, "\n".join(["WARNING"] + lines), fontsize=6.5, color="tab:red",
+                 va="bottom", ha="left")
     return fig
 
 

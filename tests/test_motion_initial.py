@@ -53,7 +53,7 @@ def test_no_usable_matches_ends_on_initial_estimate_with_warning(flat, caplog):
     assert "no round" in result.summary["motion_why"]
     assert metrics.motion_rms_error(result.motion.displacement(), true) < 2.0
     fig = figures.motion(result)
-    text = " ".join([fig.axes[0].get_title()] + [t.get_text() for t in fig.axes[0].texts])
+    text = " ".join([fig.axes[0].get_title()] + [t.get_text() for t in fig.texts])
     assert "initial estimate" in text and "WARNING" in text and "set aside" in text
 
 

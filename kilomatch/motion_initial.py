@@ -83,49 +83,56 @@ def session_pairs(n_sessions: int, max_session_gap: int) -> np.ndarray:
     return np.column_stack([a[keep], b[keep]])
 
 
-def unit_densities(x: np.ndarray, depth: np.ndarray, amplitude: np.ndarray,
-                   session0: np.ndarray, n_sessions: int, depth_range: tuple) -> np.ndarray:
-    """(S, A, X, D) amplitude-weighted density of each session's units over log amplitude
-    (A bins), x (X bins of X_BIN_UM) and depth (D bins of DEPTH_BIN_UM from depth_range[0]),
-    smoothed over amplitude and x (over depth by :func:`register_sessions`, where it is
-    cheaper). x, depth: (N,) um; amplitude: (N,) uV."""
+def density_edges(x: np.ndarray, amplitude: np.ndarray, depth_range: tuple) -> tuple:
+    """Bin edges (log amplitude, x um, depth um) shared by every session's density."""
     log_amp = np.log(np.maximum(amplitude, 1.0))
-    a_edges = np.arange(log_amp.min() - 2 * LOG_AMP_SIGMA,
-                        log_amp.max() + 2 * LOG_AMP_SIGMA + LOG_AMP_BIN, LOG_AMP_BIN)
-    x_edges = np.arange(x.min() - 2 * X_SIGMA_UM, x.max() + 2 * X_SIGMA_UM + X_BIN_UM, X_BIN_UM)
-    d_edges = np.arange(depth_range[0], depth_range[1] + DEPTH_BIN_UM, DEPTH_BIN_UM)
+    return (np.arange(log_amp.min() - 2 * LOG_AMP_SIGMA,
+                      log_amp.max() + 2 * LOG_AMP_SIGMA + LOG_AMP_BIN, LOG_AMP_BIN),
+            np.arange(x.min() - 2 * X_SIGMA_UM, x.max() + 2 * X_SIGMA_UM + X_BIN_UM, X_BIN_UM),
+            np.arange(depth_range[0], depth_range[1] + DEPTH_BIN_UM, DEPTH_BIN_UM))
+
+
+def unit_density(x: np.ndarray, depth: np.ndarray, amplitude: np.ndarray, edges: tuple
+                 ) -> np.ndarray:
+    """(A, X, D) amplitude-weighted density of one session's units over log amplitude, x and
+    depth (bins ``edges``), smoothed over amplitude and x (over depth by
+    :func:`register_sessions`, where it is cheaper). x, depth: (n,) um; amplitude: (n,) uV."""
     # Larger units are localised better and are seen in more sessions: weigh them more, but
     # only by the square root so that a few big units do not decide alone.
     weight = np.sqrt(np.maximum(amplitude, 0.0))
-    density = np.zeros((n_sessions, a_edges.size - 1, x_edges.size - 1, d_edges.size - 1),
-                       np.float32)
-    for s in range(n_sessions):
-        mine = session0 == s
-        density[s] = np.histogramdd(np.column_stack([log_amp[mine], x[mine], depth[mine]]),
-                                    bins=(a_edges, x_edges, d_edges), weights=weight[mine])[0]
-    for axis, sigma in ((1, LOG_AMP_SIGMA / LOG_AMP_BIN), (2, X_SIGMA_UM / X_BIN_UM)):
-        density = gaussian_filter1d(density, sigma, axis=axis, mode="constant")
-    return density
+    points = np.column_stack([np.log(np.maximum(amplitude, 1.0)), x, depth])
+    density = np.histogramdd(points, bins=edges, weights=weight)[0].astype(np.float32)
+    density = gaussian_filter1d(density, LOG_AMP_SIGMA / LOG_AMP_BIN, axis=0, mode="constant")
+    return gaussian_filter1d(density, X_SIGMA_UM / X_BIN_UM, axis=1, mode="constant")
 
 
-def register_sessions(density: np.ndarray, pairs: np.ndarray, max_shift_um: float
-                      ) -> Registration:
-    """Normalised cross-correlation over depth shifts of every session pair's densities.
-
-    density: (S, A, X, D) from :func:`unit_densities`; shifts from -max_shift_um to
-    +max_shift_um in DEPTH_BIN_UM steps."""
-    n_depth = density.shape[-1]
+def register_sessions(x: np.ndarray, depth: np.ndarray, amplitude: np.ndarray,
+                      session0: np.ndarray, n_sessions: int, pairs: np.ndarray,
+                      max_shift_um: float) -> Registration:
+    """Normalised cross-correlation over depth shifts of the unit densities of every session
+    pair ``pairs`` (Q, 2). x, depth: (N,) um; amplitude: (N,) uV; session0: (N,) 0-based.
+    Shifts run from -max_shift_um to +max_shift_um in DEPTH_BIN_UM steps."""
+    edges = density_edges(x, amplitude, (float(depth.min()) - max_shift_um,
+                                         float(depth.max()) + max_shift_um))
+    n_depth = edges[2].size - 1
     lag = int(np.ceil(max_shift_um / DEPTH_BIN_UM))
     size = 1 << int(np.ceil(np.log2(n_depth + lag + 1)))  # no wrap-around within +-lag
-    spectra = np.fft.rfft(density.reshape(density.shape[0], -1, n_depth), n=size, axis=-1)
-    # Depth smoothing of both densities, as one Gaussian of variance 2 sigma^2 on the product.
+    # Depth smoothing of both densities, as one Gaussian of variance 2 sigma^2 on the product;
+    # it leaves nothing above `keep` frequencies, which need not be stored (memory at scale).
     freq = np.fft.rfftfreq(size, d=DEPTH_BIN_UM)
     smooth = np.exp(-(2 * np.pi * freq * DEPTH_SIGMA_UM) ** 2)
+    keep = max(int(np.count_nonzero(smooth > 1e-9)), 2)
+    smooth = smooth[:keep]
+    spectra = []
+    for s in range(n_sessions):
+        mine = session0 == s
+        density = unit_density(x[mine], depth[mine], amplitude[mine], edges)
+        spectra.append(np.fft.rfft(density.reshape(-1, n_depth), n=size, axis=-1)[:, :keep])
 
     def correlate(a, b):  # sum_y A(y) B(y + s) for every s: the inverse transform of conj(A) B
         return np.fft.irfft((np.conj(spectra[a]) * spectra[b]).sum(axis=0) * smooth, n=size)
 
-    norms = np.sqrt([max(correlate(s, s)[0], 0.0) for s in range(density.shape[0])])
+    norms = np.sqrt([max(correlate(s, s)[0], 0.0) for s in range(n_sessions)])
     lags = np.arange(-lag, lag + 1)
     correlation = np.zeros((len(pairs), lags.size))
     for q, (a, b) in enumerate(pairs):
@@ -213,14 +220,12 @@ def initial_motion(x: np.ndarray, depth: np.ndarray, amplitude: np.ndarray,
     :func:`kilomatch.motion.estimate_motion`).
     """
     pairs = session_pairs(n_sessions, max_session_gap)
-    span = (float(depth.min()) - max_shift_um, float(depth.max()) + max_shift_um)
-    density = unit_densities(x, depth, amplitude, session0, n_sessions, span)
-    reg = register_sessions(density, pairs, max_shift_um)
+    reg = register_sessions(x, depth, amplitude, session0, n_sessions, pairs, max_shift_um)
     displacement, half = solve_registration(reg, n_sessions)
     motion = Motion.zero(n_sessions)
     motion.offset = displacement
     if linear:
-        _fit_depth_blocks(motion, x, depth, amplitude, session0, pairs, span, max_shift_um)
+        _fit_depth_blocks(motion, x, depth, amplitude, session0, pairs, max_shift_um)
     shown = motion.displacement()
     motion.ci_low, motion.ci_high = shown - half, shown + half
     motion.tied[:] = True
@@ -228,7 +233,7 @@ def initial_motion(x: np.ndarray, depth: np.ndarray, amplitude: np.ndarray,
     return InitialMotion(motion, reg, implied_matches(x, depth, session0, unit_disp, pairs))
 
 
-def _fit_depth_blocks(motion: Motion, x, depth, amplitude, session0, pairs, span,
+def _fit_depth_blocks(motion: Motion, x, depth, amplitude, session0, pairs,
                       max_shift_um) -> None:
     """Depth-dependent motion: each block's rigid displacement, then a line per session."""
     n_sessions = motion.offset.size
@@ -238,10 +243,9 @@ def _fit_depth_blocks(motion: Motion, x, depth, amplitude, session0, pairs, span
         inside = (depth >= lo) & (depth <= hi)
         if np.bincount(session0[inside], minlength=n_sessions).min() < 3:
             continue  # too few units in some session to register this block
-        density = unit_densities(x[inside], depth[inside], amplitude[inside], session0[inside],
-                                 n_sessions, span)
-        block, _ = solve_registration(register_sessions(density, pairs, max_shift_um),
-                                      n_sessions)
+        reg = register_sessions(x[inside], depth[inside], amplitude[inside], session0[inside],
+                                n_sessions, pairs, max_shift_um)
+        block, _ = solve_registration(reg, n_sessions)
         centres.append(float(np.median(depth[inside])))
         values.append(block)
     if len(centres) < 2:

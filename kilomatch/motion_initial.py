@@ -188,19 +188,20 @@ def solve_registration(reg: Registration, n_sessions: int, n_iter: int = 10
     return displacement, half
 
 
-def implied_matches(x: np.ndarray, depth: np.ndarray, session0: np.ndarray,
+def implied_matches(x: np.ndarray, depth: np.ndarray, session0: np.ndarray, n_sessions: int,
                     displacement_of_unit: np.ndarray, pairs: np.ndarray) -> int:
     """Unit pairs of the session pairs ``pairs`` that the motion superposes: mutual nearest
     neighbours in (x, corrected depth) closer than MATCH_RADIUS_UM. displacement_of_unit: (N,)
     um, each unit's motion. A count of the matches a matching round should find."""
     corrected = np.column_stack([x, depth - displacement_of_unit])
-    members = [np.flatnonzero(session0 == s) for s in range(int(session0.max()) + 1)]
+    members = [np.flatnonzero(session0 == s) for s in range(n_sessions)]
     trees = [cKDTree(corrected[m]) if m.size else None for m in members]
     count = 0
     for a, b in pairs:
         if trees[a] is None or trees[b] is None:
             continue
-        dist_ab, near_b = trees[b].query(corrected[members[a]], distance_upper_bound=MATCH_RADIUS_UM)
+        dist_ab, near_b = trees[b].query(corrected[members[a]],
+                                         distance_upper_bound=MATCH_RADIUS_UM)
         _, near_a = trees[a].query(corrected[members[b]], distance_upper_bound=MATCH_RADIUS_UM)
         found = np.isfinite(dist_ab)
         mutual = near_a[near_b[found]] == np.flatnonzero(found)
@@ -230,17 +231,20 @@ def initial_motion(x: np.ndarray, depth: np.ndarray, amplitude: np.ndarray,
     motion.ci_low, motion.ci_high = shown - half, shown + half
     motion.tied[:] = True
     unit_disp = motion.at(session0, depth)
-    return InitialMotion(motion, reg, implied_matches(x, depth, session0, unit_disp, pairs))
+    return InitialMotion(motion, reg, implied_matches(x, depth, session0, n_sessions, unit_disp,
+                                                     pairs))
 
 
 def _fit_depth_blocks(motion: Motion, x, depth, amplitude, session0, pairs,
                       max_shift_um) -> None:
     """Depth-dependent motion: each block's rigid displacement, then a line per session."""
     n_sessions = motion.offset.size
-    edges = np.quantile(depth, np.linspace(0, 1, N_DEPTH_BLOCKS + 1))
+    # Blocks in rigidly corrected depth, so that each holds the same neurons in every session.
+    corrected = depth - motion.offset[session0]
+    edges = np.quantile(corrected, np.linspace(0, 1, N_DEPTH_BLOCKS + 1))
     centres, values = [], []
     for lo, hi in zip(edges[:-1], edges[1:]):
-        inside = (depth >= lo) & (depth <= hi)
+        inside = (corrected >= lo) & (corrected <= hi)
         if np.bincount(session0[inside], minlength=n_sessions).min() < 3:
             continue  # too few units in some session to register this block
         reg = register_sessions(x[inside], depth[inside], amplitude[inside], session0[inside],

@@ -42,6 +42,9 @@ LOG_AMP_BIN, LOG_AMP_SIGMA = 0.25, 0.2
 MATCH_RADIUS_UM = 10.0
 # Depth blocks of the depth-dependent estimate: units of each block are registered on their own.
 N_DEPTH_BLOCKS = 3
+# A session with fewer units than this cannot be registered: one unit lines up with any other
+# unit of its size somewhere within the shifts searched.
+MIN_UNITS = 5
 
 
 @dataclass
@@ -152,17 +155,18 @@ def _peak(shifts: np.ndarray, values: np.ndarray) -> float:
     return float(shifts[k])
 
 
-def solve_registration(reg: Registration, n_sessions: int, n_iter: int = 10
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def solve_registration(reg: Registration, n_sessions: int, usable: np.ndarray,
+                       n_iter: int = 10) -> tuple[np.ndarray, np.ndarray]:
     """Per-session displacement (S,) um, mean 0, and its 95% half-width (S,) um, from the
     peaks of the pairwise correlations, by least squares reweighted against outlying pairs.
+    Only pairs of ``usable`` (S,) bool sessions count; the others stay at 0.
 
     A pair's weight is its peak correlation (how alike the two sessions' units are) times a
     Tukey weight of its residual, so a pair whose peak locked onto the wrong units is dropped.
     """
     offsets = np.array([_peak(reg.shifts, c) for c in reg.correlation])
-    strength = np.array([max(float(c.max()), 0.0) for c in reg.correlation])
     a, b = reg.pairs[:, 0], reg.pairs[:, 1]
+    strength = np.maximum(reg.correlation.max(axis=1, initial=0.0), 0.0) * (usable[a] & usable[b])
     weight = strength.copy()
     displacement = np.zeros(n_sessions)
     for _ in range(n_iter):
@@ -222,21 +226,32 @@ def initial_motion(x: np.ndarray, depth: np.ndarray, amplitude: np.ndarray,
     """
     pairs = session_pairs(n_sessions, max_session_gap)
     reg = register_sessions(x, depth, amplitude, session0, n_sessions, pairs, max_shift_um)
-    displacement, half = solve_registration(reg, n_sessions)
+    usable = np.bincount(session0, minlength=n_sessions) >= MIN_UNITS
+    displacement, half = solve_registration(reg, n_sessions, usable)
     motion = Motion.zero(n_sessions)
     motion.offset = displacement
     if linear:
-        _fit_depth_blocks(motion, x, depth, amplitude, session0, pairs, max_shift_um)
+        _fit_depth_blocks(motion, x, depth, amplitude, session0, pairs, max_shift_um, usable)
     shown = motion.displacement()
     motion.ci_low, motion.ci_high = shown - half, shown + half
-    motion.tied[:] = True
+    # Registered: enough units, and some other session's units line up with them.
+    lined_up = (reg.correlation.max(axis=1, initial=0.0) > 0) & usable[pairs].all(axis=1)
+    tied = np.zeros(n_sessions, bool)
+    tied[pairs[lined_up].ravel()] = True
+    motion.tied = tied
+    if (~tied).any():
+        log.warning("sessions %s hold fewer than %d units or none that line up with another "
+                    "session's: the initial motion estimate leaves them at 0",
+                    ", ".join(str(s + 1) for s in np.flatnonzero(~tied)), MIN_UNITS)
+        motion.offset[~tied] = motion.slope[~tied] = 0.0
+        motion.ci_low[~tied] = motion.ci_high[~tied] = 0.0
     unit_disp = motion.at(session0, depth)
     return InitialMotion(motion, reg, implied_matches(x, depth, session0, n_sessions, unit_disp,
                                                      pairs))
 
 
 def _fit_depth_blocks(motion: Motion, x, depth, amplitude, session0, pairs,
-                      max_shift_um) -> None:
+                      max_shift_um, usable) -> None:
     """Depth-dependent motion: each block's rigid displacement, then a line per session."""
     n_sessions = motion.offset.size
     # Blocks in rigidly corrected depth, so that each holds the same neurons in every session.
@@ -245,11 +260,11 @@ def _fit_depth_blocks(motion: Motion, x, depth, amplitude, session0, pairs,
     centres, values = [], []
     for lo, hi in zip(edges[:-1], edges[1:]):
         inside = (corrected >= lo) & (corrected <= hi)
-        if np.bincount(session0[inside], minlength=n_sessions).min() < 3:
+        if np.bincount(session0[inside], minlength=n_sessions)[usable].min() < 3:
             continue  # too few units in some session to register this block
         reg = register_sessions(x[inside], depth[inside], amplitude[inside], session0[inside],
                                 n_sessions, pairs, max_shift_um)
-        block, _ = solve_registration(reg, n_sessions)
+        block, _ = solve_registration(reg, n_sessions, usable)
         centres.append(float(np.median(depth[inside])))
         values.append(block)
     if len(centres) < 2:
@@ -303,9 +318,9 @@ def largest_disagreement(candidate: Motion, initial: Motion, tolerance_um: float
     and ``tolerance_um``, at its worst session (0-based); <= 0 means they agree. Compared at
     the round's reference depth, over the sessions the round ties, after removing the median
     difference (each motion's mean-0 gauge is its own)."""
-    tied = candidate.tied
+    tied = candidate.tied & initial.tied
     if not tied.any():
-        return 0.0, 0
+        return 0.0, -1
     depth = candidate.ref_depth
     diff = candidate.displacement() - (initial.slope * depth + initial.offset)
     diff = diff - np.median(diff[tied])  # robust: one session off must not move the rest
@@ -318,12 +333,13 @@ def largest_disagreement(candidate: Motion, initial: Motion, tolerance_um: float
 def fill_untied(candidate: Motion, initial: Motion) -> None:
     """Sessions that a round's matches do not tie to the others take the initial estimate
     (in the round's gauge) instead of 0."""
-    loose = ~candidate.tied
-    if not loose.any() or not candidate.tied.any():
+    loose = ~candidate.tied & initial.tied
+    if not loose.any() or not (candidate.tied & initial.tied).any():
         return
     depth = candidate.ref_depth
     init_disp = initial.slope * depth + initial.offset
-    gauge = np.mean(candidate.displacement()[candidate.tied] - init_disp[candidate.tied])
+    both = candidate.tied & initial.tied
+    gauge = np.mean(candidate.displacement()[both] - init_disp[both])
     candidate.slope[loose] = initial.slope[loose]
     candidate.offset[loose] = initial.offset[loose] + gauge
     shown = candidate.displacement()

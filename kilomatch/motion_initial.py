@@ -40,6 +40,12 @@ LOG_AMP_BIN, LOG_AMP_SIGMA = 0.25, 0.2
 # Two units of different sessions are counted as the same neuron by position alone when their
 # corrected positions are mutual nearest neighbours this close (um).
 MATCH_RADIUS_UM = 10.0
+# A round's motion that disagrees with the initial estimate is set aside only when, on the
+# session pairs where they disagree, it lines the units up less than this fraction as well.
+# On well-populated sessions a wrong offset (more than the 10 um tolerance away) keeps under
+# a quarter of the correlation (Gaussian smoothing of 5 um); where few units leave the
+# densities ambiguous, two offsets score alike and the round's matches should decide.
+SUPPORT_RATIO = 0.5
 # Depth blocks of the depth-dependent estimate: units of each block are registered on their own.
 N_DEPTH_BLOCKS = 3
 # A session with fewer units than this cannot be registered: one unit lines up with any other
@@ -60,12 +66,15 @@ class Registration:
     shifts: np.ndarray
     correlation: np.ndarray
 
-    def support(self, displacement: np.ndarray) -> float:
+    def support(self, displacement: np.ndarray, sessions=None) -> float:
         """Mean correlation of the session pairs at the offsets a motion (S,) implies: how well
-        it superposes the sessions' units. Offsets outside the searched range count 0."""
+        it superposes the sessions' units; with ``sessions`` (0-based), only the pairs that
+        touch them. Offsets outside the searched range count 0."""
         offsets = displacement[self.pairs[:, 1]] - displacement[self.pairs[:, 0]]
+        touch = (np.ones(len(self.pairs), bool) if sessions is None
+                 else np.isin(self.pairs, sessions).any(axis=1))
         values = [np.interp(d, self.shifts, c, left=0.0, right=0.0)
-                  for d, c in zip(offsets, self.correlation)]
+                  for d, c, t in zip(offsets, self.correlation, touch) if t]
         return float(np.mean(values)) if values else 0.0
 
 
@@ -296,10 +305,21 @@ class MotionChoice:
     implied_matches: int | None = None
     set_aside: dict = None
     warnings: list = None
+    kept_although: set = None  # rounds kept although they differ from the initial estimate
 
     def __post_init__(self):
         self.set_aside = {} if self.set_aside is None else self.set_aside
         self.warnings = [] if self.warnings is None else self.warnings
+        self.kept_although = set() if self.kept_although is None else self.kept_although
+
+    def keep_round(self, k: int, n_matches: int) -> None:
+        """The motion used is round k's, from n_matches good matches."""
+        self.source = f"round {k}"
+        self.why = f"round {k}'s {n_matches} good matches"
+        if k in self.kept_although:
+            self.why += ", kept although it differs from the initial estimate (see warnings)"
+        elif self.initial is not None:
+            self.why += ", consistent with the initial estimate"
 
     def warn(self, message: str) -> None:
         log.warning(message)
@@ -313,21 +333,23 @@ def half_width(motion: Motion) -> np.ndarray:
 
 
 def largest_disagreement(candidate: Motion, initial: Motion, tolerance_um: float
-                         ) -> tuple[float, int]:
-    """How far (um) a round's motion lies outside the initial estimate, beyond both bands
-    and ``tolerance_um``, at its worst session (0-based); <= 0 means they agree. Compared at
+                         ) -> tuple[float, int, np.ndarray]:
+    """Where a round's motion lies outside the initial estimate by more than both bands and
+    ``tolerance_um``: the difference (um) at the worst session, that session (0-based; -1
+    when they agree) and every such session. Compared at
     the round's reference depth, over the sessions the round ties, after removing the median
     difference (each motion's mean-0 gauge is its own)."""
     tied = candidate.tied & initial.tied
     if not tied.any():
-        return 0.0, -1
+        return 0.0, -1, np.empty(0, np.int64)
     depth = candidate.ref_depth
     diff = candidate.displacement() - (initial.slope * depth + initial.offset)
     diff = diff - np.median(diff[tied])  # robust: one session off must not move the rest
     excess = np.abs(diff) - half_width(candidate) - half_width(initial) - tolerance_um
     excess[~tied] = -np.inf
     worst = int(np.argmax(excess))
-    return float(np.abs(diff[worst])), worst if excess[worst] > 0 else -1
+    return float(np.abs(diff[worst])), worst if excess[worst] > 0 else -1, np.flatnonzero(
+        excess > 0)
 
 
 def fill_untied(candidate: Motion, initial: Motion) -> None:
@@ -359,22 +381,24 @@ def judge_round(k: int, candidate: Motion, n_matches: int, kept: str, start: Ini
                   f"{start.implied_matches} unit pairs the initial estimate superposes "
                   f"(motionEstimation.min_match_fraction = {min_match_fraction:g})")
     else:
-        gap, worst = largest_disagreement(candidate, start.motion, tolerance_um)
+        gap, worst, where = largest_disagreement(candidate, start.motion, tolerance_um)
         if worst < 0:
             fill_untied(candidate, start.motion)
             return True
-        ours = start.registration.support(candidate.displacement())
-        theirs = start.registration.support(start.motion.displacement())
+        ours = start.registration.support(candidate.displacement(), where)
+        theirs = start.registration.support(start.motion.displacement(), where)
         text = (f"round {k}'s motion differs from the initial estimate by {gap:.1f} um at "
                 f"session {worst + 1}, more than their 95% bands and "
                 f"motionEstimation.initial_tolerance_um = {tolerance_um:g} allow")
-        if ours >= theirs:
-            choice.warn(f"{text}; it superposes the sessions' units at least as well (support "
-                        f"{ours:.3f} vs {theirs:.3f}): round {k}'s motion is kept")
+        if ours >= SUPPORT_RATIO * theirs:
+            choice.kept_although.add(k)
+            choice.warn(f"{text}; there it lines the sessions' units up about as well "
+                        f"(support {ours:.3f} vs {theirs:.3f}), so its {n_matches} good "
+                        f"matches decide: round {k}'s motion is kept")
             fill_untied(candidate, start.motion)
             return True
-        reason = (f"{text}, and superposes the sessions' units less well (support {ours:.3f} "
-                  f"vs {theirs:.3f})")
+        reason = (f"{text}, and there lines the sessions' units up far less well (support "
+                  f"{ours:.3f} vs {theirs:.3f})")
     choice.set_aside[k] = reason
     choice.warn(f"{reason}: its motion is set aside, the {kept} is kept")
     return False

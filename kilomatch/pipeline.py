@@ -309,9 +309,7 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
     log.info("motion estimation %s; motion from %s", why,
              f"round {best[1]}" if best else choice.source)
     if best is not None:
-        choice.source, choice.why = f"round {best[1]}", (
-            f"round {best[1]}'s {best[0]} good matches" + (
-                "" if start is None else ", consistent with the initial estimate"))
+        choice.keep_round(best[1], best[0])
         if me.n_bootstrap > 0:
             # Only the motion that is kept needs its full confidence band.
             band = estimate_motion(best[2], units.locations[:, 1], units.session0, n_sessions,

@@ -92,10 +92,11 @@ def test_disagreement_beyond_bands_and_tolerance():
     initial = Motion.zero(3)
     initial.offset = np.array([-10.0, 0.0, 10.0])
     initial.ci_low, initial.ci_high = initial.offset - 1, initial.offset + 1
+    initial.tied[:] = True
     for moved, disagrees in ((15.0, True), (5.0, False)):
         round_motion = Motion.zero(3)
         round_motion.offset = initial.offset + np.array([0.0, 0.0, moved])
         round_motion.ci_low, round_motion.ci_high = round_motion.offset, round_motion.offset
         round_motion.tied[:] = True
-        _, worst = largest_disagreement(round_motion, initial, 10.0)
+        _, worst, _ = largest_disagreement(round_motion, initial, 10.0)
         assert (worst == 2) if disagrees else (worst == -1)

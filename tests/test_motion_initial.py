@@ -9,7 +9,8 @@ import pytest
 import kilomatch
 from kilomatch import figures, metrics
 from kilomatch.motion import Motion
-from kilomatch.motion_initial import initial_motion, largest_disagreement
+from kilomatch.motion_initial import (InitialMotion, MotionChoice, Registration, initial_motion,
+                                      judge_round, largest_disagreement)
 from kilomatch.simulate import simulate_to_folder
 
 
@@ -100,3 +101,32 @@ def test_disagreement_beyond_bands_and_tolerance():
         round_motion.tied[:] = True
         _, worst, _ = largest_disagreement(round_motion, initial, 10.0)
         assert (worst == 2) if disagrees else (worst == -1)
+
+
+def test_disagreeing_round_set_aside_only_when_units_contradict_it():
+    """A round 30 um off the initial estimate at one session is set aside when the sessions'
+    densities clearly peak at the initial offsets, and kept (with a warning) when they are
+    ambiguous there; a round with enough matches that agrees is kept silently."""
+    init = Motion.zero(3)
+    init.offset = np.array([-10.0, 0.0, 10.0])
+    init.ci_low, init.ci_high = init.offset - 1, init.offset + 1
+    init.tied[:] = True
+    pairs = np.array([[0, 1], [0, 2], [1, 2]])
+    shifts = np.arange(-100.0, 101.0)
+    offsets = init.offset[pairs[:, 1]] - init.offset[pairs[:, 0]]
+    peaked = np.exp(-(shifts[None, :] - offsets[:, None]) ** 2 / 50.0)
+    off = Motion.zero(3)
+    off.offset = init.offset + np.array([0.0, 0.0, 30.0])
+    off.ci_low, off.ci_high = off.offset - 1, off.offset + 1
+    off.tied[:] = True
+    for correlation, kept in ((peaked, False), (0.5 + 0.01 * peaked, True)):
+        start = InitialMotion(init, Registration(pairs, shifts, correlation), 100)
+        choice = MotionChoice("initial estimate", "", init, 100)
+        assert judge_round(2, off, 90, "initial estimate", start, choice, 10.0, 0.25) is kept
+        assert len(choice.warnings) == 1 and (2 in choice.set_aside) is (not kept)
+    agree = Motion.zero(3)
+    agree.offset = init.offset + np.array([0.0, 0.0, 3.0])
+    agree.tied[:] = True
+    choice = MotionChoice("initial estimate", "", init, 100)
+    assert judge_round(3, agree, 90, "initial estimate", start, choice, 10.0, 0.25)
+    assert choice.warnings == []

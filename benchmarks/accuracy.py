@@ -68,6 +68,22 @@ DATASETS = {
            "duration_s": 300.0, "seed": 110}, {}),
 }
 
+# Studies whose ACGs carry little identity (issue 17): pure Poisson spike trains, short
+# sessions, low rates and no PETH, so the motion must come from what every session has.
+_FLAT = {**_BASE, "spike_train_model": "poisson", "with_peth": False, "duration_s": 120.0,
+         "rate_median_hz": 2.0}
+DATASETS.update({
+    "k": ("flat_acg_large_drift", "Poisson spike trains, 2 min sessions, no PETH; 150 um range",
+          {**_FLAT, "drift_max_um": 150.0, "seed": 111}, {}),
+    "l": ("flat_acg_np2", "Poisson spike trains, 1 min sessions at 1 Hz median, no PETH, NP2; "
+                          "80 um range", {**_FLAT, "probe": "NP2", "duration_s": 60.0,
+                                          "rate_median_hz": 1.0, "drift_max_um": 80.0,
+                                          "seed": 112}, {}),
+    "m": ("flat_acg_jumps", "Poisson spike trains, 2 min sessions, no PETH; jumps of 60 um, "
+                            "120 um range", {**_FLAT, "jump_prob": 0.4, "jump_um": 60.0,
+                                             "drift_max_um": 120.0, "seed": 113}, {}),
+})
+
 
 BAND_LABELS = metrics.band_labels()
 COLUMNS = ["dataset", "tool", "precision", "recall", "F1", "F1 before curation",
@@ -85,6 +101,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="add this to every dataset's seed: fresh simulations of the same "
                          "kinds, to check that a design choice holds beyond the fixed suite "
                          "(datasets named <key>_<name>_seed+<offset>)")
+    ap.add_argument("--true-motion", action="store_true",
+                    help="also run kilomatch given each dataset's true motion (gt_motion.npy as "
+                         "waveformCorrection.path_to_motion): the F1 a perfect motion gives")
     ap.add_argument("--kilomatch-settings", default=None, metavar="JSON",
                     help="extra kilomatch settings for a variant, e.g. "
                          "'{\"clustering\": {\"features\": [\"Waveform\", \"AutoCorr\", "
@@ -132,13 +151,19 @@ def run_dataset(key: str, tools: list, args, peers_py) -> list:
     print(f"dataset {label}: {description}; {info['n_units']} units, {info['n_sessions']} "
           f"sessions, motion range {info['motion_range_um']:.0f} um", flush=True)
     limit = None if args.mem_limit_gb is None else args.mem_limit_gb * 1024
+    runs = [(tool, tool, peers.PEER_LABELS[tool]) for tool in tools]
+    if args.true_motion and "kilomatch" in tools:
+        runs.append(("kilomatch", "kilomatch_true_motion", TRUE_MOTION_LABEL))
     rows = []
-    for tool in tools:
-        out = Path(args.cache) / "runs" / label / tool
-        print(f"  running {peers.PEER_LABELS[tool]} ...", flush=True)
+    for tool, folder, tool_label in runs:
+        out = Path(args.cache) / "runs" / label / folder
+        print(f"  running {tool_label} ...", flush=True)
         settings = tool_settings
         if tool == "kilomatch" and args.kilomatch_settings:
             settings = _merge(tool_settings or {}, json.loads(args.kilomatch_settings))
+        if folder == "kilomatch_true_motion":
+            settings = _merge(settings or {}, {"waveformCorrection": {
+                "path_to_motion": str(Path(data).resolve() / "gt_motion.npy")}})
         result = peers.run_tool(tool, data, out, peers_py, settings, args.timeout, limit)
         scores = peers.score(result, data, bands=True)
         print(f"    {result['status']}; F1 {_common.fmt(scores['f1'])}; "
@@ -148,8 +173,12 @@ def run_dataset(key: str, tools: list, args, peers_py) -> list:
                 f"{b['band']} uV: {b['n_true_pairs']}" for b in scores["recall_bands"]),
                 flush=True)
         rows.append({"dataset": label, "dataset_info": info, "description": description,
-                     "simulation": sim_params, "settings": tool_settings, **result, **scores})
+                     "simulation": sim_params, "settings": tool_settings, **result, **scores,
+                     "label": tool_label})
     return rows
+
+
+TRUE_MOTION_LABEL = "kilomatch, true motion given"
 
 
 def table_rows(results: list) -> list:
@@ -157,7 +186,8 @@ def table_rows(results: list) -> list:
     rows = []
     for r in results:
         bands = r.get("recall_bands") or [{"recall": None}] * len(BAND_LABELS)
-        rows.append([r["dataset"], peers.PEER_LABELS[r["tool"]], _common.fmt(r["precision"]),
+        rows.append([r["dataset"], r.get("label", peers.PEER_LABELS[r["tool"]]),
+                     _common.fmt(r["precision"]),
                      _common.fmt(r["recall"]), _common.fmt(r["f1"]),
                      _common.fmt(r["f1_before"]), *[_common.fmt(b["recall"]) for b in bands],
                      _common.fmt(r["motion_rms_um"], 2),

@@ -7,6 +7,8 @@ left open in a notebook; they display there as they are.
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib
 import numpy as np
 from matplotlib.collections import LineCollection
@@ -54,21 +56,42 @@ def unit_depth(result):
 
 
 def motion(result):
-    """Estimated motion per session with its 95% bootstrap band and each round's estimate."""
+    """Estimated motion per session with its 95% bootstrap band, each round's estimate, the
+    initial estimate from unit positions (when used), and any warning about them."""
     m = result.motion
+    choice = m.choice
     sessions = np.arange(1, m.offset.size + 1)
-    fig = Figure(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
+    set_aside = {} if choice is None else choice.set_aside
     for k, (_, mk) in enumerate(result.rounds, 1):
-        ax.plot(sessions, mk.displacement(), lw=0.8, alpha=0.6, label=f"round {k}")
+        label = f"round {k}" + (" (set aside)" if k in set_aside else "")
+        ax.plot(sessions, mk.displacement(), ":" if k in set_aside else "-", lw=0.8,
+                alpha=0.6, label=label)
+    if choice is not None and choice.initial is not None:
+        init = choice.initial
+        ax.plot(sessions, init.displacement(), "--", color="tab:purple", lw=1.2,
+                label="initial estimate (unit positions)")
     ax.fill_between(sessions, m.ci_low, m.ci_high, color="k", alpha=0.2, label="95% band")
     ax.plot(sessions, m.displacement(), "k.-", label="final")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("session")
     ax.set_ylabel("motion (um, apparent shift of unit depths)")
-    ax.set_title("Probe motion per session")
-    ax.legend(fontsize=8)
+    title = "Probe motion per session"
+    if choice is not None:
+        title += f"\nmotion used: {choice.source} ({choice.why})"
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
+    if choice is not None and choice.warnings:
+        lines = [line for w in choice.warnings[:4] for line in textwrap.wrap(w, 120)]
+        if len(choice.warnings) > 4:
+            lines.append(f"... and {len(choice.warnings) - 4} more (see kilomatch.log)")
+        # Below the axes, so that it never hides the curves.
+        fig.set_figheight(4.5 + 0.12 * (len(lines) + 1))
+        fig.subplots_adjust(bottom=(0.12 * 4.5 + 0.12 * (len(lines) + 1)) / fig.get_figheight())
+        fig.text(0.01, 0.01, "\n".join(["WARNING"] + lines), fontsize=6.5, color="tab:red",
+                 va="bottom", ha="left")
     return fig
 
 

@@ -25,7 +25,8 @@ class Motion:
 
     ``ci_low``/``ci_high`` bound the displacement at ``ref_depth`` (the mean depth of the
     matched pairs). ``n_pairs``: matched pairs touching each session. ``tied``: sessions whose
-    motion is determined by matches (others are left at 0).
+    motion is determined by matches (others are left at 0). ``choice``: for the motion a run
+    kept, which estimate it is and why (kilomatch.motion_initial.MotionChoice), else None.
     """
 
     offset: np.ndarray
@@ -35,6 +36,7 @@ class Motion:
     n_pairs: np.ndarray
     tied: np.ndarray
     ref_depth: float = 0.0
+    choice: object = None
 
     @classmethod
     def zero(cls, n_sessions: int) -> "Motion":
@@ -77,6 +79,24 @@ def _normal_equations(a, b, mid, dy, k, linear, w):
     ata = np.block([[lap, lap_d], [lap_d, lap_dd]])
     keep = np.r_[0:k, k + 1:2 * k]
     return ata[np.ix_(keep, keep)], np.concatenate([rhs, rhs_d])[keep]
+
+
+def _solve(a, b, mid, dy, k, linear, w) -> tuple[np.ndarray, np.ndarray]:
+    """Offsets (k,) with mean 0 and slopes (k,) solving the weighted pair equations."""
+    ata, atb = _normal_equations(a, b, mid, dy, k, linear, w)
+    # Minimum-norm solution: fixes the free constant of the offsets.
+    sol, *_ = np.linalg.lstsq(ata, atb, rcond=None)
+    off = sol[:k]
+    slope = np.concatenate([[0.0], sol[k:]]) if linear else np.zeros(k)
+    # Offsets are only defined up to a constant: report them with mean 0.
+    return off - off.mean(), slope
+
+
+def solve_pair_offsets(a: np.ndarray, b: np.ndarray, offset: np.ndarray, weight: np.ndarray,
+                       n_sessions: int) -> np.ndarray:
+    """Rigid displacement (S,) um, mean 0, best fitting weighted pairwise offsets:
+    minimises sum weight * (p_b - p_a - offset)^2 over 0-based session pairs (a, b)."""
+    return _solve(a, b, None, offset, n_sessions, False, weight)[0]
 
 
 def estimate_motion(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray, n_sessions: int,
@@ -122,13 +142,7 @@ def estimate_motion(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray, 
     ia, ib = index[sa], index[sb]
 
     def fit(weights):
-        ata, atb = _normal_equations(ia, ib, mid, dy, k, linear, weights)
-        # Minimum-norm solution: fixes the free constant of the offsets.
-        sol, *_ = np.linalg.lstsq(ata, atb, rcond=None)
-        off = sol[:k]
-        slope = np.concatenate([[0.0], sol[k:]]) if linear else np.zeros(k)
-        # Offsets are only defined up to a constant: report them with mean 0.
-        return off - off.mean(), slope
+        return _solve(ia, ib, mid, dy, k, linear, weights)
 
     offset, slope = fit(np.ones(dy.size))
     motion.offset[tied], motion.slope[tied] = offset, slope

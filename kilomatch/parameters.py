@@ -112,6 +112,21 @@ PARAMETERS: tuple[Param, ...] = (
           "the motion of the best round is kept."),
     Param("motionEstimation.n_bootstrap", "int", 1000,
           "Bootstrap resamples of the matched pairs for the motion's 95% band.", min=0),
+    Param("motionEstimation.initial_estimate", "str", "unit_density",
+          "Motion the rounds start from and are checked against: 'unit_density' registers "
+          "the sessions' amplitude-weighted densities of unit positions (no ACG, PETH or "
+          "waveform needed; kilomatch.motion_initial); 'none' starts at zero motion and checks "
+          "nothing (the published method).", choices=("unit_density", "none")),
+    Param("motionEstimation.max_shift_um", "float", 300.0,
+          "Largest depth offset (um) between two sessions that the initial estimate searches.",
+          min=0, min_exclusive=True),
+    Param("motionEstimation.initial_tolerance_um", "float", 10.0,
+          "A round's motion that differs from the initial estimate by more than both 95% "
+          "bands plus this (um) at some session is kept only if it superposes the sessions' "
+          "units at least as well; otherwise it is set aside, with a warning.", min=0),
+    Param("motionEstimation.min_match_fraction", "float", 0.25,
+          "A round whose good matches are fewer than this fraction of the unit pairs the "
+          "initial estimate superposes is set aside, with a warning.", min=0, max=1),
     Param("clustering.max_distance", "float", 100.0,
           "Largest motion-corrected depth difference (um) of two units that may be the same "
           "neuron; farther pairs are never compared.", min=0, min_exclusive=True),

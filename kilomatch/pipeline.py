@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import channel_windows, correction, curation, export, features, fingerprint
+from . import channel_windows, correction, curation, export, features, fingerprint, motion_initial
 from .assemble import assemble
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
@@ -176,10 +176,17 @@ def round_schedule(s: Settings, rounds: list) -> list:
 def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: list,
                   n_sessions: int, kinv=None) -> tuple[Motion, list]:
     """Run the motion loop: each round matches units at the current motion, then re-estimates
-    the motion from that round's good matches. With stop_early the loop ends when a round finds
-    no more good matches than the round before, keeping the best round's motion."""
+    the motion from that round's good matches. The loop starts from the initial estimate
+    (motionEstimation.initial_estimate, kilomatch.motion_initial) and sets aside, with a
+    warning, a round whose matches are missing or too few or whose motion the unit positions
+    contradict. With stop_early the loop ends when a round finds no more good matches than the
+    round before, keeping the best round's motion. The motion returned carries a MotionChoice
+    (``motion.choice``): which estimate it is and why."""
+    me = s.motionEstimation
     schedule = round_schedule(s, rounds)
-    motion = Motion.zero(n_sessions)
+    start, choice = motion_initial.start_motion(units.locations, units.amplitude, units.session0,
+                                                n_sessions, s)
+    motion = Motion.zero(n_sessions) if start is None else start.motion
     history = []
     best = None
     why = f"ran the {len(schedule)} rounds asked for"
@@ -191,25 +198,44 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
             result.waveforms_corrected = result.channels_corrected = None
         else:
             result.drop_pair_arrays()
-        if s.motionEstimation.stop_early and best is not None and len(matches) <= best[0]:
+        if me.stop_early and best is not None and len(matches) <= best[0]:
             why = (f"stopped early after round {k}: {len(matches)} good matches, not more than "
                    f"round {best[1]}'s {best[0]}")
             history.append((result, motion))
             break
-        motion = estimate_motion(matches, units.locations[:, 1], units.session0, n_sessions,
-                                 linear=s.waveformCorrection.linear_correction,
-                                 n_bootstrap=0, seed=s.seed)
-        history.append((result, motion))
-        best = (len(matches), k, matches)
+        # The round's band is what it is checked with; a small bootstrap is enough for that.
+        candidate = estimate_motion(matches, units.locations[:, 1], units.session0, n_sessions,
+                                    linear=s.waveformCorrection.linear_correction,
+                                    n_bootstrap=0 if start is None else min(me.n_bootstrap, 100),
+                                    seed=s.seed)
+        history.append((result, candidate))
         log.info("motion round %d (%s): %d candidate pairs, %d good matches, motion range "
                  "%.1f um", k, "+".join(names), n_candidates, len(matches),
-                 float(np.ptp(motion.displacement())))
-    log.info("motion estimation %s; motion from round %d", why, best[1] if best else 0)
-    if best is not None and s.motionEstimation.n_bootstrap > 0:
-        # Only the motion that is kept needs its confidence band.
-        motion = estimate_motion(best[2], units.locations[:, 1], units.session0, n_sessions,
-                                 linear=s.waveformCorrection.linear_correction,
-                                 n_bootstrap=s.motionEstimation.n_bootstrap, seed=s.seed)
+                 float(np.ptp(candidate.displacement())))
+        kept = "initial estimate" if best is None else f"motion of round {best[1]}"
+        if start is None or motion_initial.judge_round(
+                k, candidate, len(matches), kept, start, choice, me.initial_tolerance_um,
+                me.min_match_fraction):
+            motion = candidate
+            best = (len(matches), k, matches)
+    log.info("motion estimation %s; motion from %s", why,
+             f"round {best[1]}" if best else choice.source)
+    if best is not None:
+        choice.keep_round(best[1], best[0])
+        if me.n_bootstrap > 0:
+            # Only the motion that is kept needs its full confidence band.
+            band = estimate_motion(best[2], units.locations[:, 1], units.session0, n_sessions,
+                                   linear=s.waveformCorrection.linear_correction,
+                                   n_bootstrap=me.n_bootstrap, seed=s.seed)
+            motion.ci_low, motion.ci_high = band.ci_low, band.ci_high
+            if start is not None:
+                motion_initial.fill_untied(motion, start.motion)
+    elif start is not None:
+        choice.warn("no motion round found matches that support a motion: the motion is the "
+                    "initial estimate, from the units' positions and amplitudes alone; check "
+                    "Motion.png")
+        choice.why = "no round's matches supported a motion"
+    motion.choice = choice
     return motion, history
 
 
@@ -424,6 +450,8 @@ def summarize(r: Result) -> dict:
                                      for p in shank_parts(r)), 2),
         "run_time_s": round(r.run_time_s, 2),
     }
+    summary.update(motion_initial.summary_of_choices(
+        [(p.shank, p.result.motion.choice) for p in shank_parts(r)], bool(r.shanks)))
     gt = _ground_truth_scores(r)
     if gt:
         summary.update(gt)
@@ -455,6 +483,8 @@ def format_summary(summary: dict) -> str:
                                   ("units", "sessions", "clusters", "matched_pairs")),
              f"      run time {summary['run_time_s']:.1f} s, motion range "
              f"{summary['motion_range_um']} um"]
+    if "motion_source" in summary:
+        lines.append(f"      motion: {summary['motion_source']} ({summary['motion_why']})")
     if "gt_f1" in summary:
         lines.append(f"      accuracy vs ground truth: precision {summary['gt_precision']:.3f}, "
                      f"recall {summary['gt_recall']:.3f}, F1 {summary['gt_f1']:.3f}"

@@ -166,6 +166,7 @@ class SimulationParams:
     refractory_min_ms: float = 1.5
     refractory_max_ms: float = 2.5
     p_burst: float = 0.25
+    spike_train_model: str = "renewal"
     # PETH
     with_peth: bool = True
     peth_points: int = 100
@@ -282,6 +283,9 @@ SIMULATION_PARAMETERS: tuple[Spec, ...] = (
     _at_least_0("peth_jitter", "day-to-day change of the response bumps (log amplitude sigma; "
                 "centres move by 0.1 * peth_jitter * P points std)"),
     _at_least_0("peth_noise", "noise std relative to sqrt(baseline * response) (Poisson-like)"),
+    Spec("spike_train_model", "str", "'renewal' (dead time, gamma-shaped intervals, bursts) "
+         "or 'poisson': homogeneous Poisson trains at each unit's rate, so the autocorrelogram "
+         "is flat and carries no identity beyond the rate", choices=("renewal", "poisson")),
     # harder data (issue 12; the defaults leave every simulation unchanged)
     _at_least_0("waveform_noise_per_spike_uv", "background noise std (uV) of one spike's "
                 "waveform: a unit with n spikes gets noise of std this / sqrt(n) on its mean "
@@ -703,11 +707,13 @@ def _neuron_train(params: SimulationParams, key: int, nr: Neurons, m: int, rate_
     g = _rng(params.seed, _S_SPIKES, key)
     duration_ms = params.duration_s * 1000.0
     times = np.empty(0)
+    # Poisson: a renewal process with no dead time, exponential intervals and no bursts.
+    shape = ((0.0, 1.0, 0.0, 2, 5.0) if params.spike_train_model == "poisson" else
+             (float(nr.refractory_ms[m]), float(nr.gamma_shape[m]), float(nr.burst_prob[m]),
+              int(nr.burst_max[m]), float(nr.burst_isi_ms[m])))
     # A sorter would not report a unit without spikes: redraw the (rare) near-empty train.
     for _ in range(20):
-        times = spike_train(g, rate_hz, duration_ms, float(nr.refractory_ms[m]),
-                            float(nr.gamma_shape[m]), float(nr.burst_prob[m]),
-                            int(nr.burst_max[m]), float(nr.burst_isi_ms[m]))
+        times = spike_train(g, rate_hz, duration_ms, *shape)
         if times.size >= 2:
             break
     return times.astype(np.float64)

@@ -1,0 +1,132 @@
+"""Motion that holds when ACGs and PETHs say little (issue 17): the initial estimate from unit
+positions and amplitudes, and the checks of the motion rounds against it."""
+
+import logging
+
+import numpy as np
+import pytest
+
+import kilomatch
+from kilomatch import figures, metrics
+from kilomatch.motion import Motion
+from kilomatch.motion_initial import (InitialMotion, MotionChoice, Registration, initial_motion,
+                                      judge_round, largest_disagreement)
+from kilomatch.simulate import simulate_to_folder
+
+
+@pytest.fixture(scope="module")
+def flat(tmp_path_factory):
+    """4 sessions whose spike trains are pure Poisson (flat ACGs), no PETH, 60 um of drift."""
+    folder = tmp_path_factory.mktemp("flat") / "data"
+    simulate_to_folder(folder, n_sessions=4, n_neurons=60, seed=3, drift_max_um=60,
+                       spike_train_model="poisson", with_peth=False, duration_s=60.0,
+                       rate_median_hz=2.0)
+    return folder
+
+
+def _settings(folder, **motion):
+    return {"path_to_data": str(folder), "n_jobs": 1,
+            "motionEstimation": {"n_bootstrap": 20, **motion}}
+
+
+def test_flat_acg_study_recovers_motion(flat):
+    """No functional identity, 60 um of drift: the initial estimate alone is within 2 um of
+    the truth, and so is the motion the run ends with."""
+    true = np.load(flat / "gt_motion.npy")
+    result = kilomatch.run(_settings(flat), write=False)
+    start = result.motion.choice.initial
+    assert metrics.motion_rms_error(start.displacement(), true) < 2.0
+    assert metrics.motion_rms_error(result.motion.displacement(), true) < 2.0
+    assert np.ptp(true) == pytest.approx(60.0)
+
+
+def test_no_usable_matches_ends_on_initial_estimate_with_warning(flat, caplog):
+    """A single ACG-only round (flat ACGs) finds no usable matches: the run says so at warning
+    level, in the summary and in Motion.png, and keeps the initial estimate, not zero."""
+    true = np.load(flat / "gt_motion.npy")
+    tree = _settings(flat, features=[["AutoCorr"]])
+    with caplog.at_level(logging.WARNING, logger="kilomatch"):
+        result = kilomatch.run(tree, write=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("round 1" in w and "set aside" in w for w in warnings)
+    assert any("the motion is the initial estimate" in w for w in warnings)
+    assert result.summary["motion_source"] == "initial estimate"
+    assert "no round" in result.summary["motion_why"]
+    assert metrics.motion_rms_error(result.motion.displacement(), true) < 2.0
+    fig = figures.motion(result)
+    text = " ".join([fig.axes[0].get_title()] + [t.get_text() for t in fig.texts])
+    assert "initial estimate" in text and "WARNING" in text and "set aside" in text
+
+
+def test_initial_estimate_rigid_and_linear():
+    """Point sets shifted per session (and, linearly, with depth) are registered back."""
+    rng = np.random.default_rng(0)
+    n, sessions = 150, 5
+    x0, y0 = rng.uniform(-40, 70, n), rng.uniform(100, 3700, n)
+    amp = np.exp(rng.normal(4.5, 0.5, n))
+    offset = np.array([0.0, 35.0, -50.0, 90.0, 12.0])
+    slope = np.array([0.0, 0.01, -0.008, 0.0, 0.005])
+    session0 = np.repeat(np.arange(sessions), n)
+    y_ref = np.tile(y0, sessions)
+    y = y_ref + offset[session0] + slope[session0] * y_ref + rng.normal(0, 1.0, session0.size)
+    x = np.tile(x0, sessions) + rng.normal(0, 1.0, session0.size)
+    a = np.tile(amp, sessions) * np.exp(rng.normal(0, 0.05, session0.size))
+    rigid = initial_motion(x, y, a, session0, sessions, 300.0)
+    no_slope = initial_motion(x, y - slope[session0] * y_ref, a, session0, sessions, 300.0)
+    assert np.abs(no_slope.motion.displacement() - (offset - offset.mean())).max() < 1.0
+    assert no_slope.implied_matches >= 0.9 * n * sessions * (sessions - 1) / 2
+    linear = initial_motion(x, y, a, session0, sessions, 300.0, linear=True)
+    at = np.array([500.0, 3500.0])
+    for depth in at:
+        truth = offset + slope * depth
+        got = linear.motion.offset + linear.motion.slope * depth
+        assert np.abs((got - got.mean()) - (truth - truth.mean())).max() < 3.0
+    # The rigid estimate cannot follow a depth-dependent shift as well as the linear one.
+    truth_far = offset + slope * 3500.0
+    err_rigid = np.abs(rigid.motion.offset - (truth_far - truth_far.mean())).max()
+    assert err_rigid > 5.0
+
+
+def test_disagreement_beyond_bands_and_tolerance():
+    """A round 15 um away from the initial estimate at one session disagrees with a 10 um
+    tolerance; 5 um away it agrees."""
+    initial = Motion.zero(3)
+    initial.offset = np.array([-10.0, 0.0, 10.0])
+    initial.ci_low, initial.ci_high = initial.offset - 1, initial.offset + 1
+    initial.tied[:] = True
+    for moved, disagrees in ((15.0, True), (5.0, False)):
+        round_motion = Motion.zero(3)
+        round_motion.offset = initial.offset + np.array([0.0, 0.0, moved])
+        round_motion.ci_low, round_motion.ci_high = round_motion.offset, round_motion.offset
+        round_motion.tied[:] = True
+        _, worst, _ = largest_disagreement(round_motion, initial, 10.0)
+        assert (worst == 2) if disagrees else (worst == -1)
+
+
+def test_disagreeing_round_set_aside_only_when_units_contradict_it():
+    """A round 30 um off the initial estimate at one session is set aside when the sessions'
+    densities clearly peak at the initial offsets, and kept (with a warning) when they are
+    ambiguous there; a round with enough matches that agrees is kept silently."""
+    init = Motion.zero(3)
+    init.offset = np.array([-10.0, 0.0, 10.0])
+    init.ci_low, init.ci_high = init.offset - 1, init.offset + 1
+    init.tied[:] = True
+    pairs = np.array([[0, 1], [0, 2], [1, 2]])
+    shifts = np.arange(-100.0, 101.0)
+    offsets = init.offset[pairs[:, 1]] - init.offset[pairs[:, 0]]
+    peaked = np.exp(-(shifts[None, :] - offsets[:, None]) ** 2 / 50.0)
+    off = Motion.zero(3)
+    off.offset = init.offset + np.array([0.0, 0.0, 30.0])
+    off.ci_low, off.ci_high = off.offset - 1, off.offset + 1
+    off.tied[:] = True
+    for correlation, kept in ((peaked, False), (0.5 + 0.01 * peaked, True)):
+        start = InitialMotion(init, Registration(pairs, shifts, correlation), 100)
+        choice = MotionChoice("initial estimate", "", init, 100)
+        assert judge_round(2, off, 90, "initial estimate", start, choice, 10.0, 0.25) is kept
+        assert len(choice.warnings) == 1 and (2 in choice.set_aside) is (not kept)
+    agree = Motion.zero(3)
+    agree.offset = init.offset + np.array([0.0, 0.0, 3.0])
+    agree.tied[:] = True
+    choice = MotionChoice("initial estimate", "", init, 100)
+    assert judge_round(3, agree, 90, "initial estimate", start, choice, 10.0, 0.25)
+    assert choice.warnings == []

@@ -22,6 +22,9 @@ from .parameters import BY_NAME
 # The module is imported only when its command is used.
 COMMANDS = {
     "run": ("kilomatch.cli", "run_main", "run one study (the default: kilomatch SETTINGS)"),
+    "report": ("kilomatch.review", "main", "write OUTPUT/report/index.html to review a run"),
+    "apply-curation": ("kilomatch.manual_curation", "main",
+                       "apply a reviewer's curation.json; results in OUTPUT/curated/"),
 }
 
 def run_command(body, debug=False) -> int:

@@ -25,7 +25,7 @@ RESULT_FILES = (
     "IdxCluster.npy", "ClusterMatrix.npy", "MatchedPairs.npy", "SimilarityWeights.npy",
     "SimilarityThreshold.npy", "SimilarityMatrix.npy", "motion.npy", "motion_linear.npy",
     "motion_ci.npy", "CandidatePairs.npz", "ClusteringResults.npz", "CurationResults.npz",
-    "units.csv", "kilomatch_settings.json", "Output.npz",
+    "units.csv", "kilomatch_settings.json", "tracked_neurons.csv", "Output.npz",
 )
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -281,6 +281,12 @@ def write_all(result) -> list:
     written.append(folder / "units.csv")
     save_json(folder / "kilomatch_settings.json", s.to_dict())
     written.append(folder / "kilomatch_settings.json")
+
+    # One row per tracked neuron (kilomatch.tracked), with the sorter's ids when imported.
+    from .tracked import write_tracked_neurons
+    written.append(write_tracked_neurons(folder, idx, result.data.session_index,
+                                         s.path_to_data))
+
     output = {
         "IdxCluster": idx, "MatchedPairs": result.matched_pairs,
         "SessionIndex": result.data.session_index, "Locations": units.locations,

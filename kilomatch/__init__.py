@@ -37,4 +37,5 @@ def apply_curation(output_folder, curation):
     return _apply(output_folder, curation)
 
 
-__all__ = ["run", "plot_cluster", "report", "apply_curation", "load_settings", "Settings", "KilomatchError", "__version__"]
+__all__ = ["run", "plot_cluster", "report", "apply_curation", "load_settings", "Settings",
+           "KilomatchError", "__version__"]

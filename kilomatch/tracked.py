@@ -42,6 +42,14 @@ def read_sorter_ids(input_folder, n_units: int) -> list | None:
     return [row["original_unit_id"] for row in rows]
 
 
+def cluster_members(idx: np.ndarray, session: np.ndarray) -> list:
+    """(cluster id, its units sorted by session) of every cluster (idx > 0), by increasing id."""
+    matched = np.flatnonzero(idx > 0)
+    order = matched[np.lexsort((session[matched], idx[matched]))]
+    bounds = np.flatnonzero(np.diff(idx[order])) + 1
+    return [(int(idx[m[0]]), m) for m in np.split(order, bounds)] if order.size else []
+
+
 def tracked_table(idx_cluster, session, sorter_ids=None) -> tuple[list, list]:
     """Header and rows of ``tracked_neurons.csv``.
 
@@ -60,21 +68,18 @@ def tracked_table(idx_cluster, session, sorter_ids=None) -> tuple[list, list]:
         if sorter_ids is not None:
             header.append(f"session_{s}_sorter_id")
     width = 2 if sorter_ids is not None else 1
-    matched = np.flatnonzero(idx > 0)
-    order = matched[np.lexsort((session[matched], idx[matched]))]
-    bounds = np.flatnonzero(np.diff(idx[order])) + 1
     rows = []
-    for members in np.split(order, bounds) if order.size else []:
+    for cid, members in cluster_members(idx, session):
         cells = [""] * (width * n_sessions)
         seen = session[members]
         if np.unique(seen).size < seen.size:
-            raise KilomatchError(f"cluster {idx[members[0]]} holds two units of one session "
+            raise KilomatchError(f"cluster {cid} holds two units of one session "
                                  f"(units {', '.join(map(str, members))})")
         for u, s in zip(members, seen):
             cells[width * (s - 1)] = str(int(u))
             if sorter_ids is not None:
                 cells[width * (s - 1) + 1] = str(sorter_ids[u])
-        rows.append([str(int(idx[members[0]])), str(members.size)] + cells)
+        rows.append([str(cid), str(members.size)] + cells)
     return header, rows
 
 

@@ -286,10 +286,10 @@ def _pair_matrix(ax, values, labels, label, threshold=None):
         low = min(finite.min(), threshold) - 1e-6
         high = max(finite.max(), threshold) + 1e-6
         im = ax.imshow(values, cmap="RdBu", norm=TwoSlopeNorm(threshold, low, high))
-        label = f"{label} (threshold {threshold:.2f})"
+        ax.figure.colorbar(im, ax=ax, label=f"threshold {threshold:.2f}")
     else:
         im = ax.imshow(values, cmap="magma")
-    ax.figure.colorbar(im, ax=ax, label=label)
+        ax.figure.colorbar(im, ax=ax)
     if len(labels) <= 12:
         for (i, j), v in np.ndenumerate(values):
             if np.isfinite(v):
@@ -299,4 +299,4 @@ def _pair_matrix(ax, values, labels, label, threshold=None):
                         color="w" if dark else "k")
     ax.set_xticks(range(len(labels)), labels, fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.set_title(f"{label.split(' (')[0]} between the cluster's units")
+    ax.set_title(label)

@@ -26,9 +26,11 @@ log = logging.getLogger("kilomatch")
 
 REPORT_FOLDER = "report"
 IMAGE_FOLDER = "img"
-# Cluster figures: inches and dots per inch; about 0.9 x 0.5 kpx, readable beside the table.
-CLUSTER_FIGSIZE = (13, 7.2)
-CLUSTER_DPI = 72
+# Cluster figures: inches, dots per inch and font size; about 770 x 510 pixels, shown at their
+# own size beside the table, so that the labels stay readable.
+CLUSTER_FIGSIZE = (9.6, 6.4)
+CLUSTER_DPI = 80
+CLUSTER_FONT = {"font.size": 9, "axes.titlesize": 10, "legend.fontsize": 8}
 RUN_FIGURES = ("UnitDepth", "Motion", "WeightedSimilarity", "SimilarityFeatures",
                "MatchProbability", "FeatureScatter")
 
@@ -76,9 +78,12 @@ def save_small_png(fig, path: Path, dpi: int = CLUSTER_DPI, colors: int = 64) ->
 def render_cluster_figures(folder: Path, cluster_ids: list, img: Path, links) -> None:
     """Save ``img/cluster_{id}.png`` for each id (one worker's share)."""
     from ..figures import plot_cluster
+    import matplotlib
     out = _output_for_figures(folder, links)
-    for cid in cluster_ids:
-        save_small_png(plot_cluster(out, cid, figsize=CLUSTER_FIGSIZE), img / f"cluster_{cid}.png")
+    with matplotlib.rc_context(CLUSTER_FONT):
+        for cid in cluster_ids:
+            save_small_png(plot_cluster(out, cid, figsize=CLUSTER_FIGSIZE),
+                           img / f"cluster_{cid}.png")
 
 
 def _render_all(folder: Path, cluster_ids: list, img: Path, links, n_jobs: int) -> None:

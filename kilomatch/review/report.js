@@ -13,19 +13,21 @@
 
   const COLUMNS = [
     { key: "id", title: "Cluster", value: (c) => c.id },
-    { key: "sessions", title: "Sessions", value: (c) => c.n_sessions * 1e4 + c.first,
-      show: (c) => `${c.first}\u2013${c.last} <span class="muted">(${c.n_sessions})</span>` },
-    { key: "units", title: "Units", value: (c) => c.units.length },
+    { key: "sessions", title: "Sessions", value: (c) => (c.last - c.first) * 1e4 + c.first,
+      tip: "first and last session in which the neuron is seen",
+      show: (c) => `${c.first}\u2013${c.last}` },
+    { key: "units", title: "Units", value: (c) => c.units.length,
+      tip: "units in the cluster: one per session in which the neuron is seen" },
     { key: "depth", title: "Depth (\u00b5m)", value: (c) => c.depth, show: (c) => c.depth.toFixed(0) },
-    { key: "amplitude", title: "Amplitude (\u00b5V)", value: (c) => c.amplitude,
+    { key: "amplitude", title: "Amp. (\u00b5V)", tip: "mean amplitude of its units", value: (c) => c.amplitude,
       show: (c) => c.amplitude.toFixed(0) },
     { key: "weakest", title: "Weakest link", value: (c) => c.weakest,
       tip: `lowest ${LINK.label} between two units of the cluster`,
       show: (c) => c.weakest === null ? "\u2013" :
         `<span class="${c.flags.includes("near") ? "weak" : ""}">${fmt(c.weakest)}</span>` },
-    { key: "competitor", title: "Nearest competitor", text: true,
+    { key: "competitor", title: "Competitor", text: true,
       value: (c) => c.competitor ? c.competitor.value : null,
-      tip: `strongest ${LINK.label} to a unit outside the cluster`,
+      tip: `nearest competitor: the strongest ${LINK.label} from one of its units to a unit outside it`,
       show: (c) => competitorText(c.competitor) },
     { key: "flags", title: "Flags", text: true, value: (c) => c.flags.length,
       show: (c) => c.flags.map((f) => `<span class="flag" title="${DATA.flags[f]}">${f}</span>`).join("") },
@@ -40,8 +42,8 @@
   }
   function competitorText(k) {
     if (!k) return "\u2013";
-    const who = k.cluster === null ? `unit ${k.unit} (unmatched)` : `cluster ${k.cluster}`;
-    return `${who}: ${fmt(k.value)}`;
+    const who = k.cluster === null ? `unit ${k.unit}` : `cluster ${k.cluster}`;
+    return `${fmt(k.value)} <span class="muted">${who}</span>`;
   }
   function decisionText(d) {
     let extra = "";
@@ -145,7 +147,7 @@
     picked = id;
     for (const tr of document.querySelectorAll("#clusters tbody tr.picked")) tr.classList.remove("picked");
     const tr = document.querySelector(`#clusters tbody tr[data-id="${id}"]`);
-    if (tr) { tr.classList.add("picked"); tr.scrollIntoView({ block: "nearest" }); }
+    if (tr) { tr.classList.add("picked"); scrollToRow(tr); }
     const d = decisions[id] || {};
     const k = c.competitor;
     const competitor = !k ? "none" : k.cluster === null ? `unit ${k.unit} (unmatched), ${fmt(k.value)}`
@@ -185,6 +187,15 @@
     document.getElementById("btn-clear").onclick = () => decide(id, null);
     const jump = document.querySelector("#view a.jump");
     if (jump) jump.onclick = () => show(Number(jump.dataset.id));
+  }
+
+  function scrollToRow(tr) {
+    // vertically only, inside the table's own scroll box (scrollIntoView would also move the
+    // page and the table sideways)
+    const box = tr.closest(".scroll"), head = box.querySelector("thead").offsetHeight;
+    if (tr.offsetTop - head < box.scrollTop) box.scrollTop = tr.offsetTop - head;
+    else if (tr.offsetTop + tr.offsetHeight > box.scrollTop + box.clientHeight)
+      box.scrollTop = tr.offsetTop + tr.offsetHeight - box.clientHeight;
   }
 
   function say(text, error) {

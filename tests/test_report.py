@@ -1,5 +1,6 @@
 """The review page: built from an output folder only, and driven in a real browser."""
 
+import csv
 import json
 import os
 import re
@@ -24,6 +25,11 @@ def run_folder(tmp_path_factory):
     """A small finished run (3 sessions) with its review page."""
     base = tmp_path_factory.mktemp("review")
     simulate_to_folder(base / "data", n_sessions=3, n_neurons=20, probe="NP1", seed=5)
+    # as an importer leaves it: the sorter's own id of every unit
+    session = np.load(base / "data" / "session_index.npy")
+    (base / "data" / "units_source.csv").write_text(
+        "unit,session,session_path,original_unit_id\n" + "".join(
+            f"{k},{s},day{s},{1000 + k}\n" for k, s in enumerate(session)))
     out = base / "out"
     kilomatch.run({"path_to_data": str(base / "data"), "output_folder": str(out), "n_jobs": 1,
                    "motionEstimation": {"n_bootstrap": 20}})
@@ -51,6 +57,20 @@ def test_page_lists_every_cluster_with_its_figure_beside_it(run_folder):
     assert data["link"]["label"] == "weighted similarity"
     # the run's own figures are copied beside the page
     assert any(f["src"] == "img/run_UnitDepth.png" for f in data["figures"])
+
+
+def test_run_writes_one_row_per_tracked_neuron_with_the_sorter_ids(run_folder):
+    idx = np.load(run_folder / "IdxCluster.npy").ravel()
+    session = np.load(run_folder / "Output.npz")["SessionIndex"]
+    with open(run_folder / "tracked_neurons.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["cluster"]) for r in rows] == sorted(set(idx[idx > 0].tolist()))
+    for r in rows:
+        for s in (1, 2, 3):
+            unit = r[f"session_{s}"]
+            members = np.flatnonzero((idx == int(r["cluster"])) & (session == s)).tolist()
+            assert ([int(unit)] if unit else []) == members
+            assert r[f"session_{s}_sorter_id"] == (str(1000 + int(unit)) if unit else "")
 
 
 def test_report_reads_the_match_probability_when_the_run_has_it(run_folder, tmp_path):

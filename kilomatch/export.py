@@ -102,6 +102,11 @@ def clear_previous(folder: Path) -> None:
         path.unlink()
     for path in folder.glob("Figures/Shank*/*.png"):
         path.unlink()
+    # a review page and curated results describe the earlier run's clusters
+    for path in [folder / "curated" / "Output.npz", *folder.glob("curated/*.np[yz]"),
+                 *folder.glob("curated/*.csv"), *folder.glob("report/index.html"),
+                 *folder.glob("report/img/*.png")]:
+        path.unlink(missing_ok=True)
     for path in folder.glob(".*.tmp*"):
         path.unlink()
 

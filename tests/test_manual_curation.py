@@ -128,3 +128,17 @@ def test_bad_curation_file_is_one_error_line(output_folder, tmp_path, capsys):
     curation.write_text("{not json")
     assert main(["apply-curation", str(output_folder), str(curation)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_a_new_run_removes_the_earlier_runs_review_and_curated_results(output_folder, tmp_path):
+    """They describe the earlier run's clusters: kept, they would silently disagree."""
+    from kilomatch.export import clear_previous
+    curation = tmp_path / "curation.json"
+    curation.write_text('{"decisions": [{"cluster": 3, "action": "reject"}]}')
+    kilomatch.apply_curation(output_folder, curation)
+    (output_folder / "report" / "img").mkdir(parents=True)
+    (output_folder / "report" / "index.html").write_text("<html></html>")
+    (output_folder / "report" / "img" / "cluster_1.png").write_bytes(b"png")
+    clear_previous(output_folder)
+    left = [p for p in output_folder.rglob("*") if p.is_file()]
+    assert left == []

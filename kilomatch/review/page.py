@@ -114,7 +114,7 @@ def _summary(output: dict, rows: list, links, settings: dict) -> list:
          if links.threshold.size else links.label],
         ["features", ", ".join(str(f) for f in output["FeatureNames"])],
         ["flagged", ", ".join(f"{n} {f}" for f, n in flagged.items())],
-        ["settings", settings.get("path_to_data", "")],
+        ["input folder", settings.get("path_to_data", "")],
     ]
 
 

@@ -172,9 +172,9 @@ def build_report(output_folder, n_jobs: int = 1, figures: bool = True) -> Path:
     report = folder / REPORT_FOLDER
     img = report / IMAGE_FOLDER
     img.mkdir(parents=True, exist_ok=True)
-    for stale in img.glob("*.png"):  # an earlier report's clusters may no longer exist
-        stale.unlink()
     if figures:
+        for stale in img.glob("cluster_*.png"):  # an earlier report's clusters may be gone
+            stale.unlink()
         log.info("report: drawing %d cluster figures into %s", len(rows), img)
         _render_all(folder, [r["id"] for r in rows], img, links, n_jobs)
     data = {

@@ -30,4 +30,19 @@ def plot_cluster(output, cluster_id: int):
     return _plot(output, cluster_id)
 
 
-__all__ = ["run", "run_many", "plot_cluster", "load_settings", "Settings", "KilomatchError", "__version__"]
+def report(output_folder, **kwargs):
+    """Write ``output_folder/report/index.html``, the page to review a run and record
+    decisions; see :func:`kilomatch.review.build_report`."""
+    from .review import build_report
+    return build_report(output_folder, **kwargs)
+
+
+def apply_curation(output_folder, curation):
+    """Apply a reviewer's ``curation.json`` to a run (results in ``output_folder/curated/``);
+    see :func:`kilomatch.manual_curation.apply_curation`."""
+    from .manual_curation import apply_curation as _apply
+    return _apply(output_folder, curation)
+
+
+__all__ = ["run", "run_many", "plot_cluster", "report", "apply_curation", "load_settings",
+           "Settings", "KilomatchError", "__version__"]

@@ -31,6 +31,9 @@ COMMANDS = {
     "batch": ("kilomatch.batch", "batch_main",
               "run many studies, here or on a Dask cluster (the default with several settings "
               "files or a folder)"),
+    "report": ("kilomatch.review", "main", "write OUTPUT/report/index.html to review a run"),
+    "apply-curation": ("kilomatch.manual_curation", "main",
+                       "apply a reviewer's curation.json; results in OUTPUT/curated/"),
 }
 
 def run_command(body, debug=False) -> int:

@@ -34,7 +34,7 @@ RESULT_FILES = (
     "IdxCluster.npy", "ClusterMatrix.npy", "MatchedPairs.npy", "SimilarityWeights.npy",
     "SimilarityThreshold.npy", "SimilarityMatrix.npy", "motion.npy", "motion_linear.npy",
     "motion_ci.npy", "CandidatePairs.npz", "ClusteringResults.npz", "CurationResults.npz",
-    "units.csv", "kilomatch_settings.json", "Output.npz",
+    "units.csv", "kilomatch_settings.json", "tracked_neurons.csv", "Output.npz",
 )
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -111,6 +111,11 @@ def clear_previous(folder: Path) -> None:
         path.unlink()
     for path in folder.glob("Figures/Shank*/*.png"):
         path.unlink()
+    # a review page and curated results describe the earlier run's clusters
+    for path in [folder / "curated" / "Output.npz", *folder.glob("curated/*.np[yz]"),
+                 *folder.glob("curated/*.csv"), *folder.glob("report/index.html"),
+                 *folder.glob("report/img/*.png")]:
+        path.unlink(missing_ok=True)
     for path in folder.glob(".*.tmp*"):
         path.unlink()
 
@@ -242,6 +247,12 @@ def write_all(result: Result, arrays: RunArrays) -> list:
     written.append(folder / "units.csv")
     save_json(folder / "kilomatch_settings.json", settings.to_dict())
     written.append(folder / "kilomatch_settings.json")
+
+    # One row per tracked neuron (kilomatch.tracked), with the sorter's ids when imported.
+    from .tracked import write_tracked_neurons
+    written.append(write_tracked_neurons(folder, idx, result.data.session_index,
+                                         s.path_to_data))
+
     output = {
         "IdxCluster": idx, "MatchedPairs": result.matched_pairs,
         "SessionIndex": result.data.session_index, "Locations": units.locations,

@@ -216,21 +216,25 @@ def _probe_traces(ax, waveforms, channels, channel_locations, colors, title):
     scale = height / max(np.ptp(waveforms), 1e-9)
     t = np.linspace(-width / 2, width / 2, waveforms.shape[2])
     for wf, ch, color in zip(waveforms, channels, colors):
-        for trace, c in zip(wf, ch):
-            x0, y0 = channel_locations[c]
-            ax.plot(x0 + t, y0 + trace * scale, color=color, lw=0.8)
+        # one collection per unit: hundreds of single lines make the figure slow to draw
+        x0, y0 = channel_locations[ch, 0][:, None], channel_locations[ch, 1][:, None]
+        traces = np.stack([x0 + t[None, :], y0 + wf * scale], axis=-1)
+        ax.add_collection(LineCollection(traces, colors=[color], linewidths=0.8))
+    ax.autoscale_view()
     ax.set_xlabel("x (um)")
     ax.set_ylabel("depth (um)")
     ax.set_title(title)
 
 
-def plot_cluster(output, cluster_id: int):
+def plot_cluster(output, cluster_id: int, figsize=(15, 9)):
     """One tracked neuron across its sessions (like the MATLAB visualizeCluster).
 
     ``output``: an output folder, the dict of :func:`kilomatch.export.load_output`, or a
     :class:`kilomatch.results.Result` written to disk. Panels: waveforms on the nearest
     channels before and after motion correction, ACGs, PETHs (when present), depth per session
-    and the similarity between the cluster's units. Colours are sessions.
+    and the similarity between the cluster's units (``output["pair_label"]`` names the value
+    when ``output["similarity"]`` holds another one, such as a match probability). Colours
+    are sessions.
     """
     from .export import load_output
     if not isinstance(output, dict):
@@ -243,10 +247,13 @@ def plot_cluster(output, cluster_id: int):
         raise KilomatchError(f"no cluster {cluster_id}: clusters are 1..{idx.max(initial=0)}")
     units = units[np.argsort(output["session"][units], kind="stable")]
     sessions = output["session"][units]
-    cmap = matplotlib.colormaps["viridis"]
     n_sessions = int(output["session"].max())
-    colors = [cmap((session - 1) / max(n_sessions - 1, 1)) for session in sessions]
-    fig = Figure(figsize=(15, 9))
+    if n_sessions <= 10:  # distinct hues; a sequential map's light end vanishes on white
+        colors = [matplotlib.colormaps["tab10"](session - 1) for session in sessions]
+    else:
+        colors = [matplotlib.colormaps["viridis"](0.9 * (session - 1) / (n_sessions - 1))
+                  for session in sessions]
+    fig = Figure(figsize=figsize)
     axes = fig.subplots(2, 3)
     locs = output["channel_locations"]
     _probe_traces(axes[0, 0], output["waveforms"][units], output["waveform_channels"][units],
@@ -287,13 +294,34 @@ def plot_cluster(output, cluster_id: int):
     inside = np.isin(pairs[:, 0], units) & np.isin(pairs[:, 1], units)
     for (a, b), v in zip(pairs[inside], values[inside]):
         sim[pos[a], pos[b]] = sim[pos[b], pos[a]] = v
-    im = ax.imshow(sim, cmap="magma")
-    fig.colorbar(im, ax=ax, label="weighted similarity")
-    ax.set_xticks(range(units.size), [str(session) for session in sessions])
-    ax.set_yticks(range(units.size), [str(session) for session in sessions])
-    ax.set_xlabel("session")
-    ax.set_ylabel("session")
-    ax.set_title("similarity between the cluster's units")
+    _pair_matrix(ax, sim, [f"s{session}\nu{unit}" for session, unit in zip(sessions, units)],
+                 output.get("pair_label", "weighted similarity"), output.get("pair_threshold"))
     fig.suptitle(f"Cluster {cluster_id}: units {', '.join(map(str, units))}")
-    fig.tight_layout()
+    # fixed margins: tight_layout costs most of the drawing time of a report's many figures
+    fig.subplots_adjust(left=0.06, right=0.97, bottom=0.08, top=0.9, wspace=0.3, hspace=0.38)
     return fig
+
+
+def _pair_matrix(ax, values, labels, label, threshold=None):
+    """Symmetric (M, M) pair values with each cell written in; with a threshold, cells below
+    it are red and above it blue (diverging around it), so a weak link stands out."""
+    from matplotlib.colors import TwoSlopeNorm
+    finite = values[np.isfinite(values)]
+    if threshold is not None and finite.size:
+        low = min(finite.min(), threshold) - 1e-6
+        high = max(finite.max(), threshold) + 1e-6
+        im = ax.imshow(values, cmap="RdBu", norm=TwoSlopeNorm(threshold, low, high))
+        ax.figure.colorbar(im, ax=ax, label=f"threshold {threshold:.2f}")
+    else:
+        im = ax.imshow(values, cmap="magma")
+        ax.figure.colorbar(im, ax=ax)
+    if len(labels) <= 12:
+        for (i, j), v in np.ndenumerate(values):
+            if np.isfinite(v):
+                shade = im.norm(v)  # white text on the dark ends of either map
+                dark = abs(shade - 0.5) > 0.3 if threshold is not None else shade < 0.6
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=8,
+                        color="w" if dark else "k")
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_title(label)

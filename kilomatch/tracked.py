@@ -1,0 +1,104 @@
+"""``tracked_neurons.csv``: one row per tracked neuron (final cluster), one column per session.
+
+This is the table a user joins to behaviour data: row = neuron, ``session_k`` = the kilomatch
+unit (row of ``units.csv``, index into every per-unit output) seen in session k, blank when the
+neuron was not seen that day. When the input folder came from an importer, its
+``units_source.csv`` also gives the sorter's own unit id of each unit; a
+``session_k_sorter_id`` column then follows each ``session_k``. Unmatched units (cluster -1)
+belong to no neuron and are not rows here (they are in ``units.csv``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from .errors import KilomatchError
+
+FILE_NAME = "tracked_neurons.csv"
+SOURCE_FILE = "units_source.csv"  # written by kilomatch.importers
+
+
+def read_sorter_ids(input_folder, n_units: int) -> list | None:
+    """The sorter's unit id of each of the ``n_units`` units from ``input_folder/units_source.csv``
+    (strings, in unit order), or None when the folder has no such file (input not imported)."""
+    path = Path(input_folder) / SOURCE_FILE
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not {"unit", "original_unit_id"} <= set(rows[0]):
+        raise KilomatchError(f"{path}: expected the columns unit and original_unit_id, found "
+                             f"{', '.join(rows[0])}")
+    if len(rows) != n_units:
+        raise KilomatchError(f"{path} lists {len(rows)} units but the run has {n_units}")
+    for k, row in enumerate(rows):
+        if row["unit"].strip() != str(k):
+            raise KilomatchError(f"{path}: row {k + 2} is unit {row['unit']!r}, expected {k} "
+                                 "(units in order 0..N-1)")
+    return [row["original_unit_id"] for row in rows]
+
+
+def cluster_members(idx: np.ndarray, session: np.ndarray) -> list:
+    """(cluster id, its units sorted by session) of every cluster (idx > 0), by increasing id."""
+    matched = np.flatnonzero(idx > 0)
+    order = matched[np.lexsort((session[matched], idx[matched]))]
+    bounds = np.flatnonzero(np.diff(idx[order])) + 1
+    return [(int(idx[m[0]]), m) for m in np.split(order, bounds)] if order.size else []
+
+
+def tracked_table(idx_cluster, session, sorter_ids=None) -> tuple[list, list]:
+    """Header and rows of ``tracked_neurons.csv``.
+
+    idx_cluster: (N,) cluster of each unit, > 0 for a tracked neuron, -1 unmatched (ids need not
+    be contiguous). session: (N,) session of each unit, 1..S. sorter_ids: None or N strings.
+    Rows are clusters in increasing id: ``cluster, n_sessions, session_1, ...`` with blank
+    cells for sessions where the neuron was not seen. A cluster holds at most one unit per
+    session (curation guarantees it); two would be an error naming the cluster.
+    """
+    idx = np.asarray(idx_cluster).reshape(-1)
+    session = np.asarray(session).reshape(-1)
+    n_sessions = int(session.max(initial=0))
+    header = ["cluster", "n_sessions"]
+    for s in range(1, n_sessions + 1):
+        header.append(f"session_{s}")
+        if sorter_ids is not None:
+            header.append(f"session_{s}_sorter_id")
+    width = 2 if sorter_ids is not None else 1
+    rows = []
+    for cid, members in cluster_members(idx, session):
+        cells = [""] * (width * n_sessions)
+        seen = session[members]
+        if np.unique(seen).size < seen.size:
+            raise KilomatchError(f"cluster {cid} holds two units of one session "
+                                 f"(units {', '.join(map(str, members))})")
+        for u, s in zip(members, seen):
+            cells[width * (s - 1)] = str(int(u))
+            if sorter_ids is not None:
+                cells[width * (s - 1) + 1] = str(sorter_ids[u])
+        rows.append([str(cid), str(members.size)] + cells)
+    return header, rows
+
+
+def tracked_csv(idx_cluster, session, sorter_ids=None) -> str:
+    """The text of ``tracked_neurons.csv`` (see :func:`tracked_table`)."""
+    header, rows = tracked_table(idx_cluster, session, sorter_ids)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_tracked_neurons(folder, idx_cluster, session, input_folder=None) -> Path:
+    """Write ``folder/tracked_neurons.csv`` atomically; sorter ids come from
+    ``input_folder/units_source.csv`` when it exists. Returns the path."""
+    from .export import save_text
+    idx = np.asarray(idx_cluster).reshape(-1)
+    sorter_ids = None if input_folder is None else read_sorter_ids(input_folder, idx.size)
+    path = Path(folder) / FILE_NAME
+    save_text(path, tracked_csv(idx, session, sorter_ids))
+    return path

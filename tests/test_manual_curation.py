@@ -1,0 +1,144 @@
+"""apply-curation: a reviewer's decisions change exactly the clusters they name."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+import kilomatch
+from kilomatch import KilomatchError
+from kilomatch.cli import main
+from kilomatch.export import save_npz, save_units_csv
+from kilomatch.manual_curation import apply_decisions, parse_decisions
+
+#          unit: 0  1  2  3  4  5  6  7  8  9
+IDX = np.array([1, 2, 3, -1, 1, 2, 3, 1, 4, 4])
+SESSION = np.array([1, 1, 1, 1, 2, 2, 2, 3, 3, 4])
+# clusters: 1 = {0, 4, 7} (sessions 1, 2, 3), 2 = {1, 5}, 3 = {2, 6}, 4 = {8, 9} (sessions 3, 4)
+
+
+def _apply(*decisions, shank=None):
+    return apply_decisions(IDX, SESSION, parse_decisions({"decisions": list(decisions)}),
+                           shank).idx_cluster
+
+
+def test_reject_split_merge_accept_change_exactly_the_named_clusters():
+    new = _apply({"cluster": 3, "action": "reject"},
+                 {"cluster": 1, "action": "split", "units": [7]},
+                 {"cluster": 4, "action": "merge", "with": [2], "note": "same neuron"})
+    # 3 rejected; 7 leaves 1 alone (one unit: unmatched); 2 and 4 become one cluster, id 2
+    assert new.tolist() == [1, 2, -1, -1, 1, 2, -1, -1, 2, 2]
+
+
+def test_split_units_form_a_new_cluster_after_the_largest_id():
+    new = _apply({"cluster": 1, "action": "split", "units": [4, 7]},
+                 {"cluster": 2, "action": "accept"})
+    assert new.tolist() == [-1, 2, 3, -1, 5, 2, 3, 5, 4, 4]
+
+
+@pytest.mark.parametrize("decision, message", [
+    ({"cluster": 1, "action": "merge", "with": 2},
+     r"decision 1 \(merge cluster 1, with \[2\]\): would put units 0 and 1, both of session 1"),
+    ({"cluster": 9, "action": "reject"}, r"decision 1 \(reject cluster 9\): no cluster 9"),
+    ({"cluster": 1, "action": "split", "units": [5]}, "unit 5 is not in cluster 1"),
+    ({"cluster": 1, "action": "split", "units": [42]}, "no unit 42"),
+    ({"cluster": 1, "action": "split", "units": [0, 4, 7]}, "every unit of cluster 1"),
+    ({"cluster": 1, "action": "rename"}, "unknown action 'rename'"),
+    ({"cluster": 1, "action": "merge"}, "a merge needs 'with'"),
+])
+def test_decision_that_contradicts_the_data_is_an_error_naming_it(decision, message):
+    with pytest.raises(KilomatchError, match=message):
+        _apply(decision)
+
+
+def test_rejected_cluster_takes_no_other_decision_and_shanks_stay_apart():
+    with pytest.raises(KilomatchError, match=r"decision 2 .* contradicts decision 1"):
+        _apply({"cluster": 2, "action": "reject"}, {"cluster": 4, "action": "merge", "with": 2})
+    with pytest.raises(KilomatchError, match="different shanks"):
+        _apply({"cluster": 3, "action": "merge", "with": 4},
+               shank=np.array([0, 0, 0, 0, 0, 0, 0, 0, 1, 1]))
+
+
+@pytest.fixture()
+def output_folder(tmp_path):
+    """The result files apply-curation reads, as a run writes them."""
+    out = tmp_path / "out"
+    out.mkdir()
+    np.save(out / "IdxCluster.npy", IDX[:, None])
+    save_npz(out / "Output.npz", {"IdxCluster": IDX, "SessionIndex": SESSION,
+                                  "MatchedPairs": np.zeros((0, 2), np.int64),
+                                  "NumClusters": np.int64(4)})
+    save_npz(out / "CurationResults.npz", {
+        "IdxCluster": IDX, "removed_pairs": np.array([[3, 9]]),
+        "removed_reason": np.array([0], np.int8),
+        "reason_names": np.array(["same_session_conflict", "split_below_threshold"])})
+    save_units_csv(out / "units.csv", {"unit": np.arange(10), "session": SESSION,
+                                       "cluster": IDX, "y": np.linspace(0, 90, 10)})
+    (out / "kilomatch_settings.json").write_text(json.dumps({"path_to_data": str(tmp_path)}))
+    (tmp_path / "units_source.csv").write_text(
+        "unit,session,session_path,original_unit_id\n" + "".join(
+            f"{k},{s},day{s},{200 + k}\n" for k, s in enumerate(SESSION)))
+    return out
+
+
+def test_apply_curation_writes_curated_folder_idempotently(output_folder, tmp_path):
+    automatic = {p.name: p.read_bytes() for p in output_folder.iterdir() if p.is_file()}
+    curation = tmp_path / "curation.json"
+    curation.write_text(json.dumps({"decisions": [
+        {"cluster": 1, "action": "split", "units": [7]},
+        {"cluster": 3, "action": "merge", "with": 4}]}))
+    assert main(["apply-curation", str(output_folder), str(curation)]) == 0
+    cur = output_folder / "curated"
+    first = {p.name: p.read_bytes() for p in cur.iterdir()}
+    assert sorted(first) == ["CurationResults.npz", "IdxCluster.npy", "MatchedPairs.npy",
+                             "Output.npz", "tracked_neurons.csv", "units.csv"]
+    kilomatch.apply_curation(output_folder, curation)
+    assert {p.name: p.read_bytes() for p in cur.iterdir()} == first
+    # the automatic results are untouched
+    assert {p.name: p.read_bytes() for p in output_folder.iterdir() if p.is_file()} == automatic
+
+    idx = np.load(cur / "IdxCluster.npy", allow_pickle=False).ravel()
+    assert idx.tolist() == [1, 2, 3, -1, 1, 2, 3, -1, 3, 3]
+    units = list(csv.DictReader(open(cur / "units.csv")))
+    assert [int(r["cluster"]) for r in units] == idx.tolist()
+    assert units[9]["y"] == "90.000"
+    with np.load(cur / "CurationResults.npz", allow_pickle=False) as z:
+        reasons = z["reason_names"].tolist()
+        manual = z["removed_reason"] == reasons.index("manual")
+        assert sorted(map(tuple, z["removed_pairs"][manual].tolist())) == [(0, 7), (4, 7)]
+        assert z["removed_pairs"][~manual].tolist() == [[3, 9]]  # the automatic one, kept
+        assert sorted(map(tuple, z["added_pairs"].tolist())) == [(2, 8), (2, 9), (6, 8),
+                                                                 (6, 9)]
+        assert z["manual_action"].tolist() == ["split", "merge"]
+    with np.load(cur / "Output.npz", allow_pickle=False) as z:
+        assert z["NumClusters"] == 3
+        assert len(z["MatchedPairs"]) == 1 + 1 + 6
+    rows = list(csv.reader(open(cur / "tracked_neurons.csv")))
+    assert rows[3] == ["3", "4", "2", "202", "6", "206", "8", "208", "9", "209"]
+
+
+def test_bad_curation_file_is_one_error_line(output_folder, tmp_path, capsys):
+    curation = tmp_path / "curation.json"
+    curation.write_text('{"decisions": [{"cluster": 2, "action": "merge", "with": 3}]}')
+    assert main(["apply-curation", str(output_folder), str(curation)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kilomatch: error: decision 1 (merge cluster 2, with [3]): would put")
+    assert not (output_folder / "curated" / "Output.npz").exists()
+    curation.write_text("{not json")
+    assert main(["apply-curation", str(output_folder), str(curation)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+
+
+def test_a_new_run_removes_the_earlier_runs_review_and_curated_results(output_folder, tmp_path):
+    """They describe the earlier run's clusters: kept, they would silently disagree."""
+    from kilomatch.export import clear_previous
+    curation = tmp_path / "curation.json"
+    curation.write_text('{"decisions": [{"cluster": 3, "action": "reject"}]}')
+    kilomatch.apply_curation(output_folder, curation)
+    (output_folder / "report" / "img").mkdir(parents=True)
+    (output_folder / "report" / "index.html").write_text("<html></html>")
+    (output_folder / "report" / "img" / "cluster_1.png").write_bytes(b"png")
+    clear_previous(output_folder)
+    left = [p for p in output_folder.rglob("*") if p.is_file()]
+    assert left == []

@@ -1,0 +1,210 @@
+"""The review page: built from an output folder only, and driven in a real browser."""
+
+import csv
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kilomatch
+from kilomatch.cli import main
+from kilomatch.export import save_npz
+from kilomatch.review import build_report
+from kilomatch.review.clusters import summarize_clusters
+from kilomatch.review.links import Links
+from kilomatch.simulate import simulate_to_folder
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory):
+    """A small finished run (3 sessions) with its review page."""
+    base = tmp_path_factory.mktemp("review")
+    simulate_to_folder(base / "data", n_sessions=3, n_neurons=20, probe="NP1", seed=5)
+    # as an importer leaves it: the sorter's own id of every unit
+    session = np.load(base / "data" / "session_index.npy")
+    (base / "data" / "units_source.csv").write_text(
+        "unit,session,session_path,original_unit_id\n" + "".join(
+            f"{k},{s},day{s},{1000 + k}\n" for k, s in enumerate(session)))
+    out = base / "out"
+    kilomatch.run({"path_to_data": str(base / "data"), "output_folder": str(out), "n_jobs": 1,
+                   "motionEstimation": {"n_bootstrap": 20}})
+    kilomatch.report(out)
+    return out
+
+
+def _page_data(page: Path) -> dict:
+    text = page.read_text()
+    found = re.search(r'<script type="application/json" id="kilomatch-data">(.*?)</script>',
+                      text, re.S)
+    return json.loads(found.group(1))
+
+
+def test_page_lists_every_cluster_with_its_figure_beside_it(run_folder):
+    page = run_folder / "report" / "index.html"
+    data = _page_data(page)
+    idx = np.load(run_folder / "IdxCluster.npy").ravel()
+    assert [c["id"] for c in data["clusters"]] == sorted(set(idx[idx > 0].tolist()))
+    for c in data["clusters"]:
+        assert sorted(u[0] for u in c["units"]) == np.flatnonzero(idx == c["id"]).tolist()
+        assert (run_folder / "report" / "img" / f"cluster_{c['id']}.png").stat().st_size > 0
+    # no server, no CDN: nothing is fetched from elsewhere
+    assert not re.search(r"(src|href)=\"(https?:)?//", page.read_text())
+    assert data["link"]["label"] == "weighted similarity"
+    # the run's own figures are copied beside the page
+    assert any(f["src"] == "img/run_UnitDepth.png" for f in data["figures"])
+
+
+def test_run_writes_one_row_per_tracked_neuron_with_the_sorter_ids(run_folder):
+    idx = np.load(run_folder / "IdxCluster.npy").ravel()
+    session = np.load(run_folder / "Output.npz")["SessionIndex"]
+    with open(run_folder / "tracked_neurons.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["cluster"]) for r in rows] == sorted(set(idx[idx > 0].tolist()))
+    for r in rows:
+        for s in (1, 2, 3):
+            unit = r[f"session_{s}"]
+            members = np.flatnonzero((idx == int(r["cluster"])) & (session == s)).tolist()
+            assert ([int(unit)] if unit else []) == members
+            assert r[f"session_{s}_sorter_id"] == (str(1000 + int(unit)) if unit else "")
+
+
+def test_report_reads_the_match_probability_when_the_run_has_it(run_folder, tmp_path):
+    out = tmp_path / "out"
+    shutil.copytree(run_folder, out, ignore=shutil.ignore_patterns("report"))
+    with np.load(out / "CandidatePairs.npz") as z:
+        pairs = dict(z)
+    pairs["probability"] = np.linspace(0, 1, len(pairs["pairs"]))
+    save_npz(out / "CandidatePairs.npz", pairs)
+    data = _page_data(build_report(out, figures=False))
+    assert data["link"]["kind"] == "probability"
+    assert data["link"]["threshold"] == 0.5
+    weakest = [c["weakest"] for c in data["clusters"] if c["weakest"] is not None]
+    assert weakest and all(0 <= w <= 1 for w in weakest)
+
+
+def test_report_of_a_folder_without_a_run_is_one_error_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "holds no finished kilomatch run" in capsys.readouterr().err
+
+
+def test_cluster_summary_flags_gaps_jumps_weak_links_and_finds_the_competitor():
+    #             unit: 0  1  2  3  4  5  6
+    idx = np.array([1, 1, 1, 2, 2, -1, 3])
+    session = np.array([1, 2, 4, 1, 2, 3, 3])
+    positions = np.array([[0, 100], [0, 101], [0, 102], [0, 300], [20, 300], [0, 150],
+                          [0, 900]], float)
+    pairs = np.array([[0, 1], [1, 2], [0, 2], [3, 4], [1, 5], [2, 3]])
+    value = np.array([2.0, 1.9, 1.05, 2.2, 1.5, 0.4])
+    links = Links(pairs, value, np.full(len(pairs), 1.0), "similarity", "s", "t")
+    rows = summarize_clusters(idx, session, positions, np.full(7, 50.0), links, 7.0)
+    one, two, three = rows
+    assert one["flags"] == ["gap", "near"] and one["weakest"] == 1.05
+    assert one["competitor"] == {"unit": 5, "value": 1.5, "cluster": None}
+    assert two["flags"] == ["jump"] and two["jump"] == 20.0
+    assert two["competitor"] == {"unit": 2, "value": 0.4, "cluster": 1}
+    assert three["weakest"] is None and three["competitor"] is None and three["flags"] == []
+
+
+# ------------------------------------------------------------------------------ browser
+
+def _browser(download_dir: Path):
+    # CI sets KILOMATCH_REQUIRE_BROWSER: there a missing browser fails instead of skipping
+    missing = pytest.fail if os.environ.get("KILOMATCH_REQUIRE_BROWSER") else pytest.skip
+    try:
+        from selenium import webdriver
+    except ImportError:
+        missing("selenium is not installed (pip install '.[test]')")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver")
+    if not chromium or not driver_path:
+        missing("Chromium and chromedriver are not installed "
+                "(apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1600,1000"):
+        options.add_argument(arg)
+    options.add_experimental_option("prefs", {
+        "download.default_directory": str(download_dir), "download.prompt_for_download": False})
+    from selenium.webdriver.chrome.service import Service
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.execute_cdp_cmd("Page.setDownloadBehavior",
+                           {"behavior": "allow", "downloadPath": str(download_dir)})
+    return driver
+
+
+def _wait(condition, timeout=20.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def test_review_in_a_browser_sort_view_decide_download_apply(run_folder, tmp_path):
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    driver = _browser(downloads)
+    try:
+        from selenium.webdriver.common.by import By
+        data = _page_data(run_folder / "report" / "index.html")
+        driver.get((run_folder / "report" / "index.html").as_uri())
+
+        def shown_ids():
+            return [int(r.get_attribute("data-id"))
+                    for r in driver.find_elements(By.CSS_SELECTOR, "#clusters tbody tr")]
+
+        # every cluster, weakest link first
+        weakest = {c["id"]: c["weakest"] for c in data["clusters"]}
+        ids = shown_ids()
+        assert sorted(ids) == sorted(weakest)
+        values = [weakest[i] for i in ids if weakest[i] is not None]
+        assert values == sorted(values)
+        # sorting by a column reorders the table
+        driver.find_element(By.CSS_SELECTOR, 'th[data-key="id"]').click()
+        assert shown_ids() == sorted(weakest)
+        driver.find_element(By.CSS_SELECTOR, 'th[data-key="id"]').click()
+        assert shown_ids() == sorted(weakest, reverse=True)
+
+        # the cluster view shows its figure
+        largest = max(data["clusters"], key=lambda c: (len(c["units"]), -c["id"]))
+        others = [c["id"] for c in data["clusters"] if c["id"] != largest["id"]]
+        rejected = others[0]
+        driver.find_element(By.CSS_SELECTOR, f'tr[data-id="{largest["id"]}"]').click()
+        img = driver.find_element(By.ID, "cluster-img")
+        _wait(lambda: driver.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth", img))
+        # split: the first unit leaves
+        leaving = largest["units"][0][0]
+        driver.find_element(By.CSS_SELECTOR, f'.split-unit[value="{leaving}"]').click()
+        driver.find_element(By.ID, "btn-split").click()
+        # reject another cluster
+        driver.find_element(By.CSS_SELECTOR, f'tr[data-id="{rejected}"]').click()
+        driver.find_element(By.ID, "btn-reject").click()
+        assert "2 decisions" in driver.find_element(By.ID, "decision-count").text
+        driver.find_element(By.ID, "download").click()
+        saved = downloads / "curation.json"
+        _wait(lambda: saved.is_file() and saved.stat().st_size > 0)
+        driver.save_screenshot(str(tmp_path / "page.png"))
+    finally:
+        driver.quit()
+
+    decisions = json.loads(saved.read_text())["decisions"]
+    assert sorted((d["cluster"], d["action"]) for d in decisions) == sorted(
+        [(largest["id"], "split"), (rejected, "reject")])
+    curated = kilomatch.apply_curation(run_folder, saved)
+    before = np.load(run_folder / "IdxCluster.npy").ravel()
+    after = np.load(curated / "IdxCluster.npy").ravel()
+    changed = np.flatnonzero(before != after)
+    expected = {leaving} | set(np.flatnonzero(before == rejected).tolist())
+    if len(largest["units"]) == 2:  # the unit left behind is alone: unmatched too
+        expected |= {largest["units"][1][0]}
+    assert set(changed.tolist()) == expected
+    assert (after[sorted(expected)] == -1).all()

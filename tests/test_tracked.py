@@ -1,0 +1,47 @@
+"""tracked_neurons.csv: one row per tracked neuron, one column per session."""
+
+import csv
+import io
+
+import numpy as np
+import pytest
+
+from kilomatch import KilomatchError
+from kilomatch.tracked import read_sorter_ids, tracked_csv, write_tracked_neurons
+
+IDX = np.array([2, 5, -1, 2, 5, 2, -1])
+SESSION = np.array([1, 1, 1, 2, 3, 3, 3])
+
+
+def _rows(text):
+    return list(csv.reader(io.StringIO(text)))
+
+
+def test_one_row_per_cluster_one_column_per_session_blank_when_not_seen():
+    rows = _rows(tracked_csv(IDX, SESSION))
+    assert rows[0] == ["cluster", "n_sessions", "session_1", "session_2", "session_3"]
+    # unmatched units are no neuron; ids need not be contiguous (curated results)
+    assert rows[1:] == [["2", "3", "0", "3", "5"], ["5", "2", "1", "", "4"]]
+
+
+def test_sorter_ids_follow_each_session(tmp_path):
+    (tmp_path / "units_source.csv").write_text(
+        "unit,session,session_path,original_unit_id\n" + "".join(
+            f"{k},{s},/data/day{s},{100 + k}\n" for k, s in enumerate(SESSION)))
+    path = write_tracked_neurons(tmp_path, IDX, SESSION, tmp_path)
+    rows = _rows(path.read_text())
+    assert rows[0][2:4] == ["session_1", "session_1_sorter_id"]
+    assert rows[2] == ["5", "2", "1", "101", "", "", "4", "104"]
+
+
+def test_units_source_that_does_not_fit_the_run_is_an_error(tmp_path):
+    (tmp_path / "units_source.csv").write_text(
+        "unit,session,session_path,original_unit_id\n0,1,a,7\n")
+    with pytest.raises(KilomatchError, match="units_source.csv lists 1 units but the run has 7"):
+        read_sorter_ids(tmp_path, 7)
+    assert read_sorter_ids(tmp_path / "elsewhere", 7) is None
+
+
+def test_two_units_of_one_session_in_a_cluster_is_an_error():
+    with pytest.raises(KilomatchError, match="cluster 2 holds two units of one session"):
+        tracked_csv(np.array([2, 2]), np.array([1, 1]))

@@ -114,9 +114,9 @@ def recall_by_amplitude(idx_cluster, gt_neuron, session_index, amplitude_uv,
     clustering puts in one cluster, not -1), recall (None when the band holds no true pair).
     The true pairs are listed per neuron, so memory grows with the pairs, not with N^2.
     """
-    cl = _as_labels(idx_cluster, "idx_cluster")
-    gt = _as_labels(gt_neuron, "gt_neuron")
-    ss = _as_labels(session_index, "session_index")
+    cl = as_integers(idx_cluster, "idx_cluster")
+    gt = as_integers(gt_neuron, "gt_neuron")
+    ss = as_integers(session_index, "session_index")
     amp = np.asarray(amplitude_uv, dtype=np.float64).reshape(-1)
     if not cl.size == gt.size == ss.size == amp.size:
         raise KilomatchError("idx_cluster, gt_neuron, session_index and amplitude_uv must have "

@@ -251,7 +251,7 @@ def write_all(result: Result, arrays: RunArrays) -> list:
     # One row per tracked neuron (kilomatch.tracked), with the sorter's ids when imported.
     from .tracked import write_tracked_neurons
     written.append(write_tracked_neurons(folder, idx, result.data.session_index,
-                                         s.path_to_data))
+                                         settings.path_to_data))
 
     output = {
         "IdxCluster": idx, "MatchedPairs": result.matched_pairs,

@@ -47,7 +47,8 @@ Harder data (all off by default; see the last section of this module)
   are never scored (``metrics.pair_scores``). A merge joins a unit with its nearest neighbour
   of the session (within ``_MERGE_DISTANCE_UM``): one unit whose spikes are both trains and
   whose mean waveform is their spike-count-weighted mean; its ground truth is the neuron with
-  more spikes (scoring then counts it as that neuron; the other neuron is absent that day).
+  more spikes (scoring then counts it as that neuron; the other neuron is absent that day), and
+  so are its position in ``gt_locations`` and its PETH.
 
 Randomness: every random quantity comes from ``np.random.default_rng([seed, stream, ...])`` with a
 fixed stream number, so the result depends only on the parameters, never on chunk sizes or on

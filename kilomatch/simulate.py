@@ -47,7 +47,8 @@ Harder data (all off by default; see the last section of this module)
   are never scored (``metrics.pair_scores``). A merge joins a unit with its nearest neighbour
   of the session (within ``_MERGE_DISTANCE_UM``): one unit whose spikes are both trains and
   whose mean waveform is their spike-count-weighted mean; its ground truth is the neuron with
-  more spikes (scoring then counts it as that neuron; the other neuron is absent that day).
+  more spikes (scoring then counts it as that neuron; the other neuron is absent that day), and
+  so are its position in ``gt_locations`` and its PETH.
 
 Randomness: every random quantity comes from ``np.random.default_rng([seed, stream, ...])`` with a
 fixed stream number, so the result depends only on the parameters, never on chunk sizes or on
@@ -1214,14 +1215,15 @@ def _sorter_errors(params: SimulationParams, sel: np.ndarray, cand: _Candidates,
     each new unit (N,), by session, random order within a session (a merged unit is its
     neuron with more spikes), and the SorterErrors of those units.
     """
-    rows, parts, fracs, partners = [], [], [], []
+    rows, parts, fracs, partners, weights = [], [], [], [], []
     for s in range(params.n_sessions):
         units = sel[cand.s[sel] == s]
         g = _rng(params.seed, _S_SORTER, 0, s)
         u_merge, u_split = g.random(units.size), g.random(units.size)
         frac = g.uniform(0.3, 0.7, units.size)
         x, y, shank = nr.x[cand.m[units]], cand.y[units], nr.shank[cand.m[units]]
-        partner = np.full(units.size, -1, np.int64)
+        partner = np.full(units.size, -1, np.int64)   # -2: absorbed into its partner's unit
+        weight = np.zeros(units.size)                  # the partner's share of the spikes
         used = np.zeros(units.size, bool)
         for i in g.permutation(units.size):
             if used[i] or u_merge[i] >= params.p_merge:
@@ -1229,46 +1231,40 @@ def _sorter_errors(params: SimulationParams, sel: np.ndarray, cand: _Candidates,
             d = np.hypot(x - x[i], y - y[i])
             d[used | (shank != shank[i])] = np.inf
             d[i] = np.inf
-            j = int(np.argmin(d)) if d.size else 0
-            if not d.size or d[j] > _MERGE_DISTANCE_UM:
+            j = int(np.argmin(d))
+            if d[j] > _MERGE_DISTANCE_UM:
                 continue
-            count = [_neuron_train(params, int(c), nr, int(cand.m[c]), float(cand.rate_hz[c])
-                                   ).size for c in (units[i], units[j])]
-            main, other = (i, j) if count[0] >= count[1] else (j, i)
+            count = {k: _neuron_train(params, int(units[k]), nr, int(cand.m[units[k]]),
+                                      float(cand.rate_hz[units[k]])).size for k in (i, j)}
+            main, other = (i, j) if count[i] >= count[j] else (j, i)
             used[i] = used[j] = True
-            partner[main] = units[other]
-            partner[other] = -2  # absorbed into its partner's unit
-        s_rows, s_parts, s_fracs, s_partners = [], [], [], []
+            partner[main], partner[other] = units[other], -2
+            weight[main] = count[other] / max(count[main] + count[other], 1)
+        s_rows, s_parts, s_fracs, s_partners, s_weights = [], [], [], [], []
         for i, c in enumerate(units):
             if partner[i] == -2:
                 continue
             halves = (1, 2) if partner[i] == -1 and u_split[i] < params.p_split else (0,)
             for part in halves:
                 s_rows.append(c), s_parts.append(part), s_fracs.append(frac[i])
-                s_partners.append(partner[i])
+                s_partners.append(partner[i]), s_weights.append(weight[i])
         order = _rng(params.seed, _S_SORTER, 1, s).permutation(len(s_rows))
         for lst, acc in ((s_rows, rows), (s_parts, parts), (s_fracs, fracs),
-                         (s_partners, partners)):
+                         (s_partners, partners), (s_weights, weights)):
             acc.extend(np.asarray(lst)[order].tolist())
     rows_a = np.asarray(rows, np.int64)
     part_a = np.asarray(parts, np.int8)
     partner_a = np.asarray(partners, np.int64)
     has = partner_a >= 0
     p = np.where(has, partner_a, 0)
-    n_own = np.zeros(rows_a.size)
-    n_other = np.zeros(rows_a.size)
-    for k in np.nonzero(has)[0]:
-        n_own[k], n_other[k] = (
-            _neuron_train(params, int(c), nr, int(cand.m[c]), float(cand.rate_hz[c])).size
-            for c in (rows_a[k], partner_a[k]))
-    weight = np.where(has, n_other / np.maximum(n_own + n_other, 1), 0.0)
     amp_factor = np.choose(part_a, [1.0, 1.0 + _SPLIT_AMP_STEP / 2, 1.0 - _SPLIT_AMP_STEP / 2])
     sorter = SorterErrors(
         train_key=rows_a, split_part=part_a, split_frac=np.asarray(fracs, np.float64),
         amp_factor=amp_factor, partner_neuron=np.where(has, cand.m[p], -1),
         partner_y=cand.y[p], partner_y_dend=cand.y_dend[p], partner_amp_gain=cand.amp_gain[p],
         partner_width_gain=cand.width_gain[p], partner_time_shift_ms=cand.time_shift_ms[p],
-        partner_rate_hz=cand.rate_hz[p], partner_train_key=p, partner_weight=weight)
+        partner_rate_hz=cand.rate_hz[p], partner_train_key=p,
+        partner_weight=np.asarray(weights, np.float64))
     return rows_a, sorter
 
 

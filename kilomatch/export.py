@@ -25,7 +25,7 @@ RESULT_FILES = (
     "IdxCluster.npy", "ClusterMatrix.npy", "MatchedPairs.npy", "SimilarityWeights.npy",
     "SimilarityThreshold.npy", "SimilarityMatrix.npy", "motion.npy", "motion_linear.npy",
     "motion_ci.npy", "CandidatePairs.npz", "ClusteringResults.npz", "CurationResults.npz",
-    "units.csv", "kilomatch_settings.json", "Output.npz",
+    "units.csv", "MatchTable.csv", "kilomatch_settings.json", "Output.npz",
 )
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -138,6 +138,7 @@ def write_all(result) -> list:
     """
     from .curation import REASONS
     from .features import nearest_channels
+    from .linking import match_table
     from .pipeline import shank_parts
     s, units = result.settings, result.units
     parts = shank_parts(result)
@@ -196,11 +197,15 @@ def write_all(result) -> list:
         put("motion_linear.npy", _stack_shanks([np.column_stack([m.slope, m.offset])
                                                 for m in motions]))
 
+    curated = [p.result.curated for p in parts]
     # Candidate pairs of every shank, in global unit ids.
     names = np.array(parts[0].result.final.feature_names)
     pairs = np.vstack([p.units[p.result.final.pairs] for p in parts]).reshape(-1, 2)
     similarity = np.concatenate([c.similarity for c in clusterings])
-    before = _global_ids([c.labels for c in clusterings], parts, n)
+    # Clusters before curation: those of the probability when it made them.
+    made = [k.links is not None and k.links.made_clusters for k in curated]
+    before = _global_ids([k.links.labels if m else c.labels
+                          for c, k, m in zip(clusterings, curated, made)], parts, n)
     same_before = (before[pairs[:, 0]] == before[pairs[:, 1]]) & (before[pairs[:, 0]] > 0)
     candidate = {
         "pairs": pairs.astype(np.int64),
@@ -211,6 +216,9 @@ def write_all(result) -> list:
         "same_cluster_clustering": same_before,
         "same_cluster_final": (idx[pairs[:, 0]] == idx[pairs[:, 1]]) & (idx[pairs[:, 0]] > 0),
     }
+    candidate["probability"] = np.concatenate([
+        np.full(len(p.result.final.pairs), np.nan) if c.links is None
+        else c.links.candidate_probability for p, c in zip(parts, curated)]).astype(np.float32)
     if multi:
         candidate["shank"] = np.concatenate([np.full(len(p.result.final.pairs), p.shank)
                                              for p in parts])
@@ -258,7 +266,6 @@ def write_all(result) -> list:
                     "threshold": np.float64(r.clustering.threshold),
                     "motion": m.displacement(),
                     "motion_ci": np.column_stack([m.ci_low, m.ci_high])})
-    curated = [p.result.curated for p in parts]
     removed = np.vstack([p.units[c.removed_pairs] for p, c in zip(parts, curated)]).reshape(-1, 2)
     put_npz("CurationResults.npz", {
         "IdxCluster_before": before,
@@ -270,15 +277,30 @@ def write_all(result) -> list:
         "reason_names": np.array(REASONS),
         "split_threshold": np.array([c.threshold for c in curated]) if multi
         else np.float64(curated[0].threshold),
+        # what removals and split_threshold are measured in
+        "split_on": (np.array(["probability" if m else "similarity" for m in made]) if multi
+                     else np.array("probability" if made[0] else "similarity")),
     })
     table = {"unit": np.arange(n), "session": result.data.session_index, "cluster": idx,
              "x": units.locations[:, 0], "y": units.locations[:, 1], "z": units.locations[:, 2],
              "amplitude": units.amplitude, "peak_channel": units.peak_channel,
              "corrected_y": depth}
+    confidence = np.full(n, np.nan)
+    for part, c in zip(parts, curated):
+        if c.links is not None:
+            confidence[part.units] = c.links.match_confidence
+    table["match_confidence"] = confidence
     if multi:
         table["shank"] = units.shank
     save_units_csv(folder / "units.csv", table)
     written.append(folder / "units.csv")
+    positions = np.column_stack([units.locations[:, 0], depth, units.locations[:, 2]])
+    matches = match_table([(p.units, p.result.final.pairs, c.links)
+                           for p, c in zip(parts, curated)], idx,
+                          result.data.session_index, positions)
+    if matches is not None:
+        save_units_csv(folder / "MatchTable.csv", matches)
+        written.append(folder / "MatchTable.csv")
     save_json(folder / "kilomatch_settings.json", s.to_dict())
     written.append(folder / "kilomatch_settings.json")
     output = {

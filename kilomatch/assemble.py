@@ -18,6 +18,7 @@ import numpy as np
 from .channel_windows import LocalWaveforms
 from .clustering import combine_labels, renumber, same_cluster
 from .features import nearest_channels
+from .linking import match_table
 from .results import Result, shank_parts
 
 
@@ -48,7 +49,11 @@ class RunArrays:
     Per shank (last axis K when K > 1, else dropped): weights (F[, K]), thresholds (K,),
     n_iter (K,) and converged (K,) of IHDBSCAN,
     motion (S[, K]) um, motion_ci (S, 2[, K]) um, motion_linear (S, 2[, K]) or None,
-    split_thresholds (K,). Candidate pairs of every shank: pairs (P, 2), pair_similarities
+    split_thresholds (K,) and split_on (K,) str ('similarity' or 'probability': what the
+    removals and split thresholds are measured in). Match probability (kilomatch.linking,
+    NaN where a shank had too few pairs to fit it): probability (P,) of each candidate pair,
+    match_confidence (N,) of each unit in its final cluster, match_table (columns of
+    MatchTable.csv, or None when no shank has a probability). Candidate pairs of every shank: pairs (P, 2), pair_similarities
     (P, F), similarity (P,), good_match (P,), pair_shank (P,), same_cluster_clustering and
     same_cluster_final (P,) (both units in one cluster before / after curation). Curation: removed_pairs (R, 2),
     removed_reason (R,). Motion rounds per shank: round_motion (list of (rounds, S)),
@@ -82,6 +87,10 @@ class RunArrays:
     removed_pairs: np.ndarray
     removed_reason: np.ndarray
     split_thresholds: np.ndarray
+    split_on: np.ndarray
+    probability: np.ndarray
+    match_confidence: np.ndarray
+    match_table: dict | None
     round_motion: list
     round_good_matches: list
     rounds: list
@@ -129,7 +138,15 @@ def assemble(result: Result) -> RunArrays:
     members = [p.units for p in parts]
     linear = result.settings.waveformCorrection.linear_correction
     pairs = np.vstack([p.units[p.result.final.pairs] for p in parts]).reshape(-1, 2)
-    before = combine_labels([c.labels for c in clusterings], members, n)
+    # Clusters before curation: those of the probability where it made them.
+    made = [k.links is not None and k.links.made_clusters for k in curated]
+    before = combine_labels([k.links.labels if m else c.labels
+                             for c, k, m in zip(clusterings, curated, made)], members, n)
+    confidence = np.full(n, np.nan)
+    for part, c in zip(parts, curated):
+        if c.links is not None:
+            confidence[part.units] = c.links.match_confidence
+    positions = np.column_stack([units.locations[:, 0], depth, units.locations[:, 2]])
     return RunArrays(
         shank_ids=np.array([p.shank for p in parts]),
         feature_names=np.array(parts[0].result.final.feature_names),
@@ -160,6 +177,15 @@ def assemble(result: Result) -> RunArrays:
                                  for p, c in zip(parts, curated)]).reshape(-1, 2),
         removed_reason=np.concatenate([c.removed_reason for c in curated]),
         split_thresholds=np.array([c.threshold for c in curated]),
+        split_on=np.array(["probability" if m else "similarity" for m in made]),
+        probability=np.concatenate([
+            np.full(len(p.result.final.pairs), np.nan) if c.links is None
+            else c.links.candidate_probability for p, c in zip(parts, curated)]
+        ).astype(np.float32),
+        match_confidence=confidence,
+        match_table=match_table([(p.units, p.result.final.pairs, c.links)
+                                 for p, c in zip(parts, curated)], result.idx_cluster,
+                                data.session_index, positions),
         round_motion=[np.array([m.displacement() for _, m in p.result.rounds]).reshape(
             len(p.result.rounds), data.n_sessions) for p in parts],
         round_good_matches=[np.array([r.n_good for r, _ in p.result.rounds], dtype=np.int64)

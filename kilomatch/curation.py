@@ -14,8 +14,9 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
-REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_gap")
-CONFLICT, SPLIT, POSITION = 0, 1, 2
+REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_gap",
+           "split_average_probability")
+CONFLICT, SPLIT, POSITION, AVERAGE = 0, 1, 2, 3
 _BLOCK = 1 << 20  # rows of pairs filled at a time by within_cluster_pairs
 
 
@@ -61,6 +62,7 @@ class CurationResult:
     removed_pairs: np.ndarray
     removed_reason: np.ndarray
     threshold: float = float("nan")
+    links: object = None  # linking.ProbabilityLinks, when the probability made the clusters
 
 
 def _clashing_clusters(labels: np.ndarray, session: np.ndarray) -> np.ndarray:
@@ -171,6 +173,49 @@ def split_clusters(labels, pairs, similarity, linkable, threshold):
     new = np.where(labels >= 0, comp, -1)
     broken = inside & (new[pairs[:, 0]] != new[pairs[:, 1]])
     return new, pairs[broken]
+
+
+def split_by_average_link(labels, pairs, probability, threshold: float = 0.5):
+    """Split each cluster where its groups of units are, on average, not probably one neuron.
+
+    Within a cluster, groups of units are joined by average linkage on the match
+    probability and kept apart where the mean probability between two groups is below
+    ``threshold``: one strong link can no longer chain two neurons together (one neuron
+    stops being recorded and another nearby starts), as it can with the connected
+    components of :func:`split_clusters`.
+
+    labels: (N,) clusters (-1 none); pairs: (Q, 2) every within-cluster pair; probability:
+    (Q,) match probability (0 for pairs that cannot link). Pairs not listed count as 0.
+    Returns (labels, removed (R, 2) pairs across the splits).
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+    labels = np.array(labels, dtype=np.int64)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    probability = np.asarray(probability, np.float64)
+    next_label = labels.max() + 1 if labels.size else 0
+    removed = []
+    clusters = np.unique(labels[labels >= 0])
+    for units, rows in _cluster_members(labels, pairs, clusters):
+        if units.size < 2:
+            continue
+        p = _cluster_similarity(units, pairs[rows], probability[rows])
+        distance = squareform(1.0 - p, checks=False)
+        groups = fcluster(linkage(distance, method="average"), t=1.0 - threshold,
+                          criterion="distance")
+        if groups.max() == 1:
+            continue
+        # the group of the cluster's lowest unit keeps the label
+        for g in np.unique(groups[groups != groups[0]]):
+            labels[units[groups == g]] = next_label
+            next_label += 1
+        apart = groups[:, None] != groups[None, :]
+        i, j = np.nonzero(np.triu(apart, 1))
+        removed.append(np.column_stack([units[i], units[j]]))
+    if not removed:
+        return labels, np.empty((0, 2), np.int64)
+    removed = np.concatenate(removed)
+    return labels, removed[np.lexsort((removed[:, 1], removed[:, 0]))]
 
 
 def split_by_position(labels, positions, pairs, similarity, linkable, threshold,
@@ -290,4 +335,36 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     reason = np.concatenate([np.full(len(removed_c), CONFLICT), np.full(len(removed_s), SPLIT),
                              np.full(len(removed_p), POSITION)])
     return CurationResult(final, after_conflicts, removed, reason.astype(np.int8),
+                          float(threshold))
+
+
+def curate_by_probability(labels, session, pairs, probability, threshold: float = 0.5,
+                          auto_split: bool = True, positions: np.ndarray | None = None,
+                          position_gap_um: float = 7.0) -> CurationResult:
+    """Curation of clusters made from the match probability: split each cluster where the
+    mean probability between its groups of units is below ``threshold``
+    (:func:`split_by_average_link`, with ``auto_split``), then drop same-session conflicts
+    by probability, then dissolve single-unit clusters. Splitting first lets two units of
+    one session fall into different groups instead of one of them being dropped.
+
+    labels: (N,); session: (N,); pairs: (Q, 2) every within-cluster pair of ``labels``;
+    probability: (Q,) (0 for pairs that cannot link).
+    """
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    removed_s = np.empty((0, 2), np.int64)
+    split = np.asarray(labels, np.int64)
+    if auto_split:
+        split, removed_s = split_by_average_link(labels, pairs, probability, threshold)
+    final, removed_c = resolve_conflicts(split, session, pairs, probability)
+    final = dissolve_singletons(final)
+    removed_p = np.empty((0, 2), np.int64)
+    if positions is not None:
+        final, removed_p = split_by_position(final, positions, pairs, probability,
+                                             probability > 0, threshold, position_gap_um)
+        final = dissolve_singletons(final)
+    removed = np.vstack([removed_s, removed_c, removed_p])
+    reason = np.concatenate([np.full(len(removed_s), AVERAGE),
+                             np.full(len(removed_c), CONFLICT),
+                             np.full(len(removed_p), POSITION)])
+    return CurationResult(final, dissolve_singletons(split), removed, reason.astype(np.int8),
                           float(threshold))

@@ -34,7 +34,8 @@ RESULT_FILES = (
     "IdxCluster.npy", "ClusterMatrix.npy", "MatchedPairs.npy", "SimilarityWeights.npy",
     "SimilarityThreshold.npy", "SimilarityMatrix.npy", "motion.npy", "motion_linear.npy",
     "motion_ci.npy", "CandidatePairs.npz", "ClusteringResults.npz", "CurationResults.npz",
-    "units.csv", "kilomatch_settings.json", "tracked_neurons.csv", "Output.npz",
+    "units.csv", "MatchTable.csv", "kilomatch_settings.json", "tracked_neurons.csv",
+    "Output.npz",
 )
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 
@@ -186,6 +187,7 @@ def write_all(result: Result, arrays: RunArrays) -> list:
         "good_match": a.good_match,
         "same_cluster_clustering": a.same_cluster_clustering,
         "same_cluster_final": a.same_cluster_final,
+        "probability": a.probability,
     }
     if multi:
         candidate["shank"] = a.pair_shank
@@ -236,15 +238,19 @@ def write_all(result: Result, arrays: RunArrays) -> list:
         "removed_reason": a.removed_reason.astype(np.int8),
         "reason_names": np.array(REASONS),
         "split_threshold": a.split_thresholds if multi else np.float64(a.split_thresholds[0]),
+        "split_on": a.split_on if multi else a.split_on[0],
     })
     table = {"unit": np.arange(n), "session": result.data.session_index, "cluster": idx,
              "x": units.locations[:, 0], "y": units.locations[:, 1], "z": units.locations[:, 2],
              "amplitude": units.amplitude, "peak_channel": units.peak_channel,
-             "corrected_y": a.corrected_depth}
+             "corrected_y": a.corrected_depth, "match_confidence": a.match_confidence}
     if multi:
         table["shank"] = units.shank
     save_units_csv(folder / "units.csv", table)
     written.append(folder / "units.csv")
+    if a.match_table is not None:
+        save_units_csv(folder / "MatchTable.csv", a.match_table)
+        written.append(folder / "MatchTable.csv")
     save_json(folder / "kilomatch_settings.json", settings.to_dict())
     written.append(folder / "kilomatch_settings.json")
 

@@ -196,9 +196,40 @@ def feature_scatter(result, max_points: int = 20000):
     return fig
 
 
-def plot_all(result) -> dict:
-    """Every figure of a run, by file name (without .png)."""
-    return {
+def probability_calibration(result, gt_neuron: np.ndarray):
+    """Reliability of the match probability against ground truth (N,) neuron ids: per
+    probability decile, the fraction of candidate pairs that are one neuron."""
+    from .metrics import calibration_bins
+    pairs = result.final.pairs
+    p = result.curated.links.candidate_probability
+    bins = calibration_bins(p, gt_neuron[pairs[:, 0]] == gt_neuron[pairs[:, 1]])
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color=OTHER_COLOR, lw=1, label="perfect calibration")
+    ax.fill_between([0, 1], [-0.05, 0.95], [0.05, 1.05], color=OTHER_COLOR, alpha=0.15,
+                    label="within 0.05")
+    enough = bins["n_pairs"] >= 50
+    for sel, style, label in ((enough, "o-", "bins of >= 50 pairs"),
+                              (~enough & (bins["n_pairs"] > 0), "x", "bins of < 50 pairs")):
+        ax.plot(bins["mean_probability"][sel], bins["true_fraction"][sel], style,
+                color=MATCH_COLOR, label=label)
+    for x, y, n in zip(bins["mean_probability"], bins["true_fraction"], bins["n_pairs"]):
+        if n:
+            ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("match probability (mean of the decile bin)")
+    ax.set_ylabel("fraction of the bin's pairs that are one neuron")
+    ax.set_title("Match probability vs ground truth")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_all(result, gt_neuron: np.ndarray | None = None) -> dict:
+    """Every figure of a run, by file name (without .png); with ground truth (N,) neuron ids
+    and a match probability, its calibration too."""
+    figures = {
         "UnitDepth": unit_depth(result),
         "Motion": motion(result),
         "SimilarityFeatures": similarity_features(result),
@@ -206,6 +237,9 @@ def plot_all(result) -> dict:
         "MatchProbability": match_probability(result),
         "FeatureScatter": feature_scatter(result),
     }
+    if gt_neuron is not None and result.curated.links is not None:
+        figures["MatchProbability_calibration"] = probability_calibration(result, gt_neuron)
+    return figures
 
 
 def _probe_traces(ax, waveforms, channels, channel_locations, colors, title):

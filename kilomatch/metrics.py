@@ -16,7 +16,7 @@ from kilomatch.errors import KilomatchError
 from kilomatch.formats.folder import SESSION_INDEX
 
 __all__ = ["pair_scores", "motion_rms_error", "score_run", "AMPLITUDE_BANDS_UV", "band_labels",
-           "unit_amplitudes", "recall_by_amplitude"]
+           "unit_amplitudes", "recall_by_amplitude", "calibration_bins"]
 
 # Edges (uV) of the amplitude bands recall is reported in: <60, 60-120, 120-250, >=250.
 AMPLITUDE_BANDS_UV = (60.0, 120.0, 250.0)
@@ -195,3 +195,20 @@ def score_run(output, data_folder) -> dict:
         if flat is not None and flat.size == gt_motion.size:
             result["motion_rms_um"] = motion_rms_error(flat, gt_motion)
     return result
+
+
+def calibration_bins(probability, truth, n_bins: int = 10) -> dict:
+    """Reliability of a match probability: pairs binned by probability in [k/n, (k+1)/n)
+    (the last bin includes 1). probability (P,), truth (P,) bool (the pair is one neuron).
+    Returns arrays (n_bins,): low, high, n_pairs, mean_probability and true_fraction (NaN in
+    empty bins)."""
+    p = np.asarray(probability, np.float64)
+    truth = np.asarray(truth, bool)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    k = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
+    n = np.bincount(k, minlength=n_bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_p = np.bincount(k, p, minlength=n_bins) / n
+        frac = np.bincount(k, truth.astype(np.float64), minlength=n_bins) / n
+    return {"low": edges[:-1], "high": edges[1:], "n_pairs": n, "mean_probability": mean_p,
+            "true_fraction": frac}

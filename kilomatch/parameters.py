@@ -137,11 +137,20 @@ PARAMETERS: tuple[Param, ...] = (
           "number of sessions without it (2.6e8 pairs at 200 sessions of 500 units).", min=0),
     Param("clustering.features", "features", ["Waveform", "AutoCorr"],
           "Similarity features of the final clustering."),
+    Param("clustering.method", "str", "similarity",
+          "How the final clusters are made: 'similarity' is the published IHDBSCAN + LDA "
+          "clustering of the weighted similarity, curated as set by autoCuration; "
+          "'probability' clusters the candidate pairs by their match probability, learned "
+          "from each dataset's own same-session pairs (README, \"Match probability\"). The "
+          "probability is reported either way.", choices=("similarity", "probability")),
     Param("clustering.n_iter", "int", 10, "Most HDBSCAN + LDA iterations.", min=1),
     Param("clustering.weight_tol", "float", 1e-8,
           "Stop the HDBSCAN + LDA iterations when no weight changes by more than this.", min=0),
     Param("autoCuration.auto_split", "bool", True,
           "Split clusters into the connected components of their above-threshold pairs."),
+    Param("autoCuration.link_probability", "float", 0.5,
+          "With clustering.method 'probability': auto_split splits a cluster where the mean "
+          "match probability between its groups of units is below this.", min=0, max=1),
     Param("autoCuration.split_threshold", "str", "equal_priors",
           "Threshold of the split: 'lda' is the LDA boundary with the classes' own priors "
           "(the published threshold; matches are rare, so it sits high and splits true "

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import channel_windows, correction, curation, export, features, fingerprint, motion_initial
+from . import (channel_windows, correction, curation, export, features, fingerprint, linking,
+               motion_initial)
 from .assemble import assemble
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
@@ -256,10 +257,16 @@ def within_cluster_similarity(units: UnitFeatures, final: RoundResult, labels: n
     similarities = pair_similarities(units, final.feature_names, pairs, depth,
                                      final.waveforms_corrected, final.channels_corrected)
     similarity = weighted_similarity(similarities, final.clustering.weights)
-    linkable = ((units.session0[pairs[:, 0]] != units.session0[pairs[:, 1]])
-                & (np.abs(depth[pairs[:, 0]] - depth[pairs[:, 1]]) <= s.clustering.max_distance)
-                & (units.shank[pairs[:, 0]] == units.shank[pairs[:, 1]]))
-    return pairs, similarity, linkable
+    return pairs, similarity, may_link(units, depth, pairs, s.clustering.max_distance)
+
+
+def may_link(units: UnitFeatures, depth: np.ndarray, pairs: np.ndarray,
+             max_distance: float) -> np.ndarray:
+    """(Q,) bool: the pair may be one neuron at all (different sessions, same shank,
+    corrected depths (N,) um at most max_distance apart)."""
+    a, b = pairs[:, 0], pairs[:, 1]
+    return ((units.session0[a] != units.session0[b]) & (units.shank[a] == units.shank[b])
+            & (np.abs(depth[a] - depth[b]) <= max_distance))
 
 
 def matched_pairs(idx_cluster: np.ndarray) -> np.ndarray:
@@ -307,6 +314,13 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         final.waveforms_corrected, final.channels_corrected = corrected_waveforms(
             units, data.channel_locations, motion, s.waveformCorrection, kinv)
     note("final clustering")
+    fitted = fit_probability(data, units, final, s, final_names)
+    note("match probability")
+    if s.clustering.method == "probability" and fitted is not None:
+        cur = link_by_probability(units, final, s, *fitted)
+        note("curation")
+        idx = renumber(cur.labels, start=1)
+        return Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))
     labels = final.clustering.labels
     q_pairs, q_sim, q_link = within_cluster_similarity(units, final, labels, s)
     ac = s.autoCuration
@@ -319,9 +333,74 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         positions = np.column_stack([units.locations[:, 0], final.corrected_depth])
     cur = curation.curate(labels, units.session0, q_pairs, q_sim, q_link, threshold,
                           ac.auto_split, positions, ac.position_gap_um)
+    if fitted is not None:  # the probability is reported, the clusters stay the similarity's
+        cur.links = fitted[0]
+        cur.links.match_confidence = final_confidence(units, final, s, cur.labels, *fitted)
     note("curation")
     idx = renumber(cur.labels, start=1)
     return Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))
+
+
+def fit_probability(data: Dataset, units: UnitFeatures, final: RoundResult, s: Settings,
+                    final_names: list):
+    """The match probability of the final candidate pairs (kilomatch.linking): (links,
+    evidence function), or None when the data are too few to fit it."""
+    names = linking.evidence_features(final_names)
+    depth = final.corrected_depth
+
+    def similarities(q):
+        if q is not final.pairs:
+            return pair_similarities(units, names, q, depth, final.waveforms_corrected,
+                                      final.channels_corrected)
+        # the final clustering already holds some of the candidate pairs' similarities
+        new = [n for n in names if n not in final.feature_names]
+        extra = pair_similarities(units, new, q, depth, final.waveforms_corrected,
+                                   final.channels_corrected)
+        return np.column_stack([final.pair_similarities[:, final.feature_names.index(n)]
+                                if n in final.feature_names else extra[:, new.index(n)]
+                                for n in names]).reshape(len(q), len(names))
+
+    positions = np.column_stack([units.locations[:, 0], depth, units.locations[:, 2]])
+    n_spikes = np.array([len(t) for t in data.spike_times])
+    fitted = linking.fit_links(final.pairs, similarities, positions, units.amplitude, n_spikes,
+                               units.session0, units.shank, s.clustering.max_distance,
+                               data.n_sessions, s.seed)
+    if fitted is None:
+        log.warning("too few pairs to fit the match probability: no probability is reported "
+                    "and the final clusters come from the weighted similarity")
+        return None
+    fitted[0].feature_names = names
+    return fitted
+
+
+def _cluster_probability(units, final, s, labels, links, evidence):
+    """Every within-cluster pair of ``labels`` (Q, 2) and its match probability (Q,)."""
+    q_pairs = curation.within_cluster_pairs(labels)
+    q_link = may_link(units, final.corrected_depth, q_pairs, s.clustering.max_distance)
+    return q_pairs, linking.within_cluster_probability(links, evidence, final.pairs, q_pairs,
+                                                       q_link, len(labels))
+
+
+def final_confidence(units, final, s, labels, links, evidence) -> np.ndarray:
+    """Match confidence (N,) of the final clusters ``labels`` (linking.match_confidence)."""
+    pairs, p = _cluster_probability(units, final, s, labels, links, evidence)
+    return linking.match_confidence(len(labels), pairs, p)
+
+
+def link_by_probability(units: UnitFeatures, final: RoundResult, s: Settings, links,
+                        evidence) -> curation.CurationResult:
+    """Final clusters and curation from the match probability (clustering.method
+    'probability')."""
+    links.made_clusters = True
+    q_pairs, q_p = _cluster_probability(units, final, s, links.labels, links, evidence)
+    ac = s.autoCuration
+    positions = np.column_stack([units.locations[:, 0], final.corrected_depth])
+    cur = curation.curate_by_probability(
+        links.labels, units.session0, q_pairs, q_p, ac.link_probability, ac.auto_split,
+        positions if ac.position_split else None, ac.position_gap_um)
+    links.match_confidence = final_confidence(units, final, s, cur.labels, links, evidence)
+    cur.links = links
+    return cur
 
 
 def subset_dataset(data: Dataset, members: np.ndarray) -> Dataset:
@@ -413,9 +492,11 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
         export.write_all(result, assemble(result))
         stages.done("export")
         figure_folder = Path(s.output_folder) / "Figures"
+        gt = _ground_truth_neurons(data)
         for part in shank_parts(result):
             where = figure_folder / f"Shank{part.shank}" if result.shanks else figure_folder
-            export.save_figures(figures.plot_all(part.result), where)
+            export.save_figures(figures.plot_all(part.result, None if gt is None
+                                                 else gt[part.units]), where)
         stages.done("figures")
         result.run_time_s = time.perf_counter() - t0
         result.summary["run_time_s"] = round(result.run_time_s, 2)
@@ -458,15 +539,22 @@ def summarize(r: Result) -> dict:
     return summary
 
 
+def _ground_truth_neurons(data: Dataset) -> np.ndarray | None:
+    """A simulator's true neuron of each unit (N,), when the data folder has one that fits."""
+    path = data.path
+    if path is None or not (Path(path) / "gt_neuron.npy").is_file():
+        return None
+    gt = np.load(Path(path) / "gt_neuron.npy", allow_pickle=False)
+    return gt if gt.shape == (data.n_units,) else None
+
+
 def _ground_truth_scores(r: Result) -> dict:
     """Accuracy against a simulator's ground truth, when the data folder has one."""
-    path = r.data.path
-    if path is None or not (Path(path) / "gt_neuron.npy").is_file():
+    gt = _ground_truth_neurons(r.data)
+    if gt is None:
         return {}
     from . import metrics
-    gt = np.load(Path(path) / "gt_neuron.npy", allow_pickle=False)
-    if gt.shape[0] != r.data.n_units:
-        return {}
+    path = r.data.path
     scores = metrics.pair_scores(r.idx_cluster, gt, r.data.session_index)
     out = {f"gt_{k}": round(float(scores[k]), 4) for k in ("precision", "recall", "f1")}
     if (Path(path) / "gt_motion.npy").is_file():

@@ -106,8 +106,10 @@ def test_outputs_plain_arrays_with_documented_shapes(run_result):
         # The split used the equal-prior threshold (default): below the LDA's own threshold,
         # since matches are the rarer class; every removed pair has a listed reason.
         assert list(z["reason_names"]) == ["same_session_conflict", "split_below_threshold",
-                                           "split_at_position_gap"]
+                                           "split_at_position_gap",
+                                           "split_average_probability"]
         assert z["split_threshold"] < load("SimilarityThreshold.npy")[0, 0]
+        assert str(z["split_on"]) == "similarity"
         # Curation took pairs apart on this study (else nothing below is checked), and the
         # removed pairs are exactly those together before curation and apart after it, each
         # listed once with a known reason.
@@ -124,12 +126,14 @@ def test_outputs_plain_arrays_with_documented_shapes(run_result):
     assert len({tuple(p) for p in removed.tolist()}) == len(removed)
     assert {tuple(p) for p in removed.tolist()} == taken_apart
     lines = (out / "units.csv").read_text().splitlines()
-    assert lines[0] == "unit,session,cluster,x,y,z,amplitude,peak_channel,corrected_y"
+    assert lines[0] == ("unit,session,cluster,x,y,z,amplitude,peak_channel,corrected_y,"
+                        "match_confidence")
     assert len(lines) == n + 1
     figures = sorted(p.name for p in (out / "Figures").glob("*.png"))
     assert figures == sorted(f"{k}.png" for k in ("UnitDepth", "Motion", "SimilarityFeatures",
                                                     "WeightedSimilarity", "MatchProbability",
-                                                    "FeatureScatter"))
+                                                    "FeatureScatter",
+                                                    "MatchProbability_calibration"))
 
 
 def test_sparse_pairs_agree_with_dense_matrix(run_result):
@@ -140,6 +144,50 @@ def test_sparse_pairs_agree_with_dense_matrix(run_result):
         pairs, sim = z["pairs"], z["similarity"]
     assert np.allclose(dense[pairs[:, 0], pairs[:, 1]], sim)
     assert np.isfinite(dense).sum() == 2 * len(pairs)
+
+
+def test_probability_outputs_agree(run_result):
+    """CandidatePairs.probability, MatchTable.csv and units.csv's match_confidence tell the
+    same story as the final clusters."""
+    import csv
+    result, out = run_result
+    idx = np.load(out / "IdxCluster.npy")[:, 0]
+    with np.load(out / "CandidatePairs.npz") as z:
+        pairs, p, final = z["pairs"], z["probability"], z["same_cluster_final"]
+    assert p.shape == (len(pairs),) and np.all((p >= 0) & (p <= 1))
+    # pairs the final clusters join are mostly probable ones, and vice versa
+    assert np.median(p[final]) > 0.5 and np.median(p[~final]) < 0.5
+    rows = list(csv.DictReader(open(out / "MatchTable.csv")))
+    # PETH is evidence only where clustering.features lists it (not by default)
+    assert list(rows[0]) == ["unit_a", "unit_b", "session_a", "session_b", "probability",
+                             "Waveform", "AutoCorr", "ISI", "distance_um", "dy_um",
+                             "same_final_cluster"]
+    assert len(rows) == int((p >= 0.05).sum())
+    for row in rows[:50]:
+        a, b = int(row["unit_a"]), int(row["unit_b"])
+        assert (row["same_final_cluster"] == "yes") == (idx[a] == idx[b] and idx[a] > 0)
+    units = list(csv.DictReader(open(out / "units.csv")))
+    conf = np.array([float(u["match_confidence"]) for u in units])
+    assert np.array_equal(np.isnan(conf), idx <= 0)
+    assert np.all(conf[idx > 0] >= 0) and np.all(conf[idx > 0] <= 1)
+
+
+def test_probability_method_clusters_by_probability(sim_folder, run_result, tmp_path):
+    """clustering.method 'probability': the clusters and their curation rest on the
+    probability (same probability as the default run, which only reports it), and the
+    result still matches the ground truth."""
+    _, out1 = run_result
+    out = tmp_path / "out"
+    result = kilomatch.run(_settings(sim_folder, out, **{"clustering.method": "probability"}))
+    assert result.curated.links.made_clusters
+    with np.load(out / "CandidatePairs.npz") as z, np.load(out1 / "CandidatePairs.npz") as z1:
+        assert np.array_equal(z["probability"], z1["probability"])
+    with np.load(out / "CurationResults.npz") as z:
+        assert str(z["split_on"]) == "probability" and z["split_threshold"] == 0.5
+        assert set(z["removed_reason"].tolist()) <= {0, 2, 3}
+    gt = np.load(sim_folder / "gt_neuron.npy")
+    scores = metrics.pair_scores(result.idx_cluster, gt, result.data.session_index)
+    assert scores["f1"] >= 0.90 and scores["precision"] >= 0.95, scores
 
 
 def _digest(folder: Path) -> dict:
@@ -175,8 +223,8 @@ def test_run_log_beside_results(run_result):
     for row in result.stages:
         assert re.search(rf"step {row['stage']}: \d+\.\d s, peak memory so far \d", text)
     assert [row["stage"] for row in result.stages] == [
-        "load", "features", "motion rounds", "final clustering", "curation", "export",
-        "figures"]
+        "load", "features", "motion rounds", "final clustering", "match probability",
+        "curation", "export", "figures"]
 
 
 def test_input_folder_untouched(sim_folder, sim_folder_state, run_result):

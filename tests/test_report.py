@@ -73,18 +73,31 @@ def test_run_writes_one_row_per_tracked_neuron_with_the_sorter_ids(run_folder):
             assert r[f"session_{s}_sorter_id"] == (str(1000 + int(unit)) if unit else "")
 
 
-def test_report_reads_the_match_probability_when_the_run_has_it(run_folder, tmp_path):
-    out = tmp_path / "out"
+def _report_with_probability(run_folder, out, probability):
+    """The report of a copy of the run whose CandidatePairs.npz holds ``probability`` (P,)."""
     shutil.copytree(run_folder, out, ignore=shutil.ignore_patterns("report"))
     with np.load(out / "CandidatePairs.npz") as z:
         pairs = dict(z)
-    pairs["probability"] = np.linspace(0, 1, len(pairs["pairs"]))
+    pairs["probability"] = probability(len(pairs["pairs"]))
     save_npz(out / "CandidatePairs.npz", pairs)
-    data = _page_data(build_report(out, figures=False))
+    return _page_data(build_report(out, figures=False))
+
+
+def test_report_reads_the_match_probability_when_the_run_has_it(run_folder, tmp_path):
+    data = _report_with_probability(run_folder, tmp_path / "out",
+                                    lambda n: np.linspace(0, 1, n))
     assert data["link"]["kind"] == "probability"
     assert data["link"]["threshold"] == 0.5
     weakest = [c["weakest"] for c in data["clusters"] if c["weakest"] is not None]
     assert weakest and all(0 <= w <= 1 for w in weakest)
+
+
+def test_report_shows_the_similarity_when_the_probability_could_not_be_fitted(run_folder,
+                                                                               tmp_path):
+    # a run too small to fit the probability stores NaN for every pair
+    data = _report_with_probability(run_folder, tmp_path / "out",
+                                    lambda n: np.full(n, np.nan, np.float32))
+    assert data["link"]["kind"] == "similarity"
 
 
 def test_report_of_a_folder_without_a_run_is_one_error_line(tmp_path, capsys):

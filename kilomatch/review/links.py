@@ -1,8 +1,9 @@
 """The strength of every candidate link of a finished run, read in one place.
 
 A run that learned a match probability per pair stores it as ``probability`` in
-``CandidatePairs.npz``; older runs (and ``clustering.method: similarity``) have only the
-weighted similarity. The report shows whichever the run has and says which.
+``CandidatePairs.npz`` (whichever ``clustering.method`` made the clusters); older runs, and
+runs too small to fit it (NaN), have only the weighted similarity. The report shows the
+probability when the run has it, else the similarity, and says which.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def read_links(folder, settings: dict) -> Links:
     with np.load(path, allow_pickle=False) as z:
         pairs = z["pairs"].reshape(-1, 2).astype(np.int64)
         shank_of_pair = z["shank"] if "shank" in z.files else None
-        if "probability" in z.files:
+        # a run too small to fit the probability stores it as NaN: its links are similarities
+        if "probability" in z.files and np.isfinite(z["probability"]).all():
             value, kind = z["probability"].astype(np.float64), "probability"
         else:
             value, kind = z["similarity"].astype(np.float64), "similarity"

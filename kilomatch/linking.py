@@ -1,0 +1,183 @@
+"""Final clusters from the match probability: link, cluster, report (issue 12).
+
+The probability of every candidate pair (:mod:`kilomatch.probability`) is fitted on each
+probe or shank. With clustering.method 'probability' it replaces the weighted similarity:
+HDBSCAN runs on the distance 1 / (2 p) (the published similarity-to-distance map applied to
+S = atanh(2p - 1)), and :func:`kilomatch.curation.curate_by_probability` splits and resolves
+conflicts by probability. Either way each unit's match confidence and the MatchTable rows are
+computed here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from .clustering import sparse_hdbscan
+from .probability import (MatchModel, fit_match_probability, pair_evidence,
+                          same_session_pairs)
+
+log = logging.getLogger("kilomatch")
+
+# Similarity features the probability always uses; PETH only when the settings list it.
+EVIDENCE_FEATURES = ("Waveform", "AutoCorr", "ISI")
+_P_FLOOR = 1e-6  # keeps 1 / (2p) finite: a pair of p = 0 is as far as a pair can be
+
+
+@dataclass
+class ProbabilityLinks:
+    """What the match probability adds to a track: the model, each candidate pair's
+    probability (P,), the evidence's column names, HDBSCAN's clusters of the probability (N,)
+    (the clusters before curation when ``made_clusters``), and each unit's match confidence
+    (N,) in its final cluster (NaN for units in no final cluster)."""
+
+    model: MatchModel
+    feature_names: list
+    candidate_probability: np.ndarray
+    candidate_similarity: np.ndarray   # (P, F) Fisher z per evidence feature
+    labels: np.ndarray
+    match_confidence: np.ndarray | None = None
+    made_clusters: bool = False  # the final clusters rest on the probability
+
+
+def evidence_features(final_names: list) -> list:
+    """The similarity features of the probability: Waveform, AutoCorr, ISI, and PETH when
+    the final clustering lists it."""
+    return list(EVIDENCE_FEATURES) + (["PETH"] if "PETH" in final_names else [])
+
+
+def probability_distance(p: np.ndarray) -> np.ndarray:
+    """HDBSCAN distance of pairs of probability p: 1 / (2p), in [0.5, inf)."""
+    return 0.5 / np.maximum(np.asarray(p, np.float64), _P_FLOOR)
+
+
+def cluster_by_probability(n_units: int, pairs: np.ndarray, p: np.ndarray,
+                           max_cluster_size: int) -> np.ndarray:
+    """HDBSCAN labels (N,) (-1 none) of the candidate graph at distance 1 / (2p)."""
+    return sparse_hdbscan(n_units, pairs, probability_distance(p), max_cluster_size)
+
+
+def match_confidence(n_units: int, pairs: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Per unit, the lowest probability with another unit of its final cluster: (N,), NaN for
+    units in no cluster. pairs (Q, 2): every within-cluster pair, with its probability p (Q,)."""
+    out = np.full(n_units, np.inf)
+    np.minimum.at(out, pairs[:, 0], p)
+    np.minimum.at(out, pairs[:, 1], p)
+    out[np.isinf(out)] = np.nan
+    return out
+
+
+def pair_lookup(pairs: np.ndarray, values: np.ndarray, query: np.ndarray, n_units: int):
+    """values (P,) of ``pairs`` (P, 2) sorted by (i, j), at the ``query`` pairs (Q, 2):
+    (found (Q,) bool, value (Q,), NaN where not found)."""
+    key = pairs[:, 0] * n_units + pairs[:, 1]
+    q = query[:, 0] * n_units + query[:, 1]
+    at = np.clip(np.searchsorted(key, q), 0, max(key.size - 1, 0))
+    found = key.size > 0
+    found = (key[at] == q) if found else np.zeros(q.size, bool)
+    value = np.full(q.size, np.nan)
+    value[found] = values[at[found]]
+    return found, value
+
+
+def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude: np.ndarray,
+              n_spikes: np.ndarray, session: np.ndarray, shank: np.ndarray,
+              max_distance: float, max_cluster_size: int, seed: int = 0):
+    """Fit the match probability on one probe or shank and cluster by it.
+
+    pairs: (P, 2) candidate pairs; similarities: callable, (Q, 2) pairs -> (Q, F) Fisher z of
+    the evidence features; positions: (N, 3) motion-corrected x, y, z um; amplitude (N,) uV;
+    n_spikes, session, shank: (N,). Returns (ProbabilityLinks, evidence function (Q, 2) ->
+    (Q, K)), or None when there are too few pairs to fit (the caller keeps the similarity
+    path).
+    """
+    n = positions.shape[0]
+
+    def evidence(q):
+        return pair_evidence(similarities(q), positions, amplitude, n_spikes, q)
+
+    depth = positions[:, 1]
+    non = same_session_pairs(depth, session, max_distance, shank)
+    x_cand, x_non = evidence(pairs), evidence(non)
+    inside = full_window(depth, session, max_distance)
+    fit_c = np.flatnonzero(inside[pairs[:, 0]] & inside[pairs[:, 1]])
+    fit_n = np.flatnonzero(inside[non[:, 0]] & inside[non[:, 1]])
+    if min(fit_c.size, fit_n.size) < 200:  # a short span of units: fit on every pair
+        fit_c, fit_n = np.arange(len(pairs)), np.arange(len(non))
+    # Matches stay within a few um after motion correction: pairs farther apart than 30% of
+    # max_distance hold no match, which fixes the share of matches (the prior). (A wider
+    # anchor holds more same-session pairs, and their count is what limits the estimate.)
+    far = 0.3 * max_distance
+    model = fit_match_probability(x_cand[fit_c], x_non[fit_n],
+                                  np.abs(np.diff(depth[pairs[fit_c]], axis=1))[:, 0] > far,
+                                  np.abs(np.diff(depth[non[fit_n]], axis=1))[:, 0] > far, seed)
+    if model is None:
+        return None
+    p = model.predict(x_cand)
+    p[fit_c] = model.candidate_probability  # each from the models that did not see it
+    labels = cluster_by_probability(n, pairs, p, max_cluster_size)
+    links = ProbabilityLinks(model, [], p, x_cand[:, :x_cand.shape[1] - 6], labels)
+    return links, evidence
+
+
+def full_window(depth: np.ndarray, session: np.ndarray, max_distance: float) -> np.ndarray:
+    """(N,) bool: units whose window of +-max_distance (um) of corrected depth lies where
+    every session has units. Near the ends of the span, drift leaves some sessions without
+    partners at one side, so candidate pairs there are fewer at large distances than
+    same-session pairs; comparing the two sets only inside keeps that out of the fit."""
+    sessions = np.unique(session)
+    low = max(depth[session == k].min() for k in sessions) + max_distance
+    high = min(depth[session == k].max() for k in sessions) - max_distance
+    return (depth >= low) & (depth <= high)
+
+
+def within_cluster_probability(links: ProbabilityLinks, evidence, pairs: np.ndarray,
+                               q_pairs: np.ndarray, linkable: np.ndarray, n_units: int):
+    """Probability (Q,) of every within-cluster pair: the cross-fitted one for candidate
+    pairs, the fold models' mean for other linkable pairs, 0 for pairs that cannot link."""
+    found, p = pair_lookup(pairs, links.candidate_probability, q_pairs, n_units)
+    rest = np.flatnonzero(~found & linkable)
+    if rest.size:
+        p[rest] = links.model.predict(evidence(q_pairs[rest]))
+    p[~linkable] = 0.0
+    return p
+
+
+MATCH_TABLE_MIN_PROBABILITY = 0.05
+
+
+def match_table(parts: list, idx_cluster: np.ndarray, session_index: np.ndarray,
+                positions: np.ndarray) -> dict | None:
+    """Columns of MatchTable.csv: one row per candidate pair of probability >= 0.05, over
+    every shank, in global unit ids (ordered by unit pair). parts: (global unit ids (n,),
+    candidate pairs (P, 2) in local ids, ProbabilityLinks) per shank; idx_cluster,
+    session_index (N,); positions (N, 3) motion-corrected x, y, z um. None when no part has
+    a probability."""
+    rows = []
+    for members, pairs, links in parts:
+        if links is None:
+            continue
+        keep = links.candidate_probability >= MATCH_TABLE_MIN_PROBABILITY
+        rows.append((members[pairs[keep]], links.candidate_probability[keep],
+                     links.candidate_similarity[keep], links.feature_names))
+    if not rows:
+        return None
+    names = rows[0][3]
+    pairs = np.vstack([r[0] for r in rows]).reshape(-1, 2)
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    pairs = pairs[order]
+    a, b = pairs[:, 0], pairs[:, 1]
+    table = {"unit_a": a, "unit_b": b, "session_a": session_index[a],
+             "session_b": session_index[b],
+             "probability": np.concatenate([r[1] for r in rows])[order]}
+    sims = np.vstack([r[2] for r in rows]).reshape(-1, len(names))[order]
+    for k, name in enumerate(names):
+        table[name] = sims[:, k]
+    diff = positions[a] - positions[b]
+    table["distance_um"] = np.linalg.norm(diff, axis=1)
+    table["dy_um"] = np.abs(diff[:, 1])
+    same = (idx_cluster[a] == idx_cluster[b]) & (idx_cluster[a] > 0)
+    table["same_final_cluster"] = np.where(same, "yes", "no")
+    return table

@@ -1,0 +1,186 @@
+"""Match probability of candidate pairs, learned from each dataset's own non-matches.
+
+Two units of one session (and one shank) are different neurons by definition, so the
+same-session pairs within ``clustering.max_distance`` are a sample of non-matches, at every
+distance, amplitude and spike count the data holds. The cross-session candidate pairs are a
+mixture of non-matches, drawn from that same distribution, and matches. A classifier that
+tells the two sets of pairs apart, calibrated by isotonic regression, estimates the density
+ratio r(x) = f_candidate(x) / f_non(x) of the pairs' evidence x; with pi the fraction of
+matches among candidate pairs,
+
+    P(match | x) = 1 - (1 - pi) / r(x).
+
+pi is estimated, not assumed: in a region that holds no match (the caller's anchor, e.g.
+pairs whose corrected depths are far apart) the candidate pairs are all non-matches, so their
+share there is (1 - pi) times the non-matches' share. The estimate is as good as the number
+of same-session pairs allows (a few hundred give +-0.05).
+
+The classifier is gradient-boosted trees on the evidence (similarities, motion-corrected
+position differences, amplitude and amplitude ratio, spike count), so that it sees how
+similarity depends on signal-to-noise, which no single threshold on a weighted similarity can.
+Every pair's probability comes from models that did not see it (cross-fitting). Arrays in,
+arrays out.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+log = logging.getLogger("kilomatch")
+
+# Columns of the evidence besides the similarity features (see pair_evidence).
+POSITION_COLUMNS = ("dx_um", "dy_um", "dz_um")
+UNIT_COLUMNS = ("log_amplitude_min", "log_amplitude_ratio", "log_spikes_min")
+
+
+def same_session_pairs(depth: np.ndarray, session: np.ndarray, max_distance: float,
+                       shank: np.ndarray | None = None) -> np.ndarray:
+    """Pairs (i < j) of units of one session (and shank) with |depth_i - depth_j| <=
+    max_distance: (Q, 2) int64, sorted. depth (N,) um; session, shank (N,) ids."""
+    from .similarity import candidate_pairs
+    depth = np.asarray(depth, dtype=np.float64)
+    group = np.asarray(session, dtype=np.int64)
+    if shank is not None:
+        group = group * (int(np.max(shank, initial=0)) + 1) + np.asarray(shank, np.int64)
+    # candidate_pairs keeps pairs of different "sessions" that share a group: every unit is
+    # its own session here, and the group is (session, shank).
+    return candidate_pairs(depth, np.arange(depth.size), max_distance, group)
+
+
+def pair_evidence(similarities: np.ndarray, positions: np.ndarray, amplitude: np.ndarray,
+                  n_spikes: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """Evidence of each pair for the classifier: (P, F + 6) float64.
+
+    similarities: (P, F) Fisher z per feature; positions: (N, 3) motion-corrected x, y, z um;
+    amplitude: (N,) uV; n_spikes: (N,). Columns: the F similarities, |dx|, |dy|, |dz| (um),
+    log10 of the smaller amplitude, |log10 amplitude ratio|, log10 of the smaller spike count
+    (+1).
+    """
+    a, b = pairs[:, 0], pairs[:, 1]
+    diff = np.abs(positions[a] - positions[b])
+    amp = np.log10(np.maximum(np.asarray(amplitude, np.float64), 1e-3))
+    spikes = np.log10(np.asarray(n_spikes, np.float64) + 1)
+    return np.column_stack([similarities, diff,
+                            np.minimum(amp[a], amp[b]), np.abs(amp[a] - amp[b]),
+                            np.minimum(spikes[a], spikes[b])])
+
+
+@dataclass
+class MatchModel:
+    """A fitted match probability: the fold models, the calibration, the match prior.
+
+    prior: estimated fraction of matches among candidate pairs; n_candidates, n_non_matches:
+    pairs the fit saw; candidate_probability: (P,) cross-fitted probability of each candidate
+    pair (each from the model that did not train on it).
+    """
+
+    models: list
+    calibration: object
+    prior: float
+    n_candidates: int
+    n_non_matches: int
+    candidate_probability: np.ndarray
+    non_match_probability: np.ndarray = field(repr=False, default=None)
+
+    def predict(self, evidence: np.ndarray) -> np.ndarray:
+        """Probability of pairs none of the models trained on: (P, K) -> (P,), from the mean
+        score of the fold models."""
+        if not len(evidence):
+            return np.zeros(0)
+        with _one_thread():
+            score = np.mean([m.predict_proba(evidence)[:, 1] for m in self.models], axis=0)
+        return _probability(self.calibration.predict(score), self.prior)
+
+
+def _probability(g: np.ndarray, prior: float) -> np.ndarray:
+    """P(match) from the calibrated share g of candidates (balanced classes): the density
+    ratio is g / (1 - g)."""
+    g = np.clip(g, 1e-9, 1 - 1e-9)
+    return np.clip(1.0 - (1.0 - prior) * (1 - g) / g, 0.0, 1.0)
+
+
+def _one_thread():
+    """The trees on one thread: on a shared machine OpenMP's spinning threads made the fit
+    ten times slower; the small fits here gain little from more (results are the same)."""
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(1)
+
+
+def _classifier(seed: int):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    # No early stopping: it would hold out a random validation set; a fixed number of
+    # shallow, regularised trees keeps the density ratio smooth where pairs are few.
+    return HistGradientBoostingClassifier(
+        max_iter=60, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=40,
+        l2_regularization=1.0, early_stopping=False, random_state=seed)
+
+
+def _balanced_weight(y: np.ndarray) -> np.ndarray:
+    """Sample weights giving both classes of y (0/1) the same total."""
+    n_pos = max(int(y.sum()), 1)
+    n_neg = max(int(y.size - y.sum()), 1)
+    return np.where(y == 1, 0.5 / n_pos, 0.5 / n_neg) * y.size
+
+
+def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
+                          anchor: np.ndarray, anchor_non: np.ndarray, seed: int = 0,
+                          n_folds: int = 3, max_train: int = 200_000) -> MatchModel | None:
+    """Fit the match probability of candidate pairs against same-session non-matches.
+
+    candidates: (P, K) evidence of the cross-session candidate pairs; non_matches: (Q, K)
+    evidence of same-session pairs; anchor, anchor_non: (P,), (Q,) bool, pairs that cannot be
+    matches (e.g. corrected depths too far apart), from which the prior is estimated. Every
+    row gets a fold; the model of fold k trains on at most ``max_train`` rows of the other
+    folds (drawn with ``seed``), classes weighted equally, and scores fold k's rows. The
+    cross-fitted scores are then calibrated to the share of candidates by isotonic
+    regression (a monotone map, so it keeps the ranking). Returns None when either set is too
+    small to fit (fewer than 50 rows).
+    """
+    from sklearn.isotonic import IsotonicRegression
+    n_c, n_n = len(candidates), len(non_matches)
+    if n_c < 50 or n_n < 50:
+        return None
+    rng = np.random.default_rng(seed)
+    x = np.vstack([candidates, non_matches]).astype(np.float64)
+    y = np.r_[np.ones(n_c, np.int8), np.zeros(n_n, np.int8)]
+    fold = rng.permutation(np.arange(x.shape[0]) % n_folds)
+    score = np.empty(x.shape[0])
+    with _one_thread():
+        models = _cross_fit(x, y, fold, n_folds, max_train, rng, seed, score)
+    calibration = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
+    calibration.fit(score, y, sample_weight=_balanced_weight(y))
+    prior = match_prior(anchor, anchor_non)
+    g = calibration.predict(score)
+    log.info("match probability: %d candidate pairs, %d same-session pairs; estimated "
+             "fraction of matches among candidate pairs %.4f", n_c, n_n, prior)
+    return MatchModel(models, calibration, prior, n_c, n_n, _probability(g[:n_c], prior),
+                      _probability(g[n_c:], prior))
+
+
+def _cross_fit(x, y, fold, n_folds, max_train, rng, seed, score) -> list:
+    """Fit one classifier per fold on the other folds; fill ``score`` (n,) of each fold's
+    rows from the model that did not see them. Returns the models."""
+    models = []
+    for k in range(n_folds):
+        train = np.flatnonzero(fold != k)
+        if train.size > max_train:
+            train = np.sort(rng.choice(train, max_train, replace=False))
+        model = _classifier(seed + k).fit(x[train], y[train],
+                                          sample_weight=_balanced_weight(y[train]))
+        test = np.flatnonzero(fold == k)
+        score[test] = model.predict_proba(x[test])[:, 1]
+        models.append(model)
+    return models
+
+
+def match_prior(anchor: np.ndarray, anchor_non: np.ndarray) -> float:
+    """Fraction of matches among candidate pairs: in a region that holds no match (``anchor``
+    (P,) of the candidates, ``anchor_non`` (Q,) of the same-session pairs) the candidates are
+    all non-matches, so their share there is (1 - pi) times the non-matches' share."""
+    share_non = float(np.mean(anchor_non)) if len(anchor_non) else 0.0
+    if share_non <= 0:
+        return 0.0
+    return float(np.clip(1.0 - np.mean(anchor) / share_non, 0.0, 1.0 - 1e-6))

@@ -1,0 +1,132 @@
+"""Match probability learned from same-session non-matches, its use and its outputs."""
+
+import numpy as np
+import pytest
+
+from kilomatch import curation, linking, metrics
+from kilomatch.probability import (fit_match_probability, match_prior, pair_evidence,
+                                   same_session_pairs)
+
+
+def _mixture(seed, n_non=1500, n_cand=6000, prior=0.15):
+    """Evidence of a toy study: (z similarity, dy um, log amplitude). Non-matches: z ~ N(0, 1),
+    dy uniform on [0, 100]. Matches: z ~ N(2.5 + amplitude, 1) (bigger units correlate
+    better), dy ~ |N(0, 4)|. Returns candidates (P, 3), their truth (P,), non-matches (Q, 3)."""
+    rng = np.random.default_rng(seed)
+
+    def draw(n, match):
+        amp = rng.uniform(0, 1.5, n)
+        z = rng.normal(2.5 * amp if match else 0.0, 1.0, n)
+        dy = np.abs(rng.normal(0, 4, n)) if match else rng.uniform(0, 100, n)
+        return np.column_stack([z, dy, amp])
+
+    truth = rng.random(n_cand) < prior
+    cand = np.empty((n_cand, 3))
+    cand[truth] = draw(truth.sum(), True)
+    cand[~truth] = draw((~truth).sum(), False)
+    return cand, truth, draw(n_non, False)
+
+
+def test_probability_is_calibrated_on_a_known_mixture():
+    """Among pairs given probability in [a, b), the matched fraction lies within 0.05 of the
+    bin (deciles of >= 50 pairs); the prior is found within 0.03 of the true 0.15.
+
+    With 1,500 non-matches. With 1,000 the upper bins hold fewer matches than they say
+    (0.62 in [0.8, 0.9)): the ratio of few non-matches is estimated too high."""
+    cand, truth, non = _mixture(0)
+    model = fit_match_probability(cand, non, cand[:, 1] > 30, non[:, 1] > 30, seed=0)
+    assert abs(model.prior - truth.mean()) < 0.03
+    bins = metrics.calibration_bins(model.candidate_probability, truth)
+    enough = bins["n_pairs"] >= 50
+    assert enough.sum() >= 2
+    low, high = bins["low"][enough] - 0.05, bins["high"][enough] + 0.05
+    frac = bins["true_fraction"][enough]
+    assert np.all((frac >= low) & (frac <= high)), bins
+    # and it ranks: at p >= 0.5 most pairs are matches and most matches are found
+    chosen = model.candidate_probability >= 0.5
+    assert truth[chosen].mean() > 0.75 and chosen[truth].mean() > 0.7
+
+
+def test_prior_from_anchor_region():
+    """Half of the non-matches and 40% of the candidates lie in the anchor: 20% are matches."""
+    anchor_non = np.r_[np.ones(50, bool), np.zeros(50, bool)]
+    anchor = np.r_[np.ones(40, bool), np.zeros(60, bool)]
+    assert match_prior(anchor, anchor_non) == pytest.approx(0.2)
+    assert match_prior(anchor, np.zeros(10, bool)) == 0.0
+
+
+def test_fit_is_deterministic_and_refuses_too_few_pairs():
+    cand, _, non = _mixture(1, n_non=300, n_cand=1000)
+    a = fit_match_probability(cand, non, cand[:, 1] > 30, non[:, 1] > 30, seed=4)
+    b = fit_match_probability(cand, non, cand[:, 1] > 30, non[:, 1] > 30, seed=4)
+    assert np.array_equal(a.candidate_probability, b.candidate_probability)
+    assert np.array_equal(a.predict(cand[:7]), b.predict(cand[:7]))
+    assert fit_match_probability(cand[:49], non, cand[:49, 1] > 30, non[:, 1] > 30) is None
+
+
+def test_same_session_pairs_stay_in_session_shank_and_distance():
+    depth = np.array([0.0, 10.0, 50.0, 200.0, 5.0, 8.0])
+    session = np.array([0, 0, 0, 0, 1, 1])
+    shank = np.array([0, 0, 1, 0, 0, 0])
+    pairs = same_session_pairs(depth, session, 100.0, shank)
+    assert pairs.tolist() == [[0, 1], [4, 5]]
+
+
+def test_pair_evidence_columns():
+    sims = np.array([[1.0, 2.0]])
+    pos = np.array([[0.0, 10.0, 5.0], [3.0, 14.0, 1.0]])
+    x = pair_evidence(sims, pos, np.array([100.0, 10.0]), np.array([99, 999]),
+                      np.array([[0, 1]]))
+    assert x.tolist() == [[1.0, 2.0, 3.0, 4.0, 4.0, 1.0, 1.0, 2.0]]
+
+
+def test_average_link_split_breaks_a_chain_that_components_keep():
+    """Units 0-2 and 3-5 are two neurons, joined by one strong link (2, 3): the connected
+    components at 0.5 keep one cluster; the mean probability between the groups is low, so
+    the average-link split takes them apart and records the cross pairs."""
+    labels = np.zeros(6, np.int64)
+    pairs = curation.within_cluster_pairs(labels)
+    same_group = (pairs[:, 0] < 3) == (pairs[:, 1] < 3)
+    p = np.where(same_group, 0.95, 0.05)
+    p[(pairs[:, 0] == 2) & (pairs[:, 1] == 3)] = 0.9
+    kept, _ = curation.split_clusters(labels, pairs, p, np.ones(len(p), bool), 0.5)
+    assert np.unique(kept).size == 1
+    split, removed = curation.split_by_average_link(labels, pairs, p, 0.5)
+    assert split[:3].tolist() == [0, 0, 0] and len(set(split[3:])) == 1 and split[3] != 0
+    assert len(removed) == 9
+    # one neuron whose pairs are all probable stays whole
+    whole, none = curation.split_by_average_link(labels, pairs, np.full(len(p), 0.7), 0.5)
+    assert np.unique(whole).size == 1 and len(none) == 0
+
+
+def test_curation_by_probability_records_reasons():
+    """Average-link split first, then a same-session conflict dropped by probability."""
+    labels = np.array([0, 0, 0, 0])
+    session = np.array([0, 1, 2, 2])
+    pairs = curation.within_cluster_pairs(labels)  # (0,1) (0,2) (0,3) (1,2) (1,3) (2,3)
+    # unit 3 is on average not probably the neuron of 0-2: split off, then dissolved
+    cur = curation.curate_by_probability(labels, session, pairs,
+                                         np.array([0.9, 0.9, 0.6, 0.9, 0.5, 0.0]), 0.5)
+    assert cur.labels.tolist() == [0, 0, 0, -1]
+    assert {curation.REASONS[k] for k in cur.removed_reason} == {"split_average_probability"}
+    # unit 3 joins on average (mean 0.53), but clashes with unit 2 of its session and is
+    # less probably matched to the rest (0.53 vs 0.6): the conflict drops it
+    cur = curation.curate_by_probability(labels, session, pairs,
+                                         np.array([0.9, 0.9, 0.8, 0.9, 0.8, 0.0]), 0.5)
+    assert cur.labels.tolist() == [0, 0, 0, -1]
+    assert {curation.REASONS[k] for k in cur.removed_reason} == {"same_session_conflict"}
+
+
+def test_match_confidence_and_table():
+    pairs = np.array([[0, 1], [0, 2], [1, 2]])
+    conf = linking.match_confidence(4, pairs, np.array([0.9, 0.6, 0.8]))
+    assert conf[:3].tolist() == [0.6, 0.8, 0.6] and np.isnan(conf[3])
+    links = linking.ProbabilityLinks(None, ["Waveform"], np.array([0.9, 0.01, 0.3]),
+                                     np.array([[1.0], [2.0], [3.0]]), np.zeros(4))
+    table = linking.match_table([(np.array([0, 1, 2, 3]), np.array([[2, 3], [0, 1], [0, 2]]),
+                                  links)], np.array([1, -1, 1, 1]), np.array([1, 2, 3, 4]),
+                                np.zeros((4, 3)))
+    assert table["unit_a"].tolist() == [0, 2] and table["unit_b"].tolist() == [2, 3]
+    assert table["probability"].tolist() == [0.3, 0.9]
+    assert table["Waveform"].tolist() == [3.0, 1.0]
+    assert table["same_final_cluster"].tolist() == ["yes", "yes"]

@@ -314,8 +314,10 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         final.waveforms_corrected, final.channels_corrected = corrected_waveforms(
             units, data.channel_locations, motion, s.waveformCorrection, kinv)
     note("final clustering")
-    fitted = fit_probability(data, units, final, s, final_names)
-    note("match probability")
+    fitted = None
+    if s.clustering.method == "probability" or s.clustering.match_probability:
+        fitted = fit_probability(data, units, final, s, final_names)
+        note("match probability")
     if s.clustering.method == "probability" and fitted is not None:
         cur = link_by_probability(units, final, s, *fitted)
         note("curation")

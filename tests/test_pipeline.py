@@ -38,7 +38,7 @@ def sim_folder_state(sim_folder):
 
 def _settings(data, out, **extra):
     tree = {"path_to_data": str(data), "output_folder": str(out), "n_jobs": 1,
-            "motionEstimation": {"n_bootstrap": 200}}
+            "motionEstimation": {"n_bootstrap": 200}, "clustering": {"match_probability": True}}
     for key, value in extra.items():
         node = tree
         *parents, leaf = key.split(".")

@@ -42,7 +42,6 @@ def setup_logging(stream=None, level: int = logging.INFO) -> logging.Handler:
             return handler
     handler = logging.StreamHandler(stream if stream is not None else sys.stdout)
     handler.setFormatter(logging.Formatter(_CONSOLE_FORMAT))
-    handler._kilomatch_console = True
     log.addHandler(handler)
     if log.level == logging.NOTSET or log.level > level:
         log.setLevel(level)

@@ -43,6 +43,20 @@ def _group_pairs(*keys: np.ndarray) -> int:
     return _n_pairs(np.bincount(codes))
 
 
+def _labels(idx_cluster, gt_neuron, session_index, **other):
+    """The three label vectors (N,) int64, checked, and of one length with any ``other``
+    named (N,) array."""
+    named = {"idx_cluster": as_integers(idx_cluster, "idx_cluster"),
+             "gt_neuron": as_integers(gt_neuron, "gt_neuron"),
+             "session_index": as_integers(session_index, "session_index")}
+    sizes = [v.size for v in (*named.values(), *other.values())]
+    if len(set(sizes)) > 1:
+        names = list(named) + list(other)
+        raise KilomatchError(f"{', '.join(names[:-1])} and {names[-1]} must have the same "
+                             f"length, got {', '.join(map(str, sizes))}")
+    return tuple(named.values())
+
+
 def pair_scores(idx_cluster, gt_neuron, session_index) -> dict:
     """Pairwise precision / recall / F1 of a clustering against ground truth.
 
@@ -59,12 +73,7 @@ def pair_scores(idx_cluster, gt_neuron, session_index) -> dict:
     n_pred_pairs, n_correct_pairs (cross-session pairs only), n_conflicts (same-session pairs
     sharing a cluster), n_units.
     """
-    cl = as_integers(idx_cluster, "idx_cluster")
-    gt = as_integers(gt_neuron, "gt_neuron")
-    ss = as_integers(session_index, "session_index")
-    if not cl.size == gt.size == ss.size:
-        raise KilomatchError("idx_cluster, gt_neuron and session_index must have the same "
-                             f"length, got {cl.size}, {gt.size}, {ss.size}")
+    cl, gt, ss = _labels(idx_cluster, gt_neuron, session_index)
     m = cl != -1
     # Cross-session pairs = all pairs in the group - pairs that also share the session.
     same_cluster_session = _group_pairs(cl[m], ss[m])
@@ -114,13 +123,8 @@ def recall_by_amplitude(idx_cluster, gt_neuron, session_index, amplitude_uv,
     clustering puts in one cluster, not -1), recall (None when the band holds no true pair).
     The true pairs are listed per neuron, so memory grows with the pairs, not with N^2.
     """
-    cl = as_integers(idx_cluster, "idx_cluster")
-    gt = as_integers(gt_neuron, "gt_neuron")
-    ss = as_integers(session_index, "session_index")
     amp = np.asarray(amplitude_uv, dtype=np.float64).reshape(-1)
-    if not cl.size == gt.size == ss.size == amp.size:
-        raise KilomatchError("idx_cluster, gt_neuron, session_index and amplitude_uv must have "
-                             f"the same length, got {cl.size}, {gt.size}, {ss.size}, {amp.size}")
+    cl, gt, ss = _labels(idx_cluster, gt_neuron, session_index, amplitude_uv=amp)
     order = np.argsort(gt, kind="stable")
     starts = np.flatnonzero(np.r_[True, gt[order][1:] != gt[order][:-1]])
     sizes = np.diff(np.r_[starts, gt.size])

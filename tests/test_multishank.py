@@ -81,6 +81,10 @@ def test_multishank_outputs_and_figures(four_shank):
         assert len(list((out / "Figures" / f"Shank{k}").glob("*.png"))) == 6 + fitted
     header = (out / "units.csv").read_text().splitlines()[0]
     assert header.endswith(",shank")
+    # the match probability is learned only when asked for (clustering.match_probability)
+    assert not (out / "MatchTable.csv").exists()
+    with np.load(out / "CandidatePairs.npz") as z:
+        assert np.isnan(z["probability"]).all()
     gt = np.load(folder / "gt_neuron.npy")
     assert metrics.pair_scores(result.idx_cluster, gt, result.data.session_index)["f1"] > 0.8
 

@@ -482,3 +482,13 @@ def test_nwb_errors(tmp_path, np1_sim):
     (tmp_path / "c.nwb").write_text("not hdf5")
     with pytest.raises(KilomatchError, match=r"session 2 \(.*c.nwb\): not a readable NWB"):
         import_nwb([tmp_path / "a.nwb", tmp_path / "c.nwb"], tmp_path / "out")
+
+
+def test_spikeinterface_probe_without_shank_ids():
+    """probeinterface leaves shank_ids None (generate_linear_probe, set_contacts without
+    shank_ids); that means one shank, not an IndexError."""
+    probeinterface = pytest.importorskip("probeinterface")
+    from kilomatch.formats.spikeinterface import _shanks_by_position
+    probe = probeinterface.generate_linear_probe(num_elec=8)
+    xy = np.asarray(probe.contact_positions)
+    assert _shanks_by_position(xy, xy, probe.shank_ids, "session 1") is None

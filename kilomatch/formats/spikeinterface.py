@@ -14,8 +14,13 @@ from .sessions import (SessionUnits, check_session_list, foreign_errors, need_mo
 
 def _shanks_by_position(channel_xy: np.ndarray, contact_xy: np.ndarray, contact_shank,
                         where: str) -> np.ndarray | None:
-    """Shank id per channel, matching contacts to channels by position."""
-    shank = np.asarray(contact_shank).astype(str)
+    """Shank id per channel, matching contacts to channels by position.
+
+    None when the probe carries no shank ids: probeinterface leaves `shank_ids` None for
+    probes built with `set_contacts` or `generate_linear_probe`."""
+    if contact_shank is None:
+        return None
+    shank = np.asarray(contact_shank).astype(str).ravel()
     if shank.size == 0 or np.all(shank == ""):
         return None
     codes = np.unique(shank, return_inverse=True)[1].ravel()

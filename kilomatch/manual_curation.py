@@ -234,20 +234,66 @@ def _decision_arrays(decisions: list) -> dict:
     }
 
 
-def _units_csv_with_clusters(path: Path, idx: np.ndarray) -> str:
-    """The text of ``units.csv`` with its cluster column replaced by ``idx``."""
+def _curated_confidence(idx: np.ndarray, new: np.ndarray, confidence: np.ndarray,
+                        folder: Path) -> np.ndarray:
+    """match_confidence (N,) after the decisions: kept for units whose cluster kept its
+    members, recomputed for the others from the run's candidate-pair probabilities
+    (CandidatePairs.npz), NaN for units left unmatched or with no scored pair in their new
+    cluster. A pair the reviewer joined that was never a candidate has no probability and
+    does not count."""
+    from .curation import within_cluster_pairs
+    from .linking import match_confidence, pair_lookup
+    moved = new != idx
+    touched = (np.isin(new, new[moved]) | np.isin(idx, idx[moved])) & (new > 0)
+    out = confidence.astype(np.float64).copy()
+    out[new <= 0] = np.nan
+    if not touched.any():
+        return out
+    path = folder / "CandidatePairs.npz"
+    with np.load(path, allow_pickle=False) as z:
+        if "probability" not in z.files:
+            out[touched] = np.nan
+            return out
+        pairs, p = z["pairs"].astype(np.int64), z["probability"].astype(np.float64)
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))  # pair_lookup wants them sorted by (i, j)
+    pairs, p = pairs[order], p[order]
+    q = within_cluster_pairs(np.where(touched, new, -1))
+    found, value = pair_lookup(pairs, p, q, idx.size)
+    keep = found & np.isfinite(value)
+    out[touched] = match_confidence(idx.size, q[keep], value[keep])[touched]
+    return out
+
+
+def _units_csv_with_clusters(path: Path, idx: np.ndarray, confidence=None) -> str:
+    """The text of ``units.csv`` with its cluster column replaced by ``idx`` (and its
+    match_confidence column by ``confidence``, when given)."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     column = rows[0].index("cluster")
+    conf_column = rows[0].index("match_confidence") if confidence is not None else None
     if len(rows) - 1 != idx.size:
         raise KilomatchError(f"{path} has {len(rows) - 1} units, IdxCluster.npy {idx.size}")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(rows[0])
-    for row, c in zip(rows[1:], idx):
+    for k, (row, c) in enumerate(zip(rows[1:], idx)):
         row[column] = str(int(c))
+        if conf_column is not None:
+            row[conf_column] = f"{confidence[k]:.3f}"  # as export.save_units_csv writes it
         writer.writerow(row)
     return buf.getvalue()
+
+
+def _confidence_column(folder: Path, idx: np.ndarray, new: np.ndarray):
+    """The curated match_confidence (N,), or None when units.csv has no such column."""
+    with open(folder / "units.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "match_confidence" not in rows[0]:
+        return None
+    confidence = np.array([float(r["match_confidence"]) for r in rows])
+    if confidence.size != idx.size:
+        return None  # _units_csv_with_clusters names the mismatch
+    return _curated_confidence(idx, new, confidence, folder)
 
 
 def apply_curation(output_folder, curation) -> Path:
@@ -302,7 +348,8 @@ def apply_curation(output_folder, curation) -> Path:
         (out / "Output.npz").unlink()
     save_npy(out / "IdxCluster.npy", new.reshape(-1, 1))
     save_npy(out / "MatchedPairs.npy", pairs)
-    save_text(out / "units.csv", _units_csv_with_clusters(folder / "units.csv", new))
+    save_text(out / "units.csv", _units_csv_with_clusters(folder / "units.csv", new,
+                                                          _confidence_column(folder, idx, new)))
     save_text(out / "tracked_neurons.csv",
               tracked_csv(new, output["SessionIndex"], sorter_ids))
     save_npz(out / "CurationResults.npz", results)

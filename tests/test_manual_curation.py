@@ -142,3 +142,27 @@ def test_a_new_run_removes_the_earlier_runs_review_and_curated_results(output_fo
     clear_previous(output_folder)
     left = [p for p in output_folder.rglob("*") if p.is_file()]
     assert left == []
+
+
+def test_curated_match_confidence_follows_the_new_clusters(output_folder, tmp_path):
+    """After a split and a merge, units.csv's match_confidence is the lowest candidate-pair
+    probability inside each unit's new cluster; untouched clusters keep theirs."""
+    conf = np.array([0.5, 0.8, 0.6, np.nan, 0.5, 0.8, 0.6, 0.5, 0.7, 0.7])
+    save_units_csv(output_folder / "units.csv", {"unit": np.arange(10), "session": SESSION,
+                                                 "cluster": IDX, "match_confidence": conf})
+    pairs = np.array([[0, 4], [0, 7], [4, 7], [1, 5], [2, 6], [8, 9], [2, 8], [6, 9]])
+    prob = np.array([0.9, 0.5, 0.55, 0.8, 0.6, 0.7, 0.4, 0.3])
+    save_npz(output_folder / "CandidatePairs.npz", {"pairs": pairs[::-1], "probability":
+                                                    prob[::-1]})
+    curation = tmp_path / "curation.json"
+    curation.write_text(json.dumps({"decisions": [
+        {"cluster": 1, "action": "split", "units": [7]},
+        {"cluster": 3, "action": "merge", "with": 4}]}))
+    kilomatch.apply_curation(output_folder, curation)
+    rows = list(csv.DictReader(open(output_folder / "curated" / "units.csv")))
+    got = [r["match_confidence"] for r in rows]
+    # 0, 4: cluster 1 without 7 -> 0.9; 1, 5 untouched -> 0.8; 3, 7 unmatched -> nan;
+    # cluster 3 = {2, 6, 8, 9}: 2 -> min(0.6, 0.4), 6 -> min(0.6, 0.3), 8 -> min(0.7, 0.4),
+    # 9 -> min(0.7, 0.3)
+    assert got == ["0.900", "0.800", "0.400", "nan", "0.900", "0.800", "0.300", "nan",
+                   "0.400", "0.300"]

@@ -48,6 +48,8 @@ _KS4_MARKERS = ("kilosort4.log", "ops.npy", "whitening_mat_dat.npy", "kept_spike
                 "spike_detection_templates.npy")
 # Kilosort's whitened (and, from KS2.5 on, drift-corrected) copy of the data, never a raw file.
 _WHITENED_COPY = "temp_wh.dat"
+# Named when a session's channels differ from the first session's.
+_GEOMETRY_FILES = "channel_map.npy, channel_positions.npy"
 # Kilosort's template length and trough sample (nt0 = 61, nt0min = 20).
 _KS_NT0, _KS_NT0MIN = 61, 20
 
@@ -502,7 +504,7 @@ def _read_phy_session(folder, index: int, *, units: str, n_spikes: int, seed: in
                                         n_before, n_after, n_ch, gain_uv)
         times = [samples[idx] / fs * 1000.0 for idx in spike_index]
         return SessionUnits(folder, positions[:, :2], shanks, ids.tolist(), n_before + n_after,
-                            times, waves)
+                            times, waves, _GEOMETRY_FILES)
 
     for key in ("n_channels_dat",):
         if not isinstance(params.get(key), int) or params[key] < 1:
@@ -551,7 +553,7 @@ def _read_phy_session(folder, index: int, *, units: str, n_spikes: int, seed: in
 
     times = [samples[idx] / fs * 1000.0 for _, idx in keep]
     return SessionUnits(folder, positions[:, :2], shanks, [u for u, _ in keep],
-                        n_before + n_after, times, waves)
+                        n_before + n_after, times, waves, _GEOMETRY_FILES)
 
 
 # import_phy's own arguments (the sessions' contents are checked by the reader).

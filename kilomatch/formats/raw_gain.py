@@ -4,10 +4,10 @@ Two sources are read; anything else needs the user's ``--gain-uv``:
 
 - **SpikeGLX**: the ``.meta`` text file of the same stem as the ``.bin`` (``run_g0_t0.imec0.ap.bin``
   -> ``run_g0_t0.imec0.ap.meta``), ``key=value`` lines. uV per bit =
-  ``imAiRangeMax / imMaxInt / gain * 1e6``. The gain: ``imChan0apGain`` (``imChan0lfGain`` for an
-  ``.lf.bin``) where SpikeGLX wrote it; else the ``~imroTbl``: Neuropixels 1.0 entries are
-  ``(chan bank refid apgain lfgain aphipass)`` and hold the gains, 2.0 entries hold none (a fixed
-  gain of 80). ``imMaxInt`` is absent from old 1.0 files: 512 there (10-bit ADC), 8192 for 2.0.
+  ``imAiRangeMax / imMaxInt / gain * 1e6``. The gain: Neuropixels 1.0 ``~imroTbl`` entries are
+  ``(chan bank refid apgain lfgain aphipass)`` and hold each channel's gains; other probes'
+  entries hold none: ``imChan0apGain`` (``imChan0lfGain`` for an ``.lf.bin``) where SpikeGLX
+  wrote it, else the fixed gain of 80 of Neuropixels 2.0. ``imMaxInt`` is absent from old 1.0 files: 512 there (10-bit ADC), 8192 for 2.0.
 - **Open Ephys** (binary format): ``structure.oebin``, JSON, in the recording folder two levels
   above ``continuous/<stream folder>/continuous.dat``; the stream whose ``folder_name`` is the
   raw file's folder gives ``bit_volts`` (and ``units``) per channel.
@@ -64,12 +64,12 @@ def spikeglx_gain_uv(meta_path: Path, rows: np.ndarray, where: str) -> float:
     header, entries = _imro_entries(meta.get("imroTbl", ""))
     np1 = bool(entries) and all(len(e) == 6 for e in entries)  # chan bank refid apgain lfgain hp
     key = "imChan0lfGain" if lf else "imChan0apGain"
-    if key in meta:
-        gains = [meta[key]]
-    elif np1:
+    if np1:  # per channel; imChan0apGain would be channel 0's only
         wanted = {str(r) for r in rows.tolist()}
         on = [e for e in entries if e[0] in wanted] or entries
         gains = sorted({e[4 if lf else 3] for e in on})
+    elif key in meta:
+        gains = [meta[key]]
     elif entries:
         gains = [_NP2_GAIN]
     else:

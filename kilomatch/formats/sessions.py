@@ -39,6 +39,8 @@ class SessionUnits:
     n_samples: T, samples per waveform.
     spike_times_ms: one array of spike times in ms per unit.
     waveforms: callable yielding one (C, T) array in uV per unit, in unit order.
+    geometry_source: where the channels came from, named when sessions differ (e.g.
+        "channel_map.npy, channel_positions.npy").
     """
 
     path: Path
@@ -48,6 +50,7 @@ class SessionUnits:
     n_samples: int
     spike_times_ms: list
     waveforms: Callable[[], Iterator[np.ndarray]]
+    geometry_source: str = ""
 
 
 def session_name(index: int, path) -> str:
@@ -81,8 +84,9 @@ def check_sessions(sessions: list[SessionUnits]) -> None:
     for k, s in enumerate(sessions[1:], 2):
         diff = _geometry_difference(ref, s)
         if diff:
-            problems.append(f"{session_name(k, s.path)} has a different channel geometry from "
-                            f"{session_name(1, ref.path)}: {diff}")
+            source = f" ({s.geometry_source})" if s.geometry_source else ""
+            problems.append(f"{session_name(k, s.path)} has a different channel geometry"
+                            f"{source} from {session_name(1, ref.path)}: {diff}")
         elif s.n_samples != ref.n_samples:
             problems.append(f"{session_name(k, s.path)} has waveforms of {s.n_samples} "
                             f"samples, {session_name(1, ref.path)} of {ref.n_samples}; all "

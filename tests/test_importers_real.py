@@ -5,10 +5,13 @@ Kilosort 4 (torch), SpikeGLX, Open Ephys and bombcell do not run in CI: their fi
 written here the way those tools write them, each helper saying where that layout comes from.
 """
 
+import contextlib
+import csv
 import json
 import logging
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -23,7 +26,6 @@ N_CH = 12
 
 
 def read_source(out):
-    import csv
     with open(out / SOURCE_FILE, newline="") as f:
         return list(csv.DictReader(f))
 
@@ -362,3 +364,166 @@ def test_cli_errors_without_traceback(tmp_path, two_ks4, entry):
     assert "Traceback" not in run.stderr
     # the gain is asked for by its flag
     assert main(["phy", str(tmp_path / "out"), *map(str, two_ks4)]) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# SpikeInterface: analyzers and export_to_phy, written by SpikeInterface itself
+# --------------------------------------------------------------------------------------------
+
+SI_GAIN = 0.5   # uV per bit of the int16 recordings below
+
+
+@pytest.fixture(scope="module")
+def si_recording():
+    """SpikeInterface's ground-truth generator (its template model and noise) on a linear probe
+    from probeinterface's generate_linear_probe, which has no shank ids; stored as int16 with a
+    gain, two segments."""
+    si = pytest.importorskip("spikeinterface.core")
+    pi = pytest.importorskip("probeinterface")
+    probe = pi.generate_linear_probe(num_elec=16, ypitch=20)
+    probe.set_device_channel_indices(np.arange(16))
+    assert probe.shank_ids is None
+    rec, sorting = si.generate_ground_truth_recording(
+        durations=[3.0, 2.0], sampling_frequency=FS, num_units=5, probe=probe, seed=3,
+        noise_kwargs=dict(noise_levels=3.0, strategy="tile_pregenerated"))
+    segs = [np.round(rec.get_traces(segment_index=k) / SI_GAIN).astype(np.int16)
+            for k in range(2)]
+    return segs, rec.channel_ids, probe, sorting
+
+
+def si_int16(segs, channel_ids, probe, gain=True):
+    si = pytest.importorskip("spikeinterface.core")
+    rec = si.NumpyRecording(segs, sampling_frequency=FS, channel_ids=channel_ids)
+    if gain:
+        rec.set_channel_gains(SI_GAIN)
+        rec.set_channel_offsets(0.0)
+    attached = rec.set_probe(probe)        # a new recording before SI 0.104, in place after
+    return rec if attached is None else attached
+
+
+def si_analyzer(sorting, rec, *, in_uv=True):
+    si = pytest.importorskip("spikeinterface.core")
+    with _quiet():
+        try:
+            analyzer = si.create_sorting_analyzer(sorting, rec, format="memory", sparse=False,
+                                                  return_in_uV=in_uv)
+        except TypeError:  # SpikeInterface before 0.103 called it return_scaled
+            analyzer = si.create_sorting_analyzer(sorting, rec, format="memory", sparse=False,
+                                                  return_scaled=in_uv)
+        analyzer.compute("random_spikes", max_spikes_per_unit=10000, seed=0)
+        analyzer.compute("templates")
+    return analyzer
+
+
+@contextlib.contextmanager
+def _quiet():
+    """SpikeInterface's warnings (not serializable, progress) are not what is tested here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def test_spikeinterface_folder_zarr_segments_raw_units(tmp_path, si_recording, caplog):
+    """One sorting saved twice: a binary-folder analyzer scaled to uV and a .zarr analyzer in
+    raw units (return_in_uV=False), scaled on import by the gain_to_uV it saved. Two segments
+    laid end to end; a probe without shank ids is one shank."""
+    segs, channel_ids, probe, sorting = si_recording
+    rec = si_int16(segs, channel_ids, probe)
+    with _quiet():
+        si_analyzer(sorting, rec).save_as(format="binary_folder", folder=tmp_path / "a")
+        si_analyzer(sorting, rec, in_uv=False).save_as(format="zarr", folder=tmp_path / "b.zarr")
+    with caplog.at_level(logging.INFO, logger="kilomatch"):
+        out = import_spikeinterface([tmp_path / "a", tmp_path / "b.zarr"], tmp_path / "out")
+    assert "gain 0.5 uV per unit, from the recording's gain_to_uV" in caplog.text
+    data = load_dataset(out)
+    n = len(sorting.unit_ids)
+    assert data.n_units == 2 * n and not (out / "channel_shanks.npy").exists()
+    assert np.array_equal(data.channel_locations, np.asarray(probe.contact_positions))
+    wf = np.asarray(data.waveforms)
+    assert np.allclose(wf[:n], wf[n:], atol=1e-3) and np.ptp(wf) > 20
+    first = segs[0].shape[0]
+    for k, u in enumerate(sorting.unit_ids):
+        expect = np.concatenate([sorting.get_unit_spike_train(u, segment_index=0),
+                                 sorting.get_unit_spike_train(u, segment_index=1) + first])
+        assert np.allclose(data.spike_times[k], expect / FS * 1000.0)
+        assert np.allclose(data.spike_times[n + k], expect / FS * 1000.0)
+    # --gain-uv overrides the saved gain
+    out2 = import_spikeinterface([tmp_path / "a", tmp_path / "b.zarr"], tmp_path / "out2",
+                                 gain_uv=1.0)
+    assert np.allclose(np.asarray(load_dataset(out2).waveforms)[n:], wf[n:] * 2, atol=1e-3)
+
+
+def test_spikeinterface_no_gain_and_empty_unit(tmp_path, si_recording, caplog):
+    """A recording with no gain, templates in raw units: an error naming --gain-uv. A unit
+    without spikes is left out with a warning."""
+    si = pytest.importorskip("spikeinterface.core")
+    segs, channel_ids, probe, sorting = si_recording
+    with _quiet():
+        si_analyzer(sorting, si_int16(segs, channel_ids, probe, gain=False), in_uv=False
+                    ).save_as(format="binary_folder", folder=tmp_path / "nogain")
+        si_analyzer(sorting, si_int16(segs, channel_ids, probe)).save_as(
+            format="binary_folder", folder=tmp_path / "a")
+    with pytest.raises(KilomatchError, match=r"session 2 \(.*nogain\): the analyzer's templates "
+                                             r"are in raw units .*--gain-uv"):
+        import_spikeinterface([tmp_path / "a", tmp_path / "nogain"], tmp_path / "out")
+    trains = {u: [sorting.get_unit_spike_train(u, segment_index=k) for k in range(2)]
+              for u in sorting.unit_ids}
+    trains["silent"] = [np.array([], np.int64)] * 2
+    with_empty = si.NumpySorting.from_unit_dict(
+        [{u: t[k] for u, t in trains.items()} for k in range(2)], FS)
+    with _quiet():
+        si_analyzer(with_empty, si_int16(segs, channel_ids, probe)).save_as(
+            format="binary_folder", folder=tmp_path / "empty")
+    with caplog.at_level(logging.WARNING, logger="kilomatch"):
+        out = import_spikeinterface([tmp_path / "a", tmp_path / "empty"], tmp_path / "out")
+    assert "units silent have no spike" in caplog.text
+    assert "silent" not in {r["original_unit_id"] for r in read_source(out)}
+    assert load_dataset(out).n_units == 2 * len(sorting.unit_ids)
+
+
+def test_export_to_phy_with_and_without_raw_copy(tmp_path, si_recording):
+    """phy folders written by spikeinterface.exporters.export_to_phy: with the raw copy
+    (recording.dat) and without it (dat_path = the saved recording's own binary file).
+    Every cluster is 'unsorted' there, so --units good finds none and says why."""
+    si = pytest.importorskip("spikeinterface.core")
+    exporters = pytest.importorskip("spikeinterface.exporters")
+    segs, channel_ids, probe, sorting = si_recording
+    one = si.select_segment_sorting(sorting, 0)
+    rec = si_int16(segs[:1], channel_ids, probe)
+    with _quiet():
+        saved = rec.save(folder=tmp_path / "rec", format="binary")
+        analyzer = si_analyzer(one, saved)
+        exporters.export_to_phy(analyzer, tmp_path / "phy_copy", copy_binary=True,
+                                compute_amplitudes=False, compute_pc_features=False,
+                                verbose=False)
+        exporters.export_to_phy(analyzer, tmp_path / "phy_nocopy", copy_binary=False,
+                                compute_amplitudes=False, compute_pc_features=False,
+                                verbose=False)
+    sessions = [tmp_path / "phy_copy", tmp_path / "phy_nocopy"]
+    ext = analyzer.get_extension("templates")
+    nbefore, nafter = ext.nbefore, ext.nafter
+    out = import_phy(sessions, tmp_path / "out", units="all", gain_uv=SI_GAIN,
+                     highpass_hz=None, n_before=nbefore, n_after=nafter)
+    data = load_dataset(out)
+    n = len(one.unit_ids)
+    wf = np.asarray(data.waveforms)
+    assert data.n_units == 2 * n and np.allclose(wf[:n], wf[n:])
+    templates = ext.get_data(operator="average")          # (units, samples, channels) uV
+    for k in range(n):
+        t = templates[k].T - np.median(templates[k].T, axis=1, keepdims=True)
+        assert corr(wf[k], t) > 0.99
+        assert np.ptp(wf[k]) == pytest.approx(np.ptp(t), rel=0.05)
+    assert np.allclose(data.spike_times[0],
+                       one.get_unit_spike_train(one.unit_ids[0]) / FS * 1000.0)
+    with pytest.raises(KilomatchError, match=r"session 1 .*no usable unit.*'unsorted'.*"
+                                             r"--units all"):
+        import_phy(sessions, tmp_path / "out2", gain_uv=SI_GAIN)
+    # an in-memory recording exported without the copy leaves dat_path = None
+    with _quiet():
+        exporters.export_to_phy(si_analyzer(one, rec), tmp_path / "phy_none",
+                                copy_binary=False, compute_amplitudes=False,
+                                compute_pc_features=False, verbose=False)
+    with pytest.raises(KilomatchError, match=r"session 2 .*phy_none.*not reachable \(params.py "
+                                             r"names no dat_path"):
+        import_phy([sessions[0], tmp_path / "phy_none"], tmp_path / "out3", units="all",
+                   gain_uv=SI_GAIN)

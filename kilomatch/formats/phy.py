@@ -228,7 +228,8 @@ def _find_raw(folder: Path, params: dict, where: str) -> tuple[list[Path] | None
     """The raw files, or None and what was tried. Every file not found where dat_path says is
     logged with where it was found instead."""
     dat_path = params.get("dat_path")
-    if not dat_path:
+    if not dat_path or dat_path == "None":
+        # export_to_phy writes dat_path = 'None' for a recording with no binary file of its own
         return None, "params.py names no dat_path"
     entries = [str(e) for e in (dat_path if isinstance(dat_path, (list, tuple)) else [dat_path])]
     found, tried = [], []

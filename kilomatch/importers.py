@@ -78,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     si = sub.add_parser("spikeinterface", help="saved SpikeInterface SortingAnalyzers")
     common(si)
     si.add_argument("--gain-uv", type=float, default=None,
-                    help="uV per unit, only for analyzers not scaled to uV")
+                    help="uV per unit, only for analyzers not scaled to uV (default: the "
+                         "recording's gain_to_uV saved in the analyzer)")
 
     nwb = sub.add_parser("nwb", help="NWB files with a units table")
     common(nwb)

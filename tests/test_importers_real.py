@@ -237,6 +237,20 @@ def test_gain_unknown_is_an_error_naming_the_flag(tmp_path):
     write_spikeglx_meta(a / "data.meta", extra=dict(typeThis="nidq"))
     with pytest.raises(KilomatchError, match=r"session 1 .*data.meta: a SpikeGLX nidq stream"):
         import_phy([a, b], tmp_path / "out")
+    # Kilosort 4 without its raw file: templates could stand in, but their gain is unknown
+    (a / "data.bin").unlink()
+    with pytest.raises(KilomatchError, match=r"session 1 .*raw recording is not reachable.*"
+                                             r"--gain-uv"):
+        import_phy([a, b], tmp_path / "out")
+
+
+def test_unsorted_overrides_no_kilosort_label(tmp_path, two_ks4):
+    """phy writes 'unsorted' for clusters nobody curated: Kilosort's label stands."""
+    for folder in two_ks4:
+        (folder / "cluster_group.tsv").write_text("cluster_id\tgroup\n0\tunsorted\n"
+                                                  "1\tnoise\n2\tgood\n")
+    out = import_phy(two_ks4, tmp_path / "out", gain_uv=1.0)
+    assert [r["original_unit_id"] for r in read_source(out)] == ["0", "2"] * 2
 
 
 # --------------------------------------------------------------------------------------------

@@ -514,6 +514,8 @@ def _read_phy_session(folder, index: int, *, units: str, n_spikes: int, seed: in
     n_dat = params["n_channels_dat"]
     dtype = _raw_dtype(params, where)
     offset = params.get("offset", 0) or 0
+    if isinstance(offset, float) and offset.is_integer():
+        offset = int(offset)
     if not isinstance(offset, int) or offset < 0:
         raise KilomatchError(f"{where}: params.py offset {offset!r} is not a byte count >= 0")
     if chan_map.min() < 0 or chan_map.max() >= n_dat:

@@ -495,12 +495,19 @@ def test_spikeinterface_no_gain_and_empty_unit(tmp_path, si_recording, caplog):
     assert load_dataset(out).n_units == 2 * len(sorting.unit_ids)
 
 
-def test_export_to_phy_with_and_without_raw_copy(tmp_path, si_recording):
+def test_export_to_phy_with_and_without_raw_copy(tmp_path, si_recording, monkeypatch):
     """phy folders written by spikeinterface.exporters.export_to_phy: with the raw copy
     (recording.dat) and without it (dat_path = the saved recording's own binary file).
     Every cluster is 'unsorted' there, so --units good finds none and says why."""
     si = pytest.importorskip("spikeinterface.core")
     exporters = pytest.importorskip("spikeinterface.exporters")
+    # export_to_phy computes template similarity (similar_templates.npy, which kilomatch does
+    # not read) with numba when installed: ~30 s of compiling per run on CI's cores. Its own
+    # numpy version gives the same numbers.
+    similarity = pytest.importorskip("spikeinterface.postprocessing.template_similarity")
+    if hasattr(similarity, "_compute_similarity_matrix_numpy"):
+        monkeypatch.setattr(similarity, "_compute_similarity_matrix",
+                            similarity._compute_similarity_matrix_numpy)
     segs, channel_ids, probe, sorting = si_recording
     one = si.select_segment_sorting(sorting, 0)
     rec = si_int16(segs[:1], channel_ids, probe)

@@ -363,6 +363,21 @@ def test_error_channel_maps_differ(tmp_path, two_ks4):
         import_phy(two_ks4, tmp_path / "out", gain_uv=1.0)
 
 
+def test_same_channels_in_another_order_are_reordered(tmp_path, two_ks4, caplog):
+    """Session 2 sorted with a channel map listing the same channels in another order: its
+    waveforms are put in session 1's channel order."""
+    plain = load_dataset(import_phy(two_ks4, tmp_path / "plain", gain_uv=1.0))
+    folder = two_ks4[1]
+    order = np.random.default_rng(0).permutation(N_CH)
+    for name in ("channel_map.npy", "channel_positions.npy"):
+        np.save(folder / name, np.load(folder / name)[order])
+    with caplog.at_level(logging.INFO, logger="kilomatch"):
+        data = load_dataset(import_phy(two_ks4, tmp_path / "out", gain_uv=1.0))
+    assert "session 2" in caplog.text and "reordered by position" in caplog.text
+    assert np.array_equal(data.channel_locations, plain.channel_locations)
+    assert np.allclose(data.waveforms, plain.waveforms, atol=1e-4)
+
+
 @pytest.mark.parametrize("entry", [["import", "phy"], ["-m", "kilomatch.importers", "phy"]],
                          ids=["kilomatch_import", "python_m"])
 def test_cli_errors_without_traceback(tmp_path, two_ks4, entry):

@@ -178,8 +178,11 @@ class _RawBinary:
                     f"of n_channels_dat={n_channels} channels of {np.dtype(dtype).name} after "
                     f"offset={offset}; check n_channels_dat, dtype and offset in params.py")
             n = size // (itemsize * n_channels)
-            self.maps.append(np.memmap(f, dtype=dtype, mode="r", offset=offset,
-                                       shape=(n, n_channels)))
+            try:
+                self.maps.append(np.memmap(f, dtype=dtype, mode="r", offset=offset,
+                                           shape=(n, n_channels)))
+            except OSError as err:   # unreadable: permissions, a file being written
+                raise KilomatchError(f"{where}: {f} cannot be read ({err})") from None
             starts.append(starts[-1] + n)
         self.starts = np.array(starts)
         self.n_samples = int(self.starts[-1])
@@ -426,13 +429,14 @@ def _read_phy_session(folder, index: int, *, units: str, n_spikes: int, seed: in
     templates_file = folder / "spike_templates.npy"
     spike_templates = (_load_vector(folder, templates_file.name, where).astype(np.int64)
                        if templates_file.is_file() else None)
-    if (folder / "spike_clusters.npy").is_file():
-        clusters = _load_vector(folder, "spike_clusters.npy", where).astype(np.int64)
+    cluster_file = "spike_clusters.npy"
+    if (folder / cluster_file).is_file():
+        clusters = _load_vector(folder, cluster_file, where).astype(np.int64)
     else:
-        clusters = spike_templates
+        cluster_file, clusters = templates_file.name, spike_templates
     if clusters.size != samples.size:
-        raise KilomatchError(f"{where}: spike_times.npy has {samples.size} spikes but the "
-                             f"cluster file has {clusters.size}")
+        raise KilomatchError(f"{where}: spike_times.npy has {samples.size} spikes but "
+                             f"{cluster_file} has {clusters.size}")
     positions = _load_plain(folder / "channel_positions.npy", where).astype(np.float64)
     chan_map = _load_vector(folder, "channel_map.npy", where).astype(np.int64)
     if positions.ndim != 2 or positions.shape[1] < 2 or positions.shape[0] != chan_map.size:

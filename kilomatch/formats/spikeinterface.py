@@ -46,7 +46,8 @@ def _read_si_session(path, index: int, *, gain_uv: float | None) -> SessionUnits
         raise KilomatchError(f"{where}: not found")
     with foreign_errors(where, "a saved SpikeInterface SortingAnalyzer"):
         analyzer = si.load_sorting_analyzer(path, load_extensions=False)  # loaded on use
-    ext = analyzer.get_extension("templates")
+    with foreign_errors(where, "a SortingAnalyzer with a readable 'templates' extension"):
+        ext = analyzer.get_extension("templates")
     if ext is None:
         raise KilomatchError(f"{where}: the analyzer has no 'templates' extension; compute it "
                              "(analyzer.compute(['random_spikes', 'templates'])) and save")
@@ -55,7 +56,7 @@ def _read_si_session(path, index: int, *, gain_uv: float | None) -> SessionUnits
         raise no_unit(index, path, "the analyzer's sorting holds no unit")
     with foreign_errors(where, "a SortingAnalyzer with readable templates"):
         templates = np.asarray(ext.get_data(operator="average"), dtype=np.float64)  # (U, T, C)
-    locs = np.asarray(analyzer.get_channel_locations(), dtype=np.float64)[:, :2]
+        locs = np.asarray(analyzer.get_channel_locations(), dtype=np.float64)[:, :2]
     gain, offset = _template_scale(analyzer, gain_uv, locs.shape[0], where)
     shanks = None
     try:

@@ -29,7 +29,7 @@ from pathlib import Path
 from .cli import command_logging, run_command
 from .formats.folder import UNITS_SOURCE as SOURCE_FILE
 from .formats.nwb import import_nwb
-from .formats.phy import NP1_GAIN_UV, UNIT_CHOICES, import_phy, read_params_py
+from .formats.phy import UNIT_CHOICES, import_phy, read_params_py
 from .formats.sessions import SessionUnits, write_input_folder
 from .formats.spikeinterface import import_spikeinterface
 
@@ -60,11 +60,15 @@ def _parser() -> argparse.ArgumentParser:
     phy = sub.add_parser("phy", help="Kilosort / phy output folders")
     common(phy)
     phy.add_argument("--units", choices=UNIT_CHOICES, default="good",
-                     help="which clusters: good, all_but_noise or all (default good)")
+                     help="which clusters: good, all_but_noise or all by phy / Kilosort label "
+                          "(default good); bombcell_good or bombcell_all_but_noise by "
+                          "bombcell's cluster_bc_unitType.tsv")
     phy.add_argument("--n-spikes", type=int, default=500, help="spikes averaged per unit")
     phy.add_argument("--seed", type=int, default=0, help="seed of the spike subsets")
     phy.add_argument("--gain-uv", type=float, default=None,
-                     help=f"uV per bit (default {NP1_GAIN_UV}: Neuropixels 1.0 via Open Ephys)")
+                     help="uV per bit of the raw files (default: read from the SpikeGLX .meta "
+                          "beside each raw file or Open Ephys's structure.oebin; an error "
+                          "when there is neither)")
     phy.add_argument("--highpass-hz", type=float, default=300.0,
                      help="high-pass cutoff; 0 for none (not applied when params.py says "
                           "hp_filtered = True)")
@@ -74,7 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     si = sub.add_parser("spikeinterface", help="saved SpikeInterface SortingAnalyzers")
     common(si)
     si.add_argument("--gain-uv", type=float, default=None,
-                    help="uV per unit, only for analyzers not scaled to uV")
+                    help="uV per unit, only for analyzers not scaled to uV (default: the "
+                         "recording's gain_to_uV saved in the analyzer)")
 
     nwb = sub.add_parser("nwb", help="NWB files with a units table")
     common(nwb)

@@ -238,8 +238,12 @@ def _load_spike_times(spike_dir: Path, n_units: int, problems: list) -> list | N
     missing = [k for k in range(n_units) if k not in found]
     extra = sorted(k for k in found if k >= n_units)
     if missing:
-        problems.append(f"{spike_dir}: no spike-time file for units {name_items(missing)} "
-                        f"(expected {unit_file(0)} .. {unit_file(n_units - 1)})")
+        # Named by file, as every other input error: the first one in full.
+        more = (f"; also missing: {name_items(unit_file(k) for k in missing[1:])}"
+                if len(missing) > 1 else "")
+        problems.append(f"{spike_dir / unit_file(missing[0])}: missing, the spike times of unit "
+                        f"{missing[0]}{more} (expected {unit_file(0)} .. "
+                        f"{unit_file(n_units - 1)}, one file per unit)")
     if extra:
         problems.append(f"{spike_dir}: holds more units than {WAVEFORMS} ({n_units}): "
                         f"{unit_file(extra[0])}"

@@ -71,12 +71,12 @@ def test_cluster_batch_reports_each_study(studies, cluster_batch):
     root, paths = studies
     outcomes, _ = cluster_batch
     assert [o.status for o in outcomes] == ["done", "done", "failed"]
-    assert "no spike-time file for units 3" in outcomes[2].error and "data2" in outcomes[2].error
+    assert "spike_times/Unit3.npy: missing" in outcomes[2].error and "data2" in outcomes[2].error
     assert all(o.units > 0 and o.clusters > 0 and o.matched_pairs > 0 for o in outcomes[:2])
     rows = _summary_rows(root / "batch_summary.csv")  # beside the first settings file
     assert [r["status"] for r in rows] == ["done", "done", "failed"]
     assert rows[0]["settings"] == str(paths[0])
-    assert "no spike-time file for units 3" in rows[2]["error"]
+    assert "spike_times/Unit3.npy: missing" in rows[2]["error"]
     assert float(rows[0]["peak_memory_mb"]) > 0 and float(rows[0]["wall_time_s"]) > 0
     for k in (0, 1):
         text = (root / f"out{k}" / "kilomatch.log").read_text()

@@ -125,7 +125,7 @@ def test_phy_round_trip(tmp_path, np1_sim, hp_filtered):
         dat = "recording.bin" if s == 1 else r"D:\sorting\mouse1\recording.bin"
         truths.append(write_phy(tmp_path / f"day{s}", np1_sim, s, hp_filtered=hp_filtered,
                                 dat_path=dat, seed=s))
-    out = import_phy([tmp_path / "day1", tmp_path / "day2"], tmp_path / "out")
+    out = import_phy([tmp_path / "day1", tmp_path / "day2"], tmp_path / "out", gain_uv=GAIN)
     data = load_dataset(out)
     source = read_source(out)
     n1, n2 = len(truths[0][0]), len(truths[1][0])
@@ -142,7 +142,7 @@ def test_phy_round_trip(tmp_path, np1_sim, hp_filtered):
     # default window: 20 + 41 samples (Kilosort's); compare with the truth in its own window
     assert data.waveforms.shape[1:] == (NP1_CH.size, 61)
     out2 = import_phy([tmp_path / "day1", tmp_path / "day2"], tmp_path / "out2",
-                      n_before=N_BEFORE, n_after=N_AFTER)
+                      n_before=N_BEFORE, n_after=N_AFTER, gain_uv=GAIN)
     data2 = load_dataset(out2)
     for row in read_source(out2):
         k, s, uid = int(row["unit"]), int(row["session"]), int(row["original_unit_id"])
@@ -157,7 +157,7 @@ def test_phy_round_trip(tmp_path, np1_sim, hp_filtered):
     ids = {int(r["original_unit_id"]) for r in source}
     assert 1 not in ids and 2 not in ids
     out3 = import_phy([tmp_path / "day1", tmp_path / "day2"], tmp_path / "out3",
-                      units="all_but_noise", n_spikes=5)
+                      units="all_but_noise", n_spikes=5, gain_uv=GAIN)
     ids3 = [int(r["original_unit_id"]) for r in read_source(out3)]
     assert 2 in ids3 and 1 not in ids3 and len(ids3) == len(source) + 2
 
@@ -187,7 +187,7 @@ def test_phy_kilosort4_templates_without_raw(tmp_path, np1_sim, caplog):
         folders.append(folder)
         truths.append(truth)
     with caplog.at_level(logging.WARNING, logger="kilomatch"):
-        out = import_phy(folders, tmp_path / "out")
+        out = import_phy(folders, tmp_path / "out", gain_uv=GAIN)
     assert "Kilosort 4" in caplog.text and "raw recording not reachable" in caplog.text
     data = load_dataset(out)
     assert data.n_units == sum(len(t) for t in truths)
@@ -207,7 +207,7 @@ def test_phy_whitened_copy_is_not_raw(tmp_path):
     (a / "raw.dat").rename(a / "temp_wh.dat")
     (a / "params.py").write_text((a / "params.py").read_text().replace("raw.dat", "temp_wh.dat"))
     with pytest.raises(KilomatchError, match=r"session 1 .*temp_wh.dat.*whitened"):
-        import_phy([a, tiny_phy(tmp_path / "b")], tmp_path / "out")
+        import_phy([a, tiny_phy(tmp_path / "b")], tmp_path / "out", gain_uv=GAIN)
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,18 +238,19 @@ def tiny_phy(folder, *, positions=None, groups=None, raw=True, n_ch=8):
 
 def test_phy_tiny_ok_and_output_folder_rules(tmp_path):
     a, b = tiny_phy(tmp_path / "a"), tiny_phy(tmp_path / "b")
-    out = import_phy([a, b], tmp_path / "out")
+    out = import_phy([a, b], tmp_path / "out", gain_uv=GAIN)
     data = load_dataset(out)
     assert data.n_units == 4 and data.waveforms.shape == (4, 8, 61)
     with pytest.raises(KilomatchError, match="not empty"):
-        import_phy([a, b], tmp_path / "out")
+        import_phy([a, b], tmp_path / "out", gain_uv=GAIN)
     c = tiny_phy(tmp_path / "c", groups={3: "good", 4: "mua"})
-    import_phy([a, c], tmp_path / "out", overwrite=True)   # fewer units: no stale files left
+    # fewer units: no stale files left
+    import_phy([a, c], tmp_path / "out", overwrite=True, gain_uv=GAIN)
     assert load_dataset(tmp_path / "out").n_units == 3
     with pytest.raises(KilomatchError, match="at least two sessions"):
-        import_phy([a], tmp_path / "out1")
+        import_phy([a], tmp_path / "out1", gain_uv=GAIN)
     with pytest.raises(KilomatchError, match="same as session 1"):
-        import_phy([a, a], tmp_path / "out1")
+        import_phy([a, a], tmp_path / "out1", gain_uv=GAIN)
 
 
 def test_phy_raw_split_in_files_reads_as_one(tmp_path):
@@ -264,7 +265,7 @@ def test_phy_raw_split_in_files_reads_as_one(tmp_path):
     (b / "raw.dat").unlink()
     text = (b / "params.py").read_text().replace("'raw.dat'", "['part1.dat', 'part2.dat']")
     (b / "params.py").write_text(text)
-    data = load_dataset(import_phy([a, b], tmp_path / "out"))
+    data = load_dataset(import_phy([a, b], tmp_path / "out", gain_uv=GAIN))
     assert np.allclose(data.waveforms[:2], data.waveforms[2:], atol=1e-5)
 
 
@@ -276,12 +277,12 @@ def test_error_different_geometry_names_session(tmp_path):
     b = tiny_phy(tmp_path / "b")
     c = tiny_phy(tmp_path / "c", positions=moved)
     with pytest.raises(KilomatchError) as err:
-        import_phy([a, b, c], tmp_path / "out")
+        import_phy([a, b, c], tmp_path / "out", gain_uv=GAIN)
     msg = str(err.value)
     assert f"session 3 ({c})" in msg and "channel 5" in msg and "session 2" not in msg
     d = tiny_phy(tmp_path / "d", n_ch=6, positions=pos[:6])
     with pytest.raises(KilomatchError, match=r"session 2 \(.*d\).*6 channels against 8"):
-        import_phy([a, d], tmp_path / "out")
+        import_phy([a, d], tmp_path / "out", gain_uv=GAIN)
     assert not (tmp_path / "out").exists()
 
 
@@ -289,10 +290,10 @@ def test_error_no_usable_unit_names_session(tmp_path):
     a = tiny_phy(tmp_path / "a")
     b = tiny_phy(tmp_path / "b", groups={3: "noise", 4: "mua"})
     with pytest.raises(KilomatchError, match=r"session 2 \(.*b\): no usable unit"):
-        import_phy([a, b], tmp_path / "out")
+        import_phy([a, b], tmp_path / "out", gain_uv=GAIN)
     with pytest.raises(KilomatchError, match=r"session 2 \(.*c\): no usable unit"):
         import_phy([a, tiny_phy(tmp_path / "c", groups={3: "noise", 4: "noise"})],
-                   tmp_path / "out", units="all_but_noise")
+                   tmp_path / "out", units="all_but_noise", gain_uv=GAIN)
 
 
 def test_error_missing_raw_kilosort25_refuses_templates(tmp_path):
@@ -301,7 +302,7 @@ def test_error_missing_raw_kilosort25_refuses_templates(tmp_path):
     np.save(a / "whitening_mat_inv.npy", np.eye(8))
     b = tiny_phy(tmp_path / "b")
     with pytest.raises(KilomatchError) as err:
-        import_phy([a, b], tmp_path / "out")
+        import_phy([a, b], tmp_path / "out", gain_uv=GAIN)
     msg = str(err.value)
     assert f"session 1 ({a})" in msg and "not reachable" in msg
     assert "whitening_mat_inv.npy" in msg and "Kilosort 2.5/3" in msg
@@ -312,11 +313,11 @@ def test_error_wrong_kind_of_path(tmp_path):
     stray = tmp_path / "notes.txt"
     stray.write_text("hello")
     with pytest.raises(KilomatchError, match=r"session 2 \(.*notes.txt\): not a folder"):
-        import_phy([a, stray], tmp_path / "out")
+        import_phy([a, stray], tmp_path / "out", gain_uv=GAIN)
     with pytest.raises(KilomatchError, match=r"session 1 .*not a Kilosort/phy output folder"):
-        import_phy([tmp_path, a], tmp_path / "out")
+        import_phy([tmp_path, a], tmp_path / "out", gain_uv=GAIN)
     with pytest.raises(KilomatchError, match="list of session paths"):
-        import_phy(str(a), tmp_path / "out")
+        import_phy(str(a), tmp_path / "out", gain_uv=GAIN)
 
 
 def test_params_py_is_parsed_not_run(tmp_path):
@@ -343,10 +344,11 @@ def test_cli(tmp_path, capsys):
     assert main(["phy", str(tmp_path / "out"), str(a), str(b), "--units", "all",
                  "--n-spikes", "10", "--gain-uv", "2.34375"]) == 0
     assert "4 units" in capsys.readouterr().out
-    assert main(["phy", str(tmp_path / "out"), str(a), str(b)]) == 2
+    assert main(["phy", str(tmp_path / "out"), str(a), str(b), "--gain-uv", "1"]) == 2
     assert "not empty" in capsys.readouterr().err
     run = subprocess.run([sys.executable, "-m", "kilomatch.importers", "phy",
-                          str(tmp_path / "out"), str(a), str(b), "--overwrite"],
+                          str(tmp_path / "out"), str(a), str(b), "--overwrite",
+                          "--gain-uv", "0.195"],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     assert load_dataset(tmp_path / "out").n_units == 4

@@ -71,7 +71,11 @@ def test_spike_times_folder_missing(folder):
 def test_spike_time_file_missing(folder):
     (folder / "spike_times" / "Unit3.npy").unlink()
     text, _ = problems_of(folder)
-    assert "units 3" in text and "Unit0.npy .. Unit5.npy" in text
+    assert "spike_times/Unit3.npy: missing" in text and "unit 3" in text
+    assert "Unit0.npy .. Unit5.npy" in text
+    (folder / "spike_times" / "Unit5.npy").unlink()
+    text, _ = problems_of(folder)
+    assert "spike_times/Unit3.npy: missing" in text and "also missing: Unit5.npy" in text
 
 
 def test_more_spike_files_than_units(folder):

@@ -148,7 +148,8 @@ def _read_nwb_session(path, index: int, *, electrode_groups, waveform_unit) -> S
                 full[e] = w.T
                 yield full[rows].astype(np.float32)
 
-    return SessionUnits(path, xy[rows], shanks, unit_ids, n_t, times, waves)
+    return SessionUnits(path, xy[rows], shanks, unit_ids, n_t, times, waves,
+                        "the electrodes table")
 
 
 def import_nwb(sessions, out_dir, *, electrode_groups=None, waveform_unit: str | None = None,

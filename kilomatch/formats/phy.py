@@ -29,23 +29,27 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checks import Spec, as_vector, check_table
+from ..checks import Spec, as_vector, check_table, name_items
 from ..errors import KilomatchError
+from .raw_gain import recorded_gain_uv
 from .sessions import (SessionUnits, check_session_list, no_unit, session_name,
                        write_input_folder)
 
 log = logging.getLogger("kilomatch")
 
-#: uV per bit of Neuropixels 1.0 AP data as Open Ephys saves it (int16). Not right for other
-#: probes or acquisition systems: SpikeGLX NP1.0 at AP gain 500 is 1.2e6 / 1024 / 500 =
-#: 2.34375 uV/bit (imAiRangeMax / imMaxInt / gain * 1e6 from the .meta file).
-NP1_GAIN_UV = 0.195
-UNIT_CHOICES = ("good", "all_but_noise", "all")
+#: Which clusters are units: by phy / Kilosort label (cluster_group.tsv over
+#: cluster_KSLabel.tsv), every cluster, or by bombcell's label (cluster_bc_unitType.tsv).
+UNIT_CHOICES = ("good", "all_but_noise", "all", "bombcell_good", "bombcell_all_but_noise")
+_BOMBCELL_FILE, _BOMBCELL_COLUMN = "cluster_bc_unitType.tsv", "bc_unitType"
+# File extensions Kilosort 4 takes for a raw recording (kilosort.io.find_binary).
+_RAW_SUFFIXES = (".bin", ".dat", ".raw", ".bat")
 # Markers of a Kilosort 4 output folder (KS2.5/3 leave rez.mat and none of these).
 _KS4_MARKERS = ("kilosort4.log", "ops.npy", "whitening_mat_dat.npy", "kept_spikes.npy",
                 "spike_detection_templates.npy")
 # Kilosort's whitened (and, from KS2.5 on, drift-corrected) copy of the data, never a raw file.
 _WHITENED_COPY = "temp_wh.dat"
+# Named when a session's channels differ from the first session's.
+_GEOMETRY_FILES = "channel_map.npy, channel_positions.npy"
 # Kilosort's template length and trough sample (nt0 = 61, nt0min = 20).
 _KS_NT0, _KS_NT0MIN = 61, 20
 
@@ -112,35 +116,49 @@ def read_params_py(path) -> dict:
     return out
 
 
-def _read_tsv_labels(path: Path) -> dict:
-    """{cluster id: label} from a phy cluster_*.tsv (header, then id<TAB>label)."""
+def _read_tsv_labels(path: Path, where: str, columns=("group", "KSLabel")) -> dict:
+    """{cluster id: label, lower case} from a phy cluster_*.tsv (header, then id<TAB>label);
+    the label is the first of ``columns`` in the header, else the second column."""
     labels = {}
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f, delimiter="\t"))
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t"))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise KilomatchError(f"{where}: {path.name} is not a readable tab-separated table "
+                             f"({err})") from None
     if not rows:
         return labels
     header = [h.strip() for h in rows[0]]
-    col = 1
-    for name in ("group", "KSLabel"):
-        if name in header:
-            col = header.index(name)
+    col = next((header.index(c) for c in columns if c in header), 1)
     for row in rows[1:]:
         if len(row) <= col or not row[0].strip():
             continue
         try:
             cid = int(float(row[0]))
         except ValueError:
-            raise KilomatchError(f"{path}: cluster id {row[0]!r} is not a number") from None
+            raise KilomatchError(f"{where}: {path.name}: cluster id {row[0]!r} is not a "
+                                 "number") from None
         labels[cid] = row[col].strip().lower()
     return labels
 
 
-def _phy_labels(folder: Path) -> tuple[dict, list[str]]:
-    """Cluster labels: cluster_KSLabel.tsv overridden by cluster_group.tsv (phy curation)."""
+def _phy_labels(folder: Path, where: str, units: str) -> tuple[dict, list[str]]:
+    """Cluster labels and the files they came from: bombcell's for the bombcell_* choices,
+    else cluster_KSLabel.tsv overridden by cluster_group.tsv (phy curation). 'unsorted' in
+    cluster_group.tsv (phy's "not curated", and what export_to_phy writes for every cluster)
+    overrides nothing."""
+    if units.startswith("bombcell_"):
+        path = folder / _BOMBCELL_FILE
+        if not path.is_file():
+            raise KilomatchError(f"{where}: --units {units} needs bombcell's labels, but "
+                                 f"{path.name} is missing (run bombcell on this sorting, or "
+                                 "choose --units good, all_but_noise or all)")
+        return _read_tsv_labels(path, where, (_BOMBCELL_COLUMN,)), [path.name]
     labels, used = {}, []
     for name in ("cluster_KSLabel.tsv", "cluster_group.tsv"):
         if (folder / name).is_file():
-            labels.update(_read_tsv_labels(folder / name))
+            labels.update({c: v for c, v in _read_tsv_labels(folder / name, where).items()
+                           if v != "unsorted" or c not in labels})
             used.append(name)
     return labels, used
 
@@ -160,8 +178,11 @@ class _RawBinary:
                     f"of n_channels_dat={n_channels} channels of {np.dtype(dtype).name} after "
                     f"offset={offset}; check n_channels_dat, dtype and offset in params.py")
             n = size // (itemsize * n_channels)
-            self.maps.append(np.memmap(f, dtype=dtype, mode="r", offset=offset,
-                                       shape=(n, n_channels)))
+            try:
+                self.maps.append(np.memmap(f, dtype=dtype, mode="r", offset=offset,
+                                           shape=(n, n_channels)))
+            except OSError as err:   # unreadable: permissions, a file being written
+                raise KilomatchError(f"{where}: {f} cannot be read ({err})") from None
             starts.append(starts[-1] + n)
         self.starts = np.array(starts)
         self.n_samples = int(self.starts[-1])
@@ -179,38 +200,94 @@ class _RawBinary:
         return np.concatenate(parts)
 
 
-def _raw_candidates(folder: Path, dat_path) -> list[list[Path]]:
-    """For each raw file named by dat_path: where to look for it (as written, relative to the
-    folder, or by its name in the folder, for sortings moved from another machine)."""
-    entries = dat_path if isinstance(dat_path, (list, tuple)) else [dat_path]
-    out = []
-    for entry in entries:
-        entry = str(entry)
-        p = Path(entry)
-        tries = [p] if p.is_absolute() else [folder / p]
-        name = re.split(r"[\\/]", entry)[-1]
-        if name and folder / name not in tries:
-            tries.append(folder / name)
-        out.append(tries)
+def _raw_candidates(folder: Path, entry: str) -> list[tuple[Path, str]]:
+    """Where to look for one raw file named in dat_path, each with why it is looked for there:
+    as written (relative to the folder), by its name in the folder (a sorting moved from
+    another machine), by its name one folder up (Kilosort 4 writes its results to
+    <data folder>/kilosort4 by default)."""
+    p = Path(entry)
+    tries = [(p if p.is_absolute() else folder / p, "")]
+    name = re.split(r"[\\/]", entry)[-1]
+    if name:
+        tries += [(folder / name, "a file of that name beside params.py"),
+                  (folder.parent / name, "a file of that name in the folder above params.py, "
+                   "where Kilosort 4's default results folder puts the data")]
+    seen, out = set(), []
+    for path, why in tries:
+        if path not in seen:
+            seen.add(path)
+            out.append((path, why))
     return out
 
 
-def _find_raw(folder: Path, params: dict) -> tuple[list[Path] | None, str]:
-    """The raw files, or None and what was tried."""
-    if "dat_path" not in params or not params["dat_path"]:
+def _lone_raw_file(folder: Path) -> Path | None:
+    """The one raw-looking file beside params.py (not Kilosort's whitened copy), or None."""
+    files = [f for f in sorted(folder.iterdir()) if f.is_file()
+             and f.suffix.lower() in _RAW_SUFFIXES and f.name.lower() != _WHITENED_COPY]
+    return files[0] if len(files) == 1 else None
+
+
+def _find_raw(folder: Path, params: dict, where: str) -> tuple[list[Path] | None, str]:
+    """The raw files, or None and what was tried. Every file not found where dat_path says is
+    logged with where it was found instead."""
+    dat_path = params.get("dat_path")
+    if not dat_path or dat_path == "None":
+        # export_to_phy writes dat_path = 'None' for a recording with no binary file of its own
         return None, "params.py names no dat_path"
+    entries = [str(e) for e in (dat_path if isinstance(dat_path, (list, tuple)) else [dat_path])]
     found, tried = [], []
-    for tries in _raw_candidates(folder, params["dat_path"]):
-        hit = next((t for t in tries if t.is_file()), None)
+    for entry in entries:
+        tries = _raw_candidates(folder, entry)
+        hit = next(((t, why) for t, why in tries if t.is_file()), None)
+        if hit is None and len(entries) == 1:
+            lone = _lone_raw_file(folder)
+            if lone is not None:
+                hit = (lone, "the only raw file beside params.py")
         if hit is None:
-            tried += [str(t) for t in tries]
-            return None, "not found at " + ", ".join(tried)
-        if hit.name.lower() == _WHITENED_COPY:
-            return None, (f"dat_path names {hit}, Kilosort's whitened copy of the data, from "
+            tried += [str(t) for t, _ in tries]
+            return None, f"dat_path {entry!r} not found at " + ", ".join(tried)
+        path, why = hit
+        if path.name.lower() == _WHITENED_COPY:
+            return None, (f"dat_path names {path}, Kilosort's whitened copy of the data, from "
                           "which mean waveforms would be whitened too; point dat_path to the "
                           "original recording")
-        found.append(hit)
+        if why:
+            log.warning("%s: params.py's dat_path %r does not exist here; using %s (%s)",
+                        where, entry, path, why)
+        found.append(path)
     return found, ""
+
+
+def _raw_dtype(params: dict, where: str) -> np.dtype:
+    """params.py's dtype of the raw samples: an integer or float type (int16 if not given)."""
+    text = params.get("dtype", "int16")
+    try:
+        dtype = np.dtype(text)
+    except (TypeError, ValueError, SyntaxError):
+        dtype = None
+    if dtype is None or dtype.kind not in "iuf":
+        raise KilomatchError(f"{where}: params.py dtype {text!r} is not a numeric sample type "
+                             "(int16, uint16, int32, float32, ...)")
+    return dtype
+
+
+def _session_gain(gain_uv: float | None, raw_files: list[Path], chan_map: np.ndarray,
+                  where: str) -> float:
+    """uV per bit: the user's, else the one the acquisition software saved beside the raw
+    file; logged with where it came from. No default: a wrong gain scales every amplitude."""
+    if gain_uv is not None:
+        log.info("%s: gain %g uV/bit, from --gain-uv", where, gain_uv)
+        return gain_uv
+    found = recorded_gain_uv(raw_files, chan_map, where)
+    if found is None:
+        raise KilomatchError(
+            f"{where}: the gain of {raw_files[0]} is unknown: no SpikeGLX "
+            f"{raw_files[0].with_suffix('.meta').name} beside it and no Open Ephys "
+            "structure.oebin above it; pass --gain-uv (uV per bit; gain_uv= in Python), e.g. "
+            "0.195 for Neuropixels 1.0 saved by Open Ephys")
+    gain, source = found
+    log.info("%s: gain %g uV/bit, from %s", where, gain, source)
+    return gain
 
 
 def _is_kilosort4(folder: Path) -> bool:
@@ -326,7 +403,7 @@ def _ks4_template_waveforms(folder: Path, where: str, spike_index: list,
 
 
 def _read_phy_session(folder, index: int, *, units: str, n_spikes: int, seed: int,
-                      gain_uv: float, highpass_hz, n_before: int, n_after: int) -> SessionUnits:
+                      gain_uv: float | None, highpass_hz, n_before: int, n_after: int) -> SessionUnits:
     folder = Path(folder)
     where = session_name(index, folder)
     if not folder.is_dir():
@@ -352,13 +429,14 @@ def _read_phy_session(folder, index: int, *, units: str, n_spikes: int, seed: in
     templates_file = folder / "spike_templates.npy"
     spike_templates = (_load_vector(folder, templates_file.name, where).astype(np.int64)
                        if templates_file.is_file() else None)
-    if (folder / "spike_clusters.npy").is_file():
-        clusters = _load_vector(folder, "spike_clusters.npy", where).astype(np.int64)
+    cluster_file = "spike_clusters.npy"
+    if (folder / cluster_file).is_file():
+        clusters = _load_vector(folder, cluster_file, where).astype(np.int64)
     else:
-        clusters = spike_templates
+        cluster_file, clusters = templates_file.name, spike_templates
     if clusters.size != samples.size:
-        raise KilomatchError(f"{where}: spike_times.npy has {samples.size} spikes but the "
-                             f"cluster file has {clusters.size}")
+        raise KilomatchError(f"{where}: spike_times.npy has {samples.size} spikes but "
+                             f"{cluster_file} has {clusters.size}")
     positions = _load_plain(folder / "channel_positions.npy", where).astype(np.float64)
     chan_map = _load_vector(folder, "channel_map.npy", where).astype(np.int64)
     if positions.ndim != 2 or positions.shape[1] < 2 or positions.shape[0] != chan_map.size:
@@ -376,24 +454,34 @@ def _read_phy_session(folder, index: int, *, units: str, n_spikes: int, seed: in
     if units == "all":
         ids = present
     else:
-        labels, used = _phy_labels(folder)
+        labels, used = _phy_labels(folder, where, units)
         if not used:
             raise KilomatchError(f"{where}: neither cluster_group.tsv nor cluster_KSLabel.tsv: "
                                  f"units='{units}' needs labels; use units='all' to take every "
                                  "cluster")
-        if units == "good":
+        good = units.endswith("_good") or units == "good"
+        if good:
             ids = np.array([c for c in present.tolist() if labels.get(c) == "good"], np.int64)
         else:
             ids = np.array([c for c in present.tolist() if labels.get(c) != "noise"], np.int64)
+        empty = sorted(c for c, v in labels.items() if c not in set(present.tolist())
+                       and (v == "good" if good else v != "noise"))
+        if empty:
+            log.warning("%s: clusters %s, labelled in %s, have no spike in the cluster file; "
+                        "left out", where, name_items(empty), " / ".join(used))
         if ids.size == 0:
+            hint = ""
+            if set(labels.values()) <= {"unsorted"}:
+                hint = (" (every label is 'unsorted', as spikeinterface's export_to_phy writes "
+                        "them: use --units all, or curate in phy first)")
             raise no_unit(index, folder, f"none of its {present.size} clusters is "
-                           + ("labelled 'good'" if units == "good" else "other than 'noise'")
-                           + f" in {' / '.join(reversed(used))}")
+                           + ("labelled 'good'" if good else "other than 'noise'")
+                           + f" in {' / '.join(reversed(used))}{hint}")
     order = np.argsort(clusters, kind="stable")
     bounds = np.searchsorted(clusters[order], np.stack([ids, ids + 1]))
     spike_index = [np.sort(order[a:b]) for a, b in zip(bounds[0], bounds[1])]
 
-    raw_files, why = _find_raw(folder, params)
+    raw_files, why = _find_raw(folder, params, where)
     n_ch = chan_map.size
     if raw_files is None:
         if not _is_kilosort4(folder):
@@ -406,6 +494,11 @@ def _read_phy_session(folder, index: int, *, units: str, n_spikes: int, seed: in
                 "'unwhitened' templates have wrong amplitudes and footprints, silently.")
         if spike_templates is None:
             raise KilomatchError(f"{where}: no raw recording and no spike_templates.npy")
+        if gain_uv is None:
+            raise KilomatchError(f"{where}: the raw recording is not reachable ({why}), so "
+                                 "neither its SpikeGLX .meta nor its Open Ephys structure.oebin "
+                                 "gives the gain: pass --gain-uv (uV per bit; gain_uv= in Python)")
+        log.info("%s: gain %g uV/bit, from --gain-uv", where, gain_uv)
         log.warning(
             "WARNING %s: raw recording not reachable (%s). Using Kilosort 4's templates, "
             "unwhitened with whitening_mat_dat.npy, instead of mean waveforms from the raw data: "
@@ -416,27 +509,30 @@ def _read_phy_session(folder, index: int, *, units: str, n_spikes: int, seed: in
                                         n_before, n_after, n_ch, gain_uv)
         times = [samples[idx] / fs * 1000.0 for idx in spike_index]
         return SessionUnits(folder, positions[:, :2], shanks, ids.tolist(), n_before + n_after,
-                            times, waves)
+                            times, waves, _GEOMETRY_FILES)
 
     for key in ("n_channels_dat",):
         if not isinstance(params.get(key), int) or params[key] < 1:
             raise KilomatchError(f"{where}: params.py needs {key} (an integer >= 1), got "
                                  f"{params.get(key)!r}")
     n_dat = params["n_channels_dat"]
-    try:
-        dtype = np.dtype(params.get("dtype", "int16"))
-    except TypeError:
-        raise KilomatchError(f"{where}: params.py dtype {params.get('dtype')!r} is not a "
-                             "numpy dtype") from None
-    offset = int(params.get("offset", 0) or 0)
+    dtype = _raw_dtype(params, where)
+    offset = params.get("offset", 0) or 0
+    if isinstance(offset, float) and offset.is_integer():
+        offset = int(offset)
+    if not isinstance(offset, int) or offset < 0:
+        raise KilomatchError(f"{where}: params.py offset {offset!r} is not a byte count >= 0")
     if chan_map.min() < 0 or chan_map.max() >= n_dat:
         raise KilomatchError(f"{where}: channel_map.npy names rows up to {chan_map.max()} but "
                              f"the raw file has n_channels_dat={n_dat}")
     raw = _RawBinary(raw_files, dtype, n_dat, offset, where)
     if samples.size and (samples.min() < 0 or samples.max() >= raw.n_samples):
-        raise KilomatchError(f"{where}: spike times run to sample {samples.max()} but the raw "
-                             f"recording has {raw.n_samples} samples; check dat_path, "
-                             "n_channels_dat, dtype and offset in params.py")
+        raise KilomatchError(
+            f"{where}: spike_times.npy runs to sample {samples.max()} (min {samples.min()}) but "
+            f"the raw recording {', '.join(str(f) for f in raw_files)} holds {raw.n_samples} "
+            "samples: a truncated or different raw file, or wrong n_channels_dat, dtype or "
+            "offset in params.py")
+    gain_uv = _session_gain(gain_uv, raw_files, chan_map, where)
     hp_filtered = bool(params.get("hp_filtered", False))
     sos = None if hp_filtered else _phy_sos(highpass_hz, fs, where)
     pad = n_before + n_after
@@ -464,7 +560,7 @@ def _read_phy_session(folder, index: int, *, units: str, n_spikes: int, seed: in
 
     times = [samples[idx] / fs * 1000.0 for _, idx in keep]
     return SessionUnits(folder, positions[:, :2], shanks, [u for u, _ in keep],
-                        n_before + n_after, times, waves)
+                        n_before + n_after, times, waves, _GEOMETRY_FILES)
 
 
 # import_phy's own arguments (the sessions' contents are checked by the reader).
@@ -484,12 +580,15 @@ def import_phy(sessions, out_dir, *, units: str = "good", n_spikes: int = 500, s
     """Kilosort / phy output folders (one per session, in session order) -> input folder.
 
     units: "good" (label good), "all_but_noise" (every cluster not labelled noise) or "all".
-        Labels come from cluster_group.tsv (phy's curation) where it has one, else from
-        cluster_KSLabel.tsv.
+        Labels come from cluster_group.tsv (phy's curation) where it has one other than
+        'unsorted', else from cluster_KSLabel.tsv. "bombcell_good" and
+        "bombcell_all_but_noise" select on bombcell's cluster_bc_unitType.tsv instead (GOOD;
+        anything but NOISE).
     Mean waveforms come from the raw recording named by dat_path in params.py (a path, or a
-    list of files read as one recording; relative paths resolve against the folder, and a file
-    of that name in the folder is used when the path does not exist, as after moving a
-    sorting). The file is memory-mapped as n_channels_dat interleaved channels of dtype after
+    list of files read as one recording; relative paths resolve against the folder). When the
+    path does not exist (a sorting moved from another machine), a file of that name beside
+    params.py, then in the folder above it (Kilosort 4's default layout), then the only raw
+    file (.bin, .dat, .raw) beside params.py is used, with a warning naming it. The file is memory-mapped as n_channels_dat interleaved channels of dtype after
     offset bytes; channel_map.npy picks the sorted channels' rows and channel_positions.npy
     gives their positions. For each unit up to n_spikes spikes are drawn at random (seeded by
     seed and the cluster id, so a unit's waveform does not depend on the others), the windows
@@ -498,10 +597,10 @@ def import_phy(sessions, out_dir, *, units: str = "good", n_spikes: int = 500, s
     (3rd-order Butterworth, zero phase, on a window three times as wide; skipped when params.py
     says hp_filtered = True, or with highpass_hz=None), the baseline (median) is removed and
     the result is scaled to uV by gain_uv.
-    gain_uv: uV per bit. Default 0.195, right for Neuropixels 1.0 AP data saved by Open Ephys
-        only: set it for anything else (SpikeGLX NP1.0 at AP gain 500: 2.34375 =
-        imAiRangeMax / imMaxInt / gain * 1e6 from the .meta file). The same value is used for
-        every session; a wrong gain scales all amplitudes alike.
+    gain_uv: uV per bit, for every session. None (default): each session's gain is read from
+        the SpikeGLX .meta beside its raw file or from Open Ephys's structure.oebin
+        (:mod:`kilomatch.formats.raw_gain`), and the log says which; a session with neither
+        is an error asking for gain_uv (no silent default: a wrong gain scales all amplitudes).
     Spike times: spike_times.npy (samples) / sample_rate * 1000 ms, every spike of the unit.
     Without a reachable raw file: Kilosort 4 templates (for units made of several templates,
     their spike-weighted mean), unwhitened with the whitening matrix KS4 saved
@@ -511,12 +610,14 @@ def import_phy(sessions, out_dir, *, units: str = "good", n_spikes: int = 500, s
     """
     n_before = _KS_NT0MIN if n_before is None else n_before
     n_after = _KS_NT0 - _KS_NT0MIN if n_after is None else n_after
-    gain_uv = NP1_GAIN_UV if gain_uv is None else gain_uv
-    check_table(dict(units=units, n_spikes=n_spikes, n_before=n_before, n_after=n_after,
-                     gain_uv=gain_uv), _PHY_ARGS, "Bad import_phy arguments")
+    args = dict(units=units, n_spikes=n_spikes, n_before=n_before, n_after=n_after,
+                gain_uv=gain_uv)
+    check_table(args, [s for s in _PHY_ARGS if args[s.name] is not None],
+                "Bad import_phy arguments")
     paths = check_session_list(sessions, "import_phy")
     read = [_read_phy_session(p, k, units=units, n_spikes=int(n_spikes), seed=int(seed),
-                              gain_uv=float(gain_uv), highpass_hz=highpass_hz,
+                              gain_uv=None if gain_uv is None else float(gain_uv),
+                              highpass_hz=highpass_hz,
                               n_before=int(n_before), n_after=int(n_after))
             for k, p in enumerate(paths, 1)]
     return write_input_folder(read, out_dir, overwrite)

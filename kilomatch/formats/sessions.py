@@ -15,7 +15,7 @@ import contextlib
 import csv
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -39,6 +39,8 @@ class SessionUnits:
     n_samples: T, samples per waveform.
     spike_times_ms: one array of spike times in ms per unit.
     waveforms: callable yielding one (C, T) array in uV per unit, in unit order.
+    geometry_source: where the channels came from, named when sessions differ (e.g.
+        "channel_map.npy, channel_positions.npy").
     """
 
     path: Path
@@ -48,6 +50,7 @@ class SessionUnits:
     n_samples: int
     spike_times_ms: list
     waveforms: Callable[[], Iterator[np.ndarray]]
+    geometry_source: str = ""
 
 
 def session_name(index: int, path) -> str:
@@ -74,6 +77,26 @@ def _geometry_difference(a: SessionUnits, b: SessionUnits) -> str | None:
     return None
 
 
+def align_channels(ref: SessionUnits, s: SessionUnits, index: int) -> SessionUnits:
+    """s with its channels put in ref's order when it holds the same channel positions in
+    another order (a sorting made with a channel map listing them differently); else s as it
+    is, for :func:`check_sessions` to judge."""
+    la, lb = ref.channel_locations, s.channel_locations
+    if la.shape != lb.shape or np.abs(la - lb).max(initial=0) <= 1e-3:
+        return s
+    dist = np.abs(la[:, None, :] - lb[None, :, :]).max(axis=2)     # (C ref, C s) um
+    order = dist.argmin(axis=1)
+    if (dist[np.arange(order.size), order] > 1e-3).any() or np.unique(order).size != order.size:
+        return s
+    log.info("%s lists the channels of %s in another order%s; reordered by position",
+             session_name(index, s.path), session_name(1, ref.path),
+             f" ({s.geometry_source})" if s.geometry_source else "")
+    source = s.waveforms
+    return replace(s, channel_locations=la.copy(),
+                   channel_shanks=None if s.channel_shanks is None else s.channel_shanks[order],
+                   waveforms=lambda: (np.asarray(w)[order] for w in source()))
+
+
 def check_sessions(sessions: list[SessionUnits]) -> None:
     """One probe geometry and one waveform length for all sessions; raise naming the odd ones."""
     ref = sessions[0]
@@ -81,8 +104,9 @@ def check_sessions(sessions: list[SessionUnits]) -> None:
     for k, s in enumerate(sessions[1:], 2):
         diff = _geometry_difference(ref, s)
         if diff:
-            problems.append(f"{session_name(k, s.path)} has a different channel geometry from "
-                            f"{session_name(1, ref.path)}: {diff}")
+            source = f" ({s.geometry_source})" if s.geometry_source else ""
+            problems.append(f"{session_name(k, s.path)} has a different channel geometry"
+                            f"{source} from {session_name(1, ref.path)}: {diff}")
         elif s.n_samples != ref.n_samples:
             problems.append(f"{session_name(k, s.path)} has waveforms of {s.n_samples} "
                             f"samples, {session_name(1, ref.path)} of {ref.n_samples}; all "
@@ -134,6 +158,8 @@ def write_input_folder(sessions: list[SessionUnits], out_dir, overwrite: bool = 
     Refuses a non-empty ``out_dir`` unless ``overwrite`` (which replaces it whole), and one that
     holds a session. Atomic: see :class:`~kilomatch.formats.folder.FolderWriter`.
     """
+    sessions = sessions[:1] + [align_channels(sessions[0], s, k)
+                               for k, s in enumerate(sessions[1:], 2)]
     check_sessions(sessions)
     writer = FolderWriter(out_dir, overwrite=overwrite, protect=[s.path for s in sessions])
     n_units = sum(len(s.unit_ids) for s in sessions)

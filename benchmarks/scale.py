@@ -67,10 +67,11 @@ def dataset_for(n_units: int, args) -> tuple[str, dict]:
     return f"scale_{n_units}", params
 
 
-def run_kilomatch(data: Path, out: Path, args) -> dict:
-    """kilomatch in a fresh process, with its per-step statistics."""
+def run_kilomatch(data: Path, out: Path, args, overrides: dict | None = None) -> dict:
+    """kilomatch in a fresh process (settings: defaults + ``overrides``), with its per-step
+    statistics."""
     out.mkdir(parents=True, exist_ok=True)
-    settings = peers.kilomatch_settings(data, out / "output")
+    settings = peers.kilomatch_settings(data, out / "output", overrides)
     (out / "settings.json").write_text(json.dumps(settings, indent=1))
     stats_file = out / "stats.json"
     if stats_file.exists():

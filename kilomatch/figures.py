@@ -95,6 +95,13 @@ def motion(result):
     return fig
 
 
+def _histogram(ax, values, bins, color, label, density=False):
+    """A filled histogram drawn as one outline: a bar per bin costs a patch each to lay out and
+    draw, which made the histogram figures most of the figures step."""
+    counts, edges = np.histogram(values, bins=bins, density=density)
+    ax.stairs(counts, edges, fill=True, color=color, alpha=0.7, label=label)
+
+
 def similarity_features(result):
     """Each feature's similarity (Fisher z) for matched vs unmatched candidate pairs."""
     final = result.final
@@ -107,7 +114,7 @@ def similarity_features(result):
         bins = np.linspace(z.min(), z.max(), 60) if z.size else 10
         for mask, color, label in ((~same, OTHER_COLOR, "unmatched"), (same, MATCH_COLOR, "matched")):
             if mask.any():  # a density of no pairs is undefined
-                ax.hist(z[mask], bins=bins, color=color, alpha=0.7, density=True, label=label)
+                _histogram(ax, z[mask], bins, color, label, density=True)
         ax.set_xlabel(f"{name} similarity (Fisher z)")
         ax.set_title(f"{name}: weight {w[k]:.2f}")
     axes[0, 0].set_ylabel("density")
@@ -125,8 +132,8 @@ def weighted_similarity(result):
     ax = fig.subplots()
     similarity = cl.similarity
     bins = np.linspace(similarity.min(), similarity.max(), 80) if similarity.size else 10
-    ax.hist(similarity[~same], bins=bins, color=OTHER_COLOR, alpha=0.7, label="unmatched pairs")
-    ax.hist(similarity[same], bins=bins, color=MATCH_COLOR, alpha=0.7, label="matched pairs")
+    _histogram(ax, similarity[~same], bins, OTHER_COLOR, "unmatched pairs")
+    _histogram(ax, similarity[same], bins, MATCH_COLOR, "matched pairs")
     if np.isfinite(cl.threshold):
         ax.axvline(cl.threshold, color="k", ls="--", label=f"LDA threshold {cl.threshold:.2f}")
     if similarity.size:

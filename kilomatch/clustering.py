@@ -17,10 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
-from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-
-from .hdbscan_tree import condensed_tree, select_clusters
 from .similarity import weighted_similarity
+
+# scikit-learn and hdbscan (which imports scikit-learn, pandas and scipy.stats) take about 2 s
+# to import: they are imported when a clustering first runs, not by the readers and writers
+# (export, report, apply-curation) that need only this module's label helpers.
 
 log = logging.getLogger("kilomatch")
 
@@ -53,6 +54,7 @@ def condensed_forest(n_units: int, mst: np.ndarray):
     graph = sparse.coo_matrix((np.ones(len(ends)), (ends[:, 0], ends[:, 1])),
                               shape=(n_units, n_units))
     n_comp, comp = connected_components(graph, directed=False)
+    from .hdbscan_tree import condensed_tree
     if n_comp == 1:
         return condensed_tree(mst)  # connected: the usual tree, whose root is not selectable
     rows = []
@@ -86,6 +88,7 @@ def hdbscan_from_mst(mst: np.ndarray, n_units: int, max_cluster_size: int = 0) -
     mass with min_cluster_size 2 (hdbscan's own condensing and selection)."""
     if n_units < 2:
         return -np.ones(n_units, np.int64)
+    from .hdbscan_tree import select_clusters
     return select_clusters(condensed_forest(n_units, mst), max_cluster_size)
 
 
@@ -141,6 +144,7 @@ def lda_weights(similarities: np.ndarray, matched: np.ndarray):
     """
     if matched.all() or not matched.any():
         return None
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     # The least-squares solver gives the svd solver's coefficients (to ~1e-15 here) at half
     # the cost on millions of pairs, and copes with collinear features through lstsq.
     lda = LinearDiscriminantAnalysis(solver="lsqr")

@@ -98,7 +98,10 @@ def run_peer(tool: str, data: Path, out: Path, peers_py, args) -> dict:
 def steps_text(stages) -> str:
     if not stages:
         return ""
-    return "; ".join(f"{s['stage']} {s['seconds']:.0f} s / {s['peak_memory_mb'] / 1024:.1f} GB"
+    def cpu(s):  # runs before the step log had CPU times have none
+        return "" if s.get("cpu_seconds") is None else f" (CPU {s['cpu_seconds']:.0f} s)"
+    return "; ".join(f"{s['stage']} {s['seconds']:.0f} s{cpu(s)} / "
+                     f"{s['peak_memory_mb'] / 1024:.1f} GB"
                      for s in stages if s.get("peak_memory_mb") is not None)
 
 

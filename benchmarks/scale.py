@@ -67,10 +67,11 @@ def dataset_for(n_units: int, args) -> tuple[str, dict]:
     return f"scale_{n_units}", params
 
 
-def run_kilomatch(data: Path, out: Path, args) -> dict:
-    """kilomatch in a fresh process, with its per-step statistics."""
+def run_kilomatch(data: Path, out: Path, args, overrides: dict | None = None) -> dict:
+    """kilomatch in a fresh process (settings: defaults + ``overrides``), with its per-step
+    statistics."""
     out.mkdir(parents=True, exist_ok=True)
-    settings = peers.kilomatch_settings(data, out / "output")
+    settings = peers.kilomatch_settings(data, out / "output", overrides)
     (out / "settings.json").write_text(json.dumps(settings, indent=1))
     stats_file = out / "stats.json"
     if stats_file.exists():
@@ -97,7 +98,10 @@ def run_peer(tool: str, data: Path, out: Path, peers_py, args) -> dict:
 def steps_text(stages) -> str:
     if not stages:
         return ""
-    return "; ".join(f"{s['stage']} {s['seconds']:.0f} s / {s['peak_memory_mb'] / 1024:.1f} GB"
+    def cpu(s):  # runs before the step log had CPU times have none
+        return "" if s.get("cpu_seconds") is None else f" (CPU {s['cpu_seconds']:.0f} s)"
+    return "; ".join(f"{s['stage']} {s['seconds']:.0f} s{cpu(s)} / "
+                     f"{s['peak_memory_mb'] / 1024:.1f} GB"
                      for s in stages if s.get("peak_memory_mb") is not None)
 
 

@@ -9,7 +9,7 @@ then reused by every step: Kriging correction, waveform similarity and the writt
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -42,6 +42,10 @@ class LocalWaveforms:
     values: np.ndarray
     channels: np.ndarray
     n_channels: int
+    # (distinct windows (M, W), window of each unit (N,), slot of each channel in each
+    # distinct window (M, C) int32, -1 outside): found once and shared by the corrected copies
+    # and subsets, which keep the windows (finding them sorts N rows of W channels).
+    windows: tuple | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def from_full(cls, waveforms: np.ndarray) -> "LocalWaveforms":
@@ -59,18 +63,27 @@ class LocalWaveforms:
         """(N, C, T): the shape of the full-probe array these values stand for."""
         return (self.values.shape[0], self.n_channels, self.values.shape[2])
 
+    def window_index(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct windows (M, W) and the window of each unit (N,) int64."""
+        if self.windows is None:
+            table, of = np.unique(self.channels, axis=0, return_inverse=True)
+            lookup = np.full((table.shape[0], self.n_channels), -1, dtype=np.int32)
+            np.put_along_axis(lookup, table,
+                              np.arange(table.shape[1], dtype=np.int32)[None, :], axis=1)
+            self.windows = (table, of.ravel().astype(np.int64), lookup)
+        return self.windows[:2]
+
     def slots(self, units: np.ndarray, channels: np.ndarray) -> np.ndarray:
         """Window slot of each (unit, channel), -1 where the channel is outside the window.
 
         units: (n,); channels: (c,) shared or (n, c) per unit -> (n, c) int32.
         """
         units = np.asarray(units, dtype=np.int64)
-        channels = np.broadcast_to(np.asarray(channels, dtype=np.int64),
-                                   (units.size,) + np.shape(channels)[-1:])
-        win = self.channels[units]  # (n, W)
-        lookup = np.full((units.size, self.n_channels), -1, dtype=np.int32)
-        np.put_along_axis(lookup, win, np.arange(win.shape[1])[None, :], axis=1)
-        return np.take_along_axis(lookup, channels, axis=1)
+        channels = np.asarray(channels, dtype=np.int64)
+        _, window_of = self.window_index()
+        lookup = self.windows[2]
+        rows = window_of[units][:, None]
+        return lookup[rows, channels if channels.ndim == 2 else channels[None, :]]
 
     def on(self, units: np.ndarray, channels: np.ndarray) -> np.ndarray:
         """Waveforms of ``units`` on ``channels`` ((c,) shared or (n, c)): (n, c, T) float32,
@@ -85,7 +98,10 @@ class LocalWaveforms:
 
     def subset(self, members: np.ndarray) -> "LocalWaveforms":
         """The units ``members`` (same probe)."""
-        return LocalWaveforms(self.values[members], self.channels[members], self.n_channels)
+        windows = None if self.windows is None else (
+            self.windows[0], self.windows[1][members], self.windows[2])
+        return LocalWaveforms(self.values[members], self.channels[members], self.n_channels,
+                              windows)
 
     def full(self) -> np.ndarray:
         """(N, C, T) float32 with zeros outside the windows (for small data and tests)."""

@@ -17,10 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
-from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-from .hdbscan_tree import condensed_tree, select_clusters
 from .similarity import weighted_similarity
+
+# hdbscan (which imports scikit-learn, pandas and scipy.stats: about 2 s) is imported when a
+# clustering first runs, not by the readers and writers (export, report, apply-curation) that
+# need only this module's label helpers.
 
 log = logging.getLogger("kilomatch")
 
@@ -53,6 +55,7 @@ def condensed_forest(n_units: int, mst: np.ndarray):
     graph = sparse.coo_matrix((np.ones(len(ends)), (ends[:, 0], ends[:, 1])),
                               shape=(n_units, n_units))
     n_comp, comp = connected_components(graph, directed=False)
+    from .hdbscan_tree import condensed_tree
     if n_comp == 1:
         return condensed_tree(mst)  # connected: the usual tree, whose root is not selectable
     rows = []
@@ -86,6 +89,7 @@ def hdbscan_from_mst(mst: np.ndarray, n_units: int, max_cluster_size: int = 0) -
     mass with min_cluster_size 2 (hdbscan's own condensing and selection)."""
     if n_units < 2:
         return -np.ones(n_units, np.int64)
+    from .hdbscan_tree import select_clusters
     return select_clusters(condensed_forest(n_units, mst), max_cluster_size)
 
 
@@ -141,17 +145,39 @@ def lda_weights(similarities: np.ndarray, matched: np.ndarray):
     """
     if matched.all() or not matched.any():
         return None
-    # The least-squares solver gives the svd solver's coefficients (to ~1e-15 here) at half
-    # the cost on millions of pairs, and copes with collinear features through lstsq.
-    lda = LinearDiscriminantAnalysis(solver="lsqr")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lda.fit(similarities, matched)
-    coef = lda.coef_.ravel()
+        coef, intercept = _lda_lsqr(np.asarray(similarities, dtype=np.float64), matched)
     total = coef.sum()
     if not np.isfinite(total) or total <= 0:
         return None
-    return coef / total, float(-lda.intercept_[0] / total)
+    return coef / total, float(-intercept / total)
+
+
+def _lda_lsqr(x: np.ndarray, matched: np.ndarray) -> tuple[np.ndarray, float]:
+    """Two-class LDA by least squares (scikit-learn's solver 'lsqr', same arithmetic in the same
+    order, so the same bits; tests/test_clustering.py compares them): (P, F), (P,) bool ->
+    coefficients (F,) and intercept of the decision function matched - unmatched.
+
+    Written here because most of scikit-learn's time on millions of pairs went to input checks
+    and to class sums one row at a time (np.add.at); a running sum (cumsum) adds the rows in
+    the same order. The priors are the class fractions; the covariance is the priors-weighted
+    sum of each class's biased covariance; lstsq copes with collinear features.
+    """
+    from scipy import linalg
+    y = np.asarray(matched, dtype=bool).astype(np.intp)
+    counts = np.bincount(y, minlength=2)
+    priors = counts.astype(np.float64) / float(y.size)
+    means = np.empty((2, x.shape[1]))
+    cov = np.zeros((x.shape[1], x.shape[1]))
+    for k in range(2):
+        rows = x[y == k]
+        means[k] = np.cumsum(rows, axis=0)[-1] + 0.0  # + 0.0: a sum from zero is never -0.0
+        cov += priors[k] * np.atleast_2d(np.cov(rows.T, bias=1))
+    means /= counts[:, None]
+    coef = linalg.lstsq(cov, means.T)[0].T
+    intercept = -0.5 * np.diag(np.dot(means, coef.T)) + np.log(priors)
+    return coef[1] - coef[0], float(intercept[1] - intercept[0])
 
 
 @dataclass

@@ -71,8 +71,7 @@ def correct_local(local: LocalWaveforms, channel_locations: np.ndarray, shift_um
         kinv = kriging_inverse(locs)
     shift_um = np.asarray(shift_um, dtype=np.float64)
     out = np.empty(local.values.shape, dtype=np.float32)
-    windows, window_of = np.unique(local.channels, axis=0, return_inverse=True)
-    window_of = window_of.ravel()
+    windows, window_of = local.window_index()
     order = np.argsort(window_of, kind="stable")
     bounds = np.flatnonzero(np.diff(window_of[order])) + 1
     for members in np.split(order, bounds):
@@ -92,4 +91,4 @@ def correct_local(local: LocalWaveforms, channel_locations: np.ndarray, shift_um
                 target = locs[win] + np.array([0.0, values[g]])
                 k = kriging_kernel(target, locs[win]).astype(np.float32)
                 out[block[inside]] = np.einsum("ij,njt->nit", k, weights[inside], optimize=True)
-    return LocalWaveforms(out, local.channels, local.n_channels)
+    return LocalWaveforms(out, local.channels, local.n_channels, local.windows)

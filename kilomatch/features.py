@@ -8,7 +8,6 @@ ms for spike times and lags.
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d
 
 from .errors import KilomatchError
 
@@ -177,6 +176,14 @@ def center_waveforms(waveforms: np.ndarray, peak: np.ndarray) -> np.ndarray:
     # Index form of the shift, clipped to the edges = padding with the edge values.
     idx = np.clip(np.arange(t)[None, :] + shift[:, None], 0, t - 1)
     return np.take_along_axis(w, idx[:, None, :].repeat(c, axis=1), axis=2)
+
+
+def gaussian_filter1d(values: np.ndarray, sigma: float, mode: str) -> np.ndarray:
+    """scipy.ndimage.gaussian_filter1d, imported on first use: scipy.ndimage takes most of a
+    second to import, and the writers that need only this module's channel helpers do not
+    smooth anything."""
+    from scipy.ndimage import gaussian_filter1d as smooth
+    return smooth(values, sigma, mode=mode)
 
 
 def acg_lags(window: float, binwidth: float) -> np.ndarray:

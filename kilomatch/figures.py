@@ -18,6 +18,14 @@ from matplotlib.ticker import MaxNLocator
 MATCH_COLOR, OTHER_COLOR = "tab:red", "tab:gray"
 
 
+def _margins(fig, left=0.8, right=0.25, bottom=0.6, top=0.45, wspace=None):
+    """Fixed margins in inches around the axes. tight_layout measured every tick label to place
+    them, about a third of the figures' drawing time; these labels' sizes are known."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
+                        top=1 - top / height, wspace=wspace)
+
+
 def _same_final(result) -> np.ndarray:
     pairs, idx = result.final.pairs, result.idx_cluster
     return (idx[pairs[:, 0]] == idx[pairs[:, 1]]) & (idx[pairs[:, 0]] > 0)
@@ -51,7 +59,7 @@ def unit_depth(result):
     axes[0].set_ylabel("depth along the probe (um)")
     axes[0].legend(loc="upper right", fontsize=8)
     fig.suptitle("Unit depth per session")
-    fig.tight_layout()
+    _margins(fig, top=0.75, wspace=0.06)
     return fig
 
 
@@ -82,7 +90,7 @@ def motion(result):
         title += f"\nmotion used: {choice.source} ({choice.why})"
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    _margins(fig, top=0.55)
     if choice is not None and choice.warnings:
         lines = [line for w in choice.warnings[:4] for line in textwrap.wrap(w, 120)]
         if len(choice.warnings) > 4:
@@ -93,6 +101,13 @@ def motion(result):
         fig.text(0.01, 0.01, "\n".join(["WARNING"] + lines), fontsize=6.5, color="tab:red",
                  va="bottom", ha="left")
     return fig
+
+
+def _histogram(ax, values, bins, color, label, density=False):
+    """A filled histogram drawn as one outline: a bar per bin costs a patch each to lay out and
+    draw, which made the histogram figures most of the figures step."""
+    counts, edges = np.histogram(values, bins=bins, density=density)
+    ax.stairs(counts, edges, fill=True, color=color, alpha=0.7, label=label)
 
 
 def similarity_features(result):
@@ -107,13 +122,13 @@ def similarity_features(result):
         bins = np.linspace(z.min(), z.max(), 60) if z.size else 10
         for mask, color, label in ((~same, OTHER_COLOR, "unmatched"), (same, MATCH_COLOR, "matched")):
             if mask.any():  # a density of no pairs is undefined
-                ax.hist(z[mask], bins=bins, color=color, alpha=0.7, density=True, label=label)
+                _histogram(ax, z[mask], bins, color, label, density=True)
         ax.set_xlabel(f"{name} similarity (Fisher z)")
         ax.set_title(f"{name}: weight {w[k]:.2f}")
     axes[0, 0].set_ylabel("density")
     if len(same):
         axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
+    _margins(fig, left=0.7, wspace=0.22)
     return fig
 
 
@@ -125,8 +140,8 @@ def weighted_similarity(result):
     ax = fig.subplots()
     similarity = cl.similarity
     bins = np.linspace(similarity.min(), similarity.max(), 80) if similarity.size else 10
-    ax.hist(similarity[~same], bins=bins, color=OTHER_COLOR, alpha=0.7, label="unmatched pairs")
-    ax.hist(similarity[same], bins=bins, color=MATCH_COLOR, alpha=0.7, label="matched pairs")
+    _histogram(ax, similarity[~same], bins, OTHER_COLOR, "unmatched pairs")
+    _histogram(ax, similarity[same], bins, MATCH_COLOR, "matched pairs")
     if np.isfinite(cl.threshold):
         ax.axvline(cl.threshold, color="k", ls="--", label=f"LDA threshold {cl.threshold:.2f}")
     if similarity.size:
@@ -135,7 +150,7 @@ def weighted_similarity(result):
     ax.set_ylabel("pairs")
     ax.set_title("Weighted similarity of candidate pairs")
     ax.legend(fontsize=8)
-    fig.tight_layout()
+    _margins(fig)
     return fig
 
 
@@ -168,7 +183,7 @@ def match_probability(result):
     axes[1].set_xlabel("distance between sessions (sessions)")
     axes[1].set_ylabel("P(match)")
     axes[1].set_title("Match probability vs session distance")
-    fig.tight_layout()
+    _margins(fig, left=0.7, wspace=0.3)
     return fig
 
 
@@ -192,7 +207,7 @@ def feature_scatter(result, max_points: int = 20000):
         ax.set_ylabel(f"{names[b]} similarity (z)")
     axes[0, 0].legend(fontsize=8, markerscale=4)
     fig.suptitle("Similarity features of candidate pairs")
-    fig.tight_layout()
+    _margins(fig, left=0.7, top=0.7, wspace=0.3)
     return fig
 
 

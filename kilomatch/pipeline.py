@@ -594,17 +594,21 @@ def peak_memory_mb() -> float | None:
 
 
 class Stages:
-    """Wall time and peak memory at the end of each step, logged and kept in Result.stages."""
+    """Wall time, CPU time of this process (its n_jobs workers not counted: on a busy machine
+    the one to compare) and peak memory at the end of each step, logged and kept in
+    Result.stages."""
 
     def __init__(self):
         self.rows = []
         self._last = time.perf_counter()
+        self._last_cpu = time.process_time()
 
     def done(self, name: str) -> None:
-        now = time.perf_counter()
+        now, cpu = time.perf_counter(), time.process_time()
         peak = peak_memory_mb()
         self.rows.append({"stage": name, "seconds": round(now - self._last, 3),
+                          "cpu_seconds": round(cpu - self._last_cpu, 3),
                           "peak_memory_mb": None if peak is None else round(peak, 1)})
-        log.info("step %s: %.1f s%s", name, now - self._last,
+        log.info("step %s: %.1f s (CPU %.1f s)%s", name, now - self._last, cpu - self._last_cpu,
                  "" if peak is None else f", peak memory so far {peak / 1024:.2f} GB")
-        self._last = now
+        self._last, self._last_cpu = now, cpu

@@ -98,7 +98,7 @@ class Result:
     matched_pairs: np.ndarray
     run_time_s: float = 0.0
     summary: dict = field(default_factory=dict)
-    stages: list = field(default_factory=list)  # per step: seconds and peak memory (MB)
+    stages: list = field(default_factory=list)  # per step: wall and CPU seconds, peak memory (MB)
     shanks: list = field(default_factory=list)  # ShankPart per shank, when more than one
 
 

@@ -55,7 +55,10 @@ def candidate_pairs(depth: np.ndarray, session: np.ndarray, max_distance: float,
                                       np.maximum(i[keep], j[keep])]).astype(np.int64))
         first = last
     pairs = np.concatenate(parts) if parts else np.empty((0, 2), np.int64)
-    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+    # Sorted by (i, j) through one int64 key: pairs are distinct, so this is the lexicographic
+    # order, and one sort of P keys costs a quarter of a two-key lexsort.
+    key = np.sort(pairs[:, 0] * depth.size + pairs[:, 1])
+    return np.column_stack([key // depth.size, key % depth.size])
 
 
 def fisher_z(r: np.ndarray) -> np.ndarray:
@@ -64,12 +67,20 @@ def fisher_z(r: np.ndarray) -> np.ndarray:
     return np.arctanh(np.clip(r, -R_MAX, R_MAX))
 
 
-def _standardize(x: np.ndarray, dtype=np.float64) -> np.ndarray:
-    """Rows to zero mean and unit norm, so a dot product is the Pearson r. Constant rows -> 0."""
+def _standardize(x: np.ndarray, dtype=np.float64, overwrite: bool = False) -> np.ndarray:
+    """Rows to zero mean and unit norm, so a dot product is the Pearson r. Constant rows -> 0.
+
+    With ``overwrite`` a fresh array of ``dtype`` is standardised in place (no copies of
+    the gathered waveforms)."""
     x = np.asarray(x, dtype=dtype)
-    x = x - x.mean(axis=-1, keepdims=True)
+    if overwrite:
+        x -= x.mean(axis=-1, keepdims=True)
+    else:
+        x = x - x.mean(axis=-1, keepdims=True)
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return np.divide(x, norm, out=np.zeros_like(x), where=norm > 0)
+    np.divide(x, norm, out=x, where=norm > 0)
+    x[~(norm > 0)[..., 0]] = 0.0
+    return x
 
 
 def feature_similarity(feature: np.ndarray, pairs: np.ndarray,
@@ -106,8 +117,9 @@ def waveform_similarity(waveforms, channels: np.ndarray, pairs: np.ndarray,
     probes, channels = _as_probes(waveforms, channels)
     best = np.full(pairs.shape[0], -np.inf)
     for wf, ch in zip(probes, channels):
-        r = np.maximum(_directed_corr(wf, ch, pairs[:, 0], pairs[:, 1]),
-                       _directed_corr(wf, ch, pairs[:, 1], pairs[:, 0]))
+        sets = np.unique(ch, axis=0, return_inverse=True)  # once for both directions
+        r = np.maximum(_directed_corr(wf, sets, pairs[:, 0], pairs[:, 1]),
+                       _directed_corr(wf, sets, pairs[:, 1], pairs[:, 0]))
         best = np.maximum(best, r)
     return fisher_z(best)
 
@@ -127,11 +139,13 @@ def _as_probes(waveforms, channels) -> tuple[list, np.ndarray]:
 
 def _standardized_on(wf: LocalWaveforms, units: np.ndarray, channels: np.ndarray) -> np.ndarray:
     """Waveforms of ``units`` on ``channels``, flattened, zero mean and unit norm: (n, c*T)."""
-    return _standardize(wf.on(units, channels).reshape(units.size, -1), dtype=np.float32)
+    return _standardize(wf.on(units, channels).reshape(units.size, -1), dtype=np.float32,
+                        overwrite=True)
 
 
-def _directed_corr(wf: LocalWaveforms, ch: np.ndarray, own: np.ndarray, other: np.ndarray):
-    """Pearson r of units own[p] and other[p] on own's channels.
+def _directed_corr(wf: LocalWaveforms, sets: tuple, own: np.ndarray, other: np.ndarray):
+    """Pearson r of units own[p] and other[p] on own's channels; sets: the distinct channel
+    sets (M, n) and the set of each unit (N,).
 
     Units with the same channel set (on a regular probe: the same peak channel) are handled
     together: their partners are read once and all correlations come from one matrix product,
@@ -139,7 +153,7 @@ def _directed_corr(wf: LocalWaveforms, ch: np.ndarray, own: np.ndarray, other: n
     """
     if own.size == 0:
         return np.zeros(0)
-    sets, set_of_unit = np.unique(ch, axis=0, return_inverse=True)
+    sets, set_of_unit = sets
     return _products_by_group(set_of_unit.ravel()[own], own, other,
                               lambda k, units: _standardized_on(wf, units, sets[k]))
 
@@ -154,12 +168,25 @@ def _products_by_group(key: np.ndarray, own: np.ndarray, other: np.ndarray, rows
     out = np.zeros(own.size)
     order = np.argsort(key, kind="stable")
     bounds = np.flatnonzero(np.diff(key[order])) + 1
+    seen = np.zeros(int(max(own.max(), other.max())) + 1, dtype=bool)
+    place = np.empty(seen.size, dtype=np.int64)
     for idx in np.split(order, bounds):
         k = key[idx[0]]
-        owners, own_pos = np.unique(own[idx], return_inverse=True)
-        partners, other_pos = np.unique(other[idx], return_inverse=True)
-        out[idx] = (rows(k, owners) @ rows(k, partners).T)[own_pos.ravel(), other_pos.ravel()]
+        owners, own_pos = _distinct(own[idx], seen, place)
+        partners, other_pos = _distinct(other[idx], seen, place)
+        out[idx] = (rows(k, owners) @ rows(k, partners).T)[own_pos, other_pos]
     return out
+
+
+def _distinct(units: np.ndarray, seen: np.ndarray, place: np.ndarray) -> tuple:
+    """np.unique(units, return_inverse=True) by marking, without sorting: (u,) ascending and
+    (n,) each unit's place in it. seen: all-False bool scratch (left all False), place: int
+    scratch, both longer than the largest unit id."""
+    seen[units] = True
+    found = np.flatnonzero(seen)
+    seen[found] = False
+    place[found] = np.arange(found.size)
+    return found, place[units]
 
 
 LOCATION_SCALE_UM = 10.0

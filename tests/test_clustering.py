@@ -5,6 +5,7 @@ matrix in which non-candidate pairs are infinitely far (np.inf) and the diagonal
 """
 
 import itertools
+import warnings
 
 import hdbscan
 import numpy as np
@@ -291,6 +292,31 @@ def test_lda_weights_closed_form_and_threshold_between_means():
     # and the LDA's own classification agrees with S > thr.
     s = x @ w
     assert np.array_equal(s > thr, x @ coef + intercept > 0)
+
+
+@pytest.mark.parametrize("n_pairs,n_features,collinear", [
+    (200_000, 2, False), (5_000, 3, True), (300, 1, False), (50, 4, False)])
+def test_lda_is_scikit_learns_lsqr_to_the_bit(n_pairs, n_features, collinear):
+    """kilomatch's own two-class LDA gives exactly scikit-learn's solver='lsqr' coefficients
+    and intercept (same bits): results stay those of earlier versions, without scikit-learn's
+    per-row class sums on millions of pairs (issue 15)."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    from kilomatch.clustering import _lda_lsqr
+    rng = np.random.default_rng(n_pairs)
+    x = rng.normal(size=(n_pairs, n_features)) * np.linspace(3.0, 0.5, n_features)
+    y = rng.random(n_pairs) < 0.05
+    x[y] += 1.5
+    x[rng.random(n_pairs) < 0.01, 0] = -0.0
+    if collinear:
+        x[:, -1] = x[:, 0]
+    ref = LinearDiscriminantAnalysis(solver="lsqr")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref.fit(x, y)
+        coef, intercept = _lda_lsqr(x, y)
+    assert np.array_equal(coef, ref.coef_.ravel())
+    assert intercept == ref.intercept_[0]
 
 
 @pytest.mark.parametrize("labels", [np.ones(20, bool), np.zeros(20, bool)])

@@ -22,3 +22,14 @@ def test_result_types_keep_their_public_home():
     from kilomatch import pipeline, results
     for name in ("Result", "RoundResult", "UnitFeatures", "ShankPart", "shank_parts"):
         assert getattr(pipeline, name) is getattr(results, name)
+
+
+def test_writers_do_not_import_the_clustering_libraries():
+    """The writers and readers (export: report, apply-curation) start without scikit-learn,
+    hdbscan and scipy.ndimage, about 2 s of imports that only a run needs (issue 15)."""
+    code = ("import sys, kilomatch.export, kilomatch.review, kilomatch.manual_curation; "
+            "sys.exit(' '.join(m for m in ('sklearn', 'hdbscan', 'pandas', 'scipy.ndimage') "
+            "if m in sys.modules) or None)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr

@@ -76,6 +76,8 @@ def test_round_pair_arrays_kept_only_when_asked(data, tmp_path):
     n_rounds = len(from_dict({}).motionEstimation.features)  # the default schedule: 3 rounds
     assert len(lean.rounds) == n_rounds
     assert all(r.pairs is None and r.n_good > 0 for r, _ in lean.rounds)
+    # and its corrected waveforms: only the final clustering's copy outlives its round
+    assert all(r.waveforms_corrected is None for r, _ in lean.rounds)
     assert not list((tmp_path / "lean").glob("MotionRound*"))
     full = kilomatch.run({**base, "output_folder": str(tmp_path / "full"),
                           "save_intermediate_results": True})

@@ -221,7 +221,9 @@ def test_run_log_beside_results(run_result):
     assert "clustering.max_distance =" not in text  # left at its default
     assert "loaded" in text and "done:" in text
     for row in result.stages:
-        assert re.search(rf"step {row['stage']}: \d+\.\d s, peak memory so far \d", text)
+        assert re.search(rf"step {row['stage']}: \d+\.\d s \(CPU \d+\.\d s\), peak memory so "
+                         r"far \d", text)
+        assert 0 <= row["cpu_seconds"]
     assert [row["stage"] for row in result.stages] == [
         "load", "features", "motion rounds", "final clustering", "match probability",
         "curation", "export", "figures"]

@@ -404,24 +404,28 @@ def run_study(name: str, p: StudyParams, description: str, args, peers_py, log=p
     folder.mkdir(parents=True, exist_ok=True)
     log(f"study {name}: {description}")
     pop = write_sessions(p, folder)
+    n = min(args.first_sessions or p.n_sessions, p.n_sessions)
+    motion = pop.motion[:n]
+    if n < p.n_sessions:
+        log(f"  using the first {n} of its {p.n_sessions} sessions")
     record = {"study": name, "description": description, "params": dataclasses.asdict(p),
-              "motion_um": pop.motion.tolist(), "sorters": {}}
+              "n_sessions_used": n, "motion_um": motion.tolist(), "sorters": {}}
     for sorter in args.sorters:
         if not sorter_available(sorter):
             log(f"  {sorter}: skipped ({SORTER_MODULES[sorter]} is not importable)")
             record["sorters"][sorter] = {"skipped": f"{SORTER_MODULES[sorter]} not importable"}
             continue
-        sort_sessions(folder, p.n_sessions, sorter, log)
+        sort_sessions(folder, n, sorter, log)
         matches = [match_session(folder / f"session{s}" / "gt", folder / f"session{s}" / sorter)
-                   for s in range(1, p.n_sessions + 1)]
+                   for s in range(1, n + 1)]
         sessions = [{k: m[k] for k in ("n_neurons", "n_units", "n_matched")} for m in matches]
         log("  per session (neurons / units found / matched): " + ", ".join(
             f"{m['n_neurons']}/{m['n_units']}/{m['n_matched']}" for m in sessions))
         rows, finals = [], {}
         for route in args.routes:
-            data = import_route(route, folder, p.n_sessions, sorter,
+            data = import_route(route, folder, n, sorter,
                                 folder / f"{sorter}_{route}" / "input", p.gain_uv)
-            write_truth(data, route, matches, pop.motion)
+            write_truth(data, route, matches, motion)
             finals[route] = rows_for_route(route, data, args, peers_py, rows, log)
         agreement = None
         if len(finals) == 2 and all(v is not None for v in finals.values()):
@@ -501,6 +505,9 @@ def parse_args(argv=None):
                     help="recordings, sortings, imported folders and runs (default %(default)s)")
     ap.add_argument("--peers-python", default=None, help="Python of the peers' environment")
     ap.add_argument("--timeout", type=float, default=None, help="seconds per tool run")
+    ap.add_argument("--first-sessions", type=int, default=None, metavar="N",
+                    help="use only the first N sessions of each study (the simulation, and "
+                         "so the cache, stay the same)")
     ap.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     args = ap.parse_args(argv)

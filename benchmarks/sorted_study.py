@@ -308,12 +308,20 @@ def sort_sessions(folder, n_sessions: int, sorter: str, log=print) -> None:
 
 # ----------------------------------------------------------------------------- import, truth
 
+def session_folder(route: str, sorter: str) -> str:
+    """Where a session's sorting is, per route: Kilosort 4 writes its own phy folder (with
+    ``params.py`` naming the raw file), other sorters' phy folders come from export_to_phy."""
+    if route == "phy" and sorter == "kilosort4":
+        return f"{sorter}/sorter_output"
+    return f"{sorter}_{'phy' if route == 'phy' else 'analyzer'}"
+
+
 def import_route(route: str, folder, n_sessions: int, sorter: str, out, gain_uv: float) -> Path:
     """Import the sessions' sortings by ``route`` through ``kilomatch import`` (the function
     the command line calls) into ``out`` (replaced)."""
     from kilomatch.importers import main as import_main
 
-    sessions = [str(Path(folder) / f"session{s}" / f"{sorter}_{'analyzer' if route != 'phy' else 'phy'}")
+    sessions = [str(Path(folder) / f"session{s}" / session_folder(route, sorter))
                 for s in range(1, n_sessions + 1)]
     argv = [route, str(out), *sessions, "--overwrite"]
     if route == "phy":
@@ -331,15 +339,15 @@ def _read_tsv(path: Path) -> list[dict]:
 def sorted_unit_keys(data, route: str) -> list[tuple[int, str]]:
     """(session, SpikeInterface unit id as text) of each unit of an imported folder, in unit
     order; a phy route's cluster ids are mapped back through export_to_phy's
-    cluster_si_unit_ids.tsv."""
+    cluster_si_unit_ids.tsv (Kilosort's own folders have none: there the ids are the same)."""
     with open(Path(data) / UNITS_SOURCE, newline="") as f:
         rows = list(csv.DictReader(f))
     maps = {}
     keys = []
     for row in rows:
         uid = row["original_unit_id"]
-        if route == "phy":
-            path = Path(row["session_path"]) / "cluster_si_unit_ids.tsv"
+        path = Path(row["session_path"]) / "cluster_si_unit_ids.tsv"
+        if route == "phy" and path.exists():
             if path not in maps:
                 maps[path] = {r["cluster_id"]: r["si_unit_id"] for r in _read_tsv(path)}
             uid = maps[path][uid]

@@ -236,6 +236,8 @@ def write_all(result: Result, arrays: RunArrays) -> list:
         "IdxCluster": idx,
         "removed_pairs": a.removed_pairs.astype(np.int64),
         "removed_reason": a.removed_reason.astype(np.int8),
+        "removed_probability": a.removed_probability.astype(np.float32),
+        "kept_pairs": a.kept_pairs.astype(np.int64),
         "reason_names": np.array(REASONS),
         "split_threshold": a.split_thresholds if multi else np.float64(a.split_thresholds[0]),
         "split_on": a.split_on if multi else a.split_on[0],

@@ -315,7 +315,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
             units, data.channel_locations, motion, s.waveformCorrection, kinv)
     note("final clustering")
     fitted = None
-    if s.clustering.method == "probability" or s.clustering.match_probability:
+    if needs_probability(s):
         fitted = fit_probability(data, units, final, s, final_names)
         note("match probability")
     if s.clustering.method == "probability" and fitted is not None:
@@ -333,14 +333,29 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     positions = None
     if ac.position_split:
         positions = np.column_stack([units.locations[:, 0], final.corrected_depth])
+    q_p = None
+    if fitted is not None:
+        q_p = linking.within_cluster_probability(fitted[0], fitted[1], final.pairs, q_pairs,
+                                                 q_link, len(labels))
     cur = curation.curate(labels, units.session0, q_pairs, q_sim, q_link, threshold,
-                          ac.auto_split, positions, ac.position_gap_um)
-    if fitted is not None:  # the probability is reported, the clusters stay the similarity's
+                          ac.auto_split, positions, ac.position_gap_um, q_p,
+                          ac.cut_probability)
+    if fitted is not None:  # the probability is reported; the similarity made the clusters
         cur.links = fitted[0]
         cur.links.match_confidence = final_confidence(units, final, s, cur.labels, *fitted)
+        cur.removed_probability = linking.pair_lookup(q_pairs, q_p, cur.removed_pairs,
+                                                      len(labels))[1]
     note("curation")
     idx = renumber(cur.labels, start=1)
     return Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))
+
+
+def needs_probability(s: Settings) -> bool:
+    """Whether a run learns the match probability: asked for, clustering by it, or a split of
+    the curation that must be confirmed by it (autoCuration.cut_probability below 1)."""
+    ac = s.autoCuration
+    confirm = ac.cut_probability < 1 and (ac.auto_split or ac.position_split)
+    return s.clustering.method == "probability" or s.clustering.match_probability or confirm
 
 
 def fit_probability(data: Dataset, units: UnitFeatures, final: RoundResult, s: Settings,

@@ -342,7 +342,11 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                           ac.cut_probability)
     if fitted is not None:  # the probability is reported; the similarity made the clusters
         cur.links = fitted[0]
-        cur.links.match_confidence = final_confidence(units, final, s, cur.labels, *fitted)
+        # curation only takes units apart, so every final within-cluster pair is one of
+        # q_pairs and already has its probability
+        kept = curation.within_cluster_pairs(cur.labels)
+        cur.links.match_confidence = linking.match_confidence(
+            len(labels), kept, linking.pair_lookup(q_pairs, q_p, kept, len(labels))[1])
         cur.removed_probability = linking.pair_lookup(q_pairs, q_p, cur.removed_pairs,
                                                       len(labels))[1]
     note("curation")

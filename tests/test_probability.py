@@ -130,3 +130,20 @@ def test_match_confidence_and_table():
     assert table["probability"].tolist() == [0.3, 0.9]
     assert table["Waveform"].tolist() == [3.0, 1.0]
     assert table["same_final_cluster"].tolist() == ["yes", "yes"]
+
+
+def test_probability_is_learned_only_when_something_uses_it():
+    """Learned for the default curation (cut_probability < 1 with a split on), when asked for,
+    or to cluster by it; not when no split needs confirming and nothing asks for it."""
+    from kilomatch.pipeline import needs_probability
+    from kilomatch.settings import load as load_settings
+
+    def settings(**ac):
+        return load_settings({"path_to_data": ".", "output_folder": "out",
+                              "autoCuration": ac})
+    assert needs_probability(settings())
+    assert not needs_probability(settings(cut_probability=1.0))
+    assert not needs_probability(settings(auto_split=False, position_split=False))
+    assert needs_probability(load_settings({"path_to_data": ".", "output_folder": "out",
+                                            "autoCuration": {"cut_probability": 1.0},
+                                            "clustering": {"match_probability": True}}))

@@ -68,6 +68,7 @@ class CurationResult:
     # (NaN when no probability was fitted)
     kept_pairs: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
     removed_probability: np.ndarray | None = None
+    cut_probability: float = float("nan")  # the level the cuts were confirmed at (NaN: none)
 
 
 def _clashing_clusters(labels: np.ndarray, session: np.ndarray) -> np.ndarray:
@@ -322,7 +323,7 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     split at ``threshold`` (``auto_split``), and with ``positions`` (N, D) um the split at
     position gaps (:func:`split_by_position`). With ``probability`` and ``cut_probability``
     below 1, a cut of either split stands only where the mean match probability between its
-    sides is below ``cut_probability`` (:func:`rejoin_by_probability`); the pairs it keeps
+    sides is at most ``cut_probability`` (:func:`rejoin_by_probability`); the pairs it keeps
     together are ``kept_pairs``.
 
     labels: (N,) clusters from the final clustering; session: (N,); pairs: (Q, 2) every
@@ -404,7 +405,7 @@ def rejoin_by_probability(before, after, pairs, probability, threshold: float):
     ``after`` splits the clusters of ``before`` into parts (units of one cluster of
     ``before`` with different labels in ``after``, or -1). Within each split cluster the parts
     are joined again by average linkage: the two groups with the highest mean probability
-    between them merge while that mean is at least ``threshold``. A cut survives only where
+    between them merge while that mean is above ``threshold``. A cut survives only where
     the units on its two sides are, on average, probably not one neuron.
 
     before, after: (N,) labels (-1 none); pairs: (Q, 2) every within-cluster pair of
@@ -433,7 +434,7 @@ def rejoin_by_probability(before, after, pairs, probability, threshold: float):
             mean = np.array([[p[np.ix_(a, b)].mean() for b in groups] for a in groups])
             np.fill_diagonal(mean, -np.inf)
             i, j = np.unravel_index(np.argmax(mean), mean.shape)
-            if mean[i, j] < threshold:
+            if mean[i, j] <= threshold:  # at the level: as probable as non-matches
                 break
             i, j = min(i, j), max(i, j)
             groups[i] = np.sort(np.concatenate([groups[i], groups.pop(j)]))

@@ -238,6 +238,7 @@ def write_all(result: Result, arrays: RunArrays) -> list:
         "removed_reason": a.removed_reason.astype(np.int8),
         "removed_probability": a.removed_probability.astype(np.float32),
         "kept_pairs": a.kept_pairs.astype(np.int64),
+        "cut_probability": a.cut_probability if multi else np.float64(a.cut_probability[0]),
         "reason_names": np.array(REASONS),
         "split_threshold": a.split_thresholds if multi else np.float64(a.split_thresholds[0]),
         "split_on": a.split_on if multi else a.split_on[0],

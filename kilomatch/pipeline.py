@@ -333,13 +333,15 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     positions = None
     if ac.position_split:
         positions = np.column_stack([units.locations[:, 0], final.corrected_depth])
-    q_p = None
+    q_p, cut = None, ac.cut_probability
     if fitted is not None:
         q_p = linking.within_cluster_probability(fitted[0], fitted[1], final.pairs, q_pairs,
                                                  q_link, len(labels))
+        if cut < 1:  # a cut between parts as probable as known non-matches is not vetoed
+            cut = max(cut, fitted[0].model.non_match_level(NON_MATCH_QUANTILE))
     cur = curation.curate(labels, units.session0, q_pairs, q_sim, q_link, threshold,
-                          ac.auto_split, positions, ac.position_gap_um, q_p,
-                          ac.cut_probability)
+                          ac.auto_split, positions, ac.position_gap_um, q_p, cut)
+    cur.cut_probability = cut if q_p is not None else float("nan")
     if fitted is not None:  # the probability is reported; the similarity made the clusters
         cur.links = fitted[0]
         # curation only takes units apart, so every final within-cluster pair is one of
@@ -352,6 +354,11 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     note("curation")
     idx = renumber(cur.labels, start=1)
     return Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))
+
+
+# Share of the same-session pairs (non-matches) whose probability sets the lowest level at
+# which the probability may veto a cut (autoCuration.cut_probability).
+NON_MATCH_QUANTILE = 0.9
 
 
 def needs_probability(s: Settings) -> bool:

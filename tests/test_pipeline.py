@@ -160,7 +160,9 @@ def test_curation_records_why_with_the_probability(run_result):
     with np.load(out / "CurationResults.npz") as z:
         removed, p, kept = z["removed_pairs"], z["removed_probability"], z["kept_pairs"]
         before, idx = z["IdxCluster_before"], z["IdxCluster"]
+        level = float(z["cut_probability"])
     assert p.shape == (len(removed),) and np.all((p >= 0) & (p <= 1))
+    assert 0.02 <= level < 1
     assert kept.ndim == 2 and kept.shape[1] == 2
     assert np.all(before[kept[:, 0]] == before[kept[:, 1]])
     assert np.all((idx[kept[:, 0]] == idx[kept[:, 1]]) & (idx[kept[:, 0]] > 0))

@@ -56,7 +56,9 @@ class RunArrays:
     MatchTable.csv, or None when no shank has a probability). Candidate pairs of every shank: pairs (P, 2), pair_similarities
     (P, F), similarity (P,), good_match (P,), pair_shank (P,), same_cluster_clustering and
     same_cluster_final (P,) (both units in one cluster before / after curation). Curation: removed_pairs (R, 2),
-    removed_reason (R,). Motion rounds per shank: round_motion (list of (rounds, S)),
+    removed_reason (R,), removed_probability (R,) (NaN without a probability), kept_pairs
+    (J, 2) (cut by a split, kept together by the probability), cut_probability (K,) (the
+    mean probability below which a cut stood; NaN when no probability confirmed the cuts). Motion rounds per shank: round_motion (list of (rounds, S)),
     round_good_matches (list of (rounds,)), rounds (list of lists of RoundArrays, filled only
     when the round pair arrays were kept).
     """
@@ -86,6 +88,9 @@ class RunArrays:
     idx_cluster_after_conflicts: np.ndarray
     removed_pairs: np.ndarray
     removed_reason: np.ndarray
+    removed_probability: np.ndarray
+    kept_pairs: np.ndarray
+    cut_probability: np.ndarray
     split_thresholds: np.ndarray
     split_on: np.ndarray
     probability: np.ndarray
@@ -176,6 +181,12 @@ def assemble(result: Result) -> RunArrays:
         removed_pairs=np.vstack([p.units[c.removed_pairs]
                                  for p, c in zip(parts, curated)]).reshape(-1, 2),
         removed_reason=np.concatenate([c.removed_reason for c in curated]),
+        removed_probability=np.concatenate([
+            np.full(len(c.removed_pairs), np.nan) if c.removed_probability is None
+            else c.removed_probability for c in curated]),
+        cut_probability=np.array([c.cut_probability for c in curated]),
+        kept_pairs=np.vstack([p.units[c.kept_pairs]
+                              for p, c in zip(parts, curated)]).reshape(-1, 2),
         split_thresholds=np.array([c.threshold for c in curated]),
         split_on=np.array(["probability" if m else "similarity" for m in made]),
         probability=np.concatenate([

@@ -8,7 +8,7 @@ similarity and whether it may link two units at all (different sessions, within 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
@@ -63,6 +63,12 @@ class CurationResult:
     removed_reason: np.ndarray
     threshold: float = float("nan")
     links: object = None  # linking.ProbabilityLinks, when the probability made the clusters
+    # (J, 2) pairs a similarity cut would have separated and the match probability kept
+    # together (curate's cut_probability); (R,) match probability of each removed pair
+    # (NaN when no probability was fitted)
+    kept_pairs: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
+    removed_probability: np.ndarray | None = None
+    cut_probability: float = float("nan")  # the level the cuts were confirmed at (NaN: none)
 
 
 def _clashing_clusters(labels: np.ndarray, session: np.ndarray) -> np.ndarray:
@@ -311,13 +317,18 @@ def equal_prior_threshold(similarity: np.ndarray, matched: np.ndarray) -> float:
 
 def curate(labels, session, pairs, similarity, linkable, threshold,
            auto_split: bool = True, positions: np.ndarray | None = None,
-           position_gap_um: float = 7.0) -> CurationResult:
+           position_gap_um: float = 7.0, probability: np.ndarray | None = None,
+           cut_probability: float = 1.0) -> CurationResult:
     """The curation steps, then dissolve single-unit clusters: same-session conflicts, the
     split at ``threshold`` (``auto_split``), and with ``positions`` (N, D) um the split at
-    position gaps (:func:`split_by_position`).
+    position gaps (:func:`split_by_position`). With ``probability`` and ``cut_probability``
+    below 1, a cut of either split stands only where the mean match probability between its
+    sides is at most ``cut_probability`` (:func:`rejoin_by_probability`); the pairs it keeps
+    together are ``kept_pairs``.
 
     labels: (N,) clusters from the final clustering; session: (N,); pairs: (Q, 2) every
-    within-cluster pair; similarity: (Q,) weighted similarity; linkable: (Q,) bool.
+    within-cluster pair; similarity: (Q,) weighted similarity; linkable: (Q,) bool;
+    probability: (Q,) match probability of the pairs, or None.
     """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     after_conflicts, removed_c = resolve_conflicts(labels, session, pairs, similarity)
@@ -330,12 +341,30 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     if positions is not None and np.isfinite(threshold):
         final, removed_p = split_by_position(final, positions, pairs, similarity, linkable,
                                              threshold, position_gap_um)
+    kept = np.empty((0, 2), np.int64)
+    if probability is not None and cut_probability < 1:
+        final, standing = rejoin_by_probability(after_conflicts, final, pairs, probability,
+                                                cut_probability)
+        removed_s, kept_s = _split_rows(removed_s, standing)
+        removed_p, kept_p = _split_rows(removed_p, standing)
+        kept = np.vstack([kept_s, kept_p])
+        kept = kept[np.lexsort((kept[:, 1], kept[:, 0]))]
     final = dissolve_singletons(final)
     removed = np.vstack([removed_c, removed_s, removed_p])
     reason = np.concatenate([np.full(len(removed_c), CONFLICT), np.full(len(removed_s), SPLIT),
                              np.full(len(removed_p), POSITION)])
     return CurationResult(final, after_conflicts, removed, reason.astype(np.int8),
-                          float(threshold))
+                          float(threshold), kept_pairs=kept)
+
+
+def _split_rows(rows: np.ndarray, among: np.ndarray):
+    """Rows (R, 2) that are / are not rows of ``among`` (M, 2): (found (R1, 2), rest (R2, 2))."""
+    rows = np.asarray(rows, np.int64).reshape(-1, 2)
+    among = np.asarray(among, np.int64).reshape(-1, 2)
+    view = np.dtype((np.void, 16))
+    found = np.isin(np.ascontiguousarray(rows).view(view).ravel(),
+                    np.ascontiguousarray(among).view(view).ravel())
+    return rows[found], rows[~found]
 
 
 def curate_by_probability(labels, session, pairs, probability, threshold: float = 0.5,
@@ -368,3 +397,55 @@ def curate_by_probability(labels, session, pairs, probability, threshold: float 
                              np.full(len(removed_p), POSITION)])
     return CurationResult(final, dissolve_singletons(split), removed, reason.astype(np.int8),
                           float(threshold))
+
+
+def rejoin_by_probability(before, after, pairs, probability, threshold: float):
+    """Undo the cuts of a split that the match probability contradicts.
+
+    ``after`` splits the clusters of ``before`` into parts (units of one cluster of
+    ``before`` with different labels in ``after``, or -1). Within each split cluster the parts
+    are joined again by average linkage: the two groups with the highest mean probability
+    between them merge while that mean is above ``threshold``. A cut survives only where
+    the units on its two sides are, on average, probably not one neuron.
+
+    before, after: (N,) labels (-1 none); pairs: (Q, 2) every within-cluster pair of
+    ``before``; probability: (Q,) (0 for pairs that cannot link; pairs not listed count 0).
+    Returns (labels (N,), removed (R, 2) pairs of one cluster of ``before`` left apart,
+    sorted).
+    """
+    before = np.asarray(before, np.int64)
+    labels = np.array(after, dtype=np.int64)
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    probability = np.asarray(probability, np.float64)
+    next_label = max(int(labels.max(initial=-1)), int(before.max(initial=-1))) + 1
+    inside = (before[pairs[:, 0]] == before[pairs[:, 1]]) & (before[pairs[:, 0]] >= 0)
+    cut = inside & ((labels[pairs[:, 0]] != labels[pairs[:, 1]]) | (labels[pairs[:, 0]] < 0))
+    clusters = np.unique(before[pairs[cut, 0]])
+    removed = []
+    for units, rows in _cluster_members(before, pairs, clusters):
+        p = _cluster_similarity(units, pairs[rows], probability[rows])
+        part = labels[units]
+        # each unit dropped to -1 (a lone unit) is a part of its own
+        lone = part < 0
+        part[lone] = next_label + np.arange(lone.sum())
+        next_label += int(lone.sum())
+        groups = [np.flatnonzero(part == g) for g in np.unique(part)]
+        while len(groups) > 1:
+            mean = np.array([[p[np.ix_(a, b)].mean() for b in groups] for a in groups])
+            np.fill_diagonal(mean, -np.inf)
+            i, j = np.unravel_index(np.argmax(mean), mean.shape)
+            if mean[i, j] <= threshold:  # at the level: as probable as non-matches
+                break
+            i, j = min(i, j), max(i, j)
+            groups[i] = np.sort(np.concatenate([groups[i], groups.pop(j)]))
+        for g in groups:
+            labels[units[g]] = part[g].min()
+        group_of = np.empty(units.size, np.int64)
+        for k, g in enumerate(groups):
+            group_of[g] = k
+        a, b = np.nonzero(np.triu(group_of[:, None] != group_of[None, :], 1))
+        removed.append(np.column_stack([units[a], units[b]]))
+    if not removed:
+        return labels, np.empty((0, 2), np.int64)
+    removed = np.concatenate(removed)
+    return labels, removed[np.lexsort((removed[:, 1], removed[:, 0]))]

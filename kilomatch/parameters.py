@@ -144,15 +144,16 @@ PARAMETERS: tuple[Param, ...] = (
           "from each dataset's own same-session pairs (README, \"Match probability\").",
           choices=("similarity", "probability")),
     Param("clustering.match_probability", "bool", False,
-          "With clustering.method 'similarity': also learn and report the per-pair match "
+          "With clustering.method 'similarity': learn and report the per-pair match "
           "probability (CandidatePairs.npz probability, MatchTable.csv, units.csv "
-          "match_confidence); the clusters stay the similarity's. Off by default while its "
-          "cost at scale is not measured (on 8,000 units it added about 40% to the run)."),
+          "match_confidence) even when autoCuration.cut_probability is 1; the clusters stay "
+          "the similarity's. With the default cut_probability it is learned anyway."),
     Param("clustering.n_iter", "int", 10, "Most HDBSCAN + LDA iterations.", min=1),
     Param("clustering.weight_tol", "float", 1e-8,
           "Stop the HDBSCAN + LDA iterations when no weight changes by more than this.", min=0),
     Param("autoCuration.auto_split", "bool", True,
-          "Split clusters into the connected components of their above-threshold pairs."),
+          "Split clusters into the connected components of their above-threshold pairs "
+          "(each cut confirmed by the match probability, see autoCuration.cut_probability)."),
     Param("autoCuration.link_probability", "float", 0.5,
           "With clustering.method 'probability': auto_split splits a cluster where the mean "
           "match probability between its groups of units is below this.", min=0, max=1),
@@ -167,6 +168,14 @@ PARAMETERS: tuple[Param, ...] = (
           "(README, \"What is different\")."),
     Param("autoCuration.position_gap_um", "float", 7.0,
           "Smallest position gap (um) at which position_split may cut a cluster.", min=0),
+    Param("autoCuration.cut_probability", "float", 0.02,
+          "A cut made by auto_split or position_split stands only where the mean match "
+          "probability between its two sides is at most this (or at most the probability that "
+          "90% of the same-session pairs, known non-matches, stay under, if higher): the "
+          "probability, learned from the data's own same-session pairs, vetoes cuts between "
+          "units that are probably one neuron (small units whose similarity is low). 1 keeps "
+          "every cut and learns no probability for it (the curation of version 0.0.5).",
+          min=0, max=1),
 )
 
 BY_NAME = {p.name: p for p in PARAMETERS}

@@ -315,7 +315,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
             units, data.channel_locations, motion, s.waveformCorrection, kinv)
     note("final clustering")
     fitted = None
-    if s.clustering.method == "probability" or s.clustering.match_probability:
+    if needs_probability(s):
         fitted = fit_probability(data, units, final, s, final_names)
         note("match probability")
     if s.clustering.method == "probability" and fitted is not None:
@@ -333,14 +333,40 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     positions = None
     if ac.position_split:
         positions = np.column_stack([units.locations[:, 0], final.corrected_depth])
+    q_p, cut = None, ac.cut_probability
+    if fitted is not None:
+        q_p = linking.within_cluster_probability(fitted[0], fitted[1], final.pairs, q_pairs,
+                                                 q_link, len(labels))
+        if cut < 1:  # a cut between parts as probable as known non-matches is not vetoed
+            cut = max(cut, fitted[0].model.non_match_level(NON_MATCH_QUANTILE))
     cur = curation.curate(labels, units.session0, q_pairs, q_sim, q_link, threshold,
-                          ac.auto_split, positions, ac.position_gap_um)
-    if fitted is not None:  # the probability is reported, the clusters stay the similarity's
+                          ac.auto_split, positions, ac.position_gap_um, q_p, cut)
+    cur.cut_probability = cut if q_p is not None else float("nan")
+    if fitted is not None:  # the probability is reported; the similarity made the clusters
         cur.links = fitted[0]
-        cur.links.match_confidence = final_confidence(units, final, s, cur.labels, *fitted)
+        # curation only takes units apart, so every final within-cluster pair is one of
+        # q_pairs and already has its probability
+        kept = curation.within_cluster_pairs(cur.labels)
+        cur.links.match_confidence = linking.match_confidence(
+            len(labels), kept, linking.pair_lookup(q_pairs, q_p, kept, len(labels))[1])
+        cur.removed_probability = linking.pair_lookup(q_pairs, q_p, cur.removed_pairs,
+                                                      len(labels))[1]
     note("curation")
     idx = renumber(cur.labels, start=1)
     return Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))
+
+
+# Share of the same-session pairs (non-matches) whose probability sets the lowest level at
+# which the probability may veto a cut (autoCuration.cut_probability).
+NON_MATCH_QUANTILE = 0.9
+
+
+def needs_probability(s: Settings) -> bool:
+    """Whether a run learns the match probability: asked for, clustering by it, or a split of
+    the curation that must be confirmed by it (autoCuration.cut_probability below 1)."""
+    ac = s.autoCuration
+    confirm = ac.cut_probability < 1 and (ac.auto_split or ac.position_split)
+    return s.clustering.method == "probability" or s.clustering.match_probability or confirm
 
 
 def fit_probability(data: Dataset, units: UnitFeatures, final: RoundResult, s: Settings,

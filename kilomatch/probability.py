@@ -85,6 +85,14 @@ class MatchModel:
     candidate_probability: np.ndarray
     non_match_probability: np.ndarray = field(repr=False, default=None)
 
+    def non_match_level(self, quantile: float = 0.9) -> float:
+        """The probability that known non-matches (the same-session pairs, cross-fitted) stay
+        below in the given share: where this dataset's probability of a non-match lies. It is
+        above 0 when the prior is overestimated (few same-session pairs) and every
+        non-match gets some probability."""
+        p = self.non_match_probability
+        return float(np.quantile(p, quantile)) if p is not None and len(p) else 0.0
+
     def predict(self, evidence: np.ndarray) -> np.ndarray:
         """Probability of pairs none of the models trained on: (P, K) -> (P,), from the mean
         score of the fold models."""

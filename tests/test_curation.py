@@ -231,6 +231,55 @@ def test_conflict_then_split_reasons_in_order():
         assert members.size >= 2 and np.unique(session[members]).size == members.size
 
 
+
+def test_probability_vetoes_a_cut_between_probable_matches():
+    """Two groups {0, 1, 2} and {3, 4, 5} of one cluster, in six sessions, with the similarity
+    across them below threshold. Where the match probability across is high (small units of
+    one neuron whose similarity is low), the cluster stays whole and the pairs the cut would
+    have removed are kept_pairs; where it is low, the cut stands with its reason and the
+    probability of each removed pair."""
+    labels = np.zeros(6, int)
+    session = np.arange(6)
+    pairs = within_cluster_pairs(labels)
+    inside = {(0, 1): 3.0, (0, 2): 3.0, (1, 2): 3.0, (3, 4): 3.0, (3, 5): 3.0, (4, 5): 3.0}
+    sim = pair_values(pairs, inside, 0.2)
+    across = {tuple(p) for p in pairs.tolist()} - set(inside)
+    link = np.ones(len(pairs), bool)
+    for p_across, whole in ((0.6, True), (0.01, False)):
+        p = pair_values(pairs, {k: 0.95 for k in inside}, p_across)
+        res = curate(labels, session, pairs, sim, link, threshold=1.0, probability=p,
+                     cut_probability=0.02)
+        if whole:
+            np.testing.assert_array_equal(renumber(res.labels), [1] * 6)
+            assert len(res.removed_pairs) == 0 and as_set(res.kept_pairs) == across
+        else:
+            np.testing.assert_array_equal(renumber(res.labels), [1, 1, 1, 2, 2, 2])
+            assert as_set(res.removed_pairs) == across and len(res.kept_pairs) == 0
+            assert np.all(res.removed_reason == SPLIT)
+    # cut_probability 1 keeps every cut whatever the probability (the 0.0.5 curation)
+    res = curate(labels, session, pairs, sim, link, threshold=1.0, probability=np.ones(15),
+                 cut_probability=1.0)
+    np.testing.assert_array_equal(renumber(res.labels), [1, 1, 1, 2, 2, 2])
+
+
+def test_rejoin_by_average_link_keeps_a_chain_apart():
+    """Three parts A={0,1}, B={2,3}, C={4,5} of one cluster: A-B probable (0.9), B-C not
+    (0.01), A-C not (0.0). A and B join again; C stays apart, and a unit dropped to -1 by a
+    split (6, lone) joins the part it is probably one neuron with."""
+    before = np.zeros(7, int)
+    after = np.array([0, 0, 1, 1, 2, 2, -1])
+    pairs = within_cluster_pairs(before)
+    group = np.array([0, 0, 1, 1, 2, 2, 2])
+    table = {}
+    for i, j in pairs.tolist():
+        g = {group[i], group[j]}
+        table[(i, j)] = 0.9 if g in ({0}, {1}, {2}, {0, 1}) else 0.01 if g == {1, 2} else 0.0
+    p = pair_values(pairs, table, 0.0)
+    labels, removed = curation.rejoin_by_probability(before, after, pairs, p, 0.05)
+    np.testing.assert_array_equal(renumber(labels), [1, 1, 1, 1, 2, 2, 2])
+    assert as_set(removed) == {(i, j) for i in range(4) for j in range(4, 7)}
+
+
 # ---------------------------------------------------------------- against the reference
 # The reference is the straightforward implementation the vectorised one replaced
 # (combinations + lexsort; a sparse lookup read one pair at a time): outputs must be equal,

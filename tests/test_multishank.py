@@ -81,10 +81,14 @@ def test_multishank_outputs_and_figures(four_shank):
         assert len(list((out / "Figures" / f"Shank{k}").glob("*.png"))) == 6 + fitted
     header = (out / "units.csv").read_text().splitlines()[0]
     assert header.endswith(",shank")
-    # the match probability is learned only when asked for (clustering.match_probability)
-    assert not (out / "MatchTable.csv").exists()
+    # the default curation learns the match probability on every shank that has the pairs
+    # to fit it (to confirm its cuts); NaN on the others
     with np.load(out / "CandidatePairs.npz") as z:
-        assert np.isnan(z["probability"]).all()
+        for k in range(4):
+            fitted = result.shanks[k].result.curated.links is not None
+            assert np.isnan(z["probability"][z["shank"] == k]).all() != fitted
+    assert (out / "MatchTable.csv").exists() == any(
+        p.result.curated.links is not None for p in result.shanks)
     gt = np.load(folder / "gt_neuron.npy")
     assert metrics.pair_scores(result.idx_cluster, gt, result.data.session_index)["f1"] > 0.8
 

@@ -130,3 +130,35 @@ def test_match_confidence_and_table():
     assert table["probability"].tolist() == [0.3, 0.9]
     assert table["Waveform"].tolist() == [3.0, 1.0]
     assert table["same_final_cluster"].tolist() == ["yes", "yes"]
+
+
+def test_probability_is_learned_only_when_something_uses_it():
+    """Learned for the default curation (cut_probability < 1 with a split on), when asked for,
+    or to cluster by it; not when no split needs confirming and nothing asks for it."""
+    from kilomatch.pipeline import needs_probability
+    from kilomatch.settings import load as load_settings
+
+    def settings(**ac):
+        return load_settings({"path_to_data": ".", "output_folder": "out",
+                              "autoCuration": ac})
+    assert needs_probability(settings())
+    assert not needs_probability(settings(cut_probability=1.0))
+    assert not needs_probability(settings(auto_split=False, position_split=False))
+    assert needs_probability(load_settings({"path_to_data": ".", "output_folder": "out",
+                                            "autoCuration": {"cut_probability": 1.0},
+                                            "clustering": {"match_probability": True}}))
+
+
+def test_non_match_level_rises_when_the_prior_is_overestimated():
+    """The probability that 90% of the known non-matches stay under rises with the prior's
+    error (every non-match then gets some probability), which is when a fixed low
+    cut_probability would veto every cut. On this toy mixture 10% of the non-matches lie as
+    close as matches (dy < 10 um), so the level is 0.15 with the prior right."""
+    cand, _, non = _mixture(0)
+    right = fit_match_probability(cand, non, cand[:, 1] > 30, non[:, 1] > 30, seed=0)
+    assert right.non_match_level(0.9) < 0.2 and right.non_match_level(0.5) < 0.01
+    # an anchor holding a third as many candidates as it should: prior ~0.7 instead of 0.15
+    anchor = (cand[:, 1] > 30) & (np.arange(len(cand)) % 3 == 0)
+    high = fit_match_probability(cand, non, anchor, non[:, 1] > 30, seed=0)
+    assert high.prior > 0.5 and high.non_match_level(0.9) > right.non_match_level(0.9) + 0.3
+    assert high.non_match_level(0.5) > 0.3

@@ -121,8 +121,10 @@ def _classifier(seed: int):
     from sklearn.ensemble import HistGradientBoostingClassifier
     # No early stopping: it would hold out a random validation set; a fixed number of
     # shallow, regularised trees keeps the density ratio smooth where pairs are few.
+    # 63 bins, not 255: scikit-learn finds the bins of weighted data one percentile at a
+    # time, which was 90% of the step (10 s of a 26 s run at 1,600 units; now 4 s).
     return HistGradientBoostingClassifier(
-        max_iter=60, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=40,
+        max_iter=60, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=40, max_bins=63,
         l2_regularization=1.0, early_stopping=False, random_state=seed)
 
 

@@ -1,8 +1,9 @@
 """Importers on folders as the upstream tools write them.
 
-SpikeInterface analyzers and ``export_to_phy`` folders are written by SpikeInterface itself.
-Kilosort 4 (torch), SpikeGLX, Open Ephys and bombcell do not run in CI: their files are
-written here the way those tools write them, each helper saying where that layout comes from.
+SpikeInterface analyzers and ``export_to_phy`` folders are written by SpikeInterface itself,
+bombcell's labels by bombcell's own writer. Kilosort 4 (torch), SpikeGLX and Open Ephys do not
+run in CI: their files are written here the way those tools write them, each helper saying
+where that layout comes from.
 """
 
 import contextlib
@@ -258,15 +259,12 @@ def test_unsorted_overrides_no_kilosort_label(tmp_path, two_ks4):
 # --------------------------------------------------------------------------------------------
 
 def write_bombcell_labels(folder, labels):
-    """cluster_bc_unitType.tsv as bombcell's save_utils.save_quality_metric_tsv writes it:
-    a pandas DataFrame of np.array((template_ids, unit_types)).T with columns cluster_id,
-    bc_unitType, to_csv(sep='\\t', index=False); labels GOOD, MUA, NOISE, NON-SOMA (or
-    NON-SOMA GOOD / NON-SOMA MUA)."""
-    pd = pytest.importorskip("pandas")
-    ids = np.arange(len(labels))
-    df = pd.DataFrame(data=np.array((ids, np.array(labels))).T,
-                      columns=("cluster_id", "bc_unitType"))
-    df.to_csv(folder / "cluster_bc_unitType.tsv", sep="\t", index=False)
+    """cluster_bc_unitType.tsv written by bombcell itself: save_utils.save_quality_metric_tsv,
+    called as bombcell's save step calls it (unit types GOOD, MUA, NOISE, NON-SOMA, ...)."""
+    save_utils = pytest.importorskip("bombcell.save_utils")
+    save_utils.save_quality_metric_tsv(np.array(labels), np.arange(len(labels)), str(folder),
+                                       "cluster_bc_unitType.tsv",
+                                       ("cluster_id", "bc_unitType"))
 
 
 def test_bombcell_labels_select_units(tmp_path):

@@ -360,11 +360,16 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
 def _split_rows(rows: np.ndarray, among: np.ndarray):
     """Rows (R, 2) that are / are not rows of ``among`` (M, 2): (found (R1, 2), rest (R2, 2))."""
     rows = np.asarray(rows, np.int64).reshape(-1, 2)
-    among = np.asarray(among, np.int64).reshape(-1, 2)
-    view = np.dtype((np.void, 16))
-    found = np.isin(np.ascontiguousarray(rows).view(view).ravel(),
-                    np.ascontiguousarray(among).view(view).ravel())
+    found = pairs_in(rows, among)
     return rows[found], rows[~found]
+
+
+def pairs_in(rows: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """(R,) bool: whether each unit pair of ``rows`` (R, 2) is a row of ``among`` (M, 2)."""
+    view = np.dtype((np.void, 16))  # one int64 pair as one comparable item
+    rows = np.ascontiguousarray(np.asarray(rows, np.int64).reshape(-1, 2))
+    among = np.ascontiguousarray(np.asarray(among, np.int64).reshape(-1, 2))
+    return np.isin(rows.view(view).ravel(), among.view(view).ravel())
 
 
 def curate_by_probability(labels, session, pairs, probability, threshold: float = 0.5,

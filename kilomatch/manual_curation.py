@@ -217,9 +217,9 @@ def apply_decisions(idx_cluster, session, decisions: list, shank=None) -> Manual
 
 def _pair_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Rows of the (., 2) pair array ``a`` not in ``b``, in the order of ``a``."""
-    n = int(max(a.max(initial=0), b.max(initial=0))) + 1
-    keep = ~np.isin(a[:, 0] * n + a[:, 1], b[:, 0] * n + b[:, 1])
-    return a[keep].reshape(-1, 2).astype(np.int64)
+    from .curation import pairs_in
+    a = np.asarray(a, np.int64).reshape(-1, 2)
+    return a[~pairs_in(a, b)]
 
 
 def _decision_arrays(decisions: list) -> dict:
@@ -264,36 +264,29 @@ def _curated_confidence(idx: np.ndarray, new: np.ndarray, confidence: np.ndarray
     return out
 
 
-def _units_csv_with_clusters(path: Path, idx: np.ndarray, confidence=None) -> str:
-    """The text of ``units.csv`` with its cluster column replaced by ``idx`` (and its
-    match_confidence column by ``confidence``, when given)."""
+def _curated_units_csv(folder: Path, idx: np.ndarray, new: np.ndarray) -> str:
+    """The text of the run's ``units.csv`` with its cluster column replaced by the curated
+    clusters ``new``, and its match_confidence column, when it has one, by
+    :func:`_curated_confidence`."""
+    path = folder / "units.csv"
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
-    column = rows[0].index("cluster")
-    conf_column = rows[0].index("match_confidence") if confidence is not None else None
     if len(rows) - 1 != idx.size:
         raise KilomatchError(f"{path} has {len(rows) - 1} units, IdxCluster.npy {idx.size}")
+    column = rows[0].index("cluster")
+    conf_column = rows[0].index("match_confidence") if "match_confidence" in rows[0] else None
+    if conf_column is not None:
+        confidence = _curated_confidence(
+            idx, new, np.array([float(r[conf_column]) for r in rows[1:]]), folder)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(rows[0])
-    for k, (row, c) in enumerate(zip(rows[1:], idx)):
+    for k, (row, c) in enumerate(zip(rows[1:], new)):
         row[column] = str(int(c))
         if conf_column is not None:
             row[conf_column] = f"{confidence[k]:.3f}"  # as export.save_units_csv writes it
         writer.writerow(row)
     return buf.getvalue()
-
-
-def _confidence_column(folder: Path, idx: np.ndarray, new: np.ndarray):
-    """The curated match_confidence (N,), or None when units.csv has no such column."""
-    with open(folder / "units.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "match_confidence" not in rows[0]:
-        return None
-    confidence = np.array([float(r["match_confidence"]) for r in rows])
-    if confidence.size != idx.size:
-        return None  # _units_csv_with_clusters names the mismatch
-    return _curated_confidence(idx, new, confidence, folder)
 
 
 def apply_curation(output_folder, curation) -> Path:
@@ -353,8 +346,7 @@ def apply_curation(output_folder, curation) -> Path:
         (out / "Output.npz").unlink()
     save_npy(out / "IdxCluster.npy", new.reshape(-1, 1))
     save_npy(out / "MatchedPairs.npy", pairs)
-    save_text(out / "units.csv", _units_csv_with_clusters(folder / "units.csv", new,
-                                                          _confidence_column(folder, idx, new)))
+    save_text(out / "units.csv", _curated_units_csv(folder, idx, new))
     save_text(out / "tracked_neurons.csv",
               tracked_csv(new, output["SessionIndex"], sorter_ids))
     save_npz(out / "CurationResults.npz", results)

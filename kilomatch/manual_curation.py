@@ -250,6 +250,9 @@ def _curated_confidence(idx: np.ndarray, new: np.ndarray, confidence: np.ndarray
     if not touched.any():
         return out
     path = folder / "CandidatePairs.npz"
+    if not path.is_file():
+        raise KilomatchError(f"{path}: missing; apply-curation needs it to recompute "
+                             "match_confidence for the clusters the decisions change")
     with np.load(path, allow_pickle=False) as z:
         if "probability" not in z.files:
             out[touched] = np.nan
@@ -299,6 +302,10 @@ def apply_curation(output_folder, curation) -> Path:
     folder = Path(output_folder)
     if not (folder / "Output.npz").is_file():
         raise KilomatchError(f"{folder} holds no finished kilomatch run (no Output.npz)")
+    for name in ("CurationResults.npz", "units.csv"):
+        if not (folder / name).is_file():
+            raise KilomatchError(f"{folder / name}: missing; apply-curation needs the run's "
+                                 "result files as kilomatch wrote them")
     decisions = (parse_decisions(curation) if isinstance(curation, dict)
                  else read_decisions(curation))
     with np.load(folder / "Output.npz", allow_pickle=False) as z:

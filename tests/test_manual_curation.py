@@ -166,3 +166,16 @@ def test_curated_match_confidence_follows_the_new_clusters(output_folder, tmp_pa
     # 9 -> min(0.7, 0.3)
     assert got == ["0.900", "0.800", "0.400", "nan", "0.900", "0.800", "0.300", "nan",
                    "0.400", "0.300"]
+
+
+@pytest.mark.parametrize("name", ["CurationResults.npz", "units.csv", "CandidatePairs.npz"])
+def test_missing_result_file_is_one_error_naming_it(output_folder, tmp_path, name):
+    save_units_csv(output_folder / "units.csv", {
+        "unit": np.arange(10), "session": SESSION, "cluster": IDX,
+        "match_confidence": np.full(10, 0.5)})
+    save_npz(output_folder / "CandidatePairs.npz", {"pairs": np.array([[0, 4]]),
+                                                    "probability": np.array([0.9])})
+    (output_folder / name).unlink()
+    with pytest.raises(KilomatchError, match=rf"{name}: missing"):
+        kilomatch.apply_curation(output_folder, {"decisions": [
+            {"cluster": 1, "action": "split", "units": [7]}]})

@@ -115,8 +115,13 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
                                   np.abs(np.diff(depth[non[fit_n]], axis=1))[:, 0] > far, seed)
     if model is None:
         return None
-    p = model.predict(x_cand)
-    p[fit_c] = model.candidate_probability  # each from the models that did not see it
+    # each fitted pair's probability comes from the models that did not see it; the fold
+    # models' mean is needed only for the pairs left out of the fit
+    p = np.empty(len(pairs))
+    p[fit_c] = model.candidate_probability
+    rest = np.ones(len(pairs), bool)
+    rest[fit_c] = False
+    p[rest] = model.predict(x_cand[rest])
     labels = cluster_by_probability(n, pairs, p, max_cluster_size)
     links = ProbabilityLinks(model, [], p, x_cand[:, :x_cand.shape[1] - 6], labels)
     return links, evidence

@@ -60,6 +60,11 @@ PARAMETERS: tuple[Param, ...] = (
     Param("centering_waveforms", "bool", False,
           "Shift each unit's waveform so the trough of its peak channel sits at sample "
           "ceil(T/2)-1 (edge values padded)."),
+    Param("blas_threads", "int", 1,
+          "Threads of the BLAS library (the matrix products) during a run; 0 keeps the "
+          "library's own count. 1 was the fastest measured, even on an idle machine (the "
+          "products are many and small), and makes the output bytes independent of the "
+          "machine's thread count. More cores: n_jobs.", min=0),
     Param("seed", "int", 0, "Seed of every random step (motion bootstrap).", min=0),
     Param("debug", "bool", False, "Show full tracebacks instead of one-line messages."),
     Param("dense_output_max_units", "int", 20000,

@@ -3,6 +3,7 @@ curation, export. Every step is also importable on its own (see each module)."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -467,7 +468,18 @@ def run(settings=None, *, write: bool = True) -> Result:
     t0 = time.perf_counter()
     setup_logging()
     with RunLog() as run_log:
-        return _run(settings, t0, write, run_log)
+        s = load_settings(settings)
+        with _blas_threads(s.blas_threads):
+            return _run(s, t0, write, run_log)
+
+
+def _blas_threads(n: int):
+    """Limit BLAS to ``n`` threads for the run (0: leave it). The last bits of the Kriging and
+    similarity products depend on the thread count, so a fixed count also fixes the bytes."""
+    if n <= 0:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(n, user_api="blas")
 
 
 def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:

@@ -243,6 +243,23 @@ def test_byte_identical_reruns_whatever_n_jobs(sim_folder, run_result, tmp_path,
     assert not different
 
 
+def test_byte_identical_whatever_the_machine_blas_threads(sim_folder, tmp_path):
+    """The run sets BLAS's thread count itself (blas_threads 1), so a machine set to two
+    threads writes the bytes of one set to one. With blas_threads 0 (the library's own count)
+    Output.npz and the similarity files differ in their last bits."""
+    from threadpoolctl import threadpool_limits
+    digests = []
+    for threads in (1, 2):
+        with threadpool_limits(threads, user_api="blas"):
+            kilomatch.run(_settings(sim_folder, tmp_path / f"out{threads}"))
+        digests.append(_digest(tmp_path / f"out{threads}"))
+    a, b = digests
+    for name in ("kilomatch_settings.json", "input_fingerprint.json", "kilomatch.log"):
+        a.pop(name), b.pop(name)
+    assert a.keys() == b.keys()
+    assert [name for name in a if a[name] != b[name]] == []
+
+
 def test_run_log_beside_results(run_result):
     """The output folder says how it was made: versions, the settings that differ from the
     defaults, the load, every step with its time and memory, the summary."""

@@ -155,15 +155,35 @@ def _directed_corr(wf: LocalWaveforms, sets: tuple, own: np.ndarray, other: np.n
         return np.zeros(0)
     sets, set_of_unit = sets
     return _products_by_group(set_of_unit.ravel()[own], own, other,
-                              lambda k, units: _standardized_on(wf, units, sets[k]))
+                              lambda k, units: _standardized_on(wf, units, sets[k]),
+                              lambda k, units: _scaled_on(wf, units, sets[k]))
 
 
-def _products_by_group(key: np.ndarray, own: np.ndarray, other: np.ndarray, rows) -> np.ndarray:
+def _scaled_on(wf: LocalWaveforms, units: np.ndarray, channels: np.ndarray) -> tuple:
+    """Waveforms of ``units`` on ``channels``, flattened but not centred: (n, c*T), and the
+    inverse of each row's centred norm (n,) (0 for constant rows).
+
+    The partners of a group need no centring: the owners' rows have zero mean, so their
+    product with a partner's row is the same with or without the partner's mean; dividing
+    by its centred norm gives Pearson's r. That saves writing every partner row twice."""
+    x = wf.on(units, channels).reshape(units.size, -1)
+    total = x.sum(axis=1, dtype=np.float64)
+    square = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    centred = np.maximum(square - total * total / max(x.shape[1], 1), 0.0)
+    # a constant row leaves only rounding in ``centred``: r is 0 there, as _standardize has it
+    scale = np.divide(1.0, np.sqrt(centred), out=np.zeros_like(centred),
+                      where=centred > 1e-9 * np.maximum(square, 1e-300))
+    return x, scale
+
+
+def _products_by_group(key: np.ndarray, own: np.ndarray, other: np.ndarray, rows,
+                       partner_rows=None) -> np.ndarray:
     """Dot products of the rows of units own[p] and other[p]: (P,).
 
     Pairs sharing a ``key`` (P,) are taken together: their units are read once through
     ``rows(key, units) -> (n, L)`` and every product comes from one matrix product, instead
-    of one gather of two rows per pair.
+    of one gather of two rows per pair. ``partner_rows(key, units) -> ((n, L), (n,))``, if
+    given, reads the other units' rows with a factor each product is multiplied by.
     """
     out = np.zeros(own.size)
     order = np.argsort(key, kind="stable")
@@ -174,7 +194,11 @@ def _products_by_group(key: np.ndarray, own: np.ndarray, other: np.ndarray, rows
         k = key[idx[0]]
         owners, own_pos = _distinct(own[idx], seen, place)
         partners, other_pos = _distinct(other[idx], seen, place)
-        out[idx] = (rows(k, owners) @ rows(k, partners).T)[own_pos, other_pos]
+        if partner_rows is None:
+            out[idx] = (rows(k, owners) @ rows(k, partners).T)[own_pos, other_pos]
+        else:
+            theirs, factor = partner_rows(k, partners)
+            out[idx] = (rows(k, owners) @ theirs.T)[own_pos, other_pos] * factor[other_pos]
     return out
 
 

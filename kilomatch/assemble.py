@@ -61,7 +61,8 @@ class RunArrays:
     (J, 2) (cut by a split, kept together by the probability), cut_probability (K,) (the
     mean probability below which a cut stood; NaN when no probability confirmed the cuts);
     splits: the sorter-split test of the same-session pairs of the clusters
-    (kilomatch.sorter_splits.SplitEvidence, in global unit ids; empty when it was off). Motion rounds per shank: round_motion (list of (rounds, S)),
+    (kilomatch.sorter_splits.SplitEvidence, in global unit ids; empty when it was off).
+    Motion rounds per shank: round_motion (list of (rounds, S)),
     round_good_matches (list of (rounds,)), rounds (list of lists of RoundArrays, filled only
     when the round pair arrays were kept).
     """

@@ -185,6 +185,10 @@ PARAMETERS: tuple[Param, ...] = (
           "Refractory period (ms) of the sorter-split test: spikes of two units at lags from "
           "0.5 ms to this are counted; a neuron fires no two spikes that close.", min=0.5,
           min_exclusive=True, max=10),
+    Param("autoCuration.split_max_distance_um", "float", 20.0,
+          "Two units of one session whose estimated positions are farther apart than this "
+          "(um) are never kept as one neuron split by the sorter, whatever their spike "
+          "trains.", min=0),
 )
 
 BY_NAME = {p.name: p for p in PARAMETERS}

@@ -365,7 +365,8 @@ def find_sorter_splits(labels: np.ndarray, units: UnitFeatures, data: Dataset, s
     if not s.autoCuration.keep_sorter_splits:
         return None
     splits = sorter_splits.find_splits(labels, units.session0, data.spike_times,
-                                       s.autoCuration.refractory_ms)
+                                       s.autoCuration.refractory_ms, units.locations,
+                                       s.autoCuration.split_max_distance_um)
     if len(splits.pairs):
         log.info("sorter splits: %d of %d pairs of units of one session in a cluster look like "
                  "one neuron split by the sorter (estimated share %.2f); both units are kept",

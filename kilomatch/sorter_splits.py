@@ -16,7 +16,9 @@ are all independent (two neurons joined by the clustering) lends little belief t
 with few, and one whose sorter splits often lends much. A pair is called a split when its
 posterior probability of being one is at least 0.5 and its own count favours a split (a pair
 with no spikes to compare is never called one). With short sessions or low rates the count
-says little, and the estimated share decides.
+says little, and the estimated share decides. A neuron's units sit at one place, so two units
+farther apart than ``max_distance_um`` (their estimated positions; 20 um by default, about the
+largest error of the position of a small unit) are never called a split.
 
 Arrays in, arrays out.
 """
@@ -95,13 +97,16 @@ def same_session_pairs_in_clusters(labels: np.ndarray, session: np.ndarray) -> n
 
 
 def judge_pairs(pairs: np.ndarray, spike_times: list, session: np.ndarray,
-               refractory_ms: float = 1.5) -> SplitEvidence:
+                refractory_ms: float = 1.5, positions: np.ndarray | None = None,
+                max_distance_um: float = np.inf) -> SplitEvidence:
     """The refractory test of each pair (K, 2) of units of one session.
 
-    spike_times: N arrays of spike times (ms); session: (N,). The independent expectation is
-    n_a n_b 2 (refractory_ms - CENSORED_MS) / T, with T the session's span (first to last
-    spike of any of its units): a pair that shares the session's slow rate changes has more
-    near-coincidences than that, so it is not called a split by mistake.
+    spike_times: N arrays of spike times (ms); session: (N,); positions: (N, D) um, or None;
+    a pair farther apart than max_distance_um is tested but never called a split. The
+    independent expectation is n_a n_b 2 (refractory_ms - CENSORED_MS) / T, with T the
+    session's span (first to last spike of any of its units): a pair that shares the
+    session's slow rate changes has more near-coincidences than that, so it is not called a
+    split by mistake.
     """
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     if not len(pairs):
@@ -121,6 +126,10 @@ def judge_pairs(pairs: np.ndarray, spike_times: list, session: np.ndarray,
         t = span[session[a]]
         expected[k] = ta.size * tb.size * width / t if t > 0 else 0.0
     posterior, is_split, share = call_splits(observed, expected)
+    if positions is not None:
+        positions = np.asarray(positions, np.float64)
+        apart = np.linalg.norm(positions[pairs[:, 0]] - positions[pairs[:, 1]], axis=1)
+        is_split &= apart <= max_distance_um
     return SplitEvidence(pairs, observed, expected, posterior, is_split, share)
 
 
@@ -164,9 +173,11 @@ def split_posterior(observed: np.ndarray, expected: np.ndarray, n_iter: int = 10
 
 
 def find_splits(labels: np.ndarray, session: np.ndarray, spike_times: list,
-                refractory_ms: float = 1.5) -> SplitEvidence:
+                refractory_ms: float = 1.5, positions: np.ndarray | None = None,
+                max_distance_um: float = np.inf) -> SplitEvidence:
     """The refractory test of every pair of units of one session that share a cluster.
 
-    labels: (N,) clusters (-1 none); session: (N,); spike_times: N arrays (ms)."""
+    labels: (N,) clusters (-1 none); session: (N,); spike_times: N arrays (ms); positions,
+    max_distance_um: as for :func:`judge_pairs`."""
     pairs = same_session_pairs_in_clusters(labels, session)
-    return judge_pairs(pairs, spike_times, session, refractory_ms)
+    return judge_pairs(pairs, spike_times, session, refractory_ms, positions, max_distance_um)

@@ -2,11 +2,12 @@
 
 This is the table a user joins to behaviour data: row = neuron, ``session_k`` = the kilomatch
 unit (row of ``units.csv``, index into every per-unit output) seen in session k, blank when the
-neuron was not seen that day; when the sorter split the neuron into two units that day and both
-were kept (autoCuration.keep_sorter_splits), the cell lists both, joined by ';'. When the input folder came from an importer, its
-``units_source.csv`` also gives the sorter's own unit id of each unit; a
-``session_k_sorter_id`` column then follows each ``session_k``. Unmatched units (cluster -1)
-belong to no neuron and are not rows here (they are in ``units.csv``).
+neuron was not seen that day; when the sorter split the neuron into two units that day and
+both were kept (autoCuration.keep_sorter_splits), the cell lists both, joined by ';'. When
+the input folder came from an importer, its ``units_source.csv`` also gives the sorter's own
+unit id of each unit; a ``session_k_sorter_id`` column then follows each ``session_k``.
+Unmatched units (cluster -1) belong to no neuron and are not rows here (they are in
+``units.csv``).
 """
 
 from __future__ import annotations

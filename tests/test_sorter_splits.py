@@ -111,3 +111,16 @@ def test_a_cluster_left_with_the_two_halves_only_is_no_tracked_neuron():
     labels = np.array([3, 3, 4, 4])
     session = np.array([2, 2, 1, 2])
     np.testing.assert_array_equal(curation.dissolve_one_session(labels, session), [-1, -1, 4, 4])
+
+
+def test_units_far_apart_are_never_a_split_whatever_their_trains():
+    trains, labels, session, pairs, _ = study()
+    positions = np.zeros((8, 2))
+    near = sorter_splits.find_splits(labels, session, trains, positions=positions,
+                                     max_distance_um=20.0)
+    positions[2] = [0.0, 30.0]  # the second half of the split neuron, 30 um away
+    far = sorter_splits.find_splits(labels, session, trains, positions=positions,
+                                    max_distance_um=20.0)
+    assert near.is_split[0] and not far.is_split[0]
+    # the test itself is still reported
+    assert far.coincidences[0] == 0 and far.posterior[0] > 0.5

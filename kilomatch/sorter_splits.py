@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import poisson
 
 from .curation import within_cluster_pairs
 
@@ -151,6 +150,9 @@ def split_posterior(observed: np.ndarray, expected: np.ndarray, n_iter: int = 10
     expected) whose share is fitted by EM. The share starts from SHARE_PRIOR pseudo-pairs (one
     split, three pairs of two neurons), so that a few pairs cannot push it to 0 or 1 and pairs
     that carry no evidence (expected ~0) lean to two neurons, as the conflict step assumes."""
+    # scipy.stats pulls in scipy.ndimage: imported here, so that the writers that read pairs
+    # of one session (export, apply-curation) start without it
+    from scipy.stats import poisson
     observed = np.asarray(observed, np.float64)
     expected = np.asarray(expected, np.float64)
     if not observed.size:

@@ -20,6 +20,7 @@ from .clustering import combine_labels, renumber, same_cluster
 from .features import nearest_channels
 from .linking import match_table
 from .results import Result, shank_parts
+from .sorter_splits import SplitEvidence
 
 
 @dataclass
@@ -58,7 +59,10 @@ class RunArrays:
     same_cluster_final (P,) (both units in one cluster before / after curation). Curation: removed_pairs (R, 2),
     removed_reason (R,), removed_probability (R,) (NaN without a probability), kept_pairs
     (J, 2) (cut by a split, kept together by the probability), cut_probability (K,) (the
-    mean probability below which a cut stood; NaN when no probability confirmed the cuts). Motion rounds per shank: round_motion (list of (rounds, S)),
+    mean probability below which a cut stood; NaN when no probability confirmed the cuts);
+    splits: the sorter-split test of the same-session pairs of the clusters
+    (kilomatch.sorter_splits.SplitEvidence, in global unit ids; empty when it was off).
+    Motion rounds per shank: round_motion (list of (rounds, S)),
     round_good_matches (list of (rounds,)), rounds (list of lists of RoundArrays, filled only
     when the round pair arrays were kept).
     """
@@ -91,6 +95,7 @@ class RunArrays:
     removed_probability: np.ndarray
     kept_pairs: np.ndarray
     cut_probability: np.ndarray
+    splits: SplitEvidence
     split_thresholds: np.ndarray
     split_on: np.ndarray
     probability: np.ndarray
@@ -187,6 +192,7 @@ def assemble(result: Result) -> RunArrays:
         cut_probability=np.array([c.cut_probability for c in curated]),
         kept_pairs=np.vstack([p.units[c.kept_pairs]
                               for p, c in zip(parts, curated)]).reshape(-1, 2),
+        splits=_splits([(p.units, c.splits) for p, c in zip(parts, curated)]),
         split_thresholds=np.array([c.threshold for c in curated]),
         split_on=np.array(["probability" if m else "similarity" for m in made]),
         probability=np.concatenate([
@@ -204,6 +210,20 @@ def assemble(result: Result) -> RunArrays:
         rounds=[[_round_arrays(r, m, p.units) for r, m in p.result.rounds
                  if r.pairs is not None] for p in parts],
     )
+
+
+def _splits(parts: list) -> SplitEvidence:
+    """The sorter-split tests of every shank ((members (n,), SplitEvidence or None) each) in
+    global unit ids; the split share is that of the first shank that tested a pair."""
+    tested = [(m, e) for m, e in parts if e is not None and len(e.pairs)]
+    if not tested:
+        return SplitEvidence.empty()
+    return SplitEvidence(
+        np.vstack([m[e.pairs] for m, e in tested]),
+        np.concatenate([e.coincidences for _, e in tested]),
+        np.concatenate([e.expected for _, e in tested]),
+        np.concatenate([e.posterior for _, e in tested]),
+        np.concatenate([e.is_split for _, e in tested]), tested[0][1].split_share)
 
 
 def _round_arrays(r, motion, members: np.ndarray) -> RoundArrays:

@@ -69,11 +69,19 @@ class CurationResult:
     kept_pairs: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
     removed_probability: np.ndarray | None = None
     cut_probability: float = float("nan")  # the level the cuts were confirmed at (NaN: none)
+    # the refractory test of the same-session pairs of the clusters (sorter_splits), or None
+    # when sorter splits were not looked for (autoCuration.keep_sorter_splits off)
+    splits: object = None
 
 
-def _clashing_clusters(labels: np.ndarray, session: np.ndarray) -> np.ndarray:
-    """Sorted ids of the clusters (labels (N,) >= 0) holding two units of one session."""
+def _clashing_clusters(labels: np.ndarray, session: np.ndarray,
+                       group: np.ndarray | None = None) -> np.ndarray:
+    """Sorted ids of the clusters (labels (N,) >= 0) holding two units of one session (of two
+    different ``group`` (N,), when given: units of one group never clash)."""
     units = np.flatnonzero(labels >= 0)
+    if group is not None:  # a group counts once
+        units = units[np.unique(np.column_stack([labels[units], group[units]]), axis=0,
+                                return_index=True)[1]]
     # codes from np.unique so that sessions count as equal exactly when the per-cluster
     # np.unique of resolve_conflicts would merge them
     code = np.unique(session[units], return_inverse=True)[1].reshape(-1)
@@ -121,9 +129,15 @@ def _cluster_members(labels: np.ndarray, pairs: np.ndarray, clusters: np.ndarray
             for a, b, c, d in zip(unit_start, unit_end, pair_start, pair_end)]
 
 
-def resolve_conflicts(labels, session, pairs, similarity):
+def resolve_conflicts(labels, session, pairs, similarity, same_neuron=None):
     """While a cluster holds two units of one session, drop the conflicting unit with the
     lowest mean similarity to the rest of the cluster (ties: the higher unit index).
+
+    same_neuron: (K, 2) pairs of units of one session that are one neuron (sorter splits,
+    :mod:`kilomatch.sorter_splits`), or None. Units joined by them form one group that does not
+    conflict with itself; a conflict between groups drops the group whose units have the
+    lowest mean of their mean similarities (ties: the group of the higher highest index), all
+    its units at once.
 
     labels: (N,) clusters (-1 none); session: (N,); pairs: (Q, 2) every within-cluster pair;
     similarity: (Q,). Pairs missing from ``pairs`` count as similarity 0.
@@ -134,16 +148,18 @@ def resolve_conflicts(labels, session, pairs, similarity):
     session = np.asarray(session)
     pairs = np.asarray(pairs).reshape(-1, 2)
     similarity = np.asarray(similarity, float)
+    group = _neuron_groups(labels.size, same_neuron)
     removed = []
-    clashing = _clashing_clusters(labels, session)
+    clashing = _clashing_clusters(labels, session, None if same_neuron is None else group)
     for members, rows in _cluster_members(labels, pairs, clashing):
         dense = _cluster_similarity(members, pairs[rows], similarity[rows])
         alive = np.arange(members.size)  # positions in ``members``, increasing
         while True:
-            sess = session[members[alive]]
+            sess, grp = session[members[alive]], group[members[alive]]
             uniq, counts = np.unique(sess, return_counts=True)
-            clashing_sessions = uniq[counts > 1]
-            if not clashing_sessions.size:
+            clashing_sessions = [s for s in uniq[counts > 1]
+                                 if np.unique(grp[sess == s]).size > 1]
+            if not clashing_sessions:
                 break
             cand = alive[np.isin(sess, clashing_sessions)]
             # each candidate's similarities to the other alive members, in increasing index:
@@ -151,16 +167,39 @@ def resolve_conflicts(labels, session, pairs, similarity):
             # np.mean of that row alone, so the means (and ties) are the per-unit ones
             others = dense[np.ix_(cand, alive)][cand[:, None] != alive[None, :]]
             means = others.reshape(cand.size, alive.size - 1).mean(axis=1)
-            # min over (mean, -unit) tuples: lowest mean, ties -> higher unit index
-            _, _, worst = min(zip(means, -members[cand], cand))
-            alive = alive[alive != worst]
-            unit = members[worst]
-            labels[unit] = -1
-            rest = members[alive]
-            removed.append(np.column_stack([np.minimum(unit, rest), np.maximum(unit, rest)]))
+            cand_group = group[members[cand]]
+            scores = []
+            for g in np.unique(cand_group):
+                own = cand_group == g
+                # one unit: its own mean, so that without splits nothing changes
+                score = means[own][0] if own.sum() == 1 else means[own].mean()
+                scores.append((score, -members[cand[own]].max(), g))
+            # lowest score, ties -> the group of the higher unit index
+            worst_group = min(scores)[2]
+            for worst in cand[cand_group == worst_group]:
+                alive = alive[alive != worst]
+                unit = members[worst]
+                labels[unit] = -1
+                rest = members[alive]
+                removed.append(np.column_stack([np.minimum(unit, rest),
+                                                np.maximum(unit, rest)]))
     if not removed:
         return labels, np.empty((0, 2), np.int64)
     return labels, np.concatenate(removed).astype(np.int64)
+
+
+def _neuron_groups(n: int, same_neuron) -> np.ndarray:
+    """(n,) group of each unit: units joined by the (K, 2) ``same_neuron`` pairs share the
+    group of their lowest unit; every other unit is a group of its own (its index)."""
+    if same_neuron is None or not len(same_neuron):
+        return np.arange(n)
+    same_neuron = np.asarray(same_neuron, np.int64).reshape(-1, 2)
+    graph = sparse.coo_matrix((np.ones(len(same_neuron)), (same_neuron[:, 0], same_neuron[:, 1])),
+                              shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    lowest = np.full(comp.max() + 1, n, np.int64)
+    np.minimum.at(lowest, comp, np.arange(n))
+    return lowest[comp]
 
 
 def split_clusters(labels, pairs, similarity, linkable, threshold):
@@ -293,6 +332,22 @@ def _position_cut(pos, similarity, threshold, min_gap_um):
     return side if w - x > x - threshold else None
 
 
+def dissolve_one_session(labels: np.ndarray, session: np.ndarray) -> np.ndarray:
+    """Clusters whose units are all of one session (the halves of a sorter split left
+    without a match on any other day) become -1: labels (N,), session (N,) -> (N,)."""
+    labels = np.asarray(labels, dtype=np.int64).copy()
+    units = np.flatnonzero(labels >= 0)
+    if not units.size:
+        return labels
+    size = labels.max() + 1
+    first = np.full(size, -1, np.int64)
+    first[labels[units][::-1]] = np.asarray(session)[units][::-1]  # a session of each cluster
+    other = np.zeros(size, bool)
+    np.logical_or.at(other, labels[units], np.asarray(session)[units] != first[labels[units]])
+    labels[units[~other[labels[units]]]] = -1
+    return labels
+
+
 def dissolve_singletons(labels: np.ndarray) -> np.ndarray:
     """Clusters with one unit become -1."""
     labels = np.asarray(labels, dtype=np.int64).copy()
@@ -318,20 +373,23 @@ def equal_prior_threshold(similarity: np.ndarray, matched: np.ndarray) -> float:
 def curate(labels, session, pairs, similarity, linkable, threshold,
            auto_split: bool = True, positions: np.ndarray | None = None,
            position_gap_um: float = 7.0, probability: np.ndarray | None = None,
-           cut_probability: float = 1.0) -> CurationResult:
+           cut_probability: float = 1.0, same_neuron: np.ndarray | None = None
+           ) -> CurationResult:
     """The curation steps, then dissolve single-unit clusters: same-session conflicts, the
     split at ``threshold`` (``auto_split``), and with ``positions`` (N, D) um the split at
     position gaps (:func:`split_by_position`). With ``probability`` and ``cut_probability``
     below 1, a cut of either split stands only where the mean match probability between its
     sides is at most ``cut_probability`` (:func:`rejoin_by_probability`); the pairs it keeps
-    together are ``kept_pairs``.
+    together are ``kept_pairs``. Units of one session joined by ``same_neuron`` (K, 2) (sorter
+    splits) are one neuron for the conflict step (:func:`resolve_conflicts`).
 
     labels: (N,) clusters from the final clustering; session: (N,); pairs: (Q, 2) every
     within-cluster pair; similarity: (Q,) weighted similarity; linkable: (Q,) bool;
     probability: (Q,) match probability of the pairs, or None.
     """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    after_conflicts, removed_c = resolve_conflicts(labels, session, pairs, similarity)
+    after_conflicts, removed_c = resolve_conflicts(labels, session, pairs, similarity,
+                                                   same_neuron)
     after_conflicts = dissolve_singletons(after_conflicts)
     removed_s = removed_p = np.empty((0, 2), np.int64)
     final = after_conflicts
@@ -349,7 +407,7 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
         removed_p, kept_p = _split_rows(removed_p, standing)
         kept = np.vstack([kept_s, kept_p])
         kept = kept[np.lexsort((kept[:, 1], kept[:, 0]))]
-    final = dissolve_singletons(final)
+    final = dissolve_one_session(final, session)
     removed = np.vstack([removed_c, removed_s, removed_p])
     reason = np.concatenate([np.full(len(removed_c), CONFLICT), np.full(len(removed_s), SPLIT),
                              np.full(len(removed_p), POSITION)])
@@ -374,7 +432,8 @@ def pairs_in(rows: np.ndarray, among: np.ndarray) -> np.ndarray:
 
 def curate_by_probability(labels, session, pairs, probability, threshold: float = 0.5,
                           auto_split: bool = True, positions: np.ndarray | None = None,
-                          position_gap_um: float = 7.0) -> CurationResult:
+                          position_gap_um: float = 7.0, same_neuron: np.ndarray | None = None
+                          ) -> CurationResult:
     """Curation of clusters made from the match probability: split each cluster where the
     mean probability between its groups of units is below ``threshold``
     (:func:`split_by_average_link`, with ``auto_split``), then drop same-session conflicts
@@ -389,13 +448,13 @@ def curate_by_probability(labels, session, pairs, probability, threshold: float 
     split = np.asarray(labels, np.int64)
     if auto_split:
         split, removed_s = split_by_average_link(labels, pairs, probability, threshold)
-    final, removed_c = resolve_conflicts(split, session, pairs, probability)
+    final, removed_c = resolve_conflicts(split, session, pairs, probability, same_neuron)
     final = dissolve_singletons(final)
     removed_p = np.empty((0, 2), np.int64)
     if positions is not None:
         final, removed_p = split_by_position(final, positions, pairs, probability,
                                              probability > 0, threshold, position_gap_um)
-        final = dissolve_singletons(final)
+    final = dissolve_one_session(final, session)
     removed = np.vstack([removed_s, removed_c, removed_p])
     reason = np.concatenate([np.full(len(removed_s), AVERAGE),
                              np.full(len(removed_c), CONFLICT),

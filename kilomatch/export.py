@@ -23,6 +23,7 @@ from .curation import REASONS
 from .errors import KilomatchError
 from .features import acg_lags
 from .results import Result
+from .sorter_splits import same_session_pairs_in_clusters
 
 log = logging.getLogger("kilomatch")
 
@@ -99,6 +100,19 @@ def save_units_csv(path: Path, columns: dict) -> None:
     for r in range(n):
         w.writerow([f"{c[r]:.3f}" if c.dtype.kind == "f" else str(c[r]) for c in cols])
     save_text(path, buf.getvalue())
+
+
+def split_with(idx_cluster: np.ndarray, session: np.ndarray) -> np.ndarray:
+    """(N,) str: for each unit, the other units of its session in its final cluster (kept as
+    one neuron split by the sorter), joined by ';'; '' for every other unit. idx_cluster (N,)
+    > 0 tracked, -1 unmatched; session (N,)."""
+    idx = np.asarray(idx_cluster).reshape(-1)
+    out = np.full(idx.size, "", dtype=object)
+    pairs = same_session_pairs_in_clusters(np.where(idx > 0, idx, -1), session)
+    for u in np.unique(pairs):
+        others = np.concatenate([pairs[pairs[:, 0] == u, 1], pairs[pairs[:, 1] == u, 0]])
+        out[u] = ";".join(str(int(v)) for v in np.sort(others))
+    return out
 
 
 def clear_previous(folder: Path) -> None:
@@ -242,11 +256,21 @@ def write_all(result: Result, arrays: RunArrays) -> list:
         "reason_names": np.array(REASONS),
         "split_threshold": a.split_thresholds if multi else np.float64(a.split_thresholds[0]),
         "split_on": a.split_on if multi else a.split_on[0],
+        # the sorter-split test of every pair of units of one session that shared a cluster
+        # before curation, and the pairs kept together in a final cluster as one neuron
+        "sorter_split_tested": a.splits.pairs.astype(np.int64),
+        "sorter_split_coincidences": a.splits.coincidences.astype(np.int64),
+        "sorter_split_expected": a.splits.expected.astype(np.float64),
+        "sorter_split_posterior": a.splits.posterior.astype(np.float64),
+        "sorter_split": a.splits.is_split.astype(bool),
+        "sorter_split_pairs": same_session_pairs_in_clusters(
+            np.where(idx > 0, idx, -1), result.data.session_index),
     })
     table = {"unit": np.arange(n), "session": result.data.session_index, "cluster": idx,
              "x": units.locations[:, 0], "y": units.locations[:, 1], "z": units.locations[:, 2],
              "amplitude": units.amplitude, "peak_channel": units.peak_channel,
-             "corrected_y": a.corrected_depth, "match_confidence": a.match_confidence}
+             "corrected_y": a.corrected_depth, "match_confidence": a.match_confidence,
+             "split_with": split_with(idx, result.data.session_index)}
     if multi:
         table["shank"] = units.shank
     save_units_csv(folder / "units.csv", table)

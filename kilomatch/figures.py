@@ -163,8 +163,9 @@ def match_probability(result):
     prob = np.zeros((n_s, n_s))
     counts = np.bincount(sess0, minlength=n_s).astype(float)
     for c in np.unique(idx[idx > 0]):
-        present = np.unique(sess0[idx == c])
-        prob[np.ix_(present, present)] += 1
+        # units per session: both halves of a neuron the sorter split count as matched
+        n_units = np.bincount(sess0[idx == c], minlength=n_s)
+        prob += n_units[:, None] * (n_units[None, :] > 0)
     np.fill_diagonal(prob, 0)
     prob = prob / np.maximum(counts[:, None], 1)
     fig = Figure(figsize=(10, 4))

@@ -191,10 +191,12 @@ def apply_decisions(idx_cluster, session, decisions: list, shank=None) -> Manual
             units_a = members.get(a, np.flatnonzero(new == a))
             units_b = members.get(b, np.flatnonzero(new == b))
             both = np.concatenate([units_a, units_b])
-            seen, counts = np.unique(session[both], return_counts=True)
-            if (counts > 1).any():
-                s = int(seen[counts > 1][0])
-                pair = both[session[both] == s]
+            # a cluster may already hold two units of one session (a sorter split kept by
+            # the curation); only a session seen in both clusters is a conflict
+            shared = np.intersect1d(session[units_a], session[units_b])
+            if shared.size:
+                s = int(shared[0])
+                pair = (units_a[session[units_a] == s][0], units_b[session[units_b] == s][0])
                 raise KilomatchError(
                     f"{d}: would put units {pair[0]} and {pair[1]}, both of session {s}, in "
                     "one cluster")

@@ -181,6 +181,19 @@ PARAMETERS: tuple[Param, ...] = (
           "units that are probably one neuron (small units whose similarity is low). 1 keeps "
           "every cut and learns no probability for it (the curation of version 0.0.5).",
           min=0, max=1),
+    Param("autoCuration.keep_sorter_splits", "bool", True,
+          "Keep both units of one session in a cluster when their spike trains show they are "
+          "one neuron that the sorter split in two (almost no spikes of one within the "
+          "refractory period of the other, kilomatch.sorter_splits); false: the same-session "
+          "conflict step always keeps one unit per session (the published curation)."),
+    Param("autoCuration.refractory_ms", "float", 1.5,
+          "Refractory period (ms) of the sorter-split test: spikes of two units at lags from "
+          "0.5 ms to this are counted; a neuron fires no two spikes that close.", min=0.5,
+          min_exclusive=True, max=10),
+    Param("autoCuration.split_max_distance_um", "float", 20.0,
+          "Two units of one session whose estimated positions are farther apart than this "
+          "(um) are never kept as one neuron split by the sorter, whatever their spike "
+          "trains.", min=0),
 )
 
 BY_NAME = {p.name: p for p in PARAMETERS}

@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import (channel_windows, correction, curation, export, features, fingerprint, linking,
-               motion_initial)
+               motion_initial, sorter_splits)
 from .assemble import assemble
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
@@ -320,7 +320,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         fitted = fit_probability(data, units, final, s, final_names)
         note("match probability")
     if s.clustering.method == "probability" and fitted is not None:
-        cur = link_by_probability(units, final, s, *fitted)
+        cur = link_by_probability(units, final, s, *fitted, data=data)
         note("curation")
         idx = renumber(cur.labels, start=1)
         return Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))
@@ -340,14 +340,17 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                                                  q_link, len(labels))
         if cut < 1:  # a cut between parts as probable as known non-matches is not vetoed
             cut = max(cut, fitted[0].model.non_match_level(NON_MATCH_QUANTILE))
+    splits = find_sorter_splits(labels, units, data, s)
     cur = curation.curate(labels, units.session0, q_pairs, q_sim, q_link, threshold,
-                          ac.auto_split, positions, ac.position_gap_um, q_p, cut)
+                          ac.auto_split, positions, ac.position_gap_um, q_p, cut,
+                          None if splits is None else splits.split_pairs())
+    cur.splits = splits
     cur.cut_probability = cut if q_p is not None else float("nan")
     if fitted is not None:  # the probability is reported; the similarity made the clusters
         cur.links = fitted[0]
         # curation only takes units apart, so every final within-cluster pair is one of
         # q_pairs and already has its probability
-        kept = curation.within_cluster_pairs(cur.labels)
+        kept = across_sessions(curation.within_cluster_pairs(cur.labels), units.session0)
         cur.links.match_confidence = linking.match_confidence(
             len(labels), kept, linking.pair_lookup(q_pairs, q_p, kept, len(labels))[1])
         cur.removed_probability = linking.pair_lookup(q_pairs, q_p, cur.removed_pairs,
@@ -355,6 +358,21 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     note("curation")
     idx = renumber(cur.labels, start=1)
     return Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))
+
+
+def find_sorter_splits(labels: np.ndarray, units: UnitFeatures, data: Dataset, s: Settings):
+    """The refractory test of the same-session pairs of the clusters ``labels`` (N,)
+    (kilomatch.sorter_splits), or None when autoCuration.keep_sorter_splits is off."""
+    if not s.autoCuration.keep_sorter_splits:
+        return None
+    splits = sorter_splits.find_splits(labels, units.session0, data.spike_times,
+                                       s.autoCuration.refractory_ms, units.locations,
+                                       s.autoCuration.split_max_distance_um)
+    if len(splits.pairs):
+        log.info("sorter splits: %d of %d pairs of units of one session in a cluster look like "
+                 "one neuron split by the sorter (estimated share %.2f); both units are kept",
+                 int(splits.is_split.sum()), len(splits.pairs), splits.split_share)
+    return splits
 
 
 # Share of the same-session pairs (non-matches) whose probability sets the lowest level at
@@ -413,20 +431,31 @@ def _cluster_probability(units, final, s, labels, links, evidence):
 def final_confidence(units, final, s, labels, links, evidence) -> np.ndarray:
     """Match confidence (N,) of the final clusters ``labels`` (linking.match_confidence)."""
     pairs, p = _cluster_probability(units, final, s, labels, links, evidence)
-    return linking.match_confidence(len(labels), pairs, p)
+    other = units.session0[pairs[:, 0]] != units.session0[pairs[:, 1]]
+    return linking.match_confidence(len(labels), pairs[other], p[other])
+
+
+def across_sessions(pairs: np.ndarray, session: np.ndarray) -> np.ndarray:
+    """The pairs (Q, 2) whose units are of different sessions: two units of one session in a
+    final cluster are a kept sorter split, not a match, and have no match probability."""
+    return pairs[session[pairs[:, 0]] != session[pairs[:, 1]]]
 
 
 def link_by_probability(units: UnitFeatures, final: RoundResult, s: Settings, links,
-                        evidence) -> curation.CurationResult:
+                        evidence, data: Dataset | None = None) -> curation.CurationResult:
     """Final clusters and curation from the match probability (clustering.method
-    'probability')."""
+    'probability'); with ``data`` (for its spike times) sorter splits are kept as set by
+    autoCuration.keep_sorter_splits."""
     links.made_clusters = True
     q_pairs, q_p = _cluster_probability(units, final, s, links.labels, links, evidence)
     ac = s.autoCuration
     positions = np.column_stack([units.locations[:, 0], final.corrected_depth])
+    splits = None if data is None else find_sorter_splits(links.labels, units, data, s)
     cur = curation.curate_by_probability(
         links.labels, units.session0, q_pairs, q_p, ac.link_probability, ac.auto_split,
-        positions if ac.position_split else None, ac.position_gap_um)
+        positions if ac.position_split else None, ac.position_gap_um,
+        None if splits is None else splits.split_pairs())
+    cur.splits = splits
     links.match_confidence = final_confidence(units, final, s, cur.labels, links, evidence)
     cur.links = links
     return cur

@@ -2,10 +2,12 @@
 
 This is the table a user joins to behaviour data: row = neuron, ``session_k`` = the kilomatch
 unit (row of ``units.csv``, index into every per-unit output) seen in session k, blank when the
-neuron was not seen that day. When the input folder came from an importer, its
-``units_source.csv`` also gives the sorter's own unit id of each unit; a
-``session_k_sorter_id`` column then follows each ``session_k``. Unmatched units (cluster -1)
-belong to no neuron and are not rows here (they are in ``units.csv``).
+neuron was not seen that day; when the sorter split the neuron into two units that day and
+both were kept (autoCuration.keep_sorter_splits), the cell lists both, joined by ';'. When
+the input folder came from an importer, its ``units_source.csv`` also gives the sorter's own
+unit id of each unit; a ``session_k_sorter_id`` column then follows each ``session_k``.
+Unmatched units (cluster -1) belong to no neuron and are not rows here (they are in
+``units.csv``).
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ def tracked_table(idx_cluster, session, sorter_ids=None) -> tuple[list, list]:
     idx_cluster: (N,) cluster of each unit, > 0 for a tracked neuron, -1 unmatched (ids need not
     be contiguous). session: (N,) session of each unit, 1..S. sorter_ids: None or N strings.
     Rows are clusters in increasing id: ``cluster, n_sessions, session_1, ...`` with blank
-    cells for sessions where the neuron was not seen. A cluster holds at most one unit per
-    session (curation guarantees it); two would be an error naming the cluster.
+    cells for sessions where the neuron was not seen. Two units of one session in a cluster (a
+    neuron the sorter split, kept by the curation) share the cell, joined by ';' in increasing
+    unit order (their sorter ids likewise); n_sessions counts sessions, not units.
     """
     idx = np.asarray(idx_cluster).reshape(-1)
     session = np.asarray(session).reshape(-1)
@@ -70,16 +73,13 @@ def tracked_table(idx_cluster, session, sorter_ids=None) -> tuple[list, list]:
     width = 2 if sorter_ids is not None else 1
     rows = []
     for cid, members in cluster_members(idx, session):
-        cells = [""] * (width * n_sessions)
+        cells = [[] for _ in range(width * n_sessions)]
         seen = session[members]
-        if np.unique(seen).size < seen.size:
-            raise KilomatchError(f"cluster {cid} holds two units of one session "
-                                 f"(units {', '.join(map(str, members))})")
-        for u, s in zip(members, seen):
-            cells[width * (s - 1)] = str(int(u))
+        for u, s in zip(members, seen):  # members are sorted by (session, unit)
+            cells[width * (s - 1)].append(str(int(u)))
             if sorter_ids is not None:
-                cells[width * (s - 1) + 1] = str(sorter_ids[u])
-        rows.append([str(cid), str(members.size)] + cells)
+                cells[width * (s - 1) + 1].append(str(sorter_ids[u]))
+        rows.append([str(cid), str(np.unique(seen).size)] + [";".join(c) for c in cells])
     return header, rows
 
 

@@ -52,6 +52,23 @@ def test_decision_that_contradicts_the_data_is_an_error_naming_it(decision, mess
         _apply(decision)
 
 
+def test_a_cluster_holding_a_sorter_split_merges_with_one_from_other_sessions():
+    # cluster 1 = {0, 3, 4, 7}: units 0 and 3 of session 1 are one neuron the sorter split,
+    # kept by the curation. Cluster 4 = {8, 9} (sessions 3, 4) shares session 3 with unit 7,
+    # so 7 is split off first; the merge then joins the days and keeps both halves
+    idx = IDX.copy()
+    idx[3] = 1
+    decisions = parse_decisions({"decisions": [
+        {"cluster": 1, "action": "split", "units": [7]},
+        {"cluster": 1, "action": "merge", "with": [4]}]})
+    new = apply_decisions(idx, SESSION, decisions).idx_cluster
+    assert new[0] == new[3] == new[4] == new[8] == new[9] > 0
+    # a session seen in both clusters is still a conflict, named by a unit of each
+    with pytest.raises(KilomatchError, match="would put units 0 and 1, both of session 1"):
+        apply_decisions(idx, SESSION, parse_decisions(
+            {"decisions": [{"cluster": 1, "action": "merge", "with": [2]}]}))
+
+
 def test_rejected_cluster_takes_no_other_decision_and_shanks_stay_apart():
     with pytest.raises(KilomatchError, match=r"decision 2 .* contradicts decision 1"):
         _apply({"cluster": 2, "action": "reject"}, {"cluster": 4, "action": "merge", "with": 2})

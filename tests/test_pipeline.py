@@ -118,6 +118,17 @@ def test_outputs_plain_arrays_with_documented_shapes(run_result):
         assert set(reason.tolist()) <= {0, 1, 2}
         before = z["IdxCluster_before"]
         assert np.array_equal(z["IdxCluster"], idx.ravel())
+        # the sorter-split test covers every same-session pair of a cluster before curation
+        tested = z["sorter_split_tested"]
+        sess = result.data.session_index
+        assert np.all(sess[tested[:, 0]] == sess[tested[:, 1]])
+        assert np.all(before[tested[:, 0]] == before[tested[:, 1]])
+        for key in ("sorter_split_coincidences", "sorter_split_expected",
+                    "sorter_split_posterior", "sorter_split"):
+            assert z[key].shape == (len(tested),)
+        kept_split = z["sorter_split_pairs"]
+        assert np.all(sess[kept_split[:, 0]] == sess[kept_split[:, 1]])
+        assert np.all(idx[kept_split[:, 0], 0] == idx[kept_split[:, 1], 0])
 
     def together(labels):
         return {tuple(p) for p in within_cluster_pairs(np.where(labels > 0, labels, -1))}
@@ -127,7 +138,7 @@ def test_outputs_plain_arrays_with_documented_shapes(run_result):
     assert {tuple(p) for p in removed.tolist()} == taken_apart
     lines = (out / "units.csv").read_text().splitlines()
     assert lines[0] == ("unit,session,cluster,x,y,z,amplitude,peak_channel,corrected_y,"
-                        "match_confidence")
+                        "match_confidence,split_with")
     assert len(lines) == n + 1
     figures = sorted(p.name for p in (out / "Figures").glob("*.png"))
     assert figures == sorted(f"{k}.png" for k in ("UnitDepth", "Motion", "SimilarityFeatures",

@@ -42,6 +42,13 @@ def test_units_source_that_does_not_fit_the_run_is_an_error(tmp_path):
     assert read_sorter_ids(tmp_path / "elsewhere", 7) is None
 
 
-def test_two_units_of_one_session_in_a_cluster_is_an_error():
-    with pytest.raises(KilomatchError, match="cluster 2 holds two units of one session"):
-        tracked_csv(np.array([2, 2]), np.array([1, 1]))
+def test_a_neuron_split_by_the_sorter_lists_both_units_in_its_session_cell(tmp_path):
+    # units 0 and 4 of session 1 are one neuron kept as a sorter split (cluster 2)
+    idx, session = np.array([2, 5, 2, 5, 2]), np.array([1, 1, 2, 2, 1])
+    (tmp_path / "units_source.csv").write_text(
+        "unit,session,session_path,original_unit_id\n" + "".join(
+            f"{k},{s},/data/day{s},{100 + k}\n" for k, s in enumerate(session)))
+    rows = _rows(write_tracked_neurons(tmp_path, idx, session, tmp_path).read_text())
+    # n_sessions counts days, not units
+    assert rows[1] == ["2", "2", "0;4", "100;104", "2", "102"]
+    assert rows[2] == ["5", "2", "1", "101", "3", "103"]

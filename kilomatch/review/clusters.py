@@ -77,8 +77,10 @@ def summarize_clusters(idx, session, positions, amplitude, links: Links,
     rows = []
     for cid, units in cluster_members(idx, session):
         seen = session[units]
+        # a neuron the sorter split holds two units of one session: count days, not units
+        n_days = np.unique(seen).size
         flags = []
-        if seen[-1] - seen[0] + 1 > seen.size:
+        if seen[-1] - seen[0] + 1 > n_days:
             flags.append("gap")
         jump = _largest_jump(units, positions)
         if jump > position_gap_um:
@@ -93,7 +95,7 @@ def summarize_clusters(idx, session, positions, amplitude, links: Links,
                           "cluster": int(idx[other]) if idx[other] > 0 else None}
         rows.append({
             "id": cid,
-            "first": int(seen[0]), "last": int(seen[-1]), "n_sessions": int(seen.size),
+            "first": int(seen[0]), "last": int(seen[-1]), "n_sessions": int(n_days),
             "depth": round(float(positions[units, 1].mean()), 1),
             "amplitude": round(float(np.mean(amplitude[units])), 1),
             "weakest": None if not np.isfinite(weakest) else round(float(weakest), 3),

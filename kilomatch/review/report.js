@@ -17,7 +17,7 @@
       tip: "first and last session in which the neuron is seen",
       show: (c) => `${c.first}\u2013${c.last}` },
     { key: "units", title: "Units", value: (c) => c.units.length,
-      tip: "units in the cluster: one per session in which the neuron is seen" },
+      tip: "units in the cluster: one per session in which the neuron is seen (two when the sorter split it that day)" },
     { key: "depth", title: "Depth (\u00b5m)", value: (c) => c.depth, show: (c) => c.depth.toFixed(0) },
     { key: "amplitude", title: "Amp. (\u00b5V)", tip: "mean amplitude of its units", value: (c) => c.amplitude,
       show: (c) => c.amplitude.toFixed(0) },

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .clustering import sparse_hdbscan
-from .probability import (MatchModel, fit_match_probability, pair_evidence,
+from .probability import (N_EXTRA, MatchModel, fit_match_probability, pair_evidence,
                           same_session_pairs)
 
 log = logging.getLogger("kilomatch")
@@ -123,7 +123,7 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     rest[fit_c] = False
     p[rest] = model.predict(x_cand[rest])
     labels = cluster_by_probability(n, pairs, p, max_cluster_size)
-    links = ProbabilityLinks(model, [], p, x_cand[:, :x_cand.shape[1] - 6], labels)
+    links = ProbabilityLinks(model, [], p, x_cand[:, :x_cand.shape[1] - N_EXTRA], labels)
     return links, evidence
 
 

@@ -32,8 +32,9 @@ import numpy as np
 log = logging.getLogger("kilomatch")
 
 # Columns of the evidence besides the similarity features (see pair_evidence).
-POSITION_COLUMNS = ("dx_um", "dy_um", "dz_um")
+POSITION_COLUMNS = ("dx_um", "dy_um", "dz_um", "distance_um")
 UNIT_COLUMNS = ("log_amplitude_min", "log_amplitude_ratio", "log_spikes_min")
+N_EXTRA = len(POSITION_COLUMNS) + len(UNIT_COLUMNS)
 
 
 def same_session_pairs(depth: np.ndarray, session: np.ndarray, max_distance: float,
@@ -52,18 +53,23 @@ def same_session_pairs(depth: np.ndarray, session: np.ndarray, max_distance: flo
 
 def pair_evidence(similarities: np.ndarray, positions: np.ndarray, amplitude: np.ndarray,
                   n_spikes: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Evidence of each pair for the classifier: (P, F + 6) float64.
+    """Evidence of each pair for the classifier: (P, F + N_EXTRA) float64.
 
     similarities: (P, F) Fisher z per feature; positions: (N, 3) motion-corrected x, y, z um;
-    amplitude: (N,) uV; n_spikes: (N,). Columns: the F similarities, |dx|, |dy|, |dz| (um),
-    log10 of the smaller amplitude, |log10 amplitude ratio|, log10 of the smaller spike count
-    (+1).
+    amplitude: (N,) uV; n_spikes: (N,). Columns: the F similarities, |dx|, |dy|, |dz| and the
+    distance (um), log10 of the smaller amplitude, |log10 amplitude ratio|, log10 of the
+    smaller spike count (+1).
     """
     a, b = pairs[:, 0], pairs[:, 1]
     diff = np.abs(positions[a] - positions[b])
+    # The distance as a column of its own: trees split one column at a time, and with few
+    # same-session pairs they could not learn from |dx|, |dy|, |dz| apart that two alike
+    # waveforms 15-30 um apart in space are two neurons (on high-turnover data such pairs got
+    # probability 1).
+    distance = np.sqrt(np.sum(diff ** 2, axis=1))
     amp = np.log10(np.maximum(np.asarray(amplitude, np.float64), 1e-3))
     spikes = np.log10(np.asarray(n_spikes, np.float64) + 1)
-    return np.column_stack([similarities, diff,
+    return np.column_stack([similarities, diff, distance,
                             np.minimum(amp[a], amp[b]), np.abs(amp[a] - amp[b]),
                             np.minimum(spikes[a], spikes[b])])
 

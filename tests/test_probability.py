@@ -95,10 +95,58 @@ def test_same_session_pairs_stay_in_session_shank_and_distance():
 
 def test_pair_evidence_columns():
     sims = np.array([[1.0, 2.0]])
-    pos = np.array([[0.0, 10.0, 5.0], [3.0, 14.0, 1.0]])
+    pos = np.array([[0.0, 10.0, 5.0], [3.0, 14.0, 5.0]])
     x = pair_evidence(sims, pos, np.array([100.0, 10.0]), np.array([99, 999]),
                       np.array([[0, 1]]))
-    assert x.tolist() == [[1.0, 2.0, 3.0, 4.0, 4.0, 1.0, 1.0, 2.0]]
+    assert x.tolist() == [[1.0, 2.0, 3.0, 4.0, 0.0, 5.0, 1.0, 1.0, 2.0]]
+
+
+def _lookalikes(seed, n_cand=6000, n_non=400, prior=0.15, share_alike=0.1):
+    """Evidence of a toy study in space: matches have similarity z ~ N(2.5, 1) and lie
+    N(0, 3 um) apart on each axis; non-matches z ~ N(0, 1), 0 to 100 um apart in a random
+    direction, except a share of neighbours that look alike (z ~ N(2.5, 1)) 12 to 30 um
+    apart. Few non-matches (400), as in a study of many short sessions. Returns candidates'
+    evidence (P, K), truth (P,), lookalike (P,), non-matches' evidence (Q, K)."""
+    rng = np.random.default_rng(seed)
+
+    def draw(n, match):
+        alike = np.ones(n, bool) if match else rng.random(n) < share_alike
+        z = rng.normal(np.where(alike, 2.5, 0.0), 1.0)
+        if match:
+            offset = rng.normal(0, 3, (n, 3))
+        else:
+            direction = rng.normal(size=(n, 3))
+            direction /= np.linalg.norm(direction, axis=1)[:, None]
+            offset = direction * np.where(alike, rng.uniform(12, 30, n),
+                                          rng.uniform(0, 100, n))[:, None]
+        pos = np.zeros((2 * n, 3))
+        pos[1::2] = offset  # pair k: units 2k (at 0) and 2k + 1
+        ones = np.ones(2 * n)
+        return pair_evidence(z[:, None], pos, 100 * ones, 1000 * ones,
+                             np.arange(2 * n).reshape(-1, 2)), alike & ~match
+
+    truth = rng.random(n_cand) < prior
+    (x_m, _), (x_n, alike_n) = draw(truth.sum(), True), draw((~truth).sum(), False)
+    cand = np.empty((n_cand, x_m.shape[1]))
+    alike = np.zeros(n_cand, bool)
+    cand[truth], cand[~truth], alike[~truth] = x_m, x_n, alike_n
+    return cand, truth, alike, draw(n_non, False)[0]
+
+
+def test_alike_neighbours_tens_of_um_apart_are_not_matches():
+    """Two alike waveforms 12-30 um apart in space are two neurons. With few non-matches,
+    trees that see |dx|, |dy|, |dz| only one at a time gave them a mean probability of
+    0.18 and p >= 0.5 held 77% matches (3 seeds); with the distance as a column of the
+    evidence, 0.15 and 82%."""
+    alike_p, precision = [], []
+    for seed in range(3):
+        cand, truth, alike, non = _lookalikes(seed)
+        dy = cand[:, 2]  # the anchor: pairs more than 30 um apart in depth hold no match
+        model = fit_match_probability(cand, non, dy > 30, non[:, 2] > 30, seed=0)
+        p = model.candidate_probability
+        alike_p.append(p[alike].mean())
+        precision.append(truth[p >= 0.5].mean())
+    assert np.mean(alike_p) < 0.167 and np.mean(precision) > 0.795, (alike_p, precision)
 
 
 def test_average_link_split_breaks_a_chain_that_components_keep():

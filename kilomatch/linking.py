@@ -110,9 +110,10 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     # max_distance hold no match, which fixes the share of matches (the prior). (A wider
     # anchor holds more same-session pairs, and their count is what limits the estimate.)
     far = 0.3 * max_distance
-    model = fit_match_probability(x_cand[fit_c], x_non[fit_n],
+    model = fit_match_probability(x_cand, x_non[fit_n],
                                   np.abs(np.diff(depth[pairs[fit_c]], axis=1))[:, 0] > far,
-                                  np.abs(np.diff(depth[non[fit_n]], axis=1))[:, 0] > far, seed)
+                                  np.abs(np.diff(depth[non[fit_n]], axis=1))[:, 0] > far, seed,
+                                  candidate_rows=fit_c)
     if model is None:
         return None
     # each fitted pair's probability comes from the models that did not see it; the fold

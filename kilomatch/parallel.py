@@ -22,6 +22,26 @@ MIN_UNITS_PARALLEL = 2000
 _JOB_LIMIT = contextvars.ContextVar("kilomatch_job_limit", default=None)
 
 
+# Threads over groups of pairs (similarity._products_by_group), set for a run from n_jobs.
+_PAIR_THREADS = contextvars.ContextVar("kilomatch_pair_threads", default=1)
+
+
+def pair_threads() -> int:
+    """Threads the pair similarities of the current run may use."""
+    return _PAIR_THREADS.get()
+
+
+@contextlib.contextmanager
+def threads_for_pairs(n_jobs: int):
+    """Within the block, pair similarities run in n_workers(n_jobs) threads (results do not
+    depend on it: each group of pairs is computed alone and written to its own pairs)."""
+    token = _PAIR_THREADS.set(n_workers(n_jobs))
+    try:
+        yield
+    finally:
+        _PAIR_THREADS.reset(token)
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity, e.g. a SLURM allocation)."""
     try:

@@ -21,7 +21,7 @@ from .errors import KilomatchError
 from .logs import RunLog, setup_logging
 from .load import Dataset, iter_rows, load_dataset, load_given_motion
 from .motion import Motion, estimate_motion
-from .parallel import map_units
+from .parallel import map_units, threads_for_pairs
 # The result types are defined in kilomatch.results and stay importable from here.
 from .results import Result, RoundResult, ShankPart, UnitFeatures, shank_parts  # noqa: F401
 from .settings import Settings, load as load_settings
@@ -498,7 +498,7 @@ def run(settings=None, *, write: bool = True) -> Result:
     setup_logging()
     with RunLog() as run_log:
         s = load_settings(settings)
-        with _blas_threads(s.blas_threads):
+        with _blas_threads(s.blas_threads), threads_for_pairs(s.n_jobs):
             return _run(s, t0, write, run_log)
 
 

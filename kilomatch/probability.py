@@ -105,9 +105,12 @@ class MatchModel:
         score of the fold models."""
         if not len(evidence):
             return np.zeros(0)
+        score = np.zeros(len(evidence))
         with _one_thread():
-            score = np.mean([m.predict_proba(to_bins(evidence, e))[:, 1]
-                             for m, e in zip(self.models, self.bin_edges)], axis=0)
+            for rows in _chunks(len(evidence)):
+                x = evidence[rows]
+                score[rows] = np.mean([m.predict_proba(to_bins(x, e))[:, 1]
+                                       for m, e in zip(self.models, self.bin_edges)], axis=0)
         return _probability(self.calibration.predict(score), self.prior)
 
 
@@ -189,31 +192,50 @@ def _balanced_weight(y: np.ndarray) -> np.ndarray:
     return np.where(y == 1, 0.5 / n_pos, 0.5 / n_neg) * y.size
 
 
+# Rows of evidence the classifier scores at once: bounds the copies (binned, and the
+# classifier's own) to ~100 MB however many pairs there are (25 M at 10^5 units).
+CHUNK_ROWS = 1_000_000
+
+
+def _chunks(n: int) -> list:
+    """Consecutive slices of at most CHUNK_ROWS covering range(n)."""
+    return [slice(a, min(a + CHUNK_ROWS, n)) for a in range(0, n, CHUNK_ROWS)]
+
+
 def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
                           anchor: np.ndarray, anchor_non: np.ndarray, seed: int = 0,
-                          n_folds: int = 3, max_train: int = 200_000) -> MatchModel | None:
+                          n_folds: int = 3, max_train: int = 200_000,
+                          candidate_rows: np.ndarray | None = None) -> MatchModel | None:
     """Fit the match probability of candidate pairs against same-session non-matches.
 
-    candidates: (P, K) evidence of the cross-session candidate pairs; non_matches: (Q, K)
-    evidence of same-session pairs; anchor, anchor_non: (P,), (Q,) bool, pairs that cannot be
-    matches (e.g. corrected depths too far apart), from which the prior is estimated. Every
-    row gets a fold; the model of fold k trains on at most ``max_train`` rows of the other
-    folds (drawn with ``seed``), classes weighted equally, and scores fold k's rows. The
-    cross-fitted scores are then calibrated to the share of candidates by isotonic
+    candidates: (P, K) evidence of the cross-session candidate pairs (only the rows
+    ``candidate_rows`` when given: the array is not copied); non_matches: (Q, K) evidence of
+    same-session pairs; anchor, anchor_non: (P,), (Q,) bool (P: the rows used), pairs that
+    cannot be matches (e.g. corrected depths too far apart), from which the prior is
+    estimated. Every row gets a fold; the model of fold k trains on at most ``max_train`` rows
+    of the other folds (drawn with ``seed``), classes weighted equally, and scores fold k's
+    rows. The cross-fitted scores are then calibrated to the share of candidates by isotonic
     regression (a monotone map, so it keeps the ranking). Returns None when either set is too
     small to fit (fewer than 50 rows).
     """
     from sklearn.isotonic import IsotonicRegression
-    n_c, n_n = len(candidates), len(non_matches)
+    rows = np.arange(len(candidates)) if candidate_rows is None else np.asarray(candidate_rows)
+    n_c, n_n = len(rows), len(non_matches)
     if n_c < 50 or n_n < 50:
         return None
     rng = np.random.default_rng(seed)
-    x = np.vstack([candidates, non_matches]).astype(np.float64)
+
+    def evidence(idx):
+        """Rows idx (sorted) of the candidates' rows followed by the non-matches, float64."""
+        cut = np.searchsorted(idx, n_c)
+        return np.vstack([candidates[rows[idx[:cut]]],
+                          non_matches[idx[cut:] - n_c]]).astype(np.float64, copy=False)
+
     y = np.r_[np.ones(n_c, np.int8), np.zeros(n_n, np.int8)]
-    fold = rng.permutation(np.arange(x.shape[0]) % n_folds)
-    score = np.empty(x.shape[0])
+    fold = rng.permutation(np.arange(y.size) % n_folds)
+    score = np.empty(y.size)
     with _one_thread():
-        models, edges = _cross_fit(x, y, fold, n_folds, max_train, rng, seed, score)
+        models, edges = _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed, score)
     calibration = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
     calibration.fit(score, y, sample_weight=_balanced_weight(y))
     prior = match_prior(anchor, anchor_non)
@@ -224,21 +246,24 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
                       _probability(g[n_c:], prior), edges)
 
 
-def _cross_fit(x, y, fold, n_folds, max_train, rng, seed, score) -> tuple:
+def _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed, score) -> tuple:
     """Fit one classifier per fold on the other folds; fill ``score`` (n,) of each fold's
-    rows from the model that did not see them. Returns the models and each one's bin edges
-    (bin_edges of its training rows)."""
+    rows from the model that did not see them (``evidence(rows)``: those rows' evidence).
+    Returns the models and each one's bin edges (bin_edges of its training rows)."""
     models, edges = [], []
     for k in range(n_folds):
         train = np.flatnonzero(fold != k)
         if train.size > max_train:
             train = np.sort(rng.choice(train, max_train, replace=False))
         weight = _balanced_weight(y[train])
-        edges.append(bin_edges(x[train], weight))
-        model = _classifier(seed + k).fit(to_bins(x[train], edges[k]), y[train],
+        x = evidence(train)
+        edges.append(bin_edges(x, weight))
+        model = _classifier(seed + k).fit(to_bins(x, edges[k]), y[train],
                                           sample_weight=weight)
         test = np.flatnonzero(fold == k)
-        score[test] = model.predict_proba(to_bins(x[test], edges[k]))[:, 1]
+        for part in _chunks(test.size):
+            score[test[part]] = model.predict_proba(
+                to_bins(evidence(test[part]), edges[k]))[:, 1]
         models.append(model)
     return models, edges
 

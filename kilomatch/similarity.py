@@ -10,6 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from .channel_windows import LocalWaveforms
+from .parallel import pair_threads
+
+# Below this many pairs, one thread: starting threads costs more than it saves.
+MIN_PAIRS_THREADED = 50_000
 
 R_MAX = 1 - 1e-6  # Pearson r is clipped here before atanh (z <= 7.25)
 
@@ -154,6 +158,7 @@ def _directed_corr(wf: LocalWaveforms, sets: tuple, own: np.ndarray, other: np.n
     if own.size == 0:
         return np.zeros(0)
     sets, set_of_unit = sets
+    wf.window_index()  # found once here, not by several threads at once
     return _products_by_group(set_of_unit.ravel()[own], own, other,
                               lambda k, units: _standardized_on(wf, units, sets[k]),
                               lambda k, units: _scaled_on(wf, units, sets[k]))
@@ -187,18 +192,33 @@ def _products_by_group(key: np.ndarray, own: np.ndarray, other: np.ndarray, rows
     """
     out = np.zeros(own.size)
     order = np.argsort(key, kind="stable")
-    bounds = np.flatnonzero(np.diff(key[order])) + 1
-    seen = np.zeros(int(max(own.max(), other.max())) + 1, dtype=bool)
-    place = np.empty(seen.size, dtype=np.int64)
-    for idx in np.split(order, bounds):
-        k = key[idx[0]]
-        owners, own_pos = _distinct(own[idx], seen, place)
-        partners, other_pos = _distinct(other[idx], seen, place)
-        if partner_rows is None:
-            out[idx] = (rows(k, owners) @ rows(k, partners).T)[own_pos, other_pos]
-        else:
-            theirs, factor = partner_rows(k, partners)
-            out[idx] = (rows(k, owners) @ theirs.T)[own_pos, other_pos] * factor[other_pos]
+    groups = np.split(order, np.flatnonzero(np.diff(key[order])) + 1)
+    n_units = int(max(own.max(), other.max())) + 1
+
+    def products(chunk):
+        seen = np.zeros(n_units, dtype=bool)
+        place = np.empty(n_units, dtype=np.int64)
+        for idx in chunk:
+            k = key[idx[0]]
+            owners, own_pos = _distinct(own[idx], seen, place)
+            partners, other_pos = _distinct(other[idx], seen, place)
+            if partner_rows is None:
+                out[idx] = (rows(k, owners) @ rows(k, partners).T)[own_pos, other_pos]
+            else:
+                theirs, factor = partner_rows(k, partners)
+                out[idx] = (rows(k, owners) @ theirs.T)[own_pos, other_pos] * factor[other_pos]
+
+    threads = pair_threads()
+    if threads < 2 or own.size < MIN_PAIRS_THREADED:
+        products(groups)
+        return out
+    # Groups in threads of this process: the gathers, products and arithmetic release the
+    # GIL, each group writes its own pairs, and no array is copied to a worker. Several chunks
+    # per thread, so that one thread's large groups do not leave the others idle.
+    from concurrent.futures import ThreadPoolExecutor
+    chunks = [groups[i::threads * 4] for i in range(threads * 4)]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(products, chunks))
     return out
 
 

@@ -231,3 +231,18 @@ def test_non_match_level_rises_when_the_prior_is_overestimated():
     high = fit_match_probability(cand, non, anchor, non[:, 1] > 30, seed=0)
     assert high.prior > 0.5 and high.non_match_level(0.9) > right.non_match_level(0.9) + 0.3
     assert high.non_match_level(0.5) > 0.3
+
+
+def test_scoring_in_chunks_gives_the_same_probability(monkeypatch):
+    """The classifier scores the pairs a chunk of rows at a time (memory at 10^5 units), and
+    a subset of the candidates is fitted without copying them: neither changes a value."""
+    from kilomatch import probability
+    cand, _, non = _mixture(2, n_non=600, n_cand=2400)
+    rows = np.flatnonzero(cand[:, 2] > 0.2)
+    whole = fit_match_probability(cand[rows], non, cand[rows, 1] > 30, non[:, 1] > 30, seed=1)
+    monkeypatch.setattr(probability, "CHUNK_ROWS", 97)
+    parts = fit_match_probability(cand, non, cand[rows, 1] > 30, non[:, 1] > 30, seed=1,
+                                  candidate_rows=rows)
+    assert np.array_equal(whole.candidate_probability, parts.candidate_probability)
+    assert np.array_equal(whole.non_match_probability, parts.non_match_probability)
+    assert np.array_equal(whole.predict(cand), parts.predict(cand))

@@ -350,7 +350,8 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         cur.links = fitted[0]
         # curation only takes units apart, so every final within-cluster pair is one of
         # q_pairs and already has its probability
-        kept = across_sessions(curation.within_cluster_pairs(cur.labels), units.session0)
+        kept = curation.within_cluster_pairs(cur.labels)
+        kept = kept[across_sessions(kept, units.session0)]
         cur.links.match_confidence = linking.match_confidence(
             len(labels), kept, linking.pair_lookup(q_pairs, q_p, kept, len(labels))[1])
         cur.removed_probability = linking.pair_lookup(q_pairs, q_p, cur.removed_pairs,
@@ -431,14 +432,15 @@ def _cluster_probability(units, final, s, labels, links, evidence):
 def final_confidence(units, final, s, labels, links, evidence) -> np.ndarray:
     """Match confidence (N,) of the final clusters ``labels`` (linking.match_confidence)."""
     pairs, p = _cluster_probability(units, final, s, labels, links, evidence)
-    other = units.session0[pairs[:, 0]] != units.session0[pairs[:, 1]]
+    other = across_sessions(pairs, units.session0)
     return linking.match_confidence(len(labels), pairs[other], p[other])
 
 
 def across_sessions(pairs: np.ndarray, session: np.ndarray) -> np.ndarray:
-    """The pairs (Q, 2) whose units are of different sessions: two units of one session in a
-    final cluster are a kept sorter split, not a match, and have no match probability."""
-    return pairs[session[pairs[:, 0]] != session[pairs[:, 1]]]
+    """(Q,) bool: which pairs (Q, 2) join units of different sessions. Two units of one
+    session in a final cluster are a kept sorter split, not a match, and have no match
+    probability: match confidence leaves them out."""
+    return session[pairs[:, 0]] != session[pairs[:, 1]]
 
 
 def link_by_probability(units: UnitFeatures, final: RoundResult, s: Settings, links,

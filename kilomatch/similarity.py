@@ -202,11 +202,10 @@ def _products_by_group(key: np.ndarray, own: np.ndarray, other: np.ndarray, rows
             k = key[idx[0]]
             owners, own_pos = _distinct(own[idx], seen, place)
             partners, other_pos = _distinct(other[idx], seen, place)
-            if partner_rows is None:
-                out[idx] = (rows(k, owners) @ rows(k, partners).T)[own_pos, other_pos]
-            else:
-                theirs, factor = partner_rows(k, partners)
-                out[idx] = (rows(k, owners) @ theirs.T)[own_pos, other_pos] * factor[other_pos]
+            mine = rows(k, owners)
+            theirs, factor = (rows(k, partners), None) if partner_rows is None else \
+                partner_rows(k, partners)
+            out[idx] = _tiled_products(mine, theirs, own_pos, other_pos, factor)
 
     threads = pair_threads()
     if threads < 2 or own.size < MIN_PAIRS_THREADED:
@@ -220,6 +219,39 @@ def _products_by_group(key: np.ndarray, own: np.ndarray, other: np.ndarray, rows
     with ThreadPoolExecutor(threads) as pool:
         list(pool.map(products, chunks))
     return out
+
+
+# Owners per tile of a group's products: each tile is multiplied only by the span of partner
+# rows its pairs reach.
+TILE_UNITS = 32
+
+
+def _tiled_products(mine: np.ndarray, theirs: np.ndarray, own_pos: np.ndarray,
+                    other_pos: np.ndarray, factor: np.ndarray | None) -> np.ndarray:
+    """Products of rows mine[own_pos[p]] and theirs[other_pos[p]] (times factor[other_pos[p]]
+    if given): (n, L), (m, L), (p,), (p,) -> (p,).
+
+    The owners are taken TILE_UNITS at a time, each tile against only the partner rows from
+    the first to the last its pairs reach. Units are stored session by session, so with
+    clustering.max_session_gap a tile's partners are the few sessions near its own, not all
+    of them: with 200 sessions and a gap of 10 a whole-group product computed about ten
+    products for each one used (the waveform correlations grew as N^2 with the sessions).
+    """
+    if mine.shape[0] <= TILE_UNITS:
+        values = (mine @ theirs.T)[own_pos, other_pos]
+        return values if factor is None else values * factor[other_pos]
+    order = np.argsort(own_pos, kind="stable")
+    tile = own_pos[order] // TILE_UNITS
+    bounds = np.flatnonzero(np.diff(tile)) + 1
+    starts = np.concatenate([[0], bounds])
+    low = np.minimum.reduceat(other_pos[order], starts)
+    high = np.maximum.reduceat(other_pos[order], starts) + 1
+    values = np.empty(own_pos.size)
+    for part, lo, hi in zip(np.split(order, bounds), low, high):
+        first = own_pos[part[0]] // TILE_UNITS * TILE_UNITS
+        block = mine[first:first + TILE_UNITS] @ theirs[lo:hi].T
+        values[part] = block[own_pos[part] - first, other_pos[part] - lo]
+    return values if factor is None else values * factor[other_pos]
 
 
 def _distinct(units: np.ndarray, seen: np.ndarray, place: np.ndarray) -> tuple:

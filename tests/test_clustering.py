@@ -382,3 +382,32 @@ def test_ihdbscan_without_matches_keeps_weights():
     np.testing.assert_array_equal(res.labels, -1)
     np.testing.assert_allclose(res.weights, [1 / 3] * 3)
     assert res.threshold == np.inf and res.good.size == 0 and not res.converged
+
+
+# ---------------------------------------------------------------- the spanning forest
+
+@pytest.mark.parametrize("seed,ties", [(0, False), (1, True), (2, True)])
+def test_sparse_mst_is_scipys_forest_of_the_whole_graph(seed, ties, monkeypatch):
+    """sparse_mst builds the forest slice by slice, dropping edges the forest already joins;
+    it must give exactly the forest of one scipy call on the whole graph (same edges, same tie
+    breaks), on graphs with several slices, disconnected parts and (ties) many equal
+    distances."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import minimum_spanning_tree
+
+    from kilomatch import clustering
+    monkeypatch.setattr(clustering, "MST_FIRST_SLICE", 0.1)  # slices of 40, 80, 160... edges
+    rng = np.random.default_rng(seed)
+    n = 400
+    depth = np.where(np.arange(n) < n // 2, rng.uniform(0, 900, n), rng.uniform(1200, 2000, n))
+    pairs = candidate_pairs(depth, rng.integers(0, 8, n), 120.0)
+    assert len(pairs) > 12 * n
+    dist = (rng.integers(1, 6, len(pairs)).astype(float) if ties
+            else similarity_to_distance(rng.normal(0.0, 1.5, len(pairs))))
+    tree = minimum_spanning_tree(csr_matrix((dist, (pairs[:, 0], pairs[:, 1])),
+                                            shape=(n, n))).tocoo()
+    ref = np.column_stack([tree.row, tree.col, tree.data]).astype(float)
+    ref = ref[np.lexsort((ref[:, 1], ref[:, 0], ref[:, 2]))]
+    got = clustering.sparse_mst(n, pairs, dist)
+    assert components(n, pairs).max() >= 1  # at least two parts
+    np.testing.assert_array_equal(got, ref)

@@ -25,6 +25,19 @@ def kriging_kernel(a: np.ndarray, b: np.ndarray, sigma_x: float = SIGMA_X,
     return np.exp(-dx / sigma_x - dy / sigma_y)
 
 
+# Kernel values (float32) evaluated at once by correct_local: 16 M is 64 MB.
+KERNEL_FLOATS = 16_000_000
+
+
+def shifted_kernels(locations: np.ndarray, shifts_um: np.ndarray) -> np.ndarray:
+    """K(v + (0, shift), v) of channels v (W, 2) um for each shift (G,) um: (G, W, W) float32,
+    the kernels of kriging_kernel for every shift at once."""
+    dx = np.abs(locations[:, None, 0] - locations[None, :, 0])
+    dy = np.abs(locations[None, :, None, 1] + shifts_um[:, None, None]
+                - locations[None, None, :, 1])
+    return np.exp(-dx / SIGMA_X - dy / SIGMA_Y).astype(np.float32)
+
+
 def kriging_inverse(channel_locations: np.ndarray) -> np.ndarray:
     """(K(v_C, v_C) + 0.01 I)^-1, the same for every unit: (C, 2) -> (C, C)."""
     k = kriging_kernel(channel_locations, channel_locations)
@@ -81,14 +94,14 @@ def correct_local(local: LocalWaveforms, channel_locations: np.ndarray, shift_um
         weights_of_data = kinv[np.ix_(win, win)].astype(np.float32)
         values, group = np.unique(shift_um[members], return_inverse=True)
         group = group.ravel()
-        for start in range(0, members.size, 1024):
-            block = members[start:start + 1024]
-            g_block = group[start:start + 1024]
+        # units at a time: their kernels (n, W, W) stay within ~64 MB
+        step = int(np.clip(KERNEL_FLOATS // max(win.size ** 2, 1), 1, 1024))
+        for start in range(0, members.size, step):
+            block = members[start:start + step]
+            shared, which = np.unique(group[start:start + step], return_inverse=True)
+            kernels = shifted_kernels(locs[win], values[shared])
             weights = np.einsum("ij,njt->nit", weights_of_data, local.values[block],
                                 optimize=True)
-            for g in np.unique(g_block):
-                inside = g_block == g
-                target = locs[win] + np.array([0.0, values[g]])
-                k = kriging_kernel(target, locs[win]).astype(np.float32)
-                out[block[inside]] = np.einsum("ij,njt->nit", k, weights[inside], optimize=True)
+            # one batched product for the block instead of one per distinct shift
+            out[block] = np.matmul(kernels[which.ravel()], weights)
     return LocalWaveforms(out, local.channels, local.n_channels, local.windows)

@@ -211,8 +211,10 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
                                     n_bootstrap=0 if start is None else min(me.n_bootstrap, 100),
                                     seed=s.seed)
         history.append((result, candidate))
-        log.info("motion round %d (%s): %d candidate pairs, %d good matches, motion range "
-                 "%.1f um", k, "+".join(names), n_candidates, len(matches),
+        log.info("motion round %d (%s): %d candidate pairs, %d good matches (IHDBSCAN %d "
+                 "iterations%s), motion range %.1f um", k, "+".join(names), n_candidates,
+                 len(matches), result.clustering.n_iter,
+                 "" if result.clustering.converged else ", not converged",
                  float(np.ptp(candidate.displacement())))
         kept = "initial estimate" if best is None else f"motion of round {best[1]}"
         if start is None or motion_initial.judge_round(

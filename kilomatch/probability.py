@@ -41,14 +41,11 @@ def same_session_pairs(depth: np.ndarray, session: np.ndarray, max_distance: flo
                        shank: np.ndarray | None = None) -> np.ndarray:
     """Pairs (i < j) of units of one session (and shank) with |depth_i - depth_j| <=
     max_distance: (Q, 2) int64, sorted. depth (N,) um; session, shank (N,) ids."""
-    from .similarity import candidate_pairs
-    depth = np.asarray(depth, dtype=np.float64)
+    from .similarity import within_blocks
     group = np.asarray(session, dtype=np.int64)
     if shank is not None:
         group = group * (int(np.max(shank, initial=0)) + 1) + np.asarray(shank, np.int64)
-    # candidate_pairs keeps pairs of different "sessions" that share a group: every unit is
-    # its own session here, and the group is (session, shank).
-    return candidate_pairs(depth, np.arange(depth.size), max_distance, group)
+    return within_blocks(depth, group, max_distance)
 
 
 def pair_evidence(similarities: np.ndarray, positions: np.ndarray, amplitude: np.ndarray,

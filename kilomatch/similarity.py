@@ -25,17 +25,19 @@ def candidate_pairs(depth: np.ndarray, session: np.ndarray, max_distance: float,
 
     depth: (N,) corrected depth in um; session: (N,) session ids; group: optional (N,) ids
     (e.g. shank) that must also agree; max_session_gap > 0 keeps only pairs whose sessions
-    differ by at most that much. Returns (P, 2) int64, sorted by (i, j). Cost is
-    O(N log N + P'), P' the pairs within max_distance before the session tests, taken in
-    chunks of about ``chunk_pairs``: no N x N array, and no array of every P' pair.
+    differ by at most that much. Returns (P, 2) int64, sorted by (i, j). No N x N array:
+    with a session gap smaller than the study, each pair of sessions close enough is searched
+    on its own (the work grows with the pairs kept, not with all pairs within max_distance,
+    ten times more at 200 sessions and a gap of 10); otherwise all units are searched at once
+    in chunks of about ``chunk_pairs`` pairs.
     """
     depth = np.asarray(depth, dtype=np.float64)
-    session = np.asarray(session)
+    session = np.asarray(session).astype(np.int64)
+    if depth.size and 0 < max_session_gap < np.ptp(session):
+        return _pairs_by_session(depth, session, max_distance, group, max_session_gap)
     order = np.argsort(depth, kind="stable")
     d = depth[order]
-    # Search a hair wide, then keep exactly |d_i - d_j| <= max_distance (the float sum d + max
-    # can round either way; the test below is the definition).
-    hi = np.searchsorted(d, d + max_distance * (1 + 1e-9) + 1e-9, side="right")
+    hi = np.searchsorted(d, _reach(d, max_distance), side="right")
     counts = hi - np.arange(d.size) - 1
     ends = np.cumsum(counts)
     parts = []
@@ -51,18 +53,72 @@ def candidate_pairs(depth: np.ndarray, session: np.ndarray, max_distance: float,
         b = a + 1 + (np.arange(a.size) - np.repeat(starts, c))
         i, j = order[a], order[b]
         keep = (session[i] != session[j]) & (np.abs(depth[i] - depth[j]) <= max_distance)
-        if max_session_gap > 0:
-            keep &= np.abs(session[i].astype(np.int64) - session[j]) <= max_session_gap
         if group is not None:
             keep &= group[i] == group[j]
-        parts.append(np.column_stack([np.minimum(i[keep], j[keep]),
-                                      np.maximum(i[keep], j[keep])]).astype(np.int64))
+        parts.append(np.column_stack([i[keep], j[keep]]))
         first = last
-    pairs = np.concatenate(parts) if parts else np.empty((0, 2), np.int64)
+    return _sorted_pairs(parts, depth.size)
+
+
+def _reach(sorted_depth: np.ndarray, max_distance: float) -> np.ndarray:
+    """Upper ends of the depth searches: a hair wide, so that the exact test afterwards
+    (|d_i - d_j| <= max_distance) decides; the float sum d + max can round either way."""
+    return sorted_depth + max_distance * (1 + 1e-9) + 1e-9
+
+
+def _pairs_by_session(depth, session, max_distance, group, max_session_gap) -> np.ndarray:
+    """candidate_pairs for 0 < max_session_gap < the span of sessions: each (group, session)
+    block against the blocks of the same group up to max_session_gap sessions later."""
+    group = np.zeros(depth.size, np.int64) if group is None else np.asarray(group)
+    order = np.lexsort((depth, session, group))
+    block = np.flatnonzero((np.diff(session[order]) != 0) | (np.diff(group[order]) != 0)) + 1
+    members = np.split(order, block)
+    first = order[np.concatenate([[0], block])] if order.size else order
+    parts = []
+    for k, mine in enumerate(members):
+        for later in range(k + 1, len(members)):
+            u = first[later]
+            if group[u] != group[first[k]] or session[u] - session[first[k]] > max_session_gap:
+                break  # blocks are sorted by (group, session)
+            theirs = members[later]
+            p, q = _within(depth[mine], depth[theirs], max_distance)
+            parts.append(np.column_stack([mine[p], theirs[q]]))
+    return _sorted_pairs(parts, depth.size)
+
+
+def _within(a: np.ndarray, b: np.ndarray, max_distance: float) -> tuple:
+    """Positions (p, q) of every a[p], b[q] with |a[p] - b[q]| <= max_distance; a and b are
+    sorted depths (um)."""
+    lo = np.searchsorted(b, -_reach(-a, max_distance), side="left")
+    hi = np.searchsorted(b, _reach(a, max_distance), side="right")
+    count = hi - lo
+    p = np.repeat(np.arange(a.size), count)
+    q = np.repeat(lo - (np.cumsum(count) - count), count) + np.arange(p.size)
+    keep = np.abs(a[p] - b[q]) <= max_distance
+    return p[keep], q[keep]
+
+
+def _sorted_pairs(parts: list, n_units: int) -> np.ndarray:
+    """Pairs from parts of (n, 2) unit ids: each as (lower, higher), sorted, int64 (P, 2)."""
+    pairs = np.concatenate(parts).astype(np.int64) if parts else np.empty((0, 2), np.int64)
     # Sorted by (i, j) through one int64 key: pairs are distinct, so this is the lexicographic
     # order, and one sort of P keys costs a quarter of a two-key lexsort.
-    key = np.sort(pairs[:, 0] * depth.size + pairs[:, 1])
-    return np.column_stack([key // depth.size, key % depth.size])
+    key = np.sort(pairs.min(axis=1) * n_units + pairs.max(axis=1))
+    return np.column_stack([key // n_units, key % n_units])
+
+
+def within_blocks(depth: np.ndarray, block: np.ndarray, max_distance: float) -> np.ndarray:
+    """Pairs (i < j) of units of one block (e.g. one session and shank) with |depth_i -
+    depth_j| <= max_distance: (Q, 2) int64, sorted. depth (N,) um; block (N,) ids."""
+    depth = np.asarray(depth, dtype=np.float64)
+    block = np.asarray(block)
+    order = np.lexsort((depth, block))
+    parts = []
+    for mine in np.split(order, np.flatnonzero(np.diff(block[order]) != 0) + 1):
+        p, q = _within(depth[mine], depth[mine], max_distance)
+        keep = p < q
+        parts.append(np.column_stack([mine[p[keep]], mine[q[keep]]]))
+    return _sorted_pairs(parts, depth.size)
 
 
 def fisher_z(r: np.ndarray) -> np.ndarray:

@@ -93,6 +93,23 @@ def test_same_session_pairs_stay_in_session_shank_and_distance():
     assert pairs.tolist() == [[0, 1], [4, 5]]
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_same_session_pairs_equal_brute_force(seed):
+    """Every pair of units of one session and shank within max_distance, each once (i < j),
+    sorted; integer depths so that many pairs sit exactly at the limit."""
+    rng = np.random.default_rng(seed)
+    n = 250
+    depth = rng.integers(0, 400, n).astype(float)
+    session, shank = rng.integers(0, 5, n), rng.integers(0, 2, n)
+    i, j = np.triu_indices(n, k=1)
+    keep = ((session[i] == session[j]) & (shank[i] == shank[j])
+            & (np.abs(depth[i] - depth[j]) <= 40.0))
+    expect = np.column_stack([i[keep], j[keep]])
+    got = same_session_pairs(depth, session, 40.0, shank)
+    assert got.dtype == np.int64 and len(expect) > 300
+    np.testing.assert_array_equal(got, expect)
+
+
 def test_pair_evidence_columns():
     sims = np.array([[1.0, 2.0]])
     pos = np.array([[0.0, 10.0, 5.0], [3.0, 14.0, 5.0]])

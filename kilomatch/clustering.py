@@ -102,30 +102,37 @@ def condensed_forest(n_units: int, mst: np.ndarray):
     from .hdbscan_tree import condensed_tree
     if n_comp == 1:
         return condensed_tree(mst)  # connected: the usual tree, whose root is not selectable
-    rows = []
+    dtype = [("parent", np.intp), ("child", np.intp), ("lambda_val", np.float64),
+             ("child_size", np.intp)]
+    parts = []
     root, next_id = n_units, n_units + 1
-    edge_comp = comp[ends[:, 0]]
+    edge_order = np.argsort(comp[ends[:, 0]], kind="stable")  # each component's edges, in order
+    edge_bounds = np.searchsorted(comp[ends[edge_order, 0]], np.arange(n_comp + 1))
     order = np.argsort(comp, kind="stable")
     local = np.empty(n_units, np.int64)
-    for members in np.split(order, np.flatnonzero(np.diff(comp[order])) + 1):
+    for c, members in enumerate(np.split(order, np.flatnonzero(np.diff(comp[order])) + 1)):
         n_c = members.size
         if n_c == 1:
-            rows.append((root, int(members[0]), 0.0, 1))
+            parts.append(np.array([(root, members[0], 0.0, 1)], dtype=dtype))
             continue
         local[members] = np.arange(n_c)
-        edges = mst[edge_comp == comp[members[0]]].copy()
+        edges = mst[edge_order[edge_bounds[c]:edge_bounds[c + 1]]]
         edges[:, :2] = local[edges[:, :2].astype(np.int64)]
         sub = condensed_tree(edges)
         # Local ids: points 0..n_c-1, clusters n_c.. (root n_c); give the clusters fresh
         # global ids from next_id, keeping their order (hdbscan needs parents before children).
-        rows.append((root, next_id, 0.0, n_c))
-        for parent, child, lam, size in sub.tolist():
-            child = int(members[child]) if child < n_c else next_id + child - n_c
-            rows.append((next_id + parent - n_c, child, lam, size))
+        rows = np.empty(len(sub) + 1, dtype=dtype)
+        rows[0] = (root, next_id, 0.0, n_c)
+        child = sub["child"]
+        point = child < n_c
+        rows["parent"][1:] = next_id + sub["parent"] - n_c
+        rows["child"][1:] = np.where(point, members[np.where(point, child, 0)],
+                                     next_id + child - n_c)
+        rows["lambda_val"][1:] = sub["lambda_val"]
+        rows["child_size"][1:] = sub["child_size"]
+        parts.append(rows)
         next_id += int(max(sub["parent"].max(), sub["child"].max())) - n_c + 1
-    dtype = [("parent", np.intp), ("child", np.intp), ("lambda_val", np.float64),
-             ("child_size", np.intp)]
-    return np.array(rows, dtype=dtype)
+    return np.concatenate(parts)
 
 
 def hdbscan_from_mst(mst: np.ndarray, n_units: int, max_cluster_size: int = 0) -> np.ndarray:

@@ -218,3 +218,32 @@ def test_waveform_similarity_of_flat_waveform_is_zero():
     wf[1] = 0.0
     ch = np.tile(np.arange(4), (2, 1))
     assert waveform_similarity(wf, ch, np.array([[0, 1]]))[0] == 0.0
+
+
+# ---------------------------------------------------------------- products in tiles
+
+def test_products_in_tiles_equal_brute_force(monkeypatch):
+    """The products of a group are taken a few owners at a time against only the partner rows
+    their pairs reach (similarity._tiled_products): with tiles of 2 owners, feature and
+    waveform similarity of a sparse, uneven set of pairs (as a session gap leaves them) equal
+    the brute-force values, and equal the untiled products."""
+    from kilomatch import similarity
+    rng = np.random.default_rng(32)
+    loc = line_probe(48)
+    wf = make_units(rng, 60, loc)
+    ch = brute_channel_sets(wf, loc, 10)
+    everything = np.array(list(itertools.combinations(range(60), 2)))
+    near = np.abs(everything[:, 0] - everything[:, 1]) <= 7  # "sessions" near each other
+    pairs = everything[near & (rng.random(len(everything)) < 0.7)]
+    feat = rng.normal(size=(60, 25)) + np.sin(np.arange(25))[None, :]
+    untiled_f = feature_similarity(feat, pairs, block=20)
+    untiled_w = waveform_similarity(wf, ch, pairs)
+    monkeypatch.setattr(similarity, "TILE_UNITS", 2)
+    got_f = feature_similarity(feat, pairs, block=20)
+    got_w = waveform_similarity(wf, ch, pairs)
+    c = np.corrcoef(feat)
+    np.testing.assert_allclose(got_f, np.arctanh(np.clip(c[pairs[:, 0], pairs[:, 1]],
+                                                         -R_MAX, R_MAX)), rtol=1e-9, atol=1e-9)
+    assert_same_z(got_w, np.array([brute_waveform_z(wf, ch, i, j) for i, j in pairs]))
+    np.testing.assert_allclose(got_f, untiled_f, rtol=1e-12, atol=1e-12)
+    assert_same_z(got_w, untiled_w)

@@ -239,7 +239,7 @@ def _digest(folder: Path) -> dict:
 
 def test_byte_identical_reruns_whatever_n_jobs(sim_folder, run_result, tmp_path, monkeypatch):
     """Same input and settings give byte-identical result files, with 1 or 2 workers (worker
-    processes for the units, threads for the pair similarities)."""
+    processes for the units, threads for the pair similarities and the probability's scoring)."""
     from kilomatch import similarity
     _, out1 = run_result
     monkeypatch.setattr(parallel, "MIN_UNITS_PARALLEL", 0)  # force the worker processes

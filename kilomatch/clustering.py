@@ -263,6 +263,7 @@ def ihdbscan(n_units: int, pairs: np.ndarray, similarities: np.ndarray, max_clus
     labels = -np.ones(n_units, np.int64)
     converged = False
     it = 0
+    fits = [(w, threshold)]  # weights and threshold after each iteration (0: the start)
     for it in range(1, n_iter + 1):
         similarity = weighted_similarity(similarities, w)
         labels = sparse_hdbscan(n_units, pairs, similarity_to_distance(similarity),
@@ -276,6 +277,16 @@ def ihdbscan(n_units: int, pairs: np.ndarray, similarities: np.ndarray, max_clus
         w = new_w
         if change <= weight_tol:
             converged = True
+            break
+        fits.append((w, threshold))
+        earlier = [j for j in range(it) if np.array_equal(fits[j][0], w)]
+        if earlier and it < n_iter:
+            # The weights are those of iteration j, and each iteration is a function of the
+            # weights alone, so iterations j+1 .. it repeat for ever: take the weights and
+            # threshold iteration n_iter would end with (the same result, without the work).
+            j = earlier[0]
+            w, threshold = fits[j + 1 + (n_iter - j - 1) % (it - j)]
+            log.debug("IHDBSCAN: iteration %d repeats iteration %d; stopped", it, j)
             break
     similarity = weighted_similarity(similarities, w)
     if not converged and np.isfinite(threshold):

@@ -313,6 +313,9 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     warn_if_window_too_small(motion, data.channel_locations, s)
     final = match_units(units, data.channel_locations, s, motion, final_names, data.n_sessions,
                         kinv)
+    log.info("final clustering (%s): %d candidate pairs, %d clusters (IHDBSCAN %d iterations%s)",
+             "+".join(final_names), len(final.pairs), int(final.clustering.labels.max()) + 1,
+             final.clustering.n_iter, "" if final.clustering.converged else ", not converged")
     if final.waveforms_corrected is None:  # outputs always carry corrected waveforms
         final.waveforms_corrected, final.channels_corrected = corrected_waveforms(
             units, data.channel_locations, motion, s.waveformCorrection, kinv)

@@ -375,6 +375,40 @@ def test_ihdbscan_recovers_planted_groups(seed):
     assert res.converged and 1 <= res.n_iter <= 10
 
 
+@pytest.mark.parametrize("n_iter", [10, 11, 12])
+def test_ihdbscan_stopped_at_a_cycle_ends_as_every_iteration_would(n_iter, monkeypatch):
+    """When the weights come back to an earlier iteration's, IHDBSCAN stops and takes the
+    weights, threshold and labels the last of n_iter iterations would give. The LDA is replaced
+    by a step that sends each clustering to the next of three weight vectors, a cycle of period
+    3 from iteration 1: w_i = W[(i - 1) % 3], threshold (i - 1) % 3."""
+    from kilomatch import clustering
+    session, neuron, pairs, same, f = planted_study(50)
+    n = len(session)
+    cycle = [np.array([0.2, 0.0, 0.8]), np.array([0.0, 0.2, 0.8]), np.array([0.1, 0.1, 0.8])]
+
+    def matched(w):
+        labels = sparse_hdbscan(n, pairs, similarity_to_distance(f @ w), 5)
+        return same_cluster(labels, pairs).tobytes()
+
+    state = {matched(w): k for k, w in enumerate(cycle)}
+    assert len(state) == 3 and matched(np.full(3, 1 / 3)) not in state
+    calls = []
+
+    def next_weights(similarities, is_matched):
+        k = state.get(is_matched.tobytes(), -1)  # -1: the equal starting weights
+        calls.append(k)
+        return cycle[(k + 1) % 3], float((k + 1) % 3)
+
+    monkeypatch.setattr(clustering, "lda_weights", next_weights)
+    res = ihdbscan(n, pairs, f, max_cluster_size=5, n_iter=n_iter)
+    last = (n_iter - 1) % 3
+    np.testing.assert_array_equal(res.weights, cycle[last])
+    assert res.threshold == float(last) and not res.converged
+    np.testing.assert_array_equal(
+        res.labels, sparse_hdbscan(n, pairs, similarity_to_distance(f @ cycle[last]), 5))
+    assert len(calls) == 4  # iteration 4 repeats iteration 1
+
+
 def test_ihdbscan_without_matches_keeps_weights():
     """When HDBSCAN finds no cluster (no candidate pairs at all), the weights stay equal, the
     threshold is inf and no pair is good."""

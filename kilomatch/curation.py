@@ -68,6 +68,8 @@ class CurationResult:
     # (NaN when no probability was fitted)
     kept_pairs: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
     removed_probability: np.ndarray | None = None
+    # (R,) distance ratio of each removed pair (kilomatch.position_noise; None when not learned)
+    removed_distance_ratio: np.ndarray | None = None
     cut_probability: float = float("nan")  # the level the cuts were confirmed at (NaN: none)
     # the refractory test of the same-session pairs of the clusters (sorter_splits), or None
     # when sorter splits were not looked for (autoCuration.keep_sorter_splits off)

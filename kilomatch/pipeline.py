@@ -360,6 +360,9 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
             len(labels), kept, linking.pair_lookup(q_pairs, q_p, kept, len(labels))[1])
         cur.removed_probability = linking.pair_lookup(q_pairs, q_p, cur.removed_pairs,
                                                       len(labels))[1]
+    if ratio is not None:
+        cur.removed_distance_ratio = linking.pair_lookup(q_pairs, ratio, cur.removed_pairs,
+                                                         len(labels))[1]
     note("curation")
     idx = renumber(cur.labels, start=1)
     return Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))

@@ -179,6 +179,20 @@ def test_curation_records_why_with_the_probability(run_result):
     assert np.all((idx[kept[:, 0]] == idx[kept[:, 1]]) & (idx[kept[:, 0]] > 0))
 
 
+def test_curation_records_each_removed_pairs_distance_ratio(run_result):
+    """Each removed pair carries its distance over the spread of matches at its amplitudes
+    (CurationResults.npz removed_distance_ratio); the groups taken apart by the split at
+    distance lie above autoCuration.split_distance_ratio on average."""
+    result, out = run_result
+    with np.load(out / "CurationResults.npz") as z:
+        removed, ratio = z["removed_pairs"], z["removed_distance_ratio"]
+        reason, names = z["removed_reason"], list(z["reason_names"])
+    assert ratio.shape == (len(removed),) and np.all(ratio >= 0)
+    at_distance = reason == names.index("split_at_distance")
+    if at_distance.any():
+        assert ratio[at_distance].mean() > result.settings.autoCuration.split_distance_ratio
+
+
 def test_sparse_pairs_agree_with_dense_matrix(run_result):
     """SimilarityMatrix holds exactly the candidate pairs' weighted similarity, NaN elsewhere."""
     _, out = run_result

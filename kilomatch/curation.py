@@ -18,6 +18,11 @@ REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_
            "split_average_probability", "split_at_distance")
 CONFLICT, SPLIT, POSITION, AVERAGE, DISTANCE = 0, 1, 2, 3, 4
 _BLOCK = 1 << 20  # rows of pairs filled at a time by within_cluster_pairs
+# The split at distance stands unless the mean match probability across it is above this:
+# the level of the sure matches the spread of distances is learned from
+# (kilomatch.position_noise). On NP2 data large units of one neuron lie 3-6 um apart, several
+# times their typical 0.5-1 um, with probability 0.99.
+DISTANCE_SPLIT_PROBABILITY = 0.9
 
 
 def within_cluster_pairs(labels: np.ndarray) -> np.ndarray:
@@ -435,7 +440,12 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
         kept = kept[np.lexsort((kept[:, 1], kept[:, 0]))]
     removed_d = np.empty((0, 2), np.int64)
     if distance_ratio is not None and np.isfinite(split_distance_ratio):
-        final, removed_d = split_by_distance(final, pairs, distance_ratio, split_distance_ratio)
+        split, removed_d = split_by_distance(final, pairs, distance_ratio, split_distance_ratio)
+        if probability is not None:
+            # a split at distance stands only where its sides are not probably one neuron
+            split, removed_d = rejoin_by_probability(final, split, pairs, probability,
+                                                     DISTANCE_SPLIT_PROBABILITY)
+        final = split
     final = dissolve_one_session(final, session)
     removed = np.vstack([removed_c, removed_s, removed_p, removed_d])
     reason = np.concatenate([np.full(len(removed_c), CONFLICT), np.full(len(removed_s), SPLIT),

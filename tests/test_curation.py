@@ -303,18 +303,21 @@ def test_a_cut_farther_apart_than_position_noise_stands_whatever_its_probability
 
 
 def test_split_by_distance_takes_apart_groups_farther_than_the_limit():
-    """One cluster of two neurons recorded in turn, the similarity and the probability high
+    """One cluster of two neurons recorded in turn, the similarity above threshold
     throughout: the last step splits it where the mean distance ratio between its groups
-    is above split_distance_ratio (reason split_at_distance), and leaves a cluster whose
-    units scatter within the limit whole."""
+    is above split_distance_ratio (reason split_at_distance) and the probability across is
+    not sure of a match (0.6); a cluster whose units scatter within the limit, or whose
+    sides the probability is sure are one neuron (0.95: large units of a precise probe lie
+    several spreads apart), stays whole."""
     labels = np.zeros(6, int)
     session = np.arange(6)
     pairs = within_cluster_pairs(labels)
     inside = {(0, 1), (0, 2), (1, 2), (3, 4), (3, 5), (4, 5)}
-    sim, p = np.full(len(pairs), 3.0), np.full(len(pairs), 0.95)
+    sim = np.full(len(pairs), 3.0)
     link = np.ones(len(pairs), bool)
-    for across, apart in ((7.0, True), (3.0, False)):
+    for across, p_across, apart in ((7.0, 0.6, True), (3.0, 0.6, False), (7.0, 0.95, False)):
         ratio = pair_values(pairs, {k: 1.5 for k in inside}, across)
+        p = pair_values(pairs, {k: 0.95 for k in inside}, p_across)
         res = curate(labels, session, pairs, sim, link, threshold=1.0, probability=p,
                      cut_probability=0.02, distance_ratio=ratio, split_distance_ratio=5.0)
         np.testing.assert_array_equal(renumber(res.labels),

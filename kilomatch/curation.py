@@ -253,22 +253,32 @@ def split_by_distance(labels, pairs, distance_ratio, max_ratio: float):
     labels: (N,) clusters (-1 none); pairs: (Q, 2) every within-cluster pair; distance_ratio:
     (Q,). Returns (labels, removed (R, 2) pairs across the splits).
     """
+    labels = np.asarray(labels, np.int64)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    distance_ratio = np.asarray(distance_ratio, np.float64)
+    # groups can lie farther apart than the limit on average only where some pair does: the
+    # other clusters (nearly all) stay whole without a linkage
+    far = (distance_ratio > max_ratio) & (labels[pairs[:, 0]] == labels[pairs[:, 1]])
     return _split_average_linkage(labels, pairs, lambda units, rows: _cluster_similarity(
-        units, pairs[rows], np.asarray(distance_ratio, np.float64)[rows]), max_ratio)
+        units, pairs[rows], distance_ratio[rows]), max_ratio,
+        np.unique(labels[pairs[far, 0]][labels[pairs[far, 0]] >= 0]))
 
 
-def _split_average_linkage(labels, pairs, dissimilarity, limit: float):
-    """Split each cluster of ``labels`` (N,) into the groups of average linkage on
-    ``dissimilarity(units, rows)`` (its (M, M) matrix for the cluster's sorted units and the
-    rows of ``pairs`` (Q, 2) inside it) cut at ``limit``; the group of the cluster's lowest
-    unit keeps the label. Returns (labels, removed (R, 2) pairs across the splits, sorted)."""
+def _split_average_linkage(labels, pairs, dissimilarity, limit: float,
+                           clusters: np.ndarray | None = None):
+    """Split each cluster of ``labels`` (N,) (or only the sorted ids ``clusters``) into the
+    groups of average linkage on ``dissimilarity(units, rows)`` (its (M, M) matrix for the
+    cluster's sorted units and the rows of ``pairs`` (Q, 2) inside it) cut at ``limit``; the
+    group of the cluster's lowest unit keeps the label. Returns (labels, removed (R, 2) pairs
+    across the splits, sorted)."""
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
     labels = np.array(labels, dtype=np.int64)
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     next_label = labels.max() + 1 if labels.size else 0
     removed = []
-    clusters = np.unique(labels[labels >= 0])
+    if clusters is None:
+        clusters = np.unique(labels[labels >= 0])
     for units, rows in _cluster_members(labels, pairs, clusters):
         if units.size < 2:
             continue

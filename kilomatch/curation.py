@@ -419,7 +419,8 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     together are ``kept_pairs``; with ``distance_ratio`` (Q,), a cut whose sides' mean ratio
     is above ``max_distance_ratio`` stands whatever its probability, and last each cluster
     is split where its groups' mean ratio is above ``split_distance_ratio``
-    (:func:`split_by_distance`). Units of one session
+    (:func:`split_by_distance`) unless the mean probability across is above
+    DISTANCE_SPLIT_PROBABILITY. Units of one session
     joined by ``same_neuron`` (K, 2) (sorter splits) are one neuron for the conflict step
     (:func:`resolve_conflicts`).
 
@@ -452,7 +453,7 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     if distance_ratio is not None and np.isfinite(split_distance_ratio):
         split, removed_d = split_by_distance(final, pairs, distance_ratio, split_distance_ratio)
         if probability is not None:
-            # a split at distance stands only where its sides are not probably one neuron
+            # a split at distance stands unless the probability is sure its sides are one
             split, removed_d = rejoin_by_probability(final, split, pairs, probability,
                                                      DISTANCE_SPLIT_PROBABILITY)
         final = split

@@ -57,7 +57,8 @@ class RunArrays:
     MatchTable.csv, or None when no shank has a probability). Candidate pairs of every shank: pairs (P, 2), pair_similarities
     (P, F), similarity (P,), good_match (P,), pair_shank (P,), same_cluster_clustering and
     same_cluster_final (P,) (both units in one cluster before / after curation). Curation: removed_pairs (R, 2),
-    removed_reason (R,), removed_probability (R,) (NaN without a probability), kept_pairs
+    removed_reason (R,), removed_probability (R,) (NaN without a probability),
+    removed_distance_ratio (R,) (distance over the spread of matches, NaN without), kept_pairs
     (J, 2) (cut by a split, kept together by the probability), cut_probability (K,) (the
     mean probability below which a cut stood; NaN when no probability confirmed the cuts);
     splits: the sorter-split test of the same-session pairs of the clusters
@@ -93,6 +94,7 @@ class RunArrays:
     removed_pairs: np.ndarray
     removed_reason: np.ndarray
     removed_probability: np.ndarray
+    removed_distance_ratio: np.ndarray
     kept_pairs: np.ndarray
     cut_probability: np.ndarray
     splits: SplitEvidence
@@ -186,9 +188,8 @@ def assemble(result: Result) -> RunArrays:
         removed_pairs=np.vstack([p.units[c.removed_pairs]
                                  for p, c in zip(parts, curated)]).reshape(-1, 2),
         removed_reason=np.concatenate([c.removed_reason for c in curated]),
-        removed_probability=np.concatenate([
-            np.full(len(c.removed_pairs), np.nan) if c.removed_probability is None
-            else c.removed_probability for c in curated]),
+        removed_probability=_per_removed_pair(curated, "removed_probability"),
+        removed_distance_ratio=_per_removed_pair(curated, "removed_distance_ratio"),
         cut_probability=np.array([c.cut_probability for c in curated]),
         kept_pairs=np.vstack([p.units[c.kept_pairs]
                               for p, c in zip(parts, curated)]).reshape(-1, 2),
@@ -233,3 +234,10 @@ def _round_arrays(r, motion, members: np.ndarray) -> RoundArrays:
                        renumber(r.clustering.labels, start=1), r.clustering.weights,
                        float(r.clustering.threshold), motion.displacement(),
                        np.column_stack([motion.ci_low, motion.ci_high]))
+
+
+def _per_removed_pair(curated: list, name: str) -> np.ndarray:
+    """(R,) the CurationResult attribute ``name`` of every removed pair over the shanks, NaN
+    where a shank has none."""
+    return np.concatenate([np.full(len(c.removed_pairs), np.nan) if getattr(c, name) is None
+                           else getattr(c, name) for c in curated])

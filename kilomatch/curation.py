@@ -15,9 +15,14 @@ from scipy import sparse
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
 REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_gap",
-           "split_average_probability")
-CONFLICT, SPLIT, POSITION, AVERAGE = 0, 1, 2, 3
+           "split_average_probability", "split_at_distance")
+CONFLICT, SPLIT, POSITION, AVERAGE, DISTANCE = 0, 1, 2, 3, 4
 _BLOCK = 1 << 20  # rows of pairs filled at a time by within_cluster_pairs
+# The split at distance stands unless the mean match probability across it is above this:
+# the level of the sure matches the spread of distances is learned from
+# (kilomatch.position_noise). On NP2 data large units of one neuron lie 3-6 um apart, several
+# times their typical 0.5-1 um, with probability 0.99.
+DISTANCE_SPLIT_PROBABILITY = 0.9
 
 
 def within_cluster_pairs(labels: np.ndarray) -> np.ndarray:
@@ -68,6 +73,8 @@ class CurationResult:
     # (NaN when no probability was fitted)
     kept_pairs: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
     removed_probability: np.ndarray | None = None
+    # (R,) distance ratio of each removed pair (kilomatch.position_noise; None when not learned)
+    removed_distance_ratio: np.ndarray | None = None
     cut_probability: float = float("nan")  # the level the cuts were confirmed at (NaN: none)
     # the refractory test of the same-session pairs of the clusters (sorter_splits), or None
     # when sorter splits were not looked for (autoCuration.keep_sorter_splits off)
@@ -233,24 +240,52 @@ def split_by_average_link(labels, pairs, probability, threshold: float = 0.5):
     (Q,) match probability (0 for pairs that cannot link). Pairs not listed count as 0.
     Returns (labels, removed (R, 2) pairs across the splits).
     """
+    return _split_average_linkage(labels, pairs, lambda units, rows: 1.0 - _cluster_similarity(
+        units, pairs[rows], np.asarray(probability, np.float64)[rows]), 1.0 - threshold)
+
+
+def split_by_distance(labels, pairs, distance_ratio, max_ratio: float):
+    """Split each cluster where its groups of units lie farther apart than one neuron's
+    units can: groups joined by average linkage on the pairs' distance ratio (distance over
+    the spread of matches at the pair's amplitudes, :mod:`kilomatch.position_noise`) are kept
+    apart where their mean ratio is above ``max_ratio``.
+
+    labels: (N,) clusters (-1 none); pairs: (Q, 2) every within-cluster pair; distance_ratio:
+    (Q,). Returns (labels, removed (R, 2) pairs across the splits).
+    """
+    labels = np.asarray(labels, np.int64)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    distance_ratio = np.asarray(distance_ratio, np.float64)
+    # groups can lie farther apart than the limit on average only where some pair does: the
+    # other clusters (nearly all) stay whole without a linkage
+    far = (distance_ratio > max_ratio) & (labels[pairs[:, 0]] == labels[pairs[:, 1]])
+    return _split_average_linkage(labels, pairs, lambda units, rows: _cluster_similarity(
+        units, pairs[rows], distance_ratio[rows]), max_ratio,
+        np.unique(labels[pairs[far, 0]][labels[pairs[far, 0]] >= 0]))
+
+
+def _split_average_linkage(labels, pairs, dissimilarity, limit: float,
+                           clusters: np.ndarray | None = None):
+    """Split each cluster of ``labels`` (N,) (or only the sorted ids ``clusters``) into the
+    groups of average linkage on ``dissimilarity(units, rows)`` (its (M, M) matrix for the
+    cluster's sorted units and the rows of ``pairs`` (Q, 2) inside it) cut at ``limit``; the
+    group of the cluster's lowest unit keeps the label. Returns (labels, removed (R, 2) pairs
+    across the splits, sorted)."""
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
     labels = np.array(labels, dtype=np.int64)
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    probability = np.asarray(probability, np.float64)
     next_label = labels.max() + 1 if labels.size else 0
     removed = []
-    clusters = np.unique(labels[labels >= 0])
+    if clusters is None:
+        clusters = np.unique(labels[labels >= 0])
     for units, rows in _cluster_members(labels, pairs, clusters):
         if units.size < 2:
             continue
-        p = _cluster_similarity(units, pairs[rows], probability[rows])
-        distance = squareform(1.0 - p, checks=False)
-        groups = fcluster(linkage(distance, method="average"), t=1.0 - threshold,
-                          criterion="distance")
+        distance = squareform(dissimilarity(units, rows), checks=False)
+        groups = fcluster(linkage(distance, method="average"), t=limit, criterion="distance")
         if groups.max() == 1:
             continue
-        # the group of the cluster's lowest unit keeps the label
         for g in np.unique(groups[groups != groups[0]]):
             labels[units[groups == g]] = next_label
             next_label += 1
@@ -373,15 +408,21 @@ def equal_prior_threshold(similarity: np.ndarray, matched: np.ndarray) -> float:
 def curate(labels, session, pairs, similarity, linkable, threshold,
            auto_split: bool = True, positions: np.ndarray | None = None,
            position_gap_um: float = 7.0, probability: np.ndarray | None = None,
-           cut_probability: float = 1.0, same_neuron: np.ndarray | None = None
-           ) -> CurationResult:
+           cut_probability: float = 1.0, same_neuron: np.ndarray | None = None,
+           distance_ratio: np.ndarray | None = None, max_distance_ratio: float = np.inf,
+           split_distance_ratio: float = np.inf) -> CurationResult:
     """The curation steps, then dissolve single-unit clusters: same-session conflicts, the
     split at ``threshold`` (``auto_split``), and with ``positions`` (N, D) um the split at
     position gaps (:func:`split_by_position`). With ``probability`` and ``cut_probability``
     below 1, a cut of either split stands only where the mean match probability between its
     sides is at most ``cut_probability`` (:func:`rejoin_by_probability`); the pairs it keeps
-    together are ``kept_pairs``. Units of one session joined by ``same_neuron`` (K, 2) (sorter
-    splits) are one neuron for the conflict step (:func:`resolve_conflicts`).
+    together are ``kept_pairs``; with ``distance_ratio`` (Q,), a cut whose sides' mean ratio
+    is above ``max_distance_ratio`` stands whatever its probability, and last each cluster
+    is split where its groups' mean ratio is above ``split_distance_ratio``
+    (:func:`split_by_distance`) unless the mean probability across is above
+    DISTANCE_SPLIT_PROBABILITY. Units of one session
+    joined by ``same_neuron`` (K, 2) (sorter splits) are one neuron for the conflict step
+    (:func:`resolve_conflicts`).
 
     labels: (N,) clusters from the final clustering; session: (N,); pairs: (Q, 2) every
     within-cluster pair; similarity: (Q,) weighted similarity; linkable: (Q,) bool;
@@ -402,15 +443,24 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     kept = np.empty((0, 2), np.int64)
     if probability is not None and cut_probability < 1:
         final, standing = rejoin_by_probability(after_conflicts, final, pairs, probability,
-                                                cut_probability)
+                                                cut_probability, distance_ratio,
+                                                max_distance_ratio)
         removed_s, kept_s = _split_rows(removed_s, standing)
         removed_p, kept_p = _split_rows(removed_p, standing)
         kept = np.vstack([kept_s, kept_p])
         kept = kept[np.lexsort((kept[:, 1], kept[:, 0]))]
+    removed_d = np.empty((0, 2), np.int64)
+    if distance_ratio is not None and np.isfinite(split_distance_ratio):
+        split, removed_d = split_by_distance(final, pairs, distance_ratio, split_distance_ratio)
+        if probability is not None:
+            # a split at distance stands unless the probability is sure its sides are one
+            split, removed_d = rejoin_by_probability(final, split, pairs, probability,
+                                                     DISTANCE_SPLIT_PROBABILITY)
+        final = split
     final = dissolve_one_session(final, session)
-    removed = np.vstack([removed_c, removed_s, removed_p])
+    removed = np.vstack([removed_c, removed_s, removed_p, removed_d])
     reason = np.concatenate([np.full(len(removed_c), CONFLICT), np.full(len(removed_s), SPLIT),
-                             np.full(len(removed_p), POSITION)])
+                             np.full(len(removed_p), POSITION), np.full(len(removed_d), DISTANCE)])
     return CurationResult(final, after_conflicts, removed, reason.astype(np.int8),
                           float(threshold), kept_pairs=kept)
 
@@ -463,14 +513,20 @@ def curate_by_probability(labels, session, pairs, probability, threshold: float 
                           float(threshold))
 
 
-def rejoin_by_probability(before, after, pairs, probability, threshold: float):
+def rejoin_by_probability(before, after, pairs, probability, threshold: float,
+                          distance_ratio: np.ndarray | None = None,
+                          max_distance_ratio: float = np.inf):
     """Undo the cuts of a split that the match probability contradicts.
 
     ``after`` splits the clusters of ``before`` into parts (units of one cluster of
     ``before`` with different labels in ``after``, or -1). Within each split cluster the parts
     are joined again by average linkage: the two groups with the highest mean probability
     between them merge while that mean is above ``threshold``. A cut survives only where
-    the units on its two sides are, on average, probably not one neuron.
+    the units on its two sides are, on average, probably not one neuron. With
+    ``distance_ratio`` (Q,) (each pair's distance over the spread of matches at its
+    amplitudes, :mod:`kilomatch.position_noise`), two groups whose mean ratio is above
+    ``max_distance_ratio`` never merge, whatever their probability: they lie farther apart
+    than the position noise lets one neuron's units lie.
 
     before, after: (N,) labels (-1 none); pairs: (Q, 2) every within-cluster pair of
     ``before``; probability: (Q,) (0 for pairs that cannot link; pairs not listed count 0).
@@ -488,6 +544,8 @@ def rejoin_by_probability(before, after, pairs, probability, threshold: float):
     removed = []
     for units, rows in _cluster_members(before, pairs, clusters):
         p = _cluster_similarity(units, pairs[rows], probability[rows])
+        far = None if distance_ratio is None else \
+            _cluster_similarity(units, pairs[rows], distance_ratio[rows])
         part = labels[units]
         # each unit dropped to -1 (a lone unit) is a part of its own
         lone = part < 0
@@ -496,6 +554,9 @@ def rejoin_by_probability(before, after, pairs, probability, threshold: float):
         groups = [np.flatnonzero(part == g) for g in np.unique(part)]
         while len(groups) > 1:
             mean = np.array([[p[np.ix_(a, b)].mean() for b in groups] for a in groups])
+            if far is not None:
+                apart = np.array([[far[np.ix_(a, b)].mean() for b in groups] for a in groups])
+                mean[apart > max_distance_ratio] = -np.inf
             np.fill_diagonal(mean, -np.inf)
             i, j = np.unravel_index(np.argmax(mean), mean.shape)
             if mean[i, j] <= threshold:  # at the level: as probable as non-matches

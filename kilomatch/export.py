@@ -251,6 +251,7 @@ def write_all(result: Result, arrays: RunArrays) -> list:
         "removed_pairs": a.removed_pairs.astype(np.int64),
         "removed_reason": a.removed_reason.astype(np.int8),
         "removed_probability": a.removed_probability.astype(np.float32),
+        "removed_distance_ratio": a.removed_distance_ratio.astype(np.float32),
         "kept_pairs": a.kept_pairs.astype(np.int64),
         "cut_probability": a.cut_probability if multi else np.float64(a.cut_probability[0]),
         "reason_names": np.array(REASONS),

@@ -332,11 +332,11 @@ def apply_curation(output_folder, curation) -> Path:
             automatic["removed_reason"],
             np.full(len(manual.removed_pairs), code)]).astype(np.int8),
         "reason_names": np.array(reasons),
-        # a removal decided by hand has no match probability
-        "removed_probability": np.concatenate([
-            automatic.get("removed_probability",
-                          np.full(len(automatic["removed_reason"]), np.nan)),
-            np.full(len(manual.removed_pairs), np.nan)]).astype(np.float32),
+        # a removal decided by hand has no match probability nor distance ratio
+        **{key: np.concatenate([
+            automatic.get(key, np.full(len(automatic["removed_reason"]), np.nan)),
+            np.full(len(manual.removed_pairs), np.nan)]).astype(np.float32)
+           for key in ("removed_probability", "removed_distance_ratio")},
         "added_pairs": manual.added_pairs,
         "added_reason": np.full(len(manual.added_pairs), code, np.int8),
         **_decision_arrays(decisions),

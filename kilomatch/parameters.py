@@ -182,6 +182,19 @@ PARAMETERS: tuple[Param, ...] = (
           "units that are probably one neuron (small units whose similarity is low). 1 keeps "
           "every cut and learns no probability for it (the curation of version 0.0.5).",
           min=0, max=1),
+    Param("autoCuration.cut_distance_ratio", "float", 4.0,
+          "A cut made by auto_split or position_split stands whatever its match probability "
+          "when the units on its two sides are on average farther apart than this many times "
+          "the typical distance between two units of one neuron at their amplitudes (learned "
+          "from each dataset's sure matches, README \"Match probability\"). 0 turns it off.",
+          min=0),
+    Param("autoCuration.split_distance_ratio", "float", 5.0,
+          "Last step of the curation (clustering.method 'similarity'): split each cluster "
+          "where its groups of units are on average farther apart than this many times the "
+          "typical distance between two units of one neuron at their amplitudes (as for "
+          "cut_distance_ratio), unless their match probability across is above 0.9. 0 turns "
+          "it off.",
+          min=0),
     Param("autoCuration.keep_sorter_splits", "bool", True,
           "Keep both units of one session in a cluster when their spike trains show they are "
           "one neuron that the sorter split in two (almost no spikes of one within the "

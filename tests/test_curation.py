@@ -10,6 +10,7 @@ from kilomatch import curation
 from kilomatch.clustering import renumber
 from kilomatch.curation import (
     CONFLICT,
+    DISTANCE,
     POSITION,
     REASONS,
     SPLIT,
@@ -278,6 +279,52 @@ def test_rejoin_by_average_link_keeps_a_chain_apart():
     labels, removed = curation.rejoin_by_probability(before, after, pairs, p, 0.05)
     np.testing.assert_array_equal(renumber(labels), [1, 1, 1, 1, 2, 2, 2])
     assert as_set(removed) == {(i, j) for i in range(4) for j in range(4, 7)}
+
+
+def test_a_cut_farther_apart_than_position_noise_stands_whatever_its_probability():
+    """Two groups {0, 1, 2} and {3, 4, 5} cut by the similarity, probable matches across
+    (0.6: alike neighbours the probability cannot tell apart). With their distance ratio
+    across at 6 (six times the spread of one neuron's units) the cut stands at a limit of
+    4, and is vetoed at a limit of 8 or without the ratio."""
+    labels = np.zeros(6, int)
+    session = np.arange(6)
+    pairs = within_cluster_pairs(labels)
+    inside = {(0, 1), (0, 2), (1, 2), (3, 4), (3, 5), (4, 5)}
+    sim = pair_values(pairs, {k: 3.0 for k in inside}, 0.2)
+    p = pair_values(pairs, {k: 0.95 for k in inside}, 0.6)
+    ratio = pair_values(pairs, {k: 1.0 for k in inside}, 6.0)
+    link = np.ones(len(pairs), bool)
+    for limit, apart in ((4.0, True), (8.0, False), (np.inf, False)):
+        res = curate(labels, session, pairs, sim, link, threshold=1.0, probability=p,
+                     cut_probability=0.02, distance_ratio=ratio, max_distance_ratio=limit)
+        expected = [1, 1, 1, 2, 2, 2] if apart else [1] * 6
+        np.testing.assert_array_equal(renumber(res.labels), expected)
+        assert (len(res.kept_pairs) == 0) == apart
+
+
+def test_split_by_distance_takes_apart_groups_farther_than_the_limit():
+    """One cluster of two neurons recorded in turn, the similarity above threshold
+    throughout: the last step splits it where the mean distance ratio between its groups
+    is above split_distance_ratio (reason split_at_distance) and the probability across is
+    not sure of a match (0.6); a cluster whose units scatter within the limit, or whose
+    sides the probability is sure are one neuron (0.95: large units of a precise probe lie
+    several spreads apart), stays whole."""
+    labels = np.zeros(6, int)
+    session = np.arange(6)
+    pairs = within_cluster_pairs(labels)
+    inside = {(0, 1), (0, 2), (1, 2), (3, 4), (3, 5), (4, 5)}
+    sim = np.full(len(pairs), 3.0)
+    link = np.ones(len(pairs), bool)
+    for across, p_across, apart in ((7.0, 0.6, True), (3.0, 0.6, False), (7.0, 0.95, False)):
+        ratio = pair_values(pairs, {k: 1.5 for k in inside}, across)
+        p = pair_values(pairs, {k: 0.95 for k in inside}, p_across)
+        res = curate(labels, session, pairs, sim, link, threshold=1.0, probability=p,
+                     cut_probability=0.02, distance_ratio=ratio, split_distance_ratio=5.0)
+        np.testing.assert_array_equal(renumber(res.labels),
+                                      [1, 1, 1, 2, 2, 2] if apart else [1] * 6)
+        assert REASONS[DISTANCE] == "split_at_distance"
+        assert np.all(res.removed_reason == DISTANCE)
+        assert len(res.removed_pairs) == (9 if apart else 0)
 
 
 # ---------------------------------------------------------------- against the reference

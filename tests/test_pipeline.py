@@ -107,7 +107,7 @@ def test_outputs_plain_arrays_with_documented_shapes(run_result):
         # since matches are the rarer class; every removed pair has a listed reason.
         assert list(z["reason_names"]) == ["same_session_conflict", "split_below_threshold",
                                            "split_at_position_gap",
-                                           "split_average_probability"]
+                                           "split_average_probability", "split_at_distance"]
         assert z["split_threshold"] < load("SimilarityThreshold.npy")[0, 0]
         assert str(z["split_on"]) == "similarity"
         # Curation took pairs apart on this study (else nothing below is checked), and the
@@ -177,6 +177,20 @@ def test_curation_records_why_with_the_probability(run_result):
     assert kept.ndim == 2 and kept.shape[1] == 2
     assert np.all(before[kept[:, 0]] == before[kept[:, 1]])
     assert np.all((idx[kept[:, 0]] == idx[kept[:, 1]]) & (idx[kept[:, 0]] > 0))
+
+
+def test_curation_records_each_removed_pairs_distance_ratio(run_result):
+    """Each removed pair carries its distance over the spread of matches at its amplitudes
+    (CurationResults.npz removed_distance_ratio); the groups taken apart by the split at
+    distance lie above autoCuration.split_distance_ratio on average."""
+    result, out = run_result
+    with np.load(out / "CurationResults.npz") as z:
+        removed, ratio = z["removed_pairs"], z["removed_distance_ratio"]
+        reason, names = z["removed_reason"], list(z["reason_names"])
+    assert ratio.shape == (len(removed),) and np.all(ratio >= 0)
+    at_distance = reason == names.index("split_at_distance")
+    if at_distance.any():
+        assert ratio[at_distance].mean() > result.settings.autoCuration.split_distance_ratio
 
 
 def test_sparse_pairs_agree_with_dense_matrix(run_result):

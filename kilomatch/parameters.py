@@ -116,6 +116,10 @@ PARAMETERS: tuple[Param, ...] = (
     Param("motionEstimation.stop_early", "bool", False,
           "Stop the motion rounds when a round finds no more good matches than the one before; "
           "the motion of the best round is kept."),
+    Param("motionEstimation.weight_tol", "float", 1e-3,
+          "IHDBSCAN of the motion rounds stops when no weight changes by more than this (the "
+          "final clustering uses clustering.weight_tol): the motion needs the round's matches, "
+          "and the last iterations move a few dozen of tens of thousands.", min=0),
     Param("motionEstimation.n_bootstrap", "int", 1000,
           "Bootstrap resamples of the matched pairs for the motion's 95% band.", min=0),
     Param("motionEstimation.initial_estimate", "str", "unit_density",

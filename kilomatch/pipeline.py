@@ -109,8 +109,9 @@ def reference_shifts(motion: Motion, units: UnitFeatures, n_templates: int) -> l
 
 def match_units(units: UnitFeatures, channel_locations: np.ndarray, s: Settings,
                 motion: Motion, feature_names: list, n_sessions: int,
-                kinv: np.ndarray | None = None) -> RoundResult:
-    """Candidate pairs at the given motion, their similarities, and IHDBSCAN."""
+                kinv: np.ndarray | None = None, weight_tol: float | None = None) -> RoundResult:
+    """Candidate pairs at the given motion, their similarities, and IHDBSCAN (stopped when no
+    weight moves by more than weight_tol; None: clustering.weight_tol)."""
     y = units.locations[:, 1]
     corrected = y - motion.at(units.session0, y)
     pairs = candidate_pairs(corrected, units.session0, s.clustering.max_distance, units.shank,
@@ -121,7 +122,8 @@ def match_units(units: UnitFeatures, channel_locations: np.ndarray, s: Settings,
                                                s.waveformCorrection, kinv)
     similarities = pair_similarities(units, feature_names, pairs, corrected, wf_corr, ch_corr)
     result = ihdbscan(len(y), pairs, similarities, max_cluster_size=n_sessions,
-                      n_iter=s.clustering.n_iter, weight_tol=s.clustering.weight_tol)
+                      n_iter=s.clustering.n_iter,
+                      weight_tol=s.clustering.weight_tol if weight_tol is None else weight_tol)
     return RoundResult(list(feature_names), motion, pairs, similarities, result, corrected,
                        wf_corr, ch_corr)
 
@@ -193,7 +195,8 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
     best = None
     why = f"ran the {len(schedule)} rounds asked for"
     for k, names in enumerate(tqdm(schedule, desc="motion rounds", disable=None), 1):
-        result = match_units(units, channel_locations, s, motion, names, n_sessions, kinv)
+        result = match_units(units, channel_locations, s, motion, names, n_sessions, kinv,
+                             me.weight_tol)
         matches = good_pairs(result)
         n_candidates = len(result.pairs)
         if s.save_intermediate_results:  # written as MotionRound{k}.npz

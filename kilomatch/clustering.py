@@ -211,7 +211,7 @@ def _lda_lsqr(x: np.ndarray, matched: np.ndarray) -> tuple[np.ndarray, float]:
     coefficients (F,) and intercept of the decision function matched - unmatched.
 
     Written here because most of scikit-learn's time on millions of pairs went to input checks
-    and to class sums one row at a time (np.add.at); a running sum (cumsum) adds the rows in
+    and to class sums one row at a time (np.add.at); a sum down the rows adds them in
     the same order. The priors are the class fractions; the covariance is the priors-weighted
     sum of each class's biased covariance; lstsq copes with collinear features.
     """
@@ -223,7 +223,10 @@ def _lda_lsqr(x: np.ndarray, matched: np.ndarray) -> tuple[np.ndarray, float]:
     cov = np.zeros((x.shape[1], x.shape[1]))
     for k in range(2):
         rows = x[y == k]
-        means[k] = np.cumsum(rows, axis=0)[-1] + 0.0  # + 0.0: a sum from zero is never -0.0
+        # Summed down axis 0 of a C-ordered array, numpy adds row after row: the running sum
+        # of scikit-learn's np.add.at, without a (P, F) array of partial sums.
+        # + 0.0: a sum from zero is never -0.0
+        means[k] = np.add.reduce(rows, axis=0) + 0.0
         cov += priors[k] * np.atleast_2d(np.cov(rows.T, bias=1))
     means /= counts[:, None]
     coef = linalg.lstsq(cov, means.T)[0].T

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .channel_windows import LocalWaveforms
+from . import parallel
 
 SIGMA_X = 20.0  # um
 SIGMA_Y = 30.0  # um
@@ -87,21 +88,25 @@ def correct_local(local: LocalWaveforms, channel_locations: np.ndarray, shift_um
     windows, window_of = local.window_index()
     order = np.argsort(window_of, kind="stable")
     bounds = np.flatnonzero(np.diff(window_of[order])) + 1
-    for members in np.split(order, bounds):
-        if members.size == 0:
-            continue
-        win = windows[window_of[members[0]]]
-        weights_of_data = kinv[np.ix_(win, win)].astype(np.float32)
-        values, group = np.unique(shift_um[members], return_inverse=True)
-        group = group.ravel()
-        # units at a time: their kernels (n, W, W) stay within ~64 MB
-        step = int(np.clip(KERNEL_FLOATS // max(win.size ** 2, 1), 1, 1024))
-        for start in range(0, members.size, step):
-            block = members[start:start + step]
-            shared, which = np.unique(group[start:start + step], return_inverse=True)
-            kernels = shifted_kernels(locs[win], values[shared])
-            weights = np.einsum("ij,njt->nit", weights_of_data, local.values[block],
-                                optimize=True)
-            # one batched product for the block instead of one per distinct shift
-            out[block] = np.matmul(kernels[which.ravel()], weights)
+
+    def correct(groups):
+        for members in groups:
+            win = windows[window_of[members[0]]]
+            weights_of_data = kinv[np.ix_(win, win)].astype(np.float32)
+            values, group = np.unique(shift_um[members], return_inverse=True)
+            group = group.ravel()
+            # units at a time: their kernels (n, W, W) stay within ~64 MB
+            step = int(np.clip(KERNEL_FLOATS // max(win.size ** 2, 1), 1, 1024))
+            for start in range(0, members.size, step):
+                block = members[start:start + step]
+                shared, which = np.unique(group[start:start + step], return_inverse=True)
+                kernels = shifted_kernels(locs[win], values[shared])
+                weights = np.einsum("ij,njt->nit", weights_of_data, local.values[block],
+                                    optimize=True)
+                # one batched product for the block instead of one per distinct shift
+                out[block] = np.matmul(kernels[which.ravel()], weights)
+
+    # windows in threads (each writes its own units); small studies in this thread
+    parallel.for_each_in_threads(correct, [m for m in np.split(order, bounds) if m.size],
+                                 None if local.n_units >= parallel.MIN_UNITS_PARALLEL else 1)
     return LocalWaveforms(out, local.channels, local.n_channels, local.windows)

@@ -42,6 +42,22 @@ def threads_for_pairs(n_jobs: int):
         _PAIR_THREADS.reset(token)
 
 
+def for_each_in_threads(work, items: list, threads: int | None = None) -> None:
+    """Call ``work(chunk)`` on chunks of ``items`` in threads of this process (pair_threads()
+    of them unless given; one: in this thread). For work that releases the GIL (numpy) and
+    writes its own part of an output: nothing is copied to a worker, and results do not
+    depend on the thread count. Several chunks per thread, so that one thread's large items
+    do not leave the others idle."""
+    threads = pair_threads() if threads is None else threads
+    if threads < 2 or len(items) < 2:
+        work(items)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+    chunks = [items[i::threads * 4] for i in range(threads * 4)]
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(work, chunks))
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity, e.g. a SLURM allocation)."""
     try:

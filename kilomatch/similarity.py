@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .channel_windows import LocalWaveforms
-from .parallel import pair_threads
+from .parallel import for_each_in_threads
 
 # Below this many pairs, one thread: starting threads costs more than it saves.
 MIN_PAIRS_THREADED = 50_000
@@ -263,17 +263,7 @@ def _products_by_group(key: np.ndarray, own: np.ndarray, other: np.ndarray, rows
                 partner_rows(k, partners)
             out[idx] = _tiled_products(mine, theirs, own_pos, other_pos, factor)
 
-    threads = pair_threads()
-    if threads < 2 or own.size < MIN_PAIRS_THREADED:
-        products(groups)
-        return out
-    # Groups in threads of this process: the gathers, products and arithmetic release the
-    # GIL, each group writes its own pairs, and no array is copied to a worker. Several chunks
-    # per thread, so that one thread's large groups do not leave the others idle.
-    from concurrent.futures import ThreadPoolExecutor
-    chunks = [groups[i::threads * 4] for i in range(threads * 4)]
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(products, chunks))
+    for_each_in_threads(products, groups, None if own.size >= MIN_PAIRS_THREADED else 1)
     return out
 
 

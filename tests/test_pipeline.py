@@ -253,10 +253,12 @@ def _digest(folder: Path) -> dict:
 
 def test_byte_identical_reruns_whatever_n_jobs(sim_folder, run_result, tmp_path, monkeypatch):
     """Same input and settings give byte-identical result files, with 1 or 2 workers (worker
-    processes for the units, threads for the pair similarities and the probability's scoring)."""
+    processes for the units; threads for the pair similarities, the Kriging correction and the
+    probability's scoring)."""
     from kilomatch import similarity
     _, out1 = run_result
-    monkeypatch.setattr(parallel, "MIN_UNITS_PARALLEL", 0)  # force the worker processes
+    monkeypatch.setattr(parallel, "MIN_UNITS_PARALLEL", 0)  # force the worker processes (and the
+    # correction's threads)
     monkeypatch.setattr(similarity, "MIN_PAIRS_THREADED", 0)  # and the threads
     out2 = tmp_path / "out2"
     tree = _settings(sim_folder, out2)

@@ -36,7 +36,9 @@ class ProbabilityLinks:
     model: MatchModel
     feature_names: list
     candidate_probability: np.ndarray
-    candidate_similarity: np.ndarray   # (P, F) Fisher z per evidence feature
+    # (L, F) Fisher z per evidence feature of the candidate pairs of probability at least
+    # MATCH_TABLE_MIN_PROBABILITY (MatchTable's rows), in pair order
+    candidate_similarity: np.ndarray
     labels: np.ndarray
     match_confidence: np.ndarray | None = None
     made_clusters: bool = False  # the final clusters rest on the probability
@@ -124,7 +126,9 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     rest[fit_c] = False
     p[rest] = model.predict(x_cand[rest])
     labels = cluster_by_probability(n, pairs, p, max_cluster_size)
-    links = ProbabilityLinks(model, [], p, x_cand[:, :x_cand.shape[1] - N_EXTRA], labels)
+    # only MatchTable's rows keep their evidence: all of it is 2 GB at 10^5 units
+    listed = p >= MATCH_TABLE_MIN_PROBABILITY
+    links = ProbabilityLinks(model, [], p, x_cand[listed, :x_cand.shape[1] - N_EXTRA], labels)
     return links, evidence
 
 
@@ -167,7 +171,7 @@ def match_table(parts: list, idx_cluster: np.ndarray, session_index: np.ndarray,
             continue
         keep = links.candidate_probability >= MATCH_TABLE_MIN_PROBABILITY
         rows.append((members[pairs[keep]], links.candidate_probability[keep],
-                     links.candidate_similarity[keep], links.feature_names))
+                     links.candidate_similarity, links.feature_names))
     if not rows:
         return None
     names = rows[0][3]

@@ -207,8 +207,9 @@ def test_match_confidence_and_table():
     pairs = np.array([[0, 1], [0, 2], [1, 2]])
     conf = linking.match_confidence(4, pairs, np.array([0.9, 0.6, 0.8]))
     assert conf[:3].tolist() == [0.6, 0.8, 0.6] and np.isnan(conf[3])
+    # the evidence is kept for the pairs of probability >= 0.05 only (the first and third)
     links = linking.ProbabilityLinks(None, ["Waveform"], np.array([0.9, 0.01, 0.3]),
-                                     np.array([[1.0], [2.0], [3.0]]), np.zeros(4))
+                                     np.array([[1.0], [3.0]]), np.zeros(4))
     table = linking.match_table([(np.array([0, 1, 2, 3]), np.array([[2, 3], [0, 1], [0, 2]]),
                                   links)], np.array([1, -1, 1, 1]), np.array([1, 2, 3, 4]),
                                 np.zeros((4, 3)))

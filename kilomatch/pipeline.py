@@ -109,9 +109,11 @@ def reference_shifts(motion: Motion, units: UnitFeatures, n_templates: int) -> l
 
 def match_units(units: UnitFeatures, channel_locations: np.ndarray, s: Settings,
                 motion: Motion, feature_names: list, n_sessions: int,
-                kinv: np.ndarray | None = None, weight_tol: float | None = None) -> RoundResult:
-    """Candidate pairs at the given motion, their similarities, and IHDBSCAN (stopped when no
-    weight moves by more than weight_tol; None: clustering.weight_tol)."""
+                kinv: np.ndarray | None = None, weight_tol: float | None = None,
+                weights: np.ndarray | None = None) -> RoundResult:
+    """Candidate pairs at the given motion, their similarities, and IHDBSCAN from ``weights``
+    (F,) (None: equal), stopped when no weight moves by more than weight_tol (None:
+    clustering.weight_tol)."""
     y = units.locations[:, 1]
     corrected = y - motion.at(units.session0, y)
     pairs = candidate_pairs(corrected, units.session0, s.clustering.max_distance, units.shank,
@@ -123,7 +125,8 @@ def match_units(units: UnitFeatures, channel_locations: np.ndarray, s: Settings,
     similarities = pair_similarities(units, feature_names, pairs, corrected, wf_corr, ch_corr)
     result = ihdbscan(len(y), pairs, similarities, max_cluster_size=n_sessions,
                       n_iter=s.clustering.n_iter,
-                      weight_tol=s.clustering.weight_tol if weight_tol is None else weight_tol)
+                      weight_tol=s.clustering.weight_tol if weight_tol is None else weight_tol,
+                      weights=weights)
     return RoundResult(list(feature_names), motion, pairs, similarities, result, corrected,
                        wf_corr, ch_corr)
 
@@ -194,9 +197,13 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
     history = []
     best = None
     why = f"ran the {len(schedule)} rounds asked for"
+    weights = None
     for k, names in enumerate(tqdm(schedule, desc="motion rounds", disable=None), 1):
+        # a round with the last one's features starts from its weights (fewer iterations)
+        warm = weights if history and history[-1][0].feature_names == list(names) else None
         result = match_units(units, channel_locations, s, motion, names, n_sessions, kinv,
-                             me.weight_tol)
+                             me.weight_tol, warm)
+        weights = result.clustering.weights
         matches = good_pairs(result)
         n_candidates = len(result.pairs)
         if s.save_intermediate_results:  # written as MotionRound{k}.npz

@@ -39,7 +39,7 @@ class ProbabilityLinks:
     # (L, F) Fisher z per evidence feature of the candidate pairs of probability at least
     # MATCH_TABLE_MIN_PROBABILITY (MatchTable's rows), in pair order
     candidate_similarity: np.ndarray
-    labels: np.ndarray
+    labels: np.ndarray | None  # None when the probability did not make the clusters
     match_confidence: np.ndarray | None = None
     made_clusters: bool = False  # the final clusters rest on the probability
 
@@ -86,14 +86,16 @@ def pair_lookup(pairs: np.ndarray, values: np.ndarray, query: np.ndarray, n_unit
 
 def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude: np.ndarray,
               n_spikes: np.ndarray, session: np.ndarray, shank: np.ndarray,
-              max_distance: float, max_cluster_size: int, seed: int = 0):
+              max_distance: float, max_cluster_size: int, seed: int = 0,
+              with_clusters: bool = True):
     """Fit the match probability on one probe or shank and cluster by it.
 
     pairs: (P, 2) candidate pairs; similarities: callable, (Q, 2) pairs -> (Q, F) Fisher z of
     the evidence features; positions: (N, 3) motion-corrected x, y, z um; amplitude (N,) uV;
     n_spikes, session, shank: (N,). Returns (ProbabilityLinks, evidence function (Q, 2) ->
     (Q, K)), or None when there are too few pairs to fit (the caller keeps the similarity
-    path).
+    path). The probability's own clusters (HDBSCAN of every candidate pair again) only
+    ``with_clusters``: the similarity path does not use them.
     """
     n = positions.shape[0]
 
@@ -125,7 +127,7 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     rest = np.ones(len(pairs), bool)
     rest[fit_c] = False
     p[rest] = model.predict(x_cand[rest])
-    labels = cluster_by_probability(n, pairs, p, max_cluster_size)
+    labels = cluster_by_probability(n, pairs, p, max_cluster_size) if with_clusters else None
     # only MatchTable's rows keep their evidence: all of it is 2 GB at 10^5 units
     listed = p >= MATCH_TABLE_MIN_PROBABILITY
     links = ProbabilityLinks(model, [], p, x_cand[listed, :x_cand.shape[1] - N_EXTRA], labels)

@@ -434,7 +434,8 @@ def fit_probability(data: Dataset, units: UnitFeatures, final: RoundResult, s: S
     n_spikes = np.array([len(t) for t in data.spike_times])
     fitted = linking.fit_links(final.pairs, similarities, positions, units.amplitude, n_spikes,
                                units.session0, units.shank, s.clustering.max_distance,
-                               data.n_sessions, s.seed)
+                               data.n_sessions, s.seed,
+                               with_clusters=s.clustering.method == "probability")
     if fitted is None:
         log.warning("too few pairs to fit the match probability: no probability is reported "
                     "and the final clusters come from the weighted similarity")

@@ -240,7 +240,8 @@ class ClusteringResult:
 
     labels: (N,) cluster of each unit (-1 none, 0..K-1); weights: (F,); threshold: weighted
     similarity on the LDA boundary; similarity: (P,) weighted similarity of each pair;
-    good: (P,) pairs in one cluster and above threshold; n_iter: iterations run.
+    good: (P,) pairs in one cluster and above threshold; n_iter: iterations run; converged:
+    the weights stopped moving; cycle: the period of the cycle they entered instead (0: none).
     """
 
     labels: np.ndarray
@@ -250,6 +251,7 @@ class ClusteringResult:
     good: np.ndarray
     n_iter: int
     converged: bool
+    cycle: int = 0  # period of the weights' cycle the iterations stopped at (0: none)
 
 
 def ihdbscan(n_units: int, pairs: np.ndarray, similarities: np.ndarray, max_cluster_size: int,
@@ -265,7 +267,7 @@ def ihdbscan(n_units: int, pairs: np.ndarray, similarities: np.ndarray, max_clus
     threshold = np.inf
     labels = -np.ones(n_units, np.int64)
     converged = False
-    it = 0
+    it = cycle = 0
     fits = [(w, threshold)]  # weights and threshold after each iteration (0: the start)
     for it in range(1, n_iter + 1):
         similarity = weighted_similarity(similarities, w)
@@ -288,7 +290,8 @@ def ihdbscan(n_units: int, pairs: np.ndarray, similarities: np.ndarray, max_clus
             # weights alone, so iterations j+1 .. it repeat for ever: take the weights and
             # threshold iteration n_iter would end with (the same result, without the work).
             j = earlier[0]
-            w, threshold = fits[j + 1 + (n_iter - j - 1) % (it - j)]
+            cycle = it - j
+            w, threshold = fits[j + 1 + (n_iter - j - 1) % cycle]
             log.debug("IHDBSCAN: iteration %d repeats iteration %d; stopped", it, j)
             break
     similarity = weighted_similarity(similarities, w)
@@ -297,4 +300,4 @@ def ihdbscan(n_units: int, pairs: np.ndarray, similarities: np.ndarray, max_clus
         labels = sparse_hdbscan(n_units, pairs, similarity_to_distance(similarity),
                                 max_cluster_size)
     good = same_cluster(labels, pairs) & (similarity > threshold)
-    return ClusteringResult(labels, w, threshold, similarity, good, it, converged)
+    return ClusteringResult(labels, w, threshold, similarity, good, it, converged, cycle)

@@ -165,6 +165,18 @@ def corrected_waveforms(units: UnitFeatures, channel_locations: np.ndarray, moti
     return wfs, np.stack(chans)
 
 
+def iterations(clustering) -> str:
+    """'3 iterations', '1 iteration, not converged': IHDBSCAN's run, for the log."""
+    n = clustering.n_iter
+    if clustering.converged:
+        end = ""
+    elif clustering.cycle:
+        end = f", weights cycling with period {clustering.cycle}: the last of n_iter taken"
+    else:
+        end = ", not converged"
+    return f"{n} iteration{'' if n == 1 else 's'}{end}"
+
+
 def good_pairs(result: RoundResult) -> np.ndarray:
     """(M, 2) pairs in one cluster with similarity above the LDA threshold."""
     return result.pairs[result.clustering.good]
@@ -221,11 +233,9 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
                                     n_bootstrap=0 if start is None else min(me.n_bootstrap, 100),
                                     seed=s.seed)
         history.append((result, candidate))
-        log.info("motion round %d (%s): %d candidate pairs, %d good matches (IHDBSCAN %d "
-                 "iterations%s), motion range %.1f um", k, "+".join(names), n_candidates,
-                 len(matches), result.clustering.n_iter,
-                 "" if result.clustering.converged else ", not converged",
-                 float(np.ptp(candidate.displacement())))
+        log.info("motion round %d (%s): %d candidate pairs, %d good matches (IHDBSCAN %s), "
+                 "motion range %.1f um", k, "+".join(names), n_candidates, len(matches),
+                 iterations(result.clustering), float(np.ptp(candidate.displacement())))
         kept = "initial estimate" if best is None else f"motion of round {best[1]}"
         if start is None or motion_initial.judge_round(
                 k, candidate, len(matches), kept, start, choice, me.initial_tolerance_um,
@@ -323,9 +333,9 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     warn_if_window_too_small(motion, data.channel_locations, s)
     final = match_units(units, data.channel_locations, s, motion, final_names, data.n_sessions,
                         kinv)
-    log.info("final clustering (%s): %d candidate pairs, %d clusters (IHDBSCAN %d iterations%s)",
+    log.info("final clustering (%s): %d candidate pairs, %d clusters (IHDBSCAN %s)",
              "+".join(final_names), len(final.pairs), int(final.clustering.labels.max()) + 1,
-             final.clustering.n_iter, "" if final.clustering.converged else ", not converged")
+             iterations(final.clustering))
     if final.waveforms_corrected is None:  # outputs always carry corrected waveforms
         final.waveforms_corrected, final.channels_corrected = corrected_waveforms(
             units, data.channel_locations, motion, s.waveformCorrection, kinv)

@@ -403,7 +403,7 @@ def test_ihdbscan_stopped_at_a_cycle_ends_as_every_iteration_would(n_iter, monke
     res = ihdbscan(n, pairs, f, max_cluster_size=5, n_iter=n_iter)
     last = (n_iter - 1) % 3
     np.testing.assert_array_equal(res.weights, cycle[last])
-    assert res.threshold == float(last) and not res.converged
+    assert res.threshold == float(last) and not res.converged and res.cycle == 3
     np.testing.assert_array_equal(
         res.labels, sparse_hdbscan(n, pairs, similarity_to_distance(f @ cycle[last]), 5))
     assert len(calls) == 4  # iteration 4 repeats iteration 1

@@ -89,3 +89,28 @@ def test_round_pair_arrays_kept_only_when_asked(data, tmp_path):
             assert z["pairs"].shape == r.pairs.shape and z["good_match"].sum() == r.n_good
     with np.load(tmp_path / "lean" / "ClusteringResults.npz") as z:
         assert list(z["motion_rounds_good_matches"]) == [r.n_good for r, _ in lean.rounds]
+
+
+def test_rounds_stop_ihdbscan_at_their_own_tolerance_and_warm_start(data, tmp_path,
+                                                                    monkeypatch):
+    """The motion rounds run IHDBSCAN with motionEstimation.weight_tol, and a round with the
+    last round's features starts from that round's final weights; the final clustering keeps
+    clustering.weight_tol and equal starting weights."""
+    from kilomatch import pipeline
+    calls = []
+    real = pipeline.ihdbscan
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        calls.append((kwargs["weight_tol"], kwargs.get("weights"), result.weights))
+        return result
+
+    monkeypatch.setattr(pipeline, "ihdbscan", spy)
+    tree = {"path_to_data": str(data), "output_folder": str(tmp_path / "out"), "n_jobs": 1,
+            "motionEstimation": {"weight_tol": 0.002, "n_bootstrap": 20},
+            "clustering": {"weight_tol": 1e-7}}
+    kilomatch.run(tree, write=False)
+    assert [c[0] for c in calls] == [0.002, 0.002, 0.002, 1e-7]  # three rounds, then final
+    assert calls[0][1] is None and calls[1][1] is None  # new feature sets: equal weights
+    np.testing.assert_array_equal(calls[2][1], calls[1][2])  # round 3 repeats round 2's
+    assert calls[3][1] is None

@@ -37,7 +37,7 @@ class ProbabilityLinks:
     feature_names: list
     candidate_probability: np.ndarray
     # (L, F) Fisher z per evidence feature of the candidate pairs of probability at least
-    # MATCH_TABLE_MIN_PROBABILITY (MatchTable's rows), in pair order
+    # MATCH_TABLE_MIN_PROBABILITY (MatchTable's rows, in_match_table), in pair order
     candidate_similarity: np.ndarray
     labels: np.ndarray | None  # None when the probability did not make the clusters
     match_confidence: np.ndarray | None = None
@@ -129,8 +129,8 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     p[rest] = model.predict(x_cand[rest])
     labels = cluster_by_probability(n, pairs, p, max_cluster_size) if with_clusters else None
     # only MatchTable's rows keep their evidence: all of it is 2 GB at 10^5 units
-    listed = p >= MATCH_TABLE_MIN_PROBABILITY
-    links = ProbabilityLinks(model, [], p, x_cand[listed, :x_cand.shape[1] - N_EXTRA], labels)
+    links = ProbabilityLinks(model, [], p,
+                             x_cand[in_match_table(p), :x_cand.shape[1] - N_EXTRA], labels)
     return links, evidence
 
 
@@ -160,6 +160,12 @@ def within_cluster_probability(links: ProbabilityLinks, evidence, pairs: np.ndar
 MATCH_TABLE_MIN_PROBABILITY = 0.05
 
 
+def in_match_table(p: np.ndarray) -> np.ndarray:
+    """(P,) bool: the candidate pairs of probability p (P,) that MatchTable.csv lists (and
+    whose evidence ProbabilityLinks keeps, in this order)."""
+    return p >= MATCH_TABLE_MIN_PROBABILITY
+
+
 def match_table(parts: list, idx_cluster: np.ndarray, session_index: np.ndarray,
                 positions: np.ndarray) -> dict | None:
     """Columns of MatchTable.csv: one row per candidate pair of probability >= 0.05, over
@@ -171,7 +177,7 @@ def match_table(parts: list, idx_cluster: np.ndarray, session_index: np.ndarray,
     for members, pairs, links in parts:
         if links is None:
             continue
-        keep = links.candidate_probability >= MATCH_TABLE_MIN_PROBABILITY
+        keep = in_match_table(links.candidate_probability)
         rows.append((members[pairs[keep]], links.candidate_probability[keep],
                      links.candidate_similarity, links.feature_names))
     if not rows:

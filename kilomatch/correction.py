@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .channel_windows import LocalWaveforms
 from . import parallel
+from .channel_windows import LocalWaveforms
 
 SIGMA_X = 20.0  # um
 SIGMA_Y = 30.0  # um

@@ -22,19 +22,23 @@ MIN_UNITS_PARALLEL = 2000
 _JOB_LIMIT = contextvars.ContextVar("kilomatch_job_limit", default=None)
 
 
-# Threads over groups of pairs (similarity._products_by_group), set for a run from n_jobs.
+# Threads of this process for the pair similarities, the Kriging correction and the match
+# probability's scoring (for_each_in_threads, probability._scoring_threads), set for a run
+# from n_jobs.
 _PAIR_THREADS = contextvars.ContextVar("kilomatch_pair_threads", default=1)
 
 
 def pair_threads() -> int:
-    """Threads the pair similarities of the current run may use."""
+    """Threads the current run's threaded steps may use (pair similarities, Kriging
+    correction, the probability's scoring)."""
     return _PAIR_THREADS.get()
 
 
 @contextlib.contextmanager
 def threads_for_pairs(n_jobs: int):
-    """Within the block, pair similarities run in n_workers(n_jobs) threads (results do not
-    depend on it: each group of pairs is computed alone and written to its own pairs)."""
+    """Within the block, the threaded steps (pair_threads) run in n_workers(n_jobs) threads
+    (results do not depend on it: each piece of work is computed alone and written to its own
+    part of the output)."""
     token = _PAIR_THREADS.set(n_workers(n_jobs))
     try:
         yield

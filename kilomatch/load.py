@@ -103,12 +103,20 @@ def iter_rows(arr: np.ndarray, block: int = 2048):
         yield start, np.asarray(arr[start:start + block], dtype=np.float32)
 
 
-def _all_finite(arr: np.ndarray, chunk_rows: int = 2048) -> np.ndarray:
-    """Per-row finiteness of a possibly memory-mapped array, read in chunks: (rows,) bool."""
-    ok = np.empty(arr.shape[0], dtype=bool)
+def scan_waveforms(arr: np.ndarray, chunk_rows: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """Which units' waveforms are all finite, and which are flat (every channel constant in
+    time), in one read of a possibly memory-mapped (N, C, T) array: ((N,) bool, (N,) bool).
+
+    One pass serves both checks: at 10^5 units the file is 10 GB, more than the OS keeps
+    cached beside the run, so each extra pass is read from disk again."""
+    finite = np.empty(arr.shape[0], dtype=bool)
+    flat = np.empty(arr.shape[0], dtype=bool)
     for start, block in iter_rows(arr, chunk_rows):
-        ok[start:start + block.shape[0]] = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
-    return ok
+        rows = slice(start, start + block.shape[0])
+        finite[rows] = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
+        # NaN rows compare False: they are reported as not finite, not as flat
+        flat[rows] = (block.max(axis=2) - block.min(axis=2)).max(axis=1) == 0
+    return finite, flat
 
 
 def check_session_index(session_index, n_units: int, where: str = SESSION_INDEX) -> list:
@@ -190,8 +198,9 @@ def load_dataset(path, need_peth: bool = True) -> Dataset:
         problems.append(f"{folder / WAVEFORMS}: has {waveforms.shape[1]} channels but "
                         f"{CHANNEL_LOCATIONS} has {locs.shape[0]}; both must list the same "
                         "channels")
+    flat = None
     if waveforms is not None and n_units:
-        finite = _all_finite(waveforms)
+        finite, flat = scan_waveforms(waveforms)
         if not finite.all():
             problems.append(f"{folder / WAVEFORMS}: NaN or Inf in the waveforms of units "
                             f"{name_items(np.flatnonzero(~finite))}")
@@ -225,7 +234,7 @@ def load_dataset(path, need_peth: bool = True) -> Dataset:
         channel_shanks=None if shanks is None else shanks.astype(np.int64),
         path=folder,
     )
-    warn_degenerate(data)
+    warn_degenerate(data, flat)
     return data
 
 
@@ -273,19 +282,18 @@ def _load_spike_times(spike_dir: Path, n_units: int, problems: list) -> list | N
     return times
 
 
-def warn_degenerate(data: Dataset) -> None:
-    """Log degenerate but legal units: too few spikes, flat waveforms, lone units per session."""
+def warn_degenerate(data: Dataset, flat: np.ndarray | None = None) -> None:
+    """Log degenerate but legal units: too few spikes, flat waveforms (``flat`` (N,) bool from
+    scan_waveforms, or None to read them), lone units per session."""
     few = [k for k, t in enumerate(data.spike_times) if t.size < 2]
     if few:
         log.warning("units %s have fewer than 2 spikes: their ACG and ISI are zero and carry no "
                     "similarity", name_items(few))
-    flat = []
-    for start, block in iter_rows(data.waveforms):
-        ptp = block.max(axis=2) - block.min(axis=2)
-        flat += (start + np.flatnonzero(ptp.max(axis=1) == 0)).tolist()
-    if flat:
+    if flat is None:
+        flat = scan_waveforms(data.waveforms)[1]
+    if flat.any():
         log.warning("units %s have flat (all-constant) waveforms: their waveform similarity is 0",
-                    name_items(flat))
+                    name_items(np.flatnonzero(flat)))
     counts = np.bincount(data.session_index, minlength=data.n_sessions + 1)[1:]
     lone = np.flatnonzero(counts == 1) + 1
     if lone.size:

@@ -42,6 +42,9 @@ class Dataset:
     peth: np.ndarray | None = None
     channel_shanks: np.ndarray | None = None
     path: Path | None = None
+    # False when load_dataset left the finiteness of the waveforms to the reader of the
+    # features (pipeline.unit_features checks it in its own pass over the file)
+    waveforms_checked: bool = True
 
     @property
     def n_units(self) -> int:
@@ -103,20 +106,36 @@ def iter_rows(arr: np.ndarray, block: int = 2048):
         yield start, np.asarray(arr[start:start + block], dtype=np.float32)
 
 
-def scan_waveforms(arr: np.ndarray, chunk_rows: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Which units' waveforms are all finite, and which are flat (every channel constant in
-    time), in one read of a possibly memory-mapped (N, C, T) array: ((N,) bool, (N,) bool).
+def scan_block(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows of a block of waveforms (n, C, T) are all finite, and which are flat (every
+    channel constant in time): ((n,) bool, (n,) bool). NaN rows are not finite, not flat."""
+    finite = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
+    flat = (block.max(axis=2) - block.min(axis=2)).max(axis=1) == 0
+    return finite, flat
 
-    One pass serves both checks: at 10^5 units the file is 10 GB, more than the OS keeps
-    cached beside the run, so each extra pass is read from disk again."""
+
+def scan_waveforms(arr: np.ndarray, chunk_rows: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """scan_block over a possibly memory-mapped (N, C, T) array, in one read of it:
+    ((N,) bool finite, (N,) bool flat)."""
     finite = np.empty(arr.shape[0], dtype=bool)
     flat = np.empty(arr.shape[0], dtype=bool)
     for start, block in iter_rows(arr, chunk_rows):
         rows = slice(start, start + block.shape[0])
-        finite[rows] = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
-        # NaN rows compare False: they are reported as not finite, not as flat
-        flat[rows] = (block.max(axis=2) - block.min(axis=2)).max(axis=1) == 0
+        finite[rows], flat[rows] = scan_block(block)
     return finite, flat
+
+
+def non_finite_problem(path, finite: np.ndarray) -> str:
+    """The error naming the units (N,) bool ``finite`` says are not."""
+    return (f"{path}: NaN or Inf in the waveforms of units "
+            f"{name_items(np.flatnonzero(~finite))}")
+
+
+def warn_flat(flat: np.ndarray) -> None:
+    """Log the units (N,) bool ``flat`` marks."""
+    if flat.any():
+        log.warning("units %s have flat (all-constant) waveforms: their waveform similarity is 0",
+                    name_items(np.flatnonzero(flat)))
 
 
 def check_session_index(session_index, n_units: int, where: str = SESSION_INDEX) -> list:
@@ -146,8 +165,12 @@ def check_session_index(session_index, n_units: int, where: str = SESSION_INDEX)
     return problems
 
 
-def load_dataset(path, need_peth: bool = True) -> Dataset:
+def load_dataset(path, need_peth: bool = True, scan_waveforms_now: bool = True) -> Dataset:
     """Read and check an input folder; raise one KilomatchError listing every problem.
+
+    Without ``scan_waveforms_now`` the waveforms' values are not read here (their shape is
+    checked): the caller checks them as it reads them (``Dataset.waveforms_checked`` False;
+    pipeline.unit_features does), which saves a read of the largest file.
 
     Warnings (not errors) are logged for degenerate but legal data: units with fewer than two
     spikes, unsorted spike times (sorted here), flat waveforms.
@@ -199,11 +222,10 @@ def load_dataset(path, need_peth: bool = True) -> Dataset:
                         f"{CHANNEL_LOCATIONS} has {locs.shape[0]}; both must list the same "
                         "channels")
     flat = None
-    if waveforms is not None and n_units:
+    if waveforms is not None and n_units and scan_waveforms_now:
         finite, flat = scan_waveforms(waveforms)
         if not finite.all():
-            problems.append(f"{folder / WAVEFORMS}: NaN or Inf in the waveforms of units "
-                            f"{name_items(np.flatnonzero(~finite))}")
+            problems.append(non_finite_problem(folder / WAVEFORMS, finite))
     if sessions is not None and n_units is not None:
         problems += check_session_index(sessions, n_units, str(folder / SESSION_INDEX))
     if peth is not None and n_units is not None:
@@ -233,6 +255,7 @@ def load_dataset(path, need_peth: bool = True) -> Dataset:
         peth=None if peth is None else np.asarray(peth, dtype=np.float64),
         channel_shanks=None if shanks is None else shanks.astype(np.int64),
         path=folder,
+        waveforms_checked=scan_waveforms_now,
     )
     warn_degenerate(data, flat)
     return data
@@ -284,16 +307,13 @@ def _load_spike_times(spike_dir: Path, n_units: int, problems: list) -> list | N
 
 def warn_degenerate(data: Dataset, flat: np.ndarray | None = None) -> None:
     """Log degenerate but legal units: too few spikes, flat waveforms (``flat`` (N,) bool from
-    scan_waveforms, or None to read them), lone units per session."""
+    scan_waveforms; None: not known yet), lone units per session."""
     few = [k for k, t in enumerate(data.spike_times) if t.size < 2]
     if few:
         log.warning("units %s have fewer than 2 spikes: their ACG and ISI are zero and carry no "
                     "similarity", name_items(few))
-    if flat is None:
-        flat = scan_waveforms(data.waveforms)[1]
-    if flat.any():
-        log.warning("units %s have flat (all-constant) waveforms: their waveform similarity is 0",
-                    name_items(np.flatnonzero(flat)))
+    if flat is not None:
+        warn_flat(flat)
     counts = np.bincount(data.session_index, minlength=data.n_sessions + 1)[1:]
     lone = np.flatnonzero(counts == 1) + 1
     if lone.size:

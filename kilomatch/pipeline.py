@@ -19,7 +19,9 @@ from .assemble import assemble
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
 from .logs import RunLog, setup_logging
-from .load import Dataset, iter_rows, load_dataset, load_given_motion
+from .formats.folder import WAVEFORMS
+from .load import (Dataset, iter_rows, load_dataset, load_given_motion, non_finite_problem,
+                   scan_block, warn_flat)
 from .motion import Motion, estimate_motion
 from .parallel import map_units, threads_for_pairs
 # The result types are defined in kilomatch.results and stay importable from here.
@@ -62,14 +64,22 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     ptt = np.empty((n, c), dtype=np.float32)
     peak = np.empty(n, dtype=np.int64)
     values = np.empty((n, windows.shape[1], t), dtype=np.float32)
+    finite = np.ones(n, dtype=bool)
+    flat = np.zeros(n, dtype=bool)
     for start, block in tqdm(iter_rows(data.waveforms), total=-(-n // 2048),
                              desc="reading waveforms", disable=None, leave=False):
         rows = slice(start, start + block.shape[0])
+        if not data.waveforms_checked:  # the loader left it to this read of the file
+            finite[rows], flat[rows] = scan_block(block)
         ptt[rows] = features.peak_to_trough(block)
         peak[rows] = features.peak_channels(ptt[rows])[0]
         if s.centering_waveforms:
             block = features.center_waveforms(block, peak[rows])
         values[rows] = channel_windows.reduce_block(block, windows[peak[rows]])
+    if not finite.all():
+        raise KilomatchError(non_finite_problem(
+            data.path / WAVEFORMS if data.path is not None else WAVEFORMS, finite))
+    warn_flat(flat)
     amplitude = ptt[np.arange(n), peak].astype(np.float64)
     waveforms = channel_windows.LocalWaveforms(values, windows[peak], c)
     locate = partial(_locate_block, channel_locations=data.channel_locations,
@@ -553,7 +563,8 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
     for note in s.notes:
         log.info(note)
     listed = [f for r in s.motionEstimation.features for f in r] + list(s.clustering.features)
-    data = load_dataset(s.path_to_data, need_peth="PETH" in listed)
+    # the waveforms' values are checked as unit_features reads them: one read of the file
+    data = load_dataset(s.path_to_data, need_peth="PETH" in listed, scan_waveforms_now=False)
     log.info("loaded %d units, %d sessions, %d channels from %s", data.n_units, data.n_sessions,
              data.n_channels, data.path)
     rounds, final_names = feature_rounds(s, data.peth is not None)
@@ -562,13 +573,15 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
         n_shanks = 1 if data.channel_shanks is None else np.unique(data.channel_shanks).size
         given = load_given_motion(s.waveformCorrection.path_to_motion, data.n_sessions, n_shanks)
     if write:
+        _check_output(s)
+    stages.done("load")
+
+    units = unit_features(data, s)  # raises on NaN waveforms: before the output is touched
+    kinv = correction.kriging_inverse(data.channel_locations)
+    if write:
         _prepare_output(s)
         run_log.open(s.output_folder)
         fingerprint.record(s)  # before any result, so a batch can tell a finished study
-    stages.done("load")
-
-    units = unit_features(data, s)
-    kinv = correction.kriging_inverse(data.channel_locations)
     stages.done("features")
     shanks = np.unique(units.shank)
     # Columns of a given motion follow the probe's shanks, some of which may hold no unit.
@@ -609,12 +622,18 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
     return result
 
 
-def _prepare_output(s: Settings) -> None:
+def _check_output(s: Settings) -> None:
+    """Refuse an output folder inside the input folder (before any heavy work)."""
     out = Path(s.output_folder)
     data = Path(s.path_to_data).resolve()
     if out.resolve() == data or data in out.resolve().parents:
         raise KilomatchError(f"output_folder {out} lies inside path_to_data {data}: the input "
                              "folder is never written to; choose another output_folder")
+
+
+def _prepare_output(s: Settings) -> None:
+    out = Path(s.output_folder)
+    _check_output(s)
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "Figures").mkdir(exist_ok=True)

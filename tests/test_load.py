@@ -203,3 +203,21 @@ def test_loader_never_fails_with_a_foreign_error(tmp_path_factory, wave_dtype, w
         assert data.waveforms.ndim == 3
         assert data.channel_locations.shape == (data.waveforms.shape[1], 2)
         assert data.session_index.min() == 1 and len(np.unique(data.session_index)) >= 2
+
+
+def test_run_names_nan_waveforms_and_keeps_old_outputs(folder, tmp_path):
+    """A run reads the waveforms once (unit_features checks them): NaN there still gives one
+    KilomatchError naming the file and unit, before the output folder is touched."""
+    import kilomatch
+
+    wf = np.load(folder / "waveform_all.npy")
+    wf[4, 2, 3] = np.nan
+    np.save(folder / "waveform_all.npy", wf)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "IdxCluster.npy").write_bytes(b"an earlier run's result")
+    with pytest.raises(KilomatchError) as err:
+        kilomatch.run({"path_to_data": str(folder), "output_folder": str(out)})
+    text = str(err.value)
+    assert "waveform_all.npy" in text and "NaN or Inf" in text and "units 4" in text
+    assert (out / "IdxCluster.npy").read_bytes() == b"an earlier run's result"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .clustering import sparse_hdbscan
-from .probability import (N_EXTRA, MatchModel, fit_match_probability, pair_evidence,
+from .probability import (LazyEvidence, MatchModel, fit_match_probability, pair_evidence,
                           same_session_pairs)
 
 log = logging.getLogger("kilomatch")
@@ -104,7 +104,10 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
 
     depth = positions[:, 1]
     non = same_session_pairs(depth, session, max_distance, shank)
-    x_cand, x_non = evidence(pairs), evidence(non)
+    # the candidates' evidence is read in chunks where it is used, not held whole
+    similarity_of_candidates = similarities(pairs)
+    x_cand = LazyEvidence(similarity_of_candidates, positions, amplitude, n_spikes, pairs)
+    x_non = evidence(non)
     inside = full_window(depth, session, max_distance)
     fit_c = np.flatnonzero(inside[pairs[:, 0]] & inside[pairs[:, 1]])
     fit_n = np.flatnonzero(inside[non[:, 0]] & inside[non[:, 1]])
@@ -126,11 +129,12 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     p[fit_c] = model.candidate_probability
     rest = np.ones(len(pairs), bool)
     rest[fit_c] = False
-    p[rest] = model.predict(x_cand[rest])
+    p[rest] = model.predict(LazyEvidence(similarity_of_candidates[rest], positions, amplitude,
+                                         n_spikes, pairs[rest]))
     labels = cluster_by_probability(n, pairs, p, max_cluster_size) if with_clusters else None
     # only MatchTable's rows keep their evidence: all of it is 2 GB at 10^5 units
     links = ProbabilityLinks(model, [], p,
-                             x_cand[in_match_table(p), :x_cand.shape[1] - N_EXTRA], labels)
+                             similarity_of_candidates[in_match_table(p)], labels)
     return links, evidence
 
 

@@ -71,6 +71,24 @@ def pair_evidence(similarities: np.ndarray, positions: np.ndarray, amplitude: np
                             np.minimum(spikes[a], spikes[b])])
 
 
+class LazyEvidence:
+    """pair_evidence of every candidate pair, computed when rows are read (``x[rows]``: an
+    index array, a bool mask or a slice -> (n, F + N_EXTRA)), so that the (P, F + N_EXTRA)
+    matrix is never held whole (2 GB at 10^5 units). Rows read are the same values as rows of
+    the whole matrix: each row depends on its own pair only."""
+
+    def __init__(self, similarities: np.ndarray, positions: np.ndarray, amplitude: np.ndarray,
+                 n_spikes: np.ndarray, pairs: np.ndarray):
+        self.similarities, self.pairs = similarities, pairs
+        self.units = (positions, amplitude, n_spikes)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, rows) -> np.ndarray:
+        return pair_evidence(self.similarities[rows], *self.units, self.pairs[rows])
+
+
 @dataclass
 class MatchModel:
     """A fitted match probability: the fold models, the calibration, the match prior.
@@ -214,8 +232,8 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
                           candidate_rows: np.ndarray | None = None) -> MatchModel | None:
     """Fit the match probability of candidate pairs against same-session non-matches.
 
-    candidates: (P, K) evidence of the cross-session candidate pairs (only the rows
-    ``candidate_rows`` when given: the array is not copied); non_matches: (Q, K) evidence of
+    candidates: (P, K) evidence of the cross-session candidate pairs, an array or a
+    LazyEvidence (only the rows ``candidate_rows`` when given: it is not copied); non_matches: (Q, K) evidence of
     same-session pairs; anchor, anchor_non: (P,), (Q,) bool (P: the rows used), pairs that
     cannot be matches (e.g. corrected depths too far apart), from which the prior is
     estimated. Every row gets a fold; the model of fold k trains on at most ``max_train`` rows

@@ -264,3 +264,34 @@ def test_scoring_in_chunks_gives_the_same_probability(monkeypatch):
     assert np.array_equal(whole.candidate_probability, parts.candidate_probability)
     assert np.array_equal(whole.non_match_probability, parts.non_match_probability)
     assert np.array_equal(whole.predict(cand), parts.predict(cand))
+
+
+def test_evidence_read_lazily_is_the_same(monkeypatch):
+    """The candidates' evidence is computed where its rows are read (LazyEvidence), never
+    held whole: any rows read (index array, mask, slice) equal those rows of pair_evidence,
+    and a fit and its predictions from it equal those from the whole matrix."""
+    from kilomatch import probability
+    rng = np.random.default_rng(3)
+    n, p = 300, 2500
+    positions = rng.uniform(0, 200, (n, 3))
+    amplitude = rng.uniform(30, 300, n)
+    n_spikes = rng.integers(10, 5000, n)
+    pairs = np.sort(rng.integers(0, n, (p, 2)), axis=1)
+    sims = rng.normal(size=(p, 2))
+    sims[:, 0] += 3 * (np.abs(positions[pairs[:, 0], 1] - positions[pairs[:, 1], 1]) < 10)
+    whole = pair_evidence(sims, positions, amplitude, n_spikes, pairs)
+    lazy = probability.LazyEvidence(sims, positions, amplitude, n_spikes, pairs)
+    assert len(lazy) == p
+    idx = rng.permutation(p)[:700]
+    mask = rng.random(p) < 0.3
+    for rows in (idx, mask, slice(100, 900)):
+        assert np.array_equal(lazy[rows], whole[rows])
+    non_pairs = np.sort(rng.integers(0, n, (800, 2)), axis=1)
+    non = pair_evidence(rng.normal(size=(800, 2)), positions, amplitude, n_spikes, non_pairs)
+    far, far_non = whole[:, 3] > 60, non[:, 3] > 60
+    monkeypatch.setattr(probability, "CHUNK_ROWS", 211)
+    a = fit_match_probability(whole, non, far[idx], far_non, seed=2, candidate_rows=np.sort(idx))
+    b = fit_match_probability(lazy, non, far[idx], far_non, seed=2, candidate_rows=np.sort(idx))
+    assert np.array_equal(a.candidate_probability, b.candidate_probability)
+    assert np.array_equal(a.predict(whole[mask]), b.predict(
+        probability.LazyEvidence(sims[mask], positions, amplitude, n_spikes, pairs[mask])))

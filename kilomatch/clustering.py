@@ -161,10 +161,11 @@ def renumber(labels: np.ndarray, start: int = 1) -> np.ndarray:
     out = -np.ones(labels.shape, np.int64)
     valid = labels >= 0
     if valid.any():
-        _, first = np.unique(labels[valid], return_index=True)
-        ids = labels[valid][np.sort(first)]
-        lookup = {int(c): k + start for k, c in enumerate(ids)}
-        out[valid] = [lookup[int(c)] for c in labels[valid]]
+        ids, first, inverse = np.unique(labels[valid], return_index=True, return_inverse=True)
+        # rank of each cluster's first appearance: the new number of the cluster
+        rank = np.empty(ids.size, np.int64)
+        rank[np.argsort(first)] = np.arange(ids.size)
+        out[valid] = rank[inverse.ravel()] + start
     return out
 
 

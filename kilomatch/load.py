@@ -109,9 +109,14 @@ def iter_rows(arr: np.ndarray, block: int = 2048):
 def scan_block(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Which rows of a block of waveforms (n, C, T) are all finite, and which are flat (every
     channel constant in time): ((n,) bool, (n,) bool). NaN rows are not finite, not flat."""
-    finite = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
-    flat = (block.max(axis=2) - block.min(axis=2)).max(axis=1) == 0
-    return finite, flat
+    return judge_rows(block.max(axis=2) - block.min(axis=2))
+
+
+def judge_rows(ptt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """scan_block from the rows' peak-to-trough per channel (n, C) (max - min over time): a
+    NaN or Inf sample makes its channel's NaN or Inf (max and min carry NaN), so the reader
+    of the features, which computes it anyway, checks the waveforms at no extra cost."""
+    return np.isfinite(ptt).all(axis=1), ptt.max(axis=1, initial=0) == 0
 
 
 def scan_waveforms(arr: np.ndarray, chunk_rows: int = 2048) -> tuple[np.ndarray, np.ndarray]:

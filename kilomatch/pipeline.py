@@ -20,8 +20,8 @@ from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
 from .logs import RunLog, setup_logging
 from .formats.folder import WAVEFORMS
-from .load import (Dataset, iter_rows, load_dataset, load_given_motion, non_finite_problem,
-                   scan_block, warn_flat)
+from .load import (Dataset, iter_rows, judge_rows, load_dataset, load_given_motion,
+                   non_finite_problem, warn_flat)
 from .motion import Motion, estimate_motion
 from .parallel import map_units, threads_for_pairs
 # The result types are defined in kilomatch.results and stay importable from here.
@@ -69,9 +69,9 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     for start, block in tqdm(iter_rows(data.waveforms), total=-(-n // 2048),
                              desc="reading waveforms", disable=None, leave=False):
         rows = slice(start, start + block.shape[0])
-        if not data.waveforms_checked:  # the loader left it to this read of the file
-            finite[rows], flat[rows] = scan_block(block)
         ptt[rows] = features.peak_to_trough(block)
+        if not data.waveforms_checked:  # the loader left it to this read of the file
+            finite[rows], flat[rows] = judge_rows(ptt[rows])
         peak[rows] = features.peak_channels(ptt[rows])[0]
         if s.centering_waveforms:
             block = features.center_waveforms(block, peak[rows])

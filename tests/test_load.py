@@ -205,13 +205,14 @@ def test_loader_never_fails_with_a_foreign_error(tmp_path_factory, wave_dtype, w
         assert data.session_index.min() == 1 and len(np.unique(data.session_index)) >= 2
 
 
-def test_run_names_nan_waveforms_and_keeps_old_outputs(folder, tmp_path):
-    """A run reads the waveforms once (unit_features checks them): NaN there still gives one
-    KilomatchError naming the file and unit, before the output folder is touched."""
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_run_names_nan_waveforms_and_keeps_old_outputs(folder, tmp_path, bad):
+    """A run reads the waveforms once (unit_features checks them): NaN or Inf there still
+    gives one KilomatchError naming the file and unit, before the output folder is touched."""
     import kilomatch
 
     wf = np.load(folder / "waveform_all.npy")
-    wf[4, 2, 3] = np.nan
+    wf[4, 2, 3] = bad
     np.save(folder / "waveform_all.npy", wf)
     out = tmp_path / "out"
     out.mkdir()

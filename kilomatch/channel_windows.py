@@ -46,6 +46,7 @@ class LocalWaveforms:
     # distinct window (M, C) int32, -1 outside): found once and shared by the corrected copies
     # and subsets, which keep the windows (finding them sorts N rows of W channels).
     windows: tuple | None = field(default=None, repr=False, compare=False)
+    moments: tuple | None = field(default=None, repr=False, compare=False)  # slot_moments()
 
     @classmethod
     def from_full(cls, waveforms: np.ndarray) -> "LocalWaveforms":
@@ -89,12 +90,31 @@ class LocalWaveforms:
         """Waveforms of ``units`` on ``channels`` ((c,) shared or (n, c)): (n, c, T) float32,
         zero on channels outside a unit's window."""
         units = np.asarray(units, dtype=np.int64)
-        slot = self.slots(units, channels)
+        return self.at_slots(units, self.slots(units, channels))
+
+    def at_slots(self, units: np.ndarray, slot: np.ndarray) -> np.ndarray:
+        """Waveforms of ``units`` (n,) at window slots (n, c) (-1: outside, read as 0):
+        (n, c, T) float32."""
         w = self.values.shape[1]
         flat = self.values.reshape(-1, self.values.shape[2])
         out = flat[units[:, None] * w + np.maximum(slot, 0)]
         out[slot < 0] = 0.0
         return out
+
+    def slot_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Sum and sum of squares over time of each unit's waveform on each window slot:
+        ((N, W), (N, W)) float64, found once per copy (a unit's moments on any set of
+        channels are sums of these, instead of a pass over its gathered samples each time
+        it is some unit's partner)."""
+        if self.moments is None:
+            n, w, _ = self.values.shape
+            sums, squares = np.empty((n, w)), np.empty((n, w))
+            for start in range(0, n, 1024):
+                block = self.values[start:start + 1024].astype(np.float64)
+                sums[start:start + 1024] = block.sum(axis=2)
+                squares[start:start + 1024] = np.einsum("nwt,nwt->nw", block, block)
+            self.moments = (sums, squares)
+        return self.moments
 
     def subset(self, members: np.ndarray) -> "LocalWaveforms":
         """The units ``members`` (same probe)."""

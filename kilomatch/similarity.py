@@ -218,6 +218,7 @@ def _directed_corr(wf: LocalWaveforms, sets: tuple, own: np.ndarray, other: np.n
         return np.zeros(0)
     sets, set_of_unit = sets
     wf.window_index()  # found once here, not by several threads at once
+    wf.slot_moments()  # the same
     return _products_by_group(set_of_unit.ravel()[own], own, other,
                               lambda k, units: _standardized_on(wf, units, sets[k]),
                               lambda k, units: _scaled_on(wf, units, sets[k]))
@@ -229,10 +230,16 @@ def _scaled_on(wf: LocalWaveforms, units: np.ndarray, channels: np.ndarray) -> t
 
     The partners of a group need no centring: the owners' rows have zero mean, so their
     product with a partner's row is the same with or without the partner's mean; dividing
-    by its centred norm gives Pearson's r. That saves writing every partner row twice."""
-    x = wf.on(units, channels).reshape(units.size, -1)
-    total = x.sum(axis=1, dtype=np.float64)
-    square = np.einsum("ij,ij->i", x, x, dtype=np.float64)
+    by its centred norm gives Pearson's r. That saves writing every partner row twice. The
+    norm comes from the units' per-channel moments (LocalWaveforms.slot_moments), not from
+    the gathered rows: a unit is a partner in many groups."""
+    slot = wf.slots(units, channels)
+    x = wf.at_slots(units, slot).reshape(units.size, -1)
+    sums, squares = wf.slot_moments()
+    inside = slot >= 0
+    at = (units[:, None], np.maximum(slot, 0))
+    total = np.where(inside, sums[at], 0.0).sum(axis=1)
+    square = np.where(inside, squares[at], 0.0).sum(axis=1)
     centred = np.maximum(square - total * total / max(x.shape[1], 1), 0.0)
     # a constant row leaves only rounding in ``centred``: r is 0 there, as _standardize has it
     scale = np.divide(1.0, np.sqrt(centred), out=np.zeros_like(centred),

@@ -247,3 +247,38 @@ def test_products_in_tiles_equal_brute_force(monkeypatch):
     assert_same_z(got_w, np.array([brute_waveform_z(wf, ch, i, j) for i, j in pairs]))
     np.testing.assert_allclose(got_f, untiled_f, rtol=1e-12, atol=1e-12)
     assert_same_z(got_w, untiled_w)
+
+
+def test_partner_norms_from_window_moments_on_narrow_windows():
+    """A partner's norm on the owner's channels comes from its per-channel moments
+    (LocalWaveforms.slot_moments), counting only channels inside its window: with windows
+    narrower than the channel sets, the similarity still equals brute force on the waveforms
+    zeroed outside each window, and the moments equal a direct sum."""
+    from kilomatch.channel_windows import LocalWaveforms, window_table
+    from kilomatch.features import peak_channels
+    rng = np.random.default_rng(33)
+    loc = line_probe(48)
+    full = make_units(rng, 30, loc) + 5.0  # an offset: the norms must be centred
+    windows = window_table(loc, None, 60.0)  # ~14 channels, fewer than the sets reach
+    peak = peak_channels(full.max(axis=2) - full.min(axis=2))[0]
+    local = LocalWaveforms(np.take_along_axis(full, windows[peak][:, :, None], axis=1),
+                           windows[peak], 48)
+    zeroed = local.full()
+    sums, squares = local.slot_moments()
+    np.testing.assert_allclose(sums, local.values.astype(np.float64).sum(axis=2), rtol=1e-12)
+    np.testing.assert_allclose(squares, (local.values.astype(np.float64) ** 2).sum(axis=2),
+                               rtol=1e-12)
+    ch = brute_channel_sets(zeroed, loc, 16)
+    pairs = np.array(list(itertools.combinations(range(30), 2)))
+    outside = np.array([np.setdiff1d(ch[i], windows[peak[j]]).size > 0 for i, j in pairs])
+    assert outside.mean() > 0.5  # most partners miss some of the owner's channels
+    got = waveform_similarity(local, ch, pairs)
+
+    def brute(i, j):  # a partner all zero on the owner's channels has r 0, as fisher_z says
+        rs = []
+        for own in (i, j):
+            a, b = (zeroed[u][ch[own]].astype(np.float64).ravel() for u in (i, j))
+            rs.append(0.0 if min(a.std(), b.std()) == 0 else np.corrcoef(a, b)[0, 1])
+        return np.arctanh(np.clip(max(rs), -R_MAX, R_MAX))
+
+    assert_same_z(got, np.array([brute(i, j) for i, j in pairs]))

@@ -217,22 +217,37 @@ def _lda_lsqr(x: np.ndarray, matched: np.ndarray) -> tuple[np.ndarray, float]:
     sum of each class's biased covariance; lstsq copes with collinear features.
     """
     from scipy import linalg
-    y = np.asarray(matched, dtype=bool).astype(np.intp)
-    counts = np.bincount(y, minlength=2)
-    priors = counts.astype(np.float64) / float(y.size)
+    matched = np.asarray(matched, dtype=bool)
+    n_matched = int(np.count_nonzero(matched))
+    counts = np.array([matched.size - n_matched, n_matched])
+    priors = counts.astype(np.float64) / float(matched.size)
     means = np.empty((2, x.shape[1]))
     cov = np.zeros((x.shape[1], x.shape[1]))
     for k in range(2):
-        rows = x[y == k]
+        rows = x[matched if k else ~matched]
         # Summed down axis 0 of a C-ordered array, numpy adds row after row: the running sum
         # of scikit-learn's np.add.at, without a (P, F) array of partial sums.
         # + 0.0: a sum from zero is never -0.0
         means[k] = np.add.reduce(rows, axis=0) + 0.0
-        cov += priors[k] * np.atleast_2d(np.cov(rows.T, bias=1))
+        cov += priors[k] * np.atleast_2d(_biased_cov(rows))
     means /= counts[:, None]
     coef = linalg.lstsq(cov, means.T)[0].T
     intercept = -0.5 * np.diag(np.dot(means, coef.T)) + np.log(priors)
     return coef[1] - coef[0], float(intercept[1] - intercept[0])
+
+
+def _biased_cov(rows: np.ndarray) -> np.ndarray:
+    """np.cov(rows.T, bias=1) of a C-ordered (n, F) float64 array that may be overwritten:
+    numpy's arithmetic step by step on the same memory layout (so the same bits), centring
+    ``rows`` in place instead of in a copy of its own (28 M x 3 floats at 10^5 units).
+    The transposed copy numpy multiplies by stays: a product of an array with its own
+    transpose takes another BLAS routine, with other bits."""
+    x = rows.T  # (F, n), laid out as np.cov's own copy of rows.T
+    avg = np.average(x, axis=1)
+    x -= avg[:, None]
+    c = np.dot(x, x.T.conj())
+    c *= np.true_divide(1, x.shape[1])
+    return c.squeeze()
 
 
 @dataclass

@@ -145,18 +145,19 @@ def pair_similarities(units: UnitFeatures, names: list, pairs: np.ndarray,
                       corrected_depth: np.ndarray, waveforms_corrected=None,
                       channels_corrected=None) -> np.ndarray:
     """(P, F) similarity of each pair for each named feature (Fisher z)."""
-    columns = []
-    for name in names:
+    # filled column by column: stacking F columns at the end held them twice (28 M pairs)
+    out = np.empty((len(pairs), len(names)))
+    for k, name in enumerate(names):
         if name == "Waveform":
-            columns.append(waveform_similarity(waveforms_corrected, channels_corrected, pairs))
+            out[:, k] = waveform_similarity(waveforms_corrected, channels_corrected, pairs)
         elif name == "Location":
             positions = np.column_stack([units.locations[:, 0], corrected_depth,
                                          units.locations[:, 2]])
-            columns.append(location_similarity(positions, pairs))
+            out[:, k] = location_similarity(positions, pairs)
         else:
             matrix = {"AutoCorr": units.acg, "ISI": units.isi, "PETH": units.peth}[name]
-            columns.append(feature_similarity(matrix, pairs, np.argsort(corrected_depth)))
-    return np.column_stack(columns) if columns else np.empty((len(pairs), 0))
+            out[:, k] = feature_similarity(matrix, pairs, np.argsort(corrected_depth))
+    return out
 
 
 def corrected_waveforms(units: UnitFeatures, channel_locations: np.ndarray, motion: Motion,

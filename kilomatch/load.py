@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import mmap
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,10 +57,39 @@ class Dataset:
         return int(self.channel_locations.shape[0])
 
 
+# The header numpy writes for a plain 1-D array (np.save of a vector), e.g. of spike times.
+_VECTOR_HEADER = re.compile(r"\{'descr': '([<>|=][a-z]\d+)', 'fortran_order': False, "
+                            r"'shape': \((\d+),\), \} *\n")
+
+
+def read_vector_npy(path: Path) -> np.ndarray | None:
+    """A 1-D .npy array saved by numpy (format 1.0, a plain dtype), read without np.load's
+    parsing of the header as Python, which was most of the time to read one small file (one
+    per unit of spike times). None for any other file: np.load reads (and checks) those."""
+    with open(path, "rb") as f:
+        head = f.read(128)
+        if head[:8] != b"\x93NUMPY\x01\x00" or len(head) < 10:
+            return None
+        end = 10 + int.from_bytes(head[8:10], "little")
+        match = _VECTOR_HEADER.fullmatch(head[10:end].decode("latin1")) if end <= 128 else None
+        if match is None:
+            return None
+        try:
+            dtype = np.dtype(match.group(1))
+        except TypeError:
+            return None
+        n = int(match.group(2))
+        f.seek(end)
+        arr = np.fromfile(f, dtype=dtype, count=n)
+    return arr if arr.size == n else None
+
+
 def _load_npy(path: Path, problems: list, mmap: bool = False):
     """np.load with allow_pickle=False; a problem message instead of a numpy traceback."""
     try:
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        arr = None if mmap else read_vector_npy(path)
+        if arr is None:
+            arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as err:
         if "allow_pickle" in str(err) or "object" in str(err).lower():
             problems.append(f"{path}: holds Python objects (dtype=object); save a plain numeric "
@@ -103,12 +133,18 @@ def iter_rows(arr: np.ndarray, block: int = 2048):
         yield start, np.asarray(arr[start:start + block], dtype=np.float32)
 
 
-def _all_finite(arr: np.ndarray, chunk_rows: int = 2048) -> np.ndarray:
-    """Per-row finiteness of a possibly memory-mapped array, read in chunks: (rows,) bool."""
-    ok = np.empty(arr.shape[0], dtype=bool)
+def scan_rows(arr: np.ndarray, chunk_rows: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """One read of a possibly memory-mapped (N, C, T) array for the checks of every row:
+    (N,) bool all finite, (N,) bool flat (every channel constant). A NaN or Inf shows in the
+    channel's maximum or minimum (both propagate NaN), so no separate pass looks for them."""
+    finite = np.empty(arr.shape[0], dtype=bool)
+    flat = np.empty(arr.shape[0], dtype=bool)
     for start, block in iter_rows(arr, chunk_rows):
-        ok[start:start + block.shape[0]] = np.isfinite(block.reshape(block.shape[0], -1)).all(axis=1)
-    return ok
+        rows = slice(start, start + block.shape[0])
+        high, low = block.max(axis=2), block.min(axis=2)
+        finite[rows] = np.isfinite(high).all(axis=1) & np.isfinite(low).all(axis=1)
+        flat[rows] = (high - low).max(axis=1, initial=0) == 0
+    return finite, flat
 
 
 def check_session_index(session_index, n_units: int, where: str = SESSION_INDEX) -> list:
@@ -190,8 +226,9 @@ def load_dataset(path, need_peth: bool = True) -> Dataset:
         problems.append(f"{folder / WAVEFORMS}: has {waveforms.shape[1]} channels but "
                         f"{CHANNEL_LOCATIONS} has {locs.shape[0]}; both must list the same "
                         "channels")
+    flat = None
     if waveforms is not None and n_units:
-        finite = _all_finite(waveforms)
+        finite, flat = scan_rows(waveforms)
         if not finite.all():
             problems.append(f"{folder / WAVEFORMS}: NaN or Inf in the waveforms of units "
                             f"{name_items(np.flatnonzero(~finite))}")
@@ -225,7 +262,7 @@ def load_dataset(path, need_peth: bool = True) -> Dataset:
         channel_shanks=None if shanks is None else shanks.astype(np.int64),
         path=folder,
     )
-    warn_degenerate(data)
+    warn_degenerate(data, flat)
     return data
 
 
@@ -273,19 +310,18 @@ def _load_spike_times(spike_dir: Path, n_units: int, problems: list) -> list | N
     return times
 
 
-def warn_degenerate(data: Dataset) -> None:
-    """Log degenerate but legal units: too few spikes, flat waveforms, lone units per session."""
+def warn_degenerate(data: Dataset, flat: np.ndarray | None = None) -> None:
+    """Log degenerate but legal units: too few spikes, flat waveforms (``flat`` (N,) bool from
+    :func:`scan_rows`, else read here), lone units per session."""
     few = [k for k, t in enumerate(data.spike_times) if t.size < 2]
     if few:
         log.warning("units %s have fewer than 2 spikes: their ACG and ISI are zero and carry no "
                     "similarity", name_items(few))
-    flat = []
-    for start, block in iter_rows(data.waveforms):
-        ptp = block.max(axis=2) - block.min(axis=2)
-        flat += (start + np.flatnonzero(ptp.max(axis=1) == 0)).tolist()
-    if flat:
+    if flat is None:
+        flat = scan_rows(data.waveforms)[1]
+    if flat.any():
         log.warning("units %s have flat (all-constant) waveforms: their waveform similarity is 0",
-                    name_items(flat))
+                    name_items(np.flatnonzero(flat).tolist()))
     counts = np.bincount(data.session_index, minlength=data.n_sessions + 1)[1:]
     lone = np.flatnonzero(counts == 1) + 1
     if lone.size:

@@ -103,10 +103,15 @@ def save_units_csv(path: Path, columns: dict) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(names)
-    n = len(next(iter(columns.values())))
-    cols = [np.asarray(columns[k]) for k in names]
-    for r in range(n):
-        w.writerow([f"{c[r]:.3f}" if c.dtype.kind == "f" else str(c[r]) for c in cols])
+    # Column by column on Python values (tolist): the same text as formatting numpy
+    # scalars, several times faster (10^5 rows per file at 10^5 units).
+    cells = []
+    for k in names:
+        c = np.asarray(columns[k])
+        values = c.tolist()
+        cells.append([f"{v:.3f}" for v in values] if c.dtype.kind == "f"
+                     else [str(v) for v in values])
+    w.writerows(zip(*cells))
     save_text(path, buf.getvalue())
 
 

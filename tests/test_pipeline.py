@@ -397,3 +397,22 @@ def test_plot_cluster_from_output_folder(run_result):
     assert len(depth_ax.lines[1].get_xdata()) == counts.max()  # one point per unit
     with pytest.raises(kilomatch.KilomatchError, match="no cluster 99999"):
         kilomatch.plot_cluster(out, 99999)
+
+
+def test_csv_tables_format_each_value_as_numpy_does(tmp_path):
+    """units.csv and MatchTable.csv are written column by column; each cell is still the
+    text of its numpy value: floats with 3 decimals (float32 as its float64 value, nan, inf,
+    -0.0), integers, booleans and strings as str() gives them."""
+    from kilomatch.export import save_units_csv
+    columns = {
+        "f64": np.array([0.0005, 2.0015, -0.0, np.nan, np.inf, 1e12 / 3]),
+        "f32": np.array([0.1, 1.0005, -2.5, 3e-4, 7.0, 123456.789], dtype=np.float32),
+        "int": np.array([0, -1, 2**40, 3, 4, 5], dtype=np.int64),
+        "flag": np.array([True, False, True, True, False, False]),
+        "text": np.array(["", "3;4", "a,b", "x", "y", 'q"z'], dtype=object)}
+    save_units_csv(tmp_path / "t.csv", columns)
+    rows = list(__import__("csv").reader(open(tmp_path / "t.csv", newline="")))
+    assert rows[0] == list(columns)
+    for r, row in enumerate(rows[1:]):
+        assert row == [f"{c[r]:.3f}" if c.dtype.kind == "f" else str(c[r])
+                       for c in columns.values()]

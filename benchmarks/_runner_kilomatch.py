@@ -24,6 +24,9 @@ def main() -> int:
         import json
         Path(sys.argv[2]).write_text(json.dumps({"summary": result.summary,
                                                  "stages": result.stages}, indent=1))
+    # the process ends here, as kilomatch's command line ends (kilomatch.cli.main)
+    from kilomatch.cli import before_exit
+    before_exit()
     return 0
 
 

@@ -114,14 +114,32 @@ def _names_many_studies(argv) -> bool:
 
 
 def main(argv=None) -> int:
-    """Dispatch ``kilomatch COMMAND ...`` to the command's module; anything else runs a study."""
+    """Dispatch ``kilomatch COMMAND ...`` to the command's module; anything else runs a study.
+
+    Called without ``argv`` (the command line: ``kilomatch``, ``python mainKilomatch.py``)
+    the process is about to end, and :func:`before_exit` makes that end quick."""
+    as_process = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and _names_many_studies(argv):
         argv = ["batch"] + argv
     if argv and argv[0] in COMMANDS:
         module, function, _ = COMMANDS[argv[0]]
-        return getattr(importlib.import_module(module), function)(argv[1:])
-    return run_main(argv)
+        code = getattr(importlib.import_module(module), function)(argv[1:])
+    else:
+        code = run_main(argv)
+    if as_process:
+        before_exit()
+    return code
+
+
+def before_exit() -> None:
+    """For a process that ends next: put every object out of the garbage collector's reach.
+    The interpreter's exit otherwise traverses them all once more (~170k objects with
+    scikit-learn, pandas and matplotlib loaded: 0.2-0.5 s of a 1,600-unit run's wall time).
+    Nothing is lost: results and kilomatch.log are closed by then, and the system takes the
+    memory back at exit. Not for a process that goes on (frozen objects are never collected)."""
+    import gc
+    gc.freeze()
 
 
 if __name__ == "__main__":

@@ -385,6 +385,19 @@ def test_cli_bad_input_lists_problems_and_debug_shows_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "KilomatchError" in proc.stderr
 
 
+def test_command_line_ends_without_collecting_garbage(tmp_path):
+    """The command line (main() of the process, sys.argv) freezes the garbage collector's
+    objects before the process exits, so the exit does not traverse them; main() called with
+    arguments from Python (a test, a notebook) leaves the collector alone."""
+    code = ("import gc, sys; from kilomatch.cli import main; "
+            "sys.argv = ['kilomatch', 'no_such_settings.json']; as_command = main(); "
+            "frozen = gc.get_freeze_count(); gc.unfreeze(); "
+            "main(['no_such_settings.json']); print(as_command, frozen > 0, gc.get_freeze_count())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1])
+    assert proc.stdout.split() == ["2", "True", "0"], proc.stderr
+
+
 def test_plot_cluster_from_output_folder(run_result):
     """plot_cluster draws a tracked neuron from the output folder; an unknown id is named."""
     result, out = run_result

@@ -228,17 +228,15 @@ def isi_histogram(spike_times: np.ndarray, window: float = 100.0, binwidth: floa
                   gaussian_sigma: float = 1.0) -> np.ndarray:
     """Histogram of successive inter-spike intervals in [0, window) ms, normalised to sum 1 and
     smoothed with a Gaussian of ``gaussian_sigma`` ms: -> (B,) with B = floor(window/binwidth)."""
-    n_bins = int(np.floor(window / binwidth + 1e-9))
-    isi = np.diff(np.asarray(spike_times, dtype=np.float64))
-    b = np.floor(isi / binwidth).astype(np.int64)
-    b = b[(b >= 0) & (b < n_bins)]
-    hist = np.bincount(b, minlength=n_bins).astype(np.float64)
-    total = hist.sum()
-    if total > 0:
-        hist /= total
-    if gaussian_sigma > 0:
-        hist = gaussian_filter1d(hist, gaussian_sigma / binwidth, mode="nearest")
-    return hist
+    return isi_histograms([spike_times], window, binwidth, gaussian_sigma)[0]
+
+
+def _smooth_rows(rows: np.ndarray, sigma_bins: float) -> np.ndarray:
+    """Each row (N, B) smoothed by a Gaussian of ``sigma_bins`` bins, edges repeated ('nearest'):
+    one call for every unit, the same values as one row at a time."""
+    if sigma_bins <= 0 or rows.size == 0:
+        return rows
+    return gaussian_filter1d(rows, sigma_bins, mode="nearest")
 
 
 def auto_correlograms(spike_times: list, window=300.0, binwidth=1.0, gaussian_sigma=5.0):
@@ -248,8 +246,7 @@ def auto_correlograms(spike_times: list, window=300.0, binwidth=1.0, gaussian_si
     right = np.zeros((len(spike_times), n_bins))
     for k, t in enumerate(spike_times):
         right[k] = spike_count_pairs(t, window, binwidth)
-    if gaussian_sigma > 0 and right.size:
-        right = gaussian_filter1d(right, gaussian_sigma / binwidth, mode="nearest")
+    right = _smooth_rows(right, gaussian_sigma / binwidth)
     acg = np.concatenate([right[:, ::-1], np.zeros((len(right), 1)), right], axis=1)
     top = acg.max(axis=1, initial=0.0)
     scale = np.where(top > 0, top, 1.0)
@@ -257,5 +254,13 @@ def auto_correlograms(spike_times: list, window=300.0, binwidth=1.0, gaussian_si
 
 
 def isi_histograms(spike_times: list, window=100.0, binwidth=1.0, gaussian_sigma=1.0):
-    """:func:`isi_histogram` of every unit: list of N arrays -> (N, B)."""
-    return np.array([isi_histogram(t, window, binwidth, gaussian_sigma) for t in spike_times])
+    """:func:`isi_histogram` of every unit: list of N arrays -> (N, B), the rows smoothed
+    together."""
+    n_bins = int(np.floor(window / binwidth + 1e-9))
+    hist = np.zeros((len(spike_times), n_bins))
+    for k, t in enumerate(spike_times):
+        b = np.floor(np.diff(np.asarray(t, dtype=np.float64)) / binwidth).astype(np.int64)
+        hist[k] = np.bincount(b[(b >= 0) & (b < n_bins)], minlength=n_bins)
+    total = hist.sum(axis=1, keepdims=True)
+    np.divide(hist, total, out=hist, where=total > 0)
+    return _smooth_rows(hist, gaussian_sigma / binwidth)

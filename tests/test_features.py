@@ -258,3 +258,6 @@ def test_batch_versions_stack_single_unit_results():
         right = gaussian_filter1d(spike_count_pairs(t, 30.0, 1.0), 2.0, mode="nearest")
         one = np.concatenate([right[::-1], [0.0], right])
         np.testing.assert_array_equal(acgs[k], one / one.max() if one.max() > 0 else one)
+        counts = np.bincount(np.floor(np.diff(t)).astype(np.int64), minlength=60)[:50]
+        hist = counts / counts.sum() if counts.sum() else counts.astype(float)
+        np.testing.assert_array_equal(isis[k], gaussian_filter1d(hist, 1.0, mode="nearest"))

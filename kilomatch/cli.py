@@ -117,8 +117,11 @@ def main(argv=None) -> int:
     """Dispatch ``kilomatch COMMAND ...`` to the command's module; anything else runs a study.
 
     Called without ``argv`` (the command line: ``kilomatch``, ``python mainKilomatch.py``)
-    the process is about to end, and :func:`before_exit` makes that end quick."""
+    the call is the whole process: :func:`start_of_process` sets it up and
+    :func:`before_exit` makes its end quick."""
     as_process = argv is None
+    if as_process:
+        start_of_process()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and _names_many_studies(argv):
         argv = ["batch"] + argv
@@ -130,6 +133,21 @@ def main(argv=None) -> int:
     if as_process:
         before_exit()
     return code
+
+
+# How many new objects the garbage collector lets each generation gain before it looks for
+# reference cycles (Python's default: 700, 10, 10). A run's arrays hold no cycles, but the
+# libraries it imports (scikit-learn, pandas, hdbscan, matplotlib) make ~200k objects: with
+# the default a 1,600-unit run made ~520 collections, 4 of them over every object, 0.9-1.0 s
+# in all on a loaded machine; with these, 40 collections and 0.3 s (same peak memory).
+COLLECTOR_THRESHOLDS = (10_000, 10, 10)
+
+
+def start_of_process() -> None:
+    """For a process that is one kilomatch command: the garbage collector's thresholds
+    (COLLECTOR_THRESHOLDS). Not for a library call, whose process is the caller's."""
+    import gc
+    gc.set_threshold(*COLLECTOR_THRESHOLDS)
 
 
 def before_exit() -> None:

@@ -385,17 +385,18 @@ def test_cli_bad_input_lists_problems_and_debug_shows_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "KilomatchError" in proc.stderr
 
 
-def test_command_line_ends_without_collecting_garbage(tmp_path):
-    """The command line (main() of the process, sys.argv) freezes the garbage collector's
-    objects before the process exits, so the exit does not traverse them; main() called with
-    arguments from Python (a test, a notebook) leaves the collector alone."""
-    code = ("import gc, sys; from kilomatch.cli import main; "
-            "sys.argv = ['kilomatch', 'no_such_settings.json']; as_command = main(); "
-            "frozen = gc.get_freeze_count(); gc.unfreeze(); "
-            "main(['no_such_settings.json']); print(as_command, frozen > 0, gc.get_freeze_count())")
+def test_command_line_sets_up_the_garbage_collector(tmp_path):
+    """The command line (main() of the process, sys.argv) raises the garbage collector's
+    thresholds and freezes its objects before the process exits, so the exit does not
+    traverse them; main() called with arguments from Python (a test, a notebook) leaves the
+    collector as it was."""
+    code = ("import gc, sys; from kilomatch.cli import main; before = gc.get_threshold(); "
+            "main(['no_such_settings.json']); print(gc.get_threshold() == before, "
+            "gc.get_freeze_count()); sys.argv = ['kilomatch', 'no_such_settings.json']; "
+            "code = main(); print(code, gc.get_threshold(), gc.get_freeze_count() > 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=Path(__file__).parents[1])
-    assert proc.stdout.split() == ["2", "True", "0"], proc.stderr
+    assert proc.stdout.splitlines() == ["True 0", "2 (10000, 10, 10) True"], proc.stderr
 
 
 def test_plot_cluster_from_output_folder(run_result):

@@ -430,3 +430,22 @@ def test_csv_tables_format_each_value_as_numpy_does(tmp_path):
     for r, row in enumerate(rows[1:]):
         assert row == [f"{c[r]:.3f}" if c.dtype.kind == "f" else str(c[r])
                        for c in columns.values()]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_match_probability_figure_counts_units_matched_in_each_other_session(seed):
+    """MatchProbability.png's matrix: entry (a, b) counts the units of session a whose cluster
+    has a unit in session b (a sorter split's two halves both count), brute force over units;
+    zero diagonal; untracked units never count."""
+    from kilomatch.figures import matched_units_by_session
+    rng = np.random.default_rng(seed)
+    n_sessions = 5
+    session = rng.integers(0, n_sessions, 120)
+    idx = rng.integers(-2, 30, 120)
+    idx[idx < 1] = -1
+    expect = np.zeros((n_sessions, n_sessions))
+    for u in range(120):
+        for b in range(n_sessions):
+            if idx[u] > 0 and b != session[u] and np.any((idx == idx[u]) & (session == b)):
+                expect[session[u], b] += 1
+    np.testing.assert_array_equal(matched_units_by_session(idx, session, n_sessions), expect)

@@ -144,15 +144,19 @@ def monopolar_triangulation(ptt_c: np.ndarray, pos_c: np.ndarray, start_xy: np.n
 
 def locate_units(ptt: np.ndarray, channel_locations: np.ndarray, peak: np.ndarray,
                  n_nearest_channels: int = 20,
-                 algorithm: str = "monopolar_triangulation") -> np.ndarray:
+                 algorithm: str = "monopolar_triangulation",
+                 channels: np.ndarray | None = None) -> np.ndarray:
     """Unit positions (x, y, z) in um: (N, C) ptt -> (N, 3).
 
     ``monopolar_triangulation`` (Boussard et al. 2021): bounded least squares of a point
     source with amplitude falling as 1/distance, on the ``n_nearest_channels`` around the peak,
     started from the centre of mass, z >= 1 um, x and y within 100 um of the start.
-    ``center_of_mass``: the ptt-weighted mean channel position, z = 0.
+    ``center_of_mass``: the ptt-weighted mean channel position, z = 0. ``channels``: the
+    (N, n) :func:`nearest_channels` of the peaks when already known (a caller that locates
+    units block by block finds them once: each call ranks every channel pair, C x C).
     """
-    channels = nearest_channels(channel_locations, peak, n_nearest_channels)
+    if channels is None:
+        channels = nearest_channels(channel_locations, peak, n_nearest_channels)
     com = center_of_mass(ptt, channel_locations, channels)
     if algorithm == "center_of_mass":
         return com

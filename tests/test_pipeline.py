@@ -449,3 +449,33 @@ def test_match_probability_figure_counts_units_matched_in_each_other_session(see
             if idx[u] > 0 and b != session[u] and np.any((idx == idx[u]) & (session == b)):
                 expect[session[u], b] += 1
     np.testing.assert_array_equal(matched_units_by_session(idx, session, n_sessions), expect)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2, -1])
+def test_per_unit_work_in_this_process_runs_in_large_blocks(n_jobs):
+    """Below MIN_UNITS_PARALLEL the per-unit work runs in this process, in blocks of 256
+    whatever n_jobs is: the small blocks that share work among workers only repeated each
+    block's fixed costs here (the location fit's iterations). Results in unit order."""
+    sizes = []
+
+    def work(values):
+        sizes.append(len(values))
+        return values * 2
+
+    n = parallel.MIN_UNITS_PARALLEL - 1
+    out = parallel.map_units(work, n, n_jobs, per_unit=(np.arange(n),))
+    np.testing.assert_array_equal(out, np.arange(n) * 2)
+    assert sizes == [256] * (n // 256) + [n % 256]
+
+
+def test_locating_units_with_their_nearest_channels_given():
+    """locate_units with the nearest channels found beforehand (once for every block) gives
+    the positions it finds on its own."""
+    from kilomatch import features
+    rng = np.random.default_rng(3)
+    locs = np.column_stack([np.tile([16.0, 48.0], 40), np.repeat(np.arange(40) * 20.0, 2)])
+    ptt = rng.uniform(1, 50, (30, 80)).astype(np.float32)
+    peak = np.argmax(ptt, axis=1)
+    near = features.nearest_channels(locs, peak, 12)
+    np.testing.assert_array_equal(features.locate_units(ptt, locs, peak, 12, channels=near),
+                                  features.locate_units(ptt, locs, peak, 12))

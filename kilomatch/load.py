@@ -214,10 +214,17 @@ def load_dataset(path, need_peth: bool = True) -> Dataset:
             n_units = waveforms.shape[0]
             if n_units == 0:
                 problems.append(f"{folder / WAVEFORMS}: holds no units")
+            if 0 in waveforms.shape[1:]:
+                problems.append(f"{folder / WAVEFORMS}: shape {waveforms.shape} has no "
+                                "channels or no samples; expected (units, channels, samples)")
+                waveforms = None  # nothing to read
     if locs is not None:
         if locs.ndim != 2 or locs.shape[1] != 2:
             problems.append(f"{folder / CHANNEL_LOCATIONS}: expected shape (channels, 2) "
                             f"of x, y in um, got {locs.shape}")
+            locs = None
+        elif locs.shape[0] == 0:
+            problems.append(f"{folder / CHANNEL_LOCATIONS}: lists no channels")
             locs = None
         else:
             locs = collect(problems, check_finite, locs, str(folder / CHANNEL_LOCATIONS),

@@ -96,6 +96,18 @@ def test_channel_count_mismatch(folder):
     assert f"{N_CH + 1} channels" in text and f"has {N_CH}" in text
 
 
+@pytest.mark.parametrize("shape", [(N_UNITS, N_CH, 0), (N_UNITS, 0, N_T)])
+def test_waveforms_without_samples_or_channels_named(folder, shape):
+    """Waveforms with no sample or no channel: one problem naming the file and its shape."""
+    np.save(folder / "waveform_all.npy", np.zeros(shape, dtype=np.float32))
+    if shape[1] == 0:
+        np.save(folder / "channel_locations.npy", np.zeros((0, 2)))
+    text, _ = problems_of(folder)
+    assert "waveform_all.npy" in text and str(shape) in text
+    if shape[1] == 0:
+        assert "channel_locations.npy: lists no channels" in text
+
+
 def test_channel_locations_not_c_by_2(folder):
     np.save(folder / "channel_locations.npy", np.zeros((N_CH, 3)))
     text, _ = problems_of(folder)

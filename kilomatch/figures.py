@@ -161,7 +161,7 @@ def matched_units_by_session(idx_cluster: np.ndarray, session0: np.ndarray,
 
     idx_cluster (N,) > 0 tracked, session0 (N,) 0-based. One sparse product of the clusters'
     unit counts per session (K, S) with their presence: a loop over clusters cost O(K N),
-    minutes at 10^5 units."""
+    seconds at 10^5 units."""
     from scipy import sparse
     tracked = idx_cluster > 0
     _, cluster = np.unique(idx_cluster[tracked], return_inverse=True)

@@ -12,9 +12,12 @@ from pathlib import Path
 sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 import kilomatch  # noqa: E402
+from kilomatch.cli import before_exit, start_of_process  # noqa: E402
 
 
 def main() -> int:
+    # The process is set up and ends as kilomatch's command line does (kilomatch.cli.main).
+    start_of_process()
     if len(sys.argv) not in (2, 3):
         print("usage: python _runner_kilomatch.py SETTINGS.json [STATS.json]", file=sys.stderr)
         return 2
@@ -24,6 +27,7 @@ def main() -> int:
         import json
         Path(sys.argv[2]).write_text(json.dumps({"summary": result.summary,
                                                  "stages": result.stages}, indent=1))
+    before_exit()
     return 0
 
 

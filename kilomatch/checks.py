@@ -61,7 +61,9 @@ def nonfinite_rows(a) -> np.ndarray:
     arr = np.asarray(a)
     if arr.ndim == 0:
         return np.zeros(0, np.int64) if np.isfinite(arr) else np.zeros(1, np.int64)
-    return np.flatnonzero(~np.isfinite(arr.reshape(arr.shape[0], -1)).all(axis=1))
+    # rows x the rest, written out: reshape(-1) cannot infer it when there are no rows
+    rows = arr.reshape(arr.shape[0], int(np.prod(arr.shape[1:])))
+    return np.flatnonzero(~np.isfinite(rows).all(axis=1))
 
 
 def check_finite(a, name: str, rows: str = "in rows") -> np.ndarray:

@@ -114,14 +114,50 @@ def _names_many_studies(argv) -> bool:
 
 
 def main(argv=None) -> int:
-    """Dispatch ``kilomatch COMMAND ...`` to the command's module; anything else runs a study."""
+    """Dispatch ``kilomatch COMMAND ...`` to the command's module; anything else runs a study.
+
+    Called without ``argv`` (the command line: ``kilomatch``, ``python mainKilomatch.py``)
+    the call is the whole process: :func:`start_of_process` sets it up and
+    :func:`before_exit` makes its end quick."""
+    as_process = argv is None
+    if as_process:
+        start_of_process()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in COMMANDS and _names_many_studies(argv):
         argv = ["batch"] + argv
     if argv and argv[0] in COMMANDS:
         module, function, _ = COMMANDS[argv[0]]
-        return getattr(importlib.import_module(module), function)(argv[1:])
-    return run_main(argv)
+        code = getattr(importlib.import_module(module), function)(argv[1:])
+    else:
+        code = run_main(argv)
+    if as_process:
+        before_exit()
+    return code
+
+
+# How many new objects the garbage collector lets each generation gain before it looks for
+# reference cycles (Python's default: 700, 10, 10). A run's arrays hold no cycles, but the
+# libraries it imports (scikit-learn, pandas, hdbscan, matplotlib) make ~200k objects: with
+# the default a 1,600-unit run made ~520 collections, 4 of them over every object, 0.9-1.0 s
+# in all on a loaded machine; with these, 40 collections and 0.3 s (same peak memory).
+COLLECTOR_THRESHOLDS = (10_000, 10, 10)
+
+
+def start_of_process() -> None:
+    """For a process that is one kilomatch command: the garbage collector's thresholds
+    (COLLECTOR_THRESHOLDS). Not for a library call, whose process is the caller's."""
+    import gc
+    gc.set_threshold(*COLLECTOR_THRESHOLDS)
+
+
+def before_exit() -> None:
+    """For a process that ends next: put every object out of the garbage collector's reach.
+    The interpreter's exit otherwise traverses them all once more (~170k objects with
+    scikit-learn, pandas and matplotlib loaded: 0.2-0.5 s of a 1,600-unit run's wall time).
+    Nothing is lost: results and kilomatch.log are closed by then, and the system takes the
+    memory back at exit. Not for a process that goes on (frozen objects are never collected)."""
+    import gc
+    gc.freeze()
 
 
 if __name__ == "__main__":

@@ -103,10 +103,15 @@ def save_units_csv(path: Path, columns: dict) -> None:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(names)
-    n = len(next(iter(columns.values())))
-    cols = [np.asarray(columns[k]) for k in names]
-    for r in range(n):
-        w.writerow([f"{c[r]:.3f}" if c.dtype.kind == "f" else str(c[r]) for c in cols])
+    # Column by column on Python values (tolist): the same text as formatting numpy
+    # scalars, several times faster (10^5 rows per file at 10^5 units).
+    cells = []
+    for k in names:
+        c = np.asarray(columns[k])
+        values = c.tolist()
+        cells.append([f"{v:.3f}" for v in values] if c.dtype.kind == "f"
+                     else [str(v) for v in values])
+    w.writerows(zip(*cells))
     save_text(path, buf.getvalue())
 
 
@@ -312,6 +317,11 @@ def write_all(result: Result, arrays: RunArrays) -> list:
     return written
 
 
+# zlib level of the PNG figures: level 1 halves the encoding time of level 6 (Pillow's
+# default), for files ~15% larger; these are figures of a few hundred kB.
+PNG_COMPRESS_LEVEL = 1
+
+
 def save_figures(figures: dict, folder: Path, dpi: int = 150) -> list:
     """Save matplotlib figures as PNG (atomically) in ``folder``."""
     folder = Path(folder)
@@ -319,8 +329,9 @@ def save_figures(figures: dict, folder: Path, dpi: int = 150) -> list:
     paths = []
     for name, fig in figures.items():
         path = folder / f"{name}.png"
-        _atomic_write(path, lambda f, fig=fig: fig.savefig(f, format="png", dpi=dpi,
-                                                          metadata={"Software": None}))
+        _atomic_write(path, lambda f, fig=fig: fig.savefig(
+            f, format="png", dpi=dpi, metadata={"Software": None},
+            pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL}))
         paths.append(path)
     return paths
 

@@ -144,15 +144,19 @@ def monopolar_triangulation(ptt_c: np.ndarray, pos_c: np.ndarray, start_xy: np.n
 
 def locate_units(ptt: np.ndarray, channel_locations: np.ndarray, peak: np.ndarray,
                  n_nearest_channels: int = 20,
-                 algorithm: str = "monopolar_triangulation") -> np.ndarray:
+                 algorithm: str = "monopolar_triangulation",
+                 channels: np.ndarray | None = None) -> np.ndarray:
     """Unit positions (x, y, z) in um: (N, C) ptt -> (N, 3).
 
     ``monopolar_triangulation`` (Boussard et al. 2021): bounded least squares of a point
     source with amplitude falling as 1/distance, on the ``n_nearest_channels`` around the peak,
     started from the centre of mass, z >= 1 um, x and y within 100 um of the start.
-    ``center_of_mass``: the ptt-weighted mean channel position, z = 0.
+    ``center_of_mass``: the ptt-weighted mean channel position, z = 0. ``channels``: the
+    (N, n) :func:`nearest_channels` of the peaks when already known (a caller that locates
+    units block by block finds them once: each call ranks every channel pair, C x C).
     """
-    channels = nearest_channels(channel_locations, peak, n_nearest_channels)
+    if channels is None:
+        channels = nearest_channels(channel_locations, peak, n_nearest_channels)
     com = center_of_mass(ptt, channel_locations, channels)
     if algorithm == "center_of_mass":
         return com
@@ -200,14 +204,17 @@ def spike_count_pairs(spike_times: np.ndarray, window: float, binwidth: float) -
     """
     t = np.asarray(spike_times, dtype=np.float64)
     n_bins = int(np.floor(window / binwidth + 1e-9))
+    # Differences past this cannot round into a bin; most are, so the rounding below runs
+    # only on the few that are not (half a bin of margin: the rounding decides).
+    reach = (n_bins + 1) * binwidth
     counts = np.zeros(n_bins + 1)
     for shift in range(1, t.size):
         dt = t[shift:] - t[:-shift]
-        b = np.rint(dt / binwidth).astype(np.int64)
-        b = b[b <= n_bins]
-        if b.size == 0:
+        dt = dt[dt < reach]
+        if dt.size == 0:
             break  # times are sorted: every larger shift gives larger differences
-        counts += np.bincount(b, minlength=n_bins + 1)
+        b = np.rint(dt / binwidth).astype(np.int64)
+        counts += np.bincount(b[b <= n_bins], minlength=n_bins + 1)
     return counts[1:]
 
 
@@ -218,36 +225,46 @@ def auto_correlogram(spike_times: np.ndarray, window: float = 300.0, binwidth: f
     Each side is smoothed with a Gaussian of ``gaussian_sigma`` ms, the zero lag is excluded
     (set to 0) and the result is scaled to a maximum of 1. Fewer than 2 spikes give zeros.
     """
-    right = spike_count_pairs(spike_times, window, binwidth)
-    if gaussian_sigma > 0:
-        right = gaussian_filter1d(right, gaussian_sigma / binwidth, mode="nearest")
-    acg = np.concatenate([right[::-1], [0.0], right])
-    top = acg.max()
-    return acg / top if top > 0 else acg
+    return auto_correlograms([spike_times], window, binwidth, gaussian_sigma)[0]
 
 
 def isi_histogram(spike_times: np.ndarray, window: float = 100.0, binwidth: float = 1.0,
                   gaussian_sigma: float = 1.0) -> np.ndarray:
     """Histogram of successive inter-spike intervals in [0, window) ms, normalised to sum 1 and
     smoothed with a Gaussian of ``gaussian_sigma`` ms: -> (B,) with B = floor(window/binwidth)."""
-    n_bins = int(np.floor(window / binwidth + 1e-9))
-    isi = np.diff(np.asarray(spike_times, dtype=np.float64))
-    b = np.floor(isi / binwidth).astype(np.int64)
-    b = b[(b >= 0) & (b < n_bins)]
-    hist = np.bincount(b, minlength=n_bins).astype(np.float64)
-    total = hist.sum()
-    if total > 0:
-        hist /= total
-    if gaussian_sigma > 0:
-        hist = gaussian_filter1d(hist, gaussian_sigma / binwidth, mode="nearest")
-    return hist
+    return isi_histograms([spike_times], window, binwidth, gaussian_sigma)[0]
+
+
+def _smooth_rows(rows: np.ndarray, sigma_bins: float) -> np.ndarray:
+    """Each row (N, B) smoothed by a Gaussian of ``sigma_bins`` bins, edges repeated ('nearest'):
+    one call for every unit, the same values as one row at a time."""
+    if sigma_bins <= 0 or rows.size == 0:
+        return rows
+    return gaussian_filter1d(rows, sigma_bins, mode="nearest")
 
 
 def auto_correlograms(spike_times: list, window=300.0, binwidth=1.0, gaussian_sigma=5.0):
-    """:func:`auto_correlogram` of every unit: list of N arrays -> (N, 2B+1)."""
-    return np.array([auto_correlogram(t, window, binwidth, gaussian_sigma) for t in spike_times])
+    """:func:`auto_correlogram` of every unit: list of N arrays -> (N, 2B+1). The rows are
+    smoothed together (one call, the same values as row by row)."""
+    n_bins = int(np.floor(window / binwidth + 1e-9))
+    right = np.zeros((len(spike_times), n_bins))
+    for k, t in enumerate(spike_times):
+        right[k] = spike_count_pairs(t, window, binwidth)
+    right = _smooth_rows(right, gaussian_sigma / binwidth)
+    acg = np.concatenate([right[:, ::-1], np.zeros((len(right), 1)), right], axis=1)
+    top = acg.max(axis=1, initial=0.0)
+    scale = np.where(top > 0, top, 1.0)
+    return acg / scale[:, None]
 
 
 def isi_histograms(spike_times: list, window=100.0, binwidth=1.0, gaussian_sigma=1.0):
-    """:func:`isi_histogram` of every unit: list of N arrays -> (N, B)."""
-    return np.array([isi_histogram(t, window, binwidth, gaussian_sigma) for t in spike_times])
+    """:func:`isi_histogram` of every unit: list of N arrays -> (N, B), the rows smoothed
+    together."""
+    n_bins = int(np.floor(window / binwidth + 1e-9))
+    hist = np.zeros((len(spike_times), n_bins))
+    for k, t in enumerate(spike_times):
+        b = np.floor(np.diff(np.asarray(t, dtype=np.float64)) / binwidth).astype(np.int64)
+        hist[k] = np.bincount(b[(b >= 0) & (b < n_bins)], minlength=n_bins)
+    total = hist.sum(axis=1, keepdims=True)
+    np.divide(hist, total, out=hist, where=total > 0)
+    return _smooth_rows(hist, gaussian_sigma / binwidth)

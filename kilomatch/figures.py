@@ -154,19 +154,32 @@ def weighted_similarity(result):
     return fig
 
 
+def matched_units_by_session(idx_cluster: np.ndarray, session0: np.ndarray,
+                             n_sessions: int) -> np.ndarray:
+    """(S, S) float64: entry (a, b), a != b, counts the units of session a whose cluster also
+    has a unit in session b (both halves of a neuron the sorter split count); diagonal 0.
+
+    idx_cluster (N,) > 0 tracked, session0 (N,) 0-based. One sparse product of the clusters'
+    unit counts per session (K, S) with their presence: a loop over clusters cost O(K N),
+    seconds at 10^5 units."""
+    from scipy import sparse
+    tracked = idx_cluster > 0
+    _, cluster = np.unique(idx_cluster[tracked], return_inverse=True)
+    counts = sparse.csr_matrix((np.ones(cluster.size, dtype=np.int64),
+                                (cluster.reshape(-1), session0[tracked])),
+                               shape=(cluster.max(initial=-1) + 1, n_sessions))
+    present = (counts > 0).astype(np.int64)
+    matched = np.asarray((counts.T @ present).todense(), dtype=np.float64)
+    np.fill_diagonal(matched, 0)
+    return matched
+
+
 def match_probability(result):
     """Probability that a unit of session a has a match in session b: matrix and curve against
     the distance between sessions."""
-    sess0 = result.units.session0
     n_s = result.data.n_sessions
-    idx = result.idx_cluster
-    prob = np.zeros((n_s, n_s))
-    counts = np.bincount(sess0, minlength=n_s).astype(float)
-    for c in np.unique(idx[idx > 0]):
-        # units per session: both halves of a neuron the sorter split count as matched
-        n_units = np.bincount(sess0[idx == c], minlength=n_s)
-        prob += n_units[:, None] * (n_units[None, :] > 0)
-    np.fill_diagonal(prob, 0)
+    prob = matched_units_by_session(result.idx_cluster, result.units.session0, n_s)
+    counts = np.bincount(result.units.session0, minlength=n_s).astype(float)
     prob = prob / np.maximum(counts[:, None], 1)
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import mmap
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,10 +60,39 @@ class Dataset:
         return int(self.channel_locations.shape[0])
 
 
+# The header numpy writes for a plain 1-D array (np.save of a vector), e.g. of spike times.
+_VECTOR_HEADER = re.compile(r"\{'descr': '([<>|=][a-z]\d+)', 'fortran_order': False, "
+                            r"'shape': \((\d+),\), \} *\n")
+
+
+def read_vector_npy(path: Path) -> np.ndarray | None:
+    """A 1-D .npy array saved by numpy (format 1.0, a plain dtype), read without np.load's
+    parsing of the header as Python, which was most of the time to read one small file (one
+    per unit of spike times). None for any other file: np.load reads (and checks) those."""
+    with open(path, "rb") as f:
+        head = f.read(128)
+        if head[:8] != b"\x93NUMPY\x01\x00" or len(head) < 10:
+            return None
+        end = 10 + int.from_bytes(head[8:10], "little")
+        match = _VECTOR_HEADER.fullmatch(head[10:end].decode("latin1")) if end <= 128 else None
+        if match is None:
+            return None
+        try:
+            dtype = np.dtype(match.group(1))
+        except TypeError:
+            return None
+        n = int(match.group(2))
+        f.seek(end)
+        arr = np.fromfile(f, dtype=dtype, count=n)
+    return arr if arr.size == n else None
+
+
 def _load_npy(path: Path, problems: list, mmap: bool = False):
     """np.load with allow_pickle=False; a problem message instead of a numpy traceback."""
     try:
-        arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        arr = None if mmap else read_vector_npy(path)
+        if arr is None:
+            arr = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
     except ValueError as err:
         if "allow_pickle" in str(err) or "object" in str(err).lower():
             problems.append(f"{path}: holds Python objects (dtype=object); save a plain numeric "
@@ -214,10 +244,17 @@ def load_dataset(path, need_peth: bool = True, scan_waveforms_now: bool = True) 
             n_units = waveforms.shape[0]
             if n_units == 0:
                 problems.append(f"{folder / WAVEFORMS}: holds no units")
+            if 0 in waveforms.shape[1:]:
+                problems.append(f"{folder / WAVEFORMS}: shape {waveforms.shape} has no "
+                                "channels or no samples; expected (units, channels, samples)")
+                waveforms = None  # nothing to read
     if locs is not None:
         if locs.ndim != 2 or locs.shape[1] != 2:
             problems.append(f"{folder / CHANNEL_LOCATIONS}: expected shape (channels, 2) "
                             f"of x, y in um, got {locs.shape}")
+            locs = None
+        elif locs.shape[0] == 0:
+            problems.append(f"{folder / CHANNEL_LOCATIONS}: lists no channels")
             locs = None
         else:
             locs = collect(problems, check_finite, locs, str(folder / CHANNEL_LOCATIONS),

@@ -106,14 +106,17 @@ def map_units(func, n_units: int, n_jobs: int = 1, desc: str | None = None,
     ``func`` with functools.partial.
     """
     workers = n_workers(n_jobs)
+    in_workers = workers > 1 and n_units >= MIN_UNITS_PARALLEL
     if block is None:
-        block = 256 if workers == 1 else max(64, -(-n_units // (workers * 8)))
+        # Small blocks only to share the work among workers: in this process each block
+        # repeats its fixed costs (a unit location fit's iterations over the block).
+        block = max(64, -(-n_units // (workers * 8))) if in_workers else 256
     blocks = [np.arange(a, min(a + block, n_units)) for a in range(0, n_units, block)]
     if not blocks:
         return np.empty((0,))
     tasks = ([_take(values, idx) for values in per_unit] for idx in blocks)
     tasks = tqdm(tasks, total=len(blocks), desc=desc, disable=None, leave=False)
-    if workers == 1 or n_units < MIN_UNITS_PARALLEL:
+    if not in_workers:
         parts = [func(*args) for args in tasks]
     else:
         parts = Parallel(n_jobs=workers)(delayed(func)(*args) for args in tasks)

@@ -82,10 +82,12 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     warn_flat(flat)
     amplitude = ptt[np.arange(n), peak].astype(np.float64)
     waveforms = channel_windows.LocalWaveforms(values, windows[peak], c)
+    nearest = features.nearest_channels(data.channel_locations, peak,
+                                        s.spikeLocation.n_nearest_channels)
     locate = partial(_locate_block, channel_locations=data.channel_locations,
-                     n_nearest=s.spikeLocation.n_nearest_channels,
                      algorithm=s.spikeLocation.location_algorithm)
-    locations = map_units(locate, data.n_units, s.n_jobs, "locating units", (ptt, peak))
+    locations = map_units(locate, data.n_units, s.n_jobs, "locating units",
+                          (ptt, peak, nearest))
     acg_args = (s.autoCorr.window, s.autoCorr.binwidth, s.autoCorr.gaussian_sigma)
     isi_args = (s.ISI.window, s.ISI.binwidth, s.ISI.gaussian_sigma)
     both = map_units(partial(_spike_features, acg_args=acg_args, isi_args=isi_args),
@@ -97,9 +99,11 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
                         data.peth, data.session_index - 1, shank)
 
 
-def _locate_block(ptt, peak, channel_locations, n_nearest, algorithm):
-    """Locations of a block of units: (n, C) ptt, (n,) peak channels -> (n, 3) um."""
-    return features.locate_units(ptt, channel_locations, peak, n_nearest, algorithm)
+def _locate_block(ptt, peak, nearest, channel_locations, algorithm):
+    """Locations of a block of units: (n, C) ptt, (n,) peak channels, (n, m) the channels
+    nearest each peak -> (n, 3) um."""
+    return features.locate_units(ptt, channel_locations, peak, nearest.shape[1], algorithm,
+                                 channels=nearest)
 
 
 def _spike_features(spike_times, acg_args, isi_args):

@@ -244,7 +244,9 @@ def test_isi_window_is_half_open():
 
 
 def test_batch_versions_stack_single_unit_results():
-    """auto_correlograms / isi_histograms return one row per unit equal to the single versions."""
+    """auto_correlograms / isi_histograms return one row per unit equal to the single versions,
+    and the rows smoothed together equal each unit's counts smoothed on their own."""
+    from scipy.ndimage import gaussian_filter1d
     rng = np.random.default_rng(9)
     trains = [np.sort(rng.uniform(0, 2000, k)) for k in (0, 1, 50, 300)]
     acgs = auto_correlograms(trains, 30.0, 1.0, 2.0)
@@ -253,3 +255,9 @@ def test_batch_versions_stack_single_unit_results():
     for k, t in enumerate(trains):
         np.testing.assert_array_equal(acgs[k], auto_correlogram(t, 30.0, 1.0, 2.0))
         np.testing.assert_array_equal(isis[k], isi_histogram(t, 50.0, 1.0, 1.0))
+        right = gaussian_filter1d(spike_count_pairs(t, 30.0, 1.0), 2.0, mode="nearest")
+        one = np.concatenate([right[::-1], [0.0], right])
+        np.testing.assert_array_equal(acgs[k], one / one.max() if one.max() > 0 else one)
+        counts = np.bincount(np.floor(np.diff(t)).astype(np.int64), minlength=60)[:50]
+        hist = counts / counts.sum() if counts.sum() else counts.astype(float)
+        np.testing.assert_array_equal(isis[k], gaussian_filter1d(hist, 1.0, mode="nearest"))

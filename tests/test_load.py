@@ -96,6 +96,18 @@ def test_channel_count_mismatch(folder):
     assert f"{N_CH + 1} channels" in text and f"has {N_CH}" in text
 
 
+@pytest.mark.parametrize("shape", [(N_UNITS, N_CH, 0), (N_UNITS, 0, N_T)])
+def test_waveforms_without_samples_or_channels_named(folder, shape):
+    """Waveforms with no sample or no channel: one problem naming the file and its shape."""
+    np.save(folder / "waveform_all.npy", np.zeros(shape, dtype=np.float32))
+    if shape[1] == 0:
+        np.save(folder / "channel_locations.npy", np.zeros((0, 2)))
+    text, _ = problems_of(folder)
+    assert "waveform_all.npy" in text and str(shape) in text
+    if shape[1] == 0:
+        assert "channel_locations.npy: lists no channels" in text
+
+
 def test_channel_locations_not_c_by_2(folder):
     np.save(folder / "channel_locations.npy", np.zeros((N_CH, 3)))
     text, _ = problems_of(folder)
@@ -104,7 +116,7 @@ def test_channel_locations_not_c_by_2(folder):
 
 @pytest.mark.parametrize("name, where", [
     ("waveform_all.npy", (2, 1, 3)), ("channel_locations.npy", (5, 1)), ("peth.npy", (4, 7))])
-@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_nan_or_inf_named(folder, name, where, bad):
     arr = np.load(folder / name)
     arr[where] = bad
@@ -222,3 +234,34 @@ def test_run_names_nan_waveforms_and_keeps_old_outputs(folder, tmp_path, bad):
     text = str(err.value)
     assert "waveform_all.npy" in text and "NaN or Inf" in text and "units 4" in text
     assert (out / "IdxCluster.npy").read_bytes() == b"an earlier run's result"
+
+
+@pytest.mark.parametrize("value", [
+    np.array([0.5, 1.25, 3e9]), np.array([], dtype=np.float64), np.arange(7, dtype=">i4"),
+    np.array([True, False]), np.arange(5, dtype=np.float32)])
+def test_vector_fast_path_reads_what_np_load_reads(tmp_path, value):
+    """The spike-time reader's fast path gives np.load's array, dtype and byte order
+    included."""
+    from kilomatch.load import read_vector_npy
+    np.save(tmp_path / "v.npy", value)
+    got = read_vector_npy(tmp_path / "v.npy")
+    expect = np.load(tmp_path / "v.npy", allow_pickle=False)
+    assert got is not None and got.dtype == expect.dtype
+    np.testing.assert_array_equal(got, expect)
+
+
+@pytest.mark.parametrize("value", [np.zeros((3, 2)), np.asfortranarray(np.zeros((3, 2))),
+                                   np.array(4.0), np.array(["a", "b"]),
+                                   np.array([1, None], dtype=object)])
+def test_vector_fast_path_leaves_other_arrays_to_np_load(tmp_path, value):
+    from kilomatch.load import read_vector_npy
+    np.save(tmp_path / "v.npy", value, allow_pickle=True)
+    assert read_vector_npy(tmp_path / "v.npy") is None
+
+
+def test_truncated_spike_times_named(folder):
+    """A spike-time file cut short is one problem naming it, not a short array."""
+    path = folder / "spike_times" / "Unit3.npy"
+    path.write_bytes(path.read_bytes()[:-8])
+    text, _ = problems_of(folder)
+    assert "Unit3.npy" in text

@@ -385,6 +385,20 @@ def test_cli_bad_input_lists_problems_and_debug_shows_traceback(tmp_path):
     assert proc.returncode != 0 and "Traceback" in proc.stderr and "KilomatchError" in proc.stderr
 
 
+def test_command_line_sets_up_the_garbage_collector(tmp_path):
+    """The command line (main() of the process, sys.argv) raises the garbage collector's
+    thresholds and freezes its objects before the process exits, so the exit does not
+    traverse them; main() called with arguments from Python (a test, a notebook) leaves the
+    collector as it was."""
+    code = ("import gc, sys; from kilomatch.cli import main; before = gc.get_threshold(); "
+            "main(['no_such_settings.json']); print(gc.get_threshold() == before, "
+            "gc.get_freeze_count()); sys.argv = ['kilomatch', 'no_such_settings.json']; "
+            "code = main(); print(code, gc.get_threshold(), gc.get_freeze_count() > 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1])
+    assert proc.stdout.splitlines() == ["True 0", "2 (10000, 10, 10) True"], proc.stderr
+
+
 def test_plot_cluster_from_output_folder(run_result):
     """plot_cluster draws a tracked neuron from the output folder; an unknown id is named."""
     result, out = run_result
@@ -397,3 +411,71 @@ def test_plot_cluster_from_output_folder(run_result):
     assert len(depth_ax.lines[1].get_xdata()) == counts.max()  # one point per unit
     with pytest.raises(kilomatch.KilomatchError, match="no cluster 99999"):
         kilomatch.plot_cluster(out, 99999)
+
+
+def test_csv_tables_format_each_value_as_numpy_does(tmp_path):
+    """units.csv and MatchTable.csv are written column by column; each cell is still the
+    text of its numpy value: floats with 3 decimals (float32 as its float64 value, nan, inf,
+    -0.0), integers, booleans and strings as str() gives them."""
+    from kilomatch.export import save_units_csv
+    columns = {
+        "f64": np.array([0.0005, 2.0015, -0.0, np.nan, np.inf, 1e12 / 3]),
+        "f32": np.array([0.1, 1.0005, -2.5, 3e-4, 7.0, 123456.789], dtype=np.float32),
+        "int": np.array([0, -1, 2**40, 3, 4, 5], dtype=np.int64),
+        "flag": np.array([True, False, True, True, False, False]),
+        "text": np.array(["", "3;4", "a,b", "x", "y", 'q"z'], dtype=object)}
+    save_units_csv(tmp_path / "t.csv", columns)
+    rows = list(__import__("csv").reader(open(tmp_path / "t.csv", newline="")))
+    assert rows[0] == list(columns)
+    for r, row in enumerate(rows[1:]):
+        assert row == [f"{c[r]:.3f}" if c.dtype.kind == "f" else str(c[r])
+                       for c in columns.values()]
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_match_probability_figure_counts_units_matched_in_each_other_session(seed):
+    """MatchProbability.png's matrix: entry (a, b) counts the units of session a whose cluster
+    has a unit in session b (a sorter split's two halves both count), brute force over units;
+    zero diagonal; untracked units never count."""
+    from kilomatch.figures import matched_units_by_session
+    rng = np.random.default_rng(seed)
+    n_sessions = 5
+    session = rng.integers(0, n_sessions, 120)
+    idx = rng.integers(-2, 30, 120)
+    idx[idx < 1] = -1
+    expect = np.zeros((n_sessions, n_sessions))
+    for u in range(120):
+        for b in range(n_sessions):
+            if idx[u] > 0 and b != session[u] and np.any((idx == idx[u]) & (session == b)):
+                expect[session[u], b] += 1
+    np.testing.assert_array_equal(matched_units_by_session(idx, session, n_sessions), expect)
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2, -1])
+def test_per_unit_work_in_this_process_runs_in_large_blocks(n_jobs):
+    """Below MIN_UNITS_PARALLEL the per-unit work runs in this process, in blocks of 256
+    whatever n_jobs is: the small blocks that share work among workers only repeated each
+    block's fixed costs here (the location fit's iterations). Results in unit order."""
+    sizes = []
+
+    def work(values):
+        sizes.append(len(values))
+        return values * 2
+
+    n = parallel.MIN_UNITS_PARALLEL - 1
+    out = parallel.map_units(work, n, n_jobs, per_unit=(np.arange(n),))
+    np.testing.assert_array_equal(out, np.arange(n) * 2)
+    assert sizes == [256] * (n // 256) + [n % 256]
+
+
+def test_locating_units_with_their_nearest_channels_given():
+    """locate_units with the nearest channels found beforehand (once for every block) gives
+    the positions it finds on its own."""
+    from kilomatch import features
+    rng = np.random.default_rng(3)
+    locs = np.column_stack([np.tile([16.0, 48.0], 40), np.repeat(np.arange(40) * 20.0, 2)])
+    ptt = rng.uniform(1, 50, (30, 80)).astype(np.float32)
+    peak = np.argmax(ptt, axis=1)
+    near = features.nearest_channels(locs, peak, 12)
+    np.testing.assert_array_equal(features.locate_units(ptt, locs, peak, 12, channels=near),
+                                  features.locate_units(ptt, locs, peak, 12))

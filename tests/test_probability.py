@@ -295,3 +295,25 @@ def test_evidence_read_lazily_is_the_same(monkeypatch):
     assert np.array_equal(a.candidate_probability, b.candidate_probability)
     assert np.array_equal(a.predict(whole[mask]), b.predict(
         probability.LazyEvidence(sims[mask], positions, amplitude, n_spikes, pairs[mask])))
+
+
+def test_calibration_on_distinct_scores_is_the_fit_on_every_row(monkeypatch):
+    """The isotonic calibration is fitted on the distinct (score, class) pairs weighted by
+    their counts (memory at 10^5 units) and applied in chunks: the same map as scikit-learn's
+    fit on every row with balanced weights, on scores with many ties."""
+    from sklearn.isotonic import IsotonicRegression
+
+    from kilomatch import probability
+    rng = np.random.default_rng(5)
+    y = (rng.random(5000) < 0.3).astype(np.int8)
+    score = np.round(rng.normal(y * 1.5, 1.0), 2)  # ~600 distinct values for 5,000 rows
+    every_row = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
+        score, y, sample_weight=probability._balanced_weight(y))
+    distinct = probability._fit_calibration(score, y)
+    assert distinct.X_thresholds_.size < every_row.X_thresholds_.size + 1
+    monkeypatch.setattr(probability, "CHUNK_ROWS", 333)
+    probe = np.linspace(-5, 6, 2001)
+    np.testing.assert_allclose(probability._calibrated(distinct, probe),
+                               every_row.predict(probe), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(probability._calibrated(distinct, score),
+                               every_row.predict(score), rtol=0, atol=1e-12)

@@ -302,29 +302,51 @@ def test_a_cut_farther_apart_than_position_noise_stands_whatever_its_probability
         assert (len(res.kept_pairs) == 0) == apart
 
 
+def _study_of_clusters(rng, n_neurons=40, n_sessions=6, jitter_um=2.0):
+    """Clusters of one neuron each, its units (one per session) scattered by ``jitter_um``
+    around its place: (labels, session, positions (N, 2) um, amplitude (N,) uV)."""
+    neuron = np.repeat(np.arange(n_neurons), n_sessions)
+    session = np.tile(np.arange(n_sessions), n_neurons)
+    place = np.column_stack([rng.uniform(-20, 40, n_neurons), 100.0 * np.arange(n_neurons)])
+    positions = place[neuron] + rng.normal(0, jitter_um, (neuron.size, 2))
+    amplitude = rng.uniform(40, 300, n_neurons)[neuron]
+    return neuron.copy(), session, positions, amplitude
+
+
 def test_split_by_distance_takes_apart_groups_farther_than_the_limit():
-    """One cluster of two neurons recorded in turn, the similarity above threshold
-    throughout: the last step splits it where the mean distance ratio between its groups
-    is above split_distance_ratio (reason split_at_distance) and the probability across is
-    not sure of a match (0.6); a cluster whose units scatter within the limit, or whose
-    sides the probability is sure are one neuron (0.95: large units of a precise probe lie
-    several spreads apart), stays whole."""
-    labels = np.zeros(6, int)
-    session = np.arange(6)
+    """The last step splits a cluster where its groups lie more spreads apart than
+    split_distance_ratio (reason split_at_distance), the spread learned from the pairs the
+    curated clusters hold: a cluster of two neurons recorded in turn 30 um apart (units of
+    one neuron scatter ~3 um) is split unless the probability across is sure of a match
+    (0.95: large units of a precise probe lie several spreads apart); the clusters of one
+    neuron stay whole even where a tighter spread (the probability's sure pairs', passed as
+    distance_ratio) puts their units many spreads apart."""
+    labels, session, positions, amplitude = _study_of_clusters(np.random.default_rng(3))
+    last = labels == labels.max()
+    positions[last & (session >= 3), 1] += 30.0  # a second neuron takes over
     pairs = within_cluster_pairs(labels)
-    inside = {(0, 1), (0, 2), (1, 2), (3, 4), (3, 5), (4, 5)}
     sim = np.full(len(pairs), 3.0)
     link = np.ones(len(pairs), bool)
-    for across, p_across, apart in ((7.0, 0.6, True), (3.0, 0.6, False), (7.0, 0.95, False)):
-        ratio = pair_values(pairs, {k: 1.5 for k in inside}, across)
-        p = pair_values(pairs, {k: 0.95 for k in inside}, p_across)
+    both = last[pairs[:, 0]] & last[pairs[:, 1]]
+    across = both & ((session[pairs[:, 0]] >= 3) != (session[pairs[:, 1]] >= 3))
+    tight = np.full(len(pairs), 7.0)  # every pair 7 "spreads" apart by a too tight spread
+    for p_across, apart in ((0.6, True), (0.95, False)):
+        p = np.where(across, p_across, 0.8)  # probable matches, not sure ones
         res = curate(labels, session, pairs, sim, link, threshold=1.0, probability=p,
-                     cut_probability=0.02, distance_ratio=ratio, split_distance_ratio=5.0)
-        np.testing.assert_array_equal(renumber(res.labels),
-                                      [1, 1, 1, 2, 2, 2] if apart else [1] * 6)
+                     cut_probability=0.02, distance_ratio=tight, split_distance_ratio=5.0,
+                     unit_positions=positions, amplitude=amplitude)
+        expected = labels.copy()
+        if apart:
+            expected[last & (session >= 3)] = labels.max() + 1
+        np.testing.assert_array_equal(renumber(res.labels), renumber(expected))
         assert REASONS[DISTANCE] == "split_at_distance"
         assert np.all(res.removed_reason == DISTANCE)
         assert len(res.removed_pairs) == (9 if apart else 0)
+        assert res.split_distance_ratio.shape == (len(pairs),)
+    # without positions (or without the probability) there is no split at distance
+    res = curate(labels, session, pairs, sim, link, threshold=1.0, probability=p,
+                 cut_probability=0.02, distance_ratio=tight, split_distance_ratio=5.0)
+    assert len(res.removed_pairs) == 0 and res.split_distance_ratio is None
 
 
 # ---------------------------------------------------------------- against the reference

@@ -18,14 +18,17 @@ from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 log = logging.getLogger("kilomatch")
 
 REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_gap",
-           "split_average_probability", "split_at_distance")
-CONFLICT, SPLIT, POSITION, AVERAGE, DISTANCE = 0, 1, 2, 3, 4
+           "split_average_probability", "split_at_distance", "split_at_succession")
+CONFLICT, SPLIT, POSITION, AVERAGE, DISTANCE, SUCCESSION = 0, 1, 2, 3, 4, 5
 _BLOCK = 1 << 20  # rows of pairs filled at a time by within_cluster_pairs
 # The split at distance stands unless the mean match probability across it is above this:
 # the level of the sure matches the spread of distances is learned from
 # (kilomatch.position_noise). On NP2 data large units of one neuron lie 3-6 um apart, several
 # times their typical 0.5-1 um, with probability 0.99.
 DISTANCE_SPLIT_PROBABILITY = 0.9
+# A group of units of a succession (split_successions) is one neuron when the mean match
+# probability of its pairs across sessions is at least this; it holds at least two units.
+SUCCESSION_SURE = 0.9
 
 
 def within_cluster_pairs(labels: np.ndarray) -> np.ndarray:
@@ -270,13 +273,66 @@ def split_by_distance(labels, pairs, distance_ratio, max_ratio: float):
         np.unique(labels[pairs[far, 0]][labels[pairs[far, 0]] >= 0]))
 
 
+def split_successions(labels, pairs, probability, session, max_probability: float):
+    """Split each cluster where one neuron followed another at its place: average linkage
+    on the match probability finds groups of units whose mean probability across is below
+    ``max_probability``; the cluster is split only where at least two of them are each one
+    neuron for sure (two units or more, mean probability of their pairs across sessions
+    at least SUCCESSION_SURE) and those follow one another in time, the last session of one
+    before the first of the next. Other groups join the sure group they are most probably
+    one with.
+
+    Why in time: on high-turnover studies a neuron stops being recorded and a neighbour of
+    alike waveform starts at its place, which similarity and distance cannot tell from one
+    neuron; the probability can (sure within each, unlikely across), but pairwise it also
+    gives small units' true matches low values. Groups of one neuron that the probability
+    tells apart by noise interleave in time; a succession does not (on the suite: the cuts
+    on j +2000 and m +2000, nothing else; benchmarks/RESULTS.md "Precision on high-turnover
+    studies").
+
+    labels: (N,) clusters (-1 none); pairs: (Q, 2) every within-cluster pair; probability:
+    (Q,) (0 for pairs that cannot link; pairs not listed count 0); session: (N,).
+    Returns (labels, removed (R, 2) pairs across the splits, sorted).
+    """
+    probability = np.asarray(probability, np.float64)
+    session = np.asarray(session)
+
+    def regroup(units, dissimilarity, groups):
+        p = 1.0 - dissimilarity
+        sess = session[units]
+        other = sess[:, None] != sess[None, :]
+        sure, weak = [], []
+        for g in np.unique(groups):
+            members = np.flatnonzero(groups == g)
+            inside = other[np.ix_(members, members)]
+            one = members.size >= 2 and inside.any() and \
+                p[np.ix_(members, members)][inside].mean() >= SUCCESSION_SURE
+            (sure if one else weak).append(members)
+        if len(sure) < 2:
+            return None
+        spans = sorted((sess[m].min(), sess[m].max()) for m in sure)
+        if any(a[1] >= b[0] for a, b in itertools.pairwise(spans)):
+            return None
+        for members in weak:
+            best = int(np.argmax([p[np.ix_(members, k)].mean() for k in sure]))
+            sure[best] = np.concatenate([sure[best], members])
+        out = np.empty(units.size, np.int64)
+        for k, members in enumerate(sure):
+            out[members] = k + 1
+        return out
+
+    return _split_average_linkage(labels, pairs, lambda units, rows: 1.0 - _cluster_similarity(
+        units, pairs[rows], probability[rows]), 1.0 - max_probability, regroup=regroup)
+
+
 def _split_average_linkage(labels, pairs, dissimilarity, limit: float,
-                           clusters: np.ndarray | None = None):
+                           clusters: np.ndarray | None = None, regroup=None):
     """Split each cluster of ``labels`` (N,) (or only the sorted ids ``clusters``) into the
     groups of average linkage on ``dissimilarity(units, rows)`` (its (M, M) matrix for the
     cluster's sorted units and the rows of ``pairs`` (Q, 2) inside it) cut at ``limit``; the
-    group of the cluster's lowest unit keeps the label. Returns (labels, removed (R, 2) pairs
-    across the splits, sorted)."""
+    group of the cluster's lowest unit keeps the label. ``regroup(units, matrix, groups)``,
+    when given, returns the groups (M,) to keep, or None to leave the cluster whole.
+    Returns (labels, removed (R, 2) pairs across the splits, sorted)."""
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
     labels = np.array(labels, dtype=np.int64)
@@ -288,9 +344,12 @@ def _split_average_linkage(labels, pairs, dissimilarity, limit: float,
     for units, rows in _cluster_members(labels, pairs, clusters):
         if units.size < 2:
             continue
-        distance = squareform(dissimilarity(units, rows), checks=False)
+        matrix = dissimilarity(units, rows)
+        distance = squareform(matrix, checks=False)
         groups = fcluster(linkage(distance, method="average"), t=limit, criterion="distance")
-        if groups.max() == 1:
+        if groups.max() > 1 and regroup is not None:
+            groups = regroup(units, matrix, groups)
+        if groups is None or groups.max() == 1:
             continue
         for g in np.unique(groups[groups != groups[0]]):
             labels[units[groups == g]] = next_label
@@ -417,7 +476,8 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
            cut_probability: float = 1.0, same_neuron: np.ndarray | None = None,
            distance_ratio: np.ndarray | None = None, max_distance_ratio: float = np.inf,
            split_distance_ratio: float = np.inf, unit_positions: np.ndarray | None = None,
-           amplitude: np.ndarray | None = None) -> CurationResult:
+           amplitude: np.ndarray | None = None, succession_probability: float = 0.0
+           ) -> CurationResult:
     """The curation steps, then dissolve single-unit clusters: same-session conflicts, the
     split at ``threshold`` (``auto_split``), and with ``positions`` (N, D) um the split at
     position gaps (:func:`split_by_position`). With ``probability`` and ``cut_probability``
@@ -429,7 +489,8 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     groups lie on average more than ``split_distance_ratio`` spreads apart
     (:func:`split_by_distance`), the spread learned from the pairs the curated clusters hold
     (:func:`spread_of_clusters`), unless the mean probability across is above
-    DISTANCE_SPLIT_PROBABILITY. Units of one session
+    DISTANCE_SPLIT_PROBABILITY. With ``succession_probability`` above 0, clusters where one
+    neuron followed another are split (:func:`split_successions`). Units of one session
     joined by ``same_neuron`` (K, 2) (sorter splits) are one neuron for the conflict step
     (:func:`resolve_conflicts`).
 
@@ -469,10 +530,15 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
         split, removed_d = rejoin_by_probability(final, split, pairs, probability,
                                                  DISTANCE_SPLIT_PROBABILITY)
         final = split
+    removed_n = np.empty((0, 2), np.int64)
+    if probability is not None and succession_probability > 0:
+        final, removed_n = split_successions(final, pairs, probability, session,
+                                             succession_probability)
     final = dissolve_one_session(final, session)
-    removed = np.vstack([removed_c, removed_s, removed_p, removed_d])
+    removed = np.vstack([removed_c, removed_s, removed_p, removed_d, removed_n])
     reason = np.concatenate([np.full(len(removed_c), CONFLICT), np.full(len(removed_s), SPLIT),
-                             np.full(len(removed_p), POSITION), np.full(len(removed_d), DISTANCE)])
+                             np.full(len(removed_p), POSITION), np.full(len(removed_d), DISTANCE),
+                             np.full(len(removed_n), SUCCESSION)])
     return CurationResult(final, after_conflicts, removed, reason.astype(np.int8),
                           float(threshold), kept_pairs=kept, split_distance_ratio=split_ratio)
 

@@ -199,6 +199,12 @@ PARAMETERS: tuple[Param, ...] = (
           "the pairs the curated clusters hold, unless their match probability across is "
           "above 0.9. 0 turns it off.",
           min=0),
+    Param("autoCuration.succession_probability", "float", 0.3,
+          "Split a cluster where one neuron followed another at its place (clustering.method "
+          "'similarity'): groups of two units or more, each sure to be one neuron (mean match "
+          "probability 0.9 or more), whose sessions follow one another without overlap, are "
+          "taken apart when their mean match probability across is below this. 0 turns it off.",
+          min=0, max=1),
     Param("autoCuration.keep_sorter_splits", "bool", True,
           "Keep both units of one session in a cluster when their spike trains show they are "
           "one neuron that the sorter split in two (almost no spikes of one within the "

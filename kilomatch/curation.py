@@ -273,66 +273,98 @@ def split_by_distance(labels, pairs, distance_ratio, max_ratio: float):
         np.unique(labels[pairs[far, 0]][labels[pairs[far, 0]] >= 0]))
 
 
-def split_successions(labels, pairs, probability, session, max_probability: float):
-    """Split each cluster where one neuron followed another at its place: average linkage
-    on the match probability finds groups of units whose mean probability across is below
-    ``max_probability``; the cluster is split only where at least two of them are each one
-    neuron for sure (two units or more, mean probability of their pairs across sessions
-    at least SUCCESSION_SURE) and those follow one another in time, the last session of one
-    before the first of the next. Other groups join the sure group they are most probably
-    one with.
+def split_successions(labels, pairs, probability, known, session, max_probability: float):
+    """Split each cluster where one neuron followed another at its place: at a cut in time
+    (the units of sessions up to t against those after t) where each side holds two units
+    or more, each side is one neuron for sure (mean match probability of its pairs at least
+    SUCCESSION_SURE) and the mean probability across is below ``max_probability``. Means
+    are over the ``known`` pairs only; of the cuts that qualify, the one of lowest
+    probability across is made, and each side is tried again.
 
     Why in time: on high-turnover studies a neuron stops being recorded and a neighbour of
     alike waveform starts at its place, which similarity and distance cannot tell from one
     neuron; the probability can (sure within each, unlikely across), but pairwise it also
-    gives small units' true matches low values. Groups of one neuron that the probability
-    tells apart by noise interleave in time; a succession does not (on the suite: the cuts
-    on j +2000 and m +2000, nothing else; benchmarks/RESULTS.md "Precision on high-turnover
-    studies").
+    gives small units' true matches low values: groups that the probability tells apart
+    but that interleave in time are left whole (on the suite this takes apart the wrong
+    clusters of j +2000 and m +2000 and nothing else; benchmarks/RESULTS.md "Precision on
+    high-turnover studies").
 
     labels: (N,) clusters (-1 none); pairs: (Q, 2) every within-cluster pair; probability:
-    (Q,) (0 for pairs that cannot link; pairs not listed count 0); session: (N,).
-    Returns (labels, removed (R, 2) pairs across the splits, sorted).
+    (Q,); known: (Q,) bool, the pairs whose probability counts (the caller's: pairs that
+    may link, within clustering.max_session_gap, where the probability was fitted);
+    session: (N,). Returns (labels, removed (R, 2) pairs across the cuts, sorted).
     """
-    probability = np.asarray(probability, np.float64)
+    labels = np.array(labels, dtype=np.int64)
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    known = np.asarray(known, bool)
+    value = np.where(known, np.asarray(probability, np.float64), 0.0)
     session = np.asarray(session)
-
-    def regroup(units, dissimilarity, groups):
-        p = 1.0 - dissimilarity
+    next_label = labels.max() + 1 if labels.size else 0
+    removed = []
+    for units, rows in _cluster_members(labels, pairs, np.unique(labels[labels >= 0])):
+        if units.size < 4:
+            continue
+        order = np.argsort(session[units], kind="stable")
+        units = units[order]  # by session: every cut in time is a prefix
         sess = session[units]
-        other = sess[:, None] != sess[None, :]
-        sure, weak = [], []
-        for g in np.unique(groups):
-            members = np.flatnonzero(groups == g)
-            inside = other[np.ix_(members, members)]
-            one = members.size >= 2 and inside.any() and \
-                p[np.ix_(members, members)][inside].mean() >= SUCCESSION_SURE
-            (sure if one else weak).append(members)
-        if len(sure) < 2:
-            return None
-        spans = sorted((sess[m].min(), sess[m].max()) for m in sure)
-        if any(a[1] >= b[0] for a, b in itertools.pairwise(spans)):
-            return None
-        for members in weak:
-            best = int(np.argmax([p[np.ix_(members, k)].mean() for k in sure]))
-            sure[best] = np.concatenate([sure[best], members])
-        out = np.empty(units.size, np.int64)
-        for k, members in enumerate(sure):
-            out[members] = k + 1
-        return out
 
-    return _split_average_linkage(labels, pairs, lambda units, rows: 1.0 - _cluster_similarity(
-        units, pairs[rows], probability[rows]), 1.0 - max_probability, regroup=regroup)
+        def block(matrix):  # 2-D prefix sums: the sum over any block of rows and columns
+            out = np.zeros((units.size + 1, units.size + 1))
+            out[1:, 1:] = matrix.cumsum(0).cumsum(1)
+            return lambda r0, r1, c0, c1: out[r1, c1] - out[r0, c1] - out[r1, c0] + out[r0, c0]
+
+        unit_rank = np.argsort(order)  # _cluster_similarity orders by unit id
+        p_sum = block(_cluster_similarity(np.sort(units), pairs[rows], value[rows])[
+            np.ix_(unit_rank, unit_rank)])
+        n_known = block(_cluster_similarity(np.sort(units), pairs[rows], known[rows].astype(
+            np.float64))[np.ix_(unit_rank, unit_rank)])
+
+        def mean(r0, r1, c0, c1):
+            n = n_known(r0, r1, c0, c1)
+            return p_sum(r0, r1, c0, c1) / n if n > 0 else np.nan
+
+        parts, queue = [], [(0, units.size)]
+        while queue:
+            lo, hi = queue.pop()
+            best = None
+            for k in np.flatnonzero(sess[lo + 1:hi] != sess[lo:hi - 1]) + lo + 1:
+                if k - lo < 2 or hi - k < 2:
+                    continue
+                across = mean(lo, k, k, hi)
+                if not across < max_probability:  # also NaN: nothing known across
+                    continue
+                if mean(lo, k, lo, k) >= SUCCESSION_SURE and mean(k, hi, k, hi) >= \
+                        SUCCESSION_SURE and (best is None or across < best[0]):
+                    best = (across, k)
+            if best is None:
+                parts.append((lo, hi))
+            else:
+                queue += [(best[1], hi), (lo, best[1])]
+        if len(parts) == 1:
+            continue
+        parts.sort()
+        for lo, hi in parts[1:]:
+            labels[units[lo:hi]] = next_label
+            next_label += 1
+        side = np.empty(units.size, np.int64)
+        for k, (lo, hi) in enumerate(parts):
+            side[lo:hi] = k
+        i, j = np.nonzero(np.triu(side[:, None] != side[None, :], 1))
+        removed.append(np.column_stack([np.minimum(units[i], units[j]),
+                                        np.maximum(units[i], units[j])]))
+    if not removed:
+        return labels, np.empty((0, 2), np.int64)
+    removed = np.concatenate(removed)
+    return labels, removed[np.lexsort((removed[:, 1], removed[:, 0]))]
 
 
 def _split_average_linkage(labels, pairs, dissimilarity, limit: float,
-                           clusters: np.ndarray | None = None, regroup=None):
+                           clusters: np.ndarray | None = None):
     """Split each cluster of ``labels`` (N,) (or only the sorted ids ``clusters``) into the
     groups of average linkage on ``dissimilarity(units, rows)`` (its (M, M) matrix for the
     cluster's sorted units and the rows of ``pairs`` (Q, 2) inside it) cut at ``limit``; the
-    group of the cluster's lowest unit keeps the label. ``regroup(units, matrix, groups)``,
-    when given, returns the groups (M,) to keep, or None to leave the cluster whole.
-    Returns (labels, removed (R, 2) pairs across the splits, sorted)."""
+    group of the cluster's lowest unit keeps the label. Returns (labels, removed (R, 2) pairs
+    across the splits, sorted)."""
     from scipy.cluster.hierarchy import fcluster, linkage
     from scipy.spatial.distance import squareform
     labels = np.array(labels, dtype=np.int64)
@@ -344,12 +376,9 @@ def _split_average_linkage(labels, pairs, dissimilarity, limit: float,
     for units, rows in _cluster_members(labels, pairs, clusters):
         if units.size < 2:
             continue
-        matrix = dissimilarity(units, rows)
-        distance = squareform(matrix, checks=False)
+        distance = squareform(dissimilarity(units, rows), checks=False)
         groups = fcluster(linkage(distance, method="average"), t=limit, criterion="distance")
-        if groups.max() > 1 and regroup is not None:
-            groups = regroup(units, matrix, groups)
-        if groups is None or groups.max() == 1:
+        if groups.max() == 1:
             continue
         for g in np.unique(groups[groups != groups[0]]):
             labels[units[groups == g]] = next_label
@@ -476,8 +505,8 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
            cut_probability: float = 1.0, same_neuron: np.ndarray | None = None,
            distance_ratio: np.ndarray | None = None, max_distance_ratio: float = np.inf,
            split_distance_ratio: float = np.inf, unit_positions: np.ndarray | None = None,
-           amplitude: np.ndarray | None = None, succession_probability: float = 0.0
-           ) -> CurationResult:
+           amplitude: np.ndarray | None = None, succession_probability: float = 0.0,
+           max_session_gap: int = 0) -> CurationResult:
     """The curation steps, then dissolve single-unit clusters: same-session conflicts, the
     split at ``threshold`` (``auto_split``), and with ``positions`` (N, D) um the split at
     position gaps (:func:`split_by_position`). With ``probability`` and ``cut_probability``
@@ -490,7 +519,8 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     (:func:`split_by_distance`), the spread learned from the pairs the curated clusters hold
     (:func:`spread_of_clusters`), unless the mean probability across is above
     DISTANCE_SPLIT_PROBABILITY. With ``succession_probability`` above 0, clusters where one
-    neuron followed another are split (:func:`split_successions`). Units of one session
+    neuron followed another are split (:func:`split_successions`, on the linkable pairs at
+    most ``max_session_gap`` sessions apart, 0: any). Units of one session
     joined by ``same_neuron`` (K, 2) (sorter splits) are one neuron for the conflict step
     (:func:`resolve_conflicts`).
 
@@ -499,6 +529,7 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     probability: (Q,) match probability of the pairs, or None.
     """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    session = np.asarray(session)
     after_conflicts, removed_c = resolve_conflicts(labels, session, pairs, similarity,
                                                    same_neuron)
     after_conflicts = dissolve_singletons(after_conflicts)
@@ -532,7 +563,10 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
         final = split
     removed_n = np.empty((0, 2), np.int64)
     if probability is not None and succession_probability > 0:
-        final, removed_n = split_successions(final, pairs, probability, session,
+        near = np.asarray(linkable, bool)
+        if max_session_gap > 0:  # the span the probability was fitted on (candidate pairs)
+            near = near & (np.abs(session[pairs[:, 0]] - session[pairs[:, 1]]) <= max_session_gap)
+        final, removed_n = split_successions(final, pairs, probability, near, session,
                                              succession_probability)
     final = dissolve_one_session(final, session)
     removed = np.vstack([removed_c, removed_s, removed_p, removed_d, removed_n])

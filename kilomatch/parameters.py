@@ -201,9 +201,10 @@ PARAMETERS: tuple[Param, ...] = (
           min=0),
     Param("autoCuration.succession_probability", "float", 0.3,
           "Split a cluster where one neuron followed another at its place (clustering.method "
-          "'similarity'): groups of two units or more, each sure to be one neuron (mean match "
-          "probability 0.9 or more), whose sessions follow one another without overlap, are "
-          "taken apart when their mean match probability across is below this. 0 turns it off.",
+          "'similarity'): at a cut in time (units of the sessions up to one session against "
+          "those after it) whose two sides hold two units or more, are each one neuron for "
+          "sure (mean match probability 0.9 or more) and whose mean match probability across "
+          "is below this (pairs within clustering.max_session_gap). 0 turns it off.",
           min=0, max=1),
     Param("autoCuration.keep_sorter_splits", "bool", True,
           "Keep both units of one session in a cluster when their spike trains show they are "

@@ -373,7 +373,8 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                           ac.auto_split, positions, ac.position_gap_um, q_p, cut,
                           None if splits is None else splits.split_pairs(), ratio,
                           ac.cut_distance_ratio or np.inf, ac.split_distance_ratio or np.inf,
-                          xy, units.amplitude, ac.succession_probability)
+                          xy, units.amplitude, ac.succession_probability,
+                          s.clustering.max_session_gap)
     cur.splits = splits
     cur.cut_probability = cut if q_p is not None else float("nan")
     if fitted is not None:  # the probability is reported; the similarity made the clusters

@@ -588,29 +588,31 @@ def test_split_successions_takes_apart_one_neuron_followed_by_another():
     unlikely one across (0.1): split (reason split_at_succession) when the second group's
     sessions all follow the first's (a neighbour took over at the neuron's place); left whole
     when the groups interleave in time (one neuron that the probability splits by noise),
-    when the probability across is above the level (0.5), or when the groups are not sure
-    inside (0.8: small units, whose matches the probability doubts). A lone unit unsure of both
-    (0.1 and 0.2) joins the group it is most probably one with."""
-    labels = np.zeros(7, int)
+    when the probability across is above the level (0.5), when the groups are not sure
+    inside (0.8: small units, whose matches the probability doubts), or when no pair
+    across is within max_session_gap (nothing known across)."""
+    labels = np.zeros(6, int)
     pairs = within_cluster_pairs(labels)
     inside = {(0, 1), (0, 2), (1, 2), (3, 4), (3, 5), (4, 5)}
-    lone = {(i, 6): (0.1 if i < 3 else 0.2) for i in range(6)}
     sim = np.full(len(pairs), 3.0)
     link = np.ones(len(pairs), bool)
-    for session, p_inside, p_across, apart in (([0, 1, 2, 3, 4, 5, 6], 0.95, 0.1, True),
-                                               ([0, 2, 4, 1, 3, 5, 6], 0.95, 0.1, False),
-                                               ([0, 1, 2, 3, 4, 5, 6], 0.95, 0.5, False),
-                                               ([0, 1, 2, 3, 4, 5, 6], 0.8, 0.1, False)):
-        p = pair_values(pairs, {**{k: p_inside for k in inside}, **lone}, p_across)
+    for session, p_inside, p_across, gap, apart in (
+            ([0, 1, 2, 3, 4, 5], 0.95, 0.1, 0, True),
+            ([0, 1, 2, 3, 4, 5], 0.95, 0.1, 1, True),
+            ([0, 1, 2, 13, 14, 15], 0.95, 0.1, 10, False),
+            ([0, 2, 4, 1, 3, 5], 0.95, 0.1, 0, False),
+            ([0, 1, 2, 3, 4, 5], 0.95, 0.5, 0, False),
+            ([0, 1, 2, 3, 4, 5], 0.8, 0.1, 0, False)):
+        p = pair_values(pairs, {k: p_inside for k in inside}, p_across)
         res = curate(labels, np.array(session), pairs, sim, link, threshold=1.0, probability=p,
-                     cut_probability=0.02, succession_probability=0.3)
+                     cut_probability=0.02, succession_probability=0.3, max_session_gap=gap)
         np.testing.assert_array_equal(renumber(res.labels),
-                                      [1, 1, 1, 2, 2, 2, 2] if apart else [1] * 7)
+                                      [1, 1, 1, 2, 2, 2] if apart else [1] * 6)
         assert np.all(res.removed_reason == SUCCESSION)
-        assert len(res.removed_pairs) == (12 if apart else 0)
+        assert len(res.removed_pairs) == (9 if apart else 0)
         assert REASONS[SUCCESSION] == "split_at_succession"
     # off at 0
-    res = curate(labels, np.arange(7), pairs, sim, link, threshold=1.0,
+    res = curate(labels, np.arange(6), pairs, sim, link, threshold=1.0,
                  probability=pair_values(pairs, {k: 0.95 for k in inside}, 0.1),
                  cut_probability=0.02, succession_probability=0.0)
     assert len(res.removed_pairs) == 0

@@ -277,8 +277,8 @@ def split_successions(labels, pairs, probability, known, session, max_probabilit
     """Split each cluster where one neuron followed another at its place: at a cut in time
     (the units of sessions up to t against those after t) where each side holds two units
     or more, each side is one neuron for sure (mean match probability of its pairs at least
-    SUCCESSION_SURE) and the mean probability across is below ``max_probability``. Means
-    are over the ``known`` pairs only; of the cuts that qualify, the one of lowest
+    SUCCESSION_SURE), no pair across is that sure, and the mean probability across is below
+    ``max_probability``. Means are over the ``known`` pairs only; of the cuts that qualify, the one of lowest
     probability across is made, and each side is tried again.
 
     Why in time: on high-turnover studies a neuron stops being recorded and a neighbour of
@@ -318,6 +318,8 @@ def split_successions(labels, pairs, probability, known, session, max_probabilit
             np.ix_(unit_rank, unit_rank)])
         n_known = block(_cluster_similarity(np.sort(units), pairs[rows], known[rows].astype(
             np.float64))[np.ix_(unit_rank, unit_rank)])
+        n_sure = block(_cluster_similarity(np.sort(units), pairs[rows], (
+            value[rows] >= SUCCESSION_SURE).astype(np.float64))[np.ix_(unit_rank, unit_rank)])
 
         def mean(r0, r1, c0, c1):
             n = n_known(r0, r1, c0, c1)
@@ -331,7 +333,8 @@ def split_successions(labels, pairs, probability, known, session, max_probabilit
                 if k - lo < 2 or hi - k < 2:
                     continue
                 across = mean(lo, k, k, hi)
-                if not across < max_probability:  # also NaN: nothing known across
+                # also NaN (nothing known across); one sure pair across is one neuron
+                if not across < max_probability or n_sure(lo, k, k, hi) > 0:
                     continue
                 if mean(lo, k, lo, k) >= SUCCESSION_SURE and mean(k, hi, k, hi) >= \
                         SUCCESSION_SURE and (best is None or across < best[0]):

@@ -589,8 +589,9 @@ def test_split_successions_takes_apart_one_neuron_followed_by_another():
     sessions all follow the first's (a neighbour took over at the neuron's place); left whole
     when the groups interleave in time (one neuron that the probability splits by noise),
     when the probability across is above the level (0.5), when the groups are not sure
-    inside (0.8: small units, whose matches the probability doubts), or when no pair
-    across is within max_session_gap (nothing known across)."""
+    inside (0.8: small units, whose matches the probability doubts), when one pair across
+    is a sure match (a long neuron with a few doubtful sessions), or when no pair across is
+    within max_session_gap (nothing known across)."""
     labels = np.zeros(6, int)
     pairs = within_cluster_pairs(labels)
     inside = {(0, 1), (0, 2), (1, 2), (3, 4), (3, 5), (4, 5)}
@@ -598,14 +599,17 @@ def test_split_successions_takes_apart_one_neuron_followed_by_another():
     link = np.ones(len(pairs), bool)
     for session, p_inside, p_across, gap, apart in (
             ([0, 1, 2, 3, 4, 5], 0.95, 0.1, 0, True),
+            ([0, 1, 2, 3, 4, 5], 0.95, 0.1, -1, False),
             ([0, 1, 2, 3, 4, 5], 0.95, 0.1, 1, True),
             ([0, 1, 2, 13, 14, 15], 0.95, 0.1, 10, False),
             ([0, 2, 4, 1, 3, 5], 0.95, 0.1, 0, False),
             ([0, 1, 2, 3, 4, 5], 0.95, 0.5, 0, False),
             ([0, 1, 2, 3, 4, 5], 0.8, 0.1, 0, False)):
-        p = pair_values(pairs, {k: p_inside for k in inside}, p_across)
+        sure_across = {(2, 3): 0.95} if gap < 0 else {}  # one sure pair across: one neuron
+        p = pair_values(pairs, {**{k: p_inside for k in inside}, **sure_across}, p_across)
         res = curate(labels, np.array(session), pairs, sim, link, threshold=1.0, probability=p,
-                     cut_probability=0.02, succession_probability=0.3, max_session_gap=gap)
+                     cut_probability=0.02, succession_probability=0.3,
+                     max_session_gap=max(gap, 0))
         np.testing.assert_array_equal(renumber(res.labels),
                                       [1, 1, 1, 2, 2, 2] if apart else [1] * 6)
         assert np.all(res.removed_reason == SUCCESSION)

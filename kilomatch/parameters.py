@@ -203,8 +203,9 @@ PARAMETERS: tuple[Param, ...] = (
           "Split a cluster where one neuron followed another at its place (clustering.method "
           "'similarity'): at a cut in time (units of the sessions up to one session against "
           "those after it) whose two sides hold two units or more, are each one neuron for "
-          "sure (mean match probability 0.9 or more) and whose mean match probability across "
-          "is below this (pairs within clustering.max_session_gap). 0 turns it off.",
+          "sure (mean match probability 0.9 or more), have no pair that sure across, and "
+          "whose mean match probability across is below this (pairs within "
+          "clustering.max_session_gap). 0 turns it off.",
           min=0, max=1),
     Param("autoCuration.keep_sorter_splits", "bool", True,
           "Keep both units of one session in a cluster when their spike trains show they are "

@@ -22,9 +22,9 @@ REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_
 CONFLICT, SPLIT, POSITION, AVERAGE, DISTANCE, SUCCESSION = 0, 1, 2, 3, 4, 5
 _BLOCK = 1 << 20  # rows of pairs filled at a time by within_cluster_pairs
 # The split at distance stands unless the mean match probability across it is above this:
-# the level of the sure matches the spread of distances is learned from
-# (kilomatch.position_noise). On NP2 data large units of one neuron lie 3-6 um apart, several
-# times their typical 0.5-1 um, with probability 0.99.
+# the level of the sure matches (kilomatch.position_noise.SURE_PROBABILITY). On NP2 data
+# large units of one neuron lie 3-6 um apart, several times their typical 0.5-1 um, with
+# probability 0.99.
 DISTANCE_SPLIT_PROBABILITY = 0.9
 # A group of units of a succession (split_successions) is one neuron when the mean match
 # probability of its pairs across sessions is at least this; it holds at least two units.
@@ -278,8 +278,8 @@ def split_successions(labels, pairs, probability, known, session, max_probabilit
     (the units of sessions up to t against those after t) where each side holds two units
     or more, each side is one neuron for sure (mean match probability of its pairs at least
     SUCCESSION_SURE), no pair across is that sure, and the mean probability across is below
-    ``max_probability``. Means are over the ``known`` pairs only; of the cuts that qualify, the one of lowest
-    probability across is made, and each side is tried again.
+    ``max_probability``. Means are over the ``known`` pairs only; of the cuts that qualify,
+    the one of lowest probability across is made, and each side is tried again.
 
     Why in time: on high-turnover studies a neuron stops being recorded and a neighbour of
     alike waveform starts at its place, which similarity and distance cannot tell from one
@@ -568,7 +568,8 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     if probability is not None and succession_probability > 0:
         near = np.asarray(linkable, bool)
         if max_session_gap > 0:  # the span the probability was fitted on (candidate pairs)
-            near = near & (np.abs(session[pairs[:, 0]] - session[pairs[:, 1]]) <= max_session_gap)
+            gap = np.abs(session[pairs[:, 0]] - session[pairs[:, 1]])
+            near = near & (gap <= max_session_gap)
         final, removed_n = split_successions(final, pairs, probability, near, session,
                                              succession_probability)
     final = dissolve_one_session(final, session)
@@ -593,7 +594,8 @@ def spread_of_clusters(labels, pairs, linkable, positions, amplitude) -> np.ndar
     wrong pairs hardly move the medians the spread is fitted to."""
     from .position_noise import distance_ratio, noise_of_pairs
     labels = np.asarray(labels)
-    held = np.asarray(linkable, bool) & (labels[pairs[:, 0]] == labels[pairs[:, 1]]) & (labels[pairs[:, 0]] >= 0)
+    held = np.asarray(linkable, bool) & (labels[pairs[:, 0]] == labels[pairs[:, 1]]) \
+        & (labels[pairs[:, 0]] >= 0)
     noise = noise_of_pairs(positions, amplitude, pairs[held])
     if noise is None:
         return None

@@ -8,21 +8,27 @@ similarity and whether it may link two units at all (different sessions, within 
 from __future__ import annotations
 
 import itertools
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
+log = logging.getLogger("kilomatch")
+
 REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_gap",
-           "split_average_probability", "split_at_distance")
-CONFLICT, SPLIT, POSITION, AVERAGE, DISTANCE = 0, 1, 2, 3, 4
+           "split_average_probability", "split_at_distance", "split_at_succession")
+CONFLICT, SPLIT, POSITION, AVERAGE, DISTANCE, SUCCESSION = 0, 1, 2, 3, 4, 5
 _BLOCK = 1 << 20  # rows of pairs filled at a time by within_cluster_pairs
 # The split at distance stands unless the mean match probability across it is above this:
-# the level of the sure matches the spread of distances is learned from
-# (kilomatch.position_noise). On NP2 data large units of one neuron lie 3-6 um apart, several
-# times their typical 0.5-1 um, with probability 0.99.
+# the level of the sure matches (kilomatch.position_noise.SURE_PROBABILITY). On NP2 data
+# large units of one neuron lie 3-6 um apart, several times their typical 0.5-1 um, with
+# probability 0.99.
 DISTANCE_SPLIT_PROBABILITY = 0.9
+# A group of units of a succession (split_successions) is one neuron when the mean match
+# probability of its pairs across sessions is at least this; it holds at least two units.
+SUCCESSION_SURE = 0.9
 
 
 def within_cluster_pairs(labels: np.ndarray) -> np.ndarray:
@@ -75,6 +81,9 @@ class CurationResult:
     removed_probability: np.ndarray | None = None
     # (R,) distance ratio of each removed pair (kilomatch.position_noise; None when not learned)
     removed_distance_ratio: np.ndarray | None = None
+    # (Q,) distance ratio of the within-cluster pairs that the split at distance used (its
+    # spread learned from the curated clusters, spread_of_clusters), or None
+    split_distance_ratio: np.ndarray | None = None
     cut_probability: float = float("nan")  # the level the cuts were confirmed at (NaN: none)
     # the refractory test of the same-session pairs of the clusters (sorter_splits), or None
     # when sorter splits were not looked for (autoCuration.keep_sorter_splits off)
@@ -264,6 +273,94 @@ def split_by_distance(labels, pairs, distance_ratio, max_ratio: float):
         np.unique(labels[pairs[far, 0]][labels[pairs[far, 0]] >= 0]))
 
 
+def split_successions(labels, pairs, probability, known, session, max_probability: float):
+    """Split each cluster where one neuron followed another at its place: at a cut in time
+    (the units of sessions up to t against those after t) where each side holds two units
+    or more, each side is one neuron for sure (mean match probability of its pairs at least
+    SUCCESSION_SURE), no pair across is that sure, and the mean probability across is below
+    ``max_probability``. Means are over the ``known`` pairs only; of the cuts that qualify,
+    the one of lowest probability across is made, and each side is tried again.
+
+    Why in time: on high-turnover studies a neuron stops being recorded and a neighbour of
+    alike waveform starts at its place, which similarity and distance cannot tell from one
+    neuron; the probability can (sure within each, unlikely across), but pairwise it also
+    gives small units' true matches low values: groups that the probability tells apart
+    but that interleave in time are left whole (on the suite this takes apart the wrong
+    clusters of j +2000 and m +2000 and nothing else; benchmarks/RESULTS.md "Precision on
+    high-turnover studies").
+
+    labels: (N,) clusters (-1 none); pairs: (Q, 2) every within-cluster pair; probability:
+    (Q,); known: (Q,) bool, the pairs whose probability counts (the caller's: pairs that
+    may link, within clustering.max_session_gap, where the probability was fitted);
+    session: (N,). Returns (labels, removed (R, 2) pairs across the cuts, sorted).
+    """
+    labels = np.array(labels, dtype=np.int64)
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    known = np.asarray(known, bool)
+    value = np.where(known, np.asarray(probability, np.float64), 0.0)
+    session = np.asarray(session)
+    next_label = labels.max() + 1 if labels.size else 0
+    removed = []
+    for units, rows in _cluster_members(labels, pairs, np.unique(labels[labels >= 0])):
+        if units.size < 4:
+            continue
+        order = np.argsort(session[units], kind="stable")
+        units = units[order]  # by session: every cut in time is a prefix
+        sess = session[units]
+
+        def block(matrix):  # 2-D prefix sums: the sum over any block of rows and columns
+            out = np.zeros((units.size + 1, units.size + 1))
+            out[1:, 1:] = matrix.cumsum(0).cumsum(1)
+            return lambda r0, r1, c0, c1: out[r1, c1] - out[r0, c1] - out[r1, c0] + out[r0, c0]
+
+        unit_rank = np.argsort(order)  # _cluster_similarity orders by unit id
+        p_sum = block(_cluster_similarity(np.sort(units), pairs[rows], value[rows])[
+            np.ix_(unit_rank, unit_rank)])
+        n_known = block(_cluster_similarity(np.sort(units), pairs[rows], known[rows].astype(
+            np.float64))[np.ix_(unit_rank, unit_rank)])
+        n_sure = block(_cluster_similarity(np.sort(units), pairs[rows], (
+            value[rows] >= SUCCESSION_SURE).astype(np.float64))[np.ix_(unit_rank, unit_rank)])
+
+        def mean(r0, r1, c0, c1):
+            n = n_known(r0, r1, c0, c1)
+            return p_sum(r0, r1, c0, c1) / n if n > 0 else np.nan
+
+        parts, queue = [], [(0, units.size)]
+        while queue:
+            lo, hi = queue.pop()
+            best = None
+            for k in np.flatnonzero(sess[lo + 1:hi] != sess[lo:hi - 1]) + lo + 1:
+                if k - lo < 2 or hi - k < 2:
+                    continue
+                across = mean(lo, k, k, hi)
+                # also NaN (nothing known across); one sure pair across is one neuron
+                if not across < max_probability or n_sure(lo, k, k, hi) > 0:
+                    continue
+                if mean(lo, k, lo, k) >= SUCCESSION_SURE and mean(k, hi, k, hi) >= \
+                        SUCCESSION_SURE and (best is None or across < best[0]):
+                    best = (across, k)
+            if best is None:
+                parts.append((lo, hi))
+            else:
+                queue += [(best[1], hi), (lo, best[1])]
+        if len(parts) == 1:
+            continue
+        parts.sort()
+        for lo, hi in parts[1:]:
+            labels[units[lo:hi]] = next_label
+            next_label += 1
+        side = np.empty(units.size, np.int64)
+        for k, (lo, hi) in enumerate(parts):
+            side[lo:hi] = k
+        i, j = np.nonzero(np.triu(side[:, None] != side[None, :], 1))
+        removed.append(np.column_stack([np.minimum(units[i], units[j]),
+                                        np.maximum(units[i], units[j])]))
+    if not removed:
+        return labels, np.empty((0, 2), np.int64)
+    removed = np.concatenate(removed)
+    return labels, removed[np.lexsort((removed[:, 1], removed[:, 0]))]
+
+
 def _split_average_linkage(labels, pairs, dissimilarity, limit: float,
                            clusters: np.ndarray | None = None):
     """Split each cluster of ``labels`` (N,) (or only the sorted ids ``clusters``) into the
@@ -410,17 +507,23 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
            position_gap_um: float = 7.0, probability: np.ndarray | None = None,
            cut_probability: float = 1.0, same_neuron: np.ndarray | None = None,
            distance_ratio: np.ndarray | None = None, max_distance_ratio: float = np.inf,
-           split_distance_ratio: float = np.inf) -> CurationResult:
+           split_distance_ratio: float = np.inf, unit_positions: np.ndarray | None = None,
+           amplitude: np.ndarray | None = None, succession_probability: float = 0.0,
+           max_session_gap: int = 0) -> CurationResult:
     """The curation steps, then dissolve single-unit clusters: same-session conflicts, the
     split at ``threshold`` (``auto_split``), and with ``positions`` (N, D) um the split at
     position gaps (:func:`split_by_position`). With ``probability`` and ``cut_probability``
     below 1, a cut of either split stands only where the mean match probability between its
     sides is at most ``cut_probability`` (:func:`rejoin_by_probability`); the pairs it keeps
     together are ``kept_pairs``; with ``distance_ratio`` (Q,), a cut whose sides' mean ratio
-    is above ``max_distance_ratio`` stands whatever its probability, and last each cluster
-    is split where its groups' mean ratio is above ``split_distance_ratio``
-    (:func:`split_by_distance`) unless the mean probability across is above
-    DISTANCE_SPLIT_PROBABILITY. Units of one session
+    is above ``max_distance_ratio`` stands whatever its probability. Last, with
+    ``unit_positions`` (N, D) um and ``amplitude`` (N,) uV, each cluster is split where its
+    groups lie on average more than ``split_distance_ratio`` spreads apart
+    (:func:`split_by_distance`), the spread learned from the pairs the curated clusters hold
+    (:func:`spread_of_clusters`), unless the mean probability across is above
+    DISTANCE_SPLIT_PROBABILITY. With ``succession_probability`` above 0, clusters where one
+    neuron followed another are split (:func:`split_successions`, on the linkable pairs at
+    most ``max_session_gap`` sessions apart, 0: any). Units of one session
     joined by ``same_neuron`` (K, 2) (sorter splits) are one neuron for the conflict step
     (:func:`resolve_conflicts`).
 
@@ -429,6 +532,7 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     probability: (Q,) match probability of the pairs, or None.
     """
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    session = np.asarray(session)
     after_conflicts, removed_c = resolve_conflicts(labels, session, pairs, similarity,
                                                    same_neuron)
     after_conflicts = dissolve_singletons(after_conflicts)
@@ -450,19 +554,54 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
         kept = np.vstack([kept_s, kept_p])
         kept = kept[np.lexsort((kept[:, 1], kept[:, 0]))]
     removed_d = np.empty((0, 2), np.int64)
-    if distance_ratio is not None and np.isfinite(split_distance_ratio):
-        split, removed_d = split_by_distance(final, pairs, distance_ratio, split_distance_ratio)
-        if probability is not None:
-            # a split at distance stands unless the probability is sure its sides are one
-            split, removed_d = rejoin_by_probability(final, split, pairs, probability,
-                                                     DISTANCE_SPLIT_PROBABILITY)
+    split_ratio = None
+    if probability is not None and unit_positions is not None and amplitude is not None \
+            and np.isfinite(split_distance_ratio):
+        split_ratio = spread_of_clusters(final, pairs, linkable, unit_positions, amplitude)
+    if split_ratio is not None:
+        split, removed_d = split_by_distance(final, pairs, split_ratio, split_distance_ratio)
+        # a split at distance stands unless the probability is sure its sides are one
+        split, removed_d = rejoin_by_probability(final, split, pairs, probability,
+                                                 DISTANCE_SPLIT_PROBABILITY)
         final = split
+    removed_n = np.empty((0, 2), np.int64)
+    if probability is not None and succession_probability > 0:
+        near = np.asarray(linkable, bool)
+        if max_session_gap > 0:  # the span the probability was fitted on (candidate pairs)
+            gap = np.abs(session[pairs[:, 0]] - session[pairs[:, 1]])
+            near = near & (gap <= max_session_gap)
+        final, removed_n = split_successions(final, pairs, probability, near, session,
+                                             succession_probability)
     final = dissolve_one_session(final, session)
-    removed = np.vstack([removed_c, removed_s, removed_p, removed_d])
+    removed = np.vstack([removed_c, removed_s, removed_p, removed_d, removed_n])
     reason = np.concatenate([np.full(len(removed_c), CONFLICT), np.full(len(removed_s), SPLIT),
-                             np.full(len(removed_p), POSITION), np.full(len(removed_d), DISTANCE)])
+                             np.full(len(removed_p), POSITION), np.full(len(removed_d), DISTANCE),
+                             np.full(len(removed_n), SUCCESSION)])
     return CurationResult(final, after_conflicts, removed, reason.astype(np.int8),
-                          float(threshold), kept_pairs=kept)
+                          float(threshold), kept_pairs=kept, split_distance_ratio=split_ratio)
+
+
+def spread_of_clusters(labels, pairs, linkable, positions, amplitude) -> np.ndarray | None:
+    """(Q,) distance ratio of every pair (Q, 2), with the spread of one neuron's units
+    (:mod:`kilomatch.position_noise`) learned from the linkable pairs (``linkable`` (Q,)) that
+    the clusters ``labels`` (N,) hold; positions (N, D) um, amplitude (N,) uV. None when too
+    few pairs to learn it.
+
+    Why the clusters and not the probability's sure pairs: the distance is part of the
+    probability's evidence, so its sure pairs are the closest matches, and a spread learned
+    from them is too tight where the motion left more error (at 200 sessions it cut 36,000 of
+    49,000 true pairs). The curated clusters hold matches of every distance, and their few
+    wrong pairs hardly move the medians the spread is fitted to."""
+    from .position_noise import distance_ratio, noise_of_pairs
+    labels = np.asarray(labels)
+    held = np.asarray(linkable, bool) & (labels[pairs[:, 0]] == labels[pairs[:, 1]]) \
+        & (labels[pairs[:, 0]] >= 0)
+    noise = noise_of_pairs(positions, amplitude, pairs[held])
+    if noise is None:
+        return None
+    log.info("position noise of the curated clusters' pairs: %.1f um floor, %.1f um at 50 uV",
+             np.sqrt(noise.floor_um2), float(noise.spread(np.array([50.0]), np.array([50.0]))[0]))
+    return distance_ratio(positions, amplitude, pairs, noise)
 
 
 def _split_rows(rows: np.ndarray, among: np.ndarray):

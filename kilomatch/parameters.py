@@ -192,14 +192,21 @@ PARAMETERS: tuple[Param, ...] = (
           "the typical distance between two units of one neuron at their amplitudes (learned "
           "from each dataset's sure matches, README \"Match probability\"). 0 turns it off.",
           min=0),
-    Param("autoCuration.split_distance_ratio", "float", 0.0,
+    Param("autoCuration.split_distance_ratio", "float", 5.0,
           "Last step of the curation (clustering.method 'similarity'): split each cluster "
           "where its groups of units are on average farther apart than this many times the "
-          "typical distance between two units of one neuron at their amplitudes (as for "
-          "cut_distance_ratio), unless their match probability across is above 0.9. 0 (the "
-          "default) turns it off: at 5 it raised precision on high-turnover studies but cut "
-          "36,000 true pairs of 49,000 at 10^5 units (benchmarks/RESULTS.md).",
+          "typical distance between two units of one neuron at their amplitudes, learned from "
+          "the pairs the curated clusters hold, unless their match probability across is "
+          "above 0.9. 0 turns it off.",
           min=0),
+    Param("autoCuration.succession_probability", "float", 0.3,
+          "Split a cluster where one neuron followed another at its place (clustering.method "
+          "'similarity'): at a cut in time (units of the sessions up to one session against "
+          "those after it) whose two sides hold two units or more, are each one neuron for "
+          "sure (mean match probability 0.9 or more), have no pair that sure across, and "
+          "whose mean match probability across is below this (pairs within "
+          "clustering.max_session_gap). 0 turns it off.",
+          min=0, max=1),
     Param("autoCuration.keep_sorter_splits", "bool", True,
           "Keep both units of one session in a cluster when their spike trains show they are "
           "one neuron that the sorter split in two (almost no spikes of one within the "

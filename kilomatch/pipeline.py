@@ -381,13 +381,15 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         if cut < 1:  # a cut between parts as probable as known non-matches is not vetoed
             cut = max(cut, fitted[0].model.non_match_level(NON_MATCH_QUANTILE))
     splits = find_sorter_splits(labels, units, data, s)
+    xy = np.column_stack([units.locations[:, 0], final.corrected_depth])
     ratio = None if fitted is None else position_noise.learned_distance_ratio(
-        np.column_stack([units.locations[:, 0], final.corrected_depth]), units.amplitude,
-        final.pairs, fitted[0].candidate_probability, q_pairs)
+        xy, units.amplitude, final.pairs, fitted[0].candidate_probability, q_pairs)
     cur = curation.curate(labels, units.session0, q_pairs, q_sim, q_link, threshold,
                           ac.auto_split, positions, ac.position_gap_um, q_p, cut,
                           None if splits is None else splits.split_pairs(), ratio,
-                          ac.cut_distance_ratio or np.inf, ac.split_distance_ratio or np.inf)
+                          ac.cut_distance_ratio or np.inf, ac.split_distance_ratio or np.inf,
+                          xy, units.amplitude, ac.succession_probability,
+                          s.clustering.max_session_gap)
     cur.splits = splits
     cur.cut_probability = cut if q_p is not None else float("nan")
     if fitted is not None:  # the probability is reported; the similarity made the clusters
@@ -400,9 +402,14 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
             len(labels), kept, linking.pair_lookup(q_pairs, q_p, kept, len(labels))[1])
         cur.removed_probability = linking.pair_lookup(q_pairs, q_p, cur.removed_pairs,
                                                       len(labels))[1]
-    if ratio is not None:
-        cur.removed_distance_ratio = linking.pair_lookup(q_pairs, ratio, cur.removed_pairs,
-                                                         len(labels))[1]
+    if ratio is not None or cur.split_distance_ratio is not None:
+        # the split at distance's own removals carry the ratio it used
+        cur.removed_distance_ratio = np.full(len(cur.removed_pairs), np.nan)
+        for rows, r in ((cur.removed_reason != curation.DISTANCE, ratio),
+                        (cur.removed_reason == curation.DISTANCE, cur.split_distance_ratio)):
+            if r is not None:
+                cur.removed_distance_ratio[rows] = linking.pair_lookup(
+                    q_pairs, r, cur.removed_pairs[rows], len(labels))[1]
     note("curation")
     idx = renumber(cur.labels, start=1)
     return Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))

@@ -84,13 +84,20 @@ def distance_ratio(positions: np.ndarray, amplitude: np.ndarray, pairs: np.ndarr
     return distance / noise.spread(amplitude[a], amplitude[b])
 
 
+def noise_of_pairs(positions: np.ndarray, amplitude: np.ndarray, pairs: np.ndarray
+                   ) -> PositionNoise | None:
+    """PositionNoise from pairs (P, 2) taken to be one neuron each; positions (N, D) um,
+    amplitude (N,) uV (fit_position_noise)."""
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    distance = np.linalg.norm(positions[pairs[:, 0]] - positions[pairs[:, 1]], axis=1)
+    return fit_position_noise(distance, amplitude[pairs[:, 0]], amplitude[pairs[:, 1]])
+
+
 def learn_position_noise(positions: np.ndarray, amplitude: np.ndarray, pairs: np.ndarray,
                          probability: np.ndarray) -> PositionNoise | None:
     """PositionNoise from the candidate pairs (P, 2) whose match probability (P,) is at least
     SURE_PROBABILITY; positions (N, D) um, amplitude (N,) uV."""
-    sure = pairs[np.asarray(probability) >= SURE_PROBABILITY]
-    distance = np.linalg.norm(positions[sure[:, 0]] - positions[sure[:, 1]], axis=1)
-    return fit_position_noise(distance, amplitude[sure[:, 0]], amplitude[sure[:, 1]])
+    return noise_of_pairs(positions, amplitude, pairs[np.asarray(probability) >= SURE_PROBABILITY])
 
 
 def learned_distance_ratio(positions: np.ndarray, amplitude: np.ndarray, candidates: np.ndarray,

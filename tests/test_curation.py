@@ -14,6 +14,7 @@ from kilomatch.curation import (
     POSITION,
     REASONS,
     SPLIT,
+    SUCCESSION,
     curate,
     dissolve_singletons,
     equal_prior_threshold,
@@ -302,29 +303,51 @@ def test_a_cut_farther_apart_than_position_noise_stands_whatever_its_probability
         assert (len(res.kept_pairs) == 0) == apart
 
 
+def _study_of_clusters(rng, n_neurons=40, n_sessions=6, jitter_um=2.0):
+    """Clusters of one neuron each, its units (one per session) scattered by ``jitter_um``
+    around its place: (labels, session, positions (N, 2) um, amplitude (N,) uV)."""
+    neuron = np.repeat(np.arange(n_neurons), n_sessions)
+    session = np.tile(np.arange(n_sessions), n_neurons)
+    place = np.column_stack([rng.uniform(-20, 40, n_neurons), 100.0 * np.arange(n_neurons)])
+    positions = place[neuron] + rng.normal(0, jitter_um, (neuron.size, 2))
+    amplitude = rng.uniform(40, 300, n_neurons)[neuron]
+    return neuron.copy(), session, positions, amplitude
+
+
 def test_split_by_distance_takes_apart_groups_farther_than_the_limit():
-    """One cluster of two neurons recorded in turn, the similarity above threshold
-    throughout: the last step splits it where the mean distance ratio between its groups
-    is above split_distance_ratio (reason split_at_distance) and the probability across is
-    not sure of a match (0.6); a cluster whose units scatter within the limit, or whose
-    sides the probability is sure are one neuron (0.95: large units of a precise probe lie
-    several spreads apart), stays whole."""
-    labels = np.zeros(6, int)
-    session = np.arange(6)
+    """The last step splits a cluster where its groups lie more spreads apart than
+    split_distance_ratio (reason split_at_distance), the spread learned from the pairs the
+    curated clusters hold: a cluster of two neurons recorded in turn 30 um apart (units of
+    one neuron scatter ~3 um) is split unless the probability across is sure of a match
+    (0.95: large units of a precise probe lie several spreads apart); the clusters of one
+    neuron stay whole even where a tighter spread (the probability's sure pairs', passed as
+    distance_ratio) puts their units many spreads apart."""
+    labels, session, positions, amplitude = _study_of_clusters(np.random.default_rng(3))
+    last = labels == labels.max()
+    positions[last & (session >= 3), 1] += 30.0  # a second neuron takes over
     pairs = within_cluster_pairs(labels)
-    inside = {(0, 1), (0, 2), (1, 2), (3, 4), (3, 5), (4, 5)}
     sim = np.full(len(pairs), 3.0)
     link = np.ones(len(pairs), bool)
-    for across, p_across, apart in ((7.0, 0.6, True), (3.0, 0.6, False), (7.0, 0.95, False)):
-        ratio = pair_values(pairs, {k: 1.5 for k in inside}, across)
-        p = pair_values(pairs, {k: 0.95 for k in inside}, p_across)
+    both = last[pairs[:, 0]] & last[pairs[:, 1]]
+    across = both & ((session[pairs[:, 0]] >= 3) != (session[pairs[:, 1]] >= 3))
+    tight = np.full(len(pairs), 7.0)  # every pair 7 "spreads" apart by a too tight spread
+    for p_across, apart in ((0.6, True), (0.95, False)):
+        p = np.where(across, p_across, 0.8)  # probable matches, not sure ones
         res = curate(labels, session, pairs, sim, link, threshold=1.0, probability=p,
-                     cut_probability=0.02, distance_ratio=ratio, split_distance_ratio=5.0)
-        np.testing.assert_array_equal(renumber(res.labels),
-                                      [1, 1, 1, 2, 2, 2] if apart else [1] * 6)
+                     cut_probability=0.02, distance_ratio=tight, split_distance_ratio=5.0,
+                     unit_positions=positions, amplitude=amplitude)
+        expected = labels.copy()
+        if apart:
+            expected[last & (session >= 3)] = labels.max() + 1
+        np.testing.assert_array_equal(renumber(res.labels), renumber(expected))
         assert REASONS[DISTANCE] == "split_at_distance"
         assert np.all(res.removed_reason == DISTANCE)
         assert len(res.removed_pairs) == (9 if apart else 0)
+        assert res.split_distance_ratio.shape == (len(pairs),)
+    # without positions (or without the probability) there is no split at distance
+    res = curate(labels, session, pairs, sim, link, threshold=1.0, probability=p,
+                 cut_probability=0.02, distance_ratio=tight, split_distance_ratio=5.0)
+    assert len(res.removed_pairs) == 0 and res.split_distance_ratio is None
 
 
 # ---------------------------------------------------------------- against the reference
@@ -558,3 +581,42 @@ def test_equal_prior_threshold_is_halfway_between_class_means():
     matched = np.array([True, True, False, False, False])
     assert equal_prior_threshold(sim, matched) == pytest.approx(0.5 * (2.5 + 0.5))
     assert equal_prior_threshold(sim, np.zeros(5, bool)) == np.inf
+
+
+def test_split_successions_takes_apart_one_neuron_followed_by_another():
+    """A cluster of six units, {0, 1, 2} and {3, 4, 5} each sure to be one neuron (0.95),
+    unlikely one across (0.1): split (reason split_at_succession) when the second group's
+    sessions all follow the first's (a neighbour took over at the neuron's place); left whole
+    when the groups interleave in time (one neuron that the probability splits by noise),
+    when the probability across is above the level (0.5), when the groups are not sure
+    inside (0.8: small units, whose matches the probability doubts), when one pair across
+    is a sure match (a long neuron with a few doubtful sessions), or when no pair across is
+    within max_session_gap (nothing known across)."""
+    labels = np.zeros(6, int)
+    pairs = within_cluster_pairs(labels)
+    inside = {(0, 1), (0, 2), (1, 2), (3, 4), (3, 5), (4, 5)}
+    sim = np.full(len(pairs), 3.0)
+    link = np.ones(len(pairs), bool)
+    for session, p_inside, p_across, gap, apart in (
+            ([0, 1, 2, 3, 4, 5], 0.95, 0.1, 0, True),
+            ([0, 1, 2, 3, 4, 5], 0.95, 0.1, -1, False),
+            ([0, 1, 2, 3, 4, 5], 0.95, 0.1, 1, True),
+            ([0, 1, 2, 13, 14, 15], 0.95, 0.1, 10, False),
+            ([0, 2, 4, 1, 3, 5], 0.95, 0.1, 0, False),
+            ([0, 1, 2, 3, 4, 5], 0.95, 0.5, 0, False),
+            ([0, 1, 2, 3, 4, 5], 0.8, 0.1, 0, False)):
+        sure_across = {(2, 3): 0.95} if gap < 0 else {}  # one sure pair across: one neuron
+        p = pair_values(pairs, {**{k: p_inside for k in inside}, **sure_across}, p_across)
+        res = curate(labels, np.array(session), pairs, sim, link, threshold=1.0, probability=p,
+                     cut_probability=0.02, succession_probability=0.3,
+                     max_session_gap=max(gap, 0))
+        np.testing.assert_array_equal(renumber(res.labels),
+                                      [1, 1, 1, 2, 2, 2] if apart else [1] * 6)
+        assert np.all(res.removed_reason == SUCCESSION)
+        assert len(res.removed_pairs) == (9 if apart else 0)
+        assert REASONS[SUCCESSION] == "split_at_succession"
+    # off at 0
+    res = curate(labels, np.arange(6), pairs, sim, link, threshold=1.0,
+                 probability=pair_values(pairs, {k: 0.95 for k in inside}, 0.1),
+                 cut_probability=0.02, succession_probability=0.0)
+    assert len(res.removed_pairs) == 0

@@ -149,7 +149,10 @@ def assemble(result: Result) -> RunArrays:
     curated = [p.result.curated for p in parts]
     members = [p.units for p in parts]
     linear = result.settings.waveformCorrection.linear_correction
-    pairs = np.vstack([p.units[p.result.final.pairs] for p in parts]).reshape(-1, 2)
+    if len(parts) == 1 and np.array_equal(parts[0].units, np.arange(n)):
+        pairs = parts[0].result.final.pairs  # unit ids are already global: no copy
+    else:
+        pairs = np.vstack([p.units[p.result.final.pairs] for p in parts]).reshape(-1, 2)
     # Clusters before curation: those of the probability where it made them.
     made = [k.links is not None and k.links.made_clusters for k in curated]
     before = combine_labels([k.links.labels if m else c.labels
@@ -176,10 +179,11 @@ def assemble(result: Result) -> RunArrays:
         motion_linear=_stack_shanks([np.column_stack([m.slope, m.offset]) for m in motions])
         if linear else None,
         pairs=pairs,
-        pair_similarities=np.vstack([p.result.final.pair_similarities for p in parts]),
-        similarity=np.concatenate([c.similarity for c in clusterings]),
-        good_match=np.concatenate([c.good for c in clusterings]),
-        pair_shank=np.concatenate([np.full(len(p.result.final.pairs), p.shank) for p in parts]),
+        pair_similarities=_joined([p.result.final.pair_similarities for p in parts]),
+        similarity=_joined([c.similarity for c in clusterings]),
+        good_match=_joined([c.good for c in clusterings]),
+        pair_shank=_joined([np.broadcast_to(np.int64(p.shank), len(p.result.final.pairs))
+                            for p in parts]),
         same_cluster_clustering=same_cluster(before, pairs),
         same_cluster_final=same_cluster(result.idx_cluster, pairs),
         idx_cluster_clustering=before,
@@ -211,6 +215,12 @@ def assemble(result: Result) -> RunArrays:
         rounds=[[_round_arrays(r, m, p.units) for r, m in p.result.rounds
                  if r.pairs is not None] for p in parts],
     )
+
+
+def _joined(arrays: list) -> np.ndarray:
+    """The shanks' arrays one after another; for one shank the array itself, not a copy
+    (a run of 10^5 units on one shank has 28 M candidate pairs)."""
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 def _splits(parts: list) -> SplitEvidence:

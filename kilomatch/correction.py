@@ -108,5 +108,5 @@ def correct_local(local: LocalWaveforms, channel_locations: np.ndarray, shift_um
 
     # windows in threads (each writes its own units); small studies in this thread
     parallel.for_each_in_threads(correct, [m for m in np.split(order, bounds) if m.size],
-                                 None if local.n_units >= parallel.MIN_UNITS_PARALLEL else 1)
+                                 None if local.n_units >= parallel.MIN_UNITS_THREADED else 1)
     return LocalWaveforms(out, local.channels, local.n_channels, local.windows)

@@ -14,8 +14,13 @@ import numpy as np
 from joblib import Parallel, delayed
 from tqdm.auto import tqdm
 
-# Below this many units, starting worker processes costs more than it saves.
-MIN_UNITS_PARALLEL = 2000
+# Below this many units, starting worker processes costs more than it saves. Features alone,
+# fresh process, idle 2-core machine (benchmarks/RESULTS.md, "Session 7"): 2,012 units 2.0-3.3 s
+# in workers against 0.8 s here; 10,285 units 6.5 s against 5.3-6.3 s; 29,304 units 12.4-13.8 s
+# against 14.0-16.9 s.
+MIN_UNITS_PARALLEL = 10_000
+# Below this many units, threads (no start-up cost to speak of) do not pay either.
+MIN_UNITS_THREADED = 2000
 
 # Most worker processes one study may use, set by a batch that runs several studies at once on
 # one machine (None: no limit). Per thread, so studies in threads of one process keep theirs.

@@ -17,6 +17,7 @@ import numpy as np
 
 from .checks import as_integers, as_vector, check_finite, collect, name_items
 from .errors import KilomatchError
+from .features import peak_to_trough
 from .formats.folder import (CHANNEL_LOCATIONS, CHANNEL_SHANKS, PETH, REQUIRED, SESSION_INDEX,
                              SPIKE_TIMES, UNIT_FILE, WAVEFORMS, unit_file)
 
@@ -136,27 +137,23 @@ def iter_rows(arr: np.ndarray, block: int = 2048):
         yield start, np.asarray(arr[start:start + block], dtype=np.float32)
 
 
-def scan_block(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Which rows of a block of waveforms (n, C, T) are all finite, and which are flat (every
-    channel constant in time): ((n,) bool, (n,) bool). NaN rows are not finite, not flat."""
-    return judge_rows(block.max(axis=2) - block.min(axis=2))
-
-
 def judge_rows(ptt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """scan_block from the rows' peak-to-trough per channel (n, C) (max - min over time): a
-    NaN or Inf sample makes its channel's NaN or Inf (max and min carry NaN), so the reader
-    of the features, which computes it anyway, checks the waveforms at no extra cost."""
+    """Which units are all finite, and which are flat (every channel constant in time), from
+    their peak-to-trough per channel (n, C) (features.peak_to_trough: max - min over time):
+    ((n,) bool, (n,) bool). A NaN or Inf sample makes its channel's NaN or Inf (max and min
+    carry NaN), so the reader of the features, which computes it anyway, checks the
+    waveforms at no extra cost; NaN units are not flat."""
     return np.isfinite(ptt).all(axis=1), ptt.max(axis=1, initial=0) == 0
 
 
 def scan_waveforms(arr: np.ndarray, chunk_rows: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """scan_block over a possibly memory-mapped (N, C, T) array, in one read of it:
+    """judge_rows over a possibly memory-mapped (N, C, T) array, in one read of it:
     ((N,) bool finite, (N,) bool flat)."""
     finite = np.empty(arr.shape[0], dtype=bool)
     flat = np.empty(arr.shape[0], dtype=bool)
     for start, block in iter_rows(arr, chunk_rows):
         rows = slice(start, start + block.shape[0])
-        finite[rows], flat[rows] = scan_block(block)
+        finite[rows], flat[rows] = judge_rows(peak_to_trough(block))
     return finite, flat
 
 

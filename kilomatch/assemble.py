@@ -114,9 +114,23 @@ class RunArrays:
     @property
     def waveforms(self) -> np.ndarray:
         """(N, n, T) float32 uV: each unit's waveform on ``waveform_channels``, gathered when
-        read so that this copy exists only while it is written (about 1 GB at 10^5 units)."""
-        return self.unit_waveforms.on(np.arange(self.unit_waveforms.n_units),
-                                      self.waveform_channels)
+        read so that this copy exists only while it is written (about 1 GB at 10^5 units),
+        or the units' own values when a run already kept them on those channels only."""
+        return _on_channels(self.unit_waveforms, self.waveform_channels)
+
+
+def _on_channels(waveforms: LocalWaveforms, channels: np.ndarray) -> np.ndarray:
+    """Every unit's waveform on its channels (N, n): (N, n, T), without a copy when the
+    windows are those channels (LocalWaveforms.narrowed)."""
+    if np.array_equal(waveforms.channels, channels):
+        return waveforms.values
+    return waveforms.on(np.arange(waveforms.n_units), channels)
+
+
+def output_channels(peak_channel: np.ndarray, channel_locations: np.ndarray,
+                    n_nearest: int) -> np.ndarray:
+    """The channels ``waveforms.npy`` holds: the n_nearest nearest each unit's peak, (N, n)."""
+    return nearest_channels(channel_locations, peak_channel, n_nearest)
 
 
 def _stack_shanks(values: list) -> np.ndarray:
@@ -133,16 +147,22 @@ def assemble(result: Result) -> RunArrays:
     locs = data.channel_locations
 
     # Per-unit values that each shank computed on its own units, put back in unit order.
-    ch_raw = nearest_channels(locs, units.peak_channel, n_near)
-    ch_corr = np.zeros((n, min(n_near, len(locs))), np.int64)
-    wf_corr = np.zeros((n, ch_corr.shape[1], units.waveforms.shape[2]), np.float32)
+    ch_raw = output_channels(units.peak_channel, locs, n_near)
     depth = np.zeros(n)
-    for part in parts:
-        final = part.result.final
-        ch = final.channels_corrected[0]
-        ch_corr[part.units] = ch
-        wf_corr[part.units] = final.waveforms_corrected[0].on(np.arange(len(ch)), ch)
-        depth[part.units] = final.corrected_depth
+    if len(parts) == 1 and np.array_equal(parts[0].units, np.arange(n)):
+        final = parts[0].result.final  # one part in unit order: no copy when kept narrowed
+        ch_corr = final.channels_corrected[0]
+        wf_corr = _on_channels(final.waveforms_corrected[0], ch_corr)
+        depth[:] = final.corrected_depth
+    else:
+        ch_corr = np.zeros((n, min(n_near, len(locs))), np.int64)
+        wf_corr = np.zeros((n, ch_corr.shape[1], units.waveforms.shape[2]), np.float32)
+        for part in parts:
+            final = part.result.final
+            ch = final.channels_corrected[0]
+            ch_corr[part.units] = ch
+            wf_corr[part.units] = _on_channels(final.waveforms_corrected[0], ch)
+            depth[part.units] = final.corrected_depth
 
     clusterings = [p.result.final.clustering for p in parts]
     motions = [p.result.motion for p in parts]

@@ -123,6 +123,14 @@ class LocalWaveforms:
         return LocalWaveforms(self.values[members], self.channels[members], self.n_channels,
                               windows)
 
+    def narrowed(self, channels: np.ndarray) -> "LocalWaveforms":
+        """The units on ``channels`` (N, n) only (each unit its own row): (N, n, T) values that
+        read on those channels exactly as this copy does (0 where a channel is outside the
+        window). A run keeps this for its outputs once no comparison needs the whole window."""
+        channels = np.asarray(channels, dtype=np.int64)
+        return LocalWaveforms(self.on(np.arange(self.n_units), channels), channels,
+                              self.n_channels)
+
     def full(self) -> np.ndarray:
         """(N, C, T) float32 with zeros outside the windows (for small data and tests)."""
         out = np.zeros(self.shape, dtype=np.float32)

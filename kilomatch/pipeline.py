@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from . import (channel_windows, correction, curation, export, features, fingerprint, linking,
                motion_initial, position_noise, sorter_splits)
-from .assemble import assemble
+from .assemble import assemble, output_channels
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
 from .logs import RunLog, setup_logging
@@ -335,8 +335,16 @@ def warn_if_window_too_small(motion: Motion, channel_locations: np.ndarray,
 
 
 def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_names: list,
-          given: np.ndarray | None = None, kinv=None, stages: "Stages | None" = None) -> Result:
-    """Motion, final clustering and curation of one set of units (a probe or one shank)."""
+          given: np.ndarray | None = None, kinv=None, stages: "Stages | None" = None,
+          narrow: bool = False) -> Result:
+    """Motion, final clustering and curation of one set of units (a probe or one shank).
+
+    narrow: keep only what the outputs need of the channel-window waveforms (2 x 2.6 GB at
+    10^5 units) once nothing compares them: ``units.waveforms`` on the channels of
+    ``waveforms.npy`` after the final correction, and the final corrected copy on the
+    channels of ``waveforms_corrected.npy`` at the end (the first reference probe). The
+    pipeline's own runs do; ``units`` is changed in place, so a caller that reuses it
+    leaves it False."""
     note = stages.done if stages is not None else (lambda name: None)
     if given is not None:
         log.info("motion read from %s: estimation skipped", s.waveformCorrection.path_to_motion)
@@ -354,6 +362,9 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     if final.waveforms_corrected is None:  # outputs always carry corrected waveforms
         final.waveforms_corrected, final.channels_corrected = corrected_waveforms(
             units, data.channel_locations, motion, s.waveformCorrection, kinv)
+    if narrow:  # every later comparison reads the corrected copy
+        units.waveforms = units.waveforms.narrowed(output_channels(
+            units.peak_channel, data.channel_locations, s.waveformCorrection.n_nearest_channels))
     note("final clustering")
     fitted = None
     if needs_probability(s):
@@ -362,6 +373,8 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     if s.clustering.method == "probability" and fitted is not None:
         cur = link_by_probability(units, final, s, *fitted, data=data)
         note("curation")
+        if narrow:
+            _narrow_corrected(final)
         idx = renumber(cur.labels, start=1)
         return Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))
     labels = final.clustering.labels
@@ -411,8 +424,18 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                 cur.removed_distance_ratio[rows] = linking.pair_lookup(
                     q_pairs, r, cur.removed_pairs[rows], len(labels))[1]
     note("curation")
+    if narrow:
+        _narrow_corrected(final)
     idx = renumber(cur.labels, start=1)
     return Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))
+
+
+def _narrow_corrected(final: RoundResult) -> None:
+    """The final corrected waveforms on the channels written out only (first reference
+    probe): nothing compares them after the curation."""
+    channels = final.channels_corrected[:1]
+    final.waveforms_corrected = [final.waveforms_corrected[0].narrowed(channels[0])]
+    final.channels_corrected = channels
 
 
 def find_sorter_splits(labels: np.ndarray, units: UnitFeatures, data: Dataset, s: Settings):
@@ -603,15 +626,18 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
         return None if given is None else given[:, probe_shanks.index(shank)]
 
     if shanks.size == 1:
-        result = track(data, units, s, rounds, final_names, given_for(shanks[0]), kinv, stages)
+        result = track(data, units, s, rounds, final_names, given_for(shanks[0]), kinv, stages,
+                       narrow=True)
     else:
         parts = []
         for shank in shanks:
             members = np.flatnonzero(units.shank == shank)
             log.info("shank %d: %d units, tracked on their own", shank, members.size)
             part = track(subset_dataset(data, members), subset_units(units, members), s, rounds,
-                         final_names, given_for(shank), kinv)
+                         final_names, given_for(shank), kinv, narrow=True)
             parts.append(ShankPart(int(shank), members, part))
+        units.waveforms = units.waveforms.narrowed(output_channels(
+            units.peak_channel, data.channel_locations, s.waveformCorrection.n_nearest_channels))
         result = merge_shanks(s, data, units, parts)
         stages.done("tracking every shank")
     result.run_time_s = time.perf_counter() - t0

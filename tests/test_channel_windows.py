@@ -539,3 +539,23 @@ def test_waveform_similarity_on_windows_equals_full_arrays():
     assert np.abs(differs - expect).max() > 0.1
     np.testing.assert_allclose(differs, waveform_similarity(small.full(), ch, pairs),
                                rtol=1e-6, atol=1e-6)
+
+
+def test_narrowed_reads_its_channels_exactly_as_the_window_does():
+    """narrowed(channels) keeps (N, n, T) values that read on those channels as the whole
+    window does, 0 where a channel is outside the unit's window (a run keeps this for the
+    written waveforms once nothing compares them)."""
+    rng = np.random.default_rng(7)
+    lw = random_local(rng)
+    own = np.take_along_axis(lw.channels, rng.integers(0, 12, (lw.n_units, 4)), axis=1)
+    channels = np.concatenate([own, rng.integers(0, 50, (lw.n_units, 3))], axis=1)
+    narrow = lw.narrowed(channels)
+    assert narrow.values.shape == (lw.n_units, 7, 5) and narrow.n_channels == lw.n_channels
+    np.testing.assert_array_equal(narrow.channels, channels)
+    units = np.arange(lw.n_units)
+    expect = lw.on(units, channels)
+    assert (expect == 0).any() and (expect != 0).any()
+    np.testing.assert_array_equal(narrow.on(units, channels), expect)
+    kept = np.zeros((lw.n_units, 50), dtype=bool)
+    kept[units[:, None], channels] = True
+    np.testing.assert_array_equal(narrow.full(), np.where(kept[:, :, None], lw.full(), 0))

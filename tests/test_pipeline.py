@@ -480,3 +480,30 @@ def test_locating_units_with_their_nearest_channels_given():
     near = features.nearest_channels(locs, peak, 12)
     np.testing.assert_array_equal(features.locate_units(ptt, locs, peak, 12, channels=near),
                                   features.locate_units(ptt, locs, peak, 12))
+
+
+def test_narrow_track_keeps_the_outputs_and_leaves_a_callers_units_alone(sim_folder, tmp_path):
+    """track(narrow=True), as the pipeline runs it, keeps the waveforms on the written
+    channels only once nothing compares them, and every written array is the same as with
+    the whole windows kept; track's default leaves the caller's units untouched."""
+    from kilomatch import pipeline
+    from kilomatch.assemble import assemble
+    s = kilomatch.settings.load(_settings(sim_folder, tmp_path / "out"))
+    data = pipeline.load_dataset(s.path_to_data)
+    rounds, final_names = pipeline.feature_rounds(s, data.peth is not None)
+    arrays = []
+    for narrow in (False, True):
+        units = pipeline.unit_features(data, s)
+        window = units.waveforms
+        result = pipeline.track(data, units, s, rounds, final_names, narrow=narrow)
+        n_near = s.waveformCorrection.n_nearest_channels
+        if narrow:
+            assert units.waveforms.values.shape[1] == n_near < window.values.shape[1]
+            assert result.final.waveforms_corrected[0].values.shape[1] == n_near
+        else:
+            assert units.waveforms is window and window.values.shape[1] > n_near
+        a = assemble(result)
+        arrays.append((a.waveforms.copy(), a.waveforms_corrected.copy(), a.pairs.copy(),
+                       a.probability.copy(), a.pair_similarities.copy()))
+    for whole, narrow in zip(*arrays):
+        np.testing.assert_array_equal(whole, narrow)

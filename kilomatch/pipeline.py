@@ -124,19 +124,26 @@ def reference_shifts(motion: Motion, units: UnitFeatures, n_templates: int) -> l
 def match_units(units: UnitFeatures, channel_locations: np.ndarray, s: Settings,
                 motion: Motion, feature_names: list, n_sessions: int,
                 kinv: np.ndarray | None = None, weight_tol: float | None = None,
-                weights: np.ndarray | None = None) -> RoundResult:
+                weights: np.ndarray | None = None, waveforms: tuple | None = None,
+                keep_waveforms: bool = True) -> RoundResult:
     """Candidate pairs at the given motion, their similarities, and IHDBSCAN from ``weights``
     (F,) (None: equal), stopped when no weight moves by more than weight_tol (None:
-    clustering.weight_tol)."""
+    clustering.weight_tol).
+
+    waveforms: the corrected waveforms at this motion, if already made (corrected_waveforms'
+    pair); keep_waveforms False lets them go before IHDBSCAN (a motion round needs them only
+    for its similarities: 2.6 GB at 10^5 units), leaving the result's fields None."""
     y = units.locations[:, 1]
     corrected = y - motion.at(units.session0, y)
     pairs = candidate_pairs(corrected, units.session0, s.clustering.max_distance, units.shank,
                             s.clustering.max_session_gap)
-    wf_corr = ch_corr = None
-    if "Waveform" in feature_names:
+    wf_corr, ch_corr = (None, None) if waveforms is None else waveforms
+    if wf_corr is None and "Waveform" in feature_names:
         wf_corr, ch_corr = corrected_waveforms(units, channel_locations, motion,
                                                s.waveformCorrection, kinv)
     similarities = pair_similarities(units, feature_names, pairs, corrected, wf_corr, ch_corr)
+    if not keep_waveforms:
+        wf_corr = ch_corr = None
     result = ihdbscan(len(y), pairs, similarities, max_cluster_size=n_sessions,
                       n_iter=s.clustering.n_iter,
                       weight_tol=s.clustering.weight_tol if weight_tol is None else weight_tol,
@@ -229,13 +236,11 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
         # a round with the last one's features starts from its weights (fewer iterations)
         warm = weights if history and history[-1][0].feature_names == list(names) else None
         result = match_units(units, channel_locations, s, motion, names, n_sessions, kinv,
-                             me.weight_tol, warm)
+                             me.weight_tol, warm, keep_waveforms=False)
         weights = result.clustering.weights
         matches = good_pairs(result)
         n_candidates = len(result.pairs)
-        if s.save_intermediate_results:  # written as MotionRound{k}.npz
-            result.waveforms_corrected = result.channels_corrected = None
-        else:
+        if not s.save_intermediate_results:  # else written as MotionRound{k}.npz
             result.drop_pair_arrays()
         if me.stop_early and best is not None and len(matches) <= best[0]:
             why = (f"stopped early after round {k}: {len(matches)} good matches, not more than "
@@ -354,17 +359,18 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                                         data.n_sessions, kinv)
     note("motion rounds")
     warn_if_window_too_small(motion, data.channel_locations, s)
-    final = match_units(units, data.channel_locations, s, motion, final_names, data.n_sessions,
-                        kinv)
-    log.info("final clustering (%s): %d candidate pairs, %d clusters (IHDBSCAN %s)",
-             "+".join(final_names), len(final.pairs), int(final.clustering.labels.max()) + 1,
-             iterations(final.clustering))
-    if final.waveforms_corrected is None:  # outputs always carry corrected waveforms
-        final.waveforms_corrected, final.channels_corrected = corrected_waveforms(
-            units, data.channel_locations, motion, s.waveformCorrection, kinv)
+    # outputs always carry corrected waveforms, and the probability compares them
+    waveforms = corrected_waveforms(units, data.channel_locations, motion,
+                                    s.waveformCorrection, kinv)
     if narrow:  # every later comparison reads the corrected copy
         units.waveforms = units.waveforms.narrowed(output_channels(
             units.peak_channel, data.channel_locations, s.waveformCorrection.n_nearest_channels))
+    final = match_units(units, data.channel_locations, s, motion, final_names, data.n_sessions,
+                        kinv, waveforms=waveforms)
+    final.waveforms_corrected, final.channels_corrected = waveforms
+    log.info("final clustering (%s): %d candidate pairs, %d clusters (IHDBSCAN %s)",
+             "+".join(final_names), len(final.pairs), int(final.clustering.labels.max()) + 1,
+             iterations(final.clustering))
     note("final clustering")
     fitted = None
     if needs_probability(s):

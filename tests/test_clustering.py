@@ -445,3 +445,28 @@ def test_sparse_mst_is_scipys_forest_of_the_whole_graph(seed, ties, monkeypatch)
     got = clustering.sparse_mst(n, pairs, dist)
     assert components(n, pairs).max() >= 1  # at least two parts
     np.testing.assert_array_equal(got, ref)
+
+
+def test_lda_in_blocks_agrees_with_the_whole_class(monkeypatch):
+    """Above LDA_BLOCK_ROWS pairs the LDA reads each class block by block (no copy of a
+    class's 28 M rows at 10^5 units): the class sums are the same bits, the covariance the
+    same to rounding, so the weights and threshold are those of the whole-class LDA."""
+    from kilomatch.clustering import _class_moments
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(5000, 3)) * [2.0, 1.0, 0.5] + [1.0, -2.0, 0.3]
+    matched = rng.random(5000) < 0.1
+    x[matched] += 1.0
+    for rows in (matched, ~matched):
+        total, cov = _class_moments(x.copy(), rows)
+        for block in (7, 1000, 4999):
+            got_total, got_cov = _class_moments(x.copy(), rows, block=block)
+            assert np.array_equal(got_total, total)
+            np.testing.assert_allclose(got_cov, cov, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(np.cov(x[matched].T, bias=True), _class_moments(
+        x.copy(), matched, block=100)[1], rtol=1e-12)
+    whole = lda_weights(x, matched)
+    from kilomatch import clustering
+    monkeypatch.setattr(clustering, "LDA_BLOCK_ROWS", 333)
+    blocked = lda_weights(x, matched)
+    np.testing.assert_allclose(blocked[0], whole[0], rtol=1e-10)
+    assert blocked[1] == pytest.approx(whole[1], rel=1e-10)

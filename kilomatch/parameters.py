@@ -116,6 +116,10 @@ PARAMETERS: tuple[Param, ...] = (
     Param("motionEstimation.stop_early", "bool", False,
           "Stop the motion rounds when a round finds no more good matches than the one before; "
           "the motion of the best round is kept."),
+    Param("motionEstimation.converged_um", "float", 1.0,
+          "The motion rounds stop when a round moves no unit's corrected depth by more than "
+          "this (um) from the motion it started from and the next round would repeat its "
+          "features: that round would find the same matches. 0: every round runs.", min=0),
     Param("motionEstimation.weight_tol", "float", 1e-3,
           "IHDBSCAN of the motion rounds stops when no weight changes by more than this (the "
           "final clustering uses clustering.weight_tol): the motion needs the round's matches, "

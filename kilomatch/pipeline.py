@@ -260,8 +260,15 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
         if start is None or motion_initial.judge_round(
                 k, candidate, len(matches), kept, start, choice, me.initial_tolerance_um,
                 me.min_match_fraction):
+            moved = largest_move(motion, candidate, units)
             motion = candidate
             best = (len(matches), k, matches)
+            if (k < len(schedule) and list(schedule[k]) == list(names)
+                    and me.converged_um > 0 and moved <= me.converged_um):
+                why = (f"converged after round {k}: no unit's corrected depth moved by more than "
+                       f"{moved:.2f} um (motionEstimation.converged_um {me.converged_um:g}), so "
+                       f"round {k + 1}, with the same features, would find the same matches")
+                break
     log.info("motion estimation %s; motion from %s", why,
              f"round {best[1]}" if best else choice.source)
     if best is not None:
@@ -281,6 +288,14 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
         choice.why = "no round's matches supported a motion"
     motion.choice = choice
     return motion, history
+
+
+def largest_move(before: Motion, after: Motion, units: UnitFeatures) -> float:
+    """Largest change (um) of any unit's motion (its Kriging shift and corrected depth)
+    from ``before`` to ``after``."""
+    y = units.locations[:, 1]
+    return float(np.abs(after.at(units.session0, y) - before.at(units.session0, y)).max(
+        initial=0.0))
 
 
 def given_motion(values: np.ndarray) -> Motion:

@@ -42,7 +42,7 @@ def test_stop_early_says_why_and_keeps_best_round(data, tmp_path, caplog):
     """Repeating rounds stops as soon as the good matches stop increasing, and the log says so."""
     tree = {"path_to_data": str(data), "output_folder": str(tmp_path / "out"), "n_jobs": 1,
             "motionEstimation": {"repeat_last_feature_set": True, "stop_early": True,
-                                 "max_iter": 10, "n_bootstrap": 20}}
+                                 "max_iter": 10, "n_bootstrap": 20, "converged_um": 0}}
     with caplog.at_level(logging.INFO, logger="kilomatch"):
         result = kilomatch.run(tree)
     text = "\n".join(r.getMessage() for r in caplog.records)
@@ -50,6 +50,33 @@ def test_stop_early_says_why_and_keeps_best_round(data, tmp_path, caplog):
     assert len(result.rounds) < 10
     counts = [r.n_good for r, _ in result.rounds]
     assert counts[-1] <= max(counts[:-1])
+
+
+def test_rounds_stop_when_the_motion_converged(data, tmp_path, caplog):
+    """The rounds stop once a round moves no unit's corrected depth by more than
+    motionEstimation.converged_um and the next would repeat its features (it would find the
+    same matches); the motion kept is that round's, within that much of the motion the
+    rounds reach when all of them run (converged_um 0)."""
+    from kilomatch.pipeline import largest_move
+    base = {"path_to_data": str(data), "n_jobs": 1,
+            "motionEstimation": {"repeat_last_feature_set": True, "max_iter": 6,
+                                 "n_bootstrap": 20}}
+    every = kilomatch.run({**base, "output_folder": str(tmp_path / "every"),
+                           "motionEstimation": {**base["motionEstimation"], "converged_um": 0}})
+    assert len(every.rounds) == 6
+    moves = [largest_move(a, b, every.units)
+             for (_, a), (_, b) in zip(every.rounds, every.rounds[1:])]
+    assert max(moves[1:]) < 1.0  # after the first change of features the motion settles
+    with caplog.at_level(logging.INFO, logger="kilomatch"):
+        short = kilomatch.run({**base, "output_folder": str(tmp_path / "short")})
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert "converged after round" in text
+    n = len(short.rounds)
+    assert 2 <= n < 6
+    assert largest_move(short.rounds[n - 2][1], short.rounds[n - 1][1], short.units) <= 1.0
+    for k in range(n):  # the same rounds up to the stop
+        assert np.array_equal(short.rounds[k][1].displacement(), every.rounds[k][1].displacement())
+    assert largest_move(short.motion, every.motion, every.units) < 1.0
 
 
 def test_given_motion_used_and_checked(data, tmp_path):
@@ -71,7 +98,8 @@ def test_given_motion_used_and_checked(data, tmp_path):
 def test_round_pair_arrays_kept_only_when_asked(data, tmp_path):
     """Each round's pairs are freed after use unless save_intermediate_results asks for the
     MotionRound files; the good-match counts are the same either way."""
-    base = {"path_to_data": str(data), "n_jobs": 1, "motionEstimation": {"n_bootstrap": 20}}
+    base = {"path_to_data": str(data), "n_jobs": 1,
+            "motionEstimation": {"n_bootstrap": 20, "converged_um": 0}}
     lean = kilomatch.run({**base, "output_folder": str(tmp_path / "lean")})
     n_rounds = len(from_dict({}).motionEstimation.features)  # the default schedule: 3 rounds
     assert len(lean.rounds) == n_rounds
@@ -107,7 +135,7 @@ def test_rounds_stop_ihdbscan_at_their_own_tolerance_and_warm_start(data, tmp_pa
 
     monkeypatch.setattr(pipeline, "ihdbscan", spy)
     tree = {"path_to_data": str(data), "output_folder": str(tmp_path / "out"), "n_jobs": 1,
-            "motionEstimation": {"weight_tol": 0.002, "n_bootstrap": 20},
+            "motionEstimation": {"weight_tol": 0.002, "n_bootstrap": 20, "converged_um": 0},
             "clustering": {"weight_tol": 1e-7}}
     kilomatch.run(tree, write=False)
     assert [c[0] for c in calls] == [0.002, 0.002, 0.002, 1e-7]  # three rounds, then final

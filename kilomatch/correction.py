@@ -71,29 +71,33 @@ def correct_waveforms(waveforms: np.ndarray, channel_locations: np.ndarray,
 
 
 def correct_local(local: LocalWaveforms, channel_locations: np.ndarray, shift_um: np.ndarray,
-                  kinv: np.ndarray | None = None) -> LocalWaveforms:
+                  kinv: np.ndarray | None = None, units: np.ndarray | None = None
+                  ) -> LocalWaveforms:
     """Kriging correction of each unit on its own channel window (same windows out).
 
     shift_um: (N,) um. The data weights are (K + 0.01 I)^-1 restricted to the window (the
     probe-wide inverse, computed once): the waveform is ~0 outside the window, and this
     inverse couples only nearby channels, so the result on the window matches the full-probe
     correction. Units sharing a window share one weight matrix; units that also share a shift
-    (every unit of a session under rigid motion) share one kernel evaluation.
+    (every unit of a session under rigid motion) share one kernel evaluation. units: (m,)
+    rows of ``local`` to correct (default all): the result holds those m units, in that order.
     """
     locs = np.asarray(channel_locations, dtype=np.float64)
     if kinv is None:
         kinv = kriging_inverse(locs)
     shift_um = np.asarray(shift_um, dtype=np.float64)
-    out = np.empty(local.values.shape, dtype=np.float32)
-    windows, window_of = local.window_index()
+    windows, window_of_all = local.window_index()
+    rows = np.arange(local.n_units) if units is None else np.asarray(units, dtype=np.int64)
+    window_of = window_of_all[rows]
+    out = np.empty((rows.size,) + local.values.shape[1:], dtype=np.float32)
     order = np.argsort(window_of, kind="stable")
     bounds = np.flatnonzero(np.diff(window_of[order])) + 1
 
     def correct(groups):
-        for members in groups:
+        for members in groups:  # positions in rows (and out)
             win = windows[window_of[members[0]]]
             weights_of_data = kinv[np.ix_(win, win)].astype(np.float32)
-            values, group = np.unique(shift_um[members], return_inverse=True)
+            values, group = np.unique(shift_um[rows[members]], return_inverse=True)
             group = group.ravel()
             # units at a time: their kernels (n, W, W) stay within ~64 MB
             step = int(np.clip(KERNEL_FLOATS // max(win.size ** 2, 1), 1, 1024))
@@ -101,12 +105,15 @@ def correct_local(local: LocalWaveforms, channel_locations: np.ndarray, shift_um
                 block = members[start:start + step]
                 shared, which = np.unique(group[start:start + step], return_inverse=True)
                 kernels = shifted_kernels(locs[win], values[shared])
-                weights = np.einsum("ij,njt->nit", weights_of_data, local.values[block],
+                weights = np.einsum("ij,njt->nit", weights_of_data, local.values[rows[block]],
                                     optimize=True)
                 # one batched product for the block instead of one per distinct shift
                 out[block] = np.matmul(kernels[which.ravel()], weights)
 
     # windows in threads (each writes its own units); small studies in this thread
     parallel.for_each_in_threads(correct, [m for m in np.split(order, bounds) if m.size],
-                                 None if local.n_units >= parallel.MIN_UNITS_THREADED else 1)
-    return LocalWaveforms(out, local.channels, local.n_channels, local.windows)
+                                 None if rows.size >= parallel.MIN_UNITS_THREADED else 1)
+    if units is None:
+        return LocalWaveforms(out, local.channels, local.n_channels, local.windows)
+    return LocalWaveforms(out, local.channels[rows], local.n_channels,
+                          (windows[0], window_of, local.windows[2]))

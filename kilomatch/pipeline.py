@@ -27,8 +27,8 @@ from .parallel import map_units, threads_for_pairs
 # The result types are defined in kilomatch.results and stay importable from here.
 from .results import Result, RoundResult, ShankPart, UnitFeatures, shank_parts  # noqa: F401
 from .settings import Settings, load as load_settings
-from .similarity import (candidate_pairs, feature_similarity, location_similarity,
-                         waveform_similarity, weighted_similarity)
+from .similarity import (candidate_pairs, directed_correlation, feature_similarity, fisher_z,
+                         location_similarity, waveform_similarity, weighted_similarity)
 
 log = logging.getLogger("kilomatch")
 
@@ -139,8 +139,12 @@ def match_units(units: UnitFeatures, channel_locations: np.ndarray, s: Settings,
                             s.clustering.max_session_gap)
     wf_corr, ch_corr = (None, None) if waveforms is None else waveforms
     if wf_corr is None and "Waveform" in feature_names:
-        wf_corr, ch_corr = corrected_waveforms(units, channel_locations, motion,
-                                               s.waveformCorrection, kinv)
+        if not keep_waveforms and len(y) > BAND_UNITS:
+            wf_corr = partial(waveform_similarity_in_bands, units, channel_locations, motion,
+                              s.waveformCorrection, kinv, corrected)
+        else:
+            wf_corr, ch_corr = corrected_waveforms(units, channel_locations, motion,
+                                                   s.waveformCorrection, kinv)
     similarities = pair_similarities(units, feature_names, pairs, corrected, wf_corr, ch_corr)
     if not keep_waveforms:
         wf_corr = ch_corr = None
@@ -155,11 +159,14 @@ def match_units(units: UnitFeatures, channel_locations: np.ndarray, s: Settings,
 def pair_similarities(units: UnitFeatures, names: list, pairs: np.ndarray,
                       corrected_depth: np.ndarray, waveforms_corrected=None,
                       channels_corrected=None) -> np.ndarray:
-    """(P, F) similarity of each pair for each named feature (Fisher z)."""
+    """(P, F) similarity of each pair for each named feature (Fisher z). The waveforms: the
+    corrected copies and channels, or a function of the pairs giving their Waveform column."""
     # filled column by column: stacking F columns at the end held them twice (28 M pairs)
     out = np.empty((len(pairs), len(names)))
     for k, name in enumerate(names):
-        if name == "Waveform":
+        if name == "Waveform" and callable(waveforms_corrected):
+            out[:, k] = waveforms_corrected(pairs)
+        elif name == "Waveform":
             out[:, k] = waveform_similarity(waveforms_corrected, channels_corrected, pairs)
         elif name == "Location":
             positions = np.column_stack([units.locations[:, 0], corrected_depth,
@@ -172,19 +179,59 @@ def pair_similarities(units: UnitFeatures, names: list, pairs: np.ndarray,
 
 
 def corrected_waveforms(units: UnitFeatures, channel_locations: np.ndarray, motion: Motion,
-                        wc, kinv=None) -> tuple[list, np.ndarray]:
+                        wc, kinv=None, rows: np.ndarray | None = None) -> tuple[list, np.ndarray]:
     """Kriging-corrected waveforms, one LocalWaveforms per reference probe (K), and each
-    unit's nearest channels around its corrected peak channel (K, N, n)."""
+    unit's nearest channels around its corrected peak channel (K, N, n); of the units
+    ``rows`` (m,) only, in that order, when given."""
     if kinv is None:
         kinv = correction.kriging_inverse(channel_locations)
     wfs, chans = [], []
     for shift in reference_shifts(motion, units, wc.n_templates):
-        corrected = correction.correct_local(units.waveforms, channel_locations, shift, kinv)
+        corrected = correction.correct_local(units.waveforms, channel_locations, shift, kinv,
+                                             rows)
         slot = np.argmax(features.peak_to_trough(corrected.values), axis=1)
         peak = corrected.channels[np.arange(corrected.n_units), slot]
         wfs.append(corrected)
         chans.append(features.nearest_channels(channel_locations, peak, wc.n_nearest_channels))
     return wfs, np.stack(chans)
+
+
+# A motion round of more units corrects their waveforms in bands of about this many owners
+# (by corrected depth) with the partners their pairs reach, and lets each band go before the
+# next: at 10^5 units a whole corrected copy is 2.6 GB beside the original.
+BAND_UNITS = 20_000
+
+
+def waveform_similarity_in_bands(units: UnitFeatures, channel_locations: np.ndarray,
+                                 motion: Motion, wc, kinv, corrected_depth: np.ndarray,
+                                 pairs: np.ndarray, band_units: int | None = None) -> np.ndarray:
+    """Waveform similarity of each pair (P,) as :func:`similarity.waveform_similarity` gives
+    it from the whole corrected copy, computed band by band: the units in ~band_units
+    (default BAND_UNITS) bands of corrected depth (N,) um own the directions of their pairs,
+    and each band corrects only its owners and their partners. A unit's correction does not
+    depend on the others corrected with it: the values differ from the whole copy's only in
+    the last bits (products grouped otherwise). Units near a band's edge are corrected twice."""
+    n = len(corrected_depth)
+    order = np.argsort(corrected_depth, kind="stable")
+    band_of = np.empty(n, np.int32)
+    n_bands = max(1, -(-n // (band_units or BAND_UNITS)))
+    band_of[order] = np.arange(n, dtype=np.int64) * n_bands // n
+    band_pair = band_of[pairs]  # (P, 2): the band owning each direction
+    best = np.full(len(pairs), -np.inf)  # max over directions and reference probes
+    for band in range(n_bands):
+        owned = band_pair == band  # (P, 2)
+        rows = np.unique(np.concatenate([np.flatnonzero(band_of == band),
+                                         pairs[owned[:, 0], 1], pairs[owned[:, 1], 0]]))
+        local = np.full(n, -1, np.int64)
+        local[rows] = np.arange(rows.size)
+        wfs, chans = corrected_waveforms(units, channel_locations, motion, wc, kinv, rows)
+        for wf, ch in zip(wfs, chans):
+            for side in (0, 1):
+                p = np.flatnonzero(owned[:, side])
+                best[p] = np.maximum(best[p], directed_correlation(
+                    wf, ch, local[pairs[p, side]], local[pairs[p, 1 - side]]))
+        del wfs, chans
+    return fisher_z(best)
 
 
 def iterations(clustering) -> str:

@@ -187,6 +187,14 @@ def waveform_similarity(waveforms, channels: np.ndarray, pairs: np.ndarray,
     return fisher_z(best)
 
 
+def directed_correlation(waveforms: LocalWaveforms, channels: np.ndarray, own: np.ndarray,
+                         other: np.ndarray) -> np.ndarray:
+    """Pearson r of units own[p] and other[p] (p,) over own's channels (channels: (N, n) each
+    unit's compared channels), one direction of :func:`waveform_similarity`: (p,)."""
+    return _directed_corr(waveforms, np.unique(channels, axis=0, return_inverse=True), own,
+                          other)
+
+
 def _as_probes(waveforms, channels) -> tuple[list, np.ndarray]:
     """Waveforms as a list of LocalWaveforms (one per reference probe), channels (K, N, n)."""
     channels = np.asarray(channels)

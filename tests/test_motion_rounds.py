@@ -142,3 +142,35 @@ def test_rounds_stop_ihdbscan_at_their_own_tolerance_and_warm_start(data, tmp_pa
     assert calls[0][1] is None and calls[1][1] is None  # new feature sets: equal weights
     np.testing.assert_array_equal(calls[2][1], calls[1][2])  # round 3 repeats round 2's
     assert calls[3][1] is None
+
+
+def test_waveform_similarity_in_bands_equals_the_whole_copy(data):
+    """A motion round of many units corrects and compares their waveforms band by band of
+    corrected depth (only a band's owners and their partners corrected at a time): the
+    similarities are those of the whole corrected copy, and the band of a pair's two
+    directions may differ."""
+    from kilomatch import pipeline
+    from kilomatch.settings import load as load_settings
+    def settings(templates):
+        return load_settings({"path_to_data": str(data), "output_folder": "/tmp/unused",
+                              "waveformCorrection": {"n_templates": templates}})
+    s = settings(1)
+    d = pipeline.load_dataset(s.path_to_data)
+    units = pipeline.unit_features(d, s)
+    motion = pipeline.Motion.zero(d.n_sessions)
+    motion.offset[:] = np.linspace(-20.0, 15.0, d.n_sessions)
+    y = units.locations[:, 1]
+    depth = y - motion.at(units.session0, y)
+    pairs = pipeline.candidate_pairs(depth, units.session0, 100.0, units.shank)
+    for templates in (1, 2):
+        s = settings(templates)
+        wfs, chans = pipeline.corrected_waveforms(units, d.channel_locations, motion,
+                                                  s.waveformCorrection)
+        whole = pipeline.waveform_similarity(wfs, chans, pairs)
+        for band_units in (7, 10_000):
+            banded = pipeline.waveform_similarity_in_bands(
+                units, d.channel_locations, motion, s.waveformCorrection, None, depth, pairs,
+                band_units)
+            np.testing.assert_allclose(banded, whole, rtol=1e-5, atol=1e-5)
+    band_of = np.argsort(np.argsort(depth, kind="stable")) * 15 // len(depth)
+    assert (band_of[pairs[:, 0]] != band_of[pairs[:, 1]]).any()

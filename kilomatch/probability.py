@@ -255,7 +255,8 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
                           non_matches[idx[cut:] - n_c]]).astype(np.float64, copy=False)
 
     y = np.r_[np.ones(n_c, np.int8), np.zeros(n_n, np.int8)]
-    fold = rng.permutation(np.arange(y.size) % n_folds)
+    # the same shuffle as of the int64 fold numbers (it moves positions, not values): 1 byte each
+    fold = rng.permutation((np.arange(y.size) % n_folds).astype(np.int8))
     score = np.empty(y.size)
     with _one_thread():
         models, edges = _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed, score)

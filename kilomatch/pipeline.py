@@ -139,7 +139,7 @@ def match_units(units: UnitFeatures, channel_locations: np.ndarray, s: Settings,
                             s.clustering.max_session_gap)
     wf_corr, ch_corr = (None, None) if waveforms is None else waveforms
     if wf_corr is None and "Waveform" in feature_names:
-        if not keep_waveforms and len(y) > BAND_UNITS:
+        if not keep_waveforms and units.waveforms.values.nbytes > BAND_BYTES:
             wf_corr = partial(waveform_similarity_in_bands, units, channel_locations, motion,
                               s.waveformCorrection, kinv, corrected)
         else:
@@ -196,25 +196,30 @@ def corrected_waveforms(units: UnitFeatures, channel_locations: np.ndarray, moti
     return wfs, np.stack(chans)
 
 
-# A motion round of more units corrects their waveforms in bands of about this many owners
-# (by corrected depth) with the partners their pairs reach, and lets each band go before the
-# next: at 10^5 units a whole corrected copy is 2.6 GB beside the original.
-BAND_UNITS = 20_000
+# A motion round whose units' channel-window waveforms take more than this corrects and
+# compares them in bands of corrected depth of about this size (each band's owners with the
+# partners their pairs reach), letting each band go before the next: at 10^5 NP1 units a
+# whole corrected copy is 2.6 GB beside the original. Smaller studies keep one copy (a band's
+# edge is corrected twice).
+BAND_BYTES = 1 << 30
 
 
 def waveform_similarity_in_bands(units: UnitFeatures, channel_locations: np.ndarray,
                                  motion: Motion, wc, kinv, corrected_depth: np.ndarray,
                                  pairs: np.ndarray, band_units: int | None = None) -> np.ndarray:
     """Waveform similarity of each pair (P,) as :func:`similarity.waveform_similarity` gives
-    it from the whole corrected copy, computed band by band: the units in ~band_units
-    (default BAND_UNITS) bands of corrected depth (N,) um own the directions of their pairs,
-    and each band corrects only its owners and their partners. A unit's correction does not
-    depend on the others corrected with it: the values differ from the whole copy's only in
-    the last bits (products grouped otherwise). Units near a band's edge are corrected twice."""
+    it from the whole corrected copy, computed band by band: the units in bands of corrected
+    depth (N,) um of ~band_units each (default: BAND_BYTES of waveforms) own the directions
+    of their pairs, and each band corrects only its owners and their partners. A unit's
+    correction does not depend on the others corrected with it: the values differ from the
+    whole copy's only in the last bits (products grouped otherwise). Units near a band's edge
+    are corrected twice."""
     n = len(corrected_depth)
     order = np.argsort(corrected_depth, kind="stable")
     band_of = np.empty(n, np.int32)
-    n_bands = max(1, -(-n // (band_units or BAND_UNITS)))
+    if band_units is None:
+        band_units = max(1, BAND_BYTES * n // max(units.waveforms.values.nbytes, 1))
+    n_bands = max(1, -(-n // band_units))
     band_of[order] = np.arange(n, dtype=np.int64) * n_bands // n
     band_pair = band_of[pairs]  # (P, 2): the band owning each direction
     best = np.full(len(pairs), -np.inf)  # max over directions and reference probes

@@ -539,6 +539,32 @@ def needs_probability(s: Settings) -> bool:
     return s.clustering.method == "probability" or s.clustering.match_probability or confirm
 
 
+class Columns:
+    """Columns (P,) each, read as one (P, F) array where rows are taken (``c[rows]``: an
+    index array, a bool mask or a slice -> (n, F) float64), without a (P, F) copy."""
+
+    def __init__(self, columns: list, n_rows: int):
+        self.columns, self.n_rows = columns, n_rows
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    @property
+    def shape(self) -> tuple:
+        return (self.n_rows, len(self.columns))
+
+    def __getitem__(self, rows) -> np.ndarray:
+        if not self.columns:
+            return np.zeros((self.n_rows, 0))[rows]
+        out = None
+        for k, column in enumerate(self.columns):
+            values = column[rows]
+            if out is None:
+                out = np.empty((values.shape[0], len(self.columns)))
+            out[:, k] = values
+        return out
+
+
 def fit_probability(data: Dataset, units: UnitFeatures, final: RoundResult, s: Settings,
                     final_names: list):
     """The match probability of the final candidate pairs (kilomatch.linking): (links,
@@ -550,13 +576,14 @@ def fit_probability(data: Dataset, units: UnitFeatures, final: RoundResult, s: S
         if q is not final.pairs:
             return pair_similarities(units, names, q, depth, final.waveforms_corrected,
                                       final.channels_corrected)
-        # the final clustering already holds some of the candidate pairs' similarities
+        # the final clustering already holds some of the candidate pairs' similarities:
+        # those columns are read from it, not copied (0.45 GB at 10^5 units)
         new = [n for n in names if n not in final.feature_names]
         extra = pair_similarities(units, new, q, depth, final.waveforms_corrected,
                                    final.channels_corrected)
-        return np.column_stack([final.pair_similarities[:, final.feature_names.index(n)]
-                                if n in final.feature_names else extra[:, new.index(n)]
-                                for n in names]).reshape(len(q), len(names))
+        return Columns([final.pair_similarities[:, final.feature_names.index(n)]
+                        if n in final.feature_names else extra[:, new.index(n)]
+                        for n in names], len(q))
 
     positions = np.column_stack([units.locations[:, 0], depth, units.locations[:, 2]])
     n_spikes = np.array([len(t) for t in data.spike_times])

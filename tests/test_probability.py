@@ -317,3 +317,19 @@ def test_calibration_on_distinct_scores_is_the_fit_on_every_row(monkeypatch):
                                every_row.predict(probe), rtol=0, atol=1e-12)
     np.testing.assert_allclose(probability._calibrated(distinct, score),
                                every_row.predict(score), rtol=0, atol=1e-12)
+
+
+def test_similarity_columns_read_as_one_array():
+    """The probability's candidate similarities are read from the final clustering's own
+    columns (no (P, F) copy): rows taken by index, mask or slice are those of the stacked
+    array."""
+    from kilomatch.pipeline import Columns
+    rng = np.random.default_rng(0)
+    held = rng.normal(size=(50, 3))
+    extra = rng.normal(size=(50, 1))
+    cols = Columns([held[:, 2], extra[:, 0], held[:, 0]], 50)
+    whole = np.column_stack([held[:, 2], extra[:, 0], held[:, 0]])
+    assert len(cols) == 50 and cols.shape == (50, 3)
+    for rows in (np.array([4, 0, 49, 4]), rng.random(50) < 0.3, slice(5, 20), slice(None)):
+        np.testing.assert_array_equal(cols[rows], whole[rows])
+    assert np.shares_memory(cols.columns[0], held)

@@ -317,3 +317,29 @@ def test_calibration_on_distinct_scores_is_the_fit_on_every_row(monkeypatch):
                                every_row.predict(probe), rtol=0, atol=1e-12)
     np.testing.assert_allclose(probability._calibrated(distinct, score),
                                every_row.predict(score), rtol=0, atol=1e-12)
+
+
+def test_non_match_share_is_the_tail_share_of_the_known_non_matches():
+    """A score's share of the same-session pairs scoring at least as high, counting one more
+    non-match at the score (never 0); every within-cluster pair that cannot link reads NaN,
+    a candidate its stored score, another linkable pair the fold models' mean score."""
+    from kilomatch.probability import MatchModel
+
+    class Scored(MatchModel):
+        def score(self, evidence):
+            return np.asarray(evidence, np.float64)[:, 0]
+
+    model = Scored([], None, 0.1, 0, 4, np.zeros(0),
+                   non_match_score=np.array([0.1, 0.2, 0.3, 0.4], np.float32))
+    np.testing.assert_allclose(model.non_match_share(np.array([0.0, 0.25, 0.4, 0.5])),
+                               [5 / 5, 3 / 5, 2 / 5, 1 / 5])
+    links = linking.ProbabilityLinks(model, ["Waveform"], np.array([0.5, 0.5]),
+                                     np.zeros((0, 1)), None,
+                                     candidate_score=np.array([0.35, 0.05], np.float32))
+    candidates = np.array([[0, 1], [0, 2]])
+    q_pairs = np.array([[0, 1], [0, 2], [1, 2], [1, 3]])
+    share = linking.within_cluster_share(links, lambda q: np.full((len(q), 1), 0.15),
+                                         candidates, q_pairs,
+                                         np.array([True, True, True, False]), 4)
+    np.testing.assert_allclose(share[:3], [2 / 5, 5 / 5, 4 / 5])
+    assert np.isnan(share[3])

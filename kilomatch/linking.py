@@ -134,6 +134,7 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     rest[fit_c] = False
     score = np.empty(len(pairs), np.float32)
     score[fit_c] = model.candidate_score
+    model.candidate_score = None  # held once, in the links (100 MB at 10^5 units)
     if rest.any():
         rest_score = model.score(LazyEvidence(similarity_of_candidates[rest], positions,
                                               amplitude, n_spikes, pairs[rest]))

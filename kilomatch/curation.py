@@ -34,6 +34,8 @@ SUCCESSION_SURE = 0.9
 # the cut clusters hold: a neuron's amplitude is stable across days, and the pooled test
 # alone rejoined a 70 uV unit with a neuron of 150 uV (high-turnover studies).
 POOLED_AMPLITUDE_QUANTILE = 0.99
+# ... and only where every pair across scores above the median of the known non-matches.
+POOLED_MAX_SHARE = 0.5
 
 
 def within_cluster_pairs(labels: np.ndarray) -> np.ndarray:
@@ -671,6 +673,16 @@ def pooled_non_match_p(share: np.ndarray) -> float:
     return float(chi2.sf(-2.0 * np.log(share).sum(), 2 * share.size))
 
 
+def _pooled_join(share: np.ndarray, level: float) -> bool:
+    """Whether the pairs across two groups, their non-match shares ``share`` (any shape), say
+    together that the groups are not two neurons: each scores above the known non-matches'
+    median (Fisher's combination would let a few strong pairs outweigh pairs that look like
+    plain non-matches) and pooled_non_match_p is below ``level``."""
+    if np.nanmax(share, initial=0.0) > POOLED_MAX_SHARE:
+        return False
+    return pooled_non_match_p(share) < level
+
+
 def _amplitude_limit(labels, pairs, amplitude) -> float:
     """POOLED_AMPLITUDE_QUANTILE of |log amplitude ratio| of one neuron's units, from the
     ``pairs`` (Q, 2) within the clusters ``labels`` (N,); amplitude (N,) uV. inf without
@@ -758,7 +770,7 @@ def rejoin_by_probability(before, after, pairs, probability, threshold: float,
                 join &= apart <= max_distance_ratio
             if pooled is not None:
                 med = np.array([np.median(log_amp[units[g]]) for g in groups])
-                unlike = np.array([[pooled_non_match_p(pooled[np.ix_(a, b)]) < pooled_level
+                unlike = np.array([[_pooled_join(pooled[np.ix_(a, b)], pooled_level)
                                     for b in groups] for a in groups])
                 unlike &= np.abs(med[:, None] - med[None, :]) <= amp_limit
                 if far is not None:

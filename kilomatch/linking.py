@@ -172,11 +172,15 @@ def within_cluster_probability(links: ProbabilityLinks, evidence, pairs: np.ndar
 
 
 def within_cluster_share(links: ProbabilityLinks, evidence, pairs: np.ndarray,
-                         q_pairs: np.ndarray, linkable: np.ndarray, n_units: int) -> np.ndarray:
+                         q_pairs: np.ndarray, linkable: np.ndarray, n_units: int,
+                         probability: np.ndarray) -> np.ndarray:
     """Per within-cluster pair (Q, 2), the share of known non-matches whose classifier score
     is at least the pair's (MatchModel.non_match_share): (Q,) in (0, 1], small where the pair
     looks unlike a non-match. Candidate pairs read their score, other linkable pairs the fold
-    models' mean; pairs that cannot link read NaN (no evidence)."""
+    models' mean; pairs that cannot link read NaN (no evidence). Only pairs whose
+    probability (Q,) is at most the known non-matches' median keep their share: there the
+    calibration gives small units' matches the value of most non-matches (its floor); the
+    probability has ranked the others already, and they read 1."""
     found, score = pair_lookup(pairs, links.candidate_score, q_pairs, n_units)
     rest = np.flatnonzero(~found & linkable)
     if rest.size:
@@ -184,6 +188,7 @@ def within_cluster_share(links: ProbabilityLinks, evidence, pairs: np.ndarray,
     share = np.full(len(q_pairs), np.nan)
     ok = np.asarray(linkable, bool)
     share[ok] = links.model.non_match_share(score[ok])
+    share[ok & (np.asarray(probability) > links.model.non_match_level(0.5))] = 1.0
     return share
 
 

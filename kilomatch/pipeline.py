@@ -380,7 +380,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                                                  q_link, len(labels))
         if ac.cut_pooled_level > 0:
             q_share = linking.within_cluster_share(fitted[0], fitted[1], final.pairs, q_pairs,
-                                                   q_link, len(labels))
+                                                   q_link, len(labels), q_p)
         if cut < 1:  # a cut between parts as probable as known non-matches is not vetoed
             cut = max(cut, fitted[0].model.non_match_level(NON_MATCH_QUANTILE))
     splits = find_sorter_splits(labels, units, data, s)

@@ -639,8 +639,9 @@ def test_pooled_evidence_keeps_a_small_unit_its_pairs_one_by_one_cannot():
     rank above 97% of the known non-matches (share 0.03): pooled (Fisher, p ~ 1e-4) the cut is
     undone at pooled_level 0.05 and stands without pooling. It stands when the shares are
     those of a typical non-match (0.5), when the probability rules the pairs out (0: they
-    count as non-matches), when unit 5's amplitude is three times the neuron's, and when it
-    lies farther than cut_distance_ratio."""
+    count as non-matches), when unit 5's amplitude is three times the neuron's, when it
+    lies farther than cut_distance_ratio, and when one of its pairs scores like a plain
+    non-match (share 0.7: Fisher's combination alone would still join, p ~ 1e-3)."""
     labels = np.zeros(6, int)
     session = np.arange(6)
     pairs = within_cluster_pairs(labels)
@@ -650,9 +651,12 @@ def test_pooled_evidence_keeps_a_small_unit_its_pairs_one_by_one_cannot():
     amplitude = np.array([50.0, 52.0, 48.0, 51.0, 49.0, 50.0])
     ratio = pair_values(pairs, {k: 1.0 for k in inside}, 2.0)
 
-    def cut_stands(share_across=0.03, p_across=0.01, level=0.05, amp5=50.0, ratio_limit=4.0):
+    def cut_stands(share_across=0.03, p_across=0.01, level=0.05, amp5=50.0, ratio_limit=4.0,
+                   one_plain=False):
         p = pair_values(pairs, {k: 0.95 for k in inside}, p_across)
         share = pair_values(pairs, {k: 0.001 for k in inside}, share_across)
+        if one_plain:  # one pair across scores like a plain non-match (below their median)
+            share[np.flatnonzero((pairs[:, 1] == 5))[0]] = 0.7
         res = curate(labels, session, pairs, sim, link, threshold=1.0, probability=p,
                      cut_probability=0.02, distance_ratio=ratio, max_distance_ratio=ratio_limit,
                      amplitude=np.r_[amplitude[:5], amp5], non_match_share=share,
@@ -667,3 +671,4 @@ def test_pooled_evidence_keeps_a_small_unit_its_pairs_one_by_one_cannot():
     assert cut_stands(p_across=0.0)
     assert cut_stands(amp5=150.0)
     assert cut_stands(ratio_limit=1.5)
+    assert cut_stands(one_plain=True)

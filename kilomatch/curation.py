@@ -32,7 +32,8 @@ SUCCESSION_SURE = 0.9
 # A cut undone by pooled evidence (rejoin_by_probability's pooled_level) joins groups whose
 # median amplitudes differ by at most this quantile of |log amplitude ratio| of the pairs
 # the cut clusters hold: a neuron's amplitude is stable across days, and the pooled test
-# alone rejoined a 70 uV unit with a neuron of 150 uV (high-turnover studies).
+# alone rejoined a 155 uV unit with a neuron of 65-79 uV (j) and a 712 uV unit with units of
+# 184-238 uV (m +1000).
 POOLED_AMPLITUDE_QUANTILE = 0.99
 # ... and only where every pair across scores above the median of the known non-matches.
 POOLED_MAX_SHARE = 0.5
@@ -533,7 +534,9 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     neuron followed another are split (:func:`split_successions`, on the linkable pairs at
     most ``max_session_gap`` sessions apart, 0: any). Units of one session
     joined by ``same_neuron`` (K, 2) (sorter splits) are one neuron for the conflict step
-    (:func:`resolve_conflicts`).
+    (:func:`resolve_conflicts`). With ``non_match_share`` (Q,) and ``pooled_level`` above 0,
+    the veto also undoes cuts whose pairs, pooled, are unlike non-matches
+    (:func:`rejoin_by_probability`).
 
     labels: (N,) clusters from the final clustering; session: (N,); pairs: (Q, 2) every
     within-cluster pair; similarity: (Q,) weighted similarity; linkable: (Q,) bool;
@@ -717,9 +720,10 @@ def rejoin_by_probability(before, after, pairs, probability, threshold: float,
     than the position noise lets one neuron's units lie.
 
     With ``pooled_level`` above 0, two groups also merge where the evidence of all the pairs
-    across, pooled, says they are not non-matches: :func:`pooled_non_match_p` of the pairs'
-    ``non_match_share`` (Q,) (the share of known non-matches scoring at least as high as
-    the pair, linking.within_cluster_share) below ``pooled_level``, their median amplitudes
+    across, pooled, says they are not non-matches (:func:`_pooled_join`: each pair's
+    ``non_match_share`` (Q,), the share of known non-matches scoring at least as high as
+    the pair, linking.within_cluster_share, at most POOLED_MAX_SHARE, and their
+    :func:`pooled_non_match_p` below ``pooled_level``), their median amplitudes
     (``amplitude`` (N,) uV) within POOLED_AMPLITUDE_QUANTILE of the cut clusters' pairs, and
     not farther apart than ``max_distance_ratio``. The calibrated probability gives most
     pairs of small units its floor, the value of most non-matches (one neuron's small units

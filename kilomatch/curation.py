@@ -29,6 +29,14 @@ DISTANCE_SPLIT_PROBABILITY = 0.9
 # A group of units of a succession (split_successions) is one neuron when the mean match
 # probability of its pairs across sessions is at least this; it holds at least two units.
 SUCCESSION_SURE = 0.9
+# A cut undone by pooled evidence (rejoin_by_probability's pooled_level) joins groups whose
+# median amplitudes differ by at most this quantile of |log amplitude ratio| of the pairs
+# the cut clusters hold: a neuron's amplitude is stable across days, and the pooled test
+# alone rejoined a 155 uV unit with a neuron of 65-79 uV (j) and a 712 uV unit with units of
+# 184-238 uV (m +1000).
+POOLED_AMPLITUDE_QUANTILE = 0.99
+# ... and only where every pair across scores above the median of the known non-matches.
+POOLED_MAX_SHARE = 0.5
 
 
 def within_cluster_pairs(labels: np.ndarray) -> np.ndarray:
@@ -509,7 +517,8 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
            distance_ratio: np.ndarray | None = None, max_distance_ratio: float = np.inf,
            split_distance_ratio: float = np.inf, unit_positions: np.ndarray | None = None,
            amplitude: np.ndarray | None = None, succession_probability: float = 0.0,
-           max_session_gap: int = 0) -> CurationResult:
+           max_session_gap: int = 0, non_match_share: np.ndarray | None = None,
+           pooled_level: float = 0.0) -> CurationResult:
     """The curation steps, then dissolve single-unit clusters: same-session conflicts, the
     split at ``threshold`` (``auto_split``), and with ``positions`` (N, D) um the split at
     position gaps (:func:`split_by_position`). With ``probability`` and ``cut_probability``
@@ -525,7 +534,9 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     neuron followed another are split (:func:`split_successions`, on the linkable pairs at
     most ``max_session_gap`` sessions apart, 0: any). Units of one session
     joined by ``same_neuron`` (K, 2) (sorter splits) are one neuron for the conflict step
-    (:func:`resolve_conflicts`).
+    (:func:`resolve_conflicts`). With ``non_match_share`` (Q,) and ``pooled_level`` above 0,
+    the veto also undoes cuts whose pairs, pooled, are unlike non-matches
+    (:func:`rejoin_by_probability`).
 
     labels: (N,) clusters from the final clustering; session: (N,); pairs: (Q, 2) every
     within-cluster pair; similarity: (Q,) weighted similarity; linkable: (Q,) bool;
@@ -548,7 +559,8 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     if probability is not None and cut_probability < 1:
         final, standing = rejoin_by_probability(after_conflicts, final, pairs, probability,
                                                 cut_probability, distance_ratio,
-                                                max_distance_ratio)
+                                                max_distance_ratio, non_match_share,
+                                                pooled_level, amplitude)
         removed_s, kept_s = _split_rows(removed_s, standing)
         removed_p, kept_p = _split_rows(removed_p, standing)
         kept = np.vstack([kept_s, kept_p])
@@ -652,9 +664,49 @@ def curate_by_probability(labels, session, pairs, probability, threshold: float 
                           float(threshold))
 
 
+def pooled_non_match_p(share: np.ndarray) -> float:
+    """How likely pairs this unlike non-matches are if they all were non-matches: Fisher's
+    combination of the pairs' non-match shares ``share`` (any shape; NaN: no evidence, left
+    out), -2 sum(log share) against chi-square with 2k degrees of freedom. 1 without pairs."""
+    from scipy.stats import chi2
+    share = np.asarray(share, np.float64)
+    share = share[~np.isnan(share)]
+    if not share.size:
+        return 1.0
+    return float(chi2.sf(-2.0 * np.log(share).sum(), 2 * share.size))
+
+
+def _pooled_join(share: np.ndarray, level: float) -> bool:
+    """Whether the pairs across two groups, their non-match shares ``share`` (any shape), say
+    together that the groups are not two neurons: each scores above the known non-matches'
+    median (Fisher's combination would let a few strong pairs outweigh pairs that look like
+    plain non-matches) and pooled_non_match_p is below ``level``."""
+    if np.nanmax(share, initial=0.0) > POOLED_MAX_SHARE:
+        return False
+    return pooled_non_match_p(share) < level
+
+
+def _amplitude_limit(labels, pairs, amplitude) -> float:
+    """POOLED_AMPLITUDE_QUANTILE of |log amplitude ratio| of one neuron's units, from the
+    ``pairs`` (Q, 2) within the clusters ``labels`` (N,); amplitude (N,) uV. inf without
+    such pairs."""
+    from scipy.stats import norm
+    held = (labels[pairs[:, 0]] == labels[pairs[:, 1]]) & (labels[pairs[:, 0]] >= 0)
+    if not held.any():
+        return np.inf
+    log_amp = np.log(np.maximum(np.asarray(amplitude, np.float64), 1e-3))
+    # from the median, as a half-normal's quantile: the clusters still hold the wrong pairs
+    # the curation is removing (on high-turnover data their own 99th percentile was twice
+    # the matches')
+    median = np.median(np.abs(log_amp[pairs[held, 0]] - log_amp[pairs[held, 1]]))
+    return float(median * norm.ppf(0.5 + POOLED_AMPLITUDE_QUANTILE / 2) / norm.ppf(0.75))
+
+
 def rejoin_by_probability(before, after, pairs, probability, threshold: float,
                           distance_ratio: np.ndarray | None = None,
-                          max_distance_ratio: float = np.inf):
+                          max_distance_ratio: float = np.inf,
+                          non_match_share: np.ndarray | None = None, pooled_level: float = 0.0,
+                          amplitude: np.ndarray | None = None):
     """Undo the cuts of a split that the match probability contradicts.
 
     ``after`` splits the clusters of ``before`` into parts (units of one cluster of
@@ -666,6 +718,18 @@ def rejoin_by_probability(before, after, pairs, probability, threshold: float,
     amplitudes, :mod:`kilomatch.position_noise`), two groups whose mean ratio is above
     ``max_distance_ratio`` never merge, whatever their probability: they lie farther apart
     than the position noise lets one neuron's units lie.
+
+    With ``pooled_level`` above 0, two groups also merge where the evidence of all the pairs
+    across, pooled, says they are not non-matches (:func:`_pooled_join`: each pair's
+    ``non_match_share`` (Q,), the share of known non-matches scoring at least as high as
+    the pair, linking.within_cluster_share, at most POOLED_MAX_SHARE, and their
+    :func:`pooled_non_match_p` below ``pooled_level``), their median amplitudes
+    (``amplitude`` (N,) uV) within POOLED_AMPLITUDE_QUANTILE of the cut clusters' pairs, and
+    not farther apart than ``max_distance_ratio``. The calibrated probability gives most
+    pairs of small units its floor, the value of most non-matches (one neuron's small units
+    correlate little); their scores still rank above most non-matches', and a unit's several
+    pairs to the rest of its cluster say together what one pair cannot. Pairs of
+    probability 0 count as non-matches (share 1).
 
     before, after: (N,) labels (-1 none); pairs: (Q, 2) every within-cluster pair of
     ``before``; probability: (Q,) (0 for pairs that cannot link; pairs not listed count 0).
@@ -680,6 +744,13 @@ def rejoin_by_probability(before, after, pairs, probability, threshold: float,
     inside = (before[pairs[:, 0]] == before[pairs[:, 1]]) & (before[pairs[:, 0]] >= 0)
     cut = inside & ((labels[pairs[:, 0]] != labels[pairs[:, 1]]) | (labels[pairs[:, 0]] < 0))
     clusters = np.unique(before[pairs[cut, 0]])
+    pooling = bool(pooled_level) and non_match_share is not None
+    if pooling:
+        # a pair the probability rules out (0; or that cannot link) is a non-match's
+        share = np.where(probability > 0, np.asarray(non_match_share, np.float64), 1.0)
+        amp_limit = np.inf if amplitude is None else _amplitude_limit(labels, pairs, amplitude)
+        log_amp = np.log(np.maximum(np.asarray(
+            np.ones(before.size) if amplitude is None else amplitude, np.float64), 1e-3))
     removed = []
     for units, rows in _cluster_members(before, pairs, clusters):
         p = _cluster_similarity(units, pairs[rows], probability[rows])
@@ -690,15 +761,29 @@ def rejoin_by_probability(before, after, pairs, probability, threshold: float,
         lone = part < 0
         part[lone] = next_label + np.arange(lone.sum())
         next_label += int(lone.sum())
+        pooled = None if not pooling else _cluster_similarity(
+            units, pairs[rows], share[rows], missing=np.nan)
         groups = [np.flatnonzero(part == g) for g in np.unique(part)]
         while len(groups) > 1:
             mean = np.array([[p[np.ix_(a, b)].mean() for b in groups] for a in groups])
+            # above the level: more probable than non-matches; or, pooled over the pairs
+            # across, unlike non-matches (pooled_non_match_p)
+            join = mean > threshold
             if far is not None:
                 apart = np.array([[far[np.ix_(a, b)].mean() for b in groups] for a in groups])
-                mean[apart > max_distance_ratio] = -np.inf
+                join &= apart <= max_distance_ratio
+            if pooled is not None:
+                med = np.array([np.median(log_amp[units[g]]) for g in groups])
+                unlike = np.array([[_pooled_join(pooled[np.ix_(a, b)], pooled_level)
+                                    for b in groups] for a in groups])
+                unlike &= np.abs(med[:, None] - med[None, :]) <= amp_limit
+                if far is not None:
+                    unlike &= apart <= max_distance_ratio
+                join |= unlike
+            mean[~join] = -np.inf
             np.fill_diagonal(mean, -np.inf)
             i, j = np.unravel_index(np.argmax(mean), mean.shape)
-            if mean[i, j] <= threshold:  # at the level: as probable as non-matches
+            if mean[i, j] == -np.inf:
                 break
             i, j = min(i, j), max(i, j)
             groups[i] = np.sort(np.concatenate([groups[i], groups.pop(j)]))

@@ -42,6 +42,9 @@ class ProbabilityLinks:
     labels: np.ndarray | None  # None when the probability did not make the clusters
     match_confidence: np.ndarray | None = None
     made_clusters: bool = False  # the final clusters rest on the probability
+    # (P,) float32 classifier score of each candidate pair before calibration (cross-fitted
+    # where the fit saw the pair, the fold models' mean elsewhere): MatchModel.non_match_share
+    candidate_score: np.ndarray | None = None
 
 
 def evidence_features(final_names: list) -> list:
@@ -129,12 +132,19 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     p[fit_c] = model.candidate_probability
     rest = np.ones(len(pairs), bool)
     rest[fit_c] = False
-    p[rest] = model.predict(LazyEvidence(similarity_of_candidates[rest], positions, amplitude,
-                                         n_spikes, pairs[rest]))
+    score = np.empty(len(pairs), np.float32)
+    score[fit_c] = model.candidate_score
+    model.candidate_score = None  # held once, in the links (100 MB at 10^5 units)
+    if rest.any():
+        rest_score = model.score(LazyEvidence(similarity_of_candidates[rest], positions,
+                                              amplitude, n_spikes, pairs[rest]))
+        p[rest] = model.probability(rest_score)
+        score[rest] = rest_score
     labels = cluster_by_probability(n, pairs, p, max_cluster_size) if with_clusters else None
     # only MatchTable's rows keep their evidence: all of it is 2 GB at 10^5 units
     links = ProbabilityLinks(model, [], p,
-                             similarity_of_candidates[in_match_table(p)], labels)
+                             similarity_of_candidates[in_match_table(p)], labels,
+                             candidate_score=score)
     return links, evidence
 
 
@@ -159,6 +169,27 @@ def within_cluster_probability(links: ProbabilityLinks, evidence, pairs: np.ndar
         p[rest] = links.model.predict(evidence(q_pairs[rest]))
     p[~linkable] = 0.0
     return p
+
+
+def within_cluster_share(links: ProbabilityLinks, evidence, pairs: np.ndarray,
+                         q_pairs: np.ndarray, linkable: np.ndarray, n_units: int,
+                         probability: np.ndarray) -> np.ndarray:
+    """Per within-cluster pair (Q, 2), the share of known non-matches whose classifier score
+    is at least the pair's (MatchModel.non_match_share): (Q,) in (0, 1], small where the pair
+    looks unlike a non-match. Candidate pairs read their score, other linkable pairs the fold
+    models' mean; pairs that cannot link read NaN (no evidence). Only pairs whose
+    probability (Q,) is at most the known non-matches' median keep their share: there the
+    calibration gives small units' matches the value of most non-matches (its floor); the
+    probability has ranked the others already, and they read 1."""
+    found, score = pair_lookup(pairs, links.candidate_score, q_pairs, n_units)
+    rest = np.flatnonzero(~found & linkable)
+    if rest.size:
+        score[rest] = links.model.score(evidence(q_pairs[rest])).astype(np.float32)
+    share = np.full(len(q_pairs), np.nan)
+    ok = np.asarray(linkable, bool)
+    share[ok] = links.model.non_match_share(score[ok])
+    share[ok & (np.asarray(probability) > links.model.non_match_level(0.5))] = 1.0
+    return share
 
 
 MATCH_TABLE_MIN_PROBABILITY = 0.05

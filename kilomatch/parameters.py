@@ -196,6 +196,16 @@ PARAMETERS: tuple[Param, ...] = (
           "the typical distance between two units of one neuron at their amplitudes (learned "
           "from each dataset's sure matches, README \"Match probability\"). 0 turns it off.",
           min=0),
+    Param("autoCuration.cut_pooled_level", "float", 0.05,
+          "A cut made by auto_split or position_split is also undone where the pairs across "
+          "it, pooled, are unlike non-matches: every pair across has a match probability no "
+          "higher than most same-session pairs (known non-matches) get, yet a classifier score "
+          "above their median, and Fisher's combination of the pairs' shares of known "
+          "non-matches scoring at least as high is below this level; the two sides' median "
+          "amplitudes agree (within the 99th percentile of one neuron's) and they are not "
+          "farther apart than cut_distance_ratio. For small units, whose pairs the probability "
+          "gives its floor one by one (README \"Match probability\"). 0 turns it off.",
+          min=0, max=1),
     Param("autoCuration.split_distance_ratio", "float", 5.0,
           "Last step of the curation (clustering.method 'similarity'): split each cluster "
           "where its groups of units are on average farther apart than this many times the "

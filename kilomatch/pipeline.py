@@ -460,10 +460,13 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     positions = None
     if ac.position_split:
         positions = np.column_stack([units.locations[:, 0], final.corrected_depth])
-    q_p, cut = None, ac.cut_probability
+    q_p, q_share, cut = None, None, ac.cut_probability
     if fitted is not None:
         q_p = linking.within_cluster_probability(fitted[0], fitted[1], final.pairs, q_pairs,
                                                  q_link, len(labels))
+        if ac.cut_pooled_level > 0:
+            q_share = linking.within_cluster_share(fitted[0], fitted[1], final.pairs, q_pairs,
+                                                   q_link, len(labels), q_p)
         if cut < 1:  # a cut between parts as probable as known non-matches is not vetoed
             cut = max(cut, fitted[0].model.non_match_level(NON_MATCH_QUANTILE))
     splits = find_sorter_splits(labels, units, data, s)
@@ -475,7 +478,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                           None if splits is None else splits.split_pairs(), ratio,
                           ac.cut_distance_ratio or np.inf, ac.split_distance_ratio or np.inf,
                           xy, units.amplitude, ac.succession_probability,
-                          s.clustering.max_session_gap)
+                          s.clustering.max_session_gap, q_share, ac.cut_pooled_level)
     cur.splits = splits
     cur.cut_probability = cut if q_p is not None else float("nan")
     if fitted is not None:  # the probability is reported; the similarity made the clusters

@@ -106,6 +106,12 @@ class MatchModel:
     candidate_probability: np.ndarray
     non_match_probability: np.ndarray = field(repr=False, default=None)
     bin_edges: list = field(repr=False, default=None)  # each fold model's (bin_edges)
+    # the classifier's cross-fitted scores before calibration, float32: (P,) of the candidate
+    # pairs the fit saw and (Q,) of the same-session pairs, sorted. The calibration's steps
+    # give most non-matches and many small units' matches one value (its floor); the scores
+    # still rank them (kilomatch.curation pools them over a unit's pairs: non_match_share)
+    candidate_score: np.ndarray = field(repr=False, default=None)
+    non_match_score: np.ndarray = field(repr=False, default=None)
 
     def non_match_level(self, quantile: float = 0.9) -> float:
         """The probability that known non-matches (the same-session pairs, cross-fitted) stay
@@ -120,13 +126,32 @@ class MatchModel:
         score of the fold models."""
         if not len(evidence):
             return np.zeros(0)
+        return self.probability(self.score(evidence))
+
+    def probability(self, score: np.ndarray) -> np.ndarray:
+        """Match probability (P,) of the fold models' mean scores (P,) (:meth:`score`)."""
+        return _probability(_calibrated(self.calibration, score), self.prior)
+
+    def score(self, evidence: np.ndarray) -> np.ndarray:
+        """The fold models' mean score (before calibration) of pairs: (P, K) -> (P,)."""
         score = np.zeros(len(evidence))
         with _scoring_threads():
             for rows in _chunks(len(evidence)):
                 x = evidence[rows]
                 score[rows] = np.mean([m.predict_proba(to_bins(x, e))[:, 1]
                                        for m, e in zip(self.models, self.bin_edges)], axis=0)
-        return _probability(_calibrated(self.calibration, score), self.prior)
+        return score
+
+    def non_match_share(self, score: np.ndarray) -> np.ndarray:
+        """Share of the same-session pairs (known non-matches) whose cross-fitted score is at
+        least each of ``score`` (K,): (K,) in (0, 1], the tail p-value of a non-match with that
+        score (one more non-match counted at the score, so never 0). All 1 without scores."""
+        null = self.non_match_score
+        score = np.asarray(score, np.float64)
+        if null is None or not len(null):
+            return np.ones(score.size)
+        at_least = null.size - np.searchsorted(null, score.astype(np.float32), side="left")
+        return (at_least + 1.0) / (null.size + 1.0)
 
 
 def _probability(g: np.ndarray, prior: float) -> np.ndarray:
@@ -266,7 +291,8 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
     log.info("match probability: %d candidate pairs, %d same-session pairs; estimated "
              "fraction of matches among candidate pairs %.4f", n_c, n_n, prior)
     return MatchModel(models, calibration, prior, n_c, n_n, _probability(g[:n_c], prior),
-                      _probability(g[n_c:], prior), edges)
+                      _probability(g[n_c:], prior), edges, score[:n_c].astype(np.float32),
+                      np.sort(score[n_c:].astype(np.float32)))
 
 
 def _fit_calibration(score: np.ndarray, y: np.ndarray):

@@ -620,3 +620,55 @@ def test_split_successions_takes_apart_one_neuron_followed_by_another():
                  probability=pair_values(pairs, {k: 0.95 for k in inside}, 0.1),
                  cut_probability=0.02, succession_probability=0.0)
     assert len(res.removed_pairs) == 0
+
+
+def test_pooled_non_match_p_is_fishers_combination():
+    """One pair: its own share. Two pairs of share 0.1: -2 ln(0.01) against chi-square with 4
+    degrees of freedom, 0.01 (1 + ln 100). NaN (pairs that cannot link) are left out; no pair
+    is no evidence."""
+    assert curation.pooled_non_match_p(np.array([0.3])) == pytest.approx(0.3)
+    assert curation.pooled_non_match_p(np.array([[0.1, np.nan], [0.1, np.nan]])) == \
+        pytest.approx(0.01 * (1 + np.log(100)))
+    assert curation.pooled_non_match_p(np.array([np.nan])) == 1.0
+
+
+def test_pooled_evidence_keeps_a_small_unit_its_pairs_one_by_one_cannot():
+    """Units 0-4 are one neuron (similar, probable); unit 5, of another session, has every
+    pair to them below the similarity threshold and at the probability's floor (0.01, below
+    the veto's 0.02), as a small unit of the same neuron has. Its five pairs' scores each
+    rank above 97% of the known non-matches (share 0.03): pooled (Fisher, p ~ 1e-4) the cut is
+    undone at pooled_level 0.05 and stands without pooling. It stands when the shares are
+    those of a typical non-match (0.5), when the probability rules the pairs out (0: they
+    count as non-matches), when unit 5's amplitude is three times the neuron's, when it
+    lies farther than cut_distance_ratio, and when one of its pairs scores like a plain
+    non-match (share 0.7: Fisher's combination alone would still join, p ~ 1e-3)."""
+    labels = np.zeros(6, int)
+    session = np.arange(6)
+    pairs = within_cluster_pairs(labels)
+    inside = {(i, j) for i in range(5) for j in range(i + 1, 5)}
+    sim = pair_values(pairs, {k: 3.0 for k in inside}, 0.5)
+    link = np.ones(len(pairs), bool)
+    amplitude = np.array([50.0, 52.0, 48.0, 51.0, 49.0, 50.0])
+    ratio = pair_values(pairs, {k: 1.0 for k in inside}, 2.0)
+
+    def cut_stands(share_across=0.03, p_across=0.01, level=0.05, amp5=50.0, ratio_limit=4.0,
+                   one_plain=False):
+        p = pair_values(pairs, {k: 0.95 for k in inside}, p_across)
+        share = pair_values(pairs, {k: 0.001 for k in inside}, share_across)
+        if one_plain:  # one pair across scores like a plain non-match (below their median)
+            share[np.flatnonzero((pairs[:, 1] == 5))[0]] = 0.7
+        res = curate(labels, session, pairs, sim, link, threshold=1.0, probability=p,
+                     cut_probability=0.02, distance_ratio=ratio, max_distance_ratio=ratio_limit,
+                     amplitude=np.r_[amplitude[:5], amp5], non_match_share=share,
+                     pooled_level=level)
+        whole = np.all(res.labels[:5] == res.labels[0]) and res.labels[0] >= 0
+        assert whole  # the neuron's own units always stay together
+        return res.labels[5] != res.labels[0]
+
+    assert not cut_stands()
+    assert cut_stands(level=0.0)
+    assert cut_stands(share_across=0.5)
+    assert cut_stands(p_across=0.0)
+    assert cut_stands(amp5=150.0)
+    assert cut_stands(ratio_limit=1.5)
+    assert cut_stands(one_plain=True)

@@ -333,3 +333,32 @@ def test_similarity_columns_read_as_one_array():
     for rows in (np.array([4, 0, 49, 4]), rng.random(50) < 0.3, slice(5, 20), slice(None)):
         np.testing.assert_array_equal(cols[rows], whole[rows])
     assert np.shares_memory(cols.columns[0], held)
+
+
+def test_non_match_share_is_the_tail_share_of_the_known_non_matches():
+    """A score's share of the same-session pairs scoring at least as high, counting one more
+    non-match at the score (never 0); every within-cluster pair that cannot link reads NaN,
+    a candidate its stored score, another linkable pair the fold models' mean score."""
+    from kilomatch.probability import MatchModel
+
+    class Scored(MatchModel):
+        def score(self, evidence):
+            return np.asarray(evidence, np.float64)[:, 0]
+
+    model = Scored([], None, 0.1, 0, 4, np.zeros(0), np.array([0.0, 0.0, 0.01, 0.5]),
+                   non_match_score=np.array([0.1, 0.2, 0.3, 0.4], np.float32))
+    np.testing.assert_allclose(model.non_match_share(np.array([0.0, 0.25, 0.4, 0.5])),
+                               [5 / 5, 3 / 5, 2 / 5, 1 / 5])
+    links = linking.ProbabilityLinks(model, ["Waveform"], np.array([0.5, 0.5]),
+                                     np.zeros((0, 1)), None,
+                                     candidate_score=np.array([0.35, 0.05], np.float32))
+    candidates = np.array([[0, 1], [0, 2]])
+    q_pairs = np.array([[0, 1], [0, 2], [1, 2], [1, 3], [2, 3]])
+    # the last pair's probability is above the non-matches' median (0.005): the probability
+    # has ranked it, and its share is 1
+    share = linking.within_cluster_share(links, lambda q: np.full((len(q), 1), 0.15),
+                                         candidates, q_pairs,
+                                         np.array([True, True, True, False, True]), 4,
+                                         np.array([0.005, 0.0, 0.005, 0.0, 0.3]))
+    np.testing.assert_allclose(share[[0, 1, 2, 4]], [2 / 5, 5 / 5, 4 / 5, 1.0])
+    assert np.isnan(share[3])

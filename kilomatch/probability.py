@@ -165,6 +165,7 @@ def _one_thread():
     """The trees on one thread: on a shared machine OpenMP's spinning threads made the fit
     ten times slower; the small fits here gain little from more (results are the same)."""
     from threadpoolctl import threadpool_limits
+    _tree_classifier()  # the limits reach only thread pools already loaded: scikit-learn's
     return threadpool_limits(1)
 
 
@@ -174,6 +175,7 @@ def _scoring_threads():
     from threadpoolctl import threadpool_limits
 
     from .parallel import pair_threads
+    _tree_classifier()  # as in _one_thread
     return threadpool_limits(pair_threads(), user_api="openmp")
 
 
@@ -182,11 +184,17 @@ def _scoring_threads():
 N_BINS = 63
 
 
-def _classifier(seed: int):
+def _tree_classifier():
+    """scikit-learn's HistGradientBoostingClassifier, imported on first use (with it, the
+    OpenMP runtime its trees run on)."""
     from sklearn.ensemble import HistGradientBoostingClassifier
+    return HistGradientBoostingClassifier
+
+
+def _classifier(seed: int):
     # No early stopping: it would hold out a random validation set; a fixed number of
     # shallow, regularised trees keeps the density ratio smooth where pairs are few.
-    return HistGradientBoostingClassifier(
+    return _tree_classifier()(
         max_iter=60, learning_rate=0.1, max_leaf_nodes=15, min_samples_leaf=40,
         max_bins=N_BINS, l2_regularization=1.0, early_stopping=False, random_state=seed)
 

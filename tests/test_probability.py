@@ -362,3 +362,32 @@ def test_non_match_share_is_the_tail_share_of_the_known_non_matches():
                                          np.array([0.005, 0.0, 0.005, 0.0, 0.3]))
     np.testing.assert_allclose(share[[0, 1, 2, 4]], [2 / 5, 5 / 5, 4 / 5, 1.0])
     assert np.isnan(share[3])
+
+
+def test_the_fit_runs_on_one_openmp_thread_even_as_scikit_learns_first_use():
+    """The trees are fitted on one OpenMP thread also in a process that has not imported
+    scikit-learn before the fit (a notebook using this module alone): threadpoolctl's limit
+    reaches only the runtimes already loaded, so the classifier is loaded first."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    code = """
+import sys
+import numpy as np
+from threadpoolctl import threadpool_info
+from kilomatch import probability
+assert 'sklearn' not in sys.modules
+seen = []
+real = probability._classifier
+def spy(seed):
+    seen.append([p['num_threads'] for p in threadpool_info() if p['user_api'] == 'openmp'])
+    return real(seed)
+probability._classifier = spy
+rng = np.random.default_rng(0)
+cand, non = rng.normal(size=(400, 3)), rng.normal(size=(300, 3))
+probability.fit_match_probability(cand, non, cand[:, 1] > 1, non[:, 1] > 1, n_folds=2)
+sys.exit(0 if seen and all(t == [1] for t in seen) else f'openmp threads {seen}')
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-2000:]

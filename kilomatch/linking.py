@@ -112,7 +112,9 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     x_cand = LazyEvidence(similarity_of_candidates, positions, amplitude, n_spikes, pairs)
     x_non = evidence(non)
     inside = full_window(depth, session, max_distance)
-    fit_c = np.flatnonzero(inside[pairs[:, 0]] & inside[pairs[:, 1]])
+    # int32 rows where they fit: 28 M of them at 10^5 units
+    fit_c = np.flatnonzero(inside[pairs[:, 0]] & inside[pairs[:, 1]]).astype(
+        np.int32 if len(pairs) < 2**31 else np.int64)
     fit_n = np.flatnonzero(inside[non[:, 0]] & inside[non[:, 1]])
     if min(fit_c.size, fit_n.size) < 200:  # a short span of units: fit on every pair
         fit_c, fit_n = np.arange(len(pairs)), np.arange(len(non))
@@ -120,9 +122,8 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     # max_distance hold no match, which fixes the share of matches (the prior). (A wider
     # anchor holds more same-session pairs, and their count is what limits the estimate.)
     far = 0.3 * max_distance
-    model = fit_match_probability(x_cand, x_non[fit_n],
-                                  np.abs(np.diff(depth[pairs[fit_c]], axis=1))[:, 0] > far,
-                                  np.abs(np.diff(depth[non[fit_n]], axis=1))[:, 0] > far, seed,
+    model = fit_match_probability(x_cand, x_non[fit_n], _far_apart(depth, pairs, fit_c, far),
+                                  _far_apart(depth, non, fit_n, far), seed,
                                   candidate_rows=fit_c)
     if model is None:
         return None
@@ -146,6 +147,17 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
                              similarity_of_candidates[in_match_table(p)], labels,
                              candidate_score=score)
     return links, evidence
+
+
+def _far_apart(depth: np.ndarray, pairs: np.ndarray, rows: np.ndarray, far: float,
+               block: int = 1 << 20) -> np.ndarray:
+    """(n,) bool: the pairs pairs[rows] (rows (n,)) whose depths (N,) um differ by more than
+    ``far``, a block of rows at a time (the pairs' depths of 28 M candidate pairs took 1 GB)."""
+    out = np.empty(len(rows), dtype=bool)
+    for start in range(0, len(rows), block):
+        part = pairs[rows[start:start + block]]
+        out[start:start + block] = np.abs(depth[part[:, 1]] - depth[part[:, 0]]) > far
+    return out
 
 
 def full_window(depth: np.ndarray, session: np.ndarray, max_distance: float) -> np.ndarray:

@@ -149,8 +149,10 @@ def assemble(result: Result) -> RunArrays:
     # Per-unit values that each shank computed on its own units, put back in unit order.
     ch_raw = output_channels(units.peak_channel, locs, n_near)
     depth = np.zeros(n)
-    if len(parts) == 1 and np.array_equal(parts[0].units, np.arange(n)):
-        final = parts[0].result.final  # one part in unit order: no copy when kept narrowed
+    # one part holding every unit in order: its arrays are the run's own, no copies
+    whole = len(parts) == 1 and np.array_equal(parts[0].units, np.arange(n))
+    if whole:
+        final = parts[0].result.final  # no copy of the waveforms when kept narrowed
         ch_corr = final.channels_corrected[0]
         wf_corr = _on_channels(final.waveforms_corrected[0], ch_corr)
         depth[:] = final.corrected_depth
@@ -169,8 +171,8 @@ def assemble(result: Result) -> RunArrays:
     curated = [p.result.curated for p in parts]
     members = [p.units for p in parts]
     linear = result.settings.waveformCorrection.linear_correction
-    if len(parts) == 1 and np.array_equal(parts[0].units, np.arange(n)):
-        pairs = parts[0].result.final.pairs  # unit ids are already global: no copy
+    if whole:
+        pairs = parts[0].result.final.pairs  # unit ids are already global
     else:
         pairs = np.vstack([p.units[p.result.final.pairs] for p in parts]).reshape(-1, 2)
     # Clusters before curation: those of the probability where it made them.

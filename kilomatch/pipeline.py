@@ -430,8 +430,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     waveforms = corrected_waveforms(units, data.channel_locations, motion,
                                     s.waveformCorrection, kinv)
     if narrow:  # every later comparison reads the corrected copy
-        units.waveforms = units.waveforms.narrowed(output_channels(
-            units.peak_channel, data.channel_locations, s.waveformCorrection.n_nearest_channels))
+        _narrow_original(units, data, s)
     final = match_units(units, data.channel_locations, s, motion, final_names, data.n_sessions,
                         kinv, waveforms=waveforms)
     final.waveforms_corrected, final.channels_corrected = waveforms
@@ -504,6 +503,13 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         _narrow_corrected(final)
     idx = renumber(cur.labels, start=1)
     return Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))
+
+
+def _narrow_original(units: UnitFeatures, data: Dataset, s: Settings) -> None:
+    """The units' original waveforms on the channels written out only (waveforms.npy):
+    nothing compares them once the final correction is made."""
+    units.waveforms = units.waveforms.narrowed(output_channels(
+        units.peak_channel, data.channel_locations, s.waveformCorrection.n_nearest_channels))
 
 
 def _narrow_corrected(final: RoundResult) -> None:
@@ -739,8 +745,7 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
             part = track(subset_dataset(data, members), subset_units(units, members), s, rounds,
                          final_names, given_for(shank), kinv, narrow=True)
             parts.append(ShankPart(int(shank), members, part))
-        units.waveforms = units.waveforms.narrowed(output_channels(
-            units.peak_channel, data.channel_locations, s.waveformCorrection.n_nearest_channels))
+        _narrow_original(units, data, s)
         result = merge_shanks(s, data, units, parts)
         stages.done("tracking every shank")
     result.run_time_s = time.perf_counter() - t0

@@ -244,9 +244,16 @@ def to_bins(x: np.ndarray, edges: list) -> np.ndarray:
 
 def _balanced_weight(y: np.ndarray) -> np.ndarray:
     """Sample weights giving both classes of y (0/1) the same total."""
-    n_pos = max(int(y.sum()), 1)
-    n_neg = max(int(y.size - y.sum()), 1)
-    return np.where(y == 1, 0.5 / n_pos, 0.5 / n_neg) * y.size
+    w_neg, w_pos = _class_weights(y)
+    return np.where(y == 1, w_pos, w_neg)
+
+
+def _class_weights(y: np.ndarray) -> tuple[float, float]:
+    """The weight of one row of class 0 and of class 1 in y (n,) 0/1 that gives both classes
+    the same total (n / 2 each)."""
+    n_pos = max(int(np.count_nonzero(y == 1)), 1)
+    n_neg = max(int(y.size - np.count_nonzero(y == 1)), 1)
+    return 0.5 / n_neg * y.size, 0.5 / n_pos * y.size
 
 
 # Rows of evidence the classifier scores at once: bounds the copies (binned, and the
@@ -310,13 +317,13 @@ def _fit_calibration(score: np.ndarray, y: np.ndarray):
     about a quarter of the rows. scikit-learn's fit holds ~10 copies of its input, 2.7 GB
     for the 27 M rows at 10^5 units."""
     from sklearn.isotonic import IsotonicRegression
-    n_class = [max(int(np.count_nonzero(y == k)), 1) for k in (0, 1)]
+    per_row = _class_weights(y)
     scores, classes, weights = [], [], []
     for k in (0, 1):
         values, counts = np.unique(score[y == k], return_counts=True)
         scores.append(values)
         classes.append(np.full(values.size, k, np.int8))
-        weights.append(counts * (0.5 / n_class[k] * y.size))
+        weights.append(counts * per_row[k])
     calibration = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
     return calibration.fit(np.concatenate(scores), np.concatenate(classes),
                            sample_weight=np.concatenate(weights))

@@ -71,8 +71,8 @@ def correct_waveforms(waveforms: np.ndarray, channel_locations: np.ndarray,
 
 
 def correct_local(local: LocalWaveforms, channel_locations: np.ndarray, shift_um: np.ndarray,
-                  kinv: np.ndarray | None = None, units: np.ndarray | None = None
-                  ) -> LocalWaveforms:
+                  kinv: np.ndarray | None = None, units: np.ndarray | None = None,
+                  out: np.ndarray | None = None) -> LocalWaveforms:
     """Kriging correction of each unit on its own channel window (same windows out).
 
     shift_um: (N,) um. The data weights are (K + 0.01 I)^-1 restricted to the window (the
@@ -81,6 +81,9 @@ def correct_local(local: LocalWaveforms, channel_locations: np.ndarray, shift_um
     correction. Units sharing a window share one weight matrix; units that also share a shift
     (every unit of a session under rigid motion) share one kernel evaluation. units: (m,)
     rows of ``local`` to correct (default all): the result holds those m units, in that order.
+    out: (m, W, T) float32 to write the result into; may be ``local.values`` itself (all
+    units): each block of units is read before it is written and blocks do not overlap, so
+    the original window copy becomes the corrected one without a second copy beside it.
     """
     locs = np.asarray(channel_locations, dtype=np.float64)
     if kinv is None:
@@ -89,7 +92,13 @@ def correct_local(local: LocalWaveforms, channel_locations: np.ndarray, shift_um
     windows, window_of_all = local.window_index()
     rows = np.arange(local.n_units) if units is None else np.asarray(units, dtype=np.int64)
     window_of = window_of_all[rows]
-    out = np.empty((rows.size,) + local.values.shape[1:], dtype=np.float32)
+    shape = (rows.size,) + local.values.shape[1:]
+    if out is None:
+        out = np.empty(shape, dtype=np.float32)
+    elif out is local.values and units is not None:
+        raise ValueError("correcting in place needs every unit (units=None)")
+    elif out.shape != shape or out.dtype != np.float32:
+        raise ValueError(f"out must be float32 of shape {shape}, not {out.dtype} {out.shape}")
     order = np.argsort(window_of, kind="stable")
     bounds = np.flatnonzero(np.diff(window_of[order])) + 1
 

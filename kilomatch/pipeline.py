@@ -179,16 +179,23 @@ def pair_similarities(units: UnitFeatures, names: list, pairs: np.ndarray,
 
 
 def corrected_waveforms(units: UnitFeatures, channel_locations: np.ndarray, motion: Motion,
-                        wc, kinv=None, rows: np.ndarray | None = None) -> tuple[list, np.ndarray]:
+                        wc, kinv=None, rows: np.ndarray | None = None,
+                        in_place: bool = False) -> tuple[list, np.ndarray]:
     """Kriging-corrected waveforms, one LocalWaveforms per reference probe (K), and each
     unit's nearest channels around its corrected peak channel (K, N, n); of the units
-    ``rows`` (m,) only, in that order, when given."""
+    ``rows`` (m,) only, in that order, when given.
+
+    in_place: the last reference probe's correction is written over ``units.waveforms``'
+    values (all units), for a caller that has no further use of the original window copy
+    (2.6 GB at 10^5 NP1 units): ``units.waveforms`` no longer holds the original after."""
     if kinv is None:
         kinv = correction.kriging_inverse(channel_locations)
     wfs, chans = [], []
-    for shift in reference_shifts(motion, units, wc.n_templates):
+    shifts = reference_shifts(motion, units, wc.n_templates)
+    for k, shift in enumerate(shifts):
+        last = in_place and k == len(shifts) - 1
         corrected = correction.correct_local(units.waveforms, channel_locations, shift, kinv,
-                                             rows)
+                                             rows, units.waveforms.values if last else None)
         slot = np.argmax(features.peak_to_trough(corrected.values), axis=1)
         peak = corrected.channels[np.arange(corrected.n_units), slot]
         wfs.append(corrected)
@@ -426,11 +433,14 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                                         data.n_sessions, kinv)
     note("motion rounds")
     warn_if_window_too_small(motion, data.channel_locations, s)
-    # outputs always carry corrected waveforms, and the probability compares them
+    # outputs always carry corrected waveforms, and the probability compares them; every
+    # later comparison reads the corrected copy, so a narrowing run corrects the original
+    # window copy in place once its written channels are kept aside
+    original = _narrowed_original(units, data, s) if narrow else None
     waveforms = corrected_waveforms(units, data.channel_locations, motion,
-                                    s.waveformCorrection, kinv)
-    if narrow:  # every later comparison reads the corrected copy
-        _narrow_original(units, data, s)
+                                    s.waveformCorrection, kinv, in_place=narrow)
+    if narrow:
+        units.waveforms = original
     final = match_units(units, data.channel_locations, s, motion, final_names, data.n_sessions,
                         kinv, waveforms=waveforms)
     final.waveforms_corrected, final.channels_corrected = waveforms
@@ -505,10 +515,11 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     return Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))
 
 
-def _narrow_original(units: UnitFeatures, data: Dataset, s: Settings) -> None:
+def _narrowed_original(units: UnitFeatures, data: Dataset,
+                       s: Settings) -> "channel_windows.LocalWaveforms":
     """The units' original waveforms on the channels written out only (waveforms.npy):
     nothing compares them once the final correction is made."""
-    units.waveforms = units.waveforms.narrowed(output_channels(
+    return units.waveforms.narrowed(output_channels(
         units.peak_channel, data.channel_locations, s.waveformCorrection.n_nearest_channels))
 
 
@@ -745,7 +756,7 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
             part = track(subset_dataset(data, members), subset_units(units, members), s, rounds,
                          final_names, given_for(shank), kinv, narrow=True)
             parts.append(ShankPart(int(shank), members, part))
-        _narrow_original(units, data, s)
+        units.waveforms = _narrowed_original(units, data, s)
         result = merge_shanks(s, data, units, parts)
         stages.done("tracking every shank")
     result.run_time_s = time.perf_counter() - t0

@@ -559,3 +559,25 @@ def test_narrowed_reads_its_channels_exactly_as_the_window_does():
     kept = np.zeros((lw.n_units, 50), dtype=bool)
     kept[units[:, None], channels] = True
     np.testing.assert_array_equal(narrow.full(), np.where(kept[:, :, None], lw.full(), 0))
+
+
+def test_correct_local_in_place_equals_a_separate_copy():
+    """Writing the correction over the window copy itself (out=local.values, as the final
+    correction of a narrowing run does) gives the bytes of a separate copy: each block of
+    units is read before it is written. Several windows and shifts, more units than one
+    kernel block and than the threaded minimum."""
+    rng = np.random.default_rng(5)
+    loc = np1_probe()
+    kinv = kriging_inverse(loc)
+    table = window_table(loc, None, RADIUS)
+    peaks = rng.integers(0, C_NP1, 2500)
+    local = LocalWaveforms(reduce_block(compact_units(loc, peaks), table[peaks]), table[peaks],
+                           C_NP1)
+    shifts = rng.choice([-40.0, -7.5, 0.0, 22.0], peaks.size) + rng.uniform(-1, 1, peaks.size)
+    separate = correct_local(local, loc, shifts, kinv)
+    values = local.values
+    in_place = correct_local(local, loc, shifts, kinv, out=local.values)
+    assert in_place.values is values
+    np.testing.assert_array_equal(in_place.values, separate.values)
+    with pytest.raises(ValueError, match="every unit"):
+        correct_local(local, loc, shifts, kinv, units=np.arange(3), out=local.values)

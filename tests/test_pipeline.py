@@ -482,6 +482,27 @@ def test_locating_units_with_their_nearest_channels_given():
                                   features.locate_units(ptt, locs, peak, 12))
 
 
+def test_corrected_waveforms_in_place_with_two_reference_probes(sim_folder, tmp_path):
+    """in_place writes the last reference probe's correction over the units' window copy and
+    gives the same corrected copies as making them apart: the first probe's correction
+    still reads the original."""
+    from kilomatch import pipeline
+    s = kilomatch.settings.load(_settings(sim_folder, tmp_path / "out",
+                                          **{"waveformCorrection.n_templates": 2}))
+    data = pipeline.load_dataset(s.path_to_data)
+    units = pipeline.unit_features(data, s)
+    wc = s.waveformCorrection
+    motion = pipeline.given_motion(np.linspace(-20.0, 20.0, data.n_sessions))
+    apart, chans_apart = pipeline.corrected_waveforms(units, data.channel_locations, motion, wc)
+    window = units.waveforms.values
+    made, chans = pipeline.corrected_waveforms(units, data.channel_locations, motion, wc,
+                                               in_place=True)
+    assert made[1].values is window and made[0].values is not window
+    for a, b in zip(apart, made):
+        np.testing.assert_array_equal(a.values, b.values)
+    np.testing.assert_array_equal(chans_apart, chans)
+
+
 def test_narrow_track_keeps_the_outputs_and_leaves_a_callers_units_alone(sim_folder, tmp_path):
     """track(narrow=True), as the pipeline runs it, keeps the waveforms on the written
     channels only once nothing compares them, and every written array is the same as with

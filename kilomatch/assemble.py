@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .channel_windows import LocalWaveforms
+from .channel_windows import LocalWaveforms, StoredWaveforms
 from .clustering import combine_labels, renumber, same_cluster
 from .features import nearest_channels
 from .linking import match_table
@@ -117,6 +117,14 @@ class RunArrays:
         read so that this copy exists only while it is written (about 1 GB at 10^5 units),
         or the units' own values when a run already kept them on those channels only."""
         return _on_channels(self.unit_waveforms, self.waveform_channels)
+
+    def waveforms_to_write(self):
+        """What waveforms.npy is written from: the units' stored waveforms, read block by
+        block (channel_windows.StoredWaveforms), when a run let them go; else ``waveforms``."""
+        w = self.unit_waveforms
+        if isinstance(w, StoredWaveforms) and np.array_equal(w.channels, self.waveform_channels):
+            return w
+        return self.waveforms
 
 
 def _on_channels(waveforms: LocalWaveforms, channels: np.ndarray) -> np.ndarray:

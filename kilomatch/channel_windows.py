@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .features import channel_distances, nearest_channels
+from .load import iter_rows
 
 
 def window_table(channel_locations: np.ndarray, channel_shanks: np.ndarray | None,
@@ -137,6 +138,55 @@ class LocalWaveforms:
         rows = np.arange(self.n_units)[:, None]
         out[rows, self.channels] = self.values
         return out
+
+
+class StoredWaveforms:
+    """The units' original waveforms on channels (N, n), read again from the input when
+    asked for, block by block, instead of held (1.0 GB at 10^5 NP1 units, needed only when
+    ``waveforms.npy`` is written). They read exactly as ``LocalWaveforms.narrowed(channels)``
+    of the window copy that ``prepare`` and the windows made from the same input.
+
+    source: the input's waveforms (N, C, T), memory-mapped or in memory; windows: (N, W) the
+    window copy's channels; prepare: (block (b, C, T), rows slice) -> block as the window copy
+    was made from it (centring), or None.
+    """
+
+    def __init__(self, source, windows: np.ndarray, channels: np.ndarray, n_channels: int,
+                 prepare=None):
+        self.source, self.windows, self.prepare = source, windows, prepare
+        self.channels = np.asarray(channels, dtype=np.int64)
+        self.n_channels = n_channels
+
+    @property
+    def n_units(self) -> int:
+        return self.channels.shape[0]
+
+    @property
+    def shape(self) -> tuple:
+        """(N, C, T), as LocalWaveforms.shape."""
+        return (self.n_units, self.n_channels, self.source.shape[2])
+
+    def blocks(self):
+        """Yield (start, (b, n, T) float32) over the units in order."""
+        for start, block in iter_rows(self.source):
+            rows = slice(start, start + block.shape[0])
+            if self.prepare is not None:
+                block = self.prepare(block, rows)
+            window = LocalWaveforms(reduce_block(block, self.windows[rows]), self.windows[rows],
+                                    self.n_channels)
+            yield start, window.on(np.arange(block.shape[0]), self.channels[rows])
+
+    @property
+    def values(self) -> np.ndarray:
+        """(N, n, T) float32, gathered on each call (not kept)."""
+        out = np.empty((self.n_units, self.channels.shape[1], self.shape[2]), np.float32)
+        for start, block in self.blocks():
+            out[start:start + block.shape[0]] = block
+        return out
+
+    def on(self, units: np.ndarray, channels: np.ndarray) -> np.ndarray:
+        """As LocalWaveforms.on."""
+        return LocalWaveforms(self.values, self.channels, self.n_channels).on(units, channels)
 
 
 def reduce_block(block: np.ndarray, channels: np.ndarray) -> np.ndarray:

@@ -63,8 +63,26 @@ def _plain(value) -> np.ndarray:
 
 
 def save_npy(path: Path, value) -> None:
+    """``value`` an array, or an object with ``shape`` and ``blocks()`` (yielding (start,
+    float32 rows) in order: channel_windows.StoredWaveforms), written a block at a time with
+    the bytes the whole array would give."""
+    if hasattr(value, "blocks"):
+        _atomic_write(Path(path), lambda f: _write_blocks(f, value))
+        return
     arr = _plain(value)
     _atomic_write(Path(path), lambda f: np.lib.format.write_array(f, arr, allow_pickle=False))
+
+
+def _write_blocks(f, source) -> None:
+    shape = (source.n_units,) + tuple(source.channels.shape[1:]) + (source.shape[2],)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+              "fortran_order": False, "shape": shape}
+    try:  # the header version np.save would choose
+        np.lib.format.write_array_header_1_0(f, header)
+    except ValueError:
+        np.lib.format.write_array_header_2_0(f, header)
+    for _, block in source.blocks():
+        f.write(np.ascontiguousarray(block, dtype=np.float32).tobytes())
 
 
 # Float arrays larger than this are stored in .npz files without compression: their bits
@@ -187,7 +205,7 @@ def write_all(result: Result, arrays: RunArrays) -> list:
     put("isi.npy", units.isi.astype(np.float32))
     if units.peth is not None:
         put("peth.npy", units.peth.astype(np.float32))
-    put("waveforms.npy", a.waveforms)
+    put("waveforms.npy", a.waveforms_to_write())
     put("waveforms_corrected.npy", a.waveforms_corrected)
     put("waveform_channels.npy", a.waveform_channels)
     put("waveform_channels_corrected.npy", a.waveform_channels_corrected)

@@ -515,12 +515,21 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     return Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))
 
 
-def _narrowed_original(units: UnitFeatures, data: Dataset,
-                       s: Settings) -> "channel_windows.LocalWaveforms":
+def _narrowed_original(units: UnitFeatures, data: Dataset, s: Settings):
     """The units' original waveforms on the channels written out only (waveforms.npy):
-    nothing compares them once the final correction is made."""
-    return units.waveforms.narrowed(output_channels(
-        units.peak_channel, data.channel_locations, s.waveformCorrection.n_nearest_channels))
+    nothing compares them once the final correction is made, so they are read again from
+    the input when written (1.0 GB at 10^5 units), or kept narrowed where the data have no
+    waveforms of their own to read (a shank's subset)."""
+    channels = output_channels(units.peak_channel, data.channel_locations,
+                               s.waveformCorrection.n_nearest_channels)
+    if data.waveforms is None:
+        return units.waveforms.narrowed(channels)
+    prepare = None
+    if s.centering_waveforms:  # as unit_features made the window copy
+        def prepare(block, rows):
+            return features.center_waveforms(block, units.peak_channel[rows])
+    return channel_windows.StoredWaveforms(data.waveforms, units.waveforms.channels, channels,
+                                           units.waveforms.n_channels, prepare)
 
 
 def _narrow_corrected(final: RoundResult) -> None:

@@ -9,7 +9,12 @@ Every windowed result is compared with its full-probe (or brute-force) definitio
 import numpy as np
 import pytest
 
-from kilomatch.channel_windows import LocalWaveforms, reduce_block, window_table
+from kilomatch.channel_windows import (
+    LocalWaveforms,
+    StoredWaveforms,
+    reduce_block,
+    window_table,
+)
 from kilomatch.correction import (
     correct_local,
     correct_waveforms,
@@ -581,3 +586,35 @@ def test_correct_local_in_place_equals_a_separate_copy():
     np.testing.assert_array_equal(in_place.values, separate.values)
     with pytest.raises(ValueError, match="every unit"):
         correct_local(local, loc, shifts, kinv, units=np.arange(3), out=local.values)
+
+
+@pytest.mark.parametrize("centred", [False, True])
+def test_stored_waveforms_read_as_the_narrowed_window_copy(tmp_path, centred):
+    """The original waveforms read again from the input file (memory-mapped, more units than
+    one read block) on the written channels equal the window copy narrowed to them, with the
+    centring the copy was made with; on two shanks, channels of the other shank (outside a
+    unit's window) read 0 in both. The export writes them with np.save's bytes."""
+    from kilomatch.export import save_npy
+    from kilomatch.features import center_waveforms, nearest_channels
+    rng = np.random.default_rng(7)
+    loc = np1_probe(64)
+    shanks = np.repeat([0, 1], 32)
+    table = window_table(loc, shanks, 100.0, min_channels=12)
+    n, t = 2100, 10
+    wf = rng.normal(size=(n, 64, t)).astype(np.float32)
+    np.save(tmp_path / "waveforms.npy", wf)
+    source = np.load(tmp_path / "waveforms.npy", mmap_mode="r")
+    peak = rng.integers(0, 64, n)
+    made = center_waveforms(wf, peak) if centred else wf
+    window = LocalWaveforms(reduce_block(made, table[peak]), table[peak], 64)
+    written = nearest_channels(loc, peak, 12)  # across shanks: some outside the window
+    assert (window.slots(np.arange(n), written) < 0).any()
+    stored = StoredWaveforms(source, window.channels, written, 64,
+                             (lambda b, rows: center_waveforms(b, peak[rows])) if centred
+                             else None)
+    expected = window.narrowed(written)
+    np.testing.assert_array_equal(stored.values, expected.values)
+    assert stored.shape == window.shape
+    save_npy(tmp_path / "stored.npy", stored)
+    np.save(tmp_path / "whole.npy", expected.values)
+    assert (tmp_path / "stored.npy").read_bytes() == (tmp_path / "whole.npy").read_bytes()

@@ -618,6 +618,10 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
         # stand (their few wrong pairs hardly move its median)
         log_amplitude = np.log(np.maximum(np.asarray(amplitude, np.float64), 1e-3))
         step = amplitude_step * _amplitude_limit(final, pairs, amplitude)
+        if np.isfinite(step):
+            log.info("amplitude of the clusters' units: one neuron's units within a factor "
+                     "%.2f (99th percentile); a step of amplitude cuts beyond %.2f",
+                     np.exp(step / amplitude_step), np.exp(step))
     if probability is not None and (succession_probability > 0 or np.isfinite(step)):
         near = np.asarray(linkable, bool)
         if max_session_gap > 0:  # the span the probability was fitted on (candidate pairs)

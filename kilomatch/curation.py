@@ -18,8 +18,9 @@ from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 log = logging.getLogger("kilomatch")
 
 REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_gap",
-           "split_average_probability", "split_at_distance", "split_at_succession")
-CONFLICT, SPLIT, POSITION, AVERAGE, DISTANCE, SUCCESSION = 0, 1, 2, 3, 4, 5
+           "split_average_probability", "split_at_distance", "split_at_succession",
+           "split_at_amplitude_step")
+CONFLICT, SPLIT, POSITION, AVERAGE, DISTANCE, SUCCESSION, AMPLITUDE_STEP = range(7)
 _BLOCK = 1 << 20  # rows of pairs filled at a time by within_cluster_pairs
 # The split at distance stands unless the mean match probability across it is above this:
 # the level of the sure matches (kilomatch.position_noise.SURE_PROBABILITY). On NP2 data
@@ -29,11 +30,17 @@ DISTANCE_SPLIT_PROBABILITY = 0.9
 # A group of units of a succession (split_successions) is one neuron when the mean match
 # probability of its pairs across sessions is at least this; it holds at least two units.
 SUCCESSION_SURE = 0.9
-# A cut undone by pooled evidence (rejoin_by_probability's pooled_level) joins groups whose
-# median amplitudes differ by at most this quantile of |log amplitude ratio| of the pairs
-# the cut clusters hold: a neuron's amplitude is stable across days, and the pooled test
-# alone rejoined a 155 uV unit with a neuron of 65-79 uV (j) and a 712 uV unit with units of
-# 184-238 uV (m +1000).
+# A cut in time at a step of amplitude (split_successions' amplitude_step) stands where the
+# mean match probability across is below this: the step says two neurons, and the
+# probability must not say one. At 0.3 it left j +1000's and j +3000's successions of a
+# lone unit whole (benchmarks/RESULTS.md, "Successions at a step of amplitude").
+AMPLITUDE_STEP_PROBABILITY = 0.5
+# One neuron's spread of amplitude (_amplitude_limit): this quantile of |log amplitude
+# ratio| of the pairs the clusters hold. A cut undone by pooled evidence
+# (rejoin_by_probability's pooled_level) joins groups whose median amplitudes differ by at
+# most that (a neuron's amplitude is stable across days, and the pooled test alone rejoined
+# a 155 uV unit with a neuron of 65-79 uV (j) and a 712 uV unit with units of 184-238 uV
+# (m +1000)); split_successions' step of amplitude is counted in it.
 POOLED_AMPLITUDE_QUANTILE = 0.99
 # ... and only where every pair across scores above the median of the known non-matches.
 POOLED_MAX_SHARE = 0.5
@@ -281,13 +288,19 @@ def split_by_distance(labels, pairs, distance_ratio, max_ratio: float):
         np.unique(labels[pairs[far, 0]][labels[pairs[far, 0]] >= 0]))
 
 
-def split_successions(labels, pairs, probability, known, session, max_probability: float):
-    """Split each cluster where one neuron followed another at its place: at a cut in time
-    (the units of sessions up to t against those after t) where each side holds two units
-    or more, each side is one neuron for sure (mean match probability of its pairs at least
-    SUCCESSION_SURE), no pair across is that sure, and the mean probability across is below
-    ``max_probability``. Means are over the ``known`` pairs only; of the cuts that qualify,
-    the one of lowest probability across is made, and each side is tried again.
+def split_successions(labels, pairs, probability, known, session, max_probability: float,
+                      log_amplitude: np.ndarray | None = None, amplitude_step: float = np.inf):
+    """Split each cluster where one neuron followed another at its place, at a cut in time
+    (the units of sessions up to t against those after t) where either
+    - (a succession, with ``max_probability`` above 0) each side holds two units or more,
+      each side is one neuron for sure (mean match probability of its pairs at least
+      SUCCESSION_SURE), no pair across is that sure, and the mean probability across is
+      below ``max_probability``; or
+    - (a step of amplitude, with ``log_amplitude``) the sides' median log amplitudes differ
+      by more than ``amplitude_step`` and the mean probability across is below
+      AMPLITUDE_STEP_PROBABILITY; a side may be one unit.
+    Means are over the ``known`` pairs only (nothing known across: no cut); of the cuts that
+    qualify, the one of lowest probability across is made, and each side is tried again.
 
     Why in time: on high-turnover studies a neuron stops being recorded and a neighbour of
     alike waveform starts at its place, which similarity and distance cannot tell from one
@@ -295,22 +308,30 @@ def split_successions(labels, pairs, probability, known, session, max_probabilit
     gives small units' true matches low values: groups that the probability tells apart
     but that interleave in time are left whole (on the suite this takes apart the wrong
     clusters of j +2000 and m +2000 and nothing else; benchmarks/RESULTS.md "Precision on
-    high-turnover studies").
+    high-turnover studies"). Why the amplitude: a neuron's amplitude is stable across days
+    after motion correction, and the neighbour that takes over is rarely as large; every
+    cluster left with wrong pairs on the high-turnover studies was such a succession, most
+    of a lone unit, which the sure-groups rule cannot test (RESULTS.md, "Successions at a
+    step of amplitude").
 
     labels: (N,) clusters (-1 none); pairs: (Q, 2) every within-cluster pair; probability:
     (Q,); known: (Q,) bool, the pairs whose probability counts (the caller's: pairs that
     may link, within clustering.max_session_gap, where the probability was fitted);
-    session: (N,). Returns (labels, removed (R, 2) pairs across the cuts, sorted).
+    session: (N,); log_amplitude: (N,) natural log of the amplitude (uV), or None.
+    Returns (labels, removed (R, 2) pairs across the cuts, sorted, reason (R,) int8:
+    SUCCESSION or AMPLITUDE_STEP, the rule of the cut that took each pair apart).
     """
     labels = np.array(labels, dtype=np.int64)
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     known = np.asarray(known, bool)
     value = np.where(known, np.asarray(probability, np.float64), 0.0)
     session = np.asarray(session)
+    steps = log_amplitude is not None and np.isfinite(amplitude_step)
+    smallest = 2 if not steps else 1  # units on a side of a cut that may qualify
     next_label = labels.max() + 1 if labels.size else 0
-    removed = []
+    removed, reasons = [], []
     for units, rows in _cluster_members(labels, pairs, np.unique(labels[labels >= 0])):
-        if units.size < 4:
+        if units.size < 2 * smallest:
             continue
         order = np.argsort(session[units], kind="stable")
         units = units[order]  # by session: every cut in time is a prefix
@@ -333,40 +354,51 @@ def split_successions(labels, pairs, probability, known, session, max_probabilit
             n = n_known(r0, r1, c0, c1)
             return p_sum(r0, r1, c0, c1) / n if n > 0 else np.nan
 
-        parts, queue = [], [(0, units.size)]
+        def succession(lo, k, hi, across):
+            return k - lo >= 2 and hi - k >= 2 and across < max_probability and \
+                n_sure(lo, k, k, hi) == 0 and mean(lo, k, lo, k) >= SUCCESSION_SURE and \
+                mean(k, hi, k, hi) >= SUCCESSION_SURE
+
+        def step(lo, k, hi, across):
+            return steps and across < AMPLITUDE_STEP_PROBABILITY and abs(np.median(
+                log_amplitude[units[lo:k]]) - np.median(log_amplitude[units[k:hi]])) > \
+                amplitude_step
+
+        cuts, queue = [], [(0, units.size)]
         while queue:
             lo, hi = queue.pop()
             best = None
             for k in np.flatnonzero(sess[lo + 1:hi] != sess[lo:hi - 1]) + lo + 1:
-                if k - lo < 2 or hi - k < 2:
+                if k - lo < smallest or hi - k < smallest:
                     continue
                 across = mean(lo, k, k, hi)
-                # also NaN (nothing known across); one sure pair across is one neuron
-                if not across < max_probability or n_sure(lo, k, k, hi) > 0:
+                if not across < max(max_probability, AMPLITUDE_STEP_PROBABILITY * steps) or (
+                        best is not None and across >= best[0]):  # also NaN: nothing known
                     continue
-                if mean(lo, k, lo, k) >= SUCCESSION_SURE and mean(k, hi, k, hi) >= \
-                        SUCCESSION_SURE and (best is None or across < best[0]):
-                    best = (across, k)
-            if best is None:
-                parts.append((lo, hi))
-            else:
+                if succession(lo, k, hi, across):
+                    best = (across, k, SUCCESSION)
+                elif step(lo, k, hi, across):
+                    best = (across, k, AMPLITUDE_STEP)
+            if best is not None:
+                cuts.append((lo, best[1], hi, best[2]))
                 queue += [(best[1], hi), (lo, best[1])]
-        if len(parts) == 1:
+        if not cuts:
             continue
-        parts.sort()
-        for lo, hi in parts[1:]:
+        # the parts are the ranges between the cuts; a pair is across the first cut that
+        # separates its units, which lies inside the range both were in
+        edges = sorted({0, units.size, *(k for _, k, _, _ in cuts)})
+        for lo, hi in itertools.pairwise(edges[1:]):
             labels[units[lo:hi]] = next_label
             next_label += 1
-        side = np.empty(units.size, np.int64)
-        for k, (lo, hi) in enumerate(parts):
-            side[lo:hi] = k
-        i, j = np.nonzero(np.triu(side[:, None] != side[None, :], 1))
-        removed.append(np.column_stack([np.minimum(units[i], units[j]),
-                                        np.maximum(units[i], units[j])]))
+        for lo, k, hi, reason in cuts:
+            a, b = np.meshgrid(units[lo:k], units[k:hi], indexing="ij")
+            removed.append(np.column_stack([np.minimum(a, b).ravel(), np.maximum(a, b).ravel()]))
+            reasons.append(np.full(a.size, reason, np.int8))
     if not removed:
-        return labels, np.empty((0, 2), np.int64)
-    removed = np.concatenate(removed)
-    return labels, removed[np.lexsort((removed[:, 1], removed[:, 0]))]
+        return labels, np.empty((0, 2), np.int64), np.empty(0, np.int8)
+    removed, reasons = np.concatenate(removed), np.concatenate(reasons)
+    order = np.lexsort((removed[:, 1], removed[:, 0]))
+    return labels, removed[order], reasons[order]
 
 
 def _split_average_linkage(labels, pairs, dissimilarity, limit: float,
@@ -518,7 +550,7 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
            split_distance_ratio: float = np.inf, unit_positions: np.ndarray | None = None,
            amplitude: np.ndarray | None = None, succession_probability: float = 0.0,
            max_session_gap: int = 0, non_match_share: np.ndarray | None = None,
-           pooled_level: float = 0.0) -> CurationResult:
+           pooled_level: float = 0.0, amplitude_step: float = 0.0) -> CurationResult:
     """The curation steps, then dissolve single-unit clusters: same-session conflicts, the
     split at ``threshold`` (``auto_split``), and with ``positions`` (N, D) um the split at
     position gaps (:func:`split_by_position`). With ``probability`` and ``cut_probability``
@@ -532,7 +564,10 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     (:func:`spread_of_clusters`), unless the mean probability across is above
     DISTANCE_SPLIT_PROBABILITY. With ``succession_probability`` above 0, clusters where one
     neuron followed another are split (:func:`split_successions`, on the linkable pairs at
-    most ``max_session_gap`` sessions apart, 0: any). Units of one session
+    most ``max_session_gap`` sessions apart, 0: any); with ``amplitude`` and
+    ``amplitude_step`` above 0, also where the amplitude steps in time by more than that many
+    times the 99th percentile of one neuron's |log amplitude ratio| (the same step, reason
+    split_at_amplitude_step). Units of one session
     joined by ``same_neuron`` (K, 2) (sorter splits) are one neuron for the conflict step
     (:func:`resolve_conflicts`). With ``non_match_share`` (Q,) and ``pooled_level`` above 0,
     the veto also undoes cuts whose pairs, pooled, are unlike non-matches
@@ -576,19 +611,30 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
         split, removed_d = rejoin_by_probability(final, split, pairs, probability,
                                                  DISTANCE_SPLIT_PROBABILITY)
         final = split
-    removed_n = np.empty((0, 2), np.int64)
-    if probability is not None and succession_probability > 0:
+    removed_n, reason_n = np.empty((0, 2), np.int64), np.empty(0, np.int8)
+    log_amplitude, step = None, np.inf
+    if amplitude is not None and amplitude_step > 0:
+        # in units of one neuron's spread of amplitude, learned from the clusters as they
+        # stand (their few wrong pairs hardly move its median)
+        log_amplitude = np.log(np.maximum(np.asarray(amplitude, np.float64), 1e-3))
+        step = amplitude_step * _amplitude_limit(final, pairs, amplitude)
+        if np.isfinite(step):
+            log.info("amplitude of the clusters' units: one neuron's units within a factor "
+                     "%.2f (99th percentile); a step of amplitude cuts beyond %.2f",
+                     np.exp(step / amplitude_step), np.exp(step))
+    if probability is not None and (succession_probability > 0 or np.isfinite(step)):
         near = np.asarray(linkable, bool)
         if max_session_gap > 0:  # the span the probability was fitted on (candidate pairs)
             gap = np.abs(session[pairs[:, 0]] - session[pairs[:, 1]])
             near = near & (gap <= max_session_gap)
-        final, removed_n = split_successions(final, pairs, probability, near, session,
-                                             succession_probability)
+        final, removed_n, reason_n = split_successions(
+            final, pairs, probability, near, session, succession_probability, log_amplitude,
+            step)
     final = dissolve_one_session(final, session)
     removed = np.vstack([removed_c, removed_s, removed_p, removed_d, removed_n])
     reason = np.concatenate([np.full(len(removed_c), CONFLICT), np.full(len(removed_s), SPLIT),
                              np.full(len(removed_p), POSITION), np.full(len(removed_d), DISTANCE),
-                             np.full(len(removed_n), SUCCESSION)])
+                             reason_n])
     return CurationResult(final, after_conflicts, removed, reason.astype(np.int8),
                           float(threshold), kept_pairs=kept, split_distance_ratio=split_ratio)
 

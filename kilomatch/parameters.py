@@ -221,6 +221,15 @@ PARAMETERS: tuple[Param, ...] = (
           "whose mean match probability across is below this (pairs within "
           "clustering.max_session_gap). 0 turns it off.",
           min=0, max=1),
+    Param("autoCuration.amplitude_step", "float", 1.5,
+          "Split a cluster where one neuron followed another of other amplitude "
+          "(clustering.method 'similarity'): at a cut in time (units of the sessions up to one "
+          "session against those after it; a side may be one unit) where the two sides' "
+          "median amplitudes differ by more than this many times the 99th percentile of one "
+          "neuron's absolute log amplitude ratio (learned from the pairs the clusters hold) and the "
+          "mean match probability across is below 0.5 (pairs within "
+          "clustering.max_session_gap). 0 turns it off.",
+          min=0),
     Param("autoCuration.keep_sorter_splits", "bool", True,
           "Keep both units of one session in a cluster when their spike trains show they are "
           "one neuron that the sorter split in two (almost no spikes of one within the "

@@ -487,7 +487,8 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                           None if splits is None else splits.split_pairs(), ratio,
                           ac.cut_distance_ratio or np.inf, ac.split_distance_ratio or np.inf,
                           xy, units.amplitude, ac.succession_probability,
-                          s.clustering.max_session_gap, q_share, ac.cut_pooled_level)
+                          s.clustering.max_session_gap, q_share, ac.cut_pooled_level,
+                          ac.amplitude_step)
     cur.splits = splits
     cur.cut_probability = cut if q_p is not None else float("nan")
     if fitted is not None:  # the probability is reported; the similarity made the clusters

@@ -9,6 +9,7 @@ from scipy import sparse
 from kilomatch import curation
 from kilomatch.clustering import renumber
 from kilomatch.curation import (
+    AMPLITUDE_STEP,
     CONFLICT,
     DISTANCE,
     POSITION,
@@ -620,6 +621,40 @@ def test_split_successions_takes_apart_one_neuron_followed_by_another():
                  probability=pair_values(pairs, {k: 0.95 for k in inside}, 0.1),
                  cut_probability=0.02, succession_probability=0.0)
     assert len(res.removed_pairs) == 0
+
+
+def test_amplitude_step_takes_apart_a_neuron_followed_by_one_of_other_amplitude():
+    """Four units of one neuron (95-105 uV, sure: 0.95) followed in the last session by a
+    unit of 400 uV (0.2 across): a step of amplitude far beyond one neuron's spread (learned
+    from the cluster's pairs), so the lone unit is taken apart (reason
+    split_at_amplitude_step, its 4 pairs), though the sure-groups rule cannot cut a side of
+    one unit. Left whole when the last unit is 115 uV (within one neuron's spread), when the
+    probability across is 0.6 (it says one neuron), when the 400 uV unit's session lies
+    among the others (no cut in time has the step: the medians agree), when nothing across
+    is known (beyond max_session_gap) and when the setting is 0."""
+    labels = np.zeros(5, int)
+    pairs = within_cluster_pairs(labels)
+    inside = {k: 0.95 for k in itertools.combinations(range(4), 2)}
+    sim = np.full(len(pairs), 3.0)
+    link = np.ones(len(pairs), bool)
+    for session, last_uv, p_across, gap, step, apart in (
+            ([0, 1, 2, 3, 4], 400.0, 0.2, 0, 1.5, True),
+            ([0, 1, 2, 3, 4], 115.0, 0.2, 0, 1.5, False),
+            ([0, 1, 2, 3, 4], 400.0, 0.6, 0, 1.5, False),
+            ([0, 1, 3, 4, 2], 400.0, 0.2, 0, 1.5, False),
+            ([0, 1, 2, 3, 14], 400.0, 0.2, 5, 1.5, False),
+            ([0, 1, 2, 3, 4], 400.0, 0.2, 0, 0.0, False)):
+        amplitude = np.array([100.0, 105.0, 95.0, 102.0, last_uv])
+        res = curate(labels, np.array(session), pairs, sim, link, threshold=1.0,
+                     probability=pair_values(pairs, inside, p_across), cut_probability=0.02,
+                     succession_probability=0.3, max_session_gap=gap,
+                     unit_positions=np.zeros((5, 2)), amplitude=amplitude,
+                     amplitude_step=step)
+        np.testing.assert_array_equal(renumber(res.labels),
+                                      [1, 1, 1, 1, -1] if apart else [1] * 5)
+        assert as_set(res.removed_pairs) == ({(k, 4) for k in range(4)} if apart else set())
+        assert np.all(res.removed_reason == AMPLITUDE_STEP)
+    assert REASONS[AMPLITUDE_STEP] == "split_at_amplitude_step"
 
 
 def test_pooled_non_match_p_is_fishers_combination():

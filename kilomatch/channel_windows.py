@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .features import channel_distances, nearest_channels
-from .load import iter_rows
+from .features import center_waveforms, channel_distances, nearest_channels
+from .load import mapped_file
 
 
 def window_table(channel_locations: np.ndarray, channel_shanks: np.ndarray | None,
@@ -144,16 +144,16 @@ class StoredWaveforms:
     """The units' original waveforms on channels (N, n), read again from the input when
     asked for, block by block, instead of held (1.0 GB at 10^5 NP1 units, needed only when
     ``waveforms.npy`` is written). They read exactly as ``LocalWaveforms.narrowed(channels)``
-    of the window copy that ``prepare`` and the windows made from the same input.
+    of the window copy made from the same input: 0 on channels outside a unit's window.
 
     source: the input's waveforms (N, C, T), memory-mapped or in memory; windows: (N, W) the
-    window copy's channels; prepare: (block (b, C, T), rows slice) -> block as the window copy
-    was made from it (centring), or None.
+    window copy's channels; centre_on: (N,) the peak channel each unit was centred on when the
+    window copy was made (settings' centering_waveforms), or None.
     """
 
     def __init__(self, source, windows: np.ndarray, channels: np.ndarray, n_channels: int,
-                 prepare=None):
-        self.source, self.windows, self.prepare = source, windows, prepare
+                 centre_on: np.ndarray | None = None):
+        self.source, self.windows, self.centre_on = source, windows, centre_on
         self.channels = np.asarray(channels, dtype=np.int64)
         self.n_channels = n_channels
 
@@ -166,15 +166,17 @@ class StoredWaveforms:
         """(N, C, T), as LocalWaveforms.shape."""
         return (self.n_units, self.n_channels, self.source.shape[2])
 
-    def blocks(self):
+    def blocks(self, block: int = 2048):
         """Yield (start, (b, n, T) float32) over the units in order."""
-        for start, block in iter_rows(self.source):
-            rows = slice(start, start + block.shape[0])
-            if self.prepare is not None:
-                block = self.prepare(block, rows)
-            window = LocalWaveforms(reduce_block(block, self.windows[rows]), self.windows[rows],
-                                    self.n_channels)
-            yield start, window.on(np.arange(block.shape[0]), self.channels[rows])
+        for start in range(0, self.n_units, block):
+            rows = slice(start, min(start + block, self.n_units))
+            channels = self.channels[rows]
+            values = _read_channels(self.source, rows, channels)
+            if self.centre_on is not None:  # centring shifts every channel alike
+                values = center_waveforms(values, np.argmax(
+                    channels == self.centre_on[rows, None], axis=1))
+            values[~(channels[:, :, None] == self.windows[rows][:, None, :]).any(axis=2)] = 0.0
+            yield start, values
 
     @property
     def values(self) -> np.ndarray:
@@ -187,6 +189,29 @@ class StoredWaveforms:
     def on(self, units: np.ndarray, channels: np.ndarray) -> np.ndarray:
         """As LocalWaveforms.on."""
         return LocalWaveforms(self.values, self.channels, self.n_channels).on(units, channels)
+
+
+def _read_channels(source, rows: slice, channels: np.ndarray) -> np.ndarray:
+    """source[rows] (b, C, T) on each unit's channels (b, n): (b, n, T) float32. From a
+    memory-mapped .npy, each unit's span of channels is read from the file alone (a tenth of
+    its bytes on NP1; reading whole rows was 10 GB at 10^5 units, and mapping them would
+    keep every page resident)."""
+    t = source.shape[2]
+    if not mapped_file(source):
+        return np.take_along_axis(np.asarray(source[rows], dtype=np.float32),
+                                  channels[:, :, None], axis=1)
+    low, high = channels.min(axis=1), channels.max(axis=1) + 1
+    width = int((high - low).max())
+    span = np.zeros((channels.shape[0], width, t), dtype=source.dtype)
+    row_bytes, channel_bytes = source.strides[0], source.strides[1]
+    with open(source.filename, "rb") as f:
+        for k, unit in enumerate(range(rows.start, rows.stop)):
+            part = memoryview(span[k, :high[k] - low[k]]).cast("B")
+            f.seek(source.offset + unit * row_bytes + int(low[k]) * channel_bytes)
+            if f.readinto(part) != part.nbytes:
+                raise OSError(f"{source.filename}: shorter than its header says")
+    return np.take_along_axis(span, (channels - low[:, None])[:, :, None],
+                              axis=1).astype(np.float32, copy=False)
 
 
 def reduce_block(block: np.ndarray, channels: np.ndarray) -> np.ndarray:

@@ -113,6 +113,13 @@ def _load_npy(path: Path, problems: list, mmap: bool = False):
     return arr
 
 
+def mapped_file(arr) -> bool:
+    """Whether ``arr`` is a C-ordered memory map of a file whose bytes can be read directly.
+    Copy-on-write maps ("c") may hold changes that are not in the file: those read as arrays."""
+    return (isinstance(arr, np.memmap) and isinstance(arr.base, mmap.mmap)
+            and bool(arr.filename) and arr.flags.c_contiguous and arr.mode != "c")
+
+
 def iter_rows(arr: np.ndarray, block: int = 2048):
     """Yield (start, rows) over the first axis, each block an in-memory float32 array (do not
     write into it: for an in-memory float32 input it is a view).
@@ -122,9 +129,7 @@ def iter_rows(arr: np.ndarray, block: int = 2048):
     resident memory (touching a memory map would keep every page mapped until it is closed).
     """
     n = arr.shape[0]
-    # Copy-on-write maps ("c") may hold changes that are not in the file: read those as arrays.
-    if (isinstance(arr, np.memmap) and isinstance(arr.base, mmap.mmap) and arr.filename
-            and arr.flags.c_contiguous and arr.mode != "c"):
+    if mapped_file(arr):
         row_bytes = arr.strides[0] if arr.ndim > 1 else arr.itemsize
         with open(arr.filename, "rb") as f:
             for start in range(0, n, block):

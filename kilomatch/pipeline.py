@@ -527,12 +527,9 @@ def _narrowed_original(units: UnitFeatures, data: Dataset, s: Settings):
                                s.waveformCorrection.n_nearest_channels)
     if data.waveforms is None:
         return units.waveforms.narrowed(channels)
-    prepare = None
-    if s.centering_waveforms:  # as unit_features made the window copy
-        def prepare(block, rows):
-            return features.center_waveforms(block, units.peak_channel[rows])
-    return channel_windows.StoredWaveforms(data.waveforms, units.waveforms.channels, channels,
-                                           units.waveforms.n_channels, prepare)
+    return channel_windows.StoredWaveforms(
+        data.waveforms, units.waveforms.channels, channels, units.waveforms.n_channels,
+        units.peak_channel if s.centering_waveforms else None)  # as unit_features centred
 
 
 def _narrow_corrected(final: RoundResult) -> None:

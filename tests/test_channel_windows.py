@@ -591,8 +591,8 @@ def test_correct_local_in_place_equals_a_separate_copy():
 @pytest.mark.parametrize("centred", [False, True])
 def test_stored_waveforms_read_as_the_narrowed_window_copy(tmp_path, centred):
     """The original waveforms read again from the input file (memory-mapped, more units than
-    one read block) on the written channels equal the window copy narrowed to them, with the
-    centring the copy was made with; on two shanks, channels of the other shank (outside a
+    one read block) or from memory, on the written channels, equal the window copy narrowed to
+    them, with the centring the copy was made with; on two shanks, channels of the other shank (outside a
     unit's window) read 0 in both. The export writes them with np.save's bytes."""
     from kilomatch.export import save_npy
     from kilomatch.features import center_waveforms, nearest_channels
@@ -609,11 +609,11 @@ def test_stored_waveforms_read_as_the_narrowed_window_copy(tmp_path, centred):
     window = LocalWaveforms(reduce_block(made, table[peak]), table[peak], 64)
     written = nearest_channels(loc, peak, 12)  # across shanks: some outside the window
     assert (window.slots(np.arange(n), written) < 0).any()
-    stored = StoredWaveforms(source, window.channels, written, 64,
-                             (lambda b, rows: center_waveforms(b, peak[rows])) if centred
-                             else None)
     expected = window.narrowed(written)
-    np.testing.assert_array_equal(stored.values, expected.values)
+    for where in (source, wf):  # read from the file, and from memory
+        stored = StoredWaveforms(where, window.channels, written, 64, peak if centred else None)
+        np.testing.assert_array_equal(stored.values, expected.values)
+    stored = StoredWaveforms(source, window.channels, written, 64, peak if centred else None)
     assert stored.shape == window.shape
     save_npy(tmp_path / "stored.npy", stored)
     np.save(tmp_path / "whole.npy", expected.values)

@@ -29,7 +29,10 @@ log = logging.getLogger("kilomatch")
 
 def similarity_to_distance(similarity: np.ndarray) -> np.ndarray:
     """D = 1 / (1 + tanh(S)) of weighted similarities S, in (0.5, inf)."""
-    return 1.0 / (1.0 + np.tanh(np.asarray(similarity, dtype=np.float64)))
+    # in one fresh array (the same values): each IHDBSCAN iteration made three of P floats
+    d = np.tanh(np.asarray(similarity, dtype=np.float64))
+    d += 1.0
+    return np.divide(1.0, d, out=d)
 
 
 def sparse_mst(n_units: int, pairs: np.ndarray, distance: np.ndarray) -> np.ndarray:

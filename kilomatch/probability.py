@@ -106,6 +106,7 @@ class MatchModel:
     candidate_probability: np.ndarray
     non_match_probability: np.ndarray = field(repr=False, default=None)
     bin_edges: list = field(repr=False, default=None)  # each fold model's (bin_edges)
+    raw_models: list = field(repr=False, default=None)  # each fold model's on_raw_evidence
     # the classifier's cross-fitted scores before calibration, float32: (P,) of the candidate
     # pairs the fit saw and (Q,) of the same-session pairs, sorted. The calibration's steps
     # give most non-matches and many small units' matches one value (its floor); the scores
@@ -135,11 +136,12 @@ class MatchModel:
     def score(self, evidence: np.ndarray) -> np.ndarray:
         """The fold models' mean score (before calibration) of pairs: (P, K) -> (P,)."""
         score = np.zeros(len(evidence))
+        raw = self.raw_models or [None] * len(self.models)
         with _scoring_threads():
             for rows in _chunks(len(evidence)):
                 x = evidence[rows]
-                score[rows] = np.mean([m.predict_proba(to_bins(x, e))[:, 1]
-                                       for m, e in zip(self.models, self.bin_edges)], axis=0)
+                score[rows] = np.mean([_score(m, e, r, x) for m, e, r in
+                                       zip(self.models, self.bin_edges, raw)], axis=0)
         return score
 
     def non_match_share(self, score: np.ndarray) -> np.ndarray:
@@ -242,6 +244,40 @@ def to_bins(x: np.ndarray, edges: list) -> np.ndarray:
     return out
 
 
+def on_raw_evidence(model, edges: list):
+    """A copy of ``model``, fitted on bin indices (to_bins with ``edges``), that scores the
+    evidence itself, with the same result: each split "bin index <= t" becomes "value <=
+    edges[floor(t)]" (a value's bin index, the number of edges below it, is at most k exactly
+    when the value is at most edges[k]; +inf past the last edge). Binning every scored pair
+    (7 M at 30k units, ten columns each) cost about as much as a third of the trees'
+    predictions. None when the model is not laid out as expected (scikit-learn's trees are
+    private): the caller bins. For finite evidence only: a NaN would follow the trees'
+    missing-value branch, while to_bins puts it in the last bin."""
+    import copy
+    try:
+        raw = copy.deepcopy(model)
+        for trees in raw._predictors:
+            for tree in trees:
+                nodes = tree.nodes
+                split = (nodes["is_leaf"] == 0) & (nodes["is_categorical"] == 0)
+                for i in np.flatnonzero(split):
+                    e = edges[int(nodes["feature_idx"][i])]
+                    k = int(np.floor(nodes["num_threshold"][i]))
+                    nodes["num_threshold"][i] = e[k] if 0 <= k < e.size else (
+                        np.inf if k >= e.size else -np.inf)
+    except (AttributeError, KeyError, ValueError, TypeError, IndexError):
+        return None
+    return raw
+
+
+def _score(model, edges: list, raw, x: np.ndarray) -> np.ndarray:
+    """Score (n,) of evidence x (n, K) by a model fitted on bin indices: through its
+    on_raw_evidence copy ``raw`` when there is one and x is finite, else on to_bins(x)."""
+    if raw is not None and np.isfinite(x).all():
+        return raw.predict_proba(x)[:, 1]
+    return model.predict_proba(to_bins(x, edges))[:, 1]
+
+
 def _balanced_weight(y: np.ndarray) -> np.ndarray:
     """Sample weights giving both classes of y (0/1) the same total."""
     w_neg, w_pos = _class_weights(y)
@@ -299,14 +335,15 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
     fold = rng.permutation((np.arange(y.size) % n_folds).astype(np.int8))
     score = np.empty(y.size)
     with _one_thread():
-        models, edges = _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed, score)
+        models, edges, raw = _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed,
+                                        score)
     calibration = _fit_calibration(score, y)
     prior = match_prior(anchor, anchor_non)
     g = _calibrated(calibration, score)
     log.info("match probability: %d candidate pairs, %d same-session pairs; estimated "
              "fraction of matches among candidate pairs %.4f", n_c, n_n, prior)
     return MatchModel(models, calibration, prior, n_c, n_n, _probability(g[:n_c], prior),
-                      _probability(g[n_c:], prior), edges, score[:n_c].astype(np.float32),
+                      _probability(g[n_c:], prior), edges, raw, score[:n_c].astype(np.float32),
                       np.sort(score[n_c:].astype(np.float32)))
 
 
@@ -341,8 +378,9 @@ def _calibrated(calibration, score: np.ndarray) -> np.ndarray:
 def _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed, score) -> tuple:
     """Fit one classifier per fold on the other folds; fill ``score`` (n,) of each fold's
     rows from the model that did not see them (``evidence(rows)``: those rows' evidence).
-    Returns the models and each one's bin edges (bin_edges of its training rows)."""
-    models, edges = [], []
+    Returns the models, each one's bin edges (bin_edges of its training rows) and each
+    one's on_raw_evidence copy."""
+    models, edges, raw = [], [], []
     for k in range(n_folds):
         train = np.flatnonzero(fold != k)
         if train.size > max_train:
@@ -352,13 +390,13 @@ def _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed, score) -> tuple
         edges.append(bin_edges(x, weight))
         model = _classifier(seed + k).fit(to_bins(x, edges[k]), y[train],
                                           sample_weight=weight)
+        raw.append(on_raw_evidence(model, edges[k]))
         test = np.flatnonzero(fold == k)
         with _scoring_threads():
             for part in _chunks(test.size):
-                score[test[part]] = model.predict_proba(
-                    to_bins(evidence(test[part]), edges[k]))[:, 1]
+                score[test[part]] = _score(model, edges[k], raw[k], evidence(test[part]))
         models.append(model)
-    return models, edges
+    return models, edges, raw
 
 
 def match_prior(anchor: np.ndarray, anchor_non: np.ndarray) -> float:

@@ -130,17 +130,25 @@ def fisher_z(r: np.ndarray) -> np.ndarray:
     return np.arctanh(r, out=r)
 
 
+# Rows whose norms _standardize finds at once.
+NORM_ROWS = 4096
+
+
 def _standardize(x: np.ndarray, dtype=np.float64, overwrite: bool = False) -> np.ndarray:
     """Rows to zero mean and unit norm, so a dot product is the Pearson r. Constant rows -> 0.
 
     With ``overwrite`` a fresh array of ``dtype`` is standardised in place (no copies of
     the gathered waveforms)."""
-    x = np.asarray(x, dtype=dtype)
-    if overwrite:
-        x -= x.mean(axis=-1, keepdims=True)
-    else:
-        x = x - x.mean(axis=-1, keepdims=True)
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    # one fresh array, centred in place (the same values as x - mean): each whole-size
+    # temporary of the units' ACGs is 141 MB at 30k units, first touched page by page
+    x = np.asarray(x, dtype=dtype) if overwrite else np.array(x, dtype=dtype)
+    x -= x.mean(axis=-1, keepdims=True)
+    # row norms a block of rows at a time: each row's norm as one call over all rows gives it
+    # (a row is summed on its own), without its squares held for every row at once
+    norm = np.empty(x.shape[:-1] + (1,), dtype=x.dtype)
+    for start in range(0, x.shape[0], NORM_ROWS):
+        norm[start:start + NORM_ROWS] = np.linalg.norm(x[start:start + NORM_ROWS], axis=-1,
+                                                       keepdims=True)
     np.divide(x, norm, out=x, where=norm > 0)
     x[~(norm > 0)[..., 0]] = 0.0
     return x
@@ -265,7 +273,7 @@ def _products_by_group(key: np.ndarray, own: np.ndarray, other: np.ndarray, rows
     given, reads the other units' rows with a factor each product is multiplied by.
     """
     out = np.zeros(own.size)
-    order = np.argsort(key, kind="stable")
+    order = stable_order(key)
     groups = np.split(order, np.flatnonzero(np.diff(key[order])) + 1)
     n_units = int(max(own.max(), other.max())) + 1
 
@@ -304,7 +312,7 @@ def _tiled_products(mine: np.ndarray, theirs: np.ndarray, own_pos: np.ndarray,
     if mine.shape[0] <= TILE_UNITS:
         values = (mine @ theirs.T)[own_pos, other_pos]
         return values if factor is None else values * factor[other_pos]
-    order = np.argsort(own_pos, kind="stable")
+    order = stable_order(own_pos)
     tile = own_pos[order] // TILE_UNITS
     bounds = np.flatnonzero(np.diff(tile)) + 1
     starts = np.concatenate([[0], bounds])
@@ -316,6 +324,16 @@ def _tiled_products(mine: np.ndarray, theirs: np.ndarray, own_pos: np.ndarray,
         block = mine[first:first + TILE_UNITS] @ theirs[lo:hi].T
         values[part] = block[own_pos[part] - first, other_pos[part] - lo]
     return values if factor is None else values * factor[other_pos]
+
+
+def stable_order(key: np.ndarray) -> np.ndarray:
+    """np.argsort(key, kind="stable") of integer keys (n,), the same permutation, faster
+    for keys in [0, 2**15): numpy sorts 16-bit integers stably by radix, in one pass,
+    where int64 keys take a merge sort (7 M pairs' group numbers: 0.8 s -> 0.2 s)."""
+    key = np.asarray(key)
+    if key.size and key.dtype.kind in "iu" and 0 <= key.min() and key.max() < 2**15:
+        key = key.astype(np.int16)
+    return np.argsort(key, kind="stable")
 
 
 def _distinct(units: np.ndarray, seen: np.ndarray, place: np.ndarray) -> tuple:

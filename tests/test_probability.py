@@ -68,6 +68,38 @@ def test_fast_bins_give_the_classifier_its_own_trees():
         assert np.array_equal(raw.predict_proba(q), binned.predict_proba(to_bins(q, edges)))
 
 
+def test_the_raw_evidence_copy_scores_as_the_binned_model():
+    """on_raw_evidence's copy of a model fitted on bin indices scores the evidence itself
+    exactly as the model scores its bin indices: values on the edges, just beside them,
+    beyond the first and last edge, unseen values, a column of three distinct values (its
+    edges are midpoints) and a constant one; evidence with a NaN takes the binned path."""
+    from kilomatch.probability import (_balanced_weight, _classifier, _score, bin_edges,
+                                       on_raw_evidence, to_bins)
+    rng = np.random.default_rng(7)
+    n = 4000
+    y = (rng.random(n) < 0.3).astype(np.int8)
+    x = np.column_stack([rng.normal(y * 1.5, 1.0), rng.integers(0, 3, n) + 0.5 * y,
+                         np.round(rng.normal(y, 1.0), 1), np.full(n, 2.0)])
+    weight = _balanced_weight(y)
+    edges = bin_edges(x, weight)
+    model = _classifier(0).fit(to_bins(x, edges), y, sample_weight=weight)
+    raw = on_raw_evidence(model, edges)
+    assert raw is not None
+    on_edges = np.column_stack([np.resize(e, 600) if e.size else np.full(600, 2.0)
+                                for e in edges])
+    beside = on_edges + rng.choice([-1e-12, 1e-12, 0.0], on_edges.shape)
+    unseen = np.column_stack([rng.normal(0.5, 3.0, 600), rng.uniform(-2, 5, 600),
+                              rng.normal(0.5, 3.0, 600), rng.normal(2.0, 1.0, 600)])
+    for q in (x, on_edges, beside, unseen):
+        expected = model.predict_proba(to_bins(q, edges))[:, 1]
+        assert np.array_equal(raw.predict_proba(q)[:, 1], expected)
+        assert np.array_equal(_score(model, edges, raw, q), expected)
+    q = unseen.copy()
+    q[3, 0] = np.nan
+    assert np.array_equal(_score(model, edges, raw, q),
+                          model.predict_proba(to_bins(q, edges))[:, 1])
+
+
 def test_prior_from_anchor_region():
     """Half of the non-matches and 40% of the candidates lie in the anchor: 20% are matches."""
     anchor_non = np.r_[np.ones(50, bool), np.zeros(50, bool)]

@@ -282,3 +282,15 @@ def test_partner_norms_from_window_moments_on_narrow_windows():
         return np.arctanh(np.clip(max(rs), -R_MAX, R_MAX))
 
     assert_same_z(got, np.array([brute(i, j) for i, j in pairs]))
+
+
+def test_stable_order_is_numpys_stable_argsort():
+    """stable_order gives np.argsort(kind="stable")'s permutation: ties in input order, for
+    small keys (sorted as 16-bit integers) and for keys it leaves alone (negative, large,
+    empty)."""
+    from kilomatch.similarity import stable_order
+    rng = np.random.default_rng(3)
+    for key in (rng.integers(0, 40, 5000), rng.integers(0, 2**15, 5000, dtype=np.int64),
+                rng.integers(-5, 40, 5000), rng.integers(0, 2**40, 5000),
+                np.zeros(0, np.int64), np.full(300, 7)):
+        assert np.array_equal(stable_order(key), np.argsort(key, kind="stable"))

@@ -270,6 +270,25 @@ def on_raw_evidence(model, edges: list):
     return raw
 
 
+# training rows on which the raw-evidence copy must score as the model does before it is used
+RAW_CHECK_ROWS = 4096
+
+
+def _checked_raw(model, edges: list, raw, x: np.ndarray):
+    """``raw`` (on_raw_evidence's copy) if it scores the first training rows x (n, K) exactly
+    as the model scores their bins, else None: it rewrites scikit-learn's private trees, and
+    a layout that changed without an error must not change a probability."""
+    if raw is None:
+        return None
+    rows = x[:RAW_CHECK_ROWS]
+    rows = rows[np.isfinite(rows).all(axis=1)]
+    if not np.array_equal(raw.predict_proba(rows), model.predict_proba(to_bins(rows, edges))):
+        log.warning("the probability's trees are not laid out as expected: scoring bins "
+                    "the evidence (slower, same values)")
+        return None
+    return raw
+
+
 def _score(model, edges: list, raw, x: np.ndarray) -> np.ndarray:
     """Score (n,) of evidence x (n, K) by a model fitted on bin indices: through its
     on_raw_evidence copy ``raw`` when there is one and x is finite, else on to_bins(x)."""
@@ -390,7 +409,7 @@ def _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed, score) -> tuple
         edges.append(bin_edges(x, weight))
         model = _classifier(seed + k).fit(to_bins(x, edges[k]), y[train],
                                           sample_weight=weight)
-        raw.append(on_raw_evidence(model, edges[k]))
+        raw.append(_checked_raw(model, edges[k], on_raw_evidence(model, edges[k]), x))
         test = np.flatnonzero(fold == k)
         with _scoring_threads():
             for part in _chunks(test.size):

@@ -98,6 +98,11 @@ def test_the_raw_evidence_copy_scores_as_the_binned_model():
     q[3, 0] = np.nan
     assert np.array_equal(_score(model, edges, raw, q),
                           model.predict_proba(to_bins(q, edges))[:, 1])
+    # a copy whose thresholds do not mean what it assumes (another layout) is not used
+    from kilomatch.probability import _checked_raw
+    assert _checked_raw(model, edges, raw, x) is raw
+    wrong = on_raw_evidence(model, [e + 0.05 for e in edges])
+    assert _checked_raw(model, edges, wrong, x) is None
 
 
 def test_prior_from_anchor_region():

@@ -15,7 +15,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import (channel_windows, correction, curation, export, features, fingerprint, linking,
-               motion_initial, position_noise, sorter_splits)
+               motion_initial, parallel, position_noise, sorter_splits)
 from .assemble import assemble, output_channels
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
@@ -93,6 +93,7 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     isi_args = (s.ISI.window, s.ISI.binwidth, s.ISI.gaussian_sigma)
     both = map_units(partial(_spike_features, acg_args=acg_args, isi_args=isi_args),
                      data.n_units, s.n_jobs, "ACG and ISI", (data.spike_times,))
+    parallel.release_workers()  # no later step uses them
     n_acg = features.acg_lags(*acg_args[:2]).size
     shank = (np.zeros(data.n_units, np.int64) if data.channel_shanks is None
              else data.channel_shanks[peak])

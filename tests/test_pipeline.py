@@ -551,3 +551,30 @@ print(held - rss())
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(kilomatch.__file__).parent.parent, check=True)
     assert int(out.stdout) > 300e6
+
+
+def _double(values):
+    return values * 2
+
+
+def test_release_workers_stops_the_processes_map_units_started():
+    """Worker processes map_units started are gone after release_workers (joblib would keep
+    them, and their memory, for 300 s); their results are the ones in this process."""
+    psutil = pytest.importorskip("psutil")
+
+    def workers():  # not joblib's resource trackers, which stay (a few MB)
+        out = []
+        for c in psutil.Process().children(recursive=True):
+            try:
+                if "LokyProcess" in " ".join(c.cmdline()) and c.status() != "zombie":
+                    out.append(c)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    n = parallel.MIN_UNITS_PARALLEL
+    out = parallel.map_units(_double, n, 2, per_unit=(np.arange(n),))
+    np.testing.assert_array_equal(out, np.arange(n) * 2)
+    assert workers()
+    parallel.release_workers()
+    assert not workers()

@@ -422,11 +422,12 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     """Motion, final clustering and curation of one set of units (a probe or one shank).
 
     narrow: keep only what the outputs need of the channel-window waveforms (2 x 2.6 GB at
-    10^5 units) once nothing compares them: ``units.waveforms`` on the channels of
-    ``waveforms.npy`` after the final correction, and the final corrected copy on the
-    channels of ``waveforms_corrected.npy`` at the end (the first reference probe). The
-    pipeline's own runs do; ``units`` is changed in place, so a caller that reuses it
-    leaves it False."""
+    10^5 units) once nothing compares them: the final correction is written over the
+    window copy, ``units.waveforms`` becomes the originals on the channels of
+    ``waveforms.npy`` (read again from the input when written, see _narrowed_original),
+    and the final corrected copy is kept on the channels of ``waveforms_corrected.npy`` at
+    the end (the first reference probe). The pipeline's own runs do; ``units`` is changed
+    in place, so a caller that reuses it leaves it False."""
     note = stages.done if stages is not None else (lambda name: None)
     if given is not None:
         log.info("motion read from %s: estimation skipped", s.waveformCorrection.path_to_motion)

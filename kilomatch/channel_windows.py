@@ -9,6 +9,7 @@ then reused by every step: Kriging correction, waveform similarity and the writt
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -180,9 +181,15 @@ class StoredWaveforms:
 
     def blocks(self, block: int = 2048):
         """Yield (start, (b, n, T) float32) over the units in order."""
-        for start in range(0, self.n_units, block):
+        starts = range(0, self.n_units, block)
+        for start in starts:
             rows = slice(start, min(start + block, self.n_units))
             channels = self.channels[rows]
+            if start == 0:
+                advise_spans(self.source, rows, channels)
+            if start + block < self.n_units:  # read from the disk while this block is used
+                after = slice(start + block, min(start + 2 * block, self.n_units))
+                advise_spans(self.source, after, self.channels[after])
             values = _read_channels(self.source, rows, channels)
             if self.centre_on is not None:  # centring shifts every channel alike
                 values = center_waveforms(values, np.argmax(
@@ -201,6 +208,29 @@ class StoredWaveforms:
     def on(self, units: np.ndarray, channels: np.ndarray) -> np.ndarray:
         """As LocalWaveforms.on."""
         return LocalWaveforms(self.values, self.channels, self.n_channels).on(units, channels)
+
+
+def advise_spans(source, rows: slice, channels: np.ndarray) -> None:
+    """Tell the OS that _read_channels will read these units' spans of channels soon
+    (posix_fadvise WILLNEED on each span), so that it reads them from the disk in the
+    background. Nothing for an array in memory or where the OS has no such call."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is None or not mapped_file(source):
+        return
+    low, high = channels.min(axis=1), channels.max(axis=1) + 1
+    row_bytes, channel_bytes = source.strides[0], source.strides[1]
+    try:
+        fd = os.open(source.filename, os.O_RDONLY)
+    except OSError:
+        return  # _read_channels names the file
+    try:
+        for k, unit in enumerate(range(rows.start, rows.stop)):
+            advise(fd, source.offset + unit * row_bytes + int(low[k]) * channel_bytes,
+                   int(high[k] - low[k]) * channel_bytes, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _read_channels(source, rows: slice, channels: np.ndarray) -> np.ndarray:

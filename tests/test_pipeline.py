@@ -582,3 +582,45 @@ def test_release_workers_stops_the_processes_map_units_started():
     assert workers()
     parallel.release_workers()
     assert not workers()
+
+
+def test_export_writes_output_npz_after_every_other_file_and_stops_on_a_writer_error(
+        run_result, tmp_path, monkeypatch):
+    """The result files are written in threads (export._FileWriters); Output.npz, whose
+    presence marks a complete run, is still begun only once every other file is in place,
+    and a file that cannot be written stops the export before Output.npz, with its error."""
+    import copy
+    import threading
+
+    from kilomatch import export
+    from kilomatch.assemble import assemble
+    result, _ = run_result
+    result = copy.copy(result)
+    result.settings = result.settings.replace(output_folder=str(tmp_path / "again"))
+    result.settings.output_folder.mkdir()
+    finished, started_output, lock = [], [], threading.Lock()
+    real = export._atomic_write
+
+    def recording(path, writer):
+        if path.name == "Output.npz":
+            started_output.append(list(finished))
+        real(path, writer)
+        with lock:
+            finished.append(path.name)
+
+    monkeypatch.setattr(export, "_atomic_write", recording)
+    written = export.write_all(result, assemble(result))
+    assert written[-1].name == "Output.npz"
+    others = {p.name for p in written[:-1] if p.suffix in (".npy", ".npz")}
+    assert started_output and others <= set(started_output[0])
+
+    def failing(path, writer):
+        if path.name == "CandidatePairs.npz":
+            raise OSError("disk full")
+        real(path, writer)
+
+    (result.settings.output_folder / "Output.npz").unlink()
+    monkeypatch.setattr(export, "_atomic_write", failing)
+    with pytest.raises(OSError, match="disk full"):
+        export.write_all(result, assemble(result))
+    assert not (result.settings.output_folder / "Output.npz").exists()

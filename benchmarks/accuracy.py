@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402  (also puts the repository root on sys.path as a fallback)
 import peers  # noqa: E402
+import _measure  # noqa: E402
 from _measure import memory_method  # noqa: E402
 
 from kilomatch import metrics  # noqa: E402
@@ -206,6 +207,7 @@ def json_safe(result: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    _measure.COLD_START = args.cold
     keys = select_datasets(args.datasets)
     tools = select_tools(args.tools)
     peers_py = peers.peers_python(args.peers_python)

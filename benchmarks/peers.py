@@ -380,6 +380,9 @@ def add_run_arguments(ap, smoke_help: str) -> None:
     ap.add_argument("--timeout", type=float, default=None, help="seconds per tool run")
     ap.add_argument("--mem-limit-gb", type=float, default=None,
                     help="stop a tool whose process tree exceeds this much memory")
+    ap.add_argument("--cold", action="store_true",
+                    help="drop the OS page cache before each tool run (Linux, as root), so "
+                         "that every tool reads its input from the disk")
     ap.add_argument("--smoke", action="store_true", help=smoke_help)
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")

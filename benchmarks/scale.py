@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 
 import _common  # noqa: E402  (also puts the repository root on sys.path as a fallback)
 import peers  # noqa: E402
+import _measure  # noqa: E402
 from _measure import measure, memory_method  # noqa: E402
 
 COLUMNS = ["tool", "units", "sessions", "wall (s)", "peak mem (MB)", "F1", "status", "steps"]
@@ -116,6 +117,7 @@ def growth_exponent(rows: list) -> float | None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    _measure.COLD_START = args.cold
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     sizes = [int(x) for x in args.sizes.split(",")]
     if args.smoke:  # two small sizes with a growing number of sessions

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common  # noqa: E402  (also puts the repository root on sys.path as a fallback)
 import peers  # noqa: E402
+import _measure  # noqa: E402
 from _measure import memory_method  # noqa: E402
 
 # 8 sessions on NP1, 40 um of rigid drift; 410 neurons give ~1,600 sorted units.
@@ -84,6 +85,7 @@ def table_rows(results: list, ours: dict | None) -> list:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    _measure.COLD_START = args.cold
     tools = [t.strip().lower() for t in args.tools.split(",") if t.strip()]
     unknown = [t for t in tools if t not in peers.TOOLS]
     if unknown:

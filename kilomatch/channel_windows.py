@@ -9,14 +9,13 @@ then reused by every step: Kriging correction, waveform similarity and the writt
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import KilomatchError
 from .features import center_waveforms, channel_distances, nearest_channels
-from .load import mapped_file
+from .load import advise_ranges, mapped_file
 
 
 def window_table(channel_locations: np.ndarray, channel_shanks: np.ndarray | None,
@@ -212,25 +211,15 @@ class StoredWaveforms:
 
 def advise_spans(source, rows: slice, channels: np.ndarray) -> None:
     """Tell the OS that _read_channels will read these units' spans of channels soon
-    (posix_fadvise WILLNEED on each span), so that it reads them from the disk in the
-    background. Nothing for an array in memory or where the OS has no such call."""
-    advise = getattr(os, "posix_fadvise", None)
-    if advise is None or not mapped_file(source):
+    (load.advise_ranges), so that it reads them from the disk in the background. Nothing for
+    an array in memory."""
+    if not mapped_file(source):
         return
     low, high = channels.min(axis=1), channels.max(axis=1) + 1
     row_bytes, channel_bytes = source.strides[0], source.strides[1]
-    try:
-        fd = os.open(source.filename, os.O_RDONLY)
-    except OSError:
-        return  # _read_channels names the file
-    try:
-        for k, unit in enumerate(range(rows.start, rows.stop)):
-            advise(fd, source.offset + unit * row_bytes + int(low[k]) * channel_bytes,
-                   int(high[k] - low[k]) * channel_bytes, os.POSIX_FADV_WILLNEED)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    units = np.arange(rows.start, rows.stop)
+    advise_ranges(source.filename, zip(source.offset + units * row_bytes + low * channel_bytes,
+                                       (high - low) * channel_bytes))
 
 
 def _read_channels(source, rows: slice, channels: np.ndarray) -> np.ndarray:

@@ -100,11 +100,17 @@ def _within(a: np.ndarray, b: np.ndarray, max_distance: float) -> tuple:
 
 def _sorted_pairs(parts: list, n_units: int) -> np.ndarray:
     """Pairs from parts of (n, 2) unit ids: each as (lower, higher), sorted, int64 (P, 2)."""
-    pairs = np.concatenate(parts).astype(np.int64) if parts else np.empty((0, 2), np.int64)
     # Sorted by (i, j) through one int64 key: pairs are distinct, so this is the lexicographic
-    # order, and one sort of P keys costs a quarter of a two-key lexsort.
-    key = np.sort(pairs.min(axis=1) * n_units + pairs.max(axis=1))
-    return np.column_stack([key // n_units, key % n_units])
+    # order, and one sort of P keys costs a quarter of a two-key lexsort. The keys are made
+    # part by part (no (P, 2) copy of the parts), with two-operand minimum and maximum: a
+    # reduction along rows of two columns was 0.4 s of 7 M pairs.
+    key = np.concatenate([np.minimum(p[:, 0], p[:, 1]).astype(np.int64) * n_units
+                          + np.maximum(p[:, 0], p[:, 1]) for p in parts]) if parts else (
+        np.empty(0, np.int64))
+    key.sort()
+    pairs = np.empty((key.size, 2), np.int64)
+    np.divmod(key, n_units, out=(pairs[:, 0], pairs[:, 1]))
+    return pairs
 
 
 def within_blocks(depth: np.ndarray, block: np.ndarray, max_distance: float) -> np.ndarray:

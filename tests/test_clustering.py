@@ -294,19 +294,21 @@ def test_lda_weights_closed_form_and_threshold_between_means():
     assert np.array_equal(s > thr, x @ coef + intercept > 0)
 
 
-@pytest.mark.parametrize("n_pairs,n_features,collinear", [
-    (200_000, 2, False), (5_000, 3, True), (300, 1, False), (50, 4, False)])
-def test_lda_is_scikit_learns_lsqr_to_the_bit(n_pairs, n_features, collinear):
-    """kilomatch's own two-class LDA gives exactly scikit-learn's solver='lsqr' coefficients
-    and intercept (same bits): results stay those of earlier versions, without scikit-learn's
-    per-row class sums on millions of pairs (issue 15)."""
+@pytest.mark.parametrize("n_pairs,n_features,collinear,fraction", [
+    (200_000, 2, False, 0.05), (5_000, 3, True, 0.05), (300, 1, False, 0.05),
+    (50, 4, False, 0.05), (20_000, 3, False, 0.7)])
+def test_lda_is_scikit_learns_lsqr(n_pairs, n_features, collinear, fraction):
+    """kilomatch's own two-class LDA gives scikit-learn's solver='lsqr' coefficients and
+    intercept to rounding, reading only the smaller class (fraction: of matched pairs) and
+    taking the other's moments as all pairs' less its own (issue 15). The features sit far
+    from 0 (as Fisher z of similar units do), where moments about 0 would lose digits."""
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
-    from kilomatch.clustering import _lda_lsqr
+    from kilomatch.clustering import _lda_lsqr, pair_moments
     rng = np.random.default_rng(n_pairs)
-    x = rng.normal(size=(n_pairs, n_features)) * np.linspace(3.0, 0.5, n_features)
-    y = rng.random(n_pairs) < 0.05
-    x[y] += 1.5
+    x = rng.normal(size=(n_pairs, n_features)) * np.linspace(3.0, 0.5, n_features) + 40.0
+    y = rng.random(n_pairs) < fraction
+    x[y] += 1.5 * np.linspace(1.0, -0.5, n_features)
     x[rng.random(n_pairs) < 0.01, 0] = -0.0
     if collinear:
         x[:, -1] = x[:, 0]
@@ -314,9 +316,10 @@ def test_lda_is_scikit_learns_lsqr_to_the_bit(n_pairs, n_features, collinear):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         ref.fit(x, y)
-        coef, intercept = _lda_lsqr(x, y)
-    assert np.array_equal(coef, ref.coef_.ravel())
-    assert intercept == ref.intercept_[0]
+        coef, intercept = _lda_lsqr(x, y, pair_moments(x))
+    scale = np.abs(ref.coef_).max()
+    np.testing.assert_allclose(coef, ref.coef_.ravel(), rtol=1e-9, atol=1e-12 * scale)
+    assert intercept == pytest.approx(ref.intercept_[0], rel=1e-9, abs=1e-9 * scale)
 
 
 @pytest.mark.parametrize("labels", [np.ones(20, bool), np.zeros(20, bool)])
@@ -394,7 +397,7 @@ def test_ihdbscan_stopped_at_a_cycle_ends_as_every_iteration_would(n_iter, monke
     assert len(state) == 3 and matched(np.full(3, 1 / 3)) not in state
     calls = []
 
-    def next_weights(similarities, is_matched):
+    def next_weights(similarities, is_matched, moments=None):
         k = state.get(is_matched.tobytes(), -1)  # -1: the equal starting weights
         calls.append(k)
         return cycle[(k + 1) % 3], float((k + 1) % 3)
@@ -447,26 +450,38 @@ def test_sparse_mst_is_scipys_forest_of_the_whole_graph(seed, ties, monkeypatch)
     np.testing.assert_array_equal(got, ref)
 
 
-def test_lda_in_blocks_agrees_with_the_whole_class(monkeypatch):
-    """Above LDA_BLOCK_ROWS pairs the LDA reads each class block by block (no copy of a
-    class's 28 M rows at 10^5 units): the class sums are the same bits, the covariance the
-    same to rounding, so the weights and threshold are those of the whole-class LDA."""
-    from kilomatch.clustering import _class_moments
+def test_pair_moments_in_blocks_are_numpys_and_ihdbscan_reads_all_pairs_once(monkeypatch):
+    """pair_moments reads the (P, F) similarities a block at a time (no copy of a class's
+    28 M rows at 10^5 units): count, mean and biased covariance equal numpy's for all rows
+    and for a class's rows, whatever the block. IHDBSCAN computes all pairs' moments once
+    per clustering, however many LDAs it runs."""
+    from kilomatch import clustering
+    from kilomatch.clustering import pair_moments
     rng = np.random.default_rng(4)
-    x = rng.normal(size=(5000, 3)) * [2.0, 1.0, 0.5] + [1.0, -2.0, 0.3]
+    x = rng.normal(size=(5000, 3)) * [2.0, 1.0, 0.5] + [1.0, -2.0, 30.0]
     matched = rng.random(5000) < 0.1
     x[matched] += 1.0
-    for rows in (matched, ~matched):
-        total, cov = _class_moments(x.copy(), rows)
-        for block in (7, 1000, 4999):
-            got_total, got_cov = _class_moments(x.copy(), rows, block=block)
-            assert np.array_equal(got_total, total)
-            np.testing.assert_allclose(got_cov, cov, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(np.cov(x[matched].T, bias=True), _class_moments(
-        x.copy(), matched, block=100)[1], rtol=1e-12)
-    whole = lda_weights(x, matched)
-    from kilomatch import clustering
+    for rows in (None, np.flatnonzero(matched), np.flatnonzero(~matched)):
+        part = x if rows is None else x[rows]
+        for block in (7, 1000, 4999, 5000, 1 << 21):
+            got = pair_moments(x, rows, block=block)
+            assert got.n == len(part)
+            np.testing.assert_allclose(got.mean, part.mean(0), rtol=1e-13)
+            np.testing.assert_allclose(got.cov, np.cov(part.T, bias=True), rtol=1e-11,
+                                       atol=1e-13)
     monkeypatch.setattr(clustering, "LDA_BLOCK_ROWS", 333)
     blocked = lda_weights(x, matched)
+    monkeypatch.undo()
+    whole = lda_weights(x, matched)
     np.testing.assert_allclose(blocked[0], whole[0], rtol=1e-10)
     assert blocked[1] == pytest.approx(whole[1], rel=1e-10)
+
+    session, _, pairs, _, f = planted_study(50)
+    calls = []
+    real = clustering.pair_moments
+    monkeypatch.setattr(clustering, "pair_moments",
+                        lambda x, rows=None, block=None: calls.append(rows is None) or real(
+                            x, rows, block))
+    res = ihdbscan(len(session), pairs, f, max_cluster_size=5, weight_tol=0.0,
+                   weights=np.array([0.1, 0.1, 0.8]))  # a poor start: the matches change
+    assert res.n_iter >= 2 and calls.count(True) == 1 and calls.count(False) >= 2

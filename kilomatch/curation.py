@@ -97,7 +97,8 @@ class CurationResult:
     threshold: float = float("nan")
     links: object = None  # linking.ProbabilityLinks, when the probability made the clusters
     # (J, 2) pairs a similarity cut would have separated and the match probability kept
-    # together (curate's cut_probability); (R,) match probability of each removed pair
+    # together (curate's cut_probability) or rejoin_alike joined back; (R,) match
+    # probability of each removed pair
     # (NaN when no probability was fitted)
     kept_pairs: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
     removed_probability: np.ndarray | None = None
@@ -796,10 +797,10 @@ def _join_parts(before, after, pairs, joinable):
         next_label += int(lone.sum())
         groups = [np.flatnonzero(part == g) for g in np.unique(part)]
         while len(groups) > 1:
-            mean = score(groups)
-            np.fill_diagonal(mean, -np.inf)
-            i, j = np.unravel_index(np.argmax(mean), mean.shape)
-            if mean[i, j] == -np.inf:
+            scores = score(groups)
+            np.fill_diagonal(scores, -np.inf)
+            i, j = np.unravel_index(np.argmax(scores), scores.shape)
+            if scores[i, j] == -np.inf:
                 break
             i, j = min(i, j), max(i, j)
             groups[i] = np.sort(np.concatenate([groups[i], groups.pop(j)]))

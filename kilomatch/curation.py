@@ -619,8 +619,11 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
             and (np.isfinite(split_distance_ratio) or rejoining):
         split_ratio = spread_of_clusters(final, pairs, linkable, unit_positions, amplitude)
     if split_ratio is not None and rejoining:
+        # only the threshold split's cuts: the position split's rest on a jump in position
+        # (on e +5000, the fresh seeds' blind check, rejoining them joined three successions)
         final, standing = rejoin_alike(after_conflicts, final, pairs, probability, linkable,
-                                       session, split_ratio, rejoin_distance_ratio, amplitude)
+                                       session, split_ratio, rejoin_distance_ratio, amplitude,
+                                       pairs_in(pairs, removed_p))
         removed_s, back_s = _split_rows(removed_s, standing)
         removed_p, back_p = _split_rows(removed_p, standing)
         kept = np.vstack([kept, back_s, back_p])
@@ -818,14 +821,15 @@ def _join_parts(before, after, pairs, joinable):
 
 
 def rejoin_alike(before, after, pairs, probability, linkable, session, distance_ratio,
-                 max_ratio: float, amplitude):
+                 max_ratio: float, amplitude, keep_apart: np.ndarray | None = None):
     """Undo the cuts that only the units' similarity makes: join again two parts of a cut
     cluster when every linkable pair across has a match probability above 0 (the
     probability rules none out), the parts lie on average at most ``max_ratio`` spreads
     apart (``distance_ratio`` (Q,), :mod:`kilomatch.position_noise`), their median
     amplitudes differ by at most REJOIN_AMPLITUDE_QUANTILE of one neuron's (learned from the
-    pairs ``after`` holds), and a pair across is of consecutive sessions. The two parts of
-    highest mean probability across join first.
+    pairs ``after`` holds), a pair across is of consecutive sessions, and no pair across is
+    one of ``keep_apart`` (Q,) bool (cut by another rule). The two parts of highest mean
+    probability across join first.
 
     Why: a small unit's waveform correlates little with its neuron's other units, so the
     similarity puts it below the threshold and the probability gives it its floor, the
@@ -850,11 +854,13 @@ def rejoin_alike(before, after, pairs, probability, linkable, session, distance_
     p = np.where(linkable, np.asarray(probability, np.float64), np.nan)
     gap = np.abs(session[pairs[:, 0]] - session[pairs[:, 1]]).astype(np.float64)
     nearest = np.where(linkable, gap, np.inf)
+    barred = np.zeros(len(pairs)) if keep_apart is None else np.asarray(keep_apart, np.float64)
 
     def joinable(units, rows):
         prob = _cluster_similarity(units, pairs[rows], p[rows], missing=np.nan)
         far = _cluster_similarity(units, pairs[rows], distance_ratio[rows], missing=np.nan)
         gaps = _cluster_similarity(units, pairs[rows], nearest[rows], missing=np.inf)
+        bar = _cluster_similarity(units, pairs[rows], barred[rows]) > 0
 
         def score(groups):
             out = np.full((len(groups), len(groups)), -np.inf)
@@ -863,7 +869,7 @@ def rejoin_alike(before, after, pairs, probability, linkable, session, distance_
                 for j, b in enumerate(groups[:i]):
                     across = prob[np.ix_(a, b)]
                     known = across[~np.isnan(across)]
-                    if known.size and (known > 0).all() and \
+                    if known.size and (known > 0).all() and not bar[np.ix_(a, b)].any() and \
                             np.nanmean(far[np.ix_(a, b)]) <= max_ratio and \
                             abs(med[i] - med[j]) <= amp_limit and \
                             gaps[np.ix_(a, b)].min() <= 1:

@@ -207,7 +207,7 @@ PARAMETERS: tuple[Param, ...] = (
           "gives its floor one by one (README \"Match probability\"). 0 turns it off.",
           min=0, max=1),
     Param("autoCuration.rejoin_distance_ratio", "float", 4.0,
-          "A cut made by auto_split or position_split and left standing by the match "
+          "A cut made by auto_split (the similarity threshold) and left standing by the match "
           "probability is undone where its two sides are alike in all but their similarity: "
           "on average at most this many times the typical distance between two units of one "
           "neuron at their amplitudes apart (learned from the pairs the curated clusters "

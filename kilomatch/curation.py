@@ -44,6 +44,13 @@ AMPLITUDE_STEP_PROBABILITY = 0.5
 POOLED_AMPLITUDE_QUANTILE = 0.99
 # ... and only where every pair across scores above the median of the known non-matches.
 POOLED_MAX_SHARE = 0.5
+# A cut undone because its sides are alike in all but similarity (rejoin_alike) joins sides
+# whose median amplitudes differ by at most this quantile of one neuron's |log amplitude
+# ratio|. At the 99th percentile (the pooled veto's) it joined a 67 uV unit of another
+# neuron to a neuron of 72-116 uV recorded in the sessions around it (k +1000, 0.83 of the
+# 99th percentile); the true cuts it undoes on the suite differ by 0.6 of it at most
+# (benchmarks/RESULTS.md, "Session 10").
+REJOIN_AMPLITUDE_QUANTILE = 0.9
 
 
 def within_cluster_pairs(labels: np.ndarray) -> np.ndarray:
@@ -90,7 +97,8 @@ class CurationResult:
     threshold: float = float("nan")
     links: object = None  # linking.ProbabilityLinks, when the probability made the clusters
     # (J, 2) pairs a similarity cut would have separated and the match probability kept
-    # together (curate's cut_probability); (R,) match probability of each removed pair
+    # together (curate's cut_probability) or rejoin_alike joined back; (R,) match
+    # probability of each removed pair
     # (NaN when no probability was fitted)
     kept_pairs: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int64))
     removed_probability: np.ndarray | None = None
@@ -550,7 +558,8 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
            split_distance_ratio: float = np.inf, unit_positions: np.ndarray | None = None,
            amplitude: np.ndarray | None = None, succession_probability: float = 0.0,
            max_session_gap: int = 0, non_match_share: np.ndarray | None = None,
-           pooled_level: float = 0.0, amplitude_step: float = 0.0) -> CurationResult:
+           pooled_level: float = 0.0, amplitude_step: float = 0.0,
+           rejoin_distance_ratio: float = 0.0) -> CurationResult:
     """The curation steps, then dissolve single-unit clusters: same-session conflicts, the
     split at ``threshold`` (``auto_split``), and with ``positions`` (N, D) um the split at
     position gaps (:func:`split_by_position`). With ``probability`` and ``cut_probability``
@@ -571,7 +580,10 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     joined by ``same_neuron`` (K, 2) (sorter splits) are one neuron for the conflict step
     (:func:`resolve_conflicts`). With ``non_match_share`` (Q,) and ``pooled_level`` above 0,
     the veto also undoes cuts whose pairs, pooled, are unlike non-matches
-    (:func:`rejoin_by_probability`).
+    (:func:`rejoin_by_probability`). With ``rejoin_distance_ratio`` above 0, the cuts
+    left standing are also undone where the two sides are alike in all but similarity
+    (:func:`rejoin_alike`, the spread learned from the curated clusters as for the split at
+    distance).
 
     labels: (N,) clusters from the final clustering; session: (N,); pairs: (Q, 2) every
     within-cluster pair; similarity: (Q,) weighted similarity; linkable: (Q,) bool;
@@ -602,10 +614,21 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
         kept = kept[np.lexsort((kept[:, 1], kept[:, 0]))]
     removed_d = np.empty((0, 2), np.int64)
     split_ratio = None
+    rejoining = rejoin_distance_ratio > 0 and (len(removed_s) or len(removed_p))
     if probability is not None and unit_positions is not None and amplitude is not None \
-            and np.isfinite(split_distance_ratio):
+            and (np.isfinite(split_distance_ratio) or rejoining):
         split_ratio = spread_of_clusters(final, pairs, linkable, unit_positions, amplitude)
-    if split_ratio is not None:
+    if split_ratio is not None and rejoining:
+        # only the threshold split's cuts: the position split's rest on a jump in position
+        # (on e +5000, the fresh seeds' blind check, rejoining them joined three successions)
+        final, standing = rejoin_alike(after_conflicts, final, pairs, probability, linkable,
+                                       session, split_ratio, rejoin_distance_ratio, amplitude,
+                                       pairs_in(pairs, removed_p))
+        removed_s, back_s = _split_rows(removed_s, standing)
+        removed_p, back_p = _split_rows(removed_p, standing)
+        kept = np.vstack([kept, back_s, back_p])
+        kept = kept[np.lexsort((kept[:, 1], kept[:, 0]))]
+    if split_ratio is not None and np.isfinite(split_distance_ratio):
         split, removed_d = split_by_distance(final, pairs, split_ratio, split_distance_ratio)
         # a split at distance stands unless the probability is sure its sides are one
         split, removed_d = rejoin_by_probability(final, split, pairs, probability,
@@ -737,10 +760,10 @@ def _log_amplitude(amplitude: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(np.asarray(amplitude, np.float64), 1e-3))
 
 
-def _amplitude_limit(labels, pairs, amplitude) -> float:
-    """POOLED_AMPLITUDE_QUANTILE of |log amplitude ratio| of one neuron's units, from the
-    ``pairs`` (Q, 2) within the clusters ``labels`` (N,); amplitude (N,) uV. inf without
-    such pairs."""
+def _amplitude_limit(labels, pairs, amplitude,
+                     quantile: float = POOLED_AMPLITUDE_QUANTILE) -> float:
+    """``quantile`` of |log amplitude ratio| of one neuron's units, from the ``pairs`` (Q, 2)
+    within the clusters ``labels`` (N,); amplitude (N,) uV. inf without such pairs."""
     from scipy.stats import norm
     held = (labels[pairs[:, 0]] == labels[pairs[:, 1]]) & (labels[pairs[:, 0]] >= 0)
     if not held.any():
@@ -750,7 +773,110 @@ def _amplitude_limit(labels, pairs, amplitude) -> float:
     # the curation is removing (on high-turnover data their own 99th percentile was twice
     # the matches')
     median = np.median(np.abs(log_amp[pairs[held, 0]] - log_amp[pairs[held, 1]]))
-    return float(median * norm.ppf(0.5 + POOLED_AMPLITUDE_QUANTILE / 2) / norm.ppf(0.75))
+    return float(median * norm.ppf(0.5 + quantile / 2) / norm.ppf(0.75))
+
+
+def _join_parts(before, after, pairs, joinable):
+    """Join again, within each cluster of ``before`` (N,) that ``after`` (N,) cut into parts
+    (units -1 in ``after`` are parts of their own), the two groups of highest score while
+    one may join: ``joinable(units, rows)`` gives, for a cluster's sorted units and the rows
+    of ``pairs`` (Q, 2) inside it, a function of its groups (lists of positions in
+    ``units``) that returns their (G, G) scores, -inf where two groups may not join.
+    Returns (labels (N,), removed (R, 2) pairs of one cluster of ``before`` left apart,
+    sorted)."""
+    before = np.asarray(before, np.int64)
+    labels = np.array(after, dtype=np.int64)
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    next_label = max(int(labels.max(initial=-1)), int(before.max(initial=-1))) + 1
+    inside = (before[pairs[:, 0]] == before[pairs[:, 1]]) & (before[pairs[:, 0]] >= 0)
+    cut = inside & ((labels[pairs[:, 0]] != labels[pairs[:, 1]]) | (labels[pairs[:, 0]] < 0))
+    removed = []
+    for units, rows in _cluster_members(before, pairs, np.unique(before[pairs[cut, 0]])):
+        score = joinable(units, rows)
+        part = labels[units]
+        # each unit dropped to -1 (a lone unit) is a part of its own
+        lone = part < 0
+        part[lone] = next_label + np.arange(lone.sum())
+        next_label += int(lone.sum())
+        groups = [np.flatnonzero(part == g) for g in np.unique(part)]
+        while len(groups) > 1:
+            scores = score(groups)
+            np.fill_diagonal(scores, -np.inf)
+            i, j = np.unravel_index(np.argmax(scores), scores.shape)
+            if scores[i, j] == -np.inf:
+                break
+            i, j = min(i, j), max(i, j)
+            groups[i] = np.sort(np.concatenate([groups[i], groups.pop(j)]))
+        for g in groups:
+            labels[units[g]] = part[g].min()
+        group_of = np.empty(units.size, np.int64)
+        for k, g in enumerate(groups):
+            group_of[g] = k
+        a, b = np.nonzero(np.triu(group_of[:, None] != group_of[None, :], 1))
+        removed.append(np.column_stack([units[a], units[b]]))
+    if not removed:
+        return labels, np.empty((0, 2), np.int64)
+    removed = np.concatenate(removed)
+    return labels, removed[np.lexsort((removed[:, 1], removed[:, 0]))]
+
+
+def rejoin_alike(before, after, pairs, probability, linkable, session, distance_ratio,
+                 max_ratio: float, amplitude, keep_apart: np.ndarray | None = None):
+    """Undo the cuts that only the units' similarity makes: join again two parts of a cut
+    cluster when every linkable pair across has a match probability above 0 (the
+    probability rules none out), the parts lie on average at most ``max_ratio`` spreads
+    apart (``distance_ratio`` (Q,), :mod:`kilomatch.position_noise`), their median
+    amplitudes differ by at most REJOIN_AMPLITUDE_QUANTILE of one neuron's (learned from the
+    pairs ``after`` holds), a pair across is of consecutive sessions, and no pair across is
+    one of ``keep_apart`` (Q,) bool (cut by another rule). The two parts of highest mean
+    probability across join first.
+
+    Why: a small unit's waveform correlates little with its neuron's other units, so the
+    similarity puts it below the threshold and the probability gives it its floor, the
+    value of most non-matches (benchmarks/RESULTS.md, "Pooled evidence"): on the low
+    amplitude and sorter-error studies the split at the threshold took such units from
+    their neuron, and curation lowered F1. Position and amplitude do not fade with the
+    amplitude as the waveform's correlation does. The consecutive sessions keep apart the
+    successions of high-turnover studies, whose wrong cuts are of neurons recorded sessions
+    apart (RESULTS.md, "Session 10").
+
+    before, after: (N,) labels (-1 none); pairs: (Q, 2) every within-cluster pair of
+    ``before``; probability: (Q,); linkable: (Q,) bool; session: (N,); amplitude: (N,) uV.
+    Returns (labels (N,), removed (R, 2) pairs of one cluster of ``before`` left apart,
+    sorted).
+    """
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    linkable = np.asarray(linkable, bool)
+    session = np.asarray(session)
+    amp_limit = _amplitude_limit(np.asarray(after), pairs, amplitude, REJOIN_AMPLITUDE_QUANTILE)
+    log_amp = _log_amplitude(amplitude)
+    # per pair: its probability where it may link (NaN where not), ruled out where it is 0
+    p = np.where(linkable, np.asarray(probability, np.float64), np.nan)
+    gap = np.abs(session[pairs[:, 0]] - session[pairs[:, 1]]).astype(np.float64)
+    nearest = np.where(linkable, gap, np.inf)
+    barred = np.zeros(len(pairs)) if keep_apart is None else np.asarray(keep_apart, np.float64)
+
+    def joinable(units, rows):
+        prob = _cluster_similarity(units, pairs[rows], p[rows], missing=np.nan)
+        far = _cluster_similarity(units, pairs[rows], distance_ratio[rows], missing=np.nan)
+        gaps = _cluster_similarity(units, pairs[rows], nearest[rows], missing=np.inf)
+        bar = _cluster_similarity(units, pairs[rows], barred[rows]) > 0
+
+        def score(groups):
+            out = np.full((len(groups), len(groups)), -np.inf)
+            med = [np.median(log_amp[units[g]]) for g in groups]
+            for i, a in enumerate(groups):
+                for j, b in enumerate(groups[:i]):
+                    across = prob[np.ix_(a, b)]
+                    known = across[~np.isnan(across)]
+                    if known.size and (known > 0).all() and not bar[np.ix_(a, b)].any() and \
+                            np.nanmean(far[np.ix_(a, b)]) <= max_ratio and \
+                            abs(med[i] - med[j]) <= amp_limit and \
+                            gaps[np.ix_(a, b)].min() <= 1:
+                        out[i, j] = out[j, i] = known.mean()
+            return out
+        return score
+    return _join_parts(before, after, pairs, joinable)
 
 
 def rejoin_by_probability(before, after, pairs, probability, threshold: float,
@@ -787,34 +913,24 @@ def rejoin_by_probability(before, after, pairs, probability, threshold: float,
     Returns (labels (N,), removed (R, 2) pairs of one cluster of ``before`` left apart,
     sorted).
     """
-    before = np.asarray(before, np.int64)
-    labels = np.array(after, dtype=np.int64)
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     probability = np.asarray(probability, np.float64)
-    next_label = max(int(labels.max(initial=-1)), int(before.max(initial=-1))) + 1
-    inside = (before[pairs[:, 0]] == before[pairs[:, 1]]) & (before[pairs[:, 0]] >= 0)
-    cut = inside & ((labels[pairs[:, 0]] != labels[pairs[:, 1]]) | (labels[pairs[:, 0]] < 0))
-    clusters = np.unique(before[pairs[cut, 0]])
     pooling = bool(pooled_level) and non_match_share is not None
     if pooling:
         # a pair the probability rules out (0; or that cannot link) is a non-match's
         share = np.where(probability > 0, np.asarray(non_match_share, np.float64), 1.0)
-        amp_limit = np.inf if amplitude is None else _amplitude_limit(labels, pairs, amplitude)
-        log_amp = _log_amplitude(np.ones(before.size) if amplitude is None else amplitude)
-    removed = []
-    for units, rows in _cluster_members(before, pairs, clusters):
+        amp_limit = np.inf if amplitude is None else _amplitude_limit(
+            np.asarray(after), pairs, amplitude)
+        log_amp = _log_amplitude(np.ones(len(before)) if amplitude is None else amplitude)
+
+    def joinable(units, rows):
         p = _cluster_similarity(units, pairs[rows], probability[rows])
         far = None if distance_ratio is None else \
             _cluster_similarity(units, pairs[rows], distance_ratio[rows])
-        part = labels[units]
-        # each unit dropped to -1 (a lone unit) is a part of its own
-        lone = part < 0
-        part[lone] = next_label + np.arange(lone.sum())
-        next_label += int(lone.sum())
         pooled = None if not pooling else _cluster_similarity(
             units, pairs[rows], share[rows], missing=np.nan)
-        groups = [np.flatnonzero(part == g) for g in np.unique(part)]
-        while len(groups) > 1:
+
+        def score(groups):
             mean = np.array([[p[np.ix_(a, b)].mean() for b in groups] for a in groups])
             # above the level: more probable than non-matches; or, pooled over the pairs
             # across, unlike non-matches (pooled_non_match_p)
@@ -831,20 +947,6 @@ def rejoin_by_probability(before, after, pairs, probability, threshold: float,
                     unlike &= apart <= max_distance_ratio
                 join |= unlike
             mean[~join] = -np.inf
-            np.fill_diagonal(mean, -np.inf)
-            i, j = np.unravel_index(np.argmax(mean), mean.shape)
-            if mean[i, j] == -np.inf:
-                break
-            i, j = min(i, j), max(i, j)
-            groups[i] = np.sort(np.concatenate([groups[i], groups.pop(j)]))
-        for g in groups:
-            labels[units[g]] = part[g].min()
-        group_of = np.empty(units.size, np.int64)
-        for k, g in enumerate(groups):
-            group_of[g] = k
-        a, b = np.nonzero(np.triu(group_of[:, None] != group_of[None, :], 1))
-        removed.append(np.column_stack([units[a], units[b]]))
-    if not removed:
-        return labels, np.empty((0, 2), np.int64)
-    removed = np.concatenate(removed)
-    return labels, removed[np.lexsort((removed[:, 1], removed[:, 0]))]
+            return mean
+        return score
+    return _join_parts(before, after, pairs, joinable)

@@ -206,6 +206,16 @@ PARAMETERS: tuple[Param, ...] = (
           "farther apart than cut_distance_ratio. For small units, whose pairs the probability "
           "gives its floor one by one (README \"Match probability\"). 0 turns it off.",
           min=0, max=1),
+    Param("autoCuration.rejoin_distance_ratio", "float", 4.0,
+          "A cut made by auto_split (the similarity threshold) and left standing by the match "
+          "probability is undone where its two sides are alike in all but their similarity: "
+          "on average at most this many times the typical distance between two units of one "
+          "neuron at their amplitudes apart (learned from the pairs the curated clusters "
+          "hold), median amplitudes within the 90th percentile of one neuron's, no pair across "
+          "of match probability 0, and a pair across of consecutive sessions. For small units, "
+          "whose waveforms correlate little even when matched (clustering.method "
+          "'similarity'). 0 turns it off.",
+          min=0),
     Param("autoCuration.split_distance_ratio", "float", 5.0,
           "Last step of the curation (clustering.method 'similarity'): split each cluster "
           "where its groups of units are on average farther apart than this many times the "

@@ -492,7 +492,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                           ac.cut_distance_ratio or np.inf, ac.split_distance_ratio or np.inf,
                           xy, units.amplitude, ac.succession_probability,
                           s.clustering.max_session_gap, q_share, ac.cut_pooled_level,
-                          ac.amplitude_step)
+                          ac.amplitude_step, ac.rejoin_distance_ratio)
     cur.splits = splits
     cur.cut_probability = cut if q_p is not None else float("nan")
     if fitted is not None:  # the probability is reported; the similarity made the clusters

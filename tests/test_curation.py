@@ -707,3 +707,58 @@ def test_pooled_evidence_keeps_a_small_unit_its_pairs_one_by_one_cannot():
     assert cut_stands(amp5=150.0)
     assert cut_stands(ratio_limit=1.5)
     assert cut_stands(one_plain=True)
+
+
+def test_rejoin_alike_undoes_a_cut_that_only_the_similarity_makes():
+    """Ten neurons of six units each (sessions 0-5, about 50 uV, within ~1 um of their place:
+    enough pairs to learn one neuron's spread). Unit 5 of neuron 0 has every pair below the
+    similarity threshold and at the probability's floor (0.01, below the veto's 0.02), as a
+    small unit of the neuron has: the split cuts it and the veto lets the cut stand. At its
+    neuron's place, amplitude and the session after the others, rejoin_distance_ratio joins
+    it back (its five pairs go to kept_pairs). The cut stands when the setting is 0, when
+    the probability rules a pair across out (0), when its amplitude is three times the
+    neuron's, when it lies 30 um away, when its session is not next to the others', and
+    when the position split made the cut (unit 5 8 um off in the positions it reads, its
+    similarity above the threshold): that cut rests on position, not on similarity."""
+    rng = np.random.default_rng(0)
+    n_neurons, per = 10, 6
+    labels = np.repeat(np.arange(n_neurons), per)
+    pairs = within_cluster_pairs(labels)
+    base_xy = np.column_stack([np.repeat(np.arange(n_neurons) * 100.0, per),
+                               np.zeros(n_neurons * per)])
+    jitter = rng.normal(0, 1.0, base_xy.shape)
+    base_amp = 50.0 + rng.normal(0, 2.0, n_neurons * per)
+    small = {(k, 5) for k in range(5)}
+    link = np.ones(len(pairs), bool)
+
+    def cut_stands(ratio=4.0, one_ruled_out=False, amp5=50.0, dy5=0.0, session5=5,
+                   position_cut=False):
+        session = np.tile(np.arange(per), n_neurons)
+        session[5] = session5
+        xy = base_xy + jitter
+        xy[5, 1] += dy5
+        amplitude = base_amp.copy()
+        amplitude[5] = amp5
+        sim = pair_values(pairs, {k: 1.2 if position_cut else 0.5 for k in small}, 3.0)
+        positions = None
+        if position_cut:
+            positions = xy.copy()
+            positions[5, 1] += 8.0
+        p = pair_values(pairs, {k: 0.01 for k in small}, 0.95)
+        if one_ruled_out:  # one pair across ruled out is enough
+            p[np.flatnonzero((pairs[:, 0] == 0) & (pairs[:, 1] == 5))] = 0.0
+        res = curate(labels, session, pairs, sim, link, threshold=1.0, probability=p,
+                     cut_probability=0.02, unit_positions=xy, amplitude=amplitude,
+                     rejoin_distance_ratio=ratio, positions=positions)
+        assert np.all(res.labels[:5] == res.labels[0]) and res.labels[0] >= 0
+        stands = res.labels[5] != res.labels[0]
+        assert as_set(res.kept_pairs) == (set() if stands else small)
+        return stands
+
+    assert not cut_stands()
+    assert cut_stands(ratio=0.0)
+    assert cut_stands(one_ruled_out=True)
+    assert cut_stands(amp5=150.0)
+    assert cut_stands(dy5=30.0)
+    assert cut_stands(session5=7)
+    assert cut_stands(position_cut=True)

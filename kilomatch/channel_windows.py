@@ -180,15 +180,13 @@ class StoredWaveforms:
 
     def blocks(self, block: int = 2048):
         """Yield (start, (b, n, T) float32) over the units in order."""
-        starts = range(0, self.n_units, block)
-        for start in starts:
+        first = slice(0, min(block, self.n_units))
+        advise_spans(self.source, first, self.channels[first])
+        for start in range(0, self.n_units, block):
             rows = slice(start, min(start + block, self.n_units))
             channels = self.channels[rows]
-            if start == 0:
-                advise_spans(self.source, rows, channels)
-            if start + block < self.n_units:  # read from the disk while this block is used
-                after = slice(start + block, min(start + 2 * block, self.n_units))
-                advise_spans(self.source, after, self.channels[after])
+            after = slice(rows.stop, min(rows.stop + block, self.n_units))
+            advise_spans(self.source, after, self.channels[after])  # read while this is used
             values = _read_channels(self.source, rows, channels)
             if self.centre_on is not None:  # centring shifts every channel alike
                 values = center_waveforms(values, np.argmax(

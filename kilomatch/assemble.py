@@ -46,7 +46,8 @@ class RunArrays:
     Per-unit: waveforms (gathered from unit_waveforms when read), waveforms_corrected (N, n, T)
     float32 uV; waveform_channels,
     waveform_channels_corrected (N, n); corrected_depth (N,) um; idx_cluster_clustering (N,)
-    final clustering before curation and idx_cluster_after_conflicts (N,), both 1..K or -1.
+    final clustering before curation, idx_cluster_after_conflicts and idx_cluster_before_join
+    (N,) (the curated clusters before the probability joined any), all 1..K or -1.
     Per shank (last axis K when K > 1, else dropped): weights (F[, K]), thresholds (K,),
     n_iter (K,) and converged (K,) of IHDBSCAN,
     motion (S[, K]) um, motion_ci (S, 2[, K]) um, motion_linear (S, 2[, K]) or None,
@@ -91,6 +92,7 @@ class RunArrays:
     same_cluster_final: np.ndarray
     idx_cluster_clustering: np.ndarray
     idx_cluster_after_conflicts: np.ndarray
+    idx_cluster_before_join: np.ndarray
     removed_pairs: np.ndarray
     removed_reason: np.ndarray
     removed_probability: np.ndarray
@@ -219,6 +221,9 @@ def assemble(result: Result) -> RunArrays:
         idx_cluster_clustering=before,
         idx_cluster_after_conflicts=combine_labels(
             [c.labels_after_conflicts for c in curated], members, n),
+        idx_cluster_before_join=combine_labels(
+            [c.labels if c.labels_before_join is None else c.labels_before_join
+             for c in curated], members, n),
         removed_pairs=np.vstack([p.units[c.removed_pairs]
                                  for p, c in zip(parts, curated)]).reshape(-1, 2),
         removed_reason=np.concatenate([c.removed_reason for c in curated]),

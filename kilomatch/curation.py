@@ -111,6 +111,9 @@ class CurationResult:
     # the refractory test of the same-session pairs of the clusters (sorter_splits), or None
     # when sorter splits were not looked for (autoCuration.keep_sorter_splits off)
     splits: object = None
+    # (N,) the clusters before the probability joined any (kilomatch.joining), or None when
+    # no join was tried (then the same as labels)
+    labels_before_join: np.ndarray | None = None
 
 
 def _clashing_clusters(labels: np.ndarray, session: np.ndarray,

@@ -216,6 +216,16 @@ PARAMETERS: tuple[Param, ...] = (
           "whose waveforms correlate little even when matched (clustering.method "
           "'similarity'). 0 turns it off.",
           min=0),
+    Param("autoCuration.join_probability", "float", 0.9,
+          "After the curation's splits (clustering.method 'similarity'): two final clusters, or "
+          "units in none, are joined where every pair of units across is a candidate pair "
+          "(so they share no session), every pair across has match probability at least "
+          "join_min_probability and their mean is at least this; the most probable first. "
+          "IHDBSCAN can keep one neuron's units in two clusters, or leave some out. 0 turns "
+          "it off.", min=0, max=1),
+    Param("autoCuration.join_min_probability", "float", 0.5,
+          "The least match probability of any pair across two groups that "
+          "autoCuration.join_probability joins.", min=0, max=1),
     Param("autoCuration.split_distance_ratio", "float", 5.0,
           "Last step of the curation (clustering.method 'similarity'): split each cluster "
           "where its groups of units are on average farther apart than this many times the "

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import (channel_windows, correction, curation, export, features, fingerprint, linking,
-               motion_initial, parallel, position_noise, sorter_splits)
+from . import (channel_windows, correction, curation, export, features, fingerprint, joining,
+               linking, motion_initial, parallel, position_noise, sorter_splits)
 from .assemble import assemble, output_channels
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
@@ -495,14 +495,21 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                           ac.amplitude_step, ac.rejoin_distance_ratio)
     cur.splits = splits
     cur.cut_probability = cut if q_p is not None else float("nan")
+    cur.labels_before_join = cur.labels
+    if fitted is not None and ac.join_probability > 0:
+        cur.labels = joining.join_by_probability(
+            cur.labels, final.pairs, fitted[0].candidate_probability, ac.join_probability,
+            ac.join_min_probability)
     if fitted is not None:  # the probability is reported; the similarity made the clusters
         cur.links = fitted[0]
-        # curation only takes units apart, so every final within-cluster pair is one of
-        # q_pairs and already has its probability
+        # a final within-cluster pair is one of q_pairs (curation only takes units apart) or
+        # a candidate pair (a join): either way it has its probability already
         kept = curation.within_cluster_pairs(cur.labels)
         kept = kept[across_sessions(kept, units.session0)]
-        cur.links.match_confidence = linking.match_confidence(
-            len(labels), kept, linking.pair_lookup(q_pairs, q_p, kept, len(labels))[1])
+        found, p_kept = linking.pair_lookup(q_pairs, q_p, kept, len(labels))
+        p_kept[~found] = linking.pair_lookup(final.pairs, cur.links.candidate_probability,
+                                             kept[~found], len(labels))[1]
+        cur.links.match_confidence = linking.match_confidence(len(labels), kept, p_kept)
         cur.removed_probability = linking.pair_lookup(q_pairs, q_p, cur.removed_pairs,
                                                       len(labels))[1]
     if ratio is not None or cur.split_distance_ratio is not None:

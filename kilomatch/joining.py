@@ -1,0 +1,118 @@
+"""The last curation step: final clusters that the match probability says are one neuron are
+joined (docs/method.md, step 4).
+
+IHDBSCAN's excess-of-mass selection keeps the most stable clusters of the similarity's
+hierarchy. Where one neuron's units are tighter in pairs than across (two sessions of one
+probe position against two of another, or a unit that looks a little less like the others),
+it keeps the two halves as two clusters, or leaves some of the neuron's units in no cluster,
+although every pair across is a likely match. The match probability (kilomatch.probability)
+weighs each candidate pair on all its evidence; this step joins two groups (a final cluster,
+or a unit in none) when it is sure of the whole of them:
+
+- every pair of units across is a candidate pair (different sessions, one shank, corrected
+  depths within clustering.max_distance): so the two groups share no session;
+- every pair across is more likely a match than not (probability >= ``min_level``, 0.5);
+- the mean probability across is at least ``mean_level`` (0.9).
+
+Groups are joined highest mean first (average linkage on the probability), and a joined group
+is tested again against the others with all its pairs across.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+
+
+def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray,
+                        mean_level: float = 0.9, min_level: float = 0.5) -> np.ndarray:
+    """Final clusters (N,) (-1: in none, >= 0) after joining the groups the probability says
+    are one neuron (module docstring). pairs: (P, 2) candidate pairs (i < j, units of
+    different sessions); probability: (P,) their match probability. Returns new labels
+    (N,): -1 for units in no cluster; a cluster not joined keeps its units together (its
+    number may change; kilomatch.clustering.renumber gives the final numbers)."""
+    labels = np.asarray(labels, dtype=np.int64)
+    n = labels.size
+    group = _groups(labels)
+    n_groups = int(group.max(initial=-1)) + 1
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    probability = np.asarray(probability, dtype=np.float64)
+    # Only likely pairs count: two groups may ever be joined when their likely pairs across
+    # are all their pairs across (candidate pairs are unique), so the rest (most of the
+    # candidate pairs, 28 M at 10^5 units) need not be grouped at all.
+    likely = np.flatnonzero(probability >= min_level)
+    ga, gb = group[pairs[likely, 0]], group[pairs[likely, 1]]
+    across = ga != gb
+    lo, hi = np.minimum(ga, gb)[across], np.maximum(ga, gb)[across]
+    p = probability[likely][across]
+    if p.size == 0:
+        return _labels(group, np.arange(n_groups))
+    key, row = np.unique(lo * n_groups + hi, return_inverse=True)
+    row = row.reshape(-1)
+    count = np.bincount(row, minlength=key.size)
+    total = np.bincount(row, weights=p, minlength=key.size)
+    size = np.bincount(group, minlength=n_groups)
+    a, b = key // n_groups, key % n_groups
+    whole = count == size[a] * size[b]
+    edges = {(int(i), int(j)): (int(c), float(t))
+             for i, j, c, t in zip(a[whole], b[whole], count[whole], total[whole])}
+    owner = np.arange(n_groups)
+    _link(edges, owner, mean_level)
+    return _labels(group, owner)
+
+
+def _groups(labels: np.ndarray) -> np.ndarray:
+    """Group of each unit (N,): its cluster, or a group of its own for a unit in none (numbered
+    after the clusters, in unit order)."""
+    group = labels.copy()
+    alone = np.flatnonzero(labels < 0)
+    group[alone] = labels.max(initial=-1) + 1 + np.arange(alone.size)
+    return group
+
+
+def _link(edges: dict, owner: np.ndarray, mean_level: float) -> None:
+    """Average linkage over ``edges`` {(g, h): (pairs across, sum of their probability)},
+    g < h, of pairs of groups that may be joined: the pair with the highest mean first, while
+    it is at least mean_level. A joined group may be joined to a third only where both its
+    parts could (every pair across stays a likely candidate). Fills owner (G,): each group's
+    surviving group (the lower number)."""
+    neighbours: dict = {}
+    for g, h in edges:
+        neighbours.setdefault(g, set()).add(h)
+        neighbours.setdefault(h, set()).add(g)
+    heap = [(-t / c, g, h) for (g, h), (c, t) in edges.items() if t / c >= mean_level]
+    heapq.heapify(heap)
+    while heap:
+        mean, g, h = heapq.heappop(heap)
+        if edges.get((g, h)) is None or -mean != edges[(g, h)][1] / edges[(g, h)][0]:
+            continue  # stale: one side was joined since
+        del edges[(g, h)]
+        # h joins g; the joined group's edge to a third group k holds only where both had one
+        kept = set()
+        for k in sorted((neighbours[g] | neighbours[h]) - {g, h}):
+            e_g = edges.pop((min(g, k), max(g, k)), None)
+            e_h = edges.pop((min(h, k), max(h, k)), None)
+            neighbours[k].discard(g)
+            neighbours[k].discard(h)
+            if e_g is None or e_h is None:
+                continue
+            c, t = e_g[0] + e_h[0], e_g[1] + e_h[1]
+            edges[(min(g, k), max(g, k))] = (c, t)
+            neighbours[k].add(g)
+            kept.add(k)
+            if t / c >= mean_level:
+                heapq.heappush(heap, (-t / c, min(g, k), max(g, k)))
+        neighbours[g] = kept
+        del neighbours[h]
+        owner[h] = g
+    for x in range(owner.size):  # owner[x] <= x: follow each chain to its surviving group
+        owner[x] = owner[owner[x]]
+
+
+def _labels(group: np.ndarray, owner: np.ndarray) -> np.ndarray:
+    """Labels (N,) from each unit's group (N,) and each group's surviving group (G,): -1 for a
+    unit alone in its group."""
+    final = owner[group]
+    size = np.bincount(final, minlength=owner.size)
+    return np.where(size[final] > 1, final, -1)

@@ -1,0 +1,71 @@
+"""The last curation step: clusters the match probability says are one neuron are joined."""
+
+import numpy as np
+
+from kilomatch.joining import join_by_probability
+
+
+def _all_across(a, b, p):
+    """Every pair (i < j) across unit lists a and b, each with probability p."""
+    pairs = np.array([(min(i, j), max(i, j)) for i in a for j in b])
+    return pairs, np.full(len(pairs), p, dtype=float)
+
+
+def _stack(*parts):
+    pairs = np.vstack([q for q, _ in parts])
+    p = np.concatenate([v for _, v in parts])
+    order = np.lexsort((pairs[:, 1], pairs[:, 0]))
+    return pairs[order], p[order]
+
+
+def _together(labels, units):
+    return labels[units[0]] >= 0 and all(labels[u] == labels[units[0]] for u in units)
+
+
+def test_two_halves_of_one_neuron_and_a_unit_left_out_are_joined():
+    # units 0-1 (sessions 1, 2) and 2-3 (sessions 3, 4): two clusters of one neuron; unit 4
+    # (session 5) in none; every pair across is a likely candidate
+    labels = np.array([0, 0, 1, 1, -1])
+    pairs, p = _stack(_all_across([0, 1], [2, 3], 0.95), _all_across([0, 1, 2, 3], [4], 0.97))
+    out = join_by_probability(labels, pairs, p)
+    assert _together(out, [0, 1, 2, 3, 4])
+
+
+def test_no_join_without_every_pair_across_likely_and_a_candidate():
+    labels = np.array([0, 0, 1, 1])
+    pairs, p = _all_across([0, 1], [2, 3], 0.99)
+    # one pair across below join_min_probability, though the mean stays above 0.9
+    low = p.copy()
+    low[0] = 0.45
+    assert low.mean() >= 0.85 and not _together(join_by_probability(labels, pairs, low, 0.85),
+                                                [0, 1, 2, 3])
+    # one pair across is no candidate (another session's unit of the same session, or too
+    # far apart): the groups are not joined whatever the others say
+    assert not _together(join_by_probability(labels, pairs[1:], p[1:]), [0, 1, 2, 3])
+    # the mean across below the level
+    mid = np.full(len(p), 0.8)
+    assert not _together(join_by_probability(labels, pairs, mid), [0, 1, 2, 3])
+    assert _together(join_by_probability(labels, pairs, mid, 0.8), [0, 1, 2, 3])
+    # off: the clusters as given
+    assert np.array_equal(join_by_probability(labels, pairs, p, 1.01), labels)
+
+
+def test_a_joined_group_needs_every_pair_across_with_a_third():
+    # A = {0}, B = {1}, C = {2}: A-B 0.99, A-C 0.95, B-C 0.2. A and B join first (the most
+    # probable); C may not join them, as B-C is unlikely
+    labels = np.array([-1, -1, -1])
+    pairs = np.array([[0, 1], [0, 2], [1, 2]])
+    p = np.array([0.99, 0.95, 0.2])
+    out = join_by_probability(labels, pairs, p)
+    assert _together(out, [0, 1]) and out[2] == -1
+    # most probable first: with A-C the higher, A joins C and B stays out
+    out = join_by_probability(labels, pairs, np.array([0.95, 0.99, 0.2]))
+    assert _together(out, [0, 2]) and out[1] == -1
+
+
+def test_clusters_not_joined_keep_their_units():
+    labels = np.array([3, 3, -1, 7, 7, -1])
+    pairs, p = _all_across([0, 1], [3, 4], 0.3)
+    out = join_by_probability(labels, pairs, p)
+    assert _together(out, [0, 1]) and _together(out, [3, 4]) and out[0] != out[3]
+    assert out[2] == -1 and out[5] == -1

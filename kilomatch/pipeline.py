@@ -153,7 +153,7 @@ def match_units(units: UnitFeatures, channel_locations: np.ndarray, s: Settings,
     result = ihdbscan(len(y), pairs, similarities, max_cluster_size=n_sessions,
                       n_iter=s.clustering.n_iter,
                       weight_tol=s.clustering.weight_tol if weight_tol is None else weight_tol,
-                      weights=weights)
+                      weights=weights, oversized=s.clustering.oversized_clusters)
     return RoundResult(list(feature_names), motion, pairs, similarities, result, corrected,
                        wf_corr, ch_corr)
 

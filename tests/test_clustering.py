@@ -14,6 +14,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from kilomatch.clustering import (
+    core_of_oversized,
     ihdbscan,
     lda_weights,
     renumber,
@@ -485,3 +486,33 @@ def test_pair_moments_in_blocks_are_numpys_and_ihdbscan_reads_all_pairs_once(mon
     res = ihdbscan(len(session), pairs, f, max_cluster_size=5, weight_tol=0.0,
                    weights=np.array([0.1, 0.1, 0.8]))  # a poor start: the matches change
     assert res.n_iter >= 2 and calls.count(True) == 1 and calls.count(False) >= 2
+
+
+def test_an_oversized_cluster_that_only_sheds_units_keeps_its_core():
+    """A neuron seen in all 4 sessions (units 0-3, tightly bound) chained to one more unit
+    (4) is a leaf of 5 units over the size limit (4) that never splits: hdbscan's selection
+    ('noise', the published) leaves all five unmatched; 'core' keeps the neuron, the chained
+    unit stays out. A leaf within the limit (units 5-7) and a cluster that splits into two
+    (8-13: two neurons of 3 units, after shedding unit 14) are the same either way."""
+    pairs = np.array([[0, 1], [1, 2], [2, 3], [3, 4],
+                      [5, 6], [6, 7],
+                      [8, 9], [9, 10], [11, 12], [12, 13], [10, 11], [10, 14]])
+    dist = np.array([0.60, 0.61, 0.62, 0.90,
+                     0.70, 0.71,
+                     0.60, 0.61, 0.60, 0.62, 0.95, 0.99])
+    published = sparse_hdbscan(15, pairs, dist, 4)
+    core = sparse_hdbscan(15, pairs, dist, 4, oversized="core")
+    assert np.all(published[:5] == -1)
+    np.testing.assert_array_equal(core[:5] >= 0, [True, True, True, True, False])
+    assert np.unique(core[:4]).size == 1
+    np.testing.assert_array_equal(renumber(core[5:]), renumber(published[5:]))
+    assert np.unique(core[8:11]).size == 1 and np.unique(core[11:14]).size == 1
+    assert core[8] != core[11]
+    # a leaf whose units fall out together at the limit keeps only those above it
+    tied = sparse_hdbscan(15, pairs, np.r_[0.60, 0.62, 0.62, dist[3:]], 3, "core")
+    np.testing.assert_array_equal(tied[:5] >= 0, [True, True, False, False, False])
+    # no size limit: nothing to do
+    tree = np.array([(5, 6, 1.0, 5)], dtype=[("parent", np.intp), ("child", np.intp),
+                                             ("lambda_val", np.float64),
+                                             ("child_size", np.intp)])
+    assert core_of_oversized(tree, 5, 0) is tree

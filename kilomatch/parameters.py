@@ -163,12 +163,12 @@ PARAMETERS: tuple[Param, ...] = (
           "match_confidence) even when autoCuration.cut_probability is 1; the clusters stay "
           "the similarity's. With the default cut_probability it is learned anyway."),
     Param("clustering.oversized_clusters", "str", "core",
-          "What becomes of a cluster of HDBSCAN's tree with more units than sessions that "
-          "never splits into two clusters, only sheds units one by one (in every motion round "
-          "and the final clustering): 'core' makes a cluster of its units that stay together "
-          "longest, as many as there are sessions; 'noise' leaves all its units unmatched "
-          "(hdbscan's max_cluster_size, the published method), which loses whole neurons "
-          "chained to one more unit.", choices=("core", "noise")),
+          "What the final clustering makes of a cluster of HDBSCAN's tree with more units "
+          "than sessions that never splits into two clusters, only sheds units one by one: "
+          "'core' makes a cluster of its units that stay together longest, as many as there "
+          "are sessions; 'noise' leaves all its units unmatched (hdbscan's max_cluster_size, "
+          "the published method), which loses whole neurons chained to one more unit. The "
+          "motion rounds keep 'noise'.", choices=("core", "noise")),
     Param("clustering.n_iter", "int", 10, "Most HDBSCAN + LDA iterations.", min=1),
     Param("clustering.weight_tol", "float", 1e-8,
           "Stop the HDBSCAN + LDA iterations when no weight changes by more than this.", min=0),

@@ -127,14 +127,17 @@ def match_units(units: UnitFeatures, channel_locations: np.ndarray, s: Settings,
                 motion: Motion, feature_names: list, n_sessions: int,
                 kinv: np.ndarray | None = None, weight_tol: float | None = None,
                 weights: np.ndarray | None = None, waveforms: tuple | None = None,
-                keep_waveforms: bool = True) -> RoundResult:
+                keep_waveforms: bool = True, oversized: str | None = None) -> RoundResult:
     """Candidate pairs at the given motion, their similarities, and IHDBSCAN from ``weights``
     (F,) (None: equal), stopped when no weight moves by more than weight_tol (None:
     clustering.weight_tol).
 
     waveforms: the corrected waveforms at this motion, if already made (corrected_waveforms'
     pair); keep_waveforms False lets them go before IHDBSCAN (a motion round needs them only
-    for its similarities: 2.6 GB at 10^5 units), leaving the result's fields None."""
+    for its similarities: 2.6 GB at 10^5 units), leaving the result's fields None.
+    oversized: what becomes of a cluster over the size limit (clustering.hdbscan_from_mst;
+    None: clustering.oversized_clusters)."""
+    oversized = s.clustering.oversized_clusters if oversized is None else oversized
     y = units.locations[:, 1]
     corrected = y - motion.at(units.session0, y)
     pairs = candidate_pairs(corrected, units.session0, s.clustering.max_distance, units.shank,
@@ -153,7 +156,7 @@ def match_units(units: UnitFeatures, channel_locations: np.ndarray, s: Settings,
     result = ihdbscan(len(y), pairs, similarities, max_cluster_size=n_sessions,
                       n_iter=s.clustering.n_iter,
                       weight_tol=s.clustering.weight_tol if weight_tol is None else weight_tol,
-                      weights=weights, oversized=s.clustering.oversized_clusters)
+                      weights=weights, oversized=oversized)
     return RoundResult(list(feature_names), motion, pairs, similarities, result, corrected,
                        wf_corr, ch_corr)
 
@@ -296,8 +299,11 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
     for k, names in enumerate(tqdm(schedule, desc="motion rounds", disable=None), 1):
         # a round with the last one's features starts from its weights (fewer iterations)
         warm = weights if history and history[-1][0].feature_names == list(names) else None
+        # hdbscan's own selection: the motion needs the sure matches only, and the units a
+        # core adds moved it (0.6 um on c_nonrigid) and with it the probability's
+        # calibration, for no gain (benchmarks/RESULTS.md, "Session 11")
         result = match_units(units, channel_locations, s, motion, names, n_sessions, kinv,
-                             me.weight_tol, warm, keep_waveforms=False)
+                             me.weight_tol, warm, keep_waveforms=False, oversized="noise")
         weights = result.clustering.weights
         matches = good_pairs(result)
         n_candidates = len(result.pairs)

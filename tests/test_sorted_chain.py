@@ -129,13 +129,23 @@ def test_drift_is_recovered(chain):
 
 
 def test_matches_are_mostly_right_and_routes_agree(chain):
-    """Most matched pairs are one neuron (recall is low on 20 s sessions of ~15 units: few
+    """Matched pairs are one neuron (recall is low on 20 s sessions of ~15 units: few
     pairs to learn the threshold from; benchmarks/RESULTS.md has the larger studies), and the
-    two routes give (nearly) the same clusters."""
+    two routes give (nearly) the same clusters.
+
+    Precision is judged on the units the sorter matched to a simulated neuron: a unit matched
+    to none (a fragment, one half of a split, agreement < 0.5) has an id of its own, so every
+    pair it is in counts as wrong, even the halves of one neuron's split tracked to that
+    neuron's unit of another day (benchmarks/RESULTS.md, "Session 11"). Over all units it
+    must stay above 0.7."""
     r = {k: metrics.pair_scores(v["idx"], v["gt"], v["sessions"])
          for k, v in chain["routes"].items()}
     for route, s in r.items():
-        assert s["precision"] >= 0.8 and s["recall"] >= 0.3, (route, s)
+        v = chain["routes"][route]
+        known = v["gt"] >= 0
+        judged = metrics.pair_scores(v["idx"][known], v["gt"][known], v["sessions"][known])
+        assert judged["precision"] >= 0.95 and s["precision"] >= 0.7, (route, judged, s)
+        assert s["recall"] >= 0.3, (route, s)
     si, phy = chain["routes"]["spikeinterface"], chain["routes"]["phy"]
     agreement = st.route_agreement(phy["idx"], phy["keys"], si["idx"], si["keys"])
     assert agreement["f1"] >= 0.9, agreement

@@ -506,6 +506,11 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         cur.labels = joining.join_by_probability(
             cur.labels, final.pairs, fitted[0].candidate_probability, ac.join_probability,
             ac.join_min_probability)
+        before, after = cur.labels_before_join, cur.labels
+        log.info("joined by the match probability (autoCuration.join_probability %g): %d "
+                 "clusters -> %d, %d units in no cluster joined one", ac.join_probability,
+                 np.unique(before[before >= 0]).size, np.unique(after[after >= 0]).size,
+                 int(np.count_nonzero((before < 0) & (after >= 0))))
     if fitted is not None:  # the probability is reported; the similarity made the clusters
         cur.links = fitted[0]
         # a final within-cluster pair is one of q_pairs (curation only takes units apart) or

@@ -9,8 +9,10 @@ although every pair across is a likely match. The match probability (kilomatch.p
 weighs each candidate pair on all its evidence; this step joins two groups (a final cluster,
 or a unit in none) when it is sure of the whole of them:
 
-- every pair of units across is a candidate pair (different sessions, one shank, corrected
-  depths within clustering.max_distance): so the two groups share no session;
+- the two groups share no session, and every pair of units across is a candidate pair
+  (one shank, corrected depths within clustering.max_distance), but for pairs whose sessions
+  are further apart than clustering.max_session_gap (never candidates: the gap bounds the
+  work, it is no evidence against a match);
 - every pair across is more likely a match than not (probability >= ``min_level``, 0.5);
 - the mean probability across is at least ``mean_level`` (0.9).
 
@@ -26,21 +28,24 @@ import numpy as np
 
 
 def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray,
-                        mean_level: float = 0.9, min_level: float = 0.5) -> np.ndarray:
+                        mean_level: float = 0.9, min_level: float = 0.5,
+                        session: np.ndarray | None = None,
+                        max_session_gap: int = 0) -> np.ndarray:
     """Final clusters (N,) (-1: in none, >= 0) after joining the groups the probability says
     are one neuron (module docstring). pairs: (P, 2) candidate pairs (i < j, units of
-    different sessions); probability: (P,) their match probability. Returns new labels
-    (N,): -1 for units in no cluster; a cluster not joined keeps its units together (its
-    number may change; kilomatch.clustering.renumber gives the final numbers)."""
+    different sessions); probability: (P,) their match probability; session: (N,) session of
+    each unit (None: the pairs alone decide, every pair across must be a candidate);
+    max_session_gap: the candidate pairs' session gap (0: none). Returns new labels (N,): -1
+    for units in no cluster; a cluster not joined keeps its units together (its number may
+    change; kilomatch.clustering.renumber gives the final numbers)."""
     labels = np.asarray(labels, dtype=np.int64)
-    n = labels.size
     group = _groups(labels)
     n_groups = int(group.max(initial=-1)) + 1
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     probability = np.asarray(probability, dtype=np.float64)
     # Only likely pairs count: two groups may ever be joined when their likely pairs across
-    # are all their pairs across (candidate pairs are unique), so the rest (most of the
-    # candidate pairs, 28 M at 10^5 units) need not be grouped at all.
+    # are all the candidate pairs they can have (candidate pairs are unique), so the rest
+    # (most of the candidate pairs, 28 M at 10^5 units) need not be grouped at all.
     likely = np.flatnonzero(probability >= min_level)
     ga, gb = group[pairs[likely, 0]], group[pairs[likely, 1]]
     across = ga != gb
@@ -52,14 +57,47 @@ def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.n
     row = row.reshape(-1)
     count = np.bincount(row, minlength=key.size)
     total = np.bincount(row, weights=p, minlength=key.size)
-    size = np.bincount(group, minlength=n_groups)
     a, b = key // n_groups, key % n_groups
-    whole = count == size[a] * size[b]
-    edges = {(int(i), int(j)): (int(c), float(t))
-             for i, j, c, t in zip(a[whole], b[whole], count[whole], total[whole])}
+    sessions = _Sessions(group, n_groups, session, max_session_gap)
+    edges = {}
+    for i, j, c, t in zip(a.tolist(), b.tolist(), count.tolist(), total.tolist()):
+        if sessions.whole(i, j, c):
+            edges[(i, j)] = (c, t)
     owner = np.arange(n_groups)
-    _link(edges, owner, mean_level)
+    _link(edges, owner, mean_level, sessions)
     return _labels(group, owner)
+
+
+class _Sessions:
+    """The sessions of each group, and how many candidate pairs two groups can have across."""
+
+    def __init__(self, group: np.ndarray, n_groups: int, session, max_session_gap: int):
+        self.size = np.bincount(group, minlength=n_groups)
+        self.gap = int(max_session_gap or 0)
+        self.of = None
+        if session is not None:
+            order = np.argsort(group, kind="stable")
+            cuts = np.cumsum(self.size)[:-1]
+            self.of = dict(enumerate(np.split(np.asarray(session)[order], cuts)))
+
+    def possible(self, g: int, h: int) -> int:
+        """Pairs across groups g and h that would be candidate pairs if the two were one
+        neuron: those within the session gap. A pair of one session counts too (it is never
+        a candidate), so groups that share a session are never whole."""
+        if self.of is None:
+            return int(self.size[g] * self.size[h])
+        gap = np.abs(np.subtract.outer(self.of[g], self.of[h]))
+        return int(gap.size if self.gap <= 0 else np.count_nonzero(gap <= self.gap))
+
+    def whole(self, g: int, h: int, count: int) -> bool:
+        """Whether ``count`` likely pairs across g and h are all the pairs they can have."""
+        return count > 0 and count == self.possible(g, h)
+
+    def join(self, g: int, h: int) -> None:
+        """h joins g."""
+        self.size[g] += self.size[h]
+        if self.of is not None:
+            self.of[g] = np.concatenate([self.of[g], self.of.pop(h)])
 
 
 def _groups(labels: np.ndarray) -> np.ndarray:
@@ -71,12 +109,13 @@ def _groups(labels: np.ndarray) -> np.ndarray:
     return group
 
 
-def _link(edges: dict, owner: np.ndarray, mean_level: float) -> None:
+def _link(edges: dict, owner: np.ndarray, mean_level: float, sessions: _Sessions) -> None:
     """Average linkage over ``edges`` {(g, h): (pairs across, sum of their probability)},
     g < h, of pairs of groups that may be joined: the pair with the highest mean first, while
-    it is at least mean_level. A joined group may be joined to a third only where both its
-    parts could (every pair across stays a likely candidate). Fills owner (G,): each group's
-    surviving group (the lower number)."""
+    it is at least mean_level. A joined group may be joined to a third only where its likely
+    pairs across are still all the pairs it can have (a part with no edge to the third has
+    none, which holds only where it can have none). Fills owner (G,): each group's surviving
+    group (the lower number)."""
     neighbours: dict = {}
     for g, h in edges:
         neighbours.setdefault(g, set()).add(h)
@@ -88,16 +127,16 @@ def _link(edges: dict, owner: np.ndarray, mean_level: float) -> None:
         if edges.get((g, h)) is None or -mean != edges[(g, h)][1] / edges[(g, h)][0]:
             continue  # stale: one side was joined since
         del edges[(g, h)]
-        # h joins g; the joined group's edge to a third group k holds only where both had one
+        sessions.join(g, h)
         kept = set()
         for k in sorted((neighbours[g] | neighbours[h]) - {g, h}):
-            e_g = edges.pop((min(g, k), max(g, k)), None)
-            e_h = edges.pop((min(h, k), max(h, k)), None)
+            e_g = edges.pop((min(g, k), max(g, k)), (0, 0.0))
+            e_h = edges.pop((min(h, k), max(h, k)), (0, 0.0))
             neighbours[k].discard(g)
             neighbours[k].discard(h)
-            if e_g is None or e_h is None:
-                continue
             c, t = e_g[0] + e_h[0], e_g[1] + e_h[1]
+            if not sessions.whole(min(g, k), max(g, k), c):
+                continue
             edges[(min(g, k), max(g, k))] = (c, t)
             neighbours[k].add(g)
             kept.add(k)

@@ -225,8 +225,9 @@ PARAMETERS: tuple[Param, ...] = (
           min=0),
     Param("autoCuration.join_probability", "float", 0.9,
           "After the curation's splits (clustering.method 'similarity'): two final clusters, or "
-          "units in none, are joined where every pair of units across is a candidate pair "
-          "(so they share no session), every pair across has match probability at least "
+          "units in none, are joined where they share no session, every pair of units across "
+          "is a candidate pair (but pairs more than clustering.max_session_gap sessions "
+          "apart, never candidates), every pair across has match probability at least "
           "join_min_probability and their mean is at least this; the most probable first. "
           "IHDBSCAN can keep one neuron's units in two clusters, or leave some out. 0 turns "
           "it off.", min=0, max=1),

@@ -69,3 +69,26 @@ def test_clusters_not_joined_keep_their_units():
     out = join_by_probability(labels, pairs, p)
     assert _together(out, [0, 1]) and _together(out, [3, 4]) and out[0] != out[3]
     assert out[2] == -1 and out[5] == -1
+
+
+def test_pairs_beyond_the_session_gap_are_not_asked_for():
+    # one neuron: units 0-2 in sessions 0, 2, 4 (one cluster), units 3-5 in sessions 12, 14,
+    # 16 (another); with clustering.max_session_gap 10 only pairs 10 sessions apart or less
+    # are candidates (2-3, 2-4, 1-3 here), all sure
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    session = np.array([0, 2, 4, 12, 14, 16])
+    pairs = np.array([[i, j] for i in range(3) for j in range(3, 6)
+                      if 0 < session[j] - session[i] <= 10])
+    p = np.full(len(pairs), 0.97)
+    assert not _together(join_by_probability(labels, pairs, p), range(6))  # all pairs asked
+    assert _together(join_by_probability(labels, pairs, p, session=session, max_session_gap=10),
+                     range(6))
+    # a pair within the gap that is no candidate (too far apart) still keeps them apart
+    assert not _together(join_by_probability(labels, pairs[1:], p[1:], session=session,
+                                              max_session_gap=10), range(6))
+    # groups that share a session are never joined
+    shared = np.array([0, 2, 4, 12, 14, 4])
+    ok = np.array([[i, j] for i in range(3) for j in range(3, 6)
+                   if 0 < abs(shared[j] - shared[i]) <= 10])
+    assert not _together(join_by_probability(labels, ok, np.full(len(ok), 0.97),
+                                              session=shared, max_session_gap=10), range(6))

@@ -21,10 +21,18 @@ no other unit, so every pair it is put in counts as wrong (``kilomatch.metrics.p
 Motion error: RMS against the true per-session displacement (``kilomatch.metrics``); kilomatch is
 also run given the true motion (what a perfect motion would give).
 
+The sorter ``truth`` is a perfect sorter: each session's units are its neurons' true spike
+trains, taken the same two ways. It separates what the tracking loses on SpikeInterface's
+waveforms and drift (a second waveform source besides kilomatch's simulator) from what the
+sorter's errors cost, in about a minute per study; ``--seed-offset N`` makes fresh studies
+of the same kinds (folders ``<study>_seed+N``).
+
 Run from the repository root (sortings and recordings are cached and reused)::
 
     python benchmarks/sorted_study.py --cache /tmp/kilomatch_sorted --peers-python PY
     python benchmarks/sorted_study.py --studies drift150 --markdown
+    python benchmarks/sorted_study.py --sorters truth --routes spikeinterface --tools kilomatch \
+        --seed-offset 100 --markdown     # perfect sorting, fresh studies, kilomatch only
 
 Sessions are cached under ``CACHE/<study>/session<k>/``: ``raw/`` (the recording),
 ``gt/`` (the true spike trains), ``<sorter>/`` (run_sorter's folder), ``<sorter>_analyzer/``,
@@ -36,6 +44,7 @@ A session is re-made when its parameters or this file's simulation code change
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import importlib.util
@@ -67,9 +76,12 @@ from kilomatch.formats.folder import UNITS_SOURCE  # noqa: E402
 FS_HZ = 30000.0
 MS_BEFORE, MS_AFTER = 1.5, 3.0
 ROUTES = ("phy", "spikeinterface")
-SORTERS = ("mountainsort5", "kilosort4")
+SORTERS = ("mountainsort5", "kilosort4", "truth")
+# The perfect sorter: the true spike trains, saved as a sorter's output would be.
+TRUTH = "truth"
 # Importable module of each sorter (a sorter whose module is missing is skipped).
-SORTER_MODULES = {"mountainsort5": "mountainsort5", "kilosort4": "kilosort"}
+SORTER_MODULES = {"mountainsort5": "mountainsort5", "kilosort4": "kilosort",
+                  TRUTH: "spikeinterface"}
 # Sorter parameters of the benchmark: mountainsort5's whitening seeded; its detection and
 # snippet neighbourhoods at 100 um instead of 200-250 um, which makes its PCAs (full SVDs of
 # spikes x (samples * channels)) several times cheaper on 96 channels.
@@ -274,11 +286,29 @@ def _sort_main(session_dir: str, sorter: str) -> int:
     session_dir = Path(session_dir)
     for part in ("", "_analyzer", "_phy"):
         shutil.rmtree(session_dir / f"{sorter}{part}", ignore_errors=True)
-    sort_session(load(session_dir / "raw"), session_dir, sorter, progress_bar=False,
-                 **SORTER_PARAMS.get(sorter, {}))
+    with _true_sorting_if(sorter == TRUTH):
+        sort_session(load(session_dir / "raw"), session_dir, sorter, progress_bar=False,
+                     **SORTER_PARAMS.get(sorter, {}))
     (session_dir / f"{sorter}_phy" / "sorted.json").write_text(
         (session_dir / "raw" / "study.json").read_text())
     return 0
+
+
+@contextlib.contextmanager
+def _true_sorting_if(truth: bool):
+    """Within the block (when ``truth``), sort_session (the README recipe, as written) sorts
+    perfectly: its run_sorter answers the session's true spike trains (``<session>/gt``)."""
+    global run_sorter
+    if not truth:
+        yield
+        return
+    from spikeinterface.core import load
+    real = run_sorter
+    run_sorter = lambda _sorter, _recording, folder, **_: load(Path(folder).parent / "gt")  # noqa: E731
+    try:
+        yield
+    finally:
+        run_sorter = real
 
 
 def _one_thread_env() -> dict:
@@ -363,6 +393,10 @@ def match_session(gt_dir, sorter_dir) -> dict:
     from spikeinterface.sorters import read_sorter_folder
 
     gt = load(gt_dir)
+    if Path(sorter_dir).name == TRUTH:  # the perfect sorter's units are the neurons
+        ids = [str(u) for u in gt.unit_ids]
+        return {"match": {u: int(u) for u in ids}, "n_neurons": len(ids), "n_units": len(ids),
+                "n_matched": len(ids)}
     tested = read_sorter_folder(sorter_dir)
     comp = compare_sorter_to_ground_truth(gt, tested, exhaustive_gt=True, match_score=0.5)
     match = {str(k): int(v) for k, v in comp.hungarian_match_21.items()}
@@ -407,7 +441,12 @@ TRUE_MOTION = "kilomatch, true motion given"
 
 def run_study(name: str, p: StudyParams, description: str, args, peers_py, log=print) -> dict:
     """Simulate (or reuse), sort, import both ways, run every tool, score. Returns the study's
-    record (sessions, rows, agreement between routes)."""
+    record (sessions, rows, agreement between routes). With ``args.seed_offset``, the study's
+    seed is moved by it and it is named ``<name>_seed+<offset>``."""
+    offset = getattr(args, "seed_offset", 0)
+    if offset:
+        p = dataclasses.replace(p, seed=p.seed + offset)
+        name = f"{name}_seed+{offset}"
     folder = Path(args.cache) / name
     folder.mkdir(parents=True, exist_ok=True)
     log(f"study {name}: {description}")
@@ -516,6 +555,9 @@ def parse_args(argv=None):
     ap.add_argument("--first-sessions", type=int, default=None, metavar="N",
                     help="use only the first N sessions of each study (the simulation, and "
                          "so the cache, stay the same)")
+    ap.add_argument("--seed-offset", type=int, default=0,
+                    help="add this to every study's seed: fresh studies of the same kinds, "
+                         "named <study>_seed+<offset>")
     ap.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     ap.add_argument("--json", default=None, metavar="FILE", help="also write results as JSON")
     args = ap.parse_args(argv)

@@ -149,3 +149,27 @@ def test_matches_are_mostly_right_and_routes_agree(chain):
     si, phy = chain["routes"]["spikeinterface"], chain["routes"]["phy"]
     agreement = st.route_agreement(phy["idx"], phy["keys"], si["idx"], si["keys"])
     assert agreement["f1"] >= 0.9, agreement
+
+
+def test_truth_sorter_is_the_true_spike_trains(tmp_path):
+    """The benchmark's perfect sorter (``--sorters truth``) runs the README recipe on the true
+    spike trains: its analyzer holds every neuron with every spike, the scoring maps each unit
+    to its own neuron, and the real run_sorter is back afterwards."""
+    from spikeinterface.core import load
+
+    p = st.CI_STUDY
+    st.write_sessions(p, tmp_path)
+    session = tmp_path / "session1"
+    real = st.run_sorter
+    assert st._sort_main(str(session), st.TRUTH) == 0
+    assert st.run_sorter is real
+    gt = load(session / "gt")
+    analyzer = load(session / f"{st.TRUTH}_analyzer")
+    assert list(analyzer.unit_ids) == list(gt.unit_ids)
+    for u in gt.unit_ids:
+        assert np.array_equal(analyzer.sorting.get_unit_spike_train(u),
+                              gt.get_unit_spike_train(u))
+    m = st.match_session(session / "gt", session / st.TRUTH)
+    assert m["n_matched"] == m["n_neurons"] == len(gt.unit_ids)
+    assert all(m["match"][str(u)] == int(u) for u in gt.unit_ids)
+    assert (session / f"{st.TRUTH}_phy" / "spike_times.npy").exists()

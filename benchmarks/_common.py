@@ -130,6 +130,14 @@ def ensure_dataset(cache, name: str, params: dict, verbose: bool = True) -> Path
 SMOKE = {"n_sessions": 3, "n_neurons": 40}
 
 
+def with_seed_offset(name: str, seed: int, offset: int) -> tuple[str, int]:
+    """A fresh study of the same kind (``--seed-offset``): (name, seed) unchanged at 0, else
+    (``<name>_seed+<offset>``, seed + offset)."""
+    if not offset:
+        return name, seed
+    return f"{name}_seed+{offset}", seed + offset
+
+
 def simulated(cache, name: str, params: dict, smoke: bool = False) -> tuple:
     """(name, params, folder, summary) of a cached simulated dataset; with ``smoke`` its tiny
     version, named ``<name>_smoke``."""

@@ -144,10 +144,8 @@ def select_tools(text: str) -> list:
 def run_dataset(key: str, tools: list, args, peers_py) -> list:
     """Generate (or reuse) one dataset, run every tool on it, score each run."""
     name, description, sim_params, tool_settings = DATASETS[key]
-    label = f"{key}_{name}"
-    if args.seed_offset:
-        sim_params = {**sim_params, "seed": sim_params["seed"] + args.seed_offset}
-        label += f"_seed+{args.seed_offset}"
+    label, seed = _common.with_seed_offset(f"{key}_{name}", sim_params["seed"], args.seed_offset)
+    sim_params = {**sim_params, "seed": seed}
     label, sim_params, data, info = _common.simulated(args.cache, label, sim_params, args.smoke)
     print(f"dataset {label}: {description}; {info['n_units']} units, {info['n_sessions']} "
           f"sessions, motion range {info['motion_range_um']:.0f} um", flush=True)

@@ -76,9 +76,9 @@ from kilomatch.formats.folder import UNITS_SOURCE  # noqa: E402
 FS_HZ = 30000.0
 MS_BEFORE, MS_AFTER = 1.5, 3.0
 ROUTES = ("phy", "spikeinterface")
-SORTERS = ("mountainsort5", "kilosort4", "truth")
 # The perfect sorter: the true spike trains, saved as a sorter's output would be.
 TRUTH = "truth"
+SORTERS = ("mountainsort5", "kilosort4", TRUTH)
 # Importable module of each sorter (a sorter whose module is missing is skipped).
 SORTER_MODULES = {"mountainsort5": "mountainsort5", "kilosort4": "kilosort",
                   TRUTH: "spikeinterface"}
@@ -286,7 +286,7 @@ def _sort_main(session_dir: str, sorter: str) -> int:
     session_dir = Path(session_dir)
     for part in ("", "_analyzer", "_phy"):
         shutil.rmtree(session_dir / f"{sorter}{part}", ignore_errors=True)
-    with _true_sorting_if(sorter == TRUTH):
+    with _true_sorting() if sorter == TRUTH else contextlib.nullcontext():
         sort_session(load(session_dir / "raw"), session_dir, sorter, progress_bar=False,
                      **SORTER_PARAMS.get(sorter, {}))
     (session_dir / f"{sorter}_phy" / "sorted.json").write_text(
@@ -295,13 +295,10 @@ def _sort_main(session_dir: str, sorter: str) -> int:
 
 
 @contextlib.contextmanager
-def _true_sorting_if(truth: bool):
-    """Within the block (when ``truth``), sort_session (the README recipe, as written) sorts
-    perfectly: its run_sorter answers the session's true spike trains (``<session>/gt``)."""
+def _true_sorting():
+    """Within the block, sort_session (the README recipe, as written) sorts perfectly: its
+    run_sorter answers the session's true spike trains (``<session>/gt``)."""
     global run_sorter
-    if not truth:
-        yield
-        return
     from spikeinterface.core import load
     real = run_sorter
     run_sorter = lambda _sorter, _recording, folder, **_: load(Path(folder).parent / "gt")  # noqa: E731
@@ -443,10 +440,8 @@ def run_study(name: str, p: StudyParams, description: str, args, peers_py, log=p
     """Simulate (or reuse), sort, import both ways, run every tool, score. Returns the study's
     record (sessions, rows, agreement between routes). With ``args.seed_offset``, the study's
     seed is moved by it and it is named ``<name>_seed+<offset>``."""
-    offset = getattr(args, "seed_offset", 0)
-    if offset:
-        p = dataclasses.replace(p, seed=p.seed + offset)
-        name = f"{name}_seed+{offset}"
+    name, seed = _common.with_seed_offset(name, p.seed, args.seed_offset)
+    p = dataclasses.replace(p, seed=seed)
     folder = Path(args.cache) / name
     folder.mkdir(parents=True, exist_ok=True)
     log(f"study {name}: {description}")

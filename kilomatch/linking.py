@@ -90,7 +90,7 @@ def pair_lookup(pairs: np.ndarray, values: np.ndarray, query: np.ndarray, n_unit
 def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude: np.ndarray,
               n_spikes: np.ndarray, session: np.ndarray, shank: np.ndarray,
               max_distance: float, max_cluster_size: int, seed: int = 0,
-              with_clusters: bool = True):
+              with_clusters: bool = True, not_non_matches: np.ndarray | None = None):
     """Fit the match probability on one probe or shank and cluster by it.
 
     pairs: (P, 2) candidate pairs; similarities: callable, (Q, 2) pairs -> (Q, F) Fisher z of
@@ -98,7 +98,9 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     n_spikes, session, shank: (N,). Returns (ProbabilityLinks, evidence function (Q, 2) ->
     (Q, K)), or None when there are too few pairs to fit (the caller keeps the similarity
     path). The probability's own clusters (HDBSCAN of every candidate pair again) only
-    ``with_clusters``: the similarity path does not use them.
+    ``with_clusters``: the similarity path does not use them. not_non_matches: (J, 2)
+    same-session pairs (i < j) known to be one neuron (sorter splits), left out of the
+    non-matches.
     """
     n = positions.shape[0]
 
@@ -107,6 +109,12 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
 
     depth = positions[:, 1]
     non = same_session_pairs(depth, session, max_distance, shank)
+    if not_non_matches is not None and len(not_non_matches):
+        # A unit the sorter split in two gives a same-session pair as alike as a match: among
+        # the non-matches it would tell the classifier that such evidence is not a match
+        # (on sorter-error data every match of that look came out underconfident).
+        drop = np.sort(np.asarray(not_non_matches, np.int64), axis=1)
+        non = non[~np.isin(non[:, 0] * n + non[:, 1], drop[:, 0] * n + drop[:, 1])]
     # the candidates' evidence is read in chunks where it is used, not held whole
     similarity_of_candidates = similarities(pairs)
     x_cand = LazyEvidence(similarity_of_candidates, positions, amplitude, n_spikes, pairs)

@@ -458,11 +458,15 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
              "+".join(final_names), len(final.pairs), int(final.clustering.labels.max()) + 1,
              iterations(final.clustering))
     note("final clustering")
-    fitted = None
+    fitted = splits = None
+    similarity_path = s.clustering.method != "probability"
+    if similarity_path:  # before the probability: its non-matches leave the splits out
+        splits = find_sorter_splits(final.clustering.labels, units, data, s)
     if needs_probability(s):
-        fitted = fit_probability(data, units, final, s, final_names)
+        fitted = fit_probability(data, units, final, s, final_names,
+                                 None if splits is None else splits.split_pairs())
         note("match probability")
-    if s.clustering.method == "probability" and fitted is not None:
+    if not similarity_path and fitted is not None:
         cur = link_by_probability(units, final, s, *fitted, data=data)
         note("curation")
         if narrow:
@@ -488,7 +492,6 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                                                    q_link, len(labels), q_p)
         if cut < 1:  # a cut between parts as probable as known non-matches is not vetoed
             cut = max(cut, fitted[0].model.non_match_level(NON_MATCH_QUANTILE))
-    splits = find_sorter_splits(labels, units, data, s)
     xy = np.column_stack([units.locations[:, 0], final.corrected_depth])
     ratio = None if fitted is None else position_noise.learned_distance_ratio(
         xy, units.amplitude, final.pairs, fitted[0].candidate_probability, q_pairs)
@@ -615,9 +618,11 @@ class Columns:
 
 
 def fit_probability(data: Dataset, units: UnitFeatures, final: RoundResult, s: Settings,
-                    final_names: list):
+                    final_names: list, sorter_splits: np.ndarray | None = None):
     """The match probability of the final candidate pairs (kilomatch.linking): (links,
-    evidence function), or None when the data are too few to fit it."""
+    evidence function), or None when the data are too few to fit it. sorter_splits: (J, 2)
+    same-session pairs the refractory test judged one neuron (find_sorter_splits), left out
+    of the known non-matches."""
     names = linking.evidence_features(final_names)
     depth = final.corrected_depth
 
@@ -639,7 +644,8 @@ def fit_probability(data: Dataset, units: UnitFeatures, final: RoundResult, s: S
     fitted = linking.fit_links(final.pairs, similarities, positions, units.amplitude, n_spikes,
                                units.session0, units.shank, s.clustering.max_distance,
                                data.n_sessions, s.seed,
-                               with_clusters=s.clustering.method == "probability")
+                               with_clusters=s.clustering.method == "probability",
+                               not_non_matches=sorter_splits)
     if fitted is None:
         log.warning("too few pairs to fit the match probability: no probability is reported "
                     "and the final clusters come from the weighted similarity")

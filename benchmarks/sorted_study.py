@@ -228,8 +228,11 @@ def _simulation_key(p: StudyParams) -> dict:
 
     code = "".join(inspect.getsource(f) for f in (make_probe, make_population,
                                                    session_recording))
-    return {"params": dataclasses.asdict(p),
-            "code_sha256": hashlib.sha256(code.encode()).hexdigest()}
+    key = {"params": dataclasses.asdict(p),
+           "code_sha256": hashlib.sha256(code.encode()).hexdigest()}
+    # as read back from its JSON stamp (tuples become lists): compared with the tuples, a
+    # cached session never matched, and every run simulated and sorted it again
+    return json.loads(json.dumps(key))
 
 
 def write_sessions(p: StudyParams, folder) -> Population:

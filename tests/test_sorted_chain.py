@@ -173,3 +173,14 @@ def test_truth_sorter_is_the_true_spike_trains(tmp_path):
     assert m["n_matched"] == m["n_neurons"] == len(gt.unit_ids)
     assert all(m["match"][str(u)] == int(u) for u in gt.unit_ids)
     assert (session / f"{st.TRUTH}_phy" / "spike_times.npy").exists()
+
+
+def test_cached_sessions_are_not_simulated_again(tmp_path):
+    """A second write_sessions of the same study keeps the cached sessions (and so their
+    sortings): its stamp's parameters are read back from JSON, where tuples are lists."""
+    p = st.CI_STUDY
+    st.write_sessions(p, tmp_path)
+    raw = tmp_path / "session1" / "raw"
+    (raw / "kept").write_text("")  # gone if the session is written again
+    st.write_sessions(p, tmp_path)
+    assert (raw / "kept").exists()

@@ -22,7 +22,9 @@ from .probability import (LazyEvidence, MatchModel, fit_match_probability, pair_
 log = logging.getLogger("kilomatch")
 
 # Similarity features the probability always uses; PETH only when the settings list it.
-EVIDENCE_FEATURES = ("Waveform", "AutoCorr", "ISI")
+# Shape: the Pearson r of the two units' mean waveforms on their own peak channels, as
+# recorded (UnitFeatures.peak_waveform): evidence only, never a clustering feature.
+EVIDENCE_FEATURES = ("Waveform", "AutoCorr", "ISI", "Shape")
 _P_FLOOR = 1e-6  # keeps 1 / (2p) finite: a pair of p = 0 is as far as a pair can be
 
 
@@ -48,8 +50,8 @@ class ProbabilityLinks:
 
 
 def evidence_features(final_names: list) -> list:
-    """The similarity features of the probability: Waveform, AutoCorr, ISI, and PETH when
-    the final clustering lists it."""
+    """The similarity features of the probability: Waveform, AutoCorr, ISI, Shape, and PETH
+    when the final clustering lists it."""
     return list(EVIDENCE_FEATURES) + (["PETH"] if "PETH" in final_names else [])
 
 

@@ -97,8 +97,13 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     n_acg = features.acg_lags(*acg_args[:2]).size
     shank = (np.zeros(data.n_units, np.int64) if data.channel_shanks is None
              else data.channel_shanks[peak])
+    # The temporal shape on the peak channel, as recorded, for the probability's Shape
+    # evidence: Kriging cannot restore a footprint sampled at another phase of the channel
+    # grid (docs/method.md, section 7), but the peak channel's shape barely changes there.
+    slot = np.argmax(waveforms.channels == peak[:, None], axis=1)
+    peak_waveform = values[np.arange(n), slot]  # (N, T): a copy, not a view
     return UnitFeatures(waveforms, peak, amplitude, locations, both[:, :n_acg], both[:, n_acg:],
-                        data.peth, data.session_index - 1, shank)
+                        data.peth, data.session_index - 1, shank, peak_waveform)
 
 
 def _locate_block(ptt, peak, nearest, channel_locations, algorithm):
@@ -165,7 +170,8 @@ def pair_similarities(units: UnitFeatures, names: list, pairs: np.ndarray,
                       corrected_depth: np.ndarray, waveforms_corrected=None,
                       channels_corrected=None) -> np.ndarray:
     """(P, F) similarity of each pair for each named feature (Fisher z). The waveforms: the
-    corrected copies and channels, or a function of the pairs giving their Waveform column."""
+    corrected copies and channels, or a function of the pairs giving their Waveform column.
+    "Shape" compares the units' peak-channel waveforms as recorded (units.peak_waveform)."""
     # filled column by column: stacking F columns at the end held them twice (28 M pairs)
     out = np.empty((len(pairs), len(names)))
     for k, name in enumerate(names):
@@ -178,7 +184,8 @@ def pair_similarities(units: UnitFeatures, names: list, pairs: np.ndarray,
                                          units.locations[:, 2]])
             out[:, k] = location_similarity(positions, pairs)
         else:
-            matrix = {"AutoCorr": units.acg, "ISI": units.isi, "PETH": units.peth}[name]
+            matrix = {"AutoCorr": units.acg, "ISI": units.isi, "PETH": units.peth,
+                      "Shape": units.peak_waveform}[name]
             out[:, k] = feature_similarity(matrix, pairs, np.argsort(corrected_depth))
     return out
 
@@ -708,7 +715,7 @@ def subset_units(units: UnitFeatures, members: np.ndarray) -> UnitFeatures:
     """Per-unit features of the units ``members``."""
     rest = (None if v is None else v[members] for v in (
         units.peak_channel, units.amplitude, units.locations, units.acg, units.isi,
-        units.peth, units.session0, units.shank))
+        units.peth, units.session0, units.shank, units.peak_waveform))
     return UnitFeatures(units.waveforms.subset(members), *rest)
 
 

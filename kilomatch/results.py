@@ -40,6 +40,8 @@ class UnitFeatures:
     peth: np.ndarray | None
     session0: np.ndarray
     shank: np.ndarray
+    # (N, T) float32 uV: each unit's mean waveform on its own peak channel, as recorded
+    peak_waveform: np.ndarray | None = None
 
 
 @dataclass

@@ -219,7 +219,7 @@ def test_probability_outputs_agree(run_result):
     rows = list(csv.DictReader(open(out / "MatchTable.csv")))
     # PETH is evidence only where clustering.features lists it (not by default)
     assert list(rows[0]) == ["unit_a", "unit_b", "session_a", "session_b", "probability",
-                             "Waveform", "AutoCorr", "ISI", "distance_um", "dy_um",
+                             "Waveform", "AutoCorr", "ISI", "Shape", "distance_um", "dy_um",
                              "same_final_cluster"]
     assert len(rows) == int((p >= 0.05).sum())
     for row in rows[:50]:
@@ -624,3 +624,26 @@ def test_export_writes_output_npz_after_every_other_file_and_stops_on_a_writer_e
     with pytest.raises(OSError, match="disk full"):
         export.write_all(result, assemble(result))
     assert not (result.settings.output_folder / "Output.npz").exists()
+
+
+def test_shape_is_the_peak_channels_waveform_as_recorded(sim_folder, tmp_path):
+    """The probability's Shape evidence compares each unit's mean waveform on its own peak
+    channel, as recorded (no Kriging: a session at another phase of the channel grid
+    keeps its temporal shape there, while its interpolated footprint differs): the Pearson
+    r of the two units' peak-channel waveforms, as a Fisher z."""
+    from kilomatch import pipeline
+    from kilomatch.similarity import fisher_z
+    s = kilomatch.settings.load(_settings(sim_folder, tmp_path / "out"))
+    data = pipeline.load_dataset(s.path_to_data)
+    units = pipeline.unit_features(data, s)
+    raw = np.load(sim_folder / "waveform_all.npy")
+    ptt = raw.max(axis=2) - raw.min(axis=2)
+    peak = ptt.argmax(axis=1)
+    np.testing.assert_array_equal(units.peak_waveform, raw[np.arange(len(raw)), peak])
+    pairs = np.array([[0, 1], [2, 7], [5, 3]])
+    got = pipeline.pair_similarities(units, ["Shape"], pairs, units.locations[:, 1])[:, 0]
+    expect = [np.corrcoef(raw[a, peak[a]], raw[b, peak[b]])[0, 1] for a, b in pairs]
+    np.testing.assert_allclose(got, fisher_z(np.array(expect)), rtol=1e-6, atol=1e-9)
+    # a subset of units keeps each one's own
+    part = pipeline.subset_units(units, np.array([4, 2]))
+    np.testing.assert_array_equal(part.peak_waveform, units.peak_waveform[[4, 2]])

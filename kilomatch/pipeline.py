@@ -184,6 +184,10 @@ def pair_similarities(units: UnitFeatures, names: list, pairs: np.ndarray,
                                          units.locations[:, 2]])
             out[:, k] = location_similarity(positions, pairs)
         else:
+            if name == "Shape" and units.peak_waveform is None:
+                raise KilomatchError("the Shape similarity needs UnitFeatures.peak_waveform "
+                                     "(each unit's waveform on its peak channel, (N, T)), "
+                                     "which pipeline.unit_features fills")
             matrix = {"AutoCorr": units.acg, "ISI": units.isi, "PETH": units.peth,
                       "Shape": units.peak_waveform}[name]
             out[:, k] = feature_similarity(matrix, pairs, np.argsort(corrected_depth))

@@ -647,3 +647,7 @@ def test_shape_is_the_peak_channels_waveform_as_recorded(sim_folder, tmp_path):
     # a subset of units keeps each one's own
     part = pipeline.subset_units(units, np.array([4, 2]))
     np.testing.assert_array_equal(part.peak_waveform, units.peak_waveform[[4, 2]])
+    # units made by hand without it: one clear message, not a traceback from numpy
+    units.peak_waveform = None
+    with pytest.raises(kilomatch.KilomatchError, match="peak_waveform"):
+        pipeline.pair_similarities(units, ["Shape"], pairs, units.locations[:, 1])

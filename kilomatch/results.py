@@ -28,7 +28,9 @@ class UnitFeatures:
     waveforms: LocalWaveforms, each unit on its channel window, (N, W, T) float32 uV (centred
     if asked); peak_channel: (N,); amplitude: (N,) uV;
     locations: (N, 3) um; acg: (N, L); isi: (N, B); peth: (N, P) or None;
-    session0: (N,) 0-based session; shank: (N,) shank of the peak channel (0 when one shank).
+    session0: (N,) 0-based session; shank: (N,) shank of the peak channel (0 when one shank);
+    peak_waveform: (N, T) float32 uV, each unit's waveform on its own peak channel as recorded
+    (the match probability's Shape evidence), None if not made.
     """
 
     waveforms: LocalWaveforms
@@ -40,7 +42,6 @@ class UnitFeatures:
     peth: np.ndarray | None
     session0: np.ndarray
     shank: np.ndarray
-    # (N, T) float32 uV: each unit's mean waveform on its own peak channel, as recorded
     peak_waveform: np.ndarray | None = None
 
 

@@ -201,8 +201,8 @@ def within_cluster_share(links: ProbabilityLinks, evidence, pairs: np.ndarray,
     looks unlike a non-match. Candidate pairs read their score, other linkable pairs the fold
     models' mean; pairs that cannot link read NaN (no evidence). Only pairs whose
     probability (Q,) is at most the known non-matches' median keep their share: there the
-    calibration gives small units' matches the value of most non-matches (its floor); the
-    probability has ranked the others already, and they read 1."""
+    calibration gives small units' matches about the value of most non-matches (its low
+    end); the probability has ranked the others already, and they read 1."""
     found, score = pair_lookup(pairs, links.candidate_score, q_pairs, n_units)
     rest = np.flatnonzero(~found & linkable)
     if rest.size:

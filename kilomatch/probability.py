@@ -4,9 +4,9 @@ Two units of one session (and one shank) are different neurons by definition, so
 same-session pairs within ``clustering.max_distance`` are a sample of non-matches, at every
 distance, amplitude and spike count the data holds. The cross-session candidate pairs are a
 mixture of non-matches, drawn from that same distribution, and matches. A classifier that
-tells the two sets of pairs apart, calibrated by isotonic regression, estimates the density
-ratio r(x) = f_candidate(x) / f_non(x) of the pairs' evidence x; with pi the fraction of
-matches among candidate pairs,
+tells the two sets of pairs apart, calibrated by isotonic regression (the mean of bootstrap
+fits), estimates the density ratio r(x) = f_candidate(x) / f_non(x) of the pairs' evidence
+x; with pi the fraction of matches among candidate pairs,
 
     P(match | x) = 1 - (1 - pi) / r(x).
 
@@ -110,9 +110,9 @@ class MatchModel:
     bin_edges: list = field(repr=False, default=None)  # each fold model's (bin_edges)
     raw_models: list = field(repr=False, default=None)  # each fold model's on_raw_evidence
     # the classifier's cross-fitted scores before calibration, float32: (P,) of the candidate
-    # pairs the fit saw and (Q,) of the same-session pairs, sorted. The calibration's steps
-    # give most non-matches and many small units' matches one value (its floor); the scores
-    # still rank them (kilomatch.curation pools them over a unit's pairs: non_match_share)
+    # pairs the fit saw and (Q,) of the same-session pairs, sorted. The calibration gives
+    # most non-matches and many small units' matches about one value (its low end); the
+    # scores still rank them (kilomatch.curation pools them over a unit's pairs: non_match_share)
     candidate_score: np.ndarray = field(repr=False, default=None)
     non_match_score: np.ndarray = field(repr=False, default=None)
 
@@ -334,7 +334,8 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
     estimated. Every row gets a fold; the model of fold k trains on at most ``max_train`` rows
     of the other folds (drawn with ``seed``), classes weighted equally, and scores fold k's
     rows. The cross-fitted scores are then calibrated to the share of candidates by isotonic
-    regression (a monotone map, so it keeps the ranking). Returns None when either set is too
+    regression, the mean of bootstrap fits (_fit_calibration; a monotone map, so it keeps
+    the ranking). Returns None when either set is too
     small to fit (fewer than 50 rows).
     """
     rows = np.arange(len(candidates)) if candidate_rows is None else np.asarray(candidate_rows)
@@ -356,7 +357,7 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
     with _one_thread():
         models, edges, raw = _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed,
                                         score)
-    calibration = _fit_calibration(score, y)
+    calibration = _fit_calibration(score, y, seed)
     prior = match_prior(anchor, anchor_non)
     g = _calibrated(calibration, score)
     log.info("match probability: %d candidate pairs, %d same-session pairs; estimated "
@@ -366,28 +367,85 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
                       np.sort(score[n_c:].astype(np.float32)))
 
 
-def _fit_calibration(score: np.ndarray, y: np.ndarray):
-    """Isotonic regression of the class y (n,) 0/1 on the scores (n,), classes weighted
-    equally (as _balanced_weight), fitted on the distinct (score, class) pairs, each weighted
-    by its count: the same regression as on every row (up to the order of float sums), on
-    about a quarter of the rows. scikit-learn's fit holds ~10 copies of its input, 2.7 GB
-    for the 27 M rows at 10^5 units."""
+# The calibration (score -> share of candidates, classes weighted equally) is the mean of
+# CALIBRATION_BAGS isotonic regressions, each on a Poisson bootstrap of the pairs, on the
+# scores pooled into at most CALIBRATION_BINS bins of equal count. One isotonic regression
+# on a few hundred same-session pairs is a staircase whose steps follow their noise: a step
+# 10-20% too high gives a block of non-matches probability 0.1-0.2, one too low a block of
+# matches 0.5 (benchmarks/RESULTS.md, "Session 14"). The mean of the bootstrap fits is
+# still monotone, so the ranking of the pairs is kept.
+CALIBRATION_BINS = 4096
+CALIBRATION_BAGS = 20
+DISTINCT_MAX_ROWS = 1_000_000  # fits this small look for a bin per distinct score
+
+
+@dataclass
+class Calibration:
+    """A monotone map of classifier scores to the share of candidates g (balanced classes):
+    linear between ``knots`` (K,) increasing scores, constant beyond the ends; ``share`` (K,)
+    non-decreasing, in [0, 1]."""
+
+    knots: np.ndarray
+    share: np.ndarray
+
+    def predict(self, score: np.ndarray) -> np.ndarray:
+        """g (n,) of scores (n,)."""
+        return np.interp(np.asarray(score, np.float64), self.knots, self.share)
+
+
+def _score_bins(score: np.ndarray, y: np.ndarray, n_bins: int) -> tuple:
+    """Pool the scores (n,) into at most n_bins bins of about equal count (tied scores never
+    split; a bin per distinct score where there are at most n_bins of them): (knots (K,) mean
+    score of each non-empty bin, counts (2, K) of class 0 and 1), CHUNK_ROWS at a time (one
+    partitioned copy of the scores for the edges)."""
+    distinct = np.unique(score) if score.size <= DISTINCT_MAX_ROWS else None
+    if distinct is not None and distinct.size <= n_bins:
+        edges = distinct[:-1]  # a bin per distinct score: the fit on every row
+    else:
+        ranks = np.linspace(0, score.size - 1, n_bins + 1).astype(np.int64)[1:-1]
+        edges = np.unique(np.partition(score, ranks)[ranks]) if ranks.size else np.zeros(0)
+    n_slots = edges.size + 1
+    counts = np.zeros((2, n_slots))
+    total = np.zeros(n_slots)
+    for part in _chunks(score.size):
+        slot = np.searchsorted(edges, score[part], side="left")
+        total += np.bincount(slot, weights=score[part], minlength=n_slots)
+        ones = y[part] == 1
+        counts[1] += np.bincount(slot[ones], minlength=n_slots)
+        counts[0] += np.bincount(slot[~ones], minlength=n_slots)
+    used = counts.sum(axis=0) > 0
+    return total[used] / counts.sum(axis=0)[used], counts[:, used]
+
+
+def _fit_calibration(score: np.ndarray, y: np.ndarray, seed: int = 0,
+                     n_bags: int = CALIBRATION_BAGS,
+                     n_bins: int = CALIBRATION_BINS) -> Calibration:
+    """The calibration of cross-fitted scores (n,) of class y (n,) 0/1 (1: candidate): the
+    mean over ``n_bags`` Poisson bootstraps (seeded; 0: one fit on the pairs as they are) of
+    an isotonic regression of the class on the binned scores, each class weighted to the same
+    total. scikit-learn's fit on every row held ~10 copies of its input (2.7 GB for the 27 M
+    rows at 10^5 units); on the bins it holds a few thousand rows."""
     from sklearn.isotonic import IsotonicRegression
-    per_row = _class_weights(y)
-    scores, classes, weights = [], [], []
-    for k in (0, 1):
-        values, counts = np.unique(score[y == k], return_counts=True)
-        scores.append(values)
-        classes.append(np.full(values.size, k, np.int8))
-        weights.append(counts * per_row[k])
-    calibration = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip")
-    return calibration.fit(np.concatenate(scores), np.concatenate(classes),
-                           sample_weight=np.concatenate(weights))
+    knots, counts = _score_bins(np.asarray(score, np.float64), np.asarray(y), n_bins)
+    rng = np.random.default_rng([seed, 7])
+    x = np.r_[knots, knots]
+    cls = np.r_[np.zeros(knots.size), np.ones(knots.size)]
+    share = np.zeros(knots.size)
+    draws = [counts] if n_bags <= 0 else (rng.poisson(counts) for _ in range(n_bags))
+    n_fits = 0
+    for drawn in draws:
+        totals = np.maximum(drawn.sum(axis=1), 1)
+        weight = np.r_[drawn[0] * (0.5 / totals[0]), drawn[1] * (0.5 / totals[1])]
+        keep = weight > 0
+        fit = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
+            x[keep], cls[keep], sample_weight=weight[keep])
+        share += fit.predict(knots)
+        n_fits += 1
+    return Calibration(knots, share / n_fits)
 
 
 def _calibrated(calibration, score: np.ndarray) -> np.ndarray:
-    """calibration.predict of scores (n,), CHUNK_ROWS at a time (its interpolation holds
-    several copies of its input)."""
+    """calibration.predict of scores (n,), CHUNK_ROWS at a time (bounded copies)."""
     out = np.empty(score.size)
     for part in _chunks(score.size):
         out[part] = calibration.predict(score[part])

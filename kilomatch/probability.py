@@ -335,8 +335,7 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
     of the other folds (drawn with ``seed``), classes weighted equally, and scores fold k's
     rows. The cross-fitted scores are then calibrated to the share of candidates by isotonic
     regression, the mean of bootstrap fits (_fit_calibration; a monotone map, so it keeps
-    the ranking). Returns None when either set is too
-    small to fit (fewer than 50 rows).
+    the ranking). Returns None when either set is too small to fit (fewer than 50 rows).
     """
     rows = np.arange(len(candidates)) if candidate_rows is None else np.asarray(candidate_rows)
     n_c, n_n = len(rows), len(non_matches)
@@ -413,8 +412,9 @@ def _score_bins(score: np.ndarray, y: np.ndarray, n_bins: int) -> tuple:
         ones = y[part] == 1
         counts[1] += np.bincount(slot[ones], minlength=n_slots)
         counts[0] += np.bincount(slot[~ones], minlength=n_slots)
-    used = counts.sum(axis=0) > 0
-    return total[used] / counts.sum(axis=0)[used], counts[:, used]
+    in_bin = counts.sum(axis=0)
+    used = in_bin > 0
+    return total[used] / in_bin[used], counts[:, used]
 
 
 def _fit_calibration(score: np.ndarray, y: np.ndarray, seed: int = 0,
@@ -431,8 +431,7 @@ def _fit_calibration(score: np.ndarray, y: np.ndarray, seed: int = 0,
     x = np.r_[knots, knots]
     cls = np.r_[np.zeros(knots.size), np.ones(knots.size)]
     share = np.zeros(knots.size)
-    draws = [counts] if n_bags <= 0 else (rng.poisson(counts) for _ in range(n_bags))
-    n_fits = 0
+    draws = [counts] if n_bags <= 0 else [rng.poisson(counts) for _ in range(n_bags)]
     for drawn in draws:
         totals = np.maximum(drawn.sum(axis=1), 1)
         weight = np.r_[drawn[0] * (0.5 / totals[0]), drawn[1] * (0.5 / totals[1])]
@@ -440,8 +439,7 @@ def _fit_calibration(score: np.ndarray, y: np.ndarray, seed: int = 0,
         fit = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
             x[keep], cls[keep], sample_weight=weight[keep])
         share += fit.predict(knots)
-        n_fits += 1
-    return Calibration(knots, share / n_fits)
+    return Calibration(knots, share / len(draws))
 
 
 def _calibrated(calibration, score: np.ndarray) -> np.ndarray:

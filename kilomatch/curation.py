@@ -19,8 +19,8 @@ log = logging.getLogger("kilomatch")
 
 REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_gap",
            "split_average_probability", "split_at_distance", "split_at_succession",
-           "split_at_amplitude_step")
-CONFLICT, SPLIT, POSITION, AVERAGE, DISTANCE, SUCCESSION, AMPLITUDE_STEP = range(7)
+           "split_at_amplitude_step", "split_unlinked")
+CONFLICT, SPLIT, POSITION, AVERAGE, DISTANCE, SUCCESSION, AMPLITUDE_STEP, UNLINKED = range(8)
 _BLOCK = 1 << 20  # rows of pairs filled at a time by within_cluster_pairs
 # The split at distance stands unless the mean match probability across it is above this:
 # the level of the sure matches (kilomatch.position_noise.SURE_PROBABILITY). On NP2 data
@@ -260,6 +260,33 @@ def split_clusters(labels, pairs, similarity, linkable, threshold):
     new = np.where(labels >= 0, comp, -1)
     broken = inside & (new[pairs[:, 0]] != new[pairs[:, 1]])
     return new, pairs[broken]
+
+
+def split_unlinked(labels, pairs, linked):
+    """Split each cluster into the parts that its ``linked`` pairs connect: (labels, removed
+    (R, 2)), as :func:`split_clusters` with every linked pair kept.
+
+    Why: the position split cuts a cluster by its units' positions, so one part may hold
+    units with no candidate pair between them (sessions further apart than
+    clustering.max_session_gap), and nothing compared them: on high-turnover studies two
+    neurons that held one place many sessions apart (benchmarks/RESULTS.md, "Session 15").
+    A neuron's units are linked through its own recordings.
+
+    labels: (N,); pairs: (Q, 2) every within-cluster pair; linked: (Q,) bool, the pairs that
+    are candidate pairs (linkable and within the session gap). A cluster left whole keeps
+    its label; the other parts of a split one take new labels, and parts of one unit -1."""
+    labels = np.array(labels, dtype=np.int64)
+    parts, removed = split_clusters(labels, pairs, np.ones(len(pairs)), linked, 0.0)
+    if not len(removed):
+        return labels, removed
+    next_label = int(labels.max()) + 1
+    for cluster in np.unique(labels[removed[:, 0]]):
+        units = np.flatnonzero(labels == cluster)
+        part_ids, first = np.unique(parts[units], return_index=True)
+        for part in part_ids[np.argsort(first)][1:]:  # the part of its lowest unit keeps it
+            labels[units[parts[units] == part]] = next_label
+            next_label += 1
+    return dissolve_singletons(labels), removed
 
 
 def split_by_average_link(labels, pairs, probability, threshold: float = 0.5):
@@ -579,7 +606,9 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     most ``max_session_gap`` sessions apart, 0: any); with ``amplitude`` and
     ``amplitude_step`` above 0, also where the amplitude steps in time by more than that many
     times the 99th percentile of one neuron's |log amplitude ratio| (the same step, reason
-    split_at_amplitude_step). Units of one session
+    split_at_amplitude_step). With ``probability``, each cluster is last split into the
+    parts its pairs within ``max_session_gap`` that may link connect (:func:`split_unlinked`,
+    reason split_unlinked). Units of one session
     joined by ``same_neuron`` (K, 2) (sorter splits) are one neuron for the conflict step
     (:func:`resolve_conflicts`). With ``non_match_share`` (Q,) and ``pooled_level`` above 0,
     the veto also undoes cuts whose pairs, pooled, are unlike non-matches
@@ -648,19 +677,22 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
             log.info("amplitude of the clusters' units: one neuron's units within a factor "
                      "%.2f (99th percentile); a step of amplitude cuts beyond %.2f",
                      np.exp(step / amplitude_step), np.exp(step))
+    near = np.asarray(linkable, bool)
+    if max_session_gap > 0:  # the span the probability was fitted on (candidate pairs)
+        gap = np.abs(session[pairs[:, 0]] - session[pairs[:, 1]])
+        near = near & (gap <= max_session_gap)
     if probability is not None and (succession_probability > 0 or np.isfinite(step)):
-        near = np.asarray(linkable, bool)
-        if max_session_gap > 0:  # the span the probability was fitted on (candidate pairs)
-            gap = np.abs(session[pairs[:, 0]] - session[pairs[:, 1]])
-            near = near & (gap <= max_session_gap)
         final, removed_n, reason_n = split_successions(
             final, pairs, probability, near, session, succession_probability, log_amplitude,
             step)
+    removed_u = np.empty((0, 2), np.int64)
+    if probability is not None:
+        final, removed_u = split_unlinked(final, pairs, near)
     final = dissolve_one_session(final, session)
-    removed = np.vstack([removed_c, removed_s, removed_p, removed_d, removed_n])
+    removed = np.vstack([removed_c, removed_s, removed_p, removed_d, removed_n, removed_u])
     reason = np.concatenate([np.full(len(removed_c), CONFLICT), np.full(len(removed_s), SPLIT),
                              np.full(len(removed_p), POSITION), np.full(len(removed_d), DISTANCE),
-                             reason_n])
+                             reason_n, np.full(len(removed_u), UNLINKED)])
     return CurationResult(final, after_conflicts, removed, reason.astype(np.int8),
                           float(threshold), kept_pairs=kept, split_distance_ratio=split_ratio)
 

@@ -16,6 +16,7 @@ from kilomatch.curation import (
     REASONS,
     SPLIT,
     SUCCESSION,
+    UNLINKED,
     curate,
     dissolve_singletons,
     equal_prior_threshold,
@@ -591,21 +592,22 @@ def test_split_successions_takes_apart_one_neuron_followed_by_another():
     when the groups interleave in time (one neuron that the probability splits by noise),
     when the probability across is above the level (0.5), when the groups are not sure
     inside (0.8: small units, whose matches the probability doubts), when one pair across
-    is a sure match (a long neuron with a few doubtful sessions), or when no pair across is
-    within max_session_gap (nothing known across)."""
+    is a sure match (a long neuron with a few doubtful sessions). When no pair across is
+    within max_session_gap, nothing is known across: the succession rule cannot cut, and
+    the two groups are taken apart as unlinked (split_unlinked)."""
     labels = np.zeros(6, int)
     pairs = within_cluster_pairs(labels)
     inside = {(0, 1), (0, 2), (1, 2), (3, 4), (3, 5), (4, 5)}
     sim = np.full(len(pairs), 3.0)
     link = np.ones(len(pairs), bool)
-    for session, p_inside, p_across, gap, apart in (
-            ([0, 1, 2, 3, 4, 5], 0.95, 0.1, 0, True),
-            ([0, 1, 2, 3, 4, 5], 0.95, 0.1, -1, False),
-            ([0, 1, 2, 3, 4, 5], 0.95, 0.1, 1, True),
-            ([0, 1, 2, 13, 14, 15], 0.95, 0.1, 10, False),
-            ([0, 2, 4, 1, 3, 5], 0.95, 0.1, 0, False),
-            ([0, 1, 2, 3, 4, 5], 0.95, 0.5, 0, False),
-            ([0, 1, 2, 3, 4, 5], 0.8, 0.1, 0, False)):
+    for session, p_inside, p_across, gap, apart, reason in (
+            ([0, 1, 2, 3, 4, 5], 0.95, 0.1, 0, True, SUCCESSION),
+            ([0, 1, 2, 3, 4, 5], 0.95, 0.1, -1, False, SUCCESSION),
+            ([0, 1, 2, 3, 4, 5], 0.95, 0.1, 1, True, SUCCESSION),
+            ([0, 1, 2, 13, 14, 15], 0.95, 0.1, 10, True, UNLINKED),
+            ([0, 2, 4, 1, 3, 5], 0.95, 0.1, 0, False, SUCCESSION),
+            ([0, 1, 2, 3, 4, 5], 0.95, 0.5, 0, False, SUCCESSION),
+            ([0, 1, 2, 3, 4, 5], 0.8, 0.1, 0, False, SUCCESSION)):
         sure_across = {(2, 3): 0.95} if gap < 0 else {}  # one sure pair across: one neuron
         p = pair_values(pairs, {**{k: p_inside for k in inside}, **sure_across}, p_across)
         res = curate(labels, np.array(session), pairs, sim, link, threshold=1.0, probability=p,
@@ -613,7 +615,7 @@ def test_split_successions_takes_apart_one_neuron_followed_by_another():
                      max_session_gap=max(gap, 0))
         np.testing.assert_array_equal(renumber(res.labels),
                                       [1, 1, 1, 2, 2, 2] if apart else [1] * 6)
-        assert np.all(res.removed_reason == SUCCESSION)
+        assert np.all(res.removed_reason == reason)
         assert len(res.removed_pairs) == (9 if apart else 0)
         assert REASONS[SUCCESSION] == "split_at_succession"
     # off at 0
@@ -630,20 +632,21 @@ def test_amplitude_step_takes_apart_a_neuron_followed_by_one_of_other_amplitude(
     split_at_amplitude_step, its 4 pairs), though the sure-groups rule cannot cut a side of
     one unit. Left whole when the last unit is 115 uV (within one neuron's spread), when the
     probability across is 0.6 (it says one neuron), when the 400 uV unit's session lies
-    among the others (no cut in time has the step: the medians agree), when nothing across
-    is known (beyond max_session_gap) and when the setting is 0."""
+    among the others (no cut in time has the step: the medians agree) and when the setting
+    is 0. When nothing across is known (beyond max_session_gap) the step cannot cut, and the
+    lone unit is taken apart as unlinked (split_unlinked)."""
     labels = np.zeros(5, int)
     pairs = within_cluster_pairs(labels)
     inside = {k: 0.95 for k in itertools.combinations(range(4), 2)}
     sim = np.full(len(pairs), 3.0)
     link = np.ones(len(pairs), bool)
-    for session, last_uv, p_across, gap, step, apart in (
-            ([0, 1, 2, 3, 4], 400.0, 0.2, 0, 1.5, True),
-            ([0, 1, 2, 3, 4], 115.0, 0.2, 0, 1.5, False),
-            ([0, 1, 2, 3, 4], 400.0, 0.6, 0, 1.5, False),
-            ([0, 1, 3, 4, 2], 400.0, 0.2, 0, 1.5, False),
-            ([0, 1, 2, 3, 14], 400.0, 0.2, 5, 1.5, False),
-            ([0, 1, 2, 3, 4], 400.0, 0.2, 0, 0.0, False)):
+    for session, last_uv, p_across, gap, step, apart, reason in (
+            ([0, 1, 2, 3, 4], 400.0, 0.2, 0, 1.5, True, AMPLITUDE_STEP),
+            ([0, 1, 2, 3, 4], 115.0, 0.2, 0, 1.5, False, AMPLITUDE_STEP),
+            ([0, 1, 2, 3, 4], 400.0, 0.6, 0, 1.5, False, AMPLITUDE_STEP),
+            ([0, 1, 3, 4, 2], 400.0, 0.2, 0, 1.5, False, AMPLITUDE_STEP),
+            ([0, 1, 2, 3, 14], 400.0, 0.2, 5, 1.5, True, UNLINKED),
+            ([0, 1, 2, 3, 4], 400.0, 0.2, 0, 0.0, False, AMPLITUDE_STEP)):
         amplitude = np.array([100.0, 105.0, 95.0, 102.0, last_uv])
         res = curate(labels, np.array(session), pairs, sim, link, threshold=1.0,
                      probability=pair_values(pairs, inside, p_across), cut_probability=0.02,
@@ -653,7 +656,7 @@ def test_amplitude_step_takes_apart_a_neuron_followed_by_one_of_other_amplitude(
         np.testing.assert_array_equal(renumber(res.labels),
                                       [1, 1, 1, 1, -1] if apart else [1] * 5)
         assert as_set(res.removed_pairs) == ({(k, 4) for k in range(4)} if apart else set())
-        assert np.all(res.removed_reason == AMPLITUDE_STEP)
+        assert np.all(res.removed_reason == reason)
     assert REASONS[AMPLITUDE_STEP] == "split_at_amplitude_step"
 
 
@@ -762,3 +765,23 @@ def test_rejoin_alike_undoes_a_cut_that_only_the_similarity_makes():
     assert cut_stands(dy5=30.0)
     assert cut_stands(session5=7)
     assert cut_stands(position_cut=True)
+
+
+def test_split_unlinked_cuts_parts_that_no_candidate_pair_connects():
+    """Cluster 0 holds {0, 1} and {2, 3} with no linked pair across (sessions too far apart
+    to have been compared): two parts, the 4 pairs across removed. Cluster 5 is a chain
+    (4-5, 5-6 linked, 4-6 not): whole, its label kept. In cluster 7, unit 9 has no linked
+    pair: it leaves ({7, 8} stay), and a part of one unit is in no cluster."""
+    labels = np.array([0, 0, 0, 0, 5, 5, 5, 7, 7, 7])
+    pairs = within_cluster_pairs(labels)
+    linked = np.array([tuple(p) in {(0, 1), (2, 3), (4, 5), (5, 6), (7, 8)}
+                       for p in pairs.tolist()])
+    new, removed = curation.split_unlinked(labels, pairs, linked)
+    assert new[0] == new[1] == 0 and new[2] == new[3] != 0
+    np.testing.assert_array_equal(new[4:9], [5, 5, 5, 7, 7])
+    assert new[9] == -1
+    assert as_set(removed) == {(0, 2), (0, 3), (1, 2), (1, 3), (7, 9), (8, 9)}
+    # every pair linked: nothing changes
+    same, none = curation.split_unlinked(labels, pairs, np.ones(len(pairs), bool))
+    np.testing.assert_array_equal(same, labels)
+    assert len(none) == 0

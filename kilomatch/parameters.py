@@ -241,13 +241,15 @@ PARAMETERS: tuple[Param, ...] = (
           "the pairs the curated clusters hold, unless their match probability across is "
           "above 0.9. 0 turns it off.",
           min=0),
-    Param("autoCuration.succession_probability", "float", 0.3,
+    Param("autoCuration.succession_probability", "float", 0.0,
           "Split a cluster where one neuron followed another at its place (clustering.method "
           "'similarity'): at a cut in time (units of the sessions up to one session against "
           "those after it) whose two sides hold two units or more, are each one neuron for "
           "sure (mean match probability 0.9 or more), have no pair that sure across, and "
           "whose mean match probability across is below this (pairs within "
-          "clustering.max_session_gap). 0 turns it off.",
+          "clustering.max_session_gap). 0 (the default) turns it off: on the accuracy suite "
+          "and on SpikeInterface's studies F1 was higher without it (benchmarks/RESULTS.md, "
+          "'Session 15'); 0.3 was the earlier default.",
           min=0, max=1),
     Param("autoCuration.amplitude_step", "float", 1.5,
           "Split a cluster where one neuron followed another of other amplitude "

@@ -677,16 +677,16 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
             log.info("amplitude of the clusters' units: one neuron's units within a factor "
                      "%.2f (99th percentile); a step of amplitude cuts beyond %.2f",
                      np.exp(step / amplitude_step), np.exp(step))
-    near = np.asarray(linkable, bool)
-    if max_session_gap > 0:  # the span the probability was fitted on (candidate pairs)
-        gap = np.abs(session[pairs[:, 0]] - session[pairs[:, 1]])
-        near = near & (gap <= max_session_gap)
-    if probability is not None and (succession_probability > 0 or np.isfinite(step)):
-        final, removed_n, reason_n = split_successions(
-            final, pairs, probability, near, session, succession_probability, log_amplitude,
-            step)
     removed_u = np.empty((0, 2), np.int64)
     if probability is not None:
+        near = np.asarray(linkable, bool)  # the candidate pairs: where anything was compared
+        if max_session_gap > 0:  # (and where the probability was fitted)
+            gap = np.abs(session[pairs[:, 0]] - session[pairs[:, 1]])
+            near = near & (gap <= max_session_gap)
+        if succession_probability > 0 or np.isfinite(step):
+            final, removed_n, reason_n = split_successions(
+                final, pairs, probability, near, session, succession_probability,
+                log_amplitude, step)
         final, removed_u = split_unlinked(final, pairs, near)
     final = dissolve_one_session(final, session)
     removed = np.vstack([removed_c, removed_s, removed_p, removed_d, removed_n, removed_u])

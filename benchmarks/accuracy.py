@@ -86,6 +86,16 @@ DATASETS.update({
 })
 
 
+# Real ACGs and ISIs change across days with brain state and firing rate; every other
+# dataset keeps a neuron's rate within ~10% (rate_jitter 0.1). Here it changes ~2x from day to
+# day, so a method that leans on the ACG being the same every session loses here (a successor
+# told apart by its ACG at e's turnover; benchmarks/RESULTS.md, session 16).
+DATASETS["n"] = ("rate_changes", "firing rates change ~2x from day to day (ACGs and ISIs with "
+                 "them), 30% turnover per session, 80% sorted",
+                 {**_BASE, "n_neurons": 400, "turnover": 0.3, "p_present": 0.8,
+                  "rate_jitter": 0.7, "seed": 114}, {})
+
+
 BAND_LABELS = metrics.band_labels()
 COLUMNS = ["dataset", "tool", "precision", "recall", "F1", "F1 before curation",
            *[f"recall {b}" for b in BAND_LABELS], "motion RMS (um)", "wall (s)",

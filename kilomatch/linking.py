@@ -17,7 +17,7 @@ import numpy as np
 
 from .clustering import sparse_hdbscan
 from .probability import (LazyEvidence, MatchModel, fit_match_probability, pair_evidence,
-                          same_session_pairs)
+                          prior_by_gap, same_session_pairs, with_gap_prior)
 
 log = logging.getLogger("kilomatch")
 
@@ -47,6 +47,10 @@ class ProbabilityLinks:
     # (P,) float32 classifier score of each candidate pair before calibration (cross-fitted
     # where the fit saw the pair, the fold models' mean elsewhere): MatchModel.non_match_share
     candidate_score: np.ndarray | None = None
+    # (G + 1,) the match prior of each session gap (probability.prior_by_gap), None when one
+    # prior serves every gap; session: (N,) of each unit, to read a pair's gap
+    gap_prior: np.ndarray | None = None
+    session: np.ndarray | None = None
 
 
 def evidence_features(final_names: list) -> list:
@@ -92,7 +96,8 @@ def pair_lookup(pairs: np.ndarray, values: np.ndarray, query: np.ndarray, n_unit
 def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude: np.ndarray,
               n_spikes: np.ndarray, session: np.ndarray, shank: np.ndarray,
               max_distance: float, max_cluster_size: int, seed: int = 0,
-              with_clusters: bool = True, not_non_matches: np.ndarray | None = None):
+              with_clusters: bool = True, not_non_matches: np.ndarray | None = None,
+              gap_prior: bool = False):
     """Fit the match probability on one probe or shank and cluster by it.
 
     pairs: (P, 2) candidate pairs; similarities: callable, (Q, 2) pairs -> (Q, F) Fisher z of
@@ -102,7 +107,8 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     path). The probability's own clusters (HDBSCAN of every candidate pair again) only
     ``with_clusters``: the similarity path does not use them. not_non_matches: (J, 2)
     same-session pairs (i < j) known to be one neuron (sorter splits), left out of the
-    non-matches.
+    non-matches. gap_prior: each pair's probability at the prior of its session gap
+    (probability.prior_by_gap), not the one prior of every candidate pair.
     """
     n = positions.shape[0]
 
@@ -132,8 +138,8 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     # max_distance hold no match, which fixes the share of matches (the prior). (A wider
     # anchor holds more same-session pairs, and their count is what limits the estimate.)
     far = 0.3 * max_distance
-    model = fit_match_probability(x_cand, x_non[fit_n], _far_apart(depth, pairs, fit_c, far),
-                                  _far_apart(depth, non, fit_n, far), seed,
+    anchor, anchor_non = _far_apart(depth, pairs, fit_c, far), _far_apart(depth, non, fit_n, far)
+    model = fit_match_probability(x_cand, x_non[fit_n], anchor, anchor_non, seed,
                                   candidate_rows=fit_c)
     if model is None:
         return None
@@ -151,11 +157,20 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
                                               amplitude, n_spikes, pairs[rest]))
         p[rest] = model.probability(rest_score)
         score[rest] = rest_score
+    by_gap = None
+    if gap_prior:
+        gap = np.abs(session[pairs[:, 1]] - session[pairs[:, 0]])
+        by_gap = prior_by_gap(p[fit_c], gap[fit_c], model.prior)
+        log.info("match prior by session gap (1, 2, ...): %s",
+                 " ".join(f"{v:.3f}" for v in by_gap[1:]))
+        p = with_gap_prior(p, model.prior, by_gap, gap)
+        del gap
     labels = cluster_by_probability(n, pairs, p, max_cluster_size) if with_clusters else None
     # only MatchTable's rows keep their evidence: all of it is 2 GB at 10^5 units
     links = ProbabilityLinks(model, [], p,
                              similarity_of_candidates[in_match_table(p)], labels,
-                             candidate_score=score)
+                             candidate_score=score, gap_prior=by_gap,
+                             session=np.asarray(session))
     return links, evidence
 
 
@@ -184,13 +199,19 @@ def full_window(depth: np.ndarray, session: np.ndarray, max_distance: float) -> 
 def within_cluster_probability(links: ProbabilityLinks, evidence, pairs: np.ndarray,
                                q_pairs: np.ndarray, linkable: np.ndarray, n_units: int):
     """Probability (Q,) of every within-cluster pair: the cross-fitted one for candidate
-    pairs, the fold models' mean for other linkable pairs, 0 for pairs that cannot link."""
+    pairs, the fold models' mean for other linkable pairs (at their session gap's prior when
+    the links have one), 0 for pairs that cannot link."""
     found, p = pair_lookup(pairs, links.candidate_probability, q_pairs, n_units)
     rest = np.flatnonzero(~found & linkable)
     if rest.size:
         p[rest] = links.model.predict(evidence(q_pairs[rest]))
+        if links.gap_prior is not None:
+            q = q_pairs[rest]
+            p[rest] = with_gap_prior(p[rest], links.model.prior, links.gap_prior,
+                                     np.abs(links.session[q[:, 1]] - links.session[q[:, 0]]))
     p[~linkable] = 0.0
     return p
+
 
 
 def within_cluster_share(links: ProbabilityLinks, evidence, pairs: np.ndarray,

@@ -162,6 +162,12 @@ PARAMETERS: tuple[Param, ...] = (
           "probability (CandidatePairs.npz probability, MatchTable.csv, units.csv "
           "match_confidence) even when autoCuration.cut_probability is 1; the clusters stay "
           "the similarity's. With the default cut_probability it is learned anyway."),
+    Param("clustering.match_prior_by_gap", "bool", True,
+          "The match probability's prior (the share of matches among candidate pairs) is "
+          "found for each session gap from the evidence of that gap's pairs, at the same "
+          "mean: pairs many sessions apart, where fewer neurons are still recorded, get a "
+          "lower probability for the same evidence (README, \"Match probability\"). False: "
+          "one prior for every gap."),
     Param("clustering.oversized_clusters", "str", "core",
           "What the final clustering makes of a cluster of HDBSCAN's tree with more units "
           "than sessions that never splits into two clusters, only sheds units one by one: "

@@ -656,7 +656,8 @@ def fit_probability(data: Dataset, units: UnitFeatures, final: RoundResult, s: S
                                units.session0, units.shank, s.clustering.max_distance,
                                data.n_sessions, s.seed,
                                with_clusters=s.clustering.method == "probability",
-                               not_non_matches=sorter_splits)
+                               not_non_matches=sorter_splits,
+                               gap_prior=s.clustering.match_prior_by_gap)
     if fitted is None:
         log.warning("too few pairs to fit the match probability: no probability is reported "
                     "and the final clusters come from the weighted similarity")

@@ -501,3 +501,81 @@ def match_prior(anchor: np.ndarray, anchor_non: np.ndarray) -> float:
     if share_non <= 0:
         return 0.0
     return float(np.clip(1.0 - np.mean(anchor) / share_non, 0.0, 1.0 - 1e-6))
+
+
+def prior_by_gap(p: np.ndarray, gap: np.ndarray, prior: float) -> np.ndarray:
+    """Fraction of matches among the candidate pairs of each session gap: (G + 1,) for gaps
+    0 .. G (G the largest in ``gap``; entry 0 unused, as gap 1's). p (P,): the pairs'
+    probability at the one ``prior`` of every gap; gap (P,) int >= 1.
+
+    Neurons stop being recorded (or sorted) as days pass, so a pair many sessions apart is
+    less often a match than a pair of neighbouring sessions with the same evidence; one prior
+    for all gaps overstates the long gaps' (on high-turnover studies pairs given 0.1-0.3 were
+    matches in 1-5%). Each gap's share is found as a classifier's outputs are moved to a new
+    prior (Saerens et al. 2002, Neural Computation 14: 21-41): with the evidence's likelihood
+    ratio fixed, the share pi_g whose probabilities average to pi_g (EM). The shares keep the
+    pairs' weighted mean at ``prior``: the estimate from the pairs far apart
+    (match_prior) sets the level, the evidence at each gap only how it is spread over the
+    gaps. (The far-apart pairs of one gap cannot set that gap's share: their error, shared
+    by all gaps through the same-session pairs, is of the size of a long gap's share.)
+    Gaps of fewer than GAP_PRIOR_MIN_PAIRS pairs take the gap before's share."""
+    gap = np.asarray(gap, np.int64)
+    n_gaps = int(gap.max(initial=0))
+    out = np.full(n_gaps + 1, float(prior))
+    if n_gaps < 1 or not 0 < prior < 1:
+        return out
+    # the likelihood ratio's logit, binned: EM on (gap, bin) counts, not on every pair
+    with np.errstate(divide="ignore"):
+        logit = np.log(np.asarray(p, np.float64)) - np.log1p(-np.asarray(p, np.float64))
+    logit = np.clip(logit - np.log(prior / (1 - prior)), -GAP_PRIOR_LOGIT, GAP_PRIOR_LOGIT)
+    edges = np.linspace(-GAP_PRIOR_LOGIT, GAP_PRIOR_LOGIT, GAP_PRIOR_BINS + 1)
+    slot = np.clip(np.searchsorted(edges, logit, side="right") - 1, 0, GAP_PRIOR_BINS - 1)
+    counts = np.bincount(gap * GAP_PRIOR_BINS + slot, minlength=(n_gaps + 1) * GAP_PRIOR_BINS
+                         ).reshape(n_gaps + 1, GAP_PRIOR_BINS).astype(np.float64)
+    total = np.bincount(slot, weights=logit, minlength=GAP_PRIOR_BINS)
+    ratio = np.exp(total / np.maximum(np.bincount(slot, minlength=GAP_PRIOR_BINS), 1))
+    n = counts.sum(axis=1)
+    share = np.full(n_gaps + 1, float(prior))
+    for g in range(1, n_gaps + 1):
+        if n[g] < GAP_PRIOR_MIN_PAIRS:
+            share[g] = share[g - 1] if g > 1 else prior
+            continue
+        pi = float(prior)
+        for _ in range(GAP_PRIOR_ITERATIONS):
+            k = pi / (1 - pi) * ratio
+            new = float(np.sum(counts[g] * k / (1 + k)) / n[g])
+            new = min(max(new, 1e-9), 1 - 1e-6)
+            if abs(new - pi) < 1e-9:
+                break
+            pi = new
+        share[g] = pi
+    level = float(np.sum(n[1:] * share[1:]) / max(np.sum(n[1:]), 1))
+    out[1:] = np.clip(share[1:] * prior / level, 0.0, 1.0 - 1e-6)
+    out[0] = out[1]
+    return out
+
+
+GAP_PRIOR_LOGIT = 30.0  # the likelihood ratio's log, clipped (a pair of p 1 or 0: +-30)
+GAP_PRIOR_BINS = 2048
+GAP_PRIOR_ITERATIONS = 500
+GAP_PRIOR_MIN_PAIRS = 100
+
+
+def with_gap_prior(p: np.ndarray, prior: float, gap_prior: np.ndarray,
+                   gap: np.ndarray) -> np.ndarray:
+    """Probabilities p (P,) fitted with one prior, moved to the prior of each pair's session
+    gap (P,) (gap_prior, prior_by_gap; gaps past its end take its last entry): the odds
+    scale by the two priors' odds, so the evidence's likelihood ratio is kept."""
+    p = np.asarray(p, np.float64)
+    if not 0 < prior < 1 or gap_prior.size < 2:
+        return p
+    g = gap_prior[np.clip(np.asarray(gap, np.int64), 1, gap_prior.size - 1)]
+    g = np.clip(g, 0.0, 1.0 - 1e-6)
+    scale = g / (1 - g) * (1 - prior) / prior
+    with np.errstate(divide="ignore", invalid="ignore"):
+        odds = p / (1 - p) * scale
+        out = odds / (1 + odds)
+    out[p >= 1] = 1.0
+    out[(p <= 0) | (scale <= 0)] = 0.0
+    return np.clip(out, 0.0, 1.0)
+

@@ -544,3 +544,102 @@ def test_sorter_splits_are_left_out_of_the_non_matches():
     removed = fits["kept"].model.n_non_matches - fits["left out"].model.n_non_matches
     inside = linking.full_window(positions[:, 1], session, 100.0)
     assert removed == np.count_nonzero(inside[split[:, 0]] & inside[split[:, 1]]) > 20
+
+
+def test_prior_by_gap_follows_the_evidence_of_each_gap_at_the_pooled_level():
+    """Pairs whose evidence is sure either way (probability 0 or 1 at the pooled prior) hold
+    their gap's share of matches outright: gaps holding 30%, 20%, 10% sure matches get
+    shares in that proportion, scaled so that their mean over the pairs is the pooled prior.
+    A study whose gaps look alike gets one prior; a gap of too few pairs takes the one
+    before it."""
+    from kilomatch.probability import prior_by_gap
+    rng = np.random.default_rng(0)
+    gap = np.repeat([1, 2, 3], 2000)
+    sure = np.r_[rng.random(2000) < 0.3, rng.random(2000) < 0.2, rng.random(2000) < 0.1]
+    p = np.where(sure, 1.0, 0.0)
+    share = np.array([sure[gap == g].mean() for g in (1, 2, 3)])
+    for prior in (0.2, 0.1):
+        fitted = prior_by_gap(p, gap, prior)
+        np.testing.assert_allclose(fitted[1:], share * prior / share.mean(), rtol=1e-3)
+        assert fitted[0] == fitted[1]
+    # evidence of mixed strength: the shares are those whose probabilities average to them
+    p = rng.uniform(0, 1, 6000)
+    np.testing.assert_allclose(prior_by_gap(p, gap, 0.3)[1:], 0.3, atol=0.02)
+    few = np.r_[gap, np.full(20, 4)]
+    fitted = prior_by_gap(np.r_[np.where(sure, 1.0, 0.0), np.ones(20)], few, 0.2)
+    assert fitted[4] == pytest.approx(fitted[3] * 1.0)
+
+
+def test_probability_moved_to_its_gaps_prior_keeps_the_evidence():
+    """A probability fitted with one prior, moved to another: the odds scale by the priors'
+    odds (the likelihood ratio of the evidence is kept); at the same prior nothing moves;
+    0 and 1 stay; gaps past the fitted ones take the last."""
+    from kilomatch.probability import with_gap_prior
+    p = np.array([0.0, 0.1, 0.5, 0.9, 1.0, 0.5])
+    gap = np.array([1, 1, 1, 2, 2, 9])
+    gap_prior = np.array([0.1, 0.1, 0.01])
+    out = with_gap_prior(p, 0.1, gap_prior, gap)
+    np.testing.assert_allclose(out[:3], p[:3])
+    odds = lambda q: q / (1 - q)  # noqa: E731
+    assert odds(out[3]) == pytest.approx(odds(0.9) * odds(0.01) / odds(0.1))
+    assert out[4] == 1.0 and out[0] == 0.0
+    assert out[5] == pytest.approx(odds(0.01) / odds(0.1) / (1 + odds(0.01) / odds(0.1)))
+    np.testing.assert_array_equal(with_gap_prior(p, 0.0, gap_prior, gap), p)
+
+
+def _study_with_turnover(seed, n_alive=150, n_sessions=6, loss=0.4):
+    """A toy study for fit_links whose neurons are lost: after each session a neuron is
+    replaced by a new one elsewhere with probability ``loss``. Units as in
+    _study_with_sorter_splits. Returns (pairs, similarities, positions, session, neuron)."""
+    from kilomatch.similarity import candidate_pairs
+    rng = np.random.default_rng(seed)
+    alive = np.arange(n_alive)
+    next_neuron = n_alive
+    neuron, session = [], []
+    for s in range(n_sessions):
+        neuron.append(alive.copy())
+        session.append(np.full(n_alive, s))
+        lost = rng.random(n_alive) < loss
+        alive[lost] = next_neuron + np.arange(lost.sum())
+        next_neuron += lost.sum()
+    neuron, session = np.concatenate(neuron), np.concatenate(session)
+    depth = rng.uniform(0, 2000, next_neuron)
+    x = rng.uniform(0, 40, next_neuron)
+    code = rng.normal(size=(next_neuron, 3))
+    n = neuron.size
+    positions = np.column_stack([x[neuron], depth[neuron], np.full(n, 20.0)])
+    positions += rng.normal(0, 2, (n, 3))
+    unit_code = code[neuron] + rng.normal(0, 0.5, (n, 3))
+    pairs = candidate_pairs(positions[:, 1], session, 100.0, None, n_sessions)
+
+    def similarities(q):
+        return 2.5 - 2.0 * np.abs(unit_code[q[:, 0]] - unit_code[q[:, 1]])
+
+    return pairs, similarities, positions, session, neuron
+
+
+def test_pairs_many_sessions_apart_get_their_own_prior():
+    """With 40% of the neurons lost per session, a pair 4-5 sessions apart is a match 3-8
+    times less often than a pair of neighbouring sessions. One prior for all gaps gives the
+    long gaps' pairs in all more probability than they hold matches (94 for 77, 94 for 49
+    here) and the neighbouring sessions' less (374 for 473, 373 for 438); the prior of each
+    gap takes the long gaps' at least 50% closer (79, 66) and the neighbouring sessions' at
+    least 20% (399, 422). Off, no prior by gap."""
+    for seed in (0, 1):
+        pairs, similarities, positions, session, neuron = _study_with_turnover(seed)
+        n = len(session)
+        ones = np.ones(n)
+        truth = neuron[pairs[:, 0]] == neuron[pairs[:, 1]]
+        gap = np.abs(session[pairs[:, 1]] - session[pairs[:, 0]])
+        fits = {}
+        for on in (False, True):
+            fits[on], _ = linking.fit_links(pairs, similarities, positions, 100 * ones,
+                                            1000 * ones, session, np.zeros(n, int), 100.0, 6,
+                                            seed=0, with_clusters=False, gap_prior=on)
+        for rows, closer in ((gap >= 4, 0.5), (gap == 1, 0.8)):
+            held = truth[rows].sum()
+            miss = {on: fits[on].candidate_probability[rows].sum() - held for on in fits}
+            assert abs(miss[True]) < closer * abs(miss[False]), (seed, miss, held)
+        assert miss[False] < 0  # the neighbouring sessions' pairs were underestimated
+        assert fits[False].gap_prior is None
+        assert np.all(np.diff(fits[True].gap_prior[1:]) < 0)

@@ -503,10 +503,12 @@ def match_prior(anchor: np.ndarray, anchor_non: np.ndarray) -> float:
     return float(np.clip(1.0 - np.mean(anchor) / share_non, 0.0, 1.0 - 1e-6))
 
 
-def prior_by_gap(p: np.ndarray, gap: np.ndarray, prior: float) -> np.ndarray:
+def prior_by_gap(p: np.ndarray, gap: np.ndarray, prior: float,
+                 rows: np.ndarray | None = None) -> np.ndarray:
     """Fraction of matches among the candidate pairs of each session gap: (G + 1,) for gaps
     0 .. G (G the largest in ``gap``; entry 0 unused, as gap 1's). p (P,): the pairs'
-    probability at the one ``prior`` of every gap; gap (P,) int >= 1.
+    probability at the one ``prior`` of every gap; gap (P,) int >= 1; rows: the pairs to
+    learn from (None: all), read CHUNK_ROWS at a time.
 
     Neurons stop being recorded (or sorted) as days pass, so a pair many sessions apart is
     less often a match than a pair of neighbouring sessions with the same evidence; one prior
@@ -519,21 +521,28 @@ def prior_by_gap(p: np.ndarray, gap: np.ndarray, prior: float) -> np.ndarray:
     gaps. (The far-apart pairs of one gap cannot set that gap's share: their error, shared
     by all gaps through the same-session pairs, is of the size of a long gap's share.)
     Gaps of fewer than GAP_PRIOR_MIN_PAIRS pairs take the gap before's share."""
-    gap = np.asarray(gap, np.int64)
+    gap = np.asarray(gap)
     n_gaps = int(gap.max(initial=0))
     out = np.full(n_gaps + 1, float(prior))
     if n_gaps < 1 or not 0 < prior < 1:
         return out
     # the likelihood ratio's logit, binned: EM on (gap, bin) counts, not on every pair
-    with np.errstate(divide="ignore"):
-        logit = np.log(np.asarray(p, np.float64)) - np.log1p(-np.asarray(p, np.float64))
-    logit = np.clip(logit - np.log(prior / (1 - prior)), -GAP_PRIOR_LOGIT, GAP_PRIOR_LOGIT)
     edges = np.linspace(-GAP_PRIOR_LOGIT, GAP_PRIOR_LOGIT, GAP_PRIOR_BINS + 1)
-    slot = np.clip(np.searchsorted(edges, logit, side="right") - 1, 0, GAP_PRIOR_BINS - 1)
-    counts = np.bincount(gap * GAP_PRIOR_BINS + slot, minlength=(n_gaps + 1) * GAP_PRIOR_BINS
-                         ).reshape(n_gaps + 1, GAP_PRIOR_BINS).astype(np.float64)
-    total = np.bincount(slot, weights=logit, minlength=GAP_PRIOR_BINS)
-    ratio = np.exp(total / np.maximum(np.bincount(slot, minlength=GAP_PRIOR_BINS), 1))
+    counts = np.zeros((n_gaps + 1) * GAP_PRIOR_BINS)
+    total = np.zeros(GAP_PRIOR_BINS)
+    n_rows = len(p) if rows is None else len(rows)
+    for part in _chunks(n_rows):
+        take = part if rows is None else rows[part]
+        q = np.asarray(p[take], np.float64)
+        with np.errstate(divide="ignore"):
+            logit = np.log(q) - np.log1p(-q)
+        logit = np.clip(logit - np.log(prior / (1 - prior)), -GAP_PRIOR_LOGIT, GAP_PRIOR_LOGIT)
+        slot = np.clip(np.searchsorted(edges, logit, side="right") - 1, 0, GAP_PRIOR_BINS - 1)
+        counts += np.bincount(np.asarray(gap[take], np.int64) * GAP_PRIOR_BINS + slot,
+                              minlength=counts.size)
+        total += np.bincount(slot, weights=logit, minlength=GAP_PRIOR_BINS)
+    counts = counts.reshape(n_gaps + 1, GAP_PRIOR_BINS)
+    ratio = np.exp(total / np.maximum(counts.sum(axis=0), 1))
     n = counts.sum(axis=1)
     share = np.full(n_gaps + 1, float(prior))
     for g in range(1, n_gaps + 1):

@@ -500,24 +500,33 @@ def _study_with_sorter_splits(seed, n_neurons=150, n_sessions=4, n_split=40):
     similarity features from noisy per-unit codes (one neuron's units alike). In session 0
     the sorter split ``n_split`` neurons in two units each, as alike as a match. Returns
     (pairs, similarities callable, positions, session, neuron, split pairs (n_split, 2))."""
-    from kilomatch.similarity import candidate_pairs
     rng = np.random.default_rng(seed)
+    neuron = np.r_[np.tile(np.arange(n_neurons), n_sessions), np.arange(n_split)]
+    session = np.r_[np.repeat(np.arange(n_sessions), n_neurons), np.zeros(n_split, int)]
+    pairs, similarities, positions = _toy_units(rng, neuron, session, n_neurons, 0.3)
+    split = np.column_stack([np.arange(n_split), n_sessions * n_neurons + np.arange(n_split)])
+    return pairs, similarities, positions, session, neuron, split
+
+
+def _toy_units(rng, neuron, session, n_neurons, code_noise):
+    """Units of the toy studies: each neuron (of n_neurons) at a random depth (0-2000 um) and
+    x (0-40 um), with a code of three numbers; each unit (neuron (N,), session (N,)) at its
+    neuron's place +- 2 um, its code +- code_noise. Returns (candidate pairs within 100 um,
+    similarities callable: 2.5 - 2 |code difference| per feature, positions (N, 3))."""
+    from kilomatch.similarity import candidate_pairs
     depth = rng.uniform(0, 2000, n_neurons)
     x = rng.uniform(0, 40, n_neurons)
     code = rng.normal(size=(n_neurons, 3))
-    neuron = np.r_[np.tile(np.arange(n_neurons), n_sessions), np.arange(n_split)]
-    session = np.r_[np.repeat(np.arange(n_sessions), n_neurons), np.zeros(n_split, int)]
     n = neuron.size
     positions = np.column_stack([x[neuron], depth[neuron], np.full(n, 20.0)])
     positions += rng.normal(0, 2, (n, 3))
-    unit_code = code[neuron] + rng.normal(0, 0.3, (n, 3))
-    pairs = candidate_pairs(positions[:, 1], session, 100.0, None, n_sessions)
+    unit_code = code[neuron] + rng.normal(0, code_noise, (n, 3))
+    pairs = candidate_pairs(positions[:, 1], session, 100.0, None, int(session.max()) + 1)
 
     def similarities(q):
         return 2.5 - 2.0 * np.abs(unit_code[q[:, 0]] - unit_code[q[:, 1]])
 
-    split = np.column_stack([np.arange(n_split), n_sessions * n_neurons + np.arange(n_split)])
-    return pairs, similarities, positions, session, neuron, split
+    return pairs, similarities, positions
 
 
 def test_sorter_splits_are_left_out_of_the_non_matches():
@@ -591,7 +600,6 @@ def _study_with_turnover(seed, n_alive=150, n_sessions=6, loss=0.4):
     """A toy study for fit_links whose neurons are lost: after each session a neuron is
     replaced by a new one elsewhere with probability ``loss``. Units as in
     _study_with_sorter_splits. Returns (pairs, similarities, positions, session, neuron)."""
-    from kilomatch.similarity import candidate_pairs
     rng = np.random.default_rng(seed)
     alive = np.arange(n_alive)
     next_neuron = n_alive
@@ -603,18 +611,7 @@ def _study_with_turnover(seed, n_alive=150, n_sessions=6, loss=0.4):
         alive[lost] = next_neuron + np.arange(lost.sum())
         next_neuron += lost.sum()
     neuron, session = np.concatenate(neuron), np.concatenate(session)
-    depth = rng.uniform(0, 2000, next_neuron)
-    x = rng.uniform(0, 40, next_neuron)
-    code = rng.normal(size=(next_neuron, 3))
-    n = neuron.size
-    positions = np.column_stack([x[neuron], depth[neuron], np.full(n, 20.0)])
-    positions += rng.normal(0, 2, (n, 3))
-    unit_code = code[neuron] + rng.normal(0, 0.5, (n, 3))
-    pairs = candidate_pairs(positions[:, 1], session, 100.0, None, n_sessions)
-
-    def similarities(q):
-        return 2.5 - 2.0 * np.abs(unit_code[q[:, 0]] - unit_code[q[:, 1]])
-
+    pairs, similarities, positions = _toy_units(rng, neuron, session, next_neuron, 0.5)
     return pairs, similarities, positions, session, neuron
 
 

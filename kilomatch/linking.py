@@ -224,7 +224,6 @@ def within_cluster_probability(links: ProbabilityLinks, evidence, pairs: np.ndar
     return p
 
 
-
 def within_cluster_share(links: ProbabilityLinks, evidence, pairs: np.ndarray,
                          q_pairs: np.ndarray, linkable: np.ndarray, n_units: int,
                          probability: np.ndarray) -> np.ndarray:

@@ -587,4 +587,3 @@ def with_gap_prior(p: np.ndarray, prior: float, gap_prior: np.ndarray,
     out[p >= 1] = 1.0
     out[(p <= 0) | (scale <= 0)] = 0.0
     return np.clip(out, 0.0, 1.0)
-

@@ -576,7 +576,7 @@ def test_prior_by_gap_follows_the_evidence_of_each_gap_at_the_pooled_level():
     np.testing.assert_allclose(prior_by_gap(p, gap, 0.3)[1:], 0.3, atol=0.02)
     few = np.r_[gap, np.full(20, 4)]
     fitted = prior_by_gap(np.r_[np.where(sure, 1.0, 0.0), np.ones(20)], few, 0.2)
-    assert fitted[4] == pytest.approx(fitted[3] * 1.0)
+    assert fitted[4] == fitted[3]
 
 
 def test_probability_moved_to_its_gaps_prior_keeps_the_evidence():

@@ -503,6 +503,14 @@ def match_prior(anchor: np.ndarray, anchor_non: np.ndarray) -> float:
     return float(np.clip(1.0 - np.mean(anchor) / share_non, 0.0, 1.0 - 1e-6))
 
 
+# prior_by_gap: the likelihood ratio's log is clipped (a pair of p 1 or 0 reads +-30) and
+# binned for the EM; a gap of fewer pairs than GAP_PRIOR_MIN_PAIRS takes the gap before's share
+GAP_PRIOR_LOGIT = 30.0
+GAP_PRIOR_BINS = 2048
+GAP_PRIOR_ITERATIONS = 500
+GAP_PRIOR_MIN_PAIRS = 100
+
+
 def prior_by_gap(p: np.ndarray, gap: np.ndarray, prior: float,
                  rows: np.ndarray | None = None) -> np.ndarray:
     """Fraction of matches among the candidate pairs of each session gap: (G + 1,) for gaps
@@ -562,12 +570,6 @@ def prior_by_gap(p: np.ndarray, gap: np.ndarray, prior: float,
     out[1:] = np.clip(share[1:] * prior / level, 0.0, 1.0 - 1e-6)
     out[0] = out[1]
     return out
-
-
-GAP_PRIOR_LOGIT = 30.0  # the likelihood ratio's log, clipped (a pair of p 1 or 0: +-30)
-GAP_PRIOR_BINS = 2048
-GAP_PRIOR_ITERATIONS = 500
-GAP_PRIOR_MIN_PAIRS = 100
 
 
 def with_gap_prior(p: np.ndarray, prior: float, gap_prior: np.ndarray,

@@ -427,7 +427,7 @@ def score(result: dict, data, bands: bool = False) -> dict:
     gt = np.load(data / "gt_neuron.npy", allow_pickle=False)
     sessions = np.load(data / "session_index.npy", allow_pickle=False)
     row = {"precision": None, "recall": None, "f1": None, "f1_before": None,
-           "recall_bands": None, "motion_rms_um": None}
+           "recall_bands": None, "motion_rms_um": None, "matched_only": None}
 
     def usable(labels):
         return labels is not None and labels.size == gt.size
@@ -443,6 +443,15 @@ def score(result: dict, data, bands: bool = False) -> dict:
                                f"expected {gt.size}")
     if usable(result["idx_before_curation"]):
         row["f1_before"] = metrics.pair_scores(result["idx_before_curation"], gt, sessions)["f1"]
+    matched = gt.reshape(-1) >= 0
+    if usable(result["idx_final"]) and not matched.all():
+        # A real sorter's output: units matched to no neuron (negative ids) left out, so that
+        # the score is that of the tracking of the neurons the sorter found, not of how many
+        # partial or merged units it made (each of those counts as a neuron of its own above).
+        s = metrics.pair_scores(result["idx_final"][matched], gt.reshape(-1)[matched],
+                                sessions.reshape(-1)[matched])
+        row["matched_only"] = {"precision": s["precision"], "recall": s["recall"],
+                               "f1": s["f1"], "n_units": int(matched.sum())}
     gt_motion_path = data / "gt_motion.npy"
     if result["motion"] is not None and gt_motion_path.exists():
         gt_motion = np.load(gt_motion_path, allow_pickle=False).reshape(-1)

@@ -18,6 +18,10 @@ Both go through kilomatch (default settings) and pyKilomatch 0.0.7 (``benchmarks
 Scoring: each sorted unit takes the neuron SpikeInterface's ``compare_sorter_to_ground_truth``
 matches it to (Hungarian match, agreement >= 0.5); a unit matched to no neuron is the same as
 no other unit, so every pair it is put in counts as wrong (``kilomatch.metrics.pair_scores``).
+That counts a sorter's partial units (a neuron's spikes split over two units, agreement below
+0.5) as neurons of their own, so the table also scores the tracking over the matched units
+alone ("matched units: P / R / F1"): the neurons the sorter found, each in the sessions where
+it found them.
 Motion error: RMS against the true per-session displacement (``kilomatch.metrics``); kilomatch is
 also run given the true motion (what a perfect motion would give).
 
@@ -510,7 +514,15 @@ def rows_for_route(route, data, args, peers_py, rows, log):
 
 
 COLUMNS = ["study", "sorter", "route", "tool", "units", "precision", "recall", "F1",
-           "F1 before curation", "motion RMS (um)", "status"]
+           "F1 before curation", "matched units: P / R / F1", "motion RMS (um)", "status"]
+
+
+def matched_only(row: dict) -> str:
+    """Precision / recall / F1 over the units matched to a neuron (peers.score), or '-'."""
+    m = row.get("matched_only")
+    if not m:
+        return "-"
+    return " / ".join(_common.fmt(m[k]) for k in ("precision", "recall", "f1"))
 
 
 def table(records: list) -> list:
@@ -521,7 +533,7 @@ def table(records: list) -> list:
                 rows.append([rec["study"], sorter, r["route"], r["label"], str(r["n_units"]),
                              _common.fmt(r["precision"]), _common.fmt(r["recall"]),
                              _common.fmt(r["f1"]), _common.fmt(r["f1_before"]),
-                             _common.fmt(r["motion_rms_um"], 2), r["status"]])
+                             matched_only(r), _common.fmt(r["motion_rms_um"], 2), r["status"]])
     return rows
 
 

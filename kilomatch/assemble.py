@@ -63,7 +63,9 @@ class RunArrays:
     (J, 2) (cut by a split, kept together by the probability), cut_probability (K,) (the
     mean probability below which a cut stood; NaN when no probability confirmed the cuts);
     splits: the sorter-split test of the same-session pairs of the clusters
-    (kilomatch.sorter_splits.SplitEvidence, in global unit ids; empty when it was off).
+    (kilomatch.sorter_splits.SplitEvidence, in global unit ids; empty when it was off);
+    alike_splits: the same test of the pairs of one session as alike as a good match, whose
+    splits were left out of the match probability's known non-matches.
     Motion rounds per shank: round_motion (list of (rounds, S)),
     round_good_matches (list of (rounds,)), rounds (list of lists of RoundArrays, filled only
     when the round pair arrays were kept).
@@ -100,6 +102,7 @@ class RunArrays:
     kept_pairs: np.ndarray
     cut_probability: np.ndarray
     splits: SplitEvidence
+    alike_splits: SplitEvidence
     split_thresholds: np.ndarray
     split_on: np.ndarray
     probability: np.ndarray
@@ -233,6 +236,7 @@ def assemble(result: Result) -> RunArrays:
         kept_pairs=np.vstack([p.units[c.kept_pairs]
                               for p, c in zip(parts, curated)]).reshape(-1, 2),
         splits=_splits([(p.units, c.splits) for p, c in zip(parts, curated)]),
+        alike_splits=_splits([(p.units, c.alike_splits) for p, c in zip(parts, curated)]),
         split_thresholds=np.array([c.threshold for c in curated]),
         split_on=np.array(["probability" if m else "similarity" for m in made]),
         probability=np.concatenate([

@@ -111,6 +111,10 @@ class CurationResult:
     # the refractory test of the same-session pairs of the clusters (sorter_splits), or None
     # when sorter splits were not looked for (autoCuration.keep_sorter_splits off)
     splits: object = None
+    # the refractory test of the pairs of one session as alike as a good match
+    # (sorter_splits.alike_pairs): those judged one neuron are left out of the match
+    # probability's known non-matches; None when not looked for
+    alike_splits: object = None
     # (N,) the clusters before the probability joined any (kilomatch.joining), or None when
     # no join was tried (then the same as labels)
     labels_before_join: np.ndarray | None = None

@@ -359,6 +359,13 @@ def _write_all(result: Result, arrays: RunArrays, write: _FileWriters) -> list:
         "sorter_split": a.splits.is_split.astype(bool),
         "sorter_split_pairs": same_session_pairs_in_clusters(
             np.where(idx > 0, idx, -1), result.data.session_index),
+        # the same test of the pairs of one session as alike as a good match: those judged
+        # one neuron were not counted as known non-matches by the match probability
+        "alike_split_tested": a.alike_splits.pairs.astype(np.int64),
+        "alike_split_coincidences": a.alike_splits.coincidences.astype(np.int64),
+        "alike_split_expected": a.alike_splits.expected.astype(np.float64),
+        "alike_split_posterior": a.alike_splits.posterior.astype(np.float64),
+        "alike_split": a.alike_splits.is_split.astype(bool),
     })
     table = {"unit": np.arange(n), "session": result.data.session_index, "cluster": idx,
              "x": units.locations[:, 0], "y": units.locations[:, 1], "z": units.locations[:, 2],

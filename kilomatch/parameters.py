@@ -270,8 +270,9 @@ PARAMETERS: tuple[Param, ...] = (
           "Keep both units of one session in a cluster when their spike trains show they are "
           "one neuron that the sorter split in two (almost no spikes of one within the "
           "refractory period of the other, kilomatch.sorter_splits), and leave such pairs out "
-          "of the match probability's known non-matches; false: the same-session conflict "
-          "step always keeps one unit per session (the published curation)."),
+          "of the match probability's known non-matches (every pair of one session as alike "
+          "as a good match is tested for that, in a cluster or not); false: the same-session "
+          "conflict step always keeps one unit per session (the published curation)."),
     Param("autoCuration.refractory_ms", "float", 1.5,
           "Refractory period (ms) of the sorter-split test: spikes of two units at lags from "
           "0.5 ms to this are counted; a neuron fires no two spikes that close.", min=0.5,

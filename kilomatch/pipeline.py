@@ -27,6 +27,7 @@ from .motion import Motion, estimate_motion
 from .parallel import map_units, threads_for_pairs
 # The result types are defined in kilomatch.results and stay importable from here.
 from .results import Result, RoundResult, ShankPart, UnitFeatures, shank_parts  # noqa: F401
+from .similarity import weighted_similarity
 from .settings import Settings, load as load_settings
 from .similarity import (candidate_pairs, directed_correlation, feature_similarity, fisher_z,
                          location_similarity, waveform_similarity, weighted_similarity)
@@ -469,16 +470,21 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
              "+".join(final_names), len(final.pairs), int(final.clustering.labels.max()) + 1,
              iterations(final.clustering))
     note("final clustering")
-    fitted = splits = None
+    fitted = splits = alike = None
     similarity_path = s.clustering.method != "probability"
     if similarity_path:  # before the probability: its non-matches leave the splits out
         splits = find_sorter_splits(final.clustering.labels, units, data, s)
     if needs_probability(s):
-        fitted = fit_probability(data, units, final, s, final_names,
-                                 None if splits is None else splits.split_pairs())
+        known = None if splits is None else splits.split_pairs()
+        alike = find_alike_splits(units, final, data, s)
+        if alike is not None and alike.is_split.any():
+            found = alike.split_pairs()
+            known = found if known is None else np.unique(np.vstack([known, found]), axis=0)
+        fitted = fit_probability(data, units, final, s, final_names, known)
         note("match probability")
     if not similarity_path and fitted is not None:
         cur = link_by_probability(units, final, s, *fitted, data=data)
+        cur.alike_splits = alike
         note("curation")
         if narrow:
             _narrow_corrected(final)
@@ -513,7 +519,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                           xy, units.amplitude, ac.succession_probability,
                           s.clustering.max_session_gap, q_share, ac.cut_pooled_level,
                           ac.amplitude_step, ac.rejoin_distance_ratio)
-    cur.splits = splits
+    cur.splits, cur.alike_splits = splits, alike
     cur.cut_probability = cut if q_p is not None else float("nan")
     cur.labels_before_join = cur.labels
     if fitted is not None and ac.join_probability > 0:
@@ -587,6 +593,39 @@ def find_sorter_splits(labels: np.ndarray, units: UnitFeatures, data: Dataset, s
                  "one neuron split by the sorter (estimated share %.2f); both units are kept",
                  int(splits.is_split.sum()), len(splits.pairs), splits.split_share)
     return splits
+
+
+def find_alike_splits(units: UnitFeatures, final: RoundResult, data: Dataset,
+                      s: Settings) -> sorter_splits.SplitEvidence | None:
+    """The refractory test of the pairs of units of one session alike enough to be a good
+    match across sessions (sorter_splits.alike_pairs, at the final clustering's weights and
+    threshold): the pairs it judges one neuron are left out of the match probability's
+    non-matches with the splits inside clusters. None when autoCuration.keep_sorter_splits
+    is off or the final clustering has no threshold."""
+    ac = s.autoCuration
+    threshold = final.clustering.threshold
+    if not ac.keep_sorter_splits or not np.isfinite(threshold):
+        return None
+    depth = final.corrected_depth
+
+    def similarity(q):
+        z = pair_similarities(units, final.feature_names, q, depth, final.waveforms_corrected,
+                              final.channels_corrected)
+        return weighted_similarity(z, final.clustering.weights)
+
+    pairs = sorter_splits.alike_pairs(units.locations, units.session0, similarity, threshold,
+                                      ac.split_max_distance_um, units.shank)
+    if not len(pairs):
+        return sorter_splits.SplitEvidence.empty()
+    # tested on their own: the share of splits among these alike pairs is not that among
+    # a cluster's pairs of one session (the curation's test, find_sorter_splits)
+    found = sorter_splits.judge_pairs(pairs, data.spike_times, units.session0, ac.refractory_ms,
+                                      units.locations, ac.split_max_distance_um)
+    log.info("sorter splits: %d of %d pairs of units of one session as alike as a good match "
+             "look like one neuron split by the sorter (estimated share %.2f); they are not "
+             "counted as known non-matches", int(found.is_split.sum()), len(pairs),
+             found.split_share)
+    return found
 
 
 # Share of the same-session pairs (non-matches) whose probability sets the lowest level at

@@ -174,6 +174,33 @@ def split_posterior(observed: np.ndarray, expected: np.ndarray, n_iter: int = 10
     return odds / (1 + odds), float(share)
 
 
+def alike_pairs(positions: np.ndarray, session: np.ndarray, similarity, threshold: float,
+                max_distance_um: float, shank: np.ndarray | None = None) -> np.ndarray:
+    """Pairs (i < j) of units of one session (and shank) at most ``max_distance_um`` apart
+    (positions (N, D) um, the first column across the probe, the second along it) whose
+    similarity would make them a good match across sessions: ``similarity(pairs)`` (K, 2) ->
+    (K,) weighted similarity, at least ``threshold``. -> (J, 2) int64, sorted.
+
+    These are the same-session pairs the match probability would learn most from as
+    non-matches, and where a sorter's duplicates or halves of one neuron lie: a sorter that
+    cuts neurons in two leaves such a pair at a fraction of a micrometre with the same
+    amplitude, the probability learned "that close, that alike: two neurons", and gave a
+    neuron's own units on other days probability 0 (mountainsort5: benchmarks/RESULTS.md,
+    "Session 18")."""
+    from .similarity import within_blocks
+    positions = np.asarray(positions, np.float64)
+    group = np.asarray(session, np.int64)
+    if shank is not None:
+        group = group * (int(np.max(shank, initial=0)) + 1) + np.asarray(shank, np.int64)
+    pairs = within_blocks(positions[:, 1], group, max_distance_um)
+    if len(pairs):
+        apart = np.linalg.norm(positions[pairs[:, 0]] - positions[pairs[:, 1]], axis=1)
+        pairs = pairs[apart <= max_distance_um]
+    if len(pairs):
+        pairs = pairs[np.asarray(similarity(pairs)) >= threshold]
+    return pairs
+
+
 def find_splits(labels: np.ndarray, session: np.ndarray, spike_times: list,
                 refractory_ms: float = 1.5, positions: np.ndarray | None = None,
                 max_distance_um: float = np.inf) -> SplitEvidence:

@@ -124,3 +124,63 @@ def test_units_far_apart_are_never_a_split_whatever_their_trains():
     assert near.is_split[0] and not far.is_split[0]
     # the test itself is still reported
     assert far.coincidences[0] == 0 and far.posterior[0] > 0.5
+
+
+def test_alike_pairs_are_close_units_of_one_session_and_shank_alike_as_a_good_match():
+    # x, depth (um); units 0-2 and 5 of session 0, 3 of session 1, 4 of session 0 on shank 1
+    positions = np.array([[0.0, 100.0], [2.0, 103.0], [0.0, 130.0], [0.0, 100.5],
+                          [1.0, 101.0], [25.0, 100.0]])
+    session = np.array([0, 0, 0, 1, 0, 0])
+    shank = np.array([0, 0, 0, 0, 1, 0])
+    # what the similarity would say
+    alike = {(0, 1): 2.5, (0, 2): 2.5, (1, 2): 2.5, (0, 3): 2.5, (0, 4): 2.5, (0, 5): 2.5}
+
+    def similarity(pairs):
+        return np.array([alike.get(tuple(p), 0.0) for p in pairs.tolist()])
+
+    pairs = sorter_splits.alike_pairs(positions, session, similarity, 2.0, 20.0, shank)
+    # (0, 2), (1, 2) are 27-30 um apart in depth, (0, 5) 25 um across; (0, 3) are two
+    # sessions; (0, 4) two shanks
+    np.testing.assert_array_equal(pairs, [[0, 1]])
+    alike[(0, 1)] = 1.5  # below the threshold: not as alike as a good match
+    assert len(sorter_splits.alike_pairs(positions, session, similarity, 2.0, 20.0, shank)) == 0
+
+
+def test_a_sorters_halves_of_one_neuron_are_not_taught_as_non_matches(tmp_path, monkeypatch):
+    """Halves of one neuron in one session (simulated sorter splits, 10% apart in amplitude,
+    at one place) are two units as alike as a good match. Taken as known non-matches, they
+    teach the match probability that such a pair is two neurons, and the neuron's own units
+    of other days lose probability. The refractory test of the alike pairs of one session
+    finds them (CurationResults.npz alike_split*) and keeps them out."""
+    import kilomatch
+    from kilomatch import pipeline
+    from kilomatch.simulate import simulate_to_folder
+
+    data = tmp_path / "data"
+    simulate_to_folder(data, n_sessions=4, n_neurons=120, duration_s=120.0, p_split=0.3,
+                       seed=5)
+    gt = np.load(data / "gt_neuron.npy").ravel()
+    session = np.load(data / "session_index.npy").ravel()
+
+    def run(out):
+        kilomatch.run({"path_to_data": str(data), "output_folder": str(tmp_path / out)})
+        with np.load(tmp_path / out / "CandidatePairs.npz") as c:
+            pairs, probability = c["pairs"], c["probability"]
+        with np.load(tmp_path / out / "CurationResults.npz") as z:
+            called = z["alike_split_tested"][z["alike_split"]]
+        return pairs, probability, called
+
+    pairs, p_with, called = run("with")
+    halves = {(i, j) for i in range(gt.size) for j in range(i + 1, gt.size)
+              if gt[i] == gt[j] and session[i] == session[j]}
+    assert len(halves) > 40
+    assert {tuple(p) for p in called.tolist()} <= halves  # only halves of one neuron
+    assert len(called) >= 0.7 * len(halves)
+
+    monkeypatch.setattr(pipeline, "find_alike_splits", lambda *args: None)
+    pairs_without, p_without, _ = run("without")
+    np.testing.assert_array_equal(pairs, pairs_without)
+    split_neurons = np.unique(gt[[i for i, _ in halves]])
+    mine = (gt[pairs[:, 0]] == gt[pairs[:, 1]]) & np.isin(gt[pairs[:, 0]], split_neurons)
+    assert p_with[mine].mean() > p_without[mine].mean() + 0.08
+    assert np.sum(p_with[mine] < 0.5) < 0.5 * np.sum(p_without[mine] < 0.5)

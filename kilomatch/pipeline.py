@@ -27,7 +27,6 @@ from .motion import Motion, estimate_motion
 from .parallel import map_units, threads_for_pairs
 # The result types are defined in kilomatch.results and stay importable from here.
 from .results import Result, RoundResult, ShankPart, UnitFeatures, shank_parts  # noqa: F401
-from .similarity import weighted_similarity
 from .settings import Settings, load as load_settings
 from .similarity import (candidate_pairs, directed_correlation, feature_similarity, fisher_z,
                          location_similarity, waveform_similarity, weighted_similarity)

@@ -187,12 +187,9 @@ def alike_pairs(positions: np.ndarray, session: np.ndarray, similarity, threshol
     amplitude, the probability learned "that close, that alike: two neurons", and gave a
     neuron's own units on other days probability 0 (mountainsort5: benchmarks/RESULTS.md,
     "Session 18")."""
-    from .similarity import within_blocks
+    from .probability import same_session_pairs
     positions = np.asarray(positions, np.float64)
-    group = np.asarray(session, np.int64)
-    if shank is not None:
-        group = group * (int(np.max(shank, initial=0)) + 1) + np.asarray(shank, np.int64)
-    pairs = within_blocks(positions[:, 1], group, max_distance_um)
+    pairs = same_session_pairs(positions[:, 1], session, max_distance_um, shank)
     if len(pairs):
         apart = np.linalg.norm(positions[pairs[:, 0]] - positions[pairs[:, 1]], axis=1)
         pairs = pairs[apart <= max_distance_um]

@@ -51,6 +51,10 @@ class ProbabilityLinks:
     # prior serves every gap; session: (N,) of each unit, to read a pair's gap
     gap_prior: np.ndarray | None = None
     session: np.ndarray | None = None
+    # (N,) motion-corrected depth (um) of each unit and the anchor distance (um): pairs
+    # farther apart in depth read probability 0 (no_match_beyond_anchor)
+    depth: np.ndarray | None = None
+    anchor_um: float = np.inf
 
 
 def evidence_features(final_names: list) -> list:
@@ -91,6 +95,11 @@ def pair_lookup(pairs: np.ndarray, values: np.ndarray, query: np.ndarray, n_unit
     value = np.full(q.size, np.nan)
     value[found] = values[at[found]]
     return found, value
+
+
+# The anchor of the prior: pairs farther apart in corrected depth than this share of
+# clustering.max_distance are taken to hold no match.
+ANCHOR_SHARE = 0.3
 
 
 def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude: np.ndarray,
@@ -137,7 +146,7 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     # Matches stay within a few um after motion correction: pairs farther apart than 30% of
     # max_distance hold no match, which fixes the share of matches (the prior). (A wider
     # anchor holds more same-session pairs, and their count is what limits the estimate.)
-    far = 0.3 * max_distance
+    far = ANCHOR_SHARE * max_distance
     anchor, anchor_non = _far_apart(depth, pairs, fit_c, far), _far_apart(depth, non, fit_n, far)
     model = fit_match_probability(x_cand, x_non[fit_n], anchor, anchor_non, seed,
                                   candidate_rows=fit_c)
@@ -166,13 +175,30 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
         for part in _chunks(len(p)):  # in place, a block at a time (28 M pairs at 10^5)
             p[part] = with_gap_prior(p[part], model.prior, by_gap, gap[part])
         del gap
+    no_match_beyond_anchor(p, depth, pairs, far)
     labels = cluster_by_probability(n, pairs, p, max_cluster_size) if with_clusters else None
     # only MatchTable's rows keep their evidence: all of it is 2 GB at 10^5 units
     links = ProbabilityLinks(model, [], p,
                              similarity_of_candidates[in_match_table(p)], labels,
                              candidate_score=score, gap_prior=by_gap,
-                             session=np.asarray(session))
+                             session=np.asarray(session), depth=depth, anchor_um=far)
     return links, evidence
+
+
+def no_match_beyond_anchor(p: np.ndarray, depth: np.ndarray, pairs: np.ndarray,
+                           anchor_um: float) -> np.ndarray:
+    """Set to 0, in place, the probability p (P,) of the pairs (P, 2) whose corrected depths
+    (N,) um differ by more than ``anchor_um``; returns p.
+
+    The prior is estimated on the premise that those pairs hold no match, so the model
+    gives them none. The trees alone put them about the non-matches' level with noise
+    around it, and the noise above it reads as a probability: on 24 sessions, where a few
+    hundred same-session pairs face 13,000 candidates, a thousand non-matches 40-100 um
+    apart got 0.1-0.3 (benchmarks/RESULTS.md, "Session 19")."""
+    for part in _chunks(len(pairs)):  # a block at a time: 28 M pairs at 10^5 units
+        q = pairs[part]
+        p[part][np.abs(depth[q[:, 1]] - depth[q[:, 0]]) > anchor_um] = 0.0
+    return p
 
 
 def session_gap(session: np.ndarray, pairs: np.ndarray) -> np.ndarray:
@@ -220,6 +246,9 @@ def within_cluster_probability(links: ProbabilityLinks, evidence, pairs: np.ndar
         if links.gap_prior is not None:
             p[rest] = with_gap_prior(p[rest], links.model.prior, links.gap_prior,
                                      session_gap(links.session, q_pairs[rest]))
+        if links.depth is not None:
+            p[rest] = no_match_beyond_anchor(p[rest], links.depth, q_pairs[rest],
+                                             links.anchor_um)
     p[~linkable] = 0.0
     return p
 

@@ -533,8 +533,9 @@ def test_sorter_splits_are_left_out_of_the_non_matches():
     """A unit the sorter split in two makes a same-session pair as alike as a match. Left
     among the known non-matches, it tells the classifier such evidence is no match: the true
     matches' probability fell (mean 0.72 against 0.92 here, 40 splits among ~3,900
-    same-session pairs; the prior came out 0.058 against 0.066, truly 0.066). Left out (fit_links' not_non_matches, the refractory test's
-    splits), the matches get their probability back, and only those pairs leave the fit."""
+    same-session pairs; the prior came out 0.058 against 0.066, truly 0.066). Left out
+    (fit_links' not_non_matches, the refractory test's splits), the matches get their
+    probability back, and only those pairs leave the fit."""
     pairs, similarities, positions, session, neuron, split = _study_with_sorter_splits(0)
     n = len(session)
     ones = np.ones(n)
@@ -616,14 +617,17 @@ def _study_with_turnover(seed, n_alive=150, n_sessions=6, loss=0.4):
 
 
 def test_pairs_many_sessions_apart_get_their_own_prior():
-    """With 40% of the neurons lost per session, a pair 4-5 sessions apart is a match 3-8
-    times less often than a pair of neighbouring sessions. One prior for all gaps gives the
-    long gaps' pairs in all more probability than they hold matches (94 for 77, 94 for 49
-    here) and the neighbouring sessions' less (374 for 473, 373 for 438); the prior of each
-    gap takes the long gaps' at least 50% closer (79, 66) and the neighbouring sessions' at
-    least 20% (399, 422). Off, no prior by gap."""
+    """With 40% of the neurons lost per session over 8 sessions, a pair 4-7 sessions apart
+    is a match 3-20 times less often than a pair of neighbouring sessions. One prior for all
+    gaps gives the long gaps' pairs in all more probability than they hold matches (333 for
+    177, 245 for 155 here) and the neighbouring sessions' less (546 for 653, 448 for 617);
+    the prior of each gap takes the long gaps' at least 50% closer (165, 177) and the
+    neighbouring sessions' at least 20% (709, 531). Off, no prior by gap. (Six sessions,
+    as before the pairs beyond the prior's anchor read 0, no longer tell: the noise of those
+    pairs was most of one prior's excess there.)"""
     for seed in (0, 1):
-        pairs, similarities, positions, session, neuron = _study_with_turnover(seed)
+        pairs, similarities, positions, session, neuron = _study_with_turnover(
+            seed, n_sessions=8)
         n = len(session)
         ones = np.ones(n)
         truth = neuron[pairs[:, 0]] == neuron[pairs[:, 1]]
@@ -631,7 +635,7 @@ def test_pairs_many_sessions_apart_get_their_own_prior():
         fits = {}
         for on in (False, True):
             fits[on], _ = linking.fit_links(pairs, similarities, positions, 100 * ones,
-                                            1000 * ones, session, np.zeros(n, int), 100.0, 6,
+                                            1000 * ones, session, np.zeros(n, int), 100.0, 8,
                                             seed=0, with_clusters=False, gap_prior=on)
         for rows, closer in ((gap >= 4, 0.5), (gap == 1, 0.8)):
             held = truth[rows].sum()
@@ -639,4 +643,44 @@ def test_pairs_many_sessions_apart_get_their_own_prior():
             assert abs(miss[True]) < closer * abs(miss[False]), (seed, miss, held)
         assert miss[False] < 0  # the neighbouring sessions' pairs were underestimated
         assert fits[False].gap_prior is None
-        assert np.all(np.diff(fits[True].gap_prior[1:]) < 0)
+        # falls with the gap (up to 0.001: the long gaps' few pairs; the truth falls throughout)
+        prior = fits[True].gap_prior[1:]
+        assert np.all(np.diff(prior) < 0.001) and prior[0] > 3 * prior[-1], prior
+
+
+def test_pairs_beyond_the_prior_anchor_read_no_match(monkeypatch):
+    """The prior rests on pairs farther apart in corrected depth than 30% of max_distance
+    holding no match. The trees alone give such pairs the non-matches' level with noise
+    around it: here 200+ of them over 0.05, 50 matches' worth of probability in all, where
+    none is a match. They read 0, candidates and other linkable pairs alike; the nearer
+    pairs keep their probability."""
+    pairs, similarities, positions, session, neuron = _study_with_turnover(0)
+    n = len(session)
+    ones = np.ones(n)
+    depth = positions[:, 1]
+    far = np.abs(depth[pairs[:, 1]] - depth[pairs[:, 0]]) > 30.0
+    assert not (far & (neuron[pairs[:, 0]] == neuron[pairs[:, 1]])).any()
+
+    def fit():
+        return linking.fit_links(pairs, similarities, positions, 100 * ones, 1000 * ones,
+                                 session, np.zeros(n, int), 100.0, 6, seed=0,
+                                 with_clusters=False, gap_prior=True)
+
+    links, evidence = fit()
+    with monkeypatch.context() as patch:
+        patch.setattr(linking, "no_match_beyond_anchor", lambda p, *args: p)
+        trees_alone, _ = fit()
+    assert (trees_alone.candidate_probability[far] > 0.05).sum() > 100
+    assert trees_alone.candidate_probability[far].sum() > 20
+    assert np.all(links.candidate_probability[far] == 0)
+    np.testing.assert_array_equal(links.candidate_probability[~far],
+                                  trees_alone.candidate_probability[~far])
+    # pairs that are not candidates (here: the far ones left out of the list) read the fold
+    # models' mean, and the same rule
+    import dataclasses
+    near_only = dataclasses.replace(links,
+                                    candidate_probability=links.candidate_probability[~far])
+    p = linking.within_cluster_probability(near_only, evidence, pairs[~far], pairs,
+                                           np.ones(len(pairs), bool), n)
+    assert np.all(p[far] == 0)
+    np.testing.assert_array_equal(p[~far], links.candidate_probability[~far])

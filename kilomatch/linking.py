@@ -152,6 +152,11 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
                                   candidate_rows=fit_c)
     if model is None:
         return None
+    # The known non-matches' level (MatchModel.non_match_level, the cut veto's floor) is read
+    # among those within the anchor: beyond it a pair's probability is 0 by premise
+    # (no_match_beyond_anchor), and the trees' noise there says nothing of the pairs a cut
+    # takes apart, units of one cluster a few um apart.
+    model.non_match_probability = model.non_match_probability[~anchor_non]
     # each fitted pair's probability comes from the models that did not see it; the fold
     # models' mean is needed only for the pairs left out of the fit
     p = np.empty(len(pairs))

@@ -198,7 +198,8 @@ PARAMETERS: tuple[Param, ...] = (
     Param("autoCuration.cut_probability", "float", 0.02,
           "A cut made by auto_split or position_split stands only where the mean match "
           "probability between its two sides is at most this (or at most the probability that "
-          "90% of the same-session pairs, known non-matches, stay under, if higher): the "
+          "90% of the same-session pairs, known non-matches, within 30% of "
+          "clustering.max_distance of each other stay under, if higher): the "
           "probability, learned from the data's own same-session pairs, vetoes cuts between "
           "units that are probably one neuron (small units whose similarity is low). 1 keeps "
           "every cut and learns no probability for it (the curation of version 0.0.5).",

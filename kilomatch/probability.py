@@ -120,7 +120,8 @@ class MatchModel:
         """The probability that known non-matches (the same-session pairs, cross-fitted) stay
         below in the given share: where this dataset's probability of a non-match lies. It is
         above 0 when the prior is overestimated (few same-session pairs) and every
-        non-match gets some probability."""
+        non-match gets some probability. (kilomatch.linking.fit_links keeps only the pairs
+        within the prior's anchor in ``non_match_probability``.)"""
         p = self.non_match_probability
         return float(np.quantile(p, quantile)) if p is not None and len(p) else 0.0
 

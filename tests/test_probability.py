@@ -653,7 +653,8 @@ def test_pairs_beyond_the_prior_anchor_read_no_match(monkeypatch):
     holding no match. The trees alone give such pairs the non-matches' level with noise
     around it: here 200+ of them over 0.05, 50 matches' worth of probability in all, where
     none is a match. They read 0, candidates and other linkable pairs alike; the nearer
-    pairs keep their probability."""
+    pairs keep their probability, and the known non-matches' level is that of the nearer
+    ones."""
     pairs, similarities, positions, session, neuron = _study_with_turnover(0)
     n = len(session)
     ones = np.ones(n)
@@ -684,3 +685,11 @@ def test_pairs_beyond_the_prior_anchor_read_no_match(monkeypatch):
                                            np.ones(len(pairs), bool), n)
     assert np.all(p[far] == 0)
     np.testing.assert_array_equal(p[~far], links.candidate_probability[~far])
+    # the known non-matches' level (the cut veto's floor) is read among the same-session
+    # pairs of the fit within the anchor, not the far ones the rule gives 0
+    from kilomatch.probability import same_session_pairs
+    non = same_session_pairs(depth, session, 100.0, np.zeros(n, int))
+    inside = linking.full_window(depth, session, 100.0)
+    non = non[inside[non[:, 0]] & inside[non[:, 1]]]
+    near = np.abs(depth[non[:, 1]] - depth[non[:, 0]]) <= 30.0
+    assert len(links.model.non_match_probability) == near.sum() < 0.5 * len(non)

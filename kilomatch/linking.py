@@ -200,9 +200,7 @@ def no_match_beyond_anchor(p: np.ndarray, depth: np.ndarray, pairs: np.ndarray,
     around it, and the noise above it reads as a probability: on 24 sessions, where a few
     hundred same-session pairs face 13,000 candidates, a thousand non-matches 40-100 um
     apart got 0.1-0.3 (benchmarks/RESULTS.md, "Session 19")."""
-    for part in _chunks(len(pairs)):  # a block at a time: 28 M pairs at 10^5 units
-        q = pairs[part]
-        p[part][np.abs(depth[q[:, 1]] - depth[q[:, 0]]) > anchor_um] = 0.0
+    p[_far_apart(depth, pairs, None, anchor_um)] = 0.0
     return p
 
 
@@ -217,13 +215,15 @@ def session_gap(session: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return out
 
 
-def _far_apart(depth: np.ndarray, pairs: np.ndarray, rows: np.ndarray, far: float,
+def _far_apart(depth: np.ndarray, pairs: np.ndarray, rows: np.ndarray | None, far: float,
                block: int = 1 << 20) -> np.ndarray:
-    """(n,) bool: the pairs pairs[rows] (rows (n,)) whose depths (N,) um differ by more than
-    ``far``, a block of rows at a time (the pairs' depths of 28 M candidate pairs took 1 GB)."""
-    out = np.empty(len(rows), dtype=bool)
-    for start in range(0, len(rows), block):
-        part = pairs[rows[start:start + block]]
+    """(n,) bool: the pairs pairs[rows] (rows (n,); None: every pair) whose depths (N,) um
+    differ by more than ``far``, a block of rows at a time (the pairs' depths of 28 M
+    candidate pairs took 1 GB)."""
+    n = len(pairs) if rows is None else len(rows)
+    out = np.empty(n, dtype=bool)
+    for start in range(0, n, block):
+        part = pairs[start:start + block] if rows is None else pairs[rows[start:start + block]]
         out[start:start + block] = np.abs(depth[part[:, 1]] - depth[part[:, 0]]) > far
     return out
 

@@ -491,8 +491,11 @@ def test_far_apart_pairs_in_blocks_are_those_of_the_whole():
     rows = np.sort(rng.choice(5000, 3000, replace=False)).astype(np.int32)
     whole = np.abs(np.diff(depth[pairs[rows]], axis=1))[:, 0] > 30.0
     assert whole.any() and not whole.all()
+    every = np.abs(np.diff(depth[pairs], axis=1))[:, 0] > 30.0
     for block in (1, 7, 4096):
         np.testing.assert_array_equal(_far_apart(depth, pairs, rows, 30.0, block), whole)
+        # rows None: every pair, read in slices
+        np.testing.assert_array_equal(_far_apart(depth, pairs, None, 30.0, block), every)
 
 
 def _study_with_sorter_splits(seed, n_neurons=150, n_sessions=4, n_split=40):

@@ -14,7 +14,7 @@ or a unit in none) when it is sure of the whole of them:
   are further apart than clustering.max_session_gap (never candidates: the gap bounds the
   work, it is no evidence against a match);
 - every pair across is more likely a match than not (probability >= ``min_level``, 0.5);
-- the mean probability across is at least ``mean_level`` (0.9).
+- the mean probability across is at least ``mean_level`` (0.8).
 
 Groups are joined highest mean first (average linkage on the probability), and a joined group
 is tested again against the others with all its pairs across.
@@ -28,7 +28,7 @@ import numpy as np
 
 
 def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray,
-                        mean_level: float = 0.9, min_level: float = 0.5,
+                        mean_level: float = 0.8, min_level: float = 0.5,
                         session: np.ndarray | None = None,
                         max_session_gap: int = 0) -> np.ndarray:
     """Final clusters (N,) (-1: in none, >= 0) after joining the groups the probability says

@@ -660,6 +660,24 @@ def test_amplitude_step_takes_apart_a_neuron_followed_by_one_of_other_amplitude(
     assert REASONS[AMPLITUDE_STEP] == "split_at_amplitude_step"
 
 
+def test_a_step_of_amplitude_under_the_least_step_is_no_cut():
+    """Seven units of one neuron within 2% of 100 uV (sure: 0.95), then one of 140 uV (0.2
+    across). The clusters' spread puts the learned step near 1.06x, but a step must be 1.5x
+    at least (curation.AMPLITUDE_STEP_MIN_FACTOR: a neuron's peak amplitude moves 20-40%
+    with the channel grid's phase after drift), so 140 uV stays; 200 uV is cut."""
+    labels = np.zeros(8, int)
+    pairs = within_cluster_pairs(labels)
+    inside = {k: 0.95 for k in itertools.combinations(range(7), 2)}
+    for last_uv, apart in ((140.0, False), (200.0, True)):
+        amplitude = np.array([100.0, 101.0, 99.0, 100.5, 99.5, 100.0, 101.0, last_uv])
+        res = curate(labels, np.arange(8), pairs, np.full(len(pairs), 3.0),
+                     np.ones(len(pairs), bool), threshold=1.0,
+                     probability=pair_values(pairs, inside, 0.2), cut_probability=0.02,
+                     unit_positions=np.zeros((8, 2)), amplitude=amplitude, amplitude_step=1.5)
+        np.testing.assert_array_equal(renumber(res.labels), [1] * 7 + [-1] if apart else [1] * 8)
+        assert np.all(res.removed_reason == AMPLITUDE_STEP)
+
+
 def test_pooled_non_match_p_is_fishers_combination():
     """One pair: its own share. Two pairs of share 0.1: -2 ln(0.01) against chi-square with 4
     degrees of freedom, 0.01 (1 + ln 100). NaN (pairs that cannot link) are left out; no pair

@@ -663,7 +663,7 @@ def test_amplitude_step_takes_apart_a_neuron_followed_by_one_of_other_amplitude(
 def test_a_step_of_amplitude_under_the_least_step_is_no_cut():
     """Seven units of one neuron within 2% of 100 uV (sure: 0.95), then one of 140 uV (0.2
     across). The clusters' spread puts the learned step near 1.06x, but a step must be 1.5x
-    at least (curation.AMPLITUDE_STEP_MIN_FACTOR: a neuron's peak amplitude moves 20-40%
+    at least (curation.AMPLITUDE_STEP_MIN_FACTOR: a neuron's peak amplitude moves 20-60%
     with the channel grid's phase after drift), so 140 uV stays; 200 uV is cut."""
     labels = np.zeros(8, int)
     pairs = within_cluster_pairs(labels)

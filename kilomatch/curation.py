@@ -59,6 +59,13 @@ POOLED_MAX_SHARE = 0.5
 # 99th percentile); the true cuts it undoes on the suite differ by 0.6 of it at most
 # (benchmarks/RESULTS.md, "Session 10").
 REJOIN_AMPLITUDE_QUANTILE = 0.9
+# ... and by this factor at least, whatever the clusters' spread says: a neuron's peak
+# amplitude moves 20-60% with the channel grid's phase after drift (as for
+# AMPLITUDE_STEP_MIN_FACTOR). On SpikeInterface's sharp templates the learned 90th
+# percentile fell to 1.04-1.17, and small units of one neuron 1.1-1.2x apart stayed cut
+# (drift40 +300, phy route: 46-71 uV); on the accuracy suite (144 runs) the floor changes
+# no result. benchmarks/RESULTS.md, "Session 21".
+REJOIN_AMPLITUDE_MIN_FACTOR = 1.2
 
 
 def within_cluster_pairs(labels: np.ndarray) -> np.ndarray:
@@ -876,9 +883,9 @@ def rejoin_alike(before, after, pairs, probability, linkable, session, distance_
     probability rules none out), the parts lie on average at most ``max_ratio`` spreads
     apart (``distance_ratio`` (Q,), :mod:`kilomatch.position_noise`), their median
     amplitudes differ by at most REJOIN_AMPLITUDE_QUANTILE of one neuron's (learned from the
-    pairs ``after`` holds), a pair across is of consecutive sessions, and no pair across is
-    one of ``keep_apart`` (Q,) bool (cut by another rule). The two parts of highest mean
-    probability across join first.
+    pairs ``after`` holds; REJOIN_AMPLITUDE_MIN_FACTOR at least), a pair across is of
+    consecutive sessions, and no pair across is one of ``keep_apart`` (Q,) bool (cut by
+    another rule). The two parts of highest mean probability across join first.
 
     Why: a small unit's waveform correlates little with its neuron's other units, so the
     similarity puts it below the threshold and the probability gives it its floor, the
@@ -897,7 +904,9 @@ def rejoin_alike(before, after, pairs, probability, linkable, session, distance_
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     linkable = np.asarray(linkable, bool)
     session = np.asarray(session)
-    amp_limit = _amplitude_limit(np.asarray(after), pairs, amplitude, REJOIN_AMPLITUDE_QUANTILE)
+    amp_limit = max(_amplitude_limit(np.asarray(after), pairs, amplitude,
+                                     REJOIN_AMPLITUDE_QUANTILE),
+                    np.log(REJOIN_AMPLITUDE_MIN_FACTOR))
     log_amp = _log_amplitude(amplitude)
     # per pair: its probability where it may link (NaN where not), ruled out where it is 0
     p = np.where(linkable, np.asarray(probability, np.float64), np.nan)

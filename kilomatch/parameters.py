@@ -225,8 +225,9 @@ PARAMETERS: tuple[Param, ...] = (
           "probability is undone where its two sides are alike in all but their similarity: "
           "on average at most this many times the typical distance between two units of one "
           "neuron at their amplitudes apart (learned from the pairs the curated clusters "
-          "hold), median amplitudes within the 90th percentile of one neuron's, no pair across "
-          "of match probability 0, and a pair across of consecutive sessions. For small units, "
+          "hold), median amplitudes within the 90th percentile of one neuron's (1.2x at "
+          "least), no pair across of match probability 0, and a pair across of consecutive "
+          "sessions. For small units, "
           "whose waveforms correlate little even when matched (clustering.method "
           "'similarity'). 0 turns it off.",
           min=0),

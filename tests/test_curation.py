@@ -740,7 +740,10 @@ def test_rejoin_alike_undoes_a_cut_that_only_the_similarity_makes():
     the probability rules a pair across out (0), when its amplitude is three times the
     neuron's, when it lies 30 um away, when its session is not next to the others', and
     when the position split made the cut (unit 5 8 um off in the positions it reads, its
-    similarity above the threshold): that cut rests on position, not on similarity."""
+    similarity above the threshold): that cut rests on position, not on similarity.
+    The neurons' units lie within ~4% of their amplitude, so the learned 90th percentile of
+    one neuron's spread is near 1.1x; a unit 1.16x its neuron's median (58 uV) is joined all
+    the same (1.2x at least: curation.REJOIN_AMPLITUDE_MIN_FACTOR), one 1.3x (65 uV) is not."""
     rng = np.random.default_rng(0)
     n_neurons, per = 10, 6
     labels = np.repeat(np.arange(n_neurons), per)
@@ -780,6 +783,8 @@ def test_rejoin_alike_undoes_a_cut_that_only_the_similarity_makes():
     assert cut_stands(ratio=0.0)
     assert cut_stands(one_ruled_out=True)
     assert cut_stands(amp5=150.0)
+    assert not cut_stands(amp5=58.0)
+    assert cut_stands(amp5=65.0)
     assert cut_stands(dy5=30.0)
     assert cut_stands(session5=7)
     assert cut_stands(position_cut=True)

@@ -332,12 +332,14 @@ def _true_sorting():
         run_sorter = real
 
 
-def _one_thread_env() -> dict:
-    """The environment of a sorting process: BLAS and OpenMP on one thread. mountainsort5's
-    PCAs (full SVDs) run 10 times slower when BLAS threads outnumber free cores."""
+def _sorter_env(sorter: str) -> dict:
+    """The environment of a sorting process: for mountainsort5, BLAS and OpenMP on one thread
+    (its PCAs, full SVDs, run 10 times slower when BLAS threads outnumber free cores);
+    Kilosort 4 keeps torch's threads (one per core)."""
     env = dict(os.environ)
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        env[name] = "1"
+    if sorter == "mountainsort5":
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            env[name] = "1"
     return env
 
 
@@ -351,7 +353,7 @@ def sort_sessions(folder, n_sessions: int, sorter: str, log=print) -> None:
             continue
         log(f"  sorting session {s} with {sorter} ...")
         proc = subprocess.run([sys.executable, __file__, "_sort", str(sdir), sorter],
-                              capture_output=True, text=True, env=_one_thread_env())
+                              capture_output=True, text=True, env=_sorter_env(sorter))
         if proc.returncode != 0:
             raise RuntimeError(f"{sorter} failed on {sdir}: "
                                f"{peers.last_error_line(proc.stderr)}\n{proc.stderr[-3000:]}")

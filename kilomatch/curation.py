@@ -61,10 +61,10 @@ POOLED_MAX_SHARE = 0.5
 REJOIN_AMPLITUDE_QUANTILE = 0.9
 # ... and by this factor at least, whatever the clusters' spread says: a neuron's peak
 # amplitude moves 20-60% with the channel grid's phase after drift (as for
-# AMPLITUDE_STEP_MIN_FACTOR). On SpikeInterface's sharp templates the learned 90th
-# percentile fell to 1.04-1.17, and small units of one neuron 1.1-1.2x apart stayed cut
-# (drift40 +300, phy route: 46-71 uV); on the accuracy suite (144 runs) the floor changes
-# no result. benchmarks/RESULTS.md, "Session 21".
+# AMPLITUDE_STEP_MIN_FACTOR). On SpikeInterface's sharp templates (drift40) the learned
+# 90th percentile fell to 1.05-1.17, and small units of one neuron 1.1-1.2x apart stayed
+# cut (drift40 +300, phy route: 46-71 uV); on the accuracy suite (144 runs) the floor
+# changes no result. benchmarks/RESULTS.md, "Session 21".
 REJOIN_AMPLITUDE_MIN_FACTOR = 1.2
 
 

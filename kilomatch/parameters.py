@@ -227,9 +227,8 @@ PARAMETERS: tuple[Param, ...] = (
           "neuron at their amplitudes apart (learned from the pairs the curated clusters "
           "hold), median amplitudes within the 90th percentile of one neuron's (1.2x at "
           "least), no pair across of match probability 0, and a pair across of consecutive "
-          "sessions. For small units, "
-          "whose waveforms correlate little even when matched (clustering.method "
-          "'similarity'). 0 turns it off.",
+          "sessions. For small units, whose waveforms correlate little even when matched "
+          "(clustering.method 'similarity'). 0 turns it off.",
           min=0),
     Param("autoCuration.join_probability", "float", 0.8,
           "After the curation's splits (clustering.method 'similarity'): two final clusters, or "
@@ -239,8 +238,8 @@ PARAMETERS: tuple[Param, ...] = (
           "join_min_probability and their mean is at least this; the most probable first. "
           "IHDBSCAN can keep one neuron's units in two clusters, or leave some out. 0 turns "
           "it off. 0.9 was the earlier default: at 0.8, F1 rose on 16 of the accuracy suite's "
-          "128 runs and fell on 2; from 0.8 to 0.7, precision fell on 10 (benchmarks/RESULTS.md, "
-          "'Session 20').", min=0, max=1),
+          "128 runs and fell on 2; from 0.8 to 0.7, precision fell on 10 "
+          "(benchmarks/RESULTS.md, 'Session 20').", min=0, max=1),
     Param("autoCuration.join_min_probability", "float", 0.5,
           "The least match probability of any pair across two groups that "
           "autoCuration.join_probability joins.", min=0, max=1),
@@ -266,9 +265,9 @@ PARAMETERS: tuple[Param, ...] = (
           "(clustering.method 'similarity'): at a cut in time (units of the sessions up to one "
           "session against those after it; a side may be one unit) where the two sides' "
           "median amplitudes differ by more than this many times the 99th percentile of one "
-          "neuron's absolute log amplitude ratio (learned from the pairs the clusters hold), and "
-          "by a factor 1.5 at least, and the mean match probability across is below 0.5 (pairs within "
-          "clustering.max_session_gap). 0 turns it off.",
+          "neuron's absolute log amplitude ratio (learned from the pairs the clusters hold), "
+          "and by a factor 1.5 at least, and the mean match probability across is below 0.5 "
+          "(pairs within clustering.max_session_gap). 0 turns it off.",
           min=0),
     Param("autoCuration.keep_sorter_splits", "bool", True,
           "Keep both units of one session in a cluster when their spike trains show they are "

@@ -17,6 +17,7 @@ import numpy as np
 
 from .channel_windows import LocalWaveforms, StoredWaveforms
 from .clustering import combine_labels, renumber, same_cluster
+from .duplicate_units import Duplicates
 from .features import nearest_channels
 from .linking import match_table
 from .results import Result, shank_parts
@@ -65,7 +66,8 @@ class RunArrays:
     splits: the sorter-split test of the same-session pairs of the clusters
     (kilomatch.sorter_splits.SplitEvidence, in global unit ids; empty when it was off);
     alike_splits: the same test of the pairs of one session as alike as a good match, whose
-    splits were left out of the match probability's known non-matches.
+    splits were left out of the match probability's known non-matches; duplicates: the
+    shared-spike test of the pairs of one session (kilomatch.duplicate_units.Duplicates).
     Motion rounds per shank: round_motion (list of (rounds, S)),
     round_good_matches (list of (rounds,)), rounds (list of lists of RoundArrays, filled only
     when the round pair arrays were kept).
@@ -103,6 +105,7 @@ class RunArrays:
     cut_probability: np.ndarray
     splits: SplitEvidence
     alike_splits: SplitEvidence
+    duplicates: Duplicates
     split_thresholds: np.ndarray
     split_on: np.ndarray
     probability: np.ndarray
@@ -237,6 +240,7 @@ def assemble(result: Result) -> RunArrays:
                               for p, c in zip(parts, curated)]).reshape(-1, 2),
         splits=_splits([(p.units, c.splits) for p, c in zip(parts, curated)]),
         alike_splits=_splits([(p.units, c.alike_splits) for p, c in zip(parts, curated)]),
+        duplicates=Duplicates.none(n) if result.duplicates is None else result.duplicates,
         split_thresholds=np.array([c.threshold for c in curated]),
         split_on=np.array(["probability" if m else "similarity" for m in made]),
         probability=np.concatenate([

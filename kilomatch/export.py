@@ -164,6 +164,16 @@ def split_with(idx_cluster: np.ndarray, session: np.ndarray) -> np.ndarray:
     return out
 
 
+def duplicate_of(primary: np.ndarray) -> np.ndarray:
+    """(N,) str: for each unit that duplicates another (kilomatch.duplicate_units), the unit
+    of its group with the most spikes; '' for every other unit. primary: (N,)."""
+    primary = np.asarray(primary).reshape(-1)
+    out = np.full(primary.size, "", dtype=object)
+    dup = primary != np.arange(primary.size)
+    out[dup] = [str(int(v)) for v in primary[dup]]
+    return out
+
+
 def clear_previous(folder: Path) -> None:
     """Remove an earlier run's results (Output.npz first, so nothing looks complete)."""
     folder = Path(folder)
@@ -366,12 +376,18 @@ def _write_all(result: Result, arrays: RunArrays, write: _FileWriters) -> list:
         "alike_split_expected": a.alike_splits.expected.astype(np.float64),
         "alike_split_posterior": a.alike_splits.posterior.astype(np.float64),
         "alike_split": a.alike_splits.is_split.astype(bool),
+        # the shared-spike test of the pairs of one session (kilomatch.duplicate_units),
+        # reported for the user: no step of the tracking uses it
+        "duplicate_tested": a.duplicates.pairs.astype(np.int64),
+        "duplicate_shared": a.duplicates.shared.astype(np.float64),
+        "duplicate": a.duplicates.is_duplicate.astype(bool),
     })
     table = {"unit": np.arange(n), "session": result.data.session_index, "cluster": idx,
              "x": units.locations[:, 0], "y": units.locations[:, 1], "z": units.locations[:, 2],
              "amplitude": units.amplitude, "peak_channel": units.peak_channel,
              "corrected_y": a.corrected_depth, "match_confidence": a.match_confidence,
-             "split_with": split_with(idx, result.data.session_index)}
+             "split_with": split_with(idx, result.data.session_index),
+             "duplicate_of": duplicate_of(a.duplicates.primary)}
     if multi:
         table["shank"] = units.shank
     save_units_csv(folder / "units.csv", table)

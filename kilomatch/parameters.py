@@ -280,10 +280,16 @@ PARAMETERS: tuple[Param, ...] = (
           "Refractory period (ms) of the sorter-split test: spikes of two units at lags from "
           "0.5 ms to this are counted; a neuron fires no two spikes that close.", min=0.5,
           min_exclusive=True, max=10),
+    Param("autoCuration.duplicate_share", "float", 0.5,
+          "Two units of one session at most split_max_distance_um apart that share at least "
+          "this share of the smaller one's spikes (within 0.5 ms) are duplicates: one neuron "
+          "whose spikes the sorter counted twice (kilomatch.duplicate_units). Both are still "
+          "tracked, each as a unit of its own; units.csv names, in duplicate_of, the unit of "
+          "the group with the most spikes. 0 turns the test off.", min=0, max=1),
     Param("autoCuration.split_max_distance_um", "float", 20.0,
           "Two units of one session whose estimated positions are farther apart than this "
           "(um) are never kept as one neuron split by the sorter, whatever their spike "
-          "trains.", min=0),
+          "trains, and are not tested as duplicates (duplicate_share).", min=0),
 )
 
 BY_NAME = {p.name: p for p in PARAMETERS}

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import (channel_windows, correction, curation, export, features, fingerprint, joining,
-               linking, motion_initial, parallel, position_noise, sorter_splits)
+from . import (channel_windows, correction, curation, duplicate_units, export, features,
+               fingerprint, joining, linking, motion_initial, parallel, position_noise,
+               sorter_splits)
 from .assemble import assemble, output_channels
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
@@ -579,6 +580,23 @@ def _narrow_corrected(final: RoundResult) -> None:
     final.channels_corrected = channels
 
 
+def find_duplicate_units(data: Dataset, units: UnitFeatures,
+                         s: Settings) -> duplicate_units.Duplicates:
+    """The shared-spike test of the pairs of units of one session (kilomatch.duplicate_units,
+    autoCuration.duplicate_share; 0: none tested)."""
+    ac = s.autoCuration
+    found = duplicate_units.find_duplicates(data.spike_times, units.session0, units.locations,
+                                            ac.split_max_distance_um, ac.duplicate_share,
+                                            units.shank)
+    n = int(found.secondary.sum())
+    if n:
+        log.info("duplicate units: %d units share at least %g of their spikes with a unit of "
+                 "their session at most %g um away: one neuron whose spikes the sorter counted "
+                 "twice, each tracked as a unit of its own (units.csv duplicate_of names them)",
+                 n, ac.duplicate_share, ac.split_max_distance_um)
+    return found
+
+
 def find_sorter_splits(labels: np.ndarray, units: UnitFeatures, data: Dataset, s: Settings):
     """The refractory test of the same-session pairs of the clusters ``labels`` (N,)
     (kilomatch.sorter_splits), or None when autoCuration.keep_sorter_splits is off."""
@@ -817,6 +835,7 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
     stages.done("load")
 
     units = unit_features(data, s)  # raises on NaN waveforms: before the output is touched
+    duplicates = find_duplicate_units(data, units, s)
     kinv = correction.kriging_inverse(data.channel_locations)
     if write:
         _prepare_output(s)
@@ -844,6 +863,7 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
         units.waveforms = _narrowed_original(units, data, s)
         result = merge_shanks(s, data, units, parts)
         stages.done("tracking every shank")
+    result.duplicates = duplicates
     result.run_time_s = time.perf_counter() - t0
     result.summary = summarize(result)
     if write:

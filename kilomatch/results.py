@@ -103,6 +103,9 @@ class Result:
     summary: dict = field(default_factory=dict)
     stages: list = field(default_factory=list)  # per step: wall and CPU seconds, peak memory (MB)
     shanks: list = field(default_factory=list)  # ShankPart per shank, when more than one
+    # the shared-spike test of the pairs of units of one session (duplicate_units.Duplicates,
+    # every unit of the probe), None when the run was not made by pipeline.run
+    duplicates: object = None
 
 
 @dataclass

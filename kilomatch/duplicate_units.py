@@ -74,6 +74,12 @@ def shared_spikes(times_a: np.ndarray, times_b: np.ndarray,
     return float(np.count_nonzero(hi > lo)) / len(short)
 
 
+def _sorted(times) -> np.ndarray:
+    """A spike train as sorted float64: the array itself when it already is one."""
+    times = np.asarray(times, np.float64)
+    return times if times.size < 2 or np.all(times[1:] >= times[:-1]) else np.sort(times)
+
+
 def find_duplicates(spike_times: list, session: np.ndarray, positions: np.ndarray,
                     max_distance_um: float, min_share: float,
                     shank: np.ndarray | None = None) -> Duplicates:
@@ -95,14 +101,9 @@ def find_duplicates(spike_times: list, session: np.ndarray, positions: np.ndarra
     if len(pairs):
         apart = np.linalg.norm(positions[pairs[:, 0]] - positions[pairs[:, 1]], axis=1)
         pairs = pairs[apart <= max_distance_um]
-    trains = {}
-
-    def train(u):
-        if u not in trains:
-            trains[u] = np.sort(np.asarray(spike_times[u], np.float64))
-        return trains[u]
-
-    shared = np.array([shared_spikes(train(a), train(b)) for a, b in pairs])
+    # no copies kept: 10^5 units' trains are gigabytes, and the loader's are sorted already
+    shared = np.array([shared_spikes(_sorted(spike_times[a]), _sorted(spike_times[b]))
+                       for a, b in pairs])
     is_duplicate = shared >= min_share
     primary = np.arange(n)
     if is_duplicate.any():

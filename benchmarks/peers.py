@@ -443,7 +443,8 @@ def score(result: dict, data, bands: bool = False) -> dict:
     gt = np.load(data / "gt_neuron.npy", allow_pickle=False)
     sessions = np.load(data / "session_index.npy", allow_pickle=False)
     row = {"precision": None, "recall": None, "f1": None, "f1_before": None,
-           "recall_bands": None, "motion_rms_um": None, "matched_only": None}
+           "recall_bands": None, "motion_rms_um": None, "matched_only": None,
+           "best_match": None}
 
     def usable(labels):
         return labels is not None and labels.size == gt.size
@@ -468,6 +469,14 @@ def score(result: dict, data, bands: bool = False) -> dict:
                                 sessions.reshape(-1)[matched])
         row["matched_only"] = {"precision": s["precision"], "recall": s["recall"],
                                "f1": s["f1"], "n_units": int(matched.sum())}
+    best_path = data / "gt_neuron_best.npy"
+    if usable(result["idx_final"]) and best_path.exists():
+        # every unit by the neuron it agrees with most (benchmarks/sorted_study.py): a
+        # sorter's duplicates of a neuron are that neuron here, not units of no neuron
+        best = np.load(best_path, allow_pickle=False).reshape(-1)
+        s = metrics.pair_scores(result["idx_final"], best, sessions)
+        row["best_match"] = {"precision": s["precision"], "recall": s["recall"], "f1": s["f1"],
+                             "n_units": int((best >= 0).sum())}
     gt_motion_path = data / "gt_motion.npy"
     if result["motion"] is not None and gt_motion_path.exists():
         gt_motion = np.load(gt_motion_path, allow_pickle=False).reshape(-1)

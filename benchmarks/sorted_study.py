@@ -21,7 +21,12 @@ no other unit, so every pair it is put in counts as wrong (``kilomatch.metrics.p
 That counts a sorter's partial units (a neuron's spikes split over two units, agreement below
 0.5) as neurons of their own, so the table also scores the tracking over the matched units
 alone ("matched units: P / R / F1"): the neurons the sorter found, each in the sessions where
-it found them.
+it found them. The Hungarian match gives a neuron one unit per session, so a sorter's
+duplicate (a second unit holding the same spikes, as Kilosort 4 leaves: kilomatch's
+``units.csv`` ``duplicate_of``) is "matched to no neuron" too; "best match: P / R / F1"
+scores every unit by the neuron it agrees with most (``best_match_21``, agreement >= 0.5,
+several units of one session may share a neuron), where tracking a duplicate with its neuron
+is right.
 Motion error: RMS against the true per-session displacement (``kilomatch.metrics``); kilomatch is
 also run given the true motion (what a perfect motion would give).
 
@@ -410,7 +415,9 @@ def sorted_unit_keys(data, route: str) -> list[tuple[int, str]]:
 
 def match_session(gt_dir, sorter_dir) -> dict:
     """{sorted unit id as text: true neuron id, or -1} from compare_sorter_to_ground_truth
-    (Hungarian match of agreement >= 0.5), and the session's counts."""
+    (Hungarian match of agreement >= 0.5: one unit per neuron), the same for its best match
+    ("best": each unit's neuron of highest agreement, at least 0.5, several units per neuron
+    allowed), and the session's counts."""
     from spikeinterface.comparison import compare_sorter_to_ground_truth
     from spikeinterface.core import load
     from spikeinterface.sorters import read_sorter_folder
@@ -418,24 +425,33 @@ def match_session(gt_dir, sorter_dir) -> dict:
     gt = load(gt_dir)
     if Path(sorter_dir).name == TRUTH:  # the perfect sorter's units are the neurons
         ids = [str(u) for u in gt.unit_ids]
-        return {"match": {u: int(u) for u in ids}, "n_neurons": len(ids), "n_units": len(ids),
-                "n_matched": len(ids)}
+        return {"match": {u: int(u) for u in ids}, "best": {u: int(u) for u in ids},
+                "n_neurons": len(ids), "n_units": len(ids), "n_matched": len(ids)}
     tested = read_sorter_folder(sorter_dir)
     comp = compare_sorter_to_ground_truth(gt, tested, exhaustive_gt=True, match_score=0.5)
     match = {str(k): int(v) for k, v in comp.hungarian_match_21.items()}
-    return {"match": match, "n_neurons": len(gt.unit_ids), "n_units": len(tested.unit_ids),
-            "n_matched": sum(v != -1 for v in match.values())}
+    best = {str(k): int(v) for k, v in comp.best_match_21.items()}
+    return {"match": match, "best": best, "n_neurons": len(gt.unit_ids),
+            "n_units": len(tested.unit_ids), "n_matched": sum(v != -1 for v in match.values())}
 
 
 def write_truth(data, route: str, matches: list[dict], motion: np.ndarray) -> np.ndarray:
     """Write ``gt_neuron.npy`` (N,) (the matched neuron; a unique negative id for a unit
-    matched to none) and ``gt_motion.npy`` (S,) um into an imported folder; returns the
-    neuron ids."""
+    matched to none), ``gt_neuron_best.npy`` (N,) (the best-matched neuron, when the matches
+    carry it; peers.score scores that too) and ``gt_motion.npy`` (S,) um into an imported
+    folder; returns the matched neuron ids."""
     keys = sorted_unit_keys(data, route)
-    gt = np.array([matches[s - 1]["match"].get(uid, -1) for s, uid in keys], np.int64)
-    unmatched = gt == -1
-    gt[unmatched] = -1 - np.flatnonzero(unmatched)
+
+    def labels(kind):
+        out = np.array([matches[s - 1][kind].get(uid, -1) for s, uid in keys], np.int64)
+        unmatched = out == -1
+        out[unmatched] = -1 - np.flatnonzero(unmatched)
+        return out
+
+    gt = labels("match")
     np.save(Path(data) / "gt_neuron.npy", gt)
+    if all("best" in m for m in matches):
+        np.save(Path(data) / "gt_neuron_best.npy", labels("best"))
     np.save(Path(data) / "gt_motion.npy", np.asarray(motion, np.float64))
     return gt
 
@@ -533,12 +549,14 @@ def rows_for_route(route, data, args, peers_py, rows, log):
 
 
 COLUMNS = ["study", "sorter", "route", "tool", "units", "precision", "recall", "F1",
-           "F1 before curation", "matched units: P / R / F1", "motion RMS (um)", "status"]
+           "F1 before curation", "matched units: P / R / F1", "best match: P / R / F1",
+           "motion RMS (um)", "status"]
 
 
-def matched_only(row: dict) -> str:
-    """Precision / recall / F1 over the units matched to a neuron (peers.score), or '-'."""
-    m = row.get("matched_only")
+def matched_only(row: dict, key: str = "matched_only") -> str:
+    """Precision / recall / F1 over the units matched to a neuron (peers.score; ``key``
+    "best_match": every unit by its best-matched neuron), or '-'."""
+    m = row.get(key)
     if not m:
         return "-"
     return " / ".join(_common.fmt(m[k]) for k in ("precision", "recall", "f1"))
@@ -552,7 +570,8 @@ def table(records: list) -> list:
                 rows.append([rec["study"], sorter, r["route"], r["label"], str(r["n_units"]),
                              _common.fmt(r["precision"]), _common.fmt(r["recall"]),
                              _common.fmt(r["f1"]), _common.fmt(r["f1_before"]),
-                             matched_only(r), _common.fmt(r["motion_rms_um"], 2), r["status"]])
+                             matched_only(r), matched_only(r, "best_match"),
+                             _common.fmt(r["motion_rms_um"], 2), r["status"]])
     return rows
 
 

@@ -33,3 +33,24 @@ def test_no_matched_units_score_when_every_unit_is_a_neuron(tmp_path):
     row = peers.score({"idx_final": idx, "idx_before_curation": idx, "motion": None,
                        "notes": []}, tmp_path)
     assert row["f1"] == 1.0 and row["matched_only"] is None
+
+
+def test_a_sorters_duplicate_is_its_neuron_in_the_best_match_score(tmp_path):
+    # Units 0, 1: neuron 0 on days 1, 2; unit 2 (day 2) holds neuron 0's spikes again (a
+    # duplicate: the Hungarian match gave neuron 0 to unit 1, so unit 2 is "no neuron"
+    # there; its best match is neuron 0). The run tracks all three together.
+    np.save(tmp_path / "gt_neuron.npy", np.array([0, 0, -3]))
+    np.save(tmp_path / "gt_neuron_best.npy", np.array([0, 0, 0]))
+    np.save(tmp_path / "session_index.npy", np.array([1, 2, 2]))
+    idx = np.array([1, 1, 1])
+    row = peers.score({"idx_final": idx, "idx_before_curation": idx, "motion": None,
+                       "notes": []}, tmp_path)
+    # Hungarian: pair (0, 2) counts wrong; best match: both pairs across days are right
+    assert (row["precision"], row["recall"]) == (0.5, 1.0)
+    b = row["best_match"]
+    assert (b["precision"], b["recall"], b["n_units"]) == (1.0, 1.0, 3)
+    # a run that leaves the duplicate out misses a true pair by the best match
+    idx = np.array([1, 1, -1])
+    row = peers.score({"idx_final": idx, "idx_before_curation": idx, "motion": None,
+                       "notes": []}, tmp_path)
+    assert row["f1"] == 1.0 and row["best_match"]["recall"] == 0.5

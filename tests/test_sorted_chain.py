@@ -172,6 +172,7 @@ def test_truth_sorter_is_the_true_spike_trains(tmp_path):
     m = st.match_session(session / "gt", session / st.TRUTH)
     assert m["n_matched"] == m["n_neurons"] == len(gt.unit_ids)
     assert all(m["match"][str(u)] == int(u) for u in gt.unit_ids)
+    assert m["best"] == m["match"]
     assert (session / f"{st.TRUTH}_phy" / "spike_times.npy").exists()
 
 

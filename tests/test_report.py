@@ -100,6 +100,33 @@ def test_report_shows_the_similarity_when_the_probability_could_not_be_fitted(ru
     assert data["link"]["kind"] == "similarity"
 
 
+def test_report_flags_the_clusters_of_units_named_duplicates(run_folder, tmp_path):
+    """units.csv's duplicate_of (kilomatch.duplicate_units) reaches the page as a flag; a run
+    written before the column existed gets no flag and no error."""
+    out = tmp_path / "out"
+    shutil.copytree(run_folder, out, ignore=shutil.ignore_patterns("report"))
+    with open(out / "units.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    tracked = [r for r in rows if int(r["cluster"]) > 0]
+    other = next(r for r in rows if r["session"] == tracked[0]["session"]
+                 and r["unit"] != tracked[0]["unit"])
+    tracked[0]["duplicate_of"] = other["unit"]
+
+    def write(rows, columns):
+        with open(out / "units.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, columns, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+
+    write(rows, list(rows[0]))
+    flagged = [c["id"] for c in _page_data(build_report(out, figures=False))["clusters"]
+               if "duplicate" in c["flags"]]
+    assert flagged == [int(tracked[0]["cluster"])]
+    write(rows, [c for c in rows[0] if c != "duplicate_of"])
+    data = _page_data(build_report(out, figures=False))
+    assert not any("duplicate" in c["flags"] for c in data["clusters"])
+
+
 def test_report_of_a_folder_without_a_run_is_one_error_line(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "holds no finished kilomatch run" in capsys.readouterr().err
@@ -121,6 +148,12 @@ def test_cluster_summary_flags_gaps_jumps_weak_links_and_finds_the_competitor():
     assert two["flags"] == ["jump"] and two["jump"] == 20.0
     assert two["competitor"] == {"unit": 2, "value": 0.4, "cluster": 1}
     assert three["weakest"] is None and three["competitor"] is None and three["flags"] == []
+    # unit 6 holds unit 5's spikes again, its session's (units.csv duplicate_of): its
+    # cluster is flagged
+    duplicate_of = np.array([-1, -1, -1, -1, -1, -1, 5])
+    rows = summarize_clusters(idx, session, positions, np.full(7, 50.0), links, 7.0,
+                              duplicate_of)
+    assert [r["flags"] for r in rows] == [["gap", "near"], ["jump"], ["duplicate"]]
 
 
 # ------------------------------------------------------------------------------ browser

@@ -16,6 +16,9 @@ FLAGS = {
     "jump": "its motion-corrected position moves more than autoCuration.position_gap_um "
             "between two sessions in which it is seen",
     "near": "its weakest link is close to the threshold",
+    "duplicate": "holds a unit that shares most of its spikes with another unit of its "
+                 "session (units.csv duplicate_of): the sorter counted that neuron twice, and "
+                 "this cluster may track it a second time",
 }
 
 
@@ -63,11 +66,13 @@ def _largest_jump(units: np.ndarray, positions: np.ndarray) -> float:
 
 
 def summarize_clusters(idx, session, positions, amplitude, links: Links,
-                       position_gap_um: float) -> list:
+                       position_gap_um: float, duplicate_of: np.ndarray | None = None) -> list:
     """One dict per cluster, by increasing id, ready for the page's JSON.
 
     idx, session: (N,) cluster (-1 unmatched) and session (1..S) of each unit. positions:
-    (N, 2) motion-corrected x, depth (um). amplitude: (N,) uV. Values are rounded for the page.
+    (N, 2) motion-corrected x, depth (um). amplitude: (N,) uV. duplicate_of: (N,) the unit
+    each unit duplicates (kilomatch.duplicate_units), -1 for none; None: not known. Values
+    are rounded for the page.
     """
     idx = np.asarray(idx).reshape(-1)
     session = np.asarray(session).reshape(-1)
@@ -88,6 +93,8 @@ def summarize_clusters(idx, session, positions, amplitude, links: Links,
         weakest, cut = lowest[cid], lowest_threshold[cid]
         if np.isfinite(weakest) and weakest < cut + NEAR_FRACTION * max(typical - cut, 0.0):
             flags.append("near")
+        if duplicate_of is not None and (np.asarray(duplicate_of)[units] >= 0).any():
+            flags.append("duplicate")
         competitor = None
         if best_unit[cid] >= 0:
             other = int(best_unit[cid])

@@ -47,6 +47,16 @@ def _read_column(path: Path, name: str) -> np.ndarray:
     return np.array([float(r[name]) for r in rows])
 
 
+def _duplicate_of(path: Path) -> np.ndarray | None:
+    """units.csv's duplicate_of as (N,) int (-1 where blank), or None for a run written
+    before the column existed."""
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "duplicate_of" not in rows[0]:
+        return None
+    return np.array([int(r["duplicate_of"]) if r["duplicate_of"].strip() else -1 for r in rows])
+
+
 def _output_for_figures(folder: Path, links) -> dict:
     """The run's arrays for :func:`kilomatch.figures.plot_cluster`, with the page's links."""
     from ..export import load_output
@@ -167,7 +177,8 @@ def build_report(output_folder, n_jobs: int = 1, figures: bool = True) -> Path:
     positions = np.column_stack([output["Locations"][:, 0], output["CorrectedDepth"]])
     amplitude = _read_column(folder / "units.csv", "amplitude")
     gap = float(settings.get("autoCuration", {}).get("position_gap_um", 7.0))
-    rows = summarize_clusters(idx, output["SessionIndex"], positions, amplitude, links, gap)
+    rows = summarize_clusters(idx, output["SessionIndex"], positions, amplitude, links, gap,
+                              _duplicate_of(folder / "units.csv"))
 
     report = folder / REPORT_FOLDER
     img = report / IMAGE_FOLDER

@@ -590,10 +590,11 @@ def find_duplicate_units(data: Dataset, units: UnitFeatures,
                                             units.shank)
     n = int(found.secondary.sum())
     if n:
-        log.info("duplicate units: %d units share at least %g of their spikes with a unit of "
-                 "their session at most %g um away: one neuron whose spikes the sorter counted "
-                 "twice, each tracked as a unit of its own (units.csv duplicate_of names them)",
-                 n, ac.duplicate_share, ac.split_max_distance_um)
+        log.info("duplicate units: %d units share at least %.0f%% of their spikes (within "
+                 "%g ms) with a unit of their session at most %g um away: one neuron whose "
+                 "spikes the sorter counted twice, each tracked as a unit of its own (units.csv "
+                 "duplicate_of names them)", n, 100 * ac.duplicate_share,
+                 duplicate_units.DUPLICATE_LAG_MS, ac.split_max_distance_um)
     return found
 
 

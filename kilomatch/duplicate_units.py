@@ -92,15 +92,11 @@ def find_duplicates(spike_times: list, session: np.ndarray, positions: np.ndarra
     form groups (connected pairs); each group's primary is its unit with the most spikes
     (ties: the lowest index). min_share 0 tests nothing.
     """
-    from .probability import same_session_pairs
+    from .sorter_splits import close_pairs
     n = len(spike_times)
     if min_share <= 0 or n < 2:
         return Duplicates.none(n)
-    positions = np.asarray(positions, np.float64)
-    pairs = same_session_pairs(positions[:, 1], session, max_distance_um, shank)
-    if len(pairs):
-        apart = np.linalg.norm(positions[pairs[:, 0]] - positions[pairs[:, 1]], axis=1)
-        pairs = pairs[apart <= max_distance_um]
+    pairs = close_pairs(positions, session, max_distance_um, shank)
     # no copies kept: 10^5 units' trains are gigabytes, and the loader's are sorted already
     shared = np.array([shared_spikes(_sorted(spike_times[a]), _sorted(spike_times[b]))
                        for a, b in pairs])
@@ -119,4 +115,3 @@ def find_duplicates(spike_times: list, session: np.ndarray, positions: np.ndarra
         head = np.maximum.accumulate(np.where(first, np.arange(n), 0))
         primary[order] = order[head]
     return Duplicates(pairs, shared.reshape(-1), is_duplicate, primary)
-

@@ -187,14 +187,23 @@ def alike_pairs(positions: np.ndarray, session: np.ndarray, similarity, threshol
     amplitude, the probability learned "that close, that alike: two neurons", and gave a
     neuron's own units on other days probability 0 (mountainsort5: benchmarks/RESULTS.md,
     "Session 18")."""
+    pairs = close_pairs(positions, session, max_distance_um, shank)
+    if len(pairs):
+        pairs = pairs[np.asarray(similarity(pairs)) >= threshold]
+    return pairs
+
+
+def close_pairs(positions: np.ndarray, session: np.ndarray, max_distance_um: float,
+                shank: np.ndarray | None = None) -> np.ndarray:
+    """Pairs (i < j) of units of one session (and shank) at most ``max_distance_um`` apart
+    (positions (N, D) um, the second column along the probe): (J, 2) int64, sorted. Where a
+    sorter's two units of one neuron lie (alike_pairs, kilomatch.duplicate_units)."""
     from .probability import same_session_pairs
     positions = np.asarray(positions, np.float64)
     pairs = same_session_pairs(positions[:, 1], session, max_distance_um, shank)
     if len(pairs):
         apart = np.linalg.norm(positions[pairs[:, 0]] - positions[pairs[:, 1]], axis=1)
         pairs = pairs[apart <= max_distance_um]
-    if len(pairs):
-        pairs = pairs[np.asarray(similarity(pairs)) >= threshold]
     return pairs
 
 

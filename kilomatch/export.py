@@ -164,13 +164,12 @@ def split_with(idx_cluster: np.ndarray, session: np.ndarray) -> np.ndarray:
     return out
 
 
-def duplicate_of(primary: np.ndarray) -> np.ndarray:
-    """(N,) str: for each unit that duplicates another (kilomatch.duplicate_units), the unit
-    of its group with the most spikes; '' for every other unit. primary: (N,)."""
-    primary = np.asarray(primary).reshape(-1)
-    out = np.full(primary.size, "", dtype=object)
-    dup = primary != np.arange(primary.size)
-    out[dup] = [str(int(v)) for v in primary[dup]]
+def duplicate_of(duplicates) -> np.ndarray:
+    """(N,) str: for each unit that duplicates another (duplicate_units.Duplicates of the
+    run), the unit of its group with the most spikes; '' for every other unit."""
+    out = np.full(duplicates.primary.size, "", dtype=object)
+    secondary = duplicates.secondary
+    out[secondary] = [str(int(v)) for v in duplicates.primary[secondary]]
     return out
 
 
@@ -387,7 +386,7 @@ def _write_all(result: Result, arrays: RunArrays, write: _FileWriters) -> list:
              "amplitude": units.amplitude, "peak_channel": units.peak_channel,
              "corrected_y": a.corrected_depth, "match_confidence": a.match_confidence,
              "split_with": split_with(idx, result.data.session_index),
-             "duplicate_of": duplicate_of(a.duplicates.primary)}
+             "duplicate_of": duplicate_of(a.duplicates)}
     if multi:
         table["shank"] = units.shank
     save_units_csv(folder / "units.csv", table)

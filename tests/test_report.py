@@ -125,6 +125,12 @@ def test_report_flags_the_clusters_of_units_named_duplicates(run_folder, tmp_pat
     write(rows, [c for c in rows[0] if c != "duplicate_of"])
     data = _page_data(build_report(out, figures=False))
     assert not any("duplicate" in c["flags"] for c in data["clusters"])
+    # a cell that is not a unit index is one message naming the file, row and column
+    tracked[0]["duplicate_of"] = "twin"
+    write(rows, list(rows[0]))
+    with pytest.raises(kilomatch.KilomatchError, match=r"units.csv, row \d+: duplicate_of is "
+                       r"'twin', not a unit index"):
+        build_report(out, figures=False)
 
 
 def test_report_of_a_folder_without_a_run_is_one_error_line(tmp_path, capsys):

@@ -39,22 +39,28 @@ def _template(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
-def _read_column(path: Path, name: str) -> np.ndarray:
+def _units_columns(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """From the run's units.csv, read once: amplitude (N,) uV, and duplicate_of (N,) int (-1
+    where blank), None for a run written before that column existed."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    if rows and name not in rows[0]:
-        raise KilomatchError(f"{path} has no {name} column")
-    return np.array([float(r[name]) for r in rows])
+    if rows and "amplitude" not in rows[0]:
+        raise KilomatchError(f"{path} has no amplitude column")
 
+    def column(name, kind, blank=None):
+        values = []
+        for k, r in enumerate(rows):
+            text = r[name].strip()
+            try:
+                values.append(blank if blank is not None and not text else kind(text))
+            except ValueError:
+                raise KilomatchError(f"{path}, row {k + 2}: {name} is {text!r}, not a "
+                                     f"{'number' if kind is float else 'unit index'}") from None
+        return np.array(values, dtype=kind)
 
-def _duplicate_of(path: Path) -> np.ndarray | None:
-    """units.csv's duplicate_of as (N,) int (-1 where blank), or None for a run written
-    before the column existed."""
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "duplicate_of" not in rows[0]:
-        return None
-    return np.array([int(r["duplicate_of"]) if r["duplicate_of"].strip() else -1 for r in rows])
+    duplicate_of = column("duplicate_of", int, -1) if rows and "duplicate_of" in rows[0] \
+        else None
+    return column("amplitude", float), duplicate_of
 
 
 def _output_for_figures(folder: Path, links) -> dict:
@@ -175,10 +181,10 @@ def build_report(output_folder, n_jobs: int = 1, figures: bool = True) -> Path:
     links = read_links(folder, settings)
     idx = output["IdxCluster"].reshape(-1)
     positions = np.column_stack([output["Locations"][:, 0], output["CorrectedDepth"]])
-    amplitude = _read_column(folder / "units.csv", "amplitude")
+    amplitude, duplicate_of = _units_columns(folder / "units.csv")
     gap = float(settings.get("autoCuration", {}).get("position_gap_um", 7.0))
     rows = summarize_clusters(idx, output["SessionIndex"], positions, amplitude, links, gap,
-                              _duplicate_of(folder / "units.csv"))
+                              duplicate_of)
 
     report = folder / REPORT_FOLDER
     img = report / IMAGE_FOLDER

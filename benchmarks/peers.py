@@ -431,6 +431,16 @@ def unit_amplitudes(data: str) -> np.ndarray:
     return metrics.unit_amplitudes(np.load(Path(data) / "waveform_all.npy", mmap_mode="r"))
 
 
+def extra_score(idx: np.ndarray, neurons: np.ndarray, sessions: np.ndarray) -> dict:
+    """Pair precision, recall and F1 of the clusters ``idx`` (N,) against ``neurons`` (N,),
+    and the units scored (n_units): peers.score's scores besides the first."""
+    from kilomatch import metrics
+
+    s = metrics.pair_scores(idx, neurons, sessions)
+    return {"precision": s["precision"], "recall": s["recall"], "f1": s["f1"],
+            "n_units": int(np.size(idx))}
+
+
 def score(result: dict, data, bands: bool = False) -> dict:
     """Pair precision / recall / F1 (final and before curation), with ``bands`` the recall of
     the final clusters per amplitude band of the pair's smaller unit (``recall_bands``: one
@@ -465,17 +475,14 @@ def score(result: dict, data, bands: bool = False) -> dict:
         # A real sorter's output: units matched to no neuron (negative ids) left out, so that
         # the score is that of the tracking of the neurons the sorter found, not of how many
         # partial or merged units it made (each of those counts as a neuron of its own above).
-        s = metrics.pair_scores(result["idx_final"][matched], gt.reshape(-1)[matched],
-                                sessions.reshape(-1)[matched])
-        row["matched_only"] = {"precision": s["precision"], "recall": s["recall"],
-                               "f1": s["f1"], "n_units": int(matched.sum())}
+        row["matched_only"] = extra_score(result["idx_final"][matched],
+                                          gt.reshape(-1)[matched], sessions.reshape(-1)[matched])
     best_path = data / "gt_neuron_best.npy"
     if usable(result["idx_final"]) and best_path.exists():
         # every unit by the neuron it agrees with most (benchmarks/sorted_study.py): a
         # sorter's duplicates of a neuron are that neuron here, not units of no neuron
         best = np.load(best_path, allow_pickle=False).reshape(-1)
-        s = metrics.pair_scores(result["idx_final"], best, sessions)
-        row["best_match"] = {"precision": s["precision"], "recall": s["recall"], "f1": s["f1"],
+        row["best_match"] = {**extra_score(result["idx_final"], best, sessions),
                              "n_units": int((best >= 0).sum())}
     gt_motion_path = data / "gt_motion.npy"
     if result["motion"] is not None and gt_motion_path.exists():

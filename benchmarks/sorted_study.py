@@ -553,9 +553,9 @@ COLUMNS = ["study", "sorter", "route", "tool", "units", "precision", "recall", "
            "motion RMS (um)", "status"]
 
 
-def matched_only(row: dict, key: str = "matched_only") -> str:
-    """Precision / recall / F1 over the units matched to a neuron (peers.score; ``key``
-    "best_match": every unit by its best-matched neuron), or '-'."""
+def scores_cell(row: dict, key: str) -> str:
+    """Precision / recall / F1 of one of peers.score's extra scores ("matched_only": over the
+    units matched to a neuron; "best_match": every unit by its best-matched neuron), or '-'."""
     m = row.get(key)
     if not m:
         return "-"
@@ -570,7 +570,7 @@ def table(records: list) -> list:
                 rows.append([rec["study"], sorter, r["route"], r["label"], str(r["n_units"]),
                              _common.fmt(r["precision"]), _common.fmt(r["recall"]),
                              _common.fmt(r["f1"]), _common.fmt(r["f1_before"]),
-                             matched_only(r), matched_only(r, "best_match"),
+                             scores_cell(r, "matched_only"), scores_cell(r, "best_match"),
                              _common.fmt(r["motion_rms_um"], 2), r["status"]])
     return rows
 

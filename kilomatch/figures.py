@@ -175,28 +175,30 @@ def matched_units_by_session(idx_cluster: np.ndarray, session0: np.ndarray,
 
 
 def match_probability(result):
-    """Probability that a unit of session a has a match in session b: matrix and curve against
-    the distance between sessions."""
+    """Share of the units of session a that are tracked into session b: matrix, and its mean
+    against the distance between sessions. (The file keeps pyKilomatch's name,
+    MatchProbability.png; it counts the final clusters, it is not the per-pair match
+    probability of MatchTable.csv, whose check is MatchProbability_calibration.png.)"""
     n_s = result.data.n_sessions
-    prob = matched_units_by_session(result.idx_cluster, result.units.session0, n_s)
+    share = matched_units_by_session(result.idx_cluster, result.units.session0, n_s)
     counts = np.bincount(result.units.session0, minlength=n_s).astype(float)
-    prob = prob / np.maximum(counts[:, None], 1)
+    share = share / np.maximum(counts[:, None], 1)
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
-    im = axes[0].imshow(prob, vmin=0, vmax=1, cmap="viridis", origin="lower",
+    im = axes[0].imshow(share, vmin=0, vmax=1, cmap="viridis", origin="lower",
                         extent=(0.5, n_s + 0.5, 0.5, n_s + 0.5))
-    fig.colorbar(im, ax=axes[0], label="P(match)")
+    fig.colorbar(im, ax=axes[0], label="share of session a's units")
     axes[0].set_xlabel("session b")
     axes[0].set_ylabel("session a")
-    axes[0].set_title("Units of session a matched in session b")
+    axes[0].set_title("Units of session a tracked into session b")
     gaps = np.arange(1, n_s)
     a, b = np.meshgrid(np.arange(n_s), np.arange(n_s), indexing="ij")
-    curve = [prob[np.abs(a - b) == g].mean() for g in gaps]
+    curve = [share[np.abs(a - b) == g].mean() for g in gaps]
     axes[1].plot(gaps, curve, "o-")
     axes[1].set_ylim(0, 1)
     axes[1].set_xlabel("distance between sessions (sessions)")
-    axes[1].set_ylabel("P(match)")
-    axes[1].set_title("Match probability vs session distance")
+    axes[1].set_ylabel("share of units tracked")
+    axes[1].set_title("Units tracked against the distance between sessions")
     _margins(fig, left=0.7, wspace=0.3)
     return fig
 

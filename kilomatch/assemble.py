@@ -186,7 +186,10 @@ def assemble(result: Result) -> RunArrays:
     motions = [p.result.motion for p in parts]
     curated = [p.result.curated for p in parts]
     members = [p.units for p in parts]
-    linear = result.settings.waveformCorrection.linear_correction
+    # written when the motion of some shank is linear (linear_correction, or chosen by a
+    # round: waveformCorrection.linear_min_um)
+    linear = result.settings.waveformCorrection.linear_correction or any(
+        m.linear for m in motions)
     if whole:
         pairs = parts[0].result.final.pairs  # unit ids are already global
     else:

@@ -85,7 +85,15 @@ PARAMETERS: tuple[Param, ...] = (
           "clustering.max_distance plus half the span of n_nearest_channels.",
           min=0, min_exclusive=True),
     Param("waveformCorrection.linear_correction", "bool", False,
-          "Estimate depth-dependent (linear) motion instead of rigid motion."),
+          "Estimate depth-dependent (linear) motion instead of rigid motion in every round."),
+    Param("waveformCorrection.linear_min_um", "float", 5.0,
+          "With linear_correction off, each motion round also fits the depth-dependent "
+          "(linear) motion and takes it where it places the units more than this many um from "
+          "the rigid motion, relative to each other (95th percentile over the units; a shift "
+          "or stretch that every session shares does not count), in 95% of resamples of the "
+          "round's matches. A probe that drifts more at one end than the other is then "
+          "corrected without a setting. 0: always rigid.",
+          min=0),
     Param("waveformCorrection.path_to_motion", "optional_path", "",
           "A motion.npy of shape (S,) or (S, n_shanks), in the sign convention of kilomatch's "
           "motion.npy, to use instead of estimating the motion; empty: estimate it."),

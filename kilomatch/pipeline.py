@@ -24,7 +24,7 @@ from .logs import RunLog, setup_logging
 from .formats.folder import WAVEFORMS
 from .load import (Dataset, iter_rows, judge_rows, load_dataset, load_given_motion,
                    non_finite_problem, warn_flat)
-from .motion import Motion, estimate_motion
+from .motion import Motion, estimate_motion, motion_by_model
 from .parallel import map_units, threads_for_pairs
 # The result types are defined in kilomatch.results and stay importable from here.
 from .results import Result, RoundResult, ShankPart, UnitFeatures, shank_parts  # noqa: F401
@@ -327,10 +327,8 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
             history.append((result, motion))
             break
         # The round's band is what it is checked with; a small bootstrap is enough for that.
-        candidate = estimate_motion(matches, units.locations[:, 1], units.session0, n_sessions,
-                                    linear=s.waveformCorrection.linear_correction,
-                                    n_bootstrap=0 if start is None else min(me.n_bootstrap, 100),
-                                    seed=s.seed)
+        candidate = round_motion(matches, units, n_sessions, s, k,
+                                 n_bootstrap=0 if start is None else min(me.n_bootstrap, 100))
         history.append((result, candidate))
         release_freed_memory()  # the round's per-pair blocks, before the next round's arrays
         log.info("motion round %d (%s): %d candidate pairs, %d good matches (IHDBSCAN %s), "
@@ -356,8 +354,8 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
         if me.n_bootstrap > 0:
             # Only the motion that is kept needs its full confidence band.
             band = estimate_motion(best[2], units.locations[:, 1], units.session0, n_sessions,
-                                   linear=s.waveformCorrection.linear_correction,
-                                   n_bootstrap=me.n_bootstrap, seed=s.seed)
+                                   linear=s.waveformCorrection.linear_correction or
+                                   motion.linear, n_bootstrap=me.n_bootstrap, seed=s.seed)
             motion.ci_low, motion.ci_high = band.ci_low, band.ci_high
             if start is not None:
                 motion_initial.fill_untied(motion, start.motion)
@@ -368,6 +366,30 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
         choice.why = "no round's matches supported a motion"
     motion.choice = choice
     return motion, history
+
+
+def round_motion(matches: np.ndarray, units: UnitFeatures, n_sessions: int, s: Settings,
+                 k: int, n_bootstrap: int) -> Motion:
+    """Motion of round k from its good matches (M, 2): linear with
+    waveformCorrection.linear_correction, else rigid, or linear where the linear fit places
+    the units more than waveformCorrection.linear_min_um apart from the rigid one
+    (kilomatch.motion.motion_by_model)."""
+    wc = s.waveformCorrection
+    depth = units.locations[:, 1]
+    if wc.linear_correction:
+        return estimate_motion(matches, depth, units.session0, n_sessions, linear=True,
+                               n_bootstrap=n_bootstrap, seed=s.seed)
+    motion, excess = motion_by_model(matches, depth, units.session0, n_sessions,
+                                     wc.linear_min_um, n_bootstrap, s.seed)
+    if motion.linear:
+        log.info("motion round %d: the motion depends on depth: fitted linear, it places the "
+                 "units %.1f um from the rigid fit (95th percentile over the units, in 95%% of "
+                 "resamples of the matches), more than waveformCorrection.linear_min_um = %g; "
+                 "the round's motion is linear", k, excess, wc.linear_min_um)
+    else:
+        log.debug("motion round %d: the linear fit places the units %.1f um from the rigid "
+                  "one: the motion is rigid", k, excess)
+    return motion
 
 
 def largest_move(before: Motion, after: Motion, units: UnitFeatures) -> float:

@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from kilomatch.motion import Motion, estimate_motion
+from kilomatch.motion import Motion, _excess_of, estimate_motion, linear_excess, motion_by_model
 
 
 def rigid_pairs(rng, offsets, n_pairs, noise=0.0):
@@ -195,3 +195,60 @@ def test_motion_zero_and_at():
                np.zeros(2, np.int64), np.ones(2, bool))
     np.testing.assert_allclose(m.at(np.array([0, 1, 1]), np.array([10.0, 10.0, 4.0])),
                                [1.0, 3.0, 0.0])
+
+
+def test_linear_excess_ignores_what_every_session_shares():
+    """A shift or stretch common to every session moves no unit against another: 0. A slope of
+    one session's own counts: its units at depth y are |k (y - mean)| off, less the mean
+    over sessions (here 1/3 of it), and the 95th percentile of that is returned."""
+    tied = np.ones(3, bool)
+    rigid = Motion(np.array([1.0, -2.0, 1.0]), np.zeros(3), np.zeros(3), np.zeros(3),
+                   np.zeros(3, np.int64), tied)
+    depth = np.tile(np.linspace(0, 3000, 101), 3)
+    session = np.repeat(np.arange(3), 101)
+    shared = Motion(rigid.offset + 5.0, np.full(3, 0.01), np.zeros(3), np.zeros(3),
+                    np.zeros(3, np.int64), tied)
+    assert linear_excess(rigid, shared, depth, session) == pytest.approx(0.0, abs=1e-9)
+    own = Motion(rigid.offset.copy(), np.array([0.0, 0.0, 0.03]), np.zeros(3), np.zeros(3),
+                 np.zeros(3, np.int64), tied)
+    slope = np.array([-0.01, -0.01, 0.02])  # 0.03 less its mean over the sessions
+    expect = np.percentile(np.abs(slope[session] * depth), 95)
+    assert linear_excess(rigid, own, depth, session) == pytest.approx(expect)
+
+
+def test_the_round_motion_is_linear_only_where_the_drift_depends_on_depth():
+    """Pairs of a drift that differs by 0.02 um/um between sessions (60 um over a 3 mm probe):
+    motion_by_model returns the linear fit (its slopes); pairs of rigid drift with 3 um of
+    position noise: the rigid fit, the same bytes as estimate_motion's; linear_min_um 0:
+    always rigid."""
+    rng = np.random.default_rng(5)
+    k = np.array([0.0, 0.02, -0.01, 0.01])
+    pairs, depth, session = linear_pairs(rng, k, np.array([0.0, 10.0, -5.0, 3.0]), 300)
+    m, excess = motion_by_model(pairs, depth, session, 4, 5.0, n_bootstrap=0)
+    assert m.linear and excess > 5.0
+    np.testing.assert_allclose(m.slope, k, atol=1e-9)
+    rigid, _ = motion_by_model(pairs, depth, session, 4, 0.0, n_bootstrap=0)
+    assert not rigid.linear
+
+    pairs, depth, session = rigid_pairs(rng, np.array([0.0, 30.0, -20.0, 5.0]), 300, noise=3.0)
+    m, excess = motion_by_model(pairs, depth, session, 4, 5.0, n_bootstrap=50, seed=2)
+    assert not m.linear and excess < 5.0
+    ref = estimate_motion(pairs, depth, session, 4, n_bootstrap=50, seed=2)
+    for name in ("offset", "slope", "ci_low", "ci_high"):
+        np.testing.assert_array_equal(getattr(m, name), getattr(ref, name))
+
+
+def test_a_linear_motion_must_hold_in_the_resamples_of_the_pairs():
+    """40 pairs of rigid drift with 10 um of position noise: the linear fit of these pairs
+    places the units more than 5 um from the rigid one (noise slopes), but not in 95% of the
+    resamples: rigid. The same pairs with slopes of 0.01-0.02 um/um between sessions: linear."""
+    rng = np.random.default_rng(5)
+    pairs, depth, session = rigid_pairs(rng, np.array([0.0, 30.0, -20.0, 5.0]), 40, noise=10.0)
+    assert _excess_of(pairs, depth, session, 4) > 5.0
+    m, excess = motion_by_model(pairs, depth, session, 4, 5.0, n_bootstrap=0)
+    assert not m.linear and excess < 5.0
+    pairs, depth, session = linear_pairs(rng, np.array([0.0, 0.02, -0.01, 0.01]),
+                                         np.array([0.0, 10.0, -5.0, 3.0]), 40)
+    depth = depth + rng.normal(0, 10.0, depth.size)
+    m, excess = motion_by_model(pairs, depth, session, 4, 5.0, n_bootstrap=0)
+    assert m.linear and excess > 10.0

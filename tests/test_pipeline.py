@@ -293,6 +293,25 @@ def test_byte_identical_whatever_the_machine_blas_threads(sim_folder, tmp_path):
     assert [name for name in a if a[name] != b[name]] == []
 
 
+def test_depth_dependent_drift_is_corrected_with_default_settings(tmp_path):
+    """A probe that drifts 0.02 um/um more in some sessions than in others (tens of um between
+    its ends): with default settings the rounds take the linear motion, its slopes those of
+    the simulation (kilomatch's slopes are relative to session 1), and motion_linear.npy is
+    written; with waveformCorrection.linear_min_um 0 the motion stays rigid and no
+    motion_linear.npy is written."""
+    data = tmp_path / "data"
+    simulate_to_folder(data, **{**SIM, "linear_drift": 0.02})
+    truth = np.load(data / "gt_motion_linear.npy")
+    result = kilomatch.run(_settings(data, tmp_path / "out"))
+    assert result.motion.linear
+    np.testing.assert_allclose(result.motion.slope, truth - truth[0], atol=0.002)
+    assert np.load(tmp_path / "out" / "motion_linear.npy").shape == (SIM["n_sessions"], 2)
+    rigid = kilomatch.run(_settings(data, tmp_path / "rigid",
+                                    **{"waveformCorrection.linear_min_um": 0}))
+    assert not rigid.motion.linear
+    assert not (tmp_path / "rigid" / "motion_linear.npy").exists()
+
+
 def test_run_log_beside_results(run_result):
     """The output folder says how it was made: versions, the settings that differ from the
     defaults, the load, every step with its time and memory, the summary."""

@@ -116,6 +116,16 @@ DATASETS["p"] = ("si_turnover", "SpikeInterface templates, 6 sessions, 30% turno
                   "detection_threshold_uv": 30.0, "waveform_noise_per_spike_uv": 20.0,
                   "rate_jitter": 0.3, "seed": 116}, {})
 
+# c gives every tool linear_correction; an independent study with depth-dependent drift is
+# run as a user would, with default settings (issue 12's second study: 10 sessions, 150 um and
+# a linear term). Here on SpikeInterface's templates, so that it is not our waveform model.
+DATASETS["q"] = ("nonrigid_defaults", "depth-dependent drift with default settings: 10 "
+                 "sessions, 150 um range plus a depth-proportional term, SpikeInterface "
+                 "templates, 30 uV threshold, noisy means",
+                 {**_BASE, "n_sessions": 10, "drift_max_um": 150.0, "linear_drift": 0.008,
+                  "waveform_source": "spikeinterface", "detection_threshold_uv": 30.0,
+                  "waveform_noise_per_spike_uv": 20.0, "seed": 117}, {})
+
 
 BAND_LABELS = metrics.band_labels()
 COLUMNS = ["dataset", "tool", "precision", "recall", "F1", "F1 before curation",

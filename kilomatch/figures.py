@@ -81,11 +81,19 @@ def motion(result):
         ax.plot(sessions, init.displacement(), "--", color="tab:purple", lw=1.2,
                 label="initial estimate (unit positions)")
     ax.fill_between(sessions, m.ci_low, m.ci_high, color="k", alpha=0.2, label="95% band")
-    ax.plot(sessions, m.displacement(), "k.-", label="final")
+    ax.plot(sessions, m.displacement(), "k.-", label=f"final (at {m.ref_depth:.0f} um)"
+            if m.linear else "final")
+    if m.linear:  # the drift depends on depth: the final motion near either end of the units
+        depth = result.units.locations[:, 1]
+        for q, style in ((5, (0, (4, 2))), (95, (0, (1, 1.5)))):
+            at = float(np.percentile(depth, q))
+            ax.plot(sessions, m.at(sessions - 1, np.full(sessions.size, at)), color="k",
+                    ls=style, lw=1.0, label=f"final at {at:.0f} um ({q}th percentile of "
+                    "unit depths)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("session")
     ax.set_ylabel("motion (um, apparent shift of unit depths)")
-    title = "Probe motion per session"
+    title = "Probe motion per session" + (", linear in depth" if m.linear else "")
     if choice is not None:
         title += f"\nmotion used: {choice.source} ({choice.why})"
     ax.set_title(title, fontsize=9)

@@ -77,8 +77,12 @@ def motion(result):
         ax.plot(sessions, mk.displacement(), ":" if k in set_aside else "-", lw=0.8,
                 alpha=0.6, label=label)
     if choice is not None and choice.initial is not None:
-        init = choice.initial
-        ax.plot(sessions, init.displacement(), "--", color="tab:purple", lw=1.2,
+        init = choice.initial.displacement()
+        # A linear motion's displacement at its reference depth need not have mean 0 (its
+        # offsets do): drawn in the final motion's gauge, the two curves differ where the
+        # estimates do, not by a constant that moves no unit against another.
+        gauge = float(np.mean(m.displacement()) - np.mean(init)) if m.linear else 0.0
+        ax.plot(sessions, init + gauge, "--", color="tab:purple", lw=1.2,
                 label="initial estimate (unit positions)")
     ax.fill_between(sessions, m.ci_low, m.ci_high, color="k", alpha=0.2, label="95% band")
     ax.plot(sessions, m.displacement(), "k.-", label=f"final (at {m.ref_depth:.0f} um)"

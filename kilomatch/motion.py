@@ -113,6 +113,75 @@ def solve_pair_offsets(a: np.ndarray, b: np.ndarray, offset: np.ndarray, weight:
     return _solve(a, b, n_sessions, False, (weight, weight * offset))[0]
 
 
+class _PairEquations:
+    """The pair equations of estimate_motion, set up once for any number of fits: the pairs
+    of different sessions tied to the largest group of sessions by matches, summed per pair of
+    sessions. ``tied`` (S,) bool is None when no pair ties two sessions."""
+
+    def __init__(self, pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray,
+                 n_sessions: int, warning):
+        pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        self.n_sessions, self.tied = n_sessions, None
+        self.n_pairs = np.zeros(n_sessions, np.int64)
+        if pairs.shape[0] == 0:
+            warning("no matched pairs to estimate motion from: motion left at 0 for every "
+                    "session")
+            return
+        sa, sb = session0[pairs[:, 0]], session0[pairs[:, 1]]
+        keep = sa != sb
+        pairs, sa, sb = pairs[keep], sa[keep], sb[keep]
+        dy = depth[pairs[:, 1]] - depth[pairs[:, 0]]
+        mid = 0.5 * (depth[pairs[:, 0]] + depth[pairs[:, 1]])
+        self.n_pairs = np.bincount(np.concatenate([sa, sb]), minlength=n_sessions)
+
+        # Sessions tied to the largest group of sessions by matches; the rest stay at 0.
+        graph = sparse.coo_matrix((np.ones(sa.size), (sa, sb)), shape=(n_sessions, n_sessions))
+        _, comp = connected_components(graph, directed=False)
+        sizes = np.bincount(comp)
+        main = np.argmax(sizes)
+        tied = (comp == main) & (sizes[comp] > 1)
+        if not tied.any():
+            warning("no matched pairs to estimate motion from: motion left at 0 for every "
+                    "session")
+            return
+        if (~tied).any():
+            warning("sessions %s have no match chain to the others: their motion is left at 0 "
+                    "(the reference)", ", ".join(str(s + 1) for s in np.flatnonzero(~tied)))
+        use = tied[sa] & tied[sb]
+        sa, sb, dy, mid = sa[use], sb[use], dy[use], mid[use]
+        # Renumber tied sessions 0..K-1 so the gauge is fixed among them only.
+        index = -np.ones(n_sessions, np.int64)
+        index[tied] = np.arange(tied.sum())
+        self.k = int(tied.sum())
+        ia, ib = index[sa], index[sb]
+        # The equations depend on the pairs only through sums over each pair of sessions, so
+        # every fit (and each of a bootstrap's) solves one equation per session pair.
+        self.group, self.at = np.unique(ia * self.k + ib, return_inverse=True)
+        self.ga, self.gb = self.group // self.k, self.group % self.k
+        self.terms = _pair_terms(dy, mid, True)  # the rigid fit reads the first two
+        self.ref_depth = float(mid.mean())
+        self.size = dy.size
+        self.tied = tied
+
+    def fit(self, pair_weight: np.ndarray, linear: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Offsets and slopes (K,) of the tied sessions, each pair counted ``pair_weight``
+        (size,) times."""
+        sums = [np.bincount(self.at, t * pair_weight, self.group.size)
+                for t in self.terms[:5 if linear else 2]]
+        return _solve(self.ga, self.gb, self.k, linear, sums)
+
+    def motion(self, pair_weight: np.ndarray, linear: bool) -> Motion:
+        """The Motion of one fit (no band)."""
+        motion = Motion.zero(self.n_sessions)
+        motion.n_pairs = self.n_pairs
+        if self.tied is None:
+            return motion
+        motion.offset[self.tied], motion.slope[self.tied] = self.fit(pair_weight, linear)
+        motion.tied = self.tied
+        motion.ref_depth = self.ref_depth if linear else 0.0
+        return motion
+
+
 def estimate_motion(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray, n_sessions: int,
                     linear: bool = False, n_bootstrap: int = 1000, seed: int = 0,
                     warn: bool = True) -> Motion:
@@ -124,61 +193,19 @@ def estimate_motion(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray, 
     depth and k_1 = 0. Sessions without a match chain to the others keep motion 0 (a warning
     names them, unless not ``warn``).
     """
-    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
-    motion = Motion.zero(n_sessions)
-    warning = log.warning if warn else log.debug
-    if pairs.shape[0] == 0:
-        warning("no matched pairs to estimate motion from: motion left at 0 for every session")
+    eq = _PairEquations(pairs, depth, session0, n_sessions, log.warning if warn else log.debug)
+    motion = eq.motion(np.ones(eq.size) if eq.tied is not None else None, linear)
+    if eq.tied is None:
         return motion
-    sa, sb = session0[pairs[:, 0]], session0[pairs[:, 1]]
-    keep = sa != sb
-    pairs, sa, sb = pairs[keep], sa[keep], sb[keep]
-    dy = depth[pairs[:, 1]] - depth[pairs[:, 0]]
-    mid = 0.5 * (depth[pairs[:, 0]] + depth[pairs[:, 1]])
-    motion.n_pairs = np.bincount(np.concatenate([sa, sb]), minlength=n_sessions)
-
-    # Sessions tied to the largest group of sessions by matches; the rest stay at 0.
-    graph = sparse.coo_matrix((np.ones(sa.size), (sa, sb)), shape=(n_sessions, n_sessions))
-    _, comp = connected_components(graph, directed=False)
-    sizes = np.bincount(comp)
-    main = np.argmax(sizes)
-    tied = (comp == main) & (sizes[comp] > 1)
-    if not tied.any():
-        warning("no matched pairs to estimate motion from: motion left at 0 for every session")
-        return motion
-    if (~tied).any():
-        warning("sessions %s have no match chain to the others: their motion is left at 0 "
-                    "(the reference)", ", ".join(str(s + 1) for s in np.flatnonzero(~tied)))
-    use = tied[sa] & tied[sb]
-    sa, sb, dy, mid = sa[use], sb[use], dy[use], mid[use]
-    # Renumber tied sessions 0..K-1 so the gauge is fixed among them only.
-    index = -np.ones(n_sessions, np.int64)
-    index[tied] = np.arange(tied.sum())
-    k = int(tied.sum())
-    ia, ib = index[sa], index[sb]
-
-    # The equations depend on the pairs only through sums over each pair of sessions, so every
-    # fit (and each of the bootstrap's) solves one equation per session pair.
-    group, at = np.unique(ia * k + ib, return_inverse=True)
-    ga, gb = group // k, group % k
-    terms = _pair_terms(dy, mid, linear)
-
-    def fit(pair_weight):
-        sums = [np.bincount(at, t * pair_weight, group.size) for t in terms]
-        return _solve(ga, gb, k, linear, sums)
-
-    offset, slope = fit(np.ones(dy.size))
-    motion.offset[tied], motion.slope[tied] = offset, slope
-    motion.tied = tied
-    motion.ref_depth = float(mid.mean()) if linear else 0.0
+    tied, k = eq.tied, eq.k
     if n_bootstrap > 0:
         rng = np.random.default_rng(seed)
         disp = np.empty((n_bootstrap, k))
         for b in range(n_bootstrap):
             # resampling the pairs with replacement: each pair's count, as a multinomial
             # with equal probabilities gives, drawn ten times faster
-            w = np.bincount(rng.integers(0, dy.size, dy.size), minlength=dy.size)
-            off_b, slope_b = fit(w.astype(np.float64))
+            w = np.bincount(rng.integers(0, eq.size, eq.size), minlength=eq.size)
+            off_b, slope_b = eq.fit(w.astype(np.float64), linear)
             disp[b] = slope_b * motion.ref_depth + off_b
         lo, hi = np.percentile(disp, [2.5, 97.5], axis=0)
         motion.ci_low[tied], motion.ci_high[tied] = lo, hi
@@ -212,12 +239,12 @@ def linear_excess(rigid: Motion, linear: Motion, depth: np.ndarray, session0: np
 LINEAR_BOOTSTRAP = 100
 
 
-def _excess_of(pairs, depth, session0, n_sessions) -> float:
-    """linear_excess of the linear over the rigid motion of ``pairs`` (fits that warn
-    nothing: they only decide)."""
-    fits = [estimate_motion(pairs, depth, session0, n_sessions, linear=linear, n_bootstrap=0,
-                            warn=False) for linear in (False, True)]
-    return linear_excess(*fits, depth, session0)
+def _excess_of(eq: _PairEquations, pair_weight: np.ndarray, depth: np.ndarray,
+               session0: np.ndarray) -> float:
+    """linear_excess of the linear over the rigid fit of the pair equations ``eq``, each pair
+    counted ``pair_weight`` times."""
+    return linear_excess(eq.motion(pair_weight, False), eq.motion(pair_weight, True), depth,
+                         session0)
 
 
 def motion_by_model(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray,
@@ -235,13 +262,16 @@ def motion_by_model(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray,
     the clusters for no gain. Why the resamples: a round whose matches hold many wrong pairs
     (the ACG round of a study whose rates change from day to day) gives noisy slopes, an
     excess of 6 um from rigid drift, which the resamples do not uphold."""
-    excess = _excess_of(pairs, depth, session0, n_sessions) if linear_min_um > 0 else 0.0
-    if excess > linear_min_um:
-        pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-        rng = np.random.default_rng(seed)
-        excess = float(np.percentile([_excess_of(
-            pairs[rng.integers(0, len(pairs), len(pairs))], depth, session0, n_sessions)
-            for _ in range(LINEAR_BOOTSTRAP)], 5))
+    # the fits that only decide warn nothing: the motion returned says what there is to say
+    eq = _PairEquations(pairs, depth, session0, n_sessions, log.debug)
+    excess = 0.0
+    if linear_min_um > 0 and eq.tied is not None:
+        excess = _excess_of(eq, np.ones(eq.size), depth, session0)
+        if excess > linear_min_um:
+            rng = np.random.default_rng(seed)
+            excess = float(np.percentile([_excess_of(eq, np.bincount(
+                rng.integers(0, eq.size, eq.size), minlength=eq.size).astype(np.float64),
+                depth, session0) for _ in range(LINEAR_BOOTSTRAP)], 5))
     use_linear = linear_min_um > 0 and excess > linear_min_um
     return estimate_motion(pairs, depth, session0, n_sessions, linear=use_linear,
                            n_bootstrap=n_bootstrap, seed=seed), excess

@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from kilomatch.motion import Motion, _excess_of, estimate_motion, linear_excess, motion_by_model
+from kilomatch.motion import Motion, estimate_motion, linear_excess, motion_by_model
 
 
 def rigid_pairs(rng, offsets, n_pairs, noise=0.0):
@@ -244,7 +244,9 @@ def test_a_linear_motion_must_hold_in_the_resamples_of_the_pairs():
     resamples: rigid. The same pairs with slopes of 0.01-0.02 um/um between sessions: linear."""
     rng = np.random.default_rng(5)
     pairs, depth, session = rigid_pairs(rng, np.array([0.0, 30.0, -20.0, 5.0]), 40, noise=10.0)
-    assert _excess_of(pairs, depth, session, 4) > 5.0
+    fits = [estimate_motion(pairs, depth, session, 4, linear=linear, n_bootstrap=0)
+            for linear in (False, True)]
+    assert linear_excess(*fits, depth, session) > 5.0
     m, excess = motion_by_model(pairs, depth, session, 4, 5.0, n_bootstrap=0)
     assert not m.linear and excess < 5.0
     pairs, depth, session = linear_pairs(rng, np.array([0.0, 0.02, -0.01, 0.01]),

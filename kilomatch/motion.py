@@ -98,10 +98,9 @@ def _solve(a, b, k, linear, sums) -> tuple[np.ndarray, np.ndarray]:
     return off - off.mean(), slope
 
 
-def _pair_terms(dy: np.ndarray, mid: np.ndarray, linear: bool) -> np.ndarray:
-    """Per pair, the factors of its weight in the sums of _normal_equations: (2 or 5, M)."""
-    if not linear:
-        return np.vstack([np.ones_like(dy), dy])
+def _pair_terms(dy: np.ndarray, mid: np.ndarray) -> np.ndarray:
+    """Per pair, the factors of its weight in the sums of _normal_equations: (5, M); a rigid
+    fit reads the first two."""
     return np.vstack([np.ones_like(dy), dy, mid, mid * mid, mid * dy])
 
 
@@ -113,19 +112,22 @@ def solve_pair_offsets(a: np.ndarray, b: np.ndarray, offset: np.ndarray, weight:
     return _solve(a, b, n_sessions, False, (weight, weight * offset))[0]
 
 
+NO_PAIRS = "no matched pairs to estimate motion from: motion left at 0 for every session"
+
+
 class _PairEquations:
     """The pair equations of estimate_motion, set up once for any number of fits: the pairs
     of different sessions tied to the largest group of sessions by matches, summed per pair of
-    sessions. ``tied`` (S,) bool is None when no pair ties two sessions."""
+    sessions. ``tied`` (S,) bool is None when no pair ties two sessions. Setting them up warns
+    of sessions left untied (once, whatever the fits)."""
 
     def __init__(self, pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray,
-                 n_sessions: int, warning):
+                 n_sessions: int):
         pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
         self.n_sessions, self.tied = n_sessions, None
         self.n_pairs = np.zeros(n_sessions, np.int64)
         if pairs.shape[0] == 0:
-            warning("no matched pairs to estimate motion from: motion left at 0 for every "
-                    "session")
+            log.warning(NO_PAIRS)
             return
         sa, sb = session0[pairs[:, 0]], session0[pairs[:, 1]]
         keep = sa != sb
@@ -141,12 +143,11 @@ class _PairEquations:
         main = np.argmax(sizes)
         tied = (comp == main) & (sizes[comp] > 1)
         if not tied.any():
-            warning("no matched pairs to estimate motion from: motion left at 0 for every "
-                    "session")
+            log.warning(NO_PAIRS)
             return
         if (~tied).any():
-            warning("sessions %s have no match chain to the others: their motion is left at 0 "
-                    "(the reference)", ", ".join(str(s + 1) for s in np.flatnonzero(~tied)))
+            log.warning("sessions %s have no match chain to the others: their motion is left "
+                        "at 0 (the reference)", ", ".join(str(s + 1) for s in np.flatnonzero(~tied)))
         use = tied[sa] & tied[sb]
         sa, sb, dy, mid = sa[use], sb[use], dy[use], mid[use]
         # Renumber tied sessions 0..K-1 so the gauge is fixed among them only.
@@ -158,43 +159,56 @@ class _PairEquations:
         # every fit (and each of a bootstrap's) solves one equation per session pair.
         self.group, self.at = np.unique(ia * self.k + ib, return_inverse=True)
         self.ga, self.gb = self.group // self.k, self.group % self.k
-        self.terms = _pair_terms(dy, mid, True)  # the rigid fit reads the first two
+        self.terms = _pair_terms(dy, mid)
         self.ref_depth = float(mid.mean())
         self.size = dy.size
         self.tied = tied
 
-    def fit(self, pair_weight: np.ndarray, linear: bool) -> tuple[np.ndarray, np.ndarray]:
+    def fit(self, linear: bool, pair_weight: np.ndarray | None = None
+            ) -> tuple[np.ndarray, np.ndarray]:
         """Offsets and slopes (K,) of the tied sessions, each pair counted ``pair_weight``
-        (size,) times."""
-        sums = [np.bincount(self.at, t * pair_weight, self.group.size)
+        (size,) times (None: once)."""
+        weight = np.ones(self.size) if pair_weight is None else pair_weight
+        sums = [np.bincount(self.at, t * weight, self.group.size)
                 for t in self.terms[:5 if linear else 2]]
         return _solve(self.ga, self.gb, self.k, linear, sums)
 
-    def motion(self, pair_weight: np.ndarray, linear: bool) -> Motion:
+    def resample(self, rng: np.random.Generator) -> np.ndarray:
+        """Weights (size,) of one resample of the pairs with replacement: each pair's count,
+        as a multinomial with equal probabilities gives, drawn ten times faster."""
+        return np.bincount(rng.integers(0, self.size, self.size),
+                           minlength=self.size).astype(np.float64)
+
+    def motion(self, linear: bool, pair_weight: np.ndarray | None = None) -> Motion:
         """The Motion of one fit (no band)."""
         motion = Motion.zero(self.n_sessions)
         motion.n_pairs = self.n_pairs
         if self.tied is None:
             return motion
-        motion.offset[self.tied], motion.slope[self.tied] = self.fit(pair_weight, linear)
+        motion.offset[self.tied], motion.slope[self.tied] = self.fit(linear, pair_weight)
         motion.tied = self.tied
         motion.ref_depth = self.ref_depth if linear else 0.0
         return motion
 
 
 def estimate_motion(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray, n_sessions: int,
-                    linear: bool = False, n_bootstrap: int = 1000, seed: int = 0,
-                    warn: bool = True) -> Motion:
+                    linear: bool = False, n_bootstrap: int = 1000, seed: int = 0) -> Motion:
     """Motion from matched pairs.
 
     pairs: (M, 2) unit indices of good matches; depth: (N,) unit y in um (uncorrected);
     session0: (N,) 0-based session of each unit. Rigid: p minimises
     sum ((y_B - y_A) - (p_sB - p_sA))^2. Linear: p_s(d) = k_s d + b_s with d the pair's mean
     depth and k_1 = 0. Sessions without a match chain to the others keep motion 0 (a warning
-    names them, unless not ``warn``).
+    names them).
     """
-    eq = _PairEquations(pairs, depth, session0, n_sessions, log.warning if warn else log.debug)
-    motion = eq.motion(np.ones(eq.size) if eq.tied is not None else None, linear)
+    return _fitted(_PairEquations(pairs, depth, session0, n_sessions), linear, n_bootstrap,
+                   seed)
+
+
+def _fitted(eq: _PairEquations, linear: bool, n_bootstrap: int, seed: int) -> Motion:
+    """The motion of the pair equations ``eq`` with its seeded bootstrap band
+    (estimate_motion)."""
+    motion = eq.motion(linear)
     if eq.tied is None:
         return motion
     tied, k = eq.tied, eq.k
@@ -202,10 +216,7 @@ def estimate_motion(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray, 
         rng = np.random.default_rng(seed)
         disp = np.empty((n_bootstrap, k))
         for b in range(n_bootstrap):
-            # resampling the pairs with replacement: each pair's count, as a multinomial
-            # with equal probabilities gives, drawn ten times faster
-            w = np.bincount(rng.integers(0, eq.size, eq.size), minlength=eq.size)
-            off_b, slope_b = eq.fit(w.astype(np.float64), linear)
+            off_b, slope_b = eq.fit(linear, eq.resample(rng))
             disp[b] = slope_b * motion.ref_depth + off_b
         lo, hi = np.percentile(disp, [2.5, 97.5], axis=0)
         motion.ci_low[tied], motion.ci_high[tied] = lo, hi
@@ -239,11 +250,11 @@ def linear_excess(rigid: Motion, linear: Motion, depth: np.ndarray, session0: np
 LINEAR_BOOTSTRAP = 100
 
 
-def _excess_of(eq: _PairEquations, pair_weight: np.ndarray, depth: np.ndarray,
-               session0: np.ndarray) -> float:
+def _excess_of(eq: _PairEquations, depth: np.ndarray, session0: np.ndarray,
+               pair_weight: np.ndarray | None = None) -> float:
     """linear_excess of the linear over the rigid fit of the pair equations ``eq``, each pair
-    counted ``pair_weight`` times."""
-    return linear_excess(eq.motion(pair_weight, False), eq.motion(pair_weight, True), depth,
+    counted ``pair_weight`` times (None: once)."""
+    return linear_excess(eq.motion(False, pair_weight), eq.motion(True, pair_weight), depth,
                          session0)
 
 
@@ -262,16 +273,13 @@ def motion_by_model(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray,
     the clusters for no gain. Why the resamples: a round whose matches hold many wrong pairs
     (the ACG round of a study whose rates change from day to day) gives noisy slopes, an
     excess of 6 um from rigid drift, which the resamples do not uphold."""
-    # the fits that only decide warn nothing: the motion returned says what there is to say
-    eq = _PairEquations(pairs, depth, session0, n_sessions, log.debug)
+    eq = _PairEquations(pairs, depth, session0, n_sessions)  # set up (and warned) once
     excess = 0.0
     if linear_min_um > 0 and eq.tied is not None:
-        excess = _excess_of(eq, np.ones(eq.size), depth, session0)
+        excess = _excess_of(eq, depth, session0)
         if excess > linear_min_um:
             rng = np.random.default_rng(seed)
-            excess = float(np.percentile([_excess_of(eq, np.bincount(
-                rng.integers(0, eq.size, eq.size), minlength=eq.size).astype(np.float64),
-                depth, session0) for _ in range(LINEAR_BOOTSTRAP)], 5))
+            excess = float(np.percentile([_excess_of(eq, depth, session0, eq.resample(rng))
+                                          for _ in range(LINEAR_BOOTSTRAP)], 5))
     use_linear = linear_min_um > 0 and excess > linear_min_um
-    return estimate_motion(pairs, depth, session0, n_sessions, linear=use_linear,
-                           n_bootstrap=n_bootstrap, seed=seed), excess
+    return _fitted(eq, use_linear, n_bootstrap, seed), excess

@@ -76,6 +76,7 @@ def summarize_clusters(idx, session, positions, amplitude, links: Links,
     """
     idx = np.asarray(idx).reshape(-1)
     session = np.asarray(session).reshape(-1)
+    duplicate = None if duplicate_of is None else np.asarray(duplicate_of).reshape(-1) >= 0
     lowest, lowest_threshold, inside_values = _weakest_inside(idx, links)
     best_value, best_unit = _competitors(idx, links)
     typical = float(np.median(inside_values)) if inside_values.size else np.nan
@@ -93,7 +94,7 @@ def summarize_clusters(idx, session, positions, amplitude, links: Links,
         weakest, cut = lowest[cid], lowest_threshold[cid]
         if np.isfinite(weakest) and weakest < cut + NEAR_FRACTION * max(typical - cut, 0.0):
             flags.append("near")
-        if duplicate_of is not None and (np.asarray(duplicate_of)[units] >= 0).any():
+        if duplicate is not None and duplicate[units].any():
             flags.append("duplicate")
         competitor = None
         if best_unit[cid] >= 0:

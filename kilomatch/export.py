@@ -399,8 +399,9 @@ def _write_all(result: Result, arrays: RunArrays, write: _FileWriters) -> list:
 
     # One row per tracked neuron (kilomatch.tracked), with the sorter's ids when imported.
     from .tracked import write_tracked_neurons
+    twin = np.where(a.duplicates.secondary, a.duplicates.primary, -1)
     written.append(write_tracked_neurons(folder, idx, result.data.session_index,
-                                         settings.path_to_data))
+                                         settings.path_to_data, twin))
 
     output = {
         "IdxCluster": idx, "MatchedPairs": result.matched_pairs,

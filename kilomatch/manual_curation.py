@@ -294,6 +294,17 @@ def _curated_units_csv(folder: Path, idx: np.ndarray, new: np.ndarray) -> str:
     return buf.getvalue()
 
 
+def _twins(folder: Path) -> np.ndarray | None:
+    """The unit each unit duplicates, from the run's units.csv (tracked.twin_of), or None
+    when the run's units.csv has no duplicate_of column (written before it had one)."""
+    from .tracked import twin_of
+    with open(folder / "units.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "duplicate_of" not in rows[0]:
+        return None
+    return twin_of([r["duplicate_of"] for r in rows])
+
+
 def apply_curation(output_folder, curation) -> Path:
     """Apply ``curation`` (a curation.json path, or its loaded dict) to the run in
     ``output_folder`` and write ``output_folder/curated/``: IdxCluster.npy, MatchedPairs.npy,
@@ -357,7 +368,7 @@ def apply_curation(output_folder, curation) -> Path:
     save_npy(out / "MatchedPairs.npy", pairs)
     save_text(out / "units.csv", _curated_units_csv(folder, idx, new))
     save_text(out / "tracked_neurons.csv",
-              tracked_csv(new, output["SessionIndex"], sorter_ids))
+              tracked_csv(new, output["SessionIndex"], sorter_ids, _twins(folder)))
     save_npz(out / "CurationResults.npz", results)
     save_npz(out / "Output.npz", output)
     import logging

@@ -6,8 +6,11 @@ neuron was not seen that day; when the sorter split the neuron into two units th
 both were kept (autoCuration.keep_sorter_splits), the cell lists both, joined by ';'. When
 the input folder came from an importer, its ``units_source.csv`` also gives the sorter's own
 unit id of each unit; a ``session_k_sorter_id`` column then follows each ``session_k``.
-Unmatched units (cluster -1) belong to no neuron and are not rows here (they are in
-``units.csv``).
+The last column, ``duplicate_of_cluster``, names another row when at least half of this
+row's units are duplicates of that row's units (units.csv ``duplicate_of``): most often one
+neuron whose spikes the sorter counted twice, tracked twice; look at both rows before
+dropping one. Unmatched units (cluster -1) belong to no neuron and are not rows here (they
+are in ``units.csv``).
 """
 
 from __future__ import annotations
@@ -52,7 +55,35 @@ def cluster_members(idx: np.ndarray, session: np.ndarray) -> list:
     return [(int(idx[m[0]]), m) for m in np.split(order, bounds)] if order.size else []
 
 
-def tracked_table(idx_cluster, session, sorter_ids=None) -> tuple[list, list]:
+def duplicate_tracks(idx_cluster: np.ndarray, twin: np.ndarray) -> dict:
+    """{cluster C: cluster D} for every tracked neuron C at least half of whose units are
+    duplicates of units of another tracked neuron D (the most of them; the lower id on a
+    tie). idx_cluster: (N,) > 0 tracked; twin: (N,) int, the unit each unit duplicates
+    (units.csv duplicate_of), -1 for a unit that duplicates none.
+
+    A sorter that counts a neuron's spikes twice in every session (Kilosort 4 does, on some
+    neurons) gives two tracks of one neuron: a user who counts neurons counts it twice."""
+    idx = np.asarray(idx_cluster).reshape(-1)
+    twin = np.asarray(twin).reshape(-1)
+    out = {}
+    for cid in np.unique(idx[idx > 0]):
+        members = np.flatnonzero(idx == cid)
+        other = twin[members]
+        other = idx[other[other >= 0]]
+        other = other[(other > 0) & (other != cid)]
+        if other.size and 2 * other.size >= members.size:
+            ids, counts = np.unique(other, return_counts=True)
+            out[int(cid)] = int(ids[np.argmax(counts)])  # argmax: the first, lowest id, on a tie
+    return out
+
+
+def twin_of(duplicate_of) -> np.ndarray:
+    """(N,) int64 from units.csv's duplicate_of column (N strings, '' for none): -1 for none."""
+    return np.array([int(v) if str(v).strip() else -1 for v in duplicate_of], np.int64)
+
+
+def tracked_table(idx_cluster, session, sorter_ids=None,
+                  twin: np.ndarray | None = None) -> tuple[list, list]:
     """Header and rows of ``tracked_neurons.csv``.
 
     idx_cluster: (N,) cluster of each unit, > 0 for a tracked neuron, -1 unmatched (ids need not
@@ -60,7 +91,8 @@ def tracked_table(idx_cluster, session, sorter_ids=None) -> tuple[list, list]:
     Rows are clusters in increasing id: ``cluster, n_sessions, session_1, ...`` with blank
     cells for sessions where the neuron was not seen. Two units of one session in a cluster (a
     neuron the sorter split, kept by the curation) share the cell, joined by ';' in increasing
-    unit order (their sorter ids likewise); n_sessions counts sessions, not units.
+    unit order (their sorter ids likewise); n_sessions counts sessions, not units. With
+    ``twin`` (N,) (:func:`duplicate_tracks`), a last column ``duplicate_of_cluster``.
     """
     idx = np.asarray(idx_cluster).reshape(-1)
     session = np.asarray(session).reshape(-1)
@@ -71,6 +103,9 @@ def tracked_table(idx_cluster, session, sorter_ids=None) -> tuple[list, list]:
         if sorter_ids is not None:
             header.append(f"session_{s}_sorter_id")
     width = 2 if sorter_ids is not None else 1
+    duplicated = None if twin is None else duplicate_tracks(idx, twin)
+    if duplicated is not None:
+        header.append("duplicate_of_cluster")
     rows = []
     for cid, members in cluster_members(idx, session):
         cells = [[] for _ in range(width * n_sessions)]
@@ -80,12 +115,14 @@ def tracked_table(idx_cluster, session, sorter_ids=None) -> tuple[list, list]:
             if sorter_ids is not None:
                 cells[width * (s - 1) + 1].append(str(sorter_ids[u]))
         rows.append([str(cid), str(np.unique(seen).size)] + [";".join(c) for c in cells])
+        if duplicated is not None:
+            rows[-1].append(str(duplicated.get(cid, "")))
     return header, rows
 
 
-def tracked_csv(idx_cluster, session, sorter_ids=None) -> str:
+def tracked_csv(idx_cluster, session, sorter_ids=None, twin=None) -> str:
     """The text of ``tracked_neurons.csv`` (see :func:`tracked_table`)."""
-    header, rows = tracked_table(idx_cluster, session, sorter_ids)
+    header, rows = tracked_table(idx_cluster, session, sorter_ids, twin)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -93,12 +130,14 @@ def tracked_csv(idx_cluster, session, sorter_ids=None) -> str:
     return buf.getvalue()
 
 
-def write_tracked_neurons(folder, idx_cluster, session, input_folder=None) -> Path:
+def write_tracked_neurons(folder, idx_cluster, session, input_folder=None,
+                          twin=None) -> Path:
     """Write ``folder/tracked_neurons.csv`` atomically; sorter ids come from
-    ``input_folder/units_source.csv`` when it exists. Returns the path."""
+    ``input_folder/units_source.csv`` when it exists; ``twin`` (N,): see
+    :func:`duplicate_tracks`. Returns the path."""
     from .export import save_text
     idx = np.asarray(idx_cluster).reshape(-1)
     sorter_ids = None if input_folder is None else read_sorter_ids(input_folder, idx.size)
     path = Path(folder) / FILE_NAME
-    save_text(path, tracked_csv(idx, session, sorter_ids))
+    save_text(path, tracked_csv(idx, session, sorter_ids, twin))
     return path

@@ -196,3 +196,18 @@ def test_missing_result_file_is_one_error_naming_it(output_folder, tmp_path, nam
     with pytest.raises(KilomatchError, match=rf"{name}: missing"):
         kilomatch.apply_curation(output_folder, {"decisions": [
             {"cluster": 1, "action": "split", "units": [7]}]})
+
+
+def test_curated_tracked_neurons_still_name_a_duplicate_track(output_folder, tmp_path):
+    # units 2 and 6 (cluster 3) duplicate units 1 and 5 (cluster 2) in the run's units.csv
+    save_units_csv(output_folder / "units.csv", {
+        "unit": np.arange(10), "session": SESSION, "cluster": IDX, "y": np.linspace(0, 90, 10),
+        "duplicate_of": np.array(["", "", "1", "", "", "", "5", "", "", ""], dtype=object)})
+    curation = tmp_path / "curation.json"
+    curation.write_text(json.dumps({"decisions": [
+        {"cluster": 1, "action": "split", "units": [7]}]}))
+    assert main(["apply-curation", str(output_folder), str(curation)]) == 0
+    rows = list(csv.reader(open(output_folder / "curated" / "tracked_neurons.csv")))
+    assert rows[0][-1] == "duplicate_of_cluster"
+    assert {r[0]: r[-1] for r in rows[1:]}["3"] == "2"
+    assert {r[0]: r[-1] for r in rows[1:]}["2"] == ""

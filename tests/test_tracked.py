@@ -52,3 +52,22 @@ def test_a_neuron_split_by_the_sorter_lists_both_units_in_its_session_cell(tmp_p
     # n_sessions counts days, not units
     assert rows[1] == ["2", "2", "0;4", "100;104", "2", "102"]
     assert rows[2] == ["5", "2", "1", "101", "3", "103"]
+
+
+def test_a_track_of_duplicate_units_names_the_track_it_duplicates():
+    # cluster 3's units 4, 5, 6 duplicate (units.csv duplicate_of) units 0, 1, 2 of cluster 2
+    # in two of its three sessions: its row names cluster 2; cluster 7 has one duplicate in
+    # three units (under half) and cluster 2 itself duplicates nothing
+    idx = np.array([2, 2, 2, 3, 3, 3, 7, 7, 7])
+    session = np.array([1, 2, 3, 1, 2, 3, 1, 2, 3])
+    twin = np.array([-1, -1, -1, 0, 1, -1, -1, -1, 2])
+    rows = _rows(tracked_csv(idx, session, twin=twin))
+    assert rows[0][-1] == "duplicate_of_cluster"
+    assert {r[0]: r[-1] for r in rows[1:]} == {"2": "", "3": "2", "7": ""}
+
+
+def test_the_written_table_marks_the_duplicate_track(tmp_path):
+    idx, session = np.array([4, 4, 9, 9]), np.array([1, 2, 1, 2])
+    twin = np.array([-1, -1, 0, 1])
+    rows = _rows(write_tracked_neurons(tmp_path, idx, session, None, twin).read_text())
+    assert rows[1:] == [["4", "2", "0", "1", ""], ["9", "2", "2", "3", "4"]]

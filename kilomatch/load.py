@@ -395,13 +395,61 @@ def _load_spike_times(spike_dir: Path, n_units: int, problems: list) -> list | N
     return times
 
 
+# Spike times in ms, as recorded from neurons: the median interspike interval lies between a
+# few ms and a few s, and some intervals are short (3-14% under 10 ms on the accuracy suite,
+# 5-8% on mountainsort5's and Kilosort 4's sortings of SpikeInterface's recordings). Times in
+# s make the median under 1 ms (a 1 kHz neuron); times in samples (30 kHz) leave almost no
+# interval under 10 "ms" (0.33 ms, inside every neuron's refractory period: 0.03% on Kilosort
+# 4's sorting, 0.1-0.3% for the suite's Poisson trains, which have no dead time). Only a
+# warning: neurons firing at 0.2 Hz without bursts would look like samples too.
+SECONDS_MEDIAN_ISI_MS = 1.0
+SAMPLES_SHORT_ISI_MS = 10.0
+SAMPLES_SHORT_SHARE = 5e-3
+SAMPLES_MEDIAN_ISI_MS = 300.0
+UNITS_FOR_TIME_UNIT = 2000  # the hint reads at most this many units, evenly spaced
+
+
+def spike_time_unit_hint(spike_times: list) -> str | None:
+    """A sentence when the spike times (N arrays, read as ms) look like seconds or samples,
+    else None: from the median over units of each unit's median interspike interval, and the
+    share of all intervals under 10 ms."""
+    units = [t for t in spike_times if t.size > 2]
+    if not units:
+        return None
+    step = max(1, len(units) // UNITS_FOR_TIME_UNIT)
+    medians, short, total = [], 0, 0
+    for t in units[::step]:
+        isi = np.diff(t)
+        medians.append(np.median(isi))
+        short += int(np.count_nonzero(isi < SAMPLES_SHORT_ISI_MS))
+        total += isi.size
+    median = float(np.median(medians))
+    share = short / total
+    if median < SECONDS_MEDIAN_ISI_MS:
+        return (f"the spike times look like seconds, not ms: the median interspike interval is "
+                f"{median:.3g} ms (a neuron firing at {1000 / max(median, 1e-9):.0f} Hz); "
+                "kilomatch reads ms (multiply seconds by 1000), and its ACG and ISI "
+                "similarities are meaningless otherwise")
+    if share < SAMPLES_SHORT_SHARE and median > SAMPLES_MEDIAN_ISI_MS:
+        return (f"the spike times look like samples, not ms: {100 * share:.3f}% of interspike "
+                f"intervals are under {SAMPLES_SHORT_ISI_MS:g} ms (3-14% in recordings in ms) "
+                f"and the median is {median:.0f} ms; kilomatch reads ms (divide samples by the "
+                "sampling rate in kHz, 30 for Neuropixels), and its ACG and ISI similarities "
+                "are meaningless otherwise")
+    return None
+
+
 def warn_degenerate(data: Dataset, flat: np.ndarray | None = None) -> None:
     """Log degenerate but legal units: too few spikes, flat waveforms (``flat`` (N,) bool from
-    scan_waveforms; None: not known yet), lone units per session."""
+    scan_waveforms; None: not known yet), lone units per session; and spike times that look
+    like seconds or samples (spike_time_unit_hint)."""
     few = [k for k, t in enumerate(data.spike_times) if t.size < 2]
     if few:
         log.warning("units %s have fewer than 2 spikes: their ACG and ISI are zero and carry no "
                     "similarity", name_items(few))
+    hint = spike_time_unit_hint(data.spike_times)
+    if hint:
+        log.warning("%s/%s: %s", data.path, SPIKE_TIMES, hint)
     if flat is not None:
         warn_flat(flat)
     counts = np.bincount(data.session_index, minlength=data.n_sessions + 1)[1:]

@@ -104,3 +104,31 @@ def test_too_small_channel_window_is_named(base, tmp_path, caplog):
         kilomatch.run({"path_to_data": str(base), "output_folder": str(tmp_path / "b"),
                        "n_jobs": 1, "motionEstimation": {"n_bootstrap": 0}})
     assert "window_um" not in "\n".join(r.getMessage() for r in caplog.records)
+
+
+def _trains(folder):
+    return [np.load(p) for p in sorted((folder / "spike_times").glob("Unit*.npy"))]
+
+
+def test_spike_times_in_seconds_or_samples_are_named(base):
+    from kilomatch.load import spike_time_unit_hint
+    ms = _trains(base)
+    assert spike_time_unit_hint(ms) is None
+    assert "look like seconds" in spike_time_unit_hint([t / 1000 for t in ms])
+    assert "look like samples" in spike_time_unit_hint([t * 30 for t in ms])
+    # neurons firing slowly, but in ms, with some short intervals: no warning
+    rng = np.random.default_rng(0)
+    slow = []
+    for _ in range(20):
+        t = rng.uniform(0, 6e6, 300)  # 0.05 Hz for 100 min
+        slow.append(np.sort(np.r_[t, t[:10] + 4.0]))  # 3% of intervals 4 ms (bursts)
+    assert spike_time_unit_hint(slow) is None
+
+
+def test_a_run_on_spike_times_in_seconds_warns(base, tmp_path, caplog):
+    data = tmp_path / "data"
+    shutil.copytree(base, data)
+    for path in (data / "spike_times").glob("Unit*.npy"):
+        np.save(path, np.load(path) / 1000)
+    _, log = _run(data, tmp_path / "out", caplog)
+    assert f"{data}/spike_times: the spike times look like seconds, not ms" in log

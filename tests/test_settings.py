@@ -147,3 +147,23 @@ def test_settings_are_read_only_and_replace_checks():
     with pytest.raises(KilomatchError):
         s.replace(**{"clustering.max_distance": -5})
     json.dumps(t.to_dict())  # plain JSON
+
+
+def test_setting_texts_state_the_curation_constants_they_describe():
+    """The settings' texts (README table, settings.json) repeat some of kilomatch.curation's
+    fixed constants in words; a change of a constant must change the text with it."""
+    from kilomatch import curation
+    from kilomatch.parameters import PARAMETERS
+    text = {p.name: p.description.replace("\n", " ") for p in PARAMETERS}
+
+    def percentile(q):
+        return f"{round(100 * q)}th percentile"
+
+    step = text["autoCuration.amplitude_step"]
+    assert f"a factor {curation.AMPLITUDE_STEP_MIN_FACTOR:g} at least" in step
+    assert f"below {curation.AMPLITUDE_STEP_PROBABILITY:g}" in step
+    assert percentile(curation.POOLED_AMPLITUDE_QUANTILE) in step
+    assert percentile(curation.POOLED_AMPLITUDE_QUANTILE) in text["autoCuration.cut_pooled_level"]
+    rejoin = text["autoCuration.rejoin_distance_ratio"]
+    assert f"({curation.REJOIN_AMPLITUDE_MIN_FACTOR:g}x at least)" in rejoin
+    assert percentile(curation.REJOIN_AMPLITUDE_QUANTILE) in rejoin

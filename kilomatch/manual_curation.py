@@ -298,11 +298,12 @@ def _twins(folder: Path) -> np.ndarray | None:
     """The unit each unit duplicates, from the run's units.csv (tracked.twin_of), or None
     when the run's units.csv has no duplicate_of column (written before it had one)."""
     from .tracked import twin_of
-    with open(folder / "units.csv", newline="", encoding="utf-8") as f:
+    path = folder / "units.csv"
+    with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows or "duplicate_of" not in rows[0]:
         return None
-    return twin_of([r["duplicate_of"] for r in rows])
+    return twin_of([r["duplicate_of"] for r in rows], path)
 
 
 def apply_curation(output_folder, curation) -> Path:

@@ -63,23 +63,36 @@ def duplicate_tracks(idx_cluster: np.ndarray, twin: np.ndarray) -> dict:
 
     A sorter that counts a neuron's spikes twice in every session (Kilosort 4 does, on some
     neurons) gives two tracks of one neuron: a user who counts neurons counts it twice."""
-    idx = np.asarray(idx_cluster).reshape(-1)
-    twin = np.asarray(twin).reshape(-1)
-    out = {}
-    for cid in np.unique(idx[idx > 0]):
-        members = np.flatnonzero(idx == cid)
-        other = twin[members]
-        other = idx[other[other >= 0]]
-        other = other[(other > 0) & (other != cid)]
-        if other.size and 2 * other.size >= members.size:
-            ids, counts = np.unique(other, return_counts=True)
-            out[int(cid)] = int(ids[np.argmax(counts)])  # argmax: the first, lowest id, on a tie
-    return out
+    idx = np.asarray(idx_cluster, np.int64).reshape(-1)
+    twin = np.asarray(twin, np.int64).reshape(-1)
+    # one pass over the units, not one per cluster (20k clusters at 10^5 units)
+    units = np.flatnonzero((idx > 0) & (twin >= 0))
+    own, other = idx[units], idx[twin[units]]
+    keep = (other > 0) & (other != own)
+    if not keep.any():
+        return {}
+    own, other = own[keep], other[keep]
+    base = int(idx.max()) + 1
+    code, count = np.unique(own * base + other, return_counts=True)
+    own, other = code // base, code % base
+    size = np.bincount(idx[idx > 0], minlength=base)
+    duplicated = np.bincount(own, weights=count, minlength=base)
+    order = np.lexsort((other, -count, own))  # per cluster: most duplicates, then lowest id
+    first = order[np.r_[True, own[order][1:] != own[order][:-1]]]
+    return {int(c): int(d) for c, d in zip(own[first], other[first])
+            if 2 * duplicated[c] >= size[c]}
 
 
-def twin_of(duplicate_of) -> np.ndarray:
-    """(N,) int64 from units.csv's duplicate_of column (N strings, '' for none): -1 for none."""
-    return np.array([int(v) if str(v).strip() else -1 for v in duplicate_of], np.int64)
+def twin_of(duplicate_of, where="units.csv") -> np.ndarray:
+    """(N,) int64 from units.csv's duplicate_of column (N strings, '' for none): -1 for none,
+    for the unit ids 0..N-1 it names (any other value: KilomatchError naming ``where``)."""
+    values = [str(v).strip() for v in duplicate_of]
+    n = len(values)
+    bad = [k for k, v in enumerate(values) if v and not (v.isdigit() and int(v) < n)]
+    if bad:
+        raise KilomatchError(f"{where}: duplicate_of of unit {bad[0]} is {values[bad[0]]!r}, "
+                             f"not a unit 0..{n - 1}")
+    return np.array([int(v) if v else -1 for v in values], np.int64)
 
 
 def tracked_table(idx_cluster, session, sorter_ids=None,

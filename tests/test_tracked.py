@@ -71,3 +71,27 @@ def test_the_written_table_marks_the_duplicate_track(tmp_path):
     twin = np.array([-1, -1, 0, 1])
     rows = _rows(write_tracked_neurons(tmp_path, idx, session, None, twin).read_text())
     assert rows[1:] == [["4", "2", "0", "1", ""], ["9", "2", "2", "3", "4"]]
+
+
+def test_duplicate_tracks_at_scale_match_the_rule_cluster_by_cluster():
+    # random clusters and twins: the one-pass result against the rule applied per cluster
+    from kilomatch.tracked import duplicate_tracks
+    rng = np.random.default_rng(1)
+    idx = rng.integers(-1, 40, 600)
+    twin = np.where(rng.random(600) < 0.4, rng.integers(0, 600, 600), -1)
+    expected = {}
+    for c in np.unique(idx[idx > 0]):
+        members = np.flatnonzero(idx == c)
+        other = idx[twin[members][twin[members] >= 0]]
+        other = other[(other > 0) & (other != c)]
+        if other.size and 2 * other.size >= members.size:
+            ids, counts = np.unique(other, return_counts=True)
+            expected[int(c)] = int(ids[np.argmax(counts)])
+    assert expected and duplicate_tracks(idx, twin) == expected
+
+
+def test_a_duplicate_of_that_names_no_unit_is_one_error():
+    from kilomatch.tracked import twin_of
+    assert twin_of(["", "0", " 1 "]).tolist() == [-1, 0, 1]
+    with pytest.raises(KilomatchError, match=r"x/units.csv: duplicate_of of unit 1 is '7', not a unit 0..2"):
+        twin_of(["", "7", ""], "x/units.csv")

@@ -185,6 +185,28 @@ def non_finite_problem(path, finite: np.ndarray) -> str:
             f"{name_items(np.flatnonzero(~finite))}")
 
 
+# Mean waveforms in uV: units' peak-to-trough amplitudes run from tens to hundreds of uV
+# (30-1,000 on the accuracy suite and the sorters' outputs). Under 1 uV at the median they
+# are in V or mV.
+MIN_MEDIAN_AMPLITUDE_UV = 1.0
+
+
+def amplitude_unit_hint(amplitude: np.ndarray) -> str | None:
+    """A sentence when the units' amplitudes (N,) (peak-to-trough on the peak channel, read
+    as uV) look like V or mV, else None. Flat units (amplitude 0) are left out."""
+    amplitude = np.asarray(amplitude, np.float64)
+    amplitude = amplitude[amplitude > 0]
+    if amplitude.size == 0:
+        return None
+    median = float(np.median(amplitude))
+    if median >= MIN_MEDIAN_AMPLITUDE_UV:
+        return None
+    return (f"the waveforms look like V or mV, not uV: the units' median peak-to-trough "
+            f"amplitude is {median:.3g} uV; kilomatch reads uV (multiply V by 1e6, mV by "
+            "1e3): the tracking does not depend on the scale, but the amplitudes it reports "
+            "(units.csv, the figures) would be off by as much")
+
+
 def warn_flat(flat: np.ndarray) -> None:
     """Log the units (N,) bool ``flat`` marks."""
     if flat.any():

@@ -22,8 +22,8 @@ from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
 from .logs import RunLog, setup_logging
 from .formats.folder import WAVEFORMS
-from .load import (Dataset, iter_rows, judge_rows, load_dataset, load_given_motion,
-                   non_finite_problem, warn_flat)
+from .load import (Dataset, amplitude_unit_hint, iter_rows, judge_rows, load_dataset,
+                   load_given_motion, non_finite_problem, warn_flat)
 from .motion import Motion, estimate_motion, motion_by_model
 from .parallel import map_units, threads_for_pairs
 # The result types are defined in kilomatch.results and stay importable from here.
@@ -83,6 +83,10 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
             data.path / WAVEFORMS if data.path is not None else WAVEFORMS, finite))
     warn_flat(flat)
     amplitude = ptt[np.arange(n), peak].astype(np.float64)
+    hint = amplitude_unit_hint(amplitude)
+    if hint:
+        log.warning("%s: %s", data.path / WAVEFORMS if data.path is not None else WAVEFORMS,
+                    hint)
     waveforms = channel_windows.LocalWaveforms(values, windows[peak], c)
     nearest = features.nearest_channels(data.channel_locations, peak,
                                         s.spikeLocation.n_nearest_channels)

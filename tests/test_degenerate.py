@@ -132,3 +132,14 @@ def test_a_run_on_spike_times_in_seconds_warns(base, tmp_path, caplog):
         np.save(path, np.load(path) / 1000)
     _, log = _run(data, tmp_path / "out", caplog)
     assert f"{data}/spike_times: the spike times look like seconds, not ms" in log
+
+
+def test_waveforms_in_volts_are_named(base, tmp_path, caplog):
+    from kilomatch.load import amplitude_unit_hint
+    assert amplitude_unit_hint(np.array([0.0, 40.0, 80.0, 300.0])) is None
+    assert "look like V or mV" in amplitude_unit_hint(np.array([0.0, 4e-5, 8e-5, 3e-4]))
+    data = tmp_path / "data"
+    shutil.copytree(base, data)
+    np.save(data / "waveform_all.npy", np.load(data / "waveform_all.npy") * 1e-6)
+    _, log = _run(data, tmp_path / "out", caplog)
+    assert f"{data}/waveform_all.npy: the waveforms look like V or mV, not uV" in log

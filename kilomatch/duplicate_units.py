@@ -61,6 +61,12 @@ class Duplicates:
         """(N,) bool: units that duplicate a unit with more spikes."""
         return self.primary != np.arange(self.primary.size)
 
+    @property
+    def twin(self) -> np.ndarray:
+        """(N,) int64: the unit each secondary unit duplicates (its group's primary), -1 for
+        every other unit (units.csv duplicate_of, tracked.duplicate_tracks)."""
+        return np.where(self.secondary, self.primary, -1).astype(np.int64)
+
 
 def shared_spikes(times_a: np.ndarray, times_b: np.ndarray,
                   lag_ms: float = DUPLICATE_LAG_MS) -> float:

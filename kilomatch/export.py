@@ -167,9 +167,9 @@ def split_with(idx_cluster: np.ndarray, session: np.ndarray) -> np.ndarray:
 def duplicate_of(duplicates) -> np.ndarray:
     """(N,) str: for each unit that duplicates another (duplicate_units.Duplicates of the
     run), the unit of its group with the most spikes; '' for every other unit."""
-    out = np.full(duplicates.primary.size, "", dtype=object)
-    secondary = duplicates.secondary
-    out[secondary] = [str(int(v)) for v in duplicates.primary[secondary]]
+    twin = duplicates.twin
+    out = np.full(twin.size, "", dtype=object)
+    out[twin >= 0] = [str(int(v)) for v in twin[twin >= 0]]
     return out
 
 
@@ -399,9 +399,8 @@ def _write_all(result: Result, arrays: RunArrays, write: _FileWriters) -> list:
 
     # One row per tracked neuron (kilomatch.tracked), with the sorter's ids when imported.
     from .tracked import write_tracked_neurons
-    twin = np.where(a.duplicates.secondary, a.duplicates.primary, -1)
     written.append(write_tracked_neurons(folder, idx, result.data.session_index,
-                                         settings.path_to_data, twin))
+                                         settings.path_to_data, a.duplicates.twin))
 
     output = {
         "IdxCluster": idx, "MatchedPairs": result.matched_pairs,

@@ -269,10 +269,13 @@ def _curated_confidence(idx: np.ndarray, new: np.ndarray, confidence: np.ndarray
     return out
 
 
-def _curated_units_csv(folder: Path, idx: np.ndarray, new: np.ndarray) -> str:
+def _curated_units_csv(folder: Path, idx: np.ndarray, new: np.ndarray
+                       ) -> tuple[str, np.ndarray | None]:
     """The text of the run's ``units.csv`` with its cluster column replaced by the curated
     clusters ``new``, and its match_confidence column, when it has one, by
-    :func:`_curated_confidence`."""
+    :func:`_curated_confidence`; and the unit each unit duplicates from its duplicate_of
+    column (tracked.twin_of), None for a run written before that column existed."""
+    from .tracked import twin_of
     path = folder / "units.csv"
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
@@ -291,19 +294,11 @@ def _curated_units_csv(folder: Path, idx: np.ndarray, new: np.ndarray) -> str:
         if conf_column is not None:
             row[conf_column] = f"{confidence[k]:.3f}"  # as export.save_units_csv writes it
         writer.writerow(row)
-    return buf.getvalue()
-
-
-def _twins(folder: Path) -> np.ndarray | None:
-    """The unit each unit duplicates, from the run's units.csv (tracked.twin_of), or None
-    when the run's units.csv has no duplicate_of column (written before it had one)."""
-    from .tracked import twin_of
-    path = folder / "units.csv"
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "duplicate_of" not in rows[0]:
-        return None
-    return twin_of([r["duplicate_of"] for r in rows], path)
+    twin = None
+    if "duplicate_of" in rows[0]:
+        column = rows[0].index("duplicate_of")
+        twin = twin_of([row[column] for row in rows[1:]], path)
+    return buf.getvalue(), twin
 
 
 def apply_curation(output_folder, curation) -> Path:
@@ -367,9 +362,10 @@ def apply_curation(output_folder, curation) -> Path:
         (out / "Output.npz").unlink()
     save_npy(out / "IdxCluster.npy", new.reshape(-1, 1))
     save_npy(out / "MatchedPairs.npy", pairs)
-    save_text(out / "units.csv", _curated_units_csv(folder, idx, new))
+    units_text, twin = _curated_units_csv(folder, idx, new)
+    save_text(out / "units.csv", units_text)
     save_text(out / "tracked_neurons.csv",
-              tracked_csv(new, output["SessionIndex"], sorter_ids, _twins(folder)))
+              tracked_csv(new, output["SessionIndex"], sorter_ids, twin))
     save_npz(out / "CurationResults.npz", results)
     save_npz(out / "Output.npz", output)
     import logging

@@ -78,15 +78,14 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
         if s.centering_waveforms:
             block = features.center_waveforms(block, peak[rows])
         values[rows] = channel_windows.reduce_block(block, windows[peak[rows]])
+    source = data.path / WAVEFORMS if data.path is not None else WAVEFORMS
     if not finite.all():
-        raise KilomatchError(non_finite_problem(
-            data.path / WAVEFORMS if data.path is not None else WAVEFORMS, finite))
+        raise KilomatchError(non_finite_problem(source, finite))
     warn_flat(flat)
     amplitude = ptt[np.arange(n), peak].astype(np.float64)
     hint = amplitude_unit_hint(amplitude)
     if hint:
-        log.warning("%s: %s", data.path / WAVEFORMS if data.path is not None else WAVEFORMS,
-                    hint)
+        log.warning("%s: %s", source, hint)
     waveforms = channel_windows.LocalWaveforms(values, windows[peak], c)
     nearest = features.nearest_channels(data.channel_locations, peak,
                                         s.spikeLocation.n_nearest_channels)

@@ -84,15 +84,21 @@ def duplicate_tracks(idx_cluster: np.ndarray, twin: np.ndarray) -> dict:
 
 
 def twin_of(duplicate_of, where="units.csv") -> np.ndarray:
-    """(N,) int64 from units.csv's duplicate_of column (N strings, '' for none): -1 for none,
-    for the unit ids 0..N-1 it names (any other value: KilomatchError naming ``where``)."""
-    values = [str(v).strip() for v in duplicate_of]
-    n = len(values)
-    bad = [k for k, v in enumerate(values) if v and not (v.isdigit() and int(v) < n)]
-    if bad:
-        raise KilomatchError(f"{where}: duplicate_of of unit {bad[0]} is {values[bad[0]]!r}, "
-                             f"not a unit 0..{n - 1}")
-    return np.array([int(v) if v else -1 for v in values], np.int64)
+    """(N,) int64 from units.csv's duplicate_of column (N strings, one per row): the unit
+    0..N-1 each names, -1 where blank (or -1). Any other value is a KilomatchError naming
+    ``where`` and the row. The one reader of that column (apply-curation, the report)."""
+    n = len(duplicate_of)
+    out = np.full(n, -1, np.int64)
+    for k, value in enumerate(duplicate_of):
+        text = str(value).strip()
+        try:
+            out[k] = int(text) if text else -1
+        except ValueError:
+            out[k] = n  # not an integer: refused below
+        if not -1 <= out[k] < n:
+            raise KilomatchError(f"{where}, row {k + 2}: duplicate_of is {text!r}, not a unit "
+                                 f"index 0..{n - 1}")
+    return out
 
 
 def tracked_table(idx_cluster, session, sorter_ids=None,

@@ -93,5 +93,6 @@ def test_duplicate_tracks_at_scale_match_the_rule_cluster_by_cluster():
 def test_a_duplicate_of_that_names_no_unit_is_one_error():
     from kilomatch.tracked import twin_of
     assert twin_of(["", "0", " 1 "]).tolist() == [-1, 0, 1]
-    with pytest.raises(KilomatchError, match=r"x/units.csv: duplicate_of of unit 1 is '7', not a unit 0..2"):
+    with pytest.raises(KilomatchError,
+                       match=r"x/units.csv, row 3: duplicate_of is '7', not a unit index 0..2"):
         twin_of(["", "7", ""], "x/units.csv")

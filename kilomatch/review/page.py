@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import KilomatchError
+from ..tracked import twin_of
 from .clusters import FLAGS, summarize_clusters
 from .links import read_links
 
@@ -47,20 +48,17 @@ def _units_columns(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if rows and "amplitude" not in rows[0]:
         raise KilomatchError(f"{path} has no amplitude column")
 
-    def column(name, kind, blank=None):
-        values = []
-        for k, r in enumerate(rows):
-            text = r[name].strip()
-            try:
-                values.append(blank if blank is not None and not text else kind(text))
-            except ValueError:
-                raise KilomatchError(f"{path}, row {k + 2}: {name} is {text!r}, not a "
-                                     f"{'number' if kind is float else 'unit index'}") from None
-        return np.array(values, dtype=kind)
-
-    duplicate_of = column("duplicate_of", int, -1) if rows and "duplicate_of" in rows[0] \
-        else None
-    return column("amplitude", float), duplicate_of
+    amplitude = []
+    for k, r in enumerate(rows):
+        text = r["amplitude"].strip()
+        try:
+            amplitude.append(float(text))
+        except ValueError:
+            raise KilomatchError(f"{path}, row {k + 2}: amplitude is {text!r}, not a "
+                                 "number") from None
+    duplicate_of = twin_of([r["duplicate_of"] for r in rows], path) \
+        if rows and "duplicate_of" in rows[0] else None
+    return np.array(amplitude, dtype=float), duplicate_of
 
 
 def _output_for_figures(folder: Path, links) -> dict:

@@ -126,6 +126,14 @@ DATASETS["q"] = ("nonrigid_defaults", "depth-dependent drift with default settin
                   "waveform_source": "spikeinterface", "detection_threshold_uv": 30.0,
                   "waveform_noise_per_spike_uv": 20.0, "seed": 117}, {})
 
+# A probe that settles by hundreds of um over the recordings (the first weeks after an
+# implant): a random walk scaled to 800 um, steps of 100-600 um between sessions, so that
+# many pairs of sessions lie farther apart than a search of 300 um reaches (session 25: the
+# initial estimate's search of 300 um, then the default, went wrong: F1 0.84).
+DATASETS["r"] = ("very_large_drift", "10 sessions, a random walk over 800 um (steps of "
+                 "100-600 um between sessions)",
+                 {**_BASE, "n_sessions": 10, "drift_max_um": 800.0, "seed": 118}, {})
+
 
 BAND_LABELS = metrics.band_labels()
 COLUMNS = ["dataset", "tool", "precision", "recall", "F1", "F1 before curation",

@@ -139,8 +139,11 @@ PARAMETERS: tuple[Param, ...] = (
           "the sessions' amplitude-weighted densities of unit positions (no ACG, PETH or "
           "waveform needed; kilomatch.motion_initial); 'none' starts at zero motion and checks "
           "nothing (the published method).", choices=("unit_density", "none")),
-    Param("motionEstimation.max_shift_um", "float", 300.0,
-          "Largest depth offset (um) between two sessions that the initial estimate searches.",
+    Param("motionEstimation.max_shift_um", "float", 1000.0,
+          "Largest depth offset (um) between two sessions that the initial estimate searches. "
+          "Two sessions farther apart are registered only through the sessions between them; "
+          "at 300 um (the earlier default), studies whose sessions lay up to 800 um apart got "
+          "a wrong motion (benchmarks/RESULTS.md, 'Session 25').",
           min=0, min_exclusive=True),
     Param("motionEstimation.initial_tolerance_um", "float", 10.0,
           "A round's motion that differs from the initial estimate by more than both 95% "

@@ -15,8 +15,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import (channel_windows, correction, curation, duplicate_units, export, features,
-               fingerprint, joining, linking, motion_initial, parallel, position_noise,
-               sorter_splits)
+               fingerprint, joining, linking, lone_sessions, motion_initial, parallel,
+               position_noise, sorter_splits)
 from .assemble import assemble, output_channels
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
@@ -892,6 +892,7 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
     result.duplicates = duplicates
     result.run_time_s = time.perf_counter() - t0
     result.summary = summarize(result)
+    lone_sessions.warn_lone_sessions(result.idx_cluster, data.session_index, data.n_sessions)
     if write:
         from concurrent.futures import ThreadPoolExecutor
         # The figures are drawn in a thread while the export writes: the export waits mostly

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import kilomatch
-from kilomatch import figures, metrics
+from kilomatch import figures, metrics, parameters
 from kilomatch.motion import Motion
 from kilomatch.motion_initial import (InitialMotion, MotionChoice, Registration, initial_motion,
                                       judge_round, largest_disagreement)
@@ -85,6 +85,28 @@ def test_initial_estimate_rigid_and_linear():
     truth_far = offset + slope * 3500.0
     err_rigid = np.abs(rigid.motion.offset - (truth_far - truth_far.mean())).max()
     assert err_rigid > 5.0
+
+
+def test_default_search_registers_sessions_800_um_apart():
+    """A probe that settles by 800 um over the recordings, in jumps of up to 800 um between
+    sessions: with the default search range, the initial estimate registers every session
+    within 1 um. (At the earlier default of 300 um, pairs farther apart locked onto wrong
+    units and pulled the estimate 100 um off; benchmarks/RESULTS.md, "Session 25".)"""
+    rng = np.random.default_rng(1)
+    n, sessions = 200, 8
+    x0, y0 = rng.uniform(-40, 70, n), rng.uniform(0, 3840, n)
+    amp = np.exp(rng.normal(4.5, 0.5, n))
+    offset = np.array([-240.0, 45.0, 325.0, -4.0, 90.0, 415.0, -385.0, -246.0])
+    session0 = np.repeat(np.arange(sessions), n)
+    y = np.tile(y0, sessions) + offset[session0] + rng.normal(0, 1.0, session0.size)
+    on_probe = (y >= 0) & (y <= 3840)   # a unit moved off the probe is not recorded
+    x = np.tile(x0, sessions) + rng.normal(0, 1.0, session0.size)
+    a = np.tile(amp, sessions) * np.exp(rng.normal(0, 0.05, session0.size))
+    default = parameters.default_dict()["motionEstimation"]["max_shift_um"]
+    start = initial_motion(x[on_probe], y[on_probe], a[on_probe], session0[on_probe], sessions,
+                           default, max_session_gap=10)
+    got = start.motion.displacement()
+    assert np.abs(got - (offset - offset.mean())).max() < 1.0
 
 
 def test_disagreement_beyond_bands_and_tolerance():

@@ -82,8 +82,15 @@ PARAMETERS: tuple[Param, ...] = (
           "Each unit's waveform is kept only on the channels of its shank within this distance "
           "(um) of its peak channel; the rest of the probe holds no signal and is dropped after "
           "reading, which keeps memory at 10^5 units. Must exceed the largest drift plus "
-          "clustering.max_distance plus half the span of n_nearest_channels.",
+          "clustering.max_distance plus half the span of n_nearest_channels; see "
+          "widen_window.",
           min=0, min_exclusive=True),
+    Param("waveformCorrection.widen_window", "bool", True,
+          "When the initial motion estimate (or the motion given) spans more than window_um "
+          "allows, read the windows again at the width it needs (in steps of 50 um), with a "
+          "line in the log; memory grows with the width. On 800 um of drift F1 rose from "
+          "0.978-0.985 to 0.994-0.998 (benchmarks/RESULTS.md, 'Session 25'). False: keep "
+          "window_um, with a warning."),
     Param("waveformCorrection.linear_correction", "bool", False,
           "Estimate depth-dependent (linear) motion instead of rigid motion in every round."),
     Param("waveformCorrection.linear_min_um", "float", 5.0,

@@ -59,10 +59,7 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     """Peak channel, amplitude, location, ACG, ISI of every unit (docs/method.md, section 2),
     and each unit's waveform on its channel window, read block by block from the input."""
     n, c, t = data.waveforms.shape
-    windows = channel_windows.window_table(
-        data.channel_locations, data.channel_shanks, s.waveformCorrection.window_um,
-        min_channels=max(s.waveformCorrection.n_nearest_channels,
-                         s.spikeLocation.n_nearest_channels))
+    windows = _window_table(data, s, s.waveformCorrection.window_um)
     ptt = np.empty((n, c), dtype=np.float32)
     peak = np.empty(n, dtype=np.int64)
     values = np.empty((n, windows.shape[1], t), dtype=np.float32)
@@ -75,9 +72,7 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
         if not data.waveforms_checked:  # the loader left it to this read of the file
             finite[rows], flat[rows] = judge_rows(ptt[rows])
         peak[rows] = features.peak_channels(ptt[rows])[0]
-        if s.centering_waveforms:
-            block = features.center_waveforms(block, peak[rows])
-        values[rows] = channel_windows.reduce_block(block, windows[peak[rows]])
+        values[rows] = _on_windows(block, peak[rows], windows, s)
     source = data.path / WAVEFORMS if data.path is not None else WAVEFORMS
     if not finite.all():
         raise KilomatchError(non_finite_problem(source, finite))
@@ -107,7 +102,68 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     slot = np.argmax(waveforms.channels == peak[:, None], axis=1)
     peak_waveform = values[np.arange(n), slot]  # (N, T): a copy, not a view
     return UnitFeatures(waveforms, peak, amplitude, locations, both[:, :n_acg], both[:, n_acg:],
-                        data.peth, data.session_index - 1, shank, peak_waveform)
+                        data.peth, data.session_index - 1, shank, peak_waveform,
+                        s.waveformCorrection.window_um)
+
+
+def _window_table(data: Dataset, s: Settings, window_um: float) -> np.ndarray:
+    """(C, W) channels of the window around each channel (channel_windows.window_table)."""
+    return channel_windows.window_table(
+        data.channel_locations, data.channel_shanks, window_um,
+        min_channels=max(s.waveformCorrection.n_nearest_channels,
+                         s.spikeLocation.n_nearest_channels))
+
+
+def _on_windows(block: np.ndarray, peak: np.ndarray, windows: np.ndarray,
+                s: Settings) -> np.ndarray:
+    """A block of full-probe waveforms (n, C, T) on the windows of their peak channels (n,):
+    (n, W, T), centred first when the settings ask."""
+    if s.centering_waveforms:
+        block = features.center_waveforms(block, peak)
+    return channel_windows.reduce_block(block, windows[peak])
+
+
+def window_needed(displacement: np.ndarray, channel_locations: np.ndarray,
+                  s: Settings) -> float:
+    """Channel window (um) that a motion (S,) um needs: a unit's corrected peak and its
+    compared channels must stay inside its window. The motion's range, plus
+    clustering.max_distance, plus the reach of waveformCorrection.n_nearest_channels around
+    a peak (median over the channels)."""
+    locs = np.asarray(channel_locations, dtype=np.float64)
+    n = min(s.waveformCorrection.n_nearest_channels, len(locs))
+    farthest = features.nearest_channels(locs, np.arange(len(locs)), n)[:, -1]
+    reach = float(np.median(np.linalg.norm(locs[farthest] - locs, axis=1)))
+    return float(np.ptp(displacement)) + s.clustering.max_distance + reach
+
+
+def widen_windows(data: Dataset, units: UnitFeatures, s: Settings, displacements: list) -> None:
+    """Read every unit's channel window again, wider, when the motions (S,) um of
+    ``displacements`` (the initial estimates or the motion given, one per shank) need more
+    than the windows reach (waveformCorrection.widen_window; units changed in place).
+
+    On 800 um of drift the 500 um windows cut the compared channels of units far from their
+    match, and recall fell to 0.97 (benchmarks/RESULTS.md, "Session 25")."""
+    if not s.waveformCorrection.widen_window or not displacements or data.waveforms is None:
+        return
+    needed = max(window_needed(d, data.channel_locations, s) for d in displacements)
+    if needed <= units.window_um:
+        return
+    width = float(np.ceil(needed / 50) * 50)
+    windows = _window_table(data, s, width)
+    n, c, t = data.waveforms.shape
+    log.info("the %s spans %.0f um: channel windows widened from "
+             "waveformCorrection.window_um = %.0f um to %.0f um (%d channels, %.2f GB of "
+             "waveforms; waveformCorrection.widen_window)",
+             "motion given" if s.waveformCorrection.path_to_motion else
+             "initial motion estimate", max(float(np.ptp(d)) for d in displacements),
+             units.window_um, width,
+             windows.shape[1], n * windows.shape[1] * t * 4 / 1e9)
+    values = np.empty((n, windows.shape[1], t), dtype=np.float32)
+    for start, block in iter_rows(data.waveforms):
+        rows = slice(start, start + block.shape[0])
+        values[rows] = _on_windows(block, units.peak_channel[rows], windows, s)
+    units.waveforms = channel_windows.LocalWaveforms(values, windows[units.peak_channel], c)
+    units.window_um = width
 
 
 def _locate_block(ptt, peak, nearest, channel_locations, algorithm):
@@ -294,18 +350,21 @@ def round_schedule(s: Settings, rounds: list) -> list:
 
 
 def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: list,
-                  n_sessions: int, kinv=None) -> tuple[Motion, list]:
+                  n_sessions: int, kinv=None, start=None) -> tuple[Motion, list]:
     """Run the motion loop: each round matches units at the current motion, then re-estimates
     the motion from that round's good matches. The loop starts from the initial estimate
     (motionEstimation.initial_estimate, kilomatch.motion_initial) and sets aside, with a
     warning, a round whose matches are missing or too few or whose motion the unit positions
     contradict. With stop_early the loop ends when a round finds no more good matches than the
     round before, keeping the best round's motion. The motion returned carries a MotionChoice
-    (``motion.choice``): which estimate it is and why."""
+    (``motion.choice``): which estimate it is and why. ``start``: what
+    motion_initial.start_motion returns for these units, when the caller has made it."""
     me = s.motionEstimation
     schedule = round_schedule(s, rounds)
-    start, choice = motion_initial.start_motion(units.locations, units.amplitude, units.session0,
-                                                n_sessions, s)
+    if start is None:
+        start = motion_initial.start_motion(units.locations, units.amplitude, units.session0,
+                                            n_sessions, s)
+    start, choice = start
     motion = Motion.zero(n_sessions) if start is None else start.motion
     history = []
     best = None
@@ -438,30 +497,26 @@ def matched_pairs(idx_cluster: np.ndarray) -> np.ndarray:
 
 
 def warn_if_window_too_small(motion: Motion, channel_locations: np.ndarray,
-                             s: Settings) -> float:
-    """Warn when the motion is too large for the channel windows: a unit's corrected peak
-    and its compared channels must stay inside its window (waveformCorrection.window_um).
-    Returns the margin (um) left; negative means some waveform comparisons lose channels."""
-    wc = s.waveformCorrection
-    locs = np.asarray(channel_locations, dtype=np.float64)
-    n = min(wc.n_nearest_channels, len(locs))
-    farthest = features.nearest_channels(locs, np.arange(len(locs)), n)[:, -1]
-    # reach of the compared channels around a peak
-    span = float(np.median(np.linalg.norm(locs[farthest] - locs, axis=1)))
-    needed = float(np.ptp(motion.displacement())) + s.clustering.max_distance + span
-    if needed > wc.window_um:
+                             s: Settings, window_um: float | None = None) -> float:
+    """Warn when the motion is too large for the channel windows (``window_um``, default
+    waveformCorrection.window_um): a unit's corrected peak and its compared channels must
+    stay inside its window (:func:`window_needed`). Returns the margin (um) left; negative
+    means some waveform comparisons lose channels."""
+    window_um = s.waveformCorrection.window_um if window_um is None else window_um
+    needed = window_needed(motion.displacement(), channel_locations, s)
+    if needed > window_um:
         log.warning("the estimated motion (range %.0f um) with clustering.max_distance %.0f um "
-                    "and the %d compared channels (reach %.0f um) needs %.0f um of channel "
-                    "window, more than waveformCorrection.window_um = %.0f um: raise "
-                    "waveformCorrection.window_um to at least %.0f", np.ptp(
-                        motion.displacement()), s.clustering.max_distance, n, span, needed,
-                    wc.window_um, np.ceil(needed / 50) * 50)
-    return wc.window_um - needed
+                    "and the compared channels needs %.0f um of channel window, more than the "
+                    "%.0f um the windows reach (waveformCorrection.window_um, widen_window): "
+                    "raise waveformCorrection.window_um to at least %.0f",
+                    np.ptp(motion.displacement()), s.clustering.max_distance, needed,
+                    window_um, np.ceil(needed / 50) * 50)
+    return window_um - needed
 
 
 def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_names: list,
           given: np.ndarray | None = None, kinv=None, stages: "Stages | None" = None,
-          narrow: bool = False) -> Result:
+          narrow: bool = False, start=None) -> Result:
     """Motion, final clustering and curation of one set of units (a probe or one shank).
 
     narrow: keep only what the outputs need of the channel-window waveforms (2 x 2.6 GB at
@@ -470,16 +525,17 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     ``waveforms.npy`` (read again from the input when written, see _narrowed_original),
     and the final corrected copy is kept on the channels of ``waveforms_corrected.npy`` at
     the end (the first reference probe). The pipeline's own runs do; ``units`` is changed
-    in place, so a caller that reuses it leaves it False."""
+    in place, so a caller that reuses it leaves it False. start: the initial motion
+    estimate of these units (motion_initial.start_motion), when the caller has made it."""
     note = stages.done if stages is not None else (lambda name: None)
     if given is not None:
         log.info("motion read from %s: estimation skipped", s.waveformCorrection.path_to_motion)
         motion, history = given_motion(given), []
     else:
         motion, history = motion_rounds(units, data.channel_locations, s, rounds,
-                                        data.n_sessions, kinv)
+                                        data.n_sessions, kinv, start)
     note("motion rounds")
-    warn_if_window_too_small(motion, data.channel_locations, s)
+    warn_if_window_too_small(motion, data.channel_locations, s, units.window_um)
     # outputs always carry corrected waveforms, and the probability compares them; every
     # later comparison reads the corrected copy, so a narrowing run corrects the original
     # window copy in place once its written channels are kept aside
@@ -803,7 +859,7 @@ def subset_units(units: UnitFeatures, members: np.ndarray) -> UnitFeatures:
     rest = (None if v is None else v[members] for v in (
         units.peak_channel, units.amplitude, units.locations, units.acg, units.isi,
         units.peth, units.session0, units.shank, units.peak_waveform))
-    return UnitFeatures(units.waveforms.subset(members), *rest)
+    return UnitFeatures(units.waveforms.subset(members), *rest, units.window_um)
 
 
 def merge_shanks(s: Settings, data: Dataset, units: UnitFeatures, parts: list) -> Result:
@@ -875,16 +931,20 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
     def given_for(shank):
         return None if given is None else given[:, probe_shanks.index(shank)]
 
+    starts = initial_estimates(units, data.n_sessions, s, shanks, given is not None)
+    widen_windows(data, units, s, [given_for(k) for k in shanks] if given is not None else
+                  [st[0].motion.displacement() for st in starts.values() if st[0] is not None])
     if shanks.size == 1:
         result = track(data, units, s, rounds, final_names, given_for(shanks[0]), kinv, stages,
-                       narrow=True)
+                       narrow=True, start=starts.get(shanks[0]))
     else:
         parts = []
         for shank in shanks:
             members = np.flatnonzero(units.shank == shank)
             log.info("shank %d: %d units, tracked on their own", shank, members.size)
             part = track(subset_dataset(data, members), subset_units(units, members), s, rounds,
-                         final_names, given_for(shank), kinv, narrow=True)
+                         final_names, given_for(shank), kinv, narrow=True,
+                         start=starts.get(shank))
             parts.append(ShankPart(int(shank), members, part))
         units.waveforms = _narrowed_original(units, data, s)
         result = merge_shanks(s, data, units, parts)
@@ -909,6 +969,20 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
     result.stages = stages.rows
     log.info(format_summary(result.summary))
     return result
+
+
+def initial_estimates(units: UnitFeatures, n_sessions: int, s: Settings, shanks: np.ndarray,
+                      motion_given: bool) -> dict:
+    """{shank: motion_initial.start_motion of its units}, made before the tracking so that
+    the channel windows can be widened to the motion first; empty when the motion is given."""
+    if motion_given:
+        return {}
+    out = {}
+    for shank in shanks:
+        mine = units.shank == shank if shanks.size > 1 else slice(None)
+        out[shank] = motion_initial.start_motion(units.locations[mine], units.amplitude[mine],
+                                                 units.session0[mine], n_sessions, s)
+    return out
 
 
 def save_run_figures(result: Result, data: Dataset, s: Settings) -> None:

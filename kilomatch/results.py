@@ -30,7 +30,9 @@ class UnitFeatures:
     locations: (N, 3) um; acg: (N, L); isi: (N, B); peth: (N, P) or None;
     session0: (N,) 0-based session; shank: (N,) shank of the peak channel (0 when one shank);
     peak_waveform: (N, T) float32 uV, each unit's waveform on its own peak channel as recorded
-    (the match probability's Shape evidence), None if not made.
+    (the match probability's Shape evidence), None if not made; window_um: the reach (um) of
+    the channel windows of ``waveforms`` (waveformCorrection.window_um, or wider when the
+    motion needed it), None if not known.
     """
 
     waveforms: LocalWaveforms
@@ -43,6 +45,7 @@ class UnitFeatures:
     session0: np.ndarray
     shank: np.ndarray
     peak_waveform: np.ndarray | None = None
+    window_um: float | None = None
 
 
 @dataclass

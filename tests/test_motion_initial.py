@@ -152,3 +152,38 @@ def test_disagreeing_round_set_aside_only_when_units_contradict_it():
     choice = MotionChoice("initial estimate", "", init, 100)
     assert judge_round(3, agree, 90, "initial estimate", start, choice, 10.0, 0.25)
     assert choice.warnings == []
+
+
+def test_channel_windows_widen_to_a_large_drift(tmp_path, caplog):
+    """8 sessions over 800 um: the 500 um windows cut the compared channels of units far from
+    their match (recall 0.92); the run reads the windows again at the width the initial
+    estimate needs, says so in the log, and finds every match. With widen_window off it
+    keeps 500 um and warns."""
+    folder = tmp_path / "data"
+    simulate_to_folder(folder, n_sessions=8, n_neurons=100, drift_max_um=800.0,
+                       with_peth=False, duration_s=120.0, seed=41)
+    gt, session = np.load(folder / "gt_neuron.npy"), np.load(folder / "session_index.npy")
+    scores = {}
+    for widen in (True, False):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="kilomatch"):
+            result = kilomatch.run(_settings(folder) | {
+                "waveformCorrection": {"widen_window": widen}}, write=False)
+        text = " ".join(r.getMessage() for r in caplog.records)
+        scores[widen] = metrics.pair_scores(result.idx_cluster, gt, session)
+        if widen:
+            assert result.units.window_um == 1100.0
+            assert "channel windows widened from waveformCorrection.window_um = 500 um" in text
+            assert "raise waveformCorrection.window_um" not in text
+        else:
+            assert result.units.window_um == 500.0
+            assert "raise waveformCorrection.window_um to at least 1100" in text
+    assert scores[True]["recall"] > 0.99 and scores[True]["precision"] > 0.99
+    assert scores[False]["recall"] < 0.95
+    # a motion given instead of estimated is judged the same way
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="kilomatch"):
+        given = kilomatch.run(_settings(folder) | {"waveformCorrection": {
+            "path_to_motion": str(folder / "gt_motion.npy")}}, write=False)
+    assert given.units.window_um == 1100.0
+    assert any("the motion given spans 800 um" in r.getMessage() for r in caplog.records)

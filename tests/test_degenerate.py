@@ -91,14 +91,19 @@ def test_nothing_matches_gives_empty_valid_outputs(tmp_path, caplog):
 
 def test_too_small_channel_window_is_named(base, tmp_path, caplog):
     """Motion plus max_distance plus the compared channels' reach beyond
-    waveformCorrection.window_um: the run finishes and a warning names the setting and a
-    value that fits; the default window gives no such warning."""
-    with caplog.at_level(logging.WARNING, logger="kilomatch"):
-        kilomatch.run({"path_to_data": str(base), "output_folder": str(tmp_path / "a"),
-                       "n_jobs": 1, "waveformCorrection": {"window_um": 150.0},
-                       "motionEstimation": {"n_bootstrap": 0}})
-    text = "\n".join(r.getMessage() for r in caplog.records)
-    assert "raise waveformCorrection.window_um to at least" in text
+    waveformCorrection.window_um: the windows are widened, with a line in the log; with
+    widen_window off the run finishes and a warning names the setting and a value that
+    fits; the default window gives neither."""
+    for widen in (False, True):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="kilomatch"):
+            kilomatch.run({"path_to_data": str(base), "output_folder": str(tmp_path / f"{widen}"),
+                           "n_jobs": 1, "motionEstimation": {"n_bootstrap": 0},
+                           "waveformCorrection": {"window_um": 150.0, "widen_window": widen}})
+        text = "\n".join(r.getMessage() for r in caplog.records)
+        assert ("raise waveformCorrection.window_um to at least" in text) != widen
+        assert ("channel windows widened from waveformCorrection.window_um = 150 um" in
+                text) == widen
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="kilomatch"):
         kilomatch.run({"path_to_data": str(base), "output_folder": str(tmp_path / "b"),

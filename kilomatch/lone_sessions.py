@@ -7,9 +7,9 @@ share of each session's units tracked to another session tells it apart. Measure
 (benchmarks/RESULTS.md, "Session 25"): on the accuracy suite's 153 runs and 159 other
 kilomatch runs at hand (SpikeInterface's studies sorted perfectly, by mountainsort5 and by
 Kilosort 4; earlier suite runs), no session holds less than 0.61 of the other sessions'
-median share; a session replaced
-by another simulation's units holds 0.02-0.10 of it, and so did sessions that pyDANT 1.1.4
-misplaced on SpikeInterface's studies (0.08-0.21; its motion 9-42 um RMS off).
+median share; a session replaced by another simulation's units holds 0.02-0.10 of it, and
+so did sessions that pyDANT 1.1.4 misplaced on SpikeInterface's studies (0.08-0.21; its
+motion 9-42 um RMS off).
 """
 
 from __future__ import annotations

@@ -145,7 +145,8 @@ def widen_windows(data: Dataset, units: UnitFeatures, s: Settings, displacements
     match, and recall fell to 0.97 (benchmarks/RESULTS.md, "Session 25")."""
     if not s.waveformCorrection.widen_window or not displacements or data.waveforms is None:
         return
-    needed = max(window_needed(d, data.channel_locations, s) for d in displacements)
+    widest = max(displacements, key=np.ptp)  # the need grows with the range alone
+    needed = window_needed(widest, data.channel_locations, s)
     if needed <= units.window_um:
         return
     width = float(np.ceil(needed / 50) * 50)
@@ -155,8 +156,7 @@ def widen_windows(data: Dataset, units: UnitFeatures, s: Settings, displacements
              "waveformCorrection.window_um = %.0f um to %.0f um (%d channels, %.2f GB of "
              "waveforms; waveformCorrection.widen_window)",
              "motion given" if s.waveformCorrection.path_to_motion else
-             "initial motion estimate", max(float(np.ptp(d)) for d in displacements),
-             units.window_um, width,
+             "initial motion estimate", float(np.ptp(widest)), units.window_um, width,
              windows.shape[1], n * windows.shape[1] * t * 4 / 1e9)
     values = np.empty((n, windows.shape[1], t), dtype=np.float32)
     for start, block in iter_rows(data.waveforms):
@@ -350,21 +350,21 @@ def round_schedule(s: Settings, rounds: list) -> list:
 
 
 def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: list,
-                  n_sessions: int, kinv=None, start=None) -> tuple[Motion, list]:
+                  n_sessions: int, kinv=None, initial=None) -> tuple[Motion, list]:
     """Run the motion loop: each round matches units at the current motion, then re-estimates
     the motion from that round's good matches. The loop starts from the initial estimate
     (motionEstimation.initial_estimate, kilomatch.motion_initial) and sets aside, with a
     warning, a round whose matches are missing or too few or whose motion the unit positions
     contradict. With stop_early the loop ends when a round finds no more good matches than the
     round before, keeping the best round's motion. The motion returned carries a MotionChoice
-    (``motion.choice``): which estimate it is and why. ``start``: what
+    (``motion.choice``): which estimate it is and why. ``initial``: what
     motion_initial.start_motion returns for these units, when the caller has made it."""
     me = s.motionEstimation
     schedule = round_schedule(s, rounds)
-    if start is None:
-        start = motion_initial.start_motion(units.locations, units.amplitude, units.session0,
-                                            n_sessions, s)
-    start, choice = start
+    if initial is None:
+        initial = motion_initial.start_motion(units.locations, units.amplitude,
+                                              units.session0, n_sessions, s)
+    start, choice = initial
     motion = Motion.zero(n_sessions) if start is None else start.motion
     history = []
     best = None
@@ -497,12 +497,11 @@ def matched_pairs(idx_cluster: np.ndarray) -> np.ndarray:
 
 
 def warn_if_window_too_small(motion: Motion, channel_locations: np.ndarray,
-                             s: Settings, window_um: float | None = None) -> float:
-    """Warn when the motion is too large for the channel windows (``window_um``, default
-    waveformCorrection.window_um): a unit's corrected peak and its compared channels must
-    stay inside its window (:func:`window_needed`). Returns the margin (um) left; negative
-    means some waveform comparisons lose channels."""
-    window_um = s.waveformCorrection.window_um if window_um is None else window_um
+                             s: Settings, window_um: float) -> float:
+    """Warn when the motion is too large for the channel windows, which reach ``window_um``
+    (UnitFeatures.window_um): a unit's corrected peak and its compared channels must stay
+    inside its window (:func:`window_needed`). Returns the margin (um) left; negative means
+    some waveform comparisons lose channels."""
     needed = window_needed(motion.displacement(), channel_locations, s)
     if needed > window_um:
         log.warning("the estimated motion (range %.0f um) with clustering.max_distance %.0f um "
@@ -516,7 +515,7 @@ def warn_if_window_too_small(motion: Motion, channel_locations: np.ndarray,
 
 def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_names: list,
           given: np.ndarray | None = None, kinv=None, stages: "Stages | None" = None,
-          narrow: bool = False, start=None) -> Result:
+          narrow: bool = False, initial=None) -> Result:
     """Motion, final clustering and curation of one set of units (a probe or one shank).
 
     narrow: keep only what the outputs need of the channel-window waveforms (2 x 2.6 GB at
@@ -525,7 +524,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     ``waveforms.npy`` (read again from the input when written, see _narrowed_original),
     and the final corrected copy is kept on the channels of ``waveforms_corrected.npy`` at
     the end (the first reference probe). The pipeline's own runs do; ``units`` is changed
-    in place, so a caller that reuses it leaves it False. start: the initial motion
+    in place, so a caller that reuses it leaves it False. initial: the initial motion
     estimate of these units (motion_initial.start_motion), when the caller has made it."""
     note = stages.done if stages is not None else (lambda name: None)
     if given is not None:
@@ -533,7 +532,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         motion, history = given_motion(given), []
     else:
         motion, history = motion_rounds(units, data.channel_locations, s, rounds,
-                                        data.n_sessions, kinv, start)
+                                        data.n_sessions, kinv, initial)
     note("motion rounds")
     warn_if_window_too_small(motion, data.channel_locations, s, units.window_um)
     # outputs always carry corrected waveforms, and the probability compares them; every
@@ -931,12 +930,12 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
     def given_for(shank):
         return None if given is None else given[:, probe_shanks.index(shank)]
 
-    starts = initial_estimates(units, data.n_sessions, s, shanks, given is not None)
+    initials = initial_estimates(units, data.n_sessions, s, shanks, given is not None)
     widen_windows(data, units, s, [given_for(k) for k in shanks] if given is not None else
-                  [st[0].motion.displacement() for st in starts.values() if st[0] is not None])
+                  [st.motion.displacement() for st, _ in initials.values() if st is not None])
     if shanks.size == 1:
         result = track(data, units, s, rounds, final_names, given_for(shanks[0]), kinv, stages,
-                       narrow=True, start=starts.get(shanks[0]))
+                       narrow=True, initial=initials.get(shanks[0]))
     else:
         parts = []
         for shank in shanks:
@@ -944,7 +943,7 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
             log.info("shank %d: %d units, tracked on their own", shank, members.size)
             part = track(subset_dataset(data, members), subset_units(units, members), s, rounds,
                          final_names, given_for(shank), kinv, narrow=True,
-                         start=starts.get(shank))
+                         initial=initials.get(shank))
             parts.append(ShankPart(int(shank), members, part))
         units.waveforms = _narrowed_original(units, data, s)
         result = merge_shanks(s, data, units, parts)

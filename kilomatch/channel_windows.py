@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .errors import KilomatchError
-from .features import center_waveforms, channel_distances, nearest_channels
+from .features import channel_distances, nearest_channels, shift_rows
 from .load import advise_ranges, mapped_file
 
 
@@ -150,24 +150,24 @@ class StoredWaveforms:
     of the window copy made from the same input: 0 on channels outside a unit's window.
 
     source: the input's waveforms (N, C, T), memory-mapped or in memory; outside: (N, n) bool,
-    the channels outside each unit's window (LocalWaveforms.slots < 0); centre_on: (N,) the
-    peak channel each unit was centred on when the window copy was made (settings'
-    centering_waveforms), or None.
+    the channels outside each unit's window (LocalWaveforms.slots < 0); time_shift: (N,) int
+    samples each unit was moved earlier when the window copy was made
+    (UnitFeatures.time_shift), or None.
     """
 
     def __init__(self, source, channels: np.ndarray, outside: np.ndarray, n_channels: int,
-                 centre_on: np.ndarray | None = None):
-        self.source, self.outside, self.centre_on = source, outside, centre_on
+                 time_shift: np.ndarray | None = None):
+        self.source, self.outside, self.time_shift = source, outside, time_shift
         self.channels = np.asarray(channels, dtype=np.int64)
         self.n_channels = n_channels
 
     @classmethod
     def of_window_copy(cls, window: LocalWaveforms, source, channels: np.ndarray,
-                       centre_on: np.ndarray | None = None) -> "StoredWaveforms":
+                       time_shift: np.ndarray | None = None) -> "StoredWaveforms":
         """The units of ``window`` (made from ``source``) on ``channels`` (N, n)."""
         channels = np.asarray(channels, dtype=np.int64)
         outside = window.slots(np.arange(window.n_units), channels) < 0
-        return cls(source, channels, outside, window.n_channels, centre_on)
+        return cls(source, channels, outside, window.n_channels, time_shift)
 
     @property
     def n_units(self) -> int:
@@ -188,9 +188,8 @@ class StoredWaveforms:
             after = slice(rows.stop, min(rows.stop + block, self.n_units))
             advise_spans(self.source, after, self.channels[after])  # read while this is used
             values = _read_channels(self.source, rows, channels)
-            if self.centre_on is not None:  # centring shifts every channel alike
-                values = center_waveforms(values, np.argmax(
-                    channels == self.centre_on[rows, None], axis=1))
+            if self.time_shift is not None:
+                shift_rows(values, self.time_shift[rows])
             values[self.outside[rows]] = 0.0
             yield start, values
 

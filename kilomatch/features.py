@@ -167,19 +167,49 @@ def locate_units(ptt: np.ndarray, channel_locations: np.ndarray, peak: np.ndarra
     return monopolar_triangulation(ptt_c, channel_locations[channels], com[:, :2])
 
 
+def trough_samples(peak_waveform: np.ndarray) -> np.ndarray:
+    """Sample of each unit's trough on its peak channel: (N, T) uV -> (N,) int64."""
+    return np.argmin(np.asarray(peak_waveform), axis=1).astype(np.int64)
+
+
+def centring_shift(peak_waveform: np.ndarray) -> np.ndarray:
+    """Samples each unit moves earlier (:func:`shift_in_time`) so that the trough of its
+    peak channel sits at sample ceil(T/2)-1: (N, T) -> (N,) int64."""
+    t = np.shape(peak_waveform)[1]
+    return trough_samples(peak_waveform) - (int(np.ceil(t / 2)) - 1)
+
+
+def shift_in_time(waveforms: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """Each unit's samples moved ``shift`` samples earlier (later when negative) on every
+    channel; samples shifted in from outside take the edge values.
+
+    waveforms: (N, C, T) or (N, T); shift: (N,) int -> float32 of the same shape.
+    """
+    w = np.asarray(waveforms, dtype=np.float32)
+    t = w.shape[-1]
+    # The index form of the shift, clipped to the edges = padding with the edge values.
+    idx = np.clip(np.arange(t)[None, :] + np.asarray(shift, dtype=np.int64)[:, None], 0, t - 1)
+    if w.ndim == 2:
+        return np.take_along_axis(w, idx, axis=1)
+    return np.take_along_axis(w, np.broadcast_to(idx[:, None, :], w.shape), axis=2)
+
+
+def shift_rows(values: np.ndarray, shift: np.ndarray, chunk: int = 2048) -> None:
+    """:func:`shift_in_time` in place: values (N, W, T) or (N, T) float32, shift (N,) int;
+    only the units that move are copied, ``chunk`` at a time."""
+    moving = np.flatnonzero(shift)
+    for start in range(0, moving.size, chunk):
+        rows = moving[start:start + chunk]
+        values[rows] = shift_in_time(values[rows], shift[rows])
+
+
 def center_waveforms(waveforms: np.ndarray, peak: np.ndarray) -> np.ndarray:
     """Shift each unit in time so the trough of its peak channel is at sample ceil(T/2)-1.
 
     (N, C, T) -> (N, C, T) float32; samples shifted in from outside take the edge values.
     """
     w = np.asarray(waveforms, dtype=np.float32)
-    n, c, t = w.shape
-    target = int(np.ceil(t / 2)) - 1
-    trough = np.argmin(w[np.arange(n), peak], axis=1)
-    shift = trough - target  # positive: move earlier
-    # Index form of the shift, clipped to the edges = padding with the edge values.
-    idx = np.clip(np.arange(t)[None, :] + shift[:, None], 0, t - 1)
-    return np.take_along_axis(w, idx[:, None, :].repeat(c, axis=1), axis=2)
+    return shift_in_time(w, centring_shift(w[np.arange(w.shape[0]), peak]))
 
 
 def gaussian_filter1d(values: np.ndarray, sigma: float, mode: str) -> np.ndarray:

@@ -76,7 +76,11 @@ def cluster_by_probability(n_units: int, pairs: np.ndarray, p: np.ndarray,
 
 def match_confidence(n_units: int, pairs: np.ndarray, p: np.ndarray) -> np.ndarray:
     """Per unit, the lowest probability with another unit of its final cluster: (N,), NaN for
-    units in no cluster. pairs (Q, 2): every within-cluster pair, with its probability p (Q,)."""
+    units in no cluster. pairs (Q, 2): every within-cluster pair, with its probability p (Q,);
+    a pair of unknown probability (NaN: two units a join put together that are no candidate
+    pair) says nothing about either unit."""
+    known = np.isfinite(p)
+    pairs, p = pairs[known], np.asarray(p)[known]
     out = np.full(n_units, np.inf)
     np.minimum.at(out, pairs[:, 0], p)
     np.minimum.at(out, pairs[:, 1], p)

@@ -207,6 +207,42 @@ def amplitude_unit_hint(amplitude: np.ndarray) -> str | None:
             "(units.csv, the figures) would be off by as much")
 
 
+# A session's median unit amplitude lies within 0.67-1.43x of the sessions' median on the
+# accuracy suite and the sorters' outputs (207 studies). Beyond this factor its waveforms are
+# likely in other units than the others' (ADC bits, a gain not applied): one session 5x too
+# large was misregistered by 130 um, its amplitudes being compared across sessions
+# (benchmarks/RESULTS.md, "Session 26").
+SESSION_AMPLITUDE_FACTOR = 3.0
+
+
+def session_amplitude_hint(amplitude: np.ndarray, session_index: np.ndarray,
+                           min_units: int = 10) -> str | None:
+    """A sentence naming the sessions whose units' median amplitude is over
+    SESSION_AMPLITUDE_FACTOR times, or under its inverse, the median of the sessions' medians,
+    else None. amplitude: (N,) uV; session_index: (N,) 1-based; sessions of fewer than
+    ``min_units`` units are not judged."""
+    amplitude = np.asarray(amplitude, np.float64)
+    session_index = np.asarray(session_index)
+    sessions = [k for k in np.unique(session_index)
+                if np.count_nonzero(session_index == k) >= min_units]
+    if len(sessions) < 3:  # with two, neither could be told from the other
+        return None
+    medians = np.array([np.median(amplitude[session_index == k]) for k in sessions])
+    typical = float(np.median(medians))
+    if typical <= 0:
+        return None
+    ratio = medians / typical
+    factor = SESSION_AMPLITUDE_FACTOR
+    odd = np.flatnonzero((ratio > factor) | (ratio < 1 / factor))
+    if odd.size == 0:
+        return None
+    listed = ", ".join(f"session {sessions[k]}: {ratio[k]:.2g}x" for k in odd)
+    return (f"the units of some sessions are far larger or smaller than the others' ({listed} "
+            f"the sessions' median unit amplitude of {typical:.0f} uV): were their waveforms "
+            "saved in other units (ADC bits, a gain not applied)? The initial motion estimate "
+            "compares amplitudes across sessions, and such a session may be misregistered")
+
+
 def warn_flat(flat: np.ndarray) -> None:
     """Log the units (N,) bool ``flat`` marks."""
     if flat.any():

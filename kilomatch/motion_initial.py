@@ -201,25 +201,34 @@ def solve_registration(reg: Registration, n_sessions: int, usable: np.ndarray,
     return displacement, half
 
 
-def implied_matches(x: np.ndarray, depth: np.ndarray, session0: np.ndarray, n_sessions: int,
-                    displacement_of_unit: np.ndarray, pairs: np.ndarray) -> int:
+def superposed_pairs(x: np.ndarray, depth: np.ndarray, session0: np.ndarray, n_sessions: int,
+                     displacement_of_unit: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     """Unit pairs of the session pairs ``pairs`` that the motion superposes: mutual nearest
-    neighbours in (x, corrected depth) closer than MATCH_RADIUS_UM. displacement_of_unit: (N,)
-    um, each unit's motion. A count of the matches a matching round should find."""
+    neighbours in (x, corrected depth) closer than MATCH_RADIUS_UM. x, depth: (N,) um;
+    displacement_of_unit: (N,) um, each unit's motion. Returns (K, 2) int64 unit indices,
+    the first of the earlier session."""
     corrected = np.column_stack([x, depth - displacement_of_unit])
     members = [np.flatnonzero(session0 == s) for s in range(n_sessions)]
     trees = [cKDTree(corrected[m]) if m.size else None for m in members]
-    count = 0
+    found_pairs = []
     for a, b in pairs:
         if trees[a] is None or trees[b] is None:
             continue
         dist_ab, near_b = trees[b].query(corrected[members[a]],
                                          distance_upper_bound=MATCH_RADIUS_UM)
         _, near_a = trees[a].query(corrected[members[b]], distance_upper_bound=MATCH_RADIUS_UM)
-        found = np.isfinite(dist_ab)
-        mutual = near_a[near_b[found]] == np.flatnonzero(found)
-        count += int(mutual.sum())
-    return count
+        found = np.flatnonzero(np.isfinite(dist_ab))
+        mutual = found[near_a[near_b[found]] == found]
+        found_pairs.append(np.column_stack([members[a][mutual], members[b][near_b[mutual]]]))
+    return (np.concatenate(found_pairs).astype(np.int64) if found_pairs
+            else np.empty((0, 2), np.int64))
+
+
+def implied_matches(x: np.ndarray, depth: np.ndarray, session0: np.ndarray, n_sessions: int,
+                    displacement_of_unit: np.ndarray, pairs: np.ndarray) -> int:
+    """How many unit pairs the motion superposes (:func:`superposed_pairs`): a count of the
+    matches a matching round should find."""
+    return len(superposed_pairs(x, depth, session0, n_sessions, displacement_of_unit, pairs))
 
 
 def initial_motion(x: np.ndarray, depth: np.ndarray, amplitude: np.ndarray,

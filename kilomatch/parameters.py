@@ -61,6 +61,10 @@ PARAMETERS: tuple[Param, ...] = (
     Param("centering_waveforms", "bool", False,
           "Shift each unit's waveform so the trough of its peak channel sits at sample "
           "ceil(T/2)-1 (edge values padded)."),
+    Param("align_sessions_in_time", "bool", True,
+          "Find sessions whose waveforms sit at other samples than the other sessions' (the "
+          "trough samples of the unit pairs the initial motion superposes) and shift them back "
+          "before they are compared; the log names them. Off with centering_waveforms."),
     Param("blas_threads", "int", 1,
           "Threads of the BLAS library (the matrix products) during a run; 0 keeps the "
           "library's own count. 1 was the fastest measured, even on an idle machine (the "

@@ -16,14 +16,14 @@ from tqdm.auto import tqdm
 
 from . import (channel_windows, correction, curation, duplicate_units, export, features,
                fingerprint, joining, linking, lone_sessions, motion_initial, parallel,
-               position_noise, sorter_splits)
+               position_noise, session_timing, sorter_splits)
 from .assemble import assemble, output_channels
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
 from .logs import RunLog, setup_logging
 from .formats.folder import WAVEFORMS
 from .load import (Dataset, amplitude_unit_hint, iter_rows, judge_rows, load_dataset,
-                   load_given_motion, non_finite_problem, warn_flat)
+                   load_given_motion, non_finite_problem, session_amplitude_hint, warn_flat)
 from .motion import Motion, estimate_motion, motion_by_model
 from .parallel import map_units, threads_for_pairs
 # The result types are defined in kilomatch.results and stay importable from here.
@@ -72,15 +72,16 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
         if not data.waveforms_checked:  # the loader left it to this read of the file
             finite[rows], flat[rows] = judge_rows(ptt[rows])
         peak[rows] = features.peak_channels(ptt[rows])[0]
-        values[rows] = _on_windows(block, peak[rows], windows, s)
+        values[rows] = _on_windows(block, peak[rows], windows)
     source = data.path / WAVEFORMS if data.path is not None else WAVEFORMS
     if not finite.all():
         raise KilomatchError(non_finite_problem(source, finite))
     warn_flat(flat)
     amplitude = ptt[np.arange(n), peak].astype(np.float64)
-    hint = amplitude_unit_hint(amplitude)
-    if hint:
-        log.warning("%s: %s", source, hint)
+    for hint in (amplitude_unit_hint(amplitude),
+                 session_amplitude_hint(amplitude, data.session_index)):
+        if hint:
+            log.warning("%s: %s", source, hint)
     waveforms = channel_windows.LocalWaveforms(values, windows[peak], c)
     nearest = features.nearest_channels(data.channel_locations, peak,
                                         s.spikeLocation.n_nearest_channels)
@@ -101,9 +102,14 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     # grid (docs/method.md, section 7), but the peak channel's shape barely changes there.
     slot = np.argmax(waveforms.channels == peak[:, None], axis=1)
     peak_waveform = values[np.arange(n), slot]  # (N, T): a copy, not a view
+    time_shift = None
+    if s.centering_waveforms:
+        time_shift = features.centring_shift(peak_waveform)
+        features.shift_rows(values, time_shift)
+        features.shift_rows(peak_waveform, time_shift)
     return UnitFeatures(waveforms, peak, amplitude, locations, both[:, :n_acg], both[:, n_acg:],
                         data.peth, data.session_index - 1, shank, peak_waveform,
-                        s.waveformCorrection.window_um)
+                        s.waveformCorrection.window_um, time_shift)
 
 
 def _window_table(data: Dataset, s: Settings, window_um: float) -> np.ndarray:
@@ -115,12 +121,40 @@ def _window_table(data: Dataset, s: Settings, window_um: float) -> np.ndarray:
 
 
 def _on_windows(block: np.ndarray, peak: np.ndarray, windows: np.ndarray,
-                s: Settings) -> np.ndarray:
+                time_shift: np.ndarray | None = None) -> np.ndarray:
     """A block of full-probe waveforms (n, C, T) on the windows of their peak channels (n,):
-    (n, W, T), centred first when the settings ask."""
-    if s.centering_waveforms:
-        block = features.center_waveforms(block, peak)
-    return channel_windows.reduce_block(block, windows[peak])
+    (n, W, T), each unit moved ``time_shift`` (n,) samples earlier when given."""
+    values = channel_windows.reduce_block(block, windows[peak])
+    if time_shift is not None:
+        features.shift_rows(values, time_shift)
+    return values
+
+
+def align_sessions_in_time(data: Dataset, units: UnitFeatures, s: Settings,
+                           displacement_of_unit: np.ndarray) -> np.ndarray:
+    """Shift the waveforms of sessions that sit at other samples than the others' back in
+    time (kilomatch.session_timing; units changed in place). displacement_of_unit: (N,) um,
+    each unit's motion (the initial estimate or the motion given), which says which units of
+    two sessions are superposed. Returns the (S,) delays in samples (all 0: nothing moved)."""
+    delays = np.zeros(data.n_sessions, np.int64)
+    if not s.align_sessions_in_time or s.centering_waveforms or units.peak_waveform is None:
+        return delays
+    # units of different shanks are never superposed: shanks set far apart in x
+    x = units.locations[:, 0] + 1e6 * units.shank
+    pairs = motion_initial.superposed_pairs(
+        x, units.locations[:, 1], units.session0, data.n_sessions, displacement_of_unit,
+        motion_initial.session_pairs(data.n_sessions, s.clustering.max_session_gap))
+    delays = session_timing.session_delays(features.trough_samples(units.peak_waveform),
+                                           pairs, units.session0, data.n_sessions)
+    if not delays.any():
+        return delays
+    log.warning(session_timing.describe_delays(delays, len(pairs)))
+    shift = delays[units.session0]
+    features.shift_rows(units.waveforms.values, shift)
+    units.waveforms.moments = None  # made from the values before the shift
+    features.shift_rows(units.peak_waveform, shift)
+    units.time_shift = shift if units.time_shift is None else units.time_shift + shift
+    return delays
 
 
 def window_needed(displacement: np.ndarray, channel_locations: np.ndarray,
@@ -161,7 +195,8 @@ def widen_windows(data: Dataset, units: UnitFeatures, s: Settings, displacements
     values = np.empty((n, windows.shape[1], t), dtype=np.float32)
     for start, block in iter_rows(data.waveforms):
         rows = slice(start, start + block.shape[0])
-        values[rows] = _on_windows(block, units.peak_channel[rows], windows, s)
+        values[rows] = _on_windows(block, units.peak_channel[rows], windows,
+                                   None if units.time_shift is None else units.time_shift[rows])
     units.waveforms = channel_windows.LocalWaveforms(values, windows[units.peak_channel], c)
     units.window_um = width
 
@@ -648,8 +683,7 @@ def _narrowed_original(units: UnitFeatures, data: Dataset, s: Settings):
     if data.waveforms is None:
         return units.waveforms.narrowed(channels)
     return channel_windows.StoredWaveforms.of_window_copy(
-        units.waveforms, data.waveforms, channels,
-        units.peak_channel if s.centering_waveforms else None)  # as unit_features centred
+        units.waveforms, data.waveforms, channels, units.time_shift)  # as unit_features read them
 
 
 def _narrow_corrected(final: RoundResult) -> None:
@@ -858,7 +892,8 @@ def subset_units(units: UnitFeatures, members: np.ndarray) -> UnitFeatures:
     rest = (None if v is None else v[members] for v in (
         units.peak_channel, units.amplitude, units.locations, units.acg, units.isi,
         units.peth, units.session0, units.shank, units.peak_waveform))
-    return UnitFeatures(units.waveforms.subset(members), *rest, units.window_um)
+    return UnitFeatures(units.waveforms.subset(members), *rest, units.window_um,
+                        None if units.time_shift is None else units.time_shift[members])
 
 
 def merge_shanks(s: Settings, data: Dataset, units: UnitFeatures, parts: list) -> Result:
@@ -931,6 +966,8 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
         return None if given is None else given[:, probe_shanks.index(shank)]
 
     initials = initial_estimates(units, data.n_sessions, s, shanks, given is not None)
+    align_sessions_in_time(data, units, s, _unit_displacement(units, shanks, initials,
+                                                               given_for))
     widen_windows(data, units, s, [given_for(k) for k in shanks] if given is not None else
                   [st.motion.displacement() for st, _ in initials.values() if st is not None])
     if shanks.size == 1:
@@ -981,6 +1018,21 @@ def initial_estimates(units: UnitFeatures, n_sessions: int, s: Settings, shanks:
         mine = units.shank == shank if shanks.size > 1 else slice(None)
         out[shank] = motion_initial.start_motion(units.locations[mine], units.amplitude[mine],
                                                  units.session0[mine], n_sessions, s)
+    return out
+
+
+def _unit_displacement(units: UnitFeatures, shanks: np.ndarray, initials: dict,
+                       given_for) -> np.ndarray:
+    """(N,) um: each unit's motion, from its shank's initial estimate or the motion given
+    (given_for(shank): (S,) um or None); 0 where neither is known."""
+    out = np.zeros(units.session0.size)
+    for shank in shanks:
+        mine = units.shank == shank
+        given, start = given_for(shank), initials.get(shank, (None, None))[0]
+        if given is not None:
+            out[mine] = np.asarray(given, dtype=np.float64)[units.session0[mine]]
+        elif start is not None:
+            out[mine] = start.motion.at(units.session0[mine], units.locations[mine, 1])
     return out
 
 

@@ -25,14 +25,15 @@ if TYPE_CHECKING:  # names for the annotations only
 class UnitFeatures:
     """Per-unit features of the whole dataset (N units, C channels, T samples).
 
-    waveforms: LocalWaveforms, each unit on its channel window, (N, W, T) float32 uV (centred
-    if asked); peak_channel: (N,); amplitude: (N,) uV;
+    waveforms: LocalWaveforms, each unit on its channel window, (N, W, T) float32 uV (shifted
+    in time by ``time_shift``); peak_channel: (N,); amplitude: (N,) uV;
     locations: (N, 3) um; acg: (N, L); isi: (N, B); peth: (N, P) or None;
     session0: (N,) 0-based session; shank: (N,) shank of the peak channel (0 when one shank);
     peak_waveform: (N, T) float32 uV, each unit's waveform on its own peak channel as recorded
     (the match probability's Shape evidence), None if not made; window_um: the reach (um) of
     the channel windows of ``waveforms`` (waveformCorrection.window_um, or wider when the
-    motion needed it), None if not known.
+    motion needed it), None if not known; time_shift: (N,) int64 samples each unit was moved
+    earlier as it was read (centering_waveforms, align_sessions_in_time), None for none.
     """
 
     waveforms: LocalWaveforms
@@ -46,6 +47,7 @@ class UnitFeatures:
     shank: np.ndarray
     peak_waveform: np.ndarray | None = None
     window_um: float | None = None
+    time_shift: np.ndarray | None = None
 
 
 @dataclass

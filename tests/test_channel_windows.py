@@ -592,10 +592,10 @@ def test_correct_local_in_place_equals_a_separate_copy():
 def test_stored_waveforms_read_as_the_narrowed_window_copy(tmp_path, centred):
     """The original waveforms read again from the input file (memory-mapped, more units than
     one read block) or from memory, on the written channels, equal the window copy narrowed to
-    them, with the centring the copy was made with; on two shanks, channels of the other shank (outside a
+    them, with the shift in time the copy was made with (here the centring's); on two shanks, channels of the other shank (outside a
     unit's window) read 0 in both. The export writes them with np.save's bytes."""
     from kilomatch.export import save_npy
-    from kilomatch.features import center_waveforms, nearest_channels
+    from kilomatch.features import center_waveforms, centring_shift, nearest_channels
     rng = np.random.default_rng(7)
     loc = np1_probe(64)
     shanks = np.repeat([0, 1], 32)
@@ -606,15 +606,15 @@ def test_stored_waveforms_read_as_the_narrowed_window_copy(tmp_path, centred):
     source = np.load(tmp_path / "waveforms.npy", mmap_mode="r")
     peak = rng.integers(0, 64, n)
     made = center_waveforms(wf, peak) if centred else wf
+    shift = centring_shift(wf[np.arange(n), peak]) if centred else None
     window = LocalWaveforms(reduce_block(made, table[peak]), table[peak], 64)
     written = nearest_channels(loc, peak, 12)  # across shanks: some outside the window
     assert (window.slots(np.arange(n), written) < 0).any()
     expected = window.narrowed(written)
     for where in (source, wf):  # read from the file, and from memory
-        stored = StoredWaveforms.of_window_copy(window, where, written,
-                                                peak if centred else None)
+        stored = StoredWaveforms.of_window_copy(window, where, written, shift)
         np.testing.assert_array_equal(stored.values, expected.values)
-    stored = StoredWaveforms.of_window_copy(window, source, written, peak if centred else None)
+    stored = StoredWaveforms.of_window_copy(window, source, written, shift)
     assert stored.shape == window.shape
     save_npy(tmp_path / "stored.npy", stored)
     np.save(tmp_path / "whole.npy", expected.values)

@@ -148,3 +148,27 @@ def test_waveforms_in_volts_are_named(base, tmp_path, caplog):
     np.save(data / "waveform_all.npy", np.load(data / "waveform_all.npy") * 1e-6)
     _, log = _run(data, tmp_path / "out", caplog)
     assert f"{data}/waveform_all.npy: the waveforms look like V or mV, not uV" in log
+
+
+def test_a_session_in_other_units_is_named(base, tmp_path, caplog):
+    """One session's waveforms 5x the others' (ADC bits instead of uV) are named, with the
+    factor; sessions within 1.5x of each other, as on every study at hand, are not."""
+    from kilomatch.load import session_amplitude_hint
+    session = np.repeat([1, 2, 3, 4], 20)
+    amplitude = np.tile(np.linspace(40, 300, 20), 4)
+    assert session_amplitude_hint(amplitude * np.array([1, 1.4, 0.7, 1])[session - 1],
+                                  session) is None
+    said = session_amplitude_hint(amplitude * np.array([1, 1, 5.13, 1])[session - 1], session)
+    assert "session 3: 5.1x" in said and "session 1" not in said
+    said = session_amplitude_hint(amplitude * np.array([0.2, 1, 1, 1])[session - 1], session)
+    assert "session 1: 0.2x" in said
+    data = tmp_path / "data"
+    shutil.copytree(base, data)
+    waveforms = np.load(data / "waveform_all.npy")
+    index = np.load(data / "session_index.npy").ravel()
+    waveforms[index == 2] *= 5.13
+    np.save(data / "waveform_all.npy", waveforms)
+    _, log = _run(data, tmp_path / "out", caplog)
+    assert f"{data}/waveform_all.npy: the units of some sessions are far larger" in log
+    # three sessions: the median of their medians is pulled up, to 3.4x here
+    assert "(session 2: 3.4x the sessions' median" in log

@@ -696,3 +696,14 @@ def test_pairs_beyond_the_prior_anchor_read_no_match(monkeypatch):
     non = non[inside[non[:, 0]] & inside[non[:, 1]]]
     near = np.abs(depth[non[:, 1]] - depth[non[:, 0]]) <= 30.0
     assert len(links.model.non_match_probability) == near.sum() < 0.5 * len(non)
+
+
+def test_match_confidence_skips_pairs_of_unknown_probability():
+    """A within-cluster pair with no probability (NaN: a join's pair that is no candidate)
+    neither hides a unit's known lowest probability nor makes it NaN."""
+    from kilomatch.linking import match_confidence
+    pairs = np.array([[0, 1], [1, 2], [0, 2], [3, 4]])
+    p = np.array([0.9, 0.6, np.nan, np.nan])
+    conf = match_confidence(6, pairs, p)
+    np.testing.assert_allclose(conf[:3], [0.9, 0.6, 0.6])
+    assert np.isnan(conf[3:]).all()  # units 3 and 4: nothing known; unit 5: in no cluster

@@ -64,7 +64,8 @@ PARAMETERS: tuple[Param, ...] = (
     Param("align_sessions_in_time", "bool", True,
           "Find sessions whose waveforms sit at other samples than the other sessions' (the "
           "trough samples of the unit pairs the initial motion superposes) and shift them back "
-          "before they are compared; the log names them. Off with centering_waveforms."),
+          "before they are compared; the log names them. Needs the initial motion estimate "
+          "or a motion given; off with centering_waveforms."),
     Param("blas_threads", "int", 1,
           "Threads of the BLAS library (the matrix products) during a run; 0 keeps the "
           "library's own count. 1 was the fastest measured, even on an idle machine (the "

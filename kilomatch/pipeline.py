@@ -131,13 +131,17 @@ def _on_windows(block: np.ndarray, peak: np.ndarray, windows: np.ndarray,
 
 
 def align_sessions_in_time(data: Dataset, units: UnitFeatures, s: Settings,
-                           displacement_of_unit: np.ndarray) -> np.ndarray:
+                           displacement_of_unit: np.ndarray | None) -> np.ndarray:
     """Shift the waveforms of sessions that sit at other samples than the others' back in
     time (kilomatch.session_timing; units changed in place). displacement_of_unit: (N,) um,
     each unit's motion (the initial estimate or the motion given), which says which units of
-    two sessions are superposed. Returns the (S,) delays in samples (all 0: nothing moved)."""
+    two sessions are superposed; None: no motion is known, and nothing is judged. Returns
+    the (S,) delays in samples (all 0: nothing moved)."""
     delays = np.zeros(data.n_sessions, np.int64)
-    if not s.align_sessions_in_time or s.centering_waveforms or units.peak_waveform is None:
+    if (not s.align_sessions_in_time or s.centering_waveforms or units.peak_waveform is None
+            or displacement_of_unit is None):
+        # Without a motion, the units superposed are mostly two neurons: their trough
+        # samples differ in ways that fitted false delays of 1-2 samples on large drift.
         return delays
     # units of different shanks are never superposed: shanks set far apart in x
     x = units.locations[:, 0] + 1e6 * units.shank
@@ -1022,9 +1026,12 @@ def initial_estimates(units: UnitFeatures, n_sessions: int, s: Settings, shanks:
 
 
 def _unit_displacement(units: UnitFeatures, shanks: np.ndarray, initials: dict,
-                       given_for) -> np.ndarray:
+                       given_for) -> np.ndarray | None:
     """(N,) um: each unit's motion, from its shank's initial estimate or the motion given
-    (given_for(shank): (S,) um or None); 0 where neither is known."""
+    (given_for(shank): (S,) um or None); 0 where neither is known; None when no shank has
+    either (motionEstimation.initial_estimate 'none')."""
+    if all(given_for(k) is None and initials.get(k, (None, None))[0] is None for k in shanks):
+        return None
     out = np.zeros(units.session0.size)
     for shank in shanks:
         mine = units.shank == shank

@@ -108,3 +108,12 @@ def test_an_aligned_study_is_tracked_as_without_the_step(studies, caplog):
     off, _, _ = _run(study, caplog, align_sessions_in_time=False)
     assert on.units.time_shift is None
     np.testing.assert_array_equal(on.idx_cluster, off.idx_cluster)
+
+
+def test_without_a_motion_no_session_is_judged(studies, caplog):
+    """With the initial motion estimate off (and no motion given) the units superposed may
+    be two neurons: no delay is fitted, even where sessions are shifted."""
+    _, shifted = studies
+    result, _, said = _run(shifted, caplog, motionEstimation={"n_bootstrap": 20,
+                                                              "initial_estimate": "none"})
+    assert said == [] and result.units.time_shift is None

@@ -40,17 +40,18 @@ def session_delays(trough: np.ndarray, pairs: np.ndarray, session0: np.ndarray,
     a, b = session0[pairs[:, 0]], session0[pairs[:, 1]]
     lag = trough[pairs[:, 1]] - trough[pairs[:, 0]]
     key = a * n_sessions + b
+    order = np.argsort(key, kind="stable")  # one pass over the pairs, grouped by session pair
+    keys, starts, counts = np.unique(key[order], return_index=True, return_counts=True)
     rows, medians, weights = [], [], []
-    for k in np.unique(key):
-        here = key == k
-        if here.sum() < min_pairs:
+    for k, start, count in zip(keys, starts, counts):
+        if count < min_pairs:
             continue
         sa, sb = divmod(int(k), n_sessions)
         row = np.zeros(n_sessions)
         row[sa], row[sb] = -1.0, 1.0
         rows.append(row)
-        medians.append(np.median(lag[here]))
-        weights.append(np.sqrt(here.sum()))
+        medians.append(np.median(lag[order[start:start + count]]))
+        weights.append(np.sqrt(count))
     delays = np.zeros(n_sessions, np.int64)
     if not rows:
         return delays

@@ -16,11 +16,7 @@ of exactly 0 and delays of 0.
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
-
-log = logging.getLogger("kilomatch")
 
 # Superposed unit pairs two sessions need before their relative delay is used.
 MIN_PAIRS = 10

@@ -152,7 +152,9 @@ def align_sessions_in_time(data: Dataset, units: UnitFeatures, s: Settings,
                                            pairs, units.session0, data.n_sessions)
     if not delays.any():
         return delays
-    log.warning(session_timing.describe_delays(delays, len(pairs)))
+    log.warning(session_timing.describe_delays(
+        delays, len(pairs), "the motion given" if s.waveformCorrection.path_to_motion
+        else "the initial motion estimate"))
     shift = delays[units.session0]
     features.shift_rows(units.waveforms.values, shift)
     units.waveforms.moments = None  # made from the values before the shift

@@ -63,12 +63,14 @@ def session_delays(trough: np.ndarray, pairs: np.ndarray, session0: np.ndarray,
     return delays
 
 
-def describe_delays(delays: np.ndarray, n_pairs: int) -> str:
-    """One log line naming the sessions (1-based) whose waveforms were shifted."""
+def describe_delays(delays: np.ndarray, n_pairs: int,
+                    motion: str = "the initial motion estimate") -> str:
+    """One log line naming the sessions (1-based) whose waveforms were shifted; ``motion``:
+    what superposed the pairs."""
     moved = np.flatnonzero(delays)
     listed = ", ".join(f"session {s + 1}: {int(delays[s]):+d}" for s in moved)
     return (f"the waveforms of {moved.size} session(s) sit at other samples than the other "
             f"sessions' ({listed} samples, from the trough samples of {n_pairs} unit pairs "
-            "the initial motion superposes): shifted back before they are compared "
+            f"{motion} superposes): shifted back before they are compared "
             "(align_sessions_in_time). Were these sessions sorted or exported with another "
             "alignment?")

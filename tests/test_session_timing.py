@@ -117,3 +117,14 @@ def test_without_a_motion_no_session_is_judged(studies, caplog):
     result, _, said = _run(shifted, caplog, motionEstimation={"n_bootstrap": 20,
                                                               "initial_estimate": "none"})
     assert said == [] and result.units.time_shift is None
+
+
+def test_a_motion_given_superposes_the_pairs(studies, caplog, tmp_path):
+    """With the motion given (the simulation's own), the delays are found from the units it
+    superposes, and the log says which motion that was."""
+    _, shifted = studies
+    np.save(tmp_path / "motion.npy", np.load(shifted / "gt_motion.npy").reshape(-1, 1))
+    result, _, said = _run(shifted, caplog, waveformCorrection={
+        "path_to_motion": str(tmp_path / "motion.npy")})
+    assert len(said) == 1 and "unit pairs the motion given superposes" in said[0]
+    assert "session 2: +2" in said[0] and "session 4: -3" in said[0]

@@ -134,6 +134,14 @@ DATASETS["r"] = ("very_large_drift", "10 sessions, a random walk over 800 um (st
                  "100-600 um between sessions)",
                  {**_BASE, "n_sessions": 10, "drift_max_um": 800.0, "seed": 118}, {})
 
+# Sessions cut out at another alignment (session 26): one sample already cost matches, three
+# took SpikeInterface's templates to F1 0.70 before kilomatch aligned the sessions.
+DATASETS["s"] = ("sessions_misaligned", "8 sessions on SpikeInterface templates, each cut out "
+                 "up to 3 samples late or early, 30 uV threshold, noisy means",
+                 {**_BASE, "waveform_source": "spikeinterface", "detection_threshold_uv": 30.0,
+                  "waveform_noise_per_spike_uv": 20.0, "session_offset_samples": 3,
+                  "seed": 119}, {})
+
 
 BAND_LABELS = metrics.band_labels()
 COLUMNS = ["dataset", "tool", "precision", "recall", "F1", "F1 before curation",

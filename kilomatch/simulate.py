@@ -102,6 +102,7 @@ _META_FILE = "simulation.json"
 _S_MOTION, _S_POPULATION, _S_PRESENCE, _S_SESSION, _S_ORDER = 1, 2, 3, 4, 5
 _S_NOISE, _S_SPIKES, _S_PETH = 6, 7, 8
 _S_COUNT_NOISE, _S_SI, _S_SORTER = 9, 10, 11
+_S_SESSION_OFFSET = 12
 
 # Units rendered together when writing/rendering waveforms (memory ~ chunk * C * T * 4 B * ~4).
 _RENDER_CHUNK = 64
@@ -156,6 +157,7 @@ class SimulationParams:
     amplitude_jitter: float = 0.1
     shape_jitter: float = 0.03
     time_jitter_samples: float = 0.3
+    session_offset_samples: int = 0
     waveform_noise_uv: float = 2.0
     # spike trains
     duration_s: float = 600.0
@@ -262,6 +264,10 @@ SIMULATION_PARAMETERS: tuple[Spec, ...] = (
     _at_least_0("amplitude_jitter", "log-normal sigma of the day-to-day amplitude change"),
     _at_least_0("shape_jitter", "log-normal sigma of the day-to-day change of temporal widths"),
     _at_least_0("time_jitter_samples", "std (samples) of the day-to-day trough-time shift"),
+    Spec("session_offset_samples", "int", "largest offset (samples) of a session's waveforms: "
+         "each session is cut out an integer number of samples in [-K, K] late or early (edge "
+         "values padded), as a sorter or an export with another alignment would; 0: aligned",
+         min=0),
     _at_least_0("waveform_noise_uv", "std (uV) of the noise added to every mean-waveform "
                 "sample"),
     # spike trains
@@ -823,7 +829,20 @@ class Simulation:
                     shape, dtype=np.float32)
         if noise and self.params.waveform_noise_per_spike_uv > 0:
             _add_count_noise(out, units, self.unit_spike_count, self.params)
+        if self.params.session_offset_samples > 0:
+            from .features import shift_in_time
+            out = shift_in_time(out, -self.session_offset[self.session_index[units] - 1])
         return out
+
+    @cached_property
+    def session_offset(self) -> np.ndarray:
+        """(S,) int64 samples each session's waveforms sit late (negative: early), uniform in
+        [-session_offset_samples, session_offset_samples] (all 0 by default)."""
+        k = int(self.params.session_offset_samples)
+        if k == 0:
+            return np.zeros(self.params.n_sessions, np.int64)
+        return _rng(self.params.seed, _S_SESSION_OFFSET).integers(
+            -k, k + 1, self.params.n_sessions).astype(np.int64)
 
     def iter_waveforms(self, chunk: int = 256, start: int = 0, stop: int | None = None):
         """Yield (a, b, waveforms of units a..b-1) over units start..stop-1, chunk at a time."""

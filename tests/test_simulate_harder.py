@@ -189,3 +189,18 @@ def test_recall_by_amplitude_counts_pairs_by_smaller_unit():
     assert total == pytest.approx(metrics.pair_scores(cluster, neuron, session)["recall"])
     empty = metrics.recall_by_amplitude(cluster, neuron, session, amp, edges=(1000.0,))
     assert empty[1] == {"band": ">=1000", "n_true_pairs": 0, "n_found": 0, "recall": None}
+
+
+def test_session_offsets_move_each_session_s_waveforms_by_its_samples():
+    """session_offset_samples: every unit of a session is cut out the session's offset late
+    (or early), on every channel; 0 (the default) leaves the waveforms as they were."""
+    from kilomatch.features import shift_in_time
+    from kilomatch.simulate import simulate
+    base = simulate(n_sessions=4, n_neurons=30, seed=3)
+    moved = simulate(n_sessions=4, n_neurons=30, seed=3, session_offset_samples=3)
+    np.testing.assert_array_equal(base.session_offset, np.zeros(4))
+    offset = moved.session_offset
+    assert np.abs(offset).max() <= 3 and offset.any()
+    units = np.arange(base.n_units)
+    expected = shift_in_time(base.waveforms(units), -offset[base.session_index - 1])
+    np.testing.assert_array_equal(moved.waveforms(units), expected)

@@ -223,8 +223,8 @@ def session_amplitude_hint(amplitude: np.ndarray, session_index: np.ndarray,
     ``min_units`` units are not judged."""
     amplitude = np.asarray(amplitude, np.float64)
     session_index = np.asarray(session_index)
-    sessions = [k for k in np.unique(session_index)
-                if np.count_nonzero(session_index == k) >= min_units]
+    sessions, counts = np.unique(session_index, return_counts=True)
+    sessions = sessions[counts >= min_units]
     if len(sessions) < 3:  # with two, neither could be told from the other
         return None
     medians = np.array([np.median(amplitude[session_index == k]) for k in sessions])

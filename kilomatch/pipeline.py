@@ -1032,9 +1032,7 @@ def _unit_displacement(units: UnitFeatures, shanks: np.ndarray, initials: dict,
     """(N,) um: each unit's motion, from its shank's initial estimate or the motion given
     (given_for(shank): (S,) um or None); 0 where neither is known; None when no shank has
     either (motionEstimation.initial_estimate 'none')."""
-    if all(given_for(k) is None and initials.get(k, (None, None))[0] is None for k in shanks):
-        return None
-    out = np.zeros(units.session0.size)
+    out, known = np.zeros(units.session0.size), False
     for shank in shanks:
         mine = units.shank == shank
         given, start = given_for(shank), initials.get(shank, (None, None))[0]
@@ -1042,7 +1040,8 @@ def _unit_displacement(units: UnitFeatures, shanks: np.ndarray, initials: dict,
             out[mine] = np.asarray(given, dtype=np.float64)[units.session0[mine]]
         elif start is not None:
             out[mine] = start.motion.at(units.session0[mine], units.locations[mine, 1])
-    return out
+        known = known or given is not None or start is not None
+    return out if known else None
 
 
 def save_run_figures(result: Result, data: Dataset, s: Settings) -> None:

@@ -270,22 +270,45 @@ def test_phy_raw_split_in_files_reads_as_one(tmp_path):
 
 
 def test_error_different_geometry_names_session(tmp_path):
+    """A session on other channel positions (another probe or bank: most of its channels
+    elsewhere), or whose map leaves out more than a quarter of the channels, is named."""
     pos = np.column_stack([np.zeros(8), 20.0 * np.arange(8)])
-    moved = pos.copy()
-    moved[5, 0] = 32.0
+    elsewhere = pos.copy()
+    elsewhere[2:, 1] += 1000.0
     a = tiny_phy(tmp_path / "a")
     b = tiny_phy(tmp_path / "b")
-    c = tiny_phy(tmp_path / "c", positions=moved)
+    c = tiny_phy(tmp_path / "c", positions=elsewhere)
     with pytest.raises(KilomatchError) as err:
         import_phy([a, b, c], tmp_path / "out", gain_uv=GAIN)
     msg = str(err.value)
-    assert f"session 3 ({c})" in msg and "channel 5" in msg and "session 2" not in msg
-    d = tiny_phy(tmp_path / "d", n_ch=6, positions=pos[:6])
-    with pytest.raises(KilomatchError, match=r"session 2 \(.*d\).*6 channels against 8"):
+    assert f"session 3 ({c})" in msg and "channel 2" in msg and "session 2" not in msg
+    d = tiny_phy(tmp_path / "d", n_ch=5, positions=pos[:5])
+    with pytest.raises(KilomatchError, match=r"session 2 \(.*d\).*5 channels against 8"):
         import_phy([a, d], tmp_path / "out", gain_uv=GAIN)
     assert not (tmp_path / "out").exists()
 
 
+def test_a_session_without_some_channels_is_padded(tmp_path, caplog):
+    """Session 2 sorted with channel 5 left out of its map (a site that failed): the input
+    folder holds every channel, session 2's units read 0 on channel 5 and as sorted on the
+    others; the log names the session and the channel."""
+    pos = np.column_stack([np.zeros(8), 20.0 * np.arange(8)])
+    keep = np.delete(np.arange(8), 5)
+    a = tiny_phy(tmp_path / "a")
+    d = tiny_phy(tmp_path / "d", n_ch=7, positions=pos[keep])
+    twin = tiny_phy(tmp_path / "e", n_ch=7, positions=pos[keep])
+    as_sorted = load_dataset(import_phy([d, twin], tmp_path / "as_sorted", gain_uv=GAIN))
+    with caplog.at_level(logging.WARNING, logger="kilomatch"):
+        out = import_phy([a, d], tmp_path / "out", gain_uv=GAIN)
+    said = [r.getMessage() for r in caplog.records if "leaves out" in r.getMessage()]
+    assert len(said) == 1 and f"session 2 ({d})" in said[0] and "(0, 100) um" in said[0]
+    data = load_dataset(out)
+    np.testing.assert_allclose(data.channel_locations, pos)
+    second = np.asarray(data.waveforms[data.session_index == 2])
+    assert second.shape == (2, 8, 61)
+    assert np.all(second[:, 5] == 0)
+    np.testing.assert_array_equal(second[:, keep],
+                                  np.asarray(as_sorted.waveforms[as_sorted.session_index == 1]))
 def test_error_no_usable_unit_names_session(tmp_path):
     a = tiny_phy(tmp_path / "a")
     b = tiny_phy(tmp_path / "b", groups={3: "noise", 4: "mua"})
@@ -476,8 +499,8 @@ def test_nwb_errors(tmp_path, np1_sim):
     pytest.importorskip("pynwb")
     ch = np.arange(0, 384, 3)
     write_nwb(tmp_path / "a.nwb", np1_sim, 1, ch)
-    write_nwb(tmp_path / "b.nwb", np1_sim, 2, ch[:-1])
-    with pytest.raises(KilomatchError, match=r"session 2 \(.*b.nwb\).*127 channels against 128"):
+    write_nwb(tmp_path / "b.nwb", np1_sim, 2, ch[:80])
+    with pytest.raises(KilomatchError, match=r"session 2 \(.*b.nwb\).*80 channels against 128"):
         import_nwb([tmp_path / "a.nwb", tmp_path / "b.nwb"], tmp_path / "out")
     with pytest.raises(KilomatchError, match=r"session 2 \(.*\): not a file"):
         import_nwb([tmp_path / "a.nwb", tmp_path], tmp_path / "out")

@@ -11,6 +11,7 @@ import csv
 import json
 import logging
 import subprocess
+import re
 import sys
 import warnings
 
@@ -349,16 +350,21 @@ def test_unit_with_no_spikes_left_out(tmp_path, two_ks4, caplog):
     assert [r["original_unit_id"] for r in read_source(out)] == ["0", "1"] * 2
 
 
-def test_error_channel_maps_differ(tmp_path, two_ks4):
-    """Session 2 sorted with a channel dropped (its channel_map.npy and positions shorter)."""
+def test_a_channel_left_out_of_one_map_is_padded(tmp_path, two_ks4, caplog):
+    """Session 2 sorted with its last channel left out (its channel_map.npy and positions
+    shorter): imported on the whole probe, that channel 0 in its units, the session named."""
     folder = two_ks4[1]
     np.save(folder / "channel_map.npy", np.arange(N_CH - 1, dtype=np.int32))
     pos = np.load(folder / "channel_positions.npy")
     np.save(folder / "channel_positions.npy", pos[:-1])
-    with pytest.raises(KilomatchError, match=r"session 2 \(.*day2\) has a different channel "
-                                             r"geometry \(channel_map.npy, "
-                                             r"channel_positions.npy\).*11 channels against 12"):
-        import_phy(two_ks4, tmp_path / "out", gain_uv=1.0)
+    with caplog.at_level(logging.WARNING, logger="kilomatch"):
+        out = import_phy(two_ks4, tmp_path / "out", gain_uv=1.0)
+    assert re.search(r"session 2 \(.*day2\): its channel map leaves out 1 of the 12 channels",
+                     caplog.text)
+    data = load_dataset(out)
+    assert data.waveforms.shape[1] == N_CH
+    second = np.asarray(data.waveforms[data.session_index == 2])
+    assert np.all(second[:, -1] == 0) and np.all(np.ptp(second[:, 0], axis=1) > 0)
 
 
 def test_same_channels_in_another_order_are_reordered(tmp_path, two_ks4, caplog):

@@ -97,6 +97,74 @@ def align_channels(ref: SessionUnits, s: SessionUnits, index: int) -> SessionUni
                    waveforms=lambda: (np.asarray(w)[order] for w in source()))
 
 
+# A session sorted with a channel map that leaves out this share of the probe's channels or
+# more is more likely another probe, bank or map than sites that failed: named, not padded.
+MIN_CHANNEL_SHARE = 0.75
+
+
+def _find_positions(whole: np.ndarray, locs: np.ndarray) -> np.ndarray:
+    """Index in ``whole`` (C, 2) um of each channel of ``locs`` (c, 2) at the same position
+    (within 1e-3 um), -1 where none is."""
+    dist = np.abs(whole[:, None, :] - locs[None, :, :]).max(axis=2)  # (C, c)
+    idx = dist.argmin(axis=0) if len(whole) else np.full(len(locs), -1)
+    found = dist[idx, np.arange(len(locs))] <= 1e-3 if len(whole) else np.zeros(len(locs), bool)
+    return np.where(found, idx, -1)
+
+
+def whole_probe(sessions: list[SessionUnits]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The channels of all sessions together: the session with the most channels in its own
+    order, then any channel another session holds at a position none before it has.
+    Returns ((C, 2) um, (C,) shank ids or None)."""
+    order = sorted(range(len(sessions)), key=lambda k: -len(sessions[k].channel_locations))
+    first = sessions[order[0]]
+    locs = np.asarray(first.channel_locations, dtype=np.float64)
+    shanks = None if first.channel_shanks is None else np.asarray(first.channel_shanks)
+    for k in order[1:]:
+        s = sessions[k]
+        new = _find_positions(locs, s.channel_locations) < 0
+        if new.any() and (shanks is None) == (s.channel_shanks is None):
+            locs = np.concatenate([locs, s.channel_locations[new]])
+            if shanks is not None:
+                shanks = np.concatenate([shanks, np.asarray(s.channel_shanks)[new]])
+    return locs, shanks
+
+
+def pad_to_probe(locs: np.ndarray, shanks: np.ndarray | None, s: SessionUnits,
+                 index: int) -> SessionUnits:
+    """s on the whole probe (whole_probe) when its channel map leaves out some of the
+    probe's channels, each missing channel written as 0 in every unit of the session (the
+    run finds such channels and fills them in from their neighbours: fill_dead_channels);
+    else s as it is, for :func:`check_sessions` to judge."""
+    own = np.asarray(s.channel_locations, dtype=np.float64)
+    if own.shape == locs.shape and np.abs(own - locs).max(initial=0) <= 1e-3:
+        return s
+    idx = _find_positions(locs, own)
+    if ((idx < 0).any() or np.unique(idx).size != idx.size
+            or len(own) < MIN_CHANNEL_SHARE * len(locs)
+            or (shanks is None) != (s.channel_shanks is None)):
+        return s
+    if shanks is not None and len(set(zip(np.asarray(s.channel_shanks).tolist(),
+                                          shanks[idx].tolist()))) != np.unique(shanks[idx]).size:
+        return s
+    missing = np.setdiff1d(np.arange(len(locs)), idx)
+    log.warning("%s: its channel map leaves out %d of the %d channels the sessions hold "
+                "together (first at (%g, %g) um%s): they are written as 0 for its units, and "
+                "the run fills them in from the channels around them (fill_dead_channels)",
+                session_name(index, s.path), missing.size, len(locs), locs[missing[0], 0],
+                locs[missing[0], 1], f"; {s.geometry_source}" if s.geometry_source else "")
+    source, n_channels = s.waveforms, len(locs)
+
+    def padded():
+        for w in source():
+            w = np.asarray(w, dtype=np.float32)
+            out = np.zeros((n_channels, w.shape[1]), dtype=np.float32)
+            out[idx] = w
+            yield out
+
+    return replace(s, channel_locations=locs.copy(),
+                   channel_shanks=None if shanks is None else shanks.copy(), waveforms=padded)
+
+
 def check_sessions(sessions: list[SessionUnits]) -> None:
     """One probe geometry and one waveform length for all sessions; raise naming the odd ones."""
     ref = sessions[0]
@@ -112,8 +180,9 @@ def check_sessions(sessions: list[SessionUnits]) -> None:
                             f"samples, {session_name(1, ref.path)} of {ref.n_samples}; all "
                             "sessions need the same waveform length")
     if problems:
-        hint = ("kilomatch tracks units on one probe: sort every session with the same probe, "
-                "channel map and channels (no channel dropped in one session only)")
+        hint = ("kilomatch tracks units on one probe: sort every session with the same probe "
+                "and channel positions (a session whose channel map leaves out fewer than "
+                f"{1 - MIN_CHANNEL_SHARE:.0%} of the sessions' channels is padded with 0 there)")
         err = KilomatchError.from_problems(problems, header="Sessions do not share one probe "
                                            "geometry")
         raise KilomatchError(f"{err}\n{hint}", problems)
@@ -160,6 +229,8 @@ def write_input_folder(sessions: list[SessionUnits], out_dir, overwrite: bool = 
     """
     sessions = sessions[:1] + [align_channels(sessions[0], s, k)
                                for k, s in enumerate(sessions[1:], 2)]
+    locs, shanks = whole_probe(sessions)
+    sessions = [pad_to_probe(locs, shanks, s, k) for k, s in enumerate(sessions, 1)]
     check_sessions(sessions)
     writer = FolderWriter(out_dir, overwrite=overwrite, protect=[s.path for s in sessions])
     n_units = sum(len(s.unit_ids) for s in sessions)

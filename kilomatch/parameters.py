@@ -66,6 +66,11 @@ PARAMETERS: tuple[Param, ...] = (
           "trough samples of the unit pairs the initial motion superposes) and shift them back "
           "before they are compared; the log names them. Needs the initial motion estimate "
           "or a motion given; off with centering_waveforms."),
+    Param("fill_dead_channels", "bool", True,
+          "Find channels that read a constant in every unit of a session although units of "
+          "that session peak within 100 um (a site left out of that session's channel map, "
+          "padded with 0) and fill them in from the live channels around them (Kriging) "
+          "before anything is compared; the log names the sessions."),
     Param("blas_threads", "int", 1,
           "Threads of the BLAS library (the matrix products) during a run; 0 keeps the "
           "library's own count. 1 was the fastest measured, even on an idle machine (the "

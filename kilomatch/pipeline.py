@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import (channel_windows, correction, curation, duplicate_units, export, features,
-               fingerprint, joining, linking, lone_sessions, motion_initial, parallel,
-               position_noise, session_timing, sorter_splits)
+from . import (channel_windows, correction, curation, dead_channels, duplicate_units, export,
+               features, fingerprint, joining, linking, lone_sessions, motion_initial,
+               parallel, position_noise, session_timing, sorter_splits)
 from .assemble import assemble, output_channels
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
@@ -77,12 +77,14 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     if not finite.all():
         raise KilomatchError(non_finite_problem(source, finite))
     warn_flat(flat)
+    unit_windows = windows[peak]
+    dead = _fill_dead_channels(data, s, ptt, peak, values, unit_windows)
     amplitude = ptt[np.arange(n), peak].astype(np.float64)
     for hint in (amplitude_unit_hint(amplitude),
                  session_amplitude_hint(amplitude, data.session_index)):
         if hint:
             log.warning("%s: %s", source, hint)
-    waveforms = channel_windows.LocalWaveforms(values, windows[peak], c)
+    waveforms = channel_windows.LocalWaveforms(values, unit_windows, c)
     nearest = features.nearest_channels(data.channel_locations, peak,
                                         s.spikeLocation.n_nearest_channels)
     locate = partial(_locate_block, channel_locations=data.channel_locations,
@@ -109,7 +111,30 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
         features.shift_rows(peak_waveform, time_shift)
     return UnitFeatures(waveforms, peak, amplitude, locations, both[:, :n_acg], both[:, n_acg:],
                         data.peth, data.session_index - 1, shank, peak_waveform,
-                        s.waveformCorrection.window_um, time_shift)
+                        s.waveformCorrection.window_um, time_shift, dead)
+
+
+def _fill_dead_channels(data: Dataset, s: Settings, ptt: np.ndarray, peak: np.ndarray,
+                        values: np.ndarray, unit_windows: np.ndarray) -> np.ndarray | None:
+    """Find the channels dead in each session and fill them in on the units' windows
+    (kilomatch.dead_channels; fill_dead_channels). ``values`` (N, W, T) on ``unit_windows``
+    (N, W), ``ptt`` (N, C) and ``peak`` (N,) are updated in place where a unit changed (its
+    peak may move onto a filled channel, which lies in its window). Returns the (S, C) dead
+    table, or None when no channel is dead."""
+    if not s.fill_dead_channels:
+        return None
+    session0 = data.session_index - 1
+    dead = dead_channels.find_dead(ptt, session0, data.n_sessions, data.channel_locations,
+                                   peak)
+    if not dead.any():
+        return None
+    log.warning(dead_channels.describe_dead(dead))
+    changed = np.flatnonzero(dead_channels.fill_dead(values, unit_windows, session0, dead,
+                                                     data.channel_locations))
+    filled = values[changed]
+    ptt[changed[:, None], unit_windows[changed]] = filled.max(axis=2) - filled.min(axis=2)
+    peak[changed] = features.peak_channels(ptt[changed])[0]
+    return dead
 
 
 def _window_table(data: Dataset, s: Settings, window_um: float) -> np.ndarray:
@@ -203,6 +228,9 @@ def widen_windows(data: Dataset, units: UnitFeatures, s: Settings, displacements
         rows = slice(start, start + block.shape[0])
         values[rows] = _on_windows(block, units.peak_channel[rows], windows,
                                    None if units.time_shift is None else units.time_shift[rows])
+    if units.dead_channels is not None:
+        dead_channels.fill_dead(values, windows[units.peak_channel], units.session0,
+                                units.dead_channels, data.channel_locations)
     units.waveforms = channel_windows.LocalWaveforms(values, windows[units.peak_channel], c)
     units.window_um = width
 
@@ -686,7 +714,8 @@ def _narrowed_original(units: UnitFeatures, data: Dataset, s: Settings):
     waveforms of their own to read (a shank's subset)."""
     channels = output_channels(units.peak_channel, data.channel_locations,
                                s.waveformCorrection.n_nearest_channels)
-    if data.waveforms is None:
+    if data.waveforms is None or units.dead_channels is not None:
+        # read again, the dead channels would be 0 again: keep the filled-in copy
         return units.waveforms.narrowed(channels)
     return channel_windows.StoredWaveforms.of_window_copy(
         units.waveforms, data.waveforms, channels, units.time_shift)  # as unit_features read them
@@ -899,7 +928,8 @@ def subset_units(units: UnitFeatures, members: np.ndarray) -> UnitFeatures:
         units.peak_channel, units.amplitude, units.locations, units.acg, units.isi,
         units.peth, units.session0, units.shank, units.peak_waveform))
     return UnitFeatures(units.waveforms.subset(members), *rest, units.window_um,
-                        None if units.time_shift is None else units.time_shift[members])
+                        None if units.time_shift is None else units.time_shift[members],
+                        units.dead_channels)
 
 
 def merge_shanks(s: Settings, data: Dataset, units: UnitFeatures, parts: list) -> Result:

@@ -33,7 +33,9 @@ class UnitFeatures:
     (the match probability's Shape evidence), None if not made; window_um: the reach (um) of
     the channel windows of ``waveforms`` (waveformCorrection.window_um, or wider when the
     motion needed it), None if not known; time_shift: (N,) int64 samples each unit was moved
-    earlier as it was read (centering_waveforms, align_sessions_in_time), None for none.
+    earlier as it was read (centering_waveforms, align_sessions_in_time), None for none;
+    dead_channels: (S, C) bool, the channels found dead in each session and filled in
+    (kilomatch.dead_channels), None when none were.
     """
 
     waveforms: LocalWaveforms
@@ -48,6 +50,7 @@ class UnitFeatures:
     peak_waveform: np.ndarray | None = None
     window_um: float | None = None
     time_shift: np.ndarray | None = None
+    dead_channels: np.ndarray | None = None
 
 
 @dataclass

@@ -103,6 +103,7 @@ _S_MOTION, _S_POPULATION, _S_PRESENCE, _S_SESSION, _S_ORDER = 1, 2, 3, 4, 5
 _S_NOISE, _S_SPIKES, _S_PETH = 6, 7, 8
 _S_COUNT_NOISE, _S_SI, _S_SORTER = 9, 10, 11
 _S_SESSION_OFFSET = 12
+_S_DEAD_CHANNELS = 13
 
 # Units rendered together when writing/rendering waveforms (memory ~ chunk * C * T * 4 B * ~4).
 _RENDER_CHUNK = 64
@@ -158,6 +159,7 @@ class SimulationParams:
     shape_jitter: float = 0.03
     time_jitter_samples: float = 0.3
     session_offset_samples: int = 0
+    dead_channel_share: float = 0.0
     waveform_noise_uv: float = 2.0
     # spike trains
     duration_s: float = 600.0
@@ -268,6 +270,10 @@ SIMULATION_PARAMETERS: tuple[Spec, ...] = (
          "each session is cut out an integer number of samples in [-K, K] late or early (edge "
          "values padded), as a sorter or an export with another alignment would; 0: aligned",
          min=0),
+    Spec("dead_channel_share", "float", "share of the channels that stop recording over the "
+         "study: each dies in a session drawn from 2..S and reads 0 in every unit of that "
+         "session and the later ones, as a sorting whose channel map leaves out a failed site "
+         "(padded to the whole probe) would; 0: none", min=0.0, max=1.0),
     _at_least_0("waveform_noise_uv", "std (uV) of the noise added to every mean-waveform "
                 "sample"),
     # spike trains
@@ -832,6 +838,22 @@ class Simulation:
         if self.params.session_offset_samples > 0:
             from .features import shift_in_time
             out = shift_in_time(out, -self.session_offset[self.session_index[units] - 1])
+        if self.params.dead_channel_share > 0:
+            out[self.channel_death[None, :] <= self.session_index[units][:, None]] = 0.0
+        return out
+
+    @cached_property
+    def channel_death(self) -> np.ndarray:
+        """(C,) int64 session (1-based) from which each channel reads 0: a share
+        dead_channel_share of the channels, drawn at random, die in a session uniform in
+        2..S; the others never (S + 1)."""
+        s = int(self.params.n_sessions)
+        out = np.full(self.n_channels, s + 1, np.int64)
+        n_dead = int(round(self.params.dead_channel_share * self.n_channels))
+        if n_dead == 0 or s < 2:
+            return out
+        g = _rng(self.params.seed, _S_DEAD_CHANNELS)
+        out[g.permutation(self.n_channels)[:n_dead]] = g.integers(2, s + 1, n_dead)
         return out
 
     @cached_property

@@ -1,17 +1,17 @@
 """Sessions whose waveforms sit at other samples are found and shifted back
 (kilomatch.session_timing, the setting align_sessions_in_time)."""
 
-import logging
 import shutil
 
 import numpy as np
 import pytest
 
-import kilomatch
-from kilomatch import metrics
 from kilomatch.features import shift_in_time
 from kilomatch.session_timing import MIN_PAIRS, session_delays
 from kilomatch.simulate import simulate_to_folder
+
+# the log's words for the step under test
+SHIFTED = "sit at other samples"
 
 
 def _pairs_of_neurons(neuron, rng, wrong_share=0.2):
@@ -70,61 +70,50 @@ def studies(tmp_path_factory):
     return study, shifted
 
 
-def _run(folder, caplog, **settings):
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="kilomatch"):
-        r = kilomatch.run({"path_to_data": str(folder), "n_jobs": 1,
-                           "motionEstimation": {"n_bootstrap": 20}, **settings}, write=False)
-    gt = np.load(folder / "gt_neuron.npy").ravel()
-    f1 = metrics.pair_scores(r.idx_cluster, gt, r.data.session_index)["f1"]
-    said = [m.getMessage() for m in caplog.records if "sit at other samples" in m.getMessage()]
-    return r, f1, said
-
-
-def test_sessions_cut_out_at_another_alignment_are_shifted_back(studies, caplog):
+def test_sessions_cut_out_at_another_alignment_are_shifted_back(studies, track_study):
     """The delays of sessions 2 and 4 are found and named; the tracking scores as on the
     study as simulated, where without the alignment it scores lower."""
     study, shifted = studies
-    _, f1_study, said = _run(study, caplog)
+    _, f1_study, said = track_study(study, SHIFTED)
     assert said == []
-    result, f1_aligned, said = _run(shifted, caplog)
+    result, f1_aligned, said = track_study(shifted, SHIFTED)
     assert len(said) == 1
     assert "session 2: +2" in said[0] and "session 4: -3" in said[0]
     assert "session 1" not in said[0] and "session 3" not in said[0]
     np.testing.assert_array_equal(
         result.units.time_shift, np.select([result.units.session0 == 1,
                                             result.units.session0 == 3], [2, -3], 0))
-    _, f1_off, said = _run(shifted, caplog, align_sessions_in_time=False)
+    _, f1_off, said = track_study(shifted, SHIFTED, align_sessions_in_time=False)
     assert said == []
     assert f1_aligned >= f1_study - 0.01
     assert f1_off < f1_aligned - 0.02
 
 
-def test_an_aligned_study_is_tracked_as_without_the_step(studies, caplog):
+def test_an_aligned_study_is_tracked_as_without_the_step(studies, track_study):
     """Nothing moves on a study whose sessions share their alignment: the same clusters
     with the step on and off."""
     study, _ = studies
-    on, _, _ = _run(study, caplog)
-    off, _, _ = _run(study, caplog, align_sessions_in_time=False)
+    on, _, _ = track_study(study, SHIFTED)
+    off, _, _ = track_study(study, SHIFTED, align_sessions_in_time=False)
     assert on.units.time_shift is None
     np.testing.assert_array_equal(on.idx_cluster, off.idx_cluster)
 
 
-def test_without_a_motion_no_session_is_judged(studies, caplog):
+def test_without_a_motion_no_session_is_judged(studies, track_study):
     """With the initial motion estimate off (and no motion given) the units superposed may
     be two neurons: no delay is fitted, even where sessions are shifted."""
     _, shifted = studies
-    result, _, said = _run(shifted, caplog, motionEstimation={"n_bootstrap": 20,
-                                                              "initial_estimate": "none"})
+    result, _, said = track_study(shifted, SHIFTED, motionEstimation={
+        "n_bootstrap": 20, "initial_estimate": "none"})
     assert said == [] and result.units.time_shift is None
 
 
-def test_a_motion_given_superposes_the_pairs(studies, caplog, tmp_path):
+def test_a_motion_given_superposes_the_pairs(studies, track_study, tmp_path):
     """With the motion given (the simulation's own), the delays are found from the units it
     superposes, and the log says which motion that was."""
     _, shifted = studies
     np.save(tmp_path / "motion.npy", np.load(shifted / "gt_motion.npy").reshape(-1, 1))
-    result, _, said = _run(shifted, caplog, waveformCorrection={
+    result, _, said = track_study(shifted, SHIFTED, waveformCorrection={
         "path_to_motion": str(tmp_path / "motion.npy")})
     assert len(said) == 1 and "unit pairs the motion given superposes" in said[0]
     assert "session 2: +2" in said[0] and "session 4: -3" in said[0]

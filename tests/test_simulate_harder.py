@@ -204,3 +204,21 @@ def test_session_offsets_move_each_session_s_waveforms_by_its_samples():
     units = np.arange(base.n_units)
     expected = shift_in_time(base.waveforms(units), -offset[base.session_index - 1])
     np.testing.assert_array_equal(moved.waveforms(units), expected)
+
+
+def test_dead_channels_read_0_from_their_session_on():
+    """dead_channel_share: that share of the channels dies, each in a session from 2 on, and
+    reads 0 in every unit of that session and the later ones; the other channels and the
+    earlier sessions are as without it."""
+    from kilomatch.simulate import simulate
+    base = simulate(n_sessions=4, n_neurons=30, seed=3)
+    dying = simulate(n_sessions=4, n_neurons=30, seed=3, dead_channel_share=0.1)
+    assert (base.channel_death == 5).all()
+    death = dying.channel_death
+    assert (death <= 4).sum() == round(0.1 * dying.n_channels) and death.min() >= 2
+    units = np.arange(base.n_units)
+    expected = base.waveforms(units)
+    dead = death[None, :] <= base.session_index[:, None]
+    expected[dead] = 0.0
+    assert dead.any() and not dead[base.session_index == 1].any()
+    np.testing.assert_array_equal(dying.waveforms(units), expected)

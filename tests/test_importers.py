@@ -517,3 +517,33 @@ def test_spikeinterface_probe_without_shank_ids():
     probe = probeinterface.generate_linear_probe(num_elec=8)
     xy = np.asarray(probe.contact_positions)
     assert _shanks_by_position(xy, xy, probe.shank_ids, "session 1") is None
+
+
+def test_missing_channels_of_a_multi_shank_probe_are_padded_on_their_shank(tmp_path):
+    """Two shanks; session 2 lacks a channel of shank 1 and lists its shanks under other
+    labels: it is written on the whole probe with the first session's shank labels, 0 on
+    the missing channel. A session whose shanks split the channels otherwise is not padded."""
+    from kilomatch.formats.sessions import SessionUnits, pad_to_probe, whole_probe
+    locs = np.column_stack([np.tile([0.0, 250.0], 4), np.repeat(20.0 * np.arange(4), 2)])
+    shanks = np.tile([0, 1], 4)
+    keep = np.delete(np.arange(8), 3)  # channel 3: shank 1
+
+    def session(k, chans, labels):
+        return SessionUnits(tmp_path / f"s{k}", locs[chans], labels, [0], 5, [np.zeros(3)],
+                            lambda: iter([np.ones((chans.size, 5), np.float32)]))
+
+    first = session(1, np.arange(8), shanks)
+    second = session(2, keep, 7 - shanks[keep])  # labels 7 and 6 for shanks 0 and 1
+    whole, whole_shanks = whole_probe([first, second])
+    padded = pad_to_probe(whole, whole_shanks, second, 2)
+    np.testing.assert_array_equal(padded.channel_locations, locs)
+    np.testing.assert_array_equal(padded.channel_shanks, shanks)
+    w = next(padded.waveforms())
+    assert w.shape == (8, 5) and np.all(w[3] == 0) and np.all(w[keep] == 1)
+    mixed = session(3, keep, np.zeros(keep.size, np.int64))  # one shank for both columns
+    assert pad_to_probe(whole, whole_shanks, mixed, 3) is mixed
+    # the largest session lacks channel 3, which session 2 (other labels) holds: the whole
+    # probe takes it under the label of its shank
+    _, joined = whole_probe([session(4, keep, shanks[keep]),
+                             session(5, np.arange(7), 7 - shanks[:7])])
+    np.testing.assert_array_equal(joined, shanks[np.r_[keep, 3]])

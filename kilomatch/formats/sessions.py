@@ -121,11 +121,16 @@ def whole_probe(sessions: list[SessionUnits]) -> tuple[np.ndarray, np.ndarray | 
     shanks = None if first.channel_shanks is None else np.asarray(first.channel_shanks)
     for k in order[1:]:
         s = sessions[k]
-        new = _find_positions(locs, s.channel_locations) < 0
+        idx = _find_positions(locs, s.channel_locations)
+        new = idx < 0
         if new.any() and (shanks is None) == (s.channel_shanks is None):
             locs = np.concatenate([locs, s.channel_locations[new]])
             if shanks is not None:
-                shanks = np.concatenate([shanks, np.asarray(s.channel_shanks)[new]])
+                # its own shank labels, under the probe's labels where channels they share
+                # say which those are
+                own = np.asarray(s.channel_shanks)
+                named = dict(zip(own[~new].tolist(), shanks[idx[~new]].tolist()))
+                shanks = np.concatenate([shanks, [named.get(x, x) for x in own[new].tolist()]])
     return locs, shanks
 
 
@@ -143,9 +148,13 @@ def pad_to_probe(locs: np.ndarray, shanks: np.ndarray | None, s: SessionUnits,
             or len(own) < MIN_CHANNEL_SHARE * len(locs)
             or (shanks is None) != (s.channel_shanks is None)):
         return s
-    if shanks is not None and len(set(zip(np.asarray(s.channel_shanks).tolist(),
-                                          shanks[idx].tolist()))) != np.unique(shanks[idx]).size:
-        return s
+    if shanks is not None:
+        # the same partition into shanks, under any labels: one label of s per label of the
+        # probe and back
+        own_labels, labels = np.asarray(s.channel_shanks).tolist(), shanks[idx].tolist()
+        pairs = len(set(zip(own_labels, labels)))
+        if pairs != len(set(own_labels)) or pairs != len(set(labels)):
+            return s
     missing = np.setdiff1d(np.arange(len(locs)), idx)
     log.warning("%s: its channel map leaves out %d of the %d channels the sessions hold "
                 "together (first at (%g, %g) um%s): they are written as 0 for its units, and "

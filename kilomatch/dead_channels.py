@@ -85,9 +85,9 @@ def fill_dead(values: np.ndarray, channels: np.ndarray, session0: np.ndarray,
     if hit.size == 0:
         return changed
     key = np.column_stack([session0[hit], channels[hit]])
-    groups, which = np.unique(key, axis=0, return_inverse=True)
-    for g, row in enumerate(groups):
-        units = hit[which.reshape(-1) == g]
+    groups, which, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
+    members = np.split(hit[np.argsort(which.reshape(-1), kind="stable")], np.cumsum(counts)[:-1])
+    for row, units in zip(groups, members):
         s, chans = int(row[0]), row[1:]
         gone = dead[s, chans]
         live = np.flatnonzero(~gone)

@@ -66,6 +66,11 @@ PARAMETERS: tuple[Param, ...] = (
           "trough samples of the unit pairs the initial motion superposes) and shift them back "
           "before they are compared; the log names them. Needs the initial motion estimate "
           "or a motion given; off with centering_waveforms."),
+    Param("remove_channel_offsets", "bool", True,
+          "Find sessions whose mean waveforms carry a constant offset on each channel (averaged "
+          "from a recording that was not high-pass filtered: the units' baselines above 5% of "
+          "their amplitude at the median) and subtract every unit's baseline there before "
+          "anything is compared; the log names the sessions."),
     Param("fill_dead_channels", "bool", True,
           "Find channels that read a constant in every unit of a session although units of "
           "that session peak within 100 um (a site left out of that session's channel map, "

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import (channel_windows, correction, curation, dead_channels, duplicate_units, export,
-               features, fingerprint, joining, linking, lone_sessions, motion_initial,
-               parallel, position_noise, session_timing, sorter_splits)
+from . import (channel_offsets, channel_windows, correction, curation, dead_channels,
+               duplicate_units, export, features, fingerprint, joining, linking, lone_sessions,
+               motion_initial, parallel, position_noise, session_timing, sorter_splits)
 from .assemble import assemble, output_channels
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
@@ -63,6 +63,7 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     ptt = np.empty((n, c), dtype=np.float32)
     peak = np.empty(n, dtype=np.int64)
     values = np.empty((n, windows.shape[1], t), dtype=np.float32)
+    share = np.zeros(n)  # each unit's baseline level, over its amplitude (channel_offsets)
     finite = np.ones(n, dtype=bool)
     flat = np.zeros(n, dtype=bool)
     for start, block in tqdm(iter_rows(data.waveforms), total=-(-n // 2048),
@@ -73,11 +74,15 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
             finite[rows], flat[rows] = judge_rows(ptt[rows])
         peak[rows] = features.peak_channels(ptt[rows])[0]
         values[rows] = _on_windows(block, peak[rows], windows)
+        if s.remove_channel_offsets:
+            share[rows] = channel_offsets.offset_share(
+                channel_offsets.edge_baseline(values[rows]), values[rows])
     source = data.path / WAVEFORMS if data.path is not None else WAVEFORMS
     if not finite.all():
         raise KilomatchError(non_finite_problem(source, finite))
     warn_flat(flat)
     unit_windows = windows[peak]
+    offsets = _remove_channel_offsets(data, s, share, values)
     dead = _fill_dead_channels(data, s, ptt, peak, values, unit_windows)
     amplitude = ptt[np.arange(n), peak].astype(np.float64)
     for hint in (amplitude_unit_hint(amplitude),
@@ -111,7 +116,32 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
         features.shift_rows(peak_waveform, time_shift)
     return UnitFeatures(waveforms, peak, amplitude, locations, both[:, :n_acg], both[:, n_acg:],
                         data.peth, data.session_index - 1, shank, peak_waveform,
-                        s.waveformCorrection.window_um, time_shift, dead)
+                        s.waveformCorrection.window_um, time_shift, dead, offsets)
+
+
+def _remove_channel_offsets(data: Dataset, s: Settings, share: np.ndarray,
+                            values: np.ndarray) -> np.ndarray | None:
+    """Find the sessions whose waveforms carry an offset on each channel and subtract their
+    units' baselines from ``values`` (N, W, T), in place (kilomatch.channel_offsets;
+    remove_channel_offsets). ``share``: (N,) channel_offsets.offset_share of each unit.
+    Returns the (S,) bool sessions, or None when none has offsets."""
+    if not s.remove_channel_offsets:
+        return None
+    session0 = data.session_index - 1
+    sessions = channel_offsets.sessions_with_offsets(share, session0, data.n_sessions)
+    if not sessions.any():
+        return None
+    log.warning(channel_offsets.describe_offsets(sessions, share, session0))
+    _subtract_baselines(values, sessions[session0])
+    return sessions
+
+
+def _subtract_baselines(values: np.ndarray, units: np.ndarray, chunk: int = 2048) -> None:
+    """Subtract each chosen unit's (units: (N,) bool) baseline on each channel, in place."""
+    for start in range(0, len(units), chunk):
+        rows = np.flatnonzero(units[start:start + chunk]) + start
+        if rows.size:
+            values[rows] -= channel_offsets.edge_baseline(values[rows])[:, :, None]
 
 
 def _fill_dead_channels(data: Dataset, s: Settings, ptt: np.ndarray, peak: np.ndarray,
@@ -228,6 +258,8 @@ def widen_windows(data: Dataset, units: UnitFeatures, s: Settings, displacements
         rows = slice(start, start + block.shape[0])
         values[rows] = _on_windows(block, units.peak_channel[rows], windows,
                                    None if units.time_shift is None else units.time_shift[rows])
+    if units.offset_sessions is not None:
+        _subtract_baselines(values, units.offset_sessions[units.session0])
     if units.dead_channels is not None:
         dead_channels.fill_dead(values, windows[units.peak_channel], units.session0,
                                 units.dead_channels, data.channel_locations)
@@ -714,8 +746,9 @@ def _narrowed_original(units: UnitFeatures, data: Dataset, s: Settings):
     waveforms of their own to read (a shank's subset)."""
     channels = output_channels(units.peak_channel, data.channel_locations,
                                s.waveformCorrection.n_nearest_channels)
-    if data.waveforms is None or units.dead_channels is not None:
-        # read again, the dead channels would be 0 again: keep the filled-in copy
+    if data.waveforms is None or units.dead_channels is not None \
+            or units.offset_sessions is not None:
+        # read again, dead channels would be 0 and offsets back: keep the corrected copy
         return units.waveforms.narrowed(channels)
     return channel_windows.StoredWaveforms.of_window_copy(
         units.waveforms, data.waveforms, channels, units.time_shift)  # as unit_features read them
@@ -929,7 +962,7 @@ def subset_units(units: UnitFeatures, members: np.ndarray) -> UnitFeatures:
         units.peth, units.session0, units.shank, units.peak_waveform))
     return UnitFeatures(units.waveforms.subset(members), *rest, units.window_um,
                         None if units.time_shift is None else units.time_shift[members],
-                        units.dead_channels)
+                        units.dead_channels, units.offset_sessions)
 
 
 def merge_shanks(s: Settings, data: Dataset, units: UnitFeatures, parts: list) -> Result:

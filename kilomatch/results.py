@@ -35,7 +35,9 @@ class UnitFeatures:
     motion needed it), None if not known; time_shift: (N,) int64 samples each unit was moved
     earlier as it was read (centering_waveforms, align_sessions_in_time), None for none;
     dead_channels: (S, C) bool, the channels found dead in each session and filled in
-    (kilomatch.dead_channels), None when none were.
+    (kilomatch.dead_channels), None when none were; offset_sessions: (S,) bool, the
+    sessions whose units had their channel offsets subtracted (kilomatch.channel_offsets),
+    None when none had.
     """
 
     waveforms: LocalWaveforms
@@ -51,6 +53,7 @@ class UnitFeatures:
     window_um: float | None = None
     time_shift: np.ndarray | None = None
     dead_channels: np.ndarray | None = None
+    offset_sessions: np.ndarray | None = None
 
 
 @dataclass

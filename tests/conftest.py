@@ -1,6 +1,7 @@
 """Fixtures shared by the test modules."""
 
 import logging
+import shutil
 
 import numpy as np
 import pytest
@@ -24,3 +25,16 @@ def track_study(caplog):
         f1 = metrics.pair_scores(r.idx_cluster, gt, r.data.session_index)["f1"]
         return r, f1, [m.getMessage() for m in caplog.records if phrase in m.getMessage()]
     return run
+
+
+@pytest.fixture(scope="session")
+def altered_copy():
+    """altered_copy(study, folder, change) -> folder: a copy of a simulated study whose
+    waveforms are change(waveforms (N, C, T), session (N,) 1-based)."""
+    def make(study, folder, change):
+        shutil.copytree(study, folder)
+        waveforms = np.load(study / "waveform_all.npy")
+        session = np.load(study / "session_index.npy").ravel()
+        np.save(folder / "waveform_all.npy", change(waveforms, session))
+        return folder
+    return make

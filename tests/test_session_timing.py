@@ -1,8 +1,6 @@
 """Sessions whose waveforms sit at other samples are found and shifted back
 (kilomatch.session_timing, the setting align_sessions_in_time)."""
 
-import shutil
-
 import numpy as np
 import pytest
 
@@ -54,20 +52,17 @@ def test_a_session_tied_by_too_few_pairs_keeps_its_samples():
 
 
 @pytest.fixture(scope="module")
-def studies(tmp_path_factory):
+def studies(tmp_path_factory, altered_copy):
     """A simulated study, and the same with sessions 2 and 4 cut out 2 samples later and 3
     samples earlier (edge values padded), as another export's alignment would."""
     root = tmp_path_factory.mktemp("timing")
-    study, shifted = root / "study", root / "shifted"
     # dense, on 40 samples: where a shift of a few samples costs matches
-    simulate_to_folder(study, seed=31, n_sessions=4, n_neurons=200, n_samples=40,
+    simulate_to_folder(root / "study", seed=31, n_sessions=4, n_neurons=200, n_samples=40,
                        drift_max_um=40.0, with_peth=False, duration_s=120.0)
-    shutil.copytree(study, shifted)
-    waveforms = np.load(study / "waveform_all.npy")
-    session = np.load(study / "session_index.npy").ravel()
-    delay = np.select([session == 2, session == 4], [2, -3], 0)
-    np.save(shifted / "waveform_all.npy", shift_in_time(waveforms, -delay))
-    return study, shifted
+
+    def shifted(waveforms, session):
+        return shift_in_time(waveforms, -np.select([session == 2, session == 4], [2, -3], 0))
+    return root / "study", altered_copy(root / "study", root / "shifted", shifted)
 
 
 def test_sessions_cut_out_at_another_alignment_are_shifted_back(studies, track_study):

@@ -71,6 +71,10 @@ PARAMETERS: tuple[Param, ...] = (
           "from a recording that was not high-pass filtered: the units' baselines above 5% of "
           "their amplitude at the median) and subtract every unit's baseline there before "
           "anything is compared; the log names the sessions."),
+    Param("flip_inverted_sessions", "bool", True,
+          "Find sessions written with the opposite sign (over 75% of their units peaking "
+          "positive where the sessions' median is under 25%) and multiply their waveforms by "
+          "-1 before anything is compared; the log names them."),
     Param("fill_dead_channels", "bool", True,
           "Find channels that read a constant in every unit of a session although units of "
           "that session peak within 100 um (a site left out of that session's channel map, "

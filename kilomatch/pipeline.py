@@ -16,7 +16,8 @@ from tqdm.auto import tqdm
 
 from . import (channel_offsets, channel_windows, correction, curation, dead_channels,
                duplicate_units, export, features, fingerprint, joining, linking, lone_sessions,
-               motion_initial, parallel, position_noise, session_timing, sorter_splits)
+               motion_initial, parallel, polarity, position_noise, session_timing,
+               sorter_splits)
 from .assemble import assemble, output_channels
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
@@ -64,6 +65,7 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     peak = np.empty(n, dtype=np.int64)
     values = np.empty((n, windows.shape[1], t), dtype=np.float32)
     share = np.zeros(n)  # each unit's baseline level, over its amplitude (channel_offsets)
+    positive = np.zeros(n, dtype=bool)  # peaks positive on its peak channel (polarity)
     finite = np.ones(n, dtype=bool)
     flat = np.zeros(n, dtype=bool)
     for start, block in tqdm(iter_rows(data.waveforms), total=-(-n // 2048),
@@ -77,12 +79,13 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
         if s.remove_channel_offsets:
             share[rows] = channel_offsets.offset_share(
                 channel_offsets.edge_baseline(values[rows]), values[rows])
+        positive[rows] = polarity.positive_peaked(block[np.arange(block.shape[0]), peak[rows]])
     source = data.path / WAVEFORMS if data.path is not None else WAVEFORMS
     if not finite.all():
         raise KilomatchError(non_finite_problem(source, finite))
     warn_flat(flat)
     unit_windows = windows[peak]
-    offsets = _remove_channel_offsets(data, s, share, values)
+    offsets, inverted = _correct_sessions(data, s, share, positive, values)
     dead = _fill_dead_channels(data, s, ptt, peak, values, unit_windows)
     amplitude = ptt[np.arange(n), peak].astype(np.float64)
     for hint in (amplitude_unit_hint(amplitude),
@@ -116,24 +119,43 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
         features.shift_rows(peak_waveform, time_shift)
     return UnitFeatures(waveforms, peak, amplitude, locations, both[:, :n_acg], both[:, n_acg:],
                         data.peth, data.session_index - 1, shank, peak_waveform,
-                        s.waveformCorrection.window_um, time_shift, dead, offsets)
+                        s.waveformCorrection.window_um, time_shift, dead, offsets, inverted)
 
 
-def _remove_channel_offsets(data: Dataset, s: Settings, share: np.ndarray,
-                            values: np.ndarray) -> np.ndarray | None:
-    """Find the sessions whose waveforms carry an offset on each channel and subtract their
-    units' baselines from ``values`` (N, W, T), in place (kilomatch.channel_offsets;
-    remove_channel_offsets). ``share``: (N,) channel_offsets.offset_share of each unit.
-    Returns the (S,) bool sessions, or None when none has offsets."""
-    if not s.remove_channel_offsets:
+def _flagged_sessions(data: Dataset, enabled: bool, find, describe) -> np.ndarray | None:
+    """The (S,) bool sessions ``find(session0, n_sessions)`` flags, named in the log by
+    ``describe(sessions, session0)``; None when the step is off or flags none."""
+    if not enabled:
         return None
     session0 = data.session_index - 1
-    sessions = channel_offsets.sessions_with_offsets(share, session0, data.n_sessions)
+    sessions = find(session0, data.n_sessions)
     if not sessions.any():
         return None
-    log.warning(channel_offsets.describe_offsets(sessions, share, session0))
-    _subtract_baselines(values, sessions[session0])
+    log.warning(describe(sessions, session0))
     return sessions
+
+
+def _correct_sessions(data: Dataset, s: Settings, share: np.ndarray, positive: np.ndarray,
+                      values: np.ndarray) -> tuple:
+    """Subtract the baselines of the sessions whose waveforms carry an offset on each
+    channel (kilomatch.channel_offsets; remove_channel_offsets; ``share``: (N,) each unit's
+    offset_share) and turn back the sessions of the opposite sign (kilomatch.polarity;
+    flip_inverted_sessions; ``positive``: (N,) bool units peaking positive), in ``values``
+    (N, W, T), in place. Returns the (S,) bool sessions of each, or None for none."""
+    offsets = _flagged_sessions(
+        data, s.remove_channel_offsets,
+        lambda session0, n: channel_offsets.sessions_with_offsets(share, session0, n),
+        lambda found, session0: channel_offsets.describe_offsets(found, share, session0))
+    inverted = _flagged_sessions(
+        data, s.flip_inverted_sessions,
+        lambda session0, n: polarity.inverted_sessions(positive, session0, n),
+        lambda found, session0: polarity.describe_inverted(found, positive, session0))
+    session0 = data.session_index - 1
+    if offsets is not None:
+        _subtract_baselines(values, offsets[session0])
+    if inverted is not None:
+        values[np.flatnonzero(inverted[session0])] *= -1
+    return offsets, inverted
 
 
 def _subtract_baselines(values: np.ndarray, units: np.ndarray, chunk: int = 2048) -> None:
@@ -260,6 +282,8 @@ def widen_windows(data: Dataset, units: UnitFeatures, s: Settings, displacements
                                    None if units.time_shift is None else units.time_shift[rows])
     if units.offset_sessions is not None:
         _subtract_baselines(values, units.offset_sessions[units.session0])
+    if units.inverted_sessions is not None:
+        values[np.flatnonzero(units.inverted_sessions[units.session0])] *= -1
     if units.dead_channels is not None:
         dead_channels.fill_dead(values, windows[units.peak_channel], units.session0,
                                 units.dead_channels, data.channel_locations)
@@ -747,7 +771,7 @@ def _narrowed_original(units: UnitFeatures, data: Dataset, s: Settings):
     channels = output_channels(units.peak_channel, data.channel_locations,
                                s.waveformCorrection.n_nearest_channels)
     if data.waveforms is None or units.dead_channels is not None \
-            or units.offset_sessions is not None:
+            or units.offset_sessions is not None or units.inverted_sessions is not None:
         # read again, dead channels would be 0 and offsets back: keep the corrected copy
         return units.waveforms.narrowed(channels)
     return channel_windows.StoredWaveforms.of_window_copy(
@@ -962,7 +986,7 @@ def subset_units(units: UnitFeatures, members: np.ndarray) -> UnitFeatures:
         units.peth, units.session0, units.shank, units.peak_waveform))
     return UnitFeatures(units.waveforms.subset(members), *rest, units.window_um,
                         None if units.time_shift is None else units.time_shift[members],
-                        units.dead_channels, units.offset_sessions)
+                        units.dead_channels, units.offset_sessions, units.inverted_sessions)
 
 
 def merge_shanks(s: Settings, data: Dataset, units: UnitFeatures, parts: list) -> Result:

@@ -37,7 +37,8 @@ class UnitFeatures:
     dead_channels: (S, C) bool, the channels found dead in each session and filled in
     (kilomatch.dead_channels), None when none were; offset_sessions: (S,) bool, the
     sessions whose units had their channel offsets subtracted (kilomatch.channel_offsets),
-    None when none had.
+    None when none had; inverted_sessions: (S,) bool, the sessions turned back to the
+    others' sign (kilomatch.polarity), None when none was.
     """
 
     waveforms: LocalWaveforms
@@ -54,6 +55,7 @@ class UnitFeatures:
     time_shift: np.ndarray | None = None
     dead_channels: np.ndarray | None = None
     offset_sessions: np.ndarray | None = None
+    inverted_sessions: np.ndarray | None = None
 
 
 @dataclass

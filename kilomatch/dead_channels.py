@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .correction import RIDGE, kriging_kernel
+from .features import channel_distances
 
 # A unit peaking this close to a channel leaves signal on it (NP1's nearest 20 sites).
 NEAR_UM = 100.0
@@ -47,8 +48,7 @@ def find_dead(ptt: np.ndarray, session0: np.ndarray, n_sessions: int,
     ptt = np.asarray(ptt)
     n, c = ptt.shape
     session0 = np.asarray(session0)
-    locs = np.asarray(channel_locations, dtype=np.float32)
-    apart = np.linalg.norm(locs[:, None, :] - locs[None, :, :], axis=2)  # (C, C) um
+    apart = channel_distances(channel_locations)  # (C, C) um
     silent = np.ones((n_sessions, c), dtype=bool)   # constant in every unit of the session
     vouched = np.zeros((n_sessions, c), dtype=bool)  # a unit of the session should record it
     for start in range(0, n, CHUNK_UNITS):  # (N, C) floats at once were 0.35 GB at 10^5 units

@@ -150,20 +150,24 @@ def _correct_sessions(data: Dataset, s: Settings, share: np.ndarray, positive: n
         data, s.flip_inverted_sessions,
         lambda session0, n: polarity.inverted_sessions(positive, session0, n),
         lambda found, session0: polarity.describe_inverted(found, positive, session0))
-    session0 = data.session_index - 1
-    if offsets is not None:
-        _subtract_baselines(values, offsets[session0])
-    if inverted is not None:
-        values[np.flatnonzero(inverted[session0])] *= -1
+    _undo_session_faults(values, data.session_index - 1, offsets, inverted)
     return offsets, inverted
 
 
-def _subtract_baselines(values: np.ndarray, units: np.ndarray, chunk: int = 2048) -> None:
-    """Subtract each chosen unit's (units: (N,) bool) baseline on each channel, in place."""
-    for start in range(0, len(units), chunk):
-        rows = np.flatnonzero(units[start:start + chunk]) + start
-        if rows.size:
-            values[rows] -= channel_offsets.edge_baseline(values[rows])[:, :, None]
+def _undo_session_faults(values: np.ndarray, session0: np.ndarray,
+                         offsets: np.ndarray | None, inverted: np.ndarray | None,
+                         chunk: int = 2048) -> None:
+    """In place on the units' windows (N, W, T): subtract each unit's baselines in the
+    ``offsets`` sessions and multiply the ``inverted`` sessions' units by -1 ((S,) bool
+    each, or None), as _correct_sessions judged them when the input was first read."""
+    if offsets is not None:
+        units = offsets[session0]
+        for start in range(0, len(units), chunk):
+            rows = np.flatnonzero(units[start:start + chunk]) + start
+            if rows.size:
+                values[rows] -= channel_offsets.edge_baseline(values[rows])[:, :, None]
+    if inverted is not None:
+        values[np.flatnonzero(inverted[session0])] *= -1
 
 
 def _fill_dead_channels(data: Dataset, s: Settings, ptt: np.ndarray, peak: np.ndarray,
@@ -280,10 +284,8 @@ def widen_windows(data: Dataset, units: UnitFeatures, s: Settings, displacements
         rows = slice(start, start + block.shape[0])
         values[rows] = _on_windows(block, units.peak_channel[rows], windows,
                                    None if units.time_shift is None else units.time_shift[rows])
-    if units.offset_sessions is not None:
-        _subtract_baselines(values, units.offset_sessions[units.session0])
-    if units.inverted_sessions is not None:
-        values[np.flatnonzero(units.inverted_sessions[units.session0])] *= -1
+    _undo_session_faults(values, units.session0, units.offset_sessions,
+                         units.inverted_sessions)
     if units.dead_channels is not None:
         dead_channels.fill_dead(values, windows[units.peak_channel], units.session0,
                                 units.dead_channels, data.channel_locations)

@@ -70,11 +70,17 @@ def _geometry_difference(a: SessionUnits, b: SessionUnits) -> str | None:
                 f"({lb[c, 0]:g}, {lb[c, 1]:g}) um against ({la[c, 0]:g}, {la[c, 1]:g}) um")
     sa = np.zeros(la.shape[0], np.int64) if a.channel_shanks is None else a.channel_shanks
     sb = np.zeros(lb.shape[0], np.int64) if b.channel_shanks is None else b.channel_shanks
-    # Shank labels may be numbered differently; the partition into shanks must be the same.
-    pairs = set(zip(sa.tolist(), sb.tolist()))
-    if len(pairs) != len(set(sa.tolist())) or len(pairs) != len(set(sb.tolist())):
+    if not _same_partition(sa, sb):
         return "the channels are grouped into shanks differently"
     return None
+
+
+def _same_partition(labels_a, labels_b) -> bool:
+    """Whether two shank labellings of the same channels group them alike: shank labels may
+    be numbered differently, one label of a per label of b and back."""
+    a, b = np.asarray(labels_a).tolist(), np.asarray(labels_b).tolist()
+    pairs = len(set(zip(a, b)))
+    return pairs == len(set(a)) == len(set(b))
 
 
 def align_channels(ref: SessionUnits, s: SessionUnits, index: int) -> SessionUnits:
@@ -84,9 +90,8 @@ def align_channels(ref: SessionUnits, s: SessionUnits, index: int) -> SessionUni
     la, lb = ref.channel_locations, s.channel_locations
     if la.shape != lb.shape or np.abs(la - lb).max(initial=0) <= 1e-3:
         return s
-    dist = np.abs(la[:, None, :] - lb[None, :, :]).max(axis=2)     # (C ref, C s) um
-    order = dist.argmin(axis=1)
-    if (dist[np.arange(order.size), order] > 1e-3).any() or np.unique(order).size != order.size:
+    order = _find_positions(lb, la)  # s's channel at each of ref's positions
+    if (order < 0).any() or np.unique(order).size != order.size:
         return s
     log.info("%s lists the channels of %s in another order%s; reordered by position",
              session_name(index, s.path), session_name(1, ref.path),
@@ -148,13 +153,8 @@ def pad_to_probe(locs: np.ndarray, shanks: np.ndarray | None, s: SessionUnits,
             or len(own) < MIN_CHANNEL_SHARE * len(locs)
             or (shanks is None) != (s.channel_shanks is None)):
         return s
-    if shanks is not None:
-        # the same partition into shanks, under any labels: one label of s per label of the
-        # probe and back
-        own_labels, labels = np.asarray(s.channel_shanks).tolist(), shanks[idx].tolist()
-        pairs = len(set(zip(own_labels, labels)))
-        if pairs != len(set(own_labels)) or pairs != len(set(labels)):
-            return s
+    if shanks is not None and not _same_partition(s.channel_shanks, shanks[idx]):
+        return s
     missing = np.setdiff1d(np.arange(len(locs)), idx)
     log.warning("%s: its channel map leaves out %d of the %d channels the sessions hold "
                 "together (first at (%g, %g) um%s): they are written as 0 for its units, and "

@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import logging
-import os
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from .assemble import RunArrays
+from .atomic import FIGURE_DPI, save_png
+from .atomic import atomic_write as _atomic_write  # noqa: F401  (tests and review use it)
 from .curation import REASONS
 from .errors import KilomatchError
 from .features import acg_lags
@@ -41,20 +42,6 @@ RESULT_FILES = (
     "Output.npz",
 )
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
-
-
-def _atomic_write(path: Path, writer) -> None:
-    """Call writer(file) on a temporary file beside ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            writer(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _plain(value) -> np.ndarray:
@@ -421,21 +408,14 @@ def _write_all(result: Result, arrays: RunArrays, write: _FileWriters) -> list:
     return written
 
 
-# zlib level of the PNG figures: level 1 halves the encoding time of level 6 (Pillow's
-# default), for files ~15% larger; these are figures of a few hundred kB.
-PNG_COMPRESS_LEVEL = 1
-
-
-def save_figures(figures: dict, folder: Path, dpi: int = 150) -> list:
+def save_figures(figures: dict, folder: Path, dpi: int = FIGURE_DPI) -> list:
     """Save matplotlib figures as PNG (atomically) in ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, fig in figures.items():
         path = folder / f"{name}.png"
-        _atomic_write(path, lambda f, fig=fig: fig.savefig(
-            f, format="png", dpi=dpi, metadata={"Software": None},
-            pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL}))
+        save_png(fig, path, dpi)
         paths.append(path)
     return paths
 

@@ -1,19 +1,22 @@
 """Figures of a run, returned as matplotlib figures (export.save_figures writes them).
 
-Each function takes a :class:`kilomatch.results.Result` and returns one Figure with labelled
-axes and units. Figures are built without pyplot, so no backend is switched and nothing is
-left open in a notebook; they display there as they are.
+Each figure is drawn from its inputs (:mod:`kilomatch.figure_inputs`: small arrays, no
+matplotlib) by :func:`draw`; the functions named for a figure take a
+:class:`kilomatch.results.Result` and return that one Figure with labelled axes and units.
+Figures are built without pyplot, so no backend is switched and nothing is left open in a
+notebook; they display there as they are.
 """
 
 from __future__ import annotations
-
-import textwrap
 
 import matplotlib
 import numpy as np
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+
+from . import figure_inputs as inputs_of
+from .figure_inputs import matched_units_by_session  # noqa: F401  (public here too)
 
 MATCH_COLOR, OTHER_COLOR = "tab:red", "tab:gray"
 
@@ -26,21 +29,23 @@ def _margins(fig, left=0.8, right=0.25, bottom=0.6, top=0.45, wspace=None):
                         top=1 - top / height, wspace=wspace)
 
 
-def _same_final(result) -> np.ndarray:
-    pairs, idx = result.final.pairs, result.idx_cluster
-    return (idx[pairs[:, 0]] == idx[pairs[:, 1]]) & (idx[pairs[:, 0]] > 0)
+def _stairs(ax, histogram, color, label):
+    """A filled histogram ((counts, edges), figure_inputs.histogram) drawn as one outline: a
+    bar per bin costs a patch each to lay out and draw, which made the histogram figures
+    most of the figures step."""
+    counts, edges = histogram
+    ax.stairs(counts, edges, fill=True, color=color, alpha=0.7, label=label)
 
 
-def unit_depth(result):
+def draw_unit_depth(d: dict):
     """Unit depth per session, before and after motion correction. Units of one tracked neuron
     are joined by a line across sessions; unmatched units are grey."""
-    units, idx = result.units, result.idx_cluster
-    sess = result.data.session_index
+    idx, sess = d["idx_cluster"], d["session"]
     fig = Figure(figsize=(11, 6))
     axes = fig.subplots(1, 2, sharey=True)
     colors = matplotlib.colormaps["tab20"](np.arange(20))
-    for ax, depth, title in ((axes[0], units.locations[:, 1], "probe depth (before correction)"),
-                             (axes[1], result.final.corrected_depth, "corrected depth")):
+    for ax, depth, title in ((axes[0], d["depth"], "probe depth (before correction)"),
+                             (axes[1], d["corrected_depth"], "corrected depth")):
         lone = idx <= 0
         ax.scatter(sess[lone], depth[lone], s=6, c="0.75", label="unmatched", zorder=1)
         matched = np.flatnonzero(idx > 0)
@@ -63,50 +68,33 @@ def unit_depth(result):
     return fig
 
 
-def motion(result):
+def draw_motion(d: dict):
     """Estimated motion per session with its 95% bootstrap band, each round's estimate, the
     initial estimate from unit positions (when used), and any warning about them."""
-    m = result.motion
-    choice = m.choice
-    sessions = np.arange(1, m.offset.size + 1)
+    sessions = d["sessions"]
     fig = Figure(figsize=(7, 4.5))
     ax = fig.subplots()
-    set_aside = {} if choice is None else choice.set_aside
-    for k, (_, mk) in enumerate(result.rounds, 1):
-        label = f"round {k}" + (" (set aside)" if k in set_aside else "")
-        ax.plot(sessions, mk.displacement(), ":" if k in set_aside else "-", lw=0.8,
-                alpha=0.6, label=label)
-    if choice is not None and choice.initial is not None:
-        init = choice.initial.displacement()
-        # A linear motion's displacement at its reference depth need not have mean 0 (its
-        # offsets do): drawn in the final motion's gauge, the two curves differ where the
-        # estimates do, not by a constant that moves no unit against another.
-        gauge = float(np.mean(m.displacement()) - np.mean(init)) if m.linear else 0.0
-        ax.plot(sessions, init + gauge, "--", color="tab:purple", lw=1.2,
+    for k, (values, set_aside) in enumerate(d["rounds"], 1):
+        label = f"round {k}" + (" (set aside)" if set_aside else "")
+        ax.plot(sessions, values, ":" if set_aside else "-", lw=0.8, alpha=0.6, label=label)
+    if d["initial"] is not None:
+        ax.plot(sessions, d["initial"], "--", color="tab:purple", lw=1.2,
                 label="initial estimate (unit positions)")
-    ax.fill_between(sessions, m.ci_low, m.ci_high, color="k", alpha=0.2, label="95% band")
-    ax.plot(sessions, m.displacement(), "k.-", label=f"final (at {m.ref_depth:.0f} um)"
-            if m.linear else "final")
-    if m.linear:  # the drift depends on depth: the final motion near either end of the units
-        depth = result.units.locations[:, 1]
-        for q, style in ((5, (0, (4, 2))), (95, (0, (1, 1.5)))):
-            at = float(np.percentile(depth, q))
-            ax.plot(sessions, m.at(sessions - 1, np.full(sessions.size, at)), color="k",
-                    ls=style, lw=1.0, label=f"final at {at:.0f} um ({q}th percentile of "
-                    "unit depths)")
+    ax.fill_between(sessions, d["ci_low"], d["ci_high"], color="k", alpha=0.2,
+                    label="95% band")
+    ax.plot(sessions, d["final"], "k.-", label=f"final (at {d['ref_depth']:.0f} um)"
+            if d["linear"] else "final")
+    for (q, at, values), style in zip(d["ends"], ((0, (4, 2)), (0, (1, 1.5)))):
+        ax.plot(sessions, values, color="k", ls=style, lw=1.0,
+                label=f"final at {at:.0f} um ({q}th percentile of unit depths)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("session")
     ax.set_ylabel("motion (um, apparent shift of unit depths)")
-    title = "Probe motion per session" + (", linear in depth" if m.linear else "")
-    if choice is not None:
-        title += f"\nmotion used: {choice.source} ({choice.why})"
-    ax.set_title(title, fontsize=9)
+    ax.set_title(d["title"], fontsize=9)
     ax.legend(fontsize=7, loc="best")
     _margins(fig, top=0.55)
-    if choice is not None and choice.warnings:
-        lines = [line for w in choice.warnings[:4] for line in textwrap.wrap(w, 120)]
-        if len(choice.warnings) > 4:
-            lines.append(f"... and {len(choice.warnings) - 4} more (see kilomatch.log)")
+    lines = d["warnings"]
+    if lines:
         # Below the axes, so that it never hides the curves.
         fig.set_figheight(4.5 + 0.12 * (len(lines) + 1))
         fig.subplots_adjust(bottom=(0.12 * 4.5 + 0.12 * (len(lines) + 1)) / fig.get_figheight())
@@ -115,48 +103,34 @@ def motion(result):
     return fig
 
 
-def _histogram(ax, values, bins, color, label, density=False):
-    """A filled histogram drawn as one outline: a bar per bin costs a patch each to lay out and
-    draw, which made the histogram figures most of the figures step."""
-    counts, edges = np.histogram(values, bins=bins, density=density)
-    ax.stairs(counts, edges, fill=True, color=color, alpha=0.7, label=label)
-
-
-def similarity_features(result):
+def draw_similarity_features(d: dict):
     """Each feature's similarity (Fisher z) for matched vs unmatched candidate pairs."""
-    final = result.final
-    names, w = final.feature_names, final.clustering.weights
-    same = _same_final(result)
-    fig = Figure(figsize=(4 * len(names), 3.5))
-    axes = fig.subplots(1, len(names), squeeze=False)
-    for k, (ax, name) in enumerate(zip(axes[0], names)):
-        z = final.pair_similarities[:, k]
-        bins = np.linspace(z.min(), z.max(), 60) if z.size else 10
-        for mask, color, label in ((~same, OTHER_COLOR, "unmatched"), (same, MATCH_COLOR, "matched")):
-            if mask.any():  # a density of no pairs is undefined
-                _histogram(ax, z[mask], bins, color, label, density=True)
-        ax.set_xlabel(f"{name} similarity (Fisher z)")
-        ax.set_title(f"{name}: weight {w[k]:.2f}")
+    features = d["features"]
+    fig = Figure(figsize=(4 * len(features), 3.5))
+    axes = fig.subplots(1, len(features), squeeze=False)
+    for ax, f in zip(axes[0], features):
+        for key, color in (("unmatched", OTHER_COLOR), ("matched", MATCH_COLOR)):
+            if f[key] is not None:
+                _stairs(ax, f[key], color, key)
+        ax.set_xlabel(f"{f['name']} similarity (Fisher z)")
+        ax.set_title(f"{f['name']}: weight {f['weight']:.2f}")
     axes[0, 0].set_ylabel("density")
-    if len(same):
+    if d["any_pairs"]:
         axes[0, 0].legend(fontsize=8)
     _margins(fig, left=0.7, wspace=0.22)
     return fig
 
 
-def weighted_similarity(result):
+def draw_weighted_similarity(d: dict):
     """Weighted similarity of candidate pairs with the LDA threshold."""
-    cl = result.final.clustering
-    same = _same_final(result)
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    similarity = cl.similarity
-    bins = np.linspace(similarity.min(), similarity.max(), 80) if similarity.size else 10
-    _histogram(ax, similarity[~same], bins, OTHER_COLOR, "unmatched pairs")
-    _histogram(ax, similarity[same], bins, MATCH_COLOR, "matched pairs")
-    if np.isfinite(cl.threshold):
-        ax.axvline(cl.threshold, color="k", ls="--", label=f"LDA threshold {cl.threshold:.2f}")
-    if similarity.size:
+    _stairs(ax, d["unmatched"], OTHER_COLOR, "unmatched pairs")
+    _stairs(ax, d["matched"], MATCH_COLOR, "matched pairs")
+    if np.isfinite(d["threshold"]):
+        ax.axvline(d["threshold"], color="k", ls="--",
+                   label=f"LDA threshold {d['threshold']:.2f}")
+    if d["any_pairs"]:
         ax.set_yscale("log")
     ax.set_xlabel("weighted similarity (Fisher z units)")
     ax.set_ylabel("pairs")
@@ -166,35 +140,13 @@ def weighted_similarity(result):
     return fig
 
 
-def matched_units_by_session(idx_cluster: np.ndarray, session0: np.ndarray,
-                             n_sessions: int) -> np.ndarray:
-    """(S, S) float64: entry (a, b), a != b, counts the units of session a whose cluster also
-    has a unit in session b (both halves of a neuron the sorter split count); diagonal 0.
-
-    idx_cluster (N,) > 0 tracked, session0 (N,) 0-based. One sparse product of the clusters'
-    unit counts per session (K, S) with their presence: a loop over clusters cost O(K N),
-    seconds at 10^5 units."""
-    from scipy import sparse
-    tracked = idx_cluster > 0
-    _, cluster = np.unique(idx_cluster[tracked], return_inverse=True)
-    counts = sparse.csr_matrix((np.ones(cluster.size, dtype=np.int64),
-                                (cluster.reshape(-1), session0[tracked])),
-                               shape=(cluster.max(initial=-1) + 1, n_sessions))
-    present = (counts > 0).astype(np.int64)
-    matched = np.asarray((counts.T @ present).todense(), dtype=np.float64)
-    np.fill_diagonal(matched, 0)
-    return matched
-
-
-def match_probability(result):
+def draw_match_probability(d: dict):
     """Share of the units of session a that are tracked into session b: matrix, and its mean
     against the distance between sessions. (The file keeps pyKilomatch's name,
     MatchProbability.png; it counts the final clusters, it is not the per-pair match
     probability of MatchTable.csv, whose check is MatchProbability_calibration.png.)"""
-    n_s = result.data.n_sessions
-    share = matched_units_by_session(result.idx_cluster, result.units.session0, n_s)
-    counts = np.bincount(result.units.session0, minlength=n_s).astype(float)
-    share = share / np.maximum(counts[:, None], 1)
+    share = d["share"]
+    n_s = share.shape[0]
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
     im = axes[0].imshow(share, vmin=0, vmax=1, cmap="viridis", origin="lower",
@@ -215,22 +167,16 @@ def match_probability(result):
     return fig
 
 
-def feature_scatter(result, max_points: int = 20000):
+def draw_feature_scatter(d: dict):
     """Pairwise scatter of the similarity features, matched vs unmatched pairs."""
-    final = result.final
-    names = final.feature_names
-    z = final.pair_similarities
-    same = _same_final(result)
-    keep = np.arange(len(z))
-    if len(keep) > max_points:  # a readable figure, same subset every run
-        keep = np.sort(np.random.default_rng(0).choice(len(z), max_points, replace=False))
+    names, z, same = d["names"], d["similarities"], d["same"]
     combos = [(a, b) for a in range(len(names)) for b in range(a + 1, len(names))] or [(0, 0)]
     fig = Figure(figsize=(4.5 * len(combos), 4))
     axes = fig.subplots(1, len(combos), squeeze=False)
     for ax, (a, b) in zip(axes[0], combos):
-        for mask, color, label in ((~same[keep], OTHER_COLOR, "unmatched"),
-                                   (same[keep], MATCH_COLOR, "matched")):
-            ax.scatter(z[keep[mask], a], z[keep[mask], b], s=2, c=color, alpha=0.5, label=label)
+        for mask, color, label in ((~same, OTHER_COLOR, "unmatched"),
+                                   (same, MATCH_COLOR, "matched")):
+            ax.scatter(z[mask, a], z[mask, b], s=2, c=color, alpha=0.5, label=label)
         ax.set_xlabel(f"{names[a]} similarity (z)")
         ax.set_ylabel(f"{names[b]} similarity (z)")
     axes[0, 0].legend(fontsize=8, markerscale=4)
@@ -239,13 +185,9 @@ def feature_scatter(result, max_points: int = 20000):
     return fig
 
 
-def probability_calibration(result, gt_neuron: np.ndarray):
-    """Reliability of the match probability against ground truth (N,) neuron ids: per
-    probability decile, the fraction of candidate pairs that are one neuron."""
-    from .metrics import calibration_bins
-    pairs = result.final.pairs
-    p = result.curated.links.candidate_probability
-    bins = calibration_bins(p, gt_neuron[pairs[:, 0]] == gt_neuron[pairs[:, 1]])
+def draw_probability_calibration(bins: dict):
+    """Reliability of the match probability against ground truth: per probability decile
+    (metrics.calibration_bins), the fraction of candidate pairs that are one neuron."""
     fig = Figure(figsize=(5.5, 5))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color=OTHER_COLOR, lw=1, label="perfect calibration")
@@ -269,20 +211,59 @@ def probability_calibration(result, gt_neuron: np.ndarray):
     return fig
 
 
+DRAW = {"UnitDepth": draw_unit_depth, "Motion": draw_motion,
+        "SimilarityFeatures": draw_similarity_features,
+        "WeightedSimilarity": draw_weighted_similarity,
+        "MatchProbability": draw_match_probability, "FeatureScatter": draw_feature_scatter,
+        "MatchProbability_calibration": draw_probability_calibration}
+
+
+def draw(name: str, inputs: dict):
+    """The figure ``name`` (figure_inputs.FIGURE_NAMES) drawn from its inputs."""
+    return DRAW[name](inputs)
+
+
+def unit_depth(result):
+    """UnitDepth.png of a Result (:func:`draw_unit_depth`)."""
+    return draw_unit_depth(inputs_of.unit_depth(result))
+
+
+def motion(result):
+    """Motion.png of a Result (:func:`draw_motion`)."""
+    return draw_motion(inputs_of.motion(result))
+
+
+def similarity_features(result):
+    """SimilarityFeatures.png of a Result (:func:`draw_similarity_features`)."""
+    return draw_similarity_features(inputs_of.similarity_features(result))
+
+
+def weighted_similarity(result):
+    """WeightedSimilarity.png of a Result (:func:`draw_weighted_similarity`)."""
+    return draw_weighted_similarity(inputs_of.weighted_similarity(result))
+
+
+def match_probability(result):
+    """MatchProbability.png of a Result (:func:`draw_match_probability`)."""
+    return draw_match_probability(inputs_of.match_probability(result))
+
+
+def feature_scatter(result, max_points: int = inputs_of.SCATTER_POINTS):
+    """FeatureScatter.png of a Result (:func:`draw_feature_scatter`)."""
+    return draw_feature_scatter(inputs_of.feature_scatter(result, max_points))
+
+
+def probability_calibration(result, gt_neuron: np.ndarray):
+    """MatchProbability_calibration.png of a Result against ground truth (N,) neuron ids
+    (:func:`draw_probability_calibration`)."""
+    return draw_probability_calibration(inputs_of.probability_calibration(result, gt_neuron))
+
+
 def plot_all(result, gt_neuron: np.ndarray | None = None) -> dict:
     """Every figure of a run, by file name (without .png); with ground truth (N,) neuron ids
     and a match probability, its calibration too."""
-    figures = {
-        "UnitDepth": unit_depth(result),
-        "Motion": motion(result),
-        "SimilarityFeatures": similarity_features(result),
-        "WeightedSimilarity": weighted_similarity(result),
-        "MatchProbability": match_probability(result),
-        "FeatureScatter": feature_scatter(result),
-    }
-    if gt_neuron is not None and result.curated.links is not None:
-        figures["MatchProbability_calibration"] = probability_calibration(result, gt_neuron)
-    return figures
+    return {name: draw(name, d)
+            for name, d in inputs_of.figure_inputs(result, gt_neuron).items()}
 
 
 def _probe_traces(ax, waveforms, channels, channel_locations, colors, title):

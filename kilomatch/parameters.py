@@ -55,8 +55,10 @@ PARAMETERS: tuple[Param, ...] = (
     Param("save_intermediate_results", "bool", False,
           "Also write each motion round's clustering (MotionRound{k}.npz)."),
     Param("n_jobs", "int", -1,
-          "Worker processes for per-unit work, and threads for the pair similarities and the "
-          "match probability's fits and scoring; -1 uses every core. Results do not depend on it.",
+          "Worker processes for per-unit work, threads for the pair similarities and the "
+          "match probability's fits and scoring, and, from 2 on, two helper processes that "
+          "draw the figures while the results are written; -1 uses every core. Results do "
+          "not depend on it.",
           min=-1),
     Param("centering_waveforms", "bool", False,
           "Shift each unit's waveform so the trough of its peak channel sits at sample "

@@ -21,12 +21,14 @@ from . import (channel_offsets, channel_windows, correction, curation, dead_chan
 from .assemble import assemble, output_channels
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
+from .figure_inputs import figure_inputs
+from .figure_worker import FigureWorkers, draw_jobs
 from .logs import RunLog, setup_logging
 from .formats.folder import WAVEFORMS
 from .load import (Dataset, amplitude_unit_hint, iter_rows, judge_rows, load_dataset,
                    load_given_motion, non_finite_problem, session_amplitude_hint, warn_flat)
 from .motion import Motion, estimate_motion, motion_by_model
-from .parallel import map_units, threads_for_pairs
+from .parallel import map_units, n_workers, threads_for_pairs
 # The result types are defined in kilomatch.results and stay importable from here.
 from .results import Result, RoundResult, ShankPart, UnitFeatures, shank_parts  # noqa: F401
 from .settings import Settings, load as load_settings
@@ -1010,10 +1012,10 @@ def run(settings=None, *, write: bool = True) -> Result:
     """
     t0 = time.perf_counter()
     setup_logging()
-    with RunLog() as run_log:
+    with RunLog() as run_log, FigureWorkers() as figure_workers:
         s = load_settings(settings)
         with _blas_threads(s.blas_threads), threads_for_pairs(s.n_jobs):
-            return _run(s, t0, write, run_log)
+            return _run(s, t0, write, run_log, figure_workers)
 
 
 def _blas_threads(n: int):
@@ -1025,7 +1027,8 @@ def _blas_threads(n: int):
     return threadpool_limits(n, user_api="blas")
 
 
-def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
+def _run(settings, t0: float, write: bool, run_log: RunLog,
+         figure_workers: FigureWorkers) -> Result:
     stages = Stages()
     s = load_settings(settings)
     run_log.describe_run(s)
@@ -1052,6 +1055,7 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
         _prepare_output(s)
         run_log.open(s.output_folder)
         fingerprint.record(s)  # before any result, so a batch can tell a finished study
+        figure_workers.start(figure_helpers(s.n_jobs))
     stages.done("features")
     shanks = np.unique(units.shank)
     # Columns of a given motion follow the probe's shanks, some of which may hold no unit.
@@ -1085,15 +1089,12 @@ def _run(settings, t0: float, write: bool, run_log: RunLog) -> Result:
     result.summary = summarize(result)
     lone_sessions.warn_lone_sessions(result.idx_cluster, data.session_index, data.n_sessions)
     if write:
-        from concurrent.futures import ThreadPoolExecutor
-        # The figures are drawn in a thread while the export writes: the export waits mostly
-        # on zlib and the disk, which release the GIL (at 30k units 8-10 s of the two steps
-        # one after the other, 7-8 s side by side). "figures" is then the time after the export.
-        with ThreadPoolExecutor(1) as pool:
-            drawn = pool.submit(save_run_figures, result, data, s)
-            export.write_all(result, assemble(result))
-            stages.done("export")
-            drawn.result()
+        # The figures are drawn by helper processes (or a thread) while the export writes
+        # (kilomatch.figure_worker); "figures" is then the time after the export.
+        figure_workers.send(figure_jobs(result, data, s))
+        export.write_all(result, assemble(result))
+        stages.done("export")
+        figure_workers.finish()
         stages.done("figures")
         result.run_time_s = time.perf_counter() - t0
         result.summary["run_time_s"] = round(result.run_time_s, 2)
@@ -1133,17 +1134,24 @@ def _unit_displacement(units: UnitFeatures, shanks: np.ndarray, initials: dict,
     return out if known else None
 
 
-def save_run_figures(result: Result, data: Dataset, s: Settings) -> None:
-    """Every figure of a run in ``output_folder/Figures`` (one folder per shank when the
-    shanks were tracked apart), with the calibration figure when the data carry ground
-    truth."""
-    from . import figures  # imported late: matplotlib is slow to import
+def figure_jobs(result: Result, data: Dataset, s: Settings) -> list:
+    """Every figure of a run as (png path, figure name, inputs): in ``output_folder/Figures``
+    (one folder per shank when the shanks were tracked apart), with the calibration figure
+    when the data carry ground truth."""
     figure_folder = Path(s.output_folder) / "Figures"
     gt = _ground_truth_neurons(data)
+    jobs = []
     for part in shank_parts(result):
         where = figure_folder / f"Shank{part.shank}" if result.shanks else figure_folder
-        export.save_figures(figures.plot_all(part.result, None if gt is None
-                                             else gt[part.units]), where)
+        inputs = figure_inputs(part.result, None if gt is None else gt[part.units])
+        jobs += [(where / f"{name}.png", name, d) for name, d in inputs.items()]
+    return jobs
+
+
+def figure_helpers(n_jobs: int) -> int:
+    """Helper processes for the figures: two when the run may use two cores or more (the
+    figures split about evenly between them), else none (a thread draws them)."""
+    return 2 if n_workers(n_jobs) >= 2 else 0
 
 
 def _check_output(s: Settings) -> None:

@@ -77,7 +77,7 @@ def save_small_png(fig, path: Path, dpi: int = CLUSTER_DPI, colors: int = 64) ->
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from PIL import Image
 
-    from ..export import _atomic_write
+    from ..atomic import atomic_write
     fig.set_dpi(dpi)
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
@@ -86,7 +86,7 @@ def save_small_png(fig, path: Path, dpi: int = CLUSTER_DPI, colors: int = 64) ->
                                           dither=Image.Dither.NONE)
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=True)
-    _atomic_write(path, lambda f: f.write(buf.getvalue()))
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
 def render_cluster_figures(folder: Path, cluster_ids: list, img: Path, links) -> None:

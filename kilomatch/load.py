@@ -185,6 +185,55 @@ def non_finite_problem(path, finite: np.ndarray) -> str:
             f"{name_items(np.flatnonzero(~finite))}")
 
 
+# Channel positions in um: the densest probe in use (Neuropixels Ultra) has its sites 6 um
+# apart, Neuropixels 1.0 and 2.0 15-32 um. Neighbours under 1 apart are positions in mm (or
+# m): with them every unit lies within clustering.max_distance of every other, and the
+# Kriging and the unit locations read the whole probe as one site (a_rigid_np1 in mm:
+# F1 0.999 -> 0.19, with no warning).
+MIN_CHANNEL_PITCH_UM = 1.0
+# y is the depth along the probe: on a shank the sites span far more depth than width
+# (Neuropixels: 3,840 um by 48). A probe whose x spans over this many times its y, on every
+# shank, has its columns swapped; the motion would then be looked for across the probe.
+SWAPPED_SPAN_RATIO = 2.0
+
+
+def channel_pitch(channel_locations: np.ndarray) -> float:
+    """Median distance (um) from each distinct channel position (C, 2) to the nearest other
+    one; 0 with fewer than two distinct positions."""
+    distinct = np.unique(np.asarray(channel_locations, np.float64), axis=0)
+    if distinct.shape[0] < 2:
+        return 0.0
+    d = np.linalg.norm(distinct[:, None, :] - distinct[None, :, :], axis=2)
+    np.fill_diagonal(d, np.inf)
+    return float(np.median(d.min(axis=1)))
+
+
+def channel_unit_problem(channel_locations: np.ndarray, where) -> str | None:
+    """The error when the channel positions (C, 2) look like mm or m, not um, else None."""
+    pitch = channel_pitch(channel_locations)
+    if not 0 < pitch < MIN_CHANNEL_PITCH_UM:
+        return None
+    return (f"{where}: neighbouring channels are {pitch:.3g} apart (median): channel "
+            "positions must be in um, and these look like mm or m (multiply mm by 1000); "
+            f"no probe has sites under {MIN_CHANNEL_PITCH_UM:g} um apart")
+
+
+def depth_axis_hint(channel_locations: np.ndarray,
+                    channel_shanks: np.ndarray | None = None) -> str | None:
+    """A sentence when the channel positions (C, 2) span more width (x) than depth (y) on
+    every shank (``channel_shanks`` (C,); None: one shank), by over SWAPPED_SPAN_RATIO,
+    else None."""
+    locs = np.asarray(channel_locations, np.float64)
+    shanks = np.zeros(len(locs)) if channel_shanks is None else np.asarray(channel_shanks)
+    spans = [np.ptp(locs[shanks == k], axis=0) for k in np.unique(shanks)]
+    if not all(x > SWAPPED_SPAN_RATIO * y for x, y in spans):
+        return None
+    x, y = np.max(spans, axis=0)
+    return (f"the channels span {x:.0f} um in x and {y:.0f} um in y on each shank: y must be "
+            "the depth along the probe, where the motion is looked for; are the two columns "
+            "swapped?")
+
+
 # Mean waveforms in uV: units' peak-to-trough amplitudes run from tens to hundreds of uV
 # (30-1,000 on the accuracy suite and the sorters' outputs). Under 1 uV at the median they
 # are in V or mV.
@@ -336,6 +385,10 @@ def load_dataset(path, need_peth: bool = True, scan_waveforms_now: bool = True) 
         else:
             locs = collect(problems, check_finite, locs, str(folder / CHANNEL_LOCATIONS),
                            "at channels")
+            problem = None if locs is None else channel_unit_problem(
+                locs, folder / CHANNEL_LOCATIONS)
+            if problem:
+                problems.append(problem)
     if waveforms is not None and locs is not None and waveforms.shape[1] != locs.shape[0]:
         problems.append(f"{folder / WAVEFORMS}: has {waveforms.shape[1]} channels but "
                         f"{CHANNEL_LOCATIONS} has {locs.shape[0]}; both must list the same "
@@ -499,8 +552,9 @@ def spike_time_unit_hint(spike_times: list) -> str | None:
 
 def warn_degenerate(data: Dataset, flat: np.ndarray | None = None) -> None:
     """Log degenerate but legal units: too few spikes, flat waveforms (``flat`` (N,) bool from
-    scan_waveforms; None: not known yet), lone units per session; and spike times that look
-    like seconds or samples (spike_time_unit_hint)."""
+    scan_waveforms; None: not known yet), lone units per session; spike times that look
+    like seconds or samples (spike_time_unit_hint); channel columns that look swapped
+    (depth_axis_hint)."""
     few = [k for k, t in enumerate(data.spike_times) if t.size < 2]
     if few:
         log.warning("units %s have fewer than 2 spikes: their ACG and ISI are zero and carry no "
@@ -508,6 +562,9 @@ def warn_degenerate(data: Dataset, flat: np.ndarray | None = None) -> None:
     hint = spike_time_unit_hint(data.spike_times)
     if hint:
         log.warning("%s/%s: %s", data.path, SPIKE_TIMES, hint)
+    hint = depth_axis_hint(data.channel_locations, data.channel_shanks)
+    if hint:
+        log.warning("%s/%s: %s", data.path, CHANNEL_LOCATIONS, hint)
     if flat is not None:
         warn_flat(flat)
     counts = np.bincount(data.session_index, minlength=data.n_sessions + 1)[1:]

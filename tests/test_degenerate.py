@@ -172,3 +172,36 @@ def test_a_session_in_other_units_is_named(base, tmp_path, caplog):
     assert f"{data}/waveform_all.npy: the units of some sessions are far larger" in log
     # three sessions: the median of their medians is pulled up, to 3.4x here
     assert "(session 2: 3.4x the sessions' median" in log
+
+
+def test_channel_positions_in_mm_are_refused(base, tmp_path):
+    """Channel positions in mm (sites 0.016-0.04 apart) put every unit within
+    max_distance of every other and read the probe as one site (F1 0.999 -> 0.19 on a suite
+    study, with no warning): the load refuses them, naming the file and the fix."""
+    data = tmp_path / "data"
+    shutil.copytree(base, data)
+    np.save(data / "channel_locations.npy", np.load(data / "channel_locations.npy") / 1000)
+    with pytest.raises(kilomatch.KilomatchError, match=r"channel_locations.npy: neighbouring "
+                                                       r"channels are 0.0\d+ apart.*mm"):
+        kilomatch.run({"path_to_data": str(data), "output_folder": str(tmp_path / "out")})
+    assert not (tmp_path / "out" / "Output.npz").exists()
+
+
+def test_swapped_channel_columns_are_named(base, tmp_path, caplog):
+    """x and y swapped (the probe 48 um deep and 3,840 um wide) is named; a probe of eight
+    short shanks side by side, wider than deep as a whole but deeper than wide on each
+    shank, is not."""
+    from kilomatch.load import depth_axis_hint
+    locs = np.load(base / "channel_locations.npy")
+    assert depth_axis_hint(locs) is None
+    assert "columns swapped" in depth_axis_hint(locs[:, ::-1])
+    shank = np.repeat(np.arange(8), 12)
+    short = np.column_stack([shank * 250.0 + np.tile([0.0, 32.0], 48),
+                             np.tile(np.repeat(np.arange(6) * 15.0, 2), 8)])
+    assert depth_axis_hint(short, shank) is None
+    assert "columns swapped" in depth_axis_hint(short[:, ::-1], shank)
+    data = tmp_path / "data"
+    shutil.copytree(base, data)
+    np.save(data / "channel_locations.npy", locs[:, ::-1].copy())
+    _, log = _run(data, tmp_path / "out", caplog)
+    assert f"{data}/channel_locations.npy: the channels span" in log

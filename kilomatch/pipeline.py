@@ -25,8 +25,9 @@ from .figure_inputs import figure_inputs
 from .figure_worker import FigureWorkers, draw_jobs
 from .logs import RunLog, setup_logging
 from .formats.folder import WAVEFORMS
-from .load import (Dataset, amplitude_unit_hint, iter_rows, judge_rows, load_dataset,
-                   load_given_motion, non_finite_problem, session_amplitude_hint, warn_flat)
+from .load import (Dataset, amplitude_unit_hint, channel_order_hint, iter_rows, judge_rows,
+                   load_dataset, load_given_motion, non_finite_problem, session_amplitude_hint,
+                   warn_flat)
 from .motion import Motion, estimate_motion, motion_by_model
 from .parallel import map_units, n_workers, threads_for_pairs
 # The result types are defined in kilomatch.results and stay importable from here.
@@ -91,7 +92,8 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     dead = _fill_dead_channels(data, s, ptt, peak, values, unit_windows)
     amplitude = ptt[np.arange(n), peak].astype(np.float64)
     for hint in (amplitude_unit_hint(amplitude),
-                 session_amplitude_hint(amplitude, data.session_index)):
+                 session_amplitude_hint(amplitude, data.session_index),
+                 channel_order_hint(ptt, peak, data.channel_locations, data.channel_shanks)):
         if hint:
             log.warning("%s: %s", source, hint)
     waveforms = channel_windows.LocalWaveforms(values, unit_windows, c)

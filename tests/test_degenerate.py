@@ -205,3 +205,25 @@ def test_swapped_channel_columns_are_named(base, tmp_path, caplog):
     np.save(data / "channel_locations.npy", locs[:, ::-1].copy())
     _, log = _run(data, tmp_path / "out", caplog)
     assert f"{data}/channel_locations.npy: the channels span" in log
+
+
+def test_channel_positions_in_another_order_are_named(base, tmp_path, caplog):
+    """Channel positions listed in another order than the waveforms' channels (F1 0.999 ->
+    0.56 on a suite study, with no warning): the units' amplitude no longer falls with
+    distance from their peak channel, and the log says so; in the right order it does."""
+    from kilomatch.load import amplitude_falloff
+    wf = np.load(base / "waveform_all.npy")
+    ptt = wf.max(axis=2) - wf.min(axis=2)
+    peak = ptt.argmax(axis=1)
+    locs = np.load(base / "channel_locations.npy")
+    shuffled = locs[np.random.default_rng(1).permutation(len(locs))]
+    assert amplitude_falloff(ptt, peak, locs) > 0.3
+    assert abs(amplitude_falloff(ptt, peak, shuffled)) < 0.05
+    data = tmp_path / "data"
+    shutil.copytree(base, data)
+    np.save(data / "channel_locations.npy", shuffled)
+    _, log = _run(data, tmp_path / "out", caplog)
+    assert "amplitude does not fall with distance from their peak channel" in log
+    caplog.clear()
+    _, log = _run(base, tmp_path / "out_base", caplog)
+    assert "does not fall with distance" not in log

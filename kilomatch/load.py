@@ -237,54 +237,79 @@ def depth_axis_hint(channel_locations: np.ndarray,
 # A unit's amplitude falls with distance from its peak channel. Over the channels within
 # 50 um of the peak its mean peak-to-trough amplitude exceeds that over the channels 100-200
 # um away by 0.35-0.57 of the peak's (median over units; 192 simulated and sorted studies,
-# a quarter of their channels dead included). Channel positions listed in another order
+# a quarter of their channels dead included), by 0.27 or more in every session of them. Channel positions listed in another order
 # than the waveforms' channels give -0.01-0.00 (any random order, the same studies) and cost
-# most matches (a_rigid_np1: F1 0.999 -> 0.56, with no warning).
+# most matches (a_rigid_np1: F1 0.999 -> 0.56, with no warning); one session's waveforms on
+# channels in another order cost a_rigid_np1 0.999 -> 0.82 (precision 0.90), the log then
+# blaming that session's timing and motion.
 FALLOFF_NEAR_UM = 50.0
 FALLOFF_FAR_UM = (100.0, 200.0)
 MIN_FALLOFF = 0.1
-UNITS_FOR_FALLOFF = 2000  # the hint reads at most this many units, evenly spaced
+UNITS_FOR_FALLOFF = 100  # the hint reads at most this many units per session, evenly spaced
+FALLOFF_MIN_UNITS = 5  # a session is judged on this many usable units at least
+_FALLOFF_CHUNK = 2048
 
 
 def amplitude_falloff(ptt: np.ndarray, peak: np.ndarray, channel_locations: np.ndarray,
-                      channel_shanks: np.ndarray | None = None) -> float:
-    """Median over units of (mean amplitude within FALLOFF_NEAR_UM of the peak channel, the
-    peak left out, minus mean amplitude FALLOFF_FAR_UM away) / peak amplitude: ptt (N, C)
-    uV, peak (N,) channel; NaN when no unit has channels at both distances. Channels of
-    other shanks are at no distance."""
-    n = ptt.shape[0]
-    rows = np.unique(np.linspace(0, n - 1, min(n, UNITS_FOR_FALLOFF)).astype(np.int64))
-    if rows.size == 0:
-        return float("nan")
-    d = channel_distances(channel_locations, channel_shanks)[peak[rows]]  # (n, C) um
-    amp = np.asarray(ptt[rows], np.float64)
-    top = amp[np.arange(rows.size), peak[rows]]
-    near = (d > 0) & (d <= FALLOFF_NEAR_UM)
-    far = (d > FALLOFF_FAR_UM[0]) & (d <= FALLOFF_FAR_UM[1])
-    usable = (top > 0) & near.any(axis=1) & far.any(axis=1)
-    if not usable.any():
-        return float("nan")
-
-    def mean_over(mask):
-        return np.where(mask, amp, 0.0).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
-
-    drop = (mean_over(near) - mean_over(far))[usable] / top[usable]
-    return float(np.median(drop))
+                      channel_shanks: np.ndarray | None = None) -> np.ndarray:
+    """Each unit's (mean amplitude within FALLOFF_NEAR_UM of its peak channel, the peak
+    left out, minus mean amplitude FALLOFF_FAR_UM away) / peak amplitude: ptt (n, C) uV,
+    peak (n,) channel -> (n,), NaN for a unit with no channel at either distance or a flat
+    one. Channels of other shanks are at no distance."""
+    out = np.full(ptt.shape[0], np.nan)
+    distances = channel_distances(channel_locations, channel_shanks)
+    for start in range(0, ptt.shape[0], _FALLOFF_CHUNK):
+        rows = slice(start, start + _FALLOFF_CHUNK)
+        d = distances[peak[rows]]  # (n, C) um
+        amp = np.asarray(ptt[rows], np.float64)
+        top = amp[np.arange(amp.shape[0]), peak[rows]]
+        near = (d > 0) & (d <= FALLOFF_NEAR_UM)
+        far = (d > FALLOFF_FAR_UM[0]) & (d <= FALLOFF_FAR_UM[1])
+        mean_near = np.where(near, amp, 0.0).sum(axis=1) / np.maximum(near.sum(axis=1), 1)
+        mean_far = np.where(far, amp, 0.0).sum(axis=1) / np.maximum(far.sum(axis=1), 1)
+        usable = (top > 0) & near.any(axis=1) & far.any(axis=1)
+        out[rows] = np.where(usable, (mean_near - mean_far) / np.where(top > 0, top, 1.0),
+                             np.nan)
+    return out
 
 
 def channel_order_hint(ptt: np.ndarray, peak: np.ndarray, channel_locations: np.ndarray,
-                       channel_shanks: np.ndarray | None = None) -> str | None:
+                       channel_shanks: np.ndarray | None, session0: np.ndarray) -> str | None:
     """A sentence when the units' amplitude does not fall with distance from their peak
-    channel (amplitude_falloff under MIN_FALLOFF), else None."""
-    falloff = amplitude_falloff(ptt, peak, channel_locations, channel_shanks)
-    if not falloff < MIN_FALLOFF:  # NaN: nothing to judge
+    channel (the median amplitude_falloff under MIN_FALLOFF) in every session, or in some
+    sessions (session0 (N,) 0-based), else None. Reads UNITS_FOR_FALLOFF units per session
+    at most."""
+    session0 = np.asarray(session0)
+    rows = np.concatenate([
+        members[np.unique(np.linspace(0, members.size - 1,
+                                      min(members.size, UNITS_FOR_FALLOFF)).astype(np.int64))]
+        for members in (np.flatnonzero(session0 == k) for k in np.unique(session0))
+        if members.size]) if session0.size else np.zeros(0, np.int64)
+    drop = amplitude_falloff(ptt[rows], peak[rows], channel_locations, channel_shanks)
+    sessions, falloff = [], []
+    for k in np.unique(session0[rows]):
+        values = drop[session0[rows] == k]
+        values = values[np.isfinite(values)]
+        if values.size >= FALLOFF_MIN_UNITS:
+            sessions.append(int(k) + 1)
+            falloff.append(float(np.median(values)))
+    falloff = np.array(falloff)
+    low = falloff < MIN_FALLOFF
+    if not low.any():
         return None
-    return (f"the units' amplitude does not fall with distance from their peak channel (the "
-            f"channels within {FALLOFF_NEAR_UM:g} um of it carry {falloff:.2f} of the peak's "
+    told = (f"the units' amplitude does not fall with distance from their peak channel "
+            f"(the channels within {FALLOFF_NEAR_UM:g} um of it carry %s of the peak's "
             f"amplitude more than those {FALLOFF_FAR_UM[0]:g}-{FALLOFF_FAR_UM[1]:g} um away, "
-            f"0.35-0.57 on every study at hand): {CHANNEL_LOCATIONS} likely lists the "
-            f"channels in another order than {WAVEFORMS}; unit locations, motion and waveform "
-            "similarity are then wrong")
+            "0.27 or more in every session of the 189 studies at hand)")
+    if low.all() or np.median(falloff) < MIN_FALLOFF:
+        return (told % f"{np.median(falloff):.2f}" + f": {CHANNEL_LOCATIONS} likely lists the "
+                f"channels in another order than {WAVEFORMS}; unit locations, motion and "
+                "waveform similarity are then wrong")
+    named = ", ".join(f"{k} ({f:.2f})" for k, f, bad in zip(sessions, falloff, low) if bad)
+    return (f"sessions {named}: " + told % "the value in brackets" + ", where the other "
+            f"sessions' median is {np.median(falloff[~low]):.2f}: their waveforms' channels "
+            f"likely follow another channel order than {CHANNEL_LOCATIONS} and the other "
+            "sessions' (their units then match wrongly or not at all)")
 
 
 # Mean waveforms in uV: units' peak-to-trough amplitudes run from tens to hundreds of uV

@@ -93,7 +93,8 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     amplitude = ptt[np.arange(n), peak].astype(np.float64)
     for hint in (amplitude_unit_hint(amplitude),
                  session_amplitude_hint(amplitude, data.session_index),
-                 channel_order_hint(ptt, peak, data.channel_locations, data.channel_shanks)):
+                 channel_order_hint(ptt, peak, data.channel_locations, data.channel_shanks,
+                                    data.session_index - 1)):
         if hint:
             log.warning("%s: %s", source, hint)
     waveforms = channel_windows.LocalWaveforms(values, unit_windows, c)

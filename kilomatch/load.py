@@ -312,6 +312,45 @@ def channel_order_hint(ptt: np.ndarray, peak: np.ndarray, channel_locations: np.
             "sessions' (their units then match wrongly or not at all)")
 
 
+# Two sessions sharing this share of their units with identical waveforms (the smaller
+# session's units) are one session given twice: a mean waveform is never the same to the
+# last bit in two recordings. Tracking then "finds" every unit of it again, perfectly.
+REPEATED_SHARE = 0.5
+REPEATED_MIN_UNITS = 5
+
+
+def repeated_sessions_hint(ptt: np.ndarray, session0: np.ndarray) -> str | None:
+    """A sentence naming the pairs of sessions (session0 (N,) 0-based) that hold the same
+    units: at least REPEATED_SHARE of the smaller session's units (REPEATED_MIN_UNITS or
+    more) with a peak-to-trough row ptt (N, C) identical to the bit to one of the other
+    session's; else None. Flat units are left out."""
+    ptt = np.asarray(ptt)
+    session0 = np.asarray(session0)
+    live = np.flatnonzero(ptt.max(axis=1, initial=0) > 0)
+    if live.size < 2:
+        return None
+    # rows compared by a hash of their bytes (one matrix product would not do: a BLAS may
+    # round a row differently by where it falls in its blocks)
+    keys = np.array([hash(ptt[k].tobytes()) for k in live], dtype=np.int64)
+    _, group = np.unique(keys, return_inverse=True)
+    group = group.reshape(-1)
+    by_group = np.argsort(group, kind="stable")
+    shared = {}
+    for rows in np.split(by_group, np.flatnonzero(np.diff(group[by_group])) + 1):
+        sessions = np.unique(session0[live[rows]])
+        for i, a in enumerate(sessions):
+            for b in sessions[i + 1:]:
+                shared[(int(a), int(b))] = shared.get((int(a), int(b)), 0) + 1
+    counts = np.bincount(session0, minlength=int(session0.max(initial=0)) + 1)
+    named = [f"{a + 1} and {b + 1} ({n} units)" for (a, b), n in sorted(shared.items())
+             if n >= REPEATED_MIN_UNITS and n >= REPEATED_SHARE * min(counts[a], counts[b])]
+    if not named:
+        return None
+    return (f"sessions {'; '.join(named)} hold units with identical waveforms, to the last "
+            "bit: the same session given twice? Its units are then tracked into their own "
+            "copy")
+
+
 # Mean waveforms in uV: units' peak-to-trough amplitudes run from tens to hundreds of uV
 # (30-1,000 on the accuracy suite and the sorters' outputs). Under 1 uV at the median they
 # are in V or mV.

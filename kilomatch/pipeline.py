@@ -26,8 +26,8 @@ from .figure_worker import FigureWorkers, draw_jobs
 from .logs import RunLog, setup_logging
 from .formats.folder import WAVEFORMS
 from .load import (Dataset, amplitude_unit_hint, channel_order_hint, iter_rows, judge_rows,
-                   load_dataset, load_given_motion, non_finite_problem, session_amplitude_hint,
-                   warn_flat)
+                   load_dataset, load_given_motion, non_finite_problem, repeated_sessions_hint,
+                   session_amplitude_hint, warn_flat)
 from .motion import Motion, estimate_motion, motion_by_model
 from .parallel import map_units, n_workers, threads_for_pairs
 # The result types are defined in kilomatch.results and stay importable from here.
@@ -94,7 +94,8 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     for hint in (amplitude_unit_hint(amplitude),
                  session_amplitude_hint(amplitude, data.session_index),
                  channel_order_hint(ptt, peak, data.channel_locations, data.channel_shanks,
-                                    data.session_index - 1)):
+                                    data.session_index - 1),
+                 repeated_sessions_hint(ptt, data.session_index - 1)):
         if hint:
             log.warning("%s: %s", source, hint)
     waveforms = channel_windows.LocalWaveforms(values, unit_windows, c)

@@ -237,3 +237,28 @@ def test_channel_positions_in_another_order_are_named(base, tmp_path, caplog):
     caplog.clear()
     _, log = _run(data, tmp_path / "out_session", caplog)
     assert re.search(r"sessions 2 \(-?0\.0\d\): the units' amplitude does not fall", log)
+
+
+def test_a_session_given_twice_is_named(base, tmp_path, caplog):
+    """A study whose last session is a copy of another (the same files listed twice) tracks
+    every unit of it into its copy, perfectly, with no word: the log names the two
+    sessions; the study as simulated (no unit identical across sessions) is not named."""
+    from kilomatch.load import repeated_sessions_hint
+    wf = np.load(base / "waveform_all.npy")
+    session = np.load(base / "session_index.npy").ravel()
+    ptt = wf.max(axis=2) - wf.min(axis=2)
+    assert repeated_sessions_hint(ptt, session - 1) is None
+    data = tmp_path / "data"
+    shutil.copytree(base, data)
+    copy = np.flatnonzero(session == 2)
+    np.save(data / "waveform_all.npy", np.concatenate([wf, wf[copy]]))
+    np.save(data / "session_index.npy", np.concatenate([session, np.full(copy.size, 4)]))
+    for k, unit in enumerate(copy, len(session)):
+        shutil.copy(data / "spike_times" / f"Unit{unit}.npy",
+                    data / "spike_times" / f"Unit{k}.npy")
+    for name in ("peth.npy", "gt_neuron.npy", "gt_locations.npy"):
+        if (data / name).exists():
+            values = np.load(data / name)
+            np.save(data / name, np.concatenate([values, values[copy]]))
+    _, log = _run(data, tmp_path / "out", caplog)
+    assert f"sessions 2 and 4 ({copy.size} units) hold units with identical waveforms" in log

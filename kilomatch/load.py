@@ -507,9 +507,14 @@ def load_dataset(path, need_peth: bool = True, scan_waveforms_now: bool = True) 
             if problem:
                 problems.append(problem)
     if waveforms is not None and locs is not None and waveforms.shape[1] != locs.shape[0]:
+        # SpikeInterface's templates are (units, samples, channels): the likeliest mix-up
+        swapped = (waveforms.ndim == 3 and waveforms.shape[2] == locs.shape[0])
         problems.append(f"{folder / WAVEFORMS}: has {waveforms.shape[1]} channels but "
                         f"{CHANNEL_LOCATIONS} has {locs.shape[0]}; both must list the same "
-                        "channels")
+                        "channels" + (f" (its shape {tuple(waveforms.shape)} looks like "
+                                      "(units, samples, channels): save it as (units, "
+                                      "channels, samples), e.g. np.transpose(w, (0, 2, 1)))"
+                                      if swapped else ""))
     flat = None
     if waveforms is not None and n_units and scan_waveforms_now:
         finite, flat = scan_waveforms(waveforms)

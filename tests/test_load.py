@@ -96,6 +96,17 @@ def test_channel_count_mismatch(folder):
     assert f"{N_CH + 1} channels" in text and f"has {N_CH}" in text
 
 
+def test_waveforms_saved_as_units_samples_channels_are_named(folder):
+    """(units, samples, channels), as SpikeInterface keeps templates: the error says so and
+    how to transpose; a plain channel count mismatch does not."""
+    np.save(folder / "waveform_all.npy", np.zeros((N_UNITS, N_T, N_CH), dtype=np.float32))
+    text, _ = problems_of(folder)
+    assert f"({N_UNITS}, {N_T}, {N_CH}) looks like (units, samples, channels)" in text
+    np.save(folder / "waveform_all.npy", np.zeros((N_UNITS, N_CH + 1, N_T)))
+    text, _ = problems_of(folder)
+    assert "looks like (units, samples, channels)" not in text
+
+
 @pytest.mark.parametrize("shape", [(N_UNITS, N_CH, 0), (N_UNITS, 0, N_T)])
 def test_waveforms_without_samples_or_channels_named(folder, shape):
     """Waveforms with no sample or no channel: one problem naming the file and its shape."""

@@ -3,10 +3,10 @@
 Drawing the figures is about a second of single-threaded matplotlib work (import, layout,
 rasterizing, PNG encoding) at any size of study, and it holds the GIL, so a thread cannot
 draw them beside the export. :class:`FigureWorkers` starts helper processes when the
-output folder is made; each imports matplotlib while the run works (a run keeps about one
-core busy), then receives figure inputs (:mod:`kilomatch.figure_inputs`, a few MB), draws
-its share and writes the PNGs atomically. Whatever a helper could not draw is drawn in the
-calling process (:meth:`FigureWorkers.finish` returns it), so a figure is never lost to a
+output folder is made; at low priority, each imports matplotlib and draws a first figure
+while the run computes, then receives figure inputs (:mod:`kilomatch.figure_inputs`, a few
+MB), draws its share and writes the PNGs atomically. Whatever a helper did not draw,
+:meth:`FigureWorkers.finish` draws in the calling process, so a figure is never lost to a
 failed helper.
 
 A helper is ``python -m kilomatch.figure_worker``: a fresh interpreter that imports no

@@ -57,8 +57,8 @@ PARAMETERS: tuple[Param, ...] = (
     Param("n_jobs", "int", -1,
           "Worker processes for per-unit work, threads for the pair similarities and the "
           "match probability's fits and scoring, and, from 2 on, two helper processes that "
-          "draw the figures while the results are written; -1 uses every core. Results do "
-          "not depend on it.",
+          "draw the figures while the results are written (studies of up to 10,000 units); "
+          "-1 uses every core. Results do not depend on it.",
           min=-1),
     Param("centering_waveforms", "bool", False,
           "Shift each unit's waveform so the trough of its peak channel sits at sample "

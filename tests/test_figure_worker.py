@@ -21,7 +21,7 @@ def study(tmp_path_factory):
 
 def _figures(study, out, monkeypatch, helpers: int) -> dict:
     """{png name: bytes} of a run whose figures go to ``helpers`` helper processes."""
-    monkeypatch.setattr(pipeline, "figure_helpers", lambda n_jobs: helpers)
+    monkeypatch.setattr(pipeline, "figure_helpers", lambda n_jobs, n_units: helpers)
     kilomatch.run({"path_to_data": str(study), "output_folder": str(out), "n_jobs": 1,
                    "motionEstimation": {"n_bootstrap": 20}})
     return {p.stem: p.read_bytes() for p in (out / "Figures").glob("*.png")}

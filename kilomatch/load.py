@@ -673,11 +673,32 @@ def spike_time_unit_hint(spike_times: list) -> str | None:
     return None
 
 
+def shared_spike_trains(spike_times: list) -> np.ndarray:
+    """(N,) bool: the unit's spike train (2 spikes or more) is identical, to the bit, to
+    another unit's. Two neurons never fire at the same instants, spike after spike; a
+    whole session's spikes saved for each of its units (a loop that saves the same array)
+    do, and so would units a sorter duplicated whole."""
+    hashes = np.array([hash(t.tobytes()) if t.size >= 2 else 0 for t in spike_times],
+                      dtype=np.int64)
+    order = np.argsort(hashes, kind="stable")
+    shared = np.zeros(len(spike_times), dtype=bool)
+    for group in np.split(order, np.flatnonzero(np.diff(hashes[order])) + 1):
+        if group.size < 2 or spike_times[group[0]].size < 2:
+            continue
+        # the same hash is the same train but for a collision: each is checked against
+        # the group's first (a collided one is left out, not named wrongly)
+        same = [k for k in group[1:]
+                if np.array_equal(spike_times[k], spike_times[group[0]])]
+        if same:
+            shared[[group[0], *same]] = True
+    return shared
+
+
 def warn_degenerate(data: Dataset, flat: np.ndarray | None = None) -> None:
     """Log degenerate but legal units: too few spikes, flat waveforms (``flat`` (N,) bool from
     scan_waveforms; None: not known yet), lone units per session; spike times that look
-    like seconds or samples (spike_time_unit_hint); channel columns that look swapped
-    (depth_axis_hint)."""
+    like seconds or samples (spike_time_unit_hint); units sharing one spike train
+    (shared_spike_trains); channel columns that look swapped (depth_axis_hint)."""
     few = [k for k, t in enumerate(data.spike_times) if t.size < 2]
     if few:
         log.warning("units %s have fewer than 2 spikes: their ACG and ISI are zero and carry no "
@@ -685,6 +706,13 @@ def warn_degenerate(data: Dataset, flat: np.ndarray | None = None) -> None:
     hint = spike_time_unit_hint(data.spike_times)
     if hint:
         log.warning("%s/%s: %s", data.path, SPIKE_TIMES, hint)
+    shared = np.flatnonzero(shared_spike_trains(data.spike_times))
+    if shared.size:
+        log.warning("%s/%s: units %s have spike trains identical to another unit's, to the "
+                    "bit: each unit needs its own spike times (a session's spikes saved for "
+                    "each of its units? units a sorter duplicated?); their ACG and ISI "
+                    "similarities mean nothing",
+                    data.path, SPIKE_TIMES, name_items(shared))
     hint = depth_axis_hint(data.channel_locations, data.channel_shanks)
     if hint:
         log.warning("%s/%s: %s", data.path, CHANNEL_LOCATIONS, hint)

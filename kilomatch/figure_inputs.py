@@ -13,9 +13,6 @@ import textwrap
 
 import numpy as np
 
-# The order in which the figures are drawn and listed (file names without .png).
-FIGURE_NAMES = ("UnitDepth", "Motion", "SimilarityFeatures", "WeightedSimilarity",
-                "MatchProbability", "FeatureScatter", "MatchProbability_calibration")
 SCATTER_POINTS = 20000  # FeatureScatter's pairs at most: a readable figure
 
 
@@ -23,11 +20,6 @@ def same_final(result) -> np.ndarray:
     """(P,) bool: the final round's candidate pair ends in one final cluster."""
     pairs, idx = result.final.pairs, result.idx_cluster
     return (idx[pairs[:, 0]] == idx[pairs[:, 1]]) & (idx[pairs[:, 0]] > 0)
-
-
-def histogram(values: np.ndarray, bins, density: bool = False) -> tuple:
-    """(counts, edges) of np.histogram: what a filled histogram draws."""
-    return np.histogram(values, bins=bins, density=density)
 
 
 def unit_depth(result) -> dict:
@@ -85,8 +77,8 @@ def similarity_features(result) -> dict:
         features.append({
             "name": name, "weight": float(final.clustering.weights[k]),
             # a density of no pairs is undefined
-            "unmatched": histogram(z[~same], bins, True) if (~same).any() else None,
-            "matched": histogram(z[same], bins, True) if same.any() else None})
+            "unmatched": np.histogram(z[~same], bins, density=True) if (~same).any() else None,
+            "matched": np.histogram(z[same], bins, density=True) if same.any() else None})
     return {"features": features, "any_pairs": bool(len(same))}
 
 
@@ -97,8 +89,8 @@ def weighted_similarity(result) -> dict:
     same = same_final(result)
     similarity = cl.similarity
     bins = np.linspace(similarity.min(), similarity.max(), 80) if similarity.size else 10
-    return {"unmatched": histogram(similarity[~same], bins),
-            "matched": histogram(similarity[same], bins),
+    return {"unmatched": np.histogram(similarity[~same], bins),
+            "matched": np.histogram(similarity[same], bins),
             "threshold": float(cl.threshold), "any_pairs": bool(similarity.size)}
 
 

@@ -30,7 +30,7 @@ def _margins(fig, left=0.8, right=0.25, bottom=0.6, top=0.45, wspace=None):
 
 
 def _stairs(ax, histogram, color, label):
-    """A filled histogram ((counts, edges), figure_inputs.histogram) drawn as one outline: a
+    """A filled histogram ((counts, edges) of np.histogram) drawn as one outline: a
     bar per bin costs a patch each to lay out and draw, which made the histogram figures
     most of the figures step."""
     counts, edges = histogram
@@ -219,7 +219,8 @@ DRAW = {"UnitDepth": draw_unit_depth, "Motion": draw_motion,
 
 
 def draw(name: str, inputs: dict):
-    """The figure ``name`` (figure_inputs.FIGURE_NAMES) drawn from its inputs."""
+    """The figure ``name`` (a key of DRAW, a key of figure_inputs.figure_inputs) drawn from
+    its inputs."""
     return DRAW[name](inputs)
 
 

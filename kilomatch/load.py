@@ -237,8 +237,9 @@ def depth_axis_hint(channel_locations: np.ndarray,
 # A unit's amplitude falls with distance from its peak channel. Over the channels within
 # 50 um of the peak its mean peak-to-trough amplitude exceeds that over the channels 100-200
 # um away by 0.35-0.57 of the peak's (median over units; 192 simulated and sorted studies,
-# a quarter of their channels dead included), by 0.27 or more in every session of them. Channel positions listed in another order
-# than the waveforms' channels give -0.01-0.00 (any random order, the same studies) and cost
+# a quarter of their channels dead included), by 0.27 or more in every session of them.
+# Channel positions listed in another order than the waveforms' channels give -0.01-0.00
+# (any random order, the same studies) and cost
 # most matches (a_rigid_np1: F1 0.999 -> 0.56, with no warning); one session's waveforms on
 # channels in another order cost a_rigid_np1 0.999 -> 0.82 (precision 0.90), the log then
 # blaming that session's timing and motion.
@@ -280,11 +281,12 @@ def channel_order_hint(ptt: np.ndarray, peak: np.ndarray, channel_locations: np.
     sessions (session0 (N,) 0-based), else None. Reads UNITS_FOR_FALLOFF units per session
     at most."""
     session0 = np.asarray(session0)
-    rows = np.concatenate([
-        members[np.unique(np.linspace(0, members.size - 1,
-                                      min(members.size, UNITS_FOR_FALLOFF)).astype(np.int64))]
-        for members in (np.flatnonzero(session0 == k) for k in np.unique(session0))
-        if members.size]) if session0.size else np.zeros(0, np.int64)
+    rows = [np.zeros(0, np.int64)]
+    for k in np.unique(session0):
+        members = np.flatnonzero(session0 == k)
+        spaced = np.linspace(0, members.size - 1, min(members.size, UNITS_FOR_FALLOFF))
+        rows.append(members[np.unique(spaced.astype(np.int64))])
+    rows = np.concatenate(rows)
     drop = amplitude_falloff(ptt[rows], peak[rows], channel_locations, channel_shanks)
     sessions, falloff = [], []
     for k in np.unique(session0[rows]):
@@ -312,6 +314,20 @@ def channel_order_hint(ptt: np.ndarray, peak: np.ndarray, channel_locations: np.
             "sessions' (their units then match wrongly or not at all)")
 
 
+def identical_groups(arrays: list) -> list:
+    """Groups of 2 or more positions in ``arrays`` whose arrays are identical to the bit:
+    found by a hash of their bytes, each checked against its group's first (one that only
+    collided with it is left out). A list of int arrays, in no particular order."""
+    hashes = np.array([hash(a.tobytes()) for a in arrays], dtype=np.int64)
+    order = np.argsort(hashes, kind="stable")
+    groups = []
+    for group in np.split(order, np.flatnonzero(np.diff(hashes[order])) + 1):
+        same = [k for k in group[1:] if np.array_equal(arrays[k], arrays[group[0]])]
+        if same:
+            groups.append(np.array([group[0], *same]))
+    return groups
+
+
 # Two sessions sharing this share of their units with identical waveforms (the smaller
 # session's units) are one session given twice: a mean waveform is never the same to the
 # last bit in two recordings. Tracking then "finds" every unit of it again, perfectly.
@@ -327,17 +343,9 @@ def repeated_sessions_hint(ptt: np.ndarray, session0: np.ndarray) -> str | None:
     ptt = np.asarray(ptt)
     session0 = np.asarray(session0)
     live = np.flatnonzero(ptt.max(axis=1, initial=0) > 0)
-    if live.size < 2:
-        return None
-    # rows compared by a hash of their bytes (one matrix product would not do: a BLAS may
-    # round a row differently by where it falls in its blocks)
-    keys = np.array([hash(ptt[k].tobytes()) for k in live], dtype=np.int64)
-    _, group = np.unique(keys, return_inverse=True)
-    group = group.reshape(-1)
-    by_group = np.argsort(group, kind="stable")
     shared = {}
-    for rows in np.split(by_group, np.flatnonzero(np.diff(group[by_group])) + 1):
-        sessions = np.unique(session0[live[rows]])
+    for group in identical_groups([ptt[k] for k in live]):
+        sessions = np.unique(session0[live[group]])
         for i, a in enumerate(sessions):
             for b in sessions[i + 1:]:
                 shared[(int(a), int(b))] = shared.get((int(a), int(b)), 0) + 1
@@ -678,19 +686,10 @@ def shared_spike_trains(spike_times: list) -> np.ndarray:
     another unit's. Two neurons never fire at the same instants, spike after spike; a
     whole session's spikes saved for each of its units (a loop that saves the same array)
     do, and so would units a sorter duplicated whole."""
-    hashes = np.array([hash(t.tobytes()) if t.size >= 2 else 0 for t in spike_times],
-                      dtype=np.int64)
-    order = np.argsort(hashes, kind="stable")
+    trains = np.array([k for k, t in enumerate(spike_times) if t.size >= 2], dtype=np.int64)
     shared = np.zeros(len(spike_times), dtype=bool)
-    for group in np.split(order, np.flatnonzero(np.diff(hashes[order])) + 1):
-        if group.size < 2 or spike_times[group[0]].size < 2:
-            continue
-        # the same hash is the same train but for a collision: each is checked against
-        # the group's first (a collided one is left out, not named wrongly)
-        same = [k for k in group[1:]
-                if np.array_equal(spike_times[k], spike_times[group[0]])]
-        if same:
-            shared[[group[0], *same]] = True
+    for group in identical_groups([spike_times[k] for k in trains]):
+        shared[trains[group]] = True
     return shared
 
 

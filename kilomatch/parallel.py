@@ -67,6 +67,18 @@ def for_each_in_threads(work, items: list, threads: int | None = None) -> None:
         list(pool.map(work, chunks))
 
 
+def started(func, background: bool):
+    """A function giving ``func()``'s result: computed from now on in a thread of its own
+    (background), or when the function is called. An exception is raised by that call."""
+    if not background:
+        return func
+    from concurrent.futures import ThreadPoolExecutor
+    pool = ThreadPoolExecutor(1, thread_name_prefix="kilomatch")
+    future = pool.submit(func)
+    pool.shutdown(wait=False)  # the thread ends with its one task
+    return future.result
+
+
 def usable_cores() -> int:
     """Cores this process may run on (its CPU affinity, e.g. a SLURM allocation)."""
     try:

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -488,6 +489,45 @@ def test_per_unit_work_in_this_process_runs_in_large_blocks(n_jobs):
     out = parallel.map_units(work, n, n_jobs, per_unit=(np.arange(n),))
     np.testing.assert_array_equal(out, np.arange(n) * 2)
     assert sizes == [256] * (n // 256) + [n % 256]
+
+
+def test_spike_features_beside_the_waveform_read_are_the_same(sim_folder, tmp_path,
+                                                              monkeypatch):
+    """With two cores the ACGs and ISIs are computed in a thread while the waveforms are read
+    (parallel.started); every unit feature is the one computed in line, and the thread did
+    the work."""
+    from kilomatch import pipeline
+    data = pipeline.load_dataset(sim_folder)
+    computed_in = []
+    spike_features = pipeline._spike_features
+
+    def recorded(*args, **kwargs):
+        computed_in.append(threading.current_thread() is threading.main_thread())
+        return spike_features(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_spike_features", recorded)
+    made = []
+    for n_jobs in (1, 2):
+        s = kilomatch.settings.load(_settings(sim_folder, tmp_path / "out", n_jobs=n_jobs))
+        made.append(pipeline.unit_features(data, s))
+    assert computed_in[0] and not computed_in[-1]
+    for name in ("acg", "isi", "locations", "amplitude", "peak_channel", "peak_waveform"):
+        np.testing.assert_array_equal(getattr(made[0], name), getattr(made[1], name))
+    np.testing.assert_array_equal(made[0].waveforms.values, made[1].waveforms.values)
+
+
+def test_started_gives_the_result_or_the_error_of_its_thread():
+    """parallel.started: the result computed in a thread of its own (or in line), and an
+    exception raised there comes out of the call that asks for the result."""
+    for background in (False, True):
+        assert parallel.started(lambda: 41 + 1, background)() == 42
+
+        def fails():
+            raise ValueError("from the thread")
+
+        get = parallel.started(fails, background)
+        with pytest.raises(ValueError, match="from the thread"):
+            get()
 
 
 def test_locating_units_with_their_nearest_channels_given():

@@ -19,6 +19,7 @@ Used as a module by the benchmark scripts; it can also be run by hand::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -184,7 +185,11 @@ def measure(cmd, env=None, timeout=None, mem_limit_mb=None, log_dir=None,
                 _kill_group(popen)
                 popen.wait()
                 break
-            time.sleep(poll_s)
+            # waits for the end of the command, or poll_s at most: a plain sleep counted up to
+            # poll_s after the command's end in its wall time (0.05 s on average, 1% of a 5 s
+            # run)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                popen.wait(timeout=poll_s)
         wall_s = time.perf_counter() - t0
         returncode = popen.wait()
         # Workers that outlived the main process belong to its group: end them too.

@@ -56,9 +56,10 @@ PARAMETERS: tuple[Param, ...] = (
           "Also write each motion round's clustering (MotionRound{k}.npz)."),
     Param("n_jobs", "int", -1,
           "Worker processes for per-unit work, threads for the pair similarities and the "
-          "match probability's fits and scoring, and, from 2 on, two helper processes that "
-          "draw the figures while the results are written (studies of up to 10,000 units); "
-          "-1 uses every core. Results do not depend on it.",
+          "match probability's fits and scoring, and, from 2 on, below 10,000 units, a thread "
+          "that computes the ACGs and ISIs while the waveforms are read and two helper "
+          "processes that draw the figures while the results are written; -1 uses every "
+          "core. Results do not depend on it.",
           min=-1),
     Param("centering_waveforms", "bool", False,
           "Shift each unit's waveform so the trough of its peak channel sits at sample "

@@ -208,28 +208,45 @@ def test_swapped_channel_columns_are_named(base, tmp_path, caplog):
     assert f"{data}/channel_locations.npy: the channels span" in log
 
 
+def _peak_amplitudes(base):
+    """The base study's waveforms (N, C, T), peak-to-trough amplitudes (N, C), peak channels
+    (N,) and channel positions (C, 2)."""
+    wf = np.load(base / "waveform_all.npy")
+    ptt = wf.max(axis=2) - wf.min(axis=2)
+    return wf, ptt, ptt.argmax(axis=1), np.load(base / "channel_locations.npy")
+
+
+def _named_with_locations(base, tmp_path, caplog, locations, said: list, not_said: str):
+    """Run a copy of the base study whose channel_locations.npy is ``locations``, and the
+    base study itself: each of ``said`` is in the first log, ``not_said`` not in the
+    second. Returns the copy's folder."""
+    data = tmp_path / "data"
+    shutil.copytree(base, data)
+    np.save(data / "channel_locations.npy", locations)
+    _, log = _run(data, tmp_path / "out", caplog)
+    for text in said:
+        assert text in log
+    caplog.clear()
+    _, log = _run(base, tmp_path / "out_base", caplog)
+    assert not_said not in log
+    return data
+
+
 def test_channel_positions_in_another_order_are_named(base, tmp_path, caplog):
     """Channel positions listed in another order than the waveforms' channels (F1 0.999 ->
     0.56 on a suite study, with no warning): the units' amplitude no longer falls with
     distance from their peak channel, and the log says so; in the right order it does. One
     session's waveforms on channels in another order (0.999 -> 0.82) is named by session."""
     from kilomatch.load import amplitude_falloff
-    wf = np.load(base / "waveform_all.npy")
-    ptt = wf.max(axis=2) - wf.min(axis=2)
-    peak = ptt.argmax(axis=1)
-    locs = np.load(base / "channel_locations.npy")
+    wf, ptt, peak, locs = _peak_amplitudes(base)
     order = np.random.default_rng(1).permutation(len(locs))
     assert np.nanmedian(amplitude_falloff(ptt, peak, locs)) > 0.3
     assert abs(np.nanmedian(amplitude_falloff(ptt, peak, locs[order]))) < 0.05
-    data = tmp_path / "data"
-    shutil.copytree(base, data)
-    np.save(data / "channel_locations.npy", locs[order])
-    _, log = _run(data, tmp_path / "out", caplog)
-    assert "amplitude does not fall with distance from their peak channel" in log
-    assert "channel_locations.npy likely lists the channels in another order" in log
-    caplog.clear()
-    _, log = _run(base, tmp_path / "out_base", caplog)
-    assert "does not fall with distance" not in log
+    data = _named_with_locations(
+        base, tmp_path, caplog, locs[order],
+        ["amplitude does not fall with distance from their peak channel",
+         "channel_locations.npy likely lists the channels in another order"],
+        "does not fall with distance")
     session = np.load(base / "session_index.npy").ravel()
     wf[session == 2] = wf[session == 2][:, order]
     np.save(data / "channel_locations.npy", locs)
@@ -245,23 +262,16 @@ def test_positions_mixed_up_between_neighbouring_channels_are_named(base, tmp_pa
     unit's amplitude no longer falls with distance, and the log says so; in the right order
     it does not."""
     from kilomatch.load import local_order
-    wf = np.load(base / "waveform_all.npy")
-    ptt = wf.max(axis=2) - wf.min(axis=2)
-    peak = ptt.argmax(axis=1)
-    locs = np.load(base / "channel_locations.npy")
+    _, ptt, peak, locs = _peak_amplitudes(base)
     block = np.concatenate([k + np.random.default_rng(k).permutation(8)
                             for k in range(0, len(locs), 8)])
     assert np.nanmedian(local_order(ptt, peak, locs)) < -0.5
     assert np.nanmedian(local_order(ptt, peak, locs[block])) > -0.3
-    data = tmp_path / "data"
-    shutil.copytree(base, data)
-    np.save(data / "channel_locations.npy", locs[block])
-    _, log = _run(data, tmp_path / "out", caplog)
-    assert "near their peak channel the units' amplitude does not fall with distance" in log
-    assert "channel_locations.npy likely gives neighbouring channels each other's" in log
-    caplog.clear()
-    _, log = _run(base, tmp_path / "out_base", caplog)
-    assert "near their peak channel" not in log
+    _named_with_locations(
+        base, tmp_path, caplog, locs[block],
+        ["near their peak channel the units' amplitude does not fall with distance",
+         "channel_locations.npy likely gives neighbouring channels each other's"],
+        "near their peak channel")
 
 
 def test_a_session_given_twice_is_named(base, tmp_path, caplog):

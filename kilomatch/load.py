@@ -337,15 +337,13 @@ def channel_order_hint(ptt: np.ndarray, peak: np.ndarray, channel_locations: np.
             f"(the channels within {FALLOFF_NEAR_UM:g} um of it carry %s of the peak's "
             f"amplitude more than those {FALLOFF_FAR_UM[0]:g}-{FALLOFF_FAR_UM[1]:g} um away, "
             "0.27 or more in every session of the 189 studies at hand)")
-    if low.all() or np.median(falloff) < MIN_FALLOFF:
-        return (told % f"{np.median(falloff):.2f}" + f": {CHANNEL_LOCATIONS} likely lists the "
-                f"channels in another order than {WAVEFORMS}; unit locations, motion and "
-                "waveform similarity are then wrong")
-    named = ", ".join(f"{k} ({f:.2f})" for k, f, bad in zip(sessions, falloff, low) if bad)
-    return (f"sessions {named}: " + told % "the value in brackets" + ", where the other "
-            f"sessions' median is {np.median(falloff[~low]):.2f}: their waveforms' channels "
-            f"likely follow another channel order than {CHANNEL_LOCATIONS} and the other "
-            "sessions' (their units then match wrongly or not at all)")
+    return _order_sentence(
+        sessions, falloff, low, np.median(falloff) < MIN_FALLOFF, told,
+        f": {CHANNEL_LOCATIONS} likely lists the channels in another order than {WAVEFORMS}; "
+        "unit locations, motion and waveform similarity are then wrong",
+        f"their waveforms' channels likely follow another channel order than "
+        f"{CHANNEL_LOCATIONS} and the other sessions' (their units then match wrongly or not "
+        "at all)")
 
 
 def _local_order_hint(ptt, peak, channel_locations, channel_shanks, session0) -> str | None:
@@ -353,20 +351,33 @@ def _local_order_hint(ptt, peak, channel_locations, channel_shanks, session0) ->
     sessions, order = _session_medians(
         local_order(ptt, peak, channel_locations, channel_shanks), session0)
     mixed = order > MAX_LOCAL_ORDER
-    if not mixed.any():
-        return None
     told = ("near their peak channel the units' amplitude does not fall with distance (its "
             f"rank correlation with distance over the {LOCAL_CHANNELS} nearest channels is %s; "
             "-0.59 or lower in every session of the 118 studies at hand)")
-    if mixed.all() or np.median(order) > MAX_LOCAL_ORDER:
-        return (told % f"{np.median(order):.2f}" + f": {CHANNEL_LOCATIONS} likely gives "
-                "neighbouring channels each other's positions (a channel map applied to the "
-                "wrong channels within groups of channels); unit locations, motion and "
-                "waveform similarity are then wrong")
-    named = ", ".join(f"{k} ({v:.2f})" for k, v, bad in zip(sessions, order, mixed) if bad)
+    return _order_sentence(
+        sessions, order, mixed, np.median(order) > MAX_LOCAL_ORDER if order.size else False,
+        told,
+        f": {CHANNEL_LOCATIONS} likely gives neighbouring channels each other's positions (a "
+        "channel map applied to the wrong channels within groups of channels); unit "
+        "locations, motion and waveform similarity are then wrong",
+        f"their waveforms' channels likely follow another channel order than "
+        f"{CHANNEL_LOCATIONS} near each channel")
+
+
+def _order_sentence(sessions: list, medians: np.ndarray, bad: np.ndarray, median_bad: bool,
+                    told: str, whole: str, some: str) -> str | None:
+    """The sentence of a channel-order statistic judged per session (sessions, their medians
+    and whether each is ``bad``): None when no session is; ``told`` (its %s the value) and
+    ``whole`` when every session is, or the median over them is (``median_bad``); else the
+    bad sessions named, ``told``, the other sessions' median and ``some``."""
+    if not bad.any():
+        return None
+    if bad.all() or median_bad:
+        return told % f"{np.median(medians):.2f}" + whole
+    named = ", ".join(f"{k} ({v:.2f})" for k, v, is_bad in zip(sessions, medians, bad)
+                      if is_bad)
     return (f"sessions {named}: " + told % "the value in brackets" + ", where the other "
-            f"sessions' median is {np.median(order[~mixed]):.2f}: their waveforms' channels "
-            f"likely follow another channel order than {CHANNEL_LOCATIONS} near each channel")
+            f"sessions' median is {np.median(medians[~bad]):.2f}: " + some)
 
 
 def identical_groups(arrays: list) -> list:

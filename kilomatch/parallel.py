@@ -115,6 +115,11 @@ def _take(values, idx):
     return [values[k] for k in idx]
 
 
+def in_worker_processes(n_units: int, n_jobs: int) -> bool:
+    """Whether map_units runs per-unit work of ``n_units`` units in worker processes."""
+    return n_workers(n_jobs) > 1 and n_units >= MIN_UNITS_PARALLEL
+
+
 def map_units(func, n_units: int, n_jobs: int = 1, desc: str | None = None,
               per_unit: tuple = (), block: int | None = None) -> np.ndarray:
     """Apply ``func(*block_args) -> (len(block), ...) array`` to blocks of units and stack the
@@ -123,7 +128,7 @@ def map_units(func, n_units: int, n_jobs: int = 1, desc: str | None = None,
     ``func`` with functools.partial.
     """
     workers = n_workers(n_jobs)
-    in_workers = workers > 1 and n_units >= MIN_UNITS_PARALLEL
+    in_workers = in_worker_processes(n_units, n_jobs)
     if block is None:
         # Small blocks only to share the work among workers: in this process each block
         # repeats its fixed costs (a unit location fit's iterations over the block).

@@ -71,7 +71,7 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     spike_features = parallel.started(
         partial(map_units, partial(_spike_features, acg_args=acg_args, isi_args=isi_args),
                 data.n_units, s.n_jobs, "ACG and ISI", (data.spike_times,)),
-        background=n_workers(s.n_jobs) >= 2 and n < parallel.MIN_UNITS_PARALLEL)
+        background=n_workers(s.n_jobs) > 1 and not parallel.in_worker_processes(n, s.n_jobs))
     windows = _window_table(data, s, s.waveformCorrection.window_um)
     ptt = np.empty((n, c), dtype=np.float32)
     peak = np.empty(n, dtype=np.int64)

@@ -155,7 +155,8 @@ DATASETS["t"] = ("dying_channels", "a tenth of the channels stop recording over 
 
 BAND_LABELS = metrics.band_labels()
 COLUMNS = ["dataset", "tool", "precision", "recall", "F1", "F1 before curation",
-           *[f"recall {b}" for b in BAND_LABELS], "motion RMS (um)", "wall (s)",
+           *[f"recall {b}" for b in BAND_LABELS], "calibration bins missed",
+           "motion RMS (um)", "wall (s)",
            "peak mem (MB)", "status"]
 
 
@@ -256,6 +257,7 @@ def table_rows(results: list) -> list:
                      _common.fmt(r["precision"]),
                      _common.fmt(r["recall"]), _common.fmt(r["f1"]),
                      _common.fmt(r["f1_before"]), *[_common.fmt(b["recall"]) for b in bands],
+                     peers.calibration_cell(r.get("calibration")),
                      _common.fmt(r["motion_rms_um"], 2),
                      _common.fmt(r["wall_s"], 1), _common.fmt(r["peak_rss_mb"], 0),
                      r["status"]])

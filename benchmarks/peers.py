@@ -441,10 +441,47 @@ def extra_score(idx: np.ndarray, neurons: np.ndarray, sessions: np.ndarray) -> d
             "n_units": int(np.size(idx))}
 
 
+def calibration(output, gt_neuron: np.ndarray) -> dict | None:
+    """How well kilomatch's match probability is calibrated (issue 12, item 3): its candidate
+    pairs (``output``/CandidatePairs.npz) binned by probability in tenths
+    (kilomatch.metrics.calibration_bins) against ground truth ``gt_neuron`` (N,; negative:
+    a unit of no neuron). Returns
+    {"judged": bins of 50 pairs or more, "misses": those whose true fraction lies more than
+    0.05 outside the bin (kilomatch.metrics.calibration_misses)}, or None when the run wrote
+    no probability (e.g. autoCuration.cut_probability 1)."""
+    from kilomatch import metrics
+
+    path = Path(output) / "CandidatePairs.npz"
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if "probability" not in z.files:
+            return None
+        pairs, p = z["pairs"], z["probability"]
+    gt = np.asarray(gt_neuron).reshape(-1)
+    known = np.isfinite(p)
+    a, b = gt[pairs[known, 0]], gt[pairs[known, 1]]
+    truth = (a == b) & (a >= 0)  # a unit of no neuron (a real sorter's, id < 0) matches none
+    judged, misses = metrics.calibration_misses(metrics.calibration_bins(p[known], truth))
+    return {"judged": judged, "misses": misses}
+
+
+def calibration_cell(cal: dict | None) -> str:
+    """A table's cell for :func:`calibration`: "-" without a probability, else "missed of
+    judged" and the missed bins' true fractions, e.g. "1/4: [0.5,0.6) 0.75"."""
+    if cal is None:
+        return "-"
+    text = f"{len(cal['misses'])}/{cal['judged']}"
+    details = ", ".join(f"[{m['low']:.1f},{m['high']:.1f}) {m['true_fraction']:.2f}"
+                        for m in cal["misses"])
+    return f"{text}: {details}" if details else text
+
+
 def score(result: dict, data, bands: bool = False) -> dict:
     """Pair precision / recall / F1 (final and before curation), with ``bands`` the recall of
     the final clusters per amplitude band of the pair's smaller unit (``recall_bands``: one
-    dict per band of ``kilomatch.metrics.AMPLITUDE_BANDS_UV``; reads every waveform), and
+    dict per band of ``kilomatch.metrics.AMPLITUDE_BANDS_UV``; reads every waveform), the
+    calibration of kilomatch's match probability (``calibration``, :func:`calibration`), and
     motion RMS error (um) of one run against the ground truth in ``data``
     (kilomatch.metrics)."""
     from kilomatch import metrics
@@ -454,7 +491,7 @@ def score(result: dict, data, bands: bool = False) -> dict:
     sessions = np.load(data / "session_index.npy", allow_pickle=False)
     row = {"precision": None, "recall": None, "f1": None, "f1_before": None,
            "recall_bands": None, "motion_rms_um": None, "matched_only": None,
-           "best_match": None}
+           "best_match": None, "calibration": None}
 
     def usable(labels):
         return labels is not None and labels.size == gt.size
@@ -484,6 +521,8 @@ def score(result: dict, data, bands: bool = False) -> dict:
         best = np.load(best_path, allow_pickle=False).reshape(-1)
         row["best_match"] = {**extra_score(result["idx_final"], best, sessions),
                              "n_units": int((best >= 0).sum())}
+    if result.get("tool") == "kilomatch" and result.get("run_dir"):
+        row["calibration"] = calibration(Path(result["run_dir"]) / "output", gt)
     gt_motion_path = data / "gt_motion.npy"
     if result["motion"] is not None and gt_motion_path.exists():
         gt_motion = np.load(gt_motion_path, allow_pickle=False).reshape(-1)

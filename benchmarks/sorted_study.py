@@ -550,7 +550,7 @@ def rows_for_route(route, data, args, peers_py, rows, log):
 
 COLUMNS = ["study", "sorter", "route", "tool", "units", "precision", "recall", "F1",
            "F1 before curation", "matched units: P / R / F1", "best match: P / R / F1",
-           "motion RMS (um)", "status"]
+           "calibration bins missed", "motion RMS (um)", "status"]
 
 
 def scores_cell(row: dict, key: str) -> str:
@@ -571,6 +571,7 @@ def table(records: list) -> list:
                              _common.fmt(r["precision"]), _common.fmt(r["recall"]),
                              _common.fmt(r["f1"]), _common.fmt(r["f1_before"]),
                              scores_cell(r, "matched_only"), scores_cell(r, "best_match"),
+                             peers.calibration_cell(r.get("calibration")),
                              _common.fmt(r["motion_rms_um"], 2), r["status"]])
     return rows
 

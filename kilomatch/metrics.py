@@ -16,7 +16,13 @@ from kilomatch.errors import KilomatchError
 from kilomatch.formats.folder import SESSION_INDEX
 
 __all__ = ["pair_scores", "motion_rms_error", "score_run", "AMPLITUDE_BANDS_UV", "band_labels",
-           "unit_amplitudes", "recall_by_amplitude", "calibration_bins"]
+           "unit_amplitudes", "recall_by_amplitude", "calibration_bins", "calibration_misses",
+           "CALIBRATION_MIN_PAIRS", "CALIBRATION_TOLERANCE"]
+
+# A calibration bin is judged when it holds this many pairs or more, and missed when its true
+# fraction lies more than CALIBRATION_TOLERANCE outside it (issue 12, item 3).
+CALIBRATION_MIN_PAIRS = 50
+CALIBRATION_TOLERANCE = 0.05
 
 # Edges (uV) of the amplitude bands recall is reported in: <60, 60-120, 120-250, >=250.
 AMPLITUDE_BANDS_UV = (60.0, 120.0, 250.0)
@@ -216,3 +222,19 @@ def calibration_bins(probability, truth, n_bins: int = 10) -> dict:
         frac = np.bincount(k, truth.astype(np.float64), minlength=n_bins) / n
     return {"low": edges[:-1], "high": edges[1:], "n_pairs": n, "mean_probability": mean_p,
             "true_fraction": frac}
+
+
+def calibration_misses(bins: dict, min_pairs: int = CALIBRATION_MIN_PAIRS,
+                       tolerance: float = CALIBRATION_TOLERANCE) -> tuple:
+    """The bins of :func:`calibration_bins` that are judged (``min_pairs`` pairs or more) and
+    the judged bins whose true fraction lies more than ``tolerance`` outside [low, high].
+
+    Returns (n_judged, misses): misses is a list of dicts low, high, n_pairs,
+    true_fraction (floats, n_pairs an int), in bin order."""
+    judged = np.asarray(bins["n_pairs"]) >= min_pairs
+    frac = np.asarray(bins["true_fraction"], np.float64)
+    low, high = np.asarray(bins["low"]), np.asarray(bins["high"])
+    off = judged & ((frac < low - tolerance) | (frac > high + tolerance))
+    misses = [{"low": float(low[k]), "high": float(high[k]), "n_pairs": int(bins["n_pairs"][k]),
+               "true_fraction": float(frac[k])} for k in np.flatnonzero(off)]
+    return int(judged.sum()), misses

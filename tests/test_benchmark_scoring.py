@@ -54,3 +54,37 @@ def test_a_sorters_duplicate_is_its_neuron_in_the_best_match_score(tmp_path):
     row = peers.score({"idx_final": idx, "idx_before_curation": idx, "motion": None,
                        "notes": []}, tmp_path)
     assert row["f1"] == 1.0 and row["best_match"]["recall"] == 0.5
+
+
+def test_kilomatchs_probability_is_judged_against_the_truth(tmp_path):
+    # 60 candidate pairs at p 0.95 of which 45 are one neuron (0.75: a miss below [0.9, 1]),
+    # 60 at p 0.05 of which none is, 10 at p 0.5 (too few to judge); a unit of no neuron
+    # (id -1) is nobody's match, not even another's of no neuron.
+    n = 20
+    gt = np.r_[np.arange(n), np.arange(n), -np.ones(2 * n, int)]
+    session = np.r_[np.ones(n, int), np.full(n, 2), np.ones(n, int), np.full(n, 2)]
+    same = np.column_stack([np.arange(n), np.arange(n) + n])        # 20 true pairs
+    other = np.column_stack([np.arange(n), (np.arange(n) + 1) % n + n])  # 20 non-matches
+    nobody = np.column_stack([np.arange(2 * n, 3 * n), np.arange(3 * n, 4 * n)])  # ids -1
+    pairs = np.vstack([same, same, same[:5], other[:15], other, other, nobody, nobody[:10]])
+    p = np.r_[np.full(45, 0.95), np.full(15, 0.95), np.full(40, 0.05), np.full(20, 0.05),
+              np.full(10, 0.5)]
+    out = tmp_path / "run" / "output"
+    out.mkdir(parents=True)
+    np.savez(out / "CandidatePairs.npz", pairs=pairs, probability=p)
+    np.save(tmp_path / "gt_neuron.npy", gt)
+    np.save(tmp_path / "session_index.npy", session)
+    idx = np.arange(gt.size)
+    row = peers.score({"tool": "kilomatch", "run_dir": str(tmp_path / "run"),
+                       "idx_final": idx, "idx_before_curation": idx, "motion": None,
+                       "notes": []}, tmp_path)
+    cal = row["calibration"]
+    assert cal["judged"] == 2
+    assert [(m["low"], m["n_pairs"], m["true_fraction"]) for m in cal["misses"]] == [
+        (0.9, 60, 0.75)]
+    assert peers.calibration_cell(cal) == "1/2: [0.9,1.0) 0.75"
+    # a peer's run, or a run without a probability, has none
+    assert peers.score({"tool": "pykilomatch", "run_dir": str(tmp_path / "run"),
+                        "idx_final": idx, "idx_before_curation": idx, "motion": None,
+                        "notes": []}, tmp_path)["calibration"] is None
+    assert peers.calibration_cell(None) == "-"

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from kilomatch.errors import KilomatchError
-from kilomatch.metrics import motion_rms_error, pair_scores, score_run
+from kilomatch.metrics import (calibration_bins, calibration_misses, motion_rms_error, pair_scores,
+                               score_run)
 
 
 def brute_force(cl, gt, ss):
@@ -154,3 +155,23 @@ def test_score_run_from_folders(tmp_path):
     assert r2["f1"] == 1.0 and "motion_rms_um" not in r2
     with pytest.raises(KilomatchError):
         score_run(tmp_path / "missing", data)
+
+
+def test_calibration_misses_judge_full_bins_by_their_true_fraction():
+    """A bin of 50 pairs or more is missed when its true fraction lies more than 0.05 outside
+    it, on either side; a bin of fewer pairs is not judged (issue 12, item 3's test)."""
+    def pairs(p, n, n_true):
+        return np.full(n, p), np.arange(n) < n_true
+
+    groups = [pairs(0.05, 100, 4),    # [0.0, 0.1): 0.04, inside
+              pairs(0.35, 60, 27),    # [0.3, 0.4): 0.45, at the edge of the tolerance
+              pairs(0.55, 50, 33),    # [0.5, 0.6): 0.66, above it: missed
+              pairs(0.75, 49, 0),     # [0.7, 0.8): 0.0 but too few pairs to judge
+              pairs(0.95, 200, 160)]  # [0.9, 1.0]: 0.80, below it: missed
+    p = np.concatenate([g[0] for g in groups])
+    truth = np.concatenate([g[1] for g in groups])
+    judged, misses = calibration_misses(calibration_bins(p, truth))
+    assert judged == 4
+    assert [(m["low"], m["n_pairs"]) for m in misses] == [(0.5, 50), (0.9, 200)]
+    assert misses[0]["true_fraction"] == pytest.approx(0.66)
+    assert misses[1]["true_fraction"] == pytest.approx(0.80)

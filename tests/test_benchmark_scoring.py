@@ -88,3 +88,26 @@ def test_kilomatchs_probability_is_judged_against_the_truth(tmp_path):
                         "idx_final": idx, "idx_before_curation": idx, "motion": None,
                         "notes": []}, tmp_path)["calibration"] is None
     assert peers.calibration_cell(None) == "-"
+
+
+def test_repeated_speed_runs_are_judged_by_their_median_and_highest_memory():
+    speed = pytest.importorskip("speed")
+
+    def run(tool, wall, memory, status="ok"):
+        return {"tool": tool, "wall_s": wall, "peak_rss_mb": memory, "status": status}
+
+    # One slow kilomatch run of three (a busy machine) must not decide the verdict, nor may
+    # one small peak memory hide a larger one.
+    ours = speed.combined([run("kilomatch", 5.0, 400), run("kilomatch", 9.0, 450),
+                           run("kilomatch", 4.6, 420)])
+    ref = speed.combined([run("pykilomatch", 100.0, 1900), run("pykilomatch", 101.0, 1950),
+                          run("pykilomatch", 99.0, 1920)])
+    assert (ours["wall_s"], ours["peak_rss_mb"]) == (5.0, 450)
+    assert ours["wall_runs_s"] == [5.0, 9.0, 4.6]
+    verdict = speed.verdicts({"kilomatch": ours, "pykilomatch": ref})
+    assert verdict["speed"].startswith("PASS (20.0x")
+    assert verdict["memory"].startswith("PASS (450 MB")
+    # A failed run is not averaged away: the tool's result is that failure.
+    failed = speed.combined([run("kilomatch", 5.0, 400), run("kilomatch", None, None, "crashed")])
+    assert failed["status"] == "crashed"
+    assert speed.verdicts({"kilomatch": failed, "pykilomatch": ref})["speed"].startswith("n/a")

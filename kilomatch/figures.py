@@ -53,7 +53,8 @@ def draw_unit_depth(d: dict):
         # One polyline per tracked neuron through its sessions, drawn as one collection.
         bounds = np.flatnonzero(np.diff(idx[matched])) + 1
         lines = [np.column_stack([sess[m], depth[m]]) for m in np.split(matched, bounds) if m.size]
-        line_colors = [colors[idx[m[0]] % 20] for m in np.split(matched, bounds) if m.size]
+        # one (K, 4) array: a list of K colours is parsed colour by colour (0.1 s at 1,600 units)
+        line_colors = colors[idx[matched[np.r_[0, bounds]]] % 20] if matched.size else "none"
         ax.add_collection(LineCollection(lines, colors=line_colors, linewidths=0.8, zorder=2))
         ax.scatter(sess[matched], depth[matched], s=6, c=colors[idx[matched] % 20], zorder=3)
         ax.plot([], [], "-o", ms=2.5, lw=0.8, color=colors[1], label="tracked neuron")

@@ -111,3 +111,31 @@ def test_repeated_speed_runs_are_judged_by_their_median_and_highest_memory():
     failed = speed.combined([run("kilomatch", 5.0, 400), run("kilomatch", None, None, "crashed")])
     assert failed["status"] == "crashed"
     assert speed.verdicts({"kilomatch": failed, "pykilomatch": ref})["speed"].startswith("n/a")
+
+
+def _run_rows(f1s: dict, before: dict | None = None, missed: tuple = ()) -> dict:
+    return {k: {"dataset": k, "tool": "kilomatch", "status": "ok", "f1": v, "precision": 1.0,
+                "f1_before": (before or {}).get(k, v),
+                "calibration": {"judged": 3, "misses": [{"low": 0.8}] if k in missed else []}}
+            for k, v in f1s.items()}
+
+
+def test_design_comparison_pairs_runs_by_dataset_and_counts_where_the_candidate_fell():
+    """benchmarks/compare.py: each (base, candidate) pair is one run of the suite; a dataset
+    is matched by name within a pair and by its kind (name without the seed offset) across
+    pairs, a failed run is left out of its pair, and curation that lowered F1 is named."""
+    compare = pytest.importorskip("compare")
+    run1 = (_run_rows({"a_x": 0.90, "b_y": 0.80}),
+            _run_rows({"a_x": 0.95, "b_y": 0.70}, before={"b_y": 0.75}, missed=("a_x",)))
+    run2 = (_run_rows({"a_x_seed+1000": 0.90, "b_y_seed+1000": 0.80, "c_z_seed+1000": 1.0}),
+            _run_rows({"a_x_seed+1000": 0.85, "b_y_seed+1000": 0.80, "c_z_seed+1000": 1.0}))
+    run2[1]["c_z_seed+1000"]["status"] = "failed"
+    out = compare.compare([run1, run2])
+    assert out["sum_changes"] == pytest.approx([-0.05, -0.05])
+    assert out["lower_in"] == 2
+    assert out["pairs"][1]["left_out"] == ["c_z_seed+1000"]
+    assert out["per_kind"]["a_x"] == {"mean": pytest.approx(0.0), "fell": 1, "rose": 1, "n": 2}
+    assert out["per_kind"]["b_y"]["fell"] == 1 and out["per_kind"]["b_y"]["n"] == 2
+    first = out["pairs"][0]
+    assert first["candidate"]["curation_lowers"] == ["b_y"]
+    assert (first["base"]["calibration_clean"], first["candidate"]["calibration_clean"]) == (2, 1)

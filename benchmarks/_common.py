@@ -138,6 +138,12 @@ def with_seed_offset(name: str, seed: int, offset: int) -> tuple[str, int]:
     return f"{name}_seed+{offset}", seed + offset
 
 
+def without_seed_offset(name: str) -> str:
+    """The kind of a study named by :func:`with_seed_offset`, the same at every offset:
+    'o_turnover_low_amplitude_seed+1000' -> 'o_turnover_low_amplitude'."""
+    return name.split("_seed+", 1)[0]
+
+
 def simulated(cache, name: str, params: dict, smoke: bool = False) -> tuple:
     """(name, params, folder, summary) of a cached simulated dataset; with ``smoke`` its tiny
     version, named ``<name>_smoke``."""

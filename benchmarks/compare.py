@@ -4,8 +4,8 @@
 Each pair of files is one accuracy.py run (``--json``) of the baseline and of the candidate on
 the same data (same ``--seed-offset``) and the same settings seed (``--kilomatch-settings
 '{"seed": N}'``). One pair is not enough to decide: with the settings seed alone (0 -> 1)
-the suite's sum of F1 moved by 0.026 and one dataset's F1 by 0.012 (benchmarks/RESULTS.md,
-"Session 33"). Give several pairs (data offsets x settings seeds); the script prints, for
+the suite's sum of F1 moved by up to 0.026 and one dataset's F1 by up to 0.018
+(benchmarks/RESULTS.md, "Session 33"). Give several pairs (data offsets x settings seeds); the script prints, for
 each pair, the sum of F1 of both, the runs whose calibration missed no bin, the datasets
 with precision below 0.99 and those where curation lowered F1; then, per dataset, the mean
 change of F1 over the pairs and in how many pairs it fell. Datasets are matched by name;
@@ -18,6 +18,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import _common
 
 PRECISION_TARGET = 0.99
 
@@ -62,11 +64,6 @@ def compare_pair(base: dict, candidate: dict) -> dict:
             "left_out": left_out}
 
 
-def _kind(dataset: str) -> str:
-    """A dataset's kind, the same at every --seed-offset: 'o_turnover_low_amplitude'."""
-    return dataset.split("_seed", 1)[0]
-
-
 def compare(pairs: list) -> dict:
     """Several (base, candidate) runs: each pair's compare_pair, and per kind of dataset
     (its name without the seed offset) the mean F1 change and the number of pairs where it
@@ -75,7 +72,7 @@ def compare(pairs: list) -> dict:
     changes: dict = {}
     for one in each:
         for dataset, change in one["change"].items():
-            changes.setdefault(_kind(dataset), []).append(change)
+            changes.setdefault(_common.without_seed_offset(dataset), []).append(change)
     per_kind = {k: {"mean": sum(v) / len(v), "fell": sum(x < -1e-9 for x in v),
                     "rose": sum(x > 1e-9 for x in v), "n": len(v)}
                 for k, v in sorted(changes.items())}

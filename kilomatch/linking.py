@@ -110,7 +110,7 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
               n_spikes: np.ndarray, session: np.ndarray, shank: np.ndarray,
               max_distance: float, max_cluster_size: int, seed: int = 0,
               with_clusters: bool = True, not_non_matches: np.ndarray | None = None,
-              gap_prior: bool = False):
+              gap_prior: bool = False, derived: bool = False):
     """Fit the match probability on one probe or shank and cluster by it.
 
     pairs: (P, 2) candidate pairs; similarities: callable, (Q, 2) pairs -> (Q, F) Fisher z of
@@ -121,7 +121,9 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     ``with_clusters``: the similarity path does not use them. not_non_matches: (J, 2)
     same-session pairs (i < j) known to be one neuron (sorter splits), left out of the
     non-matches. gap_prior: each pair's probability at the prior of its session gap
-    (probability.prior_by_gap), not the one prior of every candidate pair.
+    (probability.prior_by_gap), not the one prior of every candidate pair. derived: fit a
+    second time with known non-matches across sessions derived from the first fit's sure
+    matches (kilomatch.derived_non_matches, fit_with_derived).
     """
     n = positions.shape[0]
 
@@ -156,25 +158,21 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
                                   candidate_rows=fit_c)
     if model is None:
         return None
+    p, score = _every_pair(model, pairs, fit_c, similarity_of_candidates, positions, amplitude,
+                           n_spikes)
+    if derived:
+        again = fit_with_derived(x_cand, x_non[fit_n], non[fit_n], fit_c, p, pairs, evidence,
+                                 depth, session, inside, anchor, anchor_non, max_distance,
+                                 far, seed)
+        if again is not None:
+            model = again
+            p, score = _every_pair(model, pairs, fit_c, similarity_of_candidates, positions,
+                                   amplitude, n_spikes)
     # The known non-matches' level (MatchModel.non_match_level, the cut veto's floor) is read
-    # among those within the anchor: beyond it a pair's probability is 0 by premise
-    # (no_match_beyond_anchor), and the trees' noise there says nothing of the pairs a cut
-    # takes apart, units of one cluster a few um apart.
-    model.non_match_probability = model.non_match_probability[~anchor_non]
-    # each fitted pair's probability comes from the models that did not see it; the fold
-    # models' mean is needed only for the pairs left out of the fit
-    p = np.empty(len(pairs))
-    p[fit_c] = model.candidate_probability
-    rest = np.ones(len(pairs), bool)
-    rest[fit_c] = False
-    score = np.empty(len(pairs), np.float32)
-    score[fit_c] = model.candidate_score
-    model.candidate_score = None  # held once, in the links (100 MB at 10^5 units)
-    if rest.any():
-        rest_score = model.score(LazyEvidence(similarity_of_candidates[rest], positions,
-                                              amplitude, n_spikes, pairs[rest]))
-        p[rest] = model.probability(rest_score)
-        score[rest] = rest_score
+    # among the same-session pairs within the anchor: beyond it a pair's probability is 0 by
+    # premise (no_match_beyond_anchor), and the trees' noise there says nothing of the pairs
+    # a cut takes apart, units of one cluster a few um apart.
+    model.non_match_probability = model.non_match_probability[:fit_n.size][~anchor_non]
     by_gap = None
     if gap_prior:
         gap = session_gap(session, pairs)
@@ -192,6 +190,71 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
                              candidate_score=score, gap_prior=by_gap,
                              session=np.asarray(session), depth=depth, anchor_um=far)
     return links, evidence
+
+
+def _every_pair(model, pairs, fit_c, similarity_of_candidates, positions, amplitude,
+                n_spikes) -> tuple:
+    """The probability (P,) and classifier score (P,) float32 of every candidate pair (P, 2):
+    a fitted pair's (rows ``fit_c``) from the models that did not see it, the others' from
+    the fold models' mean. Takes the model's candidate scores (held once, in the links: 100
+    MB at 10^5 units)."""
+    p = np.empty(len(pairs))
+    p[fit_c] = model.candidate_probability
+    rest = np.ones(len(pairs), bool)
+    rest[fit_c] = False
+    score = np.empty(len(pairs), np.float32)
+    score[fit_c] = model.candidate_score
+    model.candidate_score = None
+    if rest.any():
+        rest_score = model.score(LazyEvidence(similarity_of_candidates[rest], positions,
+                                              amplitude, n_spikes, pairs[rest]))
+        p[rest] = model.probability(rest_score)
+        score[rest] = rest_score
+    return p, score
+
+
+def fit_with_derived(x_cand, x_same, same, fit_c, p, pairs, evidence, depth, session, usable,
+                     anchor, anchor_same, max_distance, far, seed):
+    """The match probability fitted again with known non-matches derived from the sure
+    matches of a first fit (kilomatch.derived_non_matches), or None when there are none (or
+    too many to make).
+
+    x_cand: the candidates' evidence (LazyEvidence); x_same (Q, K), same (Q, 2): the fit's
+    same-session pairs; fit_c: the candidate rows of the fit; p (P,): the first fit's
+    probability of every candidate pair (P, 2), before the prior by gap; evidence: pairs ->
+    their evidence; depth, session, usable (N,): corrected depth (um), session, inside the
+    fit's window; anchor, anchor_same: the candidates' and same-session pairs' rows farther
+    apart than the prior's anchor ``far`` (um).
+
+    The derived pairs add to the same-session pairs, each same-session pair and its derived
+    pairs weighing 1 together; every pair of two groups falls in one fold; the calibration
+    is one isotonic fit (averaging bootstrap fits blurs the step from non-matches to
+    matches, and with this many known non-matches it no longer pays, benchmarks/RESULTS.md,
+    "Session 35"); the prior stays the same-session pairs' estimate."""
+    from . import derived_non_matches as dnm
+    from .probability import match_prior
+
+    group = dnm.sure_groups(depth.size, pairs, p)
+    made = dnm.derive(same, group, session, depth, usable, max_distance)
+    if made is None:
+        log.warning("match probability: more than %d known non-matches would be derived "
+                    "from the sure matches; fitted with the same-session pairs only",
+                    dnm.MAX_DERIVED)
+        return None
+    derived, weight, same_weight = made
+    if not len(derived):
+        return None
+    log.info("match probability: %d known non-matches across sessions derived from %d sure "
+             "pairs (%d groups of units); fitted again", len(derived),
+             int(np.count_nonzero(p >= dnm.SURE_PROBABILITY)), int(group.max()) + 1)
+    anchor_derived = _far_apart(depth, derived, None, far)
+    keys = np.r_[dnm.fold_keys(pairs[fit_c], group),
+                 dnm.fold_keys(np.vstack([same, derived]), group)]
+    return fit_match_probability(x_cand, np.vstack([x_same, evidence(derived)]), anchor,
+                                 np.r_[anchor_same, anchor_derived], seed,
+                                 candidate_rows=fit_c, non_weight=np.r_[same_weight, weight],
+                                 fold_key=keys, prior=match_prior(anchor, anchor_same),
+                                 n_bags=0)
 
 
 def no_match_beyond_anchor(p: np.ndarray, depth: np.ndarray, pairs: np.ndarray,

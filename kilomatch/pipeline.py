@@ -934,7 +934,8 @@ def fit_probability(data: Dataset, units: UnitFeatures, final: RoundResult, s: S
                                data.n_sessions, s.seed,
                                with_clusters=s.clustering.method == "probability",
                                not_non_matches=sorter_splits,
-                               gap_prior=s.clustering.match_prior_by_gap)
+                               gap_prior=s.clustering.match_prior_by_gap,
+                               derived=s.clustering.derived_non_matches)
     if fitted is None:
         log.warning("too few pairs to fit the match probability: no probability is reported "
                     "and the final clusters come from the weighted similarity")

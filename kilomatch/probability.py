@@ -304,6 +304,17 @@ def _balanced_weight(y: np.ndarray) -> np.ndarray:
     return np.where(y == 1, w_pos, w_neg)
 
 
+def _balanced(weight: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Row weights (n,) scaled so that each class of y (0/1) weighs n / 2 in all."""
+    out = np.asarray(weight, np.float64).copy()
+    for cls in (True, False):
+        rows = (y == 1) == cls
+        total = out[rows].sum()
+        if total > 0:
+            out[rows] *= 0.5 * y.size / total
+    return out
+
+
 def _class_weights(y: np.ndarray) -> tuple[float, float]:
     """The weight of one row of class 0 and of class 1 in y (n,) 0/1 that gives both classes
     the same total (n / 2 each)."""
@@ -325,7 +336,10 @@ def _chunks(n: int) -> list:
 def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
                           anchor: np.ndarray, anchor_non: np.ndarray, seed: int = 0,
                           n_folds: int = 3, max_train: int = 200_000,
-                          candidate_rows: np.ndarray | None = None) -> MatchModel | None:
+                          candidate_rows: np.ndarray | None = None,
+                          non_weight: np.ndarray | None = None,
+                          fold_key: np.ndarray | None = None, prior: float | None = None,
+                          n_bags: int | None = None) -> MatchModel | None:
     """Fit the match probability of candidate pairs against same-session non-matches.
 
     candidates: (P, K) evidence of the cross-session candidate pairs, an array or a
@@ -337,6 +351,13 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
     rows. The cross-fitted scores are then calibrated to the share of candidates by isotonic
     regression, the mean of bootstrap fits (_fit_calibration; a monotone map, so it keeps
     the ranking). Returns None when either set is too small to fit (fewer than 50 rows).
+
+    For known non-matches derived from sure matches (kilomatch.derived_non_matches):
+    non_weight (Q,) weighs each non-match row in the trees and in the calibration (each class
+    still weighs half); fold_key (P' + Q,) of the rows used, candidates first: rows of one
+    key >= 0 share a fold (-1: a random fold); prior: the share of matches, when it is not
+    to be estimated from these rows' anchor; n_bags: the calibration's bootstrap fits
+    (None: CALIBRATION_BAGS; 0: one isotonic fit).
     """
     rows = np.arange(len(candidates)) if candidate_rows is None else np.asarray(candidate_rows)
     n_c, n_n = len(rows), len(non_matches)
@@ -353,12 +374,20 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
     y = np.r_[np.ones(n_c, np.int8), np.zeros(n_n, np.int8)]
     # the same shuffle as of the int64 fold numbers (it moves positions, not values): 1 byte each
     fold = rng.permutation((np.arange(y.size) % n_folds).astype(np.int8))
+    if fold_key is not None:
+        keyed = fold_key >= 0
+        keys, at = np.unique(fold_key[keyed], return_inverse=True)
+        fold[keyed] = rng.permutation((np.arange(keys.size) % n_folds).astype(np.int8))[at]
+    row_weight = None if non_weight is None else np.r_[np.ones(n_c), non_weight]
     score = np.empty(y.size)
     with _one_thread():
         models, edges, raw = _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed,
-                                        score)
-    calibration = _fit_calibration(score, y, seed)
-    prior = match_prior(anchor, anchor_non)
+                                        score, row_weight)
+    calibration = _fit_calibration(score, y, seed,
+                                   CALIBRATION_BAGS if n_bags is None else n_bags,
+                                   weight=row_weight)
+    if prior is None:
+        prior = match_prior(anchor, anchor_non)
     g = _calibrated(calibration, score)
     log.info("match probability: %d candidate pairs, %d same-session pairs; estimated "
              "fraction of matches among candidate pairs %.4f", n_c, n_n, prior)
@@ -393,11 +422,13 @@ class Calibration:
         return np.interp(np.asarray(score, np.float64), self.knots, self.share)
 
 
-def _score_bins(score: np.ndarray, y: np.ndarray, n_bins: int) -> tuple:
+def _score_bins(score: np.ndarray, y: np.ndarray, n_bins: int,
+                weight: np.ndarray | None = None) -> tuple:
     """Pool the scores (n,) into at most n_bins bins of about equal count (tied scores never
     split; a bin per distinct score where there are at most n_bins of them): (knots (K,) mean
-    score of each non-empty bin, counts (2, K) of class 0 and 1), CHUNK_ROWS at a time (one
-    partitioned copy of the scores for the edges)."""
+    score of each non-empty bin, counts (2, K) of class 0 and 1, each row counted with its
+    ``weight`` (n,) when given), CHUNK_ROWS at a time (one partitioned copy of the scores for
+    the edges)."""
     distinct = np.unique(score) if score.size <= DISTINCT_MAX_ROWS else None
     if distinct is not None and distinct.size <= n_bins:
         edges = distinct[:-1]  # a bin per distinct score: the fit on every row
@@ -407,27 +438,33 @@ def _score_bins(score: np.ndarray, y: np.ndarray, n_bins: int) -> tuple:
     n_slots = edges.size + 1
     counts = np.zeros((2, n_slots))
     total = np.zeros(n_slots)
+    rows = np.zeros(n_slots)
     for part in _chunks(score.size):
         slot = np.searchsorted(edges, score[part], side="left")
         total += np.bincount(slot, weights=score[part], minlength=n_slots)
         ones = y[part] == 1
-        counts[1] += np.bincount(slot[ones], minlength=n_slots)
-        counts[0] += np.bincount(slot[~ones], minlength=n_slots)
-    in_bin = counts.sum(axis=0)
+        w = None if weight is None else weight[part]
+        counts[1] += np.bincount(slot[ones], None if w is None else w[ones], n_slots)
+        counts[0] += np.bincount(slot[~ones], None if w is None else w[~ones], n_slots)
+        if weight is not None:
+            rows += np.bincount(slot, minlength=n_slots)
+    # a bin's knot is the mean of its rows' scores, whatever they weigh (divided by the
+    # weighted count, the knots left their order: the calibration read garbage)
+    in_bin = counts.sum(axis=0) if weight is None else rows
     used = in_bin > 0
     return total[used] / in_bin[used], counts[:, used]
 
 
 def _fit_calibration(score: np.ndarray, y: np.ndarray, seed: int = 0,
-                     n_bags: int = CALIBRATION_BAGS,
-                     n_bins: int = CALIBRATION_BINS) -> Calibration:
+                     n_bags: int = CALIBRATION_BAGS, n_bins: int = CALIBRATION_BINS,
+                     weight: np.ndarray | None = None) -> Calibration:
     """The calibration of cross-fitted scores (n,) of class y (n,) 0/1 (1: candidate): the
     mean over ``n_bags`` Poisson bootstraps (seeded; 0: one fit on the pairs as they are) of
     an isotonic regression of the class on the binned scores, each class weighted to the same
     total. scikit-learn's fit on every row held ~10 copies of its input (2.7 GB for the 27 M
     rows at 10^5 units); on the bins it holds a few thousand rows."""
     from sklearn.isotonic import IsotonicRegression
-    knots, counts = _score_bins(np.asarray(score, np.float64), np.asarray(y), n_bins)
+    knots, counts = _score_bins(np.asarray(score, np.float64), np.asarray(y), n_bins, weight)
     rng = np.random.default_rng([seed, 7])
     x = np.r_[knots, knots]
     cls = np.r_[np.zeros(knots.size), np.ones(knots.size)]
@@ -451,7 +488,8 @@ def _calibrated(calibration, score: np.ndarray) -> np.ndarray:
     return out
 
 
-def _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed, score) -> tuple:
+def _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed, score,
+               row_weight=None) -> tuple:
     """Fit one classifier per fold on the other folds; fill ``score`` (n,) of each fold's
     rows from the model that did not see them (``evidence(rows)``: those rows' evidence).
     Returns the models, each one's bin edges (bin_edges of its training rows) and each
@@ -476,7 +514,8 @@ def _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed, score) -> tuple
         with threadpool_limits(1, user_api="openmp"):
             for k in folds:
                 train = trains[k]
-                weight = _balanced_weight(y[train])
+                weight = (_balanced_weight(y[train]) if row_weight is None
+                          else _balanced(row_weight[train], y[train]))
                 x = evidence(train)
                 edges = bin_edges(x, weight)
                 model = _classifier(seed + k).fit(to_bins(x, edges), y[train],

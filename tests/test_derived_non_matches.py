@@ -1,0 +1,128 @@
+"""Known non-matches derived from sure matches (kilomatch.derived_non_matches) and the match
+probability's second fit with them (kilomatch.linking.fit_with_derived)."""
+
+import numpy as np
+import pytest
+
+from kilomatch import derived_non_matches as dnm
+from kilomatch import linking
+from kilomatch.probability import _calibrated, _fit_calibration
+
+# Neuron A: units 0 (session 0), 2 (session 1), 4 (session 2); neuron B: units 1 (session 0)
+# and 3 (session 1). Sure matches join A's units and B's units.
+SESSION = np.array([0, 0, 1, 1, 2])
+DEPTH = np.array([100.0, 120.0, 101.0, 119.0, 100.0])
+SURE = np.array([[0, 2], [2, 4], [1, 3]])
+GROUP = dnm.sure_groups(5, np.vstack([SURE, [[0, 3]]]), np.array([0.995, 0.99, 0.999, 0.98]))
+SAME_SESSION = np.array([[0, 1], [2, 3]])
+
+
+def test_sure_matches_group_units_and_a_less_sure_pair_does_not():
+    assert GROUP[0] == GROUP[2] == GROUP[4] != GROUP[1] == GROUP[3]
+
+
+def test_two_units_of_one_session_make_every_pair_of_their_groups_a_known_non_match():
+    pairs, weight, same_weight = dnm.derive(SAME_SESSION, GROUP, SESSION, DEPTH,
+                                            np.ones(5, bool), 100.0)
+    # every pair of an A unit and a B unit of two sessions (pairs of one session are the
+    # same-session pairs themselves)
+    assert pairs.tolist() == [[0, 3], [1, 2], [1, 4], [3, 4]]
+    # each same-session pair and its four derived pairs weigh 1 together; every derived
+    # pair is reached from both same-session pairs
+    np.testing.assert_allclose(same_weight, [0.2, 0.2])
+    np.testing.assert_allclose(weight, [0.4] * 4)
+    assert same_weight.sum() + weight.sum() == pytest.approx(len(SAME_SESSION))
+
+
+def test_far_unusable_and_within_group_pairs_are_not_derived():
+    usable = np.ones(5, bool)
+    usable[3] = False
+    depth = DEPTH.copy()
+    depth[4] = 400.0  # 280-300 um from B's units
+    pairs, weight, same_weight = dnm.derive(SAME_SESSION, GROUP, SESSION, depth, usable, 100.0)
+    assert pairs.tolist() == [[1, 2]]
+    # a same-session pair whose two units are one group (a sorter's split) proves nothing
+    one_group = np.zeros(5, np.int64)
+    pairs, weight, same_weight = dnm.derive(SAME_SESSION, one_group, SESSION, DEPTH,
+                                            np.ones(5, bool), 100.0)
+    assert len(pairs) == 0 and same_weight.tolist() == [1.0, 1.0]
+
+
+def test_too_many_derived_pairs_are_not_made(monkeypatch):
+    monkeypatch.setattr(dnm, "MAX_DERIVED", 5)
+    assert dnm.derive(SAME_SESSION, GROUP, SESSION, DEPTH, np.ones(5, bool), 100.0) is None
+
+
+def test_the_pairs_of_two_groups_share_a_fold_key():
+    keys = dnm.fold_keys(np.array([[0, 1], [2, 3], [0, 3], [4, 1], [0, 2]]), GROUP)
+    assert keys[0] == keys[1] == keys[2] == keys[3] >= 0
+    assert keys[4] == -1  # within one group: a random fold
+
+
+def test_weighted_calibration_is_the_calibration_of_the_rows_repeated():
+    """Weights count as repeated rows: the knots (each bin's mean score) stay the scores',
+    not the scores over the weighted counts (which put them out of order)."""
+    rng = np.random.default_rng(0)
+    score = np.round(rng.random(400), 3)
+    score = np.unique(score)[:300]
+    y = (rng.random(score.size) < score).astype(np.int8)
+    w = rng.integers(1, 4, score.size)
+    weighted = _fit_calibration(score, y, n_bags=0, weight=w.astype(float))
+    repeated = _fit_calibration(np.repeat(score, w), np.repeat(y, w), n_bags=0)
+    np.testing.assert_allclose(_calibrated(weighted, score), _calibrated(repeated, score))
+
+
+def _toy_study(seed=0, n_neurons=120, n_sessions=5):
+    """Units of neurons seen in every session: positions jitter by 2 um, similarity is high
+    for a neuron's own pairs and falls with distance for two neurons'."""
+    rng = np.random.default_rng(seed)
+    place = np.column_stack([rng.uniform(0, 40, n_neurons), rng.uniform(0, 2000, n_neurons),
+                             rng.uniform(10, 60, n_neurons)])
+    neuron = np.tile(np.arange(n_neurons), n_sessions)
+    session = np.repeat(np.arange(n_sessions), n_neurons)
+    positions = place[neuron] + rng.normal(0, 2.0, (neuron.size, 3))
+    depth = positions[:, 1]
+    i, j = np.triu_indices(neuron.size, 1)
+    near = (np.abs(depth[i] - depth[j]) <= 100) & (session[i] != session[j])
+    pairs = np.column_stack([i[near], j[near]])
+    same = neuron[pairs[:, 0]] == neuron[pairs[:, 1]]
+    z = np.where(same, rng.normal(1.4, 0.35, len(pairs)), rng.normal(0.5, 0.35, len(pairs)))
+
+    def similarities(q):
+        q = np.asarray(q)
+        out = np.empty((len(q), 2))
+        key = {(a, b): v for (a, b), v in zip(map(tuple, pairs), z)}
+        for k, (a, b) in enumerate(q):
+            if (a, b) in key:
+                out[k] = key[(a, b)], key[(a, b)] * 0.8
+            else:  # a same-session pair: two neurons
+                v = np.random.default_rng([seed, a, b]).normal(0.5, 0.35)
+                out[k] = v, v * 0.8
+        return out
+    return pairs, similarities, positions, session, neuron
+
+
+def test_the_second_fit_runs_on_its_own_rows_and_keeps_the_same_session_level():
+    pairs, similarities, positions, session, neuron = _toy_study()
+    n = len(session)
+    ones = np.ones(n)
+
+    def fit(derived):
+        return linking.fit_links(pairs, similarities, positions, 100 * ones, 1000 * ones,
+                                 session, np.zeros(n, int), 100.0, 5, seed=0,
+                                 with_clusters=False, gap_prior=True, derived=derived)
+
+    off, _ = fit(False)
+    on, _ = fit(True)
+    again, _ = fit(True)
+    np.testing.assert_array_equal(on.candidate_probability, again.candidate_probability)
+    assert not np.array_equal(on.candidate_probability, off.candidate_probability)
+    # the second model saw the derived pairs among its known non-matches ...
+    assert on.model.n_non_matches > 2 * off.model.n_non_matches
+    # ... while the cut veto's level is still read over the same-session pairs alone
+    assert on.model.non_match_probability.size == off.model.non_match_probability.size
+    truth = neuron[pairs[:, 0]] == neuron[pairs[:, 1]]
+    # a plain study: both fits tell the matches from the non-matches
+    for links in (off, on):
+        p = links.candidate_probability
+        assert p[truth].mean() > 0.9 and p[~truth].mean() < 0.05

@@ -216,8 +216,7 @@ def _every_pair(model, pairs, fit_c, similarity_of_candidates, positions, amplit
 def fit_with_derived(x_cand, x_same, same, fit_c, p, pairs, evidence, depth, session, usable,
                      anchor, anchor_same, max_distance, far, seed):
     """The match probability fitted again with known non-matches derived from the sure
-    matches of a first fit (kilomatch.derived_non_matches), or None when there are none (or
-    too many to make).
+    matches of a first fit (kilomatch.derived_non_matches), or None when there are none.
 
     x_cand: the candidates' evidence (LazyEvidence); x_same (Q, K), same (Q, 2): the fit's
     same-session pairs; fit_c: the candidate rows of the fit; p (P,): the first fit's
@@ -235,13 +234,8 @@ def fit_with_derived(x_cand, x_same, same, fit_c, p, pairs, evidence, depth, ses
     from .probability import match_prior
 
     group = dnm.sure_groups(depth.size, pairs, p)
-    made = dnm.derive(same, group, session, depth, usable, max_distance)
-    if made is None:
-        log.warning("match probability: more than %d known non-matches would be derived "
-                    "from the sure matches; fitted with the same-session pairs only",
-                    dnm.MAX_DERIVED)
-        return None
-    derived, weight, same_weight = made
+    derived, weight, same_weight = dnm.derive(same, group, session, depth, usable,
+                                              max_distance, seed)
     if not len(derived):
         return None
     log.info("match probability: %d known non-matches across sessions derived from %d sure "

@@ -215,8 +215,9 @@ PARAMETERS: tuple[Param, ...] = (
           "groups' units a known non-match), folds per pair of groups and one isotonic fit "
           "(README, \"Match probability\"). Off by default: on the accuracy suite it raised "
           "F1 and the calibration on every pair of seeds measured but lowered precision on "
-          "high-turnover studies, and it doubles the probability's time; more than "
-          "5,000,000 derived pairs are not made (a warning; the first fit is kept)."),
+          "high-turnover studies, and it takes the probability two to three times as long; "
+          "past 50 pairs of the two groups' units per same-session pair (or 5,000,000) a "
+          "seeded random draw of them is taken."),
     Param("clustering.oversized_clusters", "str", "core",
           "What the final clustering makes of a cluster of HDBSCAN's tree with more units "
           "than sessions that never splits into two clusters, only sheds units one by one: "

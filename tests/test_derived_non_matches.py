@@ -48,9 +48,21 @@ def test_far_unusable_and_within_group_pairs_are_not_derived():
     assert len(pairs) == 0 and same_weight.tolist() == [1.0, 1.0]
 
 
-def test_too_many_derived_pairs_are_not_made(monkeypatch):
-    monkeypatch.setattr(dnm, "MAX_DERIVED", 5)
-    assert dnm.derive(SAME_SESSION, GROUP, SESSION, DEPTH, np.ones(5, bool), 100.0) is None
+def test_past_the_budget_a_seeded_draw_of_the_pairs_is_taken(monkeypatch):
+    # 2 same-session pairs x 6 pairs of their groups' units: 12, of which 8 pass
+    monkeypatch.setattr(dnm, "PER_SAME_SESSION", 3)
+    args = (SAME_SESSION, GROUP, SESSION, DEPTH, np.ones(5, bool), 100.0)
+    pairs, weight, same_weight = dnm.derive(*args, seed=1)
+    assert set(map(tuple, pairs)) <= {(0, 3), (1, 2), (1, 4), (3, 4)}
+    # 6 of the 12 drawn: fewer derived pairs reached from each same-session pair, which
+    # with them still weighs 1
+    assert np.all(same_weight > 0.2)
+    assert same_weight.sum() + weight.sum() == pytest.approx(len(SAME_SESSION))
+    again = dnm.derive(*args, seed=1)
+    np.testing.assert_array_equal(again[0], pairs)
+    np.testing.assert_array_equal(again[1], weight)
+    monkeypatch.setattr(dnm, "PER_SAME_SESSION", 100)
+    assert len(dnm.derive(*args, seed=1)[0]) == 4
 
 
 def test_the_pairs_of_two_groups_share_a_fold_key():

@@ -67,14 +67,11 @@ def derive(same_session: np.ndarray, group: np.ndarray, session: np.ndarray,
     budget = min(PER_SAME_SESSION * len(same_session), MAX_DERIVED)
     # every (member of a's group, member of b's group) of every same-session pair, or a
     # random draw of them: the i-th of them is the k-th of same-session pair `source`
-    if total > budget:
-        index = np.sort(np.random.default_rng([seed, 11]).choice(total, budget, replace=False))
-        end = np.cumsum(count)
-        source = np.searchsorted(end, index, side="right")
-        k = index - (end - count)[source]
-    else:
-        source = np.repeat(np.arange(len(same_session)), count)
-        k = np.arange(total) - np.repeat(np.cumsum(count) - count, count)
+    index = np.arange(total) if total <= budget else np.sort(
+        np.random.default_rng([seed, 11]).choice(total, budget, replace=False))
+    end = np.cumsum(count)
+    source = np.searchsorted(end, index, side="right")
+    k = index - (end - count)[source]
     width = size[gb][source]
     u = order[start[ga[source]] + k // width]
     v = order[start[gb[source]] + k % width]

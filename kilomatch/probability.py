@@ -305,7 +305,9 @@ def _balanced_weight(y: np.ndarray) -> np.ndarray:
 
 
 def _balanced(weight: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Row weights (n,) scaled so that each class of y (0/1) weighs n / 2 in all."""
+    """Row weights (n,) scaled so that each class of y (0/1) weighs n / 2 in all.
+    (_balanced_weight is this for weights of 1, in another order of float operations that
+    today's fits keep, byte for byte.)"""
     out = np.asarray(weight, np.float64).copy()
     for cls in (True, False):
         rows = (y == 1) == cls
@@ -446,13 +448,11 @@ def _score_bins(score: np.ndarray, y: np.ndarray, n_bins: int,
         w = None if weight is None else weight[part]
         counts[1] += np.bincount(slot[ones], None if w is None else w[ones], n_slots)
         counts[0] += np.bincount(slot[~ones], None if w is None else w[~ones], n_slots)
-        if weight is not None:
-            rows += np.bincount(slot, minlength=n_slots)
+        rows += np.bincount(slot, minlength=n_slots)
     # a bin's knot is the mean of its rows' scores, whatever they weigh (divided by the
     # weighted count, the knots left their order: the calibration read garbage)
-    in_bin = counts.sum(axis=0) if weight is None else rows
-    used = in_bin > 0
-    return total[used] / in_bin[used], counts[:, used]
+    used = rows > 0
+    return total[used] / rows[used], counts[:, used]
 
 
 def _fit_calibration(score: np.ndarray, y: np.ndarray, seed: int = 0,

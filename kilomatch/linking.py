@@ -110,7 +110,8 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
               n_spikes: np.ndarray, session: np.ndarray, shank: np.ndarray,
               max_distance: float, max_cluster_size: int, seed: int = 0,
               with_clusters: bool = True, not_non_matches: np.ndarray | None = None,
-              gap_prior: bool = False, derived: bool = False):
+              gap_prior: bool = False, derived: bool = False,
+              sure: np.ndarray | None = None):
     """Fit the match probability on one probe or shank and cluster by it.
 
     pairs: (P, 2) candidate pairs; similarities: callable, (Q, 2) pairs -> (Q, F) Fisher z of
@@ -123,7 +124,10 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     non-matches. gap_prior: each pair's probability at the prior of its session gap
     (probability.prior_by_gap), not the one prior of every candidate pair. derived: fit a
     second time with known non-matches across sessions derived from the first fit's sure
-    matches (kilomatch.derived_non_matches, fit_with_derived).
+    matches (kilomatch.derived_non_matches, fit_with_derived). sure: with ``derived``, (P,)
+    bool, the candidate pairs that group units for the derivation instead (the final
+    clustering's good matches): the probability is then fitted once, with the derived
+    pairs.
     """
     n = positions.shape[0]
 
@@ -154,16 +158,23 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     # anchor holds more same-session pairs, and their count is what limits the estimate.)
     far = ANCHOR_SHARE * max_distance
     anchor, anchor_non = _far_apart(depth, pairs, fit_c, far), _far_apart(depth, non, fit_n, far)
-    model = fit_match_probability(x_cand, x_non[fit_n], anchor, anchor_non, seed,
-                                  candidate_rows=fit_c)
+
+    def with_derived(grouping):
+        return fit_with_derived(x_cand, x_non[fit_n], non[fit_n], fit_c, grouping, pairs,
+                                evidence, depth, session, inside, anchor, anchor_non,
+                                max_distance, far, seed)
+
+    # Given sure pairs, the derived non-matches are known before any fit: one fit with them.
+    model = with_derived(np.asarray(sure, np.float64)) if derived and sure is not None else None
     if model is None:
-        return None
+        model = fit_match_probability(x_cand, x_non[fit_n], anchor, anchor_non, seed,
+                                      candidate_rows=fit_c)
+        if model is None:
+            return None
     p, score = _every_pair(model, pairs, fit_c, similarity_of_candidates, positions, amplitude,
                            n_spikes)
-    if derived:
-        again = fit_with_derived(x_cand, x_non[fit_n], non[fit_n], fit_c, p, pairs, evidence,
-                                 depth, session, inside, anchor, anchor_non, max_distance,
-                                 far, seed)
+    if derived and sure is None:
+        again = with_derived(p)
         if again is not None:
             model = again
             p, score = _every_pair(model, pairs, fit_c, similarity_of_candidates, positions,
@@ -215,12 +226,13 @@ def _every_pair(model, pairs, fit_c, similarity_of_candidates, positions, amplit
 
 def fit_with_derived(x_cand, x_same, same, fit_c, p, pairs, evidence, depth, session, usable,
                      anchor, anchor_same, max_distance, far, seed):
-    """The match probability fitted again with known non-matches derived from the sure
-    matches of a first fit (kilomatch.derived_non_matches), or None when there are none.
+    """The match probability fitted with known non-matches derived from sure matches
+    (kilomatch.derived_non_matches), or None when there are none.
 
     x_cand: the candidates' evidence (LazyEvidence); x_same (Q, K), same (Q, 2): the fit's
     same-session pairs; fit_c: the candidate rows of the fit; p (P,): the first fit's
-    probability of every candidate pair (P, 2), before the prior by gap; evidence: pairs ->
+    probability of every candidate pair (P, 2), before the prior by gap, or 1 for the sure
+    pairs given and 0 for the others (sure matches: p >= 0.99); evidence: pairs ->
     their evidence; depth, session, usable (N,): corrected depth (um), session, inside the
     fit's window; anchor, anchor_same: the candidates' and same-session pairs' rows farther
     apart than the prior's anchor ``far`` (um).
@@ -239,7 +251,7 @@ def fit_with_derived(x_cand, x_same, same, fit_c, p, pairs, evidence, depth, ses
     if not len(derived):
         return None
     log.info("match probability: %d known non-matches across sessions derived from %d sure "
-             "pairs (%d groups of units); fitted again", len(derived),
+             "pairs (%d groups of units); fitted with them", len(derived),
              int(np.count_nonzero(p >= dnm.SURE_PROBABILITY)), int(group.max()) + 1)
     anchor_derived = _far_apart(depth, derived, None, far)
     keys = np.r_[dnm.fold_keys(pairs[fit_c], group),

@@ -935,7 +935,9 @@ def fit_probability(data: Dataset, units: UnitFeatures, final: RoundResult, s: S
                                with_clusters=s.clustering.method == "probability",
                                not_non_matches=sorter_splits,
                                gap_prior=s.clustering.match_prior_by_gap,
-                               derived=s.clustering.derived_non_matches)
+                               derived=s.clustering.derived_non_matches,
+                               sure=(final.clustering.good
+                                     if s.clustering.derived_from == "clustering" else None))
     if fitted is None:
         log.warning("too few pairs to fit the match probability: no probability is reported "
                     "and the final clusters come from the weighted similarity")

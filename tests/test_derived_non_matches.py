@@ -138,3 +138,45 @@ def test_the_second_fit_runs_on_its_own_rows_and_keeps_the_same_session_level():
     for links in (off, on):
         p = links.candidate_probability
         assert p[truth].mean() > 0.9 and p[~truth].mean() < 0.05
+
+
+def test_sure_pairs_given_fit_the_probability_once_with_the_derived_pairs(monkeypatch):
+    """With the sure pairs given (clustering.derived_from 'clustering': the final clustering's
+    good matches), the known non-matches are derived from their groups and the probability
+    is fitted once, with them; without, a first fit finds the sure pairs and a second fit
+    follows."""
+    pairs, similarities, positions, session, neuron = _toy_study()
+    n = len(session)
+    ones = np.ones(n)
+    truth = neuron[pairs[:, 0]] == neuron[pairs[:, 1]]
+    fits = []
+    fit_match_probability = linking.fit_match_probability
+
+    def counted(*args, **kwargs):
+        fits.append(len(args[1]))  # the known non-matches of this fit
+        return fit_match_probability(*args, **kwargs)
+
+    monkeypatch.setattr(linking, "fit_match_probability", counted)
+
+    def fit(derived, sure=None):
+        fits.clear()
+        links, _ = linking.fit_links(pairs, similarities, positions, 100 * ones, 1000 * ones,
+                                     session, np.zeros(n, int), 100.0, 5, seed=0,
+                                     with_clusters=False, gap_prior=True, derived=derived,
+                                     sure=sure)
+        return links, list(fits)
+
+    off, off_fits = fit(False)
+    given, given_fits = fit(True, sure=truth)
+    _, two_fits = fit(True)
+    assert len(off_fits) == 1 and len(two_fits) == 2 and len(given_fits) == 1
+    # the one fit saw the derived pairs among its known non-matches
+    assert given_fits[0] > 2 * off_fits[0]
+    assert given.model.non_match_probability.size == off.model.non_match_probability.size
+    p = given.candidate_probability
+    assert p[truth].mean() > 0.9 and p[~truth].mean() < 0.05
+    # sure pairs with no same-session pair between their groups derive nothing: the
+    # probability is the plain fit's
+    none_sure, none_fits = fit(True, sure=np.zeros(len(pairs), bool))
+    assert len(none_fits) == 1
+    np.testing.assert_array_equal(none_sure.candidate_probability, off.candidate_probability)

@@ -30,16 +30,15 @@ PER_SAME_SESSION = 50
 MAX_DERIVED = 5_000_000
 
 
-def sure_groups(n_units: int, pairs: np.ndarray, probability: np.ndarray,
-                level: float = SURE_PROBABILITY) -> np.ndarray:
+def sure_groups(n_units: int, pairs: np.ndarray, sure: np.ndarray) -> np.ndarray:
     """Group id (N,) int64 of every unit: the connected components of the candidate pairs
-    (P, 2) of ``probability`` (P,) at least ``level``; a unit in no such pair is a group of
-    its own."""
+    (P, 2) that ``sure`` (P,) bool marks (e.g. probability >= SURE_PROBABILITY); a unit in
+    no such pair is a group of its own."""
     from scipy import sparse
     from scipy.sparse.csgraph import connected_components
 
-    sure = np.asarray(pairs)[np.asarray(probability) >= level]
-    graph = sparse.coo_matrix((np.ones(len(sure)), (sure[:, 0], sure[:, 1])),
+    joined = np.asarray(pairs)[np.asarray(sure, bool)]
+    graph = sparse.coo_matrix((np.ones(len(joined)), (joined[:, 0], joined[:, 1])),
                               shape=(n_units, n_units))
     return connected_components(graph, directed=False)[1].astype(np.int64)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import derived_non_matches as dnm
 from .clustering import sparse_hdbscan
 from .probability import (LazyEvidence, MatchModel, _chunks, fit_match_probability,
                           pair_evidence, prior_by_gap, same_session_pairs, with_gap_prior)
@@ -159,13 +160,13 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     far = ANCHOR_SHARE * max_distance
     anchor, anchor_non = _far_apart(depth, pairs, fit_c, far), _far_apart(depth, non, fit_n, far)
 
-    def with_derived(grouping):
-        return fit_with_derived(x_cand, x_non[fit_n], non[fit_n], fit_c, grouping, pairs,
+    def with_derived(sure_pairs):
+        return fit_with_derived(x_cand, x_non[fit_n], non[fit_n], fit_c, sure_pairs, pairs,
                                 evidence, depth, session, inside, anchor, anchor_non,
                                 max_distance, far, seed)
 
     # Given sure pairs, the derived non-matches are known before any fit: one fit with them.
-    model = with_derived(np.asarray(sure, np.float64)) if derived and sure is not None else None
+    model = with_derived(np.asarray(sure, bool)) if derived and sure is not None else None
     if model is None:
         model = fit_match_probability(x_cand, x_non[fit_n], anchor, anchor_non, seed,
                                       candidate_rows=fit_c)
@@ -174,7 +175,7 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     p, score = _every_pair(model, pairs, fit_c, similarity_of_candidates, positions, amplitude,
                            n_spikes)
     if derived and sure is None:
-        again = with_derived(p)
+        again = with_derived(p >= dnm.SURE_PROBABILITY)
         if again is not None:
             model = again
             p, score = _every_pair(model, pairs, fit_c, similarity_of_candidates, positions,
@@ -224,15 +225,15 @@ def _every_pair(model, pairs, fit_c, similarity_of_candidates, positions, amplit
     return p, score
 
 
-def fit_with_derived(x_cand, x_same, same, fit_c, p, pairs, evidence, depth, session, usable,
+def fit_with_derived(x_cand, x_same, same, fit_c, sure, pairs, evidence, depth, session, usable,
                      anchor, anchor_same, max_distance, far, seed):
     """The match probability fitted with known non-matches derived from sure matches
     (kilomatch.derived_non_matches), or None when there are none.
 
     x_cand: the candidates' evidence (LazyEvidence); x_same (Q, K), same (Q, 2): the fit's
-    same-session pairs; fit_c: the candidate rows of the fit; p (P,): the first fit's
-    probability of every candidate pair (P, 2), before the prior by gap, or 1 for the sure
-    pairs given and 0 for the others (sure matches: p >= 0.99); evidence: pairs ->
+    same-session pairs; fit_c: the candidate rows of the fit; sure (P,) bool: the candidate
+    pairs (P, 2) that group units (a first fit's probability, before the prior by gap, of
+    dnm.SURE_PROBABILITY or more, or the pairs given); evidence: pairs ->
     their evidence; depth, session, usable (N,): corrected depth (um), session, inside the
     fit's window; anchor, anchor_same: the candidates' and same-session pairs' rows farther
     apart than the prior's anchor ``far`` (um).
@@ -242,17 +243,16 @@ def fit_with_derived(x_cand, x_same, same, fit_c, p, pairs, evidence, depth, ses
     is one isotonic fit (averaging bootstrap fits blurs the step from non-matches to
     matches, and with this many known non-matches it no longer pays, benchmarks/RESULTS.md,
     "Session 35"); the prior stays the same-session pairs' estimate."""
-    from . import derived_non_matches as dnm
     from .probability import match_prior
 
-    group = dnm.sure_groups(depth.size, pairs, p)
+    group = dnm.sure_groups(depth.size, pairs, sure)
     derived, weight, same_weight = dnm.derive(same, group, session, depth, usable,
                                               max_distance, seed)
     if not len(derived):
         return None
     log.info("match probability: %d known non-matches across sessions derived from %d sure "
              "pairs (%d groups of units); fitted with them", len(derived),
-             int(np.count_nonzero(p >= dnm.SURE_PROBABILITY)), int(group.max()) + 1)
+             int(np.count_nonzero(sure)), int(group.max()) + 1)
     anchor_derived = _far_apart(depth, derived, None, far)
     keys = np.r_[dnm.fold_keys(pairs[fit_c], group),
                  dnm.fold_keys(np.vstack([same, derived]), group)]

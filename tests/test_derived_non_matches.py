@@ -13,7 +13,8 @@ from kilomatch.probability import _calibrated, _fit_calibration
 SESSION = np.array([0, 0, 1, 1, 2])
 DEPTH = np.array([100.0, 120.0, 101.0, 119.0, 100.0])
 SURE = np.array([[0, 2], [2, 4], [1, 3]])
-GROUP = dnm.sure_groups(5, np.vstack([SURE, [[0, 3]]]), np.array([0.995, 0.99, 0.999, 0.98]))
+GROUP = dnm.sure_groups(5, np.vstack([SURE, [[0, 3]]]),
+                        np.array([0.995, 0.99, 0.999, 0.98]) >= dnm.SURE_PROBABILITY)
 SAME_SESSION = np.array([[0, 1], [2, 3]])
 
 

@@ -327,6 +327,16 @@ PARAMETERS: tuple[Param, ...] = (
           "and by a factor 1.5 at least, and the mean match probability across is below 0.5 "
           "(pairs within clustering.max_session_gap). 0 turns it off.",
           min=0),
+    Param("autoCuration.similarity_step", "float", 1.0,
+          "Last split of the curation (clustering.method 'similarity'), for one neuron followed "
+          "by another at its place: each cluster of three sessions or more is cut in time "
+          "(units of the sessions up to one session against those after it; a side may be "
+          "one unit) where its candidate pairs across the cut are less alike than its pairs "
+          "within either side by more than this (mean Fisher z of Waveform + 0.3 AutoCorr, "
+          "each pair read at its session gap along the median fall of the clusters' "
+          "similarity with the gap), at the cut where they differ most; each side is tried "
+          "again. 0 turns it off (benchmarks/RESULTS.md, 'Session 37').",
+          min=0),
     Param("autoCuration.keep_sorter_splits", "bool", True,
           "Keep both units of one session in a cluster when their spike trains show they are "
           "one neuron that the sorter split in two (almost no spikes of one within the "

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from . import (channel_offsets, channel_windows, correction, curation, dead_channels,
                duplicate_units, export, features, fingerprint, joining, linking, lone_sessions,
                motion_initial, parallel, polarity, position_noise, session_timing,
-               sorter_splits)
+               similarity_step, sorter_splits)
 from .assemble import assemble, output_channels
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
@@ -750,6 +750,8 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                  "clusters -> %d, %d units in no cluster joined one", ac.join_probability,
                  np.unique(before[before >= 0]).size, np.unique(after[after >= 0]).size,
                  int(np.count_nonzero((before < 0) & (after >= 0))))
+    if ac.similarity_step > 0:
+        split_similarity_steps(cur, final, units.session0, ac.similarity_step)
     if fitted is not None:  # the probability is reported; the similarity made the clusters
         cur.links = fitted[0]
         # a final within-cluster pair is one of q_pairs (curation only takes units apart) or
@@ -760,8 +762,12 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         p_kept[~found] = linking.pair_lookup(final.pairs, cur.links.candidate_probability,
                                              kept[~found], len(labels))[1]
         cur.links.match_confidence = linking.match_confidence(len(labels), kept, p_kept)
-        cur.removed_probability = linking.pair_lookup(q_pairs, q_p, cur.removed_pairs,
-                                                      len(labels))[1]
+        found, cur.removed_probability = linking.pair_lookup(q_pairs, q_p, cur.removed_pairs,
+                                                             len(labels))
+        # a pair a join made and the similarity step took apart is a candidate pair
+        cur.removed_probability[~found] = linking.pair_lookup(
+            final.pairs, cur.links.candidate_probability, cur.removed_pairs[~found],
+            len(labels))[1]
     if ratio is not None or cur.split_distance_ratio is not None:
         # the split at distance's own removals carry the ratio it used
         cur.removed_distance_ratio = np.full(len(cur.removed_pairs), np.nan)
@@ -775,6 +781,25 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         _narrow_corrected(final)
     idx = renumber(cur.labels, start=1)
     return Result(s, data, units, motion, history, final, cur, idx, matched_pairs(idx))
+
+
+def split_similarity_steps(cur: curation.CurationResult, final: RoundResult,
+                           session: np.ndarray, step: float) -> None:
+    """The curation's last split (kilomatch.similarity_step): each cluster of ``cur.labels``
+    cut in time where its candidate pairs across are less alike than those within by more
+    than ``step``; ``cur`` is updated in place (labels, removed pairs and their reason)."""
+    value = similarity_step.step_similarity(final.pair_similarities, final.feature_names)
+    if value is None:
+        return
+    labels, removed, steps = similarity_step.split_at_similarity_step(
+        cur.labels, final.pairs, value, session, step)
+    if steps.size:
+        log.info("split at a step of similarity in time (autoCuration.similarity_step %g): %d "
+                 "clusters, %d pairs taken apart", step, steps.size, len(removed))
+    cur.labels = labels
+    cur.removed_pairs = np.concatenate([cur.removed_pairs, removed])
+    cur.removed_reason = np.concatenate([cur.removed_reason, np.full(
+        len(removed), curation.SIMILARITY_STEP, cur.removed_reason.dtype)])
 
 
 def _narrowed_original(units: UnitFeatures, data: Dataset, s: Settings):

@@ -19,8 +19,8 @@ from .curation import _cluster_members, dissolve_singletons
 
 # The similarity the step compares: Waveform + AUTOCORR_WEIGHT x AutoCorr (Fisher z). On the
 # accuracy suite the AutoCorr z of one neuron's pairs spreads 2-3 times as widely as the
-# Waveform z (interquartile range over the pairs the clusters hold: 0.8-1.4 against
-# 0.4-0.7), so each counts about alike per unit of its own spread; with flat ACGs the
+# Waveform z (interquartile range / 1.349 over the pairs the clusters hold: 0.8-1.4
+# against 0.4-0.7), so each counts about alike per unit of its own spread; with flat ACGs the
 # AutoCorr z barely varies and the Waveform decides (benchmarks/RESULTS.md, "Session 37").
 AUTOCORR_WEIGHT = 0.3
 

@@ -449,14 +449,20 @@ def split_successions(labels, pairs, probability, known, session, max_probabilit
             labels[units[lo:hi]] = next_label
             next_label += 1
         for lo, k, hi, reason in cuts:
-            a, b = np.meshgrid(units[lo:k], units[k:hi], indexing="ij")
-            removed.append(np.column_stack([np.minimum(a, b).ravel(), np.maximum(a, b).ravel()]))
-            reasons.append(np.full(a.size, reason, np.int8))
+            removed.append(pairs_across(units[lo:k], units[k:hi]))
+            reasons.append(np.full(len(removed[-1]), reason, np.int8))
     if not removed:
         return labels, np.empty((0, 2), np.int64), np.empty(0, np.int8)
     removed, reasons = np.concatenate(removed), np.concatenate(reasons)
     order = np.lexsort((removed[:, 1], removed[:, 0]))
     return labels, removed[order], reasons[order]
+
+
+def pairs_across(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Every pair (len(first) * len(second), 2) of a unit of ``first`` and one of ``second``,
+    the lower unit id first, in the order of first then second."""
+    a, b = np.meshgrid(first, second, indexing="ij")
+    return np.column_stack([np.minimum(a, b).ravel(), np.maximum(a, b).ravel()])
 
 
 def _split_average_linkage(labels, pairs, dissimilarity, limit: float,

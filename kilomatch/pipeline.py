@@ -754,20 +754,20 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         split_similarity_steps(cur, final, units.session0, ac.similarity_step)
     if fitted is not None:  # the probability is reported; the similarity made the clusters
         cur.links = fitted[0]
-        # a final within-cluster pair is one of q_pairs (curation only takes units apart) or
-        # a candidate pair (a join): either way it has its probability already
+
+        def probability_of(query):
+            # a pair of the final clustering's clusters is one of q_pairs, any other one a
+            # join made (a candidate pair): either way it has its probability already
+            found, p = linking.pair_lookup(q_pairs, q_p, query, len(labels))
+            p[~found] = linking.pair_lookup(final.pairs, cur.links.candidate_probability,
+                                            query[~found], len(labels))[1]
+            return p
+
         kept = curation.within_cluster_pairs(cur.labels)
         kept = kept[across_sessions(kept, units.session0)]
-        found, p_kept = linking.pair_lookup(q_pairs, q_p, kept, len(labels))
-        p_kept[~found] = linking.pair_lookup(final.pairs, cur.links.candidate_probability,
-                                             kept[~found], len(labels))[1]
-        cur.links.match_confidence = linking.match_confidence(len(labels), kept, p_kept)
-        found, cur.removed_probability = linking.pair_lookup(q_pairs, q_p, cur.removed_pairs,
-                                                             len(labels))
-        # a pair a join made and the similarity step took apart is a candidate pair
-        cur.removed_probability[~found] = linking.pair_lookup(
-            final.pairs, cur.links.candidate_probability, cur.removed_pairs[~found],
-            len(labels))[1]
+        cur.links.match_confidence = linking.match_confidence(len(labels), kept,
+                                                              probability_of(kept))
+        cur.removed_probability = probability_of(cur.removed_pairs)
     if ratio is not None or cur.split_distance_ratio is not None:
         # the split at distance's own removals carry the ratio it used
         cur.removed_distance_ratio = np.full(len(cur.removed_pairs), np.nan)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .curation import _cluster_members, dissolve_singletons
+from .curation import _cluster_members, dissolve_singletons, pairs_across
 
 # The similarity the step compares: Waveform + AUTOCORR_WEIGHT x AutoCorr (Fisher z). On the
 # accuracy suite the AutoCorr z of one neuron's pairs spreads 2-3 times as widely as the
@@ -42,7 +42,7 @@ def cut_steps(sessions: np.ndarray, first: np.ndarray, second: np.ndarray,
     """The cut in time of one cluster where the pairs across are least alike compared with
     the pairs within either side: (step, cut session), step = the mean over the pairs across
     of (value - expected), expected = the mean value of the pairs within, moved by ``slope``
-    (per session, <= 0: a neuron's own decline over days, pooled_gap_slope) from their mean
+    (per session, <= 0: a neuron's own decline over days, gap_slope) from their mean
     session gap to the pair's; (nan, -1) when no cut has pairs both across and within.
 
     sessions: (S,) sorted distinct sessions of the cluster's units (a cut after each but the
@@ -109,9 +109,7 @@ def split_at_similarity_step(labels: np.ndarray, pairs: np.ndarray, similarity: 
             labels[later] = next_label
             cut_now += [labels[earlier[0]], next_label]
             next_label += 1
-            a, b = np.meshgrid(earlier, later, indexing="ij")
-            removed.append(np.column_stack([np.minimum(a, b).ravel(),
-                                            np.maximum(a, b).ravel()]))
+            removed.append(pairs_across(earlier, later))
             steps.append(found)
         members = members_of(np.unique(cut_now)) if cut_now else []
     labels = dissolve_singletons(labels)

@@ -26,19 +26,25 @@ OFFSET_SHARE = 0.05
 
 def edge_baseline(values: np.ndarray) -> np.ndarray:
     """Baseline of each unit on each channel: (n, W, T) uV -> (n, W) float32 uV, the median
-    of the first and last max(T // 8, 3) samples."""
+    of the first and last max(T // 8, 3) samples (finite waveforms: the loader refuses
+    others)."""
     t = values.shape[2]
     edge = max(t // 8, 3)
     if 2 * edge >= t:
         return np.median(values, axis=2).astype(np.float32)
-    return np.median(np.concatenate([values[:, :, :edge], values[:, :, -edge:]], axis=2),
-                     axis=2).astype(np.float32)
+    # np.median's value (the mean of the two middle samples), from one sort of the few edge
+    # samples: np.median's own machinery took twice as long (0.09 s of the features at
+    # 1,615 units)
+    edges = np.sort(np.concatenate([values[:, :, :edge], values[:, :, -edge:]], axis=2),
+                    axis=2)
+    return ((edges[:, :, edge - 1] + edges[:, :, edge]) / 2).astype(np.float32)
 
 
-def offset_share(baseline: np.ndarray, values: np.ndarray) -> np.ndarray:
+def offset_share(baseline: np.ndarray, amplitude: np.ndarray) -> np.ndarray:
     """(n,) median over channels of |baseline| over the unit's largest peak-to-trough, from
-    baselines (n, W) and waveforms (n, W, T) on the same channels (0 for a flat unit)."""
-    amplitude = (values.max(axis=2) - values.min(axis=2)).max(axis=1)
+    baselines (n, W) and each unit's largest peak-to-trough over its channels (n,) uV (the
+    peak channel's, which the caller has: recomputing it from the waveforms was 0.08 s of
+    the features at 1,615 units); 0 for a flat unit."""
     level = np.median(np.abs(baseline), axis=1)
     return np.where(amplitude > 0, level / np.where(amplitude > 0, amplitude, 1.0), 0.0)
 

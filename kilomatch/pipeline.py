@@ -25,9 +25,9 @@ from .figure_inputs import figure_inputs
 from .figure_worker import FigureWorkers, draw_jobs
 from .logs import RunLog, setup_logging
 from .formats.folder import WAVEFORMS
-from .load import (Dataset, amplitude_unit_hint, channel_order_hint, iter_rows, judge_rows,
-                   load_dataset, load_given_motion, non_finite_problem, repeated_sessions_hint,
-                   session_amplitude_hint, warn_flat)
+from .load import (Dataset, amplitude_unit_hint, block_rows, channel_order_hint, iter_rows,
+                   judge_rows, load_dataset, load_given_motion, non_finite_problem,
+                   repeated_sessions_hint, session_amplitude_hint, warn_flat)
 from .motion import Motion, estimate_motion, motion_by_model
 from .parallel import map_units, n_workers, threads_for_pairs
 # The result types are defined in kilomatch.results and stay importable from here.
@@ -80,8 +80,9 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     positive = np.zeros(n, dtype=bool)  # peaks positive on its peak channel (polarity)
     finite = np.ones(n, dtype=bool)
     flat = np.zeros(n, dtype=bool)
-    for start, block in tqdm(iter_rows(data.waveforms), total=-(-n // 2048),
-                             desc="reading waveforms", disable=None, leave=False):
+    n_blocks = -(-n // block_rows(data.waveforms))
+    for start, block in tqdm(iter_rows(data.waveforms), total=n_blocks, desc="reading waveforms",
+                             disable=None, leave=False):
         rows = slice(start, start + block.shape[0])
         ptt[rows] = features.peak_to_trough(block)
         if not data.waveforms_checked:  # the loader left it to this read of the file
@@ -90,7 +91,8 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
         values[rows] = _on_windows(block, peak[rows], windows)
         if s.remove_channel_offsets:
             share[rows] = channel_offsets.offset_share(
-                channel_offsets.edge_baseline(values[rows]), values[rows])
+                channel_offsets.edge_baseline(values[rows]),
+                ptt[rows][np.arange(block.shape[0]), peak[rows]])
         positive[rows] = polarity.positive_peaked(block[np.arange(block.shape[0]), peak[rows]])
     source = data.path / WAVEFORMS if data.path is not None else WAVEFORMS
     if not finite.all():

@@ -6,10 +6,25 @@ import pytest
 
 from kilomatch.channel_offsets import (OFFSET_SHARE, edge_baseline, offset_share,
                                        sessions_with_offsets)
+from kilomatch.features import peak_to_trough
 from kilomatch.simulate import simulate, simulate_to_folder
 
 # the log's words for the step under test
 OFFSETS = "constant offset on each channel"
+
+
+@pytest.mark.parametrize("n_samples", [7, 40, 64, 82, 121])
+def test_edge_baseline_is_the_median_of_the_edge_samples(n_samples):
+    """The baseline is numpy's median of the first and last max(T // 8, 3) samples, bit for
+    bit, for even and odd numbers of them and when they would overlap (T < 8 * 3)."""
+    rng = np.random.default_rng(n_samples)
+    w = rng.normal(0, 20, (9, 5, n_samples)).astype(np.float32)
+    w[0, 0, :] = 3.0  # ties
+    edge = max(n_samples // 8, 3)
+    samples = w if 2 * edge >= n_samples else np.concatenate([w[:, :, :edge],
+                                                              w[:, :, -edge:]], axis=2)
+    expected = np.median(samples, axis=2).astype(np.float32)
+    np.testing.assert_array_equal(edge_baseline(w), expected)
 
 
 def test_offsets_are_measured_at_the_edges_and_judged_per_session():
@@ -24,9 +39,9 @@ def test_offsets_are_measured_at_the_edges_and_judged_per_session():
     shifted[third] += offset[None, :, None]
     np.testing.assert_allclose(edge_baseline(shifted[third]) - edge_baseline(w[third]),
                                np.broadcast_to(offset, (third.sum(), offset.size)), atol=1e-3)
-    clean = offset_share(edge_baseline(w), w)
+    clean = offset_share(edge_baseline(w), peak_to_trough(w).max(axis=1))
     assert np.median(clean) < OFFSET_SHARE / 5
-    share = offset_share(edge_baseline(shifted), shifted)
+    share = offset_share(edge_baseline(shifted), peak_to_trough(shifted).max(axis=1))
     np.testing.assert_array_equal(sessions_with_offsets(share, sim.session_index - 1, 3),
                                   [False, False, True])
 

@@ -321,14 +321,15 @@ def test_correct_local_with_whole_probe_windows_equals_correct_waveforms():
 # ------------------------------------------------------------------------- iter_rows
 
 def collect(arr, block):
-    """Concatenated blocks of iter_rows, checking the starts and dtype on the way."""
+    """Concatenated blocks of iter_rows, checking the starts and dtype on the way (each
+    block copied: its buffer is read into again for a later block)."""
     parts, expected_start = [], 0
     for start, rows in iter_rows(arr, block):
         assert start == expected_start
         assert rows.dtype == np.float32 and 1 <= rows.shape[0] <= block
         assert not isinstance(rows, np.memmap)
         expected_start += rows.shape[0]
-        parts.append(rows)
+        parts.append(rows.copy())
     assert expected_start == arr.shape[0]
     return np.concatenate(parts) if parts else np.empty((0,) + arr.shape[1:], np.float32)
 
@@ -382,6 +383,28 @@ def test_iter_rows_fallbacks_are_exact(tmp_path, layout, dtype):
         x = x[4:34]
     for block in (1, 8, 17, 100):
         np.testing.assert_array_equal(collect(arr, block), x.astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int16])
+def test_iter_rows_block_holds_until_the_next_is_asked_for(tmp_path, dtype):
+    """The next block is read in a thread while the caller works on this one, into buffers
+    used in turn: a caller that takes its time still sees its block's own values."""
+    import time
+    x = np.arange(40 * 3 * 4).reshape(40, 3, 4).astype(dtype)
+    np.save(tmp_path / "w.npy", x)
+    mm = np.load(tmp_path / "w.npy", mmap_mode="r")
+    for start, rows in iter_rows(mm, 3):
+        time.sleep(0.01)  # the reader has read the next block by now
+        np.testing.assert_array_equal(rows, x[start:start + 3].astype(np.float32))
+
+
+def test_block_rows_reads_a_bounded_number_of_bytes():
+    """Blocks of READ_BLOCK_BYTES (as float32 at least), one row at least."""
+    from kilomatch.load import READ_BLOCK_BYTES, block_rows
+    row = np.zeros((1, 384, 64), np.int16)
+    assert block_rows(row) == READ_BLOCK_BYTES // (384 * 64 * 4)
+    assert block_rows(np.zeros((1, 384, 64), np.float64)) == READ_BLOCK_BYTES // (384 * 64 * 8)
+    assert block_rows(np.zeros((2, READ_BLOCK_BYTES), np.float32)) == 1
 
 
 def test_iter_rows_empty_array(tmp_path):

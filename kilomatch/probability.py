@@ -194,16 +194,21 @@ def _tree_classifier():
     return HistGradientBoostingClassifier
 
 
-# 40 trees at learning rate 0.15, not 60 at 0.1: a third less of the fit's time, with the
-# accuracy suite unchanged within its seed noise (benchmarks/RESULTS.md, "Session 38").
-N_TREES, LEARNING_RATE = 40, 0.15
+# Number of trees and learning rate: 60 at 0.1, and for a large fit (THIN_MIN_ROWS pairs
+# beyond the anchor or more, whose far pairs are thinned, below) 40 at 0.15, a third less of
+# its time; the accuracy suite was unchanged within its seed noise with both (benchmarks/
+# RESULTS.md, "Session 38"). Small fits keep 60 trees: on the toy studies of the tests,
+# 40 ranked the matches a little worse.
+TREES = (60, 0.1)
+TREES_LARGE = (40, 0.15)
 
 
-def _classifier(seed: int):
+def _classifier(seed: int, trees: tuple = TREES):
     # No early stopping: it would hold out a random validation set; a fixed number of
     # shallow, regularised trees keeps the density ratio smooth where pairs are few.
+    n_trees, learning_rate = trees
     return _tree_classifier()(
-        max_iter=N_TREES, learning_rate=LEARNING_RATE, max_leaf_nodes=15, min_samples_leaf=40,
+        max_iter=n_trees, learning_rate=learning_rate, max_leaf_nodes=15, min_samples_leaf=40,
         max_bins=N_BINS, l2_regularization=1.0, early_stopping=False, random_state=seed)
 
 
@@ -390,7 +395,8 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
     score = np.empty(y.size)
     with _one_thread():
         models, edges, raw = _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed,
-                                        score, tree_weight, usable)
+                                        score, tree_weight, usable,
+                                        TREES if usable is None else TREES_LARGE)
     calibration = _fit_calibration(score, y, seed,
                                    CALIBRATION_BAGS if n_bags is None else n_bags,
                                    weight=row_weight)
@@ -405,18 +411,24 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
 
 
 # The trees train on one in THIN_ANCHOR of the candidate pairs beyond the prior's anchor
-# (each weighing THIN_ANCHOR): those pairs hold no match, so their evidence is one smooth
-# density, and they are most of the candidates (70% on the speed study). Every pair is still
-# scored and calibrated. 1: every pair.
+# (each weighing THIN_ANCHOR) when there are at least THIN_MIN_ROWS of them (a large fit,
+# which also takes TREES_LARGE): those pairs
+# hold no match, so their evidence is one smooth density, and they are most of the
+# candidates (70%, 44,000 pairs on the speed study). Every pair is still scored and
+# calibrated. Fewer are fitted fast anyway, and each then counts (on the 20 s sorted
+# sessions of tests/test_sorted_chain.py, thinned trees moved the two input routes'
+# clusters apart). THIN_ANCHOR 1: every pair.
 THIN_ANCHOR = 3
+THIN_MIN_ROWS = 10_000
 
 
 def _thinned(anchor: np.ndarray, n_non: int, row_weight: np.ndarray | None,
              seed: int) -> tuple:
     """The rows the trees may train on ((P + Q,) bool, or None for all) and their weights
-    ((P + Q,) or None), with the candidate rows beyond the anchor (P,) thinned to one in
-    THIN_ANCHOR, drawn with ``seed``, each kept one weighing THIN_ANCHOR."""
-    if THIN_ANCHOR <= 1 or not np.any(anchor):
+    ((P + Q,) or None), with the candidate rows beyond the anchor (P,), when there are
+    THIN_MIN_ROWS of them or more, thinned to one in THIN_ANCHOR, drawn with ``seed``, each
+    kept one weighing THIN_ANCHOR."""
+    if THIN_ANCHOR <= 1 or np.count_nonzero(anchor) < THIN_MIN_ROWS:
         return None, row_weight
     far = np.r_[np.asarray(anchor, bool), np.zeros(n_non, bool)]
     keep = np.random.default_rng([seed, 11]).random(far.size) * THIN_ANCHOR < 1
@@ -516,7 +528,7 @@ def _calibrated(calibration, score: np.ndarray) -> np.ndarray:
 
 
 def _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed, score,
-               row_weight=None, usable=None) -> tuple:
+               row_weight=None, usable=None, trees: tuple = TREES) -> tuple:
     """Fit one classifier per fold on the other folds; fill ``score`` (n,) of each fold's
     rows from the model that did not see them (``evidence(rows)``: those rows' evidence).
     Returns the models, each one's bin edges (bin_edges of its training rows) and each
@@ -545,7 +557,7 @@ def _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed, score,
                           else _balanced(row_weight[train], y[train]))
                 x = evidence(train)
                 edges = bin_edges(x, weight)
-                model = _classifier(seed + k).fit(to_bins(x, edges), y[train],
+                model = _classifier(seed + k, trees).fit(to_bins(x, edges), y[train],
                                                   sample_weight=weight)
                 fitted[k] = (model, edges, _checked_raw(model, edges,
                                                         on_raw_evidence(model, edges), x))

@@ -143,6 +143,10 @@ def test_trees_train_on_one_in_three_pairs_beyond_the_anchor():
     again, _ = probability._thinned(anchor, 5000, None, seed=2)
     other, _ = probability._thinned(anchor, 5000, None, seed=3)
     assert np.array_equal(usable, again) and not np.array_equal(usable, other)
+    # fewer pairs beyond the anchor than THIN_MIN_ROWS: every pair trains the trees
+    few = np.zeros(30_000, bool)
+    few[:probability.THIN_MIN_ROWS - 1] = True
+    assert probability._thinned(few, 5000, None, seed=2) == (None, None)
     # known non-matches' own weights (derived non-matches) are kept
     non_weight = rng.uniform(0.5, 2, 5000)
     _, weighted = probability._thinned(anchor, 5000, np.r_[np.ones(30_000), non_weight], 2)
@@ -156,6 +160,7 @@ def test_thinning_the_far_pairs_keeps_every_probability_close(monkeypatch):
     different seeds differ (0.037 against 0.056 here), and are as accurate (Brier score)."""
     from kilomatch import probability
     cand, truth, non = _mixture(3, n_non=1500, n_cand=6000)
+    monkeypatch.setattr(probability, "THIN_MIN_ROWS", 1000)  # the toy's 4,200 far pairs
     p = {}
     for thin, seed in ((1, 1), (1, 2), (3, 1)):
         monkeypatch.setattr(probability, "THIN_ANCHOR", thin)
@@ -507,9 +512,9 @@ from kilomatch import parallel, probability
 assert 'sklearn' not in sys.modules
 seen = []
 real = probability._classifier
-def spy(seed):
+def spy(seed, *trees):
     seen.append([p['num_threads'] for p in threadpool_info() if p['user_api'] == 'openmp'])
-    return real(seed)
+    return real(seed, *trees)
 probability._classifier = spy
 rng = np.random.default_rng(0)
 cand, non = rng.normal(size=(400, 3)), rng.normal(size=(300, 3))
@@ -669,7 +674,8 @@ def test_pairs_many_sessions_apart_get_their_own_prior():
     the prior of each gap takes the long gaps' at least 50% closer (202, 190) and the
     neighbouring sessions' no farther (723, 543). Off, no prior by gap. (Six sessions,
     as before the pairs beyond the prior's anchor read 0, no longer tell: the noise of those
-    pairs was most of one prior's excess there. With the trees trained on every pair beyond
+    pairs was most of one prior's excess there. This study is a large fit, THIN_MIN_ROWS
+    pairs beyond the anchor or more. With the trees trained on every pair beyond
     the anchor and 60 trees, the neighbouring sessions' pairs came 20% closer (709 against
     546, 531 against 448); with a third of them and 40 trees, one prior's miss there is
     smaller, 574 and 470, and the prior of each gap still over-corrects it slightly.)"""

@@ -391,11 +391,11 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
         keys, at = np.unique(fold_key[keyed], return_inverse=True)
         fold[keyed] = rng.permutation((np.arange(keys.size) % n_folds).astype(np.int8))[at]
     row_weight = None if non_weight is None else np.r_[np.ones(n_c), non_weight]
-    usable, tree_weight = _thinned(anchor, n_n, row_weight, seed)
+    usable, far = _thinned(anchor, n_n, seed)
     score = np.empty(y.size)
     with _one_thread():
         models, edges, raw = _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed,
-                                        score, tree_weight, usable,
+                                        score, row_weight, usable, far,
                                         TREES if usable is None else TREES_LARGE)
     calibration = _fit_calibration(score, y, seed,
                                    CALIBRATION_BAGS if n_bags is None else n_bags,
@@ -422,19 +422,33 @@ THIN_ANCHOR = 3
 THIN_MIN_ROWS = 10_000
 
 
-def _thinned(anchor: np.ndarray, n_non: int, row_weight: np.ndarray | None,
-             seed: int) -> tuple:
-    """The rows the trees may train on ((P + Q,) bool, or None for all) and their weights
-    ((P + Q,) or None), with the candidate rows beyond the anchor (P,), when there are
-    THIN_MIN_ROWS of them or more, thinned to one in THIN_ANCHOR, drawn with ``seed``, each
-    kept one weighing THIN_ANCHOR."""
+def _thinned(anchor: np.ndarray, n_non: int, seed: int) -> tuple:
+    """The rows the trees may train on and the thinned ones: ((P + Q,) bool, (P + Q,) bool),
+    or (None, None) for every row at its own weight. The candidate rows beyond the anchor
+    (P,), when there are THIN_MIN_ROWS of them or more, are thinned to one in THIN_ANCHOR,
+    drawn with ``seed`` (CHUNK_ROWS at a time: the same draws as at once, without a float
+    per pair, 25 M at 10^5 units); each kept one weighs THIN_ANCHOR (_tree_weight)."""
     if THIN_ANCHOR <= 1 or np.count_nonzero(anchor) < THIN_MIN_ROWS:
-        return None, row_weight
+        return None, None
     far = np.r_[np.asarray(anchor, bool), np.zeros(n_non, bool)]
-    keep = np.random.default_rng([seed, 11]).random(far.size) * THIN_ANCHOR < 1
-    weight = np.ones(far.size) if row_weight is None else np.asarray(row_weight, float).copy()
-    weight[far] *= THIN_ANCHOR
-    return ~far | keep, weight
+    rng = np.random.default_rng([seed, 11])
+    usable = ~far
+    for part in _chunks(far.size):
+        usable[part] |= rng.random(part.stop - part.start) * THIN_ANCHOR < 1
+    return usable, far
+
+
+def _tree_weight(train: np.ndarray, y: np.ndarray, row_weight: np.ndarray | None,
+                 far: np.ndarray | None) -> np.ndarray:
+    """Weights (n,) of the training rows ``train`` (n,): their own weights (row_weight, else
+    1), THIN_ANCHOR times for a thinned row (``far``), each class scaled to half the total."""
+    if far is None:
+        return (_balanced_weight(y[train]) if row_weight is None
+                else _balanced(row_weight[train], y[train]))
+    weight = (np.ones(train.size) if row_weight is None
+              else np.asarray(row_weight[train], np.float64).copy())
+    weight[far[train]] *= THIN_ANCHOR
+    return _balanced(weight, y[train])
 
 
 # The calibration (score -> share of candidates, classes weighted equally) is the mean of
@@ -528,7 +542,7 @@ def _calibrated(calibration, score: np.ndarray) -> np.ndarray:
 
 
 def _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed, score,
-               row_weight=None, usable=None, trees: tuple = TREES) -> tuple:
+               row_weight=None, usable=None, far=None, trees: tuple = TREES) -> tuple:
     """Fit one classifier per fold on the other folds; fill ``score`` (n,) of each fold's
     rows from the model that did not see them (``evidence(rows)``: those rows' evidence).
     Returns the models, each one's bin edges (bin_edges of its training rows) and each
@@ -553,8 +567,7 @@ def _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed, score,
         with threadpool_limits(1, user_api="openmp"):
             for k in folds:
                 train = trains[k]
-                weight = (_balanced_weight(y[train]) if row_weight is None
-                          else _balanced(row_weight[train], y[train]))
+                weight = _tree_weight(train, y, row_weight, far)
                 x = evidence(train)
                 edges = bin_edges(x, weight)
                 model = _classifier(seed + k, trees).fit(to_bins(x, edges), y[train],

@@ -126,7 +126,7 @@ def test_fit_is_deterministic_and_refuses_too_few_pairs():
     assert fit_match_probability(cand[:49], non, cand[:49, 1] > 30, non[:, 1] > 30) is None
 
 
-def test_trees_train_on_one_in_three_pairs_beyond_the_anchor():
+def test_trees_train_on_one_in_three_pairs_beyond_the_anchor(monkeypatch):
     """The candidate rows beyond the anchor are thinned to about one in THIN_ANCHOR for the
     trees, each kept one weighing THIN_ANCHOR (so the class keeps its share of the far
     region); every other row (the candidates within the anchor, every known non-match) is
@@ -134,23 +134,36 @@ def test_trees_train_on_one_in_three_pairs_beyond_the_anchor():
     from kilomatch import probability
     rng = np.random.default_rng(0)
     anchor = rng.random(30_000) < 0.7
-    usable, weight = probability._thinned(anchor, 5000, None, seed=2)
-    far = np.r_[anchor, np.zeros(5000, bool)]
-    assert usable[~far].all() and np.all(weight[~far] == 1)
-    assert np.all(weight[far] == probability.THIN_ANCHOR)
+    usable, far = probability._thinned(anchor, 5000, seed=2)
+    np.testing.assert_array_equal(far, np.r_[anchor, np.zeros(5000, bool)])
+    assert usable[~far].all()
     kept = usable[far].mean()
     assert abs(kept - 1 / probability.THIN_ANCHOR) < 0.01
-    again, _ = probability._thinned(anchor, 5000, None, seed=2)
-    other, _ = probability._thinned(anchor, 5000, None, seed=3)
+    # drawn in chunks: the draws of one call
+    monkeypatch.setattr(probability, "CHUNK_ROWS", 7_000)
+    again, _ = probability._thinned(anchor, 5000, seed=2)
+    other, _ = probability._thinned(anchor, 5000, seed=3)
     assert np.array_equal(usable, again) and not np.array_equal(usable, other)
+    once = np.random.default_rng([2, 11]).random(far.size) * probability.THIN_ANCHOR < 1
+    np.testing.assert_array_equal(usable, ~far | once)
+    # the weights: THIN_ANCHOR for a kept far row, the rows' own otherwise, each class half
+    y = np.r_[np.ones(30_000, np.int8), np.zeros(5000, np.int8)]
+    train = np.flatnonzero(usable)
+    non_weight = rng.uniform(0.5, 2, 5000)
+    for own in (None, np.r_[np.ones(30_000), non_weight]):
+        w = probability._tree_weight(train, y, own, far)
+        base = np.ones(train.size) if own is None else own[train]
+        ratio = w / base
+        cand = y[train] == 1
+        near = ratio[cand & ~far[train]]
+        assert np.allclose(near, near[0])
+        assert np.allclose(ratio[far[train]], probability.THIN_ANCHOR * near[0])
+        assert np.allclose(ratio[~cand], ratio[~cand][0])  # the non-matches' own weights kept
+        assert np.isclose(w[cand].sum(), w[~cand].sum())
     # fewer pairs beyond the anchor than THIN_MIN_ROWS: every pair trains the trees
     few = np.zeros(30_000, bool)
     few[:probability.THIN_MIN_ROWS - 1] = True
-    assert probability._thinned(few, 5000, None, seed=2) == (None, None)
-    # known non-matches' own weights (derived non-matches) are kept
-    non_weight = rng.uniform(0.5, 2, 5000)
-    _, weighted = probability._thinned(anchor, 5000, np.r_[np.ones(30_000), non_weight], 2)
-    np.testing.assert_array_equal(weighted[30_000:], non_weight)
+    assert probability._thinned(few, 5000, seed=2) == (None, None)
 
 
 def test_thinning_the_far_pairs_keeps_every_probability_close(monkeypatch):

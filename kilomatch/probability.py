@@ -359,8 +359,9 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
     same-session pairs; anchor, anchor_non: (P,), (Q,) bool (P: the rows used), pairs that
     cannot be matches (e.g. corrected depths too far apart), from which the prior is
     estimated. Every row gets a fold; the model of fold k trains on at most ``max_train`` rows
-    of the other folds (drawn with ``seed``; the candidate rows in the anchor thinned to one
-    in THIN_ANCHOR first), classes weighted equally, and scores fold k's rows. The cross-fitted scores are then calibrated to the share of candidates by isotonic
+    of the other folds (drawn with ``seed``; in a large fit the candidate rows in the anchor
+    are thinned first, _thinned), classes weighted equally, and scores fold k's rows. The
+    cross-fitted scores are then calibrated to the share of candidates by isotonic
     regression, the mean of bootstrap fits (_fit_calibration; a monotone map, so it keeps
     the ranking). Returns None when either set is too small to fit (fewer than 50 rows).
 
@@ -395,8 +396,7 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
     score = np.empty(y.size)
     with _one_thread():
         models, edges, raw = _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed,
-                                        score, row_weight, usable, far,
-                                        TREES if usable is None else TREES_LARGE)
+                                        score, row_weight, usable, far)
     calibration = _fit_calibration(score, y, seed,
                                    CALIBRATION_BAGS if n_bags is None else n_bags,
                                    weight=row_weight)
@@ -412,12 +412,11 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
 
 # The trees train on one in THIN_ANCHOR of the candidate pairs beyond the prior's anchor
 # (each weighing THIN_ANCHOR) when there are at least THIN_MIN_ROWS of them (a large fit,
-# which also takes TREES_LARGE): those pairs
-# hold no match, so their evidence is one smooth density, and they are most of the
-# candidates (70%, 44,000 pairs on the speed study). Every pair is still scored and
-# calibrated. Fewer are fitted fast anyway, and each then counts (on the 20 s sorted
-# sessions of tests/test_sorted_chain.py, thinned trees moved the two input routes'
-# clusters apart). THIN_ANCHOR 1: every pair.
+# which also takes TREES_LARGE): those pairs hold no match, so their evidence is one smooth
+# density, and they are most of the candidates (70%, 44,000 pairs on the speed study).
+# Every pair is still scored and calibrated. Fewer are fitted fast anyway, and each then
+# counts (on the 20 s sorted sessions of tests/test_sorted_chain.py, thinned trees moved the
+# two input routes' clusters apart). THIN_ANCHOR 1: every pair.
 THIN_ANCHOR = 3
 THIN_MIN_ROWS = 10_000
 
@@ -542,11 +541,12 @@ def _calibrated(calibration, score: np.ndarray) -> np.ndarray:
 
 
 def _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed, score,
-               row_weight=None, usable=None, far=None, trees: tuple = TREES) -> tuple:
+               row_weight=None, usable=None, far=None) -> tuple:
     """Fit one classifier per fold on the other folds; fill ``score`` (n,) of each fold's
     rows from the model that did not see them (``evidence(rows)``: those rows' evidence).
     Returns the models, each one's bin edges (bin_edges of its training rows) and each
-    one's on_raw_evidence copy.
+    one's on_raw_evidence copy. usable, far: _thinned's rows (None: every row, TREES); a
+    thinned fit trains on the usable rows only, with TREES_LARGE.
 
     The folds are fitted in threads, one per fold when the run has two cores or more (the
     trees' own loops release the GIL: three fits of 200,000 rows take 4.2 s one after the
@@ -559,6 +559,7 @@ def _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed, score,
             train = np.sort(rng.choice(train, max_train, replace=False))
         trains.append(train)
     fitted = [None] * n_folds
+    trees = TREES if far is None else TREES_LARGE  # a thinned fit is a large one
 
     def fit(folds):
         from threadpoolctl import threadpool_limits

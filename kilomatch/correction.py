@@ -26,17 +26,44 @@ def kriging_kernel(a: np.ndarray, b: np.ndarray, sigma_x: float = SIGMA_X,
     return np.exp(-dx / sigma_x - dy / sigma_y)
 
 
-# Kernel values (float32) evaluated at once by correct_local: 16 M is 64 MB.
-KERNEL_FLOATS = 16_000_000
+# Units corrected per block of correct_local, at most; fewer when the windows are wide, so
+# that a block's per-unit (W, W) matrices stay within BLOCK_FLOATS float32 (16 MB).
+BLOCK_UNITS = 128
+BLOCK_FLOATS = 4_000_000
+# Kernels evaluated in float64 at once: 8 of (W, W) on NP1 windows, 0.6 MB each, stay in the
+# cache (a block's 100 or so at once run from memory at half the speed).
+KERNEL_CHUNK = 8
 
 
 def shifted_kernels(locations: np.ndarray, shifts_um: np.ndarray) -> np.ndarray:
     """K(v + (0, shift), v) of channels v (W, 2) um for each shift (G,) um: (G, W, W) float32,
     the kernels of kriging_kernel for every shift at once."""
-    dx = np.abs(locations[:, None, 0] - locations[None, :, 0])
-    dy = np.abs(locations[None, :, None, 1] + shifts_um[:, None, None]
-                - locations[None, None, :, 1])
-    return np.exp(-dx / SIGMA_X - dy / SIGMA_Y).astype(np.float32)
+    return window_kernels(np.broadcast_to(locations, (len(shifts_um),) + locations.shape),
+                          shifts_um)
+
+
+def window_kernels(locations: np.ndarray, shifts_um: np.ndarray) -> np.ndarray:
+    """K(v + (0, shift_g), v) of the channels v of window g (G, W, 2) um for its shift (G,) um:
+    (G, W, W) float32, the kernels of kriging_kernel, KERNEL_CHUNK at a time."""
+    g, w = locations.shape[:2]
+    kernels = np.empty((g, w, w), dtype=np.float32)
+    exponent = np.empty((min(g, KERNEL_CHUNK), w, w))
+    across = np.empty_like(exponent)
+    for start in range(0, g, KERNEL_CHUNK):
+        loc = locations[start:start + KERNEL_CHUNK]
+        e, a = exponent[:loc.shape[0]], across[:loc.shape[0]]
+        # exp(-|dx|/sigma_x - |dy|/sigma_y), worked in place in two reused buffers
+        np.subtract(loc[:, :, None, 0], loc[:, None, :, 0], out=a)
+        np.abs(a, out=a)
+        np.negative(a, out=a)
+        a /= SIGMA_X
+        np.add(loc[:, :, None, 1], shifts_um[start:start + KERNEL_CHUNK, None, None], out=e)
+        np.subtract(e, loc[:, None, :, 1], out=e)
+        np.abs(e, out=e)
+        e /= SIGMA_Y
+        np.subtract(a, e, out=e)
+        kernels[start:start + KERNEL_CHUNK] = np.exp(e, out=e)
+    return kernels
 
 
 def kriging_inverse(channel_locations: np.ndarray) -> np.ndarray:
@@ -99,29 +126,30 @@ def correct_local(local: LocalWaveforms, channel_locations: np.ndarray, shift_um
         raise ValueError("correcting in place needs every unit (units=None)")
     elif out.shape != shape or out.dtype != np.float32:
         raise ValueError(f"out must be float32 of shape {shape}, not {out.dtype} {out.shape}")
-    order = np.argsort(window_of, kind="stable")
-    bounds = np.flatnonzero(np.diff(window_of[order])) + 1
+    inverse32 = kinv.astype(np.float32)
+    # units by window, then by shift: a block's units share few windows, and units of one
+    # session under rigid motion share a kernel
+    order = np.lexsort((shift_um[rows], window_of))
+    n_window = windows.shape[1]
+    step = int(np.clip(BLOCK_FLOATS // max(n_window ** 2, 1), 1, BLOCK_UNITS))
 
-    def correct(groups):
-        for members in groups:  # positions in rows (and out)
-            win = windows[window_of[members[0]]]
-            weights_of_data = kinv[np.ix_(win, win)].astype(np.float32)
-            values, group = np.unique(shift_um[rows[members]], return_inverse=True)
-            group = group.ravel()
-            # units at a time: their kernels (n, W, W) stay within ~64 MB
-            step = int(np.clip(KERNEL_FLOATS // max(win.size ** 2, 1), 1, 1024))
-            for start in range(0, members.size, step):
-                block = members[start:start + step]
-                shared, which = np.unique(group[start:start + step], return_inverse=True)
-                kernels = shifted_kernels(locs[win], values[shared])
-                weights = np.einsum("ij,njt->nit", weights_of_data, local.values[rows[block]],
-                                    optimize=True)
-                # one batched product for the block instead of one per distinct shift
-                out[block] = np.matmul(kernels[which.ravel()], weights)
+    def correct(blocks):
+        for block in blocks:  # positions in rows (and out), sorted by window and shift
+            win, shift = window_of[block], shift_um[rows[block]]
+            new_window = np.r_[True, win[1:] != win[:-1]]
+            new_kernel = new_window | np.r_[True, shift[1:] != shift[:-1]]
+            channels = windows[win[new_window]]  # (u, W): the block's distinct windows
+            # the data weights: the inverse restricted to each window
+            weights_of_data = inverse32[channels[:, :, None], channels[:, None, :]]
+            weights = np.matmul(weights_of_data[np.cumsum(new_window) - 1],
+                                local.values[rows[block]])
+            kernels = window_kernels(locs[windows[win[new_kernel]]], shift[new_kernel])
+            out[block] = np.matmul(kernels[np.cumsum(new_kernel) - 1], weights)
 
-    # windows in threads (each writes its own units); small studies in this thread
-    parallel.for_each_in_threads(correct, [m for m in np.split(order, bounds) if m.size],
-                                 None if rows.size >= parallel.MIN_UNITS_THREADED else 1)
+    # few large numpy calls per block: threads overlap (a block per window, a few units
+    # each, made the threads wait on each other for the GIL: no gain below 2,000 units)
+    blocks = [order[start:start + step] for start in range(0, order.size, step)]
+    parallel.for_each_in_threads(correct, blocks, None if len(blocks) >= 4 else 1)
     if units is None:
         return LocalWaveforms(out, local.channels, local.n_channels, local.windows)
     return LocalWaveforms(out, local.channels[rows], local.n_channels,

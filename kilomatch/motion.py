@@ -57,45 +57,60 @@ class Motion:
         return self.slope * self.ref_depth + self.offset
 
 
+def _bincount_rows(index: np.ndarray, weights: np.ndarray, length: int) -> np.ndarray:
+    """np.bincount(index, row, length) of every row of ``weights`` (n, G): (n, length). One
+    call for all rows, each bin summed in the same order as a call per row (same bits)."""
+    n = weights.shape[0]
+    flat = (index[None, :] + (np.arange(n) * length)[:, None]).ravel()
+    return np.bincount(flat, weights.ravel(), n * length).reshape(n, length)
+
+
 def _laplacian(a: np.ndarray, b: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
-    """sum over pairs of w * (e_b - e_a)(e_b - e_a)^T: (k, k), built by counting."""
-    diag = np.bincount(a, w, k) + np.bincount(b, w, k)
-    off = np.bincount(a * k + b, w, k * k).reshape(k, k)
-    return np.diag(diag) - off - off.T
+    """sum over pairs of w * (e_b - e_a)(e_b - e_a)^T for each row of w (n, G): (n, k, k),
+    built by counting."""
+    diag = _bincount_rows(a, w, k) + _bincount_rows(b, w, k)
+    off = _bincount_rows(a * k + b, w, k * k).reshape(-1, k, k)
+    lap = np.zeros_like(off)
+    lap[:, np.arange(k), np.arange(k)] = diag
+    return lap - off - off.transpose(0, 2, 1)
 
 
 def _normal_equations(a, b, k, linear, sums):
-    """A^T W A and A^T W dy of the pair equations, without forming A.
+    """A^T W A (n, K, K) and A^T W dy (n, K) of the pair equations of n fits, without
+    forming A.
 
     a, b: (G,) sessions of each equation (a pair of units, or all pairs of one session pair);
-    sums: (G,) arrays w, w*dy and, when linear, w*mid, w*mid^2, w*mid*dy, summed over the
+    sums: (n, G) arrays w, w*dy and, when linear, w*mid, w*mid^2, w*mid*dy, summed over the
     pairs each equation stands for. Unknowns: offsets (k,), then (linear) slopes of sessions
-    2..k (session 1's slope is 0).
+    2..k (session 1's slope is 0): K = k or 2k - 1.
     """
     w, w_dy = sums[0], sums[1]
     lap = _laplacian(a, b, w, k)
-    rhs = np.bincount(b, w_dy, k) - np.bincount(a, w_dy, k)
+    rhs = _bincount_rows(b, w_dy, k) - _bincount_rows(a, w_dy, k)
     if not linear:
         return lap, rhs
     w_mid, w_mid2, w_mid_dy = sums[2], sums[3], sums[4]
     lap_d = _laplacian(a, b, w_mid, k)
     lap_dd = _laplacian(a, b, w_mid2, k)
-    rhs_d = np.bincount(b, w_mid_dy, k) - np.bincount(a, w_mid_dy, k)
-    ata = np.block([[lap, lap_d], [lap_d, lap_dd]])
+    rhs_d = _bincount_rows(b, w_mid_dy, k) - _bincount_rows(a, w_mid_dy, k)
+    ata = np.concatenate([np.concatenate([lap, lap_d], axis=2),
+                          np.concatenate([lap_d, lap_dd], axis=2)], axis=1)
     keep = np.r_[0:k, k + 1:2 * k]
-    return ata[np.ix_(keep, keep)], np.concatenate([rhs, rhs_d])[keep]
+    return ata[:, keep][:, :, keep], np.concatenate([rhs, rhs_d], axis=1)[:, keep]
 
 
 def _solve(a, b, k, linear, sums) -> tuple[np.ndarray, np.ndarray]:
-    """Offsets (k,) with mean 0 and slopes (k,) solving the weighted pair equations
-    (_normal_equations)."""
+    """Offsets (n, k) with mean 0 and slopes (n, k) solving the weighted pair equations
+    (_normal_equations) of each of n fits."""
     ata, atb = _normal_equations(a, b, k, linear, sums)
-    # Minimum-norm solution: fixes the free constant of the offsets.
-    sol, *_ = np.linalg.lstsq(ata, atb, rcond=None)
-    off = sol[:k]
-    slope = np.concatenate([[0.0], sol[k:]]) if linear else np.zeros(k)
+    # Minimum-norm solution: fixes the free constant of the offsets. (numpy's lstsq takes
+    # one system at a time; the loop is a tenth of a bootstrap's time.)
+    sol = np.stack([np.linalg.lstsq(m, r, rcond=None)[0] for m, r in zip(ata, atb)])
+    off = sol[:, :k]
+    slope = (np.concatenate([np.zeros((len(sol), 1)), sol[:, k:]], axis=1) if linear
+             else np.zeros_like(off))
     # Offsets are only defined up to a constant: report them with mean 0.
-    return off - off.mean(), slope
+    return off - off.mean(axis=1, keepdims=True), slope
 
 
 def _pair_terms(dy: np.ndarray, mid: np.ndarray) -> np.ndarray:
@@ -109,7 +124,7 @@ def solve_pair_offsets(a: np.ndarray, b: np.ndarray, offset: np.ndarray, weight:
     """Rigid displacement (S,) um, mean 0, best fitting weighted pairwise offsets:
     minimises sum weight * (p_b - p_a - offset)^2 over 0-based session pairs (a, b)."""
     weight = np.asarray(weight, np.float64)
-    return _solve(a, b, n_sessions, False, (weight, weight * offset))[0]
+    return _solve(a, b, n_sessions, False, (weight[None], (weight * offset)[None]))[0][0]
 
 
 NO_PAIRS = "no matched pairs to estimate motion from: motion left at 0 for every session"
@@ -166,29 +181,49 @@ class _PairEquations:
 
     def fit(self, linear: bool, pair_weight: np.ndarray | None = None
             ) -> tuple[np.ndarray, np.ndarray]:
-        """Offsets and slopes (K,) of the tied sessions, each pair counted ``pair_weight``
-        (size,) times (None: once)."""
-        weight = np.ones(self.size) if pair_weight is None else pair_weight
-        sums = [np.bincount(self.at, t * weight, self.group.size)
+        """Offsets and slopes (n, K) of the tied sessions in each of n fits, each pair
+        counted ``pair_weight`` (n, size) times (None: one fit, each pair once)."""
+        weight = np.ones((1, self.size)) if pair_weight is None else pair_weight
+        sums = [_bincount_rows(self.at, t[None, :] * weight, self.group.size)
                 for t in self.terms[:5 if linear else 2]]
         return _solve(self.ga, self.gb, self.k, linear, sums)
 
-    def resample(self, rng: np.random.Generator) -> np.ndarray:
-        """Weights (size,) of one resample of the pairs with replacement: each pair's count,
-        as a multinomial with equal probabilities gives, drawn ten times faster."""
-        return np.bincount(rng.integers(0, self.size, self.size),
-                           minlength=self.size).astype(np.float64)
+    def resamples(self, rng: np.random.Generator, n: int):
+        """Weights (m, size) of n resamples of the pairs with replacement, m at a time (each
+        pair's count, as a multinomial with equal probabilities gives, drawn ten times
+        faster); the draws are those of n resamples drawn one by one."""
+        step = max(1, RESAMPLE_COUNTS // max(self.size, 1))
+        for start in range(0, n, step):
+            m = min(step, n - start)
+            draws = rng.integers(0, self.size, (m, self.size))
+            draws += (np.arange(m) * self.size)[:, None]
+            yield np.bincount(draws.ravel(), minlength=m * self.size).reshape(
+                m, self.size).astype(np.float64)
 
-    def motion(self, linear: bool, pair_weight: np.ndarray | None = None) -> Motion:
-        """The Motion of one fit (no band)."""
-        motion = Motion.zero(self.n_sessions)
-        motion.n_pairs = self.n_pairs
+    def motions(self, linear: bool, pair_weight: np.ndarray | None = None) -> list:
+        """The Motion (no band) of each of n fits, each pair counted ``pair_weight`` (n, size)
+        times (None: one fit, each pair once)."""
+        n = 1 if pair_weight is None else len(pair_weight)
+        out = [Motion.zero(self.n_sessions) for _ in range(n)]
         if self.tied is None:
-            return motion
-        motion.offset[self.tied], motion.slope[self.tied] = self.fit(linear, pair_weight)
-        motion.tied = self.tied
-        motion.ref_depth = self.ref_depth if linear else 0.0
-        return motion
+            for motion in out:
+                motion.n_pairs = self.n_pairs
+            return out
+        offsets, slopes = self.fit(linear, pair_weight)
+        for motion, offset, slope in zip(out, offsets, slopes):
+            motion.n_pairs = self.n_pairs
+            motion.offset[self.tied], motion.slope[self.tied] = offset, slope
+            motion.tied = self.tied
+            motion.ref_depth = self.ref_depth if linear else 0.0
+        return out
+
+    def motion(self, linear: bool) -> Motion:
+        """The Motion of one fit of every pair once (no band)."""
+        return self.motions(linear)[0]
+
+
+# Pair counts of the bootstrap resamples held at once (8 bytes each): 8 MB.
+RESAMPLE_COUNTS = 1 << 20
 
 
 def estimate_motion(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray, n_sessions: int,
@@ -214,10 +249,11 @@ def _fitted(eq: _PairEquations, linear: bool, n_bootstrap: int, seed: int) -> Mo
     tied, k = eq.tied, eq.k
     if n_bootstrap > 0:
         rng = np.random.default_rng(seed)
-        disp = np.empty((n_bootstrap, k))
-        for b in range(n_bootstrap):
-            off_b, slope_b = eq.fit(linear, eq.resample(rng))
-            disp[b] = slope_b * motion.ref_depth + off_b
+        disp = []
+        for weight in eq.resamples(rng, n_bootstrap):
+            off_b, slope_b = eq.fit(linear, weight)
+            disp.append(slope_b * motion.ref_depth + off_b)
+        disp = np.concatenate(disp)
         lo, hi = np.percentile(disp, [2.5, 97.5], axis=0)
         motion.ci_low[tied], motion.ci_high[tied] = lo, hi
     base = motion.displacement()
@@ -251,11 +287,12 @@ LINEAR_BOOTSTRAP = 100
 
 
 def _excess_of(eq: _PairEquations, depth: np.ndarray, session0: np.ndarray,
-               pair_weight: np.ndarray | None = None) -> float:
-    """linear_excess of the linear over the rigid fit of the pair equations ``eq``, each pair
-    counted ``pair_weight`` times (None: once)."""
-    return linear_excess(eq.motion(False, pair_weight), eq.motion(True, pair_weight), depth,
-                         session0)
+               pair_weight: np.ndarray | None = None) -> list:
+    """linear_excess of the linear over the rigid fit of the pair equations ``eq`` in each
+    of n fits, each pair counted ``pair_weight`` (n, size) times (None: one fit, each pair
+    once): n floats."""
+    return [linear_excess(rigid, linear, depth, session0) for rigid, linear in
+            zip(eq.motions(False, pair_weight), eq.motions(True, pair_weight))]
 
 
 def motion_by_model(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray,
@@ -276,10 +313,11 @@ def motion_by_model(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray,
     eq = _PairEquations(pairs, depth, session0, n_sessions)  # set up (and warned) once
     excess = 0.0
     if linear_min_um > 0 and eq.tied is not None:
-        excess = _excess_of(eq, depth, session0)
+        excess = _excess_of(eq, depth, session0)[0]
         if excess > linear_min_um:
             rng = np.random.default_rng(seed)
-            excess = float(np.percentile([_excess_of(eq, depth, session0, eq.resample(rng))
-                                          for _ in range(LINEAR_BOOTSTRAP)], 5))
+            excess = float(np.percentile(
+                [e for weight in eq.resamples(rng, LINEAR_BOOTSTRAP)
+                 for e in _excess_of(eq, depth, session0, weight)], 5))
     use_linear = linear_min_um > 0 and excess > linear_min_um
     return _fitted(eq, use_linear, n_bootstrap, seed), excess

@@ -157,3 +157,42 @@ def test_out_argument_and_default_inverse():
     ret = correct_waveforms(w, loc, shifts, kriging_inverse(loc), out=out)
     assert ret is out
     np.testing.assert_allclose(correct_waveforms(w, loc, shifts), out, atol=1e-5)
+
+
+def test_local_windows_each_unit_uses_its_own_window_and_shift():
+    """correct_local on units of many different channel windows, blocks of units mixing
+    windows and shifts, in two threads: each unit gets the Kriging of its own window at its
+    own shift, K(v_w + (0, shift), v_w) (K + 0.01 I)^-1 restricted to w, times its waveform;
+    the same for a subset of the units (``units``) and in place (``out`` = the values)."""
+    from kilomatch.channel_windows import LocalWaveforms, window_table
+    from kilomatch.correction import correct_local
+    from kilomatch.parallel import threads_for_pairs
+
+    rng = np.random.default_rng(3)
+    loc = np1_probe(192)
+    table = window_table(loc, None, 150.0)
+    n = 700
+    peak = rng.integers(0, len(loc), n)
+    channels = table[peak]
+    values = rng.normal(size=(n, table.shape[1], 5)).astype(np.float32)
+    shifts = rng.choice([-25.0, -3.0, 0.0, 11.5, 40.0], n) + np.where(
+        rng.random(n) < 0.3, rng.uniform(-2, 2, n), 0.0)
+    kinv = kriging_inverse(loc)
+
+    def expected(k):
+        win = channels[k]
+        kernel = kriging_kernel(loc[win] + np.array([0.0, shifts[k]]), loc[win])
+        return kernel @ kinv[np.ix_(win, win)] @ values[k].astype(np.float64)
+
+    with threads_for_pairs(2):
+        every = correct_local(LocalWaveforms(values.copy(), channels, len(loc)), loc, shifts,
+                              kinv).values
+        some = rng.choice(n, 90, replace=False)
+        subset = correct_local(LocalWaveforms(values.copy(), channels, len(loc)), loc, shifts,
+                               kinv, units=some).values
+        local = LocalWaveforms(values.copy(), channels, len(loc))
+        in_place = correct_local(local, loc, shifts, kinv, out=local.values).values
+    for k in range(n):
+        np.testing.assert_allclose(every[k], expected(k), atol=2e-4, rtol=1e-4)
+    np.testing.assert_array_equal(subset, every[some])
+    np.testing.assert_array_equal(in_place, every)

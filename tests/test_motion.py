@@ -131,6 +131,35 @@ def test_bootstrap_band_contains_estimate_and_is_seeded():
     np.testing.assert_array_equal(a.offset, c.offset)  # the estimate itself is not random
 
 
+@pytest.mark.parametrize("linear", [False, True])
+def test_bootstrap_band_does_not_depend_on_how_many_resamples_are_held_at_once(monkeypatch,
+                                                                                 linear):
+    """The resamples are drawn and fitted a block at a time (motion.RESAMPLE_COUNTS pair
+    counts): blocks of 1 or 3 resamples give the band of all 300 at once, bit for bit, and
+    it is the band of the pairs counted as each resample drew them, fitted one by one."""
+    import kilomatch.motion as motion
+
+    rng = np.random.default_rng(5)
+    pairs, depth, session = rigid_pairs(rng, np.array([0.0, 9.0, -4.0, 20.0]), 60, noise=3.0)
+    bands = []
+    for held in (10 ** 9, 3 * len(pairs), len(pairs)):
+        monkeypatch.setattr(motion, "RESAMPLE_COUNTS", held)
+        m = estimate_motion(pairs, depth, session, 4, linear=linear, n_bootstrap=300, seed=2)
+        bands.append(np.concatenate([m.ci_low, m.ci_high]))
+    np.testing.assert_array_equal(bands[0], bands[1])
+    np.testing.assert_array_equal(bands[0], bands[2])
+    # the first resample's fit, from its counts alone
+    eq = motion._PairEquations(pairs, depth, session, 4)
+    counts = next(eq.resamples(np.random.default_rng(2), 1))[0]
+    draws = np.random.default_rng(2).integers(0, len(pairs), len(pairs))
+    np.testing.assert_array_equal(counts, np.bincount(draws, minlength=len(pairs)))
+    repeated = np.repeat(pairs, counts.astype(int), axis=0)
+    alone = estimate_motion(repeated, depth, session, 4, linear=linear, n_bootstrap=0)
+    offset, slope = eq.fit(linear, counts[None])
+    np.testing.assert_allclose(offset[0], alone.offset, atol=1e-9)
+    np.testing.assert_allclose(slope[0], alone.slope, atol=1e-12)
+
+
 def test_bootstrap_band_linear_contains_estimate():
     """Linear motion with noise: the band at ref_depth contains the displacement."""
     rng = np.random.default_rng(5)

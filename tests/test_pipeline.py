@@ -475,9 +475,10 @@ def test_match_probability_figure_counts_units_matched_in_each_other_session(see
 
 @pytest.mark.parametrize("n_jobs", [1, 2, -1])
 def test_per_unit_work_in_this_process_runs_in_large_blocks(n_jobs):
-    """Below MIN_UNITS_PARALLEL the per-unit work runs in this process, in blocks of 256
-    whatever n_jobs is: the small blocks that share work among workers only repeated each
-    block's fixed costs here (the location fit's iterations). Results in unit order."""
+    """Below MIN_UNITS_PARALLEL the per-unit work runs in this process, in blocks of
+    IN_PROCESS_BLOCK (or a twentieth of the units, for the progress bar) whatever n_jobs is:
+    the small blocks that share work among workers only repeated each block's fixed costs
+    here (the location fit's iterations). Results in unit order."""
     sizes = []
 
     def work(values):
@@ -487,7 +488,11 @@ def test_per_unit_work_in_this_process_runs_in_large_blocks(n_jobs):
     n = parallel.MIN_UNITS_PARALLEL - 1
     out = parallel.map_units(work, n, n_jobs, per_unit=(np.arange(n),))
     np.testing.assert_array_equal(out, np.arange(n) * 2)
-    assert sizes == [256] * (n // 256) + [n % 256]
+    block = parallel.IN_PROCESS_BLOCK
+    assert sizes == [block] * (n // block) + [n % block]
+    sizes.clear()
+    parallel.map_units(work, 200_000, 1, per_unit=(np.zeros(200_000),))
+    assert sizes == [10_000] * 20
 
 
 def test_spike_features_beside_the_waveform_read_are_the_same(sim_folder, tmp_path,

@@ -223,7 +223,8 @@ def _as_probes(waveforms, channels) -> tuple[list, np.ndarray]:
 
 
 def _standardized_on(wf: LocalWaveforms, units: np.ndarray, channels: np.ndarray) -> np.ndarray:
-    """Waveforms of ``units`` on ``channels``, flattened, zero mean and unit norm: (n, c*T)."""
+    """Waveforms of ``units`` (n,) on ``channels`` ((c,) shared or (n, c) per unit),
+    flattened, zero mean and unit norm: (n, c*T)."""
     return _standardize(wf.on(units, channels).reshape(units.size, -1), dtype=np.float32,
                         overwrite=True)
 
@@ -242,13 +243,14 @@ def _directed_corr(wf: LocalWaveforms, sets: tuple, own: np.ndarray, other: np.n
     wf.window_index()  # found once here, not by several threads at once
     wf.slot_moments()  # the same
     return _products_by_group(set_of_unit.ravel()[own], own, other,
-                              lambda k, units: _standardized_on(wf, units, sets[k]),
-                              lambda k, units: _scaled_on(wf, units, sets[k]))
+                              lambda keys, units: _standardized_on(wf, units, sets[keys]),
+                              lambda keys, units: _scaled_on(wf, units, sets[keys]))
 
 
 def _scaled_on(wf: LocalWaveforms, units: np.ndarray, channels: np.ndarray) -> tuple:
-    """Waveforms of ``units`` on ``channels``, flattened but not centred: (n, c*T), and the
-    inverse of each row's centred norm (n,) (0 for constant rows).
+    """Waveforms of ``units`` (n,) on ``channels`` ((c,) shared or (n, c) per unit),
+    flattened but not centred: (n, c*T), and the inverse of each row's centred norm (n,) (0
+    for constant rows).
 
     The partners of a group need no centring: the owners' rows have zero mean, so their
     product with a partner's row is the same with or without the partner's mean; dividing
@@ -269,13 +271,21 @@ def _scaled_on(wf: LocalWaveforms, units: np.ndarray, channels: np.ndarray) -> t
     return x, scale
 
 
+# Rows (owners and partners) that _products_by_group reads at once for several groups: one
+# call of ``rows`` for a batch of small groups instead of one per group, so that a thread
+# works in a few long numpy calls (many short ones made two threads wait on each other for
+# the GIL: no gain from the second core at 1,615 units).
+BATCH_ROWS = 2048
+
+
 def _products_by_group(key: np.ndarray, own: np.ndarray, other: np.ndarray, rows,
                        partner_rows=None) -> np.ndarray:
     """Dot products of the rows of units own[p] and other[p]: (P,).
 
-    Pairs sharing a ``key`` (P,) are taken together: their units are read once through
-    ``rows(key, units) -> (n, L)`` and every product comes from one matrix product, instead
-    of one gather of two rows per pair. ``partner_rows(key, units) -> ((n, L), (n,))``, if
+    Pairs sharing a ``key`` (P,) are taken together: their units are read once and every
+    product comes from one matrix product, instead of one gather of two rows per pair.
+    ``rows(keys, units) -> (n, L)`` reads units (n,) each under its group's key (n,), for
+    several groups at once (BATCH_ROWS). ``partner_rows(keys, units) -> ((n, L), (n,))``, if
     given, reads the other units' rows with a factor each product is multiplied by.
     """
     out = np.zeros(own.size)
@@ -283,17 +293,36 @@ def _products_by_group(key: np.ndarray, own: np.ndarray, other: np.ndarray, rows
     groups = np.split(order, np.flatnonzero(np.diff(key[order])) + 1)
     n_units = int(max(own.max(), other.max())) + 1
 
+    def batch_products(batch):
+        owners = np.concatenate([b[1] for b in batch])
+        partners = np.concatenate([b[3] for b in batch])
+        keys = np.array([key[b[0][0]] for b in batch])
+        mine = rows(np.repeat(keys, [b[1].size for b in batch]), owners)
+        partner_keys = np.repeat(keys, [b[3].size for b in batch])
+        theirs, factor = (rows(partner_keys, partners), None) if partner_rows is None else \
+            partner_rows(partner_keys, partners)
+        o = p = 0
+        for idx, group_owners, own_pos, group_partners, other_pos in batch:
+            n_own, n_partners = group_owners.size, group_partners.size
+            out[idx] = _tiled_products(mine[o:o + n_own], theirs[p:p + n_partners], own_pos,
+                                       other_pos,
+                                       None if factor is None else factor[p:p + n_partners])
+            o, p = o + n_own, p + n_partners
+
     def products(chunk):
         seen = np.zeros(n_units, dtype=bool)
         place = np.empty(n_units, dtype=np.int64)
+        batch, held = [], 0
         for idx in chunk:
-            k = key[idx[0]]
             owners, own_pos = _distinct(own[idx], seen, place)
             partners, other_pos = _distinct(other[idx], seen, place)
-            mine = rows(k, owners)
-            theirs, factor = (rows(k, partners), None) if partner_rows is None else \
-                partner_rows(k, partners)
-            out[idx] = _tiled_products(mine, theirs, own_pos, other_pos, factor)
+            batch.append((idx, owners, own_pos, partners, other_pos))
+            held += owners.size + partners.size
+            if held >= BATCH_ROWS:
+                batch_products(batch)
+                batch, held = [], 0
+        if batch:
+            batch_products(batch)
 
     for_each_in_threads(products, groups, None if own.size >= MIN_PAIRS_THREADED else 1)
     return out

@@ -294,3 +294,36 @@ def test_stable_order_is_numpys_stable_argsort():
                 rng.integers(-5, 40, 5000), rng.integers(0, 2**40, 5000),
                 np.zeros(0, np.int64), np.full(300, 7)):
         assert np.array_equal(stable_order(key), np.argsort(key, kind="stable"))
+
+
+def test_groups_read_in_batches_give_the_same_bits_as_one_by_one(monkeypatch):
+    """_products_by_group reads the rows of several groups at once (BATCH_ROWS of owners and
+    partners): batches of every size, down to one group each, and two threads give the same
+    similarities, bit for bit, for the waveforms (one channel set per group) and the ACGs
+    (blocks of units)."""
+    import kilomatch.similarity as similarity
+    from kilomatch.channel_windows import LocalWaveforms, window_table
+    from kilomatch.features import peak_channels
+    from kilomatch.parallel import threads_for_pairs
+    rng = np.random.default_rng(34)
+    loc = line_probe(48)
+    full = make_units(rng, 60, loc)
+    windows = window_table(loc, None, 80.0)
+    peak = peak_channels(full.max(axis=2) - full.min(axis=2))[0]
+    local = LocalWaveforms(np.take_along_axis(full, windows[peak][:, :, None], axis=1),
+                           windows[peak], 48)
+    ch = brute_channel_sets(local.full(), loc, 12)
+    pairs = np.array(list(itertools.combinations(range(60), 2)))
+    acg = rng.random((60, 40))
+    results = []
+    for batch_rows, threads, min_pairs in ((10 ** 9, 1, 10 ** 9), (40, 1, 10 ** 9),
+                                           (1, 1, 10 ** 9), (40, 2, 0)):
+        monkeypatch.setattr(similarity, "BATCH_ROWS", batch_rows)
+        monkeypatch.setattr(similarity, "MIN_PAIRS_THREADED", min_pairs)
+        with threads_for_pairs(threads):
+            results.append((waveform_similarity(local, ch, pairs),
+                            feature_similarity(acg, pairs, block=8)))
+    assert np.unique(ch, axis=0).shape[0] > 10  # many groups, so batches hold several
+    for wave, feature in results[1:]:
+        np.testing.assert_array_equal(wave, results[0][0])
+        np.testing.assert_array_equal(feature, results[0][1])

@@ -28,7 +28,7 @@ def kriging_kernel(a: np.ndarray, b: np.ndarray, sigma_x: float = SIGMA_X,
 
 # Units corrected per block of correct_local, at most; fewer when the windows are wide, so
 # that a block's per-unit (W, W) matrices stay within BLOCK_FLOATS float32 (16 MB).
-BLOCK_UNITS = 128
+BLOCK_UNITS = 32
 BLOCK_FLOATS = 4_000_000
 # Kernels evaluated in float64 at once: 8 of (W, W) on NP1 windows, 0.6 MB each, stay in the
 # cache (a block's 100 or so at once run from memory at half the speed).

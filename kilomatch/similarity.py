@@ -275,7 +275,7 @@ def _scaled_on(wf: LocalWaveforms, units: np.ndarray, channels: np.ndarray) -> t
 # call of ``rows`` for a batch of small groups instead of one per group, so that a thread
 # works in a few long numpy calls (many short ones made two threads wait on each other for
 # the GIL: no gain from the second core at 1,615 units).
-BATCH_ROWS = 2048
+BATCH_ROWS = 512
 
 
 def _products_by_group(key: np.ndarray, own: np.ndarray, other: np.ndarray, rows,

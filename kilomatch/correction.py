@@ -31,15 +31,8 @@ def kriging_kernel(a: np.ndarray, b: np.ndarray, sigma_x: float = SIGMA_X,
 BLOCK_UNITS = 32
 BLOCK_FLOATS = 4_000_000
 # Kernels evaluated in float64 at once: 8 of (W, W) on NP1 windows, 0.6 MB each, stay in the
-# cache (a block's 100 or so at once run from memory at half the speed).
+# cache (the ~100 kernels of a 128-unit block at once ran from memory at half the speed).
 KERNEL_CHUNK = 8
-
-
-def shifted_kernels(locations: np.ndarray, shifts_um: np.ndarray) -> np.ndarray:
-    """K(v + (0, shift), v) of channels v (W, 2) um for each shift (G,) um: (G, W, W) float32,
-    the kernels of kriging_kernel for every shift at once."""
-    return window_kernels(np.broadcast_to(locations, (len(shifts_um),) + locations.shape),
-                          shifts_um)
 
 
 def window_kernels(locations: np.ndarray, shifts_um: np.ndarray) -> np.ndarray:
@@ -105,8 +98,9 @@ def correct_local(local: LocalWaveforms, channel_locations: np.ndarray, shift_um
     shift_um: (N,) um. The data weights are (K + 0.01 I)^-1 restricted to the window (the
     probe-wide inverse, computed once): the waveform is ~0 outside the window, and this
     inverse couples only nearby channels, so the result on the window matches the full-probe
-    correction. Units sharing a window share one weight matrix; units that also share a shift
-    (every unit of a session under rigid motion) share one kernel evaluation. units: (m,)
+    correction. Units are corrected in blocks sorted by window and shift: in a block, units
+    sharing a window share one weight matrix, and units that also share a shift (every unit
+    of a session under rigid motion) one kernel evaluation. units: (m,)
     rows of ``local`` to correct (default all): the result holds those m units, in that order.
     out: (m, W, T) float32 to write the result into; may be ``local.values`` itself (all
     units): each block of units is read before it is written and blocks do not overlap, so
@@ -146,8 +140,8 @@ def correct_local(local: LocalWaveforms, channel_locations: np.ndarray, shift_um
             kernels = window_kernels(locs[windows[win[new_kernel]]], shift[new_kernel])
             out[block] = np.matmul(kernels[np.cumsum(new_kernel) - 1], weights)
 
-    # few large numpy calls per block: threads overlap (a block per window, a few units
-    # each, made the threads wait on each other for the GIL: no gain below 2,000 units)
+    # a few large numpy calls per block, so two threads overlap (with a group per window, a
+    # few units each, they waited on each other for the GIL and gained nothing)
     blocks = [order[start:start + step] for start in range(0, order.size, step)]
     parallel.for_each_in_threads(correct, blocks, None if len(blocks) >= 4 else 1)
     if units is None:

@@ -205,13 +205,12 @@ class _PairEquations:
         times (None: one fit, each pair once)."""
         n = 1 if pair_weight is None else len(pair_weight)
         out = [Motion.zero(self.n_sessions) for _ in range(n)]
+        for motion in out:
+            motion.n_pairs = self.n_pairs
         if self.tied is None:
-            for motion in out:
-                motion.n_pairs = self.n_pairs
             return out
         offsets, slopes = self.fit(linear, pair_weight)
         for motion, offset, slope in zip(out, offsets, slopes):
-            motion.n_pairs = self.n_pairs
             motion.offset[self.tied], motion.slope[self.tied] = offset, slope
             motion.tied = self.tied
             motion.ref_depth = self.ref_depth if linear else 0.0

@@ -19,8 +19,6 @@ from tqdm.auto import tqdm
 # in workers against 0.8 s here; 10,285 units 6.5 s against 5.3-6.3 s; 29,304 units 12.4-13.8 s
 # against 14.0-16.9 s.
 MIN_UNITS_PARALLEL = 10_000
-# Below this many units, threads (no start-up cost to speak of) do not pay either.
-MIN_UNITS_THREADED = 2000
 
 # Most worker processes one study may use, set by a batch that runs several studies at once on
 # one machine (None: no limit). Per thread, so studies in threads of one process keep theirs.

@@ -124,7 +124,7 @@ def test_correction_undoes_motion_in_the_pipeline_convention():
 
 
 def test_grouped_shifts_equal_per_unit_shift_matrices():
-    """correct_waveforms over 1100 units (more than one 1024-unit block) with few shared
+    """correct_waveforms over 1100 units (many blocks of correct_local) with few shared
     (rigid) shifts and with all-different (per-unit, linear) shifts equals applying
     shift_matrix(shift) to each unit separately; a rigid group gives the same result as
     the same shifts handled one unit at a time."""

@@ -89,6 +89,17 @@ def match_confidence(n_units: int, pairs: np.ndarray, p: np.ndarray) -> np.ndarr
     return out
 
 
+def candidate_rows(pairs: np.ndarray, query: np.ndarray, n_units: int) -> np.ndarray:
+    """The row (Q,) int64 of each ``query`` pair (Q, 2) among ``pairs`` (P, 2) sorted by
+    (i, j), -1 where it is not one of them."""
+    if not len(pairs):
+        return np.full(len(query), -1, np.int64)
+    key = pairs[:, 0].astype(np.int64) * n_units + pairs[:, 1]
+    q = query[:, 0].astype(np.int64) * n_units + query[:, 1]
+    at = np.minimum(np.searchsorted(key, q), key.size - 1)
+    return np.where(key[at] == q, at, -1)
+
+
 def pair_lookup(pairs: np.ndarray, values: np.ndarray, query: np.ndarray, n_units: int):
     """values (P,) of ``pairs`` (P, 2) sorted by (i, j), at the ``query`` pairs (Q, 2):
     (found (Q,) bool, value (Q,), NaN where not found)."""
@@ -112,7 +123,7 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
               max_distance: float, max_cluster_size: int, seed: int = 0,
               with_clusters: bool = True, not_non_matches: np.ndarray | None = None,
               gap_prior: bool = False, derived: bool = False,
-              sure: np.ndarray | None = None):
+              sure: np.ndarray | None = None, max_session_gap: int = 0):
     """Fit the match probability on one probe or shank and cluster by it.
 
     pairs: (P, 2) candidate pairs; similarities: callable, (Q, 2) pairs -> (Q, F) Fisher z of
@@ -128,7 +139,8 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     matches (kilomatch.derived_non_matches, fit_with_derived). sure: with ``derived``, (P,)
     bool, the candidate pairs that group units for the derivation instead (the final
     clustering's good matches): the probability is then fitted once, with the derived
-    pairs.
+    pairs. max_session_gap: the candidate pairs' largest session gap (0: any); derived pairs
+    farther apart are left out.
     """
     n = positions.shape[0]
 
@@ -162,8 +174,8 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
 
     def with_derived(sure_pairs):
         return fit_with_derived(x_cand, x_non[fit_n], non[fit_n], fit_c, sure_pairs, pairs,
-                                evidence, depth, session, inside, anchor, anchor_non,
-                                max_distance, far, seed)
+                                evidence, positions, session, inside, anchor, anchor_non,
+                                max_distance, far, seed, max_session_gap)
 
     # Given sure pairs, the derived non-matches are known before any fit: one fit with them.
     model = with_derived(np.asarray(sure, bool)) if derived and sure is not None else None
@@ -225,8 +237,8 @@ def _every_pair(model, pairs, fit_c, similarity_of_candidates, positions, amplit
     return p, score
 
 
-def fit_with_derived(x_cand, x_same, same, fit_c, sure, pairs, evidence, depth, session, usable,
-                     anchor, anchor_same, max_distance, far, seed):
+def fit_with_derived(x_cand, x_same, same, fit_c, sure, pairs, evidence, positions, session,
+                     usable, anchor, anchor_same, max_distance, far, seed, max_session_gap=0):
     """The match probability fitted with known non-matches derived from sure matches
     (kilomatch.derived_non_matches), or None when there are none.
 
@@ -234,33 +246,59 @@ def fit_with_derived(x_cand, x_same, same, fit_c, sure, pairs, evidence, depth, 
     same-session pairs; fit_c: the candidate rows of the fit; sure (P,) bool: the candidate
     pairs (P, 2) that group units (a first fit's probability, before the prior by gap, of
     dnm.SURE_PROBABILITY or more, or the pairs given); evidence: pairs ->
-    their evidence; depth, session, usable (N,): corrected depth (um), session, inside the
-    fit's window; anchor, anchor_same: the candidates' and same-session pairs' rows farther
-    apart than the prior's anchor ``far`` (um).
+    their evidence; positions (N, 3) corrected x, y (depth), z um; session, usable (N,):
+    session, inside the fit's window; anchor, anchor_same: the candidates' and same-session
+    pairs' rows farther apart than the prior's anchor ``far`` (um).
 
     The derived pairs add to the same-session pairs, each same-session pair and its derived
-    pairs weighing 1 together; every pair of two groups falls in one fold; the calibration
+    pairs weighing 1 together; every pair of two groups falls in one fold
+    (dnm.group_folds); the derived pairs beyond the anchor train the trees thinned as the
+    candidates there are (probability._thinned: most derived pairs lie there); the calibration
     is one isotonic fit (averaging bootstrap fits blurs the step from non-matches to
     matches, and with this many known non-matches it no longer pays, benchmarks/RESULTS.md,
     "Session 35"); the prior stays the same-session pairs' estimate."""
     from .probability import match_prior
 
+    depth = positions[:, 1]
     group = dnm.sure_groups(depth.size, pairs, sure)
     derived, weight, same_weight = dnm.derive(same, group, session, depth, usable,
-                                              max_distance, seed)
+                                              max_distance, seed, max_session_gap)
     if not len(derived):
         return None
     log.info("match probability: %d known non-matches across sessions derived from %d sure "
              "pairs (%d groups of units); fitted with them", len(derived),
              int(np.count_nonzero(sure)), int(group.max()) + 1)
     anchor_derived = _far_apart(depth, derived, None, far)
-    keys = np.r_[dnm.fold_keys(pairs[fit_c], group),
-                 dnm.fold_keys(np.vstack([same, derived]), group)]
-    return fit_match_probability(x_cand, np.vstack([x_same, evidence(derived)]), anchor,
-                                 np.r_[anchor_same, anchor_derived], seed,
+    # Two folds, not three: with the derived pairs each fold still trains on more known
+    # non-matches than three folds of the same-session pairs alone, and the fit takes the
+    # time of the plain one (three folds: 0.15 s more of 3.3 s on the speed study). On the
+    # accuracy suite two folds calibrated 96 of 120 runs against three folds' 90, for 0.0002
+    # less of F1 per dataset (benchmarks/RESULTS.md, "Session 41").
+    n_folds = 2
+    fold = np.r_[dnm.group_folds(pairs, group, n_folds, seed, rows=fit_c),
+                 dnm.group_folds(same, group, n_folds, seed),
+                 dnm.group_folds(derived, group, n_folds, seed)]
+    # the derived pairs' evidence a block at a time into one array (at once, the blocks'
+    # copies and the stacking held it three times: 1.3 M pairs at 10^5 units); most derived
+    # pairs are candidate pairs, whose similarities the final clustering already holds (the
+    # rest are computed)
+    x_non = np.empty((len(x_same) + len(derived), x_same.shape[1]))
+    x_non[:len(x_same)] = x_same
+    row = candidate_rows(pairs, derived, depth.size)
+    for a in range(0, len(derived), dnm.BLOCK):
+        b = min(a + dnm.BLOCK, len(derived))
+        out, rows = x_non[len(x_same) + a:len(x_same) + b], row[a:b]
+        known = rows >= 0
+        if known.any():
+            out[known] = x_cand[rows[known]]
+        if not known.all():
+            out[~known] = evidence(derived[a:b][~known])
+    return fit_match_probability(x_cand, x_non, anchor,
+                                 np.r_[anchor_same, anchor_derived], seed, n_folds=n_folds,
                                  candidate_rows=fit_c, non_weight=np.r_[same_weight, weight],
-                                 fold_key=keys, prior=match_prior(anchor, anchor_same),
-                                 n_bags=0)
+                                 fold=fold, prior=match_prior(anchor, anchor_same),
+                                 n_bags=0,
+                                 thin_non=np.r_[np.zeros(len(same), bool), anchor_derived])
 
 
 def no_match_beyond_anchor(p: np.ndarray, depth: np.ndarray, pairs: np.ndarray,

@@ -208,24 +208,26 @@ PARAMETERS: tuple[Param, ...] = (
           "mean: pairs many sessions apart, where fewer neurons are still recorded, get a "
           "lower probability for the same evidence (README, \"Match probability\"). False: "
           "one prior for every gap."),
-    Param("clustering.derived_non_matches", "bool", False,
+    Param("clustering.derived_non_matches", "bool", True,
           "Fit the match probability with known non-matches across sessions derived from "
           "sure matches (sure matches group units, clustering.derived_from says which; two "
           "units of one session in two groups make every pair of the two groups' units a "
-          "known non-match), folds per pair of groups and one isotonic fit (README, "
-          "\"Match probability\"). Off by default: on the accuracy suite it raised F1 on "
-          "every pair of seeds measured, but not precision on high-turnover studies, and it "
-          "takes the probability about twice as long; past 50 pairs of the two groups' units "
-          "per same-session pair (or 5,000,000) a seeded random draw of them is taken."),
-    Param("clustering.derived_from", "str", "probability",
+          "known non-match, within clustering.max_session_gap), cross-fitted in two folds "
+          "that keep each pair of groups in one, "
+          "with one isotonic fit (README, \"Match probability\"). On the accuracy suite it "
+          "raised F1 on five of six pairs of seeds and calibrated 95 of 120 runs against 82, "
+          "without raising precision on "
+          "high-turnover studies (benchmarks/RESULTS.md, \"Session 41\"); past 50 pairs of "
+          "the two groups' units per same-session pair (or 5,000,000) a seeded random draw "
+          "of them is taken. False: the same-session pairs alone, as up to session 40."),
+    Param("clustering.derived_from", "str", "clustering",
           "With clustering.derived_non_matches, the sure matches that group units: "
-          "'probability' takes the pairs of probability 0.99 or more of a first fit and fits "
-          "the probability a second time; 'clustering' takes the final clustering's good "
-          "matches (pairs of one cluster above its similarity threshold) and fits it once. "
-          "On the accuracy suite 'clustering' raised F1 more (+0.017 against +0.013 over "
-          "four pairs of seeds) at lower cost, with fewer datasets below 0.99 precision, but "
-          "did not improve the calibration (benchmarks/RESULTS.md, \"Session 36\").",
-          choices=("probability", "clustering")),
+          "'clustering' takes the final clustering's good matches (pairs of one cluster above "
+          "its similarity threshold) and fits the probability once; 'probability' takes the "
+          "pairs of probability 0.99 or more of a first fit and fits it a second time. On "
+          "the accuracy suite 'clustering' raised F1 more (+0.017 against +0.013 over four "
+          "pairs of seeds) at lower cost (benchmarks/RESULTS.md, \"Session 36\").",
+          choices=("clustering", "probability")),
     Param("clustering.oversized_clusters", "str", "core",
           "What the final clustering makes of a cluster of HDBSCAN's tree with more units "
           "than sessions that never splits into two clusters, only sheds units one by one: "

@@ -964,7 +964,8 @@ def fit_probability(data: Dataset, units: UnitFeatures, final: RoundResult, s: S
                                gap_prior=s.clustering.match_prior_by_gap,
                                derived=s.clustering.derived_non_matches,
                                sure=(final.clustering.good
-                                     if s.clustering.derived_from == "clustering" else None))
+                                     if s.clustering.derived_from == "clustering" else None),
+                               max_session_gap=s.clustering.max_session_gap)
     if fitted is None:
         log.warning("too few pairs to fit the match probability: no probability is reported "
                     "and the final clusters come from the weighted similarity")

@@ -222,11 +222,14 @@ def bin_edges(x: np.ndarray, weight: np.ndarray, n_bins: int = N_BINS) -> list:
     100 i / n_bins (i = 1 .. n_bins - 1) by the averaged inverted CDF. It finds them one
     percentile at a time, sorting the column again for each: 11 s of the step's 32 s at 10k
     units. Here one sort per column gives them all (the same edges: every bin holds data, so
-    the trees, and every prediction, are the same)."""
+    the trees, and every prediction, are the same). The sort need not be stable (numpy's
+    default is six times faster on this machine's AVX-512): with every weight positive, the
+    order of tied values moves no edge (the CDF at the end of a run of ties, and before it,
+    is the run's whole weight whatever its order)."""
     levels = np.arange(1, n_bins) / n_bins
     edges = []
     for column in np.asarray(x, np.float64).T:
-        order = np.argsort(column, kind="stable")
+        order = np.argsort(column)
         values = column[order]
         distinct = values[np.r_[True, values[1:] != values[:-1]]]  # sorted already
         if distinct.size <= 1:
@@ -350,8 +353,9 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
                           n_folds: int = 3, max_train: int = 200_000,
                           candidate_rows: np.ndarray | None = None,
                           non_weight: np.ndarray | None = None,
-                          fold_key: np.ndarray | None = None, prior: float | None = None,
-                          n_bags: int | None = None) -> MatchModel | None:
+                          fold: np.ndarray | None = None, prior: float | None = None,
+                          n_bags: int | None = None,
+                          thin_non: np.ndarray | None = None) -> MatchModel | None:
     """Fit the match probability of candidate pairs against same-session non-matches.
 
     candidates: (P, K) evidence of the cross-session candidate pairs, an array or a
@@ -367,10 +371,12 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
 
     For known non-matches derived from sure matches (kilomatch.derived_non_matches):
     non_weight (Q,) weighs each non-match row in the trees and in the calibration (each class
-    still weighs half); fold_key (P' + Q,) of the rows used, candidates first: rows of one
-    key >= 0 share a fold (-1: a random fold); prior: the share of matches, when it is not
+    still weighs half); fold (P' + Q,) int8 of the rows used, candidates first: each row's
+    fold, -1 for a random one (derived_non_matches.group_folds); prior: the share of matches, when it is not
     to be estimated from these rows' anchor; n_bags: the calibration's bootstrap fits
-    (None: CALIBRATION_BAGS; 0: one isotonic fit).
+    (None: CALIBRATION_BAGS; 0: one isotonic fit); thin_non (Q,) bool: the non-match rows
+    thinned as the candidates beyond the anchor are (derived pairs beyond it, as many as
+    the candidates there: one smooth density as well).
     """
     rows = np.arange(len(candidates)) if candidate_rows is None else np.asarray(candidate_rows)
     n_c, n_n = len(rows), len(non_matches)
@@ -386,13 +392,14 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
 
     y = np.r_[np.ones(n_c, np.int8), np.zeros(n_n, np.int8)]
     # the same shuffle as of the int64 fold numbers (it moves positions, not values): 1 byte each
-    fold = rng.permutation((np.arange(y.size) % n_folds).astype(np.int8))
-    if fold_key is not None:
-        keyed = fold_key >= 0
-        keys, at = np.unique(fold_key[keyed], return_inverse=True)
-        fold[keyed] = rng.permutation((np.arange(keys.size) % n_folds).astype(np.int8))[at]
-    row_weight = None if non_weight is None else np.r_[np.ones(n_c), non_weight]
-    usable, far = _thinned(anchor, n_n, seed)
+    drawn = rng.permutation((np.arange(y.size) % n_folds).astype(np.int8))
+    if fold is None:
+        fold = drawn
+    else:
+        fold = np.where(fold >= 0, fold, drawn)
+        del drawn
+    row_weight = None if non_weight is None else RowWeight(n_c, non_weight)
+    usable, far = _thinned(anchor, n_n, seed, thin_non)
     score = np.empty(y.size)
     with _one_thread():
         models, edges, raw = _cross_fit(evidence, y, fold, n_folds, max_train, rng, seed,
@@ -402,12 +409,17 @@ def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
                                    weight=row_weight)
     if prior is None:
         prior = match_prior(anchor, anchor_non)
-    g = _calibrated(calibration, score)
     log.info("match probability: %d candidate pairs, %d same-session pairs; estimated "
              "fraction of matches among candidate pairs %.4f", n_c, n_n, prior)
-    return MatchModel(models, calibration, prior, n_c, n_n, _probability(g[:n_c], prior),
-                      _probability(g[n_c:], prior), edges, raw, score[:n_c].astype(np.float32),
-                      np.sort(score[n_c:].astype(np.float32)))
+    candidate_score = score[:n_c].astype(np.float32)
+    non_score = np.sort(score[n_c:].astype(np.float32))
+    # the scores become the probabilities in place, a block at a time: the whole arrays'
+    # copies and temporaries took the fit's memory 0.6 GB above its cross-fit at 10^5 units
+    probability = score
+    for part in _chunks(score.size):
+        probability[part] = _probability(calibration.predict(score[part]), prior)
+    return MatchModel(models, calibration, prior, n_c, n_n, probability[:n_c],
+                      probability[n_c:], edges, raw, candidate_score, non_score)
 
 
 # The trees train on one in THIN_ANCHOR of the candidate pairs beyond the prior's anchor
@@ -421,20 +433,44 @@ THIN_ANCHOR = 3
 THIN_MIN_ROWS = 10_000
 
 
-def _thinned(anchor: np.ndarray, n_non: int, seed: int) -> tuple:
+def _thinned(anchor: np.ndarray, n_non: int, seed: int,
+             thin_non: np.ndarray | None = None) -> tuple:
     """The rows the trees may train on and the thinned ones: ((P + Q,) bool, (P + Q,) bool),
     or (None, None) for every row at its own weight. The candidate rows beyond the anchor
     (P,), when there are THIN_MIN_ROWS of them or more, are thinned to one in THIN_ANCHOR,
     drawn with ``seed`` (CHUNK_ROWS at a time: the same draws as at once, without a float
-    per pair, 25 M at 10^5 units); each kept one weighs THIN_ANCHOR (_tree_weight)."""
+    per pair, 25 M at 10^5 units); each kept one weighs THIN_ANCHOR (_tree_weight). The
+    non-match rows that ``thin_non`` (Q,) marks are thinned with them."""
     if THIN_ANCHOR <= 1 or np.count_nonzero(anchor) < THIN_MIN_ROWS:
         return None, None
-    far = np.r_[np.asarray(anchor, bool), np.zeros(n_non, bool)]
+    far = np.r_[np.asarray(anchor, bool),
+                np.zeros(n_non, bool) if thin_non is None else np.asarray(thin_non, bool)]
     rng = np.random.default_rng([seed, 11])
     usable = ~far
     for part in _chunks(far.size):
         usable[part] |= rng.random(part.stop - part.start) * THIN_ANCHOR < 1
     return usable, far
+
+
+class RowWeight:
+    """The weights of a fit's rows, the candidates' (n_candidates, all 1) then the
+    non-matches' (Q,), without an array of the candidates' ones (216 MB at 10^5 units):
+    indexed by a slice or an index array, it gives those rows' weights (n,) float64."""
+
+    def __init__(self, n_candidates: int, non_weight: np.ndarray):
+        self.n_candidates = int(n_candidates)
+        self.non_weight = np.asarray(non_weight, np.float64)
+
+    def __len__(self) -> int:
+        return self.n_candidates + self.non_weight.size
+
+    def __getitem__(self, rows) -> np.ndarray:
+        rows = (np.arange(*rows.indices(len(self))) if isinstance(rows, slice)
+                else np.asarray(rows))
+        out = np.ones(rows.size)
+        non = rows >= self.n_candidates
+        out[non] = self.non_weight[rows[non] - self.n_candidates]
+        return out
 
 
 def _tree_weight(train: np.ndarray, y: np.ndarray, row_weight: np.ndarray | None,

@@ -60,7 +60,7 @@ def studies(tmp_path_factory, altered_copy):
 
 def test_sessions_with_offsets_are_named_and_tracked_as_without(studies, track_study):
     """Every session is named; its units' baselines come off, and the tracking scores as on
-    the study as simulated, where without the step it scores much lower."""
+    the study as simulated, where without the step it scores lower."""
     study, offset = studies
     clean, f1_study, said = track_study(study, OFFSETS)
     assert said == [] and clean.units.offset_sessions is None
@@ -70,4 +70,7 @@ def test_sessions_with_offsets_are_named_and_tracked_as_without(studies, track_s
     _, f1_off, said = track_study(offset, OFFSETS, remove_channel_offsets=False)
     assert said == []
     assert f1_removed >= f1_study - 0.01
-    assert f1_off < f1_removed - 0.05, (f1_off, f1_removed, f1_study)
+    # (0.965 against 0.995 here: learning from the known non-matches derived across
+    # sessions, on by default, the probability takes up some of the offsets' harm, which
+    # cost over 0.05 of F1 without them, benchmarks/RESULTS.md, "Session 41")
+    assert f1_off < f1_removed - 0.02, (f1_off, f1_removed, f1_study)

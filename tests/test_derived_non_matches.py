@@ -66,10 +66,36 @@ def test_past_the_budget_a_seeded_draw_of_the_pairs_is_taken(monkeypatch):
     assert len(dnm.derive(*args, seed=1)[0]) == 4
 
 
-def test_the_pairs_of_two_groups_share_a_fold_key():
-    keys = dnm.fold_keys(np.array([[0, 1], [2, 3], [0, 3], [4, 1], [0, 2]]), GROUP)
-    assert keys[0] == keys[1] == keys[2] == keys[3] >= 0
-    assert keys[4] == -1  # within one group: a random fold
+def test_derived_pairs_keep_to_the_candidates_session_gap():
+    """Pairs more sessions apart than the candidates' max_session_gap are no candidates'
+    kin: they are not derived (B's unit 1 of session 0 and A's unit 4 of session 2 here)."""
+    args = (SAME_SESSION, GROUP, SESSION, DEPTH, np.ones(5, bool), 100.0)
+    pairs, weight, same_weight = dnm.derive(*args, max_session_gap=1)
+    assert pairs.tolist() == [[0, 3], [1, 2], [3, 4]]
+    assert same_weight.sum() + weight.sum() == pytest.approx(len(SAME_SESSION))
+    assert dnm.derive(*args, max_session_gap=0)[0].tolist() == [[0, 3], [1, 2], [1, 4],
+                                                               [3, 4]]
+
+
+def test_the_pairs_of_two_groups_share_a_fold(monkeypatch):
+    pairs = np.array([[0, 1], [2, 3], [0, 3], [4, 1], [0, 2]])
+    fold = dnm.group_folds(pairs, GROUP, 3, seed=0)
+    assert fold.dtype == np.int8
+    assert fold[0] == fold[1] == fold[2] == fold[3] >= 0
+    assert fold[4] == -1  # within one group: a random fold
+    np.testing.assert_array_equal(dnm.group_folds(pairs, GROUP, 3, seed=0, rows=[3, 4]),
+                                  fold[[3, 4]])
+    # many pairs of groups: each fold gets a third of them, and in blocks as at once
+    rng = np.random.default_rng(0)
+    group = np.arange(3000)
+    many = rng.integers(0, 3000, (60_000, 2))
+    whole = dnm.group_folds(many, group, 3, seed=4)
+    share = np.bincount(whole[whole >= 0], minlength=3) / np.count_nonzero(whole >= 0)
+    assert np.all(np.abs(share - 1 / 3) < 0.02)
+    # the seed draws other folds
+    assert np.mean(dnm.group_folds(many, group, 3, seed=5) == whole) < 0.5
+    monkeypatch.setattr(dnm, "BLOCK", 7_000)
+    np.testing.assert_array_equal(dnm.group_folds(many, group, 3, seed=4), whole)
 
 
 def test_weighted_calibration_is_the_calibration_of_the_rows_repeated():
@@ -171,8 +197,10 @@ def test_sure_pairs_given_fit_the_probability_once_with_the_derived_pairs(monkey
     given, given_fits = fit(True, sure=truth)
     _, two_fits = fit(True)
     assert len(off_fits) == 1 and len(two_fits) == 2 and len(given_fits) == 1
-    # the one fit saw the derived pairs among its known non-matches
+    # the one fit saw the derived pairs among its known non-matches, in two folds (the
+    # plain fit: three)
     assert given_fits[0] > 2 * off_fits[0]
+    assert len(given.model.models) == 2 and len(off.model.models) == 3
     assert given.model.non_match_probability.size == off.model.non_match_probability.size
     p = given.candidate_probability
     assert p[truth].mean() > 0.9 and p[~truth].mean() < 0.05
@@ -181,3 +209,4 @@ def test_sure_pairs_given_fit_the_probability_once_with_the_derived_pairs(monkey
     none_sure, none_fits = fit(True, sure=np.zeros(len(pairs), bool))
     assert len(none_fits) == 1
     np.testing.assert_array_equal(none_sure.candidate_probability, off.candidate_probability)
+

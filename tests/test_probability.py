@@ -166,6 +166,27 @@ def test_trees_train_on_one_in_three_pairs_beyond_the_anchor(monkeypatch):
     assert probability._thinned(few, 5000, seed=2) == (None, None)
 
 
+def test_row_weights_read_as_the_array_of_every_row():
+    """RowWeight (the candidates' ones, then the non-matches' weights) gives what the whole
+    array would, by slice and by index, and so the same trees' weights and calibration."""
+    from kilomatch.probability import RowWeight, _fit_calibration, _tree_weight
+    rng = np.random.default_rng(3)
+    non = rng.uniform(0.1, 2, 700)
+    whole = np.r_[np.ones(1000), non]
+    lazy = RowWeight(1000, non)
+    assert len(lazy) == whole.size
+    for rows in (slice(0, 1700), slice(900, 1200), slice(1500, 5000), slice(0, 0),
+                 rng.choice(1700, 300, replace=False), np.array([999, 1000, 1699])):
+        np.testing.assert_array_equal(lazy[rows], whole[rows])
+    y = np.r_[np.ones(1000, np.int8), np.zeros(700, np.int8)]
+    train = np.sort(rng.choice(1700, 900, replace=False))
+    np.testing.assert_array_equal(_tree_weight(train, y, lazy, None),
+                                  _tree_weight(train, y, whole, None))
+    score = rng.random(1700) + y * 0.3
+    a, b = (_fit_calibration(score, y, n_bags=0, weight=w) for w in (lazy, whole))
+    np.testing.assert_array_equal(a.share, b.share)
+
+
 def test_thinning_the_far_pairs_keeps_every_probability_close(monkeypatch):
     """Trees trained on a third of the pairs beyond the anchor score every pair (those left
     out of the training too, from the models of the other folds). Their probabilities differ

@@ -91,6 +91,10 @@ def derive(same_session: np.ndarray, group: np.ndarray, session: np.ndarray,
     return np.column_stack([unique // n, unique % n]), weight, same_session_weight
 
 
+# Pairs handled at once by group_folds and by the derived pairs' evidence (linking).
+BLOCK = 1_000_000
+
+
 def group_folds(pairs: np.ndarray, group: np.ndarray, n_folds: int, seed: int = 0,
                 rows: np.ndarray | None = None) -> np.ndarray:
     """Cross-fitting fold (P',) int8 of the pairs (P, 2) (only the ``rows`` (P',) when given):
@@ -111,9 +115,6 @@ def group_folds(pairs: np.ndarray, group: np.ndarray, n_folds: int, seed: int = 
             ga, gb).astype(np.uint64)
         out[at] = np.where(ga == gb, -1, _mix(key ^ salt) % np.uint64(n_folds))
     return out
-
-
-BLOCK = 1_000_000
 
 
 def _mix(x: np.ndarray) -> np.ndarray:

@@ -103,12 +103,9 @@ def candidate_rows(pairs: np.ndarray, query: np.ndarray, n_units: int) -> np.nda
 def pair_lookup(pairs: np.ndarray, values: np.ndarray, query: np.ndarray, n_units: int):
     """values (P,) of ``pairs`` (P, 2) sorted by (i, j), at the ``query`` pairs (Q, 2):
     (found (Q,) bool, value (Q,), NaN where not found)."""
-    key = pairs[:, 0] * n_units + pairs[:, 1]
-    q = query[:, 0] * n_units + query[:, 1]
-    at = np.clip(np.searchsorted(key, q), 0, max(key.size - 1, 0))
-    found = key.size > 0
-    found = (key[at] == q) if found else np.zeros(q.size, bool)
-    value = np.full(q.size, np.nan)
+    at = candidate_rows(pairs, query, n_units)
+    found = at >= 0
+    value = np.full(len(query), np.nan)
     value[found] = values[at[found]]
     return found, value
 
@@ -174,7 +171,7 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
 
     def with_derived(sure_pairs):
         return fit_with_derived(x_cand, x_non[fit_n], non[fit_n], fit_c, sure_pairs, pairs,
-                                evidence, positions, session, inside, anchor, anchor_non,
+                                evidence, depth, session, inside, anchor, anchor_non,
                                 max_distance, far, seed, max_session_gap)
 
     # Given sure pairs, the derived non-matches are known before any fit: one fit with them.
@@ -237,8 +234,8 @@ def _every_pair(model, pairs, fit_c, similarity_of_candidates, positions, amplit
     return p, score
 
 
-def fit_with_derived(x_cand, x_same, same, fit_c, sure, pairs, evidence, positions, session,
-                     usable, anchor, anchor_same, max_distance, far, seed, max_session_gap=0):
+def fit_with_derived(x_cand, x_same, same, fit_c, sure, pairs, evidence, depth, session, usable,
+                     anchor, anchor_same, max_distance, far, seed, max_session_gap=0):
     """The match probability fitted with known non-matches derived from sure matches
     (kilomatch.derived_non_matches), or None when there are none.
 
@@ -246,9 +243,10 @@ def fit_with_derived(x_cand, x_same, same, fit_c, sure, pairs, evidence, positio
     same-session pairs; fit_c: the candidate rows of the fit; sure (P,) bool: the candidate
     pairs (P, 2) that group units (a first fit's probability, before the prior by gap, of
     dnm.SURE_PROBABILITY or more, or the pairs given); evidence: pairs ->
-    their evidence; positions (N, 3) corrected x, y (depth), z um; session, usable (N,):
-    session, inside the fit's window; anchor, anchor_same: the candidates' and same-session
-    pairs' rows farther apart than the prior's anchor ``far`` (um).
+    their evidence; depth, session, usable (N,): corrected depth (um), session, inside the
+    fit's window; anchor, anchor_same: the candidates' and same-session pairs' rows farther
+    apart than the prior's anchor ``far`` (um); max_session_gap: the candidates' largest
+    session gap (0: any), beyond which nothing is derived.
 
     The derived pairs add to the same-session pairs, each same-session pair and its derived
     pairs weighing 1 together; every pair of two groups falls in one fold
@@ -259,7 +257,6 @@ def fit_with_derived(x_cand, x_same, same, fit_c, sure, pairs, evidence, positio
     "Session 35"); the prior stays the same-session pairs' estimate."""
     from .probability import match_prior
 
-    depth = positions[:, 1]
     group = dnm.sure_groups(depth.size, pairs, sure)
     derived, weight, same_weight = dnm.derive(same, group, session, depth, usable,
                                               max_distance, seed, max_session_gap)

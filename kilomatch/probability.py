@@ -224,8 +224,13 @@ def bin_edges(x: np.ndarray, weight: np.ndarray, n_bins: int = N_BINS) -> list:
     units. Here one sort per column gives them all (the same edges: every bin holds data, so
     the trees, and every prediction, are the same). The sort need not be stable (numpy's
     default is six times faster on this machine's AVX-512): with every weight positive, the
-    order of tied values moves no edge (the CDF at the end of a run of ties, and before it,
-    is the run's whole weight whatever its order)."""
+    order of tied values moves no edge in exact arithmetic (the CDF at the end of a run of
+    ties, and before it, is the run's whole weight whatever its order). In floating point
+    the sums can differ in their last bit with that order, which numpy's sort may choose
+    differently on another CPU; an edge moves only if a percentile falls within that bit of
+    the end of a run of ties (with the stable sort and without, the speed study's outputs
+    and, with the same-session pairs alone, the 20 suite datasets' CandidatePairs.npz at
+    seed 0 were byte-identical, benchmarks/RESULTS.md, "Session 41")."""
     levels = np.arange(1, n_bins) / n_bins
     edges = []
     for column in np.asarray(x, np.float64).T:

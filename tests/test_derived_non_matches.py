@@ -209,4 +209,3 @@ def test_sure_pairs_given_fit_the_probability_once_with_the_derived_pairs(monkey
     none_sure, none_fits = fit(True, sure=np.zeros(len(pairs), bool))
     assert len(none_fits) == 1
     np.testing.assert_array_equal(none_sure.candidate_probability, off.candidate_probability)
-

@@ -55,6 +55,8 @@ class RunArrays:
     split_thresholds (K,) and split_on (K,) str ('similarity' or 'probability': what the
     removals and split thresholds are measured in). Match probability (kilomatch.linking,
     NaN where a shank had too few pairs to fit it): probability (P,) of each candidate pair,
+    pair_probability (P,) the same from the pair's evidence alone (before
+    linking.calibrate_to_clusters; the probability where that did not run),
     match_confidence (N,) of each unit in its final cluster, match_table (columns of
     MatchTable.csv, or None when no shank has a probability). Candidate pairs of every shank: pairs (P, 2), pair_similarities
     (P, F), similarity (P,), good_match (P,), pair_shank (P,), same_cluster_clustering and
@@ -109,6 +111,7 @@ class RunArrays:
     split_thresholds: np.ndarray
     split_on: np.ndarray
     probability: np.ndarray
+    pair_probability: np.ndarray
     match_confidence: np.ndarray
     match_table: dict | None
     round_motion: list
@@ -249,6 +252,11 @@ def assemble(result: Result) -> RunArrays:
         probability=np.concatenate([
             np.full(len(p.result.final.pairs), np.nan) if c.links is None
             else c.links.candidate_probability for p, c in zip(parts, curated)]
+        ).astype(np.float32),
+        pair_probability=np.concatenate([
+            np.full(len(p.result.final.pairs), np.nan) if c.links is None
+            else c.links.candidate_probability if c.links.pair_probability is None
+            else c.links.pair_probability for p, c in zip(parts, curated)]
         ).astype(np.float32),
         match_confidence=confidence,
         match_table=match_table([(p.units, p.result.final.pairs, c.links)

@@ -290,6 +290,7 @@ def _write_all(result: Result, arrays: RunArrays, write: _FileWriters) -> list:
         "same_cluster_clustering": a.same_cluster_clustering,
         "same_cluster_final": a.same_cluster_final,
         "probability": a.probability,
+        "pair_probability": a.pair_probability,
     }
     if multi:
         candidate["shank"] = a.pair_shank

@@ -136,11 +136,16 @@ def feature_scatter(result, max_points: int = SCATTER_POINTS) -> dict:
 
 def probability_calibration(result, gt_neuron: np.ndarray) -> dict:
     """Per probability decile (metrics.calibration_bins), the fraction of candidate pairs
-    that are one neuron by the ground truth (N,) neuron ids."""
+    that are one neuron by the ground truth (N,) neuron ids; under "pair", the same of the
+    pair probability where the reported one is calibrated to the final clusters."""
     from .metrics import calibration_bins
     pairs = result.final.pairs
-    p = result.curated.links.candidate_probability
-    return calibration_bins(p, gt_neuron[pairs[:, 0]] == gt_neuron[pairs[:, 1]])
+    links = result.curated.links
+    truth = gt_neuron[pairs[:, 0]] == gt_neuron[pairs[:, 1]]
+    bins = calibration_bins(links.candidate_probability, truth)
+    if links.pair_probability is not None:
+        bins["pair"] = calibration_bins(links.pair_probability, truth)
+    return bins
 
 
 def figure_inputs(result, gt_neuron: np.ndarray | None = None) -> dict:

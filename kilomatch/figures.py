@@ -188,15 +188,22 @@ def draw_feature_scatter(d: dict):
 
 def draw_probability_calibration(bins: dict):
     """Reliability of the match probability against ground truth: per probability decile
-    (metrics.calibration_bins), the fraction of candidate pairs that are one neuron."""
+    (metrics.calibration_bins), the fraction of candidate pairs that are one neuron; the
+    pair probability's too (dashed) where the reported one is calibrated to the clusters."""
     fig = Figure(figsize=(5.5, 5))
     ax = fig.subplots()
     ax.plot([0, 1], [0, 1], color=OTHER_COLOR, lw=1, label="perfect calibration")
     ax.fill_between([0, 1], [-0.05, 0.95], [0.05, 1.05], color=OTHER_COLOR, alpha=0.15,
                     label="within 0.05")
+    if "pair" in bins:  # before calibrate_to_clusters: the pair's own evidence
+        pair = bins["pair"]
+        sel = pair["n_pairs"] >= 50
+        ax.plot(pair["mean_probability"][sel], pair["true_fraction"][sel], "s--",
+                color=OTHER_COLOR, ms=4, label="pair probability, bins of >= 50 pairs")
     enough = bins["n_pairs"] >= 50
-    for sel, style, label in ((enough, "o-", "bins of >= 50 pairs"),
-                              (~enough & (bins["n_pairs"] > 0), "x", "bins of < 50 pairs")):
+    for sel, style, label in ((enough, "o-", "match probability, bins of >= 50 pairs"),
+                              (~enough & (bins["n_pairs"] > 0), "x",
+                               "match probability, bins of < 50 pairs")):
         ax.plot(bins["mean_probability"][sel], bins["true_fraction"][sel], style,
                 color=MATCH_COLOR, label=label)
     for x, y, n in zip(bins["mean_probability"], bins["true_fraction"], bins["n_pairs"]):

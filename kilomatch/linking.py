@@ -17,8 +17,9 @@ import numpy as np
 
 from . import derived_non_matches as dnm
 from .clustering import sparse_hdbscan
-from .probability import (LazyEvidence, MatchModel, _chunks, fit_match_probability,
-                          pair_evidence, prior_by_gap, same_session_pairs, with_gap_prior)
+from .probability import (LazyEvidence, MatchModel, _chunks, fit_cluster_calibration,
+                          fit_match_probability, pair_evidence, prior_by_gap,
+                          same_session_pairs, with_gap_prior)
 
 log = logging.getLogger("kilomatch")
 
@@ -56,6 +57,13 @@ class ProbabilityLinks:
     # farther apart in depth read probability 0 (no_match_beyond_anchor)
     depth: np.ndarray | None = None
     anchor_um: float = np.inf
+    # (P,) each candidate pair's probability from its own evidence (calibrated against the
+    # known non-matches) when calibrate_to_clusters has mapped candidate_probability to the
+    # final clusters; None when it has not (candidate_probability is then that probability)
+    pair_probability: np.ndarray | None = None
+    # (P,) bool: the MatchTable rows (candidate_similarity's, in pair order); None: those of
+    # in_match_table(candidate_probability)
+    table_rows: np.ndarray | None = None
 
 
 def evidence_features(final_names: list) -> list:
@@ -388,6 +396,66 @@ def within_cluster_share(links: ProbabilityLinks, evidence, pairs: np.ndarray,
 
 
 MATCH_TABLE_MIN_PROBABILITY = 0.05
+# Fewer candidate pairs than this held together by the final clusters, or in two of them,
+# and the probability stays as the pairs' evidence gave it (calibrate_to_clusters)
+MIN_PAIRS_TO_CALIBRATE = 20
+
+
+def calibrate_to_clusters(links: ProbabilityLinks, evidence, pairs: np.ndarray,
+                          labels: np.ndarray) -> bool:
+    """Map the match probability of each candidate pair of two units in final clusters to the
+    share of such pairs of that probability that the final clusters hold together (docs/
+    method.md, section 9): a monotone map (probability.fit_cluster_calibration), so those
+    pairs keep their order and every unit its weakest link, but the clusters' evidence
+    beyond one pair (the other units of a neuron) now counts. A pair with a unit in no
+    cluster keeps its probability: no cluster judged it. The pair probability is calibrated
+    against the known non-matches, which are not quite like the candidates' non-matches
+    (benchmarks/RESULTS.md, "Session 34"); the share held together is what the curated
+    clusters made of the pairs. On the accuracy suite it left fewer decile bins off their
+    range ("Session 43").
+
+    links: the shank's ProbabilityLinks, changed in place (candidate_probability,
+    match_confidence, the MatchTable rows and their evidence; the probability before goes
+    to pair_probability); evidence: (Q, 2) pairs -> their evidence (linking.fit_links),
+    for MatchTable rows the map adds; pairs: (P, 2) the candidate pairs; labels: (N,) the
+    final clusters (-1: in none). False, and nothing changed, when fewer than
+    MIN_PAIRS_TO_CALIBRATE such pairs are held together or in two clusters."""
+    p = links.candidate_probability
+    first, second = labels[pairs[:, 0]], labels[pairs[:, 1]]
+    judged = np.isfinite(p) & (first >= 0) & (second >= 0)
+    together = judged & (first == second)
+    held = int(np.count_nonzero(together))
+    apart = int(np.count_nonzero(judged)) - held
+    if min(held, apart) < MIN_PAIRS_TO_CALIBRATE:
+        log.info("match probability not calibrated to the final clusters: %d candidate pairs "
+                 "held together, %d in two clusters (fewer than %d)", held, apart,
+                 MIN_PAIRS_TO_CALIBRATE)
+        return False
+    calibration = fit_cluster_calibration(p[judged], together[judged])
+    q = p.copy()
+    for part in _chunks(len(q)):
+        ok = judged[part]
+        q[part][ok] = calibration.predict(p[part][ok])
+    rows = in_match_table(p) if links.table_rows is None else links.table_rows
+    added = in_match_table(q) & ~rows
+    if added.any():  # their evidence, in pair order among the rows kept
+        table = rows | added
+        sims = np.empty((int(table.sum()), links.candidate_similarity.shape[1]),
+                        links.candidate_similarity.dtype)
+        was = rows[table]
+        sims[was] = links.candidate_similarity
+        sims[~was] = evidence(pairs[added])[:, :sims.shape[1]]
+        links.candidate_similarity, rows = sims, table
+    confidence = links.match_confidence
+    if confidence is not None:
+        confidence = confidence.copy()
+        ok = np.isfinite(confidence)
+        confidence[ok] = calibration.predict(confidence[ok])
+    links.pair_probability, links.candidate_probability = p, q
+    links.table_rows, links.match_confidence = rows, confidence
+    log.info("match probability calibrated to the final clusters: %d candidate pairs held "
+             "together, %d in two clusters; %d MatchTable rows", held, apart, int(rows.sum()))
+    return True
 
 
 def in_match_table(p: np.ndarray) -> np.ndarray:
@@ -398,7 +466,8 @@ def in_match_table(p: np.ndarray) -> np.ndarray:
 
 def match_table(parts: list, idx_cluster: np.ndarray, session_index: np.ndarray,
                 positions: np.ndarray) -> dict | None:
-    """Columns of MatchTable.csv: one row per candidate pair of probability >= 0.05, over
+    """Columns of MatchTable.csv: one row per candidate pair of probability >= 0.05 (or of
+    pair probability >= 0.05, where calibrate_to_clusters mapped the probability), over
     every shank, in global unit ids (ordered by unit pair). parts: (global unit ids (n,),
     candidate pairs (P, 2) in local ids, ProbabilityLinks) per shank; idx_cluster,
     session_index (N,); positions (N, 3) motion-corrected x, y, z um. None when no part has
@@ -407,9 +476,12 @@ def match_table(parts: list, idx_cluster: np.ndarray, session_index: np.ndarray,
     for members, pairs, links in parts:
         if links is None:
             continue
-        keep = in_match_table(links.candidate_probability)
+        keep = (in_match_table(links.candidate_probability) if links.table_rows is None
+                else links.table_rows)
+        pair_p = (links.candidate_probability if links.pair_probability is None
+                  else links.pair_probability)
         rows.append((members[pairs[keep]], links.candidate_probability[keep],
-                     links.candidate_similarity, links.feature_names))
+                     links.candidate_similarity, links.feature_names, pair_p[keep]))
     if not rows:
         return None
     names = rows[0][3]
@@ -419,7 +491,8 @@ def match_table(parts: list, idx_cluster: np.ndarray, session_index: np.ndarray,
     a, b = pairs[:, 0], pairs[:, 1]
     table = {"unit_a": a, "unit_b": b, "session_a": session_index[a],
              "session_b": session_index[b],
-             "probability": np.concatenate([r[1] for r in rows])[order]}
+             "probability": np.concatenate([r[1] for r in rows])[order],
+             "pair_probability": np.concatenate([r[4] for r in rows])[order]}
     sims = np.vstack([r[2] for r in rows]).reshape(-1, len(names))[order]
     for k, name in enumerate(names):
         table[name] = sims[:, k]

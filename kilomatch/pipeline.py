@@ -706,6 +706,8 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     if not similarity_path and fitted is not None:
         cur = link_by_probability(units, final, s, *fitted, data=data)
         cur.alike_splits = alike
+        if s.clustering.calibrate_to_clusters:
+            linking.calibrate_to_clusters(cur.links, fitted[1], final.pairs, cur.labels)
         note("curation")
         if narrow:
             _narrow_corrected(final)
@@ -770,6 +772,8 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         cur.links.match_confidence = linking.match_confidence(len(labels), kept,
                                                               probability_of(kept))
         cur.removed_probability = probability_of(cur.removed_pairs)
+        if s.clustering.calibrate_to_clusters:  # the curation above read the pair probability
+            linking.calibrate_to_clusters(cur.links, fitted[1], final.pairs, cur.labels)
     if ratio is not None or cur.split_distance_ratio is not None:
         # the split at distance's own removals carry the ratio it used
         cur.removed_distance_ratio = np.full(len(cur.removed_pairs), np.nan)

@@ -573,6 +573,22 @@ def _fit_calibration(score: np.ndarray, y: np.ndarray, seed: int = 0,
     return Calibration(knots, share / len(draws))
 
 
+def fit_cluster_calibration(probability: np.ndarray, together: np.ndarray,
+                            n_bins: int = CALIBRATION_BINS) -> Calibration:
+    """The share of candidate pairs that the final clusters hold together, as a monotone
+    function of the pairs' match probability: an isotonic regression of ``together`` (P,)
+    bool on ``probability`` (P,) finite, over at most n_bins bins of about equal count (a
+    bin per distinct probability where there are few). Its ``predict`` maps any probability
+    to that share (kilomatch.linking.calibrate_to_clusters)."""
+    from sklearn.isotonic import IsotonicRegression
+    knots, counts = _score_bins(np.asarray(probability, np.float64),
+                                np.asarray(together, np.int8), n_bins)
+    rows = counts.sum(axis=0)
+    fit = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
+        knots, counts[1] / rows, sample_weight=rows)
+    return Calibration(knots, fit.predict(knots))
+
+
 def _calibrated(calibration, score: np.ndarray) -> np.ndarray:
     """calibration.predict of scores (n,), CHUNK_ROWS at a time (bounded copies)."""
     out = np.empty(score.size)

@@ -167,6 +167,31 @@ def test_probability_is_calibrated_on_a_simulated_study(run_result, sim_folder):
     assert abs(links.model.prior - truth.mean()) < 0.03
 
 
+def test_probability_calibrated_to_the_clusters_changes_no_cluster(run_result, sim_folder,
+                                                                   tmp_path):
+    """clustering.calibrate_to_clusters maps the reported probability only: the clusters and
+    the curation's record are those of the pair probability, which stays as
+    pair_probability (what the run without the map reports as probability)."""
+    result, out = run_result
+    off = kilomatch.run(_settings(sim_folder, tmp_path, **{"clustering.calibrate_to_clusters":
+                                                           False}))
+    np.testing.assert_array_equal(off.idx_cluster, result.idx_cluster)
+    on_pairs, off_pairs = (np.load(d / "CandidatePairs.npz") for d in (out, tmp_path))
+    np.testing.assert_array_equal(on_pairs["pair_probability"], off_pairs["probability"])
+    np.testing.assert_array_equal(off_pairs["pair_probability"], off_pairs["probability"])
+    assert not np.array_equal(on_pairs["probability"], on_pairs["pair_probability"])
+    on_cur, off_cur = (np.load(d / "CurationResults.npz") for d in (out, tmp_path))
+    np.testing.assert_array_equal(on_cur["removed_probability"], off_cur["removed_probability"])
+    # the same weakest link per unit, read in the reported probability
+    p, pairs = on_pairs["probability"], on_pairs["pairs"]
+    idx = result.idx_cluster
+    held = (idx[pairs[:, 0]] == idx[pairs[:, 1]]) & (idx[pairs[:, 0]] > 0)
+    conf = result.curated.links.match_confidence
+    for unit in np.flatnonzero(np.isfinite(conf))[:50]:
+        mine = held & ((pairs[:, 0] == unit) | (pairs[:, 1] == unit))
+        assert np.isclose(conf[unit], p[mine].min(), atol=1e-6)
+
+
 def test_curation_records_why_with_the_probability(run_result):
     """Each removed pair carries its match probability; pairs kept by the probability were
     together before curation and stay together."""
@@ -214,15 +239,16 @@ def test_probability_outputs_agree(run_result):
     idx = np.load(out / "IdxCluster.npy")[:, 0]
     with np.load(out / "CandidatePairs.npz") as z:
         pairs, p, final = z["pairs"], z["probability"], z["same_cluster_final"]
+        pair_p = z["pair_probability"]
     assert p.shape == (len(pairs),) and np.all((p >= 0) & (p <= 1))
     # pairs the final clusters join are mostly probable ones, and vice versa
     assert np.median(p[final]) > 0.5 and np.median(p[~final]) < 0.5
     rows = list(csv.DictReader(open(out / "MatchTable.csv")))
     # PETH is evidence only where clustering.features lists it (not by default)
     assert list(rows[0]) == ["unit_a", "unit_b", "session_a", "session_b", "probability",
-                             "Waveform", "AutoCorr", "ISI", "Shape", "distance_um", "dy_um",
-                             "same_final_cluster"]
-    assert len(rows) == int((p >= 0.05).sum())
+                             "pair_probability", "Waveform", "AutoCorr", "ISI", "Shape",
+                             "distance_um", "dy_um", "same_final_cluster"]
+    assert len(rows) == int(((p >= 0.05) | (pair_p >= 0.05)).sum())
     for row in rows[:50]:
         a, b = int(row["unit_a"]), int(row["unit_b"])
         assert (row["same_final_cluster"] == "yes") == (idx[a] == idx[b] and idx[a] > 0)
@@ -241,7 +267,8 @@ def test_probability_method_clusters_by_probability(sim_folder, run_result, tmp_
     result = kilomatch.run(_settings(sim_folder, out, **{"clustering.method": "probability"}))
     assert result.curated.links.made_clusters
     with np.load(out / "CandidatePairs.npz") as z, np.load(out1 / "CandidatePairs.npz") as z1:
-        assert np.array_equal(z["probability"], z1["probability"])
+        # the same pair probability; the reported one reads each run's own clusters
+        assert np.array_equal(z["pair_probability"], z1["pair_probability"])
     with np.load(out / "CurationResults.npz") as z:
         assert str(z["split_on"]) == "probability" and z["split_threshold"] == 0.5
         assert set(z["removed_reason"].tolist()) <= {0, 2, 3}

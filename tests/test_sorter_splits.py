@@ -165,7 +165,8 @@ def test_a_sorters_halves_of_one_neuron_are_not_taught_as_non_matches(tmp_path, 
     def run(out):
         kilomatch.run({"path_to_data": str(data), "output_folder": str(tmp_path / out)})
         with np.load(tmp_path / out / "CandidatePairs.npz") as c:
-            pairs, probability = c["pairs"], c["probability"]
+            # what the pair's evidence says (the reported probability also reads the clusters)
+            pairs, probability = c["pairs"], c["pair_probability"]
         with np.load(tmp_path / out / "CurationResults.npz") as z:
             called = z["alike_split_tested"][z["alike_split"]]
         return pairs, probability, called

@@ -255,8 +255,7 @@ def assemble(result: Result) -> RunArrays:
         ).astype(np.float32),
         pair_probability=np.concatenate([
             np.full(len(p.result.final.pairs), np.nan) if c.links is None
-            else c.links.candidate_probability if c.links.pair_probability is None
-            else c.links.pair_probability for p, c in zip(parts, curated)]
+            else c.links.own_probability for p, c in zip(parts, curated)]
         ).astype(np.float32),
         match_confidence=confidence,
         match_table=match_table([(p.units, p.result.final.pairs, c.links)

@@ -61,9 +61,18 @@ class ProbabilityLinks:
     # known non-matches) when calibrate_to_clusters has mapped candidate_probability to the
     # final clusters; None when it has not (candidate_probability is then that probability)
     pair_probability: np.ndarray | None = None
-    # (P,) bool: the MatchTable rows (candidate_similarity's, in pair order); None: those of
-    # in_match_table(candidate_probability)
-    table_rows: np.ndarray | None = None
+
+    @property
+    def own_probability(self) -> np.ndarray:
+        """(P,) each candidate pair's probability from its own evidence: pair_probability
+        where calibrate_to_clusters mapped candidate_probability, else that."""
+        return (self.candidate_probability if self.pair_probability is None
+                else self.pair_probability)
+
+    def table_rows(self) -> np.ndarray:
+        """(P,) bool: the MatchTable rows (candidate_similarity's, in pair order), the pairs
+        of probability or pair probability >= MATCH_TABLE_MIN_PROBABILITY."""
+        return in_match_table(self.candidate_probability) | in_match_table(self.own_probability)
 
 
 def evidence_features(final_names: list) -> list:
@@ -436,7 +445,7 @@ def calibrate_to_clusters(links: ProbabilityLinks, evidence, pairs: np.ndarray,
     for part in _chunks(len(q)):
         ok = judged[part]
         q[part][ok] = calibration.predict(p[part][ok])
-    rows = in_match_table(p) if links.table_rows is None else links.table_rows
+    rows = in_match_table(p)
     added = in_match_table(q) & ~rows
     if added.any():  # their evidence, in pair order among the rows kept
         table = rows | added
@@ -445,16 +454,17 @@ def calibrate_to_clusters(links: ProbabilityLinks, evidence, pairs: np.ndarray,
         was = rows[table]
         sims[was] = links.candidate_similarity
         sims[~was] = evidence(pairs[added])[:, :sims.shape[1]]
-        links.candidate_similarity, rows = sims, table
+        links.candidate_similarity = sims
     confidence = links.match_confidence
     if confidence is not None:
         confidence = confidence.copy()
         ok = np.isfinite(confidence)
         confidence[ok] = calibration.predict(confidence[ok])
     links.pair_probability, links.candidate_probability = p, q
-    links.table_rows, links.match_confidence = rows, confidence
+    links.match_confidence = confidence
     log.info("match probability calibrated to the final clusters: %d candidate pairs held "
-             "together, %d in two clusters; %d MatchTable rows", held, apart, int(rows.sum()))
+             "together, %d in two clusters; %d MatchTable rows", held, apart,
+             int(np.count_nonzero(rows | added)))
     return True
 
 
@@ -476,12 +486,10 @@ def match_table(parts: list, idx_cluster: np.ndarray, session_index: np.ndarray,
     for members, pairs, links in parts:
         if links is None:
             continue
-        keep = (in_match_table(links.candidate_probability) if links.table_rows is None
-                else links.table_rows)
-        pair_p = (links.candidate_probability if links.pair_probability is None
-                  else links.pair_probability)
+        keep = links.table_rows()
         rows.append((members[pairs[keep]], links.candidate_probability[keep],
-                     links.candidate_similarity, links.feature_names, pair_p[keep]))
+                     links.candidate_similarity, links.feature_names,
+                     links.own_probability[keep]))
     if not rows:
         return None
     names = rows[0][3]

@@ -63,7 +63,7 @@ def test_clusters_reorder_nothing_and_confidence_follows_the_probability():
                                linking.match_confidence(33, kept, q[within]))
     # the MatchTable rows: every pair of probability or pair probability >= 0.05, each with
     # its own evidence (those the map lifted above 0.05 computed now)
-    rows = links.table_rows
+    rows = links.table_rows()
     assert (rows & (p < 0.05)).any()  # the map lifted some pairs into the table
     np.testing.assert_array_equal(rows, (q >= 0.05) | (p >= 0.05))
     np.testing.assert_array_equal(links.candidate_similarity[:, 0], np.flatnonzero(rows))
@@ -84,3 +84,28 @@ def test_too_few_pairs_held_together_change_nothing():
     links = _links(p, None)
     assert not linking.calibrate_to_clusters(links, None, pairs, labels)
     assert links.pair_probability is None and links.candidate_probability.tolist() == p.tolist()
+
+
+def test_pairs_the_map_lowers_below_the_table_level_stay_in_the_table():
+    # within-cluster pairs of probability 0.9-1, pairs across clusters of 0.1 (none held
+    # together: the map reads them 0) or 0: the pairs of pair probability 0.1 stay in the
+    # MatchTable, with the evidence they had, though their probability is now below 0.05
+    rng = np.random.default_rng(2)
+    labels = np.repeat(np.arange(10), 3)
+    iu, ju = np.triu_indices(30, 1)
+    pairs = np.column_stack([iu, ju])
+    within = labels[iu] == labels[ju]
+    p = np.where(within, rng.uniform(0.9, 1.0, len(pairs)), 0.0)
+    p[np.flatnonzero(~within)[::2]] = 0.1
+    links = _links(p, None)
+    evidence_before = links.candidate_similarity.copy()
+    assert linking.calibrate_to_clusters(links, None, pairs, labels)  # no row to add
+    q = links.candidate_probability
+    lowered = (p >= 0.05) & (q < 0.05)
+    assert lowered.sum() == np.count_nonzero(p == 0.1)
+    np.testing.assert_array_equal(links.table_rows(), p >= 0.05)
+    np.testing.assert_array_equal(links.candidate_similarity, evidence_before)
+    table = linking.match_table([(np.arange(30), pairs, links)], labels + 1,
+                                np.arange(30), np.zeros((30, 3)))
+    np.testing.assert_array_equal(table["pair_probability"], p[p >= 0.05])
+    np.testing.assert_array_equal(table["Waveform"], np.flatnonzero(p >= 0.05))

@@ -675,7 +675,8 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     rejoining = rejoin_distance_ratio > 0 and (len(removed_s) or len(removed_p))
     if probability is not None and unit_positions is not None and amplitude is not None \
             and (np.isfinite(split_distance_ratio) or rejoining):
-        split_ratio = spread_of_clusters(final, pairs, linkable, unit_positions, amplitude)
+        split_ratio = spread_of_clusters(final, pairs, linkable, unit_positions, amplitude,
+                                         session)
     if split_ratio is not None and rejoining:
         # only the threshold split's cuts: the position split's rest on a jump in position
         # (on e +5000, the fresh seeds' blind check, rejoining them joined three successions)
@@ -725,27 +726,28 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
                           float(threshold), kept_pairs=kept, split_distance_ratio=split_ratio)
 
 
-def spread_of_clusters(labels, pairs, linkable, positions, amplitude) -> np.ndarray | None:
+def spread_of_clusters(labels, pairs, linkable, positions, amplitude, session=None
+                       ) -> np.ndarray | None:
     """(Q,) distance ratio of every pair (Q, 2), with the spread of one neuron's units
     (:mod:`kilomatch.position_noise`) learned from the linkable pairs (``linkable`` (Q,)) that
-    the clusters ``labels`` (N,) hold; positions (N, D) um, amplitude (N,) uV. None when too
-    few pairs to learn it.
+    the clusters ``labels`` (N,) hold; positions (N, D) um, amplitude (N,) uV; with
+    ``session`` (N,) (0-based), each session's own variance. None when too few pairs to
+    learn it.
 
     Why the clusters and not the probability's sure pairs: the distance is part of the
     probability's evidence, so its sure pairs are the closest matches, and a spread learned
     from them is too tight where the motion left more error (at 200 sessions it cut 36,000 of
     49,000 true pairs). The curated clusters hold matches of every distance, and their few
     wrong pairs hardly move the medians the spread is fitted to."""
-    from .position_noise import distance_ratio, noise_of_pairs
+    from .position_noise import describe, distance_ratio, noise_of_pairs
     labels = np.asarray(labels)
     held = np.asarray(linkable, bool) & (labels[pairs[:, 0]] == labels[pairs[:, 1]]) \
         & (labels[pairs[:, 0]] >= 0)
-    noise = noise_of_pairs(positions, amplitude, pairs[held])
+    noise = noise_of_pairs(positions, amplitude, pairs[held], session)
     if noise is None:
         return None
-    log.info("position noise of the curated clusters' pairs: %.1f um floor, %.1f um at 50 uV",
-             np.sqrt(noise.floor_um2), float(noise.spread(np.array([50.0]), np.array([50.0]))[0]))
-    return distance_ratio(positions, amplitude, pairs, noise)
+    log.info("position noise of the curated clusters' pairs: %s", describe(noise))
+    return distance_ratio(positions, amplitude, pairs, noise, session)
 
 
 def _split_rows(rows: np.ndarray, among: np.ndarray):

@@ -277,8 +277,9 @@ PARAMETERS: tuple[Param, ...] = (
     Param("autoCuration.cut_distance_ratio", "float", 4.0,
           "A cut made by auto_split or position_split stands whatever its match probability "
           "when the units on its two sides are on average farther apart than this many times "
-          "the typical distance between two units of one neuron at their amplitudes (learned "
-          "from each dataset's sure matches, README \"Match probability\"). 0 turns it off.",
+          "the typical distance between two units of one neuron at their amplitudes and "
+          "sessions (learned from each dataset's sure matches, README \"Match "
+          "probability\"). 0 turns it off.",
           min=0),
     Param("autoCuration.cut_pooled_level", "float", 0.05,
           "A cut made by auto_split or position_split is also undone where the pairs across "
@@ -345,9 +346,9 @@ PARAMETERS: tuple[Param, ...] = (
           "(units of the sessions up to one session against those after it; a side may be "
           "one unit) where its candidate pairs across the cut are less alike than its pairs "
           "within either side by more than this (mean Fisher z of Waveform + 0.3 AutoCorr, "
-          "each pair read at its session gap along the median fall of the clusters' "
-          "similarity with the gap), at the cut where they differ most; each side is tried "
-          "again. 0 turns it off (benchmarks/RESULTS.md, 'Session 37').",
+          "each pair read against the median of the clusters' pairs in the same two "
+          "sessions), at the cut where they differ most; each side is tried again. 0 turns "
+          "it off (benchmarks/RESULTS.md, 'Session 37', 'Session 44').",
           min=0),
     Param("autoCuration.keep_sorter_splits", "bool", True,
           "Keep both units of one session in a cluster when their spike trains show they are "

@@ -734,7 +734,8 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
             cut = max(cut, fitted[0].model.non_match_level(NON_MATCH_QUANTILE))
     xy = np.column_stack([units.locations[:, 0], final.corrected_depth])
     ratio = None if fitted is None else position_noise.learned_distance_ratio(
-        xy, units.amplitude, final.pairs, fitted[0].candidate_probability, q_pairs)
+        xy, units.amplitude, final.pairs, fitted[0].candidate_probability, q_pairs,
+        units.session0)
     cur = curation.curate(labels, units.session0, q_pairs, q_sim, q_link, threshold,
                           ac.auto_split, positions, ac.position_gap_um, q_p, cut,
                           None if splits is None else splits.split_pairs(), ratio,

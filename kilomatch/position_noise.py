@@ -14,6 +14,26 @@ neighbours, the fault this guards against) sit in the tail and would widen a tai
 to their own distance. A pair's distance ratio is its distance over its spread: about 1 for
 a typical match at any amplitude, so one limit on it serves large units, whose positions
 are precise, and small ones, whose positions are not.
+
+Given the units' sessions, each session adds its own variance w_s >= 0:
+
+    spread_st(a_i, a_j)^2 = spread(a_i, a_j)^2 + w_s + w_t   (units of sessions s and t)
+
+A fitted position shifts with where the neuron sits against the channel grid: two
+sessions whose motion differs by a whole number of contact rows see each neuron at the same
+phase and place it alike; a session part of a row off places every neuron a few um away, at
+any amplitude. Recording quality also differs from day to day. w_s is the median of
+d^2 - spread^2 - w_t over the pairs with a unit in session s (t the other unit's session),
+less two standard errors of that median (so a session that differs by chance adds about
+nothing), clipped at 0, found by turns (backfitting); the floor and k are then fitted again
+to d^2 - w_s - w_t, and the w again, a few rounds in all (the pooled fit takes in part of
+the sessions' variance), on at most SESSION_FIT_PAIRS pairs (a seeded draw). A session
+never narrows the spread; one with fewer than SESSION_MIN_PAIRS pairs adds nothing.
+
+Per session, not per pair of sessions: each session has many pairs, so its median is
+stable; a pair of sessions often has a handful, and on a 24-session study the medians of
+those few pairs, some of them of two neurons, widened the spread where they were wrong
+pairs (benchmarks/RESULTS.md, "Session 44").
 """
 
 from __future__ import annotations
@@ -23,6 +43,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .session_pairs import grouped_median
+
 log = logging.getLogger("kilomatch")
 
 # Candidate pairs of at least this probability describe the distance between matches.
@@ -30,32 +52,104 @@ SURE_PROBABILITY = 0.9
 _N_BINS = 8
 _MIN_PER_BIN = 10
 _MIN_SURE = 50  # fewer sure pairs than this: the spread is not learned
+SESSION_ROUNDS = 4  # fits of the floor and the sessions' variance in turn
+SESSION_TURNS = 4  # turns of the sessions' medians within a round
+SESSION_FIT_PAIRS = 200_000  # more pairs than this: the sessions' part is fitted on a draw
+SESSION_MIN_PAIRS = 10  # a session with fewer pairs than this adds nothing
+SESSION_CHANCE_SE = 2.0  # a session's median counts beyond this many standard errors
 
 
 @dataclass(frozen=True)
 class PositionNoise:
-    """spread(a_i, a_j)^2 = floor_um2 + k_um2_uv2 * (1 / a_i^2 + 1 / a_j^2)."""
+    """spread(a_i, a_j)^2 = floor_um2 + k_um2_uv2 * (1 / a_i^2 + 1 / a_j^2), plus with
+    ``session_um2`` (S,) (um^2, >= 0) the variance each unit's session adds."""
 
     floor_um2: float
     k_um2_uv2: float
+    session_um2: np.ndarray | None = None
 
-    def spread(self, amplitude_a: np.ndarray, amplitude_b: np.ndarray) -> np.ndarray:
-        """Typical distance (um) between two units of one neuron of these amplitudes (uV)."""
+    def spread(self, amplitude_a: np.ndarray, amplitude_b: np.ndarray,
+               session_a: np.ndarray | None = None, session_b: np.ndarray | None = None
+               ) -> np.ndarray:
+        """Typical distance (um) between two units of one neuron of these amplitudes (uV),
+        recorded in sessions ``session_a``, ``session_b`` (0-based; without them, or
+        without ``session_um2``, the spread of any two sessions)."""
         u = 1 / np.square(np.maximum(amplitude_a, 1e-3)) + \
             1 / np.square(np.maximum(amplitude_b, 1e-3))
-        return np.sqrt(self.floor_um2 + self.k_um2_uv2 * u)
+        var = self.floor_um2 + self.k_um2_uv2 * u
+        if self.session_um2 is not None and session_a is not None and session_b is not None:
+            var = var + self.session_um2[session_a] + self.session_um2[session_b]
+        return np.sqrt(var)
 
 
-def fit_position_noise(distance: np.ndarray, amplitude_a: np.ndarray, amplitude_b: np.ndarray
-                       ) -> PositionNoise | None:
+def fit_position_noise(distance: np.ndarray, amplitude_a: np.ndarray, amplitude_b: np.ndarray,
+                       session_a: np.ndarray | None = None, session_b: np.ndarray | None = None,
+                       n_sessions: int = 0) -> PositionNoise | None:
     """PositionNoise from pairs of one neuron: distance (P,) um between the units' corrected
-    positions, their amplitudes (P,) uV. None with fewer than 50 pairs, or when the fitted
-    spread is 0."""
-    from scipy.optimize import nnls
+    positions, their amplitudes (P,) uV; with their sessions (P,) (0-based, below
+    ``n_sessions``), each session's own variance (:func:`session_variance`). None with
+    fewer than 50 pairs, or when the fitted spread is 0."""
     distance = np.asarray(distance, np.float64)
     if distance.size < _MIN_SURE:
         return None
     u = 1 / np.square(np.maximum(amplitude_a, 1e-3)) + 1 / np.square(np.maximum(amplitude_b, 1e-3))
+    d2 = np.square(distance)
+    noise = _fit_floor_and_k(d2, u)
+    if noise is None or session_a is None or session_b is None or n_sessions < 2:
+        return noise
+    session_a = np.asarray(session_a, np.int64)
+    session_b = np.asarray(session_b, np.int64)
+    amplitude_a, amplitude_b = np.asarray(amplitude_a), np.asarray(amplitude_b)
+    if d2.size > SESSION_FIT_PAIRS:
+        # the sessions' medians need hundreds of pairs each, not millions (10^5 units: 3 M
+        # sure pairs; every round sorts them several times); a seeded draw keeps it exact
+        keep = np.sort(np.random.default_rng(0).choice(d2.size, SESSION_FIT_PAIRS,
+                                                         replace=False))
+        d2, u, session_a, session_b = d2[keep], u[keep], session_a[keep], session_b[keep]
+        amplitude_a, amplitude_b = amplitude_a[keep], amplitude_b[keep]
+    extra = np.zeros(n_sessions)
+    for _ in range(SESSION_ROUNDS):
+        refit = _fit_floor_and_k(d2 - extra[session_a] - extra[session_b], u)
+        if refit is None:
+            break
+        noise = refit
+        extra = session_variance(d2 - np.square(noise.spread(amplitude_a, amplitude_b)),
+                                 session_a, session_b, n_sessions, extra)
+    return PositionNoise(noise.floor_um2, noise.k_um2_uv2, extra)
+
+
+def session_variance(excess: np.ndarray, session_a: np.ndarray, session_b: np.ndarray,
+                     n_sessions: int, start: np.ndarray | None = None) -> np.ndarray:
+    """(S,) variance (um^2, >= 0) each session adds to the spread, from the excess (P,) of
+    each pair of one neuron (its squared distance minus its spread's square, um^2) and the
+    sessions session_a, session_b (P,) (0-based) of its units: w_s = the median over the
+    pairs with a unit in session s of excess - w_t (t the other unit's session), less
+    SESSION_CHANCE_SE standard errors of that median, clipped at 0, by turns from
+    ``start`` (S,) (zeros when None) for SESSION_TURNS turns; 0 for a session with fewer
+    than SESSION_MIN_PAIRS pairs."""
+    w = np.zeros(n_sessions) if start is None else np.array(start, np.float64)
+    # each pair counted once for each of its two sessions
+    own = np.concatenate([session_a, session_b])
+    other = np.concatenate([session_b, session_a])
+    twice = np.concatenate([excess, excess])
+    count = np.bincount(own, minlength=n_sessions)
+    for _ in range(SESSION_TURNS):
+        value = twice - w[other]
+        sessions, median, n = grouped_median(value, own)
+        # less SESSION_CHANCE_SE standard errors of the median (normal approximation,
+        # sd from the MAD): a session that differs only by chance adds about nothing
+        mad = grouped_median(np.abs(value - median[np.searchsorted(sessions, own)]), own)[1]
+        se = 1.2533 * 1.4826 * mad / np.sqrt(n)
+        w = np.zeros(n_sessions)
+        w[sessions] = np.maximum(median - SESSION_CHANCE_SE * se, 0.0)
+        w[count < SESSION_MIN_PAIRS] = 0.0
+    return w
+
+
+def _fit_floor_and_k(d2: np.ndarray, u: np.ndarray) -> PositionNoise | None:
+    """The binned fit: d2 (P,) squared distances (um^2) of pairs of 1/a_i^2 + 1/a_j^2 = u
+    (P,); None when no bin is full or the spread comes out 0."""
+    from scipy.optimize import nnls
     # bins of equal count in u; a bin's median of d^2 against its median u
     edges = np.quantile(u, np.linspace(0, 1, _N_BINS + 1)[1:-1])
     which = np.searchsorted(edges, u, side="right")
@@ -64,7 +158,7 @@ def fit_position_noise(distance: np.ndarray, amplitude_a: np.ndarray, amplitude_
         in_bin = which == k
         if in_bin.sum() >= _MIN_PER_BIN:
             xs.append(np.median(u[in_bin]))
-            ys.append(np.median(np.square(distance[in_bin])))
+            ys.append(np.median(d2[in_bin]))
     if not xs:
         return None
     (floor, k), _ = nnls(np.column_stack([np.ones(len(xs)), xs]), np.array(ys))
@@ -74,42 +168,63 @@ def fit_position_noise(distance: np.ndarray, amplitude_a: np.ndarray, amplitude_
 
 
 def distance_ratio(positions: np.ndarray, amplitude: np.ndarray, pairs: np.ndarray,
-                   noise: PositionNoise | None) -> np.ndarray | None:
+                   noise: PositionNoise | None, session: np.ndarray | None = None
+                   ) -> np.ndarray | None:
     """(Q,) distance between the units of each pair (Q, 2) over the spread of matches of
-    their amplitudes; positions (N, D) um, amplitude (N,) uV. None without a noise model."""
+    their amplitudes (and sessions, ``session`` (N,) 0-based); positions (N, D) um,
+    amplitude (N,) uV. None without a noise model."""
     if noise is None:
         return None
     a, b = pairs[:, 0], pairs[:, 1]
     distance = np.linalg.norm(positions[a] - positions[b], axis=1)
-    return distance / noise.spread(amplitude[a], amplitude[b])
+    sa, sb = (None, None) if session is None else (session[a], session[b])
+    return distance / noise.spread(amplitude[a], amplitude[b], sa, sb)
 
 
-def noise_of_pairs(positions: np.ndarray, amplitude: np.ndarray, pairs: np.ndarray
-                   ) -> PositionNoise | None:
+def noise_of_pairs(positions: np.ndarray, amplitude: np.ndarray, pairs: np.ndarray,
+                   session: np.ndarray | None = None) -> PositionNoise | None:
     """PositionNoise from pairs (P, 2) taken to be one neuron each; positions (N, D) um,
-    amplitude (N,) uV (fit_position_noise)."""
+    amplitude (N,) uV, session (N,) 0-based or None (fit_position_noise)."""
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
-    distance = np.linalg.norm(positions[pairs[:, 0]] - positions[pairs[:, 1]], axis=1)
-    return fit_position_noise(distance, amplitude[pairs[:, 0]], amplitude[pairs[:, 1]])
+    a, b = pairs[:, 0], pairs[:, 1]
+    distance = np.linalg.norm(positions[a] - positions[b], axis=1)
+    if session is None:
+        return fit_position_noise(distance, amplitude[a], amplitude[b])
+    session = np.asarray(session, np.int64)
+    return fit_position_noise(distance, amplitude[a], amplitude[b], session[a], session[b],
+                              int(session.max()) + 1 if session.size else 0)
 
 
 def learn_position_noise(positions: np.ndarray, amplitude: np.ndarray, pairs: np.ndarray,
-                         probability: np.ndarray) -> PositionNoise | None:
+                         probability: np.ndarray, session: np.ndarray | None = None
+                         ) -> PositionNoise | None:
     """PositionNoise from the candidate pairs (P, 2) whose match probability (P,) is at least
-    SURE_PROBABILITY; positions (N, D) um, amplitude (N,) uV."""
-    return noise_of_pairs(positions, amplitude, pairs[np.asarray(probability) >= SURE_PROBABILITY])
+    SURE_PROBABILITY; positions (N, D) um, amplitude (N,) uV, session (N,) or None."""
+    return noise_of_pairs(positions, amplitude,
+                          pairs[np.asarray(probability) >= SURE_PROBABILITY], session)
+
+
+def describe(noise: PositionNoise) -> str:
+    """One line for the log: the floor, the spread at 50 uV, and what the sessions add."""
+    text = "%.1f um floor, %.1f um at 50 uV" % (
+        np.sqrt(noise.floor_um2), float(noise.spread(np.array([50.0]), np.array([50.0]))[0]))
+    if noise.session_um2 is not None and noise.session_um2.size:
+        extra = noise.session_um2
+        text += "; sessions add up to %.1f um (%d of %d add any)" % (
+            np.sqrt(extra.max()), np.count_nonzero(extra), extra.size)
+    return text
 
 
 def learned_distance_ratio(positions: np.ndarray, amplitude: np.ndarray, candidates: np.ndarray,
-                           candidate_probability: np.ndarray, pairs: np.ndarray
-                           ) -> np.ndarray | None:
+                           candidate_probability: np.ndarray, pairs: np.ndarray,
+                           session: np.ndarray | None = None) -> np.ndarray | None:
     """(Q,) distance ratio of the ``pairs`` (Q, 2), with the spread learned from the candidate
-    pairs (P, 2) and their match probability (P,); positions (N, D) um, amplitude (N,) uV.
-    None when too few candidate pairs are sure matches to learn it."""
-    noise = learn_position_noise(positions, amplitude, candidates, candidate_probability)
+    pairs (P, 2) and their match probability (P,); positions (N, D) um, amplitude (N,) uV,
+    session (N,) 0-based or None. None when too few candidate pairs are sure matches to
+    learn it."""
+    noise = learn_position_noise(positions, amplitude, candidates, candidate_probability, session)
     if noise is None:
         log.info("position noise: too few sure matches to learn it; no cut rests on distance")
         return None
-    log.info("position noise of matches: %.1f um floor, %.1f um at 50 uV",
-             np.sqrt(noise.floor_um2), float(noise.spread(np.array([50.0]), np.array([50.0]))[0]))
-    return distance_ratio(positions, amplitude, pairs, noise)
+    log.info("position noise of matches: %s", describe(noise))
+    return distance_ratio(positions, amplitude, pairs, noise, session)

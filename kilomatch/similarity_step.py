@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from .curation import _cluster_members, dissolve_singletons, pairs_across
+from .session_pairs import grouped_median, pair_code
 
 # The similarity the step compares: Waveform + AUTOCORR_WEIGHT x AutoCorr (Fisher z). On the
 # accuracy suite the AutoCorr z of one neuron's pairs spreads 2-3 times as widely as the
@@ -23,6 +24,8 @@ from .curation import _cluster_members, dissolve_singletons, pairs_across
 # against 0.4-0.7), so each counts about alike per unit of its own spread; with flat ACGs the
 # AutoCorr z barely varies and the Waveform decides (benchmarks/RESULTS.md, "Session 37").
 AUTOCORR_WEIGHT = 0.3
+# A pair of sessions' own median counts in full only with many more pairs than this.
+BASELINE_PRIOR_PAIRS = 10
 
 
 def step_similarity(similarities: np.ndarray, feature_names: list) -> np.ndarray | None:
@@ -38,26 +41,26 @@ def step_similarity(similarities: np.ndarray, feature_names: list) -> np.ndarray
 
 
 def cut_steps(sessions: np.ndarray, first: np.ndarray, second: np.ndarray,
-              value: np.ndarray, slope: float = 0.0) -> tuple[float, int]:
+              value: np.ndarray) -> tuple[float, int]:
     """The cut in time of one cluster where the pairs across are least alike compared with
-    the pairs within either side: (step, cut session), step = the mean over the pairs across
-    of (value - expected), expected = the mean value of the pairs within, moved by ``slope``
-    (per session, <= 0: a neuron's own decline over days, gap_slope) from their mean
-    session gap to the pair's; (nan, -1) when no cut has pairs both across and within.
+    the pairs within either side: (step, cut session), step = the mean value of the pairs
+    across minus the mean value of the pairs within; (nan, -1) when no cut has pairs both
+    across and within.
 
     sessions: (S,) sorted distinct sessions of the cluster's units (a cut after each but the
     last); first, second: (M,) the sessions of each pair's units, first < second; value: (M,)
-    the pairs' similarity. The pairs across a cut span larger gaps than the pairs within:
-    read at their own gaps, a neuron whose waveform changes slowly shows no step."""
+    the pairs' similarity over what is usual for their pair of sessions
+    (session_pair_baseline). The pairs across a cut span other pairs of sessions than the
+    pairs within, often farther apart in time: read against their own sessions' usual
+    value, a neuron whose waveform changes slowly, or a study whose every neuron looks
+    different after a jump of the probe, shows no step."""
     cuts = sessions[:-1]
     across = (first[:, None] <= cuts[None, :]) & (second[:, None] > cuts[None, :])  # (M, T)
-    gap = (second - first).astype(np.float64)
     n_a = across.sum(axis=0)
     n_w = first.size - n_a
-    v_a, g_a = value @ across, gap @ across  # sums over the pairs across each cut
+    v_a = value @ across  # sums over the pairs across each cut
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean_v, mean_g = (value.sum() - v_a) / n_w, (gap.sum() - g_a) / n_w  # within
-        step = (v_a - slope * g_a) / n_a - (mean_v - slope * mean_g)
+        step = v_a / n_a - (value.sum() - v_a) / n_w
     step = np.where((n_a > 0) & (n_w > 0), step, np.nan)
     if np.isnan(step).all():
         return float("nan"), -1
@@ -68,11 +71,11 @@ def cut_steps(sessions: np.ndarray, first: np.ndarray, second: np.ndarray,
 def split_at_similarity_step(labels: np.ndarray, pairs: np.ndarray, similarity: np.ndarray,
                              session: np.ndarray, step: float):
     """Split each cluster at its cut in time (cut_steps) where the candidate pairs across
-    are less alike than the pairs within either side by more than ``step`` (Fisher z), the
-    pairs read at their session gaps along gap_slope of every cluster (at most 0): the
-    units of the sessions up to the cut keep the label, those after get a new one; each side
-    is then tried again (three neurons in turn can take two cuts). A side of one unit leaves
-    every cluster.
+    are less alike than the pairs within either side by more than ``step`` (Fisher z), each
+    pair read against what is usual for its pair of sessions (session_pair_baseline, from
+    every cluster): the units of the sessions up to the cut keep the label, those after get
+    a new one; each side is then tried again (three neurons in turn can take two cuts). A
+    side of one unit leaves every cluster.
 
     labels: (N,) clusters (-1 none); pairs: (P, 2) candidate pairs (any: those within a
     cluster and across sessions are used); similarity: (P,) step_similarity; session: (N,).
@@ -89,8 +92,11 @@ def split_at_similarity_step(labels: np.ndarray, pairs: np.ndarray, similarity: 
                 for units, rows in _cluster_members(labels, pairs, clusters)]
 
     members = members_of(np.unique(labels[labels >= 0]))
-    # a neuron may grow less alike to itself over days, never more
-    slope = min(gap_slope(members, pairs, similarity, session), 0.0)
+    # only the clusters' own pairs are read (a cut's sides are parts of a cluster): at 10^5
+    # units they are a third of the 28 M candidate pairs
+    rows, baseline = session_pair_baseline(members, pairs, similarity, session)
+    similarity = similarity.copy()
+    similarity[rows] -= baseline
     removed, steps = [], []
     while members:
         next_label = labels.max() + 1
@@ -101,7 +107,7 @@ def split_at_similarity_step(labels: np.ndarray, pairs: np.ndarray, similarity: 
                 continue
             s0, s1 = session[pairs[rows, 0]], session[pairs[rows, 1]]
             found, cut = cut_steps(sessions, np.minimum(s0, s1), np.maximum(s0, s1),
-                                   similarity[rows], slope)
+                                   similarity[rows])
             if not found < -step:  # also NaN
                 continue
             later = units[session[units] > cut]
@@ -119,20 +125,40 @@ def split_at_similarity_step(labels: np.ndarray, pairs: np.ndarray, similarity: 
     return labels, removed[np.lexsort((removed[:, 1], removed[:, 0]))], np.array(steps)
 
 
-def gap_slope(members: list, pairs: np.ndarray, similarity: np.ndarray,
-              session: np.ndarray) -> float:
-    """How a neuron's similarity to itself changes per session of gap: the median over the
-    clusters ``members`` [(units, rows of ``pairs`` (P, 2) within it, across sessions)] of
-    the least-squares slope of their pairs' similarity (P,) in the session gap (clusters
-    whose pairs span two gaps or more; 0 when none does). The median, so that the few
-    clusters that hold two neurons in turn, whose pairs far apart are the least alike, do
-    not set it."""
-    slopes = []
-    for _, rows in members:
-        gap = np.abs(session[pairs[rows, 0]] - session[pairs[rows, 1]]).astype(np.float64)
-        gap -= gap.mean() if gap.size else 0.0
-        spread = gap @ gap
-        if spread > 1e-9:
-            value = similarity[rows]
-            slopes.append(gap @ (value - value.mean()) / spread)
-    return float(np.median(slopes)) if slopes else 0.0
+def session_pair_baseline(members: list, pairs: np.ndarray, similarity: np.ndarray,
+                          session: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The usual similarity of a neuron's units in each pair's two sessions, for the pairs
+    of the clusters ``members`` [(units, rows of ``pairs`` (P, 2) within it, across
+    sessions)]: (rows (R,) of those pairs, baseline (R,)). The baseline is the median
+    similarity (P,) of the clusters' pairs in the same two sessions, shrunk toward the
+    median of their pairs as far apart in time by n / (n + BASELINE_PRIOR_PAIRS) for n
+    pairs, which is shrunk the same way toward the median of all their pairs.
+
+    Medians, of neurons: the few clusters that hold two neurons in turn hardly move them.
+    Per pair of sessions, not a line in the gap: a neuron may grow less alike to itself
+    over days, a jump of the probe makes every neuron less alike across it, and sessions
+    whose motion differs by whole contact rows see every neuron alike, others less so
+    (SpikeInterface's drift40: pairs three sessions apart above pairs one apart)."""
+    rows = np.concatenate([r for _, r in members]) if members else np.zeros(0, np.int64)
+    if rows.size == 0:
+        return rows, np.zeros(0)
+    session = np.asarray(session, np.int64)
+    n_sessions = int(session.max()) + 1
+    s0, s1 = session[pairs[rows, 0]], session[pairs[rows, 1]]
+    value = similarity[rows]
+    # every median shrunk toward the one above it: all pairs, then the gap, then the sessions
+    overall = float(np.median(value))
+    gap = np.abs(s0 - s1)
+    gaps, median, count = grouped_median(value, gap)
+    at_gap = np.full(int(gap.max()) + 1, overall)
+    at_gap[gaps] = _shrunk(median, count, overall)
+    code = pair_code(s0, s1, n_sessions)
+    codes, median, count = grouped_median(value, code)
+    k = np.searchsorted(codes, code)  # every pair's own sessions are among the codes
+    return rows, _shrunk(median[k], count[k], at_gap[gap])
+
+
+def _shrunk(median: np.ndarray, count: np.ndarray, prior) -> np.ndarray:
+    """A group's median of count values moved toward ``prior`` by n / (n + BASELINE_PRIOR_PAIRS)."""
+    w = count / (count + BASELINE_PRIOR_PAIRS)
+    return w * median + (1 - w) * prior

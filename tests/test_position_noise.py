@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from kilomatch.position_noise import distance_ratio, fit_position_noise, learn_position_noise
+from kilomatch.position_noise import (SESSION_MIN_PAIRS, distance_ratio, fit_position_noise,
+                                      learn_position_noise, noise_of_pairs)
 
 FLOOR_UM2, K_UM2_UV2 = 4.0, 120.0 ** 2
 
@@ -55,3 +56,78 @@ def test_learned_only_from_sure_pairs_and_only_when_enough():
     noise = learn_position_noise(positions, amplitude, pairs, p)
     assert noise.spread(np.array([300.0]), np.array([300.0]))[0] < 5  # not 60 um
     assert learn_position_noise(positions, amplitude, pairs[:40], p[:40]) is None
+
+
+def test_a_session_that_places_every_neuron_off_widens_only_its_own_pairs():
+    """150 neurons, one unit per session in 4 sessions, placed within ~1 um, except that
+    session 2 places each neuron 6 um off in a direction of its own (the channel grid at
+    another phase). Session 2 adds about 36 um^2, the others about none, none below 0; the
+    floor comes down to the sessions that agree (~1.3 um, where the pooled fit says 3.6).
+    So a match 18 um apart across sessions 0 and 2 lies within 4 spreads, beyond 4 of the
+    pooled fit, and two units 9 um apart across sessions 0 and 1 lie beyond 4 spreads,
+    within 4 of the pooled fit."""
+    rng = np.random.default_rng(5)
+    n_neurons, n_sessions = 150, 4
+    place = np.column_stack([rng.uniform(0, 40, n_neurons), rng.uniform(0, 3000, n_neurons)])
+    angle = rng.uniform(0, 2 * np.pi, n_neurons)
+    neuron = np.tile(np.arange(n_neurons), n_sessions)
+    session = np.repeat(np.arange(n_sessions), n_neurons)
+    positions = place[neuron] + rng.normal(0, 0.7, (neuron.size, 2))
+    off = session == 2
+    positions[off] += 6.0 * np.column_stack([np.cos(angle), np.sin(angle)])[neuron[off]]
+    amplitude = np.full(neuron.size, 150.0)
+    i, j = np.triu_indices(neuron.size, 1)
+    pairs = np.column_stack([i, j])[(neuron[i] == neuron[j])]
+
+    noise = noise_of_pairs(positions, amplitude, pairs, session)
+    extra = noise.session_um2
+    assert extra.shape == (4,) and (extra >= 0).all()
+    assert extra[2] == pytest.approx(36.0, rel=0.25)
+    assert extra[[0, 1, 3]].max() < 2
+
+    test_positions = np.array([[0.0, 0.0], [0.0, 18.0], [0.0, 500.0], [0.0, 509.0]])
+    test_pairs = np.array([[0, 1], [2, 3]])
+    test_amplitude = np.full(4, 150.0)
+    across_off = np.array([0, 2, 0, 1])  # the first pair spans sessions 0 and 2
+    pooled = distance_ratio(test_positions, test_amplitude, test_pairs,
+                            noise_of_pairs(positions, amplitude, pairs))
+    own = distance_ratio(test_positions, test_amplitude, test_pairs, noise, across_off)
+    assert pooled[0] > 4 > own[0]
+    assert own[1] > 4 > pooled[1]
+
+
+def test_sessions_that_differ_only_by_chance_add_little():
+    """300 neurons, each in 4 of 20 sessions, every session alike: each session's median
+    is of about 180 pairs, so the spread of every pair of sessions stays within 15% of the
+    pooled fit's, at 50 and at 300 uV."""
+    rng = np.random.default_rng(7)
+    n_neurons, n_sessions = 300, 20
+    sessions = np.array([rng.choice(n_sessions, 4, replace=False) for _ in range(n_neurons)])
+    neuron = np.repeat(np.arange(n_neurons), 4)
+    session = sessions.ravel()
+    place = np.column_stack([rng.uniform(0, 40, n_neurons), rng.uniform(0, 3000, n_neurons)])
+    positions = place[neuron] + rng.normal(0, 2.0, (neuron.size, 2))
+    amplitude = np.exp(rng.uniform(np.log(40), np.log(300), n_neurons))[neuron]
+    i, j = np.triu_indices(neuron.size, 1)
+    pairs = np.column_stack([i, j])[neuron[i] == neuron[j]]
+    own = noise_of_pairs(positions, amplitude, pairs, session)
+    pooled = noise_of_pairs(positions, amplitude, pairs)
+    sa, sb = (x.ravel() for x in np.meshgrid(np.arange(n_sessions), np.arange(n_sessions)))
+    for amp in (50.0, 300.0):
+        a = np.full(sa.size, amp)
+        ratio = own.spread(a, a, sa, sb) / pooled.spread(a[:1], a[:1])[0]
+        assert np.abs(ratio - 1).max() < 0.15
+
+
+def test_a_session_of_few_pairs_adds_nothing():
+    """A session whose only 5 pairs lie 40 um from their partners (wrong pairs, say) adds
+    nothing: fewer than SESSION_MIN_PAIRS pairs."""
+    rng = np.random.default_rng(9)
+    d, a, b = matches(rng, 600)
+    sa = rng.integers(0, 5, d.size)
+    sb = (sa + 1 + rng.integers(0, 4, d.size)) % 5
+    d[:5], sa[:5] = 40.0, 5
+    noise = fit_position_noise(d, a, b, sa, sb, 6)
+    assert noise.session_um2[5] == 0
+    d[:12], sa[:12] = 40.0, 5
+    assert fit_position_noise(d, a, b, sa, sb, 6).session_um2[5] > 100

@@ -74,9 +74,7 @@ class PositionNoise:
         """Typical distance (um) between two units of one neuron of these amplitudes (uV),
         recorded in sessions ``session_a``, ``session_b`` (0-based; without them, or
         without ``session_um2``, the spread of any two sessions)."""
-        u = 1 / np.square(np.maximum(amplitude_a, 1e-3)) + \
-            1 / np.square(np.maximum(amplitude_b, 1e-3))
-        var = self.floor_um2 + self.k_um2_uv2 * u
+        var = self.floor_um2 + self.k_um2_uv2 * _inverse_square_sum(amplitude_a, amplitude_b)
         if self.session_um2 is not None and session_a is not None and session_b is not None:
             var = var + self.session_um2[session_a] + self.session_um2[session_b]
         return np.sqrt(var)
@@ -92,28 +90,26 @@ def fit_position_noise(distance: np.ndarray, amplitude_a: np.ndarray, amplitude_
     distance = np.asarray(distance, np.float64)
     if distance.size < _MIN_SURE:
         return None
-    u = 1 / np.square(np.maximum(amplitude_a, 1e-3)) + 1 / np.square(np.maximum(amplitude_b, 1e-3))
+    u = _inverse_square_sum(amplitude_a, amplitude_b)
     d2 = np.square(distance)
     noise = _fit_floor_and_k(d2, u)
     if noise is None or session_a is None or session_b is None or n_sessions < 2:
         return noise
     session_a = np.asarray(session_a, np.int64)
     session_b = np.asarray(session_b, np.int64)
-    amplitude_a, amplitude_b = np.asarray(amplitude_a), np.asarray(amplitude_b)
     if d2.size > SESSION_FIT_PAIRS:
         # the sessions' medians need hundreds of pairs each, not millions (10^5 units: 3 M
         # sure pairs; every round sorts them several times); a seeded draw keeps it exact
         keep = np.sort(np.random.default_rng(0).choice(d2.size, SESSION_FIT_PAIRS,
                                                          replace=False))
         d2, u, session_a, session_b = d2[keep], u[keep], session_a[keep], session_b[keep]
-        amplitude_a, amplitude_b = amplitude_a[keep], amplitude_b[keep]
     extra = np.zeros(n_sessions)
     for _ in range(SESSION_ROUNDS):
         refit = _fit_floor_and_k(d2 - extra[session_a] - extra[session_b], u)
         if refit is None:
             break
         noise = refit
-        extra = session_variance(d2 - np.square(noise.spread(amplitude_a, amplitude_b)),
+        extra = session_variance(d2 - (noise.floor_um2 + noise.k_um2_uv2 * u),
                                  session_a, session_b, n_sessions, extra)
     return PositionNoise(noise.floor_um2, noise.k_um2_uv2, extra)
 
@@ -144,6 +140,12 @@ def session_variance(excess: np.ndarray, session_a: np.ndarray, session_b: np.nd
         w[sessions] = np.maximum(median - SESSION_CHANCE_SE * se, 0.0)
         w[count < SESSION_MIN_PAIRS] = 0.0
     return w
+
+
+def _inverse_square_sum(amplitude_a: np.ndarray, amplitude_b: np.ndarray) -> np.ndarray:
+    """1 / a_i^2 + 1 / a_j^2 of two units' amplitudes (uV; floored at 1e-3), uV^-2."""
+    return 1 / np.square(np.maximum(amplitude_a, 1e-3)) + \
+        1 / np.square(np.maximum(amplitude_b, 1e-3))
 
 
 def _fit_floor_and_k(d2: np.ndarray, u: np.ndarray) -> PositionNoise | None:

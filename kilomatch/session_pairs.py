@@ -1,9 +1,11 @@
-"""Values grouped by the pair of sessions two units come from.
+"""Values grouped by the session, or the pair of sessions, two units come from.
 
-Much of what two units of one neuron share depends on their two sessions as well as on the
-neuron: a pair of sessions far apart in time, or whose motion differs by part of a contact
-row, places and shapes every neuron a little differently. These helpers give each pair of
-sessions its own median, for the steps that compare a pair with what is usual there.
+Much of what two units of one neuron share depends on their sessions as well as on the
+neuron: a pair of sessions far apart in time, or a session whose motion differs by part of
+a contact row, places and shapes every neuron a little differently. These helpers give each
+group its own median, for the steps that compare a pair with what is usual there (the
+position noise per session, the similarity step per pair of sessions, the sessions'
+delays in time).
 """
 
 from __future__ import annotations

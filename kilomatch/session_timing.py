@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .session_pairs import grouped_median
+
 # Superposed unit pairs two sessions need before their relative delay is used.
 MIN_PAIRS = 10
 
@@ -35,27 +37,20 @@ def session_delays(trough: np.ndarray, pairs: np.ndarray, session0: np.ndarray,
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     a, b = session0[pairs[:, 0]], session0[pairs[:, 1]]
     lag = trough[pairs[:, 1]] - trough[pairs[:, 0]]
-    key = a * n_sessions + b
-    order = np.argsort(key, kind="stable")  # one pass over the pairs, grouped by session pair
-    keys, starts, counts = np.unique(key[order], return_index=True, return_counts=True)
-    rows, medians, weights = [], [], []
-    for k, start, count in zip(keys, starts, counts):
-        if count < min_pairs:
-            continue
-        sa, sb = divmod(int(k), n_sessions)
-        row = np.zeros(n_sessions)
-        row[sa], row[sb] = -1.0, 1.0
-        rows.append(row)
-        medians.append(np.median(lag[order[start:start + count]]))
-        weights.append(np.sqrt(count))
+    keys, medians, counts = grouped_median(lag, a * n_sessions + b)
+    used = counts >= min_pairs
     delays = np.zeros(n_sessions, np.int64)
-    if not rows:
+    if not used.any():
         return delays
-    w = np.asarray(weights)
-    design = np.asarray(rows) * w[:, None]
+    keys, medians, counts = keys[used], medians[used], counts[used]
+    rows = np.zeros((keys.size, n_sessions))
+    rows[np.arange(keys.size), keys // n_sessions] = -1.0
+    rows[np.arange(keys.size), keys % n_sessions] = 1.0
+    w = np.sqrt(counts)
+    design = rows * w[:, None]
     # The least-norm solution: within each group of sessions tied by pairs, the delays sum
     # to 0; a session tied to none keeps 0.
-    fitted = np.linalg.lstsq(design, np.asarray(medians) * w, rcond=None)[0]
+    fitted = np.linalg.lstsq(design, medians * w, rcond=None)[0]
     tied = np.abs(design).sum(axis=0) > 0
     # Against the median session, so that most sessions stay where they are.
     reference = np.sort(fitted[tied])[(tied.sum() - 1) // 2]

@@ -19,9 +19,10 @@ log = logging.getLogger("kilomatch")
 
 REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_gap",
            "split_average_probability", "split_at_distance", "split_at_succession",
-           "split_at_amplitude_step", "split_unlinked", "split_at_similarity_step")
+           "split_at_amplitude_step", "split_unlinked", "split_at_similarity_step",
+           "split_at_amplitude")
 (CONFLICT, SPLIT, POSITION, AVERAGE, DISTANCE, SUCCESSION, AMPLITUDE_STEP, UNLINKED,
- SIMILARITY_STEP) = range(9)
+ SIMILARITY_STEP, AMPLITUDE) = range(10)
 _BLOCK = 1 << 20  # rows of pairs filled at a time by within_cluster_pairs
 # The split at distance stands unless the mean match probability across it is above this:
 # the level of the sure matches (kilomatch.position_noise.SURE_PROBABILITY). On NP2 data
@@ -346,6 +347,48 @@ def split_by_distance(labels, pairs, distance_ratio, max_ratio: float):
         np.unique(labels[pairs[far, 0]][labels[pairs[far, 0]] >= 0]))
 
 
+def split_by_amplitude(labels, pairs, probability, log_amplitude, max_probability: float,
+                       step: float):
+    """Split each cluster into groups that the match probability says are not one neuron
+    and whose amplitudes say the same: groups of average linkage on the probability whose
+    mean probability across is below ``max_probability`` (:func:`split_by_average_link`)
+    are joined again, closest median amplitude first, while their median log amplitudes
+    differ by at most ``step``. A unit of another neuron that fills the session where a
+    neuron was not recorded (high turnover) is alike enough for the similarity's clusters;
+    where its probability and its amplitude both set it apart, it is cut. Small units of
+    one neuron, whose probability is low because their waveforms correlate little, keep
+    their amplitude and stay together.
+
+    labels: (N,) clusters (-1 none); pairs: (Q, 2) every within-cluster pair; probability:
+    (Q,) match probability (0 for pairs that cannot link); log_amplitude: (N,) natural log
+    of the units' amplitudes (uV); step: largest difference of median log amplitude two
+    groups may join at. Returns (labels, removed (R, 2) pairs across the splits, sorted).
+    """
+    labels = np.asarray(labels, np.int64)
+    pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+    probability = np.asarray(probability, np.float64)
+    # a cluster can split only where some pair is below the level and its amplitudes span
+    # more than the step: the other clusters (nearly all) stay whole without a linkage
+    inside = (labels[pairs[:, 0]] == labels[pairs[:, 1]]) & (labels[pairs[:, 0]] >= 0)
+    low = np.unique(labels[pairs[inside & (probability < max_probability), 0]])
+    held = labels >= 0
+    top = np.full(labels.max(initial=-1) + 1, -np.inf)
+    bottom = np.full(top.size, np.inf)
+    np.maximum.at(top, labels[held], log_amplitude[held])
+    np.minimum.at(bottom, labels[held], log_amplitude[held])
+    clusters = low[top[low] - bottom[low] > step]
+    split, _ = _split_average_linkage(labels, pairs, lambda units, rows: 1.0 - _cluster_similarity(
+        units, pairs[rows], probability[rows]), 1.0 - max_probability, clusters)
+
+    def joinable(units, rows):
+        def score(groups):
+            med = np.array([np.median(log_amplitude[units[g]]) for g in groups])
+            apart = np.abs(med[:, None] - med[None, :])
+            return np.where(apart <= step, -apart, -np.inf)
+        return score
+    return _join_parts(labels, split, pairs, joinable)
+
+
 def split_successions(labels, pairs, probability, known, session, max_probability: float,
                       log_amplitude: np.ndarray | None = None, amplitude_step: float = np.inf):
     """Split each cluster where one neuron followed another at its place, at a cut in time
@@ -615,7 +658,8 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
            amplitude: np.ndarray | None = None, succession_probability: float = 0.0,
            max_session_gap: int = 0, non_match_share: np.ndarray | None = None,
            pooled_level: float = 0.0, amplitude_step: float = 0.0,
-           rejoin_distance_ratio: float = 0.0) -> CurationResult:
+           rejoin_distance_ratio: float = 0.0, amplitude_split: bool = False
+           ) -> CurationResult:
     """The curation steps, then dissolve single-unit clusters: same-session conflicts, the
     split at ``threshold`` (``auto_split``), and with ``positions`` (N, D) um the split at
     position gaps (:func:`split_by_position`). With ``probability`` and ``cut_probability``
@@ -694,12 +738,21 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
                                                  DISTANCE_SPLIT_PROBABILITY)
         final = split
     removed_n, reason_n = np.empty((0, 2), np.int64), np.empty(0, np.int8)
-    log_amplitude, step = None, np.inf
-    if amplitude is not None and amplitude_step > 0:
+    removed_a = np.empty((0, 2), np.int64)
+    log_amplitude, step, limit = None, np.inf, np.inf
+    if amplitude is not None and (amplitude_step > 0 or amplitude_split):
         # in units of one neuron's spread of amplitude, learned from the clusters as they
         # stand (their few wrong pairs hardly move its median)
         log_amplitude = _log_amplitude(amplitude)
         limit = _amplitude_limit(final, pairs, amplitude)
+    if amplitude_split and probability is not None and cut_probability < 1 \
+            and np.isfinite(limit):
+        # the cut level of the veto and the amplitude limit of its pooled evidence: a cut
+        # there is one the veto would let stand, though the similarity did not make it
+        final, removed_a = split_by_amplitude(
+            final, pairs, probability, log_amplitude, cut_probability,
+            max(limit, np.log(AMPLITUDE_STEP_MIN_FACTOR)))
+    if amplitude is not None and amplitude_step > 0:
         step = max(amplitude_step * limit, np.log(AMPLITUDE_STEP_MIN_FACTOR))
         if np.isfinite(step):
             log.info("amplitude of the clusters' units: one neuron's units within a factor "
@@ -718,10 +771,12 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
                 log_amplitude, step)
         final, removed_u = split_unlinked(final, pairs, near)
     final = dissolve_one_session(final, session)
-    removed = np.vstack([removed_c, removed_s, removed_p, removed_d, removed_n, removed_u])
+    removed = np.vstack([removed_c, removed_s, removed_p, removed_d, removed_a, removed_n,
+                         removed_u])
     reason = np.concatenate([np.full(len(removed_c), CONFLICT), np.full(len(removed_s), SPLIT),
                              np.full(len(removed_p), POSITION), np.full(len(removed_d), DISTANCE),
-                             reason_n, np.full(len(removed_u), UNLINKED)])
+                             np.full(len(removed_a), AMPLITUDE), reason_n,
+                             np.full(len(removed_u), UNLINKED)])
     return CurationResult(final, after_conflicts, removed, reason.astype(np.int8),
                           float(threshold), kept_pairs=kept, split_distance_ratio=split_ratio)
 

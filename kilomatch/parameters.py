@@ -340,6 +340,14 @@ PARAMETERS: tuple[Param, ...] = (
           "and by a factor 1.5 at least, and the mean match probability across is below 0.5 "
           "(pairs within clustering.max_session_gap). 0 turns it off.",
           min=0),
+    Param("autoCuration.amplitude_split", "bool", True,
+          "Split a cluster where the match probability and the amplitude both say it holds "
+          "two neurons (clustering.method 'similarity'): groups of units whose mean match "
+          "probability across is at most the cut level of autoCuration.cut_probability "
+          "(average linkage) and whose median amplitudes differ by more than the 99th "
+          "percentile of one neuron's absolute log amplitude ratio (learned from the pairs "
+          "the clusters hold), and by a factor 1.5 at least. Catches a unit of another neuron "
+          "that fills a session where a neuron was not recorded. false turns it off."),
     Param("autoCuration.similarity_step", "float", 1.0,
           "Last split of the curation (clustering.method 'similarity'), for one neuron followed "
           "by another at its place: each cluster of three sessions or more is cut in time "

@@ -9,6 +9,7 @@ from scipy import sparse
 from kilomatch import curation
 from kilomatch.clustering import renumber
 from kilomatch.curation import (
+    AMPLITUDE,
     AMPLITUDE_STEP,
     CONFLICT,
     DISTANCE,
@@ -658,6 +659,62 @@ def test_amplitude_step_takes_apart_a_neuron_followed_by_one_of_other_amplitude(
         assert as_set(res.removed_pairs) == ({(k, 4) for k in range(4)} if apart else set())
         assert np.all(res.removed_reason == reason)
     assert REASONS[AMPLITUDE_STEP] == "split_at_amplitude_step"
+
+
+def test_amplitude_split_cuts_a_unit_of_other_amplitude_that_fills_a_gap():
+    """Units 0-3 are one neuron of ~400 uV in sessions 0, 1, 3, 4 (sure: 0.95); unit 4,
+    in session 2 where that neuron was not recorded, is alike enough for the similarity
+    (no split below the threshold) but its probability to each of them is 0.005 (below the
+    cut level 0.02) and it is 90 uV: it is taken apart (reason split_at_amplitude, its 4
+    pairs), in the middle of the neuron's sessions where no cut in time has a step. Whole
+    when it is 330 uV (within one neuron's spread of amplitude, as a small unit of the same
+    neuron whose probability is low), when its probability is 0.05 (above the level), and
+    with the setting off."""
+    labels = np.zeros(5, int)
+    pairs = within_cluster_pairs(labels)
+    inside = {k: 0.95 for k in itertools.combinations(range(4), 2)}
+    session = np.array([0, 1, 3, 4, 2])
+    for odd_uv, p_odd, on, apart in ((90.0, 0.005, True, True),
+                                     (330.0, 0.005, True, False),
+                                     (90.0, 0.05, True, False),
+                                     (90.0, 0.005, False, False)):
+        amplitude = np.array([400.0, 420.0, 380.0, 410.0, odd_uv])
+        res = curate(labels, session, pairs, np.full(len(pairs), 3.0),
+                     np.ones(len(pairs), bool), threshold=1.0,
+                     probability=pair_values(pairs, inside, p_odd), cut_probability=0.02,
+                     unit_positions=np.zeros((5, 2)), amplitude=amplitude,
+                     amplitude_step=1.5, amplitude_split=on)
+        np.testing.assert_array_equal(renumber(res.labels),
+                                      [1, 1, 1, 1, -1] if apart else [1] * 5)
+        assert as_set(res.removed_pairs) == ({(k, 4) for k in range(4)} if apart else set())
+        assert np.all(res.removed_reason == AMPLITUDE)
+    assert REASONS[AMPLITUDE] == "split_at_amplitude"
+
+
+def test_amplitude_split_keeps_two_neurons_alike_in_amplitude_and_splits_two_that_are_not():
+    """Two groups of three units each sure among themselves (0.95), 0.01 across (below the
+    cut level): where the groups' amplitudes are 100 and 105 uV (one neuron's spread) the
+    cluster stays whole (the probability alone proposes no cut); at 100 and 250 uV it is
+    cut between the groups (9 pairs). Small units at the probability's floor (0.01 among
+    all six, 80-130 uV: a span beyond the step, but no gap in it) stay one cluster. A
+    second cluster of eight units of one neuron (within 3% of 60 uV, sure) sets one
+    neuron's spread of amplitude."""
+    labels = np.repeat([0, 1], [6, 8])
+    pairs = within_cluster_pairs(labels)
+    other = {k: 0.95 for k in itertools.combinations(range(6, 14), 2)}
+    inside = {k: 0.95 for g in ((0, 1, 2), (3, 4, 5)) for k in itertools.combinations(g, 2)}
+    for group, table, apart in (([100, 98, 102, 105, 107, 103], inside, False),
+                                ([100, 98, 102, 250, 255, 245], inside, True),
+                                ([80, 90, 100, 110, 120, 130], {}, False)):
+        amplitude = np.r_[np.array(group, float), 60 * (1 + 0.03 * np.sin(np.arange(8)))]
+        res = curate(labels, np.r_[np.arange(6), np.arange(8)], pairs,
+                     np.full(len(pairs), 3.0), np.ones(len(pairs), bool), threshold=1.0,
+                     probability=pair_values(pairs, {**table, **other}, 0.01),
+                     cut_probability=0.02, unit_positions=np.zeros((14, 2)),
+                     amplitude=amplitude, amplitude_split=True)
+        np.testing.assert_array_equal(renumber(res.labels)[:6],
+                                      [1, 1, 1, 2, 2, 2] if apart else [1] * 6)
+        assert len(res.removed_pairs) == (9 if apart else 0)
 
 
 def test_a_step_of_amplitude_under_the_least_step_is_no_cut():

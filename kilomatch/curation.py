@@ -749,9 +749,15 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
             and np.isfinite(limit):
         # the cut level of the veto and the amplitude limit of its pooled evidence: a cut
         # there is one the veto would let stand, though the similarity did not make it
-        final, removed_a = split_by_amplitude(
-            final, pairs, probability, log_amplitude, cut_probability,
-            max(limit, np.log(AMPLITUDE_STEP_MIN_FACTOR)))
+        before_split, gap = final, max(limit, np.log(AMPLITUDE_STEP_MIN_FACTOR))
+        final, removed_a = split_by_amplitude(final, pairs, probability, log_amplitude,
+                                              cut_probability, gap)
+        if len(removed_a):
+            log.info("split at a gap of amplitude (autoCuration.amplitude_split): %d clusters, "
+                     "%d pairs taken apart (mean match probability across below %.3g, median "
+                     "amplitudes more than %.2fx apart)",
+                     np.unique(before_split[removed_a[:, 0]]).size, len(removed_a),
+                     cut_probability, np.exp(gap))
     if amplitude is not None and amplitude_step > 0:
         step = max(amplitude_step * limit, np.log(AMPLITUDE_STEP_MIN_FACTOR))
         if np.isfinite(step):

@@ -685,7 +685,10 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     (:func:`rejoin_by_probability`). With ``rejoin_distance_ratio`` above 0, the cuts
     left standing are also undone where the two sides are alike in all but similarity
     (:func:`rejoin_alike`, the spread learned from the curated clusters as for the split at
-    distance).
+    distance). With ``amplitude_split``, ``probability``, ``amplitude`` and ``cut_probability``
+    below 1, after the split at distance each cluster is also split where groups of its
+    units are below ``cut_probability`` on average and their median amplitudes lie farther
+    apart than one neuron's (:func:`split_by_amplitude`, reason split_at_amplitude).
 
     labels: (N,) clusters from the final clustering; session: (N,); pairs: (Q, 2) every
     within-cluster pair; similarity: (Q,) weighted similarity; linkable: (Q,) bool;

@@ -343,7 +343,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param("autoCuration.amplitude_split", "bool", True,
           "Split a cluster where the match probability and the amplitude both say it holds "
           "two neurons (clustering.method 'similarity'): groups of units whose mean match "
-          "probability across is at most the cut level of autoCuration.cut_probability "
+          "probability across is below the cut level of autoCuration.cut_probability "
           "(average linkage) and whose median amplitudes differ by more than the 99th "
           "percentile of one neuron's absolute log amplitude ratio (learned from the pairs "
           "the clusters hold), and by a factor 1.5 at least. Catches a unit of another neuron "

@@ -310,7 +310,8 @@ def split_unlinked(labels, pairs, linked):
     return dissolve_singletons(labels), removed
 
 
-def split_by_average_link(labels, pairs, probability, threshold: float = 0.5):
+def split_by_average_link(labels, pairs, probability, threshold: float = 0.5,
+                          clusters: np.ndarray | None = None):
     """Split each cluster where its groups of units are, on average, not probably one neuron.
 
     Within a cluster, groups of units are joined by average linkage on the match
@@ -321,10 +322,12 @@ def split_by_average_link(labels, pairs, probability, threshold: float = 0.5):
 
     labels: (N,) clusters (-1 none); pairs: (Q, 2) every within-cluster pair; probability:
     (Q,) match probability (0 for pairs that cannot link). Pairs not listed count as 0.
-    Returns (labels, removed (R, 2) pairs across the splits).
+    clusters: sorted ids of the only clusters to look at (None: all). Returns (labels,
+    removed (R, 2) pairs across the splits).
     """
     return _split_average_linkage(labels, pairs, lambda units, rows: 1.0 - _cluster_similarity(
-        units, pairs[rows], np.asarray(probability, np.float64)[rows]), 1.0 - threshold)
+        units, pairs[rows], np.asarray(probability, np.float64)[rows]), 1.0 - threshold,
+        clusters)
 
 
 def split_by_distance(labels, pairs, distance_ratio, max_ratio: float):
@@ -377,8 +380,7 @@ def split_by_amplitude(labels, pairs, probability, log_amplitude, max_probabilit
     np.maximum.at(top, labels[held], log_amplitude[held])
     np.minimum.at(bottom, labels[held], log_amplitude[held])
     clusters = low[top[low] - bottom[low] > step]
-    split, _ = _split_average_linkage(labels, pairs, lambda units, rows: 1.0 - _cluster_similarity(
-        units, pairs[rows], probability[rows]), 1.0 - max_probability, clusters)
+    split, _ = split_by_average_link(labels, pairs, probability, max_probability, clusters)
 
     def joinable(units, rows):
         def score(groups):

@@ -137,7 +137,8 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
               max_distance: float, max_cluster_size: int, seed: int = 0,
               with_clusters: bool = True, not_non_matches: np.ndarray | None = None,
               gap_prior: bool = False, derived: bool = False,
-              sure: np.ndarray | None = None, max_session_gap: int = 0):
+              sure: np.ndarray | None = None, max_session_gap: int = 0,
+              noise_share: np.ndarray | None = None):
     """Fit the match probability on one probe or shank and cluster by it.
 
     pairs: (P, 2) candidate pairs; similarities: callable, (Q, 2) pairs -> (Q, F) Fisher z of
@@ -154,12 +155,14 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     bool, the candidate pairs that group units for the derivation instead (the final
     clustering's good matches): the probability is then fitted once, with the derived
     pairs. max_session_gap: the candidate pairs' largest session gap (0: any); derived pairs
-    farther apart are left out.
+    farther apart are left out. noise_share: (N,) share of each unit's waveform variance that
+    is noise (kilomatch.waveform_noise), for the evidence's column of the Waveform similarity
+    against the noise; None leaves the column out.
     """
     n = positions.shape[0]
 
     def evidence(q):
-        return pair_evidence(similarities(q), positions, amplitude, n_spikes, q)
+        return pair_evidence(similarities(q), positions, amplitude, n_spikes, q, noise_share)
 
     depth = positions[:, 1]
     non = same_session_pairs(depth, session, max_distance, shank)
@@ -171,7 +174,8 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
         non = non[~np.isin(non[:, 0] * n + non[:, 1], drop[:, 0] * n + drop[:, 1])]
     # the candidates' evidence is read in chunks where it is used, not held whole
     similarity_of_candidates = similarities(pairs)
-    x_cand = LazyEvidence(similarity_of_candidates, positions, amplitude, n_spikes, pairs)
+    x_cand = LazyEvidence(similarity_of_candidates, positions, amplitude, n_spikes, pairs,
+                          noise_share)
     x_non = evidence(non)
     inside = full_window(depth, session, max_distance)
     # int32 rows where they fit: 28 M of them at 10^5 units
@@ -199,13 +203,13 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
         if model is None:
             return None
     p, score = _every_pair(model, pairs, fit_c, similarity_of_candidates, positions, amplitude,
-                           n_spikes)
+                           n_spikes, noise_share)
     if derived and sure is None:
         again = with_derived(p >= dnm.SURE_PROBABILITY)
         if again is not None:
             model = again
             p, score = _every_pair(model, pairs, fit_c, similarity_of_candidates, positions,
-                                   amplitude, n_spikes)
+                                   amplitude, n_spikes, noise_share)
     # The known non-matches' level (MatchModel.non_match_level, the cut veto's floor) is read
     # among the same-session pairs within the anchor: beyond it a pair's probability is 0 by
     # premise (no_match_beyond_anchor), and the trees' noise there says nothing of the pairs
@@ -231,7 +235,7 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
 
 
 def _every_pair(model, pairs, fit_c, similarity_of_candidates, positions, amplitude,
-                n_spikes) -> tuple:
+                n_spikes, noise_share=None) -> tuple:
     """The probability (P,) and classifier score (P,) float32 of every candidate pair (P, 2):
     a fitted pair's (rows ``fit_c``) from the models that did not see it, the others' from
     the fold models' mean. Takes the model's candidate scores (held once, in the links: 100
@@ -245,7 +249,8 @@ def _every_pair(model, pairs, fit_c, similarity_of_candidates, positions, amplit
     model.candidate_score = None
     if rest.any():
         rest_score = model.score(LazyEvidence(similarity_of_candidates[rest], positions,
-                                              amplitude, n_spikes, pairs[rest]))
+                                              amplitude, n_spikes, pairs[rest],
+                                              noise_share))
         p[rest] = model.probability(rest_score)
         score[rest] = rest_score
     return p, score

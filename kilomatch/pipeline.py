@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from . import (channel_offsets, channel_windows, correction, curation, dead_channels,
                duplicate_units, export, features, fingerprint, joining, linking, lone_sessions,
                motion_initial, parallel, polarity, position_noise, session_timing,
-               similarity_step, sorter_splits)
+               similarity_step, sorter_splits, waveform_noise)
 from .assemble import assemble, output_channels
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
@@ -77,6 +77,8 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     peak = np.empty(n, dtype=np.int64)
     values = np.empty((n, windows.shape[1], t), dtype=np.float32)
     share = np.zeros(n)  # each unit's baseline level, over its amplitude (channel_offsets)
+    noise = np.empty(n)  # each unit's share of noise near its peak (waveform_noise)
+    far_order = waveform_noise.farthest_first(data.channel_locations)
     positive = np.zeros(n, dtype=bool)  # peaks positive on its peak channel (polarity)
     finite = np.ones(n, dtype=bool)
     flat = np.zeros(n, dtype=bool)
@@ -89,6 +91,8 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
             finite[rows], flat[rows] = judge_rows(ptt[rows])
         peak[rows] = features.peak_channels(ptt[rows])[0]
         values[rows] = _on_windows(block, peak[rows], windows)
+        noise[rows] = waveform_noise.noise_share(block, ptt[rows], peak[rows], far_order,
+                                                 s.waveformCorrection.n_nearest_channels)
         if s.remove_channel_offsets:
             share[rows] = channel_offsets.offset_share(
                 channel_offsets.edge_baseline(values[rows]),
@@ -133,7 +137,8 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
         features.shift_rows(peak_waveform, time_shift)
     return UnitFeatures(waveforms, peak, amplitude, locations, both[:, :n_acg], both[:, n_acg:],
                         data.peth, data.session_index - 1, shank, peak_waveform,
-                        s.waveformCorrection.window_um, time_shift, dead, offsets, inverted)
+                        s.waveformCorrection.window_um, time_shift, dead, offsets, inverted,
+                        noise)
 
 
 def _flagged_sessions(data: Dataset, enabled: bool, find, describe) -> np.ndarray | None:
@@ -970,7 +975,8 @@ def fit_probability(data: Dataset, units: UnitFeatures, final: RoundResult, s: S
                                derived=s.clustering.derived_non_matches,
                                sure=(final.clustering.good
                                      if s.clustering.derived_from == "clustering" else None),
-                               max_session_gap=s.clustering.max_session_gap)
+                               max_session_gap=s.clustering.max_session_gap,
+                               noise_share=units.noise_share)
     if fitted is None:
         log.warning("too few pairs to fit the match probability: no probability is reported "
                     "and the final clusters come from the weighted similarity")
@@ -1036,7 +1042,8 @@ def subset_units(units: UnitFeatures, members: np.ndarray) -> UnitFeatures:
         units.peth, units.session0, units.shank, units.peak_waveform))
     return UnitFeatures(units.waveforms.subset(members), *rest, units.window_um,
                         None if units.time_shift is None else units.time_shift[members],
-                        units.dead_channels, units.offset_sessions, units.inverted_sessions)
+                        units.dead_channels, units.offset_sessions, units.inverted_sessions,
+                        None if units.noise_share is None else units.noise_share[members])
 
 
 def merge_shanks(s: Settings, data: Dataset, units: UnitFeatures, parts: list) -> Result:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .parallel import for_each_in_threads, pair_threads
+from .waveform_noise import beyond_noise
 
 log = logging.getLogger("kilomatch")
 
@@ -37,6 +38,8 @@ log = logging.getLogger("kilomatch")
 POSITION_COLUMNS = ("dx_um", "dy_um", "dz_um", "distance_um")
 UNIT_COLUMNS = ("log_amplitude_min", "log_amplitude_ratio", "log_spikes_min")
 N_EXTRA = len(POSITION_COLUMNS) + len(UNIT_COLUMNS)
+# With the units' noise shares one column more, last: how much more the two units' waveforms
+# differ than their noise accounts for (kilomatch.waveform_noise.beyond_noise).
 
 
 def same_session_pairs(depth: np.ndarray, session: np.ndarray, max_distance: float,
@@ -51,13 +54,17 @@ def same_session_pairs(depth: np.ndarray, session: np.ndarray, max_distance: flo
 
 
 def pair_evidence(similarities: np.ndarray, positions: np.ndarray, amplitude: np.ndarray,
-                  n_spikes: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """Evidence of each pair for the classifier: (P, F + N_EXTRA) float64.
+                  n_spikes: np.ndarray, pairs: np.ndarray,
+                  noise_share: np.ndarray | None = None) -> np.ndarray:
+    """Evidence of each pair for the classifier: (P, F + N_EXTRA [+ 1]) float64.
 
-    similarities: (P, F) Fisher z per feature; positions: (N, 3) motion-corrected x, y, z um;
-    amplitude: (N,) uV; n_spikes: (N,). Columns: the F similarities, |dx|, |dy|, |dz| and the
-    distance (um), log10 of the smaller amplitude, |log10 amplitude ratio|, log10 of the
-    smaller spike count (+1).
+    similarities: (P, F) Fisher z per feature, the first Waveform; positions: (N, 3)
+    motion-corrected x, y, z um; amplitude: (N,) uV; n_spikes: (N,); noise_share: (N,) share
+    of each unit's waveform variance that is noise (waveform_noise.noise_share), or None.
+    Columns: the F similarities, |dx|, |dy|, |dz| and the distance (um), log10 of the smaller
+    amplitude, |log10 amplitude ratio|, log10 of the smaller spike count (+1), and with
+    noise_share the Waveform similarity measured against the two units' noise
+    (waveform_noise.beyond_noise).
     """
     a, b = pairs[:, 0], pairs[:, 1]
     diff = np.abs(positions[a] - positions[b])
@@ -68,9 +75,11 @@ def pair_evidence(similarities: np.ndarray, positions: np.ndarray, amplitude: np
     distance = np.sqrt(np.sum(diff ** 2, axis=1))
     amp = np.log10(np.maximum(np.asarray(amplitude, np.float64), 1e-3))
     spikes = np.log10(np.asarray(n_spikes, np.float64) + 1)
-    return np.column_stack([similarities, diff, distance,
-                            np.minimum(amp[a], amp[b]), np.abs(amp[a] - amp[b]),
-                            np.minimum(spikes[a], spikes[b])])
+    columns = [similarities, diff, distance, np.minimum(amp[a], amp[b]),
+               np.abs(amp[a] - amp[b]), np.minimum(spikes[a], spikes[b])]
+    if noise_share is not None:
+        columns.append(beyond_noise(similarities[:, 0], noise_share[a], noise_share[b]))
+    return np.column_stack(columns)
 
 
 class LazyEvidence:
@@ -80,15 +89,17 @@ class LazyEvidence:
     the whole matrix: each row depends on its own pair only."""
 
     def __init__(self, similarities: np.ndarray, positions: np.ndarray, amplitude: np.ndarray,
-                 n_spikes: np.ndarray, pairs: np.ndarray):
+                 n_spikes: np.ndarray, pairs: np.ndarray, noise_share: np.ndarray | None = None):
         self.similarities, self.pairs = similarities, pairs
         self.units = (positions, amplitude, n_spikes)
+        self.noise_share = noise_share
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, rows) -> np.ndarray:
-        return pair_evidence(self.similarities[rows], *self.units, self.pairs[rows])
+        return pair_evidence(self.similarities[rows], *self.units, self.pairs[rows],
+                             self.noise_share)
 
 
 @dataclass

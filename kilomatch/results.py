@@ -38,7 +38,9 @@ class UnitFeatures:
     (kilomatch.dead_channels), None when none were; offset_sessions: (S,) bool, the
     sessions whose units had their channel offsets subtracted (kilomatch.channel_offsets),
     None when none had; inverted_sessions: (S,) bool, the sessions turned back to the
-    others' sign (kilomatch.polarity), None when none was.
+    others' sign (kilomatch.polarity), None when none was; noise_share: (N,) share of each
+    unit's waveform variance near its peak that is noise (kilomatch.waveform_noise), None if
+    not measured.
     """
 
     waveforms: LocalWaveforms
@@ -56,6 +58,7 @@ class UnitFeatures:
     dead_channels: np.ndarray | None = None
     offset_sessions: np.ndarray | None = None
     inverted_sessions: np.ndarray | None = None
+    noise_share: np.ndarray | None = None
 
 
 @dataclass

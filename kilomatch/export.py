@@ -375,6 +375,8 @@ def _write_all(result: Result, arrays: RunArrays, write: _FileWriters) -> list:
              "corrected_y": a.corrected_depth, "match_confidence": a.match_confidence,
              "split_with": split_with(idx, result.data.session_index),
              "duplicate_of": duplicate_of(a.duplicates)}
+    if units.noise_share is not None:  # what the match probability weighed Waveform against
+        table["noise_share"] = units.noise_share
     if multi:
         table["shank"] = units.shank
     save_units_csv(folder / "units.csv", table)

@@ -34,12 +34,12 @@ from .waveform_noise import beyond_noise
 
 log = logging.getLogger("kilomatch")
 
-# Columns of the evidence besides the similarity features (see pair_evidence).
+# Columns of the evidence besides the similarity features (see pair_evidence); given the
+# units' noise shares, one more last: the Waveform similarity against the noise
+# (waveform_noise.beyond_noise).
 POSITION_COLUMNS = ("dx_um", "dy_um", "dz_um", "distance_um")
 UNIT_COLUMNS = ("log_amplitude_min", "log_amplitude_ratio", "log_spikes_min")
 N_EXTRA = len(POSITION_COLUMNS) + len(UNIT_COLUMNS)
-# With the units' noise shares one column more, last: how much more the two units' waveforms
-# differ than their noise accounts for (kilomatch.waveform_noise.beyond_noise).
 
 
 def same_session_pairs(depth: np.ndarray, session: np.ndarray, max_distance: float,

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .features import channel_distances
+
 # Quiet channels: the quarter of the channels farthest from a unit's peak channel (on a 384-
 # channel probe 1 mm and more from the unit, far outside its footprint), none nearer than
 # QUIET_UM, and MIN_QUIET of them at least.
@@ -39,8 +41,7 @@ FLOOR = 1e-6
 def farthest_first(channel_locations: np.ndarray) -> np.ndarray:
     """For each channel, the channels QUIET_UM or more away from it, farthest first, then -1:
     (C, C) int32. channel_locations: (C, 2) um."""
-    xy = np.asarray(channel_locations, np.float64)
-    d = np.hypot(xy[:, None, 0] - xy[None, :, 0], xy[:, None, 1] - xy[None, :, 1])
+    d = channel_distances(channel_locations)
     order = np.argsort(-d, axis=1, kind="stable")
     far = np.take_along_axis(d, order, axis=1) >= QUIET_UM
     return np.where(far, order, -1).astype(np.int32)
@@ -64,17 +65,21 @@ def noise_share(block: np.ndarray, ptt: np.ndarray, peak: np.ndarray, far_order:
     if n == 0:
         return np.zeros(0)
     rows = np.arange(n)[:, None]
-    variance = block.var(axis=2, dtype=np.float64)             # (n, C)
     n_quiet = int(c * QUIET_SHARE)
     n_near = int(min(max(n_near, 1), c))
     if n_quiet < 1:
         return np.zeros(n)
     order = far_order[np.asarray(peak, np.int64)]              # (n, C), farthest first
-    by_distance = variance[rows, np.maximum(order, 0)]
-    recorded = (order >= 0) & (by_distance > 0)  # a flat channel would read as noise 0
+    # a flat channel (peak-to-trough 0: dead or not recorded) would read as noise 0
+    recorded = (order >= 0) & (ptt[rows, np.maximum(order, 0)] > 0)
     quiet = recorded & (np.cumsum(recorded, axis=1) <= n_quiet)
-    quiet_var = np.where(quiet, by_distance, np.nan)
-    usable = quiet.sum(axis=1) >= MIN_QUIET
+    # the variance over time of the quiet channels only, not of every channel
+    at = np.argsort(~quiet, axis=1, kind="stable")[:, :n_quiet]  # quiet ones first, in order
+    taken = np.take_along_axis(quiet, at, axis=1)
+    channel = np.take_along_axis(order, at, axis=1)
+    quiet_var = np.where(taken, block[rows, np.maximum(channel, 0)].var(axis=2, dtype=np.float64),
+                         np.nan)
+    usable = taken.sum(axis=1) >= MIN_QUIET
     noise = np.zeros(n)
     if usable.any():
         noise[usable] = np.nanmedian(quiet_var[usable], axis=1)

@@ -155,7 +155,8 @@ DATASETS["t"] = ("dying_channels", "a tenth of the channels stop recording over 
 
 BAND_LABELS = metrics.band_labels()
 COLUMNS = ["dataset", "tool", "precision", "recall", "F1", "F1 before curation",
-           *[f"recall {b}" for b in BAND_LABELS], "calibration bins missed",
+           *[f"recall {b}" for b in BAND_LABELS], "wrong pairs: succession / interleaved / "
+           "same session", "calibration bins missed",
            "motion RMS (um)", "wall (s)",
            "peak mem (MB)", "status"]
 
@@ -257,11 +258,22 @@ def table_rows(results: list) -> list:
                      _common.fmt(r["precision"]),
                      _common.fmt(r["recall"]), _common.fmt(r["f1"]),
                      _common.fmt(r["f1_before"]), *[_common.fmt(b["recall"]) for b in bands],
+                     wrong_pairs_cell(r.get("wrong_pairs")),
                      peers.calibration_cell(r.get("calibration")),
                      _common.fmt(r["motion_rms_um"], 2),
                      _common.fmt(r["wall_s"], 1), _common.fmt(r["peak_rss_mb"], 0),
                      r["status"]])
     return rows
+
+
+def wrong_pairs_cell(counts: dict | None) -> str:
+    """"succession / interleaved / same session" counts of a run's wrong pairs
+    (kilomatch.metrics.wrong_pairs_by_kind), "-" without a clustering. On the turnover
+    datasets most wrong pairs are successions: a neuron stops being recorded and another,
+    alike and near, starts (benchmarks/RESULTS.md, "Session 47")."""
+    if counts is None:
+        return "-"
+    return " / ".join(str(counts[k]) for k in metrics.WRONG_PAIR_KINDS)
 
 
 def json_safe(result: dict) -> dict:

@@ -481,9 +481,10 @@ def score(result: dict, data, bands: bool = False) -> dict:
     """Pair precision / recall / F1 (final and before curation), with ``bands`` the recall of
     the final clusters per amplitude band of the pair's smaller unit (``recall_bands``: one
     dict per band of ``kilomatch.metrics.AMPLITUDE_BANDS_UV``; reads every waveform), the
-    calibration of kilomatch's match probability (``calibration``, :func:`calibration`), and
-    motion RMS error (um) of one run against the ground truth in ``data``
-    (kilomatch.metrics)."""
+    calibration of kilomatch's match probability (``calibration``, :func:`calibration`), the
+    wrong pairs by how their two neurons lie in time (``wrong_pairs``,
+    kilomatch.metrics.wrong_pairs_by_kind), and motion RMS error (um) of one run against the
+    ground truth in ``data`` (kilomatch.metrics)."""
     from kilomatch import metrics
 
     data = Path(data)
@@ -491,7 +492,7 @@ def score(result: dict, data, bands: bool = False) -> dict:
     sessions = np.load(data / "session_index.npy", allow_pickle=False)
     row = {"precision": None, "recall": None, "f1": None, "f1_before": None,
            "recall_bands": None, "motion_rms_um": None, "matched_only": None,
-           "best_match": None, "calibration": None}
+           "best_match": None, "calibration": None, "wrong_pairs": None}
 
     def usable(labels):
         return labels is not None and labels.size == gt.size
@@ -499,6 +500,7 @@ def score(result: dict, data, bands: bool = False) -> dict:
     if usable(result["idx_final"]):
         s = metrics.pair_scores(result["idx_final"], gt, sessions)
         row.update(precision=s["precision"], recall=s["recall"], f1=s["f1"])
+        row["wrong_pairs"] = metrics.wrong_pairs_by_kind(result["idx_final"], gt, sessions)
         if bands:
             row["recall_bands"] = metrics.recall_by_amplitude(
                 result["idx_final"], gt, sessions, unit_amplitudes(str(data)))

@@ -17,7 +17,8 @@ from kilomatch.formats.folder import SESSION_INDEX
 
 __all__ = ["pair_scores", "motion_rms_error", "score_run", "AMPLITUDE_BANDS_UV", "band_labels",
            "unit_amplitudes", "recall_by_amplitude", "calibration_bins", "calibration_misses",
-           "CALIBRATION_MIN_PAIRS", "CALIBRATION_TOLERANCE"]
+           "CALIBRATION_MIN_PAIRS", "CALIBRATION_TOLERANCE", "wrong_pairs_by_kind",
+           "WRONG_PAIR_KINDS"]
 
 # A calibration bin is judged when it holds this many pairs or more, and missed when its true
 # fraction lies more than CALIBRATION_TOLERANCE outside it (issue 12, item 3).
@@ -96,6 +97,43 @@ def pair_scores(idx_cluster, gt_neuron, session_index) -> dict:
         "n_correct_pairs": int(n_correct), "n_conflicts": int(same_cluster_session),
         "n_units": int(cl.size),
     }
+
+
+# How the two neurons of a wrong pair lie in time within their cluster (wrong_pairs_by_kind).
+WRONG_PAIR_KINDS = ("succession", "interleaved", "same_session")
+
+
+def wrong_pairs_by_kind(idx_cluster, gt_neuron, session_index) -> dict:
+    """The wrong pairs of a clustering (units of two neurons in one cluster, two sessions) by
+    how the two neurons' units lie in time within that cluster.
+
+    ``succession``: all of one neuron's units in the cluster come before all of the other's
+    (a neuron stops being recorded and another, alike and near, starts); ``interleaved``: their
+    sessions interleave, none shared; ``same_session``: both neurons have a unit in one session
+    of the cluster (a same-session conflict kept, e.g. as a sorter split). Sessions are ordered
+    by ``session_index``. Arguments as :func:`pair_scores`. Returns {kind: number of wrong
+    pairs} (ints); the three add up to n_pred_pairs - n_correct_pairs of pair_scores.
+    """
+    cl, gt, ss = _labels(idx_cluster, gt_neuron, session_index)
+    counts = dict.fromkeys(WRONG_PAIR_KINDS, 0)
+    units = np.flatnonzero(cl != -1)
+    units = units[np.lexsort((gt[units], cl[units]))]
+    for members in np.split(units, np.flatnonzero(np.diff(cl[units])) + 1):
+        neurons = np.unique(gt[members])
+        # clusters of one neuron hold no wrong pair; the rest are few and small
+        for i, a in enumerate(neurons[:-1]):
+            sa = ss[members[gt[members] == a]]
+            for b in neurons[i + 1:]:
+                sb = ss[members[gt[members] == b]]
+                n = sa.size * sb.size - int(np.count_nonzero(sa[:, None] == sb[None, :]))
+                if np.intersect1d(sa, sb).size:
+                    kind = "same_session"
+                elif sa.max() < sb.min() or sb.max() < sa.min():
+                    kind = "succession"
+                else:
+                    kind = "interleaved"
+                counts[kind] += n
+    return counts
 
 
 def band_labels(edges=AMPLITUDE_BANDS_UV) -> list:

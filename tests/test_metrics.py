@@ -7,7 +7,7 @@ import pytest
 
 from kilomatch.errors import KilomatchError
 from kilomatch.metrics import (calibration_bins, calibration_misses, motion_rms_error, pair_scores,
-                               score_run)
+                               score_run, wrong_pairs_by_kind)
 
 
 def brute_force(cl, gt, ss):
@@ -107,6 +107,8 @@ def test_matches_brute_force_on_random_labels(seed):
         true, pred, correct, conflicts)
     assert r["precision"] == pytest.approx(correct / pred if pred else 1.0)
     assert r["recall"] == pytest.approx(correct / true if true else 1.0)
+    # every wrong pair is of one kind
+    assert sum(wrong_pairs_by_kind(cl, gt, ss).values()) == pred - correct
 
 
 def test_large_labels_fast_and_exact():
@@ -175,3 +177,19 @@ def test_calibration_misses_judge_full_bins_by_their_true_fraction():
     assert [(m["low"], m["n_pairs"]) for m in misses] == [(0.5, 50), (0.9, 200)]
     assert misses[0]["true_fraction"] == pytest.approx(0.66)
     assert misses[1]["true_fraction"] == pytest.approx(0.80)
+
+
+def test_wrong_pairs_are_told_apart_by_how_their_neurons_lie_in_time():
+    # cluster 1: neuron 0 in sessions 1-2, then neuron 1 in sessions 3-4 (a succession: 4
+    # wrong pairs); cluster 2: neuron 2 in sessions 1 and 3, neuron 3 in session 2
+    # (interleaved: 2); cluster 3: neurons 4 and 5 both in session 1, neuron 5 also in 2
+    # (same session: pairs 4-5 across sessions only, 1); cluster 4: one neuron, right;
+    # cluster 5: neuron 9 in session 3, then neuron 8 in session 4 (a succession: 1)
+    cl = np.array([1, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, -1, 5, 5])
+    gt = np.array([0, 0, 1, 1, 2, 2, 3, 4, 5, 5, 6, 6, 7, 9, 8])
+    ss = np.array([1, 2, 3, 4, 1, 3, 2, 1, 1, 2, 1, 2, 3, 3, 4])
+    kinds = wrong_pairs_by_kind(cl, gt, ss)
+    assert kinds == {"succession": 5, "interleaved": 2, "same_session": 1}
+    r = pair_scores(cl, gt, ss)
+    assert sum(kinds.values()) == r["n_pred_pairs"] - r["n_correct_pairs"]
+

@@ -7,7 +7,8 @@ the same data (same ``--seed-offset``) and the same settings seed (``--kilomatch
 the suite's sum of F1 moved by up to 0.026 and one dataset's F1 by up to 0.018
 (benchmarks/RESULTS.md, "Session 33"). Give several pairs (data offsets x settings seeds); the script prints, for
 each pair, the sum of F1 of both, the runs whose calibration missed no bin, the datasets
-with precision below 0.99 and those where curation lowered F1; then, per dataset, the mean
+with precision below 0.99, those where curation lowered F1 and the wrong pairs by kind
+(accuracy.py's column; "-" for a JSON without it); then, per dataset, the mean
 change of F1 over the pairs and in how many pairs it fell. Datasets are matched by name;
 one missing or failed on either side is left out of that pair and named.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 import _common
 
 PRECISION_TARGET = 0.99
+WRONG_PAIR_KINDS = ("succession", "interleaved", "same_session")  # kilomatch.metrics'
 
 
 def load_results(path) -> dict:
@@ -50,7 +52,18 @@ def _summary(rows: list) -> dict:
                                 and r["precision"] < PRECISION_TARGET],
             "curation_lowers": [r["dataset"] for r in rows
                                 if r.get("f1_before") is not None
-                                and r["f1"] < r["f1_before"] - 1e-9]}
+                                and r["f1"] < r["f1_before"] - 1e-9],
+            "wrong_pairs": _wrong_pairs(rows)}
+
+
+def _wrong_pairs(rows: list) -> list | None:
+    """The rows' wrong pairs summed per kind (succession, interleaved, same session:
+    kilomatch.metrics.wrong_pairs_by_kind), or None when a row lacks them (a JSON from
+    before session 47)."""
+    counts = [r.get("wrong_pairs") for r in rows]
+    if not counts or any(c is None for c in counts):
+        return None
+    return [sum(c[k] for c in counts) for k in WRONG_PAIR_KINDS]
 
 
 def compare_pair(base: dict, candidate: dict) -> dict:
@@ -84,13 +97,15 @@ def compare(pairs: list) -> dict:
 def report(result: dict, names: list) -> str:
     lines = ["| pair | F1 sum, base | F1 sum, candidate | change | calibration clean "
              "(base / candidate) | precision < 0.99 (candidate) | curation lowers F1 "
-             "(candidate) |", "|---|---|---|---|---|---|---|"]
+             "(candidate) | wrong pairs: succession / interleaved / same session (base -> "
+             "candidate) |", "|---|---|---|---|---|---|---|---|"]
     for name, one, change in zip(names, result["pairs"], result["sum_changes"]):
         b, c = one["base"], one["candidate"]
         lines.append(f"| {name} | {b['f1_sum']:.4f} | {c['f1_sum']:.4f} | {change:+.4f} | "
                      f"{b['calibration_clean']} / {c['calibration_clean']} | "
                      f"{', '.join(c['precision_below']) or 'none'} | "
-                     f"{', '.join(c['curation_lowers']) or 'none'} |")
+                     f"{', '.join(c['curation_lowers']) or 'none'} | "
+                     f"{_kinds(b['wrong_pairs'])} -> {_kinds(c['wrong_pairs'])} |")
     for name, one in zip(names, result["pairs"]):
         if one["left_out"]:
             lines.append(f"\n{name}: left out (missing or failed on one side): "
@@ -102,6 +117,10 @@ def report(result: dict, names: list) -> str:
     for kind, v in result["per_kind"].items():
         lines.append(f"| {kind} | {v['mean']:+.4f} | {v['fell']} / {v['rose']} / {v['n']} |")
     return "\n".join(lines)
+
+
+def _kinds(counts: list | None) -> str:
+    return "-" if counts is None else " / ".join(map(str, counts))
 
 
 def main(argv=None) -> int:

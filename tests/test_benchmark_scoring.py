@@ -139,3 +139,8 @@ def test_design_comparison_pairs_runs_by_dataset_and_counts_where_the_candidate_
     first = out["pairs"][0]
     assert first["candidate"]["curation_lowers"] == ["b_y"]
     assert (first["base"]["calibration_clean"], first["candidate"]["calibration_clean"]) == (2, 1)
+    # the wrong pairs summed by kind; a JSON from before they were counted shows none
+    assert first["base"]["wrong_pairs"] is None
+    for row, kinds in zip(run1[1].values(), ([3, 1, 0], [2, 0, 1])):
+        row["wrong_pairs"] = dict(zip(compare.WRONG_PAIR_KINDS, kinds))
+    assert compare.compare([run1])["pairs"][0]["candidate"]["wrong_pairs"] == [5, 1, 1]

@@ -38,3 +38,23 @@ def altered_copy():
         np.save(folder / "waveform_all.npy", change(waveforms, session))
         return folder
     return make
+
+
+@pytest.fixture
+def true_noise_share():
+    """true_noise_share(sim, n_near=38) -> (share (N,), noisy waveforms (N, C, T), their
+    peak-to-trough (N, C)): the simulator's noise variance per sample (fixed plus spike-count
+    noise) over the variance of each noisy mean waveform on its n_near channels of highest
+    peak-to-trough, what kilomatch.waveform_noise.noise_share should read."""
+    from kilomatch import features
+
+    def share(sim, n_near=38):
+        noisy = sim.waveforms(np.arange(sim.n_units))
+        p = sim.params
+        noise = p.waveform_noise_uv ** 2 + p.waveform_noise_per_spike_uv ** 2 / np.maximum(
+            sim.unit_spike_count, 1)
+        ptt = features.peak_to_trough(noisy)
+        near = np.argsort(-ptt, axis=1, kind="stable")[:, :n_near]
+        rows = np.arange(sim.n_units)[:, None]
+        return noise / noisy[rows, near].reshape(sim.n_units, -1).var(axis=1), noisy, ptt
+    return share

@@ -192,4 +192,3 @@ def test_wrong_pairs_are_told_apart_by_how_their_neurons_lie_in_time():
     assert kinds == {"succession": 5, "interleaved": 2, "same_session": 1}
     r = pair_scores(cl, gt, ss)
     assert sum(kinds.values()) == r["n_pred_pairs"] - r["n_correct_pairs"]
-

@@ -152,24 +152,15 @@ def test_outputs_plain_arrays_with_documented_shapes(run_result):
                                                     "MatchProbability_calibration"))
 
 
-def test_units_csv_reports_each_units_noise_share(run_result, sim_folder):
+def test_units_csv_reports_each_units_noise_share(run_result, sim_folder, true_noise_share):
     """units.csv's noise_share (what the match probability weighs the Waveform similarity
     against) is the simulator's own: its noise variance over each unit's variance on its 38
     channels of highest amplitude, within 15% for nine units in ten."""
     import csv
 
-    from kilomatch import features
     from kilomatch.simulate import simulate
     _, out = run_result
-    sim = simulate(**SIM)
-    noisy = sim.waveforms(np.arange(sim.n_units))
-    ptt = features.peak_to_trough(noisy)
-    near = np.argsort(-ptt, axis=1, kind="stable")[:, :38]
-    p = sim.params
-    noise = p.waveform_noise_uv ** 2 + p.waveform_noise_per_spike_uv ** 2 / np.maximum(
-        sim.unit_spike_count, 1)
-    truth = noise / noisy[np.arange(sim.n_units)[:, None], near].reshape(
-        sim.n_units, -1).var(axis=1)
+    truth = true_noise_share(simulate(**SIM))[0]
     rows = list(csv.DictReader(open(out / "units.csv")))
     reported = np.array([float(r["noise_share"]) for r in rows])
     judged = truth > 0.005  # the column has 3 decimals

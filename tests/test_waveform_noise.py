@@ -10,30 +10,17 @@ from kilomatch.simulate import simulate
 from kilomatch.waveform_noise import beyond_noise, farthest_first, noise_share
 
 
-def _true_share(sim, n_near=38):
-    """The simulator's noise variance per sample (fixed plus spike-count noise) over the
-    variance of each noisy mean waveform on its n_near channels of highest peak-to-trough."""
-    noisy = sim.waveforms(np.arange(sim.n_units))
-    p = sim.params
-    noise = p.waveform_noise_uv ** 2 + p.waveform_noise_per_spike_uv ** 2 / np.maximum(
-        sim.unit_spike_count, 1)
-    ptt = features.peak_to_trough(noisy)
-    near = np.argsort(-ptt, axis=1, kind="stable")[:, :n_near]
-    rows = np.arange(sim.n_units)[:, None]
-    return noise / noisy[rows, near].reshape(sim.n_units, -1).var(axis=1), noisy, ptt
-
-
 def _measured(sim, noisy, ptt):
     return noise_share(noisy, ptt, np.argmax(ptt, axis=1),
                        farthest_first(sim.channel_locations), 38)
 
 
-def test_noise_share_is_the_simulators_noise():
+def test_noise_share_is_the_simulators_noise(true_noise_share):
     """Units of many spike counts: the share measured on each unit's quiet channels is the
     simulator's noise share within 15% (one unit in ten may miss by more)."""
     sim = simulate(n_sessions=2, n_neurons=40, duration_s=60.0, peth_points=50,
                    waveform_noise_per_spike_uv=40.0, rate_sigma=1.5, seed=5)
-    truth, noisy, ptt = _true_share(sim)
+    truth, noisy, ptt = true_noise_share(sim)
     measured = _measured(sim, noisy, ptt)
     assert truth.min() < 0.05 and truth.max() > 0.3, "need units from clean to noisy"
     error = np.abs(measured / truth - 1)
@@ -41,12 +28,12 @@ def test_noise_share_is_the_simulators_noise():
     assert np.mean(error > 0.15) <= 0.1
 
 
-def test_flat_channels_are_not_quiet_channels():
+def test_flat_channels_are_not_quiet_channels(true_noise_share):
     """Channels that read 0 (dead, or not recorded in that session) are not noise 0: the share
     is the same as with them recorded."""
     sim = simulate(n_sessions=2, n_neurons=20, duration_s=60.0, peth_points=50,
                    waveform_noise_per_spike_uv=40.0, seed=6)
-    _, noisy, ptt = _true_share(sim)
+    _, noisy, ptt = true_noise_share(sim)
     dead = noisy.copy()
     far = farthest_first(sim.channel_locations)[np.argmax(ptt, axis=1)]
     dead[np.arange(sim.n_units)[:, None], far[:, :150:2]] = 0.0  # 75 of the farthest 150

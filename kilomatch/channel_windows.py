@@ -162,22 +162,25 @@ class StoredWaveforms:
     source: the input's waveforms (N, C, T), memory-mapped or in memory; outside: (N, n) bool,
     the channels outside each unit's window (LocalWaveforms.slots < 0); time_shift: (N,) int
     samples each unit was moved earlier when the window copy was made
-    (UnitFeatures.time_shift), or None.
+    (UnitFeatures.time_shift), or None; projection: (T, T) the temporal projection the window
+    copy was read through (UnitFeatures.temporal_projection), or None.
     """
 
     def __init__(self, source, channels: np.ndarray, outside: np.ndarray, n_channels: int,
-                 time_shift: np.ndarray | None = None):
+                 time_shift: np.ndarray | None = None, projection: np.ndarray | None = None):
         self.source, self.outside, self.time_shift = source, outside, time_shift
+        self.projection = projection
         self.channels = np.asarray(channels, dtype=np.int64)
         self.n_channels = n_channels
 
     @classmethod
     def of_window_copy(cls, window: LocalWaveforms, source, channels: np.ndarray,
-                       time_shift: np.ndarray | None = None) -> "StoredWaveforms":
+                       time_shift: np.ndarray | None = None,
+                       projection: np.ndarray | None = None) -> "StoredWaveforms":
         """The units of ``window`` (made from ``source``) on ``channels`` (N, n)."""
         channels = np.asarray(channels, dtype=np.int64)
         outside = window.slots(np.arange(window.n_units), channels) < 0
-        return cls(source, channels, outside, window.n_channels, time_shift)
+        return cls(source, channels, outside, window.n_channels, time_shift, projection)
 
     @property
     def n_units(self) -> int:
@@ -198,6 +201,8 @@ class StoredWaveforms:
             after = slice(rows.stop, min(rows.stop + block, self.n_units))
             advise_spans(self.source, after, self.channels[after])  # read while this is used
             values = _read_channels(self.source, rows, channels)
+            if self.projection is not None:  # as the window copy was read: first projected
+                values = np.matmul(values, self.projection, dtype=np.float32)
             if self.time_shift is not None:
                 shift_rows(values, self.time_shift[rows])
             values[self.outside[rows]] = 0.0

@@ -61,6 +61,12 @@ PARAMETERS: tuple[Param, ...] = (
           "processes that draw the figures while the results are written; -1 uses every "
           "core. Results do not depend on it.",
           min=-1),
+    Param("denoise_waveforms", "bool", True,
+          "Project every channel of each mean waveform on the temporal components that the "
+          "units' spikes rise above their noise in (learned from the input, 8-14 of 61-64 "
+          "samples on the benchmarks) before anything is read from it, where that takes away "
+          "0.04 or more of the median unit's waveform: most of a mean waveform's noise goes, "
+          "the spikes stay (kilomatch.temporal_components); the log says what it found."),
     Param("centering_waveforms", "bool", False,
           "Shift each unit's waveform so the trough of its peak channel sits at sample "
           "ceil(T/2)-1 (edge values padded)."),

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from . import (channel_offsets, channel_windows, correction, curation, dead_channels,
                duplicate_units, export, features, fingerprint, joining, linking, lone_sessions,
                motion_initial, parallel, polarity, position_noise, session_timing,
-               similarity_step, sorter_splits, waveform_noise)
+               similarity_step, sorter_splits, temporal_components, waveform_noise)
 from .assemble import assemble, output_channels
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
@@ -83,9 +83,11 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     finite = np.ones(n, dtype=bool)
     flat = np.zeros(n, dtype=bool)
     n_blocks = -(-n // block_rows(data.waveforms))
+    projection = denoising_projection(data, s)
     for start, block in tqdm(iter_rows(data.waveforms), total=n_blocks, desc="reading waveforms",
                              disable=None, leave=False):
         rows = slice(start, start + block.shape[0])
+        block = temporal_components.project(block, projection)
         ptt[rows] = features.peak_to_trough(block)
         if not data.waveforms_checked:  # the loader left it to this read of the file
             finite[rows], flat[rows] = judge_rows(ptt[rows])
@@ -138,7 +140,33 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     return UnitFeatures(waveforms, peak, amplitude, locations, both[:, :n_acg], both[:, n_acg:],
                         data.peth, data.session_index - 1, shank, peak_waveform,
                         s.waveformCorrection.window_um, time_shift, dead, offsets, inverted,
-                        noise)
+                        noise, projection)
+
+
+def denoising_projection(data: Dataset, s: Settings) -> np.ndarray | None:
+    """The (T, T) projection of the mean waveforms on their temporal components
+    (kilomatch.temporal_components), None when denoise_waveforms is off, when there is too
+    little to learn it from, or when it would take away less than MIN_SHARE_REMOVED of the
+    median unit's waveform (clean waveforms: nothing to gain); the log says which."""
+    if not s.denoise_waveforms:
+        return None
+    projection, removed = temporal_components.learn_projection(
+        data.waveforms, n_near=s.waveformCorrection.n_nearest_channels)
+    t = data.waveforms.shape[2]
+    if projection is None:
+        log.info("denoise_waveforms: too few waveforms to learn their temporal components "
+                 "from; the waveforms are read as they are")
+        return None
+    k = temporal_components.n_components(projection)
+    if removed < temporal_components.MIN_SHARE_REMOVED:
+        log.info("denoise_waveforms: %d of the %d temporal components hold the spikes, the "
+                 "rest %.3f of the median unit's waveform (under %.2f): the waveforms are read "
+                 "as they are", k, t, removed, temporal_components.MIN_SHARE_REMOVED)
+        return None
+    log.info("denoise_waveforms: the mean waveforms are read on the %d of their %d temporal "
+             "components that hold the spikes; the rest, %.3f of the median unit's waveform, "
+             "is left out as noise", k, t, removed)
+    return projection
 
 
 def _flagged_sessions(data: Dataset, enabled: bool, find, describe) -> np.ndarray | None:
@@ -301,6 +329,7 @@ def widen_windows(data: Dataset, units: UnitFeatures, s: Settings, displacements
     values = np.empty((n, windows.shape[1], t), dtype=np.float32)
     for start, block in iter_rows(data.waveforms):
         rows = slice(start, start + block.shape[0])
+        block = temporal_components.project(block, units.temporal_projection)
         values[rows] = _on_windows(block, units.peak_channel[rows], windows,
                                    None if units.time_shift is None else units.time_shift[rows])
     _undo_session_faults(values, units.session0, units.offset_sessions,
@@ -826,7 +855,8 @@ def _narrowed_original(units: UnitFeatures, data: Dataset, s: Settings):
         # read again, dead channels would be 0 and offsets back: keep the corrected copy
         return units.waveforms.narrowed(channels)
     return channel_windows.StoredWaveforms.of_window_copy(
-        units.waveforms, data.waveforms, channels, units.time_shift)  # as unit_features read them
+        units.waveforms, data.waveforms, channels, units.time_shift,
+        units.temporal_projection)  # as unit_features read them
 
 
 def _narrow_corrected(final: RoundResult) -> None:
@@ -1043,7 +1073,8 @@ def subset_units(units: UnitFeatures, members: np.ndarray) -> UnitFeatures:
     return UnitFeatures(units.waveforms.subset(members), *rest, units.window_um,
                         None if units.time_shift is None else units.time_shift[members],
                         units.dead_channels, units.offset_sessions, units.inverted_sessions,
-                        None if units.noise_share is None else units.noise_share[members])
+                        None if units.noise_share is None else units.noise_share[members],
+                        units.temporal_projection)
 
 
 def merge_shanks(s: Settings, data: Dataset, units: UnitFeatures, parts: list) -> Result:

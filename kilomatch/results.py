@@ -40,7 +40,9 @@ class UnitFeatures:
     None when none had; inverted_sessions: (S,) bool, the sessions turned back to the
     others' sign (kilomatch.polarity), None when none was; noise_share: (N,) share of each
     unit's waveform variance near its peak that is noise (kilomatch.waveform_noise), None if
-    not measured.
+    not measured; temporal_projection: (T, T) float32, the projection every waveform was read
+    through (denoise_waveforms, kilomatch.temporal_components), None for none. The waveforms
+    here, the peak waveforms included, are the projected ones.
     """
 
     waveforms: LocalWaveforms
@@ -59,6 +61,7 @@ class UnitFeatures:
     offset_sessions: np.ndarray | None = None
     inverted_sessions: np.ndarray | None = None
     noise_share: np.ndarray | None = None
+    temporal_projection: np.ndarray | None = None
 
 
 @dataclass

@@ -611,12 +611,14 @@ def test_correct_local_in_place_equals_a_separate_copy():
         correct_local(local, loc, shifts, kinv, units=np.arange(3), out=local.values)
 
 
-@pytest.mark.parametrize("centred", [False, True])
-def test_stored_waveforms_read_as_the_narrowed_window_copy(tmp_path, centred):
+@pytest.mark.parametrize("centred, projected", [(False, False), (True, False), (True, True)])
+def test_stored_waveforms_read_as_the_narrowed_window_copy(tmp_path, centred, projected):
     """The original waveforms read again from the input file (memory-mapped, more units than
     one read block) or from memory, on the written channels, equal the window copy narrowed to
-    them, with the shift in time the copy was made with (here the centring's); on two shanks, channels of the other shank (outside a
-    unit's window) read 0 in both. The export writes them with np.save's bytes."""
+    them, with the shift in time the copy was made with (here the centring's) and through the
+    temporal projection it was read through (denoise_waveforms: projected first, then
+    shifted); on two shanks, channels of the other shank (outside a unit's window) read 0 in
+    both. The export writes them with np.save's bytes."""
     from kilomatch.export import save_npy
     from kilomatch.features import center_waveforms, centring_shift, nearest_channels
     rng = np.random.default_rng(7)
@@ -628,16 +630,22 @@ def test_stored_waveforms_read_as_the_narrowed_window_copy(tmp_path, centred):
     np.save(tmp_path / "waveforms.npy", wf)
     source = np.load(tmp_path / "waveforms.npy", mmap_mode="r")
     peak = rng.integers(0, 64, n)
-    made = center_waveforms(wf, peak) if centred else wf
-    shift = centring_shift(wf[np.arange(n), peak]) if centred else None
+    projection = None
+    read = wf
+    if projected:
+        basis = np.linalg.qr(rng.normal(size=(t, 3)))[0]
+        projection = (basis @ basis.T).astype(np.float32)
+        read = np.matmul(wf, projection, dtype=np.float32)
+    made = center_waveforms(read, peak) if centred else read
+    shift = centring_shift(read[np.arange(n), peak]) if centred else None
     window = LocalWaveforms(reduce_block(made, table[peak]), table[peak], 64)
     written = nearest_channels(loc, peak, 12)  # across shanks: some outside the window
     assert (window.slots(np.arange(n), written) < 0).any()
     expected = window.narrowed(written)
     for where in (source, wf):  # read from the file, and from memory
-        stored = StoredWaveforms.of_window_copy(window, where, written, shift)
+        stored = StoredWaveforms.of_window_copy(window, where, written, shift, projection)
         np.testing.assert_array_equal(stored.values, expected.values)
-    stored = StoredWaveforms.of_window_copy(window, source, written, shift)
+    stored = StoredWaveforms.of_window_copy(window, source, written, shift, projection)
     assert stored.shape == window.shape
     save_npy(tmp_path / "stored.npy", stored)
     np.save(tmp_path / "whole.npy", expected.values)

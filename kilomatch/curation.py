@@ -20,9 +20,9 @@ log = logging.getLogger("kilomatch")
 REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_gap",
            "split_average_probability", "split_at_distance", "split_at_succession",
            "split_at_amplitude_step", "split_unlinked", "split_at_similarity_step",
-           "split_at_amplitude")
+           "split_at_amplitude", "split_at_low_probability")
 (CONFLICT, SPLIT, POSITION, AVERAGE, DISTANCE, SUCCESSION, AMPLITUDE_STEP, UNLINKED,
- SIMILARITY_STEP, AMPLITUDE) = range(10)
+ SIMILARITY_STEP, AMPLITUDE, LOW_PROBABILITY) = range(11)
 _BLOCK = 1 << 20  # rows of pairs filled at a time by within_cluster_pairs
 # The split at distance stands unless the mean match probability across it is above this:
 # the level of the sure matches (kilomatch.position_noise.SURE_PROBABILITY). On NP2 data
@@ -660,7 +660,8 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
            amplitude: np.ndarray | None = None, succession_probability: float = 0.0,
            max_session_gap: int = 0, non_match_share: np.ndarray | None = None,
            pooled_level: float = 0.0, amplitude_step: float = 0.0,
-           rejoin_distance_ratio: float = 0.0, amplitude_split: bool = False
+           rejoin_distance_ratio: float = 0.0, amplitude_split: bool = False,
+           probability_split: bool = False
            ) -> CurationResult:
     """The curation steps, then dissolve single-unit clusters: same-session conflicts, the
     split at ``threshold`` (``auto_split``), and with ``positions`` (N, D) um the split at
@@ -690,7 +691,10 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     distance). With ``amplitude_split``, ``probability``, ``amplitude`` and ``cut_probability``
     below 1, after the split at distance each cluster is also split where groups of its
     units are below ``cut_probability`` on average and their median amplitudes lie farther
-    apart than one neuron's (:func:`split_by_amplitude`, reason split_at_amplitude).
+    apart than one neuron's (:func:`split_by_amplitude`, reason split_at_amplitude). With
+    ``probability_split``, then each cluster is split where groups of its units are below
+    ``cut_probability`` on average and the veto lets the cut stand
+    (:func:`split_by_probability`, reason split_at_low_probability).
 
     labels: (N,) clusters from the final clustering; session: (N,); pairs: (Q, 2) every
     within-cluster pair; similarity: (Q,) weighted similarity; linkable: (Q,) bool;
@@ -763,6 +767,18 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
                      "amplitudes more than %.2fx apart)",
                      np.unique(before_split[removed_a[:, 0]]).size, len(removed_a),
                      cut_probability, np.exp(gap))
+    removed_b = np.empty((0, 2), np.int64)
+    if probability_split and probability is not None and cut_probability < 1:
+        before_split = final
+        final, removed_b = split_by_probability(
+            final, pairs, probability, cut_probability, distance_ratio, max_distance_ratio,
+            non_match_share, pooled_level, amplitude)
+        if len(removed_b):
+            log.info("split where the match probability is low (autoCuration."
+                     "probability_split): %d clusters, %d pairs taken apart (mean match "
+                     "probability across below %.3g, and the veto did not join them back)",
+                     np.unique(before_split[removed_b[:, 0]]).size, len(removed_b),
+                     cut_probability)
     if amplitude is not None and amplitude_step > 0:
         step = max(amplitude_step * limit, np.log(AMPLITUDE_STEP_MIN_FACTOR))
         if np.isfinite(step):
@@ -782,11 +798,12 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
                 log_amplitude, step)
         final, removed_u = split_unlinked(final, pairs, near)
     final = dissolve_one_session(final, session)
-    removed = np.vstack([removed_c, removed_s, removed_p, removed_d, removed_a, removed_n,
-                         removed_u])
+    removed = np.vstack([removed_c, removed_s, removed_p, removed_d, removed_a, removed_b,
+                         removed_n, removed_u])
     reason = np.concatenate([np.full(len(removed_c), CONFLICT), np.full(len(removed_s), SPLIT),
                              np.full(len(removed_p), POSITION), np.full(len(removed_d), DISTANCE),
-                             np.full(len(removed_a), AMPLITUDE), reason_n,
+                             np.full(len(removed_a), AMPLITUDE),
+                             np.full(len(removed_b), LOW_PROBABILITY), reason_n,
                              np.full(len(removed_u), UNLINKED)])
     return CurationResult(final, after_conflicts, removed, reason.astype(np.int8),
                           float(threshold), kept_pairs=kept, split_distance_ratio=split_ratio)
@@ -1010,6 +1027,32 @@ def rejoin_alike(before, after, pairs, probability, linkable, session, distance_
             return out
         return score
     return _join_parts(before, after, pairs, joinable)
+
+
+def split_by_probability(labels, pairs, probability, level: float,
+                         distance_ratio: np.ndarray | None = None,
+                         max_distance_ratio: float = np.inf,
+                         non_match_share: np.ndarray | None = None, pooled_level: float = 0.0,
+                         amplitude: np.ndarray | None = None):
+    """Split the clusters that hold a pair below the cut level of the match probability where
+    groups of their units are, on average, below it (average linkage,
+    :func:`split_by_average_link`), then let the veto of the similarity's cuts judge each cut
+    (:func:`rejoin_by_probability` with the same arguments: pooled evidence of small units'
+    pairs at the probability's floor, amplitudes, distance ratio). The cuts the clustering's
+    similarity never proposed: IHDBSCAN joins two neurons whose pairs are above its split
+    threshold though the probability says they are two (benchmarks/RESULTS.md, session 48).
+
+    labels: (N,); pairs: (Q, 2) within-cluster pairs; probability: (Q,); level: the cut
+    level. Returns (labels, removed (R, 2) pairs across the cuts that stand).
+    """
+    labels = np.asarray(labels)
+    probability = np.asarray(probability, np.float64)
+    low = (probability < level) & (labels[pairs[:, 0]] == labels[pairs[:, 1]]) \
+        & (labels[pairs[:, 0]] >= 0)
+    clusters = np.unique(labels[pairs[low, 0]])
+    split, _ = split_by_average_link(labels, pairs, probability, level, clusters)
+    return rejoin_by_probability(labels, split, pairs, probability, level, distance_ratio,
+                                 max_distance_ratio, non_match_share, pooled_level, amplitude)
 
 
 def rejoin_by_probability(before, after, pairs, probability, threshold: float,

@@ -354,6 +354,14 @@ PARAMETERS: tuple[Param, ...] = (
           "percentile of one neuron's absolute log amplitude ratio (learned from the pairs "
           "the clusters hold), and by a factor 1.5 at least. Catches a unit of another neuron "
           "that fills a session where a neuron was not recorded. false turns it off."),
+    Param("autoCuration.probability_split", "bool", False,
+          "Split a cluster where groups of its units are, on average, below the cut level of "
+          "autoCuration.cut_probability in match probability (average linkage), though the "
+          "clustering's similarity proposed no cut there (clustering.method 'similarity'); "
+          "each cut stands only where the veto of the similarity's cuts lets it (pooled "
+          "evidence, amplitudes, distance). Off by default: on the accuracy suite it raised "
+          "precision a little, but on a study of a few dozen units the probability is too "
+          "crude for it (benchmarks/RESULTS.md, session 48)."),
     Param("autoCuration.similarity_step", "float", 1.0,
           "Last split of the curation (clustering.method 'similarity'), for one neuron followed "
           "by another at its place: each cluster of three sessions or more is cut in time "

@@ -776,7 +776,8 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                           ac.cut_distance_ratio or np.inf, ac.split_distance_ratio or np.inf,
                           xy, units.amplitude, ac.succession_probability,
                           s.clustering.max_session_gap, q_share, ac.cut_pooled_level,
-                          ac.amplitude_step, ac.rejoin_distance_ratio, ac.amplitude_split)
+                          ac.amplitude_step, ac.rejoin_distance_ratio, ac.amplitude_split,
+                          ac.probability_split)
     cur.splits, cur.alike_splits = splits, alike
     cur.cut_probability = cut if q_p is not None else float("nan")
     cur.labels_before_join = cur.labels

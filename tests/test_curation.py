@@ -13,6 +13,7 @@ from kilomatch.curation import (
     AMPLITUDE_STEP,
     CONFLICT,
     DISTANCE,
+    LOW_PROBABILITY,
     POSITION,
     REASONS,
     SPLIT,
@@ -715,6 +716,39 @@ def test_amplitude_split_keeps_two_neurons_alike_in_amplitude_and_splits_two_tha
         np.testing.assert_array_equal(renumber(res.labels)[:6],
                                       [1, 1, 1, 2, 2, 2] if apart else [1] * 6)
         assert len(res.removed_pairs) == (9 if apart else 0)
+
+
+def test_probability_split_cuts_where_the_probability_says_two_neurons_and_the_veto_agrees():
+    """Two groups of three units, sure among themselves (0.95), 0.005 across (below the cut
+    level 0.02) and alike in amplitude (100 and 105 uV: no amplitude split), all above the
+    similarity's threshold (no cut proposed by the similarity): probability_split cuts
+    between the groups (the 9 pairs, reason split_at_low_probability); off, the cluster stays
+    whole. Where the pairs across, pooled, are unlike non-matches (each scoring above all
+    but 0.1% of the known non-matches: small units of one neuron at the probability's
+    floor), the veto joins the groups back. A second cluster of eight units of one neuron
+    sets one neuron's spread of amplitude."""
+    labels = np.repeat([0, 1], [6, 8])
+    pairs = within_cluster_pairs(labels)
+    other = {k: 0.95 for k in itertools.combinations(range(6, 14), 2)}
+    inside = {k: 0.95 for g in ((0, 1, 2), (3, 4, 5)) for k in itertools.combinations(g, 2)}
+    amplitude = np.r_[np.array([100, 98, 102, 105, 107, 103], float),
+                      60 * (1 + 0.03 * np.sin(np.arange(8)))]
+    across = {(a, b) for a in (0, 1, 2) for b in (3, 4, 5)}
+    for on, share_across, apart in ((True, 0.5, True), (False, 0.5, False),
+                                    (True, 0.001, False)):
+        share = np.array([share_across if (int(a), int(b)) in across else 0.5
+                          for a, b in pairs])
+        res = curate(labels, np.r_[np.arange(6), np.arange(8)], pairs,
+                     np.full(len(pairs), 3.0), np.ones(len(pairs), bool), threshold=1.0,
+                     probability=pair_values(pairs, {**inside, **other}, 0.005),
+                     cut_probability=0.02, unit_positions=np.zeros((14, 2)),
+                     amplitude=amplitude, amplitude_split=True, non_match_share=share,
+                     pooled_level=0.05, probability_split=on)
+        np.testing.assert_array_equal(renumber(res.labels)[:6],
+                                      [1, 1, 1, 2, 2, 2] if apart else [1] * 6)
+        assert as_set(res.removed_pairs) == (across if apart else set())
+        assert np.all(res.removed_reason == LOW_PROBABILITY)
+    assert REASONS[LOW_PROBABILITY] == "split_at_low_probability"
 
 
 def test_a_step_of_amplitude_under_the_least_step_is_no_cut():

@@ -16,6 +16,7 @@ import numpy as np
 from .errors import KilomatchError
 from .features import channel_distances, nearest_channels, shift_rows
 from .load import advise_ranges, mapped_file
+from .temporal_components import project
 
 
 def window_table(channel_locations: np.ndarray, channel_shanks: np.ndarray | None,
@@ -201,8 +202,7 @@ class StoredWaveforms:
             after = slice(rows.stop, min(rows.stop + block, self.n_units))
             advise_spans(self.source, after, self.channels[after])  # read while this is used
             values = _read_channels(self.source, rows, channels)
-            if self.projection is not None:  # as the window copy was read: first projected
-                values = np.matmul(values, self.projection, dtype=np.float32)
+            values = project(values, self.projection)  # as the window copy: projected first
             if self.time_shift is not None:
                 shift_rows(values, self.time_shift[rows])
             values[self.outside[rows]] = 0.0

@@ -41,8 +41,8 @@ READ_UNITS = 128
 # similarities compare (waveformCorrection.n_nearest_channels' default).
 NEAR_CHANNELS = 38
 # The projection is used only where it takes away this much of the median unit's waveform
-# (denoise_waveforms): on the benchmarks' noisy simulations 0.05-0.13, on their cleaner ones
-# 0.02-0.04, and on spike sorters' mean waveforms of simulated recordings 0.004-0.011
+# (denoise_waveforms): on the benchmarks' noisy simulations 0.044-0.12, on their cleaner ones
+# 0.019-0.038, and on spike sorters' mean waveforms of simulated recordings 0.004-0.011
 # (benchmarks/RESULTS.md, session 48). Where the noise is that small the projection takes
 # nothing that hides a difference, and the sharper similarities of the clean units split a
 # few neurons' clusters.

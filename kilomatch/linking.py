@@ -413,6 +413,22 @@ MATCH_TABLE_MIN_PROBABILITY = 0.05
 # Fewer candidate pairs than this held together by the final clusters, or in two of them,
 # and the probability stays as the pairs' evidence gave it (calibrate_to_clusters)
 MIN_PAIRS_TO_CALIBRATE = 20
+# A unit in no cluster whose every candidate pair is below this is a neuron of its own for
+# calibrate_to_clusters: the evidence and the clusters agree on it (one half: no pair more
+# likely a match than not).
+ALONE_BELOW = 0.5
+
+
+def units_alone(labels: np.ndarray, pairs: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Units in no final cluster (labels (N,) -1) none of whose candidate pairs (P, 2) has
+    probability p (P,) of ALONE_BELOW or more (NaN: none known): (N,) bool. A unit left out
+    of its cluster despite a likely match (two units of one session, a sorter's split) is
+    not one of them: the clusters did not judge its identity, the session conflict did."""
+    best = np.zeros(len(labels))
+    for part in _chunks(len(pairs)):
+        for side in (0, 1):
+            np.fmax.at(best, pairs[part, side], p[part])
+    return (np.asarray(labels) < 0) & (best < ALONE_BELOW)
 
 
 def calibrate_to_clusters(links: ProbabilityLinks, evidence, pairs: np.ndarray,
@@ -421,8 +437,12 @@ def calibrate_to_clusters(links: ProbabilityLinks, evidence, pairs: np.ndarray,
     share of such pairs of that probability that the final clusters hold together (docs/
     method.md, section 9): a monotone map (probability.fit_cluster_calibration), so those
     pairs keep their order and every unit its weakest link, but the clusters' evidence
-    beyond one pair (the other units of a neuron) now counts. A pair with a unit in no
-    cluster keeps its probability: no cluster judged it. The pair probability is calibrated
+    beyond one pair (the other units of a neuron) now counts. A unit in no cluster none of
+    whose pairs reaches ALONE_BELOW (units_alone) is a cluster of its own: its pairs count
+    as held apart (without it, pairs of such units at the pair probability's floor, about
+    the match prior, read 0.1-0.2 on high-turnover studies, where none was a match). A pair
+    with any other unit in no cluster keeps its probability: no cluster judged it. The pair
+    probability is calibrated
     against the known non-matches, which are not quite like the candidates' non-matches
     (benchmarks/RESULTS.md, "Session 34"); the share held together is what the curated
     clusters made of the pairs. On the accuracy suite it left fewer decile bins off their
@@ -436,8 +456,10 @@ def calibrate_to_clusters(links: ProbabilityLinks, evidence, pairs: np.ndarray,
     MIN_PAIRS_TO_CALIBRATE such pairs are held together or in two clusters."""
     p = links.candidate_probability
     first, second = labels[pairs[:, 0]], labels[pairs[:, 1]]
-    judged = np.isfinite(p) & (first >= 0) & (second >= 0)
-    together = judged & (first == second)
+    alone = units_alone(labels, pairs, p)
+    judged = (np.isfinite(p) & ((first >= 0) | alone[pairs[:, 0]])
+              & ((second >= 0) | alone[pairs[:, 1]]))
+    together = judged & (first == second) & (first >= 0)
     held = int(np.count_nonzero(together))
     apart = int(np.count_nonzero(judged)) - held
     if min(held, apart) < MIN_PAIRS_TO_CALIBRATE:

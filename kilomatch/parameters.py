@@ -238,12 +238,13 @@ PARAMETERS: tuple[Param, ...] = (
           "Report the match probability of each candidate pair of two units in final "
           "clusters calibrated to the clusters: mapped, in the same order, to the share of "
           "such pairs of its probability that the curated clusters hold together (the "
-          "clusters' evidence beyond one pair counts); a pair with a unit in no cluster keeps "
-          "its probability. The probability from the pair's own evidence, calibrated against "
-          "the known non-matches alone, stays as pair_probability, and the curation decides "
-          "on it. On the accuracy suite the calibrated probability left fewer decile bins "
-          "off their range (114 of 120 runs clean, against 95; benchmarks/RESULTS.md, "
-          "'Session 43')."),
+          "clusters' evidence beyond one pair counts); a unit in no cluster none of whose "
+          "pairs reaches 0.5 counts as a cluster of its own, and a pair with any other unit "
+          "in no cluster keeps its probability. The probability from the pair's own "
+          "evidence, calibrated against the known non-matches alone, stays as "
+          "pair_probability, and the curation decides on it. On the accuracy suite the "
+          "calibrated probability left fewer decile bins off their range (115 of 120 runs "
+          "clean, against 95; benchmarks/RESULTS.md, 'Session 43' and 'Session 49')."),
     Param("clustering.oversized_clusters", "str", "core",
           "What the final clustering makes of a cluster of HDBSCAN's tree with more units "
           "than sessions that never splits into two clusters, only sheds units one by one: "

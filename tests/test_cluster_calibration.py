@@ -27,17 +27,23 @@ def test_clusters_reorder_nothing_and_confidence_follows_the_probability():
     # 30 units in 10 clusters of 3 (one neuron each) and 3 units in none: every pair is a
     # candidate. Pairs across clusters are of lower probability than any within, so the
     # within pairs of probability 0.02-0.05 (small units' matches) read 1 and join the
-    # MatchTable; a few across pairs of high probability keep the map below 1
+    # MatchTable; a few across pairs of high probability keep the map below 1. Unit 30 is
+    # in no cluster despite a pair of 0.9 (a session conflict left it out); units 31 and 32
+    # are alone, as their pairs (all below 0.015) say
     rng = np.random.default_rng(1)
     labels = np.r_[np.repeat(np.arange(10), 3), -1, -1, -1]
     iu, ju = np.triu_indices(33, 1)
     pairs = np.column_stack([iu, ju])
     within = (labels[iu] == labels[ju]) & (labels[iu] >= 0)
-    judged = (labels[iu] >= 0) & (labels[ju] >= 0)
+    clustered = (labels[iu] >= 0) & (labels[ju] >= 0)
+    judged = (iu != 30) & (ju != 30)
     p = np.where(within, rng.uniform(0.02, 1.0, len(pairs)), rng.uniform(0, 0.015, len(pairs)))
-    p[np.flatnonzero(judged & ~within)[:10]] = 0.97
+    p[np.flatnonzero(clustered & ~within)[:10]] = 0.97
     p[np.flatnonzero(within)[:3]] = 0.03
+    p[np.flatnonzero((iu == 0) & (ju == 30))] = 0.9
     p[5] = np.nan  # a pair whose probability is unknown stays unknown
+    np.testing.assert_array_equal(linking.units_alone(labels, pairs, p),
+                                  np.arange(33) >= 31)
     kept = pairs[within]
     confidence = linking.match_confidence(33, kept, p[within])
     links = _links(p, confidence)
@@ -50,10 +56,13 @@ def test_clusters_reorder_nothing_and_confidence_follows_the_probability():
     q = links.candidate_probability
     np.testing.assert_array_equal(links.pair_probability[~np.isnan(p)], p[~np.isnan(p)])
     assert np.isnan(q[5]) and np.isnan(links.pair_probability[5])
-    # a pair with a unit in no cluster keeps its probability: no cluster judged it
+    # a pair with a unit left out despite a likely match keeps its probability: no cluster
+    # judged it; the pairs of the units alone are held apart, mapped as the others are
     np.testing.assert_array_equal(q[~judged], p[~judged])
     ok = judged & ~np.isnan(p)
     assert not np.array_equal(q[ok], p[ok])
+    alone = ok & ~clustered
+    assert alone.sum() == 61 and np.all(q[alone] == 0) and np.all(p[alone] > 0)
     # same order (ties allowed), and the mean is the share held together
     order = np.argsort(p[ok], kind="stable")
     assert np.all(np.diff(q[ok][order]) >= -1e-12)

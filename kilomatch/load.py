@@ -148,7 +148,6 @@ def iter_rows(arr: np.ndarray, block: int | None = None):
     n = arr.shape[0]
     block = block_rows(arr) if block is None else int(block)
     if mapped_file(arr):
-        row_bytes = arr.strides[0] if arr.ndim > 1 else arr.itemsize
         from concurrent.futures import ThreadPoolExecutor
         size = (min(block, n),) + arr.shape[1:]
         raw = [np.empty(size, dtype=arr.dtype) for _ in range(2 if n > block else 1)]
@@ -156,10 +155,7 @@ def iter_rows(arr: np.ndarray, block: int | None = None):
         out = None if same else np.empty(size, dtype=np.float32)
 
         def read(f, start, buffer):
-            rows = buffer[:min(block, n - start)]
-            f.seek(arr.offset + start * row_bytes)
-            f.readinto(memoryview(rows).cast("B"))
-            return rows
+            return _read_into(f, arr, start, buffer[:min(block, n - start)])
 
         # The next block is read in a thread while the caller works on this one: the read
         # waits on the disk with the GIL released (30k units' 3.8 GB of waveforms from a cold
@@ -191,13 +187,21 @@ def read_rows(arr: np.ndarray, rows: np.ndarray) -> np.ndarray:
     rows = np.asarray(rows, dtype=np.int64)
     if not mapped_file(arr):
         return np.asarray(arr[rows], dtype=np.float32)
-    row_bytes = arr.strides[0] if arr.ndim > 1 else arr.itemsize
     raw = np.empty((rows.size,) + arr.shape[1:], dtype=arr.dtype)
     with open(arr.filename, "rb") as f:
         for k, row in enumerate(rows):
-            f.seek(arr.offset + int(row) * row_bytes)
-            f.readinto(memoryview(raw[k]).cast("B"))
+            _read_into(f, arr, int(row), raw[k:k + 1])
     return raw if raw.dtype == np.float32 else raw.astype(np.float32)
+
+
+def _read_into(f, arr: np.ndarray, start: int, rows: np.ndarray) -> np.ndarray:
+    """Fill ``rows`` (an array of arr's dtype, its length in rows) with the rows of the
+    memory-mapped .npy ``arr`` from row ``start``, by a plain read of its open file ``f``;
+    returns ``rows``."""
+    row_bytes = arr.strides[0] if arr.ndim > 1 else arr.itemsize
+    f.seek(arr.offset + start * row_bytes)
+    f.readinto(memoryview(rows).cast("B"))
+    return rows
 
 
 def judge_rows(ptt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -360,9 +360,18 @@ PARAMETERS: tuple[Param, ...] = (
           "autoCuration.cut_probability in match probability (average linkage), though the "
           "clustering's similarity proposed no cut there (clustering.method 'similarity'); "
           "each cut stands only where the veto of the similarity's cuts lets it (pooled "
-          "evidence, amplitudes, distance). Off by default: on the accuracy suite it raised "
-          "precision a little, but on a study of a few dozen units the probability is too "
-          "crude for it (benchmarks/RESULTS.md, session 48)."),
+          "evidence, amplitudes, distance), and only where the probability was fitted on "
+          "autoCuration.probability_split_min_non_matches known non-matches or more. Off by "
+          "default: on the accuracy suite it raised F1 and precision a little, on "
+          "SpikeInterface's perfect-sorter studies it only took true pairs apart "
+          "(benchmarks/RESULTS.md, sessions 48 and 49)."),
+    Param("autoCuration.probability_split_min_non_matches", "int", 1000,
+          "autoCuration.probability_split acts only where the match probability was fitted "
+          "on at least this many known non-matches (same-session pairs and those derived "
+          "from sure matches): its cut level (about 0.02) then rests on 20 or more of them. "
+          "On a study of a few dozen units (186 same-session pairs) the probability was too "
+          "crude for the split: it cut a third of the clusters, differently for two reads "
+          "of one sorting.", min=0),
     Param("autoCuration.similarity_step", "float", 1.0,
           "Last split of the curation (clustering.method 'similarity'), for one neuron followed "
           "by another at its place: each cluster of three sessions or more is cut in time "

@@ -766,6 +766,13 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                                                    q_link, len(labels), q_p)
         if cut < 1:  # a cut between parts as probable as known non-matches is not vetoed
             cut = max(cut, fitted[0].model.non_match_level(NON_MATCH_QUANTILE))
+    probability_split = ac.probability_split and fitted is not None
+    if probability_split and fitted[0].model.n_non_matches < ac.probability_split_min_non_matches:
+        probability_split = False
+        log.info("autoCuration.probability_split not used: the match probability was fitted "
+                 "on %d known non-matches, fewer than autoCuration."
+                 "probability_split_min_non_matches (%d)", fitted[0].model.n_non_matches,
+                 ac.probability_split_min_non_matches)
     xy = np.column_stack([units.locations[:, 0], final.corrected_depth])
     ratio = None if fitted is None else position_noise.learned_distance_ratio(
         xy, units.amplitude, final.pairs, fitted[0].candidate_probability, q_pairs,
@@ -777,7 +784,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                           xy, units.amplitude, ac.succession_probability,
                           s.clustering.max_session_gap, q_share, ac.cut_pooled_level,
                           ac.amplitude_step, ac.rejoin_distance_ratio, ac.amplitude_split,
-                          ac.probability_split)
+                          probability_split)
     cur.splits, cur.alike_splits = splits, alike
     cur.cut_probability = cut if q_p is not None else float("nan")
     cur.labels_before_join = cur.labels

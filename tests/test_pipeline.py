@@ -209,6 +209,34 @@ def test_probability_calibrated_to_the_clusters_changes_no_cluster(run_result, s
         assert np.isclose(conf[unit], p[mine].min(), atol=1e-6)
 
 
+def test_probability_split_needs_enough_known_non_matches(sim_folder, tmp_path, monkeypatch,
+                                                           caplog):
+    """autoCuration.probability_split is asked for only where the probability was fitted on
+    probability_split_min_non_matches known non-matches or more, and the log says when not."""
+    from kilomatch import curation
+    asked = []
+    split = curation.split_by_probability
+
+    def recorded(labels, *args, **kwargs):
+        asked.append(len(labels))
+        return split(labels, *args, **kwargs)
+
+    monkeypatch.setattr(curation, "split_by_probability", recorded)
+    with caplog.at_level(logging.INFO, logger="kilomatch"):
+        kilomatch.run(_settings(sim_folder, tmp_path / "few", **{
+            "autoCuration.probability_split": True,
+            "autoCuration.probability_split_min_non_matches": 10 ** 9}))
+    assert not asked
+    assert "probability_split not used" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="kilomatch"):
+        kilomatch.run(_settings(sim_folder, tmp_path / "any", **{
+            "autoCuration.probability_split": True,
+            "autoCuration.probability_split_min_non_matches": 0}))
+    assert asked
+    assert "probability_split not used" not in caplog.text
+
+
 def test_curation_records_why_with_the_probability(run_result):
     """Each removed pair carries its match probability; pairs kept by the probability were
     together before curation and stay together."""

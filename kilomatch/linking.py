@@ -442,11 +442,10 @@ def calibrate_to_clusters(links: ProbabilityLinks, evidence, pairs: np.ndarray,
     as held apart (without it, pairs of such units at the pair probability's floor, about
     the match prior, read 0.1-0.2 on high-turnover studies, where none was a match). A pair
     with any other unit in no cluster keeps its probability: no cluster judged it. The pair
-    probability is calibrated
-    against the known non-matches, which are not quite like the candidates' non-matches
-    (benchmarks/RESULTS.md, "Session 34"); the share held together is what the curated
-    clusters made of the pairs. On the accuracy suite it left fewer decile bins off their
-    range ("Session 43").
+    probability is calibrated against the known non-matches, which are not quite like the
+    candidates' non-matches (benchmarks/RESULTS.md, "Session 34"); the share held together
+    is what the curated clusters made of the pairs. On the accuracy suite it left fewer
+    decile bins off their range ("Session 43", "Session 49").
 
     links: the shank's ProbabilityLinks, changed in place (candidate_probability,
     match_confidence, the MatchTable rows and their evidence; the probability before goes

@@ -369,7 +369,7 @@ PARAMETERS: tuple[Param, ...] = (
           "autoCuration.probability_split acts only where the match probability was fitted "
           "on at least this many known non-matches (same-session pairs and those derived "
           "from sure matches): its cut level (about 0.02) then rests on 20 or more of them. "
-          "On a study of a few dozen units (186 same-session pairs) the probability was too "
+          "On a study of a few dozen units (187 same-session pairs) the probability was too "
           "crude for the split: it cut a third of the clusters, differently for two reads "
           "of one sorting.", min=0),
     Param("autoCuration.similarity_step", "float", 1.0,

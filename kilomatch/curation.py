@@ -350,6 +350,15 @@ def split_by_distance(labels, pairs, distance_ratio, max_ratio: float):
         np.unique(labels[pairs[far, 0]][labels[pairs[far, 0]] >= 0]))
 
 
+def clusters_below(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray,
+                   level: float) -> np.ndarray:
+    """Sorted ids of the clusters (labels (N,), -1 none) that hold a pair of ``pairs``
+    (Q, 2) whose ``probability`` (Q,) is below ``level``: the only ones a split on the
+    probability at that level can cut."""
+    inside = (labels[pairs[:, 0]] == labels[pairs[:, 1]]) & (labels[pairs[:, 0]] >= 0)
+    return np.unique(labels[pairs[inside & (probability < level), 0]])
+
+
 def split_by_amplitude(labels, pairs, probability, log_amplitude, max_probability: float,
                        step: float):
     """Split each cluster into groups that the match probability says are not one neuron
@@ -372,8 +381,7 @@ def split_by_amplitude(labels, pairs, probability, log_amplitude, max_probabilit
     probability = np.asarray(probability, np.float64)
     # a cluster can split only where some pair is below the level and its amplitudes span
     # more than the step: the other clusters (nearly all) stay whole without a linkage
-    inside = (labels[pairs[:, 0]] == labels[pairs[:, 1]]) & (labels[pairs[:, 0]] >= 0)
-    low = np.unique(labels[pairs[inside & (probability < max_probability), 0]])
+    low = clusters_below(labels, pairs, probability, max_probability)
     held = labels >= 0
     top = np.full(labels.max(initial=-1) + 1, -np.inf)
     bottom = np.full(top.size, np.inf)
@@ -1047,9 +1055,7 @@ def split_by_probability(labels, pairs, probability, level: float,
     """
     labels = np.asarray(labels)
     probability = np.asarray(probability, np.float64)
-    low = (probability < level) & (labels[pairs[:, 0]] == labels[pairs[:, 1]]) \
-        & (labels[pairs[:, 0]] >= 0)
-    clusters = np.unique(labels[pairs[low, 0]])
+    clusters = clusters_below(labels, pairs, probability, level)
     split, _ = split_by_average_link(labels, pairs, probability, level, clusters)
     return rejoin_by_probability(labels, split, pairs, probability, level, distance_ratio,
                                  max_distance_ratio, non_match_share, pooled_level, amplitude)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .features import peak_to_trough
 from .load import read_rows
 
 # Units read to learn the components, spread evenly over the input (all when fewer).
@@ -70,8 +71,7 @@ def learn_projection(waveforms, sample_units: int = SAMPLE_UNITS,
     near = np.empty((units.size, n_kept, t), dtype=np.float32)
     for start in range(0, units.size, READ_UNITS):
         block = read_rows(waveforms, units[start:start + READ_UNITS])
-        ptt = block.max(axis=2) - block.min(axis=2)
-        top = np.argsort(-ptt, axis=1, kind="stable")[:, :n_kept]
+        top = np.argsort(-peak_to_trough(block), axis=1, kind="stable")[:, :n_kept]
         near[start:start + block.shape[0]] = np.take_along_axis(block, top[:, :, None], axis=1)
     sample = near[:, :TOP_CHANNELS].reshape(-1, t).astype(np.float64)
     sample = sample[np.isfinite(sample).all(axis=1)]

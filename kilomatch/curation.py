@@ -20,9 +20,9 @@ log = logging.getLogger("kilomatch")
 REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_gap",
            "split_average_probability", "split_at_distance", "split_at_succession",
            "split_at_amplitude_step", "split_unlinked", "split_at_similarity_step",
-           "split_at_amplitude", "split_at_low_probability")
+           "split_at_amplitude", "split_at_low_probability", "split_lone_end")
 (CONFLICT, SPLIT, POSITION, AVERAGE, DISTANCE, SUCCESSION, AMPLITUDE_STEP, UNLINKED,
- SIMILARITY_STEP, AMPLITUDE, LOW_PROBABILITY) = range(11)
+ SIMILARITY_STEP, AMPLITUDE, LOW_PROBABILITY, LONE_END) = range(12)
 _BLOCK = 1 << 20  # rows of pairs filled at a time by within_cluster_pairs
 # The split at distance stands unless the mean match probability across it is above this:
 # the level of the sure matches (kilomatch.position_noise.SURE_PROBABILITY). On NP2 data

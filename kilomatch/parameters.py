@@ -382,6 +382,13 @@ PARAMETERS: tuple[Param, ...] = (
           "sessions), at the cut where they differ most; each side is tried again. 0 turns "
           "it off (benchmarks/RESULTS.md, 'Session 37', 'Session 44').",
           min=0),
+    Param("autoCuration.lone_end_gap", "int", 3,
+          "After the similarity step (clustering.method 'similarity'): a cluster's only unit "
+          "of its first or last session that lies this many sessions or more from every "
+          "other unit of the cluster, and whose match probability with each of them is below "
+          "0.1, is taken out of it (one neuron recorded once, then another at its place some "
+          "sessions later; reason split_lone_end); 0 turns it off (benchmarks/RESULTS.md, "
+          "'Session 50').", min=0),
     Param("autoCuration.keep_sorter_splits", "bool", True,
           "Keep both units of one session in a cluster when their spike trains show they are "
           "one neuron that the sorter split in two (almost no spikes of one within the "

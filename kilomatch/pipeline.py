@@ -15,9 +15,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import (channel_offsets, channel_windows, correction, curation, dead_channels,
-               duplicate_units, export, features, fingerprint, joining, linking, lone_sessions,
-               motion_initial, parallel, polarity, position_noise, session_timing,
-               similarity_step, sorter_splits, temporal_components, waveform_noise)
+               duplicate_units, export, features, fingerprint, joining, linking, lone_ends,
+               lone_sessions, motion_initial, parallel, polarity, position_noise,
+               session_timing, similarity_step, sorter_splits, temporal_components,
+               waveform_noise)
 from .assemble import assemble, output_channels
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
@@ -799,6 +800,9 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                  int(np.count_nonzero((before < 0) & (after >= 0))))
     if ac.similarity_step > 0:
         split_similarity_steps(cur, final, units.session0, ac.similarity_step)
+    if fitted is not None and ac.lone_end_gap > 0:
+        split_lone_end_units(cur, final.pairs, fitted[0].candidate_probability,
+                             units.session0, ac.lone_end_gap)
     if fitted is not None:  # the probability is reported; the similarity made the clusters
         cur.links = fitted[0]
 
@@ -849,6 +853,23 @@ def split_similarity_steps(cur: curation.CurationResult, final: RoundResult,
     cur.removed_pairs = np.concatenate([cur.removed_pairs, removed])
     cur.removed_reason = np.concatenate([cur.removed_reason, np.full(
         len(removed), curation.SIMILARITY_STEP, cur.removed_reason.dtype)])
+
+
+def split_lone_end_units(cur: curation.CurationResult, pairs: np.ndarray,
+                         probability: np.ndarray, session: np.ndarray, min_gap: int) -> None:
+    """The lone units at the ends of ``cur.labels``' clusters, far in time from the rest and
+    linked to it by no pair of match probability 0.1 or more, taken out (kilomatch.
+    lone_ends); ``cur`` is updated in place (labels, removed pairs and their reason)."""
+    labels, removed = lone_ends.split_lone_ends(cur.labels, pairs, probability, session,
+                                                min_gap)
+    if len(removed):
+        log.info("lone units at the ends of clusters taken out (autoCuration.lone_end_gap "
+                 "%d): %d units, %d pairs taken apart", min_gap,
+                 int(np.count_nonzero((cur.labels >= 0) & (labels < 0))), len(removed))
+    cur.labels = labels
+    cur.removed_pairs = np.concatenate([cur.removed_pairs, removed])
+    cur.removed_reason = np.concatenate([cur.removed_reason, np.full(
+        len(removed), curation.LONE_END, cur.removed_reason.dtype)])
 
 
 def _narrowed_original(units: UnitFeatures, data: Dataset, s: Settings):

@@ -18,8 +18,9 @@ from .curation import dissolve_singletons, pairs_across
 
 # A lone end unit whose best pair with its cluster is below this leaves it. It lies above the
 # match prior of pairs three or more sessions apart on the suite's high-turnover studies
-# (0.01-0.07), so such pairs show little beyond that prior; at 0.2 the suite's 200 runs gave
-# the same, at 0.5 ten more true pairs cut (benchmarks/RESULTS.md, "Session 50").
+# (0.01-0.07), so such pairs show little beyond that prior. Offline on 180 of the suite's
+# runs, 0.2 cut one more true and one more wrong pair, 0.5 eleven more true ones
+# (benchmarks/RESULTS.md, "Session 50").
 LONE_END_PROBABILITY = 0.1
 
 

@@ -85,3 +85,18 @@ def test_both_ends_and_what_is_left():
     labels, session, pairs, p = build(((1, 6), lambda a, b: 0.01))
     out, removed = split_lone_ends(labels, pairs, p, session, 3)
     assert out.tolist() == [-1, -1] and removed.tolist() == [[0, 1]]
+
+
+def test_the_pipeline_step_records_the_pairs_it_takes_apart_and_why():
+    from kilomatch import curation
+    from kilomatch.pipeline import split_lone_end_units
+
+    labels, session, pairs, p = build(((0, 3, 4, 5), weak_first), ((0, 1, 2), weak_first))
+    cur = curation.CurationResult(labels, labels, np.array([[20, 21]]),
+                                  np.array([curation.SPLIT], np.int8))
+    split_lone_end_units(cur, pairs, p, session, 3)
+    assert cur.labels.tolist() == [-1, 0, 0, 0, 1, 1, 1]
+    assert cur.removed_pairs.tolist() == [[20, 21], [0, 1], [0, 2], [0, 3]]
+    assert cur.removed_reason.dtype == np.int8
+    assert cur.removed_reason.tolist() == [curation.SPLIT] + [curation.LONE_END] * 3
+    assert curation.REASONS[curation.LONE_END] == "split_lone_end"

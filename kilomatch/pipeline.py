@@ -849,10 +849,7 @@ def split_similarity_steps(cur: curation.CurationResult, final: RoundResult,
     if steps.size:
         log.info("split at a step of similarity in time (autoCuration.similarity_step %g): %d "
                  "clusters, %d pairs taken apart", step, steps.size, len(removed))
-    cur.labels = labels
-    cur.removed_pairs = np.concatenate([cur.removed_pairs, removed])
-    cur.removed_reason = np.concatenate([cur.removed_reason, np.full(
-        len(removed), curation.SIMILARITY_STEP, cur.removed_reason.dtype)])
+    _take_apart(cur, labels, removed, curation.SIMILARITY_STEP)
 
 
 def split_lone_end_units(cur: curation.CurationResult, pairs: np.ndarray,
@@ -866,10 +863,18 @@ def split_lone_end_units(cur: curation.CurationResult, pairs: np.ndarray,
         log.info("lone units at the ends of clusters taken out (autoCuration.lone_end_gap "
                  "%d): %d units, %d pairs taken apart", min_gap,
                  int(np.count_nonzero((cur.labels >= 0) & (labels < 0))), len(removed))
+    _take_apart(cur, labels, removed, curation.LONE_END)
+
+
+def _take_apart(cur: curation.CurationResult, labels: np.ndarray, removed: np.ndarray,
+                reason: int) -> None:
+    """A split after curation.curate: ``cur`` takes the new labels (N,), and the pairs it
+    took apart (R, 2) join the removed pairs with their reason (an index into
+    curation.REASONS)."""
     cur.labels = labels
     cur.removed_pairs = np.concatenate([cur.removed_pairs, removed])
     cur.removed_reason = np.concatenate([cur.removed_reason, np.full(
-        len(removed), curation.LONE_END, cur.removed_reason.dtype)])
+        len(removed), reason, cur.removed_reason.dtype)])
 
 
 def _narrowed_original(units: UnitFeatures, data: Dataset, s: Settings):

@@ -273,7 +273,7 @@ def split_clusters(labels, pairs, similarity, linkable, threshold):
     """
     labels = np.asarray(labels, dtype=np.int64)
     n = labels.size
-    inside = (labels[pairs[:, 0]] == labels[pairs[:, 1]]) & (labels[pairs[:, 0]] >= 0)
+    inside = held_together(labels, pairs)
     keep = inside & linkable & (np.asarray(similarity) > threshold)
     graph = sparse.coo_matrix((np.ones(keep.sum()), (pairs[keep, 0], pairs[keep, 1])),
                               shape=(n, n))
@@ -350,12 +350,18 @@ def split_by_distance(labels, pairs, distance_ratio, max_ratio: float):
         np.unique(labels[pairs[far, 0]][labels[pairs[far, 0]] >= 0]))
 
 
+def held_together(labels: np.ndarray, pairs: np.ndarray) -> np.ndarray:
+    """(Q,) bool: the pairs (Q, 2) whose two units are in one cluster of labels (N,), -1
+    none."""
+    return (labels[pairs[:, 0]] == labels[pairs[:, 1]]) & (labels[pairs[:, 0]] >= 0)
+
+
 def clusters_below(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray,
                    level: float) -> np.ndarray:
     """Sorted ids of the clusters (labels (N,), -1 none) that hold a pair of ``pairs``
     (Q, 2) whose ``probability`` (Q,) is below ``level``: the only ones a split on the
     probability at that level can cut."""
-    inside = (labels[pairs[:, 0]] == labels[pairs[:, 1]]) & (labels[pairs[:, 0]] >= 0)
+    inside = held_together(labels, pairs)
     return np.unique(labels[pairs[inside & (probability < level), 0]])
 
 
@@ -921,7 +927,7 @@ def _amplitude_limit(labels, pairs, amplitude,
     """``quantile`` of |log amplitude ratio| of one neuron's units, from the ``pairs`` (Q, 2)
     within the clusters ``labels`` (N,); amplitude (N,) uV. inf without such pairs."""
     from scipy.stats import norm
-    held = (labels[pairs[:, 0]] == labels[pairs[:, 1]]) & (labels[pairs[:, 0]] >= 0)
+    held = held_together(labels, pairs)
     if not held.any():
         return np.inf
     log_amp = _log_amplitude(amplitude)

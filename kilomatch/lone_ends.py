@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .curation import dissolve_singletons, pairs_across
+from .curation import dissolve_singletons, held_together, pairs_across
 
 # A lone end unit whose best pair with its cluster is below this leaves it. It lies above the
 # match prior of pairs three or more sessions apart on the suite's high-turnover studies
@@ -40,12 +40,15 @@ def split_lone_ends(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarr
     session = np.asarray(session, np.int64)
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     p = np.nan_to_num(np.asarray(probability, np.float64), nan=0.0)
+    # units only leave clusters here: the pairs held together now are all that can count
+    inside = held_together(labels, pairs)
+    pairs, p = pairs[inside], p[inside]
     removed = []
     while min_gap > 0:
         ends = lone_end_units(labels, session, min_gap)
         if not ends.size:
             break
-        inside = (labels[pairs[:, 0]] == labels[pairs[:, 1]]) & (labels[pairs[:, 0]] >= 0)
+        inside = held_together(labels, pairs)
         best = np.zeros(labels.size)
         np.maximum.at(best, pairs[inside, 0], p[inside])
         np.maximum.at(best, pairs[inside, 1], p[inside])

@@ -20,9 +20,10 @@ log = logging.getLogger("kilomatch")
 REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_gap",
            "split_average_probability", "split_at_distance", "split_at_succession",
            "split_at_amplitude_step", "split_unlinked", "split_at_similarity_step",
-           "split_at_amplitude", "split_at_low_probability", "split_lone_end")
+           "split_at_amplitude", "split_at_low_probability", "split_lone_end",
+           "split_at_time_gap")
 (CONFLICT, SPLIT, POSITION, AVERAGE, DISTANCE, SUCCESSION, AMPLITUDE_STEP, UNLINKED,
- SIMILARITY_STEP, AMPLITUDE, LOW_PROBABILITY, LONE_END) = range(12)
+ SIMILARITY_STEP, AMPLITUDE, LOW_PROBABILITY, LONE_END, TIME_GAP) = range(13)
 _BLOCK = 1 << 20  # rows of pairs filled at a time by within_cluster_pairs
 # The split at distance stands unless the mean match probability across it is above this:
 # the level of the sure matches (kilomatch.position_noise.SURE_PROBABILITY). On NP2 data
@@ -517,6 +518,15 @@ def split_successions(labels, pairs, probability, known, session, max_probabilit
     return labels, removed[order], reasons[order]
 
 
+def sorted_pairs(blocks: list) -> np.ndarray:
+    """The pairs of a list of (k, 2) int blocks as one (R, 2) int64 array sorted by first then
+    second unit: the removed pairs a split returns ((0, 2) for none)."""
+    if not blocks:
+        return np.empty((0, 2), np.int64)
+    pairs = np.concatenate(blocks).astype(np.int64, copy=False)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
 def pairs_across(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     """Every pair (len(first) * len(second), 2) of a unit of ``first`` and one of ``second``,
     the lower unit id first, in the order of first then second."""
@@ -552,10 +562,7 @@ def _split_average_linkage(labels, pairs, dissimilarity, limit: float,
         apart = groups[:, None] != groups[None, :]
         i, j = np.nonzero(np.triu(apart, 1))
         removed.append(np.column_stack([units[i], units[j]]))
-    if not removed:
-        return labels, np.empty((0, 2), np.int64)
-    removed = np.concatenate(removed)
-    return labels, removed[np.lexsort((removed[:, 1], removed[:, 0]))]
+    return labels, sorted_pairs(removed)
 
 
 def split_by_position(labels, positions, pairs, similarity, linkable, threshold,
@@ -976,10 +983,7 @@ def _join_parts(before, after, pairs, joinable):
             group_of[g] = k
         a, b = np.nonzero(np.triu(group_of[:, None] != group_of[None, :], 1))
         removed.append(np.column_stack([units[a], units[b]]))
-    if not removed:
-        return labels, np.empty((0, 2), np.int64)
-    removed = np.concatenate(removed)
-    return labels, removed[np.lexsort((removed[:, 1], removed[:, 0]))]
+    return labels, sorted_pairs(removed)
 
 
 def rejoin_alike(before, after, pairs, probability, linkable, session, distance_ratio,

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .curation import dissolve_singletons, held_together, pairs_across
+from .curation import dissolve_singletons, held_together, pairs_across, sorted_pairs
 
 # A lone end unit whose best pair with its cluster is below this leaves it. It lies above the
 # match prior of pairs three or more sessions apart on the suite's high-turnover studies
@@ -63,10 +63,7 @@ def split_lone_ends(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarr
             removed.append(pairs_across(np.array([unit]), mates[mates != unit]))
         labels[ends] = -1
         labels = dissolve_singletons(labels)
-    if not removed:
-        return labels, np.empty((0, 2), np.int64)
-    removed = np.concatenate(removed)
-    return labels, removed[np.lexsort((removed[:, 1], removed[:, 0]))]
+    return labels, sorted_pairs(removed)
 
 
 def lone_end_units(labels: np.ndarray, session: np.ndarray, min_gap: int) -> np.ndarray:

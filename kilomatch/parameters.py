@@ -387,8 +387,16 @@ PARAMETERS: tuple[Param, ...] = (
           "of its first or last session that lies this many sessions or more from every "
           "other unit of the cluster, and whose match probability with each of them is below "
           "0.1, is taken out of it (one neuron recorded once, then another at its place some "
-          "sessions later; reason split_lone_end); 0 turns it off (benchmarks/RESULTS.md, "
-          "'Session 50').", min=0),
+          "sessions later; reason split_lone_end). The cut at gaps in time (autoCuration."
+          "time_gap_probability) reads gaps of this many sessions or more. 0 turns both off "
+          "(benchmarks/RESULTS.md, 'Session 50').", min=0),
+    Param("autoCuration.time_gap_probability", "float", 0.05,
+          "After the lone units (clustering.method 'similarity'): a cluster is cut in time "
+          "at a gap of autoCuration.lone_end_gap sessions or more (no unit of it in between) "
+          "where the median match probability of its candidate pairs across is below this "
+          "level (one neuron, then after the gap another at its place; one sure pair across "
+          "does not hold the two; reason split_at_time_gap); 0 turns it off "
+          "(benchmarks/RESULTS.md, 'Session 51').", min=0, max=1),
     Param("autoCuration.keep_sorter_splits", "bool", True,
           "Keep both units of one session in a cluster when their spike trains show they are "
           "one neuron that the sorter split in two (almost no spikes of one within the "

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from . import (channel_offsets, channel_windows, correction, curation, dead_channels,
                duplicate_units, export, features, fingerprint, joining, linking, lone_ends,
                lone_sessions, motion_initial, parallel, polarity, position_noise,
-               session_timing, similarity_step, sorter_splits, temporal_components,
+               session_timing, similarity_step, sorter_splits, temporal_components, time_gaps,
                waveform_noise)
 from .assemble import assemble, output_channels
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
@@ -803,6 +803,9 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     if fitted is not None and ac.lone_end_gap > 0:
         split_lone_end_units(cur, final.pairs, fitted[0].candidate_probability,
                              units.session0, ac.lone_end_gap)
+    if fitted is not None and ac.lone_end_gap > 0 and ac.time_gap_probability > 0:
+        split_at_time_gaps(cur, final.pairs, fitted[0].candidate_probability, units.session0,
+                           ac.lone_end_gap, ac.time_gap_probability)
     if fitted is not None:  # the probability is reported; the similarity made the clusters
         cur.links = fitted[0]
 
@@ -864,6 +867,21 @@ def split_lone_end_units(cur: curation.CurationResult, pairs: np.ndarray,
                  "%d): %d units, %d pairs taken apart", min_gap,
                  int(np.count_nonzero((cur.labels >= 0) & (labels < 0))), len(removed))
     _take_apart(cur, labels, removed, curation.LONE_END)
+
+
+def split_at_time_gaps(cur: curation.CurationResult, pairs: np.ndarray,
+                       probability: np.ndarray, session: np.ndarray, min_gap: int,
+                       level: float) -> None:
+    """The clusters of ``cur.labels`` cut at gaps of ``min_gap`` sessions or more across which
+    the median match probability is below ``level`` (kilomatch.time_gaps); ``cur`` is updated
+    in place (labels, removed pairs and their reason)."""
+    labels, removed = time_gaps.split_at_gaps(cur.labels, pairs, probability, session,
+                                              min_gap, level)
+    if len(removed):
+        log.info("clusters cut at gaps in time (autoCuration.time_gap_probability %g, gaps of "
+                 "%d sessions or more): %d clusters, %d pairs taken apart", level, min_gap,
+                 int(np.unique(cur.labels[removed[:, 0]]).size), len(removed))
+    _take_apart(cur, labels, removed, curation.TIME_GAP)
 
 
 def _take_apart(cur: curation.CurationResult, labels: np.ndarray, removed: np.ndarray,

@@ -765,7 +765,7 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
         split, removed_d = split_by_distance(final, pairs, split_ratio, split_distance_ratio)
         # a split at distance stands unless the probability is sure its sides are one
         split, removed_d = rejoin_by_probability(final, split, pairs, probability,
-                                                 DISTANCE_SPLIT_PROBABILITY)
+                                                 DISTANCE_SPLIT_PROBABILITY, median=True)
         final = split
     removed_n, reason_n = np.empty((0, 2), np.int64), np.empty(0, np.int8)
     removed_a = np.empty((0, 2), np.int64)
@@ -1075,7 +1075,7 @@ def rejoin_by_probability(before, after, pairs, probability, threshold: float,
                           distance_ratio: np.ndarray | None = None,
                           max_distance_ratio: float = np.inf,
                           non_match_share: np.ndarray | None = None, pooled_level: float = 0.0,
-                          amplitude: np.ndarray | None = None):
+                          amplitude: np.ndarray | None = None, median: bool = False):
     """Undo the cuts of a split that the match probability contradicts.
 
     ``after`` splits the clusters of ``before`` into parts (units of one cluster of
@@ -1127,6 +1127,9 @@ def rejoin_by_probability(before, after, pairs, probability, threshold: float,
             # above the level: more probable than non-matches; or, pooled over the pairs
             # across, unlike non-matches (pooled_non_match_p)
             join = mean > threshold
+            if median:  # or most pairs across: one pair a fold model reads low is not a cut
+                join |= np.array([[np.median(p[np.ix_(a, b)]) for b in groups]
+                                  for a in groups]) > threshold
             if far is not None:
                 apart = np.array([[far[np.ix_(a, b)].mean() for b in groups] for a in groups])
                 join &= apart <= max_distance_ratio

@@ -326,7 +326,7 @@ PARAMETERS: tuple[Param, ...] = (
           "where its groups of units are on average farther apart than this many times the "
           "typical distance between two units of one neuron at their amplitudes, learned from "
           "the pairs the curated clusters hold, unless their match probability across is "
-          "above 0.9. 0 turns it off.",
+          "above 0.9 (in mean or median). 0 turns it off.",
           min=0),
     Param("autoCuration.succession_probability", "float", 0.0,
           "Split a cluster where one neuron followed another at its place (clustering.method "

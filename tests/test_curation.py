@@ -286,6 +286,24 @@ def test_rejoin_by_average_link_keeps_a_chain_apart():
     assert as_set(removed) == {(i, j) for i in range(4) for j in range(4, 7)}
 
 
+def test_a_cut_most_pairs_across_deny_is_undone_with_the_median():
+    """Two parts {0, 1, 2} and {3, 4, 5} of one neuron: 7 of the 9 pairs across sure (1.0),
+    two read 0.3 (a fold model's noise). Their mean, 0.84, is under a level of 0.9, their
+    median, 1.0, above: with ``median`` the cut is undone, without it the cut stands."""
+    before = np.zeros(6, int)
+    after = np.array([0, 0, 0, 1, 1, 1])
+    pairs = within_cluster_pairs(before)
+    p = pair_values(pairs, {(0, 3): 0.3, (1, 4): 0.3}, 1.0)
+    labels, removed = curation.rejoin_by_probability(before, after, pairs, p, 0.9)
+    assert len(set(labels[:3])) == 1 and labels[0] != labels[3] and len(removed) == 9
+    labels, removed = curation.rejoin_by_probability(before, after, pairs, p, 0.9, median=True)
+    assert len(set(labels)) == 1 and len(removed) == 0
+    # most pairs across low: the median keeps the cut
+    p = pair_values(pairs, {(0, 3): 1.0, (1, 4): 1.0}, 0.3)
+    labels, removed = curation.rejoin_by_probability(before, after, pairs, p, 0.9, median=True)
+    assert labels[0] != labels[3] and len(removed) == 9
+
+
 def test_a_cut_farther_apart_than_position_noise_stands_whatever_its_probability():
     """Two groups {0, 1, 2} and {3, 4, 5} cut by the similarity, probable matches across
     (0.6: alike neighbours the probability cannot tell apart). With their distance ratio

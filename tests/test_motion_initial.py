@@ -156,7 +156,7 @@ def test_disagreeing_round_set_aside_only_when_units_contradict_it():
 
 def test_channel_windows_widen_to_a_large_drift(tmp_path, caplog):
     """8 sessions over 800 um: the 500 um windows cut the compared channels of units far from
-    their match (recall 0.92); the run reads the windows again at the width the initial
+    their match (recall 0.95); the run reads the windows again at the width the initial
     estimate needs, says so in the log, and finds every match. With widen_window off it
     keeps 500 um and warns."""
     folder = tmp_path / "data"
@@ -179,7 +179,9 @@ def test_channel_windows_widen_to_a_large_drift(tmp_path, caplog):
             assert result.units.window_um == 500.0
             assert "raise waveformCorrection.window_um to at least 1100" in text
     assert scores[True]["recall"] > 0.99 and scores[True]["precision"] > 0.99
-    assert scores[False]["recall"] < 0.95
+    # the narrow windows still cost matches (recall 0.95; 0.92 before the curation's
+    # distance split read the median probability, session 51)
+    assert scores[False]["recall"] < scores[True]["recall"] - 0.03
     # a motion given instead of estimated is judged the same way
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="kilomatch"):

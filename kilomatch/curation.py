@@ -25,10 +25,10 @@ REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_
 (CONFLICT, SPLIT, POSITION, AVERAGE, DISTANCE, SUCCESSION, AMPLITUDE_STEP, UNLINKED,
  SIMILARITY_STEP, AMPLITUDE, LOW_PROBABILITY, LONE_END, TIME_GAP) = range(13)
 _BLOCK = 1 << 20  # rows of pairs filled at a time by within_cluster_pairs
-# The split at distance stands unless the mean match probability across it is above this:
-# the level of the sure matches (kilomatch.position_noise.SURE_PROBABILITY). On NP2 data
-# large units of one neuron lie 3-6 um apart, several times their typical 0.5-1 um, with
-# probability 0.99.
+# The split at distance stands unless the mean (or median) match probability across it is
+# above this: the level of the sure matches (kilomatch.position_noise.SURE_PROBABILITY). On
+# NP2 data large units of one neuron lie 3-6 um apart, several times their typical 0.5-1 um,
+# with probability 0.99.
 DISTANCE_SPLIT_PROBABILITY = 0.9
 # A group of units of a succession (split_successions) is one neuron when the mean match
 # probability of its pairs across sessions is at least this; it holds at least two units.
@@ -1082,7 +1082,9 @@ def rejoin_by_probability(before, after, pairs, probability, threshold: float,
     ``before`` with different labels in ``after``, or -1). Within each split cluster the parts
     are joined again by average linkage: the two groups with the highest mean probability
     between them merge while that mean is above ``threshold``. A cut survives only where
-    the units on its two sides are, on average, probably not one neuron. With
+    the units on its two sides are, on average, probably not one neuron; with ``median``
+    two groups also merge where the median probability of their pairs across is above
+    ``threshold`` (one or two pairs read low do not keep them apart). With
     ``distance_ratio`` (Q,) (each pair's distance over the spread of matches at its
     amplitudes, :mod:`kilomatch.position_noise`), two groups whose mean ratio is above
     ``max_distance_ratio`` never merge, whatever their probability: they lie farther apart

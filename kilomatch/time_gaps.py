@@ -23,17 +23,14 @@ import numpy as np
 
 from .curation import dissolve_singletons, held_together, pairs_across, sorted_pairs
 
-# The median match probability across a gap below which the cluster is cut there. Offline on
-# 220 of the suite's runs, with gaps of 3 sessions or more, 0.05 cut 53 wrong pairs and no
-# true one; 0.1 three true ones more; 0.2 twelve (benchmarks/RESULTS.md, "Session 51").
-GAP_SPLIT_PROBABILITY = 0.05
-
 
 def split_at_gaps(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray,
-                  session: np.ndarray, min_gap: int,
-                  level: float = GAP_SPLIT_PROBABILITY):
+                  session: np.ndarray, min_gap: int, level: float):
     """Cut each cluster at its gaps in time of ``min_gap`` sessions or more across which the
-    median match probability of the candidate pairs is below ``level`` (module docstring).
+    median match probability of the candidate pairs is below ``level`` (module docstring;
+    the pipeline's level is autoCuration.time_gap_probability: offline on 220 of the
+    suite's runs, at gaps of 3 sessions or more, a level of 0.05 cut 53 wrong pairs and no
+    true one, 0.1 three true ones more, 0.2 twelve; benchmarks/RESULTS.md, "Session 51").
 
     labels: (N,) clusters (-1 none); pairs: (Q, 2) candidate pairs; probability: (Q,) their
     match probability (NaN counts as 0); session: (N,) session index (in recording order).

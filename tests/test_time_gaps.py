@@ -3,7 +3,11 @@
 import numpy as np
 from test_lone_ends import build
 
-from kilomatch.time_gaps import GAP_SPLIT_PROBABILITY, split_at_gaps
+from kilomatch.parameters import default_dict
+from kilomatch.time_gaps import split_at_gaps
+
+# the pipeline's level
+LEVEL = default_dict()["autoCuration"]["time_gap_probability"]
 
 
 def two_neurons(first_group: int, sure_across=((2, 3),), across: float = 0.01):
@@ -19,23 +23,23 @@ def two_neurons(first_group: int, sure_across=((2, 3),), across: float = 0.01):
 def test_one_sure_pair_across_a_gap_does_not_hold_two_neurons_together():
     # sessions 0-2, then 6-8: a gap of 4 sessions; 9 pairs across, one of them sure
     labels, session, pairs, p = build(((0, 1, 2, 6, 7, 8), two_neurons(3)))
-    out, removed = split_at_gaps(labels, pairs, p, session, 3)
+    out, removed = split_at_gaps(labels, pairs, p, session, 3, LEVEL)
     assert out[:3].tolist() == [0, 0, 0] and len(set(out[3:])) == 1 and out[3] not in (-1, 0)
     assert removed.tolist() == [[a, b] for a in range(3) for b in range(3, 6)]
     # the median decides: with most pairs across at the level the cluster stays whole
     labels, session, pairs, p = build(((0, 1, 2, 6, 7, 8),
-                                       two_neurons(3, across=GAP_SPLIT_PROBABILITY)))
-    out, removed = split_at_gaps(labels, pairs, p, session, 3)
+                                       two_neurons(3, across=LEVEL)))
+    out, removed = split_at_gaps(labels, pairs, p, session, 3, LEVEL)
     assert np.array_equal(out, labels) and len(removed) == 0
 
 
 def test_only_gaps_of_min_gap_sessions_are_cut():
     labels, session, pairs, p = build(((0, 1, 2, 4, 5, 6), two_neurons(3)))  # a gap of 2
-    out, removed = split_at_gaps(labels, pairs, p, session, 3)
+    out, removed = split_at_gaps(labels, pairs, p, session, 3, LEVEL)
     assert np.array_equal(out, labels) and len(removed) == 0
-    out, removed = split_at_gaps(labels, pairs, p, session, 2)
+    out, removed = split_at_gaps(labels, pairs, p, session, 2, LEVEL)
     assert out[0] != out[3] and len(removed) == 9
-    out, removed = split_at_gaps(labels, pairs, p, session, 0)
+    out, removed = split_at_gaps(labels, pairs, p, session, 0, LEVEL)
     assert np.array_equal(out, labels) and len(removed) == 0
 
 
@@ -45,10 +49,10 @@ def test_pairs_that_are_not_candidates_do_not_count():
     across = (pairs[:, 0] < 3) & (pairs[:, 1] >= 3)
     keep = ~across | ((pairs[:, 0] == 2) & (pairs[:, 1] == 3))
     p[(pairs[:, 0] == 2) & (pairs[:, 1] == 3)] = 0.99
-    out, removed = split_at_gaps(labels, pairs[keep], p[keep], session, 3)
+    out, removed = split_at_gaps(labels, pairs[keep], p[keep], session, 3, LEVEL)
     assert np.array_equal(out, labels) and len(removed) == 0
     # no candidate pair across at all: nothing to read, no cut
-    out, removed = split_at_gaps(labels, pairs[~across], p[~across], session, 3)
+    out, removed = split_at_gaps(labels, pairs[~across], p[~across], session, 3, LEVEL)
     assert np.array_equal(out, labels) and len(removed) == 0
 
 
@@ -58,7 +62,7 @@ def test_the_lowest_gap_first_then_each_part_and_a_lone_unit_leaves():
         return 0.99 if (a < 2) == (b < 2) and (a < 4) == (b < 4) else 0.01
 
     labels, session, pairs, p = build(((0, 1, 5, 6, 10), p_of), ((0, 4), lambda a, b: 0.99))
-    out, removed = split_at_gaps(labels, pairs, p, session, 3)
+    out, removed = split_at_gaps(labels, pairs, p, session, 3, LEVEL)
     assert out[0] == out[1] == 0 and out[2] == out[3] and out[2] not in (-1, 0, 1)
     assert out[4] == -1  # the last neuron's single unit is in no cluster
     assert out[5:].tolist() == [1, 1]  # a two-unit cluster of one neuron is left alone
@@ -72,7 +76,7 @@ def test_the_pipeline_step_records_the_pairs_it_takes_apart_and_why():
     labels, session, pairs, p = build(((0, 1, 5), two_neurons(2, sure_across=())))
     cur = curation.CurationResult(labels, labels, np.array([[20, 21]]),
                                   np.array([curation.SPLIT], np.int8))
-    split_at_time_gaps(cur, pairs, p, session, 3, GAP_SPLIT_PROBABILITY)
+    split_at_time_gaps(cur, pairs, p, session, 3, LEVEL)
     assert cur.labels.tolist() == [0, 0, -1]
     assert cur.removed_pairs.tolist() == [[20, 21], [0, 2], [1, 2]]
     assert cur.removed_reason.dtype == np.int8

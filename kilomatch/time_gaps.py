@@ -50,7 +50,7 @@ def split_at_gaps(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray
     order = np.argsort(labels[pairs[:, 0]], kind="stable")
     pairs, p = pairs[order], p[order]
     pair_cluster = labels[pairs[:, 0]]
-    by_cluster = np.argsort(labels, kind="stable")
+    by_cluster = np.argsort(labels, kind="stable")  # each cluster's units in increasing order
     unit_cluster = labels[by_cluster]
     next_label = int(labels.max(initial=-1)) + 1
     removed = []
@@ -59,7 +59,7 @@ def split_at_gaps(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray
                            np.searchsorted(unit_cluster, cluster, side="right")]
         rows = slice(np.searchsorted(pair_cluster, cluster),
                      np.searchsorted(pair_cluster, cluster, side="right"))
-        parts = _cut(np.sort(units), pairs[rows], p[rows], session, min_gap, level)
+        parts = _cut(units, pairs[rows], p[rows], session, min_gap, level)
         if len(parts) == 1:
             continue
         for k, part in enumerate(parts):

@@ -13,6 +13,11 @@ or a unit in none) when it is sure of the whole of them:
   (one shank, corrected depths within clustering.max_distance), but for pairs whose sessions
   are further apart than clustering.max_session_gap (never candidates: the gap bounds the
   work, it is no evidence against a match);
+- or they share sessions only through pairs of units that the refractory test judged one
+  neuron split by the sorter (kilomatch.sorter_splits): a neuron split in some sessions
+  leaves the second halves in a cluster of their own beside the neuron's cluster (on the
+  suite's sorter-error study, 137 such pairs of groups in 15 runs, 1,862 true pairs and 2
+  wrong ones across; benchmarks/RESULTS.md, "Session 52");
 - every pair across is more likely a match than not (probability >= ``min_level``, 0.5);
 - the mean probability across is at least ``mean_level`` (0.8).
 
@@ -30,12 +35,15 @@ import numpy as np
 def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray,
                         mean_level: float = 0.8, min_level: float = 0.5,
                         session: np.ndarray | None = None,
-                        max_session_gap: int = 0) -> np.ndarray:
+                        max_session_gap: int = 0,
+                        split_pairs: np.ndarray | None = None) -> np.ndarray:
     """Final clusters (N,) (-1: in none, >= 0) after joining the groups the probability says
     are one neuron (module docstring). pairs: (P, 2) candidate pairs (i < j, units of
     different sessions); probability: (P,) their match probability; session: (N,) session of
     each unit (None: the pairs alone decide, every pair across must be a candidate);
-    max_session_gap: the candidate pairs' session gap (0: none). Returns new labels (N,): -1
+    max_session_gap: the candidate pairs' session gap (0: none); split_pairs: (K, 2) pairs of
+    units of one session judged one neuron split by the sorter (None: none), which two groups
+    may share. Returns new labels (N,): -1
     for units in no cluster; a cluster not joined keeps its units together (its number may
     change; kilomatch.clustering.renumber gives the final numbers)."""
     labels = np.asarray(labels, dtype=np.int64)
@@ -58,7 +66,7 @@ def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.n
     count = np.bincount(row, minlength=key.size)
     total = np.bincount(row, weights=p, minlength=key.size)
     a, b = key // n_groups, key % n_groups
-    sessions = _Sessions(group, n_groups, session, max_session_gap)
+    sessions = _Sessions(group, n_groups, session, max_session_gap, split_pairs)
     edges = {}
     for i, j, c, t in zip(a.tolist(), b.tolist(), count.tolist(), total.tolist()):
         if sessions.whole(i, j, c):
@@ -69,9 +77,11 @@ def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.n
 
 
 class _Sessions:
-    """The sessions of each group, and how many candidate pairs two groups can have across."""
+    """The sessions of each group, how many candidate pairs two groups can have across, and
+    how many of their pairs of one session are sorter splits."""
 
-    def __init__(self, group: np.ndarray, n_groups: int, session, max_session_gap: int):
+    def __init__(self, group: np.ndarray, n_groups: int, session, max_session_gap: int,
+                 split_pairs=None):
         self.size = np.bincount(group, minlength=n_groups)
         self.gap = int(max_session_gap or 0)
         self.of = None
@@ -79,15 +89,25 @@ class _Sessions:
             order = np.argsort(group, kind="stable")
             cuts = np.cumsum(self.size)[:-1]
             self.of = dict(enumerate(np.split(np.asarray(session)[order], cuts)))
+        self.splits: dict = {}  # group -> {other group: split pairs across}
+        if split_pairs is not None and self.of is not None:
+            split_pairs = np.asarray(split_pairs, np.int64).reshape(-1, 2)
+            for g, h in zip(group[split_pairs[:, 0]].tolist(), group[split_pairs[:, 1]].tolist()):
+                if g != h:
+                    for x, y in ((g, h), (h, g)):
+                        row = self.splits.setdefault(x, {})
+                        row[y] = row.get(y, 0) + 1
 
     def possible(self, g: int, h: int) -> int:
         """Pairs across groups g and h that would be candidate pairs if the two were one
         neuron: those within the session gap. A pair of one session counts too (it is never
-        a candidate), so groups that share a session are never whole."""
+        a candidate), so groups that share a session are never whole, unless the pair is a
+        sorter split: it is then no pair the two groups must have."""
         if self.of is None:
             return int(self.size[g] * self.size[h])
         gap = np.abs(np.subtract.outer(self.of[g], self.of[h]))
-        return int(gap.size if self.gap <= 0 else np.count_nonzero(gap <= self.gap))
+        n = int(gap.size if self.gap <= 0 else np.count_nonzero(gap <= self.gap))
+        return n - self.splits.get(g, {}).get(h, 0)
 
     def whole(self, g: int, h: int, count: int) -> bool:
         """Whether ``count`` likely pairs across g and h are all the pairs they can have."""
@@ -98,6 +118,13 @@ class _Sessions:
         self.size[g] += self.size[h]
         if self.of is not None:
             self.of[g] = np.concatenate([self.of[g], self.of.pop(h)])
+        for k, n in self.splits.pop(h, {}).items():
+            self.splits[k].pop(h)
+            if k != g:
+                row = self.splits.setdefault(g, {})
+                row[k] = row.get(k, 0) + n
+                self.splits[k][g] = self.splits[k].get(g, 0) + n
+        self.splits.get(g, {}).pop(h, None)
 
 
 def _groups(labels: np.ndarray) -> np.ndarray:

@@ -310,7 +310,9 @@ PARAMETERS: tuple[Param, ...] = (
           min=0),
     Param("autoCuration.join_probability", "float", 0.8,
           "After the curation's splits (clustering.method 'similarity'): two final clusters, or "
-          "units in none, are joined where they share no session, every pair of units across "
+          "units in none, are joined where they share no session (or share sessions only "
+          "through pairs the refractory test judged one neuron split by the sorter, with "
+          "autoCuration.keep_sorter_splits), every pair of units across "
           "is a candidate pair (but pairs more than clustering.max_session_gap sessions "
           "apart, never candidates), every pair across has match probability at least "
           "join_min_probability and their mean is at least this; the most probable first. "

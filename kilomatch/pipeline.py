@@ -726,7 +726,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
              "+".join(final_names), len(final.pairs), int(final.clustering.labels.max()) + 1,
              iterations(final.clustering))
     note("final clustering")
-    fitted = splits = alike = None
+    fitted = splits = alike = known = None
     similarity_path = s.clustering.method != "probability"
     if similarity_path:  # before the probability: its non-matches leave the splits out
         splits = find_sorter_splits(final.clustering.labels, units, data, s)
@@ -792,7 +792,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     if fitted is not None and ac.join_probability > 0:
         cur.labels = joining.join_by_probability(
             cur.labels, final.pairs, fitted[0].candidate_probability, ac.join_probability,
-            ac.join_min_probability, units.session0, s.clustering.max_session_gap)
+            ac.join_min_probability, units.session0, s.clustering.max_session_gap, known)
         before, after = cur.labels_before_join, cur.labels
         log.info("joined by the match probability (autoCuration.join_probability %g): %d "
                  "clusters -> %d, %d units in no cluster joined one", ac.join_probability,

@@ -108,3 +108,37 @@ def test_the_default_level_joins_a_unit_at_a_mean_of_0_85_but_not_0_75():
         out = join_by_probability(labels, pairs, p_across, auto["join_probability"],
                                   auto["join_min_probability"])
         assert _together(out, [0, 1, 2, 3]) == joined
+
+
+def test_groups_sharing_sessions_only_through_sorter_splits_are_joined():
+    # one neuron in sessions 0-3 (units 0-3, one cluster), split by the sorter in sessions 1
+    # and 2: the second halves (units 4, 5) form a cluster of their own
+    labels = np.array([0, 0, 0, 0, 1, 1])
+    session = np.array([0, 1, 2, 3, 1, 2])
+    pairs = np.array([[i, j] for i in range(4) for j in (4, 5) if session[i] != session[j]])
+    p = np.full(len(pairs), 0.95)
+    splits = np.array([[1, 4], [2, 5]])
+    assert not _together(join_by_probability(labels, pairs, p, session=session), range(6))
+    out = join_by_probability(labels, pairs, p, session=session, split_pairs=splits)
+    assert _together(out, range(6))
+    # one shared session whose pair is not judged a split keeps them apart
+    assert not _together(join_by_probability(labels, pairs, p, session=session,
+                                              split_pairs=splits[:1]), range(6))
+    # and the pairs across must still be likely
+    low = p.copy()
+    low[0] = 0.3
+    assert not _together(join_by_probability(labels, pairs, low, session=session,
+                                              split_pairs=splits), range(6))
+
+
+def test_split_pairs_follow_a_group_that_was_joined_first():
+    # units 0-1 (sessions 0, 1) and 2 (session 2, in none) join first (mean 0.99); units 3-4
+    # (sessions 1, 2) are the second halves of the units of sessions 1 and 2: once 2 has joined
+    # 0-1, both shared sessions of the joined group and 3-4 are splits
+    labels = np.array([0, 0, -1, 1, 1])
+    session = np.array([0, 1, 2, 1, 2])
+    pairs, p = _stack(_all_across([0, 1], [2], 0.99),
+                      (np.array([[0, 3], [0, 4], [1, 4], [2, 3]]), np.full(4, 0.9)))
+    splits = np.array([[1, 3], [2, 4]])
+    out = join_by_probability(labels, pairs, p, session=session, split_pairs=splits)
+    assert _together(out, range(5))

@@ -18,8 +18,11 @@ or a unit in none) when it is sure of the whole of them:
   leaves the second halves in a cluster of their own beside the neuron's cluster (on the
   suite's sorter-error study, 137 such pairs of groups in 15 runs, 1,862 true pairs and 2
   wrong ones across; benchmarks/RESULTS.md, "Session 52");
-- every pair across is more likely a match than not (probability >= ``min_level``, 0.5);
-- the mean probability across is at least ``mean_level`` (0.8).
+- every pair across is more likely a match than not (probability >= ``min_level``, 0.5),
+  but at most ``low_share`` (0.1) of them: one odd pair among ten or more (a session whose
+  waveforms the motion correction left less alike) no longer keeps a neuron's halves
+  apart (benchmarks/RESULTS.md, "Session 52");
+- the mean probability across (every pair) is at least ``mean_level`` (0.8).
 
 Groups are joined highest mean first (average linkage on the probability), and a joined group
 is tested again against the others with all its pairs across.
@@ -36,43 +39,51 @@ def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.n
                         mean_level: float = 0.8, min_level: float = 0.5,
                         session: np.ndarray | None = None,
                         max_session_gap: int = 0,
-                        split_pairs: np.ndarray | None = None) -> np.ndarray:
+                        split_pairs: np.ndarray | None = None,
+                        low_share: float = 0.0) -> np.ndarray:
     """Final clusters (N,) (-1: in none, >= 0) after joining the groups the probability says
     are one neuron (module docstring). pairs: (P, 2) candidate pairs (i < j, units of
     different sessions); probability: (P,) their match probability; session: (N,) session of
     each unit (None: the pairs alone decide, every pair across must be a candidate);
     max_session_gap: the candidate pairs' session gap (0: none); split_pairs: (K, 2) pairs of
     units of one session judged one neuron split by the sorter (None: none), which two groups
-    may share. Returns new labels (N,): -1
-    for units in no cluster; a cluster not joined keeps its units together (its number may
-    change; kilomatch.clustering.renumber gives the final numbers)."""
+    may share; low_share: the largest share of the pairs across two groups joined that may
+    lie below min_level (0: none). Returns new labels (N,): -1 for units in no cluster; a
+    cluster not joined keeps its units together (its number may change;
+    kilomatch.clustering.renumber gives the final numbers)."""
     labels = np.asarray(labels, dtype=np.int64)
     group = _groups(labels)
     n_groups = int(group.max(initial=-1)) + 1
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     probability = np.asarray(probability, dtype=np.float64)
-    # Only likely pairs count: two groups may ever be joined when their likely pairs across
-    # are all the candidate pairs they can have (candidate pairs are unique), so the rest
-    # (most of the candidate pairs, 28 M at 10^5 units) need not be grouped at all.
-    likely = np.flatnonzero(probability >= min_level)
-    ga, gb = group[pairs[likely, 0]], group[pairs[likely, 1]]
+    # Two groups may ever be joined only when a likely pair joins them, so only the group
+    # pairs of the likely pairs are counted; the unlikely pairs (most of the candidate pairs,
+    # 28 M at 10^5 units) are looked up among those keys a block at a time.
+    likely = probability >= min_level
+    rows = np.flatnonzero(likely)
+    ga, gb = group[pairs[rows, 0]], group[pairs[rows, 1]]
     across = ga != gb
     lo, hi = np.minimum(ga, gb)[across], np.maximum(ga, gb)[across]
-    p = probability[likely][across]
+    p = probability[rows][across]
     if p.size == 0:
         return _labels(group, np.arange(n_groups))
     key, row = np.unique(lo * n_groups + hi, return_inverse=True)
     row = row.reshape(-1)
     count = np.bincount(row, minlength=key.size)
     total = np.bincount(row, weights=p, minlength=key.size)
+    low = np.zeros(key.size, np.int64)
+    if low_share > 0:
+        _count_unlikely(np.flatnonzero(~likely), pairs, probability, group, n_groups, key,
+                        count, total, low)
     a, b = key // n_groups, key % n_groups
     sessions = _Sessions(group, n_groups, session, max_session_gap, split_pairs)
     edges = {}
-    for i, j, c, t in zip(a.tolist(), b.tolist(), count.tolist(), total.tolist()):
+    for i, j, c, t, n_low in zip(a.tolist(), b.tolist(), count.tolist(), total.tolist(),
+                                 low.tolist()):
         if sessions.whole(i, j, c):
-            edges[(i, j)] = (c, t)
+            edges[(i, j)] = (c, t, n_low)
     owner = np.arange(n_groups)
-    _link(edges, owner, mean_level, sessions)
+    _link(edges, owner, mean_level, low_share, sessions)
     return _labels(group, owner)
 
 
@@ -110,7 +121,7 @@ class _Sessions:
         return n - self.splits.get(g, {}).get(h, 0)
 
     def whole(self, g: int, h: int, count: int) -> bool:
-        """Whether ``count`` likely pairs across g and h are all the pairs they can have."""
+        """Whether ``count`` counted pairs across g and h are all the pairs they can have."""
         return count > 0 and count == self.possible(g, h)
 
     def join(self, g: int, h: int) -> None:
@@ -127,6 +138,28 @@ class _Sessions:
         self.splits.get(g, {}).pop(h, None)
 
 
+BLOCK = 4_000_000  # unlikely pairs looked up at a time (a few 32 MB arrays)
+
+
+def _count_unlikely(rows: np.ndarray, pairs: np.ndarray, probability: np.ndarray,
+                    group: np.ndarray, n_groups: int, key: np.ndarray, count: np.ndarray,
+                    total: np.ndarray, low: np.ndarray) -> None:
+    """Add the pairs ``rows`` (unlikely ones) across two groups of ``key`` (K,) sorted (lower
+    group * n_groups + higher) to their count, total probability (a non-finite one as 0) and
+    low (each (K,), in place)."""
+    for at in range(0, rows.size, BLOCK):
+        part = rows[at:at + BLOCK]
+        ga, gb = group[pairs[part, 0]], group[pairs[part, 1]]
+        k = np.minimum(ga, gb) * n_groups + np.maximum(ga, gb)
+        slot = np.minimum(np.searchsorted(key, k), key.size - 1)
+        hit = (key[slot] == k) & (ga != gb)
+        slot = slot[hit]
+        p = np.nan_to_num(probability[part][hit], nan=0.0, posinf=0.0, neginf=0.0)
+        count += np.bincount(slot, minlength=key.size)
+        total += np.bincount(slot, weights=p, minlength=key.size)
+        low += np.bincount(slot, minlength=key.size)
+
+
 def _groups(labels: np.ndarray) -> np.ndarray:
     """Group of each unit (N,): its cluster, or a group of its own for a unit in none (numbered
     after the clusters, in unit order)."""
@@ -136,39 +169,45 @@ def _groups(labels: np.ndarray) -> np.ndarray:
     return group
 
 
-def _link(edges: dict, owner: np.ndarray, mean_level: float, sessions: _Sessions) -> None:
-    """Average linkage over ``edges`` {(g, h): (pairs across, sum of their probability)},
-    g < h, of pairs of groups that may be joined: the pair with the highest mean first, while
-    it is at least mean_level. A joined group may be joined to a third only where its likely
-    pairs across are still all the pairs it can have (a part with no edge to the third has
-    none, which holds only where it can have none). Fills owner (G,): each group's surviving
-    group (the lower number)."""
+def _link(edges: dict, owner: np.ndarray, mean_level: float, low_share: float,
+          sessions: _Sessions) -> None:
+    """Average linkage over ``edges`` {(g, h): (pairs across, sum of their probability, pairs
+    below the least level)}, g < h, of pairs of groups whose pairs across are all the pairs
+    they can have: the pair with the highest mean first, while it is at least mean_level and
+    at most ``low_share`` of its pairs are below the least level. A joined group may be
+    joined to a third only where its counted pairs across are still all the pairs it can
+    have (a part with no edge to the third has none, which holds only where it can have
+    none). Fills owner (G,): each group's surviving group (the lower number)."""
+    def admitted(c, t, n_low):
+        return t / c >= mean_level and n_low <= low_share * c
+
     neighbours: dict = {}
     for g, h in edges:
         neighbours.setdefault(g, set()).add(h)
         neighbours.setdefault(h, set()).add(g)
-    heap = [(-t / c, g, h) for (g, h), (c, t) in edges.items() if t / c >= mean_level]
+    heap = [(-e[1] / e[0], g, h) for (g, h), e in edges.items() if admitted(*e)]
     heapq.heapify(heap)
     while heap:
         mean, g, h = heapq.heappop(heap)
-        if edges.get((g, h)) is None or -mean != edges[(g, h)][1] / edges[(g, h)][0]:
+        e = edges.get((g, h))
+        if e is None or -mean != e[1] / e[0] or not admitted(*e):
             continue  # stale: one side was joined since
         del edges[(g, h)]
         sessions.join(g, h)
         kept = set()
         for k in sorted((neighbours[g] | neighbours[h]) - {g, h}):
-            e_g = edges.pop((min(g, k), max(g, k)), (0, 0.0))
-            e_h = edges.pop((min(h, k), max(h, k)), (0, 0.0))
+            e_g = edges.pop((min(g, k), max(g, k)), (0, 0.0, 0))
+            e_h = edges.pop((min(h, k), max(h, k)), (0, 0.0, 0))
             neighbours[k].discard(g)
             neighbours[k].discard(h)
-            c, t = e_g[0] + e_h[0], e_g[1] + e_h[1]
-            if not sessions.whole(min(g, k), max(g, k), c):
+            e = (e_g[0] + e_h[0], e_g[1] + e_h[1], e_g[2] + e_h[2])
+            if not sessions.whole(min(g, k), max(g, k), e[0]):
                 continue
-            edges[(min(g, k), max(g, k))] = (c, t)
+            edges[(min(g, k), max(g, k))] = e
             neighbours[k].add(g)
             kept.add(k)
-            if t / c >= mean_level:
-                heapq.heappush(heap, (-t / c, min(g, k), max(g, k)))
+            if admitted(*e):
+                heapq.heappush(heap, (-e[1] / e[0], min(g, k), max(g, k)))
         neighbours[g] = kept
         del neighbours[h]
         owner[h] = g

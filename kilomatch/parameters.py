@@ -312,17 +312,25 @@ PARAMETERS: tuple[Param, ...] = (
           "After the curation's splits (clustering.method 'similarity'): two final clusters, or "
           "units in none, are joined where they share no session (or share sessions only "
           "through pairs the refractory test judged one neuron split by the sorter, with "
-          "autoCuration.keep_sorter_splits), every pair of units across "
-          "is a candidate pair (but pairs more than clustering.max_session_gap sessions "
-          "apart, never candidates), every pair across has match probability at least "
-          "join_min_probability and their mean is at least this; the most probable first. "
+          "autoCuration.keep_sorter_splits), every pair of units across is a candidate pair "
+          "(but pairs more than clustering.max_session_gap sessions apart, never "
+          "candidates), every pair across (but join_low_share of them) has match probability "
+          "at least join_min_probability and their mean is at least this; the most probable "
+          "first. "
           "IHDBSCAN can keep one neuron's units in two clusters, or leave some out. 0 turns "
           "it off. 0.9 was the earlier default: at 0.8, F1 rose on 16 of the accuracy suite's "
           "128 runs and fell on 2; from 0.8 to 0.7, precision fell on 10 "
           "(benchmarks/RESULTS.md, 'Session 20').", min=0, max=1),
     Param("autoCuration.join_min_probability", "float", 0.5,
-          "The least match probability of any pair across two groups that "
-          "autoCuration.join_probability joins.", min=0, max=1),
+          "The least match probability of the pairs across two groups that "
+          "autoCuration.join_probability joins (but autoCuration.join_low_share of them).",
+          min=0, max=1),
+    Param("autoCuration.join_low_share", "float", 0.1,
+          "The largest share of the pairs across two groups that autoCuration.join_probability "
+          "joins that may lie below autoCuration.join_min_probability (their mean still counts "
+          "every pair): one odd pair among ten or more no longer keeps one neuron's halves "
+          "apart. 0: every pair must reach it (the rule before session 52; benchmarks/"
+          "RESULTS.md, 'Session 52').", min=0, max=1),
     Param("autoCuration.split_distance_ratio", "float", 5.0,
           "Last step of the curation (clustering.method 'similarity'): split each cluster "
           "where its groups of units are on average farther apart than this many times the "

@@ -142,3 +142,34 @@ def test_split_pairs_follow_a_group_that_was_joined_first():
     splits = np.array([[1, 3], [2, 4]])
     out = join_by_probability(labels, pairs, p, session=session, split_pairs=splits)
     assert _together(out, range(5))
+
+
+def test_one_odd_pair_among_many_does_not_keep_a_neurons_halves_apart():
+    # one neuron: units 0-4 (sessions 0, 1, 3, 4, 7) one cluster, units 5-7 (sessions 2, 5, 6)
+    # another; 15 pairs across, all likely but one (a session the motion correction left less
+    # alike)
+    from kilomatch.parameters import default_dict
+    auto = default_dict()["autoCuration"]
+    labels = np.array([0, 0, 0, 0, 0, 1, 1, 1])
+    session = np.array([0, 1, 3, 4, 7, 2, 5, 6])
+    pairs, p = _all_across(range(5), range(5, 8), 0.95)
+    p[0] = 0.3
+
+    def joined(prob, low_share):
+        return _together(join_by_probability(labels, pairs, prob, auto["join_probability"],
+                                             auto["join_min_probability"], session,
+                                             low_share=low_share), range(8))
+
+    assert joined(p, auto["join_low_share"])
+    assert not joined(p, 0.0)  # the rule before: every pair must be likely
+    two = p.copy()
+    two[1] = 0.3  # 2 of 15 below: more than a tenth
+    assert not joined(two, auto["join_low_share"])
+    # the mean counts the odd pair: a low enough one keeps them apart
+    far = p.copy()
+    far[2:] = 0.82
+    assert not joined(far, auto["join_low_share"])
+    # ... at its own probability: 0.45 among fourteen at 0.84 makes a mean of 0.814
+    near = np.full(len(p), 0.84)
+    near[0] = 0.45
+    assert joined(near, auto["join_low_share"])

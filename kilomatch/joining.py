@@ -130,12 +130,11 @@ class _Sessions:
         if self.of is not None:
             self.of[g] = np.concatenate([self.of[g], self.of.pop(h)])
         for k, n in self.splits.pop(h, {}).items():
-            self.splits[k].pop(h)
+            self.splits[k].pop(h)  # k == g: their splits are now inside g
             if k != g:
                 row = self.splits.setdefault(g, {})
                 row[k] = row.get(k, 0) + n
                 self.splits[k][g] = self.splits[k].get(g, 0) + n
-        self.splits.get(g, {}).pop(h, None)
 
 
 BLOCK = 4_000_000  # unlikely pairs looked up at a time (a few 32 MB arrays)
@@ -155,9 +154,10 @@ def _count_unlikely(rows: np.ndarray, pairs: np.ndarray, probability: np.ndarray
         hit = (key[slot] == k) & (ga != gb)
         slot = slot[hit]
         p = np.nan_to_num(probability[part][hit], nan=0.0, posinf=0.0, neginf=0.0)
-        count += np.bincount(slot, minlength=key.size)
+        n = np.bincount(slot, minlength=key.size)  # every one of them is low
+        count += n
+        low += n
         total += np.bincount(slot, weights=p, minlength=key.size)
-        low += np.bincount(slot, minlength=key.size)
 
 
 def _groups(labels: np.ndarray) -> np.ndarray:

@@ -47,6 +47,10 @@ def _clean(row) -> bool:
 def _summary(rows: list) -> dict:
     return {"f1_sum": sum(r["f1"] for r in rows),
             "calibration_clean": sum(_clean(r) for r in rows),
+            # the runs a probability exact pair by pair would leave clean, binomial noise
+            # alone (peers.calibration's clean_chance; runs judged before it had none)
+            "calibration_clean_if_exact": sum((r.get("calibration") or {}).get("clean_chance", 0.0)
+                                              for r in rows),
             "precision_below": [r["dataset"] for r in rows
                                 if r.get("precision") is not None
                                 and r["precision"] < PRECISION_TARGET],
@@ -111,6 +115,11 @@ def report(result: dict, names: list) -> str:
             lines.append(f"\n{name}: left out (missing or failed on one side): "
                          + ", ".join(one["left_out"]))
     n = len(result["pairs"])
+    exact = [one["candidate"].get("calibration_clean_if_exact", 0.0) for one in result["pairs"]]
+    if any(exact):
+        lines += ["", "Calibration clean were every probability exact (binomial noise alone, "
+                  "candidate): " + ", ".join(f"{name} {x:.1f}" for name, x in zip(names, exact))
+                  + "."]
     lines += ["", f"The candidate's sum is lower in {result['lower_in']} of {n} pairs.", "",
               "| dataset | mean F1 change | pairs where it fell / rose / ran |",
               "|---|---|---|"]

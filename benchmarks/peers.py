@@ -447,8 +447,10 @@ def calibration(output, gt_neuron: np.ndarray) -> dict | None:
     (kilomatch.metrics.calibration_bins) against ground truth ``gt_neuron`` (N,; negative:
     a unit of no neuron). Returns
     {"judged": bins of 50 pairs or more, "misses": those whose true fraction lies more than
-    0.05 outside the bin (kilomatch.metrics.calibration_misses)}, or None when the run wrote
-    no probability (e.g. autoCuration.cut_probability 1)."""
+    0.05 outside the bin (kilomatch.metrics.calibration_misses), "expected_misses": the
+    misses binomial noise alone would give if every probability were exact, and
+    "clean_chance": the chance of no miss then (kilomatch.metrics.calibration_miss_chance)},
+    or None when the run wrote no probability (e.g. autoCuration.cut_probability 1)."""
     from kilomatch import metrics
 
     path = Path(output) / "CandidatePairs.npz"
@@ -463,7 +465,10 @@ def calibration(output, gt_neuron: np.ndarray) -> dict | None:
     a, b = gt[pairs[known, 0]], gt[pairs[known, 1]]
     truth = (a == b) & (a >= 0)  # a unit of no neuron (a real sorter's, id < 0) matches none
     judged, misses = metrics.calibration_misses(metrics.calibration_bins(p[known], truth))
-    return {"judged": judged, "misses": misses}
+    chance = metrics.calibration_miss_chance(p[known])
+    chance = chance[np.isfinite(chance)]
+    return {"judged": judged, "misses": misses, "expected_misses": float(chance.sum()),
+            "clean_chance": float(np.prod(1.0 - chance))}
 
 
 def calibration_cell(cal: dict | None) -> str:

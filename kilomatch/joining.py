@@ -22,7 +22,13 @@ or a unit in none) when it is sure of the whole of them:
   but at most ``low_share`` (0.1) of them: one odd pair among ten or more (a session whose
   waveforms the motion correction left less alike) no longer keeps a neuron's halves
   apart (benchmarks/RESULTS.md, "Session 52");
-- the mean probability across (every pair) is at least ``mean_level`` (0.8).
+- the mean probability across (every pair) is at least ``mean_level`` (0.8), or at least
+  ``interleaved_level`` (0.6) where the two groups' sessions interleave in time (neither
+  group's sessions all come before the other's). A neuron followed by another at its place is
+  what a join gets wrong most (the pair probability cannot tell the two from one neuron whose
+  waveform changed a little); two groups recorded in turn cannot be that, and where the
+  drift brings the probe back to an earlier position one neuron's units group by probe
+  position, whose pairs across are less alike (benchmarks/RESULTS.md, "Session 53").
 
 Groups are joined highest mean first (average linkage on the probability), and a joined group
 is tested again against the others with all its pairs across.
@@ -40,7 +46,8 @@ def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.n
                         session: np.ndarray | None = None,
                         max_session_gap: int = 0,
                         split_pairs: np.ndarray | None = None,
-                        low_share: float = 0.0) -> np.ndarray:
+                        low_share: float = 0.0,
+                        interleaved_level: float | None = None) -> np.ndarray:
     """Final clusters (N,) (-1: in none, >= 0) after joining the groups the probability says
     are one neuron (module docstring). pairs: (P, 2) candidate pairs (i < j, units of
     different sessions); probability: (P,) their match probability; session: (N,) session of
@@ -48,9 +55,10 @@ def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.n
     max_session_gap: the candidate pairs' session gap (0: none); split_pairs: (K, 2) pairs of
     units of one session judged one neuron split by the sorter (None: none), which two groups
     may share; low_share: the largest share of the pairs across two groups joined that may
-    lie below min_level (0: none). Returns new labels (N,): -1 for units in no cluster; a
-    cluster not joined keeps its units together (its number may change;
-    kilomatch.clustering.renumber gives the final numbers)."""
+    lie below min_level (0: none); interleaved_level: the mean level for two groups whose
+    sessions interleave in time (None: mean_level; needs ``session``). Returns new labels
+    (N,): -1 for units in no cluster; a cluster not joined keeps its units together (its
+    number may change; kilomatch.clustering.renumber gives the final numbers)."""
     labels = np.asarray(labels, dtype=np.int64)
     group = _groups(labels)
     n_groups = int(group.max(initial=-1)) + 1
@@ -83,7 +91,8 @@ def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.n
         if sessions.whole(i, j, c):
             edges[(i, j)] = (c, t, n_low)
     owner = np.arange(n_groups)
-    _link(edges, owner, mean_level, low_share, sessions)
+    _link(edges, owner, mean_level, low_share, sessions,
+          mean_level if interleaved_level is None else interleaved_level)
     return _labels(group, owner)
 
 
@@ -119,6 +128,14 @@ class _Sessions:
         gap = np.abs(np.subtract.outer(self.of[g], self.of[h]))
         n = int(gap.size if self.gap <= 0 else np.count_nonzero(gap <= self.gap))
         return n - self.splits.get(g, {}).get(h, 0)
+
+    def interleaved(self, g: int, h: int) -> bool:
+        """Whether the sessions of groups g and h interleave in time: neither group's all come
+        before the other's (False without sessions)."""
+        if self.of is None:
+            return False
+        a, b = self.of[g], self.of[h]
+        return not (a.max() < b.min() or b.max() < a.min())
 
     def whole(self, g: int, h: int, count: int) -> bool:
         """Whether ``count`` counted pairs across g and h are all the pairs they can have."""
@@ -170,27 +187,29 @@ def _groups(labels: np.ndarray) -> np.ndarray:
 
 
 def _link(edges: dict, owner: np.ndarray, mean_level: float, low_share: float,
-          sessions: _Sessions) -> None:
+          sessions: _Sessions, interleaved_level: float) -> None:
     """Average linkage over ``edges`` {(g, h): (pairs across, sum of their probability, pairs
     below the least level)}, g < h, of pairs of groups whose pairs across are all the pairs
-    they can have: the pair with the highest mean first, while it is at least mean_level and
-    at most ``low_share`` of its pairs are below the least level. A joined group may be
-    joined to a third only where its counted pairs across are still all the pairs it can
-    have (a part with no edge to the third has none, which holds only where it can have
-    none). Fills owner (G,): each group's surviving group (the lower number)."""
-    def admitted(c, t, n_low):
-        return t / c >= mean_level and n_low <= low_share * c
+    they can have: the pair with the highest mean first, while it is at least mean_level
+    (``interleaved_level`` where the two groups' sessions interleave in time) and at most
+    ``low_share`` of its pairs are below the least level. A joined group may be joined to a
+    third only where its counted pairs across are still all the pairs it can have (a part
+    with no edge to the third has none, which holds only where it can have none). Fills
+    owner (G,): each group's surviving group (the lower number)."""
+    def admitted(g, h, c, t, n_low):
+        level = interleaved_level if sessions.interleaved(g, h) else mean_level
+        return t / c >= level and n_low <= low_share * c
 
     neighbours: dict = {}
     for g, h in edges:
         neighbours.setdefault(g, set()).add(h)
         neighbours.setdefault(h, set()).add(g)
-    heap = [(-e[1] / e[0], g, h) for (g, h), e in edges.items() if admitted(*e)]
+    heap = [(-e[1] / e[0], g, h) for (g, h), e in edges.items() if admitted(g, h, *e)]
     heapq.heapify(heap)
     while heap:
         mean, g, h = heapq.heappop(heap)
         e = edges.get((g, h))
-        if e is None or -mean != e[1] / e[0] or not admitted(*e):
+        if e is None or -mean != e[1] / e[0] or not admitted(g, h, *e):
             continue  # stale: one side was joined since
         del edges[(g, h)]
         sessions.join(g, h)
@@ -206,7 +225,7 @@ def _link(edges: dict, owner: np.ndarray, mean_level: float, low_share: float,
             edges[(min(g, k), max(g, k))] = e
             neighbours[k].add(g)
             kept.add(k)
-            if admitted(*e):
+            if admitted(min(g, k), max(g, k), *e):
                 heapq.heappush(heap, (-e[1] / e[0], min(g, k), max(g, k)))
         neighbours[g] = kept
         del neighbours[h]

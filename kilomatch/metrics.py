@@ -17,6 +17,7 @@ from kilomatch.formats.folder import SESSION_INDEX
 
 __all__ = ["pair_scores", "motion_rms_error", "score_run", "AMPLITUDE_BANDS_UV", "band_labels",
            "unit_amplitudes", "recall_by_amplitude", "calibration_bins", "calibration_misses",
+           "calibration_miss_chance",
            "CALIBRATION_MIN_PAIRS", "CALIBRATION_TOLERANCE", "wrong_pairs_by_kind",
            "WRONG_PAIR_KINDS"]
 
@@ -276,3 +277,52 @@ def calibration_misses(bins: dict, min_pairs: int = CALIBRATION_MIN_PAIRS,
     misses = [{"low": float(low[k]), "high": float(high[k]), "n_pairs": int(bins["n_pairs"][k]),
                "true_fraction": float(frac[k])} for k in np.flatnonzero(off)]
     return int(judged.sum()), misses
+
+
+# calibration_miss_chance: a bin of at most this many pairs gets the exact distribution of its
+# count of true pairs (a sum of Bernoulli trials, one per pair); a larger one the normal
+# approximation, with a continuity correction (it then errs by less than 0.01 a bin).
+EXACT_MAX_PAIRS = 5000
+
+
+def calibration_miss_chance(probability, n_bins: int = 10,
+                            min_pairs: int = CALIBRATION_MIN_PAIRS,
+                            tolerance: float = CALIBRATION_TOLERANCE) -> np.ndarray:
+    """The chance (n_bins,) that each bin of :func:`calibration_bins` judged by
+    :func:`calibration_misses` would be missed if every pair's probability were exact: each
+    pair a match with its own probability, independently (NaN for bins not judged). Their
+    sum is the number of misses that binomial noise alone gives, to read the misses of a
+    study against (50 pairs at 0.75 lie outside [0.65, 0.85] once in ten draws).
+
+    probability (P,) in [0, 1]."""
+    p = np.asarray(probability, np.float64)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    k = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
+    out = np.full(n_bins, np.nan)
+    for b in range(n_bins):
+        q = p[k == b]
+        n = q.size
+        if n < min_pairs:
+            continue
+        # true counts c with c / n inside [low - tolerance, high + tolerance] are no miss
+        first = int(np.ceil((edges[b] - tolerance) * n - 1e-9))
+        last = int(np.floor((edges[b + 1] + tolerance) * n + 1e-9))
+        first, last = max(first, 0), min(last, n)
+        if n <= EXACT_MAX_PAIRS:
+            count = np.zeros(n + 1)
+            count[0] = 1.0
+            for i, x in enumerate(q):  # one trial at a time: the count's distribution
+                count[1:i + 2] = count[1:i + 2] * (1 - x) + count[:i + 1] * x
+                count[0] *= 1 - x
+            inside = float(count[first:last + 1].sum()) if first <= last else 0.0
+        else:
+            from scipy.stats import norm
+            mean, sd = q.sum(), np.sqrt(np.sum(q * (1 - q)))
+            if sd == 0:
+                inside = float(first <= mean <= last)
+            else:  # a count cannot leave [0, n]: no tail beyond either end
+                below = norm.cdf((first - 0.5 - mean) / sd) if first > 0 else 0.0
+                above = norm.sf((last + 0.5 - mean) / sd) if last < n else 0.0
+                inside = 1.0 - below - above
+        out[b] = min(max(1.0 - inside, 0.0), 1.0)
+    return out

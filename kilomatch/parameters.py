@@ -321,6 +321,14 @@ PARAMETERS: tuple[Param, ...] = (
           "it off. 0.9 was the earlier default: at 0.8, F1 rose on 16 of the accuracy suite's "
           "128 runs and fell on 2; from 0.8 to 0.7, precision fell on 10 "
           "(benchmarks/RESULTS.md, 'Session 20').", min=0, max=1),
+    Param("autoCuration.join_interleaved_probability", "float", 0.6,
+          "The mean match probability across two groups whose sessions interleave in time "
+          "(neither group's all before the other's) at which autoCuration.join_probability "
+          "joins them, in place of join_probability: such groups cannot be one neuron "
+          "followed by another at its place, the join's most common error, and a drift that "
+          "brings the probe back groups one neuron's units by probe position "
+          "(benchmarks/RESULTS.md, 'Session 53'). Equal to join_probability: no difference.",
+          min=0, max=1),
     Param("autoCuration.join_min_probability", "float", 0.5,
           "The least match probability of the pairs across two groups that "
           "autoCuration.join_probability joins (but autoCuration.join_low_share of them).",

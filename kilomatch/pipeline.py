@@ -793,7 +793,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         cur.labels = joining.join_by_probability(
             cur.labels, final.pairs, fitted[0].candidate_probability, ac.join_probability,
             ac.join_min_probability, units.session0, s.clustering.max_session_gap, known,
-            ac.join_low_share)
+            ac.join_low_share, ac.join_interleaved_probability)
         before, after = cur.labels_before_join, cur.labels
         log.info("joined by the match probability (autoCuration.join_probability %g): %d "
                  "clusters -> %d, %d units in no cluster joined one", ac.join_probability,

@@ -83,6 +83,10 @@ def test_kilomatchs_probability_is_judged_against_the_truth(tmp_path):
     assert [(m["low"], m["n_pairs"], m["true_fraction"]) for m in cal["misses"]] == [
         (0.9, 60, 0.75)]
     assert peers.calibration_cell(cal) == "1/2: [0.9,1.0) 0.75"
+    # were the probabilities exact, the 60 pairs at 0.95 would miss [0.9, 1.0] (50 true or
+    # fewer) with chance 0.00074 (binomial), the 60 at 0.05 (10 true or more) too
+    assert abs(cal["expected_misses"] - 2 * 0.000738) < 1e-5
+    assert abs(cal["clean_chance"] - (1 - cal["expected_misses"])) < 1e-4
     # a peer's run, or a run without a probability, has none
     assert peers.score({"tool": "pykilomatch", "run_dir": str(tmp_path / "run"),
                         "idx_final": idx, "idx_before_curation": idx, "motion": None,

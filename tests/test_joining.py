@@ -173,3 +173,24 @@ def test_one_odd_pair_among_many_does_not_keep_a_neurons_halves_apart():
     near = np.full(len(p), 0.84)
     near[0] = 0.45
     assert joined(near, auto["join_low_share"])
+
+
+def test_groups_recorded_in_turn_join_at_the_interleaved_level():
+    """Two groups whose sessions interleave (one neuron's units grouped by probe position:
+    sessions 1, 4 against 2, 3) join at interleaved_level; the same probabilities between a
+    group and the one that follows it in time (a neuron, then another at its place) do not."""
+    session = np.array([1, 4, 2, 3])
+    labels = np.array([0, 0, 1, 1])
+    pairs, p = _all_across([0, 1], [2, 3], 0.66)
+    kwargs = dict(mean_level=0.8, session=session, interleaved_level=0.6)
+    assert _together(join_by_probability(labels, pairs, p, **kwargs), [0, 1, 2, 3])
+    # in turn, not interleaved: sessions 1, 2 against 3, 4
+    after = np.array([1, 2, 3, 4])
+    assert not _together(join_by_probability(labels, pairs, p, **dict(kwargs, session=after)),
+                         [0, 1, 2, 3])
+    # interleaved, but below its level; and without the setting, the one level for all
+    assert not _together(join_by_probability(labels, pairs, np.full(len(p), 0.55), **kwargs),
+                         [0, 1, 2, 3])
+    assert not _together(join_by_probability(labels, pairs, p, 0.8, session=session),
+                         [0, 1, 2, 3])
+

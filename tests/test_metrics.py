@@ -192,3 +192,35 @@ def test_wrong_pairs_are_told_apart_by_how_their_neurons_lie_in_time():
     assert kinds == {"succession": 5, "interleaved": 2, "same_session": 1}
     r = pair_scores(cl, gt, ss)
     assert sum(kinds.values()) == r["n_pred_pairs"] - r["n_correct_pairs"]
+
+
+def test_calibration_miss_chance_is_the_binomial_chance_of_a_miss():
+    """Pairs all at 0.75 in [0.7, 0.8): a miss is a true count outside [0.65 n, 0.85 n], whose
+    chance, were 0.75 exact, is binomial; pairs of unequal probability sum trials of their
+    own (checked against drawing them); bins under 50 pairs are not judged (NaN)."""
+    from scipy.stats import binom
+
+    from kilomatch.metrics import calibration_miss_chance
+    chance = calibration_miss_chance(np.r_[np.full(50, 0.75), np.full(49, 0.25)])
+    assert abs(chance[7] - (1 - (binom.cdf(42, 50, 0.75) - binom.cdf(32, 50, 0.75)))) < 1e-12
+    assert np.isnan(chance[2]) and np.isnan(chance[0])
+    q = np.random.default_rng(0).uniform(0.70, 0.80, 80)
+    drawn = (np.random.default_rng(1).random((20000, q.size)) < q).mean(axis=1)
+    assert abs(calibration_miss_chance(q)[7] - np.mean((drawn < 0.65) | (drawn > 0.85))) < 0.01
+
+
+
+def test_calibration_miss_chance_of_a_large_bin_is_near_the_exact_one(monkeypatch):
+    """Above EXACT_MAX_PAIRS pairs a bin takes the normal approximation: 200 pairs at 0.75
+    (a true count outside 130-170 is a miss) give nearly the binomial chance."""
+    from scipy.stats import binom
+
+    from kilomatch import metrics
+    exact = 1 - (binom.cdf(170, 200, 0.75) - binom.cdf(129, 200, 0.75))
+    assert abs(metrics.calibration_miss_chance(np.full(200, 0.75))[7] - exact) < 1e-12
+    monkeypatch.setattr(metrics, "EXACT_MAX_PAIRS", 100)
+    assert abs(metrics.calibration_miss_chance(np.full(200, 0.75))[7] - exact) < 1e-4
+    # 12,000 pairs near 0 in [0, 0.1): 2 true pairs expected, a miss needs 1,800 (a count
+    # below 0 is none)
+    near_zero = np.r_[np.full(11998, 0.0), 0.9e-1, 0.9e-1]
+    assert metrics.calibration_miss_chance(near_zero)[0] == 0.0

@@ -473,10 +473,14 @@ def calibration(output, gt_neuron: np.ndarray) -> dict | None:
 
 def calibration_cell(cal: dict | None) -> str:
     """A table's cell for :func:`calibration`: "-" without a probability, else "missed of
-    judged" and the missed bins' true fractions, e.g. "1/4: [0.5,0.6) 0.75"."""
+    judged", the misses binomial noise alone would give an exact probability (when the
+    record has them) and the missed bins' true fractions, e.g. "1/4 (0.31 by chance):
+    [0.5,0.6) 0.75"."""
     if cal is None:
         return "-"
     text = f"{len(cal['misses'])}/{cal['judged']}"
+    if cal.get("expected_misses") is not None:
+        text += f" ({cal['expected_misses']:.2f} by chance)"
     details = ", ".join(f"[{m['low']:.1f},{m['high']:.1f}) {m['true_fraction']:.2f}"
                         for m in cal["misses"])
     return f"{text}: {details}" if details else text

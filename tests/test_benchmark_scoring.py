@@ -82,7 +82,8 @@ def test_kilomatchs_probability_is_judged_against_the_truth(tmp_path):
     assert cal["judged"] == 2
     assert [(m["low"], m["n_pairs"], m["true_fraction"]) for m in cal["misses"]] == [
         (0.9, 60, 0.75)]
-    assert peers.calibration_cell(cal) == "1/2: [0.9,1.0) 0.75"
+    assert peers.calibration_cell(cal) == "1/2 (0.00 by chance): [0.9,1.0) 0.75"
+    assert peers.calibration_cell({"judged": 3, "misses": []}) == "0/3"
     # were the probabilities exact, the 60 pairs at 0.95 would miss [0.9, 1.0] (50 true or
     # fewer) with chance 0.00074 (binomial), the 60 at 0.05 (10 true or more) too
     assert abs(cal["expected_misses"] - 2 * 0.000738) < 1e-5

@@ -246,6 +246,13 @@ def score_run(output, data_folder) -> dict:
     return result
 
 
+def _probability_bins(p: np.ndarray, n_bins: int) -> tuple:
+    """Edges (n_bins + 1,) of [k/n, (k+1)/n) and each probability's bin (P,) (the last bin
+    includes 1): the one binning of calibration_bins and calibration_miss_chance."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return edges, np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
+
+
 def calibration_bins(probability, truth, n_bins: int = 10) -> dict:
     """Reliability of a match probability: pairs binned by probability in [k/n, (k+1)/n)
     (the last bin includes 1). probability (P,), truth (P,) bool (the pair is one neuron).
@@ -253,8 +260,7 @@ def calibration_bins(probability, truth, n_bins: int = 10) -> dict:
     empty bins)."""
     p = np.asarray(probability, np.float64)
     truth = np.asarray(truth, bool)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    k = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
+    edges, k = _probability_bins(p, n_bins)
     n = np.bincount(k, minlength=n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_p = np.bincount(k, p, minlength=n_bins) / n
@@ -296,8 +302,7 @@ def calibration_miss_chance(probability, n_bins: int = 10,
 
     probability (P,) in [0, 1]."""
     p = np.asarray(probability, np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    k = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, n_bins - 1)
+    edges, k = _probability_bins(p, n_bins)
     out = np.full(n_bins, np.nan)
     for b in range(n_bins):
         q = p[k == b]

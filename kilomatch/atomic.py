@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import KilomatchError
+
 # zlib level of the PNG figures: level 1 halves the encoding time of level 6 (Pillow's
 # default), for files ~15% larger; these are figures of a few hundred kB.
 PNG_COMPRESS_LEVEL = 1
@@ -16,7 +18,10 @@ FIGURE_DPI = 150
 
 
 def atomic_write(path: Path, writer) -> None:
-    """Call writer(file) on a temporary file beside ``path``, then rename it into place."""
+    """Call writer(file) on a temporary file beside ``path``, then rename it into place.
+
+    A failed write (a full disk, a lost mount) raises KilomatchError naming ``path``; the file
+    that was there is left as it was."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -25,6 +30,8 @@ def atomic_write(path: Path, writer) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise KilomatchError(f"could not write {path}: {err.strerror or err}") from err
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -1017,28 +1017,20 @@ def _json_params(params: SimulationParams) -> dict:
     return out
 
 
-def _write_waveforms(sim: Simulation, path: Path, block_units: int = 1024) -> None:
-    """Write (N, C, T) float32 through a memory map, a block of units at a time.
-
-    The map is reopened per block so that written pages can be dropped: memory stays at one
-    block even for 10^5 units (tens of GB on disk).
-    """
+def _write_waveforms(sim: Simulation, writer: FolderWriter, block_units: int = 1024) -> None:
+    """Write (N, C, T) float32 a block of units at a time: memory stays at one block even for
+    10^5 units (tens of GB on disk)."""
     shape = (sim.n_units, sim.n_channels, sim.params.n_samples)
-    wf = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
-    del wf
-    for a0 in range(0, sim.n_units, block_units):
-        wf = np.lib.format.open_memmap(path, mode="r+")
-        for a, b, block in sim.iter_waveforms(start=a0, stop=min(sim.n_units, a0 + block_units)):
-            wf[a:b] = block
-        wf.flush()
-        del wf
+    with writer.rows(WAVEFORMS, shape, np.float32) as out:
+        for _, _, block in sim.iter_waveforms(chunk=block_units):
+            out.write(block)
 
 
 def write_simulation(sim: Simulation, out_dir, overwrite: bool = False) -> Path:
     """Write the kilomatch input folder plus ground truth; returns the folder path.
 
-    Files: channel_locations.npy (C,2) f8; waveform_all.npy (N,C,T) f4 uV, written in chunks
-    through a memory map; session_index.npy (N,) i8 1..S; spike_times/Unit{k}.npy (n,) f8 ms;
+    Files: channel_locations.npy (C,2) f8; waveform_all.npy (N,C,T) f4 uV, written a block of units
+    at a time; session_index.npy (N,) i8 1..S; spike_times/Unit{k}.npy (n,) f8 ms;
     peth.npy (N,P) f4 (with_peth); channel_shanks.npy (C,) i8 (multi-shank probes only);
     gt_neuron.npy (N,) i8; gt_motion.npy (S,) f8 um; gt_motion_linear.npy (S,) f8 um/um;
     gt_locations.npy (N,3) f8 um; simulation.json (parameters, depth_ref_um, counts).
@@ -1068,7 +1060,7 @@ def write_simulation(sim: Simulation, out_dir, overwrite: bool = False) -> Path:
         writer.save("gt_motion.npy", sim.gt_motion.astype(np.float64))
         writer.save("gt_motion_linear.npy", sim.gt_motion_linear.astype(np.float64))
         writer.save("gt_locations.npy", sim.gt_locations.astype(np.float64))
-        _write_waveforms(sim, writer.path(WAVEFORMS))
+        _write_waveforms(sim, writer)
         for k in range(sim.n_units):
             writer.save_spike_times(k, sim.spike_times(k))
         writer.write_text(_META_FILE, json.dumps(_metadata(sim), indent=2, sort_keys=True)

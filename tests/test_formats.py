@@ -2,6 +2,8 @@
 its files, a failed write leaves the old folder as it was, inputs are never inside the output;
 and the command lines' one error path."""
 
+import errno
+import os
 import subprocess
 import sys
 
@@ -12,6 +14,7 @@ from test_io import units, write_v7  # noqa: F401  (units: the spikeInfo fixture
 from kilomatch import KilomatchError
 from kilomatch import simulate as simulate_module
 from kilomatch.cli import main as kilomatch_main
+from kilomatch.formats import folder as folder_module
 from kilomatch.formats.folder import (CHANNEL_LOCATIONS, CHANNEL_SHANKS, PETH, SESSION_INDEX,
                                       UNITS_SOURCE, WAVEFORMS, FolderWriter)
 from kilomatch.io import main as io_main
@@ -103,10 +106,61 @@ def test_failed_write_leaves_the_old_folder_intact(tmp_path, monkeypatch):
         return np.arange(3.0)
 
     monkeypatch.setattr(simulate_module.Simulation, "spike_times", failing)
-    with pytest.raises(OSError):
+    with pytest.raises(KilomatchError, match=f"could not write {out}: disk full"):
         simulate_to_folder(out, **SMALL, overwrite=True)
     assert len(calls) == 4 and snapshot(out) == before
     assert [p.name for p in tmp_path.iterdir()] == ["data"]
+
+
+class _FillingFile:
+    """A file on a disk that is full after ``room`` bytes."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def test_a_disk_that_fills_during_the_waveforms_is_one_message(tmp_path, monkeypatch):
+    """The waveforms are streamed with plain writes, not through a memory map (which dies
+    with SIGBUS on a full disk): the error names the folder and the old folder stays."""
+    out = write_folder(tmp_path / "data", 10)
+    before = snapshot(out)
+    monkeypatch.setattr(folder_module, "open",
+                        lambda path, mode: _FillingFile(open(path, mode), 5000), raising=False)
+    with pytest.raises(KilomatchError, match=f"could not write {out}: No space left"):
+        simulate_to_folder(out, **SMALL, overwrite=True)
+    assert snapshot(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["data"]
+
+
+def test_rows_writes_the_file_np_save_writes(tmp_path):
+    rng = np.random.default_rng(0)
+    wf = rng.normal(size=(7, 3, 5)).astype(np.float32)
+    with FolderWriter(tmp_path / "a") as w:
+        w.save(WAVEFORMS, wf)
+    with FolderWriter(tmp_path / "b") as w:
+        with w.rows(WAVEFORMS, wf.shape) as out:
+            out.write(wf[:4])
+            out.write(wf[4:5])
+            out.write(wf[5:].astype(np.float64))   # cast to the declared dtype
+    assert (tmp_path / "a" / WAVEFORMS).read_bytes() == (tmp_path / "b" / WAVEFORMS).read_bytes()
+    with pytest.raises(KilomatchError, match="6 of 7 rows"):
+        with FolderWriter(tmp_path / "c") as w:
+            with w.rows(WAVEFORMS, wf.shape) as out:
+                out.write(wf[:6])
+    with pytest.raises(KilomatchError, match="does not fit"):
+        with FolderWriter(tmp_path / "d") as w:
+            with w.rows(WAVEFORMS, wf.shape) as out:
+                out.write(wf[:, :2])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]
 
 
 def test_an_input_inside_the_output_is_refused(tmp_path, units):
@@ -149,3 +203,17 @@ def test_converters_are_sub_commands_of_kilomatch(tmp_path, capsys):
     assert "spikeInfo file not found" in capsys.readouterr().err
     assert kilomatch_main(["import", "phy", str(tmp_path / "o"), str(tmp_path)]) == 2
     assert "at least two sessions" in capsys.readouterr().err
+
+
+def test_a_result_file_that_cannot_be_written_is_one_message_and_keeps_the_old(tmp_path):
+    from kilomatch.atomic import atomic_write
+    path = tmp_path / "Output.npz"
+    path.write_bytes(b"old")
+
+    def full(f):
+        f.write(b"new, part")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    with pytest.raises(KilomatchError, match=f"could not write {path}: No space left"):
+        atomic_write(path, full)
+    assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [path.name]

@@ -109,8 +109,17 @@ class FolderWriter:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+            if issubclass(exc_type, OSError) and not isinstance(exc, KilomatchError):
+                # a full disk or a lost mount: one line naming the folder, not a traceback
+                raise KilomatchError(f"could not write {self.out}: {exc.strerror or exc}; "
+                                     "nothing was written there") from exc
             return False
-        self._commit()
+        try:
+            self._commit()
+        except OSError as err:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            raise KilomatchError(f"could not move the written folder into {self.out}: "
+                                 f"{err.strerror or err}") from err
         return False
 
     def _commit(self) -> None:
@@ -135,6 +144,17 @@ class FolderWriter:
         """Where file ``name`` is being written (for writers that stream, e.g. a memory map)."""
         return self.folder / name
 
+    def rows(self, name: str, shape: tuple, dtype=np.float32) -> "RowWriter":
+        """A ``.npy`` of ``shape`` written in order, a block of rows at a time::
+
+            with w.rows(WAVEFORMS, (N, C, T)) as out:
+                out.write(block)          # (n, C, T), rows out.n_written .. +n
+
+        Plain file writes, not a memory map: a full disk then raises OSError (a message)
+        where a memory map would kill the process with SIGBUS.
+        """
+        return RowWriter(self.path(name), shape, dtype)
+
     def save(self, name: str, array: np.ndarray) -> None:
         """``np.save`` into the folder being written."""
         np.save(self.path(name), array)
@@ -145,3 +165,39 @@ class FolderWriter:
 
     def write_text(self, name: str, text: str) -> None:
         self.path(name).write_text(text)
+
+
+class RowWriter:
+    """Write a C-order ``.npy`` of known ``shape`` row block by row block (see
+    :meth:`FolderWriter.rows`); the file is the one ``np.save`` would write for the same array.
+    Closing it before ``shape[0]`` rows were written is an error."""
+
+    def __init__(self, path: Path, shape: tuple, dtype=np.float32):
+        self.path = Path(path)
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self.n_written = 0
+        self._file = None
+
+    def __enter__(self) -> "RowWriter":
+        self._file = open(self.path, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                  "shape": self.shape}
+        np.lib.format.write_array_header_1_0(self._file, header)
+        return self
+
+    def write(self, block: np.ndarray) -> None:
+        """Append rows ``n_written .. n_written + len(block) - 1``; block (n, *shape[1:])."""
+        block = np.ascontiguousarray(block, dtype=self.dtype)
+        if block.shape[1:] != self.shape[1:] or self.n_written + len(block) > self.shape[0]:
+            raise KilomatchError(f"{self.path.name}: a block of shape {block.shape} does not "
+                                 f"fit rows {self.n_written}.. of {self.shape}")
+        self._file.write(block.tobytes())
+        self.n_written += len(block)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._file.close()
+        if exc_type is None and self.n_written != self.shape[0]:
+            raise KilomatchError(f"{self.path.name}: {self.n_written} of {self.shape[0]} rows "
+                                 "were written")
+        return False

@@ -198,36 +198,34 @@ def check_sessions(sessions: list[SessionUnits]) -> None:
 
 
 def _write_units(sessions: list[SessionUnits], writer: FolderWriter, shape: tuple) -> None:
-    """Waveforms (N, C, T) float32 through a memory map, a session at a time; spike times."""
+    """Waveforms (N, C, T) float32, a unit at a time (memory stays at one session's reader);
+    spike times."""
     n_ch, n_t = shape[1], shape[2]
-    path = writer.path(WAVEFORMS)
-    wf = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
-    del wf
     start = 0
-    for k, s in enumerate(sessions, 1):
-        n = len(s.unit_ids)
-        wf = np.lib.format.open_memmap(path, mode="r+")
-        i = -1
-        for i, w in enumerate(s.waveforms()):
-            if i >= n:
-                break
-            w = np.asarray(w, dtype=np.float32)
-            if w.shape != (n_ch, n_t):  # pragma: no cover - readers check this
-                raise KilomatchError(f"{session_name(k, s.path)}: unit {s.unit_ids[i]} has a "
-                                     f"waveform of shape {w.shape}, expected {(n_ch, n_t)}")
-            if not np.isfinite(w).all():
-                raise KilomatchError(f"{session_name(k, s.path)}: the waveform of unit "
-                                     f"{s.unit_ids[i]} holds NaN or Inf")
-            wf[start + i] = w
-        if i + 1 != n:  # pragma: no cover - internal consistency
-            raise KilomatchError(f"{session_name(k, s.path)}: {i + 1} waveforms for {n} units")
-        wf.flush()
-        del wf
-        for i in range(n):
-            writer.save_spike_times(start + i, np.sort(np.asarray(s.spike_times_ms[i],
-                                                                  dtype=np.float64).ravel()))
-        start += n
-        log.info("%s: %d units", session_name(k, s.path), n)
+    with writer.rows(WAVEFORMS, shape, np.float32) as wf:
+        for k, s in enumerate(sessions, 1):
+            n = len(s.unit_ids)
+            i = -1
+            for i, w in enumerate(s.waveforms()):
+                if i >= n:
+                    break
+                w = np.asarray(w, dtype=np.float32)
+                if w.shape != (n_ch, n_t):  # pragma: no cover - readers check this
+                    raise KilomatchError(f"{session_name(k, s.path)}: unit {s.unit_ids[i]} has "
+                                         f"a waveform of shape {w.shape}, expected "
+                                         f"{(n_ch, n_t)}")
+                if not np.isfinite(w).all():
+                    raise KilomatchError(f"{session_name(k, s.path)}: the waveform of unit "
+                                         f"{s.unit_ids[i]} holds NaN or Inf")
+                wf.write(w[None])
+            if i + 1 != n:  # pragma: no cover - internal consistency
+                raise KilomatchError(f"{session_name(k, s.path)}: {i + 1} waveforms for {n} "
+                                     "units")
+            for i in range(n):
+                writer.save_spike_times(start + i, np.sort(np.asarray(s.spike_times_ms[i],
+                                                                      dtype=np.float64).ravel()))
+            start += n
+            log.info("%s: %d units", session_name(k, s.path), n)
 
 
 def write_input_folder(sessions: list[SessionUnits], out_dir, overwrite: bool = False) -> Path:

@@ -806,7 +806,8 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                              units.session0, ac.lone_end_gap)
     if fitted is not None and ac.lone_end_gap > 0 and ac.time_gap_probability > 0:
         split_at_time_gaps(cur, final.pairs, fitted[0].candidate_probability, units.session0,
-                           ac.lone_end_gap, ac.time_gap_probability)
+                           ac.lone_end_gap, ac.time_gap_probability,
+                           units.amplitude if ac.time_gap_unseen else None)
     if fitted is not None:  # the probability is reported; the similarity made the clusters
         cur.links = fitted[0]
 
@@ -872,12 +873,14 @@ def split_lone_end_units(cur: curation.CurationResult, pairs: np.ndarray,
 
 def split_at_time_gaps(cur: curation.CurationResult, pairs: np.ndarray,
                        probability: np.ndarray, session: np.ndarray, min_gap: int,
-                       level: float) -> None:
+                       level: float, amplitude: np.ndarray | None = None) -> None:
     """The clusters of ``cur.labels`` cut at gaps of ``min_gap`` sessions or more across which
-    the median match probability is below ``level`` (kilomatch.time_gaps); ``cur`` is updated
-    in place (labels, removed pairs and their reason)."""
+    the probability of one neuron (the median match probability across, and with
+    ``amplitude`` (N,) uV the sessions it went unseen) is below ``level``
+    (kilomatch.time_gaps); ``cur`` is updated in place (labels, removed pairs and their
+    reason)."""
     labels, removed = time_gaps.split_at_gaps(cur.labels, pairs, probability, session,
-                                              min_gap, level)
+                                              min_gap, level, amplitude)
     if len(removed):
         log.info("clusters cut at gaps in time (autoCuration.time_gap_probability %g, gaps of "
                  "%d sessions or more): %d clusters, %d pairs taken apart", level, min_gap,

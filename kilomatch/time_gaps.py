@@ -11,10 +11,23 @@ of the pairs across, not their best. A neuron's own units seldom leave a gap of 
 sessions (a sorted neuron missed three sessions running), and where they do their pairs
 across still read as matches.
 
+The gap is evidence of its own, which the pair probability does not carry: a neuron that was
+there all along went unseen in each of the g sessions between. How often a neuron goes unseen
+is learned from the data (:func:`unseen_share`): within each cluster's first and last
+session, the share of sessions with no unit of it, for clusters of like amplitude (small
+units near the detection threshold go unseen far more often). With q the median match
+probability of the pairs across and m that share, the probability that the two sides are one
+neuron is
+
+    q m^g / (q m^g + 1 - q),
+
+taking the g sessions as missed independently, and the second neuron as free to start after
+any gap (its likelihood 1). Without amplitudes, m = 1 and it is q itself.
+
 So: where a cluster's sessions leave a gap of ``min_gap`` sessions or more (no unit of it
-in between), and the median match probability of the candidate pairs across the gap is below
-``level``, the cluster is cut there (at the gap of lowest median, then each part again); a
-part of one unit leaves every cluster. Arrays in, arrays out.
+in between), and that probability is below ``level``, the cluster is cut there (at the gap of
+lowest probability, then each part again); a part of one unit leaves every cluster. Arrays
+in, arrays out.
 """
 
 from __future__ import annotations
@@ -23,17 +36,24 @@ import numpy as np
 
 from .curation import dissolve_singletons, held_together, pairs_across, sorted_pairs
 
+# unseen_share's amplitude bins: quantiles of the clusters' median amplitudes, each holding
+# this many clusters or more, at most this many bins
+UNSEEN_BIN_CLUSTERS = 10
+UNSEEN_MAX_BINS = 12
+
 
 def split_at_gaps(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray,
-                  session: np.ndarray, min_gap: int, level: float):
+                  session: np.ndarray, min_gap: int, level: float,
+                  amplitude: np.ndarray | None = None):
     """Cut each cluster at its gaps in time of ``min_gap`` sessions or more across which the
-    median match probability of the candidate pairs is below ``level`` (module docstring;
-    the pipeline's level is autoCuration.time_gap_probability: offline on 220 of the
-    suite's runs, at gaps of 3 sessions or more, a level of 0.05 cut 53 wrong pairs and no
-    true one, 0.1 three true ones more, 0.2 twelve; benchmarks/RESULTS.md, "Session 51").
+    probability that the two sides are one neuron is below ``level`` (module docstring; the
+    pipeline's level is autoCuration.time_gap_probability; benchmarks/RESULTS.md, "Session
+    51" for the median alone, "Session 54" for the unseen sessions).
 
     labels: (N,) clusters (-1 none); pairs: (Q, 2) candidate pairs; probability: (Q,) their
-    match probability (NaN counts as 0); session: (N,) session index (in recording order).
+    match probability (NaN counts as 0); session: (N,) session index (in recording order,
+    consecutive); amplitude: (N,) uV, from which the share of sessions a neuron goes unseen
+    is learned (:func:`unseen_share`), or None to read the median probability alone.
     Pairs that are not candidates (farther apart than the candidates reach) do not count; a
     gap with no candidate pair across is not cut. Returns (labels (N,), removed (R, 2) pairs
     taken apart, sorted). min_gap 0 cuts nothing.
@@ -44,6 +64,8 @@ def split_at_gaps(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray
         return labels, np.empty((0, 2), np.int64)
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     p = np.nan_to_num(np.asarray(probability, np.float64), nan=0.0)
+    unseen = (None if amplitude is None else
+              unseen_share(labels, session, np.asarray(amplitude, np.float64)))
     inside = held_together(labels, pairs)
     pairs, p = pairs[inside], p[inside]
     # each cluster's units and pairs as slices of arrays sorted by cluster, found once
@@ -59,7 +81,8 @@ def split_at_gaps(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray
                            np.searchsorted(unit_cluster, cluster, side="right")]
         rows = slice(np.searchsorted(pair_cluster, cluster),
                      np.searchsorted(pair_cluster, cluster, side="right"))
-        parts = _cut(units, pairs[rows], p[rows], session, min_gap, level)
+        m = 1.0 if unseen is None else unseen[cluster]
+        parts = _cut(units, pairs[rows], p[rows], session, min_gap, level, m)
         if len(parts) == 1:
             continue
         for k, part in enumerate(parts):
@@ -73,6 +96,52 @@ def split_at_gaps(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray
     return labels, sorted_pairs(removed)
 
 
+def unseen_share(labels: np.ndarray, session: np.ndarray, amplitude: np.ndarray,
+                 clusters_per_bin: int = UNSEEN_BIN_CLUSTERS, max_bins: int = UNSEEN_MAX_BINS
+                 ) -> dict:
+    """The share of sessions in which a neuron goes unseen, per cluster, learned from all.
+
+    Between each cluster's first and last session, the sessions with no unit of it are
+    counted; clusters are binned by their median amplitude (quantiles, ``clusters_per_bin``
+    clusters or more per bin, at most ``max_bins`` bins: small units near the detection
+    threshold are missed far more often than large ones), and each bin's share is
+    (unseen + 1) / (sessions + 2). Clusters with gaps of two neurons make the shares
+    higher, which only makes the cut more careful.
+
+    labels: (N,) clusters (-1 none); session: (N,) consecutive session indices; amplitude:
+    (N,) uV. Returns {cluster id: share in (0, 1)} for every cluster.
+    """
+    units = np.flatnonzero(labels >= 0)
+    ids, inverse, size = np.unique(labels[units], return_inverse=True, return_counts=True)
+    if ids.size == 0:
+        return {}
+    ses = session[units]
+    first = np.full(ids.size, np.iinfo(np.int64).max)
+    last = np.full(ids.size, -1)
+    np.minimum.at(first, inverse, ses)
+    np.maximum.at(last, inverse, ses)
+    # sessions with a unit of the cluster: distinct (cluster, session) pairs
+    key = np.unique(inverse.astype(np.int64) * (int(ses.max()) + 1) + ses)
+    seen = np.bincount(key // (int(ses.max()) + 1), minlength=ids.size)
+    between = last - first - 1          # sessions strictly between the first and the last
+    unseen = last - first + 1 - seen
+    # each cluster's median amplitude: its units sorted by amplitude, the middle one(s)
+    order = np.lexsort((amplitude[units], inverse))
+    start = np.concatenate([[0], np.cumsum(size)[:-1]])
+    sorted_amp = amplitude[units][order]
+    level = 0.5 * (sorted_amp[start + (size - 1) // 2] + sorted_amp[start + size // 2])
+    several = seen >= 2
+    n_bins = int(max(1, min(max_bins, np.count_nonzero(several) // clusters_per_bin)))
+    edges = (np.quantile(level[several], np.linspace(0, 1, n_bins + 1)[1:-1])
+             if several.any() else np.empty(0))
+    bin_of = np.searchsorted(edges, level)
+    n_unseen = np.bincount(bin_of[several], weights=unseen[several], minlength=n_bins)
+    n_between = np.bincount(bin_of[several], weights=np.maximum(between[several], 0),
+                            minlength=n_bins)
+    share = (n_unseen + 1.0) / (n_between + 2.0)
+    return dict(zip(ids.tolist(), share[bin_of].tolist()))
+
+
 def _clusters_with_gap(labels: np.ndarray, session: np.ndarray, min_gap: int) -> np.ndarray:
     """Sorted ids of the clusters of labels (N,) whose sessions leave a gap of ``min_gap``
     sessions or more: the only ones a cut can change."""
@@ -84,10 +153,11 @@ def _clusters_with_gap(labels: np.ndarray, session: np.ndarray, min_gap: int) ->
 
 
 def _cut(units: np.ndarray, pairs: np.ndarray, p: np.ndarray, session: np.ndarray,
-         min_gap: int, level: float) -> list:
+         min_gap: int, level: float, unseen: float = 1.0) -> list:
     """The parts (sorted unit arrays) of one cluster's ``units`` after cutting at its gaps
-    whose median probability across is below ``level``, lowest first; ``pairs`` (Q, 2) and
-    ``p`` (Q,) are the cluster's candidate pairs."""
+    across which the probability of one neuron is below ``level``, lowest first; ``pairs``
+    (Q, 2) and ``p`` (Q,) are the cluster's candidate pairs, ``unseen`` the share of sessions
+    a neuron like it goes unseen (1: the median probability alone)."""
     sessions = np.unique(session[units])
     best, best_at = level, None
     for k in np.flatnonzero(np.diff(sessions) >= min_gap):
@@ -96,12 +166,15 @@ def _cut(units: np.ndarray, pairs: np.ndarray, p: np.ndarray, session: np.ndarra
         if not across.any():
             continue
         median = float(np.median(p[across]))
-        if median < best:
-            best, best_at = median, sessions[k]
+        missed = unseen ** float(sessions[k + 1] - sessions[k] - 1)
+        one = (median if missed == 1.0 or median >= 1.0 else   # the median alone, exactly
+               median * missed / (median * missed + 1.0 - median))
+        if one < best:
+            best, best_at = one, sessions[k]
     if best_at is None:
         return [units]
     parts = []
     for side in (session[units] <= best_at, session[units] > best_at):
         keep = np.isin(pairs, units[side]).all(axis=1)
-        parts += _cut(units[side], pairs[keep], p[keep], session, min_gap, level)
+        parts += _cut(units[side], pairs[keep], p[keep], session, min_gap, level, unseen)
     return parts

@@ -82,3 +82,43 @@ def test_the_pipeline_step_records_the_pairs_it_takes_apart_and_why():
     assert cur.removed_reason.dtype == np.int8
     assert cur.removed_reason.tolist() == [curation.SPLIT] + [curation.TIME_GAP] * 2
     assert curation.REASONS[curation.TIME_GAP] == "split_at_time_gap"
+
+
+def test_unseen_share_is_learned_per_amplitude_of_the_clusters():
+    """Small clusters seen in every other session, large ones in every session: each bin of
+    amplitude gets its own share, (unseen + 1) / (sessions between + 2)."""
+    from kilomatch.time_gaps import unseen_share
+    every_other = [(0, 2, 4, 6, 8), lambda a, b: 0.99]   # 4 of 7 sessions between unseen
+    every = [(0, 1, 2, 3, 4, 5, 6, 7, 8), lambda a, b: 0.99]
+    labels, session, _, _ = build(*[every_other] * 10, *[every] * 10)
+    amplitude = np.where(labels < 10, 40.0, 300.0)
+    share = unseen_share(labels, session, amplitude, clusters_per_bin=10)
+    assert sorted(share) == list(range(20))
+    np.testing.assert_allclose([share[c] for c in range(10)], (40 + 1) / (70 + 2))
+    np.testing.assert_allclose([share[c] for c in range(10, 20)], 1 / (70 + 2))
+    # too few clusters for two bins: one share of all
+    one = unseen_share(labels, session, amplitude, clusters_per_bin=11)
+    np.testing.assert_allclose(list(one.values()), (40 + 1) / (140 + 2))
+
+
+def test_a_long_gap_where_neurons_are_seldom_unseen_cuts_what_the_median_keeps():
+    """Two groups with 2 sessions between, their pairs across at 0.3 (far above the level):
+    alone the median keeps them; but beside 20 clusters of like amplitude seen in every
+    session (m = 3/147), one neuron unseen 2 sessions running is unlikely (0.3 m^2 /
+    (0.3 m^2 + 0.7) < the level), so the cluster is cut. Where clusters of its amplitude go
+    unseen every other session (m = 63/147: 0.07), it stays whole."""
+    steady = [(0, 1, 2, 3, 4, 5, 6, 7, 8), lambda a, b: 0.99]
+    patchy = [(0, 2, 4, 6, 8), lambda a, b: 0.99]
+    test = [(0, 1, 2, 5, 6, 7), two_neurons(3, sure_across=(), across=0.3)]
+    labels, session, pairs, p = build(test, *[steady] * 20)
+    amplitude = np.full(labels.size, 100.0)
+    kept, _ = split_at_gaps(labels, pairs, p, session, 3, LEVEL)
+    assert np.array_equal(kept, labels)
+    out, removed = split_at_gaps(labels, pairs, p, session, 3, LEVEL, amplitude)
+    assert out[0] == out[2] == 0 and out[3] == out[5] and out[3] not in (-1, 0)
+    assert len(removed) == 9 and np.array_equal(out[6:], labels[6:])
+    # the same cluster among clusters of its amplitude that go unseen every other session
+    labels, session, pairs, p = build(test, *[patchy] * 20)
+    amplitude = np.full(labels.size, 100.0)
+    out, removed = split_at_gaps(labels, pairs, p, session, 3, LEVEL, amplitude)
+    assert np.array_equal(out, labels) and len(removed) == 0

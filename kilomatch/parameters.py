@@ -408,7 +408,7 @@ PARAMETERS: tuple[Param, ...] = (
           "sessions later; reason split_lone_end). The cut at gaps in time (autoCuration."
           "time_gap_probability) reads gaps of this many sessions or more. 0 turns both off "
           "(benchmarks/RESULTS.md, 'Session 50').", min=0),
-    Param("autoCuration.time_gap_probability", "float", 0.05,
+    Param("autoCuration.time_gap_probability", "float", 0.02,
           "After the lone units (clustering.method 'similarity'): a cluster is cut in time "
           "at a gap of autoCuration.lone_end_gap sessions or more (no unit of it in between) "
           "where the probability that the two sides are one neuron is below this level: the "
@@ -416,16 +416,15 @@ PARAMETERS: tuple[Param, ...] = (
           "does not hold the two), and with autoCuration.time_gap_unseen the sessions between "
           "in which that neuron would have gone unseen (one neuron, then after the gap another "
           "at its place; reason split_at_time_gap); 0 turns it off (benchmarks/RESULTS.md, "
-          "'Session 51').", min=0, max=1),
-    Param("autoCuration.time_gap_unseen", "bool", False,
+          "'Session 51', 'Session 54').", min=0, max=1),
+    Param("autoCuration.time_gap_unseen", "bool", True,
           "The cut at gaps in time (autoCuration.time_gap_probability) also reads the gap "
-          "itself: a neuron there all along went unseen in each of the g sessions between, "
-          "and the share m of sessions in which a neuron of like amplitude goes unseen is "
-          "learned from the clusters, so the probability of one neuron is q m^g / (q m^g + "
-          "1 - q), q the median match probability across. Off by default: with "
-          "time_gap_probability 0.02 it raised precision on the suite's high-turnover "
-          "studies (43 wrong pairs fewer in 75 runs) but cut true pairs elsewhere (F1 down "
-          "on 14 of the other 225 runs) (benchmarks/RESULTS.md, 'Session 54')."),
+          "itself where the median match probability q across is below 0.3: a neuron there "
+          "all along went unseen in each of the g sessions between, and the share m of "
+          "sessions in which a neuron of like amplitude goes unseen is learned from the "
+          "clusters, so the probability of one neuron is q m^g / (q m^g + 1 - q). false reads "
+          "q alone; with it, time_gap_probability 0.05 gives the cut of sessions 51-53 "
+          "(benchmarks/RESULTS.md, 'Session 54')."),
     Param("autoCuration.keep_sorter_splits", "bool", True,
           "Keep both units of one session in a cluster when their spike trains show they are "
           "one neuron that the sorter split in two (almost no spikes of one within the "

@@ -217,3 +217,12 @@ def test_a_result_file_that_cannot_be_written_is_one_message_and_keeps_the_old(t
     with pytest.raises(KilomatchError, match=f"could not write {path}: No space left"):
         atomic_write(path, full)
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_an_input_that_fails_to_read_during_a_write_is_named(tmp_path):
+    out = tmp_path / "data"
+    with pytest.raises(KilomatchError, match=r"could not write .*data: Input/output error "
+                                             r"\(.*session3\.bin\)"):
+        with FolderWriter(out):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(tmp_path / "session3.bin"))
+    assert not out.exists() and list(tmp_path.iterdir()) == []

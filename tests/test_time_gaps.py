@@ -102,14 +102,15 @@ def test_unseen_share_is_learned_per_amplitude_of_the_clusters():
 
 
 def test_a_long_gap_where_neurons_are_seldom_unseen_cuts_what_the_median_keeps():
-    """Two groups with 2 sessions between, their pairs across at 0.3 (far above the level):
+    """Two groups with 2 sessions between, their pairs across at 0.2 (far above the level):
     alone the median keeps them; but beside 20 clusters of like amplitude seen in every
-    session (m = 3/147), one neuron unseen 2 sessions running is unlikely (0.3 m^2 /
-    (0.3 m^2 + 0.7) < the level), so the cluster is cut. Where clusters of its amplitude go
-    unseen every other session (m = 63/147: 0.07), it stays whole."""
+    session (m = 3/147), one neuron unseen 2 sessions running is unlikely (0.2 m^2 /
+    (0.2 m^2 + 0.8) < the level), so the cluster is cut. Where clusters of its amplitude go
+    unseen every other session (m = 63/147: 0.044), it stays whole. Where the pairs across
+    lean to one neuron (0.4, at or above UNSEEN_MAX_PROBABILITY), the gap is not read."""
     steady = [(0, 1, 2, 3, 4, 5, 6, 7, 8), lambda a, b: 0.99]
     patchy = [(0, 2, 4, 6, 8), lambda a, b: 0.99]
-    test = [(0, 1, 2, 5, 6, 7), two_neurons(3, sure_across=(), across=0.3)]
+    test = [(0, 1, 2, 5, 6, 7), two_neurons(3, sure_across=(), across=0.2)]
     labels, session, pairs, p = build(test, *[steady] * 20)
     amplitude = np.full(labels.size, 100.0)
     kept, _ = split_at_gaps(labels, pairs, p, session, 3, LEVEL)
@@ -121,4 +122,9 @@ def test_a_long_gap_where_neurons_are_seldom_unseen_cuts_what_the_median_keeps()
     labels, session, pairs, p = build(test, *[patchy] * 20)
     amplitude = np.full(labels.size, 100.0)
     out, removed = split_at_gaps(labels, pairs, p, session, 3, LEVEL, amplitude)
+    assert np.array_equal(out, labels) and len(removed) == 0
+    # pairs across at 0.4 among the steady clusters: the gap alone does not cut
+    leaning = [(0, 1, 2, 5, 6, 7), two_neurons(3, sure_across=(), across=0.4)]
+    labels, session, pairs, p = build(leaning, *[steady] * 20)
+    out, removed = split_at_gaps(labels, pairs, p, session, 3, LEVEL, np.full(labels.size, 100.))
     assert np.array_equal(out, labels) and len(removed) == 0

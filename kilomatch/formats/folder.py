@@ -111,8 +111,9 @@ class FolderWriter:
             shutil.rmtree(self.folder, ignore_errors=True)
             if issubclass(exc_type, OSError) and not isinstance(exc, KilomatchError):
                 # a full disk or a lost mount: one line naming the folder, not a traceback
-                raise KilomatchError(f"could not write {self.out}: {exc.strerror or exc}; "
-                                     "nothing was written there") from exc
+                where = f" ({exc.filename})" if exc.filename else ""  # e.g. an input read
+                raise KilomatchError(f"could not write {self.out}: {exc.strerror or exc}"
+                                     f"{where}; nothing was written there") from exc
             return False
         try:
             self._commit()

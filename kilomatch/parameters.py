@@ -423,7 +423,7 @@ PARAMETERS: tuple[Param, ...] = (
           "all along went unseen in each of the g sessions between, and the share m of "
           "sessions in which a neuron of like amplitude goes unseen is learned from the "
           "clusters, so the probability of one neuron is q m^g / (q m^g + 1 - q). false reads "
-          "q alone; with it, time_gap_probability 0.05 gives the cut of sessions 51-53 "
+          "q alone (false with time_gap_probability 0.05 is the cut of sessions 51-53) "
           "(benchmarks/RESULTS.md, 'Session 54')."),
     Param("autoCuration.keep_sorter_splits", "bool", True,
           "Keep both units of one session in a cluster when their spike trains show they are "

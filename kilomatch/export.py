@@ -25,6 +25,7 @@ from .atomic import atomic_write as _atomic_write  # noqa: F401  (tests and revi
 from .curation import REASONS
 from .errors import KilomatchError
 from .features import acg_lags
+from .formats.folder import write_npy_header
 from .results import Result
 from .sorter_splits import same_session_pairs_in_clusters
 
@@ -64,12 +65,7 @@ def save_npy(path: Path, value) -> None:
 
 def _write_blocks(f, source) -> None:
     shape = (source.n_units,) + tuple(source.channels.shape[1:]) + (source.shape[2],)
-    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-              "fortran_order": False, "shape": shape}
-    try:  # the header version np.save would choose
-        np.lib.format.write_array_header_1_0(f, header)
-    except ValueError:
-        np.lib.format.write_array_header_2_0(f, header)
+    write_npy_header(f, shape, np.float32)
     for _, block in source.blocks():
         f.write(np.ascontiguousarray(block, dtype=np.float32).tobytes())
 

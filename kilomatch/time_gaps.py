@@ -38,6 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from .curation import dissolve_singletons, held_together, pairs_across, sorted_pairs
+from .session_pairs import grouped_median
 
 # unseen_share's amplitude bins: quantiles of the clusters' median amplitudes, each holding
 # this many clusters or more, at most this many bins
@@ -72,7 +73,8 @@ def split_at_gaps(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray
         return labels, np.empty((0, 2), np.int64)
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     p = np.nan_to_num(np.asarray(probability, np.float64), nan=0.0)
-    unseen = (None if amplitude is None else
+    with_gap = _clusters_with_gap(labels, session, min_gap)
+    unseen = (None if amplitude is None or with_gap.size == 0 else
               unseen_share(labels, session, np.asarray(amplitude, np.float64)))
     inside = held_together(labels, pairs)
     pairs, p = pairs[inside], p[inside]
@@ -84,7 +86,7 @@ def split_at_gaps(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray
     unit_cluster = labels[by_cluster]
     next_label = int(labels.max(initial=-1)) + 1
     removed = []
-    for cluster in _clusters_with_gap(labels, session, min_gap):
+    for cluster in with_gap:
         units = by_cluster[np.searchsorted(unit_cluster, cluster):
                            np.searchsorted(unit_cluster, cluster, side="right")]
         rows = slice(np.searchsorted(pair_cluster, cluster),
@@ -120,7 +122,7 @@ def unseen_share(labels: np.ndarray, session: np.ndarray, amplitude: np.ndarray,
     (N,) uV. Returns {cluster id: share in (0, 1)} for every cluster.
     """
     units = np.flatnonzero(labels >= 0)
-    ids, inverse, size = np.unique(labels[units], return_inverse=True, return_counts=True)
+    ids, inverse = np.unique(labels[units], return_inverse=True)
     if ids.size == 0:
         return {}
     ses = session[units]
@@ -133,11 +135,7 @@ def unseen_share(labels: np.ndarray, session: np.ndarray, amplitude: np.ndarray,
     seen = np.bincount(key // (int(ses.max()) + 1), minlength=ids.size)
     between = last - first - 1          # sessions strictly between the first and the last
     unseen = last - first + 1 - seen
-    # each cluster's median amplitude: its units sorted by amplitude, the middle one(s)
-    order = np.lexsort((amplitude[units], inverse))
-    start = np.concatenate([[0], np.cumsum(size)[:-1]])
-    sorted_amp = amplitude[units][order]
-    level = 0.5 * (sorted_amp[start + (size - 1) // 2] + sorted_amp[start + size // 2])
+    level = grouped_median(amplitude[units], inverse)[1]   # each cluster's median amplitude
     several = seen >= 2
     n_bins = int(max(1, min(max_bins, np.count_nonzero(several) // clusters_per_bin)))
     edges = (np.quantile(level[several], np.linspace(0, 1, n_bins + 1)[1:-1])

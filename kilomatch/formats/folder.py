@@ -109,7 +109,7 @@ class FolderWriter:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
-            if issubclass(exc_type, OSError) and not isinstance(exc, KilomatchError):
+            if issubclass(exc_type, OSError):
                 # a full disk or a lost mount: one line naming the folder, not a traceback
                 where = f" ({exc.filename})" if exc.filename else ""  # e.g. an input read
                 raise KilomatchError(f"could not write {self.out}: {exc.strerror or exc}"
@@ -168,6 +168,17 @@ class FolderWriter:
         self.path(name).write_text(text)
 
 
+def write_npy_header(f, shape: tuple, dtype) -> None:
+    """The ``.npy`` header of a C-order array of ``shape`` and ``dtype``, in the version
+    np.save would choose, so that the rows written after it give np.save's bytes."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False,
+              "shape": tuple(int(n) for n in shape)}
+    try:
+        np.lib.format.write_array_header_1_0(f, header)
+    except ValueError:  # a header too long for version 1.0
+        np.lib.format.write_array_header_2_0(f, header)
+
+
 class RowWriter:
     """Write a C-order ``.npy`` of known ``shape`` row block by row block (see
     :meth:`FolderWriter.rows`); the file is the one ``np.save`` would write for the same array.
@@ -182,9 +193,7 @@ class RowWriter:
 
     def __enter__(self) -> "RowWriter":
         self._file = open(self.path, "wb")
-        header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
-                  "shape": self.shape}
-        np.lib.format.write_array_header_1_0(self._file, header)
+        write_npy_header(self._file, self.shape, self.dtype)
         return self
 
     def write(self, block: np.ndarray) -> None:

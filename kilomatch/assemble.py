@@ -47,8 +47,10 @@ class RunArrays:
     Per-unit: waveforms (gathered from unit_waveforms when read), waveforms_corrected (N, n, T)
     float32 uV; waveform_channels,
     waveform_channels_corrected (N, n); corrected_depth (N,) um; idx_cluster_clustering (N,)
-    final clustering before curation, idx_cluster_after_conflicts and idx_cluster_before_join
-    (N,) (the curated clusters before the probability joined any), all 1..K or -1.
+    final clustering before curation, idx_cluster_after_conflicts, idx_cluster_before_join
+    (N,) (the curated clusters before the probability joined any) and
+    idx_cluster_before_in_turn (N,) (before the last step joined groups recorded in turn),
+    all 1..K or -1.
     Per shank (last axis K when K > 1, else dropped): weights (F[, K]), thresholds (K,),
     n_iter (K,) and converged (K,) of IHDBSCAN,
     motion (S[, K]) um, motion_ci (S, 2[, K]) um, motion_linear (S, 2[, K]) or None,
@@ -99,6 +101,7 @@ class RunArrays:
     idx_cluster_clustering: np.ndarray
     idx_cluster_after_conflicts: np.ndarray
     idx_cluster_before_join: np.ndarray
+    idx_cluster_before_in_turn: np.ndarray
     removed_pairs: np.ndarray
     removed_reason: np.ndarray
     removed_probability: np.ndarray
@@ -235,6 +238,9 @@ def assemble(result: Result) -> RunArrays:
             [c.labels_after_conflicts for c in curated], members, n),
         idx_cluster_before_join=combine_labels(
             [c.labels if c.labels_before_join is None else c.labels_before_join
+             for c in curated], members, n),
+        idx_cluster_before_in_turn=combine_labels(
+            [c.labels if c.labels_before_in_turn is None else c.labels_before_in_turn
              for c in curated], members, n),
         removed_pairs=np.vstack([p.units[c.removed_pairs]
                                  for p, c in zip(parts, curated)]).reshape(-1, 2),

@@ -333,6 +333,7 @@ def _write_all(result: Result, arrays: RunArrays, write: _FileWriters) -> list:
         "IdxCluster_before": before,
         "IdxCluster_after_conflicts": a.idx_cluster_after_conflicts,
         "IdxCluster_before_join": a.idx_cluster_before_join,
+        "IdxCluster_before_in_turn": a.idx_cluster_before_in_turn,
         "IdxCluster": idx,
         "removed_pairs": a.removed_pairs.astype(np.int64),
         "removed_reason": a.removed_reason.astype(np.int8),

@@ -32,6 +32,23 @@ or a unit in none) when it is sure of the whole of them:
 
 Groups are joined highest mean first (average linkage on the probability), and a joined group
 is tested again against the others with all its pairs across.
+
+Groups recorded in turn (:func:`join_interleaved`, the curation's last step). Two groups whose
+sessions interleave in time and never coincide carry evidence no pair does: two neurons
+alive over the span both groups cover would each have been recorded in most of its sessions,
+and so both in some of them; one neuron seen in turn under two labels never is. With m the
+share of sessions a neuron of like amplitude goes unseen (learned from the clusters,
+:func:`kilomatch.time_gaps.unseen_by_amplitude`), T the sessions of that span and k those
+with a unit of either group, two neurons give the pattern with likelihood
+(m (1 - m))^k m^(2 (T - k)) and one neuron (1 - m)^k m^(T - k) (1/2)^k, its units labelled
+either way (the 1/2: no credit for the labels falling so), a ratio (2 m)^k m^(T - k). With
+the mean match probability q across as the prior, one neuron has probability
+q / (q + (1 - q) (2 m)^k m^(T - k)). The join asks it to be sure (0.9) over a span of two
+sessions or more, with q at least 0.2 (where the pairs deny a match the pattern more likely
+comes from what the count does not model: a sorter that gives one neuron's spikes to a
+neighbour's unit in some sessions). On SpikeInterface's templates, where one neuron's units
+fall into two groups by the phase of the channel grid the drift puts it at, the pairs across
+read 0.3-0.7. benchmarks/RESULTS.md, "Session 55".
 """
 
 from __future__ import annotations
@@ -40,6 +57,10 @@ import heapq
 
 import numpy as np
 
+# join_interleaved: the least mean match probability across two groups recorded in turn that
+# may be joined, and the least span of sessions both cover (module docstring)
+INTERLEAVED_MIN_MEAN = 0.2
+INTERLEAVED_MIN_OVERLAP = 2
 
 def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray,
                         mean_level: float = 0.8, min_level: float = 0.5,
@@ -62,6 +83,82 @@ def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.n
     labels = np.asarray(labels, dtype=np.int64)
     group = _groups(labels)
     n_groups = int(group.max(initial=-1)) + 1
+    sessions = _Sessions(group, n_groups, session, max_session_gap, split_pairs)
+    edges = _edges(group, n_groups, pairs, probability, min_level, low_share > 0, sessions)
+    interleaved_level = mean_level if interleaved_level is None else interleaved_level
+
+    def admitted(g, h, c, t, n_low):
+        level = interleaved_level if sessions.interleaved(g, h) else mean_level
+        return t / c >= level and n_low <= low_share * c
+
+    owner = np.arange(n_groups)
+    _link(edges, owner, sessions, admitted)
+    return _labels(group, owner)
+
+
+def join_interleaved(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray,
+                     session: np.ndarray, unseen, amplitude: np.ndarray, level: float = 0.9,
+                     max_session_gap: int = 0, min_mean: float = INTERLEAVED_MIN_MEAN,
+                     min_overlap: int = INTERLEAVED_MIN_OVERLAP) -> np.ndarray:
+    """Final clusters (N,) after joining groups (final clusters, or units in none) recorded
+    in turn: their sessions interleave in time and never coincide, and the probability that
+    they are one neuron is at least ``level`` (module docstring, "Groups recorded in turn").
+
+    With q the mean match probability of the pairs across, T the sessions of the span both
+    groups cover (from the later first session to the earlier last one), k those of them
+    with a unit of either, and m the share of sessions a neuron of their median amplitude
+    goes unseen (``unseen``, :func:`kilomatch.time_gaps.unseen_by_amplitude`), that
+    probability is q / (q + (1 - q) (2 m)^k m^(T - k)).
+
+    labels: (N,) clusters (-1 none); pairs: (P, 2) candidate pairs; probability: (P,) their
+    match probability (non-finite: 0); session: (N,) consecutive session indices;
+    amplitude: (N,) uV; max_session_gap: the candidate pairs' session gap (0: none). Two
+    groups are joined only where every pair across within that gap is a candidate, q is at
+    least ``min_mean`` and T at least ``min_overlap``; the most probable first, and a joined
+    group is tested again with all its pairs across. level above 1: the labels as given.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    if level > 1:
+        return labels.copy()
+    group = _groups(labels)
+    n_groups = int(group.max(initial=-1)) + 1
+    session = np.asarray(session, np.int64)
+    sessions = _Sessions(group, n_groups, session, max_session_gap)
+    edges = _edges(group, n_groups, pairs, probability, min_mean, True, sessions)
+    order = np.argsort(group, kind="stable")
+    amp = dict(enumerate(np.split(np.asarray(amplitude, np.float64)[order],
+                                  np.cumsum(sessions.size)[:-1])))
+
+    def one_neuron(g, h, c, t):
+        a, b = sessions.of[g], sessions.of[h]
+        lo, hi = max(a.min(), b.min()), min(a.max(), b.max())
+        span = hi - lo + 1
+        if span < min_overlap or not sessions.interleaved(g, h):
+            return 0.0
+        both = np.concatenate([a, b])
+        k = np.unique(both[(both >= lo) & (both <= hi)]).size
+        m = float(unseen(np.median(np.concatenate([amp[g], amp[h]]))))
+        q = t / c
+        two = (1 - q) * (2 * m) ** k * m ** (span - k)
+        return q / (q + two)
+
+    def admitted(g, h, c, t, n_low):
+        return t / c >= min_mean and one_neuron(g, h, c, t) >= level
+
+    def joined(g, h):
+        amp[g] = np.concatenate([amp[g], amp.pop(h)])
+
+    owner = np.arange(n_groups)
+    _link(edges, owner, sessions, admitted, lambda g, h, c, t: one_neuron(g, h, c, t), joined)
+    return _labels(group, owner)
+
+
+def _edges(group: np.ndarray, n_groups: int, pairs: np.ndarray, probability: np.ndarray,
+           min_level: float, count_low: bool, sessions: "_Sessions") -> dict:
+    """{(g, h): (pairs across, sum of their probability, pairs below min_level)}, g < h, of
+    the pairs of groups with a pair across at ``min_level`` or more (with ``count_low`` the
+    pairs below it are counted too, else they are not) whose counted pairs are all the pairs
+    they can have (``sessions.whole``)."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     probability = np.asarray(probability, dtype=np.float64)
     # Two groups may ever be joined only when a likely pair joins them, so only the group
@@ -74,26 +171,22 @@ def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.n
     lo, hi = np.minimum(ga, gb)[across], np.maximum(ga, gb)[across]
     p = probability[rows][across]
     if p.size == 0:
-        return _labels(group, np.arange(n_groups))
+        return {}
     key, row = np.unique(lo * n_groups + hi, return_inverse=True)
     row = row.reshape(-1)
     count = np.bincount(row, minlength=key.size)
     total = np.bincount(row, weights=p, minlength=key.size)
     low = np.zeros(key.size, np.int64)
-    if low_share > 0:
+    if count_low:
         _count_unlikely(np.flatnonzero(~likely), pairs, probability, group, n_groups, key,
                         count, total, low)
     a, b = key // n_groups, key % n_groups
-    sessions = _Sessions(group, n_groups, session, max_session_gap, split_pairs)
     edges = {}
     for i, j, c, t, n_low in zip(a.tolist(), b.tolist(), count.tolist(), total.tolist(),
                                  low.tolist()):
         if sessions.whole(i, j, c):
             edges[(i, j)] = (c, t, n_low)
-    owner = np.arange(n_groups)
-    _link(edges, owner, mean_level, low_share, sessions,
-          mean_level if interleaved_level is None else interleaved_level)
-    return _labels(group, owner)
+    return edges
 
 
 class _Sessions:
@@ -186,33 +279,35 @@ def _groups(labels: np.ndarray) -> np.ndarray:
     return group
 
 
-def _link(edges: dict, owner: np.ndarray, mean_level: float, low_share: float,
-          sessions: _Sessions, interleaved_level: float) -> None:
+def _link(edges: dict, owner: np.ndarray, sessions: _Sessions, admitted, score=None,
+          joined=None) -> None:
     """Average linkage over ``edges`` {(g, h): (pairs across, sum of their probability, pairs
     below the least level)}, g < h, of pairs of groups whose pairs across are all the pairs
-    they can have: the pair with the highest mean first, while it is at least mean_level
-    (``interleaved_level`` where the two groups' sessions interleave in time) and at most
-    ``low_share`` of its pairs are below the least level. A joined group may be joined to a
-    third only where its counted pairs across are still all the pairs it can have (a part
-    with no edge to the third has none, which holds only where it can have none). Fills
-    owner (G,): each group's surviving group (the lower number)."""
-    def admitted(g, h, c, t, n_low):
-        level = interleaved_level if sessions.interleaved(g, h) else mean_level
-        return t / c >= level and n_low <= low_share * c
+    they can have: while a pair is ``admitted(g, h, *edge)``, the one of highest
+    ``score(g, h, pairs, sum)`` (default: the mean probability) is joined, and ``joined(g,
+    h)`` told (h joins g). A joined group may be joined to a third only where its counted
+    pairs across are still all the pairs it can have (a part with no edge to the third has
+    none, which holds only where it can have none). Fills owner (G,): each group's surviving
+    group (the lower number)."""
+    if score is None:
+        def score(g, h, c, t):
+            return t / c
 
     neighbours: dict = {}
     for g, h in edges:
         neighbours.setdefault(g, set()).add(h)
         neighbours.setdefault(h, set()).add(g)
-    heap = [(-e[1] / e[0], g, h) for (g, h), e in edges.items() if admitted(g, h, *e)]
+    heap = [(-score(g, h, *e[:2]), g, h) for (g, h), e in edges.items() if admitted(g, h, *e)]
     heapq.heapify(heap)
     while heap:
-        mean, g, h = heapq.heappop(heap)
+        value, g, h = heapq.heappop(heap)
         e = edges.get((g, h))
-        if e is None or -mean != e[1] / e[0] or not admitted(g, h, *e):
+        if e is None or -value != score(g, h, *e[:2]) or not admitted(g, h, *e):
             continue  # stale: one side was joined since
         del edges[(g, h)]
         sessions.join(g, h)
+        if joined is not None:
+            joined(g, h)
         kept = set()
         for k in sorted((neighbours[g] | neighbours[h]) - {g, h}):
             e_g = edges.pop((min(g, k), max(g, k)), (0, 0.0, 0))
@@ -226,7 +321,8 @@ def _link(edges: dict, owner: np.ndarray, mean_level: float, low_share: float,
             neighbours[k].add(g)
             kept.add(k)
             if admitted(min(g, k), max(g, k), *e):
-                heapq.heappush(heap, (-e[1] / e[0], min(g, k), max(g, k)))
+                heapq.heappush(heap, (-score(min(g, k), max(g, k), *e[:2]), min(g, k),
+                                      max(g, k)))
         neighbours[g] = kept
         del neighbours[h]
         owner[h] = g

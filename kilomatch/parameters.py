@@ -425,6 +425,17 @@ PARAMETERS: tuple[Param, ...] = (
           "clusters, so the probability of one neuron is q m^g / (q m^g + 1 - q). false reads "
           "q alone (false with time_gap_probability 0.05 is the cut of sessions 51-53) "
           "(benchmarks/RESULTS.md, 'Session 54')."),
+    Param("autoCuration.join_in_turn_probability", "float", 0.9,
+          "Last step of the curation (clustering.method 'similarity'): join two groups (final "
+          "clusters, or units in none) recorded in turn, whose sessions interleave in time "
+          "over a span of two sessions or more and never coincide, where the probability that "
+          "they are one neuron is at least this. Two neurons alive over the span would both "
+          "have been recorded in some of its sessions: with q the mean match probability "
+          "across (at least 0.2), m the share of sessions a neuron of like amplitude goes "
+          "unseen (learned from the clusters), T the span's sessions and k those with a unit, "
+          "that probability is q / (q + (1 - q) (2m)^k m^(T - k)). Every pair across within "
+          "clustering.max_session_gap must be a candidate. 0 turns it off "
+          "(benchmarks/RESULTS.md, 'Session 55').", min=0, max=1),
     Param("autoCuration.keep_sorter_splits", "bool", True,
           "Keep both units of one session in a cluster when their spike trains show they are "
           "one neuron that the sorter split in two (almost no spikes of one within the "

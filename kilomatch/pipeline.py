@@ -808,6 +808,10 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         split_at_time_gaps(cur, final.pairs, fitted[0].candidate_probability, units.session0,
                            ac.lone_end_gap, ac.time_gap_probability,
                            units.amplitude if ac.time_gap_unseen else None)
+    if fitted is not None and ac.join_in_turn_probability > 0:
+        join_groups_in_turn(cur, final.pairs, fitted[0].candidate_probability,
+                            units.session0, units.amplitude, s.clustering.max_session_gap,
+                            ac.join_in_turn_probability)
     if fitted is not None:  # the probability is reported; the similarity made the clusters
         cur.links = fitted[0]
 
@@ -886,6 +890,26 @@ def split_at_time_gaps(cur: curation.CurationResult, pairs: np.ndarray,
                  "%d sessions or more): %d clusters, %d pairs taken apart", level, min_gap,
                  int(np.unique(cur.labels[removed[:, 0]]).size), len(removed))
     _take_apart(cur, labels, removed, curation.TIME_GAP)
+
+
+def join_groups_in_turn(cur: curation.CurationResult, pairs: np.ndarray,
+                        probability: np.ndarray, session: np.ndarray, amplitude: np.ndarray,
+                        max_session_gap: int, level: float) -> None:
+    """The curation's last step: groups of ``cur.labels`` recorded in turn (sessions that
+    interleave in time and never coincide) joined where the probability that they are one
+    neuron, from the pairs across and the sessions in which neither would have been seen, is
+    at least ``level`` (kilomatch.joining.join_interleaved); ``cur.labels`` is updated in
+    place."""
+    before = cur.labels_before_in_turn = cur.labels
+    unseen = time_gaps.unseen_by_amplitude(before, session, amplitude)
+    cur.labels = joining.join_interleaved(before, pairs, probability, session, unseen,
+                                          amplitude, level, max_session_gap)
+    n_before = np.unique(before[before >= 0]).size
+    n_after = np.unique(cur.labels[cur.labels >= 0]).size
+    if n_after != n_before or np.any((before < 0) & (cur.labels >= 0)):
+        log.info("groups recorded in turn joined (autoCuration.join_in_turn_probability %g): "
+                 "%d clusters -> %d, %d units in no cluster joined one", level, n_before,
+                 n_after, int(np.count_nonzero((before < 0) & (cur.labels >= 0))))
 
 
 def _take_apart(cur: curation.CurationResult, labels: np.ndarray, removed: np.ndarray,

@@ -121,10 +121,27 @@ def unseen_share(labels: np.ndarray, session: np.ndarray, amplitude: np.ndarray,
     labels: (N,) clusters (-1 none); session: (N,) consecutive session indices; amplitude:
     (N,) uV. Returns {cluster id: share in (0, 1)} for every cluster.
     """
+    ids, level, edges, share = _unseen_bins(labels, session, amplitude, clusters_per_bin,
+                                            max_bins)
+    return dict(zip(ids.tolist(), share[np.searchsorted(edges, level)].tolist()))
+
+
+def unseen_by_amplitude(labels: np.ndarray, session: np.ndarray, amplitude: np.ndarray,
+                        clusters_per_bin: int = UNSEEN_BIN_CLUSTERS,
+                        max_bins: int = UNSEEN_MAX_BINS):
+    """:func:`unseen_share`'s bins, to read the share of any group of units: returns a
+    function (K,) median amplitudes (uV) -> (K,) shares."""
+    _, _, edges, share = _unseen_bins(labels, session, amplitude, clusters_per_bin, max_bins)
+    return lambda median_amplitude: share[np.searchsorted(edges, median_amplitude)]
+
+
+def _unseen_bins(labels, session, amplitude, clusters_per_bin, max_bins):
+    """(cluster ids (K,), their median amplitudes (K,) uV, bin edges (B - 1,) uV, each bin's
+    unseen share (B,)) of :func:`unseen_share`."""
     units = np.flatnonzero(labels >= 0)
     ids, inverse = np.unique(labels[units], return_inverse=True)
     if ids.size == 0:
-        return {}
+        return ids, np.empty(0), np.empty(0), np.array([0.5])
     ses = session[units]
     first = np.full(ids.size, np.iinfo(np.int64).max)
     last = np.full(ids.size, -1)
@@ -145,7 +162,7 @@ def unseen_share(labels: np.ndarray, session: np.ndarray, amplitude: np.ndarray,
     n_between = np.bincount(bin_of[several], weights=np.maximum(between[several], 0),
                             minlength=n_bins)
     share = (n_unseen + 1.0) / (n_between + 2.0)
-    return dict(zip(ids.tolist(), share[bin_of].tolist()))
+    return ids, level, edges, share
 
 
 def _clusters_with_gap(labels: np.ndarray, session: np.ndarray, min_gap: int) -> np.ndarray:

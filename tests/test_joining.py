@@ -194,3 +194,63 @@ def test_groups_recorded_in_turn_join_at_the_interleaved_level():
     assert not _together(join_by_probability(labels, pairs, p, 0.8, session=session),
                          [0, 1, 2, 3])
 
+
+
+def _in_turn(session_a, session_b, p, unseen=0.1, **kwargs):
+    """join_interleaved on two clusters (units of sessions session_a, then session_b), every
+    pair across a candidate at probability p, a neuron going unseen in a share ``unseen`` of
+    sessions; True when they are joined."""
+    from kilomatch.joining import join_interleaved
+    na = len(session_a)
+    session = np.array([*session_a, *session_b])
+    labels = np.array([0] * na + [1] * len(session_b))
+    pairs, prob = _all_across(range(na), range(na, len(session)), p)
+    keep = session[pairs[:, 0]] != session[pairs[:, 1]]
+    pairs, prob = pairs[keep], prob[keep]
+    if kwargs.pop("drop_one", False):
+        pairs, prob = pairs[1:], prob[1:]
+    out = join_interleaved(labels, pairs, prob, session, lambda amp: unseen,
+                           np.full(len(session), 100.0), **kwargs)
+    return _together(out, range(len(session)))
+
+
+def test_groups_recorded_in_turn_are_one_neuron_where_two_would_have_coincided():
+    """Sessions 0, 2, 4 against 1, 3, 5: over the span both cover (sessions 1-4, each with a
+    unit) two neurons seen in 9 sessions of 10 would both have been recorded in some, so at a
+    mean of 0.4 across the two are one neuron: 0.4 / (0.4 + 0.6 (2 * 0.1)^4) = 0.998."""
+    assert _in_turn([0, 2, 4], [1, 3, 5], 0.4)
+    # where neurons of their size go unseen in nearly half the sessions, never coinciding is
+    # what two neurons would do too: 0.4 / (0.4 + 0.6 * 0.9^4) = 0.50
+    assert not _in_turn([0, 2, 4], [1, 3, 5], 0.4, unseen=0.45)
+    # one after the other (a neuron, then another at its place): not interleaved
+    assert not _in_turn([0, 1, 2], [3, 4, 5], 0.4)
+    # a session in common: two units of one session
+    assert not _in_turn([0, 2, 4], [1, 3, 4], 0.4)
+    # the pairs across deny a match (mean below INTERLEAVED_MIN_MEAN, 0.2)
+    assert not _in_turn([0, 2, 4, 6, 8], [1, 3, 5, 7, 9], 0.15)
+    # a span of one session both cover (sessions 0, 2 against 1) is not enough
+    assert not _in_turn([0, 2], [1], 0.9)
+    # a pair across that is no candidate (too far apart) keeps them apart
+    assert not _in_turn([0, 2, 4], [1, 3, 5], 0.4, drop_one=True)
+    # off
+    assert not _in_turn([0, 2, 4], [1, 3, 5], 0.4, level=1.01)
+
+
+def test_the_unseen_sessions_in_the_span_count_once():
+    """Sessions 0, 4 against 2, 6 (span 2-4: sessions 2 and 4 with a unit, 3 with none): the
+    ratio is (2 m)^2 m; at m = 0.3 and q = 0.5 that is 0.36 * 0.3 = 0.108, a probability of
+    one neuron 0.5 / (0.5 + 0.5 * 0.108) = 0.903: joined at 0.9, not at 0.92. Counting the
+    empty session as one with a unit ((2 m)^3 = 0.216) would give 0.82."""
+    assert _in_turn([0, 4], [2, 6], 0.5, unseen=0.3, level=0.9)
+    assert not _in_turn([0, 4], [2, 6], 0.5, unseen=0.3, level=0.92)
+
+
+def test_unseen_by_amplitude_reads_the_shares_of_unseen_share():
+    from kilomatch.time_gaps import unseen_by_amplitude, unseen_share
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(30), 4)
+    session = np.concatenate([rng.choice(8, 4, replace=False) for _ in range(30)])
+    amplitude = np.repeat(rng.uniform(30, 300, 30), 4)
+    share = unseen_share(labels, session, amplitude)
+    read = unseen_by_amplitude(labels, session, amplitude)
+    np.testing.assert_allclose(read(amplitude[::4]), [share[c] for c in range(30)])

@@ -62,6 +62,7 @@ import numpy as np
 INTERLEAVED_MIN_MEAN = 0.2
 INTERLEAVED_MIN_OVERLAP = 2
 
+
 def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray,
                         mean_level: float = 0.8, min_level: float = 0.5,
                         session: np.ndarray | None = None,
@@ -149,7 +150,7 @@ def join_interleaved(labels: np.ndarray, pairs: np.ndarray, probability: np.ndar
         amp[g] = np.concatenate([amp[g], amp.pop(h)])
 
     owner = np.arange(n_groups)
-    _link(edges, owner, sessions, admitted, lambda g, h, c, t: one_neuron(g, h, c, t), joined)
+    _link(edges, owner, sessions, admitted, one_neuron, joined)
     return _labels(group, owner)
 
 

@@ -847,7 +847,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
 
 def split_similarity_steps(cur: curation.CurationResult, final: RoundResult,
                            session: np.ndarray, step: float) -> None:
-    """The curation's last split (kilomatch.similarity_step): each cluster of ``cur.labels``
+    """The split after the joins (kilomatch.similarity_step): each cluster of ``cur.labels``
     cut in time where its candidate pairs across are less alike than those within by more
     than ``step``; ``cur`` is updated in place (labels, removed pairs and their reason)."""
     value = similarity_step.step_similarity(final.pair_similarities, final.feature_names)

@@ -88,12 +88,12 @@ def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.n
     edges = _edges(group, n_groups, pairs, probability, min_level, low_share > 0, sessions)
     interleaved_level = mean_level if interleaved_level is None else interleaved_level
 
-    def admitted(g, h, c, t, n_low):
+    def rank(g, h, c, t, n_low):
         level = interleaved_level if sessions.interleaved(g, h) else mean_level
-        return t / c >= level and n_low <= low_share * c
+        return t / c if t / c >= level and n_low <= low_share * c else None
 
     owner = np.arange(n_groups)
-    _link(edges, owner, sessions, admitted)
+    _link(edges, owner, sessions, rank)
     return _labels(group, owner)
 
 
@@ -124,33 +124,25 @@ def join_interleaved(labels: np.ndarray, pairs: np.ndarray, probability: np.ndar
     group = _groups(labels)
     n_groups = int(group.max(initial=-1)) + 1
     session = np.asarray(session, np.int64)
-    sessions = _Sessions(group, n_groups, session, max_session_gap)
+    sessions = _Sessions(group, n_groups, session, max_session_gap, amplitude=amplitude)
     edges = _edges(group, n_groups, pairs, probability, min_mean, True, sessions)
-    order = np.argsort(group, kind="stable")
-    amp = dict(enumerate(np.split(np.asarray(amplitude, np.float64)[order],
-                                  np.cumsum(sessions.size)[:-1])))
 
-    def one_neuron(g, h, c, t):
+    def rank(g, h, c, t, n_low):  # the probability of one neuron, or None: not joined
+        q = t / c
         a, b = sessions.of[g], sessions.of[h]
         lo, hi = max(a.min(), b.min()), min(a.max(), b.max())
         span = hi - lo + 1
-        if span < min_overlap or not sessions.interleaved(g, h):
-            return 0.0
+        if q < min_mean or span < min_overlap or not sessions.interleaved(g, h):
+            return None
         both = np.concatenate([a, b])
         k = np.unique(both[(both >= lo) & (both <= hi)]).size
-        m = float(unseen(np.median(np.concatenate([amp[g], amp[h]]))))
-        q = t / c
-        two = (1 - q) * (2 * m) ** k * m ** (span - k)
-        return q / (q + two)
-
-    def admitted(g, h, c, t, n_low):
-        return t / c >= min_mean and one_neuron(g, h, c, t) >= level
-
-    def joined(g, h):
-        amp[g] = np.concatenate([amp[g], amp.pop(h)])
+        m = float(unseen(np.median(np.concatenate([sessions.amplitude[g],
+                                                   sessions.amplitude[h]]))))
+        one = q / (q + (1 - q) * (2 * m) ** k * m ** (span - k))
+        return one if one >= level else None
 
     owner = np.arange(n_groups)
-    _link(edges, owner, sessions, admitted, one_neuron, joined)
+    _link(edges, owner, sessions, rank)
     return _labels(group, owner)
 
 
@@ -191,18 +183,22 @@ def _edges(group: np.ndarray, n_groups: int, pairs: np.ndarray, probability: np.
 
 
 class _Sessions:
-    """The sessions of each group, how many candidate pairs two groups can have across, and
-    how many of their pairs of one session are sorter splits."""
+    """The sessions of each group (and with ``amplitude`` (N,) uV its units' amplitudes), how
+    many candidate pairs two groups can have across, and how many of their pairs of one
+    session are sorter splits."""
 
     def __init__(self, group: np.ndarray, n_groups: int, session, max_session_gap: int,
-                 split_pairs=None):
+                 split_pairs=None, amplitude=None):
         self.size = np.bincount(group, minlength=n_groups)
         self.gap = int(max_session_gap or 0)
-        self.of = None
+        self.of = self.amplitude = None
+        order = np.argsort(group, kind="stable")
+        cuts = np.cumsum(self.size)[:-1]
         if session is not None:
-            order = np.argsort(group, kind="stable")
-            cuts = np.cumsum(self.size)[:-1]
             self.of = dict(enumerate(np.split(np.asarray(session)[order], cuts)))
+        if amplitude is not None:
+            self.amplitude = dict(enumerate(np.split(
+                np.asarray(amplitude, np.float64)[order], cuts)))
         self.splits: dict = {}  # group -> {other group: split pairs across}
         if split_pairs is not None and self.of is not None:
             split_pairs = np.asarray(split_pairs, np.int64).reshape(-1, 2)
@@ -238,8 +234,9 @@ class _Sessions:
     def join(self, g: int, h: int) -> None:
         """h joins g."""
         self.size[g] += self.size[h]
-        if self.of is not None:
-            self.of[g] = np.concatenate([self.of[g], self.of.pop(h)])
+        for per_group in (self.of, self.amplitude):
+            if per_group is not None:
+                per_group[g] = np.concatenate([per_group[g], per_group.pop(h)])
         for k, n in self.splits.pop(h, {}).items():
             self.splits[k].pop(h)  # k == g: their splits are now inside g
             if k != g:
@@ -280,35 +277,28 @@ def _groups(labels: np.ndarray) -> np.ndarray:
     return group
 
 
-def _link(edges: dict, owner: np.ndarray, sessions: _Sessions, admitted, score=None,
-          joined=None) -> None:
+def _link(edges: dict, owner: np.ndarray, sessions: _Sessions, rank) -> None:
     """Average linkage over ``edges`` {(g, h): (pairs across, sum of their probability, pairs
     below the least level)}, g < h, of pairs of groups whose pairs across are all the pairs
-    they can have: while a pair is ``admitted(g, h, *edge)``, the one of highest
-    ``score(g, h, pairs, sum)`` (default: the mean probability) is joined, and ``joined(g,
-    h)`` told (h joins g). A joined group may be joined to a third only where its counted
-    pairs across are still all the pairs it can have (a part with no edge to the third has
-    none, which holds only where it can have none). Fills owner (G,): each group's surviving
-    group (the lower number)."""
-    if score is None:
-        def score(g, h, c, t):
-            return t / c
-
+    they can have: ``rank(g, h, *edge)`` is a pair's priority, or None where it may not be
+    joined; the pair of highest priority is joined first (h joins g). A joined group may be
+    joined to a third only where its counted pairs across are still all the pairs it can
+    have (a part with no edge to the third has none, which holds only where it can have
+    none). Fills owner (G,): each group's surviving group (the lower number)."""
     neighbours: dict = {}
     for g, h in edges:
         neighbours.setdefault(g, set()).add(h)
         neighbours.setdefault(h, set()).add(g)
-    heap = [(-score(g, h, *e[:2]), g, h) for (g, h), e in edges.items() if admitted(g, h, *e)]
+    heap = [(-r, g, h) for (g, h), e in edges.items()
+            if (r := rank(g, h, *e)) is not None]
     heapq.heapify(heap)
     while heap:
         value, g, h = heapq.heappop(heap)
         e = edges.get((g, h))
-        if e is None or -value != score(g, h, *e[:2]) or not admitted(g, h, *e):
+        if e is None or -value != rank(g, h, *e):
             continue  # stale: one side was joined since
         del edges[(g, h)]
         sessions.join(g, h)
-        if joined is not None:
-            joined(g, h)
         kept = set()
         for k in sorted((neighbours[g] | neighbours[h]) - {g, h}):
             e_g = edges.pop((min(g, k), max(g, k)), (0, 0.0, 0))
@@ -321,9 +311,9 @@ def _link(edges: dict, owner: np.ndarray, sessions: _Sessions, admitted, score=N
             edges[(min(g, k), max(g, k))] = e
             neighbours[k].add(g)
             kept.add(k)
-            if admitted(min(g, k), max(g, k), *e):
-                heapq.heappush(heap, (-score(min(g, k), max(g, k), *e[:2]), min(g, k),
-                                      max(g, k)))
+            r = rank(min(g, k), max(g, k), *e)
+            if r is not None:
+                heapq.heappush(heap, (-r, min(g, k), max(g, k)))
         neighbours[g] = kept
         del neighbours[h]
         owner[h] = g

@@ -906,10 +906,11 @@ def join_groups_in_turn(cur: curation.CurationResult, pairs: np.ndarray,
                                           amplitude, level, max_session_gap)
     n_before = np.unique(before[before >= 0]).size
     n_after = np.unique(cur.labels[cur.labels >= 0]).size
-    if n_after != n_before or np.any((before < 0) & (cur.labels >= 0)):
+    n_alone_joined = int(np.count_nonzero((before < 0) & (cur.labels >= 0)))
+    if n_after != n_before or n_alone_joined:
         log.info("groups recorded in turn joined (autoCuration.join_in_turn_probability %g): "
                  "%d clusters -> %d, %d units in no cluster joined one", level, n_before,
-                 n_after, int(np.count_nonzero((before < 0) & (cur.labels >= 0))))
+                 n_after, n_alone_joined)
 
 
 def _take_apart(cur: curation.CurationResult, labels: np.ndarray, removed: np.ndarray,

@@ -142,7 +142,7 @@ class FolderWriter:
         shutil.rmtree(old)
 
     def path(self, name: str) -> Path:
-        """Where file ``name`` is being written (for writers that stream, e.g. a memory map)."""
+        """Where file ``name`` is being written (for writers that stream, e.g. a CSV writer)."""
         return self.folder / name
 
     def rows(self, name: str, shape: tuple, dtype=np.float32) -> "RowWriter":

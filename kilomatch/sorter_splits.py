@@ -11,7 +11,8 @@ within ~1.5 ms of a spike of the other, while two neurons firing independently h
 such near-coincidences as their rates give (lambda, from the session's span). Each tested pair
 is a split with a near-coincidence count ~ Poisson(SPLIT_CONTAMINATION * lambda) or two neurons
 with ~ Poisson(lambda); the share of splits among the tested pairs is estimated from the
-pairs themselves (EM), since it depends on the sorter: a study whose pairs with many spikes
+pairs themselves (EM; those expected to show at least one near-coincidence, the only ones
+whose count can show it), since it depends on the sorter: a study whose pairs with many spikes
 are all independent (two neurons joined by the clustering) lends little belief to the pairs
 with few, and one whose sorter splits often lends much. A pair is called a split when its
 posterior probability of being one is at least 0.5 and its own count favours a split (a pair
@@ -43,6 +44,14 @@ SPLIT_POSTERIOR = 0.5
 # Pseudo-pairs (splits, two neurons) added to the tested pairs when the share of splits is
 # estimated.
 SHARE_PRIOR = (1.0, 3.0)
+# The share of splits is learned from the pairs whose independent expectation is at least
+# this many near-coincidences: only such a pair's count can tell a split (no coincidence,
+# chance 0.95) from two neurons (chance 0.37 or less). Pairs with fewer all show no
+# coincidence whatever they are, and each leans a little to a split (likelihood ratio
+# exp(0.95 * expected) < 2.6); a handful of them, all of two alike neighbours, had raised the
+# share to 0.45 on a study without a single sorter split, and two neurons were joined as one
+# across eight sessions (benchmarks/RESULTS.md, "Session 56").
+SHARE_MIN_EXPECTED = 1.0
 
 
 @dataclass
@@ -147,9 +156,12 @@ def split_posterior(observed: np.ndarray, expected: np.ndarray, n_iter: int = 10
     """Posterior probability (K,) that each pair is a sorter split, and the estimated share of
     splits, from near-coincidence counts ``observed`` (K,) and their independent expectation
     ``expected`` (K,): a two-part Poisson mixture (rates SPLIT_CONTAMINATION * expected and
-    expected) whose share is fitted by EM. The share starts from SHARE_PRIOR pseudo-pairs (one
-    split, three pairs of two neurons), so that a few pairs cannot push it to 0 or 1 and pairs
-    that carry no evidence (expected ~0) lean to two neurons, as the conflict step assumes."""
+    expected) whose share is fitted by EM on the pairs expected to show at least
+    SHARE_MIN_EXPECTED near-coincidences (the others cannot show the share) and applied to
+    every pair. The share starts from SHARE_PRIOR pseudo-pairs (one split, three pairs of two
+    neurons), so that a few pairs cannot push it to 0 or 1 and pairs that carry no evidence
+    (expected ~0) lean to two neurons, as the conflict step assumes; without an informative
+    pair the share is the prior's, 0.25."""
     # scipy.stats pulls in scipy.ndimage: imported here, so that the writers that read pairs
     # of one session (export, apply-curation) start without it
     from scipy.stats import poisson
@@ -162,11 +174,11 @@ def split_posterior(observed: np.ndarray, expected: np.ndarray, n_iter: int = 10
     log_ratio = np.where(informative, poisson.logpmf(observed, SPLIT_CONTAMINATION * lam)
                          - poisson.logpmf(observed, lam), 0.0)
     ratio = np.exp(np.clip(log_ratio, -700, 700))
+    learn = ratio[expected >= SHARE_MIN_EXPECTED]
     share = SHARE_PRIOR[0] / sum(SHARE_PRIOR)
-    for _ in range(n_iter):
-        odds = ratio * share / (1 - share)
-        posterior = odds / (1 + odds)
-        new = (posterior.sum() + SHARE_PRIOR[0]) / (posterior.size + sum(SHARE_PRIOR))
+    for _ in range(n_iter if learn.size else 0):
+        odds = learn * share / (1 - share)
+        new = ((odds / (1 + odds)).sum() + SHARE_PRIOR[0]) / (learn.size + sum(SHARE_PRIOR))
         if abs(new - share) < 1e-12:
             break
         share = new

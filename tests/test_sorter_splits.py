@@ -190,3 +190,17 @@ def test_a_sorters_halves_of_one_neuron_are_not_taught_as_non_matches(tmp_path, 
     # the derived pairs; benchmarks/RESULTS.md, "Session 41").
     assert p_with[mine].mean() > p_without[mine].mean() + 0.08
     assert np.sum(p_with[mine] < 0.9) < 0.5 * np.sum(p_without[mine] < 0.9)
+
+
+def test_pairs_that_cannot_show_the_share_do_not_raise_it():
+    # six alike pairs of two neighbours that fire little: none expects even one
+    # near-coincidence, so none shows one, whether split or not; alone they must not call
+    # themselves splits (k, seed +19000: two neurons joined as one across eight sessions)
+    expected = np.array([0.68, 0.65, 0.45, 0.62, 0.60, 0.36])
+    posterior, is_split, share = sorter_splits.call_splits(np.zeros(6, np.int64), expected)
+    assert share == 0.25 and not is_split.any() and (posterior < 0.5).all()
+    # the same pairs beside pairs whose counts do show splits are called with them
+    observed = np.zeros(16, np.int64)
+    posterior, is_split, share = sorter_splits.call_splits(
+        observed, np.concatenate([expected, np.full(10, 5.0)]))
+    assert share > 0.6 and is_split.all()

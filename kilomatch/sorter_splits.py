@@ -46,8 +46,8 @@ SPLIT_POSTERIOR = 0.5
 SHARE_PRIOR = (1.0, 3.0)
 # The share of splits is learned from the pairs whose independent expectation is at least
 # this many near-coincidences: only such a pair's count can tell a split (no coincidence,
-# chance 0.95) from two neurons (chance 0.37 or less). Pairs with fewer all show no
-# coincidence whatever they are, and each leans a little to a split (likelihood ratio
+# chance 0.95) from two neurons (chance 0.37 or less). Pairs with fewer most often show none
+# whatever they are, and a count of 0 leans only a little to a split (likelihood ratio
 # exp(0.95 * expected) < 2.6); a handful of them, all of two alike neighbours, had raised the
 # share to 0.45 on a study without a single sorter split, and two neurons were joined as one
 # across eight sessions (benchmarks/RESULTS.md, "Session 56").

@@ -794,11 +794,9 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
             cur.labels, final.pairs, fitted[0].candidate_probability, ac.join_probability,
             ac.join_min_probability, units.session0, s.clustering.max_session_gap, known,
             ac.join_low_share, ac.join_interleaved_probability)
-        before, after = cur.labels_before_join, cur.labels
         log.info("joined by the match probability (autoCuration.join_probability %g): %d "
                  "clusters -> %d, %d units in no cluster joined one", ac.join_probability,
-                 np.unique(before[before >= 0]).size, np.unique(after[after >= 0]).size,
-                 int(np.count_nonzero((before < 0) & (after >= 0))))
+                 *_join_counts(cur.labels_before_join, cur.labels))
     if ac.similarity_step > 0:
         split_similarity_steps(cur, final, units.session0, ac.similarity_step)
     if fitted is not None and ac.lone_end_gap > 0:
@@ -904,13 +902,17 @@ def join_groups_in_turn(cur: curation.CurationResult, pairs: np.ndarray,
     unseen = time_gaps.unseen_by_amplitude(before, session, amplitude)
     cur.labels = joining.join_interleaved(before, pairs, probability, session, unseen,
                                           amplitude, level, max_session_gap)
-    n_before = np.unique(before[before >= 0]).size
-    n_after = np.unique(cur.labels[cur.labels >= 0]).size
-    n_alone_joined = int(np.count_nonzero((before < 0) & (cur.labels >= 0)))
-    if n_after != n_before or n_alone_joined:
+    counts = _join_counts(before, cur.labels)
+    if counts[0] != counts[1] or counts[2]:
         log.info("groups recorded in turn joined (autoCuration.join_in_turn_probability %g): "
-                 "%d clusters -> %d, %d units in no cluster joined one", level, n_before,
-                 n_after, n_alone_joined)
+                 "%d clusters -> %d, %d units in no cluster joined one", level, *counts)
+
+
+def _join_counts(before: np.ndarray, after: np.ndarray) -> tuple[int, int, int]:
+    """What a join did to clusters (N,) (-1 none): clusters before, clusters after, units in
+    no cluster before that are in one after."""
+    return (int(np.unique(before[before >= 0]).size), int(np.unique(after[after >= 0]).size),
+            int(np.count_nonzero((before < 0) & (after >= 0))))
 
 
 def _take_apart(cur: curation.CurationResult, labels: np.ndarray, removed: np.ndarray,

@@ -266,7 +266,7 @@ def assemble(result: Result) -> RunArrays:
         match_confidence=confidence,
         match_table=match_table([(p.units, p.result.final.pairs, c.links)
                                  for p, c in zip(parts, curated)], result.idx_cluster,
-                                data.session_index, positions),
+                                data.session_index, positions, units.amplitude),
         round_motion=[np.array([m.displacement() for _, m in p.result.rounds]).reshape(
             len(p.result.rounds), data.n_sessions) for p in parts],
         round_good_matches=[np.array([r.n_good for r, _ in p.result.rounds], dtype=np.int64)

@@ -501,13 +501,13 @@ def in_match_table(p: np.ndarray) -> np.ndarray:
 
 
 def match_table(parts: list, idx_cluster: np.ndarray, session_index: np.ndarray,
-                positions: np.ndarray) -> dict | None:
+                positions: np.ndarray, amplitude: np.ndarray | None = None) -> dict | None:
     """Columns of MatchTable.csv: one row per candidate pair of probability >= 0.05 (or of
     pair probability >= 0.05, where calibrate_to_clusters mapped the probability), over
     every shank, in global unit ids (ordered by unit pair). parts: (global unit ids (n,),
     candidate pairs (P, 2) in local ids, ProbabilityLinks) per shank; idx_cluster,
-    session_index (N,); positions (N, 3) motion-corrected x, y, z um. None when no part has
-    a probability."""
+    session_index (N,); positions (N, 3) motion-corrected x, y, z um; amplitude (N,) uV,
+    or None to leave the amplitude columns out. None when no part has a probability."""
     rows = []
     for members, pairs, links in parts:
         if links is None:
@@ -533,6 +533,15 @@ def match_table(parts: list, idx_cluster: np.ndarray, session_index: np.ndarray,
     diff = positions[a] - positions[b]
     table["distance_um"] = np.linalg.norm(diff, axis=1)
     table["dy_um"] = np.abs(diff[:, 1])
+    if amplitude is not None:
+        # Both units' amplitudes, so that a reader can see a pair whose amplitudes differ
+        # several times: one neuron's units mostly lie within 1.6x (95-100% of the true
+        # pairs of each dataset of the accuracy suite, at most 1.2% beyond 2x), and
+        # the probability can be sure of two alike neurons of very different amplitude,
+        # where no known non-match as alike taught it otherwise (benchmarks/RESULTS.md,
+        # "Session 57").
+        table["amplitude_a_uv"] = np.asarray(amplitude, np.float64)[a]
+        table["amplitude_b_uv"] = np.asarray(amplitude, np.float64)[b]
     same = (idx_cluster[a] == idx_cluster[b]) & (idx_cluster[a] > 0)
     table["same_final_cluster"] = np.where(same, "yes", "no")
     return table

@@ -293,12 +293,16 @@ def test_probability_outputs_agree(run_result):
     # PETH is evidence only where clustering.features lists it (not by default)
     assert list(rows[0]) == ["unit_a", "unit_b", "session_a", "session_b", "probability",
                              "pair_probability", "Waveform", "AutoCorr", "ISI", "Shape",
-                             "distance_um", "dy_um", "same_final_cluster"]
+                             "distance_um", "dy_um", "amplitude_a_uv", "amplitude_b_uv",
+                             "same_final_cluster"]
     assert len(rows) == int(((p >= 0.05) | (pair_p >= 0.05)).sum())
+    units = list(csv.DictReader(open(out / "units.csv")))
     for row in rows[:50]:
         a, b = int(row["unit_a"]), int(row["unit_b"])
         assert (row["same_final_cluster"] == "yes") == (idx[a] == idx[b] and idx[a] > 0)
-    units = list(csv.DictReader(open(out / "units.csv")))
+        # each unit's own amplitude, as units.csv has it
+        assert (row["amplitude_a_uv"], row["amplitude_b_uv"]) == (
+            units[a]["amplitude"], units[b]["amplitude"])
     conf = np.array([float(u["match_confidence"]) for u in units])
     assert np.array_equal(np.isnan(conf), idx <= 0)
     assert np.all(conf[idx > 0] >= 0) and np.all(conf[idx > 0] <= 1)

@@ -46,6 +46,14 @@ AMPLITUDE_STEP_PROBABILITY = 0.5
 # removed were true; on the accuracy suite, where the step is 1.64-2.21, the floor changes
 # nothing). benchmarks/RESULTS.md, "Session 20".
 AMPLITUDE_STEP_MIN_FACTOR = 1.5
+# A step of amplitude this many times the step (in log amplitude: the step's factor squared,
+# 3-4x on the suite) is cut whatever the probability across says. Where two alike neurons lie
+# at one place, the trees can be sure of pairs of very different amplitude, because no
+# known non-match as alike teaches them otherwise (a neuron of 50-58 uV followed by one of
+# 355-475 uV, every pair across at 0.57-1.00, p +19000). In the final clusters of 260 suite
+# runs, 12 clusters had a step beyond 3x in time, 11 of them two neurons (benchmarks/
+# RESULTS.md, "Session 57").
+AMPLITUDE_STEP_SURE = 2.0
 # One neuron's spread of amplitude (_amplitude_limit): this quantile of |log amplitude
 # ratio| of the pairs the clusters hold. A cut undone by pooled evidence
 # (rejoin_by_probability's pooled_level) joins groups whose median amplitudes differ by at
@@ -419,7 +427,8 @@ def split_successions(labels, pairs, probability, known, session, max_probabilit
       below ``max_probability``; or
     - (a step of amplitude, with ``log_amplitude``) the sides' median log amplitudes differ
       by more than ``amplitude_step`` and the mean probability across is below
-      AMPLITUDE_STEP_PROBABILITY; a side may be one unit.
+      AMPLITUDE_STEP_PROBABILITY, or they differ by more than AMPLITUDE_STEP_SURE times
+      ``amplitude_step`` (whatever the probability); a side may be one unit.
     Means are over the ``known`` pairs only (nothing known across: no cut); of the cuts that
     qualify, the one of lowest probability across is made, and each side is tried again.
 
@@ -480,10 +489,13 @@ def split_successions(labels, pairs, probability, known, session, max_probabilit
                 n_sure(lo, k, k, hi) == 0 and mean(lo, k, lo, k) >= SUCCESSION_SURE and \
                 mean(k, hi, k, hi) >= SUCCESSION_SURE
 
+        def jump(lo, k, hi):  # |difference| of the sides' median log amplitudes
+            return abs(np.median(log_amplitude[units[lo:k]]) -
+                       np.median(log_amplitude[units[k:hi]])) if steps else 0.0
+
         def step(lo, k, hi, across):
-            return steps and across < AMPLITUDE_STEP_PROBABILITY and abs(np.median(
-                log_amplitude[units[lo:k]]) - np.median(log_amplitude[units[k:hi]])) > \
-                amplitude_step
+            return steps and jump(lo, k, hi) > amplitude_step * (
+                1.0 if across < AMPLITUDE_STEP_PROBABILITY else AMPLITUDE_STEP_SURE)
 
         cuts, queue = [], [(0, units.size)]
         while queue:
@@ -493,9 +505,11 @@ def split_successions(labels, pairs, probability, known, session, max_probabilit
                 if k - lo < smallest or hi - k < smallest:
                     continue
                 across = mean(lo, k, k, hi)
-                if not across < max(max_probability, AMPLITUDE_STEP_PROBABILITY * steps) or (
-                        best is not None and across >= best[0]):  # also NaN: nothing known
-                    continue
+                sure_step = jump(lo, k, hi) > AMPLITUDE_STEP_SURE * amplitude_step
+                if np.isnan(across) or not (
+                        across < max(max_probability, AMPLITUDE_STEP_PROBABILITY * steps)
+                        or sure_step) or (best is not None and across >= best[0]):
+                    continue  # (NaN: nothing known across)
                 if succession(lo, k, hi, across):
                     best = (across, k, SUCCESSION)
                 elif step(lo, k, hi, across):

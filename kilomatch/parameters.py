@@ -363,7 +363,9 @@ PARAMETERS: tuple[Param, ...] = (
           "median amplitudes differ by more than this many times the 99th percentile of one "
           "neuron's absolute log amplitude ratio (learned from the pairs the clusters hold), "
           "and by a factor 1.5 at least, and the mean match probability across is below 0.5 "
-          "(pairs within clustering.max_session_gap). 0 turns it off.",
+          "(pairs within clustering.max_session_gap); where they differ by more than 2 times "
+          "that step (in log amplitude: the step's factor squared), whatever the probability "
+          "across. 0 turns it off.",
           min=0),
     Param("autoCuration.amplitude_split", "bool", True,
           "Split a cluster where the match probability and the amplitude both say it holds "

@@ -650,11 +650,13 @@ def test_amplitude_step_takes_apart_a_neuron_followed_by_one_of_other_amplitude(
     unit of 400 uV (0.2 across): a step of amplitude far beyond one neuron's spread (learned
     from the cluster's pairs), so the lone unit is taken apart (reason
     split_at_amplitude_step, its 4 pairs), though the sure-groups rule cannot cut a side of
-    one unit. Left whole when the last unit is 115 uV (within one neuron's spread), when the
-    probability across is 0.6 (it says one neuron), when the 400 uV unit's session lies
-    among the others (no cut in time has the step: the medians agree) and when the setting
-    is 0. When nothing across is known (beyond max_session_gap) the step cannot cut, and the
-    lone unit is taken apart as unlinked (split_unlinked)."""
+    one unit. Left whole when the last unit is 115 uV (within one neuron's spread), when it
+    is 200 uV and the probability across is 0.6 (it says one neuron; the step, ~2x, is
+    under AMPLITUDE_STEP_SURE times the learned one, ~1.63x, so ~2.7x), when the 400 uV
+    unit's session lies among the others (no cut in time has the step: the medians agree)
+    and when the setting is 0. At 400 uV (~4x) the cut stands at 0.6 too. When nothing
+    across is known (beyond max_session_gap) the step cannot cut, and the lone unit is
+    taken apart as unlinked (split_unlinked)."""
     labels = np.zeros(5, int)
     pairs = within_cluster_pairs(labels)
     inside = {k: 0.95 for k in itertools.combinations(range(4), 2)}
@@ -663,7 +665,9 @@ def test_amplitude_step_takes_apart_a_neuron_followed_by_one_of_other_amplitude(
     for session, last_uv, p_across, gap, step, apart, reason in (
             ([0, 1, 2, 3, 4], 400.0, 0.2, 0, 1.5, True, AMPLITUDE_STEP),
             ([0, 1, 2, 3, 4], 115.0, 0.2, 0, 1.5, False, AMPLITUDE_STEP),
-            ([0, 1, 2, 3, 4], 400.0, 0.6, 0, 1.5, False, AMPLITUDE_STEP),
+            ([0, 1, 2, 3, 4], 200.0, 0.6, 0, 1.5, False, AMPLITUDE_STEP),
+            ([0, 1, 2, 3, 4], 200.0, 0.2, 0, 1.5, True, AMPLITUDE_STEP),
+            ([0, 1, 2, 3, 4], 400.0, 0.6, 0, 1.5, True, AMPLITUDE_STEP),
             ([0, 1, 3, 4, 2], 400.0, 0.2, 0, 1.5, False, AMPLITUDE_STEP),
             ([0, 1, 2, 3, 14], 400.0, 0.2, 5, 1.5, True, UNLINKED),
             ([0, 1, 2, 3, 4], 400.0, 0.2, 0, 0.0, False, AMPLITUDE_STEP)):

@@ -162,6 +162,7 @@ def test_setting_texts_state_the_curation_constants_they_describe():
     step = text["autoCuration.amplitude_step"]
     assert f"a factor {curation.AMPLITUDE_STEP_MIN_FACTOR:g} at least" in step
     assert f"below {curation.AMPLITUDE_STEP_PROBABILITY:g}" in step
+    assert f"more than {curation.AMPLITUDE_STEP_SURE:g} times that step" in step
     assert percentile(curation.POOLED_AMPLITUDE_QUANTILE) in step
     assert percentile(curation.POOLED_AMPLITUDE_QUANTILE) in text["autoCuration.cut_pooled_level"]
     rejoin = text["autoCuration.rejoin_distance_ratio"]

@@ -941,6 +941,19 @@ def _pooled_join(share: np.ndarray, level: float) -> bool:
     return pooled_non_match_p(share) < level
 
 
+def sure_amplitude_step(labels, pairs, amplitude, amplitude_step: float) -> float:
+    """The step of amplitude (natural log) cut whatever the probability says:
+    AMPLITUDE_STEP_SURE times the step that ``amplitude_step`` (autoCuration.amplitude_step)
+    sets from one neuron's spread (_amplitude_limit of the ``pairs`` (Q, 2) the clusters
+    ``labels`` (N,) hold; AMPLITUDE_STEP_MIN_FACTOR at least); amplitude (N,) uV. inf when
+    amplitude_step is 0 or the clusters hold no pair."""
+    if amplitude_step <= 0:
+        return np.inf
+    limit = _amplitude_limit(labels, pairs, amplitude)
+    return AMPLITUDE_STEP_SURE * max(amplitude_step * limit,
+                                     np.log(AMPLITUDE_STEP_MIN_FACTOR))
+
+
 def _log_amplitude(amplitude: np.ndarray) -> np.ndarray:
     """Natural log of amplitudes (N,) uV, floored at 1e-3 uV (a flat unit reads 0)."""
     return np.log(np.maximum(np.asarray(amplitude, np.float64), 1e-3))

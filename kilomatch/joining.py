@@ -28,7 +28,11 @@ or a unit in none) when it is sure of the whole of them:
   what a join gets wrong most (the pair probability cannot tell the two from one neuron whose
   waveform changed a little); two groups recorded in turn cannot be that, and where the
   drift brings the probe back to an earlier position one neuron's units group by probe
-  position, whose pairs across are less alike (benchmarks/RESULTS.md, "Session 53").
+  position, whose pairs across are less alike (benchmarks/RESULTS.md, "Session 53");
+- their median amplitudes differ by no more than the step of amplitude the curation cuts
+  whatever the probability (kilomatch.curation.AMPLITUDE_STEP_SURE, given as ``max_step``):
+  the trees can be sure of two alike neurons several times apart in amplitude, and that cut,
+  made before this step, could not undo the join (benchmarks/RESULTS.md, "Session 57").
 
 Groups are joined highest mean first (average linkage on the probability), and a joined group
 is tested again against the others with all its pairs across.
@@ -69,7 +73,9 @@ def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.n
                         max_session_gap: int = 0,
                         split_pairs: np.ndarray | None = None,
                         low_share: float = 0.0,
-                        interleaved_level: float | None = None) -> np.ndarray:
+                        interleaved_level: float | None = None,
+                        log_amplitude: np.ndarray | None = None,
+                        max_step: float = np.inf) -> np.ndarray:
     """Final clusters (N,) (-1: in none, >= 0) after joining the groups the probability says
     are one neuron (module docstring). pairs: (P, 2) candidate pairs (i < j, units of
     different sessions); probability: (P,) their match probability; session: (N,) session of
@@ -78,17 +84,26 @@ def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.n
     units of one session judged one neuron split by the sorter (None: none), which two groups
     may share; low_share: the largest share of the pairs across two groups joined that may
     lie below min_level (0: none); interleaved_level: the mean level for two groups whose
-    sessions interleave in time (None: mean_level; needs ``session``). Returns new labels
-    (N,): -1 for units in no cluster; a cluster not joined keeps its units together (its
+    sessions interleave in time (None: mean_level; needs ``session``); log_amplitude: (N,)
+    natural log of each unit's amplitude (uV), with max_step: two groups whose median log
+    amplitudes differ by more than max_step are never joined (None or inf: no such limit).
+    Returns new labels (N,): -1 for units in no cluster; a cluster not joined keeps its units together (its
     number may change; kilomatch.clustering.renumber gives the final numbers)."""
     labels = np.asarray(labels, dtype=np.int64)
     group = _groups(labels)
     n_groups = int(group.max(initial=-1)) + 1
-    sessions = _Sessions(group, n_groups, session, max_session_gap, split_pairs)
+    guard = log_amplitude is not None and np.isfinite(max_step)
+    sessions = _Sessions(group, n_groups, session, max_session_gap, split_pairs,
+                         log_amplitude if guard else None)
     edges = _edges(group, n_groups, pairs, probability, min_level, low_share > 0, sessions)
     interleaved_level = mean_level if interleaved_level is None else interleaved_level
 
     def rank(g, h, c, t, n_low):
+        # a step of amplitude the curation cuts whatever the probability says
+        # (curation.AMPLITUDE_STEP_SURE) is not joined back by it
+        if guard and abs(np.median(sessions.amplitude[g]) -
+                         np.median(sessions.amplitude[h])) > max_step:
+            return None
         level = interleaved_level if sessions.interleaved(g, h) else mean_level
         return t / c if t / c >= level and n_low <= low_share * c else None
 
@@ -183,7 +198,8 @@ def _edges(group: np.ndarray, n_groups: int, pairs: np.ndarray, probability: np.
 
 
 class _Sessions:
-    """The sessions of each group (and with ``amplitude`` (N,) uV its units' amplitudes), how
+    """The sessions of each group (and with ``amplitude`` (N,) its units' amplitudes, uV or
+    their logs as given), how
     many candidate pairs two groups can have across, and how many of their pairs of one
     session are sorter splits."""
 

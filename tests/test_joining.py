@@ -254,3 +254,27 @@ def test_unseen_by_amplitude_reads_the_shares_of_unseen_share():
     share = unseen_share(labels, session, amplitude)
     read = unseen_by_amplitude(labels, session, amplitude)
     np.testing.assert_allclose(read(amplitude[::4]), [share[c] for c in range(30)])
+
+
+def test_no_join_across_a_step_of_amplitude_the_curation_cuts_whatever_the_probability():
+    """Two groups of three units (sessions 1-3, 4-6), every pair across at 0.95: a neuron of
+    ~55 uV followed by one of ~400 uV (p +19000 of the accuracy suite, benchmarks/RESULTS.md,
+    "Session 57"). With the curation's sure step (here log 3) they stay apart, as a cut there
+    would stand whatever the probability; at ~70 uV (1.3x) they join, and without the limit
+    the 400 uV group joins too. A lone unit (in no cluster) is a group as well."""
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    session = np.array([1, 2, 3, 4, 5, 6])
+    pairs, p = _all_across([0, 1, 2], [3, 4, 5], 0.95)
+    for second_uv, step, joined in ((400.0, np.log(3.0), False), (70.0, np.log(3.0), True),
+                                    (400.0, np.inf, True)):
+        log_amp = np.log(np.array([50.0, 58.0, 56.0, second_uv, 0.9 * second_uv,
+                                   1.1 * second_uv]))
+        out = join_by_probability(labels, pairs, p, session=session,
+                                  log_amplitude=log_amp, max_step=step)
+        assert _together(out, list(range(6))) == joined
+    lone = np.array([0, 0, 0, -1])
+    pairs, p = _all_across([0, 1, 2], [3], 0.95)
+    out = join_by_probability(lone, pairs, p, session=np.arange(4),
+                              log_amplitude=np.log([50.0, 58.0, 56.0, 400.0]),
+                              max_step=np.log(3.0))
+    assert out[3] == -1

@@ -87,8 +87,9 @@ def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.n
     sessions interleave in time (None: mean_level; needs ``session``); log_amplitude: (N,)
     natural log of each unit's amplitude (uV), with max_step: two groups whose median log
     amplitudes differ by more than max_step are never joined (None or inf: no such limit).
-    Returns new labels (N,): -1 for units in no cluster; a cluster not joined keeps its units together (its
-    number may change; kilomatch.clustering.renumber gives the final numbers)."""
+    Returns new labels (N,): -1 for units in no cluster; a cluster not joined keeps its
+    units together (its number may change; kilomatch.clustering.renumber gives the final
+    numbers)."""
     labels = np.asarray(labels, dtype=np.int64)
     group = _groups(labels)
     n_groups = int(group.max(initial=-1)) + 1

@@ -493,10 +493,6 @@ def split_successions(labels, pairs, probability, known, session, max_probabilit
             return abs(np.median(log_amplitude[units[lo:k]]) -
                        np.median(log_amplitude[units[k:hi]])) if steps else 0.0
 
-        def step(lo, k, hi, across):
-            return steps and jump(lo, k, hi) > amplitude_step * (
-                1.0 if across < AMPLITUDE_STEP_PROBABILITY else AMPLITUDE_STEP_SURE)
-
         cuts, queue = [], [(0, units.size)]
         while queue:
             lo, hi = queue.pop()
@@ -505,14 +501,16 @@ def split_successions(labels, pairs, probability, known, session, max_probabilit
                 if k - lo < smallest or hi - k < smallest:
                     continue
                 across = mean(lo, k, k, hi)
-                sure_step = jump(lo, k, hi) > AMPLITUDE_STEP_SURE * amplitude_step
+                gap = jump(lo, k, hi)
+                sure_step = gap > AMPLITUDE_STEP_SURE * amplitude_step
                 if np.isnan(across) or not (
                         across < max(max_probability, AMPLITUDE_STEP_PROBABILITY * steps)
                         or sure_step) or (best is not None and across >= best[0]):
                     continue  # (NaN: nothing known across)
                 if succession(lo, k, hi, across):
                     best = (across, k, SUCCESSION)
-                elif step(lo, k, hi, across):
+                elif steps and (sure_step or (across < AMPLITUDE_STEP_PROBABILITY and
+                                              gap > amplitude_step)):
                     best = (across, k, AMPLITUDE_STEP)
             if best is not None:
                 cuts.append((lo, best[1], hi, best[2]))
@@ -818,7 +816,7 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
                      np.unique(before_split[removed_b[:, 0]]).size, len(removed_b),
                      cut_probability)
     if amplitude is not None and amplitude_step > 0:
-        step = max(amplitude_step * limit, np.log(AMPLITUDE_STEP_MIN_FACTOR))
+        step = learned_step(limit, amplitude_step)
         if np.isfinite(step):
             log.info("amplitude of the clusters' units: one neuron's units within a factor "
                      "%.2f (99th percentile); a step of amplitude cuts beyond %.2f%s",
@@ -949,9 +947,15 @@ def sure_amplitude_step(labels, pairs, amplitude, amplitude_step: float) -> floa
     amplitude_step is 0 or the clusters hold no pair."""
     if amplitude_step <= 0:
         return np.inf
-    limit = _amplitude_limit(labels, pairs, amplitude)
-    return AMPLITUDE_STEP_SURE * max(amplitude_step * limit,
-                                     np.log(AMPLITUDE_STEP_MIN_FACTOR))
+    return AMPLITUDE_STEP_SURE * learned_step(_amplitude_limit(labels, pairs, amplitude),
+                                              amplitude_step)
+
+
+def learned_step(limit: float, amplitude_step: float) -> float:
+    """The step of amplitude (natural log) that cuts a cluster in time: ``amplitude_step``
+    (autoCuration.amplitude_step) times one neuron's spread ``limit`` (_amplitude_limit, log),
+    AMPLITUDE_STEP_MIN_FACTOR at least."""
+    return max(amplitude_step * limit, np.log(AMPLITUDE_STEP_MIN_FACTOR))
 
 
 def _log_amplitude(amplitude: np.ndarray) -> np.ndarray:

@@ -55,7 +55,9 @@ class RunArrays:
     n_iter (K,) and converged (K,) of IHDBSCAN,
     motion (S[, K]) um, motion_ci (S, 2[, K]) um, motion_linear (S, 2[, K]) or None,
     split_thresholds (K,) and split_on (K,) str ('similarity' or 'probability': what the
-    removals and split thresholds are measured in). Match probability (kilomatch.linking,
+    removals and split thresholds are measured in), amplitude_steps (K,) (the ratio of two
+    sides' median amplitudes beyond which a cluster was cut in time; inf where no such cut
+    was tried). Match probability (kilomatch.linking,
     NaN where a shank had too few pairs to fit it): probability (P,) of each candidate pair,
     pair_probability (P,) the same from the pair's evidence alone (before
     linking.calibrate_to_clusters; the probability where that did not run),
@@ -113,6 +115,7 @@ class RunArrays:
     duplicates: Duplicates
     split_thresholds: np.ndarray
     split_on: np.ndarray
+    amplitude_steps: np.ndarray
     probability: np.ndarray
     pair_probability: np.ndarray
     match_confidence: np.ndarray
@@ -255,6 +258,7 @@ def assemble(result: Result) -> RunArrays:
         duplicates=Duplicates.none(n) if result.duplicates is None else result.duplicates,
         split_thresholds=np.array([c.threshold for c in curated]),
         split_on=np.array(["probability" if m else "similarity" for m in made]),
+        amplitude_steps=np.exp([c.amplitude_step for c in curated]),
         probability=np.concatenate([
             np.full(len(p.result.final.pairs), np.nan) if c.links is None
             else c.links.candidate_probability for p, c in zip(parts, curated)]

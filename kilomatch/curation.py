@@ -147,6 +147,10 @@ class CurationResult:
     # (N,) the clusters before the last step joined groups recorded in turn
     # (joining.join_interleaved), or None when it was not run (then the same as labels)
     labels_before_in_turn: np.ndarray | None = None
+    # the step of amplitude (natural log of the ratio of the two sides' medians) beyond which
+    # split_successions cut a cluster in time (learned_step; inf when it did not run): the
+    # join by probability never joins across AMPLITUDE_STEP_SURE times it
+    amplitude_step: float = float("inf")
 
 
 def _clashing_clusters(labels: np.ndarray, session: np.ndarray,
@@ -788,7 +792,7 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     if amplitude is not None and (amplitude_step > 0 or amplitude_split):
         # in units of one neuron's spread of amplitude, learned from the clusters as they
         # stand (their few wrong pairs hardly move its median)
-        log_amplitude = _log_amplitude(amplitude)
+        log_amplitude = log_amplitude_of(amplitude)
         limit = _amplitude_limit(final, pairs, amplitude)
     if amplitude_split and probability is not None and cut_probability < 1 \
             and np.isfinite(limit):
@@ -842,7 +846,8 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
                              np.full(len(removed_b), LOW_PROBABILITY), reason_n,
                              np.full(len(removed_u), UNLINKED)])
     return CurationResult(final, after_conflicts, removed, reason.astype(np.int8),
-                          float(threshold), kept_pairs=kept, split_distance_ratio=split_ratio)
+                          float(threshold), kept_pairs=kept, split_distance_ratio=split_ratio,
+                          amplitude_step=float(step))
 
 
 def spread_of_clusters(labels, pairs, linkable, positions, amplitude, session=None
@@ -939,18 +944,6 @@ def _pooled_join(share: np.ndarray, level: float) -> bool:
     return pooled_non_match_p(share) < level
 
 
-def sure_amplitude_step(labels, pairs, amplitude, amplitude_step: float) -> float:
-    """The step of amplitude (natural log) cut whatever the probability says:
-    AMPLITUDE_STEP_SURE times the step that ``amplitude_step`` (autoCuration.amplitude_step)
-    sets from one neuron's spread (_amplitude_limit of the ``pairs`` (Q, 2) the clusters
-    ``labels`` (N,) hold; AMPLITUDE_STEP_MIN_FACTOR at least); amplitude (N,) uV. inf when
-    amplitude_step is 0 or the clusters hold no pair."""
-    if amplitude_step <= 0:
-        return np.inf
-    return AMPLITUDE_STEP_SURE * learned_step(_amplitude_limit(labels, pairs, amplitude),
-                                              amplitude_step)
-
-
 def learned_step(limit: float, amplitude_step: float) -> float:
     """The step of amplitude (natural log) that cuts a cluster in time: ``amplitude_step``
     (autoCuration.amplitude_step) times one neuron's spread ``limit`` (_amplitude_limit, log),
@@ -958,7 +951,7 @@ def learned_step(limit: float, amplitude_step: float) -> float:
     return max(amplitude_step * limit, np.log(AMPLITUDE_STEP_MIN_FACTOR))
 
 
-def _log_amplitude(amplitude: np.ndarray) -> np.ndarray:
+def log_amplitude_of(amplitude: np.ndarray) -> np.ndarray:
     """Natural log of amplitudes (N,) uV, floored at 1e-3 uV (a flat unit reads 0)."""
     return np.log(np.maximum(np.asarray(amplitude, np.float64), 1e-3))
 
@@ -971,7 +964,7 @@ def _amplitude_limit(labels, pairs, amplitude,
     held = held_together(labels, pairs)
     if not held.any():
         return np.inf
-    log_amp = _log_amplitude(amplitude)
+    log_amp = log_amplitude_of(amplitude)
     # from the median, as a half-normal's quantile: the clusters still hold the wrong pairs
     # the curation is removing (on high-turnover data their own 99th percentile was twice
     # the matches')
@@ -1051,7 +1044,7 @@ def rejoin_alike(before, after, pairs, probability, linkable, session, distance_
     amp_limit = max(_amplitude_limit(np.asarray(after), pairs, amplitude,
                                      REJOIN_AMPLITUDE_QUANTILE),
                     np.log(REJOIN_AMPLITUDE_MIN_FACTOR))
-    log_amp = _log_amplitude(amplitude)
+    log_amp = log_amplitude_of(amplitude)
     # per pair: its probability where it may link (NaN where not), ruled out where it is 0
     p = np.where(linkable, np.asarray(probability, np.float64), np.nan)
     gap = np.abs(session[pairs[:, 0]] - session[pairs[:, 1]]).astype(np.float64)
@@ -1149,7 +1142,7 @@ def rejoin_by_probability(before, after, pairs, probability, threshold: float,
         share = np.where(probability > 0, np.asarray(non_match_share, np.float64), 1.0)
         amp_limit = np.inf if amplitude is None else _amplitude_limit(
             np.asarray(after), pairs, amplitude)
-        log_amp = _log_amplitude(np.ones(len(before)) if amplitude is None else amplitude)
+        log_amp = log_amplitude_of(np.ones(len(before)) if amplitude is None else amplitude)
 
     def joinable(units, rows):
         p = _cluster_similarity(units, pairs[rows], probability[rows])

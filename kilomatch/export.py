@@ -344,6 +344,7 @@ def _write_all(result: Result, arrays: RunArrays, write: _FileWriters) -> list:
         "reason_names": np.array(REASONS),
         "split_threshold": a.split_thresholds if multi else np.float64(a.split_thresholds[0]),
         "split_on": a.split_on if multi else a.split_on[0],
+        "amplitude_step": a.amplitude_steps if multi else np.float64(a.amplitude_steps[0]),
         # the sorter-split test of every pair of units of one session that shared a cluster
         # before curation, and the pairs kept together in a final cluster as one neuron
         "sorter_split_tested": a.splits.pairs.astype(np.int64),

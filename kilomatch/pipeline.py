@@ -794,9 +794,8 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
             cur.labels, final.pairs, fitted[0].candidate_probability, ac.join_probability,
             ac.join_min_probability, units.session0, s.clustering.max_session_gap, known,
             ac.join_low_share, ac.join_interleaved_probability,
-            curation._log_amplitude(units.amplitude),
-            curation.sure_amplitude_step(cur.labels, q_pairs, units.amplitude,
-                                         ac.amplitude_step))
+            curation.log_amplitude_of(units.amplitude),
+            curation.AMPLITUDE_STEP_SURE * cur.amplitude_step)
         log.info("joined by the match probability (autoCuration.join_probability %g): %d "
                  "clusters -> %d, %d units in no cluster joined one", ac.join_probability,
                  *_join_counts(cur.labels_before_join, cur.labels))

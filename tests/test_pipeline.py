@@ -116,6 +116,9 @@ def test_outputs_plain_arrays_with_documented_shapes(run_result):
                                            "split_lone_end", "split_at_time_gap"]
         assert z["split_threshold"] < load("SimilarityThreshold.npy")[0, 0]
         assert str(z["split_on"]) == "similarity"
+        # the step of amplitude that cut clusters in time: a ratio of amplitudes (not its log),
+        # 1.5 at least (curation.AMPLITUDE_STEP_MIN_FACTOR)
+        assert 1.5 <= float(z["amplitude_step"]) < 10
         # Curation took pairs apart on this study (else nothing below is checked), and the
         # removed pairs are exactly those together before curation and apart after it, each
         # listed once with a known reason.

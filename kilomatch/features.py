@@ -72,19 +72,102 @@ def center_of_mass(ptt: np.ndarray, channel_locations: np.ndarray,
     return np.column_stack([xy, np.zeros(len(xy))])
 
 
+# Bounds of a unit's fitted decay exponent (:func:`decay_exponents`): 1 is the monopole; a
+# neuron's return currents make its amplitude fall faster away from the soma (the far field
+# of a dipole falls as 1/r^2, of a quadrupole as 1/r^3).
+DECAY_BOUNDS = (0.5, 3.0)
+# At most this many units (evenly spread over the units' order) give the dataset's exponent.
+DECAY_FIT_UNITS = 5000
+
+
 def monopolar_triangulation(ptt_c: np.ndarray, pos_c: np.ndarray, start_xy: np.ndarray,
-                            max_iter: int = 200) -> np.ndarray:
+                            max_iter: int = 200, live: np.ndarray | None = None) -> np.ndarray:
     """Fit a point source to many units at once: (n, m) ptt on each unit's m channels at
     positions (n, m, 2) um, started at (n, 2) -> (n, 3) x, y, z in um.
 
     Model: ptt_c = alpha / sqrt((x - x_c)^2 + (y - y_c)^2 + z^2), bounded least squares with
     x, y within 100 um of the start, 1 <= z <= 120 um, alpha >= 0. Solved by a projected
     Levenberg-Marquardt iteration run on all units together: scipy's least_squares gives the
-    same optimum (tested) but one unit at a time, ~100x slower at 10^5 units.
+    same optimum (tested) but one unit at a time, ~100x slower at 10^5 units. ``live``
+    (n, m) bool: the channels that recorded (a dead channel's filled-in value is no
+    measurement and is left out of the fit); None: all.
     """
+    return point_source_fit(ptt_c, pos_c, start_xy, 1.0, max_iter, live)
+
+
+def point_source_fit(ptt_c: np.ndarray, pos_c: np.ndarray, start_xy: np.ndarray,
+                     decay: float = 1.0, max_iter: int = 200,
+                     live: np.ndarray | None = None) -> np.ndarray:
+    """As :func:`monopolar_triangulation`, with the amplitude falling as 1 / r^``decay``:
+    ptt_c = alpha / r^decay, r = sqrt((x - x_c)^2 + (y - y_c)^2 + z^2). -> (n, 3) um."""
+    y, ok, p, lower, upper, weight = _source_start(ptt_c, pos_c, start_xy, live)
+
+    def residual_and_jacobian(q, idx):
+        dx = q[:, None, 0] - pos_c[idx, :, 0]
+        dy = q[:, None, 1] - pos_c[idx, :, 1]
+        r2 = dx * dx + dy * dy + q[:, None, 2] ** 2
+        if decay == 1.0:  # the monopole, as published
+            r = np.sqrt(r2)
+            model, g, fall = q[:, None, 3] / r, -q[:, None, 3] / (r2 * r), 1.0 / r
+        else:
+            fall = r2 ** (-0.5 * decay)  # 1 / r^decay
+            model = q[:, None, 3] * fall
+            g = -decay * model / r2  # d model / d x = g dx (and y, z alike)
+        jac = np.stack([g * dx, g * dy, g * q[:, None, 2], fall], axis=2)
+        return _weighted(model - y[idx], jac, weight, idx)
+
+    return _fit_sources(p, lower, upper, ok, residual_and_jacobian, max_iter)[:, :3]
+
+
+def decay_exponents(ptt_c: np.ndarray, pos_c: np.ndarray, start_xy: np.ndarray,
+                    max_iter: int = 200, live: np.ndarray | None = None) -> np.ndarray:
+    """Each unit's decay exponent: the point source of :func:`point_source_fit` with the
+    exponent fitted too (started at 1, within DECAY_BOUNDS). (n, m) ptt, (n, m, 2) um,
+    (n, 2) start -> (n,), NaN for a flat unit.
+
+    One unit's exponent is poorly pinned (it trades against the source's distance z from
+    the probe), so positions are not fitted this way: the exponents of many units give the
+    dataset's one exponent (:func:`shared_decay`)."""
+    y, ok, p, lower, upper, weight = _source_start(ptt_c, pos_c, start_xy, live)
+    n = len(p)
+    p = np.column_stack([p, np.ones(n)])
+    lower = np.column_stack([lower, np.full(n, DECAY_BOUNDS[0])])
+    upper = np.column_stack([upper, np.full(n, DECAY_BOUNDS[1])])
+
+    def residual_and_jacobian(q, idx):
+        dx = q[:, None, 0] - pos_c[idx, :, 0]
+        dy = q[:, None, 1] - pos_c[idx, :, 1]
+        r2 = dx * dx + dy * dy + q[:, None, 2] ** 2
+        decay = q[:, None, 4]
+        fall = r2 ** (-0.5 * decay)
+        model = q[:, None, 3] * fall
+        g = -decay * model / r2
+        jac = np.stack([g * dx, g * dy, g * q[:, None, 2], fall,
+                        -0.5 * model * np.log(r2)], axis=2)
+        return _weighted(model - y[idx], jac, weight, idx)
+
+    exponent = _fit_sources(p, lower, upper, ok, residual_and_jacobian, max_iter)[:, 4]
+    exponent[~ok] = np.nan
+    return exponent
+
+
+def _weighted(res, jac, weight, idx):
+    """Residuals (k, m) and Jacobian (k, m, q) of units ``idx`` with the left-out channels'
+    rows zeroed (``weight`` (n, m) 0/1, or None)."""
+    if weight is None:
+        return res, jac
+    w = weight[idx]
+    return res * w, jac * w[:, :, None]
+
+
+def _source_start(ptt_c, pos_c, start_xy, live=None):
+    """The point-source fits' shared start: ptt scaled to each unit's peak (n, m), which
+    units have signal (n,), start parameters x, y, z, alpha (n, 4), their bounds, and the
+    channels' weights (n, m) float or None."""
     ptt_c = np.asarray(ptt_c, dtype=np.float64)
+    weight = None if live is None else np.asarray(live, dtype=np.float64)
     n = ptt_c.shape[0]
-    scale = ptt_c.max(axis=1)
+    scale = (ptt_c if weight is None else ptt_c * weight).max(axis=1)
     ok = scale > 0
     scale[~ok] = 1.0
     y = ptt_c / scale[:, None]  # residuals in units of the peak amplitude: well conditioned
@@ -93,22 +176,20 @@ def monopolar_triangulation(ptt_c: np.ndarray, pos_c: np.ndarray, start_xy: np.n
     p = np.column_stack([start_xy, np.full(n, z0), (y * r0).max(axis=1)])
     lower = np.column_stack([start_xy - 100, np.full(n, 1.0), np.zeros(n)])
     upper = np.column_stack([start_xy + 100, np.full(n, 100.0 + z0), np.full(n, np.inf)])
+    return y, ok, p, lower, upper, weight
 
-    def residual_and_jacobian(q, idx):
-        dx = q[:, None, 0] - pos_c[idx, :, 0]
-        dy = q[:, None, 1] - pos_c[idx, :, 1]
-        r2 = dx * dx + dy * dy + q[:, None, 2] ** 2
-        r = np.sqrt(r2)
-        res = q[:, None, 3] / r - y[idx]
-        g = -q[:, None, 3] / (r2 * r)
-        jac = np.stack([g * dx, g * dy, g * q[:, None, 2], 1.0 / r], axis=2)
-        return res, jac
 
+def _fit_sources(p, lower, upper, ok, residual_and_jacobian, max_iter):
+    """Projected Levenberg-Marquardt of every unit's parameters p (n, k) within their bounds
+    (n, k), all units at once (only those ``ok`` (n,)); residual_and_jacobian(q, idx) ->
+    (len(idx), m) residuals and (len(idx), m, k) Jacobian. -> (n, k), z = 1 um for the
+    others."""
+    n = len(p)
     res, jac = residual_and_jacobian(p, np.arange(n))
     cost = (res ** 2).sum(axis=1)
     lam = np.full(n, 1e-3)
     active = ok.copy()
-    eye = np.eye(4)
+    eye = np.eye(p.shape[1])
     for _ in range(max_iter):
         if not active.any():
             break
@@ -139,32 +220,66 @@ def monopolar_triangulation(ptt_c: np.ndarray, pos_c: np.ndarray, start_xy: np.n
         done[a[~better]] = lam[a[~better]] > 1e12  # no downhill step left: at the optimum
         active &= ~done
     p[~ok, 2] = 1.0  # a flat waveform stays at its start
-    return p[:, :3]
+    return p
+
+
+LOCATION_ALGORITHMS = ("decay_triangulation", "monopolar_triangulation", "center_of_mass")
+
+
+def shared_decay(ptt: np.ndarray, channel_locations: np.ndarray, channels: np.ndarray,
+                 live: np.ndarray | None = None, max_units: int = DECAY_FIT_UNITS) -> float:
+    """The dataset's decay exponent: the median of :func:`decay_exponents` over at most
+    ``max_units`` units evenly spread over their order (all of them when fewer). ptt (N, C)
+    uV, channels (N, m) the channels nearest each unit's peak, live (N, m) bool or None.
+    1.0 (the monopole) when no unit has signal.
+
+    Shared, not per unit: how fast a spike's amplitude falls with distance is a property of
+    the tissue, the neurons and the probe that all units of a recording share, and a unit's
+    own exponent trades against its distance from the probe."""
+    n = ptt.shape[0]
+    rows = np.unique(np.linspace(0, n - 1, min(n, max_units)).round().astype(np.int64)) \
+        if n else np.zeros(0, np.int64)
+    ch = channels[rows]
+    ptt_c = np.take_along_axis(np.asarray(ptt[rows], np.float64), ch, axis=1)
+    start = center_of_mass(ptt[rows], channel_locations, ch)[:, :2]
+    exponent = decay_exponents(ptt_c, channel_locations[ch], start,
+                               live=None if live is None else live[rows])
+    exponent = exponent[np.isfinite(exponent)]
+    return float(np.median(exponent)) if exponent.size else 1.0
 
 
 def locate_units(ptt: np.ndarray, channel_locations: np.ndarray, peak: np.ndarray,
                  n_nearest_channels: int = 20,
                  algorithm: str = "monopolar_triangulation",
-                 channels: np.ndarray | None = None) -> np.ndarray:
+                 channels: np.ndarray | None = None, live: np.ndarray | None = None,
+                 decay: float | None = None) -> np.ndarray:
     """Unit positions (x, y, z) in um: (N, C) ptt -> (N, 3).
 
     ``monopolar_triangulation`` (Boussard et al. 2021): bounded least squares of a point
     source with amplitude falling as 1/distance, on the ``n_nearest_channels`` around the peak,
     started from the centre of mass, z >= 1 um, x and y within 100 um of the start.
+    ``decay_triangulation``: the same with the amplitude falling as 1/distance^``decay``
+    (:func:`point_source_fit`; when None, learned from these units, :func:`shared_decay`).
     ``center_of_mass``: the ptt-weighted mean channel position, z = 0. ``channels``: the
     (N, n) :func:`nearest_channels` of the peaks when already known (a caller that locates
     units block by block finds them once: each call ranks every channel pair, C x C).
+    ``live`` (N, n) bool: which of those channels recorded in the unit's session (the fits
+    leave the others out); None: all.
     """
+    if algorithm not in LOCATION_ALGORITHMS:
+        raise KilomatchError(f"unknown location algorithm '{algorithm}'; allowed: "
+                             + ", ".join(LOCATION_ALGORITHMS))
     if channels is None:
         channels = nearest_channels(channel_locations, peak, n_nearest_channels)
     com = center_of_mass(ptt, channel_locations, channels)
     if algorithm == "center_of_mass":
         return com
-    if algorithm != "monopolar_triangulation":
-        raise KilomatchError(f"unknown location algorithm '{algorithm}'; allowed: "
-                             "monopolar_triangulation, center_of_mass")
+    if algorithm == "monopolar_triangulation":
+        decay = 1.0
+    elif decay is None:
+        decay = shared_decay(ptt, channel_locations, channels, live)
     ptt_c = np.take_along_axis(ptt, channels, axis=1)
-    return monopolar_triangulation(ptt_c, channel_locations[channels], com[:, :2])
+    return point_source_fit(ptt_c, channel_locations[channels], com[:, :2], decay, live=live)
 
 
 def trough_samples(peak_waveform: np.ndarray) -> np.ndarray:

@@ -100,8 +100,12 @@ PARAMETERS: tuple[Param, ...] = (
           "Write the dense N x N outputs (ClusterMatrix, SimilarityMatrix) only up to this many "
           "units; the sparse pair tables are always written.", min=0),
     Param("spikeLocation.location_algorithm", "str", "monopolar_triangulation",
-          "How unit positions are estimated.",
-          choices=("monopolar_triangulation", "center_of_mass")),
+          "How unit positions are estimated: 'monopolar_triangulation' fits a point source "
+          "whose amplitude falls as 1/distance (the published method); "
+          "'decay_triangulation' fits one whose amplitude falls as 1/distance^b, b learned "
+          "once per shank from its units (kilomatch.features.shared_decay); "
+          "'center_of_mass' takes the amplitude-weighted mean of the channel positions.",
+          choices=("decay_triangulation", "monopolar_triangulation", "center_of_mass")),
     Param("spikeLocation.n_nearest_channels", "int", 20,
           "Channels around the peak channel used to locate a unit.", min=1),
     Param("waveformCorrection.n_nearest_channels", "int", 38,

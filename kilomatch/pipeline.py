@@ -119,15 +119,22 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     waveforms = channel_windows.LocalWaveforms(values, unit_windows, c)
     nearest = features.nearest_channels(data.channel_locations, peak,
                                         s.spikeLocation.n_nearest_channels)
+    shank = (np.zeros(data.n_units, np.int64) if data.channel_shanks is None
+             else data.channel_shanks[peak])
+    algorithm = s.spikeLocation.location_algorithm
+    # The learned decay leaves a dead channel's filled-in value out of its fits (the value
+    # flattens the footprint and moved units 10-20 um); the monopole keeps it: without it,
+    # nothing improved on the suite's dying-channel study (benchmarks/RESULTS.md, "Session 59")
+    live = (np.ones(nearest.shape, bool) if dead is None or algorithm != "decay_triangulation"
+            else ~dead[data.session_index[:, None] - 1, nearest])
+    decay = _decay_of_units(ptt, data.channel_locations, nearest, live, shank, algorithm)
     locate = partial(_locate_block, channel_locations=data.channel_locations,
-                     algorithm=s.spikeLocation.location_algorithm)
+                     algorithm=algorithm)
     locations = map_units(locate, data.n_units, s.n_jobs, "locating units",
-                          (ptt, peak, nearest))
+                          (ptt, peak, nearest, live, decay))
     both = spike_features()
     parallel.release_workers()  # no later step uses them
     n_acg = features.acg_lags(*acg_args[:2]).size
-    shank = (np.zeros(data.n_units, np.int64) if data.channel_shanks is None
-             else data.channel_shanks[peak])
     # The temporal shape on the peak channel, as recorded, for the probability's Shape
     # evidence: Kriging cannot restore a footprint sampled at another phase of the channel
     # grid (docs/method.md, section 7), but the peak channel's shape barely changes there.
@@ -342,11 +349,36 @@ def widen_windows(data: Dataset, units: UnitFeatures, s: Settings, displacements
     units.window_um = width
 
 
-def _locate_block(ptt, peak, nearest, channel_locations, algorithm):
+def _decay_of_units(ptt, channel_locations, nearest, live, shank, algorithm) -> np.ndarray:
+    """(N,) decay exponent each unit is located with: with ``decay_triangulation``, that of
+    its shank's units (features.shared_decay; per shank, so that a shank is located as its
+    units alone would be), logged; 1 (unused) otherwise."""
+    decay = np.ones(len(shank))
+    if algorithm != "decay_triangulation":
+        return decay
+    for k in np.unique(shank):
+        mine = np.flatnonzero(shank == k)
+        decay[mine] = features.shared_decay(ptt[mine], channel_locations, nearest[mine],
+                                            live[mine])
+        log.info("unit positions%s: amplitude falls as 1 / distance^%.2f, the median of %d "
+                 "units' fits (spikeLocation.location_algorithm = decay_triangulation)",
+                 "" if len(np.unique(shank)) == 1 else f" on shank {k}", decay[mine[0]],
+                 min(mine.size, features.DECAY_FIT_UNITS))
+    return decay
+
+
+def _locate_block(ptt, peak, nearest, live, decay, channel_locations, algorithm):
     """Locations of a block of units: (n, C) ptt, (n,) peak channels, (n, m) the channels
-    nearest each peak -> (n, 3) um."""
-    return features.locate_units(ptt, channel_locations, peak, nearest.shape[1], algorithm,
-                                 channels=nearest)
+    nearest each peak, (n, m) whether each recorded and (n,) the decay exponent to fit
+    with -> (n, 3) um."""
+    out = np.empty((len(peak), 3))
+    for value in np.unique(decay):  # one per shank
+        rows = np.flatnonzero(decay == value)
+        out[rows] = features.locate_units(ptt[rows], channel_locations, peak[rows],
+                                          nearest.shape[1], algorithm, channels=nearest[rows],
+                                          live=None if live[rows].all() else live[rows],
+                                          decay=float(value))
+    return out
 
 
 def _spike_features(spike_times, acg_args, isi_args):

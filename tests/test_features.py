@@ -18,6 +18,7 @@ from kilomatch.features import (
     nearest_channels,
     peak_channels,
     peak_to_trough,
+    shared_decay,
     spike_count_pairs,
 )
 
@@ -30,10 +31,18 @@ def np1_geometry(n_channels=192):
     return np.column_stack([x, y])
 
 
-def point_source_ptt(sources, alpha, loc):
-    """Noise-free monopolar amplitudes alpha / sqrt((x-x_c)^2 + (y-y_c)^2 + z^2): (N, C)."""
+def point_source_ptt(sources, alpha, loc, decay=1.0):
+    """Noise-free amplitudes alpha / r^decay, r = sqrt((x-x_c)^2 + (y-y_c)^2 + z^2): (N, C)
+    (decay 1: the monopole)."""
     d2 = ((sources[:, None, :2] - loc[None]) ** 2).sum(-1) + sources[:, 2:3] ** 2
-    return alpha[:, None] / np.sqrt(d2)
+    return alpha[:, None] / d2 ** (decay / 2)
+
+
+def random_sources(n, seed):
+    """n sources over an NP1 probe's width and 60-3700 um of depth, 5-60 um from it."""
+    rng = np.random.default_rng(seed)
+    return np.column_stack([rng.uniform(0, 70, n), rng.uniform(60, 3700, n),
+                            rng.uniform(5, 60, n)])
 
 
 # ---------------------------------------------------------------- amplitude, peak, location
@@ -66,6 +75,57 @@ def test_monopolar_triangulation_recovers_point_source(sources):
     est = locate_units(ptt, loc, peak, n_nearest_channels=20)
     assert est.shape == (4, 3)
     np.testing.assert_allclose(est, src, atol=2.0)
+
+
+@pytest.mark.parametrize("decay", [1.0, 2.0, 2.7])
+def test_shared_decay_recovers_the_footprints_exponent(decay):
+    """Units whose amplitude falls as 1/r^decay (with noise) give back that exponent within
+    0.1 from every unit, within 0.15 from an evenly spread half."""
+    loc = np1_geometry(384)
+    src = random_sources(400, 3)
+    ptt = point_source_ptt(src, np.full(400, 60.0 * 20.0 ** decay), loc, decay)
+    ptt = np.clip(ptt + np.random.default_rng(4).normal(0, 0.5, ptt.shape), 0, None)
+    near = nearest_channels(loc, peak_channels(ptt)[0], 20)
+    assert shared_decay(ptt, loc, near) == pytest.approx(decay, abs=0.1)
+    assert shared_decay(ptt, loc, near, max_units=200) == pytest.approx(decay, abs=0.15)
+
+
+def test_decay_triangulation_locates_footprints_that_fall_faster_than_1_over_r():
+    """Where the amplitude falls as 1/r^2, the monopole misplaces the units (z by tens of
+    um, x and y by several); the point source with the learned exponent puts them within
+    1 um (median) on every axis."""
+    loc = np1_geometry(384)
+    src = random_sources(300, 5)
+    ptt = point_source_ptt(src, np.full(300, 30000.0), loc, 2.0)
+    ptt = np.clip(ptt + np.random.default_rng(6).normal(0, 1.0, ptt.shape), 0, None)
+    peak = peak_channels(ptt)[0]
+    mono = np.median(np.abs(locate_units(ptt, loc, peak, 20) - src), axis=0)
+    fitted = np.median(np.abs(locate_units(ptt, loc, peak, 20, "decay_triangulation") - src),
+                       axis=0)
+    assert mono[2] > 10 and mono[:2].max() > 1.5
+    assert fitted.max() < 1.0
+
+
+@pytest.mark.parametrize("algorithm", ["monopolar_triangulation", "decay_triangulation"])
+def test_location_leaves_out_channels_that_did_not_record(algorithm):
+    """A channel whose value is no measurement (a dead site filled in from its neighbours)
+    moves a unit's position when fitted; marked as not live, the unit lands where it does
+    without it (within 0.05 um)."""
+    loc = np1_geometry(192)
+    src = np.array([[30.0, 800.0, 15.0], [50.0, 1510.0, 25.0]])
+    ptt = point_source_ptt(src, np.full(2, 40000.0), loc, 2.0)
+    peak = peak_channels(ptt)[0]
+    near = nearest_channels(loc, peak, 20)
+    live = np.ones(near.shape, bool)
+    live[:, 1] = False  # the channel next to each peak stopped recording
+    kw = dict(channels=near, decay=2.0)
+    clean = locate_units(ptt, loc, peak, 20, algorithm, live=live, **kw)
+    filled = ptt.copy()
+    filled[np.arange(2), near[:, 1]] *= 0.5  # a filled-in value, off the true footprint
+    ignored = locate_units(filled, loc, peak, 20, algorithm, live=live, **kw)
+    fitted = locate_units(filled, loc, peak, 20, algorithm, **kw)
+    np.testing.assert_allclose(ignored, clean, atol=0.05)
+    assert np.abs(fitted - clean).max() > 1.0
 
 
 def test_center_of_mass_is_ptt_weighted_mean_on_nearest_channels():

@@ -107,3 +107,31 @@ def test_given_motion_per_shank(four_shank, tmp_path):
     np.save(path, given[:, :3])
     with pytest.raises(kilomatch.KilomatchError, match=r"\(3, 4\)"):
         kilomatch.run(tree, write=False)
+
+
+def test_each_shank_learns_its_own_decay():
+    """With decay_triangulation, each shank's units are located with the exponent learned
+    from that shank alone (as a run on its units alone would), not from all shanks pooled:
+    a shank whose footprints fall as 1/r and one whose fall as 1/r^2.5 get 1 and 2.5."""
+    from kilomatch import features, pipeline
+    rng = np.random.default_rng(8)
+    k = np.arange(192)
+    locs = np.column_stack([np.array([43.0, 11.0, 59.0, 27.0])[k % 4], 20.0 * (k % 96 // 2)])
+    shank_of_channel = (k >= 96).astype(np.int64)
+    locs[shank_of_channel == 1, 0] += 250.0  # a second shank 250 um over
+    n = 120
+    shank = np.repeat([0, 1], n // 2)
+    src = np.column_stack([rng.uniform(0, 70, n) + 250.0 * shank, rng.uniform(100, 850, n),
+                           rng.uniform(5, 50, n)])
+    decay = np.where(shank == 1, 2.5, 1.0)
+    d2 = ((src[:, None, :2] - locs[None]) ** 2).sum(-1) + src[:, 2:3] ** 2
+    ptt = 2000.0 * 20.0 ** decay[:, None] / d2 ** (decay[:, None] / 2)
+    ptt[shank[:, None] != shank_of_channel[None, :]] = 0.0
+    peak = ptt.argmax(axis=1)
+    near = features.nearest_channels(locs, peak, 20, shank_of_channel)
+    live = np.ones(near.shape, bool)
+    got = pipeline._decay_of_units(ptt, locs, near, live, shank, "decay_triangulation")
+    np.testing.assert_allclose(got[shank == 0], 1.0, atol=0.05)
+    np.testing.assert_allclose(got[shank == 1], 2.5, atol=0.05)
+    assert (pipeline._decay_of_units(ptt, locs, near, live, shank,
+                                     "monopolar_triangulation") == 1.0).all()

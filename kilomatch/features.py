@@ -89,8 +89,8 @@ def monopolar_triangulation(ptt_c: np.ndarray, pos_c: np.ndarray, start_xy: np.n
     x, y within 100 um of the start, 1 <= z <= 120 um, alpha >= 0. Solved by a projected
     Levenberg-Marquardt iteration run on all units together: scipy's least_squares gives the
     same optimum (tested) but one unit at a time, ~100x slower at 10^5 units. ``live``
-    (n, m) bool: the channels that recorded (a dead channel's filled-in value is no
-    measurement and is left out of the fit); None: all.
+    (n, m) bool: the channels to fit on (the others, such as a dead channel's filled-in
+    value, are left out); None: all.
     """
     return point_source_fit(ptt_c, pos_c, start_xy, 1.0, max_iter, live)
 

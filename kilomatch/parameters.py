@@ -276,6 +276,16 @@ PARAMETERS: tuple[Param, ...] = (
           "(README, \"What is different\")."),
     Param("autoCuration.position_gap_um", "float", 7.0,
           "Smallest position gap (um) at which position_split may cut a cluster.", min=0),
+    Param("autoCuration.location_algorithm", "str", "decay_triangulation",
+          "How the unit positions that the curation's distances read (position_split, "
+          "cut_distance_ratio, split_distance_ratio) are estimated, as "
+          "spikeLocation.location_algorithm; the motion, the candidate pairs and the match "
+          "probability keep spikeLocation's. 'decay_triangulation' (a second fit of every "
+          "unit) places one neuron's units closer together, so that the distances tell two "
+          "neighbours apart more surely; 'same' reads spikeLocation's positions (the "
+          "curation before session 60).",
+          choices=("same", "decay_triangulation", "monopolar_triangulation",
+                   "center_of_mass")),
     Param("autoCuration.cut_probability", "float", 0.02,
           "A cut made by auto_split or position_split stands only where the mean match "
           "probability between its two sides is at most this (or at most the probability that "

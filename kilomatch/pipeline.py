@@ -122,16 +122,13 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     shank = (np.zeros(data.n_units, np.int64) if data.channel_shanks is None
              else data.channel_shanks[peak])
     algorithm = s.spikeLocation.location_algorithm
-    # The learned decay leaves a dead channel's filled-in value out of its fits (the value
-    # flattens the footprint and moved units 10-20 um); the monopole keeps it: without it,
-    # nothing improved on the suite's dying-channel study (benchmarks/RESULTS.md, "Session 59")
-    live = (np.ones(nearest.shape, bool) if dead is None or algorithm != "decay_triangulation"
-            else ~dead[data.session_index[:, None] - 1, nearest])
-    decay = _decay_of_units(ptt, data.channel_locations, nearest, live, shank, algorithm)
-    locate = partial(_locate_block, channel_locations=data.channel_locations,
-                     algorithm=algorithm)
-    locations = map_units(locate, data.n_units, s.n_jobs, "locating units",
-                          (ptt, peak, nearest, live, decay))
+    locate = partial(_locate_all, ptt, peak, nearest, dead, data, s.n_jobs, shank)
+    locations = locate(algorithm, "spikeLocation")
+    # the curation's distances may read positions of another estimate (autoCuration.
+    # location_algorithm): the learned decay places one neuron's units closer together
+    curation_locations = None
+    if s.autoCuration.location_algorithm not in ("same", algorithm):
+        curation_locations = locate(s.autoCuration.location_algorithm, "autoCuration")
     both = spike_features()
     parallel.release_workers()  # no later step uses them
     n_acg = features.acg_lags(*acg_args[:2]).size
@@ -148,7 +145,7 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     return UnitFeatures(waveforms, peak, amplitude, locations, both[:, :n_acg], both[:, n_acg:],
                         data.peth, data.session_index - 1, shank, peak_waveform,
                         s.waveformCorrection.window_um, time_shift, dead, offsets, inverted,
-                        noise, projection)
+                        noise, projection, curation_locations)
 
 
 def denoising_projection(data: Dataset, s: Settings) -> np.ndarray | None:
@@ -349,10 +346,30 @@ def widen_windows(data: Dataset, units: UnitFeatures, s: Settings, displacements
     units.window_um = width
 
 
-def _decay_of_units(ptt, channel_locations, nearest, live, shank, algorithm) -> np.ndarray:
+def _locate_all(ptt, peak, nearest, dead, data, n_jobs, shank, algorithm,
+                section) -> np.ndarray:
+    """(N, 3) um positions of every unit by ``algorithm``, from (N, C) ptt, (N,) peak
+    channels, (N, m) the channels nearest each peak and (S, C) dead channels (or None);
+    ``section`` names the settings that asked (spikeLocation or autoCuration) in the log."""
+    # The learned decay leaves a dead channel's filled-in value out of its fits (the value
+    # flattens the footprint and moved units 10-20 um); the monopole keeps it: without it,
+    # nothing improved on the suite's dying-channel study (benchmarks/RESULTS.md, "Session 59")
+    live = (np.ones(nearest.shape, bool) if dead is None or algorithm != "decay_triangulation"
+            else ~dead[data.session_index[:, None] - 1, nearest])
+    decay = _decay_of_units(ptt, data.channel_locations, nearest, live, shank, algorithm,
+                            section)
+    locate = partial(_locate_block, channel_locations=data.channel_locations,
+                     algorithm=algorithm)
+    label = "locating units" if section == "spikeLocation" else "locating units (curation)"
+    return map_units(locate, data.n_units, n_jobs, label, (ptt, peak, nearest, live, decay))
+
+
+def _decay_of_units(ptt, channel_locations, nearest, live, shank, algorithm,
+                    section="spikeLocation") -> np.ndarray:
     """(N,) decay exponent each unit is located with: with ``decay_triangulation``, that of
     its shank's units (features.shared_decay; per shank, so that a shank is located as its
-    units alone would be), logged; 1 (unused) otherwise."""
+    units alone would be), logged with the settings ``section`` that asked; 1 (unused)
+    otherwise."""
     decay = np.ones(len(shank))
     if algorithm != "decay_triangulation":
         return decay
@@ -361,9 +378,9 @@ def _decay_of_units(ptt, channel_locations, nearest, live, shank, algorithm) -> 
         decay[mine] = features.shared_decay(ptt[mine], channel_locations, nearest[mine],
                                             live[mine])
         log.info("unit positions%s: amplitude falls as 1 / distance^%.2f, the median of %d "
-                 "units' fits (spikeLocation.location_algorithm = decay_triangulation)",
+                 "units' fits (%s.location_algorithm = decay_triangulation)",
                  "" if len(np.unique(shank)) == 1 else f" on shank {k}", decay[mine[0]],
-                 min(mine.size, features.DECAY_FIT_UNITS))
+                 min(mine.size, features.DECAY_FIT_UNITS), section)
     return decay
 
 
@@ -789,7 +806,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
             final.clustering.similarity, same_cluster(labels, final.pairs))
     positions = None
     if ac.position_split:
-        positions = np.column_stack([units.locations[:, 0], final.corrected_depth])
+        positions = curation_positions(units, final)
     q_p, q_share, cut = None, None, ac.cut_probability
     if fitted is not None:
         q_p = linking.within_cluster_probability(fitted[0], fitted[1], final.pairs, q_pairs,
@@ -806,7 +823,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                  "on %d known non-matches, fewer than autoCuration."
                  "probability_split_min_non_matches (%d)", fitted[0].model.n_non_matches,
                  ac.probability_split_min_non_matches)
-    xy = np.column_stack([units.locations[:, 0], final.corrected_depth])
+    xy = curation_positions(units, final) if positions is None else positions
     ratio = None if fitted is None else position_noise.learned_distance_ratio(
         xy, units.amplitude, final.pairs, fitted[0].candidate_probability, q_pairs,
         units.session0)
@@ -1154,6 +1171,17 @@ def across_sessions(pairs: np.ndarray, session: np.ndarray) -> np.ndarray:
     return session[pairs[:, 0]] != session[pairs[:, 1]]
 
 
+def curation_positions(units: UnitFeatures, final: RoundResult) -> np.ndarray:
+    """(N, 2) um: each unit's x and motion-corrected depth as the curation's distances read
+    them: from ``units.curation_locations`` (autoCuration.location_algorithm) when set, the
+    depth corrected by the final motion as ``final.corrected_depth`` is; else the units'
+    locations and ``final.corrected_depth``."""
+    if units.curation_locations is None:
+        return np.column_stack([units.locations[:, 0], final.corrected_depth])
+    x, y = units.curation_locations[:, 0], units.curation_locations[:, 1]
+    return np.column_stack([x, y - final.motion.at(units.session0, y)])
+
+
 def link_by_probability(units: UnitFeatures, final: RoundResult, s: Settings, links,
                         evidence, data: Dataset | None = None) -> curation.CurationResult:
     """Final clusters and curation from the match probability (clustering.method
@@ -1162,7 +1190,7 @@ def link_by_probability(units: UnitFeatures, final: RoundResult, s: Settings, li
     links.made_clusters = True
     q_pairs, q_p = _cluster_probability(units, final, s, links.labels, links, evidence)
     ac = s.autoCuration
-    positions = np.column_stack([units.locations[:, 0], final.corrected_depth])
+    positions = curation_positions(units, final)
     splits = None if data is None else find_sorter_splits(links.labels, units, data, s)
     cur = curation.curate_by_probability(
         links.labels, units.session0, q_pairs, q_p, ac.link_probability, ac.auto_split,
@@ -1191,7 +1219,9 @@ def subset_units(units: UnitFeatures, members: np.ndarray) -> UnitFeatures:
                         None if units.time_shift is None else units.time_shift[members],
                         units.dead_channels, units.offset_sessions, units.inverted_sessions,
                         None if units.noise_share is None else units.noise_share[members],
-                        units.temporal_projection)
+                        units.temporal_projection,
+                        None if units.curation_locations is None
+                        else units.curation_locations[members])
 
 
 def merge_shanks(s: Settings, data: Dataset, units: UnitFeatures, parts: list) -> Result:

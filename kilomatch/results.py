@@ -42,7 +42,9 @@ class UnitFeatures:
     unit's waveform variance near its peak that is noise (kilomatch.waveform_noise), None if
     not measured; temporal_projection: (T, T) float32, the projection every waveform was read
     through (denoise_waveforms, kilomatch.temporal_components), None for none. The waveforms
-    here, the peak waveforms included, are the projected ones.
+    here, the peak waveforms included, are the projected ones. curation_locations: (N, 3) um,
+    the positions the curation's distances read when autoCuration.location_algorithm
+    differs from spikeLocation's, None when they read ``locations``.
     """
 
     waveforms: LocalWaveforms
@@ -62,6 +64,7 @@ class UnitFeatures:
     inverted_sessions: np.ndarray | None = None
     noise_share: np.ndarray | None = None
     temporal_projection: np.ndarray | None = None
+    curation_locations: np.ndarray | None = None
 
 
 @dataclass

@@ -164,27 +164,45 @@ def _peak(shifts: np.ndarray, values: np.ndarray) -> float:
     return float(shifts[k])
 
 
+def best_registration(reg: Registration, n_sessions: int, usable: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`solve_registration` from two starts, all pairs weighted by their peaks and no
+    motion, and the solution that superposes the sessions' units better
+    (:meth:`Registration.support`; the first on a tie). Where many pairs' peaks lock onto
+    the wrong units, the reweighting from all pairs can settle on a motion that superposes
+    the units worse than none (j_many_sessions +22000, 24 sessions: blocks of sessions 221
+    um apart, support 0.035 against 0.134 from no motion, which lands within 1.2 um of the
+    truth); a large drift is found from the first start."""
+    best = None
+    for start in (None, np.zeros(n_sessions)):
+        found = solve_registration(reg, n_sessions, usable, start=start)
+        support = reg.support(found[0])
+        if best is None or support > best[0]:
+            best = (support, found)
+    return best[1]
+
+
 def solve_registration(reg: Registration, n_sessions: int, usable: np.ndarray,
-                       n_iter: int = 10) -> tuple[np.ndarray, np.ndarray]:
+                       n_iter: int = 10, start: np.ndarray | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
     """Per-session displacement (S,) um, mean 0, and its 95% half-width (S,) um, from the
     peaks of the pairwise correlations, by least squares reweighted against outlying pairs.
     Only pairs of ``usable`` (S,) bool sessions count; the others stay at 0.
 
     A pair's weight is its peak correlation (how alike the two sessions' units are) times a
     Tukey weight of its residual, so a pair whose peak locked onto the wrong units is dropped.
+    The first weights are the peaks alone, or with ``start`` (S,) um the Tukey weights of
+    the residuals from that motion.
     """
     offsets = np.array([_peak(reg.shifts, c) for c in reg.correlation])
     a, b = reg.pairs[:, 0], reg.pairs[:, 1]
     strength = np.maximum(reg.correlation.max(axis=1, initial=0.0), 0.0) * (usable[a] & usable[b])
-    weight = strength.copy()
+    weight = strength.copy() if start is None else strength * _tukey(
+        offsets - (start[b] - start[a]))
     displacement = np.zeros(n_sessions)
     for _ in range(n_iter):
         displacement = solve_pair_offsets(a, b, offsets, weight, n_sessions)
-        residual = offsets - (displacement[b] - displacement[a])
-        # Robust scale: median absolute residual, never below the depth smoothing's reach.
-        scale = max(4.685 * 1.4826 * float(np.median(np.abs(residual))), 2 * DEPTH_SIGMA_UM)
-        tukey = np.clip(1 - (residual / scale) ** 2, 0, None) ** 2
-        new = strength * tukey
+        new = strength * _tukey(offsets - (displacement[b] - displacement[a]))
         if np.allclose(new, weight):
             break
         weight = new
@@ -199,6 +217,13 @@ def solve_registration(reg: Registration, n_sessions: int, usable: np.ndarray,
     spread = np.sqrt(np.divide(sq, w, out=np.zeros(n_sessions), where=w > 0))
     half = 1.96 * spread / np.sqrt(np.maximum(n, 1)) + DEPTH_BIN_UM
     return displacement, half
+
+
+def _tukey(residual: np.ndarray) -> np.ndarray:
+    """Tukey's biweight of pairwise residuals (um), at 4.685 robust scales: the median
+    absolute residual, never below the depth smoothing's reach."""
+    scale = max(4.685 * 1.4826 * float(np.median(np.abs(residual))), 2 * DEPTH_SIGMA_UM)
+    return np.clip(1 - (residual / scale) ** 2, 0, None) ** 2
 
 
 def superposed_pairs(x: np.ndarray, depth: np.ndarray, session0: np.ndarray, n_sessions: int,
@@ -245,7 +270,7 @@ def initial_motion(x: np.ndarray, depth: np.ndarray, amplitude: np.ndarray,
     pairs = session_pairs(n_sessions, max_session_gap)
     reg = register_sessions(x, depth, amplitude, session0, n_sessions, pairs, max_shift_um)
     usable = np.bincount(session0, minlength=n_sessions) >= MIN_UNITS
-    displacement, half = solve_registration(reg, n_sessions, usable)
+    displacement, half = best_registration(reg, n_sessions, usable)
     motion = Motion.zero(n_sessions)
     motion.offset = displacement
     if linear:
@@ -282,7 +307,7 @@ def _fit_depth_blocks(motion: Motion, x, depth, amplitude, session0, pairs,
             continue  # too few units in some session to register this block
         reg = register_sessions(x[inside], depth[inside], amplitude[inside], session0[inside],
                                 n_sessions, pairs, max_shift_um)
-        block, _ = solve_registration(reg, n_sessions, usable)
+        block, _ = best_registration(reg, n_sessions, usable)
         centres.append(float(np.median(depth[inside])))
         values.append(block)
     if len(centres) < 2:

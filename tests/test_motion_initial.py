@@ -189,3 +189,43 @@ def test_channel_windows_widen_to_a_large_drift(tmp_path, caplog):
             "path_to_motion": str(folder / "gt_motion.npy")}}, write=False)
     assert given.units.window_um == 1100.0
     assert any("the motion given spans 800 um" in r.getMessage() for r in caplog.records)
+
+
+def test_registration_kept_from_the_start_that_superposes_the_units_best():
+    """Two blocks of sessions, each consistent within (peaks at 0), tied by pairs whose
+    peaks mostly locked onto other units at scattered offsets of 150-250 um and a few true
+    ones: reweighted from all pairs, the solution settles between the blocks and superposes
+    the units worse than no motion; from no motion it finds the truth (0), and
+    best_registration keeps that one. A consistent drift is still found from the first
+    start."""
+    from kilomatch.motion_initial import best_registration, solve_registration
+    shifts = np.arange(-400.0, 401.0, 2.0)
+
+    def bump(at, height):
+        return height * np.exp(-0.5 * ((shifts - at) / 5.0) ** 2)
+
+    def registration(truth, wrong):
+        pairs, curves = [], []
+        for a in range(6):
+            for b in range(a + 1, 6):
+                pairs.append((a, b))
+                true = truth[b] - truth[a]
+                if (a < 3) == (b < 3):
+                    curves.append(bump(true, 0.5))
+                elif (a + b) % 2 == 0 or wrong is None:
+                    curves.append(bump(true, 0.2))
+                else:
+                    curves.append(bump(true + wrong[a + b], 0.3))
+        return Registration(np.array(pairs), shifts, np.array(curves))
+
+    usable = np.ones(6, bool)
+    wrong = {3: 200.0, 5: 250.0, 7: 150.0}
+    reg = registration(np.zeros(6), wrong)
+    plain, _ = solve_registration(reg, 6, usable)
+    assert np.ptp(plain) > 50  # the reweighting from all pairs settles far from the truth
+    best, _ = best_registration(reg, 6, usable)
+    np.testing.assert_allclose(best - best.mean(), 0.0, atol=1.0)
+    assert reg.support(best) > reg.support(plain)
+    drift = np.array([0.0, 60.0, 120.0, 180.0, 240.0, 300.0])
+    found, _ = best_registration(registration(drift, None), 6, usable)
+    np.testing.assert_allclose(found - found.mean(), drift - drift.mean(), atol=1.0)

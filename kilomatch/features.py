@@ -103,16 +103,12 @@ def point_source_fit(ptt_c: np.ndarray, pos_c: np.ndarray, start_xy: np.ndarray,
     y, ok, p, lower, upper, weight = _source_start(ptt_c, pos_c, start_xy, live)
 
     def residual_and_jacobian(q, idx):
-        dx = q[:, None, 0] - pos_c[idx, :, 0]
-        dy = q[:, None, 1] - pos_c[idx, :, 1]
-        r2 = dx * dx + dy * dy + q[:, None, 2] ** 2
         if decay == 1.0:  # the monopole, as published
+            dx, dy, r2 = _offsets(q, pos_c, idx)
             r = np.sqrt(r2)
             model, g, fall = q[:, None, 3] / r, -q[:, None, 3] / (r2 * r), 1.0 / r
         else:
-            fall = r2 ** (-0.5 * decay)  # 1 / r^decay
-            model = q[:, None, 3] * fall
-            g = -decay * model / r2  # d model / d x = g dx (and y, z alike)
+            dx, dy, r2, fall, model, g = _power_source(q, pos_c, idx, decay)
         jac = np.stack([g * dx, g * dy, g * q[:, None, 2], fall], axis=2)
         return _weighted(model - y[idx], jac, weight, idx)
 
@@ -135,13 +131,7 @@ def decay_exponents(ptt_c: np.ndarray, pos_c: np.ndarray, start_xy: np.ndarray,
     upper = np.column_stack([upper, np.full(n, DECAY_BOUNDS[1])])
 
     def residual_and_jacobian(q, idx):
-        dx = q[:, None, 0] - pos_c[idx, :, 0]
-        dy = q[:, None, 1] - pos_c[idx, :, 1]
-        r2 = dx * dx + dy * dy + q[:, None, 2] ** 2
-        decay = q[:, None, 4]
-        fall = r2 ** (-0.5 * decay)
-        model = q[:, None, 3] * fall
-        g = -decay * model / r2
+        dx, dy, r2, fall, model, g = _power_source(q, pos_c, idx, q[:, None, 4])
         jac = np.stack([g * dx, g * dy, g * q[:, None, 2], fall,
                         -0.5 * model * np.log(r2)], axis=2)
         return _weighted(model - y[idx], jac, weight, idx)
@@ -149,6 +139,24 @@ def decay_exponents(ptt_c: np.ndarray, pos_c: np.ndarray, start_xy: np.ndarray,
     exponent = _fit_sources(p, lower, upper, ok, residual_and_jacobian, max_iter)[:, 4]
     exponent[~ok] = np.nan
     return exponent
+
+
+def _offsets(q, pos_c, idx):
+    """x and y offsets (k, m) um of sources q (k, >= 3) from the channels of units ``idx``
+    (pos_c (n, m, 2) um), and their squared distances r^2 (k, m) with z."""
+    dx = q[:, None, 0] - pos_c[idx, :, 0]
+    dy = q[:, None, 1] - pos_c[idx, :, 1]
+    return dx, dy, dx * dx + dy * dy + q[:, None, 2] ** 2
+
+
+def _power_source(q, pos_c, idx, decay):
+    """A source falling as alpha / r^decay (decay a number, or (k, 1) per source):
+    _offsets' dx, dy, r^2, then 1 / r^decay, the model alpha / r^decay and g, its
+    derivative along x over dx (the same along y and z)."""
+    dx, dy, r2 = _offsets(q, pos_c, idx)
+    fall = r2 ** (-0.5 * decay)
+    model = q[:, None, 3] * fall
+    return dx, dy, r2, fall, model, -decay * model / r2
 
 
 def _weighted(res, jac, weight, idx):

@@ -373,13 +373,14 @@ def _decay_of_units(ptt, channel_locations, nearest, live, shank, algorithm,
     decay = np.ones(len(shank))
     if algorithm != "decay_triangulation":
         return decay
-    for k in np.unique(shank):
+    shanks = np.unique(shank)
+    for k in shanks:
         mine = np.flatnonzero(shank == k)
         decay[mine] = features.shared_decay(ptt[mine], channel_locations, nearest[mine],
                                             live[mine])
         log.info("unit positions%s: amplitude falls as 1 / distance^%.2f, the median of %d "
                  "units' fits (%s.location_algorithm = decay_triangulation)",
-                 "" if len(np.unique(shank)) == 1 else f" on shank {k}", decay[mine[0]],
+                 "" if len(shanks) == 1 else f" on shank {k}", decay[mine[0]],
                  min(mine.size, features.DECAY_FIT_UNITS), section)
     return decay
 
@@ -804,9 +805,8 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     if ac.split_threshold == "equal_priors":
         threshold = curation.equal_prior_threshold(
             final.clustering.similarity, same_cluster(labels, final.pairs))
-    positions = None
-    if ac.position_split:
-        positions = curation_positions(units, final)
+    xy = curation_positions(units, final)
+    positions = xy if ac.position_split else None
     q_p, q_share, cut = None, None, ac.cut_probability
     if fitted is not None:
         q_p = linking.within_cluster_probability(fitted[0], fitted[1], final.pairs, q_pairs,
@@ -823,7 +823,6 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                  "on %d known non-matches, fewer than autoCuration."
                  "probability_split_min_non_matches (%d)", fitted[0].model.n_non_matches,
                  ac.probability_split_min_non_matches)
-    xy = curation_positions(units, final) if positions is None else positions
     ratio = None if fitted is None else position_noise.learned_distance_ratio(
         xy, units.amplitude, final.pairs, fitted[0].candidate_probability, q_pairs,
         units.session0)

@@ -15,7 +15,7 @@ import kilomatch
 from kilomatch.cli import main
 from kilomatch.export import save_npz
 from kilomatch.review import build_report
-from kilomatch.review.clusters import summarize_clusters
+from kilomatch.review.clusters import doubtful_cuts, summarize_clusters
 from kilomatch.review.links import Links
 from kilomatch.simulate import simulate_to_folder
 
@@ -160,6 +160,42 @@ def test_cluster_summary_flags_gaps_jumps_weak_links_and_finds_the_competitor():
     rows = summarize_clusters(idx, session, positions, np.full(7, 50.0), links, 7.0,
                               duplicate_of)
     assert [r["flags"] for r in rows] == [["gap", "near"], ["jump"], ["duplicate"]]
+
+
+def test_the_curations_cuts_that_the_probability_doubts_are_flagged():
+    """Pairs the curation took apart, by the sides they join now: clusters 1 and 2 at mean
+    probability 0.6 (more likely one neuron: both flagged "cut", each naming the other),
+    cluster 3 and unmatched unit 6 at 0.8 (cluster 3 flagged, naming the unit), clusters 1
+    and 3 at 0.2 (not flagged); a same-session conflict at 0.99 and a pair now in one
+    cluster again are left out."""
+    from kilomatch.curation import REASONS
+    #             unit: 0  1  2  3  4  5  6
+    idx = np.array([1, 1, 2, 2, 3, 3, -1])
+    session = np.array([1, 2, 3, 4, 1, 2, 3])
+    positions = np.zeros((7, 2))
+    names = np.array(REASONS)
+    at = {name: k for k, name in enumerate(REASONS)}
+    removed = np.array([[0, 2], [1, 3], [4, 6], [5, 6], [0, 4], [1, 4], [2, 5], [0, 1]])
+    probability = np.array([0.7, 0.5, 0.9, 0.7, 0.2, 0.99, 0.2, 0.1])
+    reason = np.array([at["split_at_distance"], at["split_at_distance"],
+                       at["split_below_threshold"], at["split_below_threshold"],
+                       at["split_below_threshold"], at["same_session_conflict"],
+                       at["split_below_threshold"], at["split_below_threshold"]])
+    cuts = doubtful_cuts(idx, removed, probability, reason, names)
+    assert cuts == {
+        1: [{"cluster": 2, "unit": 2, "probability": 0.6, "pairs": 2,
+             "reason": "split_at_distance"}],
+        2: [{"cluster": 1, "unit": 0, "probability": 0.6, "pairs": 2,
+             "reason": "split_at_distance"}],
+        3: [{"cluster": None, "unit": 6, "probability": 0.8, "pairs": 2,
+             "reason": "split_below_threshold"}]}
+    links = Links(np.empty((0, 2), np.int64), np.empty(0), np.empty(0), "similarity", "s", "t")
+    rows = summarize_clusters(idx, session, positions, np.full(7, 50.0), links, 7.0,
+                              cuts=cuts)
+    assert [r["flags"] for r in rows] == [["cut"], ["cut"], ["cut"]]
+    assert rows[2]["cut"] == cuts[3]
+    # below the level no cut is doubtful
+    assert doubtful_cuts(idx, removed, probability / 2, reason, names) == {}
 
 
 # ------------------------------------------------------------------------------ browser

@@ -19,7 +19,17 @@ FLAGS = {
     "duplicate": "holds a unit that shares most of its spikes with another unit of its "
                  "session (units.csv duplicate_of): the sorter counted that neuron twice, and "
                  "this cluster may track it a second time",
+    "cut": "the curation took units apart from this cluster (CurationResults.npz) whose "
+           "mean match probability across is 0.5 or more: more likely one neuron than two; "
+           "compare it with the cluster or unit it was cut from, and merge them if they are "
+           "one neuron",
 }
+# A cut of the curation is doubtful when the mean match probability of its pairs across is
+# at least this: the pairs are then more likely one neuron than two. On the accuracy suite
+# (300 runs) such cuts held 322 of the 1,228 true matches the curation took apart, in 191
+# cuts (0.6 per run), against 6.5% true among all its removals (benchmarks/RESULTS.md,
+# "Session 61").
+CUT_FLAG_PROBABILITY = 0.5
 
 
 def _weakest_inside(idx: np.ndarray, links: Links):
@@ -58,6 +68,58 @@ def _competitors(idx: np.ndarray, links: Links):
     return best_value, best_unit
 
 
+def doubtful_cuts(idx, removed_pairs, removed_probability, removed_reason, reason_names,
+                  level: float = CUT_FLAG_PROBABILITY) -> dict:
+    """The curation's cuts that the match probability doubts, per cluster.
+
+    The pairs the curation took apart (``removed_pairs`` (R, 2) units, their pair
+    probability (R,) (NaN where none), ``removed_reason`` (R,) index into ``reason_names``)
+    are grouped by the two sides they join now: two clusters of ``idx`` (N,), or a cluster
+    and an unmatched unit (each such unit its own side). Same-session conflicts are left out
+    (two units of one session are two neurons, or a sorter split kept whole elsewhere), and
+    so are pairs whose units are in one cluster again (a later join or a reviewer's merge).
+    A group whose mean probability (over its pairs that have one) is at least ``level`` is
+    a doubtful cut. Returns {cluster id: [{"cluster": the other cluster or None, "unit": a
+    unit on the other side, "probability": mean, "pairs": count, "reason": its most
+    frequent reason}, ...] by decreasing probability}.
+    """
+    idx = np.asarray(idx).reshape(-1)
+    pairs = np.asarray(removed_pairs, np.int64).reshape(-1, 2)
+    probability = np.asarray(removed_probability, np.float64).reshape(-1)
+    reason = np.asarray(removed_reason).reshape(-1)
+    names = [str(n) for n in reason_names]
+    keep = np.isfinite(probability)
+    if "same_session_conflict" in names:
+        keep &= reason != names.index("same_session_conflict")
+    a, b = pairs[keep, 0], pairs[keep, 1]
+    ca, cb = idx[a], idx[b]
+    # a side: a cluster id (> 0), or -1 - unit for an unmatched unit
+    side_a = np.where(ca > 0, ca, -1 - a)
+    side_b = np.where(cb > 0, cb, -1 - b)
+    apart = (side_a != side_b) & ((ca > 0) | (cb > 0))
+    lo, hi = np.minimum(side_a, side_b)[apart], np.maximum(side_a, side_b)[apart]
+    p, why = probability[keep][apart], reason[keep][apart]
+    unit_lo = np.where(side_a[apart] == lo, a[apart], b[apart])
+    unit_hi = np.where(side_a[apart] == lo, b[apart], a[apart])
+    out: dict = {}
+    for group in np.unique(np.column_stack([lo, hi]), axis=0) if lo.size else []:
+        rows = np.flatnonzero((lo == group[0]) & (hi == group[1]))
+        mean = float(p[rows].mean())
+        if mean < level:
+            continue
+        common = names[int(np.bincount(why[rows]).argmax())]
+        for own, other, unit in ((group[0], group[1], unit_hi[rows[0]]),
+                                 (group[1], group[0], unit_lo[rows[0]])):
+            if own <= 0:  # an unmatched unit has no row of its own
+                continue
+            out.setdefault(int(own), []).append({
+                "cluster": int(other) if other > 0 else None, "unit": int(unit),
+                "probability": round(mean, 3), "pairs": int(rows.size), "reason": common})
+    for cuts in out.values():
+        cuts.sort(key=lambda c: (-c["probability"], c["unit"]))
+    return out
+
+
 def _largest_jump(units: np.ndarray, positions: np.ndarray) -> float:
     """Largest distance (um) between the positions of consecutive units (in session order)."""
     if units.size < 2:
@@ -66,13 +128,15 @@ def _largest_jump(units: np.ndarray, positions: np.ndarray) -> float:
 
 
 def summarize_clusters(idx, session, positions, amplitude, links: Links,
-                       position_gap_um: float, duplicate_of: np.ndarray | None = None) -> list:
+                       position_gap_um: float, duplicate_of: np.ndarray | None = None,
+                       cuts: dict | None = None) -> list:
     """One dict per cluster, by increasing id, ready for the page's JSON.
 
     idx, session: (N,) cluster (-1 unmatched) and session (1..S) of each unit. positions:
     (N, 2) motion-corrected x, depth (um). amplitude: (N,) uV. duplicate_of: (N,) the unit
-    each unit duplicates (kilomatch.duplicate_units), -1 for none; None: not known. Values
-    are rounded for the page.
+    each unit duplicates (kilomatch.duplicate_units), -1 for none; None: not known. cuts:
+    the curation's doubtful cuts (:func:`doubtful_cuts`), or None. Values are rounded for
+    the page.
     """
     idx = np.asarray(idx).reshape(-1)
     session = np.asarray(session).reshape(-1)
@@ -96,6 +160,9 @@ def summarize_clusters(idx, session, positions, amplitude, links: Links,
             flags.append("near")
         if duplicate is not None and duplicate[units].any():
             flags.append("duplicate")
+        doubtful = [] if cuts is None else cuts.get(cid, [])
+        if doubtful:
+            flags.append("cut")
         competitor = None
         if best_unit[cid] >= 0:
             other = int(best_unit[cid])
@@ -109,6 +176,7 @@ def summarize_clusters(idx, session, positions, amplitude, links: Links,
             "weakest": None if not np.isfinite(weakest) else round(float(weakest), 3),
             "jump": round(jump, 1),
             "competitor": competitor,
+            "cut": doubtful,
             "flags": flags,
             "units": [[int(u), int(s), round(float(positions[u, 1]), 1),
                        round(float(amplitude[u]), 1)] for u, s in zip(units, seen)],

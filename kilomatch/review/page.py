@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import KilomatchError
 from ..tracked import twin_of
-from .clusters import FLAGS, summarize_clusters
+from .clusters import FLAGS, doubtful_cuts, summarize_clusters
 from .links import read_links
 
 log = logging.getLogger("kilomatch")
@@ -59,6 +59,19 @@ def _units_columns(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     duplicate_of = twin_of([r["duplicate_of"] for r in rows], path) \
         if rows and "duplicate_of" in rows[0] else None
     return np.array(amplitude, dtype=float), duplicate_of
+
+
+def _curation_cuts(folder: Path, idx: np.ndarray) -> dict | None:
+    """The curation's doubtful cuts (:func:`kilomatch.review.clusters.doubtful_cuts`) from
+    the run's CurationResults.npz; None when the run wrote none, or no probability."""
+    path = folder / "CurationResults.npz"
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        needed = ("removed_pairs", "removed_probability", "removed_reason", "reason_names")
+        if any(k not in z.files for k in needed):
+            return None
+        return doubtful_cuts(idx, *(z[k] for k in needed))
 
 
 def _output_for_figures(folder: Path, links) -> dict:
@@ -182,7 +195,7 @@ def build_report(output_folder, n_jobs: int = 1, figures: bool = True) -> Path:
     amplitude, duplicate_of = _units_columns(folder / "units.csv")
     gap = float(settings.get("autoCuration", {}).get("position_gap_um", 7.0))
     rows = summarize_clusters(idx, output["SessionIndex"], positions, amplitude, links, gap,
-                              duplicate_of)
+                              duplicate_of, _curation_cuts(folder, idx))
 
     report = folder / REPORT_FOLDER
     img = report / IMAGE_FOLDER

@@ -147,6 +147,9 @@
     const competitor = !k ? "none" : k.cluster === null ? `unit ${k.unit} (unmatched), ${fmt(k.value)}`
       : `<a class="jump" data-id="${k.cluster}">cluster ${k.cluster}</a> (via unit ${k.unit}), ${fmt(k.value)}`;
     const flags = c.flags.length ? c.flags.map((f) => `<span class="flag">${f}</span> ${esc(DATA.flags[f])}`).join("<br>") : "none";
+    const cutFrom = (c.cut || []).map((x) => (x.cluster === null ? `unit ${x.unit} (unmatched)`
+      : `<a class="jump" data-id="${x.cluster}">cluster ${x.cluster}</a>`) +
+      ` (mean match probability ${fmt(x.probability)} over ${x.pairs} pair${x.pairs > 1 ? "s" : ""}, ${esc(x.reason)})`).join("; ");
     const units = c.units.map(([u, s, depth, amp]) => {
       const checked = d.action === "split" && d.units.includes(u) ? "checked" : "";
       return `<tr><td><input type="checkbox" class="split-unit" value="${u}" ${checked}></td>` +
@@ -158,7 +161,7 @@
         corrected depth <b>${c.depth.toFixed(0)} \u00b5m</b>, largest move <b>${c.jump.toFixed(1)} \u00b5m</b>;
         weakest link <b>${c.weakest === null ? "\u2013" : fmt(c.weakest)}</b> (${esc(LINK.label)};
         threshold ${fmt(LINK.threshold)}, ${esc(LINK.threshold_label)})<br>
-        nearest competitor: ${competitor}<br>flags: ${flags}</p>
+        nearest competitor: ${competitor}<br>flags: ${flags}${cutFrom ? `<br>cut from: ${cutFrom}` : ""}</p>
       <div class="actions">
         <button id="btn-accept" type="button">Accept</button>
         <button id="btn-reject" type="button" title="its units become unmatched">Reject</button>
@@ -179,8 +182,9 @@
     document.getElementById("btn-split").onclick = () => split(id);
     document.getElementById("btn-merge").onclick = () => merge(id);
     document.getElementById("btn-clear").onclick = () => decide(id, null);
-    const jump = document.querySelector("#view a.jump");
-    if (jump) jump.onclick = () => show(Number(jump.dataset.id));
+    for (const jump of document.querySelectorAll("#view a.jump")) {
+      jump.onclick = () => show(Number(jump.dataset.id));
+    }
   }
 
   function scrollToRow(tr) {

@@ -26,9 +26,9 @@ REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_
  SIMILARITY_STEP, AMPLITUDE, LOW_PROBABILITY, LONE_END, TIME_GAP) = range(13)
 _BLOCK = 1 << 20  # rows of pairs filled at a time by within_cluster_pairs
 # The split at distance stands unless the mean (or median) match probability across it is
-# above this: the level of the sure matches (kilomatch.position_noise.SURE_PROBABILITY). On
-# NP2 data large units of one neuron lie 3-6 um apart, several times their typical 0.5-1 um,
-# with probability 0.99.
+# above this (the default of autoCuration.split_distance_probability): the level of the sure
+# matches (kilomatch.position_noise.SURE_PROBABILITY). On NP2 data large units of one neuron
+# lie 3-6 um apart, several times their typical 0.5-1 um, with probability 0.99.
 DISTANCE_SPLIT_PROBABILITY = 0.9
 # A group of units of a succession (split_successions) is one neuron when the mean match
 # probability of its pairs across sessions is at least this; it holds at least two units.
@@ -701,7 +701,8 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
            max_session_gap: int = 0, non_match_share: np.ndarray | None = None,
            pooled_level: float = 0.0, amplitude_step: float = 0.0,
            rejoin_distance_ratio: float = 0.0, amplitude_split: bool = False,
-           probability_split: bool = False
+           probability_split: bool = False,
+           distance_split_probability: float = DISTANCE_SPLIT_PROBABILITY
            ) -> CurationResult:
     """The curation steps, then dissolve single-unit clusters: same-session conflicts, the
     split at ``threshold`` (``auto_split``), and with ``positions`` (N, D) um the split at
@@ -713,8 +714,8 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     ``unit_positions`` (N, D) um and ``amplitude`` (N,) uV, each cluster is split where its
     groups lie on average more than ``split_distance_ratio`` spreads apart
     (:func:`split_by_distance`), the spread learned from the pairs the curated clusters hold
-    (:func:`spread_of_clusters`), unless the mean probability across is above
-    DISTANCE_SPLIT_PROBABILITY. With ``succession_probability`` above 0, clusters where one
+    (:func:`spread_of_clusters`), unless the mean or the median probability across is above
+    ``distance_split_probability``. With ``succession_probability`` above 0, clusters where one
     neuron followed another are split (:func:`split_successions`, on the linkable pairs at
     most ``max_session_gap`` sessions apart, 0: any); with ``amplitude`` and
     ``amplitude_step`` above 0, also where the amplitude steps in time by more than that many
@@ -784,7 +785,7 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
         split, removed_d = split_by_distance(final, pairs, split_ratio, split_distance_ratio)
         # a split at distance stands unless the probability is sure its sides are one
         split, removed_d = rejoin_by_probability(final, split, pairs, probability,
-                                                 DISTANCE_SPLIT_PROBABILITY, median=True)
+                                                 distance_split_probability, median=True)
         final = split
     removed_n, reason_n = np.empty((0, 2), np.int64), np.empty(0, np.int8)
     removed_a = np.empty((0, 2), np.int64)

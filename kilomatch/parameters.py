@@ -358,8 +358,18 @@ PARAMETERS: tuple[Param, ...] = (
           "where its groups of units are on average farther apart than this many times the "
           "typical distance between two units of one neuron at their amplitudes, learned from "
           "the pairs the curated clusters hold, unless their match probability across is "
-          "above 0.9 (in mean or median). 0 turns it off.",
+          "above autoCuration.split_distance_probability (in mean or median). 0 turns it "
+          "off.",
           min=0),
+    Param("autoCuration.split_distance_probability", "float", 0.9,
+          "The split at distance (split_distance_ratio) stands unless the mean or the median "
+          "match probability of the pairs across it is above this. 0.9: only where the "
+          "probability is sure of one neuron is the distance overruled. 0.5: wherever the "
+          "pairs across are more likely one neuron than two, which keeps a neuron whose "
+          "amplitude changes 2-3x over days whole, and also a neighbour of 2-3x the "
+          "amplitude that replaces it for a session: on the accuracy suite F1 sum +0.004 "
+          "over 220 runs, but runs below precision 0.99 6 -> 11 (benchmarks/RESULTS.md, "
+          "'Session 61').", min=0, max=1),
     Param("autoCuration.succession_probability", "float", 0.0,
           "Split a cluster where one neuron followed another at its place (clustering.method "
           "'similarity'): at a cut in time (units of the sessions up to one session against "

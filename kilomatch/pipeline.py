@@ -833,7 +833,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                           xy, units.amplitude, ac.succession_probability,
                           s.clustering.max_session_gap, q_share, ac.cut_pooled_level,
                           ac.amplitude_step, ac.rejoin_distance_ratio, ac.amplitude_split,
-                          probability_split)
+                          probability_split, ac.split_distance_probability)
     cur.splits, cur.alike_splits = splits, alike
     cur.cut_probability = cut if q_p is not None else float("nan")
     cur.labels_before_join = cur.labels

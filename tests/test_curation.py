@@ -366,6 +366,15 @@ def test_split_by_distance_takes_apart_groups_farther_than_the_limit():
         assert np.all(res.removed_reason == DISTANCE)
         assert len(res.removed_pairs) == (9 if apart else 0)
         assert res.split_distance_ratio.shape == (len(pairs),)
+    # at a level of 0.5 (autoCuration.split_distance_probability) the pairs across at 0.6,
+    # more likely one neuron than two, keep the cluster whole; at 0.3 it is split
+    for p_across, apart in ((0.6, False), (0.3, True)):
+        p = np.where(across, p_across, 0.8)
+        res = curate(labels, session, pairs, sim, link, threshold=1.0, probability=p,
+                     cut_probability=0.02, distance_ratio=tight, split_distance_ratio=5.0,
+                     unit_positions=positions, amplitude=amplitude,
+                     distance_split_probability=0.5)
+        assert len(res.removed_pairs) == (9 if apart else 0)
     # without positions (or without the probability) there is no split at distance
     res = curate(labels, session, pairs, sim, link, threshold=1.0, probability=p,
                  cut_probability=0.02, distance_ratio=tight, split_distance_ratio=5.0)

@@ -165,6 +165,9 @@ def test_setting_texts_state_the_curation_constants_they_describe():
     assert f"more than {curation.AMPLITUDE_STEP_SURE:g} times that step" in step
     assert percentile(curation.POOLED_AMPLITUDE_QUANTILE) in step
     assert percentile(curation.POOLED_AMPLITUDE_QUANTILE) in text["autoCuration.cut_pooled_level"]
+    default = {p.name: p.default for p in PARAMETERS}
+    assert default["autoCuration.split_distance_probability"] == \
+        curation.DISTANCE_SPLIT_PROBABILITY
     rejoin = text["autoCuration.rejoin_distance_ratio"]
     assert f"({curation.REJOIN_AMPLITUDE_MIN_FACTOR:g}x at least)" in rejoin
     assert percentile(curation.REJOIN_AMPLITUDE_QUANTILE) in rejoin

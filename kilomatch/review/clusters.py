@@ -11,6 +11,12 @@ from .links import Links
 # A link is "near the threshold" when it sits in the lowest NEAR_FRACTION of the way from
 # the threshold to the median link inside clusters: the weakest links the run still kept.
 NEAR_FRACTION = 0.25
+# A cut of the curation is doubtful when the mean match probability of its pairs across is
+# at least this: the pairs are then more likely one neuron than two. On the accuracy suite
+# (300 runs) such cuts held 314 of the 1,228 true matches the curation took apart, in 170
+# cuts (0.6 per run), against 6.5% true among all its removals; they held 400 wrong pairs
+# too (benchmarks/RESULTS.md, "Session 61").
+CUT_FLAG_PROBABILITY = 0.5
 FLAGS = {
     "gap": "seen in sessions that are not consecutive (the neuron is missing in between)",
     "jump": "its motion-corrected position moves more than autoCuration.position_gap_um "
@@ -20,16 +26,10 @@ FLAGS = {
                  "session (units.csv duplicate_of): the sorter counted that neuron twice, and "
                  "this cluster may track it a second time",
     "cut": "the curation took units apart from this cluster (CurationResults.npz) whose "
-           "mean match probability across is 0.5 or more: more likely one neuron than two; "
-           "compare it with the cluster or unit it was cut from, and merge them if they are "
-           "one neuron",
+           f"mean match probability across is {CUT_FLAG_PROBABILITY:g} or more: more likely "
+           "one neuron than two; compare it with the cluster or unit it was cut from, and "
+           "merge them if they are one neuron",
 }
-# A cut of the curation is doubtful when the mean match probability of its pairs across is
-# at least this: the pairs are then more likely one neuron than two. On the accuracy suite
-# (300 runs) such cuts held 322 of the 1,228 true matches the curation took apart, in 191
-# cuts (0.6 per run), against 6.5% true among all its removals (benchmarks/RESULTS.md,
-# "Session 61").
-CUT_FLAG_PROBABILITY = 0.5
 
 
 def _weakest_inside(idx: np.ndarray, links: Links):
@@ -86,35 +86,42 @@ def doubtful_cuts(idx, removed_pairs, removed_probability, removed_reason, reaso
     idx = np.asarray(idx).reshape(-1)
     pairs = np.asarray(removed_pairs, np.int64).reshape(-1, 2)
     probability = np.asarray(removed_probability, np.float64).reshape(-1)
-    reason = np.asarray(removed_reason).reshape(-1)
+    reason = np.asarray(removed_reason, np.int64).reshape(-1)
     names = [str(n) for n in reason_names]
     keep = np.isfinite(probability)
     if "same_session_conflict" in names:
         keep &= reason != names.index("same_session_conflict")
-    a, b = pairs[keep, 0], pairs[keep, 1]
-    ca, cb = idx[a], idx[b]
+    a, b, p, why = pairs[keep, 0], pairs[keep, 1], probability[keep], reason[keep]
     # a side: a cluster id (> 0), or -1 - unit for an unmatched unit
-    side_a = np.where(ca > 0, ca, -1 - a)
-    side_b = np.where(cb > 0, cb, -1 - b)
-    apart = (side_a != side_b) & ((ca > 0) | (cb > 0))
-    lo, hi = np.minimum(side_a, side_b)[apart], np.maximum(side_a, side_b)[apart]
-    p, why = probability[keep][apart], reason[keep][apart]
-    unit_lo = np.where(side_a[apart] == lo, a[apart], b[apart])
-    unit_hi = np.where(side_a[apart] == lo, b[apart], a[apart])
+    side_a = np.where(idx[a] > 0, idx[a], -1 - a)
+    side_b = np.where(idx[b] > 0, idx[b], -1 - b)
+    apart = (side_a != side_b) & ((side_a > 0) | (side_b > 0))
+    a, b, p, why = a[apart], b[apart], p[apart], why[apart]
+    side_a, side_b = side_a[apart], side_b[apart]
+    if not a.size:
+        return {}
+    swap = side_a > side_b  # each pair as (lower side, higher side)
+    lo, hi = np.where(swap, side_b, side_a), np.where(swap, side_a, side_b)
+    unit_lo, unit_hi = np.where(swap, b, a), np.where(swap, a, b)
+    groups, first, group = np.unique(np.column_stack([lo, hi]), axis=0, return_index=True,
+                                     return_inverse=True)
+    group = group.reshape(-1)
+    count = np.bincount(group, minlength=len(groups))
+    mean = np.bincount(group, weights=p, minlength=len(groups)) / count
+    # each group's most frequent reason (the lowest index on a tie)
+    by_reason = np.zeros((len(groups), max(len(names), int(why.max()) + 1)), np.int64)
+    np.add.at(by_reason, (group, why), 1)
+    common = by_reason.argmax(axis=1)
     out: dict = {}
-    for group in np.unique(np.column_stack([lo, hi]), axis=0) if lo.size else []:
-        rows = np.flatnonzero((lo == group[0]) & (hi == group[1]))
-        mean = float(p[rows].mean())
-        if mean < level:
-            continue
-        common = names[int(np.bincount(why[rows]).argmax())]
-        for own, other, unit in ((group[0], group[1], unit_hi[rows[0]]),
-                                 (group[1], group[0], unit_lo[rows[0]])):
+    for g in np.flatnonzero(mean >= level):
+        for own, other, unit in ((groups[g, 0], groups[g, 1], unit_hi[first[g]]),
+                                 (groups[g, 1], groups[g, 0], unit_lo[first[g]])):
             if own <= 0:  # an unmatched unit has no row of its own
                 continue
             out.setdefault(int(own), []).append({
                 "cluster": int(other) if other > 0 else None, "unit": int(unit),
-                "probability": round(mean, 3), "pairs": int(rows.size), "reason": common})
+                "probability": round(float(mean[g]), 3), "pairs": int(count[g]),
+                "reason": names[int(common[g])]})
     for cuts in out.values():
         cuts.sort(key=lambda c: (-c["probability"], c["unit"]))
     return out

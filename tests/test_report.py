@@ -15,7 +15,7 @@ import kilomatch
 from kilomatch.cli import main
 from kilomatch.export import save_npz
 from kilomatch.review import build_report
-from kilomatch.review.clusters import doubtful_cuts, summarize_clusters
+from kilomatch.review.clusters import doubtful_cuts, doubtful_groups, summarize_clusters
 from kilomatch.review.links import Links
 from kilomatch.simulate import simulate_to_folder
 
@@ -236,6 +236,35 @@ def _wait(condition, timeout=20.0):
     raise AssertionError("timed out")
 
 
+def test_clusters_the_probability_sees_as_two_groups_are_flagged_with_the_smaller_one():
+    """Cluster 1: two sure pairs, 0.1-0.3 across (and one pair across never compared): two
+    groups, the one without its first unit named. Cluster 2: one pair of 0.4, but its third
+    unit is 0.6 from the other two on average: one group. Cluster 3: halves never compared but
+    through pairs of 0.9 and 0.45: uncompared pairs alone flag nothing. Cluster 4: two units
+    at 0.3. Runs without a probability flag none."""
+    #             unit: 0  1  2  3  4  5  6  7  8  9 10 11 12
+    idx = np.array([1, 1, 1, 1, 2, 2, 2, 3, 3, 3, 3, 4, 4])
+    session = np.array([1, 2, 3, 4, 1, 2, 3, 1, 2, 3, 4, 1, 2])
+    pairs = np.array([[0, 1], [2, 3], [0, 2], [0, 3], [1, 2],
+                      [4, 5], [4, 6], [5, 6],
+                      [7, 8], [9, 10], [8, 9], [7, 9],
+                      [11, 12]])
+    value = np.array([0.95, 0.95, 0.1, 0.2, 0.3, 0.9, 0.4, 0.8, 0.9, 0.9, 0.9, 0.45, 0.3])
+    links = Links(pairs, value, np.full(len(pairs), 0.5), "probability", "p", "t")
+    groups = doubtful_groups(idx, links)
+    assert groups == {
+        1: {"units": [2, 3], "probability": 0.2, "pairs": 3, "uncompared": 1},
+        4: {"units": [12], "probability": 0.3, "pairs": 1, "uncompared": 0}}
+    rows = summarize_clusters(idx, session, np.zeros((13, 2)), np.full(13, 50.0), links, 7.0,
+                              groups=groups)
+    assert ["groups" in r["flags"] for r in rows] == [True, False, False, True]
+    assert rows[0]["groups"] == groups[1] and rows[1]["groups"] is None
+    # at 0.25 only cluster 1 (mean 0.2) is below the level; cluster 4 (0.3) is not
+    assert doubtful_groups(idx, links, level=0.25) == {1: groups[1]}
+    similarity = Links(pairs, value, np.full(len(pairs), 0.5), "similarity", "s", "t")
+    assert doubtful_groups(idx, similarity) == {}
+
+
 def test_review_in_a_browser_sort_view_decide_download_apply(run_folder, tmp_path):
     downloads = tmp_path / "downloads"
     downloads.mkdir()
@@ -296,3 +325,32 @@ def test_review_in_a_browser_sort_view_decide_download_apply(run_folder, tmp_pat
         expected |= {largest["units"][1][0]}
     assert set(changed.tolist()) == expected
     assert (after[sorted(expected)] == -1).all()
+
+
+def test_in_a_browser_the_smaller_of_two_groups_is_ticked_for_a_split(run_folder, tmp_path):
+    """The cluster view names the group the probability doubts, and "tick them" ticks exactly
+    its units (the run's page, with a group given to its largest cluster)."""
+    from kilomatch.review.page import page_html
+    data = _page_data(run_folder / "report" / "index.html")
+    largest = max(data["clusters"], key=lambda c: (len(c["units"]), -c["id"]))
+    named = [largest["units"][-1][0]]
+    largest["groups"] = {"units": named, "probability": 0.31, "pairs": 2, "uncompared": 1}
+    largest["flags"] = largest["flags"] + ["groups"]
+    page = run_folder / "report" / "groups.html"  # beside index.html: its images resolve
+    page.write_text(page_html(data))
+    driver = _browser(tmp_path)
+    try:
+        from selenium.webdriver.common.by import By
+        driver.get(page.as_uri())
+        driver.find_element(By.CSS_SELECTOR, f'tr[data-id="{largest["id"]}"]').click()
+        facts = driver.find_element(By.CSS_SELECTOR, "#view .facts").text
+        assert f"two groups: units {named[0]} (session {largest['units'][-1][1]}) against " \
+               "the rest: mean match probability 0.31 over 2 compared pairs, 1 never " \
+               "compared" in facts
+        driver.find_element(By.ID, "btn-tick").click()
+        ticked = [int(b.get_attribute("value")) for b in
+                  driver.find_elements(By.CSS_SELECTOR, "#view .split-unit") if b.is_selected()]
+        assert ticked == named
+    finally:
+        driver.quit()
+        page.unlink()

@@ -17,6 +17,12 @@ NEAR_FRACTION = 0.25
 # cuts (0.6 per run), against 6.5% true among all its removals; they held 400 wrong pairs
 # too (benchmarks/RESULTS.md, "Session 61").
 CUT_FLAG_PROBABILITY = 0.5
+# Two groups of a cluster are doubtful when the mean match probability of the pairs between
+# them is below this: by its pairs the cluster is then more likely two neurons than one. On
+# the accuracy suite (300 runs, 42,866 clusters) 491 clusters were flagged (1.6 per run);
+# the pairs across their two groups held 222 of the 614 wrong pairs of all the clusters, and
+# 1,604 of their 549,962 true ones (benchmarks/RESULTS.md, "Session 62").
+GROUP_FLAG_PROBABILITY = 0.5
 FLAGS = {
     "gap": "seen in sessions that are not consecutive (the neuron is missing in between)",
     "jump": "its motion-corrected position moves more than autoCuration.position_gap_um "
@@ -29,6 +35,10 @@ FLAGS = {
            f"mean match probability across is {CUT_FLAG_PROBABILITY:g} or more: more likely "
            "one neuron than two; compare it with the cluster or unit it was cut from, and "
            "merge them if they are one neuron",
+    "groups": "its units fall in two groups (average linkage on the match probability) whose "
+              f"mean match probability across is below {GROUP_FLAG_PROBABILITY:g}: by its "
+              "pairs, more likely two neurons than one; look at the smaller group, and split "
+              "it off if it is another neuron",
 }
 
 
@@ -127,6 +137,69 @@ def doubtful_cuts(idx, removed_pairs, removed_probability, removed_reason, reaso
     return out
 
 
+def doubtful_groups(idx, links: Links, level: float = GROUP_FLAG_PROBABILITY) -> dict:
+    """The clusters that the match probability would rather see as two neurons.
+
+    Each cluster of ``idx`` (N,) with two units or more is parted in two by average linkage
+    on the match probability of its pairs (``links``: its last merge); pairs that were never
+    compared (beyond clustering.max_distance or max_session_gap) count as 0 there, as in the
+    curation's split by average link. The cluster is flagged when the mean probability of
+    the compared pairs across the two groups is below ``level``: uncompared pairs alone do
+    not flag a cluster that spans many sessions. Runs without a probability (links of
+    weighted similarity) have none. Returns {cluster id: {"units": the smaller group's units
+    (sorted; on a tie, the group without the cluster's first unit), "probability": the mean
+    across, "pairs": the compared pairs across, "uncompared": the pairs across never
+    compared}}.
+    """
+    if links.kind != "probability":
+        return {}
+    from scipy.cluster.hierarchy import linkage, to_tree
+    from scipy.spatial.distance import squareform
+    idx = np.asarray(idx).reshape(-1)
+    a, b = links.pairs[:, 0], links.pairs[:, 1]
+    inside = (idx[a] == idx[b]) & (idx[a] > 0)
+    a, b, value = a[inside], b[inside], np.nan_to_num(links.value[inside])
+    size = int(idx.max(initial=0)) + 1
+    lowest = np.full(size, np.inf)
+    np.minimum.at(lowest, idx[a], value)
+    # a cluster whose compared pairs are all at the level or above cannot hold two groups
+    # whose compared pairs across are below it on average
+    maybe = np.flatnonzero(lowest < level)
+    if not maybe.size:
+        return {}
+    units_by = np.argsort(idx, kind="stable")
+    unit_start = np.searchsorted(idx[units_by], maybe)
+    unit_end = np.searchsorted(idx[units_by], maybe, side="right")
+    pair_by = np.argsort(idx[a], kind="stable")
+    pair_start = np.searchsorted(idx[a][pair_by], maybe)
+    pair_end = np.searchsorted(idx[a][pair_by], maybe, side="right")
+    out = {}
+    for cid, u0, u1, q0, q1 in zip(maybe, unit_start, unit_end, pair_start, pair_end):
+        units = np.sort(units_by[u0:u1])
+        rows = pair_by[q0:q1]
+        i, j = np.searchsorted(units, a[rows]), np.searchsorted(units, b[rows])
+        m = units.size
+        prob = np.zeros((m, m))
+        compared = np.zeros((m, m), bool)
+        prob[i, j] = prob[j, i] = value[rows]
+        compared[i, j] = compared[j, i] = True
+        distance = 1.0 - prob
+        np.fill_diagonal(distance, 0.0)
+        root = to_tree(linkage(squareform(distance, checks=False), method="average"))
+        first = np.zeros(m, bool)
+        first[root.get_left().pre_order()] = True
+        across = np.triu(first[:, None] != first[None, :], 1)
+        seen = across & compared
+        if not seen.any() or prob[seen].mean() >= level:
+            continue
+        # the smaller group; on a tie the one without the cluster's first unit
+        small = first if (first.sum(), first[0]) < ((~first).sum(), not first[0]) else ~first
+        out[int(cid)] = {"units": units[small].tolist(),
+                         "probability": round(float(prob[seen].mean()), 3),
+                         "pairs": int(seen.sum()), "uncompared": int((across & ~compared).sum())}
+    return out
+
+
 def _largest_jump(units: np.ndarray, positions: np.ndarray) -> float:
     """Largest distance (um) between the positions of consecutive units (in session order)."""
     if units.size < 2:
@@ -136,14 +209,15 @@ def _largest_jump(units: np.ndarray, positions: np.ndarray) -> float:
 
 def summarize_clusters(idx, session, positions, amplitude, links: Links,
                        position_gap_um: float, duplicate_of: np.ndarray | None = None,
-                       cuts: dict | None = None) -> list:
+                       cuts: dict | None = None, groups: dict | None = None) -> list:
     """One dict per cluster, by increasing id, ready for the page's JSON.
 
     idx, session: (N,) cluster (-1 unmatched) and session (1..S) of each unit. positions:
     (N, 2) motion-corrected x, depth (um). amplitude: (N,) uV. duplicate_of: (N,) the unit
     each unit duplicates (kilomatch.duplicate_units), -1 for none; None: not known. cuts:
-    the curation's doubtful cuts (:func:`doubtful_cuts`), or None. Values are rounded for
-    the page.
+    the curation's doubtful cuts (:func:`doubtful_cuts`), or None. groups: the clusters the
+    probability sees as two groups (:func:`doubtful_groups`), or None. Values are rounded
+    for the page.
     """
     idx = np.asarray(idx).reshape(-1)
     session = np.asarray(session).reshape(-1)
@@ -170,6 +244,9 @@ def summarize_clusters(idx, session, positions, amplitude, links: Links,
         doubtful = [] if cuts is None else cuts.get(cid, [])
         if doubtful:
             flags.append("cut")
+        two = None if groups is None else groups.get(cid)
+        if two is not None:
+            flags.append("groups")
         competitor = None
         if best_unit[cid] >= 0:
             other = int(best_unit[cid])
@@ -184,6 +261,7 @@ def summarize_clusters(idx, session, positions, amplitude, links: Links,
             "jump": round(jump, 1),
             "competitor": competitor,
             "cut": doubtful,
+            "groups": two,
             "flags": flags,
             "units": [[int(u), int(s), round(float(positions[u, 1]), 1),
                        round(float(amplitude[u]), 1)] for u, s in zip(units, seen)],

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..errors import KilomatchError
 from ..tracked import twin_of
-from .clusters import FLAGS, doubtful_cuts, summarize_clusters
+from .clusters import FLAGS, doubtful_cuts, doubtful_groups, summarize_clusters
 from .links import read_links
 
 log = logging.getLogger("kilomatch")
@@ -195,7 +195,8 @@ def build_report(output_folder, n_jobs: int = 1, figures: bool = True) -> Path:
     amplitude, duplicate_of = _units_columns(folder / "units.csv")
     gap = float(settings.get("autoCuration", {}).get("position_gap_um", 7.0))
     rows = summarize_clusters(idx, output["SessionIndex"], positions, amplitude, links, gap,
-                              duplicate_of, _curation_cuts(folder, idx))
+                              duplicate_of, _curation_cuts(folder, idx),
+                              doubtful_groups(idx, links))
 
     report = folder / REPORT_FOLDER
     img = report / IMAGE_FOLDER

@@ -150,6 +150,12 @@
     const cutFrom = (c.cut || []).map((x) => (x.cluster === null ? `unit ${x.unit} (unmatched)`
       : `<a class="jump" data-id="${x.cluster}">cluster ${x.cluster}</a>`) +
       ` (mean match probability ${fmt(x.probability)} over ${x.pairs} pair${x.pairs > 1 ? "s" : ""}, ${esc(x.reason)})`).join("; ");
+    const g = c.groups;
+    const sessionOf = new Map(c.units.map(([u, s]) => [u, s]));
+    const groups = g ? g.units.map((u) => `${u} (session ${sessionOf.get(u)})`).join(", ") +
+      ` against the rest: mean match probability ${fmt(g.probability)} over ${g.pairs}` +
+      ` compared pair${g.pairs > 1 ? "s" : ""}${g.uncompared ? `, ${g.uncompared} never compared` : ""}` +
+      ` <button id="btn-tick" type="button" class="quiet">tick them</button>` : "";
     const units = c.units.map(([u, s, depth, amp]) => {
       const checked = d.action === "split" && d.units.includes(u) ? "checked" : "";
       return `<tr><td><input type="checkbox" class="split-unit" value="${u}" ${checked}></td>` +
@@ -161,7 +167,7 @@
         corrected depth <b>${c.depth.toFixed(0)} \u00b5m</b>, largest move <b>${c.jump.toFixed(1)} \u00b5m</b>;
         weakest link <b>${c.weakest === null ? "\u2013" : fmt(c.weakest)}</b> (${esc(LINK.label)};
         threshold ${fmt(LINK.threshold)}, ${esc(LINK.threshold_label)})<br>
-        nearest competitor: ${competitor}<br>flags: ${flags}${cutFrom ? `<br>cut from: ${cutFrom}` : ""}</p>
+        nearest competitor: ${competitor}<br>flags: ${flags}${cutFrom ? `<br>cut from: ${cutFrom}` : ""}${groups ? `<br>two groups: units ${groups}` : ""}</p>
       <div class="actions">
         <button id="btn-accept" type="button">Accept</button>
         <button id="btn-reject" type="button" title="its units become unmatched">Reject</button>
@@ -182,6 +188,12 @@
     document.getElementById("btn-split").onclick = () => split(id);
     document.getElementById("btn-merge").onclick = () => merge(id);
     document.getElementById("btn-clear").onclick = () => decide(id, null);
+    if (g) {
+      document.getElementById("btn-tick").onclick = () => {
+        for (const box of document.querySelectorAll("#view .split-unit")) box.checked = g.units.includes(Number(box.value));
+        say("the smaller group is ticked: Split off ticked units records the split");
+      };
+    }
     for (const jump of document.querySelectorAll("#view a.jump")) {
       jump.onclick = () => show(Number(jump.dataset.id));
     }

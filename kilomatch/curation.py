@@ -21,9 +21,9 @@ REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_
            "split_average_probability", "split_at_distance", "split_at_succession",
            "split_at_amplitude_step", "split_unlinked", "split_at_similarity_step",
            "split_at_amplitude", "split_at_low_probability", "split_lone_end",
-           "split_at_time_gap")
+           "split_at_time_gap", "split_at_rate")
 (CONFLICT, SPLIT, POSITION, AVERAGE, DISTANCE, SUCCESSION, AMPLITUDE_STEP, UNLINKED,
- SIMILARITY_STEP, AMPLITUDE, LOW_PROBABILITY, LONE_END, TIME_GAP) = range(13)
+ SIMILARITY_STEP, AMPLITUDE, LOW_PROBABILITY, LONE_END, TIME_GAP, RATE) = range(14)
 _BLOCK = 1 << 20  # rows of pairs filled at a time by within_cluster_pairs
 # The split at distance stands unless the mean (or median) match probability across it is
 # above this (the default of autoCuration.split_distance_probability): the level of the sure
@@ -384,37 +384,47 @@ def clusters_below(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarra
 def split_by_amplitude(labels, pairs, probability, log_amplitude, max_probability: float,
                        step: float):
     """Split each cluster into groups that the match probability says are not one neuron
-    and whose amplitudes say the same: groups of average linkage on the probability whose
-    mean probability across is below ``max_probability`` (:func:`split_by_average_link`)
-    are joined again, closest median amplitude first, while their median log amplitudes
-    differ by at most ``step``. A unit of another neuron that fills the session where a
+    and whose amplitudes say the same (:func:`split_by_value` on the natural log of the
+    units' amplitudes, uV). A unit of another neuron that fills the session where a
     neuron was not recorded (high turnover) is alike enough for the similarity's clusters;
     where its probability and its amplitude both set it apart, it is cut. Small units of
     one neuron, whose probability is low because their waveforms correlate little, keep
     their amplitude and stay together.
+    """
+    return split_by_value(labels, pairs, probability, log_amplitude, max_probability, step)
+
+
+def split_by_value(labels, pairs, probability, log_value, max_probability: float,
+                   step: float):
+    """Split each cluster into groups that the match probability says are not one neuron
+    and whose units' values (a neuron's own: amplitude, firing rate) say the same: groups
+    of average linkage on the probability whose mean probability across is below
+    ``max_probability`` (:func:`split_by_average_link`) are joined again, closest median
+    value first, while their median log values differ by at most ``step``.
 
     labels: (N,) clusters (-1 none); pairs: (Q, 2) every within-cluster pair; probability:
-    (Q,) match probability (0 for pairs that cannot link); log_amplitude: (N,) natural log
-    of the units' amplitudes (uV); step: largest difference of median log amplitude two
-    groups may join at. Returns (labels, removed (R, 2) pairs across the splits, sorted).
+    (Q,) match probability (0 for pairs that cannot link); log_value: (N,) natural log of
+    each unit's value; step: largest difference of median log value two groups may join
+    at. Returns (labels, removed (R, 2) pairs across the splits, sorted).
     """
+    log_value = np.asarray(log_value, np.float64)
     labels = np.asarray(labels, np.int64)
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     probability = np.asarray(probability, np.float64)
-    # a cluster can split only where some pair is below the level and its amplitudes span
+    # a cluster can split only where some pair is below the level and its values span
     # more than the step: the other clusters (nearly all) stay whole without a linkage
     low = clusters_below(labels, pairs, probability, max_probability)
     held = labels >= 0
     top = np.full(labels.max(initial=-1) + 1, -np.inf)
     bottom = np.full(top.size, np.inf)
-    np.maximum.at(top, labels[held], log_amplitude[held])
-    np.minimum.at(bottom, labels[held], log_amplitude[held])
+    np.maximum.at(top, labels[held], log_value[held])
+    np.minimum.at(bottom, labels[held], log_value[held])
     clusters = low[top[low] - bottom[low] > step]
     split, _ = split_by_average_link(labels, pairs, probability, max_probability, clusters)
 
     def joinable(units, rows):
         def score(groups):
-            med = np.array([np.median(log_amplitude[units[g]]) for g in groups])
+            med = np.array([np.median(log_value[units[g]]) for g in groups])
             apart = np.abs(med[:, None] - med[None, :])
             return np.where(apart <= step, -apart, -np.inf)
         return score
@@ -961,15 +971,22 @@ def _amplitude_limit(labels, pairs, amplitude,
                      quantile: float = POOLED_AMPLITUDE_QUANTILE) -> float:
     """``quantile`` of |log amplitude ratio| of one neuron's units, from the ``pairs`` (Q, 2)
     within the clusters ``labels`` (N,); amplitude (N,) uV. inf without such pairs."""
+    return spread_limit(labels, pairs, log_amplitude_of(amplitude), quantile)
+
+
+def spread_limit(labels, pairs, log_value, quantile: float = POOLED_AMPLITUDE_QUANTILE
+                 ) -> float:
+    """``quantile`` of |log ratio| of one neuron's units' values (log_value (N,), natural
+    log), from the ``pairs`` (Q, 2) within the clusters ``labels`` (N,). inf without such
+    pairs."""
     from scipy.stats import norm
     held = held_together(labels, pairs)
     if not held.any():
         return np.inf
-    log_amp = log_amplitude_of(amplitude)
     # from the median, as a half-normal's quantile: the clusters still hold the wrong pairs
     # the curation is removing (on high-turnover data their own 99th percentile was twice
     # the matches')
-    median = np.median(np.abs(log_amp[pairs[held, 0]] - log_amp[pairs[held, 1]]))
+    median = np.median(np.abs(log_value[pairs[held, 0]] - log_value[pairs[held, 1]]))
     return float(median * norm.ppf(0.5 + quantile / 2) / norm.ppf(0.75))
 
 

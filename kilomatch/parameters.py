@@ -399,6 +399,15 @@ PARAMETERS: tuple[Param, ...] = (
           "percentile of one neuron's absolute log amplitude ratio (learned from the pairs "
           "the clusters hold), and by a factor 1.5 at least. Catches a unit of another neuron "
           "that fills a session where a neuron was not recorded. false turns it off."),
+    Param("autoCuration.rate_split", "bool", True,
+          "Split a cluster where the match probability and the firing rate both say it holds "
+          "two neurons (clustering.method 'similarity'), after the joins: groups of units "
+          "whose mean match probability across is below 0.5 (average linkage) and whose "
+          "median firing rates (spikes over the session's span; a neuron the sorter split "
+          "counts at the sum of its units) differ by more than the 99th percentile of one "
+          "neuron's absolute log rate ratio (learned from the pairs the clusters hold), and "
+          "by a factor 1.5 at least (reason split_at_rate). Where the data's rates are not "
+          "stable the learned limit is wide and nothing is cut. false turns it off."),
     Param("autoCuration.probability_split", "bool", False,
           "Split a cluster where groups of its units are, on average, below the cut level of "
           "autoCuration.cut_probability in match probability (average linkage), though the "

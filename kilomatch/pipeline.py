@@ -15,8 +15,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import (channel_offsets, channel_windows, correction, curation, dead_channels,
-               duplicate_units, export, features, fingerprint, joining, linking, lone_ends,
-               lone_sessions, motion_initial, parallel, polarity, position_noise,
+               duplicate_units, export, features, fingerprint, firing_rates, joining, linking,
+               lone_ends, lone_sessions, motion_initial, parallel, polarity, position_noise,
                session_timing, similarity_step, sorter_splits, temporal_components, time_gaps,
                waveform_noise)
 from .assemble import assemble, output_channels
@@ -860,6 +860,9 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         join_groups_in_turn(cur, final.pairs, fitted[0].candidate_probability,
                             units.session0, units.amplitude, s.clustering.max_session_gap,
                             ac.join_in_turn_probability)
+    if fitted is not None and ac.rate_split:
+        split_at_rates(cur, final.pairs, fitted[0].candidate_probability, units.session0,
+                       firing_rates.unit_rates(data.spike_times, units.session0))
     if fitted is not None:  # the probability is reported; the similarity made the clusters
         cur.links = fitted[0]
 
@@ -938,6 +941,22 @@ def split_at_time_gaps(cur: curation.CurationResult, pairs: np.ndarray,
                  "%d sessions or more): %d clusters, %d pairs taken apart", level, min_gap,
                  int(np.unique(cur.labels[removed[:, 0]]).size), len(removed))
     _take_apart(cur, labels, removed, curation.TIME_GAP)
+
+
+def split_at_rates(cur: curation.CurationResult, pairs: np.ndarray, probability: np.ndarray,
+                   session: np.ndarray, rate: np.ndarray) -> None:
+    """The curation's clusters split where the match probability and the firing rate both
+    say two neurons (kilomatch.firing_rates); ``cur`` is updated in place (labels, removed
+    pairs and their reason)."""
+    labels, removed, limit = firing_rates.split_at_rates(cur.labels, pairs, probability,
+                                                         session, rate)
+    if len(removed):
+        log.info("split where the match probability and the firing rate both say two neurons "
+                 "(autoCuration.rate_split): %d clusters, %d pairs taken apart (mean match "
+                 "probability across below %g, median rates more than %.2fx apart)",
+                 int(np.unique(cur.labels[removed[:, 0]]).size), len(removed),
+                 firing_rates.RATE_SPLIT_PROBABILITY, np.exp(limit))
+    _take_apart(cur, labels, removed, curation.RATE)
 
 
 def join_groups_in_turn(cur: curation.CurationResult, pairs: np.ndarray,

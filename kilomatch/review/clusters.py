@@ -21,7 +21,8 @@ CUT_FLAG_PROBABILITY = 0.5
 # them is below this: by its pairs the cluster is then more likely two neurons than one. On
 # the accuracy suite (300 runs, 42,866 clusters) 491 clusters were flagged (1.6 per run);
 # the pairs across their two groups held 222 of the 614 wrong pairs of all the clusters, and
-# 1,604 of their 549,962 true ones (benchmarks/RESULTS.md, "Session 62").
+# 1,604 of their 549,962 true ones (before autoCuration.rate_split; benchmarks/RESULTS.md,
+# "Session 62").
 GROUP_FLAG_PROBABILITY = 0.5
 FLAGS = {
     "gap": "seen in sessions that are not consecutive (the neuron is missing in between)",

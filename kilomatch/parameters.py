@@ -407,7 +407,7 @@ PARAMETERS: tuple[Param, ...] = (
           "counts at the sum of its units) differ by more than the 99th percentile of one "
           "neuron's absolute log rate ratio (learned from the pairs the clusters hold), and "
           "by a factor 1.5 at least (reason split_at_rate). Where the data's rates are not "
-          "stable the learned limit is wide and nothing is cut. false turns it off."),
+          "stable the learned limit is wide and little or nothing is cut. false turns it off."),
     Param("autoCuration.probability_split", "bool", False,
           "Split a cluster where groups of its units are, on average, below the cut level of "
           "autoCuration.cut_probability in match probability (average linkage), though the "

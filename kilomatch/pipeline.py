@@ -950,12 +950,13 @@ def split_at_rates(cur: curation.CurationResult, pairs: np.ndarray, probability:
     pairs and their reason)."""
     labels, removed, limit = firing_rates.split_at_rates(cur.labels, pairs, probability,
                                                          session, rate)
-    if len(removed):
+    if np.isfinite(limit):
         log.info("split where the match probability and the firing rate both say two neurons "
-                 "(autoCuration.rate_split): %d clusters, %d pairs taken apart (mean match "
-                 "probability across below %g, median rates more than %.2fx apart)",
-                 int(np.unique(cur.labels[removed[:, 0]]).size), len(removed),
-                 firing_rates.RATE_SPLIT_PROBABILITY, np.exp(limit))
+                 "(autoCuration.rate_split): one neuron's rates within %.2fx (the clusters' "
+                 "99th percentile, 1.5x at least); %d clusters, %d pairs taken apart (mean "
+                 "match probability across below %g, median rates farther apart)",
+                 np.exp(limit), int(np.unique(cur.labels[removed[:, 0]]).size), len(removed),
+                 firing_rates.RATE_SPLIT_PROBABILITY)
     _take_apart(cur, labels, removed, curation.RATE)
 
 

@@ -148,7 +148,7 @@ def test_outputs_plain_arrays_with_documented_shapes(run_result):
     assert {tuple(p) for p in removed.tolist()} == taken_apart
     lines = (out / "units.csv").read_text().splitlines()
     assert lines[0] == ("unit,session,cluster,x,y,z,amplitude,peak_channel,corrected_y,"
-                        "match_confidence,split_with,duplicate_of,noise_share")
+                        "match_confidence,split_with,duplicate_of,firing_rate_hz,noise_share")
     assert len(lines) == n + 1
     figures = sorted(p.name for p in (out / "Figures").glob("*.png"))
     assert figures == sorted(f"{k}.png" for k in ("UnitDepth", "Motion", "SimilarityFeatures",
@@ -171,6 +171,22 @@ def test_units_csv_reports_each_units_noise_share(run_result, sim_folder, true_n
     judged = truth > 0.005  # the column has 3 decimals
     assert judged.sum() > 20
     assert np.mean(np.abs(reported[judged] / truth[judged] - 1) < 0.15) >= 0.9
+
+
+def test_units_csv_reports_each_units_firing_rate(run_result, sim_folder):
+    """units.csv's firing_rate_hz (what autoCuration.rate_split reads) is the unit's spike
+    count over its session's span, the latest spike of any unit of that session; with the
+    simulator's sessions of 600 s that is within 1% of the count over 600 s."""
+    import csv
+    _, out = run_result
+    rows = list(csv.DictReader(open(out / "units.csv")))
+    session = np.load(sim_folder / "session_index.npy").ravel()
+    spikes = [np.load(sim_folder / "spike_times" / f"Unit{k}.npy") for k in range(len(rows))]
+    last = {s: max(t[-1] for t, q in zip(spikes, session) if q == s) for s in set(session)}
+    expected = np.array([1000.0 * len(t) / last[q] for t, q in zip(spikes, session)])
+    reported = np.array([float(r["firing_rate_hz"]) for r in rows])
+    np.testing.assert_allclose(reported, expected, atol=0.0005)
+    np.testing.assert_allclose(reported, [len(t) / 600.0 for t in spikes], rtol=0.01)
 
 
 def test_probability_is_calibrated_on_a_simulated_study(run_result, sim_folder):

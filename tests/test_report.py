@@ -329,7 +329,8 @@ def test_review_in_a_browser_sort_view_decide_download_apply(run_folder, tmp_pat
 
 def test_in_a_browser_the_smaller_of_two_groups_is_ticked_for_a_split(run_folder, tmp_path):
     """The cluster view names the group the probability doubts, and "tick them" ticks exactly
-    its units (the run's page, with a group given to its largest cluster)."""
+    its units (the run's page, with a group given to its largest cluster); its unit table
+    shows each unit's firing rate."""
     from kilomatch.review.page import page_html
     data = _page_data(run_folder / "report" / "index.html")
     largest = max(data["clusters"], key=lambda c: (len(c["units"]), -c["id"]))
@@ -351,6 +352,11 @@ def test_in_a_browser_the_smaller_of_two_groups_is_ticked_for_a_split(run_folder
         ticked = [int(b.get_attribute("value")) for b in
                   driver.find_elements(By.CSS_SELECTOR, "#view .split-unit") if b.is_selected()]
         assert ticked == named
+        # the units' firing rates (units.csv firing_rate_hz), beside their amplitudes
+        table = driver.find_element(By.CSS_SELECTOR, "#view table.units")
+        assert "firing rate (Hz)" in table.find_element(By.TAG_NAME, "thead").text
+        last_row = table.find_elements(By.CSS_SELECTOR, "tbody tr")[-1].text.split()
+        assert last_row[-1] == f"{largest['units'][-1][4]:.1f}"
     finally:
         driver.quit()
         page.unlink()

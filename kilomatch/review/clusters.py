@@ -210,15 +210,17 @@ def _largest_jump(units: np.ndarray, positions: np.ndarray) -> float:
 
 def summarize_clusters(idx, session, positions, amplitude, links: Links,
                        position_gap_um: float, duplicate_of: np.ndarray | None = None,
-                       cuts: dict | None = None, groups: dict | None = None) -> list:
+                       cuts: dict | None = None, groups: dict | None = None,
+                       rate: np.ndarray | None = None) -> list:
     """One dict per cluster, by increasing id, ready for the page's JSON.
 
     idx, session: (N,) cluster (-1 unmatched) and session (1..S) of each unit. positions:
     (N, 2) motion-corrected x, depth (um). amplitude: (N,) uV. duplicate_of: (N,) the unit
     each unit duplicates (kilomatch.duplicate_units), -1 for none; None: not known. cuts:
     the curation's doubtful cuts (:func:`doubtful_cuts`), or None. groups: the clusters the
-    probability sees as two groups (:func:`doubtful_groups`), or None. Values are rounded
-    for the page.
+    probability sees as two groups (:func:`doubtful_groups`), or None. rate: (N,) firing
+    rate (Hz) of each unit, or None (a unit's row then has None in its place). Values are
+    rounded for the page.
     """
     idx = np.asarray(idx).reshape(-1)
     session = np.asarray(session).reshape(-1)
@@ -265,6 +267,8 @@ def summarize_clusters(idx, session, positions, amplitude, links: Links,
             "groups": two,
             "flags": flags,
             "units": [[int(u), int(s), round(float(positions[u, 1]), 1),
-                       round(float(amplitude[u]), 1)] for u, s in zip(units, seen)],
+                       round(float(amplitude[u]), 1),
+                       None if rate is None else round(float(rate[u]), 2)]
+                      for u, s in zip(units, seen)],
         })
     return rows

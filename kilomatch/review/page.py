@@ -40,9 +40,10 @@ def _template(name: str) -> str:
     return resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
 
 
-def _units_columns(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """From the run's units.csv, read once: amplitude (N,) uV, and duplicate_of (N,) int (-1
-    where blank), None for a run written before that column existed."""
+def _units_columns(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """From the run's units.csv, read once: amplitude (N,) uV, duplicate_of (N,) int (-1
+    where blank) and firing_rate_hz (N,), each of the last two None for a run written before
+    that column existed."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if rows and "amplitude" not in rows[0]:
@@ -58,7 +59,13 @@ def _units_columns(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                                  "number") from None
     duplicate_of = twin_of([r["duplicate_of"] for r in rows], path) \
         if rows and "duplicate_of" in rows[0] else None
-    return np.array(amplitude, dtype=float), duplicate_of
+    rate = None
+    if rows and "firing_rate_hz" in rows[0]:
+        try:
+            rate = np.array([float(r["firing_rate_hz"]) for r in rows])
+        except ValueError:
+            raise KilomatchError(f"{path}: a firing_rate_hz is not a number") from None
+    return np.array(amplitude, dtype=float), duplicate_of, rate
 
 
 def _curation_cuts(folder: Path, idx: np.ndarray) -> dict | None:
@@ -192,11 +199,11 @@ def build_report(output_folder, n_jobs: int = 1, figures: bool = True) -> Path:
     links = read_links(folder, settings)
     idx = output["IdxCluster"].reshape(-1)
     positions = np.column_stack([output["Locations"][:, 0], output["CorrectedDepth"]])
-    amplitude, duplicate_of = _units_columns(folder / "units.csv")
+    amplitude, duplicate_of, rate = _units_columns(folder / "units.csv")
     gap = float(settings.get("autoCuration", {}).get("position_gap_um", 7.0))
     rows = summarize_clusters(idx, output["SessionIndex"], positions, amplitude, links, gap,
                               duplicate_of, _curation_cuts(folder, idx),
-                              doubtful_groups(idx, links))
+                              doubtful_groups(idx, links), rate)
 
     report = folder / REPORT_FOLDER
     img = report / IMAGE_FOLDER

@@ -156,10 +156,12 @@
       ` against the rest: mean match probability ${fmt(g.probability)} over ${g.pairs}` +
       ` compared pair${g.pairs > 1 ? "s" : ""}${g.uncompared ? `, ${g.uncompared} never compared` : ""}` +
       ` <button id="btn-tick" type="button" class="quiet">tick them</button>` : "";
-    const units = c.units.map(([u, s, depth, amp]) => {
+    const rated = c.units.some((x) => x[4] !== null && x[4] !== undefined);
+    const units = c.units.map(([u, s, depth, amp, rate]) => {
       const checked = d.action === "split" && d.units.includes(u) ? "checked" : "";
       return `<tr><td><input type="checkbox" class="split-unit" value="${u}" ${checked}></td>` +
-        `<td>${u}</td><td>${s}</td><td>${depth.toFixed(1)}</td><td>${amp.toFixed(0)}</td></tr>`;
+        `<td>${u}</td><td>${s}</td><td>${depth.toFixed(1)}</td><td>${amp.toFixed(0)}</td>` +
+        (rated ? `<td>${rate === null || rate === undefined ? "\u2013" : rate.toFixed(1)}</td>` : "") + "</tr>";
     }).join("");
     document.getElementById("view").innerHTML = `
       <h2>Cluster ${c.id}</h2>
@@ -182,7 +184,7 @@
       <img id="cluster-img" loading="lazy" src="img/cluster_${c.id}.png"
         alt="cluster ${c.id}: waveforms before and after motion correction, ACGs, depth per session, ${esc(LINK.label)} between its units">
       <table class="units"><thead><tr><th>split</th><th>unit</th><th>session</th>
-        <th>corrected depth (\u00b5m)</th><th>amplitude (\u00b5V)</th></tr></thead><tbody>${units}</tbody></table>`;
+        <th>corrected depth (\u00b5m)</th><th>amplitude (\u00b5V)</th>${rated ? "<th>firing rate (Hz)</th>" : ""}</tr></thead><tbody>${units}</tbody></table>`;
     document.getElementById("btn-accept").onclick = () => decide(id, { action: "accept" });
     document.getElementById("btn-reject").onclick = () => decide(id, { action: "reject" });
     document.getElementById("btn-split").onclick = () => split(id);

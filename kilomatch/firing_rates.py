@@ -24,15 +24,21 @@ RATE_STEP_MIN_FACTOR = 1.5
 
 def unit_rates(spike_times: list, session: np.ndarray) -> np.ndarray:
     """(N,) firing rate of each unit in spikes per ms: its spike count over its session's
-    span, the latest spike of any unit of that session (sessions recorded for different
-    times compare fairly; one spike at least, so that no rate is 0).
+    span, from the earliest to the latest spike of any unit of that session (sessions
+    recorded for different times compare fairly, and so do sessions whose spike times do not
+    start at 0, as cut from one concatenated recording; one spike at least, so that no rate
+    is 0).
 
-    spike_times: N arrays of spike times (ms) from the session's start; session: (N,)."""
+    spike_times: N arrays of spike times (ms), sorted; session: (N,)."""
     session = np.asarray(session, np.int64)
     count = np.array([max(len(t), 1) for t in spike_times], np.float64)
-    last = np.array([float(t[-1]) if len(t) else 0.0 for t in spike_times])
-    span = np.zeros(int(session.max(initial=0)) + 1)
-    np.maximum.at(span, session, last)
+    first = np.array([float(t[0]) if len(t) else np.inf for t in spike_times])
+    last = np.array([float(t[-1]) if len(t) else -np.inf for t in spike_times])
+    n = int(session.max(initial=0)) + 1
+    start, end = np.full(n, np.inf), np.full(n, -np.inf)
+    np.minimum.at(start, session, first)
+    np.maximum.at(end, session, last)
+    span = np.where(end > start, end - start, 0.0)
     return count / np.maximum(span[session], 1.0)
 
 

@@ -7,11 +7,14 @@ from kilomatch.firing_rates import log_rate_in_clusters, split_at_rates, unit_ra
 
 def test_rates_are_spikes_over_the_span_of_each_session():
     spikes = [np.array([0.0, 500.0, 1000.0]), np.array([10.0, 2000.0]), np.array([]),
-              np.arange(0.0, 4000.0, 100.0)]
-    session = np.array([0, 0, 1, 1])
-    # session 0 spans 2000 ms (its latest spike), session 1 3900 ms; no spike counts as one
+              np.arange(0.0, 4000.0, 100.0), np.array([1e6 + 5.0, 1e6 + 700.0]),
+              np.array([1e6 + 1005.0])]
+    session = np.array([0, 0, 1, 1, 2, 2])
+    # session 0 spans 2000 ms (earliest to latest spike of its units), session 1 3900 ms,
+    # session 2 (cut from a concatenated recording: it starts at 10^6 ms) 1000 ms; no spike
+    # counts as one
     np.testing.assert_allclose(unit_rates(spikes, session), [3 / 2000, 2 / 2000, 1 / 3900,
-                                                             40 / 3900])
+                                                             40 / 3900, 2 / 1000, 1 / 1000])
 
 
 def test_a_neuron_the_sorter_split_fires_at_the_sum_of_its_units():

@@ -175,15 +175,17 @@ def test_units_csv_reports_each_units_noise_share(run_result, sim_folder, true_n
 
 def test_units_csv_reports_each_units_firing_rate(run_result, sim_folder):
     """units.csv's firing_rate_hz (what autoCuration.rate_split reads) is the unit's spike
-    count over its session's span, the latest spike of any unit of that session; with the
-    simulator's sessions of 600 s that is within 1% of the count over 600 s."""
+    count over its session's span, from the earliest to the latest spike of any unit of that
+    session; with the simulator's sessions of 600 s that is within 1% of the count over 600
+    s."""
     import csv
     _, out = run_result
     rows = list(csv.DictReader(open(out / "units.csv")))
     session = np.load(sim_folder / "session_index.npy").ravel()
     spikes = [np.load(sim_folder / "spike_times" / f"Unit{k}.npy") for k in range(len(rows))]
-    last = {s: max(t[-1] for t, q in zip(spikes, session) if q == s) for s in set(session)}
-    expected = np.array([1000.0 * len(t) / last[q] for t, q in zip(spikes, session)])
+    span = {s: max(t[-1] for t, q in zip(spikes, session) if q == s)
+            - min(t[0] for t, q in zip(spikes, session) if q == s) for s in set(session)}
+    expected = np.array([1000.0 * len(t) / span[q] for t, q in zip(spikes, session)])
     reported = np.array([float(r["firing_rate_hz"]) for r in rows])
     np.testing.assert_allclose(reported, expected, atol=0.0005)
     np.testing.assert_allclose(reported, [len(t) / 600.0 for t in spikes], rtol=0.01)

@@ -5,14 +5,14 @@ its own clusters, while two neighbours' rates differ by a factor of two or more 
 not. Where the match probability already says a cluster's groups of units are more likely
 two neurons than one, and their firing rates differ beyond one neuron's spread, the cluster
 is split. Where the data's rates are not stable (brain state, a sorter that splits units)
-the learned spread is wide and nothing is cut. Arrays in, arrays out.
+the learned spread is wide and little or nothing is cut. Arrays in, arrays out.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .curation import held_together, spread_limit, split_by_value
+from .curation import held_together, split_by_value, spread_limit, within_cluster_pairs
 
 # Groups whose mean match probability across is below this are candidates for the split:
 # by their pairs more likely two neurons than one (the review's `groups` flag level).
@@ -71,7 +71,6 @@ def split_at_rates(labels, pairs, probability, session, rate,
     firing rates (:func:`unit_rates`). Returns (labels (N,), removed (R, 2) pairs taken
     apart, sorted; the limit in log rate, inf when the clusters hold no pair).
     """
-    from .curation import within_cluster_pairs
     labels = np.asarray(labels, np.int64)
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     probability = np.nan_to_num(np.asarray(probability, np.float64))

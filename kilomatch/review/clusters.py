@@ -156,38 +156,21 @@ def doubtful_groups(idx, links: Links, level: float = GROUP_FLAG_PROBABILITY) ->
         return {}
     from scipy.cluster.hierarchy import linkage, to_tree
     from scipy.spatial.distance import squareform
-    idx = np.asarray(idx).reshape(-1)
-    a, b = links.pairs[:, 0], links.pairs[:, 1]
-    inside = (idx[a] == idx[b]) & (idx[a] > 0)
-    a, b, value = a[inside], b[inside], np.nan_to_num(links.value[inside])
-    size = int(idx.max(initial=0)) + 1
-    lowest = np.full(size, np.inf)
-    np.minimum.at(lowest, idx[a], value)
+
+    from ..curation import _cluster_members, _cluster_similarity, clusters_below
+    labels = np.where(np.asarray(idx).reshape(-1) > 0, np.asarray(idx).reshape(-1), -1)
+    value = np.nan_to_num(links.value)
     # a cluster whose compared pairs are all at the level or above cannot hold two groups
     # whose compared pairs across are below it on average
-    maybe = np.flatnonzero(lowest < level)
-    if not maybe.size:
-        return {}
-    units_by = np.argsort(idx, kind="stable")
-    unit_start = np.searchsorted(idx[units_by], maybe)
-    unit_end = np.searchsorted(idx[units_by], maybe, side="right")
-    pair_by = np.argsort(idx[a], kind="stable")
-    pair_start = np.searchsorted(idx[a][pair_by], maybe)
-    pair_end = np.searchsorted(idx[a][pair_by], maybe, side="right")
+    maybe = clusters_below(labels, links.pairs, value, level)
     out = {}
-    for cid, u0, u1, q0, q1 in zip(maybe, unit_start, unit_end, pair_start, pair_end):
-        units = np.sort(units_by[u0:u1])
-        rows = pair_by[q0:q1]
-        i, j = np.searchsorted(units, a[rows]), np.searchsorted(units, b[rows])
-        m = units.size
-        prob = np.zeros((m, m))
-        compared = np.zeros((m, m), bool)
-        prob[i, j] = prob[j, i] = value[rows]
-        compared[i, j] = compared[j, i] = True
+    for cid, (units, rows) in zip(maybe, _cluster_members(labels, links.pairs, maybe)):
+        prob = _cluster_similarity(units, links.pairs[rows], value[rows])
+        compared = _cluster_similarity(units, links.pairs[rows], np.ones(rows.size)) > 0
         distance = 1.0 - prob
         np.fill_diagonal(distance, 0.0)
         root = to_tree(linkage(squareform(distance, checks=False), method="average"))
-        first = np.zeros(m, bool)
+        first = np.zeros(units.size, bool)
         first[root.get_left().pre_order()] = True
         across = np.triu(first[:, None] != first[None, :], 1)
         seen = across & compared

@@ -131,6 +131,13 @@ def test_report_flags_the_clusters_of_units_named_duplicates(run_folder, tmp_pat
     with pytest.raises(kilomatch.KilomatchError, match=r"units.csv, row \d+: duplicate_of is "
                        r"'twin', not a unit index"):
         build_report(out, figures=False)
+    # and so is a firing rate that is not a number
+    tracked[0]["duplicate_of"] = ""
+    tracked[0]["firing_rate_hz"] = "fast"
+    write(rows, list(rows[0]))
+    with pytest.raises(kilomatch.KilomatchError, match=r"units.csv, row \d+: firing_rate_hz "
+                       r"is 'fast', not a number"):
+        build_report(out, figures=False)
 
 
 def test_report_of_a_folder_without_a_run_is_one_error_line(tmp_path, capsys):

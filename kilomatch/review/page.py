@@ -49,23 +49,25 @@ def _units_columns(path: Path) -> tuple[np.ndarray, np.ndarray | None, np.ndarra
     if rows and "amplitude" not in rows[0]:
         raise KilomatchError(f"{path} has no amplitude column")
 
-    amplitude = []
-    for k, r in enumerate(rows):
-        text = r["amplitude"].strip()
-        try:
-            amplitude.append(float(text))
-        except ValueError:
-            raise KilomatchError(f"{path}, row {k + 2}: amplitude is {text!r}, not a "
-                                 "number") from None
+    amplitude = _numbers(rows, "amplitude", path)
     duplicate_of = twin_of([r["duplicate_of"] for r in rows], path) \
         if rows and "duplicate_of" in rows[0] else None
-    rate = None
-    if rows and "firing_rate_hz" in rows[0]:
+    rate = _numbers(rows, "firing_rate_hz", path) \
+        if rows and "firing_rate_hz" in rows[0] else None
+    return amplitude, duplicate_of, rate
+
+
+def _numbers(rows: list, column: str, path: Path) -> np.ndarray:
+    """(N,) float: ``column`` of units.csv's rows, or one error naming the row."""
+    values = []
+    for k, r in enumerate(rows):
+        text = r[column].strip()
         try:
-            rate = np.array([float(r["firing_rate_hz"]) for r in rows])
+            values.append(float(text))
         except ValueError:
-            raise KilomatchError(f"{path}: a firing_rate_hz is not a number") from None
-    return np.array(amplitude, dtype=float), duplicate_of, rate
+            raise KilomatchError(f"{path}, row {k + 2}: {column} is {text!r}, not a "
+                                 "number") from None
+    return np.array(values, dtype=float)
 
 
 def _curation_cuts(folder: Path, idx: np.ndarray) -> dict | None:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import firing_rates
 from .assemble import RunArrays
 from .atomic import FIGURE_DPI, save_png
 from .atomic import atomic_write as _atomic_write  # noqa: F401  (tests and review use it)
@@ -374,9 +373,8 @@ def _write_all(result: Result, arrays: RunArrays, write: _FileWriters) -> list:
              "corrected_y": a.corrected_depth, "match_confidence": a.match_confidence,
              "split_with": split_with(idx, result.data.session_index),
              "duplicate_of": duplicate_of(a.duplicates)}
-    if result.data.spike_times is not None:  # what autoCuration.rate_split reads (x 1000)
-        table["firing_rate_hz"] = 1000.0 * firing_rates.unit_rates(
-            result.data.spike_times, result.data.session_index)
+    if units.firing_rate is not None:  # what autoCuration.rate_split reads (x 1000)
+        table["firing_rate_hz"] = 1000.0 * units.firing_rate
     if units.noise_share is not None:  # what the match probability weighed Waveform against
         table["noise_share"] = units.noise_share
     if multi:

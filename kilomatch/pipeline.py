@@ -145,7 +145,8 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     return UnitFeatures(waveforms, peak, amplitude, locations, both[:, :n_acg], both[:, n_acg:],
                         data.peth, data.session_index - 1, shank, peak_waveform,
                         s.waveformCorrection.window_um, time_shift, dead, offsets, inverted,
-                        noise, projection, curation_locations)
+                        noise, projection, curation_locations,
+                        firing_rates.unit_rates(data.spike_times, data.session_index - 1))
 
 
 def denoising_projection(data: Dataset, s: Settings) -> np.ndarray | None:
@@ -862,7 +863,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                             ac.join_in_turn_probability)
     if fitted is not None and ac.rate_split:
         split_at_rates(cur, final.pairs, fitted[0].candidate_probability, units.session0,
-                       firing_rates.unit_rates(data.spike_times, units.session0))
+                       units.firing_rate)
     if fitted is not None:  # the probability is reported; the similarity made the clusters
         cur.links = fitted[0]
 
@@ -1240,7 +1241,8 @@ def subset_units(units: UnitFeatures, members: np.ndarray) -> UnitFeatures:
                         None if units.noise_share is None else units.noise_share[members],
                         units.temporal_projection,
                         None if units.curation_locations is None
-                        else units.curation_locations[members])
+                        else units.curation_locations[members],
+                        None if units.firing_rate is None else units.firing_rate[members])
 
 
 def merge_shanks(s: Settings, data: Dataset, units: UnitFeatures, parts: list) -> Result:

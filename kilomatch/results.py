@@ -44,7 +44,9 @@ class UnitFeatures:
     through (denoise_waveforms, kilomatch.temporal_components), None for none. The waveforms
     here, the peak waveforms included, are the projected ones. curation_locations: (N, 3) um,
     the positions the curation's distances read when autoCuration.location_algorithm
-    differs from spikeLocation's, None when they read ``locations``.
+    differs from spikeLocation's, None when they read ``locations``. firing_rate: (N,) spikes
+    per ms, each unit's count over its session's span (kilomatch.firing_rates.unit_rates; the
+    span over every unit of the session, all shanks), None if not computed.
     """
 
     waveforms: LocalWaveforms
@@ -65,6 +67,7 @@ class UnitFeatures:
     noise_share: np.ndarray | None = None
     temporal_projection: np.ndarray | None = None
     curation_locations: np.ndarray | None = None
+    firing_rate: np.ndarray | None = None
 
 
 @dataclass

@@ -406,8 +406,12 @@ PARAMETERS: tuple[Param, ...] = (
           "median firing rates (spikes over the session's span; a neuron the sorter split "
           "counts at the sum of its units) differ by more than the 99th percentile of one "
           "neuron's absolute log rate ratio (learned from the pairs the clusters hold), and "
-          "by a factor 1.5 at least (reason split_at_rate). Where the data's rates are not "
-          "stable the learned limit is wide and little or nothing is cut. false turns it off."),
+          "by a factor 1.5 at least (reason split_at_rate). Before that, a cluster is cut in "
+          "time, whatever the probability, where its rate steps: the sides' median rates "
+          "more than 3 times that limit apart (in log) and every rate of one side beyond the "
+          "limit from every rate of the other (reason split_at_rate_step). Where the data's "
+          "rates are not stable the learned limit is wide and little or nothing is cut. "
+          "false turns both off."),
     Param("autoCuration.probability_split", "bool", False,
           "Split a cluster where groups of its units are, on average, below the cut level of "
           "autoCuration.cut_probability in match probability (average linkage), though the "

@@ -946,11 +946,22 @@ def split_at_time_gaps(cur: curation.CurationResult, pairs: np.ndarray,
 
 def split_at_rates(cur: curation.CurationResult, pairs: np.ndarray, probability: np.ndarray,
                    session: np.ndarray, rate: np.ndarray) -> None:
-    """The curation's clusters split where the match probability and the firing rate both
-    say two neurons (kilomatch.firing_rates); ``cur`` is updated in place (labels, removed
-    pairs and their reason)."""
+    """The curation's clusters split in time where the firing rate steps beyond doubt, then
+    where the match probability and the firing rate both say two neurons
+    (kilomatch.firing_rates); ``cur`` is updated in place (labels, removed pairs and their
+    reasons)."""
+    log_rate, limit = firing_rates.rate_spread(cur.labels, session, rate)
+    labels, removed = firing_rates.split_rate_steps(cur.labels, session, log_rate, limit)
+    if np.isfinite(limit):
+        log.info("split in time at a step of firing rate (autoCuration.rate_split): %d clusters, "
+                 "%d pairs taken apart (median rates more than %.2fx apart, %g times one "
+                 "neuron's spread, and every rate of one side beyond that spread from the "
+                 "other's, whatever the match probability)",
+                 int(np.unique(cur.labels[removed[:, 0]]).size), len(removed),
+                 np.exp(firing_rates.RATE_STEP_SURE * limit), firing_rates.RATE_STEP_SURE)
+    _take_apart(cur, labels, removed, curation.RATE_STEP)
     labels, removed, limit = firing_rates.split_at_rates(cur.labels, pairs, probability,
-                                                         session, rate)
+                                                         session, rate, limit=limit)
     if np.isfinite(limit):
         log.info("split where the match probability and the firing rate both say two neurons "
                  "(autoCuration.rate_split): one neuron's rates within %.2fx (the clusters' "

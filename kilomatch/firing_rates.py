@@ -96,8 +96,10 @@ def split_at_rates(labels, pairs, probability, session, rate,
     labels = np.asarray(labels, np.int64)
     pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
     probability = np.nan_to_num(np.asarray(probability, np.float64))
-    log_rate, learned = rate_spread(labels, session, rate, min_factor)
-    limit = learned if limit is None else limit
+    if limit is None:
+        log_rate, limit = rate_spread(labels, session, rate, min_factor)
+    else:  # the spread is known: only the rates of the clusters as they are now
+        log_rate = log_rate_in_clusters(labels, session, rate)
     if not np.isfinite(limit):
         return labels, np.empty((0, 2), np.int64), limit
     inside = held_together(labels, pairs)

@@ -392,6 +392,16 @@ def ihdbscan(n_units: int, pairs: np.ndarray, similarities: np.ndarray, max_clus
                 moments = pair_moments(np.asarray(similarities, dtype=np.float64))
             fit = lda_weights(similarities, matched, moments)
         if fit is None:
+            if matched.size and matched.all():
+                # Every candidate pair is in a cluster (a small, sparse study: no two neurons
+                # within clustering.max_distance): nothing reads as a non-match, so no
+                # boundary is drawn and every clustered pair is a good match. (An infinite
+                # threshold left no good match for the motion and the curation cut every
+                # cluster apart.)
+                threshold = -np.inf
+                log.info("IHDBSCAN: every candidate pair is in a cluster (none to set a "
+                         "threshold against): all of them are good matches")
+                break
             log.warning("IHDBSCAN iteration %d: no separable matches; weights kept", it)
             break
         new_w, threshold = fit

@@ -692,13 +692,39 @@ def dissolve_singletons(labels: np.ndarray) -> np.ndarray:
 
 def equal_prior_threshold(similarity: np.ndarray, matched: np.ndarray) -> float:
     """The LDA boundary with equal class priors, in weighted-similarity units: halfway between
-    the mean similarity of matched and of unmatched candidate pairs. (P,), (P,) bool -> float
-    (inf when a class is empty)."""
+    the mean similarity of matched and of unmatched candidate pairs. (P,), (P,) bool -> float:
+    inf when no pair is matched, -inf when every pair is (nothing below it to split)."""
     similarity = np.asarray(similarity, dtype=np.float64)
     matched = np.asarray(matched, bool)
-    if matched.all() or not matched.any():
+    if not matched.any():
         return float("inf")
+    if matched.all():
+        return float("-inf")
     return float(0.5 * (similarity[matched].mean() + similarity[~matched].mean()))
+
+
+def sure_split_threshold(similarity: np.ndarray, matched: np.ndarray, level: float) -> float:
+    """The weighted similarity below which a pair is a match with posterior at most ``level``
+    as the LDA reads the final clustering's two classes (candidate pairs in one cluster, and
+    the rest: one normal density each, their pooled variance, equal priors). It confirms the
+    split's cuts where no match probability could be fitted (a small study), at the level
+    the probability would confirm them (autoCuration.cut_probability). (P,), (P,) bool ->
+    float: below the equal-prior threshold by log((1 - level) / level) variance / (mean
+    matched - mean unmatched); inf when no pair is matched, -inf when every pair is (or the
+    matched pairs are no more alike than the rest)."""
+    similarity = np.asarray(similarity, dtype=np.float64)
+    matched = np.asarray(matched, bool)
+    if not matched.any():
+        return float("inf")
+    if matched.all():
+        return float("-inf")
+    mean_m, mean_u = similarity[matched].mean(), similarity[~matched].mean()
+    if mean_m <= mean_u:
+        return float("-inf")
+    variance = (((similarity[matched] - mean_m) ** 2).sum()
+                + ((similarity[~matched] - mean_u) ** 2).sum()) / similarity.size
+    odds = np.log((1.0 - level) / level)
+    return float(0.5 * (mean_m + mean_u) - odds * variance / (mean_m - mean_u))
 
 
 def curate(labels, session, pairs, similarity, linkable, threshold,
@@ -712,37 +738,38 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
            pooled_level: float = 0.0, amplitude_step: float = 0.0,
            rejoin_distance_ratio: float = 0.0, amplitude_split: bool = False,
            probability_split: bool = False,
-           distance_split_probability: float = DISTANCE_SPLIT_PROBABILITY
-           ) -> CurationResult:
-    """The curation steps, then dissolve single-unit clusters: same-session conflicts, the
-    split at ``threshold`` (``auto_split``), and with ``positions`` (N, D) um the split at
-    position gaps (:func:`split_by_position`). With ``probability`` and ``cut_probability``
-    below 1, a cut of either split stands only where the mean match probability between its
-    sides is at most ``cut_probability`` (:func:`rejoin_by_probability`); the pairs it keeps
-    together are ``kept_pairs``; with ``distance_ratio`` (Q,), a cut whose sides' mean ratio
-    is above ``max_distance_ratio`` stands whatever its probability. Last, with
-    ``unit_positions`` (N, D) um and ``amplitude`` (N,) uV, each cluster is split where its
-    groups lie on average more than ``split_distance_ratio`` spreads apart
-    (:func:`split_by_distance`), the spread learned from the pairs the curated clusters hold
-    (:func:`spread_of_clusters`), unless the mean or the median probability across is above
-    ``distance_split_probability``. With ``succession_probability`` above 0, clusters where one
-    neuron followed another are split (:func:`split_successions`, on the linkable pairs at
-    most ``max_session_gap`` sessions apart, 0: any); with ``amplitude`` and
-    ``amplitude_step`` above 0, also where the amplitude steps in time by more than that many
-    times the 99th percentile of one neuron's |log amplitude ratio| (the same step, reason
-    split_at_amplitude_step). With ``probability``, each cluster is last split into the
-    parts its pairs within ``max_session_gap`` that may link connect (:func:`split_unlinked`,
-    reason split_unlinked). Units of one session
-    joined by ``same_neuron`` (K, 2) (sorter splits) are one neuron for the conflict step
-    (:func:`resolve_conflicts`). With ``non_match_share`` (Q,) and ``pooled_level`` above 0,
-    the veto also undoes cuts whose pairs, pooled, are unlike non-matches
-    (:func:`rejoin_by_probability`). With ``rejoin_distance_ratio`` above 0, the cuts
-    left standing are also undone where the two sides are alike in all but similarity
+           distance_split_probability: float = DISTANCE_SPLIT_PROBABILITY,
+           split_below: float | None = None) -> CurationResult:
+    """The curation steps, then dissolve single-unit clusters: same-session conflicts, the split
+    at ``threshold`` (``auto_split``; at ``split_below`` instead when given: a study too small
+    to fit the probability, :func:`sure_split_threshold`), and with ``positions`` (N, D) um the
+    split at position gaps (:func:`split_by_position`). With ``probability`` and
+    ``cut_probability`` below 1, a cut of either split stands only where the mean match
+    probability between its sides is at most ``cut_probability``
+    (:func:`rejoin_by_probability`); the pairs it keeps together are ``kept_pairs``; with
+    ``distance_ratio`` (Q,), a cut whose sides' mean ratio is above ``max_distance_ratio``
+    stands whatever its probability. Last, with ``unit_positions`` (N, D) um and ``amplitude``
+    (N,) uV, each cluster is split where its groups lie on average more than
+    ``split_distance_ratio`` spreads apart (:func:`split_by_distance`), the spread learned from
+    the pairs the curated clusters hold (:func:`spread_of_clusters`), unless the mean or the
+    median probability across is above ``distance_split_probability``. With
+    ``succession_probability`` above 0, clusters where one neuron followed another are split
+    (:func:`split_successions`, on the linkable pairs at most ``max_session_gap`` sessions
+    apart, 0: any); with ``amplitude`` and ``amplitude_step`` above 0, also where the amplitude
+    steps in time by more than that many times the 99th percentile of one neuron's |log
+    amplitude ratio| (the same step, reason split_at_amplitude_step). With ``probability``, each
+    cluster is last split into the parts its pairs within ``max_session_gap`` that may link
+    connect (:func:`split_unlinked`, reason split_unlinked). Units of one session joined by
+    ``same_neuron`` (K, 2) (sorter splits) are one neuron for the conflict step
+    (:func:`resolve_conflicts`). With ``non_match_share`` (Q,) and ``pooled_level`` above 0, the
+    veto also undoes cuts whose pairs, pooled, are unlike non-matches
+    (:func:`rejoin_by_probability`). With ``rejoin_distance_ratio`` above 0, the cuts left
+    standing are also undone where the two sides are alike in all but similarity
     (:func:`rejoin_alike`, the spread learned from the curated clusters as for the split at
     distance). With ``amplitude_split``, ``probability``, ``amplitude`` and ``cut_probability``
-    below 1, after the split at distance each cluster is also split where groups of its
-    units are below ``cut_probability`` on average and their median amplitudes lie farther
-    apart than one neuron's (:func:`split_by_amplitude`, reason split_at_amplitude). With
+    below 1, after the split at distance each cluster is also split where groups of its units
+    are below ``cut_probability`` on average and their median amplitudes lie farther apart than
+    one neuron's (:func:`split_by_amplitude`, reason split_at_amplitude). With
     ``probability_split``, then each cluster is split where groups of its units are below
     ``cut_probability`` on average and the veto lets the cut stand
     (:func:`split_by_probability`, reason split_at_low_probability).
@@ -759,7 +786,8 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     removed_s = removed_p = np.empty((0, 2), np.int64)
     final = after_conflicts
     if auto_split:
-        final, removed_s = split_clusters(after_conflicts, pairs, similarity, linkable, threshold)
+        final, removed_s = split_clusters(after_conflicts, pairs, similarity, linkable,
+                                          threshold if split_below is None else split_below)
         final = dissolve_singletons(final)
     if positions is not None and np.isfinite(threshold):
         final, removed_p = split_by_position(final, positions, pairs, similarity, linkable,

@@ -371,9 +371,13 @@ def plot_cluster(output, cluster_id: int, figsize=(15, 9)):
 
 def _pair_matrix(ax, values, labels, label, threshold=None):
     """Symmetric (M, M) pair values with each cell written in; with a threshold, cells below
-    it are red and above it blue (diverging around it), so a weak link stands out."""
+    it are red and above it blue (diverging around it), so a weak link stands out. An
+    infinite threshold (a study whose candidate pairs were all clustered sets none) is
+    drawn as no threshold."""
     from matplotlib.colors import TwoSlopeNorm
     finite = values[np.isfinite(values)]
+    if threshold is not None and not np.isfinite(threshold):
+        threshold = None
     if threshold is not None and finite.size:
         low = min(finite.min(), threshold) - 1e-6
         high = max(finite.max(), threshold) + 1e-6

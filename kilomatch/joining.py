@@ -113,6 +113,26 @@ def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.n
     return _labels(group, owner)
 
 
+def join_by_similarity(labels: np.ndarray, pairs: np.ndarray, similarity: np.ndarray,
+                       threshold: float, session: np.ndarray, max_session_gap: int = 0,
+                       split_pairs: np.ndarray | None = None,
+                       log_amplitude: np.ndarray | None = None,
+                       max_step: float = np.inf) -> np.ndarray:
+    """The join of a run whose match probability could not be fitted (a small study: fewer than
+    50 candidate pairs or known non-matches): final clusters (N,) after joining two groups that
+    share no session and whose every pair across is a candidate pair with weighted similarity
+    (P,) above ``threshold``, the curation's own split threshold. It is the converse of the
+    split below that threshold: IHDBSCAN's excess-of-mass selection can keep one neuron's
+    sessions as two clusters, or leave a unit out, where every pair across is well above it, and
+    without a probability nothing else joins them (on 6-session studies of 15-25 neurons, a
+    recall of 0.87-0.93; benchmarks/RESULTS.md, "Session 64"). Other arguments as
+    :func:`join_by_probability`, whose rules apply with every pair across asked to be above the
+    threshold."""
+    above = (np.asarray(similarity, dtype=np.float64) > threshold).astype(np.float64)
+    return join_by_probability(labels, pairs, above, 1.0, 0.5, session, max_session_gap,
+                               split_pairs, 0.0, 1.0, log_amplitude, max_step)
+
+
 def join_interleaved(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray,
                      session: np.ndarray, unseen, amplitude: np.ndarray, level: float = 0.9,
                      max_session_gap: int = 0, min_mean: float = INTERLEAVED_MIN_MEAN,

@@ -261,7 +261,11 @@ PARAMETERS: tuple[Param, ...] = (
           "Stop the HDBSCAN + LDA iterations when no weight changes by more than this.", min=0),
     Param("autoCuration.auto_split", "bool", True,
           "Split clusters into the connected components of their above-threshold pairs "
-          "(each cut confirmed by the match probability, see autoCuration.cut_probability)."),
+          "(each cut confirmed by the match probability, see autoCuration.cut_probability). "
+          "Where the probability is asked for but too few pairs fit it (a small study), the "
+          "cuts are confirmed by the final clustering's own two classes instead: the split "
+          "cuts only below the similarity at which their LDA (equal priors) gives a match "
+          "cut_probability. With cut_probability 1 every cut stands."),
     Param("autoCuration.link_probability", "float", 0.5,
           "With clustering.method 'probability': auto_split splits a cluster where the mean "
           "match probability between its groups of units is below this.", min=0, max=1),
@@ -334,7 +338,10 @@ PARAMETERS: tuple[Param, ...] = (
           "IHDBSCAN can keep one neuron's units in two clusters, or leave some out. 0 turns "
           "it off. 0.9 was the earlier default: at 0.8, F1 rose on 16 of the accuracy suite's "
           "128 runs and fell on 2; from 0.8 to 0.7, precision fell on 10 "
-          "(benchmarks/RESULTS.md, 'Session 20').", min=0, max=1),
+          "(benchmarks/RESULTS.md, 'Session 20'). Where the probability is asked for but "
+          "too few pairs fit it (a small study), the join asks every pair across to be above "
+          "the split threshold instead (kilomatch.joining.join_by_similarity).",
+          min=0, max=1),
     Param("autoCuration.join_interleaved_probability", "float", 0.6,
           "The mean match probability across two groups whose sessions interleave in time "
           "(neither group's all before the other's) at which autoCuration.join_probability "

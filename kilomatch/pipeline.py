@@ -827,6 +827,19 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     ratio = None if fitted is None else position_noise.learned_distance_ratio(
         xy, units.amplitude, final.pairs, fitted[0].candidate_probability, q_pairs,
         units.session0)
+    split_below = None
+    if ac.auto_split and fitted is None and needs_probability(s) and ac.cut_probability < 1:
+        # the probability that should confirm the split's cuts could not be fitted (a small
+        # study): unconfirmed, the split took apart true pairs of one neuron as often as
+        # wrong ones; the clustering's own two classes confirm them instead, at the same
+        # level (benchmarks/RESULTS.md, "Session 64"). The published curation asks for no
+        # probability and keeps every cut.
+        split_below = curation.sure_split_threshold(
+            final.clustering.similarity, same_cluster(labels, final.pairs), ac.cut_probability)
+        log.info("no match probability to confirm the split's cuts (too few pairs to fit "
+                 "it): autoCuration.auto_split cuts below %.3g, where the clustering's two "
+                 "classes give a match %g (autoCuration.cut_probability), not at %.3g",
+                 split_below, ac.cut_probability, threshold)
     cur = curation.curate(labels, units.session0, q_pairs, q_sim, q_link, threshold,
                           ac.auto_split, positions, ac.position_gap_um, q_p, cut,
                           None if splits is None else splits.split_pairs(), ratio,
@@ -834,7 +847,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                           xy, units.amplitude, ac.succession_probability,
                           s.clustering.max_session_gap, q_share, ac.cut_pooled_level,
                           ac.amplitude_step, ac.rejoin_distance_ratio, ac.amplitude_split,
-                          probability_split, ac.split_distance_probability)
+                          probability_split, ac.split_distance_probability, split_below)
     cur.splits, cur.alike_splits = splits, alike
     cur.cut_probability = cut if q_p is not None else float("nan")
     cur.labels_before_join = cur.labels
@@ -848,6 +861,19 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         log.info("joined by the match probability (autoCuration.join_probability %g): %d "
                  "clusters -> %d, %d units in no cluster joined one", ac.join_probability,
                  *_join_counts(cur.labels_before_join, cur.labels))
+    elif (fitted is None and needs_probability(s) and ac.join_probability > 0
+          and np.isfinite(threshold)):
+        # the probability was asked for but the study is too small to fit it: the join
+        # rests on the threshold the curation split at (not in the published curation,
+        # which asks for no probability)
+        cur.labels = joining.join_by_similarity(
+            cur.labels, final.pairs, final.clustering.similarity, threshold, units.session0,
+            s.clustering.max_session_gap, known, curation.log_amplitude_of(units.amplitude),
+            curation.AMPLITUDE_STEP_SURE * cur.amplitude_step)
+        log.info("joined by the weighted similarity (no match probability; every pair "
+                 "across above the split threshold %.3g): %d clusters -> %d, %d units in no "
+                 "cluster joined one", threshold, *_join_counts(cur.labels_before_join,
+                                                                 cur.labels))
     if ac.similarity_step > 0:
         split_similarity_steps(cur, final, units.session0, ac.similarity_step)
     if fitted is not None and ac.lone_end_gap > 0:

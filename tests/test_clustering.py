@@ -422,6 +422,24 @@ def test_ihdbscan_without_matches_keeps_weights():
     assert res.threshold == np.inf and res.good.size == 0 and not res.converged
 
 
+def test_ihdbscan_with_every_candidate_pair_clustered_keeps_them_all_as_good_matches():
+    """A small, sparse study: each neuron's units are the only candidates of one another, so
+    HDBSCAN clusters every candidate pair and no pair is left to draw an LDA boundary against.
+    Then nothing reads as a non-match: the threshold is -inf and every pair is a good match
+    (an inf threshold gave the motion no match and the curation cut every cluster apart)."""
+    rng = np.random.default_rng(7)
+    session = np.tile(np.arange(3), 4)  # 4 neurons x 3 sessions
+    neuron = np.repeat(np.arange(4), 3)
+    pairs = np.array([(i, j) for i, j in itertools.combinations(range(12), 2)
+                      if neuron[i] == neuron[j]])
+    f = rng.normal(2.0, 0.3, (len(pairs), 2))
+    res = ihdbscan(12, pairs, f, max_cluster_size=3)
+    np.testing.assert_array_equal(renumber(res.labels), renumber(neuron))
+    assert res.threshold == -np.inf
+    assert res.good.all()
+    np.testing.assert_allclose(res.weights, [0.5, 0.5])
+
+
 # ---------------------------------------------------------------- the spanning forest
 
 @pytest.mark.parametrize("seed,ties", [(0, False), (1, True), (2, True)])

@@ -25,6 +25,7 @@ from kilomatch.curation import (
     resolve_conflicts,
     split_by_position,
     split_clusters,
+    sure_split_threshold,
     within_cluster_pairs,
 )
 
@@ -612,6 +613,27 @@ def test_equal_prior_threshold_is_halfway_between_class_means():
     matched = np.array([True, True, False, False, False])
     assert equal_prior_threshold(sim, matched) == pytest.approx(0.5 * (2.5 + 0.5))
     assert equal_prior_threshold(sim, np.zeros(5, bool)) == np.inf
+    # every candidate pair matched: no boundary, and nothing below it to split
+    assert equal_prior_threshold(sim, np.ones(5, bool)) == -np.inf
+
+
+def test_sure_split_threshold_is_where_the_lda_posterior_of_a_match_falls_to_the_level():
+    """Two classes with pooled variance v and means m1 > m0: at equal priors the LDA's
+    posterior of a match at S is 1 / (1 + exp(-(m1 - m0) (S - (m1 + m0) / 2) / v)); the
+    threshold is the S where that equals the level, below the equal-prior one."""
+    rng = np.random.default_rng(3)
+    sim = np.concatenate([rng.normal(2.0, 0.4, 30), rng.normal(0.2, 0.5, 200)])
+    matched = np.arange(230) < 30
+    m1, m0 = sim[matched].mean(), sim[~matched].mean()
+    v = (((sim[matched] - m1) ** 2).sum() + ((sim[~matched] - m0) ** 2).sum()) / 230
+    t = sure_split_threshold(sim, matched, 0.02)
+    posterior = 1 / (1 + np.exp(-(m1 - m0) * (t - 0.5 * (m1 + m0)) / v))
+    assert posterior == pytest.approx(0.02)
+    assert t < equal_prior_threshold(sim, matched)
+    assert sure_split_threshold(sim, matched, 0.5) == pytest.approx(
+        equal_prior_threshold(sim, matched))
+    assert sure_split_threshold(sim, np.zeros(230, bool), 0.02) == np.inf
+    assert sure_split_threshold(sim, np.ones(230, bool), 0.02) == -np.inf
 
 
 def test_split_successions_takes_apart_one_neuron_followed_by_another():

@@ -317,3 +317,76 @@ def test_units_sharing_one_spike_train_are_named(base, tmp_path, caplog):
     _, log = _run(data, tmp_path / "out", caplog)
     assert f"units 0, 1, 2, 3, 4, 5, 6, 7, 8, 9 ... ({len(same)} in all) have spike trains " \
            "identical to another unit's" in log
+
+
+def test_a_sparse_study_whose_every_candidate_pair_is_one_neuron_keeps_its_clusters(tmp_path,
+                                                                                  caplog):
+    """15 neurons over 3.8 mm in 3 sessions: no two neurons lie within max_distance, so every
+    candidate pair is a match and IHDBSCAN has no non-match to set its threshold against.
+    Every clustered pair is then a good match: the run keeps all 18 true pairs (with an
+    infinite threshold the curation split every cluster apart: 0 matched pairs)."""
+    from kilomatch import metrics
+    data = tmp_path / "sparse"
+    simulate_to_folder(data, n_sessions=3, n_neurons=15, seed=10)
+    result, log = _run(data, tmp_path / "out", caplog)
+    assert "every candidate pair is in a cluster" in log
+    scores = metrics.pair_scores(result.idx_cluster, np.load(data / "gt_neuron.npy"),
+                                 np.load(data / "session_index.npy"))
+    assert scores["precision"] == 1.0 and scores["recall"] == 1.0
+
+
+def _small_study(tmp_path, caplog, n_neurons, seed, settings=None, sessions=6):
+    """A study of a few neurons (benchmarks/small_studies.py's shapes): its result, log, pair
+    scores and CurationResults.npz."""
+    from kilomatch import metrics
+    data = tmp_path / f"small{seed}"
+    if not data.exists():
+        simulate_to_folder(data, n_sessions=sessions, n_neurons=n_neurons, duration_s=300.0,
+                           seed=seed)
+    out = tmp_path / f"out{seed}_{len(settings or {})}"
+    with caplog.at_level(logging.INFO, logger="kilomatch"):
+        caplog.clear()
+        result = kilomatch.run({"path_to_data": str(data), "output_folder": str(out),
+                                "n_jobs": 1, **(settings or {})})
+    log = "\n".join(r.getMessage() for r in caplog.records)
+    scores = metrics.pair_scores(result.idx_cluster, np.load(data / "gt_neuron.npy"),
+                                 np.load(data / "session_index.npy"))
+    return result, log, scores, dict(np.load(out / "CurationResults.npz"))
+
+
+def test_a_study_too_small_for_the_probability_confirms_its_splits_by_the_clustering(
+        tmp_path, caplog):
+    """Studies too small to fit the match probability: the split below the threshold cuts
+    only where the final clustering's own two classes (LDA) give a match a posterior of at
+    most autoCuration.cut_probability. 25 neurons in 6 sessions keep all 136 true pairs
+    (the split at the equal-prior threshold took apart 18 of them); 15 neurons in 3
+    sessions lose the one wrong pair, two units 30 um apart at a similarity of 0.18 against
+    a threshold of 1.17 (no split at all kept it). A run that asks for no probability
+    (autoCuration.cut_probability 1, as the published curation) cuts at the threshold."""
+    result, log, scores, cur = _small_study(tmp_path, caplog, 25, 43)
+    assert "too few pairs to fit the match probability" in log
+    assert "no match probability to confirm the split's cuts" in log
+    below = list(cur["reason_names"]).index("split_below_threshold")
+    assert not np.any(cur["removed_reason"] == below)
+    assert scores["recall"] == 1.0 and scores["precision"] == 1.0
+    unconfirmed = {"autoCuration": {"cut_probability": 1}}
+    result, log, scores, cur = _small_study(tmp_path, caplog, 25, 43, unconfirmed)
+    assert "no match probability to confirm" not in log
+    assert np.count_nonzero(cur["removed_reason"] == below) == 18
+    result, log, scores, cur = _small_study(tmp_path, caplog, 15, 9, sessions=3)
+    assert "no match probability to confirm the split's cuts" in log
+    assert np.any(cur["removed_reason"] == below)
+    assert scores["recall"] == 1.0 and scores["precision"] == 1.0
+
+
+def test_a_study_too_small_for_the_probability_joins_by_the_similarity(tmp_path, caplog):
+    """15 neurons in 6 sessions, no probability: IHDBSCAN keeps one neuron's sessions as two
+    clusters whose every pair across is above the split threshold; the join by the weighted
+    similarity makes them one (recall 0.925 without it)."""
+    result, log, scores, cur = _small_study(tmp_path, caplog, 15, 18)
+    assert "too few pairs to fit the match probability" in log
+    assert "joined by the weighted similarity" in log
+    before = cur["IdxCluster_before_join"]
+    assert len(np.unique(before[before > 0])) > len(np.unique(result.idx_cluster[
+        result.idx_cluster > 0]))
+    assert scores["recall"] == 1.0 and scores["precision"] == 1.0

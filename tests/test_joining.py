@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from kilomatch.joining import join_by_probability
+from kilomatch.joining import join_by_probability, join_by_similarity
 
 
 def _all_across(a, b, p):
@@ -278,3 +278,27 @@ def test_no_join_across_a_step_of_amplitude_the_curation_cuts_whatever_the_proba
                               log_amplitude=np.log([50.0, 58.0, 56.0, 400.0]),
                               max_step=np.log(3.0))
     assert out[3] == -1
+
+
+def test_without_a_probability_groups_whose_every_pair_across_is_above_the_threshold_join():
+    """A study too small to fit the probability: two clusters of one neuron (sessions 0-1
+    and 2-3) and a unit in none (session 4) join when every pair across is above the split
+    threshold; one pair across below it, a pair across that is no candidate, or a shared
+    session keeps them apart."""
+    session = np.array([0, 1, 2, 3, 4])
+    labels = np.array([0, 0, 1, 1, -1])
+    pairs, sim = _stack(_all_across([0, 1], [2, 3], 2.0), _all_across([0, 1, 2, 3], [4], 1.8))
+    out = join_by_similarity(labels, pairs, sim, 1.5, session)
+    assert _together(out, [0, 1, 2, 3, 4])
+    low = sim.copy()
+    low[0] = 1.4  # pair (0, 2) below the threshold: the clusters stay apart
+    out = join_by_similarity(labels, pairs, low, 1.5, session)
+    assert not _together(out, [0, 1, 2, 3]) and _together(out, [0, 1]) and _together(out, [2, 3])
+    keep = np.ones(len(pairs), bool)
+    keep[0] = False  # pair (0, 2) is no candidate
+    out = join_by_similarity(labels, pairs[keep], sim[keep], 1.5, session)
+    assert not _together(out, [0, 1, 2, 3])
+    shared = np.array([0, 1, 1, 3, 4])  # units 1 and 2 in one session: no candidate pair
+    across = shared[pairs[:, 0]] != shared[pairs[:, 1]]
+    out = join_by_similarity(labels, pairs[across], sim[across], 1.5, shared)
+    assert not _together(out, [0, 1, 2, 3])

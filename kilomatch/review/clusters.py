@@ -223,7 +223,9 @@ def summarize_clusters(idx, session, positions, amplitude, links: Links,
         if jump > position_gap_um:
             flags.append("jump")
         weakest, cut = lowest[cid], lowest_threshold[cid]
-        if np.isfinite(weakest) and weakest < cut + NEAR_FRACTION * max(typical - cut, 0.0):
+        # no finite threshold (every candidate pair clustered): no link is near it
+        if (np.isfinite(weakest) and np.isfinite(cut)
+                and weakest < cut + NEAR_FRACTION * max(typical - cut, 0.0)):
             flags.append("near")
         if duplicate is not None and duplicate[units].any():
             flags.append("duplicate")

@@ -66,7 +66,13 @@ def run_one(cache: Path, shape: str, offset: int, settings: dict) -> dict:
     out = cache / "runs" / name
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
-    kilomatch.run({"path_to_data": str(data), "output_folder": str(out), **settings})
+    try:
+        kilomatch.run({"path_to_data": str(data), "output_folder": str(out), **settings})
+    except Exception as e:  # a failed run is a result: it counts as F1 0, and says why
+        return {"study": shape, "seed_offset": offset, "units": None, "precision": 0.0,
+                "recall": 0.0, "f1": 0.0, "f1_before": 0.0, "probability_fitted": False,
+                "wall_s": round(time.perf_counter() - start, 2),
+                "error": f"{type(e).__name__}: {e}"}
     wall = time.perf_counter() - start
     gt, session = np.load(data / "gt_neuron.npy"), np.load(data / "session_index.npy")
     after = metrics.pair_scores(np.load(out / "IdxCluster.npy").ravel(), gt, session)
@@ -82,7 +88,7 @@ def run_one(cache: Path, shape: str, offset: int, settings: dict) -> dict:
 
 def summary_rows(results: list) -> list:
     """Per shape: runs, F1 mean and min, runs below precision 0.99, runs where curation
-    lowers F1, runs without a fitted probability."""
+    lowers F1, runs without a fitted probability, failed runs (counted at F1 0)."""
     rows = []
     for shape in SHAPES:
         rs = [r for r in results if r["study"] == shape]
@@ -94,7 +100,8 @@ def summary_rows(results: list) -> list:
                      _common.fmt(float(np.mean([r["f1_before"] for r in rs]))),
                      str(sum(r["precision"] < 0.99 for r in rs)),
                      str(sum(r["f1"] < r["f1_before"] - 1e-9 for r in rs)),
-                     str(sum(not r["probability_fitted"] for r in rs))])
+                     str(sum(not r["probability_fitted"] for r in rs)),
+                     str(sum("error" in r for r in rs))])
     return rows
 
 
@@ -121,11 +128,14 @@ def main(argv=None) -> int:
         for shape in shapes:
             r = run_one(cache, shape, offset, settings)
             results.append(r)
+            if "error" in r:
+                print(f"{shape} +{offset}: failed: {r['error']}", flush=True)
+                continue
             print(f"{shape} +{offset}: P {r['precision']:.3f} R {r['recall']:.3f} "
                   f"F1 {r['f1']:.3f} (before curation {r['f1_before']:.3f})"
                   f"{'' if r['probability_fitted'] else ', no probability'}", flush=True)
     header = ["study", "runs", "F1 mean", "F1 min", "F1 before curation, mean",
-              "precision < 0.99", "curation lowers F1", "no probability"]
+              "precision < 0.99", "curation lowers F1", "no probability", "failed"]
     print(_common.header_text(_common.run_header(None, "none"), args.markdown))
     print(_common.format_table(header, summary_rows(results), args.markdown))
     if args.json:

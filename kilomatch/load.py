@@ -48,6 +48,9 @@ class Dataset:
     # False when load_dataset left the finiteness of the waveforms to the reader of the
     # features (pipeline.unit_features checks it in its own pass over the file)
     waveforms_checked: bool = True
+    # the study's number of sessions where its units need not show it: a per-shank part,
+    # whose units may all come from the first sessions (None: the largest session index)
+    sessions: int | None = None
 
     @property
     def n_units(self) -> int:
@@ -55,6 +58,8 @@ class Dataset:
 
     @property
     def n_sessions(self) -> int:
+        if self.sessions is not None:
+            return int(self.sessions)
         return int(self.session_index.max()) if self.session_index.size else 0
 
     @property

@@ -1260,11 +1260,12 @@ def link_by_probability(units: UnitFeatures, final: RoundResult, s: Settings, li
 
 
 def subset_dataset(data: Dataset, members: np.ndarray) -> Dataset:
-    """The units ``members`` of a dataset (same channels and sessions)."""
+    """The units ``members`` of a dataset (same channels and sessions: a shank whose units
+    all come from the first sessions still has every session, as its initial motion does)."""
     return Dataset(None, data.channel_locations, data.session_index[members],
                    [data.spike_times[k] for k in members],
                    None if data.peth is None else data.peth[members], data.channel_shanks,
-                   data.path)
+                   data.path, sessions=data.n_sessions)
 
 
 def subset_units(units: UnitFeatures, members: np.ndarray) -> UnitFeatures:

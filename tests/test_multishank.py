@@ -135,3 +135,25 @@ def test_each_shank_learns_its_own_decay():
     np.testing.assert_allclose(got[shank == 1], 2.5, atol=0.05)
     assert (pipeline._decay_of_units(ptt, locs, near, live, shank,
                                      "monopolar_triangulation") == 1.0).all()
+
+
+def test_a_shank_whose_units_all_come_from_the_first_sessions(four_shank, tmp_path):
+    """A shank with no unit in the last session is still tracked over every session: its part
+    of the run has the study's sessions, as its initial motion does (its motion had one
+    session fewer and the run stopped on a broadcasting error), and the run gives each shank
+    a motion for every session."""
+    folder, out, result = four_shank
+    shank = np.load(folder / "channel_shanks.npy")[result.units.peak_channel]
+    session = np.load(folder / "session_index.npy")
+    last = shank.max()
+    members = np.flatnonzero(~((shank == last) & (session == session.max())))
+    data = tmp_path / "data"
+    _write_subset(folder, data, members)
+    run = kilomatch.run(_settings(data, tmp_path / "out"))
+    assert np.load(tmp_path / "out" / "motion.npy").shape == (3, 4)
+    kept = members.size
+    assert run.idx_cluster.shape == (kept,)
+    # the other shanks track as they did with every unit
+    again = result.idx_cluster[members]
+    others = shank[members] != last
+    assert _same_partition(run.idx_cluster[others], again[others])

@@ -712,19 +712,18 @@ def sure_split_threshold(similarity: np.ndarray, matched: np.ndarray, level: flo
     float: below the equal-prior threshold by log((1 - level) / level) variance / (mean
     matched - mean unmatched); inf when no pair is matched, -inf when every pair is (or the
     matched pairs are no more alike than the rest)."""
+    middle = equal_prior_threshold(similarity, matched)  # and its empty classes
+    if not np.isfinite(middle):
+        return middle
     similarity = np.asarray(similarity, dtype=np.float64)
     matched = np.asarray(matched, bool)
-    if not matched.any():
-        return float("inf")
-    if matched.all():
-        return float("-inf")
     mean_m, mean_u = similarity[matched].mean(), similarity[~matched].mean()
     if mean_m <= mean_u:
         return float("-inf")
     variance = (((similarity[matched] - mean_m) ** 2).sum()
                 + ((similarity[~matched] - mean_u) ** 2).sum()) / similarity.size
     odds = np.log((1.0 - level) / level)
-    return float(0.5 * (mean_m + mean_u) - odds * variance / (mean_m - mean_u))
+    return float(middle - odds * variance / (mean_m - mean_u))
 
 
 def curate(labels, session, pairs, similarity, linkable, threshold,

@@ -803,9 +803,9 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     q_pairs, q_sim, q_link = within_cluster_similarity(units, final, labels, s)
     ac = s.autoCuration
     threshold = final.clustering.threshold
+    matched = same_cluster(labels, final.pairs)
     if ac.split_threshold == "equal_priors":
-        threshold = curation.equal_prior_threshold(
-            final.clustering.similarity, same_cluster(labels, final.pairs))
+        threshold = curation.equal_prior_threshold(final.clustering.similarity, matched)
     xy = curation_positions(units, final)
     positions = xy if ac.position_split else None
     q_p, q_share, cut = None, None, ac.cut_probability
@@ -834,8 +834,8 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         # wrong ones; the clustering's own two classes confirm them instead, at the same
         # level (benchmarks/RESULTS.md, "Session 64"). The published curation asks for no
         # probability and keeps every cut.
-        split_below = curation.sure_split_threshold(
-            final.clustering.similarity, same_cluster(labels, final.pairs), ac.cut_probability)
+        split_below = curation.sure_split_threshold(final.clustering.similarity, matched,
+                                                    ac.cut_probability)
         log.info("no match probability to confirm the split's cuts (too few pairs to fit "
                  "it): autoCuration.auto_split cuts below %.3g, where the clustering's two "
                  "classes give a match %g (autoCuration.cut_probability), not at %.3g",

@@ -152,6 +152,15 @@ DATASETS["t"] = ("dying_channels", "a tenth of the channels stop recording over 
                   "amp_at_20um_uv": 150.0, "waveform_noise_per_spike_uv": 30.0,
                   "seed": 120}, {})
 
+# Tissue that does not move as one (session 65): the part above the probe's middle moves apart
+# from the part below, by a random walk of 20 um steps (tens of um over the study), which no
+# rigid or linear motion follows. The initial estimate (rigid) lines up one half; the rounds'
+# linear motion both in part.
+DATASETS["u"] = ("bent_tissue", "the tissue above the probe's middle moves apart from the "
+                 "tissue below (a smooth step, random walk of 20 um per session), on top of "
+                 "40 um of rigid drift",
+                 {**_BASE, "bend_step_um": 20.0, "seed": 121}, {})
+
 
 BAND_LABELS = metrics.band_labels()
 COLUMNS = ["dataset", "tool", "precision", "recall", "F1", "F1 before curation",

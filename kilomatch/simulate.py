@@ -13,8 +13,11 @@ A neuron at true depth ``y0`` appears, in session ``s``, at probe depth::
 
 ``depth_ref`` is the centre of the probe's depth span (saved in ``simulation.json`` as
 ``depth_ref_um``). Both ``gt_motion`` and ``gt_motion_linear`` have mean 0 over sessions, so the
-"true" depth is the session-average apparent depth. kilomatch's ``motion.npy`` uses the same
-sign: ``motion[s]`` is the apparent shift of unit depths in session ``s``.
+"true" depth is the session-average apparent depth. With ``bend_step_um`` > 0 a third term,
+neither rigid nor linear, adds ``gt_motion_bend[s] * tanh((y0 - depth_ref) / bend_width_um) / 2``
+(mean 0 over sessions too): the tissue above the middle moves apart from the tissue below.
+kilomatch's ``motion.npy`` uses the same sign: ``motion[s]`` is the apparent shift of unit
+depths in session ``s``.
 
 Physics, in short
 -----------------
@@ -104,6 +107,7 @@ _S_NOISE, _S_SPIKES, _S_PETH = 6, 7, 8
 _S_COUNT_NOISE, _S_SI, _S_SORTER = 9, 10, 11
 _S_SESSION_OFFSET = 12
 _S_DEAD_CHANNELS = 13
+_S_BEND = 14
 
 # Units rendered together when writing/rendering waveforms (memory ~ chunk * C * T * 4 B * ~4).
 _RENDER_CHUNK = 64
@@ -142,6 +146,8 @@ class SimulationParams:
     jump_prob: float = 0.0
     jump_um: float = 0.0
     linear_drift: float = 0.0
+    bend_step_um: float = 0.0
+    bend_width_um: float = 150.0
     # presence
     p_present: float = 0.9
     turnover: float = 0.05
@@ -244,6 +250,12 @@ SIMULATION_PARAMETERS: tuple[Spec, ...] = (
     _at_least_0("jump_um", "size (um) of a jump (random sign)"),
     _at_least_0("linear_drift", "std of the per-step change of the depth slope term (um per um "
                 "of depth), a random walk like the rigid term; 0 = rigid motion only"),
+    _at_least_0("bend_step_um", "std (um) of the per-step change of a bend: the tissue above the "
+                "probe's middle moves by half of it and the tissue below by minus half, "
+                "through a smooth step (tanh) of half-width bend_width_um; a random walk with "
+                "mean 0, like the rigid term. Neither rigid nor linear in depth (uneven motion "
+                "along the probe, e.g. two brain regions). 0 = off"),
+    _above_0("bend_width_um", "half-width (um) of the bend's step around the probe's middle"),
     # presence and detection
     _fraction("p_present", "probability that a neuron alive in a session is sorted in it"),
     _fraction("turnover", "per-session probability that a neuron disappears (as many appear); "
@@ -392,9 +404,18 @@ def simulate_motion(params: SimulationParams, rng: np.random.Generator
     return rigid, slope
 
 
-def _apparent_depth(y0, rigid_s, slope_s, depth_ref):
+def simulate_bend(params: SimulationParams, rng: np.random.Generator) -> np.ndarray:
+    """(S,) um, mean 0: per session, how much farther the tissue above the probe's middle
+    moves than the tissue below (``bend_step_um``; zeros when 0)."""
+    steps = params.bend_step_um * rng.standard_normal(max(params.n_sessions - 1, 0))
+    bend = np.concatenate([[0.0], np.cumsum(steps)])
+    return bend - bend.mean()
+
+
+def _apparent_depth(y0, rigid_s, slope_s, depth_ref, bend_s=0.0, bend_width=1.0):
     """Depth on the probe of tissue at true depth y0 in a session (broadcasts). um."""
-    return y0 + rigid_s + slope_s * (y0 - depth_ref)
+    return (y0 + rigid_s + slope_s * (y0 - depth_ref)
+            + 0.5 * bend_s * np.tanh((y0 - depth_ref) / bend_width))
 
 
 def _true_depth_range(ch_y, rigid, slope, depth_ref, margin):
@@ -778,6 +799,7 @@ class Simulation:
     unit_time_shift_ms: np.ndarray = dataclasses.field(repr=False)  # (N,) day trough shift
     unit_dend_depth: np.ndarray = dataclasses.field(repr=False)     # (N,) apparent dendrite y
     sorter: SorterErrors | None = dataclasses.field(default=None, repr=False)  # p_split/p_merge
+    gt_motion_bend: np.ndarray | None = dataclasses.field(default=None, repr=False)  # (S,) um
 
     @property
     def n_units(self) -> int:
@@ -919,7 +941,9 @@ def simulate(params: SimulationParams | None = None, **overrides) -> Simulation:
     if np.any(1.0 + slope <= 0.2):
         raise KilomatchError("linear_drift is too large: the depth slope term folds the probe "
                              f"(min 1 + slope = {np.min(1 + slope):.3f}); lower linear_drift")
-    lo, hi = _true_depth_range(ch[:, 1], rigid, slope, depth_ref, params.edge_margin_um)
+    bend = simulate_bend(params, _rng(seed, _S_BEND))
+    lo, hi = _true_depth_range(ch[:, 1], rigid, slope, depth_ref,
+                               params.edge_margin_um + 0.5 * float(np.abs(bend).max()))
     if not lo < hi:
         raise KilomatchError(
             f"drift too large for probe {params.probe}: after a motion range of "
@@ -954,9 +978,10 @@ def simulate(params: SimulationParams | None = None, **overrides) -> Simulation:
     alive = (nr.first[:, None] <= sess[None, :]) & (sess[None, :] <= nr.last[:, None])
     not_missed = _rng(seed, _S_PRESENCE, 1).random((M, S)) < params.p_present
     cand_m, cand_s = np.nonzero(alive & not_missed)           # sorted by neuron, then session
-    y_soma = _apparent_depth(nr.y[cand_m], rigid[cand_s], slope[cand_s], depth_ref)
+    y_soma = _apparent_depth(nr.y[cand_m], rigid[cand_s], slope[cand_s], depth_ref,
+                             bend[cand_s], params.bend_width_um)
     y_dend = _apparent_depth(nr.y[cand_m] + nr.dend_dy[cand_m], rigid[cand_s], slope[cand_s],
-                             depth_ref)
+                             depth_ref, bend[cand_s], params.bend_width_um)
     src = _sources(nr, cand_m, y_soma, y_dend, amp_gain[cand_m, cand_s],
                    width_gain[cand_m, cand_s], time_shift[cand_m, cand_s])
     _, ptt = _near_stats(src, ch, t, params)
@@ -984,7 +1009,7 @@ def simulate(params: SimulationParams | None = None, **overrides) -> Simulation:
 
     return Simulation(
         params=params, channel_locations=ch, channel_shanks=shanks, depth_ref_um=float(depth_ref),
-        gt_motion=rigid, gt_motion_linear=slope,
+        gt_motion=rigid, gt_motion_linear=slope, gt_motion_bend=bend,
         session_index=(us + 1).astype(np.int64), gt_neuron=um.astype(np.int64),
         gt_locations=np.column_stack([nr.x[um], y_soma[sel], nr.z[um]]),
         peth=peth, neurons=nr, unit_rate_hz=rate[um, us], unit_amp_gain=unit_amp_gain,
@@ -1033,7 +1058,8 @@ def write_simulation(sim: Simulation, out_dir, overwrite: bool = False) -> Path:
     at a time; session_index.npy (N,) i8 1..S; spike_times/Unit{k}.npy (n,) f8 ms;
     peth.npy (N,P) f4 (with_peth); channel_shanks.npy (C,) i8 (multi-shank probes only);
     gt_neuron.npy (N,) i8; gt_motion.npy (S,) f8 um; gt_motion_linear.npy (S,) f8 um/um;
-    gt_locations.npy (N,3) f8 um; simulation.json (parameters, depth_ref_um, counts).
+    gt_motion_bend.npy (S,) f8 um (bend_step_um > 0 only); gt_locations.npy (N,3) f8 um;
+    simulation.json (parameters, depth_ref_um, counts).
     A previous simulation in the folder is replaced whole; any other non-empty folder only with
     overwrite=True, which replaces it whole too. Atomic: see
     :class:`~kilomatch.formats.folder.FolderWriter`.
@@ -1059,6 +1085,8 @@ def write_simulation(sim: Simulation, out_dir, overwrite: bool = False) -> Path:
         writer.save("gt_neuron.npy", sim.gt_neuron.astype(np.int64))
         writer.save("gt_motion.npy", sim.gt_motion.astype(np.float64))
         writer.save("gt_motion_linear.npy", sim.gt_motion_linear.astype(np.float64))
+        if p.bend_step_um > 0:
+            writer.save("gt_motion_bend.npy", sim.gt_motion_bend.astype(np.float64))
         writer.save("gt_locations.npy", sim.gt_locations.astype(np.float64))
         _write_waveforms(sim, writer)
         for k in range(sim.n_units):
@@ -1081,7 +1109,10 @@ def _metadata(sim: Simulation) -> dict:
         "params": _json_params(sim.params),
         "depth_ref_um": sim.depth_ref_um,
         "motion_convention": "unit depth in session s = y0 + gt_motion[s] + "
-                             "gt_motion_linear[s] * (y0 - depth_ref_um); both mean 0",
+                             "gt_motion_linear[s] * (y0 - depth_ref_um)"
+                             + (" + gt_motion_bend[s] * tanh((y0 - depth_ref_um) / "
+                                "bend_width_um) / 2; all three" if sim.params.bend_step_um > 0
+                                else "; both") + " mean 0",
         "channel_shanks_base": 0,
         **sim.summary(),
     }
@@ -1099,7 +1130,8 @@ def simulate_to_folder(out_dir, params: SimulationParams | None = None, *,
 # Harder data (issue 12): spike-count noise, SpikeInterface templates, sorter errors
 # --------------------------------------------------------------------------------------------
 
-_HARDER_PARAMS = ("waveform_noise_per_spike_uv", "waveform_source", "p_split", "p_merge")
+_HARDER_PARAMS = ("waveform_noise_per_spike_uv", "waveform_source", "p_split", "p_merge",
+                  "bend_step_um", "bend_width_um")
 # A sorter merges only units whose peak positions are this close (um, in the probe plane).
 _MERGE_DISTANCE_UM = 40.0
 # Amplitude gap between the two halves of a split unit (fraction): +-5%.

@@ -14,6 +14,7 @@ from kilomatch.simulate import (
     simulate_motion,
     simulate_to_folder,
     spike_train,
+    write_simulation,
 )
 
 SMALL = dict(n_sessions=4, n_neurons=40, duration_s=60.0, peth_points=50)
@@ -215,6 +216,33 @@ def test_motion_convention_exact_in_gt_locations():
     np.testing.assert_allclose(sim.gt_locations[:, 1], expect, atol=1e-9)
     assert abs(sim.gt_motion.mean()) < 1e-9 and abs(sim.gt_motion_linear.mean()) < 1e-12
     assert np.ptp(sim.gt_motion_linear) > 0
+
+
+def test_bend_moves_the_upper_tissue_apart_from_the_lower(tmp_path):
+    """bend_step_um: units well above the probe's middle move by +bend/2 on top of the rigid
+    and linear terms, units well below by -bend/2 (the convention simulation.json states);
+    off by default, and then no gt_motion_bend.npy is written."""
+    sim = simulate(**SMALL, drift_step_um=20.0, linear_drift=0.01, bend_step_um=25.0,
+                   bend_width_um=100.0, seed=3)
+    nr, s = sim.neurons, sim.unit_session
+    y0 = nr.y[sim.gt_neuron]
+    rest = y0 + sim.gt_motion[s] + sim.gt_motion_linear[s] * (y0 - sim.depth_ref_um)
+    bend = sim.gt_locations[:, 1] - rest
+    np.testing.assert_allclose(
+        bend, 0.5 * sim.gt_motion_bend[s] * np.tanh((y0 - sim.depth_ref_um) / 100.0), atol=1e-9)
+    assert abs(sim.gt_motion_bend.mean()) < 1e-9 and np.ptp(sim.gt_motion_bend) > 10
+    far = np.abs(y0 - sim.depth_ref_um) > 300
+    np.testing.assert_allclose(np.abs(bend[far]), 0.5 * np.abs(sim.gt_motion_bend[s][far]),
+                               rtol=0.01)
+    write_simulation(sim, tmp_path / "bent")
+    np.testing.assert_array_equal(np.load(tmp_path / "bent" / "gt_motion_bend.npy"),
+                                  sim.gt_motion_bend)
+    assert "gt_motion_bend" in json.loads(
+        (tmp_path / "bent" / "simulation.json").read_text())["motion_convention"]
+    plain = simulate(**SMALL, drift_step_um=20.0, linear_drift=0.01, seed=3)
+    assert not plain.gt_motion_bend.any()
+    write_simulation(plain, tmp_path / "plain")
+    assert not (tmp_path / "plain" / "gt_motion_bend.npy").exists()
 
 
 @pytest.mark.parametrize("probe", ["NP1", "NP2"])

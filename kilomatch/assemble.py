@@ -54,6 +54,8 @@ class RunArrays:
     Per shank (last axis K when K > 1, else dropped): weights (F[, K]), thresholds (K,),
     n_iter (K,) and converged (K,) of IHDBSCAN,
     motion (S[, K]) um, motion_ci (S, 2[, K]) um, motion_linear (S, 2[, K]) or None,
+    motion_depth (S, D[, K]) um, the whole motion of each session (rigid or linear, and its
+    bend) at the depths motion_depth_um (D,) um, or both None when no shank's motion bends,
     split_thresholds (K,) and split_on (K,) str ('similarity' or 'probability': what the
     removals and split thresholds are measured in), amplitude_steps (K,) (the ratio of two
     sides' median amplitudes beyond which a cluster was cut in time; inf where no such cut
@@ -93,6 +95,8 @@ class RunArrays:
     motion: np.ndarray
     motion_ci: np.ndarray
     motion_linear: np.ndarray | None
+    motion_depth: np.ndarray | None
+    motion_depth_um: np.ndarray | None
     pairs: np.ndarray
     pair_similarities: np.ndarray
     similarity: np.ndarray
@@ -158,6 +162,27 @@ def output_channels(peak_channel: np.ndarray, channel_locations: np.ndarray,
     return nearest_channels(channel_locations, peak_channel, n_nearest)
 
 
+# Depths at which motion_depth.npy gives a bent motion: half the bend's knot spacing apart.
+DEPTH_GRID_UM = 50.0
+
+
+def depth_grid(depth: np.ndarray) -> np.ndarray:
+    """(D,) um: every DEPTH_GRID_UM over the units' depths ``depth`` (N,) um."""
+    lo = np.floor(depth.min() / DEPTH_GRID_UM) * DEPTH_GRID_UM
+    hi = np.ceil(depth.max() / DEPTH_GRID_UM) * DEPTH_GRID_UM
+    return np.arange(lo, hi + DEPTH_GRID_UM / 2, DEPTH_GRID_UM)
+
+
+def motion_on_grid(motion, grid: np.ndarray) -> np.ndarray:
+    """(S, D) um: the motion of each session at each depth of ``grid`` (D,) um, with mean 0
+    over the sessions at every depth (a shift or stretch that every session shares moves no
+    unit against another; each part of the motion fixes its gauge its own way)."""
+    n = motion.offset.size
+    sessions = np.repeat(np.arange(n), grid.size)
+    out = motion.at(sessions, np.tile(grid, n)).reshape(n, grid.size)
+    return out - out.mean(axis=0)
+
+
 def _stack_shanks(values: list) -> np.ndarray:
     """Per-shank arrays side by side on a last axis; one shank keeps its own shape."""
     return values[0] if len(values) == 1 else np.stack(values, axis=-1)
@@ -199,6 +224,9 @@ def assemble(result: Result) -> RunArrays:
     # round: waveformCorrection.linear_min_um)
     linear = result.settings.waveformCorrection.linear_correction or any(
         m.linear for m in motions)
+    # written when the motion of some shank bends (waveformCorrection.bend_min_um)
+    grid = depth_grid(units.locations[:, 1]) if any(m.bend is not None for m in motions) \
+        else None
     if whole:
         pairs = parts[0].result.final.pairs  # unit ids are already global
     else:
@@ -228,6 +256,9 @@ def assemble(result: Result) -> RunArrays:
         motion_ci=_stack_shanks([np.column_stack([m.ci_low, m.ci_high]) for m in motions]),
         motion_linear=_stack_shanks([np.column_stack([m.slope, m.offset]) for m in motions])
         if linear else None,
+        motion_depth=_stack_shanks([motion_on_grid(m, grid) for m in motions])
+        if grid is not None else None,
+        motion_depth_um=grid,
         pairs=pairs,
         pair_similarities=_joined([p.result.final.pair_similarities for p in parts]),
         similarity=_joined([c.similarity for c in clusterings]),

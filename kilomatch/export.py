@@ -38,6 +38,7 @@ RESULT_FILES = (
     "channel_locations.npy",
     "IdxCluster.npy", "ClusterMatrix.npy", "MatchedPairs.npy", "SimilarityWeights.npy",
     "SimilarityThreshold.npy", "SimilarityMatrix.npy", "motion.npy", "motion_linear.npy",
+    "motion_depth.npy", "motion_depth_um.npy",
     "motion_ci.npy", "CandidatePairs.npz", "ClusteringResults.npz", "CurationResults.npz",
     "units.csv", "MatchTable.csv", "kilomatch_settings.json", "tracked_neurons.csv",
     "Output.npz",
@@ -275,6 +276,9 @@ def _write_all(result: Result, arrays: RunArrays, write: _FileWriters) -> list:
     put("motion_ci.npy", a.motion_ci)
     if a.motion_linear is not None:
         put("motion_linear.npy", a.motion_linear)
+    if a.motion_depth is not None:
+        put("motion_depth.npy", a.motion_depth)
+        put("motion_depth_um.npy", a.motion_depth_um)
 
     before = a.idx_cluster_clustering
     candidate = {

@@ -48,12 +48,15 @@ def motion(result) -> dict:
     ends = []
     if m.linear:  # the drift depends on depth: the final motion near either end of the units
         depth = result.units.locations[:, 1]
-        for q in (5, 95):
+        # a bend is followed in the middle too
+        for q in ((5, 50, 95) if m.bend is not None else (5, 95)):
             at = float(np.percentile(depth, q))
             ends.append((q, at, m.at(sessions - 1, np.full(sessions.size, at))))
-    title = "Probe motion per session" + (", linear in depth" if m.linear else "")
+    title = "Probe motion per session" + (", bent along the probe" if m.bend is not None else
+                                          ", linear in depth" if m.linear else "")
     if choice is not None:
-        title += f"\nmotion used: {choice.source} ({choice.why})"
+        title += "\n" + "\n".join(textwrap.wrap(f"motion used: {choice.source} ({choice.why})",
+                                               95))
     warnings = []
     if choice is not None and choice.warnings:
         warnings = [line for w in choice.warnings[:4] for line in textwrap.wrap(w, 120)]

@@ -85,7 +85,7 @@ def draw_motion(d: dict):
                     label="95% band")
     ax.plot(sessions, d["final"], "k.-", label=f"final (at {d['ref_depth']:.0f} um)"
             if d["linear"] else "final")
-    for (q, at, values), style in zip(d["ends"], ((0, (4, 2)), (0, (1, 1.5)))):
+    for (q, at, values), style in zip(d["ends"], ((0, (4, 2)), (0, (1, 1.5)), (0, (6, 1, 1, 1)))):
         ax.plot(sessions, values, color="k", ls=style, lw=1.0,
                 label=f"final at {at:.0f} um ({q}th percentile of unit depths)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))

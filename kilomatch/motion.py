@@ -4,17 +4,21 @@ Convention: p_s(d) = slope_s * d + offset_s is the apparent shift (um) of a unit
 d in session s; a unit's corrected depth is y - p_s(y). Offsets have mean 0 over the sessions
 that are tied to the others by matches; with linear motion the first session's slope is 0.
 Both are exact linear least-squares solutions (no random start); the 95% band comes from a
-seeded bootstrap over pairs.
+seeded bootstrap over pairs. Where tissue moves in a way no line follows, a bend f_s(d),
+piecewise linear in depth, is added on top (fit_bend): p_s(d) = slope_s * d + offset_s +
+f_s(d).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
 import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components
+from scipy.sparse.linalg import spsolve
 
 log = logging.getLogger("kilomatch")
 
@@ -37,6 +41,10 @@ class Motion:
     tied: np.ndarray
     ref_depth: float = 0.0
     choice: object = None
+    # Depth-dependent motion that no line follows (fit_bend): knots (K,) um and the bend of
+    # each session at them (S, K) um, linear between knots and flat beyond; None: none.
+    knots: np.ndarray | None = None
+    bend: np.ndarray | None = None
 
     @classmethod
     def zero(cls, n_sessions: int) -> "Motion":
@@ -46,15 +54,26 @@ class Motion:
 
     @property
     def linear(self) -> bool:
-        return bool(np.any(self.slope != 0))
+        """Whether the motion depends on depth (a slope, or a bend)."""
+        return bool(np.any(self.slope != 0)) or self.bend is not None
 
     def at(self, session0: np.ndarray, depth: np.ndarray) -> np.ndarray:
         """Displacement (um) of units in 0-based sessions ``session0`` at probe depths ``depth``."""
-        return self.slope[session0] * depth + self.offset[session0]
+        out = self.slope[session0] * depth + self.offset[session0]
+        if self.bend is not None:
+            out = out + bend_at(self.knots, self.bend, session0, depth)
+        return out
 
     def displacement(self) -> np.ndarray:
         """(S,) displacement at ``ref_depth``: what motion.npy holds."""
-        return self.slope * self.ref_depth + self.offset
+        return self.slope * self.ref_depth + self.offset + self.bend_at_ref()
+
+    def bend_at_ref(self) -> np.ndarray:
+        """(S,) the bend at ``ref_depth`` (zeros without a bend)."""
+        n = self.offset.size
+        if self.bend is None:
+            return np.zeros(n)
+        return bend_at(self.knots, self.bend, np.arange(n), np.full(n, self.ref_depth))
 
 
 def _bincount_rows(index: np.ndarray, weights: np.ndarray, length: int) -> np.ndarray:
@@ -320,3 +339,143 @@ def motion_by_model(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray,
                  for e in _excess_of(eq, depth, session0, weight)], 5))
     use_linear = linear_min_um > 0 and excess > linear_min_um
     return _fitted(eq, use_linear, n_bootstrap, seed), excess
+
+
+# ------------------------------------------------------------------------------ bend
+
+# Knots of the bend, this far apart (um): about the reach of one neuron's footprint, so a
+# bend is followed within a few neurons' heights.
+BEND_KNOT_UM = 100.0
+# How strongly neighbouring knots of one session are pulled together, and every knot towards
+# 0, in units of one matched pair's weight: a knot that few pairs reach follows its
+# neighbours, and one that none reaches (or a session no pair ties) stays at 0.
+BEND_SMOOTHING, BEND_RIDGE = 4.0, 0.05
+# A bend is kept only where, fitted without them, it predicts held-out pairs: their median
+# absolute residual from the rigid or linear motion must fall by this share (5-fold
+# cross-validation over the pairs). A round whose matches are mostly of other neurons (the
+# ACG round where ACGs say little, or turnover) gives a bend of 10-27 um that resamples of
+# the same pairs uphold but that predicts held-out pairs worse than none (shares -0.02 to
+# -0.73 on the accuracy suite); the bends of tissue that moves unevenly predict them far
+# better (0.6-0.85). benchmarks/RESULTS.md, "Session 65".
+BEND_MIN_GAIN = 0.25
+BEND_FOLDS = 5
+
+
+def _hat(knots: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left knot index (n,) and the weight (n,) of the right knot of each depth; flat beyond
+    the end knots."""
+    step = knots[1] - knots[0] if knots.size > 1 else 1.0
+    pos = np.clip((depth - knots[0]) / step, 0.0, knots.size - 1.0)
+    left = np.minimum(np.floor(pos).astype(np.int64), max(knots.size - 2, 0))
+    return left, pos - left
+
+
+def bend_at(knots: np.ndarray, bend: np.ndarray, session0: np.ndarray, depth: np.ndarray
+            ) -> np.ndarray:
+    """The bend (um) of units in sessions ``session0`` at depths ``depth``: (n,)."""
+    if knots.size == 1:
+        return bend[session0, 0]
+    left, w = _hat(knots, depth)
+    return bend[session0, left] * (1 - w) + bend[session0, left + 1] * w
+
+
+def _bend_system(sa, sb, mid, knots, n_sessions):
+    """Sparse design (M, S*K) of the pair equations residual = f_sb(mid) - f_sa(mid)."""
+    k = knots.size
+    left, w = _hat(knots, mid)
+    m = mid.size
+    rows = np.repeat(np.arange(m), 4)
+    cols = np.column_stack([sb * k + left, sb * k + left + 1, sa * k + left, sa * k + left + 1])
+    vals = np.column_stack([1 - w, w, -(1 - w), -w])
+    return sparse.csr_matrix((vals.ravel(), (rows, cols.ravel())), shape=(m, n_sessions * k))
+
+
+def _bend_penalty(n_sessions: int, k: int):
+    """BEND_SMOOTHING x D^T D (first differences along the knots of each session) +
+    BEND_RIDGE x I: sparse (S*K, S*K)."""
+    d = sparse.diags([-np.ones(k - 1), np.ones(k - 1)], [0, 1], shape=(k - 1, k))
+    one = BEND_SMOOTHING * (d.T @ d) + BEND_RIDGE * sparse.identity(k)
+    return sparse.kron(sparse.identity(n_sessions), one).tocsc()
+
+
+def _solve_bend(design, residual, weight, penalty, tied, k):
+    """The bend (S, K) of weighted pair equations, each knot's mean over the tied sessions 0
+    (a bend every session shares moves no unit against another). Sparse: the equations tie
+    only the knots of sessions that share pairs, so hundreds of sessions stay cheap."""
+    aw = sparse.diags(weight) @ design
+    ata = (design.T @ aw).tocsc() + penalty
+    sol = np.asarray(spsolve(ata, aw.T @ residual)).reshape(-1, k)
+    sol[tied] -= sol[tied].mean(axis=0)
+    sol[~tied] = 0.0
+    return sol
+
+
+def bend_excess(bend: np.ndarray, knots: np.ndarray, depth: np.ndarray, session0: np.ndarray,
+                tied: np.ndarray) -> float:
+    """How far (um) a bend moves the units against each other: the 95th percentile over the
+    units of the tied sessions of |bend|."""
+    units = tied[session0]
+    if not units.any():
+        return 0.0
+    return float(np.percentile(np.abs(bend_at(knots, bend, session0[units], depth[units])), 95))
+
+
+def held_out_gain(design, residual: np.ndarray, penalty: np.ndarray, tied: np.ndarray, k: int,
+                  seed: int) -> float:
+    """Share by which a bend fitted without them lowers the median absolute residual of
+    held-out pairs (BEND_FOLDS-fold cross-validation over the pairs, seeded): 1 - median
+    |residual - prediction| / median |residual|; negative when it predicts them worse."""
+    fold = np.random.default_rng(seed).permutation(residual.size) % BEND_FOLDS
+    prediction = np.zeros(residual.size)
+    for f in range(BEND_FOLDS):
+        held = fold == f
+        bend = _solve_bend(design, residual, (~held).astype(np.float64), penalty, tied, k)
+        prediction[held] = design[held] @ bend.ravel()
+    before = float(np.median(np.abs(residual)))
+    return 1.0 - float(np.median(np.abs(residual - prediction))) / max(before, 1e-9)
+
+
+def fit_bend(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray, base: Motion,
+             min_um: float, seed: int = 0) -> tuple[Motion, float, float]:
+    """``base`` with a bend added where the matches ask for one: the motion that no line
+    follows (the tissue of one part of the probe moving apart from another's), fitted to the
+    pairs' residuals from ``base`` as a piecewise-linear function of depth per session (knots
+    BEND_KNOT_UM apart, neighbours pulled together, each knot's mean over the sessions 0).
+    Kept where it moves the units more than ``min_um`` against each other (bend_excess) and
+    predicts held-out pairs (held_out_gain at least BEND_MIN_GAIN).
+
+    pairs: (M, 2) unit indices of good matches; depth: (N,) um (uncorrected); session0: (N,)
+    0-based. Returns the motion (``base`` itself when no bend is kept), the excess (um) and
+    the held-out gain (nan where not tested)."""
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    tied = base.tied
+    n_sessions = base.offset.size
+    if min_um <= 0 or pairs.shape[0] == 0 or tied.sum() < 2:
+        return base, 0.0, np.nan
+    sa, sb = session0[pairs[:, 0]], session0[pairs[:, 1]]
+    keep = (sa != sb) & tied[sa] & tied[sb]
+    if not keep.any():
+        return base, 0.0, np.nan
+    pairs, sa, sb = pairs[keep], sa[keep], sb[keep]
+    ya, yb = depth[pairs[:, 0]], depth[pairs[:, 1]]
+    mid = 0.5 * (ya + yb)
+    residual = (yb - ya) - (base.at(sb, mid) - base.at(sa, mid))
+    lo, hi = float(mid.min()), float(mid.max())
+    knots = lo + BEND_KNOT_UM * np.arange(int(np.ceil((hi - lo) / BEND_KNOT_UM)) + 1)
+    if knots.size < 3:
+        return base, 0.0, np.nan  # too short a span to bend: a line follows it
+    design = _bend_system(sa, sb, mid, knots, n_sessions)
+    penalty = _bend_penalty(n_sessions, knots.size)
+    bend = _solve_bend(design, residual, np.ones(residual.size), penalty, tied, knots.size)
+    excess = bend_excess(bend, knots, depth, session0, tied)
+    if excess <= min_um:
+        return base, excess, np.nan
+    gain = held_out_gain(design, residual, penalty, tied, knots.size, seed)
+    if gain < BEND_MIN_GAIN:
+        return base, excess, gain
+    out = dataclasses.replace(base, knots=knots, bend=bend)
+    if not base.linear:
+        out.ref_depth = float(mid.mean())  # a rigid motion's reference depth is moot (0)
+    # the band was drawn for the rigid or linear part: it moves with the bend at ref_depth
+    out.ci_low, out.ci_high = base.ci_low + out.bend_at_ref(), base.ci_high + out.bend_at_ref()
+    return out, excess, gain

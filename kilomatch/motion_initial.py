@@ -81,11 +81,25 @@ class Registration:
 @dataclass
 class InitialMotion:
     """The initial estimate: ``motion`` (with a band), the registration it came from and how
-    many unit pairs it superposes (``implied_matches``)."""
+    many unit pairs it superposes (``implied_matches``). ``units``: the units' x, depth (N,)
+    um and 0-based sessions (N,) it was made from, and the session pairs registered (Q, 2),
+    so that a depth-dependent motion can be judged unit by unit (None: not kept)."""
 
     motion: Motion
     registration: Registration
     implied_matches: int
+    units: tuple | None = None
+
+    def superposed(self, motion: Motion, sessions: np.ndarray) -> int | None:
+        """How many unit pairs of the session pairs that touch ``sessions`` (0-based) a
+        motion superposes (:func:`superposed_pairs`, each unit at its own depth's motion);
+        None when the units are not kept."""
+        if self.units is None:
+            return None
+        x, depth, session0, pairs = self.units
+        touch = pairs[np.isin(pairs, sessions).any(axis=1)]
+        return implied_matches(x, depth, session0, motion.offset.size,
+                               motion.at(session0, depth), touch)
 
 
 def session_pairs(n_sessions: int, max_session_gap: int) -> np.ndarray:
@@ -290,7 +304,7 @@ def initial_motion(x: np.ndarray, depth: np.ndarray, amplitude: np.ndarray,
         motion.ci_low[~tied] = motion.ci_high[~tied] = 0.0
     unit_disp = motion.at(session0, depth)
     return InitialMotion(motion, reg, implied_matches(x, depth, session0, n_sessions, unit_disp,
-                                                     pairs))
+                                                     pairs), (x, depth, session0, pairs))
 
 
 def _fit_depth_blocks(motion: Motion, x, depth, amplitude, session0, pairs,
@@ -431,6 +445,27 @@ def judge_round(k: int, candidate: Motion, n_matches: int, kept: str, start: Ini
                         f"matches decide: round {k}'s motion is kept")
             fill_untied(candidate, start.motion)
             return True
+        # The support shifts whole sessions: it cannot credit a motion that differs along
+        # the probe. Where the tissue moves unevenly (one part of the probe more than
+        # another), the rigid estimate lines up the part that holds most units and leaves
+        # the rest tens of um off, while the round's depth-dependent motion lines up both.
+        # Such a round is kept when, unit by unit, it superposes at least as many pairs over
+        # all the sessions, and at least SUPPORT_RATIO as many where the two disagree.
+        if candidate.linear and start.units is not None:
+            every = np.arange(candidate.offset.size)
+            mine, init = start.superposed(candidate, every), start.superposed(start.motion, every)
+            mine_there = start.superposed(candidate, where)
+            init_there = start.superposed(start.motion, where)
+            if mine >= init > 0 and mine_there >= SUPPORT_RATIO * init_there:
+                choice.kept_although.add(k)
+                choice.warn(f"{text}, and there lines the sessions' units up less well as "
+                            f"whole sessions (support {ours:.3f} vs {theirs:.3f}); but its "
+                            f"motion depends on depth, and unit by unit it superposes {mine} "
+                            f"unit pairs against the initial estimate's {init} ({mine_there} "
+                            f"against {init_there} there), so its {n_matches} good matches "
+                            f"decide: round {k}'s motion is kept")
+                fill_untied(candidate, start.motion)
+                return True
         reason = (f"{text}, and there lines the sessions' units up far less well (support "
                   f"{ours:.3f} vs {theirs:.3f})")
     choice.set_aside[k] = reason

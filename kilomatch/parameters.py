@@ -133,6 +133,18 @@ PARAMETERS: tuple[Param, ...] = (
           "round's matches. A probe that drifts more at one end than the other is then "
           "corrected without a setting. 0: always rigid.",
           min=0),
+    Param("waveformCorrection.bend_min_um", "float", 5.0,
+          "Each motion round also fits, on top of its rigid or linear motion, a bend: a "
+          "motion that depends on depth in a way no line follows (one part of the probe's "
+          "tissue moving apart from another's), piecewise linear between knots 100 um apart, "
+          "and keeps it where it moves the units more than this many um against each other "
+          "(95th percentile over the units) and, fitted without them, lowers held-out "
+          "matches' median distance by a quarter or more (5-fold cross-validation). The "
+          "motion of each session at each depth is then written to motion_depth.npy. On "
+          "studies whose upper and lower halves moved tens of um apart F1 rose from "
+          "0.76-0.92 to 0.997-1.000; the accuracy suite did not change "
+          "(benchmarks/RESULTS.md, 'Session 65'). 0: no bend.",
+          min=0),
     Param("waveformCorrection.path_to_motion", "optional_path", "",
           "A motion.npy of shape (S,) or (S, n_shanks), in the sign convention of kilomatch's "
           "motion.npy, to use instead of estimating the motion; empty: estimate it."),

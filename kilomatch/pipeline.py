@@ -29,7 +29,7 @@ from .formats.folder import WAVEFORMS
 from .load import (Dataset, amplitude_unit_hint, block_rows, channel_order_hint, iter_rows,
                    judge_rows, load_dataset, load_given_motion, non_finite_problem,
                    repeated_sessions_hint, session_amplitude_hint, warn_flat)
-from .motion import Motion, estimate_motion, motion_by_model
+from .motion import BEND_MIN_GAIN, Motion, estimate_motion, fit_bend, motion_by_model
 from .parallel import map_units, n_workers, threads_for_pairs
 # The result types are defined in kilomatch.results and stay importable from here.
 from .results import Result, RoundResult, ShankPart, UnitFeatures, shank_parts  # noqa: F401
@@ -644,8 +644,11 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
             # Only the motion that is kept needs its full confidence band.
             band = estimate_motion(best[2], units.locations[:, 1], units.session0, n_sessions,
                                    linear=s.waveformCorrection.linear_correction or
-                                   motion.linear, n_bootstrap=me.n_bootstrap, seed=s.seed)
-            motion.ci_low, motion.ci_high = band.ci_low, band.ci_high
+                                   bool(np.any(motion.slope != 0)),  # not the bend
+                                   n_bootstrap=me.n_bootstrap, seed=s.seed)
+            # the band is of the rigid or linear part: it moves with a bend at ref_depth
+            motion.ci_low = band.ci_low + motion.bend_at_ref()
+            motion.ci_high = band.ci_high + motion.bend_at_ref()
             if start is not None:
                 motion_initial.fill_untied(motion, start.motion)
     elif start is not None:
@@ -666,8 +669,9 @@ def round_motion(matches: np.ndarray, units: UnitFeatures, n_sessions: int, s: S
     wc = s.waveformCorrection
     depth = units.locations[:, 1]
     if wc.linear_correction:
-        return estimate_motion(matches, depth, units.session0, n_sessions, linear=True,
-                               n_bootstrap=n_bootstrap, seed=s.seed)
+        motion = estimate_motion(matches, depth, units.session0, n_sessions, linear=True,
+                                 n_bootstrap=n_bootstrap, seed=s.seed)
+        return round_bend(motion, matches, units, s, k)
     motion, excess = motion_by_model(matches, depth, units.session0, n_sessions,
                                      wc.linear_min_um, n_bootstrap, s.seed)
     if motion.linear:
@@ -678,7 +682,30 @@ def round_motion(matches: np.ndarray, units: UnitFeatures, n_sessions: int, s: S
     else:
         log.debug("motion round %d: the linear fit places the units %.1f um from the rigid "
                   "one: the motion is rigid", k, excess)
-    return motion
+    return round_bend(motion, matches, units, s, k)
+
+
+def round_bend(motion: Motion, matches: np.ndarray, units: UnitFeatures, s: Settings,
+               k: int) -> Motion:
+    """Round k's ``motion`` with the bend its matches (M, 2) ask for, if any
+    (kilomatch.motion.fit_bend, waveformCorrection.bend_min_um)."""
+    wc = s.waveformCorrection
+    if wc.bend_min_um <= 0:
+        return motion
+    bent, excess, gain = fit_bend(matches, units.locations[:, 1], units.session0, motion,
+                                  wc.bend_min_um, s.seed)
+    if bent.bend is not None:
+        log.info("motion round %d: the matches ask for a bend that no line follows: it moves "
+                 "the units %.1f um against each other (95th percentile over the units), more "
+                 "than waveformCorrection.bend_min_um = %g, and fitted without them it changes "
+                 "held-out pairs' median distance by %+.0f%%; the round's motion bends", k,
+                 excess, wc.bend_min_um, -100 * gain)
+    elif np.isfinite(gain):
+        log.info("motion round %d: a bend would move the units %.1f um against each other, "
+                 "but fitted without them it changes held-out pairs' median distance by "
+                 "%+.0f%% (a fall of %.0f%% is needed): no bend", k, excess, -100 * gain,
+                 100 * BEND_MIN_GAIN)
+    return bent
 
 
 def largest_move(before: Motion, after: Motion, units: UnitFeatures) -> float:

@@ -283,3 +283,62 @@ def test_a_linear_motion_must_hold_in_the_resamples_of_the_pairs():
     depth = depth + rng.normal(0, 10.0, depth.size)
     m, excess = motion_by_model(pairs, depth, session, 4, 5.0, n_bootstrap=0)
     assert m.linear and excess > 10.0
+
+
+def bent_pairs(rng, offsets, bend, n_pairs, noise=1.0):
+    """Pairs as rigid_pairs, with each session's tissue above 1500 um shifted by +bend_s / 2
+    and below by -bend_s / 2 through a smooth step (tanh, 100 um)."""
+    n_sessions = len(offsets)
+    depth, session, pairs = [], [], []
+    for t in range(n_pairs):
+        sa, sb = rng.choice(n_sessions, 2, replace=False)
+        y0 = rng.uniform(100, 3000)
+        step = 0.5 * np.tanh((y0 - 1500.0) / 100.0)
+        depth += [y0 + offsets[sa] + bend[sa] * step + rng.normal(0, noise),
+                  y0 + offsets[sb] + bend[sb] * step + rng.normal(0, noise)]
+        session += [sa, sb]
+        pairs.append((2 * t, 2 * t + 1))
+    return np.array(pairs), np.array(depth), np.array(session)
+
+
+def test_a_bend_that_no_line_follows_is_fitted_and_corrects_the_pairs():
+    """Tissue above and below the probe's middle moving up to 80 um apart: no rigid or linear
+    motion lines up both halves (a tenth of the pairs 12 um off or more, with the linear
+    motion the rounds pick); the bend on top of it brings 95% of the pairs' corrected depths
+    within 6 um, and motion.at follows it."""
+    from kilomatch.motion import fit_bend
+
+    rng = np.random.default_rng(4)
+    offsets, bend = np.array([0.0, 10.0, -5.0, 20.0]), np.array([-40.0, 0.0, 40.0, 15.0])
+    pairs, depth, session = bent_pairs(rng, offsets, bend, 1500)
+    base, _ = motion_by_model(pairs, depth, session, 4, 5.0, n_bootstrap=0)
+    bent, excess, gain = fit_bend(pairs, depth, session, base, 5.0)
+    assert bent.bend is not None and excess > 10 and gain > 0.5
+    a, b = pairs[:, 0], pairs[:, 1]
+
+    def off(m):  # corrected depth of B minus that of A: 0 for a perfect motion
+        return np.abs((depth[b] - m.at(session[b], depth[b]))
+                      - (depth[a] - m.at(session[a], depth[a])))
+    assert np.percentile(off(base), 90) > 12 and np.percentile(off(bent), 95) < 6
+    assert np.all(np.isfinite(bent.displacement()))
+    assert np.all(bent.ci_low <= bent.displacement() + 1e-9)
+
+
+def test_no_bend_from_rigid_drift_or_from_pairs_of_other_neurons():
+    """Rigid drift with 1 um of noise: the bend is a few um of noise, no bend. Pairs whose
+    depths are unrelated within 40 um (mostly other neurons, as the ACG round finds where
+    ACGs say little): a bend fitted to them is large, and the resamples would uphold it, but
+    it predicts held-out pairs no better than none, so it is not kept."""
+    from kilomatch.motion import BEND_MIN_GAIN, fit_bend
+
+    rng = np.random.default_rng(5)
+    pairs, depth, session = rigid_pairs(rng, [0.0, 10.0, -5.0, 20.0], 1500, noise=1.0)
+    base, _ = motion_by_model(pairs, depth, session, 4, 5.0, n_bootstrap=0)
+    bent, excess, _ = fit_bend(pairs, depth, session, base, 5.0)
+    assert bent is base and excess < 5
+    wrong = depth.copy()
+    wrong[pairs[:, 1]] = depth[pairs[:, 0]] + rng.uniform(-40, 40, len(pairs))
+    sparse_pairs = pairs[:200]  # a round of few, wrong matches
+    base, _ = motion_by_model(sparse_pairs, wrong, session, 4, 5.0, n_bootstrap=0)
+    bent, excess, gain = fit_bend(sparse_pairs, wrong, session, base, 5.0)
+    assert excess > 5 and gain < BEND_MIN_GAIN and bent is base

@@ -125,6 +125,15 @@ def test_disagreement_beyond_bands_and_tolerance():
         assert (worst == 2) if disagrees else (worst == -1)
 
 
+def _peaked_at(motion: Motion) -> Registration:
+    """Registration of 3 sessions whose densities clearly peak at ``motion``'s offsets."""
+    pairs = np.array([[0, 1], [0, 2], [1, 2]])
+    shifts = np.arange(-100.0, 101.0)
+    offsets = motion.offset[pairs[:, 1]] - motion.offset[pairs[:, 0]]
+    return Registration(pairs, shifts,
+                        np.exp(-(shifts[None, :] - offsets[:, None]) ** 2 / 50.0))
+
+
 def test_disagreeing_round_set_aside_only_when_units_contradict_it():
     """A round 30 um off the initial estimate at one session is set aside when the sessions'
     densities clearly peak at the initial offsets, and kept (with a warning) when they are
@@ -133,15 +142,14 @@ def test_disagreeing_round_set_aside_only_when_units_contradict_it():
     init.offset = np.array([-10.0, 0.0, 10.0])
     init.ci_low, init.ci_high = init.offset - 1, init.offset + 1
     init.tied[:] = True
-    pairs = np.array([[0, 1], [0, 2], [1, 2]])
-    shifts = np.arange(-100.0, 101.0)
-    offsets = init.offset[pairs[:, 1]] - init.offset[pairs[:, 0]]
-    peaked = np.exp(-(shifts[None, :] - offsets[:, None]) ** 2 / 50.0)
+    peaked = _peaked_at(init)
+    pairs, shifts = peaked.pairs, peaked.shifts
     off = Motion.zero(3)
     off.offset = init.offset + np.array([0.0, 0.0, 30.0])
     off.ci_low, off.ci_high = off.offset - 1, off.offset + 1
     off.tied[:] = True
-    for correlation, kept in ((peaked, False), (0.5 + 0.01 * peaked, True)):
+    for correlation, kept in ((peaked.correlation, False),
+                              (0.5 + 0.01 * peaked.correlation, True)):
         start = InitialMotion(init, Registration(pairs, shifts, correlation), 100)
         choice = MotionChoice("initial estimate", "", init, 100)
         assert judge_round(2, off, 90, "initial estimate", start, choice, 10.0, 0.25) is kept
@@ -152,6 +160,95 @@ def test_disagreeing_round_set_aside_only_when_units_contradict_it():
     choice = MotionChoice("initial estimate", "", init, 100)
     assert judge_round(3, agree, 90, "initial estimate", start, choice, 10.0, 0.25)
     assert choice.warnings == []
+
+
+def test_depth_dependent_round_kept_where_it_superposes_the_units_unit_by_unit():
+    """The tissue moves more at the top of the probe than at the bottom (slopes of 0.03 um
+    per um). The rigid initial estimate lines up the lower units, which
+    are most, and the sessions' densities peak there, so the round's linear motion (the
+    truth) scores far less as whole sessions; unit by unit it superposes every unit, the
+    initial estimate only the lower ones, so it is kept. A linear round 30 um off at one
+    session, or a run that kept no units, is still set aside."""
+    rng = np.random.default_rng(0)
+    n, sessions = 150, 3
+    # most units low on the probe, a third spread over the top
+    y0 = np.r_[rng.uniform(300, 700, 2 * n // 3), rng.uniform(1500, 3000, n - 2 * n // 3)]
+    x0 = rng.uniform(0, 60, n)
+    truth = Motion.zero(sessions)
+    truth.slope = np.array([0.0, 0.03, -0.03])
+    truth.offset = np.array([0.0, 10.0, -10.0])
+    truth.tied[:] = True
+    session0 = np.repeat(np.arange(sessions), n)
+    depth = np.tile(y0, sessions)
+    depth = depth + truth.at(session0, depth)
+    x = np.tile(x0, sessions)
+    truth.ref_depth = float(depth.mean())
+    truth.ci_low = truth.ci_high = truth.displacement()
+    init = Motion.zero(sessions)  # rigid, right at the lower units' depth (500 um)
+    init.offset = truth.at(np.arange(sessions), np.full(sessions, 500.0))
+    init.offset -= init.offset.mean()
+    init.ci_low, init.ci_high = init.offset - 1, init.offset + 1
+    init.tied[:] = True
+    peaked = _peaked_at(init)
+    units = (x, depth, session0, peaked.pairs)
+    wrong = Motion.zero(sessions)
+    wrong.slope, wrong.offset = truth.slope.copy(), truth.offset + np.array([0.0, 0.0, 30.0])
+    wrong.tied[:] = True
+    wrong.ref_depth, wrong.ci_low, wrong.ci_high = truth.ref_depth, truth.offset, truth.offset
+    for candidate, kept_units, kept in ((truth, units, True), (truth, None, False),
+                                        (wrong, units, False)):
+        start = InitialMotion(init, peaked, 100, kept_units)
+        _, worst, _ = largest_disagreement(candidate, init, 10.0)
+        assert worst >= 0  # they disagree, and the whole-session support favours the initial
+        choice = MotionChoice("initial estimate", "", init, 100)
+        assert judge_round(2, candidate, 300, "initial estimate", start, choice, 10.0,
+                           0.25) is kept
+        assert (2 in choice.kept_although) is kept and (2 in choice.set_aside) is (not kept)
+        if kept:
+            assert "unit by unit it superposes" in choice.warnings[0]
+
+
+def test_bent_tissue_keeps_the_rounds_depth_dependent_motion(tmp_path, caplog):
+    """6 sessions whose tissue above the probe's middle moves up to 70 um apart from the
+    tissue below (the simulator's bend): the rigid initial estimate lines up one half, the
+    rounds' linear motion both; scored as whole sessions every round was set aside (F1
+    0.80), scored unit by unit the rounds' motion is kept (the bend off: the line alone)."""
+    folder = tmp_path / "data"
+    simulate_to_folder(folder, n_sessions=6, n_neurons=120, seed=2, drift_max_um=60.0,
+                       bend_step_um=30.0, duration_s=60.0)
+    gt, session = np.load(folder / "gt_neuron.npy"), np.load(folder / "session_index.npy")
+    with caplog.at_level(logging.INFO, logger="kilomatch"):  # the line alone, no bend
+        result = kilomatch.run({"path_to_data": str(folder), "n_jobs": 1,
+                                "waveformCorrection": {"bend_min_um": 0}}, write=False)
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "unit by unit it superposes" in text
+    assert "motion from round" in text
+    assert metrics.pair_scores(result.idx_cluster, gt, session)["f1"] > 0.98
+
+
+def test_a_bend_follows_tissue_whose_halves_move_apart(tmp_path):
+    """6 sessions whose upper and lower halves move up to 150 um apart (the simulator's bend,
+    steps of 70 um): no line follows that (F1 0.79 without the bend); the rounds' bend does
+    (F1 0.997), and motion_depth.npy gives, session by session, the truth's difference
+    between the top and the bottom of the units within a few um."""
+    folder = tmp_path / "data"
+    simulate_to_folder(folder, n_sessions=6, n_neurons=120, seed=1, drift_max_um=60.0,
+                       bend_step_um=70.0, duration_s=60.0)
+    gt, session = np.load(folder / "gt_neuron.npy"), np.load(folder / "session_index.npy")
+    out = tmp_path / "out"
+    bent = kilomatch.run({"path_to_data": str(folder), "output_folder": str(out), "n_jobs": 1})
+    line = kilomatch.run({"path_to_data": str(folder), "n_jobs": 1,
+                          "waveformCorrection": {"bend_min_um": 0}}, write=False)
+    assert metrics.pair_scores(bent.idx_cluster, gt, session)["f1"] > 0.98
+    assert metrics.pair_scores(line.idx_cluster, gt, session)["f1"] < 0.9
+    assert line.motion.bend is None and (out / "motion_depth.npy").exists()
+    motion, grid = np.load(out / "motion_depth.npy"), np.load(out / "motion_depth_um.npy")
+    assert motion.shape == (6, grid.size) and np.allclose(motion.mean(axis=0), 0, atol=1e-9)
+    depth = bent.units.locations[:, 1]
+    low, high = (np.argmin(np.abs(grid - np.percentile(depth, q))) for q in (10, 90))
+    truth = np.load(folder / "gt_motion_bend.npy")
+    found = motion[:, high] - motion[:, low]
+    assert np.abs((found - found.mean()) - (truth - truth.mean())).max() < 8
 
 
 def test_channel_windows_widen_to_a_large_drift(tmp_path, caplog):

@@ -396,8 +396,9 @@ def test_depth_dependent_drift_is_corrected_with_default_settings(tmp_path):
     """A probe that drifts 0.02 um/um more in some sessions than in others (tens of um between
     its ends): with default settings the rounds take the linear motion, its slopes those of
     the simulation (kilomatch's slopes are relative to session 1), and motion_linear.npy is
-    written; with waveformCorrection.linear_min_um 0 the motion stays rigid and no
-    motion_linear.npy is written."""
+    written; with waveformCorrection.linear_min_um 0 (and no bend, bend_min_um 0, which
+    would follow the slope itself) the motion stays rigid and no motion_linear.npy is
+    written."""
     data = tmp_path / "data"
     simulate_to_folder(data, **{**SIM, "linear_drift": 0.02})
     truth = np.load(data / "gt_motion_linear.npy")
@@ -406,7 +407,8 @@ def test_depth_dependent_drift_is_corrected_with_default_settings(tmp_path):
     np.testing.assert_allclose(result.motion.slope, truth - truth[0], atol=0.002)
     assert np.load(tmp_path / "out" / "motion_linear.npy").shape == (SIM["n_sessions"], 2)
     rigid = kilomatch.run(_settings(data, tmp_path / "rigid",
-                                    **{"waveformCorrection.linear_min_um": 0}))
+                                    **{"waveformCorrection.linear_min_um": 0,
+                                       "waveformCorrection.bend_min_um": 0}))
     assert not rigid.motion.linear
     assert not (tmp_path / "rigid" / "motion_linear.npy").exists()
 

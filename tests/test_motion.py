@@ -342,3 +342,20 @@ def test_no_bend_from_rigid_drift_or_from_pairs_of_other_neurons():
     base, _ = motion_by_model(sparse_pairs, wrong, session, 4, 5.0, n_bootstrap=0)
     bent, excess, gain = fit_bend(sparse_pairs, wrong, session, base, 5.0)
     assert excess > 5 and gain < BEND_MIN_GAIN and bent is base
+
+
+def test_motion_on_grid_is_the_motion_at_each_depth_less_what_every_session_shares():
+    """motion_depth.npy's rows: each session's motion (line and bend) at each grid depth, less
+    the mean over the sessions at that depth; the grid covers the units every 50 um."""
+    from kilomatch.assemble import depth_grid, motion_on_grid
+
+    motion = Motion.zero(3)
+    motion.offset, motion.slope = np.array([-5.0, 0.0, 5.0]), np.array([0.0, 0.01, -0.01])
+    motion.knots = np.array([0.0, 100.0, 200.0])
+    motion.bend = np.array([[0.0, 4.0, 0.0], [0.0, -4.0, 0.0], [0.0, 0.0, 0.0]])
+    grid = depth_grid(np.array([12.0, 180.0]))
+    np.testing.assert_array_equal(grid, [0.0, 50.0, 100.0, 150.0, 200.0])
+    table = motion_on_grid(motion, grid)
+    raw = np.array([motion.at(np.full(grid.size, s), grid) for s in range(3)])
+    np.testing.assert_allclose(table, raw - raw.mean(axis=0), atol=1e-12)
+    np.testing.assert_allclose(table[0] - table[1], [-5, -1.5, 2, -2.5, -7], atol=1e-12)

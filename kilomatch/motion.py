@@ -356,7 +356,7 @@ BEND_SMOOTHING, BEND_RIDGE = 4.0, 0.05
 # ACG round where ACGs say little, or turnover) gives a bend of 10-27 um that resamples of
 # the same pairs uphold but that predicts held-out pairs worse than none (shares -0.02 to
 # -0.73 on the accuracy suite); the bends of tissue that moves unevenly predict them far
-# better (0.6-0.85). benchmarks/RESULTS.md, "Session 65".
+# better (0.31-0.85, most 0.55-0.73). benchmarks/RESULTS.md, "Session 65".
 BEND_MIN_GAIN = 0.25
 BEND_FOLDS = 5
 

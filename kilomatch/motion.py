@@ -11,9 +11,8 @@ f_s(d).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import sparse
@@ -53,9 +52,14 @@ class Motion:
                    np.zeros(n_sessions, bool))
 
     @property
+    def sloped(self) -> bool:
+        """Whether some session's motion has a slope (the linear part, bend aside)."""
+        return bool(np.any(self.slope != 0))
+
+    @property
     def linear(self) -> bool:
         """Whether the motion depends on depth (a slope, or a bend)."""
-        return bool(np.any(self.slope != 0)) or self.bend is not None
+        return self.sloped or self.bend is not None
 
     def at(self, session0: np.ndarray, depth: np.ndarray) -> np.ndarray:
         """Displacement (um) of units in 0-based sessions ``session0`` at probe depths ``depth``."""
@@ -363,18 +367,15 @@ BEND_FOLDS = 5
 
 def _hat(knots: np.ndarray, depth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Left knot index (n,) and the weight (n,) of the right knot of each depth; flat beyond
-    the end knots."""
-    step = knots[1] - knots[0] if knots.size > 1 else 1.0
-    pos = np.clip((depth - knots[0]) / step, 0.0, knots.size - 1.0)
-    left = np.minimum(np.floor(pos).astype(np.int64), max(knots.size - 2, 0))
+    the end knots. knots: (K,) um, evenly spaced, K >= 2 (fit_bend makes 3 or more)."""
+    pos = np.clip((depth - knots[0]) / (knots[1] - knots[0]), 0.0, knots.size - 1.0)
+    left = np.minimum(np.floor(pos).astype(np.int64), knots.size - 2)
     return left, pos - left
 
 
 def bend_at(knots: np.ndarray, bend: np.ndarray, session0: np.ndarray, depth: np.ndarray
             ) -> np.ndarray:
     """The bend (um) of units in sessions ``session0`` at depths ``depth``: (n,)."""
-    if knots.size == 1:
-        return bend[session0, 0]
     left, w = _hat(knots, depth)
     return bend[session0, left] * (1 - w) + bend[session0, left + 1] * w
 
@@ -473,7 +474,7 @@ def fit_bend(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray, base: M
     gain = held_out_gain(design, residual, penalty, tied, knots.size, seed)
     if gain < BEND_MIN_GAIN:
         return base, excess, gain
-    out = dataclasses.replace(base, knots=knots, bend=bend)
+    out = replace(base, knots=knots, bend=bend)
     if not base.linear:
         out.ref_depth = float(mid.mean())  # a rigid motion's reference depth is moot (0)
     # the band was drawn for the rigid or linear part: it moves with the bend at ref_depth

@@ -452,8 +452,8 @@ def judge_round(k: int, candidate: Motion, n_matches: int, kept: str, start: Ini
         # Such a round is kept when, unit by unit, it superposes at least as many pairs over
         # all the sessions, and at least SUPPORT_RATIO as many where the two disagree.
         if candidate.linear and start.units is not None:
-            every = np.arange(candidate.offset.size)
-            mine, init = start.superposed(candidate, every), start.superposed(start.motion, every)
+            mine = start.superposed(candidate, np.arange(candidate.offset.size))
+            init = start.implied_matches  # the same count for the initial estimate
             mine_there = start.superposed(candidate, where)
             init_there = start.superposed(start.motion, where)
             if mine >= init > 0 and mine_there >= SUPPORT_RATIO * init_there:

@@ -644,7 +644,7 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
             # Only the motion that is kept needs its full confidence band.
             band = estimate_motion(best[2], units.locations[:, 1], units.session0, n_sessions,
                                    linear=s.waveformCorrection.linear_correction or
-                                   bool(np.any(motion.slope != 0)),  # not the bend
+                                   motion.sloped,  # the band is of the line, not the bend
                                    n_bootstrap=me.n_bootstrap, seed=s.seed)
             # the band is of the rigid or linear part: it moves with a bend at ref_depth
             motion.ci_low = band.ci_low + motion.bend_at_ref()
@@ -854,8 +854,10 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     ratio = None if fitted is None else position_noise.learned_distance_ratio(
         xy, units.amplitude, final.pairs, fitted[0].candidate_probability, q_pairs,
         units.session0)
+    # the settings ask for a match probability but the study is too small to fit one
+    unfitted = fitted is None and needs_probability(s)
     split_below = None
-    if ac.auto_split and fitted is None and needs_probability(s) and ac.cut_probability < 1:
+    if ac.auto_split and unfitted and ac.cut_probability < 1:
         # the probability that should confirm the split's cuts could not be fitted (a small
         # study): unconfirmed, the split took apart true pairs of one neuron as often as
         # wrong ones; the clustering's own two classes confirm them instead, at the same
@@ -888,8 +890,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         log.info("joined by the match probability (autoCuration.join_probability %g): %d "
                  "clusters -> %d, %d units in no cluster joined one", ac.join_probability,
                  *_join_counts(cur.labels_before_join, cur.labels))
-    elif (fitted is None and needs_probability(s) and ac.join_probability > 0
-          and np.isfinite(threshold)):
+    elif unfitted and ac.join_probability > 0 and np.isfinite(threshold):
         # the probability was asked for but the study is too small to fit it: the join
         # rests on the threshold the curation split at (not in the published curation,
         # which asks for no probability)

@@ -9,8 +9,9 @@ import pytest
 import kilomatch
 from kilomatch import figures, metrics, parameters
 from kilomatch.motion import Motion
-from kilomatch.motion_initial import (InitialMotion, MotionChoice, Registration, initial_motion,
-                                      judge_round, largest_disagreement)
+from kilomatch.motion_initial import (InitialMotion, MotionChoice, Registration,
+                                      implied_matches, initial_motion, judge_round,
+                                      largest_disagreement)
 from kilomatch.simulate import simulate_to_folder
 
 
@@ -191,13 +192,15 @@ def test_depth_dependent_round_kept_where_it_superposes_the_units_unit_by_unit()
     init.tied[:] = True
     peaked = _peaked_at(init)
     units = (x, depth, session0, peaked.pairs)
+    implied = implied_matches(x, depth, session0, sessions, init.at(session0, depth),
+                              peaked.pairs)  # as initial_motion counts it
     wrong = Motion.zero(sessions)
     wrong.slope, wrong.offset = truth.slope.copy(), truth.offset + np.array([0.0, 0.0, 30.0])
     wrong.tied[:] = True
     wrong.ref_depth, wrong.ci_low, wrong.ci_high = truth.ref_depth, truth.offset, truth.offset
     for candidate, kept_units, kept in ((truth, units, True), (truth, None, False),
                                         (wrong, units, False)):
-        start = InitialMotion(init, peaked, 100, kept_units)
+        start = InitialMotion(init, peaked, implied, kept_units)
         _, worst, _ = largest_disagreement(candidate, init, 10.0)
         assert worst >= 0  # they disagree, and the whole-session support favours the initial
         choice = MotionChoice("initial estimate", "", init, 100)

@@ -350,12 +350,15 @@ def test_motion_on_grid_is_the_motion_at_each_depth_less_what_every_session_shar
     from kilomatch.assemble import depth_grid, motion_on_grid
 
     motion = Motion.zero(3)
-    motion.offset, motion.slope = np.array([-5.0, 0.0, 5.0]), np.array([0.0, 0.01, -0.01])
+    # session 1's slope 0, as fitted: the sessions' mean motion changes with depth
+    motion.offset, motion.slope = np.array([-5.0, 0.0, 5.0]), np.array([0.0, 0.01, 0.02])
     motion.knots = np.array([0.0, 100.0, 200.0])
     motion.bend = np.array([[0.0, 4.0, 0.0], [0.0, -4.0, 0.0], [0.0, 0.0, 0.0]])
     grid = depth_grid(np.array([12.0, 180.0]))
     np.testing.assert_array_equal(grid, [0.0, 50.0, 100.0, 150.0, 200.0])
     table = motion_on_grid(motion, grid)
     raw = np.array([motion.at(np.full(grid.size, s), grid) for s in range(3)])
+    assert np.ptp(raw.mean(axis=0)) > 1  # what the table leaves out
     np.testing.assert_allclose(table, raw - raw.mean(axis=0), atol=1e-12)
+    np.testing.assert_allclose(table.mean(axis=0), 0, atol=1e-12)
     np.testing.assert_allclose(table[0] - table[1], [-5, -1.5, 2, -2.5, -7], atol=1e-12)

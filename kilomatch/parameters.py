@@ -170,15 +170,19 @@ PARAMETERS: tuple[Param, ...] = (
           "round. Round 1 without Waveform copes with large drift."),
     Param("motionEstimation.max_iter", "int", 15,
           "Most motion rounds in all, when the last feature set is repeated.", min=1),
-    Param("motionEstimation.repeat_last_feature_set", "bool", False,
-          "After the listed rounds, repeat the last feature set up to max_iter rounds."),
+    Param("motionEstimation.repeat_last_feature_set", "bool", True,
+          "After the listed rounds, repeat the last feature set until the motion has "
+          "converged (motionEstimation.converged_um), up to max_iter rounds in all: a motion "
+          "that no line follows (a bend) can take more rounds to reach than the three listed. "
+          "False runs the listed rounds only."),
     Param("motionEstimation.stop_early", "bool", False,
           "Stop the motion rounds when a round finds no more good matches than the one before; "
           "the motion of the best round is kept."),
     Param("motionEstimation.converged_um", "float", 1.0,
           "The motion rounds stop when a round moves no unit's corrected depth by more than "
           "this (um) from the motion it started from and the next round would repeat its "
-          "features: that round would find the same matches. 0: every round runs.", min=0),
+          "features: that round would find the same matches. 0: every round runs (max_iter "
+          "of them while repeat_last_feature_set repeats the last set).", min=0),
     Param("motionEstimation.weight_tol", "float", 1e-3,
           "IHDBSCAN of the motion rounds stops when no weight changes by more than this (the "
           "final clustering uses clustering.weight_tol): the motion needs the round's matches, "

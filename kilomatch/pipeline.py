@@ -596,6 +596,9 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
     history = []
     best = None
     why = f"ran the {len(schedule)} rounds asked for"
+    if len(schedule) > len(rounds):
+        why = (f"ran {len(schedule)} rounds (motionEstimation.max_iter) and the motion was still "
+               f"moving by more than motionEstimation.converged_um = {me.converged_um:g} um")
     weights = None
     for k, names in enumerate(tqdm(schedule, desc="motion rounds", disable=None), 1):
         # a round with the last one's features starts from its weights (fewer iterations)
@@ -636,6 +639,11 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
                        f"{moved:.2f} um (motionEstimation.converged_um {me.converged_um:g}), so "
                        f"round {k + 1}, with the same features, would find the same matches")
                 break
+        elif k < len(schedule) and list(schedule[k]) == list(names):
+            # the next round would start from the same motion with the same features
+            why = (f"stopped after round {k}: its motion was set aside, and round {k + 1}, "
+                   f"with the same features from the same motion, would find the same matches")
+            break
     log.info("motion estimation %s; motion from %s", why,
              f"round {best[1]}" if best else choice.source)
     if best is not None:

@@ -8,6 +8,7 @@ import pytest
 
 import kilomatch
 from kilomatch import KilomatchError
+from kilomatch.metrics import pair_scores
 from kilomatch.pipeline import round_schedule
 from kilomatch.settings import from_dict
 from kilomatch.simulate import simulate_to_folder
@@ -22,9 +23,9 @@ def data(tmp_path_factory):
 
 def test_round_schedule():
     rounds = [["AutoCorr"], ["Waveform", "AutoCorr"]]
-    s = from_dict({})
+    s = from_dict({"motionEstimation": {"repeat_last_feature_set": False}})
     assert round_schedule(s, rounds) == rounds
-    s = from_dict({"motionEstimation": {"repeat_last_feature_set": True, "max_iter": 5}})
+    s = from_dict({"motionEstimation": {"max_iter": 5}})  # the default repeats the last set
     assert round_schedule(s, rounds) == rounds + [["Waveform", "AutoCorr"]] * 3
     s = from_dict({"motionEstimation": {"max_iter": 1}})
     assert round_schedule(s, rounds) == rounds[:1]
@@ -99,7 +100,8 @@ def test_round_pair_arrays_kept_only_when_asked(data, tmp_path):
     """Each round's pairs are freed after use unless save_intermediate_results asks for the
     MotionRound files; the good-match counts are the same either way."""
     base = {"path_to_data": str(data), "n_jobs": 1,
-            "motionEstimation": {"n_bootstrap": 20, "converged_um": 0}}
+            "motionEstimation": {"n_bootstrap": 20, "converged_um": 0,
+                                 "repeat_last_feature_set": False}}
     lean = kilomatch.run({**base, "output_folder": str(tmp_path / "lean")})
     n_rounds = len(from_dict({}).motionEstimation.features)  # the default schedule: 3 rounds
     assert len(lean.rounds) == n_rounds
@@ -135,7 +137,8 @@ def test_rounds_stop_ihdbscan_at_their_own_tolerance_and_warm_start(data, tmp_pa
 
     monkeypatch.setattr(pipeline, "ihdbscan", spy)
     tree = {"path_to_data": str(data), "output_folder": str(tmp_path / "out"), "n_jobs": 1,
-            "motionEstimation": {"weight_tol": 0.002, "n_bootstrap": 20, "converged_um": 0},
+            "motionEstimation": {"weight_tol": 0.002, "n_bootstrap": 20, "converged_um": 0,
+                                 "repeat_last_feature_set": False},
             "clustering": {"weight_tol": 1e-7}}
     kilomatch.run(tree, write=False)
     assert [c[0] for c in calls] == [0.002, 0.002, 0.002, 1e-7]  # three rounds, then final
@@ -174,3 +177,50 @@ def test_waveform_similarity_in_bands_equals_the_whole_copy(data):
             np.testing.assert_allclose(banded, whole, rtol=1e-5, atol=1e-5)
     band_of = np.argsort(np.argsort(depth, kind="stable")) * 15 // len(depth)
     assert (band_of[pairs[:, 0]] != band_of[pairs[:, 1]]).any()
+
+
+def test_rounds_go_on_until_a_bend_is_followed(tmp_path, monkeypatch):
+    """Tissue whose middle bulges by up to 100 um against the rest (a Gaussian bump of depth,
+    on top of a rigid drift): each round's matches reach farther along the bump than the
+    last, and after the three listed rounds the motion is still moving. By default the
+    rounds go on until it has converged (7 rounds here) and recall goes 0.92 -> 0.99; with
+    repeat_last_feature_set false the three rounds are all that run."""
+    from kilomatch import simulate
+
+    flat = simulate._apparent_depth
+
+    def bulging(y0, rigid_s, slope_s, depth_ref, *rest):
+        bump = 100.0 * np.sin(0.37 * np.asarray(rigid_s) + 1.1)
+        u = (np.asarray(y0) - depth_ref) / 300.0
+        return flat(y0, rigid_s, slope_s, depth_ref, *rest) + bump * np.exp(-u * u)
+
+    monkeypatch.setattr(simulate, "_apparent_depth", bulging)
+    folder = tmp_path / "data"
+    simulate_to_folder(folder, n_sessions=6, n_neurons=250, duration_s=300.0, seed=8,
+                       drift_max_um=60.0)
+    gt, session = np.load(folder / "gt_neuron.npy"), np.load(folder / "session_index.npy")
+    recall = {}
+    for repeat in (False, True):
+        tree = {"path_to_data": str(folder), "n_jobs": 1,
+                "output_folder": str(tmp_path / f"out{repeat}")}
+        if not repeat:  # the default repeats
+            tree["motionEstimation"] = {"repeat_last_feature_set": False}
+        result = kilomatch.run(tree, write=False)
+        recall[repeat] = pair_scores(result.idx_cluster, gt, session)["recall"]
+        # by default: more than the three listed, and converged before max_iter (15)
+        assert 3 < len(result.rounds) < 15 if repeat else len(result.rounds) == 3
+    assert recall[False] < 0.95 and recall[True] > 0.98
+
+
+def test_a_round_set_aside_is_not_repeated(data, tmp_path, monkeypatch, caplog):
+    """When the initial estimate sets a round's motion aside and the next round would repeat
+    its features, that round would start from the same motion and find the same matches:
+    the loop ends there instead of repeating it up to max_iter (15) times."""
+    from kilomatch import motion_initial
+    monkeypatch.setattr(motion_initial, "judge_round", lambda *args: False)
+    with caplog.at_level(logging.INFO, logger="kilomatch"):
+        result = kilomatch.run({"path_to_data": str(data), "n_jobs": 1,
+                                "output_folder": str(tmp_path / "out")}, write=False)
+    # round 1 (AutoCorr + PETH) and round 2 (Waveform + ...) differ; round 3 would repeat 2
+    assert len(result.rounds) == 2
+    assert "stopped after round 2: its motion was set aside" in caplog.text

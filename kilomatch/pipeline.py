@@ -600,7 +600,13 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
         why = (f"ran {len(schedule)} rounds (motionEstimation.max_iter) and the motion was still "
                f"moving by more than motionEstimation.converged_um = {me.converged_um:g} um")
     weights = None
-    for k, names in enumerate(tqdm(schedule, desc="motion rounds", disable=None), 1):
+    # the bar counts the listed rounds and grows by one for each repeat: a study that
+    # converges after round 3 reads 3/3, not 3/15
+    bar = tqdm(total=min(len(rounds), len(schedule)), desc="motion rounds", disable=None)
+    for k, names in enumerate(schedule, 1):
+        if k > bar.total:
+            bar.total = k
+            bar.refresh()
         # a round with the last one's features starts from its weights (fewer iterations)
         warm = weights if history and history[-1][0].feature_names == list(names) else None
         # hdbscan's own selection: the motion needs the sure matches only, and the units a
@@ -608,6 +614,7 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
         # calibration, for no gain (benchmarks/RESULTS.md, "Session 11")
         result = match_units(units, channel_locations, s, motion, names, n_sessions, kinv,
                              me.weight_tol, warm, keep_waveforms=False, oversized="noise")
+        bar.update(1)
         weights = result.clustering.weights
         matches = good_pairs(result)
         n_candidates = len(result.pairs)
@@ -644,6 +651,7 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
             why = (f"stopped after round {k}: its motion was set aside, and round {k + 1}, "
                    f"with the same features from the same motion, would find the same matches")
             break
+    bar.close()
     log.info("motion estimation %s; motion from %s", why,
              f"round {best[1]}" if best else choice.source)
     if best is not None:

@@ -582,8 +582,12 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
     the motion from that round's good matches. The loop starts from the initial estimate
     (motionEstimation.initial_estimate, kilomatch.motion_initial) and sets aside, with a
     warning, a round whose matches are missing or too few or whose motion the unit positions
-    contradict. With stop_early the loop ends when a round finds no more good matches than the
-    round before, keeping the best round's motion. The motion returned carries a MotionChoice
+    contradict. The rounds listed (``rounds``) run, then (repeat_last_feature_set) the last
+    feature set again, until a round moves no unit's corrected depth by more than
+    converged_um or max_iter rounds have run; a round set aside also ends the loop when the
+    next would repeat it. With stop_early the loop ends when a round finds no more good
+    matches than the round before, keeping the best round's motion. The motion returned
+    carries a MotionChoice
     (``motion.choice``): which estimate it is and why. ``initial``: what
     motion_initial.start_motion returns for these units, when the caller has made it."""
     me = s.motionEstimation

@@ -638,20 +638,21 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
                  "motion range %.1f um", k, "+".join(names), n_candidates, len(matches),
                  iterations(result.clustering), float(np.ptp(candidate.displacement())))
         kept = "initial estimate" if best is None else f"motion of round {best[1]}"
+        # the next round would repeat this one's features: from the same motion, it would
+        # find the same matches
+        repeats = k < len(schedule) and list(schedule[k]) == list(names)
         if start is None or motion_initial.judge_round(
                 k, candidate, len(matches), kept, start, choice, me.initial_tolerance_um,
                 me.min_match_fraction):
             moved = largest_move(motion, candidate, units)
             motion = candidate
             best = (len(matches), k, matches)
-            if (k < len(schedule) and list(schedule[k]) == list(names)
-                    and me.converged_um > 0 and moved <= me.converged_um):
+            if repeats and me.converged_um > 0 and moved <= me.converged_um:
                 why = (f"converged after round {k}: no unit's corrected depth moved by more than "
                        f"{moved:.2f} um (motionEstimation.converged_um {me.converged_um:g}), so "
                        f"round {k + 1}, with the same features, would find the same matches")
                 break
-        elif k < len(schedule) and list(schedule[k]) == list(names):
-            # the next round would start from the same motion with the same features
+        elif repeats:  # set aside: the next round would start from the same motion
             why = (f"stopped after round {k}: its motion was set aside, and round {k + 1}, "
                    f"with the same features from the same motion, would find the same matches")
             break

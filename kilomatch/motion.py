@@ -345,6 +345,66 @@ def motion_by_model(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray,
     return _fitted(eq, use_linear, n_bootstrap, seed), excess
 
 
+def pair_residuals(motion: Motion, pairs: np.ndarray, depth: np.ndarray,
+                   session0: np.ndarray) -> np.ndarray:
+    """(M,) um: how far each pair's depths lie apart once ``motion`` is taken out,
+    (y_B - y_A) - (p_sB(d) - p_sA(d)) at the pair's mean depth d; nan for a pair within one
+    session or with an untied session, which no fit reads. pairs: (M, 2) unit indices."""
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    sa, sb = session0[pairs[:, 0]], session0[pairs[:, 1]]
+    ya, yb = depth[pairs[:, 0]], depth[pairs[:, 1]]
+    mid = 0.5 * (ya + yb)
+    residual = (yb - ya) - (motion.at(sb, mid) - motion.at(sa, mid))
+    return np.where((sa != sb) & motion.tied[sa] & motion.tied[sb], residual, np.nan)
+
+
+# A pair that lies off the motion is kept where at least this many other pairs of the same
+# two sessions, within BEND_KNOT_UM of its depth, lie off it alike (their median residual
+# within the same limit of its own): tissue that moves unevenly shifts neighbours' pairs
+# together, while a match of two neurons lies off on its own.
+OFF_PAIR_NEIGHBOURS = 2
+
+
+def off_pairs(residual: np.ndarray, pairs: np.ndarray, depth: np.ndarray,
+              session0: np.ndarray, spreads: float, floor_um: float = 1.0
+              ) -> tuple[np.ndarray, float]:
+    """Which pairs (M, 2) lie off the motion on their own: (M,) bool, and the spread (um).
+
+    A pair is off where its residual (pair_residuals, (M,) um; nan: never off) is more than
+    ``spreads`` spreads from 0, the spread being 1.4826 x the median absolute residual (a
+    normal's sd; the residuals centre on 0 by the fit), at least ``floor_um``; unless
+    OFF_PAIR_NEIGHBOURS other pairs of the same two sessions within BEND_KNOT_UM of its mean
+    depth have a median residual within that limit of its own."""
+    pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+    finite = np.isfinite(residual)
+    counted = np.abs(residual[finite])
+    spread = max(1.4826 * float(np.median(counted)) if counted.size else 0.0, floor_um)
+    limit = spreads * spread
+    off = np.zeros(residual.shape, bool)
+    off[finite] = np.abs(residual[finite]) > limit
+    if not off.any():
+        return off, spread
+    # each pair oriented from the lower session to the higher, its residual with it
+    sa, sb = session0[pairs[:, 0]], session0[pairs[:, 1]]
+    low, high = np.minimum(sa, sb), np.maximum(sa, sb)
+    oriented = np.where(sa <= sb, residual, -residual)
+    mid = 0.5 * (depth[pairs[:, 0]] + depth[pairs[:, 1]])
+    use = np.flatnonzero(finite)
+    group = low[use] * (int(session0.max()) + 1) + high[use]
+    order = use[np.lexsort((mid[use], group))]
+    span = float(np.ptp(mid[use])) + 4 * BEND_KNOT_UM  # keys of two groups never overlap
+    key = (low[order] * (int(session0.max()) + 1) + high[order]) * span + mid[order]
+    for i in np.flatnonzero(off):
+        k_i = (low[i] * (int(session0.max()) + 1) + high[i]) * span + mid[i]
+        lo, hi = np.searchsorted(key, [k_i - BEND_KNOT_UM, k_i + BEND_KNOT_UM], side="right")
+        near = order[lo:hi]
+        near = near[near != i]
+        if near.size >= OFF_PAIR_NEIGHBOURS and \
+                abs(np.median(oriented[near]) - oriented[i]) <= limit:
+            off[i] = False
+    return off, spread
+
+
 # ------------------------------------------------------------------------------ bend
 
 # Knots of the bend, this far apart (um): about the reach of one neuron's footprint, so a

@@ -183,6 +183,16 @@ PARAMETERS: tuple[Param, ...] = (
           "this (um) from the motion it started from and the next round would repeat its "
           "features: that round would find the same matches. 0: every round runs (max_iter "
           "of them while repeat_last_feature_set repeats the last set).", min=0),
+    Param("motionEstimation.off_pair_spreads", "float", 0.0,
+          "0 (the default): every good match counts in the motion (least squares, as "
+          "published). Above 0, e.g. 6: once the motion rounds have converged, they go on "
+          "without the good matches that lie more than this many robust spreads (1.4826 x "
+          "the median absolute residual, at least 1 um) off the motion, unless other pairs of "
+          "the same two sessions at that depth lie off alike, until the motion has converged "
+          "again. Matches of neighbouring neurons, tens of um apart, can pull the motion by "
+          "several um and make it seem to depend on depth (many sessions with turnover); "
+          "measured with 6, it mended one such run and cost 0.001-0.004 of F1 on others.",
+          min=0),
     Param("motionEstimation.weight_tol", "float", 1e-3,
           "IHDBSCAN of the motion rounds stops when no weight changes by more than this (the "
           "final clustering uses clustering.weight_tol): the motion needs the round's matches, "

@@ -29,7 +29,8 @@ from .formats.folder import WAVEFORMS
 from .load import (Dataset, amplitude_unit_hint, block_rows, channel_order_hint, iter_rows,
                    judge_rows, load_dataset, load_given_motion, non_finite_problem,
                    repeated_sessions_hint, session_amplitude_hint, warn_flat)
-from .motion import BEND_MIN_GAIN, Motion, estimate_motion, fit_bend, motion_by_model
+from .motion import (BEND_MIN_GAIN, Motion, estimate_motion, fit_bend, motion_by_model,
+                     off_pairs, pair_residuals)
 from .parallel import map_units, n_workers, threads_for_pairs
 # The result types are defined in kilomatch.results and stay importable from here.
 from .results import Result, RoundResult, ShankPart, UnitFeatures, shank_parts  # noqa: F401
@@ -599,6 +600,7 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
     motion = Motion.zero(n_sessions) if start is None else start.motion
     history = []
     best = None
+    polishing = False  # whether the rounds leave out the matches off the motion
     why = f"ran the {len(schedule)} rounds asked for"
     if len(schedule) > len(rounds):
         why = (f"ran {len(schedule)} rounds (motionEstimation.max_iter) and the motion was still "
@@ -630,8 +632,10 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
             history.append((result, motion))
             break
         # The round's band is what it is checked with; a small bootstrap is enough for that.
-        candidate = round_motion(matches, units, n_sessions, s, k,
-                                 n_bootstrap=0 if start is None else min(me.n_bootstrap, 100))
+        candidate, fitted = round_motion(
+            matches, units, n_sessions, s, k,
+            n_bootstrap=0 if start is None else min(me.n_bootstrap, 100),
+            spreads=me.off_pair_spreads if polishing else 0.0)
         history.append((result, candidate))
         release_freed_memory()  # the round's per-pair blocks, before the next round's arrays
         log.info("motion round %d (%s): %d candidate pairs, %d good matches (IHDBSCAN %s), "
@@ -646,7 +650,27 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
                 me.min_match_fraction):
             moved = largest_move(motion, candidate, units)
             motion = candidate
-            best = (len(matches), k, matches)
+            best = (len(matches), k, fitted)
+            if repeats and me.converged_um > 0 and moved <= me.converged_um \
+                    and not polishing and me.off_pair_spreads > 0:
+                # Converged with every good match. Matches of two neighbouring neurons pull a
+                # least-squares motion by several um, and the rounds can settle there (the
+                # matches found at a motion make that motion); left out earlier, they stop a
+                # bend from being followed, as the pairs it has not reached yet lie off it.
+                # So from here the rounds leave out the matches that lie off the motion,
+                # until it has converged again (benchmarks/RESULTS.md, "Session 67").
+                polishing = True
+                trimmed, kept_pairs = round_motion(matches, units, n_sessions, s, k,
+                                                   n_bootstrap=min(me.n_bootstrap, 100),
+                                                   spreads=me.off_pair_spreads)
+                if len(kept_pairs) < len(matches) and (
+                        start is None or motion_initial.judge_round(
+                            k, trimmed, len(matches), f"motion of round {k}", start, choice,
+                            me.initial_tolerance_um, me.min_match_fraction)):
+                    history[-1] = (result, trimmed)
+                    motion = trimmed
+                    best = (len(matches), k, kept_pairs)
+                    continue
             if repeats and me.converged_um > 0 and moved <= me.converged_um:
                 why = (f"converged after round {k}: no unit's corrected depth moved by more than "
                        f"{moved:.2f} um (motionEstimation.converged_um {me.converged_um:g}), so "
@@ -656,6 +680,12 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
             why = (f"stopped after round {k}: its motion was set aside, and round {k + 1}, "
                    f"with the same features from the same motion, would find the same matches")
             break
+        elif k == len(schedule) > len(rounds):
+            # the last of max_iter rounds, set aside; round k - 1 was kept (had it been set
+            # aside, the loop would have stopped there) and had not converged
+            why = (f"ran {k} rounds (motionEstimation.max_iter): round {k - 1}'s motion still "
+                   f"moved by more than motionEstimation.converged_um = {me.converged_um:g} um, "
+                   f"and round {k}'s was set aside")
     bar.close()
     log.info("motion estimation %s; motion from %s", why,
              f"round {best[1]}" if best else choice.source)
@@ -681,52 +711,89 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
     return motion, history
 
 
+# How many times a round's motion is fitted again without the matches that lie off it.
+OFF_PAIR_PASSES = 3
+
+
 def round_motion(matches: np.ndarray, units: UnitFeatures, n_sessions: int, s: Settings,
-                 k: int, n_bootstrap: int) -> Motion:
-    """Motion of round k from its good matches (M, 2): linear with
-    waveformCorrection.linear_correction, else rigid, or linear where the linear fit places
-    the units more than waveformCorrection.linear_min_um apart from the rigid one
-    (kilomatch.motion.motion_by_model)."""
+                 k: int, n_bootstrap: int, spreads: float = 0.0) -> tuple[Motion, np.ndarray]:
+    """Motion of round k from its good matches (M, 2), and the matches it rests on: linear
+    with waveformCorrection.linear_correction, else rigid, or linear where the linear fit
+    places the units more than waveformCorrection.linear_min_um apart from the rigid one
+    (kilomatch.motion.motion_by_model), with a bend where the matches ask for one
+    (round_bend). With ``spreads`` > 0 (motionEstimation.off_pair_spreads, once the rounds
+    have converged), the matches that lie that many robust spreads off the fit on their own
+    (kilomatch.motion.off_pairs) are left out and the motion fitted again."""
+    motion, notes = _round_fit(matches, units, n_sessions, s, k, n_bootstrap)
+    n_matches = len(matches)
+    # Matches of two neighbouring neurons (tens of um apart, a few per cent of a round's on
+    # turnover) pull a least-squares motion by several um and can make it seem to depend on
+    # depth (benchmarks/RESULTS.md, "Session 67"). The first fit is pulled towards them, so
+    # the pairs are looked at again from the fit without them, OFF_PAIR_PASSES times at most.
+    for _ in range(OFF_PAIR_PASSES if spreads > 0 else 0):
+        depth = units.locations[:, 1]
+        off, spread = off_pairs(pair_residuals(motion, matches, depth, units.session0),
+                                matches, depth, units.session0, spreads)
+        if not off.any():
+            break
+        matches = matches[~off]
+        motion, notes = _round_fit(matches, units, n_sessions, s, k, n_bootstrap)
+    if len(matches) < n_matches:
+        log.info("motion round %d: %d of %d good matches lie more than %g x %.1f um off the "
+                 "round's motion (motionEstimation.off_pair_spreads): it is fitted without "
+                 "them", k, n_matches - len(matches), n_matches, spreads, spread)
+    for level, message in notes:
+        log.log(level, message)
+    return motion, matches
+
+
+def _round_fit(matches: np.ndarray, units: UnitFeatures, n_sessions: int, s: Settings,
+               k: int, n_bootstrap: int) -> tuple[Motion, list]:
+    """round_motion's fit of the matches (M, 2) given, and what the log should say of it:
+    a list of (level, message)."""
     wc = s.waveformCorrection
     depth = units.locations[:, 1]
     if wc.linear_correction:
         motion = estimate_motion(matches, depth, units.session0, n_sessions, linear=True,
                                  n_bootstrap=n_bootstrap, seed=s.seed)
-        return round_bend(motion, matches, units, s, k)
+        return round_bend(motion, matches, units, s, k, [])
     motion, excess = motion_by_model(matches, depth, units.session0, n_sessions,
                                      wc.linear_min_um, n_bootstrap, s.seed)
     if motion.linear:
-        log.info("motion round %d: the motion depends on depth: fitted linear, it places the "
-                 "units %.1f um from the rigid fit (95th percentile over the units, in 95%% of "
-                 "resamples of the matches), more than waveformCorrection.linear_min_um = %g; "
-                 "the round's motion is linear", k, excess, wc.linear_min_um)
+        notes = [(logging.INFO, f"motion round {k}: the motion depends on depth: fitted "
+                  f"linear, it places the units {excess:.1f} um from the rigid fit (95th "
+                  f"percentile over the units, in 95% of resamples of the matches), more than "
+                  f"waveformCorrection.linear_min_um = {wc.linear_min_um:g}; the round's motion "
+                  f"is linear")]
     else:
-        log.debug("motion round %d: the linear fit places the units %.1f um from the rigid "
-                  "one: the motion is rigid", k, excess)
-    return round_bend(motion, matches, units, s, k)
+        notes = [(logging.DEBUG, f"motion round {k}: the linear fit places the units "
+                  f"{excess:.1f} um from the rigid one: the motion is rigid")]
+    return round_bend(motion, matches, units, s, k, notes)
 
 
 def round_bend(motion: Motion, matches: np.ndarray, units: UnitFeatures, s: Settings,
-               k: int) -> Motion:
+               k: int, notes: list) -> tuple[Motion, list]:
     """Round k's ``motion`` with the bend its matches (M, 2) ask for, if any
-    (kilomatch.motion.fit_bend, waveformCorrection.bend_min_um)."""
+    (kilomatch.motion.fit_bend, waveformCorrection.bend_min_um), and ``notes`` (a list of
+    (level, message) for the log) with what was found."""
     wc = s.waveformCorrection
     if wc.bend_min_um <= 0:
-        return motion
+        return motion, notes
     bent, excess, gain = fit_bend(matches, units.locations[:, 1], units.session0, motion,
                                   wc.bend_min_um, s.seed)
     if bent.bend is not None:
-        log.info("motion round %d: the matches ask for a bend that no line follows: it moves "
-                 "the units %.1f um against each other (95th percentile over the units), more "
-                 "than waveformCorrection.bend_min_um = %g, and fitted without them it changes "
-                 "held-out pairs' median distance by %+.0f%%; the round's motion bends", k,
-                 excess, wc.bend_min_um, -100 * gain)
+        notes.append((logging.INFO, f"motion round {k}: the matches ask for a bend that no "
+                      f"line follows: it moves the units {excess:.1f} um against each other "
+                      f"(95th percentile over the units), more than "
+                      f"waveformCorrection.bend_min_um = {wc.bend_min_um:g}, and fitted without "
+                      f"them it changes held-out pairs' median distance by {-100 * gain:+.0f}%; "
+                      f"the round's motion bends"))
     elif np.isfinite(gain):
-        log.info("motion round %d: a bend would move the units %.1f um against each other, "
-                 "but fitted without them it changes held-out pairs' median distance by "
-                 "%+.0f%% (a fall of %.0f%% is needed): no bend", k, excess, -100 * gain,
-                 100 * BEND_MIN_GAIN)
-    return bent
+        notes.append((logging.INFO, f"motion round {k}: a bend would move the units "
+                      f"{excess:.1f} um against each other, but fitted without them it changes "
+                      f"held-out pairs' median distance by {-100 * gain:+.0f}% (a fall of "
+                      f"{100 * BEND_MIN_GAIN:.0f}% is needed): no bend"))
+    return bent, notes
 
 
 def largest_move(before: Motion, after: Motion, units: UnitFeatures) -> float:

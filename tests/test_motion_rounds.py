@@ -224,3 +224,21 @@ def test_a_round_set_aside_is_not_repeated(data, tmp_path, monkeypatch, caplog):
     # round 1 (AutoCorr + PETH) and round 2 (Waveform + ...) differ; round 3 would repeat 2
     assert len(result.rounds) == 2
     assert "stopped after round 2: its motion was set aside" in caplog.text
+
+
+def test_a_last_round_set_aside_is_named(data, tmp_path, monkeypatch, caplog):
+    """When the last of max_iter rounds is set aside, the log says so, not that the motion
+    was still moving after it (that round's motion was never taken)."""
+    from kilomatch import motion_initial
+    judge = motion_initial.judge_round
+    monkeypatch.setattr(motion_initial, "judge_round",
+                        lambda k, *args: k < 4 and judge(k, *args))
+    with caplog.at_level(logging.INFO, logger="kilomatch"):
+        result = kilomatch.run({"path_to_data": str(data), "n_jobs": 1,
+                                "output_folder": str(tmp_path / "out"),
+                                "motionEstimation": {"max_iter": 4, "converged_um": 0}},
+                               write=False)
+    assert len(result.rounds) == 4
+    assert "ran 4 rounds (motionEstimation.max_iter): round 3's motion still moved" in caplog.text
+    assert "round 4's was set aside" in caplog.text
+    assert result.motion.choice.source == "round 3"

@@ -389,14 +389,16 @@ def off_pairs(residual: np.ndarray, pairs: np.ndarray, depth: np.ndarray,
     low, high = np.minimum(sa, sb), np.maximum(sa, sb)
     oriented = np.where(sa <= sb, residual, -residual)
     mid = 0.5 * (depth[pairs[:, 0]] + depth[pairs[:, 1]])
-    use = np.flatnonzero(finite)
-    group = low[use] * (int(session0.max()) + 1) + high[use]
-    order = use[np.lexsort((mid[use], group))]
-    span = float(np.ptp(mid[use])) + 4 * BEND_KNOT_UM  # keys of two groups never overlap
-    key = (low[order] * (int(session0.max()) + 1) + high[order]) * span + mid[order]
+    # one sorted key per pair: its two sessions, then its depth, the sessions' blocks of
+    # keys far enough apart that no depth window reaches across two
+    span = float(np.ptp(mid[finite])) + 4 * BEND_KNOT_UM
+    key = (low * (int(session0.max()) + 1) + high) * span + mid
+    order = np.flatnonzero(finite)
+    order = order[np.argsort(key[order], kind="stable")]
+    sorted_key = key[order]
     for i in np.flatnonzero(off):
-        k_i = (low[i] * (int(session0.max()) + 1) + high[i]) * span + mid[i]
-        lo, hi = np.searchsorted(key, [k_i - BEND_KNOT_UM, k_i + BEND_KNOT_UM], side="right")
+        lo, hi = np.searchsorted(sorted_key, [key[i] - BEND_KNOT_UM, key[i] + BEND_KNOT_UM],
+                                 side="right")
         near = order[lo:hi]
         near = near[near != i]
         if near.size >= OFF_PAIR_NEIGHBOURS and \

@@ -183,17 +183,14 @@ PARAMETERS: tuple[Param, ...] = (
           "this (um) from the motion it started from and the next round would repeat its "
           "features: that round would find the same matches. 0: every round runs (max_iter "
           "of them while repeat_last_feature_set repeats the last set).", min=0),
-    Param("motionEstimation.off_pair_spreads", "float", 0.0,
-          "0 (the default): every good match counts in the motion (least squares, as "
-          "published). Above 0, e.g. 6: once the motion rounds have converged, they go on "
-          "without the good matches that lie more than this many robust spreads (1.4826 x "
-          "the median absolute residual, at least 1 um) off the motion, unless other pairs of "
-          "the same two sessions at that depth lie off alike, until the motion has converged "
-          "again. Matches of neighbouring neurons, tens of um apart, can pull the motion by "
-          "several um and make it seem to depend on depth (many sessions with turnover); "
-          "measured with 6 on 63 suite runs, it mended one such run and cost up to 0.004 of F1 "
-          "on 8 others.",
-          min=0),
+    Param("motionEstimation.off_pair_spreads", "float", 6.0,
+          "Once the motion rounds have converged, they go on without the good matches that "
+          "lie more than this many robust spreads (1.4826 x the median absolute residual, at "
+          "least 1 um) off the motion, unless other pairs of the same two sessions at that "
+          "depth lie off alike, until the motion has converged again: a few per cent of "
+          "matches of neighbouring neurons, tens of um apart, pull a least-squares motion by "
+          "several um and can make it seem to depend on depth (many sessions with turnover). "
+          "0: every good match counts (least squares, as published).", min=0),
     Param("motionEstimation.weight_tol", "float", 1e-3,
           "IHDBSCAN of the motion rounds stops when no weight changes by more than this (the "
           "final clustering uses clustering.weight_tol): the motion needs the round's matches, "

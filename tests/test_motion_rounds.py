@@ -242,3 +242,30 @@ def test_a_last_round_set_aside_is_named(data, tmp_path, monkeypatch, caplog):
     assert "ran 4 rounds (motionEstimation.max_iter): round 3's motion still moved" in caplog.text
     assert "round 4's was set aside" in caplog.text
     assert result.motion.choice.source == "round 3"
+
+
+def test_matches_that_lie_off_the_motion_are_left_out_once_converged(tmp_path, caplog):
+    """16 sessions of rigid drift with 30% turnover, about 20 units per session: with every
+    good match counted, the rounds converge on a motion that puts sessions 1-5 28 um off the
+    rest and bends by 20 um, since a few per cent of the matches join two neighbouring
+    neurons 20-40 um apart (least squares gives them their full pull, and the matches found
+    at a motion make that motion). With motionEstimation.off_pair_spreads 6 the rounds go on,
+    once converged, without the matches that lie off the motion on their own: the motion
+    ends within 2 um of the truth (RMS) and the log says how many matches were left out."""
+    folder = tmp_path / "data"
+    simulate_to_folder(folder, n_sessions=16, n_neurons=200, seed=1, drift_max_um=40,
+                       turnover=0.3, p_present=0.8, duration_s=300.0)
+    truth = np.load(folder / "gt_motion.npy")
+    error = {}
+    for spreads in (0, 6):
+        with caplog.at_level(logging.INFO, logger="kilomatch"):
+            caplog.clear()
+            result = kilomatch.run({"path_to_data": str(folder), "n_jobs": 1,
+                                    "output_folder": str(tmp_path / f"out{spreads}"),
+                                    "motionEstimation": {"off_pair_spreads": spreads}},
+                                   write=False)
+        motion = result.motion.displacement()
+        error[spreads] = float(np.sqrt(np.mean(((motion - motion.mean())
+                                                - (truth - truth.mean())) ** 2)))
+        assert ("good matches lie more than 6 x" in caplog.text) == (spreads == 6)
+    assert error[0] > 10.0 and error[6] < 2.0

@@ -520,9 +520,8 @@ def fit_bend(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray, base: M
     if not keep.any():
         return base, 0.0, np.nan
     pairs, sa, sb = pairs[keep], sa[keep], sb[keep]
-    ya, yb = depth[pairs[:, 0]], depth[pairs[:, 1]]
-    mid = 0.5 * (ya + yb)
-    residual = (yb - ya) - (base.at(sb, mid) - base.at(sa, mid))
+    mid = 0.5 * (depth[pairs[:, 0]] + depth[pairs[:, 1]])
+    residual = pair_residuals(base, pairs, depth, session0)  # finite: the pairs kept
     lo, hi = float(mid.min()), float(mid.max())
     knots = lo + BEND_KNOT_UM * np.arange(int(np.ceil((hi - lo) / BEND_KNOT_UM)) + 1)
     if knots.size < 3:

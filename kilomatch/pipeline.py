@@ -601,6 +601,8 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
     history = []
     best = None
     polishing = False  # whether the rounds leave out the matches off the motion
+    # The round's band is what it is checked with; a small bootstrap is enough for that.
+    round_bootstrap = 0 if start is None else min(me.n_bootstrap, 100)
     why = f"ran the {len(schedule)} rounds asked for"
     if len(schedule) > len(rounds):
         why = (f"ran {len(schedule)} rounds (motionEstimation.max_iter) and the motion was still "
@@ -631,11 +633,8 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
                    f"round {best[1]}'s {best[0]}")
             history.append((result, motion))
             break
-        # The round's band is what it is checked with; a small bootstrap is enough for that.
-        candidate, fitted = round_motion(
-            matches, units, n_sessions, s, k,
-            n_bootstrap=0 if start is None else min(me.n_bootstrap, 100),
-            spreads=me.off_pair_spreads if polishing else 0.0)
+        candidate, fitted = round_motion(matches, units, n_sessions, s, k, round_bootstrap,
+                                         spreads=me.off_pair_spreads if polishing else 0.0)
         history.append((result, candidate))
         release_freed_memory()  # the round's per-pair blocks, before the next round's arrays
         log.info("motion round %d (%s): %d candidate pairs, %d good matches (IHDBSCAN %s), "
@@ -651,8 +650,8 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
             moved = largest_move(motion, candidate, units)
             motion = candidate
             best = (len(matches), k, fitted)
-            if repeats and me.converged_um > 0 and moved <= me.converged_um \
-                    and not polishing and me.off_pair_spreads > 0:
+            converged = repeats and me.converged_um > 0 and moved <= me.converged_um
+            if converged and not polishing and me.off_pair_spreads > 0:
                 # Converged with every good match. Matches of two neighbouring neurons pull a
                 # least-squares motion by several um, and the rounds can settle there (the
                 # matches found at a motion make that motion); left out earlier, they stop a
@@ -661,8 +660,8 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
                 # until it has converged again (benchmarks/RESULTS.md, "Session 67").
                 polishing = True
                 trimmed, kept_pairs = round_motion(matches, units, n_sessions, s, k,
-                                                   n_bootstrap=min(me.n_bootstrap, 100),
-                                                   spreads=me.off_pair_spreads)
+                                                   round_bootstrap, me.off_pair_spreads,
+                                                   first=candidate)
                 if len(kept_pairs) < len(matches) and (
                         start is None or motion_initial.judge_round(
                             k, trimmed, len(matches), f"motion of round {k}", start, choice,
@@ -671,7 +670,7 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
                     motion = trimmed
                     best = (len(matches), k, kept_pairs)
                     continue
-            if repeats and me.converged_um > 0 and moved <= me.converged_um:
+            if converged:
                 why = (f"converged after round {k}: no unit's corrected depth moved by more than "
                        f"{moved:.2f} um (motionEstimation.converged_um {me.converged_um:g}), so "
                        f"round {k + 1}, with the same features, would find the same matches")
@@ -716,22 +715,27 @@ OFF_PAIR_PASSES = 3
 
 
 def round_motion(matches: np.ndarray, units: UnitFeatures, n_sessions: int, s: Settings,
-                 k: int, n_bootstrap: int, spreads: float = 0.0) -> tuple[Motion, np.ndarray]:
+                 k: int, n_bootstrap: int, spreads: float = 0.0,
+                 first: Motion | None = None) -> tuple[Motion, np.ndarray]:
     """Motion of round k from its good matches (M, 2), and the matches it rests on: linear
     with waveformCorrection.linear_correction, else rigid, or linear where the linear fit
     places the units more than waveformCorrection.linear_min_um apart from the rigid one
     (kilomatch.motion.motion_by_model), with a bend where the matches ask for one
     (round_bend). With ``spreads`` > 0 (motionEstimation.off_pair_spreads, once the rounds
     have converged), the matches that lie that many robust spreads off the fit on their own
-    (kilomatch.motion.off_pairs) are left out and the motion fitted again."""
-    motion, notes = _round_fit(matches, units, n_sessions, s, k, n_bootstrap)
+    (kilomatch.motion.off_pairs) are left out and the motion fitted again. ``first``: the
+    fit of these matches with this n_bootstrap, when the caller has made (and logged) it."""
+    if first is None:
+        motion, notes = _round_fit(matches, units, n_sessions, s, k, n_bootstrap)
+    else:
+        motion, notes = first, []
     n_matches = len(matches)
+    depth = units.locations[:, 1]
     # Matches of two neighbouring neurons (tens of um apart, a few per cent of a round's on
     # turnover) pull a least-squares motion by several um and can make it seem to depend on
     # depth (benchmarks/RESULTS.md, "Session 67"). The first fit is pulled towards them, so
     # the pairs are looked at again from the fit without them, OFF_PAIR_PASSES times at most.
     for _ in range(OFF_PAIR_PASSES if spreads > 0 else 0):
-        depth = units.locations[:, 1]
         off, spread = off_pairs(pair_residuals(motion, matches, depth, units.session0),
                                 matches, depth, units.session0, spreads)
         if not off.any():

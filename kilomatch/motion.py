@@ -72,6 +72,13 @@ class Motion:
         """(S,) displacement at ``ref_depth``: what motion.npy holds."""
         return self.slope * self.ref_depth + self.offset + self.bend_at_ref()
 
+    def take_band(self, band: "Motion") -> None:
+        """Take the 95% band of ``band``, a fit of this motion's rigid or linear part: the
+        band moves with this motion's bend at ref_depth (a bootstrap of the line, not of
+        the bend)."""
+        self.ci_low = band.ci_low + self.bend_at_ref()
+        self.ci_high = band.ci_high + self.bend_at_ref()
+
     def bend_at_ref(self) -> np.ndarray:
         """(S,) the bend at ``ref_depth`` (zeros without a bend)."""
         n = self.offset.size
@@ -538,6 +545,5 @@ def fit_bend(pairs: np.ndarray, depth: np.ndarray, session0: np.ndarray, base: M
     out = replace(base, knots=knots, bend=bend)
     if not base.linear:
         out.ref_depth = float(mid.mean())  # a rigid motion's reference depth is moot (0)
-    # the band was drawn for the rigid or linear part: it moves with the bend at ref_depth
-    out.ci_low, out.ci_high = base.ci_low + out.bend_at_ref(), base.ci_high + out.bend_at_ref()
+    out.take_band(base)
     return out, excess, gain

@@ -696,9 +696,7 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
                                    linear=s.waveformCorrection.linear_correction or
                                    motion.sloped,  # the band is of the line, not the bend
                                    n_bootstrap=me.n_bootstrap, seed=s.seed)
-            # the band is of the rigid or linear part: it moves with a bend at ref_depth
-            motion.ci_low = band.ci_low + motion.bend_at_ref()
-            motion.ci_high = band.ci_high + motion.bend_at_ref()
+            motion.take_band(band)
             if start is not None:
                 motion_initial.fill_untied(motion, start.motion)
     elif start is not None:

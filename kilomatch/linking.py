@@ -57,6 +57,10 @@ class ProbabilityLinks:
     # farther apart in depth read probability 0 (no_match_beyond_anchor)
     depth: np.ndarray | None = None
     anchor_um: float = np.inf
+    # (N,) x (um) of each unit across the probe and the lateral bound (um): pairs farther
+    # apart across the probe read probability 0 too (no_match_beyond_anchor)
+    lateral: np.ndarray | None = None
+    lateral_um: float = np.inf
     # (P,) each candidate pair's probability from its own evidence (calibrated against the
     # known non-matches) when calibrate_to_clusters has mapped candidate_probability to the
     # final clusters; None when it has not (candidate_probability is then that probability)
@@ -130,6 +134,14 @@ def pair_lookup(pairs: np.ndarray, values: np.ndarray, query: np.ndarray, n_unit
 # The anchor of the prior: pairs farther apart in corrected depth than this share of
 # clustering.max_distance are taken to hold no match.
 ANCHOR_SHARE = 0.3
+# Pairs farther apart across the probe (x) than this many times the anchor hold no match
+# either: x does not drift, but it is estimated less well than depth (NP1's four columns
+# span 48 um; over 169 suite, SpikeInterface and sparse runs, true pairs lay at most 29 um
+# apart in x, 22 um at the 99.9th percentile of any run). Where same-session pairs are
+# few, the trees cannot learn the lateral distance and gave pairs 30-110 um apart across
+# 0.5-0.9 (331 false pairs on 32 sparse studies of 16 sessions, one joined into a cluster
+# by it; benchmarks/RESULTS.md, "Session 68").
+LATERAL_ANCHOR_FACTOR = 2.0
 
 
 def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude: np.ndarray,
@@ -224,13 +236,15 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
         for part in _chunks(len(p)):  # in place, a block at a time (28 M pairs at 10^5)
             p[part] = with_gap_prior(p[part], model.prior, by_gap, gap[part])
         del gap
-    no_match_beyond_anchor(p, depth, pairs, far)
+    lateral, lateral_um = positions[:, 0], LATERAL_ANCHOR_FACTOR * far
+    no_match_beyond_anchor(p, depth, pairs, far, lateral, lateral_um)
     labels = cluster_by_probability(n, pairs, p, max_cluster_size) if with_clusters else None
     # only MatchTable's rows keep their evidence: all of it is 2 GB at 10^5 units
     links = ProbabilityLinks(model, [], p,
                              similarity_of_candidates[in_match_table(p)], labels,
                              candidate_score=score, gap_prior=by_gap,
-                             session=np.asarray(session), depth=depth, anchor_um=far)
+                             session=np.asarray(session), depth=depth, anchor_um=far,
+                             lateral=lateral, lateral_um=lateral_um)
     return links, evidence
 
 
@@ -321,9 +335,11 @@ def fit_with_derived(x_cand, x_same, same, fit_c, sure, pairs, evidence, depth, 
 
 
 def no_match_beyond_anchor(p: np.ndarray, depth: np.ndarray, pairs: np.ndarray,
-                           anchor_um: float) -> np.ndarray:
+                           anchor_um: float, lateral: np.ndarray | None = None,
+                           lateral_um: float = np.inf) -> np.ndarray:
     """Set to 0, in place, the probability p (P,) of the pairs (P, 2) whose corrected depths
-    (N,) um differ by more than ``anchor_um``; returns p.
+    (N,) um differ by more than ``anchor_um``, or their x positions ``lateral`` (N,) um by
+    more than ``lateral_um`` (LATERAL_ANCHOR_FACTOR); returns p.
 
     The prior is estimated on the premise that those pairs hold no match, so the model
     gives them none. The trees alone put them about the non-matches' level with noise
@@ -331,6 +347,8 @@ def no_match_beyond_anchor(p: np.ndarray, depth: np.ndarray, pairs: np.ndarray,
     hundred same-session pairs face 13,000 candidates, a thousand non-matches 40-100 um
     apart got 0.1-0.3 (benchmarks/RESULTS.md, "Session 19")."""
     p[_far_apart(depth, pairs, None, anchor_um)] = 0.0
+    if lateral is not None and np.isfinite(lateral_um):
+        p[_far_apart(lateral, pairs, None, lateral_um)] = 0.0
     return p
 
 
@@ -383,7 +401,7 @@ def within_cluster_probability(links: ProbabilityLinks, evidence, pairs: np.ndar
                                      session_gap(links.session, q_pairs[rest]))
         if links.depth is not None:
             p[rest] = no_match_beyond_anchor(p[rest], links.depth, q_pairs[rest],
-                                             links.anchor_um)
+                                             links.anchor_um, links.lateral, links.lateral_um)
     p[~linkable] = 0.0
     return p
 

@@ -255,10 +255,11 @@ def _tukey(residual: np.ndarray, strength: np.ndarray) -> np.ndarray:
 
     Weighted, because where sessions share few units most session pairs' peaks are chance
     alignments: on sparse studies (16 sessions of about 20 units, 30% turnover) the plain
-    median residual, even from the true motion, was tens of um, every pair kept its weight
-    and the fit settled 30-190 um off the truth on 8 of 32 studies (and 13-147 um off on
-    j_many_sessions at five seed offsets). The pairs that share units peak higher, and
-    they then set the scale (all 32 and all five within 2 um; benchmarks/RESULTS.md,
+    median residual, even from the true motion, was tens of um and every pair kept its
+    weight: the estimate lay 14-276 um off the truth on 9 of 32 studies, and 13-147 um off
+    on j_many_sessions at four of the suite's five seed offsets and at +22000. The pairs
+    that share units peak higher, and they then set the scale (with the choice of
+    best_registration, all 32 within 1.9 um and j within 1.3 um; benchmarks/RESULTS.md,
     "Session 68")."""
     size = np.abs(residual)
     counted = strength > 0

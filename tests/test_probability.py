@@ -784,6 +784,41 @@ def test_pairs_beyond_the_prior_anchor_read_no_match(monkeypatch):
     assert len(links.model.non_match_probability) == near.sum() < 0.5 * len(non)
 
 
+def test_pairs_far_apart_across_the_probe_read_no_match(monkeypatch):
+    """x does not drift: pairs farther apart across the probe than LATERAL_ANCHOR_FACTOR
+    times the anchor (60 um here) hold no match and read 0, candidates and other linkable
+    pairs alike, whatever the trees say; the nearer pairs keep the trees' probability."""
+    pairs, similarities, positions, session, neuron = _study_with_turnover(0)
+    positions = positions.copy()
+    positions[neuron % 2 == 1, 0] += 80.0  # the odd neurons across the probe
+    n = len(session)
+    ones = np.ones(n)
+    x = positions[:, 0]
+    across = np.abs(x[pairs[:, 1]] - x[pairs[:, 0]]) > 60.0
+    assert across.sum() > 100 and not (across & (neuron[pairs[:, 0]] == neuron[pairs[:, 1]])).any()
+
+    def fit():
+        return linking.fit_links(pairs, similarities, positions, 100 * ones, 1000 * ones,
+                                 session, np.zeros(n, int), 100.0, 6, seed=0,
+                                 with_clusters=False)
+
+    links, evidence = fit()
+    with monkeypatch.context() as patch:
+        patch.setattr(linking, "LATERAL_ANCHOR_FACTOR", np.inf)
+        trees_alone, _ = fit()
+    assert (trees_alone.candidate_probability[across] > 0).sum() > 10
+    assert np.all(links.candidate_probability[across] == 0)
+    np.testing.assert_array_equal(links.candidate_probability[~across],
+                                  trees_alone.candidate_probability[~across])
+    import dataclasses
+    near_only = dataclasses.replace(
+        links, candidate_probability=links.candidate_probability[~across])
+    p = linking.within_cluster_probability(near_only, evidence, pairs[~across], pairs,
+                                           np.ones(len(pairs), bool), n)
+    assert np.all(p[across] == 0)
+    np.testing.assert_array_equal(p[~across], links.candidate_probability[~across])
+
+
 def test_match_confidence_skips_pairs_of_unknown_probability():
     """A within-cluster pair with no probability (NaN: a join's pair that is no candidate)
     neither hides a unit's known lowest probability nor makes it NaN."""

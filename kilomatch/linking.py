@@ -136,11 +136,11 @@ def pair_lookup(pairs: np.ndarray, values: np.ndarray, query: np.ndarray, n_unit
 ANCHOR_SHARE = 0.3
 # Pairs farther apart across the probe (x) than this many times the anchor hold no match
 # either: x does not drift, but it is estimated less well than depth (NP1's four columns
-# span 48 um; over 169 suite, SpikeInterface and sparse runs, true pairs lay at most 29 um
-# apart in x, 22 um at the 99.9th percentile of any run). Where same-session pairs are
-# few, the trees cannot learn the lateral distance and gave pairs 30-110 um apart across
-# 0.5-0.9 (331 false pairs on 32 sparse studies of 16 sessions, one joined into a cluster
-# by it; benchmarks/RESULTS.md, "Session 68").
+# span 48 um; over 143 runs, 105 of the suite, 6 SpikeInterface and 32 sparse studies, no
+# true pair lay more than 29 um apart in x). Where same-session pairs are few, the trees
+# cannot learn the lateral distance: on 32 sparse studies of 16 sessions 102 pairs more
+# than 60 um apart across read 0.5 or more (12 on the 105 suite runs), and two ended
+# in a cluster (benchmarks/RESULTS.md, "Session 68").
 LATERAL_ANCHOR_FACTOR = 2.0
 
 

@@ -266,8 +266,8 @@ def _tukey(residual: np.ndarray, strength: np.ndarray) -> np.ndarray:
     counted = strength > 0
     if counted.any():
         order = np.argsort(size[counted], kind="stable")
-        cumulative = np.cumsum(strength[counted][order])
-        middle = float(size[counted][order][np.searchsorted(cumulative, 0.5 * cumulative[-1])])
+        ranked, cumulative = size[counted][order], np.cumsum(strength[counted][order])
+        middle = float(ranked[np.searchsorted(cumulative, 0.5 * cumulative[-1])])
     else:
         middle = float(np.median(size))
     scale = max(4.685 * 1.4826 * middle, 2 * DEPTH_SIGMA_UM)

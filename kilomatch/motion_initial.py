@@ -264,6 +264,7 @@ def _tukey(residual: np.ndarray, strength: np.ndarray) -> np.ndarray:
     "Session 68")."""
     size = np.abs(residual)
     counted = strength > 0
+    # by hand: np.quantile takes weights only from numpy 2.0, and the project allows 1.24
     if counted.any():
         order = np.argsort(size[counted], kind="stable")
         ranked, cumulative = size[counted][order], np.cumsum(strength[counted][order])

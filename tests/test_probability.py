@@ -737,6 +737,22 @@ def test_pairs_many_sessions_apart_get_their_own_prior():
         assert np.all(np.diff(prior) < 0.002) and prior[0] > 3 * prior[-1], prior
 
 
+def _assert_far_pairs_read_zero(links, trees_alone, evidence, pairs, far, n):
+    """The candidate pairs ``far`` (P,) bool read 0, the others keep the trees' probability
+    (``trees_alone``: the links fitted without the rule); pairs that are not candidates (here:
+    the far ones left out of the list) read the fold models' mean, and the same rule."""
+    import dataclasses
+    assert np.all(links.candidate_probability[far] == 0)
+    np.testing.assert_array_equal(links.candidate_probability[~far],
+                                  trees_alone.candidate_probability[~far])
+    near_only = dataclasses.replace(links,
+                                    candidate_probability=links.candidate_probability[~far])
+    p = linking.within_cluster_probability(near_only, evidence, pairs[~far], pairs,
+                                           np.ones(len(pairs), bool), n)
+    assert np.all(p[far] == 0)
+    np.testing.assert_array_equal(p[~far], links.candidate_probability[~far])
+
+
 def test_pairs_beyond_the_prior_anchor_read_no_match(monkeypatch):
     """The prior rests on pairs farther apart in corrected depth than 30% of max_distance
     holding no match. The trees alone give such pairs the non-matches' level with noise
@@ -762,18 +778,7 @@ def test_pairs_beyond_the_prior_anchor_read_no_match(monkeypatch):
         trees_alone, _ = fit()
     assert (trees_alone.candidate_probability[far] > 0.05).sum() > 100
     assert trees_alone.candidate_probability[far].sum() > 20
-    assert np.all(links.candidate_probability[far] == 0)
-    np.testing.assert_array_equal(links.candidate_probability[~far],
-                                  trees_alone.candidate_probability[~far])
-    # pairs that are not candidates (here: the far ones left out of the list) read the fold
-    # models' mean, and the same rule
-    import dataclasses
-    near_only = dataclasses.replace(links,
-                                    candidate_probability=links.candidate_probability[~far])
-    p = linking.within_cluster_probability(near_only, evidence, pairs[~far], pairs,
-                                           np.ones(len(pairs), bool), n)
-    assert np.all(p[far] == 0)
-    np.testing.assert_array_equal(p[~far], links.candidate_probability[~far])
+    _assert_far_pairs_read_zero(links, trees_alone, evidence, pairs, far, n)
     # the known non-matches' level (the cut veto's floor) is read among the same-session
     # pairs of the fit within the anchor, not the far ones the rule gives 0
     from kilomatch.probability import same_session_pairs
@@ -807,16 +812,7 @@ def test_pairs_far_apart_across_the_probe_read_no_match(monkeypatch):
         patch.setattr(linking, "LATERAL_ANCHOR_FACTOR", np.inf)
         trees_alone, _ = fit()
     assert (trees_alone.candidate_probability[across] > 0).sum() > 10
-    assert np.all(links.candidate_probability[across] == 0)
-    np.testing.assert_array_equal(links.candidate_probability[~across],
-                                  trees_alone.candidate_probability[~across])
-    import dataclasses
-    near_only = dataclasses.replace(
-        links, candidate_probability=links.candidate_probability[~across])
-    p = linking.within_cluster_probability(near_only, evidence, pairs[~across], pairs,
-                                           np.ones(len(pairs), bool), n)
-    assert np.all(p[across] == 0)
-    np.testing.assert_array_equal(p[~across], links.candidate_probability[~across])
+    _assert_far_pairs_read_zero(links, trees_alone, evidence, pairs, across, n)
 
 
 def test_match_confidence_skips_pairs_of_unknown_probability():

@@ -186,11 +186,14 @@ PARAMETERS: tuple[Param, ...] = (
     Param("motionEstimation.off_pair_spreads", "float", 6.0,
           "Once the motion rounds have converged, they go on without the good matches that "
           "lie more than this many robust spreads (1.4826 x the median absolute residual, at "
-          "least 1 um) off the motion, unless other pairs of the same two sessions at that "
-          "depth lie off alike, until the motion has converged again: a few per cent of "
-          "matches of neighbouring neurons, tens of um apart, pull a least-squares motion by "
-          "several um and can make it seem to depend on depth (many sessions with turnover). "
-          "0: every good match counts (least squares, as published).", min=0),
+          "least 1 um) off a robust rigid fit of them (Tukey's biweight), unless other pairs "
+          "of the same two sessions at that depth lie off alike, until the motion has "
+          "converged again; rounds that stop before converging have their kept motion "
+          "fitted again once without them. Matches of neighbouring neurons, tens of um apart "
+          "(a few per cent on many sessions with turnover, up to a third on sparse studies), "
+          "pull a least-squares motion by several um and can make it seem to depend on depth "
+          "(benchmarks/RESULTS.md, 'Session 67', 'Session 69'). 0: every good match counts "
+          "(least squares, as published).", min=0),
     Param("motionEstimation.weight_tol", "float", 1e-3,
           "IHDBSCAN of the motion rounds stops when no weight changes by more than this (the "
           "final clustering uses clustering.weight_tol): the motion needs the round's matches, "

@@ -690,7 +690,7 @@ def motion_rounds(units: UnitFeatures, channel_locations, s: Settings, rounds: l
         # The rounds stopped before they converged (a round set aside, or max_iter), so the
         # kept round's motion still rests on every good match: fitted again without those
         # that lie off it, where the initial estimate does not contradict the result
-        # (sparse studies: a third of a round's matches of two neurons left it 6-10 um off).
+        # (sparse studies: a third of a round's matches of two neurons left it 4-10 um off).
         trimmed, kept_pairs = round_motion(best[2], units, n_sessions, s, best[1],
                                            round_bootstrap, me.off_pair_spreads, first=motion)
         if len(kept_pairs) < len(best[2]) and (

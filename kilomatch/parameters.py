@@ -507,8 +507,10 @@ PARAMETERS: tuple[Param, ...] = (
           "across (at least 0.2), m the share of sessions a neuron of like amplitude goes "
           "unseen (learned from the clusters), T the span's sessions and k those with a unit, "
           "that probability is q / (q + (1 - q) (2m)^k m^(T - k)). Every pair across within "
-          "clustering.max_session_gap must be a candidate. 0 turns it off "
-          "(benchmarks/RESULTS.md, 'Session 55').", min=0, max=1),
+          "clustering.max_session_gap must be a candidate, and the groups' median amplitudes "
+          "may differ by no more than the step of amplitude the curation cuts whatever the "
+          "probability says. 0 turns it off (benchmarks/RESULTS.md, 'Session 55', "
+          "'Session 69').", min=0, max=1),
     Param("autoCuration.keep_sorter_splits", "bool", True,
           "Keep both units of one session in a cluster when their spike trains show they are "
           "one neuron that the sorter split in two (almost no spikes of one within the "

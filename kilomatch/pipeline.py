@@ -1026,7 +1026,8 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     if fitted is not None and ac.join_in_turn_probability > 0:
         join_groups_in_turn(cur, final.pairs, fitted[0].candidate_probability,
                             units.session0, units.amplitude, s.clustering.max_session_gap,
-                            ac.join_in_turn_probability)
+                            ac.join_in_turn_probability,
+                            curation.AMPLITUDE_STEP_SURE * cur.amplitude_step)
     if fitted is not None and ac.rate_split:
         split_at_rates(cur, final.pairs, fitted[0].candidate_probability, units.session0,
                        units.firing_rate)
@@ -1140,16 +1141,17 @@ def split_at_rates(cur: curation.CurationResult, pairs: np.ndarray, probability:
 
 def join_groups_in_turn(cur: curation.CurationResult, pairs: np.ndarray,
                         probability: np.ndarray, session: np.ndarray, amplitude: np.ndarray,
-                        max_session_gap: int, level: float) -> None:
+                        max_session_gap: int, level: float, max_step: float = np.inf) -> None:
     """The curation's last step: groups of ``cur.labels`` recorded in turn (sessions that
     interleave in time and never coincide) joined where the probability that they are one
     neuron, from the pairs across and the sessions in which neither would have been seen, is
-    at least ``level`` (kilomatch.joining.join_interleaved); ``cur.labels`` is updated in
-    place."""
+    at least ``level``, and their median log amplitudes differ by at most ``max_step``
+    (kilomatch.joining.join_interleaved); ``cur.labels`` is updated in place."""
     before = cur.labels_before_in_turn = cur.labels
     unseen = time_gaps.unseen_by_amplitude(before, session, amplitude)
     cur.labels = joining.join_interleaved(before, pairs, probability, session, unseen,
-                                          amplitude, level, max_session_gap)
+                                          amplitude, level, max_session_gap,
+                                          max_step=max_step)
     counts = _join_counts(before, cur.labels)
     if counts[0] != counts[1] or counts[2]:
         log.info("groups recorded in turn joined (autoCuration.join_in_turn_probability %g): "

@@ -209,8 +209,10 @@ def _in_turn(session_a, session_b, p, unseen=0.1, **kwargs):
     pairs, prob = pairs[keep], prob[keep]
     if kwargs.pop("drop_one", False):
         pairs, prob = pairs[1:], prob[1:]
-    out = join_interleaved(labels, pairs, prob, session, lambda amp: unseen,
-                           np.full(len(session), 100.0), **kwargs)
+    amplitude = np.full(len(session), 100.0)
+    amplitude[na:] *= kwargs.pop("larger", 1.0)  # the second group's amplitude, times this
+    out = join_interleaved(labels, pairs, prob, session, lambda amp: unseen, amplitude,
+                           **kwargs)
     return _together(out, range(len(session)))
 
 
@@ -234,6 +236,12 @@ def test_groups_recorded_in_turn_are_one_neuron_where_two_would_have_coincided()
     assert not _in_turn([0, 2, 4], [1, 3, 5], 0.4, drop_one=True)
     # off
     assert not _in_turn([0, 2, 4], [1, 3, 5], 0.4, level=1.01)
+    # a step of amplitude beyond the curation's sure step (here 3.4x) is never joined back:
+    # 5x apart, not joined; 2x apart, or with no such limit, joined
+    sure = np.log(3.4)
+    assert not _in_turn([0, 2, 4], [1, 3, 5], 0.4, larger=5.0, max_step=sure)
+    assert _in_turn([0, 2, 4], [1, 3, 5], 0.4, larger=2.0, max_step=sure)
+    assert _in_turn([0, 2, 4], [1, 3, 5], 0.4, larger=5.0)
 
 
 def test_the_unseen_sessions_in_the_span_count_once():

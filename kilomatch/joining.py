@@ -102,8 +102,7 @@ def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.n
     def rank(g, h, c, t, n_low):
         # a step of amplitude the curation cuts whatever the probability says
         # (curation.AMPLITUDE_STEP_SURE) is not joined back by it
-        if guard and abs(np.median(sessions.amplitude[g]) -
-                         np.median(sessions.amplitude[h])) > max_step:
+        if guard and _beyond_step(sessions.amplitude[g], sessions.amplitude[h], max_step):
             return None
         level = interleaved_level if sessions.interleaved(g, h) else mean_level
         return t / c if t / c >= level and n_low <= low_share * c else None
@@ -131,6 +130,12 @@ def join_by_similarity(labels: np.ndarray, pairs: np.ndarray, similarity: np.nda
     above = (np.asarray(similarity, dtype=np.float64) > threshold).astype(np.float64)
     return join_by_probability(labels, pairs, above, 1.0, 0.5, session, max_session_gap,
                                split_pairs, 0.0, 1.0, log_amplitude, max_step)
+
+
+def _beyond_step(log_a: np.ndarray, log_b: np.ndarray, max_step: float) -> bool:
+    """Whether two groups' median log amplitudes (their units' (n,), (m,)) differ by more
+    than ``max_step`` (inf: never)."""
+    return bool(abs(np.median(log_a) - np.median(log_b)) > max_step)
 
 
 def join_interleaved(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray,
@@ -176,8 +181,8 @@ def join_interleaved(labels: np.ndarray, pairs: np.ndarray, probability: np.ndar
         # joined back: the median amplitude of both groups (m, below) would then be the
         # larger neuron's, seen far more often than the smaller (a 59 uV neuron of two
         # sessions joined to a 298 uV one of five on a sparse study, 45 um apart across)
-        if np.isfinite(max_step) and abs(np.median(np.log(sessions.amplitude[g])) - np.median(
-                np.log(sessions.amplitude[h]))) > max_step:
+        if np.isfinite(max_step) and _beyond_step(
+                np.log(sessions.amplitude[g]), np.log(sessions.amplitude[h]), max_step):
             return None
         both = np.concatenate([a, b])
         k = np.unique(both[(both >= lo) & (both <= hi)]).size

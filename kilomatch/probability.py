@@ -364,9 +364,20 @@ def _chunks(n: int) -> list:
     return [slice(a, min(a + CHUNK_ROWS, n)) for a in range(0, n, CHUNK_ROWS)]
 
 
+# Each fold's trees train on at most this many rows, drawn with the seed. The suite's and the
+# speed study's fits are under 200,000 rows in all (the largest: 185,000), so they train on
+# every row either way. At 10^5 units (29 M rows), 200,000 left the probability at the mercy
+# of the draw: with the same evidence but 564 fewer known non-matches, 22,000 of
+# the 660,000 true pairs moved by more than 0.3 and F1 0.996 -> 0.993. With 1,000,000, a third
+# fewer true pairs moved that much between two seeds at 10k units, and at 10^5 units F1 was
+# 0.995, its probability 0.5 or more on more true pairs and on fewer wrong ones; the fit
+# takes 5 s more at 10k units, 12 s at 10^5 (benchmarks/RESULTS.md, "Session 70").
+MAX_TRAIN_ROWS = 1_000_000
+
+
 def fit_match_probability(candidates: np.ndarray, non_matches: np.ndarray,
                           anchor: np.ndarray, anchor_non: np.ndarray, seed: int = 0,
-                          n_folds: int = 3, max_train: int = 200_000,
+                          n_folds: int = 3, max_train: int = MAX_TRAIN_ROWS,
                           candidate_rows: np.ndarray | None = None,
                           non_weight: np.ndarray | None = None,
                           fold: np.ndarray | None = None, prior: float | None = None,

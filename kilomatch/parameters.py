@@ -511,6 +511,14 @@ PARAMETERS: tuple[Param, ...] = (
           "may differ by no more than the step of amplitude the curation cuts whatever the "
           "probability says. 0 turns it off (benchmarks/RESULTS.md, 'Session 55', "
           "'Session 69').", min=0, max=1),
+    Param("autoCuration.move_units", "bool", True,
+          "After every other step of the curation (clustering.method 'similarity'), move a "
+          "unit to another cluster where the mean match probability of its candidate pairs "
+          "into its own cluster is below 0.5 and into the other at least 0.9 over two pairs "
+          "or more, and the other cluster has no unit of its session (reason "
+          "moved_to_other_cluster): a neuron's units left in the cluster of a neighbour it "
+          "was chained to, in the sessions where the neighbour alone was recorded. false "
+          "turns it off (benchmarks/RESULTS.md, 'Session 70')."),
     Param("autoCuration.keep_sorter_splits", "bool", True,
           "Keep both units of one session in a cluster when their spike trains show they are "
           "one neuron that the sorter split in two (almost no spikes of one within the "

@@ -18,7 +18,7 @@ from . import (channel_offsets, channel_windows, correction, curation, dead_chan
                duplicate_units, export, features, fingerprint, firing_rates, joining, linking,
                lone_ends, lone_sessions, motion_initial, parallel, polarity, position_noise,
                session_timing, similarity_step, sorter_splits, temporal_components, time_gaps,
-               waveform_noise)
+               unit_moves, waveform_noise)
 from .assemble import assemble, output_channels
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
@@ -1031,6 +1031,9 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     if fitted is not None and ac.rate_split:
         split_at_rates(cur, final.pairs, fitted[0].candidate_probability, units.session0,
                        units.firing_rate)
+    if fitted is not None and ac.move_units:
+        move_to_other_clusters(cur, final.pairs, fitted[0].candidate_probability,
+                               units.session0)
     if fitted is not None:  # the probability is reported; the similarity made the clusters
         cur.links = fitted[0]
 
@@ -1137,6 +1140,21 @@ def split_at_rates(cur: curation.CurationResult, pairs: np.ndarray, probability:
                  np.exp(limit), int(np.unique(cur.labels[removed[:, 0]]).size), len(removed),
                  firing_rates.RATE_SPLIT_PROBABILITY)
     _take_apart(cur, labels, removed, curation.RATE)
+
+
+def move_to_other_clusters(cur: curation.CurationResult, pairs: np.ndarray,
+                           probability: np.ndarray, session: np.ndarray) -> None:
+    """The curation's last step: units whose pairs are unlikely into their own cluster and sure
+    into another that has no unit of their session move there (kilomatch.unit_moves);
+    ``cur`` is updated in place (labels, and the pairs with the cluster each unit left as
+    removed pairs)."""
+    labels, moved, removed = unit_moves.move_units(cur.labels, pairs, probability, session)
+    if moved.size:
+        log.info("units moved to the cluster their pairs are sure of (autoCuration.move_units): "
+                 "%d units, mean match probability into their own cluster below %g, into the "
+                 "other at least %g over %d pairs or more", moved.size, unit_moves.MOVE_UNLIKELY,
+                 unit_moves.MOVE_SURE, unit_moves.MOVE_MIN_PAIRS)
+    _take_apart(cur, labels, removed, curation.MOVED)
 
 
 def join_groups_in_turn(cur: curation.CurationResult, pairs: np.ndarray,

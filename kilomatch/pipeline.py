@@ -1243,7 +1243,7 @@ def find_sorter_splits(labels: np.ndarray, units: UnitFeatures, data: Dataset, s
         return None
     splits = sorter_splits.find_splits(labels, units.session0, data.spike_times,
                                        s.autoCuration.refractory_ms, units.locations,
-                                       s.autoCuration.split_max_distance_um)
+                                       s.autoCuration.split_max_distance_um, units.amplitude)
     if len(splits.pairs):
         log.info("sorter splits: %d of %d pairs of units of one session in a cluster look like "
                  "one neuron split by the sorter (estimated share %.2f); both units are kept",
@@ -1276,7 +1276,7 @@ def find_alike_splits(units: UnitFeatures, final: RoundResult, data: Dataset,
     # tested on their own: the share of splits among these alike pairs is not that among
     # a cluster's pairs of one session (the curation's test, find_sorter_splits)
     found = sorter_splits.judge_pairs(pairs, data.spike_times, units.session0, ac.refractory_ms,
-                                      units.locations, ac.split_max_distance_um)
+                                      units.locations, ac.split_max_distance_um, units.amplitude)
     log.info("sorter splits: %d of %d pairs of units of one session as alike as a good match "
              "look like one neuron split by the sorter (estimated share %.2f); they are not "
              "counted as known non-matches", int(found.is_split.sum()), len(pairs),

@@ -52,6 +52,14 @@ SHARE_PRIOR = (1.0, 3.0)
 # share to 0.45 on a study without a single sorter split, and two neurons were joined as one
 # across eight sessions (benchmarks/RESULTS.md, "Session 56").
 SHARE_MIN_EXPECTED = 1.0
+# A sorter that splits a neuron cuts one amplitude range in two: the two units' mean
+# amplitudes lie close (at most 1.22x apart in 337 sorter splits called right on the suite,
+# the sparse studies and SpikeInterface's, where the simulator's halves differ by 10%; a
+# drifting or bursting neuron's halves by up to about 2x). Two units farther apart than
+# this are never called a split: a 96 uV and a 621 uV unit 4 um apart, two neurons whose
+# near-coincidences the sorter had missed, were kept together as one neuron
+# (benchmarks/RESULTS.md, "Session 70").
+SPLIT_MAX_AMPLITUDE_RATIO = 3.0
 
 
 @dataclass
@@ -106,11 +114,13 @@ def same_session_pairs_in_clusters(labels: np.ndarray, session: np.ndarray) -> n
 
 def judge_pairs(pairs: np.ndarray, spike_times: list, session: np.ndarray,
                 refractory_ms: float = 1.5, positions: np.ndarray | None = None,
-                max_distance_um: float = np.inf) -> SplitEvidence:
+                max_distance_um: float = np.inf,
+                amplitude: np.ndarray | None = None) -> SplitEvidence:
     """The refractory test of each pair (K, 2) of units of one session.
 
     spike_times: N arrays of spike times (ms); session: (N,); positions: (N, D) um, or None;
-    a pair farther apart than max_distance_um is tested but never called a split. The
+    a pair farther apart than max_distance_um is tested but never called a split, nor one
+    whose amplitudes (N,) uV, when given, lie more than SPLIT_MAX_AMPLITUDE_RATIO apart. The
     independent expectation is n_a n_b 2 (refractory_ms - CENSORED_MS) / T, with T the
     session's span (first to last spike of any of its units): a pair that shares the
     session's slow rate changes has more near-coincidences than that, so it is not called a
@@ -138,6 +148,11 @@ def judge_pairs(pairs: np.ndarray, spike_times: list, session: np.ndarray,
         positions = np.asarray(positions, np.float64)
         apart = np.linalg.norm(positions[pairs[:, 0]] - positions[pairs[:, 1]], axis=1)
         is_split &= apart <= max_distance_um
+    if amplitude is not None:
+        amplitude = np.abs(np.asarray(amplitude, np.float64))
+        low = np.minimum(amplitude[pairs[:, 0]], amplitude[pairs[:, 1]])
+        high = np.maximum(amplitude[pairs[:, 0]], amplitude[pairs[:, 1]])
+        is_split &= high <= SPLIT_MAX_AMPLITUDE_RATIO * low
     return SplitEvidence(pairs, observed, expected, posterior, is_split, share)
 
 
@@ -221,10 +236,12 @@ def close_pairs(positions: np.ndarray, session: np.ndarray, max_distance_um: flo
 
 def find_splits(labels: np.ndarray, session: np.ndarray, spike_times: list,
                 refractory_ms: float = 1.5, positions: np.ndarray | None = None,
-                max_distance_um: float = np.inf) -> SplitEvidence:
+                max_distance_um: float = np.inf,
+                amplitude: np.ndarray | None = None) -> SplitEvidence:
     """The refractory test of every pair of units of one session that share a cluster.
 
     labels: (N,) clusters (-1 none); session: (N,); spike_times: N arrays (ms); positions,
-    max_distance_um: as for :func:`judge_pairs`."""
+    max_distance_um, amplitude: as for :func:`judge_pairs`."""
     pairs = same_session_pairs_in_clusters(labels, session)
-    return judge_pairs(pairs, spike_times, session, refractory_ms, positions, max_distance_um)
+    return judge_pairs(pairs, spike_times, session, refractory_ms, positions, max_distance_um,
+                       amplitude)

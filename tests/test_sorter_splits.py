@@ -126,6 +126,22 @@ def test_units_far_apart_are_never_a_split_whatever_their_trains():
     assert far.coincidences[0] == 0 and far.posterior[0] > 0.5
 
 
+def test_units_of_far_apart_amplitudes_are_never_a_split_whatever_their_trains():
+    """A sorter cuts one neuron's amplitude range in two; a 96 uV and a 621 uV unit at one
+    place with (almost) no near-coincidences are two neurons whose overlapping spikes the
+    sorter missed (sparse study seed 41)."""
+    trains, labels, session, pairs, _ = study()
+    amplitude = np.full(8, 100.0)
+    close = sorter_splits.find_splits(labels, session, trains, amplitude=amplitude)
+    amplitude[2] = 100.0 * sorter_splits.SPLIT_MAX_AMPLITUDE_RATIO * 1.1
+    apart = sorter_splits.find_splits(labels, session, trains, amplitude=amplitude)
+    assert close.is_split[0] and not apart.is_split[0]
+    assert apart.coincidences[0] == 0 and apart.posterior[0] > 0.5
+    amplitude[2] = 100.0 / (sorter_splits.SPLIT_MAX_AMPLITUDE_RATIO * 1.1)  # either way
+    assert not sorter_splits.find_splits(labels, session, trains,
+                                         amplitude=amplitude).is_split[0]
+
+
 def test_alike_pairs_are_close_units_of_one_session_and_shank_alike_as_a_good_match():
     # x, depth (um); units 0-2 and 5 of session 0, 3 of session 1, 4 of session 0 on shank 1
     positions = np.array([[0.0, 100.0], [2.0, 103.0], [0.0, 130.0], [0.0, 100.5],

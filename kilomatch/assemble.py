@@ -49,7 +49,7 @@ class RunArrays:
     waveform_channels_corrected (N, n); corrected_depth (N,) um; idx_cluster_clustering (N,)
     final clustering before curation, idx_cluster_after_conflicts, idx_cluster_before_join
     (N,) (the curated clusters before the probability joined any) and
-    idx_cluster_before_in_turn (N,) (before the last step joined groups recorded in turn),
+    idx_cluster_before_in_turn (N,) (before the curation joined groups recorded in turn),
     all 1..K or -1.
     Per shank (last axis K when K > 1, else dropped): weights (F[, K]), thresholds (K,),
     n_iter (K,) and converged (K,) of IHDBSCAN,

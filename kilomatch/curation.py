@@ -145,7 +145,7 @@ class CurationResult:
     # (N,) the clusters before the probability joined any (kilomatch.joining), or None when
     # no join was tried (then the same as labels)
     labels_before_join: np.ndarray | None = None
-    # (N,) the clusters before the last step joined groups recorded in turn
+    # (N,) the clusters before the curation joined groups recorded in turn
     # (joining.join_interleaved), or None when it was not run (then the same as labels)
     labels_before_in_turn: np.ndarray | None = None
     # the step of amplitude (natural log of the ratio of the two sides' medians) beyond which

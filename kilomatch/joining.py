@@ -37,7 +37,7 @@ or a unit in none) when it is sure of the whole of them:
 Groups are joined highest mean first (average linkage on the probability), and a joined group
 is tested again against the others with all its pairs across.
 
-Groups recorded in turn (:func:`join_interleaved`, the curation's last step). Two groups whose
+Groups recorded in turn (:func:`join_interleaved`, the curation's step 12). Two groups whose
 sessions interleave in time and never coincide carry evidence no pair does: two neurons
 alive over the span both groups cover would each have been recorded in most of its sessions,
 and so both in some of them; one neuron seen in turn under two labels never is. With m the

@@ -388,7 +388,8 @@ PARAMETERS: tuple[Param, ...] = (
           "apart. 0: every pair must reach it (the rule before session 52; benchmarks/"
           "RESULTS.md, 'Session 52').", min=0, max=1),
     Param("autoCuration.split_distance_ratio", "float", 5.0,
-          "Last step of the curation (clustering.method 'similarity'): split each cluster "
+          "Step 5 of the curation (docs/method.md; clustering.method 'similarity'): split each "
+          "cluster "
           "where its groups of units are on average farther apart than this many times the "
           "typical distance between two units of one neuron at their amplitudes, learned from "
           "the pairs the curated clusters hold, unless their match probability across is "
@@ -499,7 +500,8 @@ PARAMETERS: tuple[Param, ...] = (
           "q alone (false with time_gap_probability 0.05 is the cut of sessions 51-53) "
           "(benchmarks/RESULTS.md, 'Session 54')."),
     Param("autoCuration.join_in_turn_probability", "float", 0.9,
-          "Last step of the curation (clustering.method 'similarity'): join two groups (final "
+          "Step 12 of the curation (docs/method.md; clustering.method 'similarity'): join two "
+          "groups (final "
           "clusters, or units in none) recorded in turn, whose sessions interleave in time "
           "over a span of two sessions or more and never coincide, where the probability that "
           "they are one neuron is at least this. Two neurons alive over the span would both "

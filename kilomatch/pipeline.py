@@ -1160,7 +1160,7 @@ def move_to_other_clusters(cur: curation.CurationResult, pairs: np.ndarray,
 def join_groups_in_turn(cur: curation.CurationResult, pairs: np.ndarray,
                         probability: np.ndarray, session: np.ndarray, amplitude: np.ndarray,
                         max_session_gap: int, level: float, max_step: float = np.inf) -> None:
-    """The curation's last step: groups of ``cur.labels`` recorded in turn (sessions that
+    """The curation's join of groups of ``cur.labels`` recorded in turn (sessions that
     interleave in time and never coincide) joined where the probability that they are one
     neuron, from the pairs across and the sessions in which neither would have been seen, is
     at least ``level``, and their median log amplitudes differ by at most ``max_step``

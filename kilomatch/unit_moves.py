@@ -61,9 +61,8 @@ def move_units(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray,
             removed.append(pairs_across(np.array([u]), left))
         moved.append(unit)
     moved = np.unique(np.concatenate(moved)) if moved else np.zeros(0, np.int64)
-    removed = sorted_pairs(removed)
-    if len(removed):
-        removed = np.unique(removed, axis=0)  # two units that left one cluster for two
+    # sorted, once each: two units that left one cluster for two both list their pair
+    removed = np.unique(sorted_pairs(removed), axis=0)
     return dissolve_singletons(labels), moved, removed
 
 

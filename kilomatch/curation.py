@@ -739,7 +739,8 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
            rejoin_distance_ratio: float = 0.0, amplitude_split: bool = False,
            probability_split: bool = False,
            distance_split_probability: float = DISTANCE_SPLIT_PROBABILITY,
-           split_below: float | None = None) -> CurationResult:
+           split_below: float | None = None,
+           compared_amplitude: np.ndarray | None = None) -> CurationResult:
     """The curation steps, then dissolve single-unit clusters: same-session conflicts, the split
     at ``threshold`` (``auto_split``; at ``split_below`` instead when given: a study too small
     to fit the probability, :func:`sure_split_threshold`), and with ``positions`` (N, D) um the
@@ -776,8 +777,16 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
 
     labels: (N,) clusters from the final clustering; session: (N,); pairs: (Q, 2) every
     within-cluster pair; similarity: (Q,) weighted similarity; linkable: (Q,) bool;
-    probability: (Q,) match probability of the pairs, or None.
+    probability: (Q,) match probability of the pairs, or None. compared_amplitude: (N,) uV,
+    the amplitudes that the steps above compare between units (the footprints',
+    features.footprint_amplitude), where ``amplitude`` stays the signal-to-noise of the
+    spreads of position; None: ``amplitude`` for both.
     """
+    # the spreads of position read each unit's signal-to-noise; every other use compares
+    # the amplitudes of two units or groups
+    peak_amplitude = amplitude
+    if compared_amplitude is not None:
+        amplitude = compared_amplitude
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     session = np.asarray(session)
     after_conflicts, removed_c = resolve_conflicts(labels, session, pairs, similarity,
@@ -807,8 +816,8 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     rejoining = rejoin_distance_ratio > 0 and (len(removed_s) or len(removed_p))
     if probability is not None and unit_positions is not None and amplitude is not None \
             and (np.isfinite(split_distance_ratio) or rejoining):
-        split_ratio = spread_of_clusters(final, pairs, linkable, unit_positions, amplitude,
-                                         session)
+        split_ratio = spread_of_clusters(final, pairs, linkable, unit_positions,
+                                         peak_amplitude, session)
     if split_ratio is not None and rejoining:
         # only the threshold split's cuts: the position split's rest on a jump in position
         # (on e +5000, the fresh seeds' blind check, rejoining them joined three successions)
@@ -861,8 +870,9 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     if amplitude is not None and amplitude_step > 0:
         step = learned_step(limit, amplitude_step)
         if np.isfinite(step):
-            log.info("amplitude of the clusters' units: one neuron's units within a factor "
-                     "%.2f (99th percentile); a step of amplitude cuts beyond %.2f%s",
+            log.info("%samplitude of the clusters' units: one neuron's units within a "
+                     "factor %.2f (99th percentile); a step of amplitude cuts beyond %.2f%s",
+                     "peak " if compared_amplitude is None else "footprint ",
                      np.exp(limit), np.exp(step),
                      " (the least step)" if step > amplitude_step * limit else "")
     removed_u = np.empty((0, 2), np.int64)

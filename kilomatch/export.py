@@ -381,6 +381,8 @@ def _write_all(result: Result, arrays: RunArrays, write: _FileWriters) -> list:
         table["firing_rate_hz"] = 1000.0 * units.firing_rate
     if units.noise_share is not None:  # what the match probability weighed Waveform against
         table["noise_share"] = units.noise_share
+    if units.footprint_amplitude is not None:  # what the curation's amplitude steps compare
+        table["footprint_amplitude"] = units.footprint_amplitude
     if multi:
         table["shank"] = units.shank
     save_units_csv(folder / "units.csv", table)

@@ -58,6 +58,32 @@ def channel_distances(channel_locations: np.ndarray,
     return d
 
 
+# Reach (um) around a unit's peak channel of its footprint amplitude.
+FOOTPRINT_UM = 60.0
+FOOTPRINT_BLOCK = 8192  # units at a time: (block, C) float64 temporaries
+
+
+def footprint_amplitude(ptt: np.ndarray, peak: np.ndarray, channel_locations: np.ndarray,
+                        channel_shanks: np.ndarray | None = None,
+                        reach_um: float = FOOTPRINT_UM) -> np.ndarray:
+    """Each unit's peak-to-trough amplitude summed over the channels of its shank within
+    ``reach_um`` of its peak channel: ptt (N, C) uV, peak (N,), channel_locations (C, 2) um,
+    channel_shanks (C,) or None -> (N,) uV.
+
+    What the curation compares between units of one neuron. The peak channel's amplitude
+    moves with where the neuron sits against the channel grid, which drift changes: on
+    SpikeInterface's templates one neuron's peak amplitude read 72-203 uV in seven sessions,
+    and one neuron's 99th percentile of |ln amplitude ratio| is 0.47 there (0.46 on this
+    project's simulator). Summed over the footprint, the same field is sampled at more
+    points: 0.15 and 0.35 (benchmarks/RESULTS.md, "Session 71")."""
+    near = channel_distances(channel_locations, channel_shanks) <= reach_um
+    out = np.empty(len(peak))
+    for a in range(0, len(peak), FOOTPRINT_BLOCK):
+        b = min(a + FOOTPRINT_BLOCK, len(peak))
+        out[a:b] = np.einsum("ij,ij->i", np.asarray(ptt[a:b], np.float64), near[peak[a:b]])
+    return out
+
+
 def center_of_mass(ptt: np.ndarray, channel_locations: np.ndarray,
                    channels: np.ndarray) -> np.ndarray:
     """ptt-weighted centre of mass on each unit's channels: -> (N, 3) um, z = 0."""

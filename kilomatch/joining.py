@@ -142,7 +142,8 @@ def join_interleaved(labels: np.ndarray, pairs: np.ndarray, probability: np.ndar
                      session: np.ndarray, unseen, amplitude: np.ndarray, level: float = 0.9,
                      max_session_gap: int = 0, min_mean: float = INTERLEAVED_MIN_MEAN,
                      min_overlap: int = INTERLEAVED_MIN_OVERLAP,
-                     max_step: float = np.inf) -> np.ndarray:
+                     max_step: float = np.inf,
+                     step_amplitude: np.ndarray | None = None) -> np.ndarray:
     """Final clusters (N,) after joining groups (final clusters, or units in none) recorded
     in turn: their sessions interleave in time and never coincide, and the probability that
     they are one neuron is at least ``level`` (module docstring, "Groups recorded in turn").
@@ -158,8 +159,10 @@ def join_interleaved(labels: np.ndarray, pairs: np.ndarray, probability: np.ndar
     amplitude: (N,) uV; max_session_gap: the candidate pairs' session gap (0: none). Two
     groups are joined only where every pair across within that gap is a candidate, q is at
     least ``min_mean``, T at least ``min_overlap`` and their median log amplitudes differ by
-    at most ``max_step`` (as join_by_probability's); the most probable first, and a joined
-    group is tested again with all its pairs across. level above 1: the labels as given.
+    at most ``max_step`` (as join_by_probability's; of ``step_amplitude`` (N,) uV when
+    given, the amplitudes the curation compares, while ``amplitude`` says how often a
+    neuron goes unseen); the most probable first, and a joined group is tested again with
+    all its pairs across. level above 1: the labels as given.
     """
     labels = np.asarray(labels, dtype=np.int64)
     if level > 1:
@@ -168,6 +171,8 @@ def join_interleaved(labels: np.ndarray, pairs: np.ndarray, probability: np.ndar
     n_groups = int(group.max(initial=-1)) + 1
     session = np.asarray(session, np.int64)
     sessions = _Sessions(group, n_groups, session, max_session_gap, amplitude=amplitude)
+    compared = sessions.amplitude if step_amplitude is None else _Sessions(
+        group, n_groups, None, max_session_gap, amplitude=step_amplitude).amplitude
     edges = _edges(group, n_groups, pairs, probability, min_mean, True, sessions)
 
     def rank(g, h, c, t, n_low):  # the probability of one neuron, or None: not joined
@@ -182,7 +187,7 @@ def join_interleaved(labels: np.ndarray, pairs: np.ndarray, probability: np.ndar
         # larger neuron's, seen far more often than the smaller (a 59 uV neuron of two
         # sessions joined to a 298 uV one of five on a sparse study, 45 um apart across)
         if np.isfinite(max_step) and _beyond_step(
-                np.log(sessions.amplitude[g]), np.log(sessions.amplitude[h]), max_step):
+                np.log(compared[g]), np.log(compared[h]), max_step):
             return None
         both = np.concatenate([a, b])
         k = np.unique(both[(both >= lo) & (both <= hi)]).size

@@ -110,6 +110,8 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
     offsets, inverted = _correct_sessions(data, s, share, positive, values)
     dead = _fill_dead_channels(data, s, ptt, peak, values, unit_windows)
     amplitude = ptt[np.arange(n), peak].astype(np.float64)
+    footprint = features.footprint_amplitude(ptt, peak, data.channel_locations,
+                                             data.channel_shanks)
     for hint in (amplitude_unit_hint(amplitude),
                  session_amplitude_hint(amplitude, data.session_index),
                  channel_order_hint(ptt, peak, data.channel_locations, data.channel_shanks,
@@ -147,7 +149,8 @@ def unit_features(data: Dataset, s: Settings) -> UnitFeatures:
                         data.peth, data.session_index - 1, shank, peak_waveform,
                         s.waveformCorrection.window_um, time_shift, dead, offsets, inverted,
                         noise, projection, curation_locations,
-                        firing_rates.unit_rates(data.spike_times, data.session_index - 1))
+                        firing_rates.unit_rates(data.spike_times, data.session_index - 1),
+                        footprint)
 
 
 def denoising_projection(data: Dataset, s: Settings) -> np.ndarray | None:
@@ -963,6 +966,9 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                  "on %d known non-matches, fewer than autoCuration."
                  "probability_split_min_non_matches (%d)", fitted[0].model.n_non_matches,
                  ac.probability_split_min_non_matches)
+    # the amplitudes the curation compares (steps, gaps, the joins' guards) are the
+    # footprints', steady across the grid; its spreads of position read the peak's (SNR)
+    compared = units.compared_amplitude()
     ratio = None if fitted is None else position_noise.learned_distance_ratio(
         xy, units.amplitude, final.pairs, fitted[0].candidate_probability, q_pairs,
         units.session0)
@@ -988,7 +994,8 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                           xy, units.amplitude, ac.succession_probability,
                           s.clustering.max_session_gap, q_share, ac.cut_pooled_level,
                           ac.amplitude_step, ac.rejoin_distance_ratio, ac.amplitude_split,
-                          probability_split, ac.split_distance_probability, split_below)
+                          probability_split, ac.split_distance_probability, split_below,
+                          compared_amplitude=compared)
     cur.splits, cur.alike_splits = splits, alike
     cur.cut_probability = cut if q_p is not None else float("nan")
     cur.labels_before_join = cur.labels
@@ -997,7 +1004,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
             cur.labels, final.pairs, fitted[0].candidate_probability, ac.join_probability,
             ac.join_min_probability, units.session0, s.clustering.max_session_gap, known,
             ac.join_low_share, ac.join_interleaved_probability,
-            curation.log_amplitude_of(units.amplitude),
+            curation.log_amplitude_of(compared),
             curation.AMPLITUDE_STEP_SURE * cur.amplitude_step)
         log.info("joined by the match probability (autoCuration.join_probability %g): %d "
                  "clusters -> %d, %d units in no cluster joined one", ac.join_probability,
@@ -1008,7 +1015,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         # which asks for no probability)
         cur.labels = joining.join_by_similarity(
             cur.labels, final.pairs, final.clustering.similarity, threshold, units.session0,
-            s.clustering.max_session_gap, known, curation.log_amplitude_of(units.amplitude),
+            s.clustering.max_session_gap, known, curation.log_amplitude_of(compared),
             curation.AMPLITUDE_STEP_SURE * cur.amplitude_step)
         log.info("joined by the weighted similarity (no match probability; every pair "
                  "across above the split threshold %.3g): %d clusters -> %d, %d units in no "
@@ -1027,7 +1034,7 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
         join_groups_in_turn(cur, final.pairs, fitted[0].candidate_probability,
                             units.session0, units.amplitude, s.clustering.max_session_gap,
                             ac.join_in_turn_probability,
-                            curation.AMPLITUDE_STEP_SURE * cur.amplitude_step)
+                            curation.AMPLITUDE_STEP_SURE * cur.amplitude_step, compared)
     if fitted is not None and ac.rate_split:
         split_at_rates(cur, final.pairs, fitted[0].candidate_probability, units.session0,
                        units.firing_rate)
@@ -1159,17 +1166,19 @@ def move_to_other_clusters(cur: curation.CurationResult, pairs: np.ndarray,
 
 def join_groups_in_turn(cur: curation.CurationResult, pairs: np.ndarray,
                         probability: np.ndarray, session: np.ndarray, amplitude: np.ndarray,
-                        max_session_gap: int, level: float, max_step: float = np.inf) -> None:
+                        max_session_gap: int, level: float, max_step: float = np.inf,
+                        compared: np.ndarray | None = None) -> None:
     """The curation's join of groups of ``cur.labels`` recorded in turn (sessions that
     interleave in time and never coincide) joined where the probability that they are one
-    neuron, from the pairs across and the sessions in which neither would have been seen, is
-    at least ``level``, and their median log amplitudes differ by at most ``max_step``
+    neuron, from the pairs across and the sessions in which neither would have been seen
+    (at their peak ``amplitude`` (N,) uV), is at least ``level``, and their median log
+    ``compared`` amplitudes (N,) uV (None: ``amplitude``) differ by at most ``max_step``
     (kilomatch.joining.join_interleaved); ``cur.labels`` is updated in place."""
     before = cur.labels_before_in_turn = cur.labels
     unseen = time_gaps.unseen_by_amplitude(before, session, amplitude)
     cur.labels = joining.join_interleaved(before, pairs, probability, session, unseen,
                                           amplitude, level, max_session_gap,
-                                          max_step=max_step)
+                                          max_step=max_step, step_amplitude=compared)
     counts = _join_counts(before, cur.labels)
     if counts[0] != counts[1] or counts[2]:
         log.info("groups recorded in turn joined (autoCuration.join_in_turn_probability %g): "
@@ -1440,7 +1449,9 @@ def subset_units(units: UnitFeatures, members: np.ndarray) -> UnitFeatures:
                         units.temporal_projection,
                         None if units.curation_locations is None
                         else units.curation_locations[members],
-                        None if units.firing_rate is None else units.firing_rate[members])
+                        None if units.firing_rate is None else units.firing_rate[members],
+                        None if units.footprint_amplitude is None
+                        else units.footprint_amplitude[members])
 
 
 def merge_shanks(s: Settings, data: Dataset, units: UnitFeatures, parts: list) -> Result:

@@ -47,6 +47,9 @@ class UnitFeatures:
     differs from spikeLocation's, None when they read ``locations``. firing_rate: (N,) spikes
     per ms, each unit's count over its session's span (kilomatch.firing_rates.unit_rates; the
     span over every unit of the session, all shanks), None if not computed.
+    footprint_amplitude: (N,) uV, each unit's amplitude summed over the channels near its
+    peak (features.footprint_amplitude), the amplitude the curation compares between units;
+    None if not computed (the curation then compares ``amplitude``).
     """
 
     waveforms: LocalWaveforms
@@ -68,6 +71,12 @@ class UnitFeatures:
     temporal_projection: np.ndarray | None = None
     curation_locations: np.ndarray | None = None
     firing_rate: np.ndarray | None = None
+    footprint_amplitude: np.ndarray | None = None
+
+    def compared_amplitude(self) -> np.ndarray:
+        """(N,) uV: the amplitude the curation compares between units (the footprint's,
+        else the peak channel's)."""
+        return self.amplitude if self.footprint_amplitude is None else self.footprint_amplitude
 
 
 @dataclass

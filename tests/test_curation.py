@@ -715,6 +715,26 @@ def test_amplitude_step_takes_apart_a_neuron_followed_by_one_of_other_amplitude(
     assert REASONS[AMPLITUDE_STEP] == "split_at_amplitude_step"
 
 
+def test_amplitude_step_compares_the_amplitudes_it_is_given_to_compare():
+    """The cluster of the test above, its last unit at 400 uV on its peak channel: given the
+    footprints' amplitudes to compare (``compared_amplitude``), steady at ~1,000 uV as one
+    neuron's are when only its place against the channel grid changed, nothing is cut; with
+    the peaks steady and the footprints stepping 4x, the lone unit is taken apart."""
+    labels = np.zeros(5, int)
+    pairs = within_cluster_pairs(labels)
+    inside = {k: 0.95 for k in itertools.combinations(range(4), 2)}
+    peak = np.array([100.0, 105.0, 95.0, 102.0, 400.0])
+    steady = np.array([1000.0, 1050.0, 950.0, 1020.0, 1010.0])
+    for amplitude, compared, apart in ((peak, steady, False), (steady / 10, peak * 10, True)):
+        res = curate(labels, np.arange(5), pairs, np.full(len(pairs), 3.0),
+                     np.ones(len(pairs), bool), threshold=1.0,
+                     probability=pair_values(pairs, inside, 0.2), cut_probability=0.02,
+                     succession_probability=0.3, unit_positions=np.zeros((5, 2)),
+                     amplitude=amplitude, amplitude_step=1.5, compared_amplitude=compared)
+        np.testing.assert_array_equal(renumber(res.labels),
+                                      [1, 1, 1, 1, -1] if apart else [1] * 5)
+
+
 def test_amplitude_split_cuts_a_unit_of_other_amplitude_that_fills_a_gap():
     """Units 0-3 are one neuron of ~400 uV in sessions 0, 1, 3, 4 (sure: 0.95); unit 4,
     in session 2 where that neuron was not recorded, is alike enough for the similarity

@@ -12,6 +12,7 @@ from kilomatch.features import (
     auto_correlograms,
     center_of_mass,
     center_waveforms,
+    footprint_amplitude,
     isi_histogram,
     isi_histograms,
     locate_units,
@@ -126,6 +127,39 @@ def test_location_leaves_out_channels_that_did_not_record(algorithm):
     fitted = locate_units(filled, loc, peak, 20, algorithm, **kw)
     np.testing.assert_allclose(ignored, clean, atol=0.05)
     assert np.abs(fitted - clean).max() > 1.0
+
+
+@pytest.mark.parametrize("z", [10.0, 20.0])
+def test_footprint_amplitude_stays_steady_where_the_peak_channels_moves_with_the_grid(z):
+    """A sharp source (amplitude falling as 1/r^2) 10 or 20 um from an NP1 probe, moved
+    along it over two rows of channels (drift): its peak channel's amplitude spans 2.8x
+    (1.5x at 20 um) as it passes over and between the channels; summed over the channels
+    within 60 um of the peak, under a third of that in log."""
+    loc = np1_geometry(192)
+    y = np.linspace(1000.0, 1040.0, 81)
+    src = np.column_stack([np.full(y.size, 30.0), y, np.full(y.size, z)])
+    ptt = point_source_ptt(src, np.full(y.size, 30000.0), loc, 2.0)
+    peak, amplitude = peak_channels(ptt)
+    footprint = footprint_amplitude(ptt, peak, loc)
+    spread = np.log(amplitude.max() / amplitude.min())
+    assert spread > 0.35
+    assert np.log(footprint.max() / footprint.min()) < spread / 3
+    # and it is the sum over those channels, no more
+    near = np.linalg.norm(loc - loc[peak[0]], axis=1) <= 60.0
+    assert footprint[0] == pytest.approx(ptt[0, near].sum())
+
+
+def test_footprint_amplitude_sums_only_its_own_shanks_channels():
+    """Two shanks side by side, 30 um apart: with the shanks given, a unit's footprint
+    leaves the other shank's channels out, however near."""
+    one = np1_geometry(64)
+    loc = np.vstack([one, one + [30.0, 0.0]])
+    shanks = np.repeat([0, 1], 64)
+    ptt = np.ones((1, 128))
+    peak = np.array([20])
+    own = np.linalg.norm(one - one[20], axis=1) <= 60.0
+    assert footprint_amplitude(ptt, peak, loc, shanks)[0] == own.sum()
+    assert footprint_amplitude(ptt, peak, loc)[0] > own.sum()
 
 
 def test_center_of_mass_is_ptt_weighted_mean_on_nearest_channels():

@@ -242,6 +242,12 @@ def test_groups_recorded_in_turn_are_one_neuron_where_two_would_have_coincided()
     assert not _in_turn([0, 2, 4], [1, 3, 5], 0.4, larger=5.0, max_step=sure)
     assert _in_turn([0, 2, 4], [1, 3, 5], 0.4, larger=2.0, max_step=sure)
     assert _in_turn([0, 2, 4], [1, 3, 5], 0.4, larger=5.0)
+    # the step is read on the amplitudes given to compare (the footprints'), when given:
+    # peaks 5x apart with steady footprints are joined; steady peaks, footprints 5x apart not
+    assert _in_turn([0, 2, 4], [1, 3, 5], 0.4, larger=5.0, max_step=sure,
+                    step_amplitude=np.full(6, 900.0))
+    assert not _in_turn([0, 2, 4], [1, 3, 5], 0.4, max_step=sure,
+                        step_amplitude=np.repeat([900.0, 4500.0], 3))
 
 
 def test_the_unseen_sessions_in_the_span_count_once():

@@ -149,7 +149,8 @@ def test_outputs_plain_arrays_with_documented_shapes(run_result):
     assert {tuple(p) for p in removed.tolist()} == taken_apart
     lines = (out / "units.csv").read_text().splitlines()
     assert lines[0] == ("unit,session,cluster,x,y,z,amplitude,peak_channel,corrected_y,"
-                        "match_confidence,split_with,duplicate_of,firing_rate_hz,noise_share")
+                        "match_confidence,split_with,duplicate_of,firing_rate_hz,noise_share,"
+                        "footprint_amplitude")
     assert len(lines) == n + 1
     figures = sorted(p.name for p in (out / "Figures").glob("*.png"))
     assert figures == sorted(f"{k}.png" for k in ("UnitDepth", "Motion", "SimilarityFeatures",

@@ -818,3 +818,36 @@ def test_shape_is_the_peak_channels_waveform_as_recorded(sim_folder, tmp_path):
     units.peak_waveform = None
     with pytest.raises(kilomatch.KilomatchError, match="peak_waveform"):
         pipeline.pair_similarities(units, ["Shape"], pairs, units.locations[:, 1])
+
+
+def test_curation_compares_the_footprint_amplitudes_units_csv_reports(sim_folder, tmp_path,
+                                                                     monkeypatch):
+    """The curation's comparisons of amplitude (its steps and gaps, the joins' guards) read
+    each unit's footprint amplitude, the one units.csv reports as footprint_amplitude, and its
+    signal-to-noise reads the peak channel's (units.csv amplitude): the footprint is steady
+    where a neuron's place against the channel grid changes its peak by 2-3x."""
+    import csv
+    from kilomatch import curation, joining
+    seen = {}
+    curate, join = curation.curate, joining.join_by_probability
+
+    def recorded_curate(*args, compared_amplitude=None, **kwargs):
+        seen["peak"], seen["curate"] = args[16], compared_amplitude
+        return curate(*args, compared_amplitude=compared_amplitude, **kwargs)
+
+    def recorded_join(*args, **kwargs):
+        seen["join"] = args[10]
+        return join(*args, **kwargs)
+
+    monkeypatch.setattr(curation, "curate", recorded_curate)
+    monkeypatch.setattr(joining, "join_by_probability", recorded_join)
+    out = tmp_path / "out"
+    kilomatch.run(_settings(sim_folder, out))
+    with open(out / "units.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    footprint = np.array([float(r["footprint_amplitude"]) for r in rows])
+    peak = np.array([float(r["amplitude"]) for r in rows])
+    assert not np.allclose(footprint, peak, rtol=0.05)
+    np.testing.assert_allclose(seen["curate"], footprint, rtol=1e-3)
+    np.testing.assert_allclose(seen["peak"], peak, rtol=1e-3)
+    np.testing.assert_allclose(seen["join"], curation.log_amplitude_of(footprint), atol=1e-3)

@@ -202,26 +202,39 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
     far = ANCHOR_SHARE * max_distance
     anchor, anchor_non = _far_apart(depth, pairs, fit_c, far), _far_apart(depth, non, fit_n, far)
 
-    def with_derived(sure_pairs):
-        return fit_with_derived(x_cand, x_non[fit_n], non[fit_n], fit_c, sure_pairs, pairs,
-                                evidence, depth, session, inside, anchor, anchor_non,
-                                max_distance, far, seed, max_session_gap)
+    def fit_once(fit_seed):
+        """One cross-fitted probability, drawn with fit_seed: (model, p (P,), score (P,)
+        float32), or None when there are too few pairs."""
+        def with_derived(sure_pairs):
+            return fit_with_derived(x_cand, x_non[fit_n], non[fit_n], fit_c, sure_pairs, pairs,
+                                    evidence, depth, session, inside, anchor, anchor_non,
+                                    max_distance, far, fit_seed, max_session_gap)
 
-    # Given sure pairs, the derived non-matches are known before any fit: one fit with them.
-    model = with_derived(np.asarray(sure, bool)) if derived and sure is not None else None
-    if model is None:
-        model = fit_match_probability(x_cand, x_non[fit_n], anchor, anchor_non, seed,
-                                      candidate_rows=fit_c)
+        # Given sure pairs, the derived non-matches are known before any fit: one fit with them.
+        model = with_derived(np.asarray(sure, bool)) if derived and sure is not None else None
         if model is None:
-            return None
-    p, score = _every_pair(model, pairs, fit_c, similarity_of_candidates, positions, amplitude,
-                           n_spikes, noise_share)
-    if derived and sure is None:
-        again = with_derived(p >= dnm.SURE_PROBABILITY)
-        if again is not None:
-            model = again
-            p, score = _every_pair(model, pairs, fit_c, similarity_of_candidates, positions,
-                                   amplitude, n_spikes, noise_share)
+            model = fit_match_probability(x_cand, x_non[fit_n], anchor, anchor_non, fit_seed,
+                                          candidate_rows=fit_c)
+            if model is None:
+                return None
+        p, score = _every_pair(model, pairs, fit_c, similarity_of_candidates, positions,
+                               amplitude, n_spikes, noise_share)
+        if derived and sure is None:
+            again = with_derived(p >= dnm.SURE_PROBABILITY)
+            if again is not None:
+                model = again
+                p, score = _every_pair(model, pairs, fit_c, similarity_of_candidates,
+                                       positions, amplitude, n_spikes, noise_share)
+        return model, p, score
+
+    first = fit_once(seed)
+    if first is None:
+        return None
+    model, p, score = first
+    # one further fit at a time (each holds its own probability of every pair until summed)
+    n_fits = PROBABILITY_FITS if fit_c.size <= FITS_MAX_PAIRS else 1
+    model = _mean_of_fits(model, p, fit_n.size, (fit_once(seed + FIT_SEED_STRIDE * r)
+                                                 for r in range(1, n_fits)))
     # The known non-matches' level (MatchModel.non_match_level, the cut veto's floor) is read
     # among the same-session pairs within the anchor: beyond it a pair's probability is 0 by
     # premise (no_match_beyond_anchor), and the trees' noise there says nothing of the pairs
@@ -246,6 +259,47 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
                              session=np.asarray(session), depth=depth, anchor_um=far,
                              lateral=lateral, lateral_um=lateral_um)
     return links, evidence
+
+
+# The probability is the mean of this many cross-fits, each with its own folds and draws
+# (training rows, thinning, derived non-matches, calibration), seeded seed + FIT_SEED_STRIDE
+# * r. One fit's probability of a pair moves with its draws: settings seed 1 in place of 0
+# moved F1 on 55 of 64 sparse studies (mean change 0.0040) and lowered it on 37. The mean of
+# three moved it 0.0017 and raised F1 at both seeds: 64 sparse studies 63.69 -> 63.81 (29
+# up, 8 down) at seed 0, 63.61 -> 63.75 at seed 1; 189 runs of nine fresh suite offsets
+# 188.555 -> 188.602 (36 up, 25 down); SpikeInterface's six 5.966 -> 5.973
+# (benchmarks/RESULTS.md, "Session 73"). The score (MatchModel.score, the non-match share
+# of within_cluster_share) stays the first fit's: the fits' scores are on scales of their
+# own. A fit of more than FITS_MAX_PAIRS candidate pairs is made once: its draws are of
+# many more rows, and three fits tripled the match probability's time at 10k units (CPU 19
+# s -> 56 s; the speed study's 63,000 pairs: its run 5.1 s -> 6.3 s).
+PROBABILITY_FITS = 3
+FIT_SEED_STRIDE = 7919
+FITS_MAX_PAIRS = 500_000
+
+
+def _mean_of_fits(model: MatchModel, p: np.ndarray, n_same: int, more) -> MatchModel:
+    """The first fit's model, its probability averaged with the other fits' ``more`` (an
+    iterable of (model, p, score) or None): p (P,) in place, the same-session pairs'
+    cross-fitted probability (the first n_same of non_match_probability) as well, and
+    MatchModel.predict then the mean of every fit's models (MatchModel.members)."""
+    non = model.non_match_probability[:n_same].astype(np.float64)
+    for fit in more:
+        if fit is None:
+            continue
+        member, p_r, _ = fit
+        p += p_r
+        non += member.non_match_probability[:n_same]
+        # only the models stay: the probabilities are in the sums (0.2 GB each at 10^5 units)
+        member.candidate_probability = member.non_match_probability = None
+        model.members.append(member)
+        del fit, p_r
+    if model.members:
+        p /= 1 + len(model.members)
+        model.non_match_probability = non / (1 + len(model.members))
+        log.info("match probability: the mean of %d cross-fits, each with its own folds and "
+                 "draws", 1 + len(model.members))
+    return model
 
 
 def _every_pair(model, pairs, fit_c, similarity_of_candidates, positions, amplitude,

@@ -126,6 +126,9 @@ class MatchModel:
     # scores still rank them (kilomatch.curation pools them over a unit's pairs: non_match_share)
     candidate_score: np.ndarray = field(repr=False, default=None)
     non_match_score: np.ndarray = field(repr=False, default=None)
+    # further fits of the same pairs with other folds and draws (kilomatch.linking
+    # PROBABILITY_FITS): predict is the mean of every fit's probability
+    members: list = field(repr=False, default_factory=list)
 
     def non_match_level(self, quantile: float = 0.9) -> float:
         """The probability that known non-matches (the same-session pairs, cross-fitted) stay
@@ -138,10 +141,14 @@ class MatchModel:
 
     def predict(self, evidence: np.ndarray) -> np.ndarray:
         """Probability of pairs none of the models trained on: (P, K) -> (P,), from the mean
-        score of the fold models."""
+        score of the fold models (the mean of that over the members' fits, when there are
+        members)."""
         if not len(evidence):
             return np.zeros(0)
-        return self.probability(self.score(evidence))
+        p = self.probability(self.score(evidence))
+        for member in self.members:
+            p += member.probability(member.score(evidence))
+        return p / (1 + len(self.members))
 
     def probability(self, score: np.ndarray) -> np.ndarray:
         """Match probability (P,) of the fold models' mean scores (P,) (:meth:`score`)."""

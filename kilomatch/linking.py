@@ -283,11 +283,13 @@ def _mean_of_fits(model: MatchModel, p: np.ndarray, n_same: int, more) -> MatchM
     iterable of (model, p, score) or None): p (P,) in place, the same-session pairs'
     cross-fitted probability (the first n_same of non_match_probability) as well, and
     MatchModel.predict then the mean of every fit's models (MatchModel.members)."""
-    non = model.non_match_probability[:n_same].astype(np.float64)
+    non = None  # made with the first further fit: a fit made once (10^5 units) copies nothing
     for fit in more:
         if fit is None:
             continue
         member, p_r, _ = fit
+        if non is None:
+            non = model.non_match_probability[:n_same].astype(np.float64)
         p += p_r
         non += member.non_match_probability[:n_same]
         # only the models stay: the probabilities are in the sums (0.2 GB each at 10^5 units)

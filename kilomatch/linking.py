@@ -292,8 +292,10 @@ def _mean_of_fits(model: MatchModel, p: np.ndarray, n_same: int, more) -> MatchM
             non = model.non_match_probability[:n_same].astype(np.float64)
         p += p_r
         non += member.non_match_probability[:n_same]
-        # only the models stay: the probabilities are in the sums (0.2 GB each at 10^5 units)
+        # only the models stay: the probabilities are in the sums, and the score's non-match
+        # share is read off the first fit alone
         member.candidate_probability = member.non_match_probability = None
+        member.non_match_score = None
         model.members.append(member)
         del fit, p_r
     if model.members:

@@ -54,14 +54,14 @@ def seeds_of(text: str) -> list:
     return out
 
 
-def run_one(cache: Path, shape: str, offset: int, settings: dict) -> dict:
-    """Simulate (cached) and run one study; its scores."""
+def run_study(cache: Path, study: str, offset: int, params: dict, settings: dict) -> dict:
+    """Simulate ``params`` (``kilomatch.simulate`` parameters, seed included; cached under
+    ``cache/data/<study>_seed+<offset>``) and run kilomatch on it in this process with
+    ``settings``; its scores after and before curation, as one dict."""
     import kilomatch
     from kilomatch import metrics
 
-    params = {**_BASE, **SHAPES[shape]}
-    params["seed"] += offset
-    name = f"{shape}_seed+{offset}"
+    name = f"{study}_seed+{offset}"
     data = _common.ensure_dataset(cache, name, params, verbose=False)
     out = cache / "runs" / name
     shutil.rmtree(out, ignore_errors=True)
@@ -69,28 +69,33 @@ def run_one(cache: Path, shape: str, offset: int, settings: dict) -> dict:
     try:
         kilomatch.run({"path_to_data": str(data), "output_folder": str(out), **settings})
     except Exception as e:  # a failed run is a result: it counts as F1 0, and says why
-        return {"study": shape, "seed_offset": offset, "units": None, "precision": 0.0,
+        return {"study": study, "seed_offset": offset, "units": None, "precision": 0.0,
                 "recall": 0.0, "f1": 0.0, "f1_before": 0.0, "probability_fitted": False,
                 "wall_s": round(time.perf_counter() - start, 2),
                 "error": f"{type(e).__name__}: {e}"}
     wall = time.perf_counter() - start
     gt, session = np.load(data / "gt_neuron.npy"), np.load(data / "session_index.npy")
-    after = metrics.pair_scores(np.load(out / "IdxCluster.npy").ravel(), gt, session)
+    after = metrics.score_run(out, data)  # with motion_rms_um where the motion is (S,)
     with np.load(out / "ClusteringResults.npz") as z:
         before = metrics.pair_scores(z["IdxCluster"], gt, session)
     with np.load(out / "CandidatePairs.npz") as z:
         fitted = bool(np.isfinite(z["probability"]).any())
-    return {"study": shape, "seed_offset": offset, "units": int(len(gt)),
+    return {"study": study, "seed_offset": offset, "units": int(len(gt)),
             "precision": after["precision"], "recall": after["recall"], "f1": after["f1"],
             "f1_before": before["f1"], "probability_fitted": fitted,
-            "wall_s": round(wall, 2)}
+            "motion_rms_um": after.get("motion_rms_um"), "wall_s": round(wall, 2)}
 
 
-def summary_rows(results: list) -> list:
-    """Per shape: runs, F1 mean and min, runs below precision 0.99, runs where curation
-    lowers F1, runs without a fitted probability, failed runs (counted at F1 0)."""
+SUMMARY_HEADER = ["study", "runs", "F1 mean", "F1 min", "F1 before curation, mean",
+                  "precision < 0.99", "curation lowers F1", "no probability", "failed"]
+
+
+def summary_rows(results: list, studies=SHAPES) -> list:
+    """Per study (of ``studies``, in their order): runs, F1 mean and min, runs below precision
+    0.99, runs where curation lowers F1, runs without a fitted probability, failed runs
+    (counted at F1 0)."""
     rows = []
-    for shape in SHAPES:
+    for shape in studies:
         rs = [r for r in results if r["study"] == shape]
         if not rs:
             continue
@@ -105,42 +110,56 @@ def summary_rows(results: list) -> list:
     return rows
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def study_params(shape: str, offset: int) -> dict:
+    """The simulation parameters of one study of SHAPES at seed offset ``offset``."""
+    params = {**_BASE, **SHAPES[shape]}
+    params["seed"] += offset
+    return params
+
+
+def run_studies(argv, doc: str, studies, params_of, cache_name: str) -> int:
+    """The command line of a script that runs kilomatch on simulated ``studies`` (names, in
+    order) at many seed offsets: ``params_of(study, offset)`` gives each one's simulation
+    parameters. Prints one line per run and a table per study; --json writes every run."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--seeds", default="0-9", help="seed offsets, e.g. 0-39 or 0,5,9")
-    ap.add_argument("--studies", default=",".join(SHAPES),
-                    help=f"comma-separated, of {', '.join(SHAPES)}")
-    ap.add_argument("--cache", default=str(Path(_common.DEFAULT_CACHE) / "small"),
+    ap.add_argument("--studies", default=",".join(studies),
+                    help=f"comma-separated, of {', '.join(studies)}")
+    ap.add_argument("--cache", default=str(Path(_common.DEFAULT_CACHE) / cache_name),
                     help="data and run folders")
     ap.add_argument("--settings", default="{}", help="JSON object of kilomatch settings")
     ap.add_argument("--json", help="write every run's scores here")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
     args = ap.parse_args(argv)
-    shapes = args.studies.split(",")
-    unknown = [s for s in shapes if s not in SHAPES]
+    chosen = args.studies.split(",")
+    unknown = [s for s in chosen if s not in studies]
     if unknown:
-        ap.error(f"unknown studies {unknown}; choose from {', '.join(SHAPES)}")
+        ap.error(f"unknown studies {unknown}; choose from {', '.join(studies)}")
     settings = json.loads(args.settings)
     logging.getLogger("kilomatch").setLevel(logging.WARNING)
     cache = Path(args.cache)
     results = []
     for offset in seeds_of(args.seeds):
-        for shape in shapes:
-            r = run_one(cache, shape, offset, settings)
+        for study in chosen:
+            r = run_study(cache, study, offset, params_of(study, offset), settings)
             results.append(r)
             if "error" in r:
-                print(f"{shape} +{offset}: failed: {r['error']}", flush=True)
+                print(f"{study} +{offset}: failed: {r['error']}", flush=True)
                 continue
-            print(f"{shape} +{offset}: P {r['precision']:.3f} R {r['recall']:.3f} "
+            motion = r.get("motion_rms_um")
+            print(f"{study} +{offset}: P {r['precision']:.3f} R {r['recall']:.3f} "
                   f"F1 {r['f1']:.3f} (before curation {r['f1_before']:.3f})"
+                  f"{'' if motion is None else f', motion {motion:.2f} um off'}"
                   f"{'' if r['probability_fitted'] else ', no probability'}", flush=True)
-    header = ["study", "runs", "F1 mean", "F1 min", "F1 before curation, mean",
-              "precision < 0.99", "curation lowers F1", "no probability", "failed"]
     print(_common.header_text(_common.run_header(None, "none"), args.markdown))
-    print(_common.format_table(header, summary_rows(results), args.markdown))
+    print(_common.format_table(SUMMARY_HEADER, summary_rows(results, studies), args.markdown))
     if args.json:
         _common.write_json(args.json, {"settings": settings, "results": results})
     return 0
+
+
+def main(argv=None) -> int:
+    return run_studies(argv, __doc__, SHAPES, study_params, "small")
 
 
 if __name__ == "__main__":

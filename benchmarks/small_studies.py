@@ -95,12 +95,12 @@ def summary_rows(results: list, studies=SHAPES) -> list:
     0.99, runs where curation lowers F1, runs without a fitted probability, failed runs
     (counted at F1 0)."""
     rows = []
-    for shape in studies:
-        rs = [r for r in results if r["study"] == shape]
+    for study in studies:
+        rs = [r for r in results if r["study"] == study]
         if not rs:
             continue
         f1 = np.array([r["f1"] for r in rs])
-        rows.append([shape, str(len(rs)), _common.fmt(float(f1.mean())),
+        rows.append([study, str(len(rs)), _common.fmt(float(f1.mean())),
                      _common.fmt(float(f1.min())),
                      _common.fmt(float(np.mean([r["f1_before"] for r in rs]))),
                      str(sum(r["precision"] < 0.99 for r in rs)),

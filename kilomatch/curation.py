@@ -740,7 +740,9 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
            probability_split: bool = False,
            distance_split_probability: float = DISTANCE_SPLIT_PROBABILITY,
            split_below: float | None = None,
-           compared_amplitude: np.ndarray | None = None) -> CurationResult:
+           compared_amplitude: np.ndarray | None = None,
+           unit_motion: np.ndarray | None = None, grid_period_um: float = 0.0
+           ) -> CurationResult:
     """The curation steps, then dissolve single-unit clusters: same-session conflicts, the split
     at ``threshold`` (``auto_split``; at ``split_below`` instead when given: a study too small
     to fit the probability, :func:`sure_split_threshold`), and with ``positions`` (N, D) um the
@@ -780,7 +782,10 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     probability: (Q,) match probability of the pairs, or None. compared_amplitude: (N,) uV,
     the amplitudes that the steps above compare between units (the footprints',
     features.footprint_amplitude), where ``amplitude`` stays the signal-to-noise of the
-    spreads of position; None: ``amplitude`` for both.
+    spreads of position; None: ``amplitude`` for both. unit_motion: (N,) um, each unit's
+    recorded less its corrected depth, and grid_period_um, the depth after which the contact
+    layout repeats: the spreads of position widen between units seen at other phases of the
+    channel grid (:mod:`kilomatch.position_noise`); None or 0: no phase term.
     """
     # the spreads of position read each unit's signal-to-noise; every other use compares
     # the amplitudes of two units or groups
@@ -817,7 +822,7 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     if probability is not None and unit_positions is not None and amplitude is not None \
             and (np.isfinite(split_distance_ratio) or rejoining):
         split_ratio = spread_of_clusters(final, pairs, linkable, unit_positions,
-                                         peak_amplitude, session)
+                                         peak_amplitude, session, unit_motion, grid_period_um)
     if split_ratio is not None and rejoining:
         # only the threshold split's cuts: the position split's rest on a jump in position
         # (on e +5000, the fresh seeds' blind check, rejoining them joined three successions)
@@ -899,12 +904,13 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
                           amplitude_step=float(step))
 
 
-def spread_of_clusters(labels, pairs, linkable, positions, amplitude, session=None
-                       ) -> np.ndarray | None:
+def spread_of_clusters(labels, pairs, linkable, positions, amplitude, session=None,
+                       unit_motion=None, grid_period_um: float = 0.0) -> np.ndarray | None:
     """(Q,) distance ratio of every pair (Q, 2), with the spread of one neuron's units
     (:mod:`kilomatch.position_noise`) learned from the linkable pairs (``linkable`` (Q,)) that
     the clusters ``labels`` (N,) hold; positions (N, D) um, amplitude (N,) uV; with
-    ``session`` (N,) (0-based), each session's own variance. None when too few pairs to
+    ``session`` (N,) (0-based), each session's own variance; with ``unit_motion`` (N,) um
+    and ``grid_period_um``, the variance of the grid's phase. None when too few pairs to
     learn it.
 
     Why the clusters and not the probability's sure pairs: the distance is part of the
@@ -916,11 +922,12 @@ def spread_of_clusters(labels, pairs, linkable, positions, amplitude, session=No
     labels = np.asarray(labels)
     held = np.asarray(linkable, bool) & (labels[pairs[:, 0]] == labels[pairs[:, 1]]) \
         & (labels[pairs[:, 0]] >= 0)
-    noise = noise_of_pairs(positions, amplitude, pairs[held], session)
+    noise = noise_of_pairs(positions, amplitude, pairs[held], session, unit_motion,
+                           grid_period_um)
     if noise is None:
         return None
     log.info("position noise of the curated clusters' pairs: %s", describe(noise))
-    return distance_ratio(positions, amplitude, pairs, noise, session)
+    return distance_ratio(positions, amplitude, pairs, noise, session, unit_motion)
 
 
 def _split_rows(rows: np.ndarray, among: np.ndarray):

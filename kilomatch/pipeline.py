@@ -969,9 +969,13 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     # the amplitudes the curation compares (steps, gaps, the joins' guards) are the
     # footprints', steady across the grid; its spreads of position read the peak's (SNR)
     compared = units.compared_amplitude()
+    # a fitted position moves with the phase of the channel grid the neuron is seen at: the
+    # spreads of position widen with the difference of two units' motion (position_noise)
+    unit_motion = curation_depth(units) - xy[:, 1]
+    period = position_noise.grid_period(data.channel_locations, data.channel_shanks)
     ratio = None if fitted is None else position_noise.learned_distance_ratio(
         xy, units.amplitude, final.pairs, fitted[0].candidate_probability, q_pairs,
-        units.session0)
+        units.session0, unit_motion, period)
     # the settings ask for a match probability but the study is too small to fit one
     unfitted = fitted is None and needs_probability(s)
     split_below = None
@@ -995,7 +999,8 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
                           s.clustering.max_session_gap, q_share, ac.cut_pooled_level,
                           ac.amplitude_step, ac.rejoin_distance_ratio, ac.amplitude_split,
                           probability_split, ac.split_distance_probability, split_below,
-                          compared_amplitude=compared)
+                          compared_amplitude=compared, unit_motion=unit_motion,
+                          grid_period_um=period)
     cur.splits, cur.alike_splits = splits, alike
     cur.cut_probability = cut if q_p is not None else float("nan")
     cur.labels_before_join = cur.labels
@@ -1395,6 +1400,14 @@ def across_sessions(pairs: np.ndarray, session: np.ndarray) -> np.ndarray:
     session in a final cluster are a kept sorter split, not a match, and have no match
     probability: match confidence leaves them out."""
     return session[pairs[:, 0]] != session[pairs[:, 1]]
+
+
+def curation_depth(units: UnitFeatures) -> np.ndarray:
+    """(N,) um: each unit's recorded depth as the curation's positions read it
+    (autoCuration.location_algorithm; before motion correction)."""
+    locations = units.locations if units.curation_locations is None else \
+        units.curation_locations
+    return locations[:, 1]
 
 
 def curation_positions(units: UnitFeatures, final: RoundResult) -> np.ndarray:

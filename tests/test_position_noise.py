@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 
-from kilomatch.position_noise import (SESSION_MIN_PAIRS, distance_ratio, fit_position_noise,
-                                      learn_position_noise, noise_of_pairs)
+from kilomatch.position_noise import (SESSION_MIN_PAIRS, PositionNoise, distance_ratio,
+                                      fit_position_noise, grid_period, learn_position_noise,
+                                      noise_of_pairs)
+from kilomatch.simulate import probe_geometry
 
 FLOOR_UM2, K_UM2_UV2 = 4.0, 120.0 ** 2
 
@@ -131,3 +133,74 @@ def test_a_session_of_few_pairs_adds_nothing():
     assert noise.session_um2[5] == 0
     d[:12], sa[:12] = 40.0, 5
     assert fit_position_noise(d, a, b, sa, sb, 6).session_um2[5] > 100
+
+
+@pytest.mark.parametrize("probe, period", [("NP1", 40.0), ("NP2", 15.0), ("NP2-4shank", 15.0)])
+def test_the_layout_repeats_after_its_period(probe, period):
+    """NP1's staggered rows repeat every second row (40 um: one row down, the contacts sit at
+    other x); NP2's aligned columns every row (15 um), on each of four shanks."""
+    locations, shanks = probe_geometry(probe)
+    assert grid_period(locations, shanks) == period
+
+
+def test_an_irregular_layout_has_no_period():
+    """Contacts at random depths (or too few rows) repeat at no shift: 0, no phase term."""
+    rng = np.random.default_rng(0)
+    irregular = np.column_stack([np.zeros(64), np.sort(rng.uniform(0, 2000, 64))])
+    assert grid_period(irregular) == 0.0
+    assert grid_period(np.array([[0.0, 0.0], [0.0, 20.0]])) == 0.0
+    # a layout that repeats only after 5 rows is looked for up to 4
+    five = np.column_stack([np.tile([0.0, 8.0, 16.0, 24.0, 32.0], 20), np.arange(100) * 10.0])
+    assert grid_period(five) == 0.0
+    # one missing contact in 96 does not hide the period
+    locations, _ = probe_geometry("NP1")
+    assert grid_period(np.delete(locations[:96], 40, axis=0)) == 40.0
+
+
+def test_the_phase_widens_only_pairs_seen_at_another_phase():
+    """The phase term adds phase_um2 sin^2(pi shift / period): nothing at a shift of a whole
+    period or without a shift, all of it at half a period."""
+    noise = PositionNoise(1.0, 0.0, None, 24.0, 40.0)
+    a = np.full(4, 100.0)
+    spread = noise.spread(a, a, shift=np.array([0.0, 40.0, 20.0, -60.0]))
+    assert spread == pytest.approx([1.0, 1.0, 5.0, 5.0])
+    assert noise.spread(a, a) == pytest.approx(np.ones(4))
+
+
+def test_units_seen_at_another_phase_of_the_grid_may_lie_farther_apart():
+    """200 neurons in 8 sessions whose motions put the channel grid (period 40 um) at phases
+    0, 10, 20, 30 um twice over; a neuron's fitted position turns on a circle of 3 um radius
+    as the phase goes round (its own start), so two of its units lie 6 sqrt(h) um apart, h =
+    sin^2(pi shift / 40), plus 0.5 um of noise. The phase variance comes out near 36 um^2;
+    a match 24 um apart seen half a period apart lies within 4 spreads (beyond 4 without
+    the phase term), and pairs seen at one phase keep the spread they had without it."""
+    rng = np.random.default_rng(11)
+    n_neurons, period = 200, 40.0
+    motion = np.array([0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0])
+    neuron = np.tile(np.arange(n_neurons), motion.size)
+    session = np.repeat(np.arange(motion.size), n_neurons)
+    start = rng.uniform(0, 2 * np.pi, n_neurons)[neuron]
+    turn = 2 * np.pi * motion[session] / period + start
+    place = np.column_stack([rng.uniform(0, 40, n_neurons), rng.uniform(0, 3000, n_neurons)])
+    positions = place[neuron] + 3.0 * np.column_stack([np.cos(turn), np.sin(turn)]) \
+        + rng.normal(0, 0.5, (neuron.size, 2))
+    amplitude = np.full(neuron.size, 200.0)
+    unit_motion = motion[session]
+    i, j = np.triu_indices(neuron.size, 1)
+    pairs = np.column_stack([i, j])[neuron[i] == neuron[j]]
+
+    noise = noise_of_pairs(positions, amplitude, pairs, session, unit_motion, period)
+    plain = noise_of_pairs(positions, amplitude, pairs, session)
+    assert noise.phase_um2 == pytest.approx(36.0, rel=0.3) and noise.period_um == period
+    assert plain.phase_um2 == 0.0
+    assert noise_of_pairs(positions, amplitude, pairs, session, unit_motion).phase_um2 == 0.0
+
+    test_positions = np.array([[0.0, 0.0], [0.0, 24.0], [0.0, 500.0], [0.0, 505.0]])
+    test_pairs = np.array([[0, 1], [2, 3]])
+    test_session = np.array([0, 2, 0, 4])  # half a period apart; one phase (0 and 40 um)
+    test_motion = motion[test_session]
+    a = np.full(4, 200.0)
+    with_phase = distance_ratio(test_positions, a, test_pairs, noise, test_session, test_motion)
+    without = distance_ratio(test_positions, a, test_pairs, plain, test_session, test_motion)
+    assert with_phase[0] < 4 < without[0]
+    assert with_phase[1] == pytest.approx(without[1])

@@ -195,12 +195,11 @@ def _with_phase(noise: PositionNoise, excess: np.ndarray, h: np.ndarray | None,
     if h is None:
         return noise
     which = np.minimum((h * _N_PHASE_BINS).astype(np.int64), _N_PHASE_BINS - 1)
-    bins, count = np.unique(which, return_counts=True)
-    full = bins[count >= _MIN_PER_BIN]
-    if full.size < 2:
+    _, ys, count = grouped_median(excess, which)
+    full = count >= _MIN_PER_BIN
+    if full.sum() < 2:
         return noise
-    hs = np.array([np.median(h[which == b]) for b in full])
-    ys = np.array([np.median(excess[which == b]) for b in full])
+    hs, ys = grouped_median(h, which)[1][full], ys[full]
     if np.ptp(hs) <= 0:
         return noise
     slope = np.polyfit(hs, ys, 1)[0]

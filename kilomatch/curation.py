@@ -134,6 +134,9 @@ class CurationResult:
     # (Q,) distance ratio of the within-cluster pairs that the split at distance used (its
     # spread learned from the curated clusters, spread_of_clusters), or None
     split_distance_ratio: np.ndarray | None = None
+    # the spread of one neuron's positions behind split_distance_ratio
+    # (position_noise.PositionNoise), or None: the join reads its pairs' distances with it
+    split_position_noise: object = None
     cut_probability: float = float("nan")  # the level the cuts were confirmed at (NaN: none)
     # the refractory test of the same-session pairs of the clusters (sorter_splits), or None
     # when sorter splits were not looked for (autoCuration.keep_sorter_splits off)
@@ -819,10 +822,15 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     removed_d = np.empty((0, 2), np.int64)
     split_ratio = None
     rejoining = rejoin_distance_ratio > 0 and (len(removed_s) or len(removed_p))
+    split_noise = None
     if probability is not None and unit_positions is not None and amplitude is not None \
             and (np.isfinite(split_distance_ratio) or rejoining):
-        split_ratio = spread_of_clusters(final, pairs, linkable, unit_positions,
-                                         peak_amplitude, session, unit_motion, grid_period_um)
+        from .position_noise import distance_ratio as ratio_of  # (curate has a distance_ratio)
+        split_noise = noise_of_clusters(final, pairs, linkable, unit_positions,
+                                        peak_amplitude, session, unit_motion, grid_period_um)
+        if split_noise is not None:
+            split_ratio = ratio_of(unit_positions, peak_amplitude, pairs, split_noise,
+                                   session, unit_motion)
     if split_ratio is not None and rejoining:
         # only the threshold split's cuts: the position split's rest on a jump in position
         # (on e +5000, the fresh seeds' blind check, rejoining them joined three successions)
@@ -901,7 +909,7 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
                              np.full(len(removed_u), UNLINKED)])
     return CurationResult(final, after_conflicts, removed, reason.astype(np.int8),
                           float(threshold), kept_pairs=kept, split_distance_ratio=split_ratio,
-                          amplitude_step=float(step))
+                          amplitude_step=float(step), split_position_noise=split_noise)
 
 
 def spread_of_clusters(labels, pairs, linkable, positions, amplitude, session=None,
@@ -918,16 +926,27 @@ def spread_of_clusters(labels, pairs, linkable, positions, amplitude, session=No
     from them is too tight where the motion left more error (at 200 sessions it cut 36,000 of
     49,000 true pairs). The curated clusters hold matches of every distance, and their few
     wrong pairs hardly move the medians the spread is fitted to."""
-    from .position_noise import describe, distance_ratio, noise_of_pairs
+    from .position_noise import distance_ratio
+    noise = noise_of_clusters(labels, pairs, linkable, positions, amplitude, session,
+                              unit_motion, grid_period_um)
+    return None if noise is None else distance_ratio(positions, amplitude, pairs, noise,
+                                                     session, unit_motion)
+
+
+def noise_of_clusters(labels, pairs, linkable, positions, amplitude, session=None,
+                      unit_motion=None, grid_period_um: float = 0.0):
+    """The spread of one neuron's positions (kilomatch.position_noise.PositionNoise) that
+    :func:`spread_of_clusters` reads its distance ratios with, or None (arguments as
+    there)."""
+    from .position_noise import describe, noise_of_pairs
     labels = np.asarray(labels)
     held = np.asarray(linkable, bool) & (labels[pairs[:, 0]] == labels[pairs[:, 1]]) \
         & (labels[pairs[:, 0]] >= 0)
     noise = noise_of_pairs(positions, amplitude, pairs[held], session, unit_motion,
                            grid_period_um)
-    if noise is None:
-        return None
-    log.info("position noise of the curated clusters' pairs: %s", describe(noise))
-    return distance_ratio(positions, amplitude, pairs, noise, session, unit_motion)
+    if noise is not None:
+        log.info("position noise of the curated clusters' pairs: %s", describe(noise))
+    return noise
 
 
 def _split_rows(rows: np.ndarray, among: np.ndarray):

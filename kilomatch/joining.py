@@ -32,7 +32,12 @@ or a unit in none) when it is sure of the whole of them:
 - their median amplitudes differ by no more than the step of amplitude the curation cuts
   whatever the probability (kilomatch.curation.AMPLITUDE_STEP_SURE, given as ``max_step``):
   the trees can be sure of two alike neurons several times apart in amplitude, and that cut,
-  made before this step, could not undo the join (benchmarks/RESULTS.md, "Session 57").
+  made before this step, could not undo the join (benchmarks/RESULTS.md, "Session 57");
+- where their pairs across lie on average farther apart than the split at distance allows
+  (autoCuration.split_distance_ratio spreads of one neuron's positions, the spread that
+  split learned), the mean probability across is above its level
+  (autoCuration.split_distance_probability, 0.9): that split comes first, and the join
+  would otherwise undo its cuts at a mean of 0.8 (benchmarks/RESULTS.md, "Session 76").
 
 Groups are joined highest mean first (average linkage on the probability), and a joined group
 is tested again against the others with all its pairs across.
@@ -75,7 +80,10 @@ def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.n
                         low_share: float = 0.0,
                         interleaved_level: float | None = None,
                         log_amplitude: np.ndarray | None = None,
-                        max_step: float = np.inf) -> np.ndarray:
+                        max_step: float = np.inf,
+                        distance_ratio: np.ndarray | None = None,
+                        max_distance_ratio: float = np.inf,
+                        sure_level: float = 1.0) -> np.ndarray:
     """Final clusters (N,) (-1: in none, >= 0) after joining the groups the probability says
     are one neuron (module docstring). pairs: (P, 2) candidate pairs (i < j, units of
     different sessions); probability: (P,) their match probability; session: (N,) session of
@@ -86,23 +94,32 @@ def join_by_probability(labels: np.ndarray, pairs: np.ndarray, probability: np.n
     lie below min_level (0: none); interleaved_level: the mean level for two groups whose
     sessions interleave in time (None: mean_level; needs ``session``); log_amplitude: (N,)
     natural log of each unit's amplitude (uV), with max_step: two groups whose median log
-    amplitudes differ by more than max_step are never joined (None or inf: no such limit).
-    Returns new labels (N,): -1 for units in no cluster; a cluster not joined keeps its
-    units together (its number may change; kilomatch.clustering.renumber gives the final
-    numbers)."""
+    amplitudes differ by more than max_step are never joined (None or inf: no such limit);
+    distance_ratio: (P,) each pair's distance over the spread of one neuron's positions
+    (kilomatch.position_noise; non-finite: 0), with max_distance_ratio: two groups whose
+    pairs across lie on average farther apart than that are joined only where their mean
+    probability is above ``sure_level`` (the split at distance's own terms, which the join
+    must not undo). Returns new labels (N,): -1 for units in no cluster; a cluster not
+    joined keeps its units together (its number may change; kilomatch.clustering.renumber
+    gives the final numbers)."""
     labels = np.asarray(labels, dtype=np.int64)
     group = _groups(labels)
     n_groups = int(group.max(initial=-1)) + 1
     guard = log_amplitude is not None and np.isfinite(max_step)
     sessions = _Sessions(group, n_groups, session, max_session_gap, split_pairs,
                          log_amplitude if guard else None)
-    edges = _edges(group, n_groups, pairs, probability, min_level, low_share > 0, sessions)
+    far = distance_ratio is not None and np.isfinite(max_distance_ratio)
+    edges = _edges(group, n_groups, pairs, probability, min_level, low_share > 0, sessions,
+                   distance_ratio if far else None)
     interleaved_level = mean_level if interleaved_level is None else interleaved_level
 
-    def rank(g, h, c, t, n_low):
+    def rank(g, h, c, t, n_low, r):
         # a step of amplitude the curation cuts whatever the probability says
         # (curation.AMPLITUDE_STEP_SURE) is not joined back by it
         if guard and _beyond_step(sessions.amplitude[g], sessions.amplitude[h], max_step):
+            return None
+        # nor are groups the split at distance would take apart again
+        if far and r / c > max_distance_ratio and t / c <= sure_level:
             return None
         level = interleaved_level if sessions.interleaved(g, h) else mean_level
         return t / c if t / c >= level and n_low <= low_share * c else None
@@ -175,7 +192,9 @@ def join_interleaved(labels: np.ndarray, pairs: np.ndarray, probability: np.ndar
         group, n_groups, None, max_session_gap, amplitude=step_amplitude).amplitude
     edges = _edges(group, n_groups, pairs, probability, min_mean, True, sessions)
 
-    def rank(g, h, c, t, n_low):  # the probability of one neuron, or None: not joined
+    def rank(g, h, c, t, n_low, r):  # the probability of one neuron, or None: not joined
+        # (r, the sum of the distance ratios across, is not read: groups recorded in turn
+        # are often one neuron seen at two phases of the channel grid, farther apart)
         q = t / c
         a, b = sessions.of[g], sessions.of[h]
         lo, hi = max(a.min(), b.min()), min(a.max(), b.max())
@@ -202,13 +221,17 @@ def join_interleaved(labels: np.ndarray, pairs: np.ndarray, probability: np.ndar
 
 
 def _edges(group: np.ndarray, n_groups: int, pairs: np.ndarray, probability: np.ndarray,
-           min_level: float, count_low: bool, sessions: "_Sessions") -> dict:
-    """{(g, h): (pairs across, sum of their probability, pairs below min_level)}, g < h, of
-    the pairs of groups with a pair across at ``min_level`` or more (with ``count_low`` the
-    pairs below it are counted too, else they are not) whose counted pairs are all the pairs
-    they can have (``sessions.whole``)."""
+           min_level: float, count_low: bool, sessions: "_Sessions",
+           ratio: np.ndarray | None = None) -> dict:
+    """{(g, h): (pairs across, sum of their probability, pairs below min_level, sum of their
+    distance ratios)}, g < h, of the pairs of groups with a pair across at ``min_level`` or
+    more (with ``count_low`` the pairs below it are counted too, else they are not) whose
+    counted pairs are all the pairs they can have (``sessions.whole``). ratio: (P,) each
+    pair's distance ratio (non-finite: 0), or None (sums of 0)."""
     pairs = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
     probability = np.asarray(probability, dtype=np.float64)
+    if ratio is not None:
+        ratio = np.nan_to_num(np.asarray(ratio), nan=0.0, posinf=0.0, neginf=0.0)
     # Two groups may ever be joined only when a likely pair joins them, so only the group
     # pairs of the likely pairs are counted; the unlikely pairs (most of the candidate pairs,
     # 28 M at 10^5 units) are looked up among those keys a block at a time.
@@ -224,16 +247,18 @@ def _edges(group: np.ndarray, n_groups: int, pairs: np.ndarray, probability: np.
     row = row.reshape(-1)
     count = np.bincount(row, minlength=key.size)
     total = np.bincount(row, weights=p, minlength=key.size)
+    far = np.zeros(key.size) if ratio is None else np.bincount(
+        row, weights=ratio[rows][across], minlength=key.size)
     low = np.zeros(key.size, np.int64)
     if count_low:
         _count_unlikely(np.flatnonzero(~likely), pairs, probability, group, n_groups, key,
-                        count, total, low)
+                        count, total, low, ratio, far)
     a, b = key // n_groups, key % n_groups
     edges = {}
-    for i, j, c, t, n_low in zip(a.tolist(), b.tolist(), count.tolist(), total.tolist(),
-                                 low.tolist()):
+    for i, j, c, t, n_low, r in zip(a.tolist(), b.tolist(), count.tolist(), total.tolist(),
+                                    low.tolist(), far.tolist()):
         if sessions.whole(i, j, c):
-            edges[(i, j)] = (c, t, n_low)
+            edges[(i, j)] = (c, t, n_low, r)
     return edges
 
 
@@ -306,10 +331,11 @@ BLOCK = 4_000_000  # unlikely pairs looked up at a time (a few 32 MB arrays)
 
 def _count_unlikely(rows: np.ndarray, pairs: np.ndarray, probability: np.ndarray,
                     group: np.ndarray, n_groups: int, key: np.ndarray, count: np.ndarray,
-                    total: np.ndarray, low: np.ndarray) -> None:
+                    total: np.ndarray, low: np.ndarray, ratio: np.ndarray | None,
+                    far: np.ndarray) -> None:
     """Add the pairs ``rows`` (unlikely ones) across two groups of ``key`` (K,) sorted (lower
-    group * n_groups + higher) to their count, total probability (a non-finite one as 0) and
-    low (each (K,), in place)."""
+    group * n_groups + higher) to their count, total probability (a non-finite one as 0),
+    low and far (the sum of their ``ratio`` (P,), None: none) (each (K,), in place)."""
     for at in range(0, rows.size, BLOCK):
         part = rows[at:at + BLOCK]
         ga, gb = group[pairs[part, 0]], group[pairs[part, 1]]
@@ -322,6 +348,8 @@ def _count_unlikely(rows: np.ndarray, pairs: np.ndarray, probability: np.ndarray
         count += n
         low += n
         total += np.bincount(slot, weights=p, minlength=key.size)
+        if ratio is not None:
+            far += np.bincount(slot, weights=ratio[part][hit], minlength=key.size)
 
 
 def _groups(labels: np.ndarray) -> np.ndarray:
@@ -335,12 +363,12 @@ def _groups(labels: np.ndarray) -> np.ndarray:
 
 def _link(edges: dict, owner: np.ndarray, sessions: _Sessions, rank) -> None:
     """Average linkage over ``edges`` {(g, h): (pairs across, sum of their probability, pairs
-    below the least level)}, g < h, of pairs of groups whose pairs across are all the pairs
-    they can have: ``rank(g, h, *edge)`` is a pair's priority, or None where it may not be
-    joined; the pair of highest priority is joined first (h joins g). A joined group may be
-    joined to a third only where its counted pairs across are still all the pairs it can
-    have (a part with no edge to the third has none, which holds only where it can have
-    none). Fills owner (G,): each group's surviving group (the lower number)."""
+    below the least level, sum of their distance ratios)}, g < h, of pairs of groups whose
+    pairs across are all the pairs they can have: ``rank(g, h, *edge)`` is a pair's
+    priority, or None where it may not be joined; the pair of highest priority is joined
+    first (h joins g). A joined group may be joined to a third only where its counted pairs
+    across are still all the pairs it can have (a part with no edge to the third has none,
+    which holds only where it can have none). Fills owner (G,): each group's surviving group (the lower number)."""
     neighbours: dict = {}
     for g, h in edges:
         neighbours.setdefault(g, set()).add(h)
@@ -357,11 +385,11 @@ def _link(edges: dict, owner: np.ndarray, sessions: _Sessions, rank) -> None:
         sessions.join(g, h)
         kept = set()
         for k in sorted((neighbours[g] | neighbours[h]) - {g, h}):
-            e_g = edges.pop((min(g, k), max(g, k)), (0, 0.0, 0))
-            e_h = edges.pop((min(h, k), max(h, k)), (0, 0.0, 0))
+            e_g = edges.pop((min(g, k), max(g, k)), (0, 0.0, 0, 0.0))
+            e_h = edges.pop((min(h, k), max(h, k)), (0, 0.0, 0, 0.0))
             neighbours[k].discard(g)
             neighbours[k].discard(h)
-            e = (e_g[0] + e_h[0], e_g[1] + e_h[1], e_g[2] + e_h[2])
+            e = tuple(x + y for x, y in zip(e_g, e_h))
             if not sessions.whole(min(g, k), max(g, k), e[0]):
                 continue
             edges[(min(g, k), max(g, k))] = e

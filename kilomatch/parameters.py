@@ -393,7 +393,10 @@ PARAMETERS: tuple[Param, ...] = (
           "where its groups of units are on average farther apart than this many times the "
           "typical distance between two units of one neuron at their amplitudes, learned from "
           "the pairs the curated clusters hold, unless their match probability across is "
-          "above autoCuration.split_distance_probability (in mean or median). 0 turns it "
+          "above autoCuration.split_distance_probability (in mean or median). The joins "
+          "after it (autoCuration.join_probability) keep to it: two groups whose pairs across "
+          "lie on average farther apart than this are joined only where their mean "
+          "probability across is above split_distance_probability. 0 turns it "
           "off.",
           min=0),
     Param("autoCuration.split_distance_probability", "float", 0.9,

@@ -1005,12 +1005,18 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     cur.cut_probability = cut if q_p is not None else float("nan")
     cur.labels_before_join = cur.labels
     if fitted is not None and ac.join_probability > 0:
+        # the split at distance's spread reads the candidate pairs' distances: two groups
+        # it would take apart again are not joined on terms short of its own
+        far = position_noise.distance_ratio_of_many(xy, units.amplitude, final.pairs,
+                                                    cur.split_position_noise, units.session0,
+                                                    unit_motion)
         cur.labels = joining.join_by_probability(
             cur.labels, final.pairs, fitted[0].candidate_probability, ac.join_probability,
             ac.join_min_probability, units.session0, s.clustering.max_session_gap, known,
             ac.join_low_share, ac.join_interleaved_probability,
             curation.log_amplitude_of(compared),
-            curation.AMPLITUDE_STEP_SURE * cur.amplitude_step)
+            curation.AMPLITUDE_STEP_SURE * cur.amplitude_step, far,
+            ac.split_distance_ratio or np.inf, ac.split_distance_probability)
         log.info("joined by the match probability (autoCuration.join_probability %g): %d "
                  "clusters -> %d, %d units in no cluster joined one", ac.join_probability,
                  *_join_counts(cur.labels_before_join, cur.labels))

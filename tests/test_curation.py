@@ -382,6 +382,34 @@ def test_split_by_distance_takes_apart_groups_farther_than_the_limit():
     assert len(res.removed_pairs) == 0 and res.split_distance_ratio is None
 
 
+def test_the_join_keeps_apart_what_the_split_at_distance_cut():
+    """The split at distance keeps the spread it read (split_position_noise): with it the
+    join by probability reads the distance of any pair, and does not join back the two
+    neurons in turn 30 um apart that the split cut at 0.85 across (a mean the join accepts);
+    without the distances it does."""
+    from kilomatch.joining import join_by_probability
+    from kilomatch.position_noise import distance_ratio
+    labels, session, positions, amplitude = _study_of_clusters(np.random.default_rng(3))
+    last = labels == labels.max()
+    positions[last & (session >= 3), 1] += 30.0
+    pairs = within_cluster_pairs(labels)
+    both = last[pairs[:, 0]] & last[pairs[:, 1]]
+    across = both & ((session[pairs[:, 0]] >= 3) != (session[pairs[:, 1]] >= 3))
+    p = np.where(across, 0.85, 0.95)
+    res = curate(labels, session, pairs, np.full(len(pairs), 3.0), np.ones(len(pairs), bool),
+                 threshold=1.0, probability=p, cut_probability=0.02,
+                 distance_ratio=np.ones(len(pairs)), split_distance_ratio=5.0,
+                 unit_positions=positions, amplitude=amplitude)
+    assert len(res.removed_pairs) == 9
+    ratio = distance_ratio(positions, amplitude, pairs, res.split_position_noise, session)
+    np.testing.assert_allclose(ratio, res.split_distance_ratio)
+    kept = join_by_probability(res.labels, pairs, p, session=session, distance_ratio=ratio,
+                               max_distance_ratio=5.0, sure_level=0.9)
+    np.testing.assert_array_equal(renumber(kept), renumber(res.labels))
+    joined = join_by_probability(res.labels, pairs, p, session=session)
+    np.testing.assert_array_equal(renumber(joined), renumber(labels))
+
+
 # ---------------------------------------------------------------- against the reference
 # The reference is the straightforward implementation the vectorised one replaced
 # (combinations + lexsort; a sparse lookup read one pair at a time): outputs must be equal,

@@ -316,3 +316,39 @@ def test_without_a_probability_groups_whose_every_pair_across_is_above_the_thres
     across = shared[pairs[:, 0]] != shared[pairs[:, 1]]
     out = join_by_similarity(labels, pairs[across], sim[across], 1.5, shared)
     assert not _together(out, [0, 1, 2, 3])
+
+
+def test_no_join_of_groups_the_split_at_distance_would_take_apart_again():
+    """A cluster of five sessions and a lone unit of a sixth session in between, every pair
+    across at 0.84 (p_si_turnover +39000: a 171 uV neighbour 18 um away from a 430 uV
+    neuron, the split at distance had cut it). With the pairs' distance ratios above the
+    split's (here 5) the join leaves the unit out unless the probability across is as sure
+    as the split at distance asks (above 0.9); near (ratio 1), or without ratios, it joins."""
+    labels = np.array([0, 0, 0, 0, 0, -1])
+    session = np.array([1, 2, 4, 5, 6, 3])
+    for p_across, ratio, ratios_given, joined in ((0.84, 9.0, True, False),
+                                                  (0.84, 1.0, True, True),
+                                                  (0.84, 9.0, False, True),
+                                                  (0.95, 9.0, True, True)):
+        pairs, p = _all_across([0, 1, 2, 3, 4], [5], p_across)
+        kwargs = dict(distance_ratio=np.full(len(p), ratio), max_distance_ratio=5.0,
+                      sure_level=0.9) if ratios_given else {}
+        out = join_by_probability(labels, pairs, p, session=session, **kwargs)
+        assert _together(out, list(range(6))) == joined, (p_across, ratio, ratios_given)
+
+
+def test_the_distance_of_two_groups_is_their_pairs_mean_ratio_after_a_join():
+    """Unit 2 joins cluster {0, 1} first (ratio 1 to both); cluster {3, 4} then lies 1 spread
+    from units 0-1 and 12 from unit 2: a mean of (4 + 24) / 6 = 4.7, below 5, so it joins; at
+    18 from unit 2 (a mean of 6.7) it does not: the ratios of the pairs across add up as
+    their probabilities do."""
+    labels = np.array([0, 0, -1, 1, 1])
+    session = np.array([1, 2, 3, 4, 5])
+    for far_ratio, joined in ((12.0, True), (18.0, False)):
+        pairs, p = _stack(_all_across([0, 1], [2], 0.99), _all_across([0, 1, 2], [3, 4], 0.85))
+        ratio = np.ones(len(p))
+        ratio[np.isin(pairs[:, 0], [2]) & np.isin(pairs[:, 1], [3, 4])] = far_ratio
+        out = join_by_probability(labels, pairs, p, session=session, distance_ratio=ratio,
+                                  max_distance_ratio=5.0, sure_level=0.9)
+        assert _together(out, [0, 1, 2])
+        assert _together(out, list(range(5))) == joined, far_ratio

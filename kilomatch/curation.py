@@ -15,6 +15,8 @@ import numpy as np
 from scipy import sparse
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
+from . import position_noise
+
 log = logging.getLogger("kilomatch")
 
 REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_gap",
@@ -132,7 +134,7 @@ class CurationResult:
     # (R,) distance ratio of each removed pair (kilomatch.position_noise; None when not learned)
     removed_distance_ratio: np.ndarray | None = None
     # (Q,) distance ratio of the within-cluster pairs that the split at distance used (its
-    # spread learned from the curated clusters, spread_of_clusters), or None
+    # spread learned from the curated clusters, noise_of_clusters), or None
     split_distance_ratio: np.ndarray | None = None
     # the spread of one neuron's positions behind split_distance_ratio
     # (position_noise.PositionNoise), or None: the join reads its pairs' distances with it
@@ -757,7 +759,7 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     stands whatever its probability. Last, with ``unit_positions`` (N, D) um and ``amplitude``
     (N,) uV, each cluster is split where its groups lie on average more than
     ``split_distance_ratio`` spreads apart (:func:`split_by_distance`), the spread learned from
-    the pairs the curated clusters hold (:func:`spread_of_clusters`), unless the mean or the
+    the pairs the curated clusters hold (:func:`noise_of_clusters`), unless the mean or the
     median probability across is above ``distance_split_probability``. With
     ``succession_probability`` above 0, clusters where one neuron followed another are split
     (:func:`split_successions`, on the linkable pairs at most ``max_session_gap`` sessions
@@ -825,12 +827,10 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
     split_noise = None
     if probability is not None and unit_positions is not None and amplitude is not None \
             and (np.isfinite(split_distance_ratio) or rejoining):
-        from .position_noise import distance_ratio as ratio_of  # (curate has a distance_ratio)
         split_noise = noise_of_clusters(final, pairs, linkable, unit_positions,
                                         peak_amplitude, session, unit_motion, grid_period_um)
-        if split_noise is not None:
-            split_ratio = ratio_of(unit_positions, peak_amplitude, pairs, split_noise,
-                                   session, unit_motion)
+        split_ratio = position_noise.distance_ratio(unit_positions, peak_amplitude, pairs,
+                                                    split_noise, session, unit_motion)
     if split_ratio is not None and rejoining:
         # only the threshold split's cuts: the position split's rest on a jump in position
         # (on e +5000, the fresh seeds' blind check, rejoining them joined three successions)
@@ -912,40 +912,27 @@ def curate(labels, session, pairs, similarity, linkable, threshold,
                           amplitude_step=float(step), split_position_noise=split_noise)
 
 
-def spread_of_clusters(labels, pairs, linkable, positions, amplitude, session=None,
-                       unit_motion=None, grid_period_um: float = 0.0) -> np.ndarray | None:
-    """(Q,) distance ratio of every pair (Q, 2), with the spread of one neuron's units
-    (:mod:`kilomatch.position_noise`) learned from the linkable pairs (``linkable`` (Q,)) that
-    the clusters ``labels`` (N,) hold; positions (N, D) um, amplitude (N,) uV; with
-    ``session`` (N,) (0-based), each session's own variance; with ``unit_motion`` (N,) um
-    and ``grid_period_um``, the variance of the grid's phase. None when too few pairs to
-    learn it.
+def noise_of_clusters(labels, pairs, linkable, positions, amplitude, session=None,
+                      unit_motion=None, grid_period_um: float = 0.0):
+    """The spread of one neuron's positions (position_noise.PositionNoise) learned from the
+    linkable pairs (``linkable`` (Q,)) among ``pairs`` (Q, 2) that the clusters ``labels``
+    (N,) hold; positions (N, D) um, amplitude (N,) uV; with ``session`` (N,) (0-based), each
+    session's own variance; with ``unit_motion`` (N,) um and ``grid_period_um``, the
+    variance of the grid's phase. None when too few pairs to learn it.
 
     Why the clusters and not the probability's sure pairs: the distance is part of the
     probability's evidence, so its sure pairs are the closest matches, and a spread learned
     from them is too tight where the motion left more error (at 200 sessions it cut 36,000 of
     49,000 true pairs). The curated clusters hold matches of every distance, and their few
     wrong pairs hardly move the medians the spread is fitted to."""
-    from .position_noise import distance_ratio
-    noise = noise_of_clusters(labels, pairs, linkable, positions, amplitude, session,
-                              unit_motion, grid_period_um)
-    return None if noise is None else distance_ratio(positions, amplitude, pairs, noise,
-                                                     session, unit_motion)
-
-
-def noise_of_clusters(labels, pairs, linkable, positions, amplitude, session=None,
-                      unit_motion=None, grid_period_um: float = 0.0):
-    """The spread of one neuron's positions (kilomatch.position_noise.PositionNoise) that
-    :func:`spread_of_clusters` reads its distance ratios with, or None (arguments as
-    there)."""
-    from .position_noise import describe, noise_of_pairs
     labels = np.asarray(labels)
     held = np.asarray(linkable, bool) & (labels[pairs[:, 0]] == labels[pairs[:, 1]]) \
         & (labels[pairs[:, 0]] >= 0)
-    noise = noise_of_pairs(positions, amplitude, pairs[held], session, unit_motion,
-                           grid_period_um)
+    noise = position_noise.noise_of_pairs(positions, amplitude, pairs[held], session,
+                                          unit_motion, grid_period_um)
     if noise is not None:
-        log.info("position noise of the curated clusters' pairs: %s", describe(noise))
+        log.info("position noise of the curated clusters' pairs: %s",
+                 position_noise.describe(noise))
     return noise
 
 

@@ -53,6 +53,11 @@ def as_integers(a, name: str, what: str = "entries") -> np.ndarray:
                                  f"{name_items(np.flatnonzero(bad))} are not")
     elif arr.dtype.kind not in "iub":
         raise KilomatchError(f"{name}: dtype {arr.dtype} is not integer")
+    elif arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        # cast to int64 it would be named as a negative number
+        beyond = np.flatnonzero(arr > np.iinfo(np.int64).max)
+        raise KilomatchError(f"{name}: {what} {name_items(beyond)} hold numbers beyond 2^63 "
+                             f"({arr.max()})")
     return arr.astype(np.int64)
 
 

@@ -651,9 +651,13 @@ def _position_cut(pos, similarity, threshold, min_gap_um):
     if n < 3:
         return None
     d = np.linalg.norm(pos[:, None, :] - pos[None, :, :], axis=2)
-    tree = minimum_spanning_tree(d + 1e-9 * (1 - np.eye(n))).tocoo()
+    if not np.isfinite(d).all():
+        return None
+    # scipy reads a weight of about 0 as no edge: units at one position (e.g. every channel
+    # given one position) left it no tree. Adding 1 um to every edge keeps the tree.
+    tree = minimum_spanning_tree(d + (1 - np.eye(n))).tocoo()
     k = np.argmax(tree.data)
-    if tree.data[k] < min_gap_um:
+    if tree.data[k] - 1 < min_gap_um:
         return None
     keep = np.arange(tree.data.size) != k
     graph = sparse.coo_matrix((np.ones(keep.sum()), (tree.row[keep], tree.col[keep])),

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import logging
+import re
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -160,21 +161,21 @@ def duplicate_of(duplicates) -> np.ndarray:
 def clear_previous(folder: Path) -> None:
     """Remove an earlier run's results (Output.npz first, so nothing looks complete)."""
     folder = Path(folder)
-    for name in ("Output.npz",) + RESULT_FILES:
-        path = folder / name
-        if path.is_file():
-            path.unlink()
-    for path in folder.glob("MotionRound*.npz"):
-        path.unlink()
-    for path in folder.glob("Figures/Shank*/*.png"):
-        path.unlink()
+    paths = [folder / name for name in ("Output.npz",) + RESULT_FILES]
+    paths += [*folder.glob("MotionRound*.npz"), *folder.glob("Figures/Shank*/*.png")]
     # a review page and curated results describe the earlier run's clusters
-    for path in [folder / "curated" / "Output.npz", *folder.glob("curated/*.np[yz]"),
-                 *folder.glob("curated/*.csv"), *folder.glob("report/index.html"),
-                 *folder.glob("report/img/*.png")]:
-        path.unlink(missing_ok=True)
-    for path in folder.glob(".*.tmp*"):
-        path.unlink()
+    paths += [folder / "curated" / "Output.npz", *folder.glob("curated/*.np[yz]"),
+              *folder.glob("curated/*.csv"), *folder.glob("report/index.html"),
+              *folder.glob("report/img/*.png")]
+    # only what atomic_write leaves when a run is stopped: a user's '.notes.tmp.txt' stays
+    paths += [path for path in folder.glob(".*.tmp*") if _TEMPORARY.fullmatch(path.name)]
+    for path in paths:
+        if path.is_file() or path.is_symlink():  # a folder of such a name is not ours
+            path.unlink()
+
+
+# atomic_write's temporary file: '.{name}.tmp{pid}'
+_TEMPORARY = re.compile(r"\..+\.tmp\d+")
 
 
 def _column(x) -> np.ndarray:

@@ -559,12 +559,28 @@ def check_session_index(session_index, n_units: int, where: str = SESSION_INDEX)
         problems.append(f"{where}: sessions are numbered from 1, found {values[0]}"
                         + (" (0-based? add 1)" if values[0] == 0 else ""))
     elif values[-1] != values.size or values[0] != 1:
-        missing = sorted(set(range(1, int(values[-1]) + 1)) - set(values.tolist()))
         problems.append(f"{where}: sessions must run 1..S without gaps; missing "
-                        f"{name_items(missing)}")
+                        f"{name_items(_missing_sessions(values))}")
     if values.size < 2:
         problems.append(f"{where}: only one session ({values[0]}); tracking needs at least two")
     return problems
+
+
+def _missing_sessions(values: np.ndarray, limit: int = 10) -> list:
+    """The first ``limit`` numbers of 1..max(values) missing from the sorted distinct session
+    numbers ``values`` (all >= 1), and '...' for more: without listing 1..max (a date as a
+    session number, 20240101, would take gigabytes)."""
+    values = np.asarray(values, np.int64)
+    missing: list = []
+    expected = 1
+    for value in values.tolist():
+        while expected < value and len(missing) <= limit:
+            missing.append(expected)
+            expected += 1
+        if len(missing) > limit:
+            break
+        expected = value + 1
+    return missing[:limit] + (["..."] if len(missing) > limit else [])
 
 
 def load_dataset(path, need_peth: bool = True, scan_waveforms_now: bool = True) -> Dataset:
@@ -630,6 +646,11 @@ def load_dataset(path, need_peth: bool = True, scan_waveforms_now: bool = True) 
                 locs, folder / CHANNEL_LOCATIONS)
             if problem:
                 problems.append(problem)
+            elif locs is not None and locs.shape[0] > 1 and \
+                    np.unique(np.asarray(locs, np.float64), axis=0).shape[0] < 2:
+                problems.append(f"{folder / CHANNEL_LOCATIONS}: every channel is at the same "
+                                f"position {tuple(np.asarray(locs[0]).tolist())}; give each "
+                                "channel's x, y on the probe in um")
     if waveforms is not None and locs is not None and waveforms.shape[1] != locs.shape[0]:
         # SpikeInterface's templates are (units, samples, channels): the likeliest mix-up
         swapped = (waveforms.ndim == 3 and waveforms.shape[2] == locs.shape[0])
@@ -653,7 +674,8 @@ def load_dataset(path, need_peth: bool = True, scan_waveforms_now: bool = True) 
         else:
             collect(problems, check_finite, peth, str(folder / PETH), "in the PETH of units")
     if shanks is not None:
-        shanks = collect(problems, as_vector, shanks, str(folder / CHANNEL_SHANKS), "channels")
+        shanks = collect(problems, as_integers, shanks, str(folder / CHANNEL_SHANKS),
+                         "channels")
     if shanks is not None and locs is not None and shanks.shape[0] != locs.shape[0]:
         problems.append(f"{folder / CHANNEL_SHANKS}: expected {locs.shape[0]} entries "
                         f"(one per channel), got {shanks.shape[0]}")
@@ -709,10 +731,18 @@ def advise_ranges(path, ranges) -> None:
 
 def _load_spike_times(spike_dir: Path, n_units: int, problems: list) -> list | None:
     found = {}
-    for entry in spike_dir.iterdir():
+    twice = {}
+    # sorted: which file of a unit is read must not depend on the directory's order
+    for entry in sorted(spike_dir.iterdir()):
         match = UNIT_FILE.match(entry.name)
         if match:
-            found[int(match.group(1))] = entry
+            k = int(match.group(1))
+            if k in found:
+                twice.setdefault(k, [found[k].name]).append(entry.name)
+            found[k] = entry
+    for k, names in twice.items():
+        problems.append(f"{spike_dir}: {' and '.join(names)} are both the spike times of unit "
+                        f"{k}; keep one file per unit")
     missing = [k for k in range(n_units) if k not in found]
     extra = sorted(k for k in found if k >= n_units)
     if missing:

@@ -39,10 +39,15 @@ class Param:
                 "bool": "true or false", "int": "an integer",
                 "float": "a number", "str": "a string"}[self.kind]
         if self.min is not None and self.max is not None:
-            return f"{kind} from {self.min:g} to {self.max:g}"
+            return f"{kind} from {_number(self.min)} to {_number(self.max)}"
         if self.min is not None:
-            return f"{kind} {'>' if self.min_exclusive else '>='} {self.min:g}"
+            return f"{kind} {'>' if self.min_exclusive else '>='} {_number(self.min)}"
         return kind
+
+
+def _number(x) -> str:
+    """A bound as written in the README: whole numbers in full (2147483647, not 2.14748e+09)."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 PARAMETERS: tuple[Param, ...] = (
@@ -51,7 +56,8 @@ PARAMETERS: tuple[Param, ...] = (
           "spike_times/, optional peth.npy). Relative paths resolve against the settings "
           "file's folder. Never written to."),
     Param("output_folder", "path", "examples/example_output",
-          "Where results and Figures/ go. Created if missing; must differ from path_to_data."),
+          "Where results and Figures/ go. Created if missing; must differ from path_to_data "
+          "and hold no study's input (waveform_all.npy, session_index.npy, spike_times/)."),
     Param("save_intermediate_results", "bool", False,
           "Also write each motion round's clustering (MotionRound{k}.npz)."),
     Param("n_jobs", "int", -1,
@@ -94,7 +100,8 @@ PARAMETERS: tuple[Param, ...] = (
           "library's own count. 1 was the fastest measured, even on an idle machine (the "
           "products are many and small), and makes the output bytes independent of the "
           "machine's thread count. More cores: n_jobs.", min=0),
-    Param("seed", "int", 0, "Seed of every random step (motion bootstrap).", min=0),
+    Param("seed", "int", 0, "Seed of every random step (motion bootstrap).", min=0,
+          max=2**31 - 1),
     Param("debug", "bool", False, "Show full tracebacks instead of one-line messages."),
     Param("dense_output_max_units", "int", 20000,
           "Write the dense N x N outputs (ClusterMatrix, SimilarityMatrix) only up to this many "

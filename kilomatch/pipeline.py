@@ -24,8 +24,8 @@ from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
 from .figure_inputs import figure_inputs
 from .figure_worker import FigureWorkers, draw_jobs
-from .logs import RunLog, setup_logging
-from .formats.folder import WAVEFORMS
+from .logs import LOG_FILE, RunLog, setup_logging
+from .formats.folder import SESSION_INDEX, SPIKE_TIMES, WAVEFORMS
 from .load import (Dataset, amplitude_unit_hint, block_rows, channel_order_hint, iter_rows,
                    judge_rows, load_dataset, load_given_motion, non_finite_problem,
                    repeated_sessions_hint, session_amplitude_hint, warn_flat)
@@ -1643,12 +1643,26 @@ def figure_helpers(n_jobs: int, n_units: int) -> int:
 
 
 def _check_output(s: Settings) -> None:
-    """Refuse an output folder inside the input folder (before any heavy work)."""
+    """Refuse an output folder inside the input folder, one that holds another study's input
+    (its results would replace that study's channel_locations.npy and peth.npy), and one
+    where a result's name is taken by a folder (before any heavy work)."""
     out = Path(s.output_folder)
     data = Path(s.path_to_data).resolve()
     if out.resolve() == data or data in out.resolve().parents:
         raise KilomatchError(f"output_folder {out} lies inside path_to_data {data}: the input "
                              "folder is never written to; choose another output_folder")
+    # the input files no result shares a name with
+    inputs = [name for name in (WAVEFORMS, SESSION_INDEX, SPIKE_TIMES) if (out / name).exists()]
+    if inputs:
+        raise KilomatchError(f"output_folder {out} holds a study's input ({', '.join(inputs)}): "
+                             "its results would replace that study's files; choose another "
+                             "output_folder")
+    taken = [name for name in ("Output.npz", LOG_FILE) + export.RESULT_FILES
+             if (out / name).is_dir()]
+    if taken:
+        raise KilomatchError(f"output_folder {out}: {', '.join(sorted(set(taken)))} "
+                             f"{'is a folder' if len(set(taken)) == 1 else 'are folders'}, "
+                             "where the run writes a file of that name; move or rename it")
 
 
 def _prepare_output(s: Settings) -> None:
@@ -1687,8 +1701,19 @@ def _ground_truth_neurons(data: Dataset) -> np.ndarray | None:
     path = data.path
     if path is None or not (Path(path) / "gt_neuron.npy").is_file():
         return None
-    gt = np.load(Path(path) / "gt_neuron.npy", allow_pickle=False)
-    return gt if gt.shape == (data.n_units,) else None
+    gt = _ground_truth_file(Path(path) / "gt_neuron.npy")
+    return gt if gt is not None and gt.shape == (data.n_units,) and \
+        gt.dtype.kind in "iuf" and np.isfinite(gt).all() else None
+
+
+def _ground_truth_file(path: Path) -> np.ndarray | None:
+    """A simulator's ground-truth array, or None with a warning when it cannot be read: it
+    only scores the run, which must not fail on it."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        log.warning("%s: not read (%s); the run is not scored against it", path, err)
+        return None
 
 
 def _ground_truth_scores(r: Result) -> dict:
@@ -1700,12 +1725,20 @@ def _ground_truth_scores(r: Result) -> dict:
     path = r.data.path
     scores = metrics.pair_scores(r.idx_cluster, gt, r.data.session_index)
     out = {f"gt_{k}": round(float(scores[k]), 4) for k in ("precision", "recall", "f1")}
-    if (Path(path) / "gt_motion.npy").is_file():
-        true = np.load(Path(path) / "gt_motion.npy", allow_pickle=False)
+    true = _ground_truth_file(Path(path) / "gt_motion.npy") \
+        if (Path(path) / "gt_motion.npy").is_file() else None
+    if true is not None and true.ndim >= 1 and true.dtype.kind in "iuf" and \
+            np.isfinite(true).all():
         if true.shape[0] == r.data.n_sessions:
-            errors = [metrics.motion_rms_error(p.result.motion.displacement(), true)
-                      for p in shank_parts(r)]
-            out["gt_motion_rms_um"] = round(float(np.sqrt(np.mean(np.square(errors)))), 3)
+            try:
+                errors = [metrics.motion_rms_error(p.result.motion.displacement(), true)
+                          for p in shank_parts(r)]
+            except KilomatchError as err:
+                log.warning("%s: not compared with the motion (%s)",
+                            Path(path) / "gt_motion.npy", err)
+            else:
+                out["gt_motion_rms_um"] = round(float(np.sqrt(np.mean(np.square(errors)))),
+                                                3)
     return out
 
 

@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 
 import hjson
+import numpy as np
 
 from .errors import KilomatchError
 from .parameters import BY_NAME, FEATURES, LEGACY, PARAMETERS, default_dict
@@ -178,6 +179,7 @@ def from_dict(tree: dict, base_dir: Path | str | None = None, source: Path | Non
             notes.append(f"setting '{name}' is ignored: {LEGACY[name]}")
             continue
         param = BY_NAME.get(name)
+        value = _python_scalar(value)
         if param is None:
             close = difflib.get_close_matches(name, list(BY_NAME), n=1, cutoff=0.6)
             hint = f" Did you mean '{close[0]}'?" if close else " See README 'Settings'."
@@ -193,6 +195,11 @@ def from_dict(tree: dict, base_dir: Path | str | None = None, source: Path | Non
         w, b = _get(values, window), _get(values, binwidth)
         if not problems and b > w:
             problems.append(f"setting '{binwidth}' ({b}) is larger than '{window}' ({w})")
+        elif not problems and w / b > MAX_HISTOGRAM_BINS:
+            # each unit holds its histogram: 10^6 bins took 132 GB at 17,000 units
+            problems.append(f"settings '{window}' ({w:g}) and '{binwidth}' ({b:g}) give "
+                            f"{w / b:.3g} bins per unit; at most {MAX_HISTOGRAM_BINS:,} "
+                            "(a wider bin or a shorter window)")
     if problems:
         raise KilomatchError.from_problems(problems, header="Invalid settings")
     base = Path(base_dir) if base_dir is not None else Path.cwd()
@@ -206,6 +213,10 @@ def from_dict(tree: dict, base_dir: Path | str | None = None, source: Path | Non
             f"setting 'output_folder' equals 'path_to_data' ({values['path_to_data']}){where}: "
             "the input folder is never written to; choose another output_folder")
     return Settings(values, source=source, notes=notes)
+
+
+# The most bins (window over bin width) an autocorrelogram or ISI histogram may have
+MAX_HISTOGRAM_BINS = 10_000
 
 
 def _get(tree, dotted):
@@ -250,6 +261,13 @@ def load(source=None) -> Settings:
         raise KilomatchError(f"settings file {path} is not valid JSON: {err}. Windows paths need "
                              "doubled backslashes (C:\\\\data) or forward slashes (C:/data).") from None
     return from_dict(_plain(tree), base_dir=path.resolve().parent, source=path)
+
+
+def _python_scalar(value):
+    """numpy's scalars as Python's: a notebook's np.int64(5), read off an array, is an int."""
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()
+    return value
 
 
 def _plain(tree):

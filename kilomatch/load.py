@@ -671,6 +671,9 @@ def load_dataset(path, need_peth: bool = True, scan_waveforms_now: bool = True) 
         if peth.ndim != 2 or peth.shape[0] != n_units:
             problems.append(f"{folder / PETH}: expected shape ({n_units}, points), one row "
                             f"per unit, got {peth.shape}")
+        elif peth.shape[1] < 2:
+            problems.append(f"{folder / PETH}: {peth.shape[1]} points per unit; a PETH is "
+                            "compared by its shape over time and needs two points or more")
         else:
             collect(problems, check_finite, peth, str(folder / PETH), "in the PETH of units")
     if shanks is not None:
@@ -760,6 +763,7 @@ def _load_spike_times(spike_dir: Path, n_units: int, problems: list) -> list | N
         return None
     times = []
     unsorted = []
+    half = []
     advise_will_need([found[k] for k in range(n_units)])
     for k in range(n_units):
         path = found[k]
@@ -770,6 +774,8 @@ def _load_spike_times(spike_dir: Path, n_units: int, problems: list) -> list | N
         if arr is None:
             times.append(None)
             continue
+        if arr.dtype == np.float16:
+            half.append(k)
         arr = arr.astype(np.float64)
         if not np.isfinite(arr).all():
             problems.append(f"{path}: NaN or Inf spike times (unit {k})")
@@ -779,6 +785,11 @@ def _load_spike_times(spike_dir: Path, n_units: int, problems: list) -> list | N
         times.append(arr)
     if unsorted:
         log.warning("spike times of units %s were not sorted; sorted them", name_items(unsorted))
+    if half:
+        # float16 holds 11 bits: past 2 s (2,048 ms) its times are whole ms, past 65.5 s inf
+        log.warning("%s: spike times of units %s are float16, which rounds times beyond 2 s to "
+                    "whole ms or more and cannot hold 65.5 s; save them as float64",
+                    spike_dir, name_items(half))
     return times
 
 

@@ -95,15 +95,18 @@ def _set_dotted(tree: dict, dotted: str, value):
     tree[leaf] = value
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict:
+def _flatten(tree: dict, prefix: str = "", twice: list | None = None) -> dict:
+    """{dotted name: value} of a nested dict; a name given twice (``"clustering.max_distance"``
+    beside ``{"clustering": {"max_distance": ...}}``) is appended to ``twice``."""
     flat = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         # A dict is a section unless the table says this name is a leaf.
-        if isinstance(value, dict) and name not in BY_NAME:
-            flat.update(_flatten(value, name + "."))
-        else:
-            flat[name] = value
+        inner = (_flatten(value, name + ".", twice) if isinstance(value, dict)
+                 and name not in BY_NAME else {name: value})
+        if twice is not None:
+            twice += [k for k in inner if k in flat]
+        flat.update(inner)
     return flat
 
 
@@ -172,8 +175,12 @@ def from_dict(tree: dict, base_dir: Path | str | None = None, source: Path | Non
         raise KilomatchError(f"settings must be a JSON object (a dict), got {_describe(tree)}")
     where = f" in {source}" if source else ""
     problems, notes = [], []
-    given = _flatten(tree)
+    twice: list = []
+    given = _flatten(tree, twice=twice)
     values = default_dict()
+    for name in dict.fromkeys(twice):
+        problems.append(f"setting '{name}'{where} is given twice (as a dotted key and inside "
+                        "its section); give it once")
     for name, value in given.items():
         if name in LEGACY:
             notes.append(f"setting '{name}' is ignored: {LEGACY[name]}")

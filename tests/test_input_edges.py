@@ -152,3 +152,27 @@ def test_unsigned_numbers_beyond_int64_named_as_given(folder):
     np.save(folder / "session_index.npy", np.array([1, 1, 2, 2, 3, 2**63 + 5], np.uint64))
     text, _ = problems_of(folder)
     assert "9223372036854775813" in text and "units 5" in text and "-9223" not in text
+
+
+def test_a_setting_given_twice_refused(tmp_path):
+    """As a dotted key and inside its section: the last one took it, silently."""
+    with pytest.raises(KilomatchError) as err:
+        from_dict({"path_to_data": str(tmp_path / "d"), "output_folder": str(tmp_path / "o"),
+                   "clustering.max_distance": 80, "clustering": {"max_distance": 100}})
+    assert "'clustering.max_distance'" in str(err.value) and "twice" in str(err.value)
+
+
+@pytest.mark.parametrize("points", [0, 1])
+def test_peth_of_fewer_than_two_points_named(folder, points):
+    np.save(folder / "peth.npy", np.ones((6, points)))
+    text, _ = problems_of(folder)
+    assert "peth.npy" in text and f"{points} points" in text
+
+
+def test_float16_spike_times_warned(folder, caplog):
+    """float16 rounds times past 2 s to whole ms: the ACG and ISI would be read off them."""
+    np.save(folder / "spike_times" / "Unit2.npy", np.sort(np.random.default_rng(1).uniform(
+        0, 6e4, 50)).astype(np.float16))
+    load_dataset(folder)
+    assert any("float16" in m.getMessage() and "units 2" in m.getMessage()
+               for m in caplog.records)

@@ -272,11 +272,12 @@ def fit_links(pairs: np.ndarray, similarities, positions: np.ndarray, amplitude:
 # +53000) 356.325 -> 356.370 (precision and recall both up), runs below precision 0.99 10
 # -> 9; 64 sparse studies 63.829 -> 63.842 (below 0.99: 3 -> 2); 22 mixes 21.915 ->
 # 21.931; SpikeInterface's 20 perfect-sorter studies 19.898 -> 19.900 (one up, one down);
-# the speed study 7.5 s -> 8.3 s (benchmarks/RESULTS.md, "Session 77"). The score (MatchModel.score, the non-match share
-# of within_cluster_share) stays the first fit's: the fits' scores are on scales of their
-# own. A fit of more than FITS_MAX_PAIRS candidate pairs is made once: its draws are of
-# many more rows, and three fits tripled the match probability's time at 10k units (CPU 19
-# s -> 56 s; the speed study's 63,000 pairs: its run 5.1 s -> 6.3 s).
+# the speed study 7.5 s -> 8.3 s (benchmarks/RESULTS.md, "Session 77"). The score
+# (MatchModel.score, the non-match share of within_cluster_share) stays the first fit's: the
+# fits' scores are on scales of their own. A fit of more than FITS_MAX_PAIRS candidate pairs
+# is made once: its draws are of many more rows, and three fits tripled the match
+# probability's time at 10k units (CPU 19 s -> 56 s; the speed study's 63,000 pairs: its run
+# 5.1 s -> 6.3 s).
 PROBABILITY_FITS = 5
 FIT_SEED_STRIDE = 7919
 FITS_MAX_PAIRS = 500_000

@@ -7,6 +7,7 @@ Small and free of heavy imports, so that the figure worker processes
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from .errors import KilomatchError
@@ -17,13 +18,28 @@ PNG_COMPRESS_LEVEL = 1
 FIGURE_DPI = 150
 
 
+def temporary_name(name: str) -> str:
+    """The name a file or folder ``name`` is written under until it is complete:
+    '.{name}.tmp{pid}', beside it (one file system, so the rename into place is atomic)."""
+    return f".{name}.tmp{os.getpid()}"
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is one :func:`temporary_name` gives (of any process): what a stopped
+    run leaves, and a clean-up may remove."""
+    return _TEMPORARY.fullmatch(name) is not None
+
+
+_TEMPORARY = re.compile(r"\..+\.tmp\d+")
+
+
 def atomic_write(path: Path, writer) -> None:
     """Call writer(file) on a temporary file beside ``path``, then rename it into place.
 
     A failed write (a full disk, a lost mount) raises KilomatchError naming ``path``; the file
     that was there is left as it was."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(temporary_name(path.name))
     try:
         with open(tmp, "wb") as f:
             writer(f)

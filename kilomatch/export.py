@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import logging
-import re
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .assemble import RunArrays
-from .atomic import FIGURE_DPI, save_png
+from .atomic import FIGURE_DPI, is_temporary, save_png
 from .atomic import atomic_write as _atomic_write  # noqa: F401  (tests and review use it)
 from .curation import REASONS
 from .errors import KilomatchError
@@ -168,14 +167,10 @@ def clear_previous(folder: Path) -> None:
               *folder.glob("curated/*.csv"), *folder.glob("report/index.html"),
               *folder.glob("report/img/*.png")]
     # only what atomic_write leaves when a run is stopped: a user's '.notes.tmp.txt' stays
-    paths += [path for path in folder.glob(".*.tmp*") if _TEMPORARY.fullmatch(path.name)]
+    paths += [path for path in folder.glob(".*.tmp*") if is_temporary(path.name)]
     for path in paths:
         if path.is_file() or path.is_symlink():  # a folder of such a name is not ours
             path.unlink()
-
-
-# atomic_write's temporary file: '.{name}.tmp{pid}'
-_TEMPORARY = re.compile(r"\..+\.tmp\d+")
 
 
 def _column(x) -> np.ndarray:

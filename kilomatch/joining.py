@@ -368,7 +368,8 @@ def _link(edges: dict, owner: np.ndarray, sessions: _Sessions, rank) -> None:
     priority, or None where it may not be joined; the pair of highest priority is joined
     first (h joins g). A joined group may be joined to a third only where its counted pairs
     across are still all the pairs it can have (a part with no edge to the third has none,
-    which holds only where it can have none). Fills owner (G,): each group's surviving group (the lower number)."""
+    which holds only where it can have none). Fills owner (G,): each group's surviving group
+    (the lower number)."""
     neighbours: dict = {}
     for g, h in edges:
         neighbours.setdefault(g, set()).add(h)

@@ -1657,11 +1657,10 @@ def _check_output(s: Settings) -> None:
         raise KilomatchError(f"output_folder {out} holds a study's input ({', '.join(inputs)}): "
                              "its results would replace that study's files; choose another "
                              "output_folder")
-    taken = [name for name in ("Output.npz", LOG_FILE) + export.RESULT_FILES
-             if (out / name).is_dir()]
+    taken = [name for name in (LOG_FILE,) + export.RESULT_FILES if (out / name).is_dir()]
     if taken:
-        raise KilomatchError(f"output_folder {out}: {', '.join(sorted(set(taken)))} "
-                             f"{'is a folder' if len(set(taken)) == 1 else 'are folders'}, "
+        raise KilomatchError(f"output_folder {out}: {', '.join(taken)} "
+                             f"{'is a folder' if len(taken) == 1 else 'are folders'}, "
                              "where the run writes a file of that name; move or rename it")
 
 
@@ -1728,17 +1727,15 @@ def _ground_truth_scores(r: Result) -> dict:
     true = _ground_truth_file(Path(path) / "gt_motion.npy") \
         if (Path(path) / "gt_motion.npy").is_file() else None
     if true is not None and true.ndim >= 1 and true.dtype.kind in "iuf" and \
-            np.isfinite(true).all():
-        if true.shape[0] == r.data.n_sessions:
-            try:
-                errors = [metrics.motion_rms_error(p.result.motion.displacement(), true)
-                          for p in shank_parts(r)]
-            except KilomatchError as err:
-                log.warning("%s: not compared with the motion (%s)",
-                            Path(path) / "gt_motion.npy", err)
-            else:
-                out["gt_motion_rms_um"] = round(float(np.sqrt(np.mean(np.square(errors)))),
-                                                3)
+            np.isfinite(true).all() and true.shape[0] == r.data.n_sessions:
+        try:
+            errors = [metrics.motion_rms_error(p.result.motion.displacement(), true)
+                      for p in shank_parts(r)]
+        except KilomatchError as err:
+            log.warning("%s: not compared with the motion (%s)", Path(path) / "gt_motion.npy",
+                        err)
+        else:
+            out["gt_motion_rms_um"] = round(float(np.sqrt(np.mean(np.square(errors)))), 3)
     return out
 
 

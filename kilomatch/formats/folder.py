@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import temporary_name
 from ..errors import KilomatchError
 
 WAVEFORMS = "waveform_all.npy"
@@ -100,7 +101,7 @@ class FolderWriter:
     def __enter__(self) -> "FolderWriter":
         self.check()
         self.out.parent.mkdir(parents=True, exist_ok=True)
-        self.folder = self.out.parent / f".{self.out.name}.tmp{os.getpid()}"
+        self.folder = self.out.parent / temporary_name(self.out.name)
         if self.folder.exists():  # left by a killed run of a process with this id
             shutil.rmtree(self.folder)
         (self.folder / SPIKE_TIMES).mkdir(parents=True)

@@ -23,10 +23,11 @@ REASONS = ("same_session_conflict", "split_below_threshold", "split_at_position_
            "split_average_probability", "split_at_distance", "split_at_succession",
            "split_at_amplitude_step", "split_unlinked", "split_at_similarity_step",
            "split_at_amplitude", "split_at_low_probability", "split_lone_end",
-           "split_at_time_gap", "split_at_rate", "split_at_rate_step", "moved_to_other_cluster")
+           "split_at_time_gap", "split_at_rate", "split_at_rate_step", "moved_to_other_cluster",
+           "split_amplitude_outlier")
 (CONFLICT, SPLIT, POSITION, AVERAGE, DISTANCE, SUCCESSION, AMPLITUDE_STEP, UNLINKED,
  SIMILARITY_STEP, AMPLITUDE, LOW_PROBABILITY, LONE_END, TIME_GAP, RATE, RATE_STEP,
- MOVED) = range(16)
+ MOVED, AMPLITUDE_OUTLIER) = range(17)
 _BLOCK = 1 << 20  # rows of pairs filled at a time by within_cluster_pairs
 # The split at distance stands unless the mean (or median) match probability across it is
 # above this (the default of autoCuration.split_distance_probability): the level of the sure

@@ -526,13 +526,23 @@ PARAMETERS: tuple[Param, ...] = (
           "probability says. 0 turns it off (benchmarks/RESULTS.md, 'Session 55', "
           "'Session 69').", min=0, max=1),
     Param("autoCuration.move_units", "bool", True,
-          "After every other step of the curation (clustering.method 'similarity'), move a "
-          "unit to another cluster where the mean match probability of its candidate pairs "
+          "After the other steps of the curation but the last (clustering.method "
+          "'similarity'; autoCuration.amplitude_outlier_probability), move a unit to another "
+          "cluster where the mean match probability of its candidate pairs "
           "into its own cluster is below 0.5 and into the other at least 0.9 over two pairs "
           "or more, and the other cluster has no unit of its session (reason "
           "moved_to_other_cluster): a neuron's units left in the cluster of a neighbour it "
           "was chained to, in the sessions where the neighbour alone was recorded. false "
           "turns it off (benchmarks/RESULTS.md, 'Session 70')."),
+    Param("autoCuration.amplitude_outlier_probability", "float", 0.3,
+          "Last of the curation (clustering.method 'similarity'): take a unit out of its "
+          "cluster of three units or more where its footprint amplitude lies beyond every "
+          "other unit's of the cluster, farther from their median than one neuron's units lie "
+          "apart (the 99th percentile, learned from the clusters) and at least 1.35x, and "
+          "the mean match probability of its candidate pairs with them is below this (reason "
+          "split_amplitude_outlier): a neuron recorded once, in the cluster of a neighbour "
+          "that went unseen in that session. 0 turns it off (benchmarks/RESULTS.md, "
+          "'Session 78').", min=0, max=1),
     Param("autoCuration.keep_sorter_splits", "bool", True,
           "Keep both units of one session in a cluster when their spike trains show they are "
           "one neuron that the sorter split in two (almost no spikes of one within the "

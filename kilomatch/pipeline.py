@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import (channel_offsets, channel_windows, correction, curation, dead_channels,
-               duplicate_units, export, features, fingerprint, firing_rates, joining, linking,
-               lone_ends, lone_sessions, motion_initial, parallel, polarity, position_noise,
-               session_timing, similarity_step, sorter_splits, temporal_components, time_gaps,
-               unit_moves, waveform_noise)
+from . import (amplitude_outliers, channel_offsets, channel_windows, correction, curation,
+               dead_channels, duplicate_units, export, features, fingerprint, firing_rates,
+               joining, linking, lone_ends, lone_sessions, motion_initial, parallel, polarity,
+               position_noise, session_timing, similarity_step, sorter_splits,
+               temporal_components, time_gaps, unit_moves, waveform_noise)
 from .assemble import assemble, output_channels
 from .clustering import combine_labels, ihdbscan, renumber, same_cluster
 from .errors import KilomatchError
@@ -1052,6 +1052,9 @@ def track(data: Dataset, units: UnitFeatures, s: Settings, rounds: list, final_n
     if fitted is not None and ac.move_units:
         move_to_other_clusters(cur, final.pairs, fitted[0].candidate_probability,
                                units.session0)
+    if fitted is not None and ac.amplitude_outlier_probability > 0:
+        split_amplitude_outliers(cur, final.pairs, fitted[0].candidate_probability, compared,
+                                 ac.amplitude_outlier_probability)
     if fitted is not None:  # the probability is reported; the similarity made the clusters
         cur.links = fitted[0]
 
@@ -1173,6 +1176,24 @@ def move_to_other_clusters(cur: curation.CurationResult, pairs: np.ndarray,
                  "other at least %g over %d pairs or more", moved.size, unit_moves.MOVE_UNLIKELY,
                  unit_moves.MOVE_SURE, unit_moves.MOVE_MIN_PAIRS)
     _take_apart(cur, labels, removed, curation.MOVED)
+
+
+def split_amplitude_outliers(cur: curation.CurationResult, pairs: np.ndarray,
+                             probability: np.ndarray, amplitude: np.ndarray,
+                             max_probability: float) -> None:
+    """The curation's last step: units whose footprint ``amplitude`` (N,) uV lies off the rest
+    of their cluster and whose mean match probability with it is below ``max_probability``
+    taken out (kilomatch.amplitude_outliers); ``cur`` is updated in place (labels, removed
+    pairs and their reason)."""
+    labels, out, removed = amplitude_outliers.split_amplitude_outliers(
+        cur.labels, pairs, probability, curation.log_amplitude_of(amplitude), max_probability)
+    if out.size:
+        log.info("units taken out of their cluster at an amplitude off the rest "
+                 "(autoCuration.amplitude_outlier_probability): %d units, footprint "
+                 "amplitude beyond the rest's by one neuron's spread and %gx at least, mean "
+                 "match probability with them below %g", out.size,
+                 amplitude_outliers.MIN_FACTOR, max_probability)
+    _take_apart(cur, labels, removed, curation.AMPLITUDE_OUTLIER)
 
 
 def join_groups_in_turn(cur: curation.CurationResult, pairs: np.ndarray,

@@ -115,7 +115,8 @@ def test_outputs_plain_arrays_with_documented_shapes(run_result):
                                            "split_at_amplitude", "split_at_low_probability",
                                            "split_lone_end", "split_at_time_gap",
                                            "split_at_rate", "split_at_rate_step",
-                                           "moved_to_other_cluster"]
+                                           "moved_to_other_cluster",
+                                           "split_amplitude_outlier"]
         assert z["split_threshold"] < load("SimilarityThreshold.npy")[0, 0]
         assert str(z["split_on"]) == "similarity"
         # the step of amplitude that cut clusters in time: a ratio of amplitudes (not its log),

@@ -1165,10 +1165,10 @@ def split_at_rates(cur: curation.CurationResult, pairs: np.ndarray, probability:
 
 def move_to_other_clusters(cur: curation.CurationResult, pairs: np.ndarray,
                            probability: np.ndarray, session: np.ndarray) -> None:
-    """The curation's last step: units whose pairs are unlikely into their own cluster and sure
-    into another that has no unit of their session move there (kilomatch.unit_moves);
-    ``cur`` is updated in place (labels, and the pairs with the cluster each unit left as
-    removed pairs)."""
+    """The curation's step before the last: units whose pairs are unlikely into their own
+    cluster and sure into another that has no unit of their session move there
+    (kilomatch.unit_moves); ``cur`` is updated in place (labels, and the pairs with the
+    cluster each unit left as removed pairs)."""
     labels, moved, removed = unit_moves.move_units(cur.labels, pairs, probability, session)
     if moved.size:
         log.info("units moved to the cluster their pairs are sure of (autoCuration.move_units): "

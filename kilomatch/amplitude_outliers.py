@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .curation import (POOLED_AMPLITUDE_QUANTILE, dissolve_singletons, held_together,
+from .curation import (POOLED_AMPLITUDE_QUANTILE, dissolve_singletons, mean_in_cluster,
                        pairs_across, sorted_pairs, spread_limit, within_cluster_pairs)
 
 # The least ratio of a unit's footprint amplitude to the median of the rest of its cluster,
@@ -54,12 +54,7 @@ def amplitude_outliers(labels: np.ndarray, pairs: np.ndarray, probability: np.nd
     gap = max(limit, np.log(min_factor))
     if not np.isfinite(gap):
         return np.empty(0, np.int64)
-    inside = held_together(labels, pairs) & np.isfinite(p)
-    total = np.zeros(labels.size)
-    count = np.zeros(labels.size)
-    for side in (0, 1):
-        np.add.at(total, pairs[inside, side], p[inside])
-        np.add.at(count, pairs[inside, side], 1)
+    mean = mean_in_cluster(labels, pairs, p)  # NaN (never below): no candidate pair there
     units = np.flatnonzero(labels >= 0)
     units = units[np.lexsort((log_amplitude[units], labels[units]))]
     start = np.flatnonzero(np.r_[True, labels[units][1:] != labels[units][:-1]])
@@ -73,7 +68,7 @@ def amplitude_outliers(labels: np.ndarray, pairs: np.ndarray, probability: np.nd
         # only the highest and the lowest unit can lie beyond every other one
         for unit, rest in ((members[-1], values[:-1]), (members[0], values[1:])):
             if abs(log_amplitude[unit] - np.median(rest)) >= gap \
-                    and count[unit] > 0 and total[unit] / count[unit] < max_probability:
+                    and mean[unit] < max_probability:
                 found.append(unit)
     return np.sort(np.asarray(found, np.int64))
 

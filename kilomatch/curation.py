@@ -379,6 +379,21 @@ def held_together(labels: np.ndarray, pairs: np.ndarray) -> np.ndarray:
     return (labels[pairs[:, 0]] == labels[pairs[:, 1]]) & (labels[pairs[:, 0]] >= 0)
 
 
+def mean_in_cluster(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray
+                    ) -> np.ndarray:
+    """(N,) each unit's mean ``probability`` (Q,) over its pairs of ``pairs`` (Q, 2) held in
+    its cluster (labels (N,), -1 none); NaN for a unit with no such pair. Pairs of NaN
+    probability (a shank the probability was not fitted on) are left out."""
+    n = len(labels)
+    held = held_together(labels, pairs) & np.isfinite(probability)
+    total = (np.bincount(pairs[held, 0], probability[held], n)
+             + np.bincount(pairs[held, 1], probability[held], n))
+    count = np.bincount(pairs[held, 0], minlength=n) + np.bincount(pairs[held, 1],
+                                                                   minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return total / count
+
+
 def clusters_below(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray,
                    level: float) -> np.ndarray:
     """Sorted ids of the clusters (labels (N,), -1 none) that hold a pair of ``pairs``

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .curation import dissolve_singletons, pairs_across, sorted_pairs
+from .curation import dissolve_singletons, mean_in_cluster, pairs_across, sorted_pairs
 
 # The levels of a move: into the new cluster the level of a sure match (the joins' and the
 # split at distance's), out of the old one more likely two neurons than one. A single pair
@@ -68,19 +68,14 @@ def move_units(labels: np.ndarray, pairs: np.ndarray, probability: np.ndarray,
 
 def _moves(labels, pairs, probability, session, sure, unlikely, min_pairs):
     """One pass: the units (M,) that move and their new clusters (M,)."""
-    n, n_clusters = len(labels), int(labels.max(initial=-1)) + 1
+    n_clusters = int(labels.max(initial=-1)) + 1
     if n_clusters < 2 or len(pairs) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     first, second = labels[pairs[:, 0]], labels[pairs[:, 1]]
     # the mean into each unit's own cluster first: only the few units it finds unlikely
     # there are looked at further (at 10^5 units the candidate pairs are 28 M)
     held = (first == second) & (first >= 0)
-    own_sum = (np.bincount(pairs[held, 0], probability[held], n)
-               + np.bincount(pairs[held, 1], probability[held], n))
-    own_count = np.bincount(pairs[held, 0], minlength=n) + np.bincount(pairs[held, 1],
-                                                                       minlength=n)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        looked = (own_count > 0) & (own_sum / own_count < unlikely)
+    looked = mean_in_cluster(labels, pairs, probability) < unlikely  # NaN: no pair there
     if not looked.any():
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     # each pair of a looked-at unit counts towards the other unit's cluster
